@@ -102,7 +102,7 @@ def parse_metric_report(payload: bytes | None) -> events_pb2.MetricReport:
     """Accept a MetricReport as protobuf or in the documented JSON form."""
     if not payload:
         raise BadRecord("empty payload, expected a metric report")
-    if payload.lstrip()[:1] == b"{":
+    if payload.lstrip()[:1] in (b"{", b"["):
         report = metric_from_json(payload)
     else:
         report = decode(events_pb2.MetricReport, payload)
