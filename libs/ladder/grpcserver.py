@@ -5,6 +5,7 @@ in-flight calls get ``grace`` seconds, then ``on_stop`` releases the rest)."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -19,7 +20,11 @@ log = logging.getLogger("ladder.grpc")
 
 
 class ServiceHost:
-    def __init__(self, name: str, port: int, host: str = "127.0.0.1", workers: int = 16) -> None:
+    def __init__(
+        self, name: str, port: int, host: str | None = None, workers: int = 16
+    ) -> None:
+        # Loopback by default; containers set LADDER_BIND_HOST=0.0.0.0.
+        host = host or os.environ.get("LADDER_BIND_HOST", "127.0.0.1")
         self.name = name
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name),

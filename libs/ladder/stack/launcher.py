@@ -1,0 +1,516 @@
+"""Bring the embedded stack up and down: tansu, Redis and the four services.
+
+Layout of a state folder::
+
+    <state>/stack.json         addresses + pids of the running stack (read by ladder.config)
+    <state>/logs/<name>.log    stdout+stderr of every process
+    <state>/pids/<name>.pid    "<pid> <start time>" written the moment a process starts
+    <state>/redis/             Redis data (AOF)
+    <state>/.lock              serializes up/down on one state folder
+
+The pid files, not ``stack.json``, are the record of what runs: they are written before
+anything is waited for, so ``down`` can clean up after an ``up`` that failed half way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ladder import config
+from ladder.stack import components, ports, probes, procs
+from ladder.stack.components import INFRA, KAFKA, REDIS, SERVICES
+from ladder.stack.procs import ProcRecord
+
+DEFAULT_TIMEOUT = 120.0  # seconds for the whole `up`; services import torch, Faust, ...
+STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
+TOPIC_PARTITIONS = 4
+_START_ATTEMPTS = 3  # a port chosen free can be taken before the child binds it
+
+Log = Callable[[str], None]
+
+
+class StackError(RuntimeError):
+    """``up`` failed; everything it had started has been stopped again."""
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @classmethod
+    def of(cls, state_dir: Path | str | None) -> Layout:
+        return cls(Path(state_dir).resolve() if state_dir else config.state_dir())
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "pids"
+
+    @property
+    def redis_data(self) -> Path:
+        return self.root / "redis"
+
+    @property
+    def stack_json(self) -> Path:
+        return config.stack_file(self.root)
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+
+@contextlib.contextmanager
+def _locked(layout: Layout) -> Iterator[None]:
+    # Two `ladder up` in the same folder would otherwise both decide to start a stack.
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with open(layout.root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_stack(state_dir: Path | str | None = None) -> dict[str, Any] | None:
+    """The ``stack.json`` of a state folder, or None when there is none (or it is torn)."""
+    path = Layout.of(state_dir).stack_json
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_stack(layout: Layout, info: dict[str, Any]) -> None:
+    tmp = layout.stack_json.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    tmp.replace(layout.stack_json)
+
+
+def _records(info: dict[str, Any]) -> dict[str, ProcRecord]:
+    return {
+        name: ProcRecord.from_json(name, rec) for name, rec in (info.get("pids") or {}).items()
+    }
+
+
+def _desired_prefix() -> str:
+    return os.environ.get("LADDER_TOPIC_PREFIX", config.Topics.prefix)
+
+
+def _matches(info: dict[str, Any], services: bool) -> bool:
+    """Is the recorded stack what this `up` asks for (endpoints, prefix, services)?"""
+    if services and not info.get("services"):
+        return False
+    if info.get("topic_prefix") != _desired_prefix():
+        return False
+    ext_kafka = os.environ.get("LADDER_KAFKA_BOOTSTRAP")
+    ext_redis = os.environ.get("LADDER_REDIS_URL")
+    if ext_kafka and ext_kafka != info.get("kafka_bootstrap"):
+        return False
+    if ext_redis and ext_redis != info.get("redis_url"):
+        return False
+    # An embedded component must not silently stand in for a requested external one,
+    # nor the reverse.
+    external = info.get("external") or {}
+    return bool(ext_kafka) == bool(external.get(KAFKA)) and bool(ext_redis) == bool(
+        external.get(REDIS)
+    )
+
+
+def _healthy(info: dict[str, Any]) -> bool:
+    try:
+        records = _records(info)
+        redis_url, bootstrap = info["redis_url"], info["kafka_bootstrap"]
+    except (KeyError, TypeError, ValueError):
+        return False  # A stack.json we cannot read describes nothing we can trust.
+    if not all(procs.is_running(r) for r in records.values()):
+        return False
+    if not probes.redis_ping(redis_url) or not probes.kafka_reachable(bootstrap):
+        return False
+    return all(probes.serving(info[s.addr_key]) for s in SERVICES if s.addr_key in info)
+
+
+# --- up ------------------------------------------------------------------------------
+
+
+def up(
+    state_dir: Path | str | None = None,
+    *,
+    services: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """Start the stack in ``state_dir`` (or reuse the healthy one there); return stack.json.
+
+    The returned dict has ``reused: True`` when nothing had to be started (that key is
+    not stored in ``stack.json``). On failure raises :class:`StackError` after stopping
+    whatever this call started; the message includes the failing process's log tail.
+    """
+    layout = Layout.of(state_dir)
+    say = log or _quiet
+    with _locked(layout):
+        existing = read_stack(layout.root)
+        if existing and _matches(existing, services) and _healthy(existing):
+            say(f"stack in {layout.root} is already up")
+            return {**existing, "reused": True}
+        if existing or procs.read_pid_files(layout.pids):
+            say("stopping the leftovers of a previous stack")
+            _down_locked(layout, STOP_GRACE, say)
+        info = _Starter(layout, services, time.monotonic() + timeout, say).run()
+        _write_stack(layout, info)
+        return {**info, "reused": False}
+
+
+class _Starter:
+    """One attempt at starting the stack; stops what it started if anything fails."""
+
+    def __init__(self, layout: Layout, services: bool, deadline: float, say: Log) -> None:
+        self.layout = layout
+        self.services = services
+        self.deadline = deadline
+        self.say = say
+        self.started: dict[str, ProcRecord] = {}
+        self.topics = config.Topics(_desired_prefix())
+
+    def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        except BaseException:
+            # Includes KeyboardInterrupt: a half-started stack must not be left behind.
+            self.say("start failed; stopping what was started")
+            _stop(self.layout, list(self.started.values()), STOP_GRACE)
+            raise
+
+    def _run(self) -> dict[str, Any]:
+        for d in (self.layout.logs, self.layout.pids, self.layout.redis_data):
+            d.mkdir(parents=True, exist_ok=True)
+        redis_url = self._redis()
+        bootstrap = self._kafka()
+        info: dict[str, Any] = {
+            "kafka_bootstrap": bootstrap,
+            "redis_url": redis_url,
+            "topic_prefix": self.topics.prefix,
+            "state_dir": str(self.layout.root),
+            "services": self.services,
+            "external": {
+                KAFKA: bool(os.environ.get("LADDER_KAFKA_BOOTSTRAP")),
+                REDIS: bool(os.environ.get("LADDER_REDIS_URL")),
+            },
+        }
+        if self.services:
+            info.update(self._services(bootstrap, redis_url))
+        info["pids"] = {name: rec.to_json() for name, rec in self.started.items()}
+        info["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        return info
+
+    def _spawn_ready(
+        self,
+        name: str,
+        argv_for: Callable[[int], list[str]],
+        ready: Callable[[int, Callable[[], bool]], None],
+    ) -> int:
+        """Start ``name`` on a fresh free port and wait for ``ready``; retry if it dies."""
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            port = ports.free_port()
+            rec = procs.spawn(
+                name, argv_for(port), env=dict(os.environ),
+                log_dir=self.layout.logs, pid_dir=self.layout.pids, cwd=self.layout.root,
+            )
+            self.started[name] = rec
+            try:
+                ready(port, lambda rec=rec: procs.is_running(rec))
+                return port
+            except probes.ProbeFailed as exc:
+                died = not procs.is_running(rec)
+                _stop(self.layout, [rec], STOP_GRACE)
+                del self.started[name]
+                if not died or attempt == _START_ATTEMPTS:
+                    raise self._failure(name, exc) from exc
+                self.say(f"{name} exited at start (port {port} taken?); retrying")
+        raise AssertionError("unreachable")
+
+    def _failure(self, name: str, exc: Exception) -> StackError:
+        log_tail = procs.tail(self.layout.log(name))
+        return StackError(
+            f"{name} failed to start: {exc}\n"
+            f"--- last lines of {self.layout.log(name)} ---\n{log_tail}"
+        )
+
+    def _redis(self) -> str:
+        external = os.environ.get("LADDER_REDIS_URL")
+        if external:
+            self.say(f"using external redis {external}")
+            probes.wait_redis(external, deadline=self.deadline)
+            return external
+        self.say("starting redis")
+
+        def ready(port: int, alive: Callable[[], bool]) -> None:
+            probes.wait_redis(ports.redis_url(port), deadline=self.deadline, alive=alive)
+
+        port = self._spawn_ready(
+            REDIS, lambda p: components.redis_argv(p, self.layout.redis_data), ready
+        )
+        return ports.redis_url(port)
+
+    def _kafka(self) -> str:
+        external = os.environ.get("LADDER_KAFKA_BOOTSTRAP")
+        if external:
+            self.say(f"using external kafka {external}")
+            self._prepare_kafka(external, None)
+            return external
+        self.say("starting the tansu broker")
+        port = self._spawn_ready(
+            KAFKA,
+            components.broker_argv,
+            lambda p, alive: self._prepare_kafka(ports.host_port(p), alive),
+        )
+        return ports.host_port(port)
+
+    def _prepare_kafka(self, bootstrap: str, alive: Callable[[], bool] | None) -> None:
+        probe_topic = self.topics.name("stack-probe")
+        probes.ensure_topics(
+            bootstrap,
+            self.topics.all(),
+            partitions=TOPIC_PARTITIONS,
+            compacted=[self.topics.studies],
+            deadline=self.deadline,
+            alive=alive,
+        )
+        probes.ensure_topics(
+            bootstrap, [probe_topic], partitions=1, deadline=self.deadline, alive=alive
+        )
+        probes.kafka_roundtrip(bootstrap, probe_topic, deadline=self.deadline, alive=alive)
+
+    def _services(self, bootstrap: str, redis_url: str) -> dict[str, str]:
+        # One call, so all five ports are distinct (the fifth is earlystop's Faust web).
+        *grpc_ports, web_port = ports.free_ports(len(SERVICES) + 1)
+        service_ports = {s.name: port for s, port in zip(SERVICES, grpc_ports, strict=True)}
+        addrs = {s.addr_key: ports.host_port(service_ports[s.name]) for s in SERVICES}
+        env = dict(os.environ)
+        env.update(
+            LADDER_KAFKA_BOOTSTRAP=bootstrap,
+            LADDER_REDIS_URL=redis_url,
+            LADDER_STATE_DIR=str(self.layout.root),
+            LADDER_TOPIC_PREFIX=self.topics.prefix,
+            PYTHONUNBUFFERED="1",
+        )
+        for spec in SERVICES:
+            env[spec.port_env] = str(service_ports[spec.name])
+            if spec.addr_env:
+                env[spec.addr_env] = addrs[spec.addr_key]
+        for spec in SERVICES:
+            self.say(f"starting {spec.name} on {addrs[spec.addr_key]}")
+            # LADDER_SERVICE names the process (logs, telemetry service.name).
+            spec_env = {**env, "LADDER_SERVICE": spec.name}
+            if spec.name == "earlystop":
+                # Faust starts a web server (default port 6066, shared by every app on the
+                # host); give it a free loopback port of its own.
+                spec_env.update(
+                    LADDER_EARLYSTOP_WEB_PORT=str(web_port),
+                    WEB_PORT=str(web_port),
+                    WEB_BIND=ports.LOOPBACK,
+                )
+            self.started[spec.name] = procs.spawn(
+                spec.name, spec.argv(), env=spec_env,
+                log_dir=self.layout.logs, pid_dir=self.layout.pids, cwd=self.layout.root,
+            )
+        self._wait_services({s.name: addrs[s.addr_key] for s in SERVICES})
+        return addrs
+
+    def _wait_services(self, addrs: dict[str, str]) -> None:
+        """Poll every service's gRPC health until all are SERVING, one dies, or time's up."""
+        pending = dict(addrs)
+        while pending:
+            for name, addr in list(pending.items()):
+                if not procs.is_running(self.started[name]):
+                    raise self._failure(name, probes.ProbeFailed("process exited"))
+                if probes.serving(addr, timeout=0.5):
+                    self.say(f"{name} is serving")
+                    del pending[name]
+            if pending and time.monotonic() >= self.deadline:
+                name = next(iter(pending))
+                raise self._failure(
+                    name,
+                    probes.ProbeFailed(
+                        f"gRPC health of {', '.join(pending)} not SERVING before the deadline"
+                    ),
+                )
+            if pending:
+                time.sleep(0.1)
+
+
+# --- down ----------------------------------------------------------------------------
+
+
+def _stop(layout: Layout, records: list[ProcRecord], grace: float) -> list[str]:
+    # Services first (they may still flush to Kafka/Redis on SIGTERM), then the infra.
+    stopped: list[str] = []
+    tiers = (
+        [r for r in records if r.name not in INFRA],
+        [r for r in records if r.name in INFRA],
+    )
+    for tier in tiers:
+        stopped += [r.name for r in procs.stop_all(tier, grace=grace)]
+        for rec in tier:
+            procs.remove_pid_file(layout.pids, rec.name)
+    return stopped
+
+
+def _down_locked(layout: Layout, grace: float, say: Log) -> list[str]:
+    records = procs.read_pid_files(layout.pids)
+    info = read_stack(layout.root) or {}
+    for name, rec in _records(info).items():
+        records.setdefault(name, rec)
+    stopped = _stop(layout, list(records.values()), grace)
+    for name in stopped:
+        say(f"stopped {name}")
+    with contextlib.suppress(FileNotFoundError):
+        layout.stack_json.unlink()
+    return stopped
+
+
+def down(
+    state_dir: Path | str | None = None, *, grace: float = STOP_GRACE, log: Log | None = None
+) -> list[str]:
+    """Stop what ``up`` started in ``state_dir``; return the names that were running.
+
+    Processes are identified by pid *and* start time, so a recycled pid is never
+    signalled. Idempotent: with nothing running it just removes stale files.
+    """
+    layout = Layout.of(state_dir)
+    if not layout.root.exists():
+        return []
+    with _locked(layout):
+        return _down_locked(layout, grace, log or _quiet)
+
+
+# --- status --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    address: str
+    pid: int | None  # None: external, not started by us
+    running: bool
+    healthy: bool
+    detail: str = ""
+
+
+def status(state_dir: Path | str | None = None) -> list[ComponentStatus]:
+    """One entry per component recorded in the state folder (empty: no stack)."""
+    layout = Layout.of(state_dir)
+    info = read_stack(layout.root) or {}
+    records = procs.read_pid_files(layout.pids)
+    for name, rec in _records(info).items():
+        records.setdefault(name, rec)
+    result: list[ComponentStatus] = []
+
+    def add(name: str, address: str, check: Callable[[], tuple[bool, str]]) -> None:
+        rec = records.pop(name, None)
+        running = procs.is_running(rec) if rec else True
+        healthy, detail = check() if running and address else (False, "")
+        result.append(
+            ComponentStatus(name, address, rec.pid if rec else None, running, healthy, detail)
+        )
+
+    if info:
+        add(KAFKA, info.get("kafka_bootstrap", ""),
+            lambda: (probes.kafka_reachable(info["kafka_bootstrap"]), ""))
+        add(REDIS, info.get("redis_url", ""),
+            lambda: (probes.redis_ping(info["redis_url"]), ""))
+        for spec in SERVICES:
+            if spec.addr_key in info:
+                add(spec.name, info[spec.addr_key], _grpc_check(info[spec.addr_key]))
+    # Processes with a pid file but no stack.json entry: a failed or interrupted `up`.
+    for name, rec in records.items():
+        result.append(ComponentStatus(name, "", rec.pid, procs.is_running(rec), False,
+                                      "not in stack.json"))
+    return result
+
+
+def _grpc_check(addr: str) -> Callable[[], tuple[bool, str]]:
+    def check() -> tuple[bool, str]:
+        state = probes.grpc_health(addr)
+        return state == "SERVING", state
+
+    return check
+
+
+# --- object API ----------------------------------------------------------------------
+
+
+class Stack:
+    """The stack of one state folder, usable as a context manager::
+
+        with Stack(tmp_path, services=False) as info:
+            KafkaProducer(bootstrap_servers=info["kafka_bootstrap"])
+
+    Leaving the block stops the stack, unless ``up`` found it already running (then it
+    belongs to whoever started it).
+    """
+
+    def __init__(
+        self,
+        state_dir: Path | str | None = None,
+        *,
+        services: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        log: Log | None = None,
+    ) -> None:
+        self.layout = Layout.of(state_dir)
+        self.services = services
+        self.timeout = timeout
+        self.log = log
+        self.info: dict[str, Any] | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.layout.root
+
+    def up(self) -> dict[str, Any]:
+        self.info = up(self.layout.root, services=self.services, timeout=self.timeout,
+                       log=self.log)
+        return self.info
+
+    def down(self) -> list[str]:
+        self.info = None
+        return down(self.layout.root, log=self.log)
+
+    def status(self) -> list[ComponentStatus]:
+        return status(self.layout.root)
+
+    def env(self) -> dict[str, str]:
+        """Environment that points a child process at this stack."""
+        info = self.info or read_stack(self.layout.root) or {}
+        env = {
+            "LADDER_STATE_DIR": str(self.layout.root),
+            "LADDER_KAFKA_BOOTSTRAP": info.get("kafka_bootstrap", ""),
+            "LADDER_REDIS_URL": info.get("redis_url", ""),
+            "LADDER_TOPIC_PREFIX": info.get("topic_prefix", _desired_prefix()),
+        }
+        for spec in SERVICES:
+            if spec.addr_env and spec.addr_key in info:
+                env[spec.addr_env] = info[spec.addr_key]
+        return {k: v for k, v in env.items() if v}
+
+    def __enter__(self) -> dict[str, Any]:
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.info is not None and not self.info.get("reused"):
+            self.down()

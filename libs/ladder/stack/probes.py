@@ -1,0 +1,208 @@
+"""Readiness and health probes: Kafka, Redis and the standard gRPC health service.
+
+Every wait is a poll against a monotonic deadline, never a fixed sleep: the stack is
+ready as soon as it answers, and a dead process fails the wait at once (``alive``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+
+import grpc
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError
+
+# Kafka error code for "topic already exists": creating topics is idempotent.
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class ProbeFailed(RuntimeError):
+    """A component did not become ready before its deadline, or died meanwhile."""
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def wait_until(
+    check: Callable[[], bool],
+    deadline: float,
+    what: str,
+    *,
+    alive: Callable[[], bool] | None = None,
+    interval: float = 0.1,
+) -> None:
+    """Poll ``check`` until it returns True; raise ProbeFailed at the deadline.
+
+    ``check`` may raise: an exception counts as "not yet" and its text is kept for the
+    error message. ``alive`` is consulted first so a crashed process fails fast.
+    """
+    last_error = ""
+    while True:
+        if alive is not None and not alive():
+            raise ProbeFailed(f"{what}: process exited before becoming ready")
+        try:
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+            last_error = f" (last error: {type(exc).__name__}: {exc})"
+        if time.monotonic() >= deadline:
+            raise ProbeFailed(f"{what}: not ready before the deadline{last_error}")
+        time.sleep(interval)
+
+
+# --- Kafka ---------------------------------------------------------------------------
+
+
+def _admin(bootstrap: str, deadline: float) -> KafkaAdminClient:
+    ms = max(500, int(min(_remaining(deadline), 5.0) * 1000))
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="ladder-stack",
+        request_timeout_ms=max(ms, 5000),
+        bootstrap_timeout_ms=ms,
+    )
+
+
+def kafka_reachable(bootstrap: str, timeout: float = 3.0) -> bool:
+    """True if the cluster answers a metadata request within ``timeout`` seconds."""
+    try:
+        admin = _admin(bootstrap, time.monotonic() + timeout)
+    except KafkaError:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def ensure_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    *,
+    partitions: int,
+    compacted: Iterable[str] = (),
+    deadline: float,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Create the topics, tolerating ones that already exist.
+
+    Replication factor -1 asks the broker for its default (1 on tansu, the cluster's
+    ``default.replication.factor`` on Apache Kafka >= 2.4).
+    """
+    compacted = set(compacted)
+    wanted = [
+        NewTopic(
+            name,
+            partitions,
+            -1,
+            topic_configs={"cleanup.policy": "compact"} if name in compacted else {},
+        )
+        for name in names
+    ]
+
+    def create() -> bool:
+        admin = _admin(bootstrap, deadline)
+        try:
+            response = admin.create_topics(wanted, raise_errors=False)
+        finally:
+            admin.close()
+        failed = [
+            f"{t['name']}: {t.get('error_message') or t['error_code']}"
+            for t in response["topics"]
+            if t["error_code"] not in (0, _TOPIC_ALREADY_EXISTS)
+        ]
+        if failed:
+            raise ProbeFailed("cannot create topics: " + "; ".join(failed))
+        return True
+
+    wait_until(create, deadline, f"kafka {bootstrap} topic creation", alive=alive, interval=0.2)
+
+
+def kafka_roundtrip(
+    bootstrap: str, topic: str, *, deadline: float, alive: Callable[[], bool] | None = None
+) -> None:
+    """Produce one record to partition 0 of ``topic`` and read it back.
+
+    Manual assignment, no consumer group: a group join costs seconds on tansu (see
+    deploy/local/README.md), and accepting connections is not the same as serving.
+    """
+
+    def attempt() -> bool:
+        token = uuid.uuid4().hex.encode()
+        wait_ms = max(500, int(min(_remaining(deadline), 10.0) * 1000))
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id="ladder-stack-probe",
+            max_block_ms=wait_ms,
+            request_timeout_ms=wait_ms,
+            bootstrap_timeout_ms=wait_ms,
+        )
+        try:
+            meta = producer.send(topic, value=token, partition=0).get(timeout=wait_ms / 1000)
+        finally:
+            producer.close(timeout=1)
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            client_id="ladder-stack-probe",
+            group_id=None,
+            enable_auto_commit=False,
+            bootstrap_timeout_ms=wait_ms,
+        )
+        try:
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            consumer.seek(tp, meta.offset)
+            read_deadline = min(deadline, time.monotonic() + 10.0)
+            while time.monotonic() < read_deadline:
+                for records in consumer.poll(timeout_ms=200).values():
+                    if any(r.value == token for r in records):
+                        return True
+            return False
+        finally:
+            consumer.close()
+
+    wait_until(attempt, deadline, f"kafka {bootstrap} produce/consume", alive=alive, interval=0.2)
+
+
+# --- Redis ---------------------------------------------------------------------------
+
+
+def redis_ping(url: str, timeout: float = 1.0) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def wait_redis(url: str, *, deadline: float, alive: Callable[[], bool] | None = None) -> None:
+    wait_until(lambda: redis_ping(url), deadline, f"redis {url}", alive=alive, interval=0.05)
+
+
+# --- gRPC health ---------------------------------------------------------------------
+
+
+def grpc_health(addr: str, timeout: float = 1.0, service: str = "") -> str:
+    """Status name from ``grpc.health.v1.Health/Check`` (e.g. "SERVING"), or "UNREACHABLE"."""
+    with grpc.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError:
+            return "UNREACHABLE"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def serving(addr: str, timeout: float = 1.0) -> bool:
+    return grpc_health(addr, timeout) == "SERVING"

@@ -1,0 +1,156 @@
+"""Pure tests of the embedded-stack helpers: no broker, no Redis, no child processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from ladder import cli
+from ladder.stack import components, launcher, ports, procs
+from ladder.stack.procs import ProcRecord
+
+
+def test_free_ports_are_distinct_and_bindable() -> None:
+    found = ports.free_ports(8)
+    assert len(set(found)) == 8
+    for port in found:
+        assert 0 < port < 65536
+        with socket.socket() as sock:
+            sock.bind((ports.LOOPBACK, port))
+
+
+def test_free_ports_rejects_negative() -> None:
+    with pytest.raises(ValueError):
+        ports.free_ports(-1)
+
+
+@pytest.mark.parametrize(
+    ("addr", "expected"),
+    [("127.0.0.1:9092", ("127.0.0.1", 9092)), ("[::1]:50051", ("::1", 50051))],
+)
+def test_split_host_port(addr: str, expected: tuple[str, int]) -> None:
+    assert ports.split_host_port(addr) == expected
+
+
+@pytest.mark.parametrize("bad", ["localhost", ":9092", "host:", "host:port"])
+def test_split_host_port_rejects(bad: str) -> None:
+    with pytest.raises(ValueError):
+        ports.split_host_port(bad)
+
+
+def test_addresses() -> None:
+    assert ports.host_port(1234) == "127.0.0.1:1234"
+    assert ports.redis_url(6380) == "redis://127.0.0.1:6380/0"
+
+
+def _stat_line(comm: str, state: str = "S", start: int = 424242) -> str:
+    # Fields 3..22 of /proc/<pid>/stat; starttime is the 20th of them.
+    rest = [state] + [str(i) for i in range(4, 22)] + [str(start)] + ["0"] * 30
+    return f"1234 ({comm}) " + " ".join(rest)
+
+
+@pytest.mark.parametrize("comm", ["redis-server", "my prog", "a) b (c", "))"])
+def test_parse_stat_survives_odd_command_names(comm: str) -> None:
+    assert procs.parse_stat(_stat_line(comm, "R", 99)) == ("R", 99)
+
+
+def test_own_process_identity() -> None:
+    mine = procs.start_time(os.getpid())
+    assert mine is not None
+    assert procs.is_running(ProcRecord("me", os.getpid(), mine))
+    # Same pid, other start time: a recycled pid must never count as ours.
+    assert not procs.is_running(ProcRecord("me", os.getpid(), mine + 1))
+
+
+def test_pid_files_round_trip_and_ignore_torn_files(tmp_path: Path) -> None:
+    rec = ProcRecord("kafka", 4321, 987654)
+    procs.write_pid_file(tmp_path, rec)
+    (tmp_path / "junk.pid").write_text("not a pid\n")
+    assert procs.read_pid_files(tmp_path) == {"kafka": rec}
+    assert (tmp_path / "kafka.pid").read_text() == "4321 987654\n"
+    procs.remove_pid_file(tmp_path, "kafka")
+    procs.remove_pid_file(tmp_path, "kafka")  # idempotent
+    assert procs.read_pid_files(tmp_path) == {}
+    assert procs.read_pid_files(tmp_path / "missing") == {}
+
+
+def test_record_json_round_trip() -> None:
+    rec = ProcRecord("redis", 1, 2)
+    assert ProcRecord.from_json("redis", rec.to_json()) == rec
+
+
+def test_tail(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)))
+    assert procs.tail(log, 2) == "line 98\nline 99"
+    assert procs.tail(tmp_path / "missing.log") == ""
+
+
+def test_service_table_matches_config_keys() -> None:
+    # ladder.config reads these stack.json keys; the launcher must write them.
+    keys = {s.addr_key for s in components.SERVICES}
+    assert {"suggest_addr", "evaluate_addr", "lineage_addr", "earlystop_health_addr"} == keys
+    assert components.SERVICE_NAMES == ("lineage", "evaluate", "suggest", "earlystop")
+    assert all(s.argv()[1:] == ["-m", s.module] for s in components.SERVICES)
+
+
+def test_redis_argv_disables_rdb_and_daemonizing(tmp_path: Path) -> None:
+    argv = components.redis_argv(6399, tmp_path)
+    assert argv[argv.index("--save") + 1] == ""
+    assert argv[argv.index("--daemonize") + 1] == "no"
+    assert argv[argv.index("--appendonly") + 1] == "yes"
+    assert argv[argv.index("--dir") + 1] == str(tmp_path)
+
+
+def test_broker_argv_listens_and_advertises_loopback() -> None:
+    argv = components.broker_argv(19092)
+    assert argv[1] == "broker"
+    assert argv[argv.index("--listener-url") + 1] == "tcp://127.0.0.1:19092"
+    assert argv[argv.index("--advertised-listener-url") + 1] == "tcp://127.0.0.1:19092"
+
+
+def _info(**over: object) -> dict[str, object]:
+    info: dict[str, object] = {
+        "kafka_bootstrap": "127.0.0.1:1",
+        "redis_url": "redis://127.0.0.1:2/0",
+        "topic_prefix": "ladder.",
+        "services": True,
+        "external": {"kafka": False, "redis": False},
+    }
+    info.update(over)
+    return info
+
+
+def test_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL"):
+        monkeypatch.delenv(var, raising=False)
+    assert launcher._matches(_info(), services=True)
+    assert launcher._matches(_info(), services=False)
+    assert not launcher._matches(_info(services=False), services=True)
+    monkeypatch.setenv("LADDER_TOPIC_PREFIX", "other.")
+    assert not launcher._matches(_info(), services=True)
+    monkeypatch.delenv("LADDER_TOPIC_PREFIX")
+    # An external Kafka asked for now, an embedded one recorded: start afresh.
+    monkeypatch.setenv("LADDER_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    assert not launcher._matches(_info(), services=True)
+    assert launcher._matches(_info(external={"kafka": True, "redis": False}), services=True)
+
+
+def test_status_and_down_of_empty_state_dir(tmp_path: Path) -> None:
+    assert launcher.status(tmp_path) == []
+    assert launcher.down(tmp_path / "never-created") == []
+    assert cli.main(["status", "--state-dir", str(tmp_path)]) == 3
+    assert cli.main(["down", "--state-dir", str(tmp_path)]) == 0
+
+
+def test_cli_table_drives_the_parser() -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["up", "--no-services", "--state-dir", "/x", "--timeout", "5"])
+    assert (args.command, args.no_services, args.state_dir, args.timeout) == (
+        "up", True, Path("/x"), 5.0,
+    )
+    assert set(cli.COMMANDS) >= {"up", "down", "status"}
+    with pytest.raises(SystemExit):
+        parser.parse_args([])
