@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -148,6 +148,7 @@ class ConsumerLoop:
         producer: EventProducer,
         group_id: str | None,
         from_beginning: bool = True,
+        start_offsets: Callable[[], Mapping[tuple[str, int], int]] | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -156,6 +157,9 @@ class ConsumerLoop:
         self.producer = producer
         self.group_id = group_id
         self.from_beginning = from_beginning
+        # Group-less consumers whose handler stores offsets with its own state
+        # (exactly-once) resume from there: {(topic, partition): next offset}.
+        self.start_offsets = start_offsets
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"consume-{service}", daemon=True)
         self.processed = 0
@@ -195,11 +199,21 @@ class ConsumerLoop:
                 self._stop.wait(0.2)
                 ids = consumer.partitions_for_topic(topic)
             partitions.extend(TopicPartition(topic, p) for p in sorted(ids or ()))
+        if not partitions:
+            consumer.close()
+            # Same outcome as before: the loop logs it and reconnects.
+            raise RuntimeError(f"no partitions found for topics {self.topics}")
         consumer.assign(partitions)
-        if self.from_beginning:
-            consumer.seek_to_beginning(*partitions)
-        else:
-            consumer.seek_to_end(*partitions)
+        resume = dict(self.start_offsets()) if self.start_offsets else {}
+        fresh = [tp for tp in partitions if (tp.topic, tp.partition) not in resume]
+        # Guarded: seek_to_*() without arguments would move every partition.
+        if fresh and self.from_beginning:
+            consumer.seek_to_beginning(*fresh)
+        elif fresh:
+            consumer.seek_to_end(*fresh)
+        for tp in partitions:
+            if (tp.topic, tp.partition) in resume:
+                consumer.seek(tp, resume[(tp.topic, tp.partition)])
         return consumer
 
     def _run(self) -> None:

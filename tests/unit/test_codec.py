@@ -2,7 +2,6 @@ import json
 import math
 
 import pytest
-
 from ladder.codec import BadRecord, decode, encode, parse_metric_report
 from ladder.v1 import events_pb2
 

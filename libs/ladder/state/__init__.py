@@ -1,0 +1,60 @@
+"""Redis hot state: studies, trials, leases, queues, decisions.
+
+``open_state(settings)`` connects and returns a ``State`` with ``studies``
+(``StudyStore``) and ``trials`` (``TrialStore``); keys are laid out in
+``ladder.state.keys`` (prefixed ``ladder:<topic prefix>:``) and every
+multi-key change is a Lua script in ``ladder.state.scripts``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from ladder.config import Settings
+from ladder.state.keys import Keys
+from ladder.state.studies import StudyStore
+from ladder.state.trials import (
+    TERMINAL,
+    BudgetExhausted,
+    StateError,
+    Transition,
+    TrialStore,
+    trial_event,
+    trial_from_hash,
+)
+
+
+@dataclass
+class State:
+    client: redis.Redis
+    keys: Keys
+    studies: StudyStore
+    trials: TrialStore
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_state(settings: Settings, client: redis.Redis | None = None) -> State:
+    client = client or redis.Redis.from_url(
+        settings.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+    )
+    keys = Keys.for_prefix(settings.topics.prefix)
+    return State(client, keys, StudyStore(client, keys), TrialStore(client, keys))
+
+
+__all__ = [
+    "TERMINAL",
+    "BudgetExhausted",
+    "Keys",
+    "State",
+    "StateError",
+    "StudyStore",
+    "Transition",
+    "TrialStore",
+    "open_state",
+    "trial_event",
+    "trial_from_hash",
+]

@@ -1,0 +1,90 @@
+"""Redis key layout. Every key starts with ``ladder:<topic prefix>:`` so that two
+stacks (or two test sessions) sharing one Redis never see each other's state.
+
+| key                                  | type   | contents                                   |
+|--------------------------------------|--------|--------------------------------------------|
+| ``{root}studies``                    | zset   | study id → created ms (ListStudies order)  |
+| ``{root}study:{sid}``                | hash   | study (Study proto), suggested, completed  |
+| ``{root}study:{sid}:pending``        | set    | trial ids suggested / running / resumable  |
+| ``{root}study:{sid}:resumable``      | zset   | resumable trial ids → queued ms (FIFO)     |
+| ``{root}study:{sid}:draws:{p}``      | string | next draw index of partition p's sampler   |
+| ``{root}trial:{tid}``                | hash   | see ``TRIAL_FIELDS``                       |
+| ``{root}trial:{tid}:attempts``       | hash   | attempt id → attempt number (fencing)      |
+| ``{root}trial:{tid}:decision``       | hash   | action, proto (latest early-stop Decision) |
+| ``{root}leases``                     | zset   | trial id → lease / claim deadline ms       |
+| ``{root}outbox``                     | zset   | trial id → ms of a transition whose event  |
+|                                      |        | is not yet confirmed published             |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Fields of the trial hash. ``proto`` is the immutable part of the Trial proto
+# (study, params, seed, partition); the mutable fields live beside it so the Lua
+# scripts can change them without parsing protobuf.
+TRIAL_FIELDS = {
+    "id": "trial id",
+    "study": "study id",
+    "proto": "Trial proto as suggested (params, seed, partition)",
+    "state": "TrialState number",
+    "attempt": "current (or last) attempt id",
+    "attempt_no": "number of attempts started",
+    "worker": "worker id of the current attempt",
+    "hostname": "hostname of the current attempt",
+    "environment": "environment string of the current attempt",
+    "lease_until": "lease deadline in ms (0 when no attempt holds it)",
+    "last_step": "last step reported by the current attempt",
+    "last_value": "last value given with PruneTrial",
+    "ckpt_uri": "last checkpoint uri",
+    "ckpt_step": "step of the last checkpoint",
+    "final": "final value (repr) once COMPLETED",
+    "closed": "signature of the call that ended the last attempt (idempotent repeats)",
+    "reason": "reason of the last transition",
+    "algorithm": "sampler that suggested the trial",
+    "version": "bumped by every transition",
+    "outbox": "'<event kind>|<version>|<reason>' of an event not yet confirmed published",
+}
+
+
+@dataclass(frozen=True)
+class Keys:
+    root: str
+
+    @classmethod
+    def for_prefix(cls, topic_prefix: str) -> Keys:
+        base = topic_prefix.rstrip(".:")
+        return cls(f"ladder:{base}:" if base else "ladder:")
+
+    @property
+    def studies(self) -> str:
+        return f"{self.root}studies"
+
+    def study(self, study_id: str) -> str:
+        return f"{self.root}study:{study_id}"
+
+    def pending(self, study_id: str) -> str:
+        return f"{self.root}study:{study_id}:pending"
+
+    def resumable(self, study_id: str) -> str:
+        return f"{self.root}study:{study_id}:resumable"
+
+    def draws(self, study_id: str, partition: int) -> str:
+        return f"{self.root}study:{study_id}:draws:{partition}"
+
+    def trial(self, trial_id: str) -> str:
+        return f"{self.root}trial:{trial_id}"
+
+    def attempts(self, trial_id: str) -> str:
+        return f"{self.root}trial:{trial_id}:attempts"
+
+    def decision(self, trial_id: str) -> str:
+        return f"{self.root}trial:{trial_id}:decision"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.root}leases"
+
+    @property
+    def outbox(self) -> str:
+        return f"{self.root}outbox"

@@ -1,0 +1,52 @@
+"""Study records in Redis: the Study proto (config with defaults filled) plus
+live counters (``suggested`` is the max_trials budget, ``completed``)."""
+
+from __future__ import annotations
+
+import redis
+
+from ladder.state import scripts
+from ladder.state.keys import Keys
+from ladder.v1 import study_pb2
+
+
+def _study(raw: bytes, suggested: bytes | None) -> study_pb2.Study:
+    study = study_pb2.Study()
+    study.ParseFromString(raw)
+    study.trials_suggested = int(suggested or 0)
+    return study
+
+
+class StudyStore:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.r = client
+        self.keys = keys
+        self._create = client.register_script(scripts.CREATE_STUDY)
+
+    def create(self, study: study_pb2.Study) -> tuple[study_pb2.Study, bool]:
+        """Store ``study`` unless its id exists; returns (stored study, created)."""
+        status, raw = self._create(
+            keys=[self.keys.study(study.study_id), self.keys.studies],
+            args=[study.study_id, study.SerializeToString(), study.created_unix_ms],
+        )
+        created = (status.decode() if isinstance(status, bytes) else status) == "OK"
+        if created:
+            return study, True
+        return self.get(study.study_id) or _study(raw, b"0"), False
+
+    def get(self, study_id: str) -> study_pb2.Study | None:
+        raw, suggested = self.r.hmget(self.keys.study(study_id), "study", "suggested")
+        return _study(raw, suggested) if raw else None
+
+    def suggested(self, study_id: str) -> int:
+        return int(self.r.hget(self.keys.study(study_id), "suggested") or 0)
+
+    def completed(self, study_id: str) -> int:
+        return int(self.r.hget(self.keys.study(study_id), "completed") or 0)
+
+    def list(self) -> list[study_pb2.Study]:
+        ids = self.r.zrange(self.keys.studies, 0, -1)
+        pipe = self.r.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hmget(self.keys.study(sid.decode()), "study", "suggested")
+        return [_study(raw, suggested) for raw, suggested in pipe.execute() if raw]

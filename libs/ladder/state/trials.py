@@ -1,0 +1,481 @@
+"""Trial hot state in Redis: records, leases with fencing, resumable queues,
+pending sets, decisions and the event outbox.
+
+Every transition is one Lua script (``ladder.state.scripts``), so it is atomic
+across the trial hash, the lease zset, the study's queue / pending set and the
+outbox. A transition that changed something returns a ``Transition`` carrying
+the event kind to publish and an outbox ``token``; after the event is on Kafka
+the caller acknowledges it with ``ack``. A transition whose event never got
+acknowledged (the process died in between) is returned by ``outbox_due`` and
+re-published, so no event is lost; consumers are idempotent, so a duplicate is
+harmless. Idempotent repeats (same attempt, same call) return ``changed=False``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from ladder.state import scripts
+from ladder.state.keys import Keys
+from ladder.v1 import events_pb2, trial_pb2
+
+TERMINAL = (trial_pb2.COMPLETED, trial_pb2.PRUNED, trial_pb2.FAILED)
+
+
+class StateError(Exception):
+    """A request the state refuses. ``code`` names the gRPC status to answer with:
+    NOT_FOUND, FAILED_PRECONDITION or INVALID_ARGUMENT."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class BudgetExhausted(StateError):
+    def __init__(self, suggested: int) -> None:
+        super().__init__(
+            "FAILED_PRECONDITION", f"study budget exhausted: {suggested} trials suggested"
+        )
+        self.suggested = suggested
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The trial after a call. ``event_kind`` is set when an event must be
+    published (then ``token`` identifies it for ``ack``)."""
+
+    trial: trial_pb2.Trial
+    changed: bool
+    event_kind: int = 0
+    reason: str = ""
+    token: str = ""
+    hostname: str = ""
+    environment: str = ""
+    algorithm: str = ""
+
+
+def _text(raw: bytes | str | None) -> str:
+    if raw is None:
+        return ""
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[str, bytes]:
+    return {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def _float(raw: bytes | None) -> float:
+    try:
+        return float(_text(raw)) if raw else 0.0
+    except ValueError:
+        return 0.0
+
+
+def trial_event(transition: Transition, ts_ms: int, hostname: str = "") -> events_pb2.TrialEvent:
+    """The TrialEvent announcing ``transition`` (topic trials, key = study id)."""
+    event = events_pb2.TrialEvent(
+        kind=transition.event_kind,
+        reason=transition.reason,
+        ts_ms=ts_ms,
+        algorithm=transition.algorithm,
+        hostname=transition.hostname or hostname,
+        environment=transition.environment,
+    )
+    event.trial.CopyFrom(transition.trial)
+    return event
+
+
+def trial_from_hash(fields: dict[str, bytes]) -> trial_pb2.Trial:
+    """Assemble the Trial proto from the immutable proto plus the mutable fields."""
+    trial = trial_pb2.Trial()
+    trial.ParseFromString(fields.get("proto", b""))
+    trial.trial_id = _text(fields.get("id"))
+    trial.study_id = _text(fields.get("study")) or trial.study_id
+    trial.state = int(_text(fields.get("state")) or 0)
+    trial.attempt_id = _text(fields.get("attempt"))
+    trial.attempt_number = int(_text(fields.get("attempt_no")) or 0)
+    trial.worker_id = _text(fields.get("worker"))
+    trial.last_step = _float(fields.get("last_step"))
+    trial.checkpoint_uri = _text(fields.get("ckpt_uri"))
+    trial.checkpoint_step = _float(fields.get("ckpt_step"))
+    final = _text(fields.get("final"))
+    if final:
+        trial.has_final_value = True
+        trial.final_value = float(final)
+    return trial
+
+
+def _number(value: float) -> str:
+    # repr of a float round-trips exactly, so repeats compare equal as strings.
+    return repr(float(value))
+
+
+def _state_name(state: int) -> str:
+    return trial_pb2.TrialState.Name(state) if state in trial_pb2.TrialState.values() else "?"
+
+
+class TrialStore:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.r = client
+        self.keys = keys
+        self._study_of: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._scripts = {
+            name: client.register_script(getattr(scripts, name))
+            for name in (
+                "START",
+                "HEARTBEAT",
+                "CHECKPOINT",
+                "COMPLETE",
+                "PRUNE",
+                "FAIL",
+                "EXPIRE",
+                "CREATE_TRIALS",
+                "CLAIM_RESUMABLE",
+                "STORE_DECISION",
+                "ACK_OUTBOX",
+            )
+        }
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, trial_id: str) -> trial_pb2.Trial | None:
+        fields = {_text(k): v for k, v in self.r.hgetall(self.keys.trial(trial_id)).items()}
+        return trial_from_hash(fields) if fields else None
+
+    def study_of(self, trial_id: str) -> str:
+        """The trial's study id (immutable, so cached); NOT_FOUND when unknown."""
+        with self._lock:
+            cached = self._study_of.get(trial_id)
+        if cached:
+            return cached
+        study = self.r.hget(self.keys.trial(trial_id), "study")
+        if not study:
+            raise StateError("NOT_FOUND", f"trial {trial_id!r} not found")
+        with self._lock:
+            if len(self._study_of) > 100_000:
+                self._study_of.clear()
+            self._study_of[trial_id] = _text(study)
+        return _text(study)
+
+    def pending(self, study_id: str) -> list[str]:
+        return sorted(_text(m) for m in self.r.smembers(self.keys.pending(study_id)))
+
+    def resumable(self, study_id: str) -> list[str]:
+        return [_text(m) for m in self.r.zrange(self.keys.resumable(study_id), 0, -1)]
+
+    def lease_deadline_ms(self, trial_id: str) -> float | None:
+        return self.r.zscore(self.keys.leases, trial_id)
+
+    def decision(self, trial_id: str) -> events_pb2.Decision | None:
+        raw = self.r.hget(self.keys.decision(trial_id), "proto")
+        if not raw:
+            return None
+        decision = events_pb2.Decision()
+        decision.ParseFromString(raw)
+        return decision
+
+    # ------------------------------------------------------------ suggest side
+
+    def reserve_draws(self, study_id: str, partition: int, count: int) -> int:
+        """Reserve ``count`` draws of a partition's sampler stream; first index."""
+        end = self.r.incrby(self.keys.draws(study_id, partition), count)
+        return int(end) - count
+
+    def create_trials(
+        self,
+        study_id: str,
+        protos: Sequence[trial_pb2.Trial],
+        max_trials: int,
+        claim_seconds: float,
+        algorithm: str,
+    ) -> list[Transition]:
+        """Create SUGGESTED trials ``<study>-t<seq>`` within the study's budget.
+
+        Returns fewer than asked when the budget only allows part;
+        raises BudgetExhausted when it allows none."""
+        status, first, count = self._scripts["CREATE_TRIALS"](
+            keys=[
+                self.keys.study(study_id),
+                self.keys.pending(study_id),
+                self.keys.leases,
+                self.keys.outbox,
+            ],
+            args=[
+                self.keys.trial(""),
+                study_id,
+                max_trials,
+                int(claim_seconds * 1000),
+                algorithm,
+                *(p.SerializeToString() for p in protos),
+            ],
+        )
+        status = _text(status)
+        if status == "NOT_FOUND":
+            raise StateError("NOT_FOUND", f"study {study_id!r} not found")
+        if status == "BUDGET":
+            raise BudgetExhausted(int(first))
+        created = []
+        reason = f"suggested by {algorithm}"
+        for i in range(int(count)):
+            trial = trial_pb2.Trial()
+            trial.CopyFrom(protos[i])
+            trial.trial_id = f"{study_id}-t{int(first) + i}"
+            trial.study_id = study_id
+            trial.state = trial_pb2.SUGGESTED
+            created.append(
+                Transition(
+                    trial=trial,
+                    changed=True,
+                    event_kind=events_pb2.TRIAL_SUGGESTED,
+                    reason=reason,
+                    # Matches the outbox token CREATE_TRIALS wrote (version 1).
+                    token=f"{events_pb2.TRIAL_SUGGESTED}|1|{reason}",
+                    algorithm=algorithm,
+                )
+            )
+        return created
+
+    def claim_resumable(
+        self, study_id: str, count: int, claim_seconds: float
+    ) -> list[trial_pb2.Trial]:
+        """Pop up to ``count`` RESUMABLE trials of the study, oldest first."""
+        rows = self._scripts["CLAIM_RESUMABLE"](
+            keys=[self.keys.resumable(study_id), self.keys.leases],
+            args=[self.keys.trial(""), count, int(claim_seconds * 1000)],
+        )
+        return [trial_from_hash(_pairs(row)) for row in rows]
+
+    def store_decision(self, decision: events_pb2.Decision) -> str:
+        """Keep the latest decision per trial (a STOP is never overridden).
+        Returns OK, REPEAT, KEPT or UNKNOWN (no such trial)."""
+        result = self._scripts["STORE_DECISION"](
+            keys=[self.keys.trial(decision.trial_id), self.keys.decision(decision.trial_id)],
+            args=[int(decision.action), decision.SerializeToString()],
+        )
+        return _text(result)
+
+    # ----------------------------------------------------------- evaluate side
+
+    def _run(
+        self, name: str, trial_id: str, keys: list[str], args: list[object]
+    ) -> tuple[str, dict[str, bytes]]:
+        status, flat = self._scripts[name](keys=keys, args=args)
+        return _text(status), _pairs(flat)
+
+    def _transition(
+        self, trial_id: str, attempt_id: str, status: str, fields: dict[str, bytes], verb: str
+    ) -> Transition:
+        if status == "NOT_FOUND":
+            raise StateError("NOT_FOUND", f"trial {trial_id!r} not found")
+        trial = trial_from_hash(fields)
+        state = _state_name(trial.state)
+        if status == "STALE" and not trial.attempt_id:
+            raise StateError(
+                "FAILED_PRECONDITION",
+                f"attempt {attempt_id!r} does not hold trial {trial_id!r}: it is {state} and "
+                "was never started (call StartTrial first)",
+            )
+        if status == "STALE":
+            if trial.attempt_id == attempt_id:
+                why = f"its lease expired and the trial is now {state}"
+            else:
+                why = f"attempt {trial.attempt_id!r} replaced it (trial is {state})"
+            raise StateError(
+                "FAILED_PRECONDITION",
+                f"stale attempt: {attempt_id!r} no longer holds trial {trial_id!r}: {why}",
+            )
+        if status == "BUSY":
+            raise StateError(
+                "FAILED_PRECONDITION",
+                f"trial {trial_id!r} is RUNNING under another live attempt "
+                f"{trial.attempt_id!r} (worker {trial.worker_id!r})",
+            )
+        if status == "CONFLICT":
+            raise StateError(
+                "FAILED_PRECONDITION",
+                f"trial {trial_id!r} is already COMPLETED with value {trial.final_value!r} "
+                f"by attempt {trial.attempt_id!r}; refusing a different result",
+            )
+        if status == "STATE":
+            raise StateError(
+                "FAILED_PRECONDITION", f"cannot {verb} trial {trial_id!r}: it is {state}"
+            )
+        if status == "REPEAT":
+            return Transition(trial=trial, changed=False)
+        token = _text(fields.get("outbox"))
+        parts = token.split("|", 2)
+        kind, reason = parts[0], parts[2] if len(parts) == 3 else ""
+        return Transition(
+            trial=trial,
+            changed=True,
+            event_kind=int(kind or 0),
+            reason=reason,
+            token=token,
+            hostname=_text(fields.get("hostname")),
+            environment=_text(fields.get("environment")),
+            algorithm=_text(fields.get("algorithm")),
+        )
+
+    def start(
+        self,
+        trial_id: str,
+        attempt_id: str,
+        worker_id: str,
+        lease_seconds: float,
+        hostname: str = "",
+        environment: str = "",
+    ) -> Transition:
+        study = self.study_of(trial_id)
+        k = self.keys
+        status, fields = self._run(
+            "START",
+            trial_id,
+            [
+                k.trial(trial_id),
+                k.outbox,
+                k.attempts(trial_id),
+                k.leases,
+                k.resumable(study),
+                k.pending(study),
+            ],
+            [attempt_id, worker_id, int(lease_seconds * 1000), hostname, environment],
+        )
+        return self._transition(trial_id, attempt_id, status, fields, "start")
+
+    def heartbeat(
+        self, trial_id: str, attempt_id: str, step: float | None, lease_seconds: float
+    ) -> trial_pb2.Trial:
+        k = self.keys
+        status, fields = self._run(
+            "HEARTBEAT",
+            trial_id,
+            [k.trial(trial_id), k.outbox, k.leases],
+            [attempt_id, "", "" if step is None else _number(step), int(lease_seconds * 1000)],
+        )
+        return self._transition(trial_id, attempt_id, status, fields, "heartbeat").trial
+
+    def checkpoint(
+        self, trial_id: str, attempt_id: str, uri: str, step: float, lease_seconds: float
+    ) -> Transition:
+        k = self.keys
+        status, fields = self._run(
+            "CHECKPOINT",
+            trial_id,
+            [k.trial(trial_id), k.outbox, k.leases],
+            [attempt_id, "", uri, _number(step), int(lease_seconds * 1000)],
+        )
+        return self._transition(trial_id, attempt_id, status, fields, "checkpoint")
+
+    def complete(
+        self, trial_id: str, attempt_id: str, value: float, step: float | None = None
+    ) -> Transition:
+        if not math.isfinite(value):
+            raise StateError("INVALID_ARGUMENT", "value must be finite")
+        study = self.study_of(trial_id)
+        k = self.keys
+        status, fields = self._run(
+            "COMPLETE",
+            trial_id,
+            [k.trial(trial_id), k.outbox, k.leases, k.pending(study), k.study(study)],
+            [
+                attempt_id,
+                f"complete|{attempt_id}|{_number(value)}",
+                _number(value),
+                "" if not step else _number(step),
+            ],
+        )
+        return self._transition(trial_id, attempt_id, status, fields, "complete")
+
+    def prune(
+        self,
+        trial_id: str,
+        attempt_id: str,
+        step: float | None = None,
+        last_value: float | None = None,
+    ) -> Transition:
+        study = self.study_of(trial_id)
+        k = self.keys
+        status, fields = self._run(
+            "PRUNE",
+            trial_id,
+            [k.trial(trial_id), k.outbox, k.leases, k.pending(study)],
+            [
+                attempt_id,
+                f"prune|{attempt_id}",
+                "" if not step else _number(step),
+                "" if last_value is None else _number(last_value),
+            ],
+        )
+        return self._transition(trial_id, attempt_id, status, fields, "prune")
+
+    def fail(
+        self, trial_id: str, attempt_id: str, reason: str, retryable: bool, max_attempts: int
+    ) -> Transition:
+        study = self.study_of(trial_id)
+        k = self.keys
+        status, fields = self._run(
+            "FAIL",
+            trial_id,
+            [k.trial(trial_id), k.outbox, k.leases, k.pending(study), k.resumable(study)],
+            [
+                attempt_id,
+                f"fail|{attempt_id}",
+                reason or "no reason given",
+                "1" if retryable else "0",
+                max_attempts,
+            ],
+        )
+        return self._transition(trial_id, attempt_id, status, fields, "fail")
+
+    def expire_due(self, limit: int = 200) -> list[Transition]:
+        """Move trials whose lease (or hand-out claim) ran out to RESUMABLE."""
+        now_s, now_us = self.r.time()
+        now_ms = now_s * 1000 + now_us // 1000
+        due = self.r.zrangebyscore(self.keys.leases, "-inf", now_ms, start=0, num=limit)
+        out = []
+        for raw in due:
+            trial_id = _text(raw)
+            try:
+                study = self.study_of(trial_id)
+            except StateError:
+                self.r.zrem(self.keys.leases, trial_id)
+                continue
+            k = self.keys
+            status, fields = self._run(
+                "EXPIRE",
+                trial_id,
+                [k.trial(trial_id), k.outbox, k.leases, k.resumable(study)],
+                [trial_id],
+            )
+            if status == "OK":
+                out.append(self._transition(trial_id, "", status, fields, "expire"))
+        return out
+
+    # ------------------------------------------------------------------ outbox
+
+    def ack(self, trial_id: str, token: str) -> None:
+        """The event of ``token`` is published; forget it."""
+        self._scripts["ACK_OUTBOX"](
+            keys=[self.keys.trial(trial_id), self.keys.outbox], args=[trial_id, token]
+        )
+
+    def outbox_due(self, older_than_seconds: float, limit: int = 100) -> list[Transition]:
+        """Transitions whose event was not acknowledged within ``older_than_seconds``."""
+        now_s, now_us = self.r.time()
+        cutoff = now_s * 1000 + now_us // 1000 - int(older_than_seconds * 1000)
+        out = []
+        for raw in self.r.zrangebyscore(self.keys.outbox, "-inf", cutoff, start=0, num=limit):
+            trial_id = _text(raw)
+            fields = {_text(k): v for k, v in self.r.hgetall(self.keys.trial(trial_id)).items()}
+            if not fields.get("outbox"):
+                self.r.zrem(self.keys.outbox, trial_id)
+                continue
+            out.append(self._transition(trial_id, "", "OK", fields, "publish"))
+        return out

@@ -1,0 +1,109 @@
+"""Evaluate service: ``python -m services.evaluate [--port N]``.
+
+The trial lifecycle for workers: StartTrial, Heartbeat (CONTINUE / STOP /
+PROMOTE), ReportCheckpoint, CompleteTrial, PruneTrial, FailTrial, GetTrial.
+
+| env var / flag                     | default | meaning                                    |
+|------------------------------------|---------|--------------------------------------------|
+| ``--port`` / LADDER_EVALUATE_PORT  | 50052   | gRPC port (health service included)        |
+| LADDER_LEASE_SECONDS               | 30      | lease granted by StartTrial / Heartbeat    |
+| LADDER_MAX_ATTEMPTS                | 3       | attempts before a retryable failure is     |
+|                                    |         | final (FAILED instead of RESUMABLE)        |
+| LADDER_SWEEP_SECONDS               | lease/4 | lease sweeper period (capped to 0.1..5 s)  |
+| LADDER_OUTBOX_RETRY_SECONDS        | 10      | re-publish events not acknowledged by then |
+| LADDER_LOG_LEVEL                   | INFO    | log level (JSON logs on stderr)            |
+| OTEL_EXPORTER_OTLP_ENDPOINT        | unset   | export spans over OTLP when set            |
+
+plus the shared ``Settings`` (LADDER_KAFKA_BOOTSTRAP, LADDER_REDIS_URL,
+LADDER_TOPIC_PREFIX, ...; see ``ladder.config``).
+
+Consumes the decisions topic in group ``<topic prefix>evaluate`` and publishes a
+TrialEvent for every transition on the trials topic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from ladder import telemetry
+from ladder.bus import ConsumerLoop, EventProducer
+from ladder.config import Settings
+from ladder.grpcserver import ServiceHost
+from ladder.state import open_state
+from ladder.v1 import evaluate_pb2_grpc
+
+from services.evaluate.publisher import TransitionPublisher
+from services.evaluate.service import EvaluateServicer
+from services.evaluate.sweeper import LeaseSweeper
+
+log = logging.getLogger("ladder.evaluate")
+
+
+def main(argv: list[str] | None = None) -> None:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="python -m services.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--port", type=int, default=int(env("LADDER_EVALUATE_PORT", 50052)))
+    parser.add_argument(
+        "--lease-seconds", type=float, default=float(env("LADDER_LEASE_SECONDS", 30))
+    )
+    parser.add_argument("--max-attempts", type=int, default=int(env("LADDER_MAX_ATTEMPTS", 3)))
+    parser.add_argument(
+        "--sweep-seconds", type=float, default=float(env("LADDER_SWEEP_SECONDS", 0))
+    )
+    parser.add_argument(
+        "--outbox-retry-seconds",
+        type=float,
+        default=float(env("LADDER_OUTBOX_RETRY_SECONDS", 10)),
+    )
+    args = parser.parse_args(argv)
+    if args.lease_seconds <= 0:
+        parser.error("lease seconds must be > 0")
+    if args.max_attempts < 1:
+        parser.error("max attempts must be >= 1")
+    sweep = args.sweep_seconds or min(5.0, max(0.1, args.lease_seconds / 4))
+
+    telemetry.setup("ladder-evaluate")
+    settings = Settings.from_env()
+    state = open_state(settings)
+    state.client.ping()  # fail fast (and visibly) when Redis is unreachable
+    producer = EventProducer(settings, "evaluate")
+    publisher = TransitionPublisher(settings, producer, state.trials)
+    servicer = EvaluateServicer(state, publisher, args.lease_seconds, args.max_attempts)
+    consumer = ConsumerLoop(
+        settings,
+        "evaluate",
+        [settings.topics.decisions],
+        servicer.on_decision,
+        producer,
+        group_id=f"{settings.topics.prefix}evaluate",
+    ).start()
+    sweeper = LeaseSweeper(state.trials, publisher, sweep, args.outbox_retry_seconds).start()
+
+    host = ServiceHost("ladder.v1.EvaluateService", args.port)
+    evaluate_pb2_grpc.add_EvaluateServiceServicer_to_server(servicer, host.server)
+
+    def on_stop() -> None:
+        sweeper.stop()
+        consumer.stop()
+        producer.close()
+        state.close()
+
+    log.info(
+        "evaluate: lease %.1fs, max attempts %d, sweep every %.2fs, redis %s, kafka %s",
+        args.lease_seconds,
+        args.max_attempts,
+        sweep,
+        settings.redis_url,
+        settings.kafka_bootstrap,
+    )
+    host.run(on_stop)
+
+
+if __name__ == "__main__":
+    main()

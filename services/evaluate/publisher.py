@@ -1,0 +1,55 @@
+"""Publish trial transitions on the trials topic, then clear them from the outbox."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from ladder.bus import EventProducer, now_ms
+from ladder.config import Settings
+from ladder.state import Transition, TrialStore, trial_event
+from ladder.v1 import events_pb2
+
+log = logging.getLogger("ladder.evaluate.publish")
+
+
+class TransitionPublisher:
+    def __init__(self, settings: Settings, producer: EventProducer, trials: TrialStore) -> None:
+        self.topic = settings.topics.trials
+        self.producer = producer
+        self.trials = trials
+        self.hostname = socket.gethostname()
+
+    def publish(self, transition: Transition) -> bool:
+        """Send the transition's TrialEvent (key = study id) and wait for the ack.
+
+        On failure the transition stays in the Redis outbox and the sweeper
+        re-publishes it later, so the caller's answer does not depend on Kafka.
+        """
+        if not transition.changed or not transition.event_kind:
+            return False
+        trial = transition.trial
+        event = trial_event(transition, now_ms(), hostname=self.hostname)
+        try:
+            self.producer.send(self.topic, trial.study_id, event, wait=True)
+        except Exception:  # noqa: BLE001 - any broker failure; the outbox keeps it
+            log.exception(
+                "%s for %s not published; kept in the outbox",
+                events_pb2.TrialEventKind.Name(transition.event_kind),
+                trial.trial_id,
+                extra={"trial_id": trial.trial_id, "study_id": trial.study_id},
+            )
+            return False
+        self.trials.ack(trial.trial_id, transition.token)
+        log.info(
+            "%s %s: %s",
+            events_pb2.TrialEventKind.Name(transition.event_kind),
+            trial.trial_id,
+            transition.reason,
+            extra={
+                "trial_id": trial.trial_id,
+                "study_id": trial.study_id,
+                "attempt_id": trial.attempt_id,
+            },
+        )
+        return True

@@ -1,0 +1,203 @@
+"""EvaluateService: the trial lifecycle (gRPC). The only writer of trial state
+after the suggestion; every transition is an atomic, fenced Lua script in
+``ladder.state`` and is announced on the trials topic."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from functools import wraps
+from typing import TypeVar
+
+import grpc
+import redis
+from ladder.bus import Record
+from ladder.codec import BadRecord, decode
+from ladder.state import State, StateError
+from ladder.v1 import evaluate_pb2, evaluate_pb2_grpc, events_pb2, trial_pb2
+from opentelemetry import trace
+
+from services.evaluate.publisher import TransitionPublisher
+
+log = logging.getLogger("ladder.evaluate")
+
+R = TypeVar("R")
+
+
+def _status(method: Callable[..., R]) -> Callable[..., R]:
+    """Map state errors to precise gRPC statuses and tag the span with the trial."""
+
+    @wraps(method)
+    def wrapper(self: EvaluateServicer, request: object, context: grpc.ServicerContext) -> R:
+        trial_id = getattr(request, "trial_id", "")
+        span = trace.get_current_span()
+        span.set_attribute("ladder.trial_id", trial_id)
+        try:
+            if not trial_id:
+                raise StateError("INVALID_ARGUMENT", "trial_id is required")
+            return method(self, request, context)
+        except StateError as exc:
+            log.info(
+                "%s refused: %s",
+                method.__name__,
+                exc.message,
+                extra={"trial_id": trial_id, "attempt_id": getattr(request, "attempt_id", None)},
+            )
+            context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+        except redis.RedisError as exc:
+            log.warning("redis unavailable: %s", exc, extra={"trial_id": trial_id})
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"state store unavailable: {exc}")
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _require_attempt(attempt_id: str) -> None:
+    if not attempt_id:
+        raise StateError("INVALID_ARGUMENT", "attempt_id is required")
+
+
+def _step(name: str, value: float) -> float | None:
+    """Steps are optional (0 = not given) but must be finite and >= 0."""
+    if not math.isfinite(value) or value < 0:
+        raise StateError("INVALID_ARGUMENT", f"{name} must be finite and >= 0 (got {value})")
+    return value or None
+
+
+class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
+    def __init__(
+        self,
+        state: State,
+        publisher: TransitionPublisher,
+        lease_seconds: float,
+        max_attempts: int,
+    ) -> None:
+        self.trials = state.trials
+        self.publisher = publisher
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+
+    @_status
+    def StartTrial(
+        self, request: evaluate_pb2.StartTrialRequest, context: grpc.ServicerContext
+    ) -> evaluate_pb2.StartTrialResponse:
+        _require_attempt(request.attempt_id)
+        transition = self.trials.start(
+            request.trial_id,
+            request.attempt_id,
+            request.worker_id,
+            self.lease_seconds,
+            hostname=request.hostname,
+            environment=request.environment,
+        )
+        self.publisher.publish(transition)
+        trial = transition.trial
+        return evaluate_pb2.StartTrialResponse(
+            trial=trial,
+            lease_seconds=self.lease_seconds,
+            checkpoint_uri=trial.checkpoint_uri,
+            checkpoint_step=trial.checkpoint_step,
+        )
+
+    @_status
+    def Heartbeat(
+        self, request: evaluate_pb2.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> evaluate_pb2.HeartbeatResponse:
+        _require_attempt(request.attempt_id)
+        self.trials.heartbeat(
+            request.trial_id, request.attempt_id, _step("step", request.step), self.lease_seconds
+        )
+        reply = evaluate_pb2.HeartbeatResponse(
+            action=events_pb2.CONTINUE, lease_seconds=self.lease_seconds
+        )
+        decision = self.trials.decision(request.trial_id)
+        if decision is not None and decision.action in (events_pb2.STOP, events_pb2.PROMOTE):
+            reply.action = decision.action
+            reply.decision.CopyFrom(decision)
+        return reply
+
+    @_status
+    def ReportCheckpoint(
+        self, request: evaluate_pb2.ReportCheckpointRequest, context: grpc.ServicerContext
+    ) -> trial_pb2.Trial:
+        _require_attempt(request.attempt_id)
+        if not request.uri:
+            raise StateError("INVALID_ARGUMENT", "uri is required")
+        _step("step", request.step)
+        transition = self.trials.checkpoint(
+            request.trial_id, request.attempt_id, request.uri, request.step, self.lease_seconds
+        )
+        self.publisher.publish(transition)
+        return transition.trial
+
+    @_status
+    def CompleteTrial(
+        self, request: evaluate_pb2.CompleteTrialRequest, context: grpc.ServicerContext
+    ) -> trial_pb2.Trial:
+        _require_attempt(request.attempt_id)
+        if not math.isfinite(request.value):
+            raise StateError("INVALID_ARGUMENT", "value must be finite")
+        transition = self.trials.complete(
+            request.trial_id, request.attempt_id, request.value, _step("step", request.step)
+        )
+        self.publisher.publish(transition)
+        return transition.trial
+
+    @_status
+    def PruneTrial(
+        self, request: evaluate_pb2.PruneTrialRequest, context: grpc.ServicerContext
+    ) -> trial_pb2.Trial:
+        _require_attempt(request.attempt_id)
+        transition = self.trials.prune(
+            request.trial_id,
+            request.attempt_id,
+            _step("step", request.step),
+            request.last_value,
+        )
+        self.publisher.publish(transition)
+        return transition.trial
+
+    @_status
+    def FailTrial(
+        self, request: evaluate_pb2.FailTrialRequest, context: grpc.ServicerContext
+    ) -> trial_pb2.Trial:
+        _require_attempt(request.attempt_id)
+        transition = self.trials.fail(
+            request.trial_id,
+            request.attempt_id,
+            request.reason,
+            request.retryable,
+            self.max_attempts,
+        )
+        self.publisher.publish(transition)
+        return transition.trial
+
+    @_status
+    def GetTrial(
+        self, request: evaluate_pb2.GetTrialRequest, context: grpc.ServicerContext
+    ) -> trial_pb2.Trial:
+        trial = self.trials.get(request.trial_id)
+        if trial is None:
+            raise StateError("NOT_FOUND", f"trial {request.trial_id!r} not found")
+        return trial
+
+    # ------------------------------------------------------------ decisions topic
+
+    def on_decision(self, record: Record) -> None:
+        """ConsumerLoop handler: keep each trial's latest decision for Heartbeat.
+        Storing the same decision twice is a no-op (replays change nothing)."""
+        decision = decode(events_pb2.Decision, record.value)
+        if not decision.trial_id:
+            raise BadRecord("decision has no trial_id")
+        result = self.trials.store_decision(decision)
+        log.info(
+            "decision %s for %s: %s (%s)",
+            events_pb2.Action.Name(decision.action)
+            if decision.action in events_pb2.Action.values()
+            else decision.action,
+            decision.trial_id,
+            result.lower(),
+            decision.reason,
+            extra={"trial_id": decision.trial_id, "study_id": decision.study_id},
+        )

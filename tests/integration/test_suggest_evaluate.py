@@ -1,0 +1,540 @@
+"""Suggest + evaluate as real processes against the real broker and redis-server,
+plus the Redis state layer's scripts against the same redis-server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from ladder.config import Settings
+from ladder.params import fill_params
+from ladder.state import State, StateError, open_state
+from ladder.v1 import (
+    evaluate_pb2,
+    evaluate_pb2_grpc,
+    events_pb2,
+    space_pb2,
+    study_pb2,
+    suggest_pb2,
+    suggest_pb2_grpc,
+    trial_pb2,
+)
+
+pytestmark = pytest.mark.integration
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def space(*params: space_pb2.Parameter) -> space_pb2.SearchSpace:
+    return space_pb2.SearchSpace(parameters=list(params))
+
+
+SPACE = space(
+    space_pb2.Parameter(
+        name="lr", float_range=space_pb2.FloatRange(low=1e-4, high=1e-1, scale=space_pb2.SCALE_LOG)
+    ),
+    space_pb2.Parameter(name="opt", categorical=space_pb2.Categorical(choices=["adam", "sgd"])),
+    space_pb2.Parameter(
+        name="momentum",
+        float_range=space_pb2.FloatRange(low=0, high=0.99),
+        condition=space_pb2.Condition(parent="opt", parent_values=["sgd"]),
+    ),
+)
+
+
+def config(max_trials: int = 0, **kw: Any) -> study_pb2.StudyConfig:
+    return study_pb2.StudyConfig(
+        name="it",
+        space=SPACE,
+        metric="val_loss",
+        max_trials=max_trials,
+        seed=11,
+        scheduler=study_pb2.SchedulerConfig(kind=study_pb2.ASHA, max_resource=9),
+        **kw,
+    )
+
+
+def code_and_message(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), err.value.details()
+
+
+class Clients:
+    def __init__(self, suggest_addr: str, evaluate_addr: str | None = None) -> None:
+        self._channels = [grpc.insecure_channel(suggest_addr)]
+        self.suggest = suggest_pb2_grpc.SuggestServiceStub(self._channels[0])
+        if evaluate_addr:
+            self._channels.append(grpc.insecure_channel(evaluate_addr))
+            self.evaluate = evaluate_pb2_grpc.EvaluateServiceStub(self._channels[1])
+
+    def create(self, cfg: study_pb2.StudyConfig, study_id: str = "") -> study_pb2.Study:
+        return self.suggest.CreateStudy(
+            suggest_pb2.CreateStudyRequest(config=cfg, study_id=study_id), timeout=30
+        )
+
+    def one(self, study_id: str, worker: str = "w-1") -> suggest_pb2.Suggestion:
+        reply = self.suggest.Suggest(
+            suggest_pb2.SuggestRequest(study_id=study_id, worker_id=worker), timeout=30
+        )
+        assert len(reply.suggestions) == 1
+        return reply.suggestions[0]
+
+    def start(self, trial_id: str, attempt: str, worker: str = "w-1") -> Any:
+        return self.evaluate.StartTrial(
+            evaluate_pb2.StartTrialRequest(
+                trial_id=trial_id, attempt_id=attempt, worker_id=worker, hostname="it-host"
+            ),
+            timeout=30,
+        )
+
+    def heartbeat(self, trial_id: str, attempt: str, step: float = 1) -> Any:
+        return self.evaluate.Heartbeat(
+            evaluate_pb2.HeartbeatRequest(trial_id=trial_id, attempt_id=attempt, step=step),
+            timeout=30,
+        )
+
+    def complete(self, trial_id: str, attempt: str, value: float) -> trial_pb2.Trial:
+        return self.evaluate.CompleteTrial(
+            evaluate_pb2.CompleteTrialRequest(
+                trial_id=trial_id, attempt_id=attempt, value=value, step=9
+            ),
+            timeout=30,
+        )
+
+    def get(self, trial_id: str) -> trial_pb2.Trial:
+        return self.evaluate.GetTrial(evaluate_pb2.GetTrialRequest(trial_id=trial_id), timeout=30)
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 5.0) -> list[Any]:
+    """Every record currently in ``topic`` (reads up to the end offsets)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap.split(","), enable_auto_commit=False
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end within {timeout}s")
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def trial_events(settings: Settings, trial_id: str) -> list[events_pb2.TrialEvent]:
+    out = []
+    for record in read_topic(settings, settings.topics.trials):
+        event = events_pb2.TrialEvent()
+        event.ParseFromString(record.value)
+        if event.trial.trial_id == trial_id:
+            out.append(event)
+    return out
+
+
+def kinds(events: list[events_pb2.TrialEvent]) -> list[str]:
+    return [events_pb2.TrialEventKind.Name(e.kind) for e in events]
+
+
+def wait_for_events(
+    settings: Settings, trial_id: str, expected: list[str], timeout: float = 20
+) -> list[events_pb2.TrialEvent]:
+    def seen() -> list[events_pb2.TrialEvent] | None:
+        events = trial_events(settings, trial_id)
+        return events if kinds(events) == expected else None
+
+    try:
+        return wait_for(seen, timeout, f"events {expected} for {trial_id}", every=0.3)
+    except AssertionError:
+        raise AssertionError(
+            f"events for {trial_id}: {kinds(trial_events(settings, trial_id))}, expected {expected}"
+        ) from None
+
+
+# ----------------------------------------------------------------------- study API
+
+
+def test_study_creation_validation_and_lookup(infra: Settings, start_service: Any) -> None:
+    suggest = start_service("services.suggest")
+    clients = Clients(suggest.addr)
+    try:
+        bad = config()
+        bad.space.parameters[0].float_range.low = 0.5
+        code, message = code_and_message(lambda: clients.create(bad))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert message == (
+            "space.parameters[0] 'lr': float_range.low must be < high (got 0.5 >= 0.1)"
+        )
+        no_metric = config()
+        no_metric.metric = ""
+        code, message = code_and_message(lambda: clients.create(no_metric))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("metric is required")
+
+        code, message = code_and_message(
+            lambda: clients.suggest.GetStudy(suggest_pb2.GetStudyRequest(study_id="nope"))
+        )
+        assert (code, message) == (grpc.StatusCode.NOT_FOUND, "study 'nope' not found")
+        code, _ = code_and_message(
+            lambda: clients.suggest.Suggest(
+                suggest_pb2.SuggestRequest(study_id="nope", worker_id="w")
+            )
+        )
+        assert code == grpc.StatusCode.NOT_FOUND
+
+        generated = clients.create(config())
+        assert generated.study_id.startswith("st-") and len(generated.study_id) == 15
+        assert generated.config.scheduler.reduction_factor == 3  # defaults filled
+        assert generated.config.partitions == 1
+
+        chosen = f"it-{uuid.uuid4().hex[:8]}"
+        first = clients.create(config(), study_id=chosen)
+        again = clients.create(config(), study_id=chosen)
+        assert again == first
+        code, message = code_and_message(lambda: clients.create(config(max_trials=5), chosen))
+        assert code == grpc.StatusCode.ALREADY_EXISTS and chosen in message
+
+        listed = clients.suggest.ListStudies(suggest_pb2.ListStudiesRequest()).studies
+        assert {generated.study_id, chosen} <= {s.study_id for s in listed}
+
+        # The StudyEvent was acknowledged before CreateStudy returned.
+        published = set()
+        for record in read_topic(infra, infra.topics.studies):
+            event = events_pb2.StudyEvent()
+            event.ParseFromString(record.value)
+            published.add((record.key.decode(), event.study.study_id))
+        assert (chosen, chosen) in published and (generated.study_id,) * 2 in published
+    finally:
+        clients.close()
+
+
+def test_budget_and_restart_continue_the_sequence(infra: Settings, start_service: Any) -> None:
+    suggest = start_service("services.suggest")
+    clients = Clients(suggest.addr)
+    study = clients.create(config(max_trials=5))
+    first = clients.suggest.Suggest(
+        suggest_pb2.SuggestRequest(study_id=study.study_id, worker_id="w-a", count=3), timeout=30
+    ).suggestions
+    assert [s.trial.trial_id for s in first] == [f"{study.study_id}-t{i}" for i in (1, 2, 3)]
+    assert all(s.algorithm == "quasi-random" and not s.resumed for s in first)
+    assert len({s.trial.seed for s in first}) == 3
+    for s in first:
+        assert s.trial.state == trial_pb2.SUGGESTED
+        assert ("momentum" in s.trial.params) == (s.trial.params["opt"].str_value == "sgd")
+    clients.close()
+
+    # A restarted process continues the partition's Sobol stream (no repeats).
+    suggest.stop()
+    suggest = start_service("services.suggest")
+    clients = Clients(suggest.addr)
+    try:
+        more = clients.suggest.Suggest(
+            suggest_pb2.SuggestRequest(study_id=study.study_id, worker_id="w-a", count=3),
+            timeout=30,
+        ).suggestions
+        assert [s.trial.trial_id for s in more] == [f"{study.study_id}-t{i}" for i in (4, 5)]
+        lrs = [s.trial.params["lr"].float_value for s in [*first, *more]]
+        assert len(set(lrs)) == 5
+        code, message = code_and_message(lambda: clients.one(study.study_id))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert message == "study budget exhausted: 5 trials suggested"
+        got = clients.suggest.GetStudy(suggest_pb2.GetStudyRequest(study_id=study.study_id))
+        assert got.trials_suggested == 5
+    finally:
+        clients.close()
+
+
+# ------------------------------------------------------------------ trial lifecycle
+
+
+def test_stop_decision_reaches_heartbeat_and_complete_is_idempotent(
+    infra: Settings, start_service: Any
+) -> None:
+    suggest = start_service("services.suggest")
+    evaluate = start_service("services.evaluate")
+    clients = Clients(suggest.addr, evaluate.addr)
+    producer = KafkaProducer(bootstrap_servers=infra.kafka_bootstrap.split(","))
+    try:
+        study = clients.create(config())
+        trial = clients.one(study.study_id).trial
+        started = clients.start(trial.trial_id, "a-1")
+        assert started.trial.state == trial_pb2.RUNNING and started.lease_seconds == 30
+        assert started.trial.attempt_number == 1 and started.checkpoint_uri == ""
+        assert clients.start(trial.trial_id, "a-1").trial == started.trial  # idempotent
+        assert clients.heartbeat(trial.trial_id, "a-1").action == events_pb2.CONTINUE
+
+        code, message = code_and_message(lambda: clients.start(trial.trial_id, "a-2", "w-2"))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "another live attempt" in message
+
+        stop = events_pb2.Decision(
+            study_id=study.study_id,
+            trial_id=trial.trial_id,
+            action=events_pb2.STOP,
+            rung=0,
+            resource=1,
+            cutoff=0.3,
+            rank=3,
+            population=3,
+            reason="below rung cutoff",
+            scheduler="asha",
+        )
+        producer.send(
+            infra.topics.decisions, key=trial.trial_id.encode(), value=stop.SerializeToString()
+        ).get(timeout=30)
+        reply = wait_for(
+            lambda: (r := clients.heartbeat(trial.trial_id, "a-1")).action == events_pb2.STOP and r,
+            90,
+            "heartbeat STOP",
+            every=0.25,
+        )
+        assert reply.decision == stop
+        pruned = clients.evaluate.PruneTrial(
+            evaluate_pb2.PruneTrialRequest(
+                trial_id=trial.trial_id, attempt_id="a-1", step=1, last_value=0.9
+            )
+        )
+        assert pruned.state == trial_pb2.PRUNED and pruned.last_step == 1
+        code, _ = code_and_message(lambda: clients.heartbeat(trial.trial_id, "a-1"))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        wait_for_events(infra, trial.trial_id, ["TRIAL_SUGGESTED", "TRIAL_STARTED", "TRIAL_PRUNED"])
+
+        # Completion: idempotent for the same attempt and value, counted once.
+        second = clients.one(study.study_id).trial
+        clients.start(second.trial_id, "b-1")
+        code, message = code_and_message(
+            lambda: clients.complete(second.trial_id, "b-1", float("nan"))
+        )
+        assert (code, message) == (grpc.StatusCode.INVALID_ARGUMENT, "value must be finite")
+        done = clients.complete(second.trial_id, "b-1", 0.25)
+        assert done.state == trial_pb2.COMPLETED and done.final_value == 0.25
+        assert clients.complete(second.trial_id, "b-1", 0.25) == done
+        code, message = code_and_message(lambda: clients.complete(second.trial_id, "b-1", 0.5))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "already COMPLETED" in message
+        assert clients.get(second.trial_id) == done
+        events = wait_for_events(
+            infra, second.trial_id, ["TRIAL_SUGGESTED", "TRIAL_STARTED", "TRIAL_COMPLETED"]
+        )
+        assert events[-1].trial == done and events[0].algorithm == "quasi-random"
+        assert events[1].hostname == "it-host"
+        state = open_state(infra)
+        assert state.studies.completed(study.study_id) == 1
+        state.close()
+
+        code, message = code_and_message(lambda: clients.get("nope-t1"))
+        assert (code, message) == (grpc.StatusCode.NOT_FOUND, "trial 'nope-t1' not found")
+    finally:
+        producer.close()
+        clients.close()
+
+
+def test_lease_expiry_makes_trial_resumable_and_fences_the_old_attempt(
+    infra: Settings, start_service: Any
+) -> None:
+    suggest = start_service("services.suggest")
+    evaluate = start_service("services.evaluate", {"LADDER_LEASE_SECONDS": "2"})
+    clients = Clients(suggest.addr, evaluate.addr)
+    try:
+        study = clients.create(config(max_trials=1))
+        trial = clients.one(study.study_id, "w-dies").trial
+        clients.start(trial.trial_id, "old", "w-dies")
+        clients.evaluate.ReportCheckpoint(
+            evaluate_pb2.ReportCheckpointRequest(
+                trial_id=trial.trial_id, attempt_id="old", uri="file:///ckpt/3", step=3
+            )
+        )
+        # The worker dies: no more heartbeats, the sweeper expires the lease.
+        wait_for(lambda: clients.get(trial.trial_id).state == trial_pb2.RESUMABLE, 15, "RESUMABLE")
+        code, message = code_and_message(lambda: clients.heartbeat(trial.trial_id, "old"))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and message.startswith("stale attempt")
+
+        # The budget is spent, yet the resumable trial is handed out again.
+        resumed = clients.one(study.study_id, "w-next")
+        assert resumed.resumed and resumed.trial.trial_id == trial.trial_id
+        assert resumed.trial.params == trial.params and resumed.trial.seed == trial.seed
+        assert resumed.trial.checkpoint_uri == "file:///ckpt/3"
+        started = clients.start(trial.trial_id, "new", "w-next")
+        assert started.checkpoint_uri == "file:///ckpt/3" and started.checkpoint_step == 3
+        assert started.trial.attempt_number == 2
+
+        # The old attempt is fenced for every call, even a restart.
+        for call in (
+            lambda: clients.start(trial.trial_id, "old", "w-dies"),
+            lambda: clients.complete(trial.trial_id, "old", 0.1),
+            lambda: clients.evaluate.FailTrial(
+                evaluate_pb2.FailTrialRequest(trial_id=trial.trial_id, attempt_id="old")
+            ),
+        ):
+            code, message = code_and_message(call)
+            assert code == grpc.StatusCode.FAILED_PRECONDITION
+            assert message.startswith("stale attempt"), message
+        clients.heartbeat(trial.trial_id, "new")
+        assert clients.complete(trial.trial_id, "new", 0.1).state == trial_pb2.COMPLETED
+        code, message = code_and_message(lambda: clients.one(study.study_id))
+        assert message == "study budget exhausted: 1 trials suggested"
+        events = wait_for_events(
+            infra,
+            trial.trial_id,
+            [
+                "TRIAL_SUGGESTED",
+                "TRIAL_STARTED",
+                "TRIAL_CHECKPOINTED",
+                "TRIAL_LEASE_EXPIRED",
+                "TRIAL_STARTED",
+                "TRIAL_COMPLETED",
+            ],
+        )
+        assert "expired" in events[3].reason and events[3].trial.state == trial_pb2.RESUMABLE
+    finally:
+        clients.close()
+
+
+# ------------------------------------------------------------ state scripts directly
+
+
+@pytest.fixture
+def state(infra: Settings) -> State:
+    st = open_state(infra)
+    yield st
+    st.close()
+
+
+def _study(state: State, max_trials: int = 0) -> str:
+    study_id = f"direct-{uuid.uuid4().hex[:8]}"
+    state.studies.create(
+        study_pb2.Study(study_id=study_id, config=config(max_trials), created_unix_ms=1)
+    )
+    return study_id
+
+
+def _trials(state: State, study_id: str, n: int, claim: float = 60) -> list[str]:
+    protos = []
+    for i in range(n):
+        proto = trial_pb2.Trial(study_id=study_id, seed=i)
+        fill_params(proto.params, {"lr": 0.01, "opt": "adam"})
+        protos.append(proto)
+    made = state.trials.create_trials(study_id, protos, 0, claim, "test")
+    return [t.trial.trial_id for t in made]
+
+
+def test_retryable_failures_are_resumable_until_max_attempts(state: State) -> None:
+    study_id = _study(state)
+    (trial_id,) = _trials(state, study_id, 1)
+    for n in (1, 2):
+        state.trials.start(trial_id, f"a{n}", "w", 30)
+        failed = state.trials.fail(trial_id, f"a{n}", "CUDA OOM", retryable=True, max_attempts=3)
+        assert failed.changed and failed.trial.state == trial_pb2.RESUMABLE
+        assert f"attempt {n} failed (retryable" in failed.reason and "CUDA OOM" in failed.reason
+        repeat = state.trials.fail(trial_id, f"a{n}", "CUDA OOM", retryable=True, max_attempts=3)
+        assert not repeat.changed
+        assert trial_id in state.trials.resumable(study_id)
+    state.trials.start(trial_id, "a3", "w", 30)
+    final = state.trials.fail(trial_id, "a3", "CUDA OOM", retryable=True, max_attempts=3)
+    assert final.trial.state == trial_pb2.FAILED and "all 3 attempts used" in final.reason
+    assert trial_id not in state.trials.pending(study_id)
+    with pytest.raises(StateError, match="it is FAILED"):
+        state.trials.start(trial_id, "a4", "w", 30)
+
+
+def test_non_retryable_failure_is_final(state: State) -> None:
+    study_id = _study(state)
+    (trial_id,) = _trials(state, study_id, 1)
+    state.trials.start(trial_id, "a1", "w", 30)
+    failed = state.trials.fail(trial_id, "a1", "bad config", retryable=False, max_attempts=3)
+    assert failed.trial.state == trial_pb2.FAILED and "not retryable" in failed.reason
+
+
+def test_unstarted_suggestions_become_resumable_after_the_claim(state: State) -> None:
+    study_id = _study(state)
+    (trial_id,) = _trials(state, study_id, 1, claim=0.05)
+    expired = wait_for(
+        lambda: [t for t in state.trials.expire_due() if t.trial.trial_id == trial_id],
+        5,
+        "claim expiry",
+    )
+    assert expired[0].event_kind == events_pb2.TRIAL_LEASE_EXPIRED
+    assert state.trials.get(trial_id).state == trial_pb2.RESUMABLE
+    claimed = state.trials.claim_resumable(study_id, 5, 60)
+    assert [t.trial_id for t in claimed] == [trial_id]
+    assert state.trials.claim_resumable(study_id, 5, 60) == []  # popped once
+
+
+def test_decisions_are_stored_idempotently_and_stop_wins(state: State) -> None:
+    study_id = _study(state)
+    (trial_id,) = _trials(state, study_id, 1)
+    promote = events_pb2.Decision(trial_id=trial_id, action=events_pb2.PROMOTE, rung=0)
+    stop = events_pb2.Decision(trial_id=trial_id, action=events_pb2.STOP, rung=1)
+    assert state.trials.store_decision(promote) == "OK"
+    assert state.trials.store_decision(stop) == "OK"
+    assert state.trials.store_decision(stop) == "REPEAT"
+    assert state.trials.store_decision(promote) == "KEPT"
+    assert state.trials.decision(trial_id) == stop
+    unknown = events_pb2.Decision(trial_id="nope-t1", action=events_pb2.STOP)
+    assert state.trials.store_decision(unknown) == "UNKNOWN"
+
+
+def test_unacknowledged_events_stay_in_the_outbox(state: State) -> None:
+    study_id = _study(state)
+    a, b = _trials(state, study_id, 2)
+    state.trials.start(a, "x", "w", 30)
+    started_b = state.trials.start(b, "x", "w", 30)
+    for trial_id in (a, b):  # the suggestion events were "published" by someone else
+        state.trials.ack(trial_id, f"{events_pb2.TRIAL_SUGGESTED}|1|suggested by test")
+    state.trials.ack(b, started_b.token)
+    due = {t.trial.trial_id: t for t in state.trials.outbox_due(0)}
+    assert due[a].event_kind == events_pb2.TRIAL_STARTED and b not in due
+    state.trials.ack(a, due[a].token)
+    assert a not in {t.trial.trial_id for t in state.trials.outbox_due(0)}
+
+
+def test_budget_is_atomic_under_concurrency(state: State) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    study_id = _study(state, max_trials=10)
+    proto = trial_pb2.Trial(study_id=study_id)
+
+    def grab(_: int) -> int:
+        try:
+            return len(state.trials.create_trials(study_id, [proto] * 3, 10, 60, "test"))
+        except StateError:
+            return 0
+
+    with ThreadPoolExecutor(8) as pool:
+        total = sum(pool.map(grab, range(16)))
+    assert total == 10 and state.studies.get(study_id).trials_suggested == 10
+
+
+def test_calls_before_start_are_refused_with_a_hint(state: State) -> None:
+    study_id = _study(state)
+    (trial_id,) = _trials(state, study_id, 1)
+    with pytest.raises(StateError, match="was never started") as err:
+        state.trials.complete(trial_id, "a1", 0.5)
+    assert err.value.code == "FAILED_PRECONDITION"
+    with pytest.raises(StateError, match="not found") as err:
+        state.trials.heartbeat("nope-t9", "a1", 1, 30)
+    assert err.value.code == "NOT_FOUND"
