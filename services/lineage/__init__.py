@@ -1,0 +1,1 @@
+"""The lineage service: every event into SQLite, lineage queries over gRPC."""

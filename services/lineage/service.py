@@ -1,0 +1,92 @@
+"""LineageService over gRPC: thin handlers over ``LineageQueries``.
+
+Each gRPC worker thread opens its own read connection on first use (SQLite
+connections must not be shared across concurrent threads); WAL lets them read
+while the ingest thread writes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import grpc
+from ladder.v1 import lineage_pb2, lineage_pb2_grpc
+
+from services.lineage.queries import LineageQueries
+
+
+class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
+    def __init__(self, open_queries: Callable[[], LineageQueries]) -> None:
+        self._open_queries = open_queries
+        self._local = threading.local()
+        self._opened: list[LineageQueries] = []
+        self._lock = threading.Lock()
+
+    def _queries(self) -> LineageQueries:
+        queries = getattr(self._local, "queries", None)
+        if queries is None:
+            queries = self._open_queries()
+            self._local.queries = queries
+            with self._lock:
+                self._opened.append(queries)
+        return queries
+
+    def close(self) -> None:
+        with self._lock:
+            for queries in self._opened:
+                queries.close()
+            self._opened.clear()
+
+    @staticmethod
+    def _required(value: str, field: str, context: grpc.ServicerContext) -> str:
+        if not value:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is required")
+        return value
+
+    def GetTrialLineage(
+        self, request: lineage_pb2.GetTrialLineageRequest, context: grpc.ServicerContext
+    ) -> lineage_pb2.TrialLineage:
+        trial_id = self._required(request.trial_id, "trial_id", context)
+        with self._queries().snapshot() as queries:
+            lineage = queries.trial_lineage(trial_id)
+        if lineage is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"trial {trial_id!r} not found")
+        return lineage
+
+    def ListTrials(
+        self, request: lineage_pb2.ListTrialsRequest, context: grpc.ServicerContext
+    ) -> lineage_pb2.ListTrialsResponse:
+        study_id = self._required(request.study_id, "study_id", context)
+        with self._queries().snapshot() as queries:
+            trials = queries.list_trials(study_id)
+        if trials is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"study {study_id!r} not found")
+        return lineage_pb2.ListTrialsResponse(trials=trials)
+
+    def GetBestTrial(
+        self, request: lineage_pb2.GetBestTrialRequest, context: grpc.ServicerContext
+    ) -> lineage_pb2.TrialLineage:
+        study_id = self._required(request.study_id, "study_id", context)
+        with self._queries().snapshot() as queries:
+            known = queries.study_known(study_id)
+            best = queries.best_trial_id(study_id) if known else None
+            lineage = queries.trial_lineage(best[0]) if best else None
+        if not known:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"study {study_id!r} not found")
+        if lineage is None:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"study {study_id!r} has no completed trial with a final value yet",
+            )
+        return lineage
+
+    def GetStudySummary(
+        self, request: lineage_pb2.GetStudySummaryRequest, context: grpc.ServicerContext
+    ) -> lineage_pb2.StudySummary:
+        study_id = self._required(request.study_id, "study_id", context)
+        with self._queries().snapshot() as queries:
+            summary = queries.study_summary(study_id)
+        if summary is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"study {study_id!r} not found")
+        return summary

@@ -1,0 +1,378 @@
+"""The lineage store on an in-memory SQLite: exactly-once and idempotent
+ingestion, state progression, best trial, and the lineage it answers."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sqlite3
+
+import pytest
+from ladder.bus import Record
+from ladder.codec import BadRecord, encode
+from ladder.config import Topics
+from ladder.params import fill_params
+from ladder.v1 import events_pb2, study_pb2, trial_pb2
+
+from services.lineage.ingest import Ingestor, to_ingest
+from services.lineage.queries import LineageQueries
+from services.lineage.schema import SCHEMA_VERSION, SchemaError, connect, migrate
+from services.lineage.store import Ingest, LineageStore, Skipped, Source
+
+TS = trial_pb2.TrialState
+KIND = events_pb2.TrialEventKind
+TOPICS = Topics("u.")
+STUDY = "study-1"
+
+
+def study_event(direction: str = "MINIMIZE", ts_ms: int = 1000) -> events_pb2.StudyEvent:
+    config = study_pb2.StudyConfig(
+        name="digits",
+        direction=study_pb2.Direction.Value(direction),
+        metric="val_loss",
+        dataset_id="digits@v3",
+        code_commit="abc123",
+    )
+    study = study_pb2.Study(study_id=STUDY, config=config, state=study_pb2.STUDY_ACTIVE)
+    return events_pb2.StudyEvent(study=study, ts_ms=ts_ms)
+
+
+def trial_event(
+    trial_id: str,
+    kind: str,
+    ts_ms: int,
+    attempt: int = 0,
+    state: str | None = None,
+    final: float | None = None,
+    checkpoint: tuple[str, float] | None = None,
+    **event_fields: object,
+) -> events_pb2.TrialEvent:
+    trial = trial_pb2.Trial(
+        trial_id=trial_id,
+        study_id=STUDY,
+        seed=7,
+        attempt_number=attempt,
+        attempt_id=f"{trial_id}-a{attempt}" if attempt else "",
+        worker_id=f"worker-{attempt}" if attempt else "",
+    )
+    fill_params(trial.params, {"lr": 0.01, "layers": 3, "act": "relu"})
+    if state:
+        trial.state = TS.Value(state)
+    if final is not None:
+        trial.has_final_value = True
+        trial.final_value = final
+    if checkpoint:
+        trial.checkpoint_uri, trial.checkpoint_step = checkpoint
+    return events_pb2.TrialEvent(kind=KIND.Value(kind), trial=trial, ts_ms=ts_ms, **event_fields)
+
+
+def metric(trial_id: str, step: float, value: float, attempt: int = 1) -> events_pb2.MetricReport:
+    return events_pb2.MetricReport(
+        study_id=STUDY,
+        trial_id=trial_id,
+        attempt_id=f"{trial_id}-a{attempt}",
+        worker_id=f"worker-{attempt}",
+        metric="val_loss",
+        step=step,
+        value=value,
+        ts_ms=2000 + int(step),
+    )
+
+
+def decision(trial_id: str, action: str, rung: int, ts_ms: int) -> events_pb2.Decision:
+    return events_pb2.Decision(
+        study_id=STUDY,
+        trial_id=trial_id,
+        action=events_pb2.Action.Value(action),
+        rung=rung,
+        resource=3.0 ** rung,
+        cutoff=0.5,
+        rank=2,
+        population=4,
+        reason=f"rung {rung}: rank 2 of 4",
+        scheduler="asha",
+        ts_ms=ts_ms,
+        report_ts_ms=ts_ms - 1,
+    )
+
+
+def history() -> list[events_pb2.StudyEvent | events_pb2.TrialEvent | object]:
+    """Two trials: t1 completes on its first attempt; t2 loses its lease,
+    resumes on a second attempt and is pruned."""
+    return [
+        study_event(),
+        trial_event(
+            "t1", "TRIAL_SUGGESTED", 1100, state="SUGGESTED",
+            algorithm="gp", predicted_mean=0.3, predicted_std=0.05,
+        ),
+        trial_event(
+            "t1", "TRIAL_STARTED", 1200, attempt=1, state="RUNNING",
+            hostname="gpu-7", environment="python=3.11 torch=2.13.0",
+        ),
+        metric("t1", 1, 0.9),
+        metric("t1", 2, 0.5),
+        decision("t1", "CONTINUE", 0, 2100),
+        trial_event(
+            "t1", "TRIAL_CHECKPOINTED", 2150, attempt=1, state="RUNNING",
+            checkpoint=("file:///ckpt/t1-2", 2.0),
+        ),
+        metric("t1", 3, 0.25),
+        trial_event(
+            "t1", "TRIAL_COMPLETED", 2300, attempt=1, state="COMPLETED",
+            final=0.25, checkpoint=("file:///ckpt/t1-2", 2.0),
+        ),
+        trial_event("t2", "TRIAL_SUGGESTED", 1150, state="SUGGESTED", algorithm="sobol"),
+        trial_event("t2", "TRIAL_STARTED", 1250, attempt=1, state="RUNNING"),
+        metric("t2", 1, 1.2),
+        trial_event("t2", "TRIAL_LEASE_EXPIRED", 1500, attempt=1, state="RESUMABLE"),
+        trial_event("t2", "TRIAL_STARTED", 1600, attempt=2, state="RUNNING"),
+        metric("t2", 1, 1.1, attempt=2),
+        metric("t2", 3, math.nan, attempt=2),
+        decision("t2", "STOP", 1, 2200),
+        trial_event("t2", "TRIAL_PRUNED", 2250, attempt=2, state="PRUNED"),
+        events_pb2.RungCrossing(study_id=STUDY, trial_id="t2", rung=1, resource=3.0),
+        events_pb2.DeadLetter(
+            source_topic="u.trials", source_partition=0, source_offset=99,
+            reason="not a ladder.v1.TrialEvent", service="evaluate",
+        ),
+        Skipped("metrics_undecodable", "metric JSON does not parse"),
+    ]
+
+
+def at_offsets(events: list, first_offset: int = 0, partition: int = 0) -> list[Ingest]:
+    return [
+        Ingest(Source("u.all", partition, first_offset + i), event)
+        for i, event in enumerate(events)
+    ]
+
+
+@pytest.fixture
+def store() -> LineageStore:
+    return LineageStore(connect(":memory:"))
+
+
+def queries(store: LineageStore) -> LineageQueries:
+    return LineageQueries(store.connection)
+
+
+def snapshot(conn: sqlite3.Connection, skip: tuple[str, ...] = ()) -> dict[str, list[tuple]]:
+    tables = [
+        row[0]
+        for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if row[0] not in skip
+    ]
+    # Surrogate row ids depend on arrival order; compare content only.
+    def content(table: str) -> list[tuple]:
+        columns = [c[1] for c in conn.execute(f"PRAGMA table_info({table})") if c[1] != "id"]
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        return sorted(map(tuple, conn.execute(f"SELECT {quoted} FROM {table}")), key=repr)
+
+    return {table: content(table) for table in tables}
+
+
+def test_schema_is_versioned_and_migration_is_repeatable() -> None:
+    conn = connect(":memory:")
+    assert migrate(conn) == SCHEMA_VERSION
+    assert migrate(conn) == SCHEMA_VERSION
+    conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaError, match="newer"):
+        migrate(conn)
+
+
+def test_redelivered_records_are_skipped_by_offset(store: LineageStore) -> None:
+    items = at_offsets(history())
+    assert store.apply(items) == len(items)
+    before = snapshot(store.connection)
+
+    assert store.apply(items) == 0
+    assert store.apply(items[5:9]) == 0
+    assert snapshot(store.connection) == before
+
+
+def test_republished_records_change_nothing(store: LineageStore) -> None:
+    events = [e for e in history() if not isinstance(e, Skipped)]
+    store.apply(at_offsets(events))
+    before = snapshot(store.connection, skip=("consumer_offsets",))
+
+    # The same payloads at new offsets: a producer that published twice, and
+    # early-stop re-emitting its decisions later (new ts_ms).
+    again = [events_pb2.Decision(**{**_fields(e), "ts_ms": e.ts_ms + 5000})
+             if isinstance(e, events_pb2.Decision) else e for e in events]
+    assert store.apply(at_offsets(again, first_offset=1000)) == len(events)
+    assert snapshot(store.connection, skip=("consumer_offsets",)) == before
+
+
+def _fields(message: events_pb2.Decision) -> dict[str, object]:
+    return {f.name: v for f, v in message.ListFields()}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_arrival_order_does_not_matter(seed: int) -> None:
+    events = history()
+    # One partition per event keeps each event's position fixed while the
+    # order of arrival changes.
+    items = [Ingest(Source("u.all", i, 0), e) for i, e in enumerate(events)]
+    ordered = LineageStore(connect(":memory:"))
+    ordered.apply(items)
+    shuffled = LineageStore(connect(":memory:"))
+    random.Random(seed).shuffle(items)
+    for item in items:
+        shuffled.apply([item])
+    assert snapshot(shuffled.connection) == snapshot(ordered.connection)
+
+
+def test_old_events_replayed_do_not_regress_state(store: LineageStore) -> None:
+    events = history()
+    store.apply(at_offsets(events))
+    stale = [e for e in events if isinstance(e, events_pb2.TrialEvent)
+             and e.kind in (KIND.Value("TRIAL_STARTED"), KIND.Value("TRIAL_SUGGESTED"))]
+    store.apply(at_offsets(stale, first_offset=500))
+    # A stale copy with a later timestamp still cannot undo a terminal state.
+    late = trial_event("t1", "TRIAL_STARTED", 9999, attempt=1, state="RUNNING")
+    store.apply(at_offsets([late], first_offset=600))
+    lineage = queries(store).trial_lineage("t1")
+    assert lineage is not None and lineage.state == "COMPLETED"
+    assert [a.outcome for a in lineage.attempts] == ["completed"]
+    assert queries(store).trial_lineage("t2").state == "PRUNED"
+
+
+def test_state_progresses_across_attempts(store: LineageStore) -> None:
+    steps = [
+        (trial_event("t3", "TRIAL_SUGGESTED", 100), "SUGGESTED"),
+        (trial_event("t3", "TRIAL_STARTED", 200, attempt=1), "RUNNING"),
+        (trial_event("t3", "TRIAL_LEASE_EXPIRED", 300, attempt=1), "RESUMABLE"),
+        # An event of the expired attempt arriving late does not revive it.
+        (trial_event("t3", "TRIAL_CHECKPOINTED", 250, attempt=1), "RESUMABLE"),
+        (trial_event("t3", "TRIAL_STARTED", 400, attempt=2), "RUNNING"),
+        (trial_event("t3", "TRIAL_FAILED", 500, attempt=2, state="FAILED"), "FAILED"),
+    ]
+    for offset, (event, expected) in enumerate(steps):
+        store.apply(at_offsets([event], first_offset=offset))
+        assert queries(store).trial_lineage("t3").state == expected
+    outcomes = [(a.attempt_number, a.outcome) for a in queries(store).trial_lineage("t3").attempts]
+    assert outcomes == [(1, "lease_expired"), (2, "failed")]
+
+
+def test_trial_lineage_has_everything(store: LineageStore) -> None:
+    store.apply(at_offsets(history()))
+    lineage = queries(store).trial_lineage("t1")
+    assert lineage is not None
+    assert (lineage.study_id, lineage.seed, lineage.state) == (STUDY, 7, "COMPLETED")
+    assert {k: v.WhichOneof("value") for k, v in lineage.params.items()} == {
+        "lr": "float_value", "layers": "int_value", "act": "str_value",
+    }
+    assert lineage.params["lr"].float_value == 0.01
+    assert (lineage.has_final_value, lineage.final_value) == (True, 0.25)
+    assert (lineage.dataset_id, lineage.code_commit, lineage.metric) == (
+        "digits@v3", "abc123", "val_loss",
+    )
+    assert (lineage.algorithm, lineage.predicted_mean, lineage.predicted_std) == ("gp", 0.3, 0.05)
+    assert lineage.checkpoint_uri == "file:///ckpt/t1-2"
+    [attempt] = lineage.attempts
+    assert (attempt.attempt_id, attempt.attempt_number) == ("t1-a1", 1)
+    assert attempt.worker_id == "worker-1"
+    assert (attempt.hostname, attempt.environment) == ("gpu-7", "python=3.11 torch=2.13.0")
+    assert (attempt.outcome, attempt.started_ms, attempt.ended_ms) == ("completed", 1200, 2300)
+    assert attempt.checkpoint_uri == "file:///ckpt/t1-2"
+    assert [(p.step, p.value, p.attempt_id) for p in lineage.metrics] == [
+        (1, 0.9, "t1-a1"), (2, 0.5, "t1-a1"), (3, 0.25, "t1-a1"),
+    ]
+    [made] = lineage.decisions
+    assert (made.action, made.rung, made.reason) == (events_pb2.CONTINUE, 0, "rung 0: rank 2 of 4")
+
+
+def test_divergence_and_unknown_trials(store: LineageStore) -> None:
+    store.apply(at_offsets(history()))
+    t2 = queries(store).trial_lineage("t2")
+    assert math.isnan(t2.metrics[-1].value)
+    assert [a.attempt_id for a in t2.attempts] == ["t2-a1", "t2-a2"]
+    assert queries(store).trial_lineage("nope") is None
+    # Known only from its metrics so far: found, state not yet known.
+    store.apply(at_offsets([metric("t9", 1, 0.4)], first_offset=100))
+    assert queries(store).trial_lineage("t9").state == "TRIAL_STATE_UNSPECIFIED"
+
+
+@pytest.mark.parametrize(("direction", "best"), [("MINIMIZE", "t4"), ("MAXIMIZE", "t5")])
+def test_best_trial_follows_the_study_direction(
+    store: LineageStore, direction: str, best: str
+) -> None:
+    events = [
+        study_event(direction),
+        trial_event("t4", "TRIAL_COMPLETED", 10, attempt=1, state="COMPLETED", final=0.1),
+        trial_event("t5", "TRIAL_COMPLETED", 11, attempt=1, state="COMPLETED", final=0.9),
+        trial_event("t6", "TRIAL_COMPLETED", 12, attempt=1, state="COMPLETED", final=math.nan),
+        trial_event("t7", "TRIAL_COMPLETED", 13, attempt=1, state="COMPLETED", final=math.inf),
+        # A pruned trial's last value never counts, however good.
+        trial_event("t8", "TRIAL_PRUNED", 14, attempt=1, state="PRUNED", final=-5.0),
+        trial_event("t8b", "TRIAL_PRUNED", 14, attempt=1, state="PRUNED", final=50.0),
+    ]
+    store.apply(at_offsets(events))
+    assert queries(store).best_trial_id(STUDY)[0] == best
+
+
+def test_no_best_trial_before_a_completion(store: LineageStore) -> None:
+    store.apply(at_offsets([study_event(), trial_event("t1", "TRIAL_SUGGESTED", 1)]))
+    assert queries(store).study_known(STUDY)
+    assert queries(store).best_trial_id(STUDY) is None
+    assert not queries(store).study_known("other")
+
+
+def test_study_summary_and_listing(store: LineageStore) -> None:
+    store.apply(at_offsets(history()))
+    summary = queries(store).study_summary(STUDY)
+    assert (summary.suggested, summary.running, summary.completed, summary.pruned) == (0, 0, 1, 1)
+    assert (summary.has_best, summary.best_trial_id, summary.best_value) == (True, "t1", 0.25)
+    assert (summary.metric_points, summary.decisions) == (6, 2)
+    listed = {t.trial_id: t for t in queries(store).list_trials(STUDY)}
+    assert listed["t1"].state == "COMPLETED" and listed["t1"].last_step == 3
+    assert listed["t2"].state == "PRUNED" and not listed["t2"].has_final_value
+    assert queries(store).study_summary("other") is None
+    assert queries(store).counters() == {
+        "metrics_undecodable": 1, "dead_letters:u.trials": 1,
+    }
+
+
+def test_newer_study_event_wins(store: LineageStore) -> None:
+    store.apply(at_offsets([study_event("MAXIMIZE", ts_ms=2000), study_event("MINIMIZE", 1000)]))
+    store.apply(at_offsets([
+        trial_event("a", "TRIAL_COMPLETED", 1, attempt=1, state="COMPLETED", final=1.0),
+        trial_event("b", "TRIAL_COMPLETED", 2, attempt=1, state="COMPLETED", final=2.0),
+    ], first_offset=10))
+    assert queries(store).best_trial_id(STUDY)[0] == "b"
+
+
+def _record(topic: str, value: bytes, offset: int = 0) -> Record:
+    return Record(topic, 0, offset, None, value, [], 0)
+
+
+def test_decoding_routes_bad_records() -> None:
+    as_json = json.dumps({"study_id": STUDY, "trial_id": "t1", "step": 2, "value": 0.5}).encode()
+    item = to_ingest(TOPICS, _record(TOPICS.metrics, as_json))
+    assert isinstance(item.event, events_pb2.MetricReport) and item.event.step == 2
+    skipped = to_ingest(TOPICS, _record(TOPICS.metrics, b"{oops"))
+    assert isinstance(skipped.event, Skipped) and skipped.event.counter == "metrics_undecodable"
+    skipped = to_ingest(TOPICS, _record(TOPICS.dead_letter, b"\xff\xff\xff"))
+    assert isinstance(skipped.event, Skipped)
+    with pytest.raises(BadRecord, match="TrialEvent"):
+        to_ingest(TOPICS, _record(TOPICS.trials, b"\xff\xff\xff"))
+    with pytest.raises(BadRecord, match="trial_id"):
+        to_ingest(TOPICS, _record(TOPICS.decisions, encode(events_pb2.Decision(rung=1))))
+    with pytest.raises(BadRecord, match="no kind"):
+        event = trial_event("t1", "TRIAL_STARTED", 1)
+        event.kind = KIND.Value("TRIAL_EVENT_KIND_UNSPECIFIED")
+        to_ingest(TOPICS, _record(TOPICS.trials, encode(event)))
+
+
+def test_ingestor_isolates_a_record_the_store_cannot_hold(store: LineageStore) -> None:
+    poisoned: list[Ingest] = []
+    ingestor = Ingestor(store, on_poison=lambda item, _exc: poisoned.append(item))
+    good = at_offsets([metric("t1", 1, 0.5), object(), metric("t1", 2, 0.4)])
+    for item in good:  # queued before start: one batch
+        ingestor.submit(item)
+    ingestor.start()
+    ingestor.stop()
+    assert [p.source.offset for p in poisoned] == [1]
+    assert len(queries(store).trial_lineage("t1").metrics) == 2
+    assert queries(store).offsets() == {("u.all", 0): 3}
+    assert queries(store).counters() == {"unstorable:u.all": 1}
