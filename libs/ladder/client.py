@@ -1,0 +1,562 @@
+"""The Ladder client SDK: one object for studies, the trial lifecycle and lineage queries.
+
+::
+
+    from ladder.client import LadderClient, study_config
+
+    with LadderClient() as ladder:          # endpoints from Settings.from_env()
+        study = ladder.create_study(study_config(
+            {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+             "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+             "momentum": {"type": "float", "low": 0, "high": 0.99,
+                          "when": {"optimizer": ["sgd"]}}},
+            metric="val_loss", max_trials=64,
+            scheduler={"kind": "asha", "min_resource": 1, "max_resource": 27},
+        ))
+        suggestion = ladder.suggest(study.study_id, worker_id="w1")
+
+Request/response calls go over gRPC to the suggest, evaluate and lineage services;
+metric reports are produced to the Kafka ``metrics`` topic (key = trial id), as the
+architecture prescribes, so a worker never waits on the early-stop service.
+
+Failures: a call that fails with UNAVAILABLE (a service restarting, a connection not
+up yet) is retried with exponential back-off until ``retry_timeout`` seconds have
+passed; every other status (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...)
+is raised at once as ``grpc.RpcError``, because repeating the request cannot help.
+The evaluate calls are idempotent per (trial id, attempt id), so a retried call that
+had in fact reached the server changes nothing. ``Suggest`` raises
+:class:`BudgetExhausted` once the study's ``max_trials`` have been handed out.
+
+The plain-dict form of a search space (:func:`search_space`)::
+
+    {name: {"type": "float" | "int",  "low": ..., "high": ..., "log": bool,
+            "when": {parent: [parent values]}},            # "when" is optional
+     name: {"type": "categorical", "choices": ["a", "b"]},
+     name: {"type": "ordinal", "values": [16, 32, 64]}}
+
+A conditional parameter ("when") is active only while its parent (a categorical or
+ordinal parameter) takes one of the listed values. Parent values are compared as text;
+ordinal values are written without a trailing ".0" (``32``, ``0.5``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+
+from ladder import telemetry
+from ladder.config import Settings
+from ladder.space import validate_space, validate_study_config
+from ladder.v1 import (
+    evaluate_pb2,
+    evaluate_pb2_grpc,
+    events_pb2,
+    lineage_pb2,
+    lineage_pb2_grpc,
+    space_pb2,
+    study_pb2,
+    suggest_pb2,
+    suggest_pb2_grpc,
+    trial_pb2,
+)
+
+log = logging.getLogger("ladder.client")
+
+T = TypeVar("T")
+
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
+DEFAULT_CALL_TIMEOUT = 10.0  # seconds per attempt of one RPC
+DEFAULT_RETRY_TIMEOUT = 30.0  # seconds of UNAVAILABLE retries before giving up
+
+# Reconnect quickly after a service restarts instead of gRPC's default back-off of up
+# to two minutes: the retry loop below is what bounds the waiting.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+class BudgetExhausted(Exception):
+    """Suggest has no more trials to hand out (the study's max_trials are used up)."""
+
+
+# --- retries -----------------------------------------------------------------------------
+
+
+def call_with_retry(
+    call: Callable[[], T],
+    what: str,
+    retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+    initial_backoff: float = 0.1,
+    max_backoff: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Run ``call``; retry it with jittered exponential back-off while it fails with a
+    retryable status (UNAVAILABLE) and ``retry_timeout`` has not passed."""
+    deadline = clock() + retry_timeout
+    backoff = initial_backoff
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code not in RETRYABLE_CODES or clock() + backoff > deadline:
+                raise
+            log.info("%s: %s (attempt %d), retrying in %.2fs", what, code, attempt, backoff)
+        sleep(backoff * random.uniform(0.8, 1.2))
+        backoff = min(max_backoff, backoff * 2)
+
+
+# --- the plain-dict form of search spaces and study configs --------------------------------
+
+_SCALES = {False: space_pb2.SCALE_LINEAR, True: space_pb2.SCALE_LOG}
+_KEYS = {
+    "float": {"type", "low", "high", "log", "when"},
+    "int": {"type", "low", "high", "log", "when"},
+    "categorical": {"type", "choices", "when"},
+    "ordinal": {"type", "values", "when"},
+}
+_DIRECTIONS = {"minimize": study_pb2.MINIMIZE, "maximize": study_pb2.MAXIMIZE}
+_ALGORITHMS = {
+    "random": study_pb2.RANDOM,
+    "gp": study_pb2.GP,
+    "tpe": study_pb2.TPE,
+    "auto": study_pb2.AUTO,
+}
+_SCHEDULERS = {
+    "asha": study_pb2.ASHA,
+    "none": study_pb2.NONE,
+    "median": study_pb2.MEDIAN,
+    "hyperband": study_pb2.HYPERBAND,
+}
+_SMOOTHINGS = {"ema": study_pb2.EMA, "window": study_pb2.WINDOW, "none": study_pb2.SMOOTHING_NONE}
+
+
+def choice_text(value: object) -> str:
+    """How a parent's value is written in a condition: ``"sgd"``, ``"32"``, ``"0.5"``."""
+    if isinstance(value, bool):
+        raise ValueError("boolean choices are not supported; use strings")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _number(spec: Mapping[str, Any], key: str, name: str) -> float:
+    if key not in spec:
+        raise ValueError(f"parameter {name!r}: missing {key!r}")
+    value = spec[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"parameter {name!r}: {key!r} must be a number, got {value!r}")
+    return value
+
+
+def _integer(spec: Mapping[str, Any], key: str, name: str) -> int:
+    value = _number(spec, key, name)
+    if not float(value).is_integer():
+        raise ValueError(f"parameter {name!r}: {key!r} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _list(spec: Mapping[str, Any], key: str, name: str) -> list[Any]:
+    value = spec.get(key)
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ValueError(f"parameter {name!r}: {key!r} must be a list, got {value!r}")
+    return list(value)
+
+
+def parameter(name: str, spec: Mapping[str, Any]) -> space_pb2.Parameter:
+    """One parameter from its plain-dict spec (see the module docstring). Only the
+    shape of the dict is checked here; :func:`search_space` validates the result."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"parameter {name!r}: spec must be a dict, got {type(spec).__name__}")
+    kind = spec.get("type")
+    if kind not in _KEYS:
+        raise ValueError(
+            f"parameter {name!r}: 'type' must be one of {sorted(_KEYS)}, got {kind!r}"
+        )
+    unknown = set(spec) - _KEYS[kind]
+    if unknown:
+        raise ValueError(f"parameter {name!r}: unknown keys {sorted(unknown)} for type {kind!r}")
+    param = space_pb2.Parameter(name=name)
+    scale = _SCALES[bool(spec.get("log", False))]
+    if kind == "float":
+        param.float_range.CopyFrom(space_pb2.FloatRange(
+            low=float(_number(spec, "low", name)), high=float(_number(spec, "high", name)),
+            scale=scale,
+        ))
+    elif kind == "int":
+        param.int_range.CopyFrom(space_pb2.IntRange(
+            low=_integer(spec, "low", name), high=_integer(spec, "high", name), scale=scale,
+        ))
+    elif kind == "categorical":
+        param.categorical.choices.extend(choice_text(c) for c in _list(spec, "choices", name))
+    else:
+        values = _list(spec, "values", name)
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(
+                    f"parameter {name!r}: ordinal values must be numbers, got {value!r}"
+                )
+        param.ordinal.values.extend(float(v) for v in values)
+    if "when" in spec:
+        param.condition.CopyFrom(_condition(name, spec["when"]))
+    return param
+
+
+def _condition(name: str, when: object) -> space_pb2.Condition:
+    if not isinstance(when, Mapping) or len(when) != 1:
+        raise ValueError(
+            f"parameter {name!r}: 'when' must name exactly one parent, e.g. "
+            "{'optimizer': ['sgd']}"
+        )
+    ((parent, values),) = when.items()
+    if isinstance(values, str | int | float):
+        values = [values]
+    return space_pb2.Condition(parent=parent, parent_values=[choice_text(v) for v in values])
+
+
+def search_space(
+    spec: Mapping[str, Mapping[str, Any]] | space_pb2.SearchSpace,
+) -> space_pb2.SearchSpace:
+    """A validated ``SearchSpace`` from the plain-dict form (or a ``SearchSpace``).
+
+    Raises ``ValueError`` (``ladder.space.SpaceError`` for semantic problems: low >= high,
+    log scale with low <= 0, duplicate choices, an unknown condition parent, ...) with a
+    message naming the parameter. The services validate the same way, so a space that
+    passes here is not rejected by CreateStudy.
+    """
+    if isinstance(spec, space_pb2.SearchSpace):
+        space = spec
+    else:
+        if not isinstance(spec, Mapping) or not spec:
+            raise ValueError("a search space must be a non-empty dict of parameters")
+        space = space_pb2.SearchSpace(parameters=[parameter(n, p) for n, p in spec.items()])
+    validate_space(space)
+    return space
+
+
+def _enum(table: Mapping[str, int], value: str | int, what: str) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        return table[value.lower()]
+    except KeyError:
+        raise ValueError(f"{what} must be one of {sorted(table)}, got {value!r}") from None
+
+
+def scheduler_config(
+    kind: str | int = "asha",
+    *,
+    max_resource: float = 0.0,
+    min_resource: float = 0.0,
+    reduction_factor: float = 0.0,
+    grace_period: float = 0.0,
+    min_population: int = 0,
+    smoothing: str | int = "ema",
+    ema_alpha: float = 0.0,
+    window: int = 0,
+) -> study_pb2.SchedulerConfig:
+    """A SchedulerConfig; zero means "the service's default" (see study.proto)."""
+    return study_pb2.SchedulerConfig(
+        kind=_enum(_SCHEDULERS, kind, "scheduler kind"),
+        min_resource=min_resource,
+        max_resource=max_resource,
+        reduction_factor=reduction_factor,
+        grace_period=grace_period,
+        min_population=min_population,
+        smoothing=_enum(_SMOOTHINGS, smoothing, "smoothing"),
+        ema_alpha=ema_alpha,
+        window=window,
+    )
+
+
+def study_config(
+    space: Mapping[str, Mapping[str, Any]] | space_pb2.SearchSpace,
+    *,
+    name: str = "",
+    metric: str = "val_loss",
+    direction: str | int = "minimize",
+    algorithm: str | int = "random",
+    scheduler: Mapping[str, Any] | study_pb2.SchedulerConfig | None = None,
+    max_trials: int = 0,
+    seed: int = 0,
+    dataset_id: str = "",
+    code_commit: str = "",
+    partitions: int = 0,
+    labels: Mapping[str, str] | None = None,
+) -> study_pb2.StudyConfig:
+    """A validated StudyConfig from plain values.
+
+    ``scheduler`` takes :func:`scheduler_config`'s keyword arguments as a dict (e.g.
+    ``{"kind": "asha", "max_resource": 27}``); without one the study has no early
+    stopping. Zero values mean the service's defaults (``ladder.space.with_defaults``).
+    Raises ``ValueError`` (``ladder.space.StudyConfigError``) naming the bad field.
+    """
+    if scheduler is None:
+        sched = study_pb2.SchedulerConfig(kind=study_pb2.NONE)
+    elif isinstance(scheduler, study_pb2.SchedulerConfig):
+        sched = scheduler
+    else:
+        sched = scheduler_config(**scheduler)
+    config = study_pb2.StudyConfig(
+        name=name,
+        space=search_space(space),
+        direction=_enum(_DIRECTIONS, direction, "direction"),
+        metric=metric,
+        algorithm=_enum(_ALGORITHMS, algorithm, "algorithm"),
+        scheduler=sched,
+        max_trials=max_trials,
+        seed=seed,
+        dataset_id=dataset_id,
+        code_commit=code_commit,
+        partitions=partitions,
+        labels=dict(labels or {}),
+    )
+    # Same checks as CreateStudy, so mistakes show up before anything is sent.
+    validate_study_config(config)
+    return config
+
+
+# --- the client ------------------------------------------------------------------------------
+
+
+class LadderClient:
+    """gRPC stubs for suggest / evaluate / lineage plus a Kafka producer for metrics.
+
+    Thread-safe (gRPC channels and the Kafka producer are); a worker's heartbeat thread
+    shares the client of its training loop.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+        producer_name: str = "worker",
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.call_timeout = call_timeout
+        self.retry_timeout = retry_timeout
+        self._producer_name = producer_name
+        # Instrument before any channel exists: only channels created afterwards get
+        # client spans and carry the trace context to the services.
+        telemetry.instrument_grpc_client()
+        self._channels = [
+            grpc.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+            for addr in (
+                self.settings.suggest_addr,
+                self.settings.evaluate_addr,
+                self.settings.lineage_addr,
+            )
+        ]
+        self._suggest = suggest_pb2_grpc.SuggestServiceStub(self._channels[0])
+        self._evaluate = evaluate_pb2_grpc.EvaluateServiceStub(self._channels[1])
+        self._lineage = lineage_pb2_grpc.LineageServiceStub(self._channels[2])
+        self._producer: Any = None  # created on the first metric report
+
+    # -- plumbing
+
+    def _call(self, method: Callable[..., T], request: object, what: str) -> T:
+        return call_with_retry(
+            lambda: method(request, timeout=self.call_timeout), what, self.retry_timeout
+        )
+
+    @property
+    def producer(self) -> Any:
+        if self._producer is None:
+            from ladder.bus import EventProducer  # kafka-python only when metrics are sent
+
+            self._producer = EventProducer(self.settings, self._producer_name)
+        return self._producer
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Block until every metric report sent so far is acknowledged by the broker."""
+        if self._producer is not None:
+            self._producer.flush(timeout)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> LadderClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- studies (suggest service)
+
+    def create_study(
+        self,
+        config: study_pb2.StudyConfig | Mapping[str, Any],
+        study_id: str | None = None,
+    ) -> study_pb2.Study:
+        """Create a study. ``config`` may be a StudyConfig or :func:`study_config`'s
+        arguments as a dict. Repeating it with the same ``study_id`` and config returns
+        the existing study (ALREADY_EXISTS when the configs differ)."""
+        if not isinstance(config, study_pb2.StudyConfig):
+            config = dict(config)
+            config = study_config(config.pop("space"), **config)
+        request = suggest_pb2.CreateStudyRequest(config=config, study_id=study_id or "")
+        return self._call(self._suggest.CreateStudy, request, "CreateStudy")
+
+    def get_study(self, study_id: str) -> study_pb2.Study:
+        return self._call(
+            self._suggest.GetStudy, suggest_pb2.GetStudyRequest(study_id=study_id), "GetStudy"
+        )
+
+    def list_studies(self) -> list[study_pb2.Study]:
+        reply = self._call(
+            self._suggest.ListStudies, suggest_pb2.ListStudiesRequest(), "ListStudies"
+        )
+        return list(reply.studies)
+
+    def suggest(
+        self, study_id: str, worker_id: str, count: int = 1
+    ) -> list[suggest_pb2.Suggestion]:
+        """Trials to run: a resumable one (lease expired) first, else new ones.
+
+        Raises :class:`BudgetExhausted` when the study hands out no more trials.
+        """
+        request = suggest_pb2.SuggestRequest(study_id=study_id, worker_id=worker_id, count=count)
+        try:
+            reply = self._call(self._suggest.Suggest, request, "Suggest")
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise BudgetExhausted(exc.details() or "budget exhausted") from exc
+            raise
+        return list(reply.suggestions)
+
+    # -- the trial lifecycle (evaluate service)
+
+    def start_trial(
+        self,
+        trial_id: str,
+        worker_id: str,
+        attempt_id: str,
+        hostname: str = "",
+        environment: str = "",
+    ) -> evaluate_pb2.StartTrialResponse:
+        request = evaluate_pb2.StartTrialRequest(
+            trial_id=trial_id, worker_id=worker_id, attempt_id=attempt_id,
+            hostname=hostname, environment=environment,
+        )
+        return self._call(self._evaluate.StartTrial, request, "StartTrial")
+
+    def heartbeat(
+        self, trial_id: str, attempt_id: str, step: float
+    ) -> evaluate_pb2.HeartbeatResponse:
+        """Renew the lease; the reply's ``action`` is CONTINUE, STOP or PROMOTE."""
+        request = evaluate_pb2.HeartbeatRequest(trial_id=trial_id, attempt_id=attempt_id,
+                                                step=step)
+        return self._call(self._evaluate.Heartbeat, request, "Heartbeat")
+
+    def checkpoint(self, trial_id: str, attempt_id: str, uri: str, step: float) -> trial_pb2.Trial:
+        request = evaluate_pb2.ReportCheckpointRequest(
+            trial_id=trial_id, attempt_id=attempt_id, uri=uri, step=step
+        )
+        return self._call(self._evaluate.ReportCheckpoint, request, "ReportCheckpoint")
+
+    def complete(self, trial_id: str, attempt_id: str, value: float, step: float
+                 ) -> trial_pb2.Trial:
+        request = evaluate_pb2.CompleteTrialRequest(
+            trial_id=trial_id, attempt_id=attempt_id, value=value, step=step
+        )
+        return self._call(self._evaluate.CompleteTrial, request, "CompleteTrial")
+
+    def prune(self, trial_id: str, attempt_id: str, step: float, last_value: float
+              ) -> trial_pb2.Trial:
+        """Record that this attempt obeyed a STOP."""
+        request = evaluate_pb2.PruneTrialRequest(
+            trial_id=trial_id, attempt_id=attempt_id, step=step, last_value=last_value
+        )
+        return self._call(self._evaluate.PruneTrial, request, "PruneTrial")
+
+    def fail(self, trial_id: str, attempt_id: str, reason: str, retryable: bool = True
+             ) -> trial_pb2.Trial:
+        """A retryable failure makes the trial RESUMABLE for the next worker."""
+        request = evaluate_pb2.FailTrialRequest(
+            trial_id=trial_id, attempt_id=attempt_id, reason=reason, retryable=retryable
+        )
+        return self._call(self._evaluate.FailTrial, request, "FailTrial")
+
+    def get_trial(self, trial_id: str) -> trial_pb2.Trial:
+        return self._call(
+            self._evaluate.GetTrial, evaluate_pb2.GetTrialRequest(trial_id=trial_id), "GetTrial"
+        )
+
+    # -- metrics (Kafka)
+
+    def report_metric(
+        self,
+        study_id: str,
+        trial_id: str,
+        attempt_id: str,
+        step: float,
+        value: float,
+        metric: str = "",
+        worker_id: str = "",
+        wait: bool = False,
+    ) -> events_pb2.MetricReport:
+        """Produce a MetricReport to the metrics topic, keyed by trial id.
+
+        Asynchronous unless ``wait``; :meth:`flush` waits for everything sent so far.
+        A NaN or infinite ``value`` tells early stopping that the run diverged.
+        """
+        report = events_pb2.MetricReport(
+            study_id=study_id, trial_id=trial_id, attempt_id=attempt_id, worker_id=worker_id,
+            metric=metric, step=step, value=value, ts_ms=int(time.time() * 1000),
+        )
+        self.producer.send(self.settings.topics.metrics, trial_id, report, wait=wait)
+        return report
+
+    # -- lineage queries
+
+    def lineage(self, trial_id: str) -> lineage_pb2.TrialLineage:
+        request = lineage_pb2.GetTrialLineageRequest(trial_id=trial_id)
+        return self._call(self._lineage.GetTrialLineage, request, "GetTrialLineage")
+
+    def list_trials(self, study_id: str) -> list[lineage_pb2.TrialSummary]:
+        request = lineage_pb2.ListTrialsRequest(study_id=study_id)
+        return list(self._call(self._lineage.ListTrials, request, "ListTrials").trials)
+
+    def best(self, study_id: str) -> lineage_pb2.TrialLineage | None:
+        """The best completed trial's lineage, or None while there is none."""
+        request = lineage_pb2.GetBestTrialRequest(study_id=study_id)
+        try:
+            return self._call(self._lineage.GetBestTrial, request, "GetBestTrial")
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                return None
+            raise
+
+    def summary(self, study_id: str) -> lineage_pb2.StudySummary:
+        request = lineage_pb2.GetStudySummaryRequest(study_id=study_id)
+        return self._call(self._lineage.GetStudySummary, request, "GetStudySummary")
+
+
+def wait_until(
+    condition: Callable[[], T], timeout: float, every: float = 0.2
+) -> T | None:
+    """Poll ``condition`` until it returns something truthy; None after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(every)

@@ -1,0 +1,208 @@
+"""Workers against the real services: suggest, evaluate and lineage processes over a real
+broker and Redis. A study without early stopping so the outcome is deterministic."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from ladder.client import LadderClient, study_config
+from ladder.config import Settings
+from ladder.params import params_to_dict
+from ladder.v1 import trial_pb2
+
+from workers.digits import DATASET_ID, DigitsWorkload
+from workers.runtime import Worker, WorkerConfig, WorkerReport, path_from_uri
+
+pytestmark = pytest.mark.integration
+
+SPACE = {
+    "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+    "hidden_units": {"type": "int", "low": 16, "high": 32},
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+    "momentum": {"type": "float", "low": 0.0, "high": 0.9, "when": {"optimizer": ["sgd"]}},
+    "batch_size": {"type": "ordinal", "values": [64, 128]},
+}
+
+
+def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll until truthy; NOT_FOUND counts as "not yet" (the lineage store reads Kafka,
+    so a study or trial shows up there shortly after it exists)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def services(infra: Settings, start_service: Callable[..., Any], tmp_path: Path) -> Settings:
+    suggest = start_service("services.suggest")
+    evaluate = start_service("services.evaluate")
+    lineage = start_service("services.lineage")
+    return Settings(
+        kafka_bootstrap=infra.kafka_bootstrap,
+        redis_url=infra.redis_url,
+        topics=infra.topics,
+        suggest_addr=suggest.addr,
+        evaluate_addr=evaluate.addr,
+        lineage_addr=lineage.addr,
+        state_dir=tmp_path,
+    )
+
+
+def worker_env(services: Settings, state_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "LADDER_STATE_DIR": str(state_dir),
+        "LADDER_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
+        "LADDER_REDIS_URL": services.redis_url,
+        "LADDER_TOPIC_PREFIX": services.topics.prefix,
+        "LADDER_SUGGEST_ADDR": services.suggest_addr,
+        "LADDER_EVALUATE_ADDR": services.evaluate_addr,
+        "LADDER_LINEAGE_ADDR": services.lineage_addr,
+    })
+    return env
+
+
+def create_study(client: LadderClient, trials: int) -> str:
+    config = study_config(SPACE, name="worker-it", metric="val_loss", max_trials=trials,
+                          seed=1, dataset_id=DATASET_ID, code_commit="integration-test")
+    return client.create_study(config).study_id
+
+
+def finished_trials(client: LadderClient, study_id: str, count: int) -> list[Any] | None:
+    trials = client.list_trials(study_id)
+    done = [t for t in trials if t.state.lower() == "completed"]
+    return done if len(done) == count else None
+
+
+def test_one_worker_runs_a_study_end_to_end(services: Settings, tmp_path: Path) -> None:
+    with LadderClient(services) as client:
+        study_id = create_study(client, trials=2)
+        worker = Worker(client, DigitsWorkload(), WorkerConfig(
+            study_id=study_id, worker_id="it-w0", state_dir=tmp_path,
+            max_steps=3, checkpoint_every=2, decision_wait=0,
+        ))
+        result: dict[str, WorkerReport] = {}
+        thread = threading.Thread(target=lambda: result.setdefault("r", worker.run()))
+        thread.start()
+        thread.join(120)
+        assert not thread.is_alive(), "the worker did not finish within 120 s"
+        report = result["r"]
+        assert report.outcomes == {"completed": 2}
+        assert report.budget_exhausted and not report.fatal_error
+
+        trials = poll(lambda: finished_trials(client, study_id, 2), 30, "2 completed trials")
+        for summary in trials:
+            lineage = poll(
+                lambda s=summary: (lin := client.lineage(s.trial_id)).has_final_value
+                and len(lin.metrics) == 3 and lin,
+                30, f"lineage of {summary.trial_id}",
+            )
+            curve = sorted(lineage.metrics, key=lambda p: p.step)
+            assert [p.step for p in curve] == [1, 2, 3]
+            assert lineage.final_value == pytest.approx(curve[-1].value)
+            assert params_to_dict(lineage.params)  # the suggested configuration
+            assert lineage.dataset_id == DATASET_ID
+            assert lineage.code_commit == "integration-test"
+            assert [a.worker_id for a in lineage.attempts] == ["it-w0"]
+            assert lineage.attempts[0].outcome == "completed"
+            # The step-2 checkpoint was written and reported.
+            assert lineage.checkpoint_uri.endswith("-step2.pt")
+            assert path_from_uri(lineage.checkpoint_uri).exists()
+
+        best = client.best(study_id)
+        assert best is not None
+        assert best.final_value == min(t.final_value for t in trials)
+        summary = poll(lambda: (s := client.summary(study_id)).completed == 2 and s, 30,
+                       "summary with 2 completed")
+        assert summary.metric_points == 6 and summary.failed == 0
+
+
+def test_worker_processes_share_a_study(services: Settings, tmp_path: Path) -> None:
+    with LadderClient(services) as client:
+        study_id = create_study(client, trials=3)
+        env = worker_env(services, tmp_path)
+        run = subprocess.run(
+            [sys.executable, "-m", "workers", "--study", study_id, "--count", "2",
+             "--worker-prefix", "it-p", "--max-steps", "2", "--log-dir", str(tmp_path / "logs")],
+            env=env, timeout=180, capture_output=True, text=True,
+        )
+        logs = "\n".join(p.read_text() for p in sorted((tmp_path / "logs").glob("*.log")))
+        assert run.returncode == 0, f"{run.stderr}\n{logs[-4000:]}"
+        assert '"trial_id"' in logs  # structured logs carry the trial id
+
+        trials = poll(lambda: finished_trials(client, study_id, 3), 30, "3 completed trials")
+        workers = set()
+        for summary in trials:
+            lineage = client.lineage(summary.trial_id)
+            workers.update(a.worker_id for a in lineage.attempts)
+        assert workers <= {"it-p0", "it-p1"} and workers
+
+
+def test_sigterm_hands_the_trial_back_and_the_next_worker_resumes(
+    services: Settings, tmp_path: Path
+) -> None:
+    # The largest network: ~0.2 s per epoch, so the signal lands mid-trial.
+    big = {"hidden_units": {"type": "int", "low": 255, "high": 256},
+           "batch_size": {"type": "ordinal", "values": [16]},
+           "layers": {"type": "int", "low": 2, "high": 3},
+           "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
+    env = worker_env(services, tmp_path)
+    with LadderClient(services) as client:
+        config = study_config(big, metric="val_loss", max_trials=1, seed=2)
+        study_id = client.create_study(config).study_id
+        first = subprocess.Popen(
+            [sys.executable, "-m", "workers", "--study", study_id, "--worker-id", "it-a",
+             "--max-steps", "27", "--checkpoint-every", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            trial_id = poll(lambda: next(iter(client.list_trials(study_id)), None), 60,
+                            "the trial to be suggested").trial_id
+            poll(lambda: len(client.lineage(trial_id).metrics) >= 3, 60, "3 metric points")
+            first.send_signal(signal.SIGTERM)
+            _, stderr = first.communicate(timeout=60)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert first.returncode == 0, stderr[-4000:]
+
+        handed_back = client.get_trial(trial_id)
+        assert handed_back.state == trial_pb2.RESUMABLE
+        assert handed_back.checkpoint_step >= 3
+        assert path_from_uri(handed_back.checkpoint_uri).exists()
+
+        worker = Worker(client, DigitsWorkload(), WorkerConfig(
+            study_id=study_id, worker_id="it-b", state_dir=tmp_path, max_steps=27,
+            decision_wait=0,
+        ))
+        report = worker.run()
+        assert report.outcomes == {"completed": 1}
+
+        lineage = poll(lambda: (lin := client.lineage(trial_id)).has_final_value and lin, 30,
+                       "the final value in the lineage")
+        assert [a.worker_id for a in lineage.attempts] == ["it-a", "it-b"]
+        second = lineage.attempts[1].attempt_id
+        resumed_steps = sorted(p.step for p in lineage.metrics if p.attempt_id == second)
+        # The second attempt continued after the checkpoint instead of starting over.
+        assert resumed_steps[0] == handed_back.checkpoint_step + 1
+        assert resumed_steps[-1] == 27

@@ -1,0 +1,323 @@
+"""The worker loop against an in-memory fake of the client (unit tests only)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from ladder.client import BudgetExhausted, study_config
+from ladder.params import fill_params
+from ladder.v1 import evaluate_pb2, events_pb2, study_pb2, suggest_pb2, trial_pb2
+
+from workers.runtime import Worker, WorkerConfig, path_from_uri
+
+MAX_STEPS = 9
+
+
+class Status(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+class FakeClient:
+    """Records every call; scripted replies decide STOP / resume / lease loss."""
+
+    def __init__(self, trials: int = 1, scheduler: dict | None = None) -> None:
+        self.study = study_pb2.Study(
+            study_id="s1",
+            config=study_config(
+                {"x": {"type": "float", "low": 0, "high": 1}}, metric="loss",
+                scheduler=scheduler or {"kind": "asha", "min_resource": 1,
+                                        "max_resource": MAX_STEPS, "reduction_factor": 3},
+            ),
+        )
+        self.remaining = trials
+        self.calls: list[tuple[Any, ...]] = []
+        self.metrics: list[tuple[str, float, float]] = []
+        # heartbeat(trial_id, step, call number) -> reply (default CONTINUE)
+        self.on_heartbeat: Callable[[str, float, int], evaluate_pb2.HeartbeatResponse] | None = None
+        self.start_reply: dict[str, evaluate_pb2.StartTrialResponse] = {}
+        self.heartbeats = 0
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+    def get_study(self, study_id: str) -> study_pb2.Study:
+        return self.study
+
+    def suggest(self, study_id: str, worker_id: str, count: int = 1
+                ) -> list[suggest_pb2.Suggestion]:
+        self.calls.append(("suggest",))
+        if self.remaining == 0:
+            raise BudgetExhausted("budget exhausted")
+        self.remaining -= 1
+        trial = trial_pb2.Trial(trial_id=f"t{self.remaining}", study_id="s1", seed=42)
+        fill_params(trial.params, {"x": 0.5})
+        return [suggest_pb2.Suggestion(trial=trial)]
+
+    def start_trial(self, trial_id: str, worker_id: str, attempt_id: str, hostname: str = "",
+                    environment: str = "") -> evaluate_pb2.StartTrialResponse:
+        self.calls.append(("start", trial_id, attempt_id))
+        return self.start_reply.get(trial_id, evaluate_pb2.StartTrialResponse(lease_seconds=30))
+
+    def heartbeat(self, trial_id: str, attempt_id: str, step: float
+                  ) -> evaluate_pb2.HeartbeatResponse:
+        self.heartbeats += 1
+        if self.on_heartbeat:
+            return self.on_heartbeat(trial_id, step, self.heartbeats)
+        return evaluate_pb2.HeartbeatResponse(action=events_pb2.CONTINUE)
+
+    def report_metric(self, study_id: str, trial_id: str, attempt_id: str, step: float,
+                      value: float, metric: str = "", worker_id: str = "",
+                      wait: bool = False) -> events_pb2.MetricReport:
+        assert metric == "loss" and worker_id == "w0"
+        self.metrics.append((trial_id, step, value))
+        return events_pb2.MetricReport()
+
+    def checkpoint(self, trial_id: str, attempt_id: str, uri: str, step: float
+                   ) -> trial_pb2.Trial:
+        self.calls.append(("checkpoint", trial_id, uri, step))
+        return trial_pb2.Trial()
+
+    def complete(self, trial_id: str, attempt_id: str, value: float, step: float
+                 ) -> trial_pb2.Trial:
+        self.calls.append(("complete", trial_id, value, step))
+        return trial_pb2.Trial()
+
+    def prune(self, trial_id: str, attempt_id: str, step: float, last_value: float
+              ) -> trial_pb2.Trial:
+        self.calls.append(("prune", trial_id, step, last_value))
+        return trial_pb2.Trial()
+
+    def fail(self, trial_id: str, attempt_id: str, reason: str, retryable: bool = True
+             ) -> trial_pb2.Trial:
+        self.calls.append(("fail", trial_id, reason, retryable))
+        return trial_pb2.Trial()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        pass
+
+
+class CountingWorkload:
+    """value = 1 / (steps trained); checkpoints are small JSON files."""
+
+    name = "counting"
+    metric = "loss"
+    max_steps = 100
+
+    def __init__(self, fail_at: int | None = None, nan_at: int | None = None,
+                 on_step: Callable[[int], None] | None = None) -> None:
+        self.fail_at, self.nan_at, self.on_step = fail_at, nan_at, on_step
+        self.trained: list[int] = []
+
+    def init(self, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
+        assert params == {"x": 0.5} and seed == 42
+        return {"steps": 0}
+
+    def train_step(self, state: dict[str, Any], step: int) -> float:
+        if step == self.fail_at:
+            raise RuntimeError("CUDA out of memory")
+        state["steps"] += 1
+        self.trained.append(step)
+        if self.on_step:
+            self.on_step(step)
+        return math.nan if step == self.nan_at else 1.0 / state["steps"]
+
+    def evaluate(self, state: dict[str, Any]) -> float:
+        return 1.0 / state["steps"]
+
+    def save_checkpoint(self, state: dict[str, Any], path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(state))
+
+    def load_checkpoint(self, path: Path, params: Mapping[str, Any], seed: int
+                        ) -> dict[str, Any]:
+        return json.loads(path.read_text())
+
+
+def make_worker(client: FakeClient, workload: CountingWorkload, tmp_path: Path,
+                **overrides: Any) -> Worker:
+    config = WorkerConfig(study_id="s1", worker_id="w0", state_dir=tmp_path,
+                          heartbeat_interval=60, **{"decision_wait": 0.02, **overrides})
+    return Worker(client, workload, config)  # type: ignore[arg-type]
+
+
+def stop_reply(rung: int, resource: float) -> evaluate_pb2.HeartbeatResponse:
+    return evaluate_pb2.HeartbeatResponse(
+        action=events_pb2.STOP,
+        decision=events_pb2.Decision(trial_id="t0", action=events_pb2.STOP, rung=rung,
+                                     resource=resource, reason="below cutoff"),
+    )
+
+
+def test_trials_run_to_completion_until_the_budget_is_exhausted(tmp_path: Path) -> None:
+    client = FakeClient(trials=2)
+    report = make_worker(client, CountingWorkload(), tmp_path).run()
+    assert report.outcomes == {"completed": 2}
+    assert report.budget_exhausted
+    assert [m[1] for m in client.metrics if m[0] == "t1"] == list(range(1, MAX_STEPS + 1))
+    completes = [c for c in client.calls if c[0] == "complete"]
+    assert completes == [("complete", "t1", 1 / 9, 9), ("complete", "t0", 1 / 9, 9)]
+    # Checkpoints every 3 steps, none at the final step (it is completed instead).
+    steps = [c[3] for c in client.calls if c[0] == "checkpoint" and c[1] == "t1"]
+    assert steps == [3, 6]
+    uri = next(c[2] for c in client.calls if c[0] == "checkpoint")
+    assert uri.startswith("file://") and path_from_uri(uri).exists()
+    assert path_from_uri(uri).parent == tmp_path / "checkpoints" / "t1"
+
+
+def test_each_attempt_has_a_fresh_attempt_id(tmp_path: Path) -> None:
+    client = FakeClient(trials=2)
+    make_worker(client, CountingWorkload(), tmp_path).run()
+    attempt_ids = [c[2] for c in client.calls if c[0] == "start"]
+    assert len(set(attempt_ids)) == 2 and all(len(a) == 32 for a in attempt_ids)
+
+
+def test_stop_in_a_heartbeat_prunes_the_trial(tmp_path: Path) -> None:
+    client = FakeClient()
+    client.on_heartbeat = lambda trial, step, n: (
+        stop_reply(1, 3) if step >= 3 else evaluate_pb2.HeartbeatResponse(action=1)
+    )
+    workload = CountingWorkload()
+    report = make_worker(client, workload, tmp_path).run()
+    assert report.outcomes == {"pruned": 1}
+    assert workload.trained == [1, 2, 3]
+    assert ("prune", "t0", 3, 1 / 3) in client.calls
+    assert "complete" not in client.names()
+
+
+def test_at_a_rung_the_worker_waits_for_the_decision(tmp_path: Path) -> None:
+    # The STOP for rung 0 (resource 1) arrives a few heartbeats after step 1 was reported.
+    client = FakeClient()
+    client.on_heartbeat = lambda trial, step, n: (
+        stop_reply(0, 1) if n >= 4 else evaluate_pb2.HeartbeatResponse(action=1)
+    )
+    workload = CountingWorkload()
+    report = make_worker(client, workload, tmp_path, decision_wait=5).run()
+    assert report.outcomes == {"pruned": 1}
+    assert workload.trained == [1]
+
+
+def test_a_continue_decision_for_the_rung_ends_the_wait(tmp_path: Path) -> None:
+    client = FakeClient()
+
+    def beat(trial: str, step: float, n: int) -> evaluate_pb2.HeartbeatResponse:
+        decided = {1: 1.0, 3: 3.0}.get(int(step))
+        decision = events_pb2.Decision(trial_id="t0", action=events_pb2.CONTINUE,
+                                       resource=decided or 0.0)
+        return evaluate_pb2.HeartbeatResponse(action=events_pb2.CONTINUE, decision=decision)
+
+    client.on_heartbeat = beat
+    worker = make_worker(client, CountingWorkload(), tmp_path)
+    worker.config.decision_wait = 30  # would time the test out if the wait did not end
+    assert worker.run().outcomes == {"completed": 1}
+
+
+def test_resume_starts_after_the_checkpointed_step(tmp_path: Path) -> None:
+    client = FakeClient()
+    saved = tmp_path / "old" / "a-step6.pt"
+    saved.parent.mkdir()
+    saved.write_text(json.dumps({"steps": 6}))
+    client.start_reply["t0"] = evaluate_pb2.StartTrialResponse(
+        lease_seconds=30, checkpoint_uri=saved.as_uri(), checkpoint_step=6
+    )
+    workload = CountingWorkload()
+    report = make_worker(client, workload, tmp_path).run()
+    assert report.outcomes == {"completed": 1}
+    assert workload.trained == [7, 8, 9]
+    assert [m[1] for m in client.metrics] == [7, 8, 9]
+    assert ("complete", "t0", 1 / 9, 9) in client.calls
+
+
+def test_an_exception_fails_the_attempt_as_retryable_and_the_worker_goes_on(
+    tmp_path: Path,
+) -> None:
+    client = FakeClient(trials=2)
+    report = make_worker(client, CountingWorkload(fail_at=2), tmp_path).run()
+    assert report.outcomes == {"failed": 2}
+    fails = [c for c in client.calls if c[0] == "fail"]
+    assert fails[0][1] == "t1" and fails[0][3] is True
+    assert "RuntimeError: CUDA out of memory" in fails[0][2]
+
+
+def test_divergence_without_a_stop_fails_for_good(tmp_path: Path) -> None:
+    client = FakeClient(scheduler={"kind": "none"})
+    report = make_worker(client, CountingWorkload(nan_at=2), tmp_path, max_steps=5).run()
+    assert report.outcomes == {"failed": 1}
+    ((_, _, reason, retryable),) = [c for c in client.calls if c[0] == "fail"]
+    assert "diverged" in reason and retryable is False
+    assert math.isnan(client.metrics[-1][2])
+
+
+def test_graceful_stop_checkpoints_and_hands_the_trial_back(tmp_path: Path) -> None:
+    client = FakeClient(trials=5)
+    holder: dict[str, Worker] = {}
+
+    def on_step(step: int) -> None:
+        if step == 4:
+            holder["worker"].request_stop()  # what the SIGTERM handler does
+
+    workload = CountingWorkload(on_step=on_step)
+    holder["worker"] = make_worker(client, workload, tmp_path)
+    report = holder["worker"].run()
+    assert report.outcomes == {"interrupted": 1}
+    assert workload.trained == [1, 2, 3, 4]  # the step in progress finishes
+    checkpoints = [c[3] for c in client.calls if c[0] == "checkpoint"]
+    assert checkpoints == [3, 4]
+    ((_, _, reason, retryable),) = [c for c in client.calls if c[0] == "fail"]
+    assert retryable is True and "after step 4" in reason
+    assert client.names().count("suggest") == 1  # no new trial after the stop
+
+
+def test_a_lost_lease_abandons_the_trial_silently(tmp_path: Path) -> None:
+    client = FakeClient()
+
+    def beat(trial: str, step: float, n: int) -> evaluate_pb2.HeartbeatResponse:
+        if step >= 2:
+            raise Status(grpc.StatusCode.FAILED_PRECONDITION, "stale attempt")
+        return evaluate_pb2.HeartbeatResponse(action=events_pb2.CONTINUE)
+
+    client.on_heartbeat = beat
+    report = make_worker(client, CountingWorkload(), tmp_path).run()
+    assert report.outcomes == {"lost": 1}
+    assert not {"complete", "fail", "prune"} & set(client.names())
+
+
+def test_a_refused_start_skips_the_trial(tmp_path: Path) -> None:
+    client = FakeClient(trials=1)
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise Status(grpc.StatusCode.FAILED_PRECONDITION, "trial is COMPLETED")
+
+    client.start_trial = refuse  # type: ignore[method-assign]
+    report = make_worker(client, CountingWorkload(), tmp_path).run()
+    assert report.outcomes == {"lost": 1} and report.budget_exhausted
+
+
+def test_suggest_errors_other_than_budget_end_the_worker(tmp_path: Path) -> None:
+    client = FakeClient()
+
+    def unavailable(*args: Any, **kwargs: Any) -> None:
+        raise Status(grpc.StatusCode.UNAVAILABLE, "connection refused")
+
+    client.suggest = unavailable  # type: ignore[method-assign]
+    report = make_worker(client, CountingWorkload(), tmp_path).run()
+    assert "UNAVAILABLE" in report.fatal_error and not report.budget_exhausted
+
+
+@pytest.mark.parametrize("max_trials", [1, 2])
+def test_max_trials_limits_one_worker(tmp_path: Path, max_trials: int) -> None:
+    client = FakeClient(trials=5)
+    report = make_worker(client, CountingWorkload(), tmp_path, max_trials=max_trials).run()
+    assert report.trials == max_trials and not report.budget_exhausted

@@ -1,0 +1,210 @@
+"""Run Ladder workers: ``python -m workers --study ID [--count 8]``.
+
+With ``--worker-id`` one worker runs in this process. Otherwise ``--count`` worker
+processes are spawned (ids ``<prefix>0`` .. ``<prefix>N-1``), each a separate Python
+process (one training job per process, as on a GPU host); this process forwards
+SIGTERM / SIGINT to them and exits when all have stopped, with status 1 if any of them
+failed. Workers stop by themselves once the study's trial budget is exhausted.
+
+| flag / env                | default       | meaning                                        |
+|---------------------------|---------------|------------------------------------------------|
+| --study                   | (required)    | study id                                       |
+| --count                   | 1             | worker processes to spawn                      |
+| --worker-prefix           | w             | worker ids are prefix + index                  |
+| --worker-id               | (none)        | run a single worker with this id in-process    |
+| --workload                | digits        | ``digits`` or ``package.module:Class``         |
+| --checkpoint-every        | 3             | steps between checkpoints (0 = never)          |
+| --decision-wait           | 3.0           | seconds to await the decision at a rung        |
+| --max-steps               | study's max_resource | cap on steps per trial                  |
+| --log-dir                 | (inherit)     | write each spawned worker's log to DIR/<id>.log |
+| LADDER_STATE_DIR etc.     | see ladder.config | endpoints; checkpoints go to <state>/checkpoints |
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+WORKLOADS = {"digits": "workers.digits:DigitsWorkload"}
+
+
+def load_workload(spec: str) -> object:
+    target = WORKLOADS.get(spec, spec)
+    module_name, _, class_name = target.partition(":")
+    if not class_name:
+        raise SystemExit(f"--workload must be one of {sorted(WORKLOADS)} or module:Class")
+    return getattr(importlib.import_module(module_name), class_name)()
+
+
+class WorkerPool:
+    """``count`` worker processes for one study; stops exactly the processes it started."""
+
+    def __init__(
+        self,
+        study_id: str,
+        count: int,
+        prefix: str = "w",
+        worker_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.study_id = study_id
+        self.count = count
+        self.prefix = prefix
+        self.worker_args = list(worker_args)
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self) -> WorkerPool:
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        for index in range(self.count):
+            worker_id = f"{self.prefix}{index}"
+            argv = [sys.executable, "-m", "workers", "--study", self.study_id,
+                    "--worker-id", worker_id, *self.worker_args]
+            output = None
+            if self.log_dir:
+                output = open(self.log_dir / f"{worker_id}.log", "ab")  # noqa: SIM115
+            try:
+                # Own process group: a Ctrl-C in the terminal reaches only the parent,
+                # which forwards one SIGTERM (a second signal would make a worker quit
+                # without handing its trial back).
+                self.procs[worker_id] = subprocess.Popen(
+                    argv, env=self.env, stdout=output,
+                    stderr=subprocess.STDOUT if output else None, process_group=0,
+                )
+            finally:
+                if output:
+                    output.close()  # the child holds its own descriptor
+        return self
+
+    def running(self) -> int:
+        return sum(1 for proc in self.procs.values() if proc.poll() is None)
+
+    def exit_codes(self) -> dict[str, int | None]:
+        return {wid: proc.poll() for wid, proc in self.procs.items()}
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once every worker has exited (False if ``timeout`` passed first)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def signal_all(self, signum: int = signal.SIGTERM) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM (workers hand their trial back), then SIGKILL after ``grace``."""
+        self.signal_all(signal.SIGTERM)
+        if not self.wait(grace):
+            for proc in self.procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+            self.wait(10)
+
+    @property
+    def ok(self) -> bool:
+        return all(code == 0 for code in self.exit_codes().values())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.split("\n")[0])
+    parser.add_argument("--study", required=True, help="study id")
+    parser.add_argument("--count", type=int, default=1, help="worker processes to spawn")
+    parser.add_argument("--worker-prefix", default="w", help="worker ids: prefix + index")
+    parser.add_argument("--worker-id", default=None, help="run one worker in this process")
+    parser.add_argument("--workload", default="digits", help="digits or module:Class")
+    parser.add_argument("--checkpoint-every", type=int, default=3)
+    parser.add_argument("--decision-wait", type=float, default=3.0)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--log-dir", type=Path, default=None)
+    return parser
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    out = ["--workload", args.workload, "--checkpoint-every", str(args.checkpoint_every),
+           "--decision-wait", str(args.decision_wait)]
+    if args.max_steps:
+        out += ["--max-steps", str(args.max_steps)]
+    return out
+
+
+def run_single(args: argparse.Namespace) -> int:
+    from ladder import telemetry
+    from ladder.client import LadderClient
+    from ladder.config import Settings
+
+    from workers.runtime import Worker, WorkerConfig
+
+    telemetry.setup("ladder-worker")
+    settings = Settings.from_env()
+    workload = load_workload(args.workload)
+    client = LadderClient(settings)
+    worker = Worker(client, workload, WorkerConfig(  # type: ignore[arg-type]
+        study_id=args.study,
+        worker_id=args.worker_id,
+        state_dir=settings.state_dir,
+        checkpoint_every=args.checkpoint_every,
+        decision_wait=args.decision_wait,
+        max_steps=args.max_steps,
+    ))
+    signals_seen = 0
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            raise SystemExit(128 + signum)  # a second Ctrl-C: quit now, the lease expires
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        report = worker.run()
+    finally:
+        client.close()
+        telemetry.shutdown()
+    return 1 if report.fatal_error else 0
+
+
+def run_pool(args: argparse.Namespace) -> int:
+    pool = WorkerPool(args.study, args.count, args.worker_prefix, _worker_args(args),
+                      env=dict(os.environ), log_dir=args.log_dir)
+
+    def forward(signum: int, _frame: object) -> None:
+        pool.signal_all(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    pool.start()
+    pool.wait()
+    failed = {wid: code for wid, code in pool.exit_codes().items() if code != 0}
+    if failed:
+        print(f"workers failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.worker_id:
+        return run_single(args)
+    if args.count < 1:
+        raise SystemExit("--count must be at least 1")
+    return run_pool(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,429 @@
+"""The main job (``make demo``): tune a digits MLP with 8 workers on the embedded stack.
+
+1. start the embedded stack (broker, Redis, the four services) in the state folder;
+2. create a study: the digits space, quasi-random suggestions, ASHA (rungs 1, 3, 9, 27
+   epochs, eta 3, at least 3 trials at a rung before any stop), 64 trials;
+3. run 8 worker processes and print the study's progress from the lineage service;
+4. print the best trial's full lineage and the totals, write ``<state>/demo-summary.json``;
+5. stop exactly what step 1 started (also on Ctrl-C or an error).
+
+Exit status 0 when at least ``--min-finished`` trials (default 60) completed or were
+pruned and nothing failed; 1 otherwise.
+
+| flag / env            | default                    |
+|-----------------------|----------------------------|
+| --state-dir / LADDER_STATE_DIR | ./.ladder-demo    |
+| --workers             | 8                          |
+| --max-trials          | 64                         |
+| --min-finished        | 60                         |
+| --algorithm           | random                     |
+| --partitions          | 1 (suggestion partitions)  |
+| --timeout             | 900 s for the study        |
+| --keep-stack          | stop the stack at the end  |
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from ladder import telemetry
+from ladder.client import LadderClient, study_config, wait_until
+from ladder.config import Settings, Topics
+from ladder.params import params_to_dict
+from ladder.v1 import events_pb2, lineage_pb2, study_pb2
+
+from workers import digits
+from workers.__main__ import WorkerPool
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ASHA = {"kind": "asha", "min_resource": 1, "max_resource": digits.MAX_EPOCHS,
+        "reduction_factor": 3, "min_population": 3}
+
+
+def code_commit() -> str:
+    """``git rev-parse HEAD`` of this checkout ("-dirty" if tracked files changed)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO_ROOT,
+                               capture_output=True, timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def demo_study(max_trials: int, algorithm: str, partitions: int, seed: int
+               ) -> study_pb2.StudyConfig:
+    return study_config(
+        digits.SEARCH_SPACE,
+        name="digits-mlp",
+        metric=digits.METRIC,
+        direction="minimize",
+        algorithm=algorithm,
+        scheduler=ASHA,
+        max_trials=max_trials,
+        seed=seed,
+        dataset_id=digits.DATASET_ID,
+        code_commit=code_commit(),
+        partitions=partitions,
+        labels={"job": "demo", "workload": "digits"},
+    )
+
+
+def settings_for(info: dict[str, Any], state_dir: Path) -> Settings:
+    return Settings(
+        kafka_bootstrap=info["kafka_bootstrap"],
+        redis_url=info["redis_url"],
+        topics=Topics(info.get("topic_prefix", "ladder.")),
+        suggest_addr=info["suggest_addr"],
+        evaluate_addr=info["evaluate_addr"],
+        lineage_addr=info["lineage_addr"],
+        state_dir=state_dir,
+    )
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+def finished(summary: lineage_pb2.StudySummary) -> int:
+    return summary.completed + summary.pruned + summary.failed
+
+
+def seen(summary: lineage_pb2.StudySummary) -> int:
+    """Trials the lineage store knows of (``suggested`` counts those not started yet)."""
+    return summary.suggested + summary.running + finished(summary)
+
+
+def study_summary(client: LadderClient, study_id: str) -> lineage_pb2.StudySummary:
+    """The lineage summary; empty while the lineage store has not seen the study yet
+    (it learns about studies from Kafka, a moment after CreateStudy)."""
+    try:
+        return client.summary(study_id)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return lineage_pb2.StudySummary(study_id=study_id)
+
+
+def progress_line(summary: lineage_pb2.StudySummary, elapsed: float, max_trials: int,
+                  workers: int) -> str:
+    best = f"{summary.best_value:.4f} ({summary.best_trial_id})" if summary.has_best else "-"
+    return (
+        f"[{elapsed:6.1f}s] trials {seen(summary):>3}/{max_trials}  "
+        f"running {summary.running:>2}  completed {summary.completed:>3}  "
+        f"pruned {summary.pruned:>3}  failed {summary.failed:>2}  "
+        f"workers {workers}  best val_loss {best}"
+    )
+
+
+class Progress:
+    """One updating line on a terminal; a line every ``every`` seconds otherwise."""
+
+    def __init__(self, stream: Any = sys.stdout) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every = 1.0 if self.tty else 2.0
+        self._last = 0.0
+        self._width = 0
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every
+
+    def show(self, line: str, force: bool = False) -> None:
+        if not force and not self.due():
+            return
+        self._last = time.monotonic()
+        if self.tty:
+            pad = max(0, self._width - len(line))
+            self.stream.write("\r" + line + " " * pad)
+            self._width = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.tty and self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --- the report ----------------------------------------------------------------------------
+
+_ACTIONS = {events_pb2.CONTINUE: "CONTINUE", events_pb2.STOP: "STOP",
+            events_pb2.PROMOTE: "PROMOTE"}
+
+
+def curve_summary(lineage: lineage_pb2.TrialLineage, milestones: Sequence[float]
+                  ) -> dict[str, Any]:
+    points = sorted(lineage.metrics, key=lambda p: (p.step, p.ts_ms))
+    if not points:
+        return {"points": 0}
+    by_step = {p.step: p.value for p in points}  # the latest attempt's value per step
+    finite = [p for p in points if math.isfinite(p.value)]
+    best = min(finite, key=lambda p: p.value) if finite else None
+    return {
+        "points": len(points),
+        "first": {"step": points[0].step, "value": points[0].value},
+        "last": {"step": points[-1].step, "value": points[-1].value},
+        "min": {"step": best.step, "value": best.value} if best else None,
+        "at_rungs": {f"{m:g}": by_step[m] for m in milestones if m in by_step},
+    }
+
+
+def print_lineage(lineage: lineage_pb2.TrialLineage, milestones: Sequence[float]) -> None:
+    print(f"Best trial {lineage.trial_id}  (study {lineage.study_id}, state {lineage.state})")
+    print(f"  final {lineage.metric or digits.METRIC}: {lineage.final_value:.5f}"
+          if lineage.has_final_value else "  final value: none")
+    print(f"  params:      {json.dumps(params_to_dict(lineage.params), sort_keys=True)}")
+    print(f"  seed:        {lineage.seed}")
+    print(f"  algorithm:   {lineage.algorithm or '-'}")
+    print(f"  dataset:     {lineage.dataset_id or '-'}")
+    print(f"  code commit: {lineage.code_commit or '-'}")
+    print(f"  checkpoint:  {lineage.checkpoint_uri or '-'}")
+    print(f"  attempts ({len(lineage.attempts)}):")
+    for att in lineage.attempts:
+        seconds = (att.ended_ms - att.started_ms) / 1000 if att.ended_ms else float("nan")
+        print(f"    #{att.attempt_number} {att.attempt_id[:12]} worker={att.worker_id} "
+              f"host={att.hostname} outcome={att.outcome} ({seconds:.1f}s) "
+              f"env=[{att.environment}]")
+    curve = curve_summary(lineage, milestones)
+    print(f"  metric curve ({curve['points']} points):")
+    if curve["points"]:
+        rungs = "  ".join(f"epoch {k}: {v:.4f}" for k, v in curve["at_rungs"].items())
+        print(f"    {rungs}")
+        if curve["min"]:
+            print(f"    minimum {curve['min']['value']:.4f} at epoch {curve['min']['step']:g}")
+    print(f"  decisions ({len(lineage.decisions)}):")
+    for dec in lineage.decisions:
+        print(f"    rung {dec.rung} (epoch {dec.resource:g}): {_ACTIONS.get(dec.action, '?')} "
+              f"smoothed={dec.smoothed_value:.4f} cutoff={dec.cutoff:.4f} "
+              f"rank {dec.rank}/{dec.population} [{dec.scheduler}] {dec.reason}")
+
+
+# --- the job -------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    from ladder.stack import Stack, StackError
+
+    state_dir = Path(args.state_dir or os.environ.get("LADDER_STATE_DIR") or ".ladder-demo")
+    state_dir = state_dir.resolve()
+    t_start = time.monotonic()
+    stack = Stack(state_dir, services=True, log=lambda msg: print(f"stack: {msg}", flush=True))
+    started_stack = False
+    pool: WorkerPool | None = None
+    client: LadderClient | None = None
+    try:
+        print(f"Starting the embedded stack in {state_dir} ...", flush=True)
+        try:
+            info = stack.up()
+        except StackError as exc:
+            print(f"demo: the stack did not start: {exc}", file=sys.stderr)
+            return 1
+        started_stack = not info.get("reused")
+        print(f"Stack up in {time.monotonic() - t_start:.1f}s", flush=True)
+        settings = settings_for(info, state_dir)
+        client = LadderClient(settings)
+        config = demo_study(args.max_trials, args.algorithm, args.partitions, args.seed)
+        study_id = f"digits-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        study = client.create_study(config, study_id=study_id)
+        study_id = study.study_id
+        print(f"Created study {study_id}: {args.max_trials} trials, "
+              f"{config.scheduler.max_resource:g} epochs max, ASHA eta 3, "
+              f"algorithm {args.algorithm}, code {config.code_commit[:12]}", flush=True)
+
+        t_study = time.monotonic()
+        worker_env = {**os.environ, **stack.env()}
+        pool = WorkerPool(
+            study_id, args.workers, "w",
+            ["--decision-wait", str(args.decision_wait), "--checkpoint-every", "3"],
+            env=worker_env, log_dir=state_dir / "logs" / "workers",
+        ).start()
+        print(f"Started {args.workers} workers (logs in {state_dir / 'logs' / 'workers'})",
+              flush=True)
+        summary = watch(client, study_id, pool, args, t_study)
+        wall = time.monotonic() - t_study
+        return report(client, study_id, summary, pool, wall, time.monotonic() - t_start,
+                      state_dir, config, args)
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if pool is not None and pool.running():
+            print("Stopping workers ...", flush=True)
+            pool.stop(grace=30)
+        if client is not None:
+            client.close()
+        if started_stack and not args.keep_stack:
+            print("Stopping the stack ...", flush=True)
+            stack.down()
+        elif started_stack:
+            print(f"Stack left running (ladder down --state-dir {state_dir})")
+
+
+def watch(client: LadderClient, study_id: str, pool: WorkerPool, args: argparse.Namespace,
+          t_study: float) -> lineage_pb2.StudySummary:
+    """Show progress until the workers are done and the lineage has every outcome."""
+    progress = Progress()
+    summary = study_summary(client, study_id)
+    deadline = t_study + args.timeout
+    while pool.running() and time.monotonic() < deadline:
+        if progress.due():
+            summary = study_summary(client, study_id)
+            progress.show(progress_line(summary, time.monotonic() - t_study, args.max_trials,
+                                        pool.running()))
+        time.sleep(0.2)
+    if pool.running():
+        progress.end()
+        print(f"demo: study not finished after {args.timeout:.0f}s", file=sys.stderr)
+        return summary
+
+    # Outcomes reach the lineage store through Kafka; give the last ones a moment.
+    def settled() -> lineage_pb2.StudySummary | None:
+        current = study_summary(client, study_id)
+        idle = current.running == 0 and current.suggested == 0
+        return current if idle and finished(current) else None
+
+    summary = wait_until(settled, timeout=30, every=0.25) or study_summary(client, study_id)
+    progress.show(progress_line(summary, time.monotonic() - t_study, args.max_trials, 0),
+                  force=True)
+    progress.end()
+    return summary
+
+
+def curve_steps(lineage: lineage_pb2.TrialLineage) -> set[float]:
+    return {p.step for p in lineage.metrics}
+
+
+def complete_best(client: LadderClient, study_id: str, steps: int
+                  ) -> lineage_pb2.TrialLineage | None:
+    """The best trial, once its whole metric curve reached the lineage store (metrics and
+    trial outcomes travel on different topics); as it is after a short wait otherwise."""
+    best = wait_until(lambda: (b := client.best(study_id)) and len(curve_steps(b)) >= steps
+                      and b, timeout=10)
+    return best or client.best(study_id)
+
+
+def report(client: LadderClient, study_id: str, summary: lineage_pb2.StudySummary,
+           pool: WorkerPool, wall: float, total: float, state_dir: Path,
+           config: study_pb2.StudyConfig, args: argparse.Namespace) -> int:
+    from workers.runtime import rung_milestones
+
+    milestones = rung_milestones(config.scheduler, config.scheduler.max_resource) + [
+        config.scheduler.max_resource]
+    done = summary.completed + summary.pruned
+    trials = finished(summary)
+    pruned_fraction = summary.pruned / trials if trials else 0.0
+    best = complete_best(client, study_id, int(config.scheduler.max_resource))
+    print()
+    if best is not None:
+        print_lineage(best, milestones)
+    else:
+        print("No completed trial: no best configuration.")
+    print()
+    print(f"Study {study_id}")
+    print(f"  wall time:        {wall:.1f}s for the study ({total:.1f}s including the stack)")
+    print(f"  trials:           {trials} finished of {seen(summary)} "
+          f"({summary.completed} completed, {summary.pruned} pruned, {summary.failed} failed)")
+    print(f"  pruned fraction:  {pruned_fraction:.2f}")
+    print(f"  best val_loss:    {best.final_value:.5f}" if best else "  best val_loss:    -")
+    print(f"  metric points:    {summary.metric_points}   decisions: {summary.decisions}")
+
+    problems = []
+    if done < args.min_finished:
+        problems.append(f"only {done} trials completed or pruned (need {args.min_finished})")
+    if summary.failed:
+        problems.append(f"{summary.failed} trials failed")
+    bad_workers = {w: c for w, c in pool.exit_codes().items() if c != 0}
+    if bad_workers:
+        problems.append(f"workers exited abnormally: {bad_workers}")
+    if best is None:
+        problems.append("no best trial")
+    elif len(curve_steps(best)) < config.scheduler.max_resource:
+        problems.append(
+            f"the lineage of the best trial has {len(curve_steps(best))} of "
+            f"{config.scheduler.max_resource:g} metric points (lineage store missed records)"
+        )
+
+    out = {
+        "study_id": study_id,
+        "ok": not problems,
+        "problems": problems,
+        "wall_time_s": round(wall, 2),
+        "total_time_s": round(total, 2),
+        "workers": args.workers,
+        "max_trials": args.max_trials,
+        "trials": seen(summary),
+        "finished": trials,
+        "completed": summary.completed,
+        "pruned": summary.pruned,
+        "failed": summary.failed,
+        "pruned_fraction": round(pruned_fraction, 4),
+        "metric_points": summary.metric_points,
+        "decisions": summary.decisions,
+        "best_value": best.final_value if best else None,
+        "best_trial_id": best.trial_id if best else None,
+        "best_params": params_to_dict(best.params) if best else None,
+        "best_curve": curve_summary(best, milestones) if best else None,
+        "best_lineage": MessageToDict(best, preserving_proto_field_name=True) if best else None,
+        "study_config": MessageToDict(config, preserving_proto_field_name=True),
+        "worker_exit_codes": pool.exit_codes(),
+    }
+    path = state_dir / "demo-summary.json"
+    path.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+    print(f"  summary:          {path}")
+    if problems:
+        print("demo FAILED: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    print("demo OK")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workers.demo",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--state-dir", type=Path, default=None)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--max-trials", type=int, default=64)
+    parser.add_argument("--min-finished", type=int, default=60)
+    parser.add_argument("--algorithm", default="random")
+    parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decision-wait", type=float, default=3.0)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--keep-stack", action="store_true")
+    return parser
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    # SIGTERM takes the same path as Ctrl-C, so the `finally` stops workers and stack.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    # Library logs would interleave with the report; warnings and errors still show.
+    telemetry.setup("ladder-demo", level="WARNING")
+    # kafka-python logs every refused connection while the broker starts; the stack
+    # launcher reports real failures itself (as `ladder up` does).
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
