@@ -112,9 +112,12 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
             action=events_pb2.CONTINUE, lease_seconds=self.lease_seconds
         )
         decision = self.trials.decision(request.trial_id)
-        if decision is not None and decision.action in (events_pb2.STOP, events_pb2.PROMOTE):
-            reply.action = decision.action
+        if decision is not None:
+            # The latest verdict travels even when it is CONTINUE, so a worker waiting at
+            # a rung learns it may go on without waiting out its decision timeout.
             reply.decision.CopyFrom(decision)
+            if decision.action in (events_pb2.STOP, events_pb2.PROMOTE):
+                reply.action = decision.action
         return reply
 
     @_status

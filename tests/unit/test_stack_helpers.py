@@ -154,3 +154,17 @@ def test_cli_table_drives_the_parser() -> None:
     assert set(cli.COMMANDS) >= {"up", "down", "status"}
     with pytest.raises(SystemExit):
         parser.parse_args([])
+
+
+def test_a_new_embedded_broker_archives_state_bound_to_the_old_log(tmp_path) -> None:
+    from ladder.stack.launcher import Layout
+
+    layout = Layout.of(tmp_path)
+    assert layout.archive_broker_bound_state() is None
+    (tmp_path / "lineage.sqlite3").write_text("db")
+    (tmp_path / "earlystop").mkdir()
+    (tmp_path / "redis").mkdir()  # Redis' AOF is not bound to Kafka offsets: kept
+    archived = layout.archive_broker_bound_state()
+    assert archived is not None and (archived / "lineage.sqlite3").read_text() == "db"
+    assert (archived / "earlystop").is_dir()
+    assert not (tmp_path / "lineage.sqlite3").exists() and (tmp_path / "redis").is_dir()

@@ -72,6 +72,23 @@ class Layout:
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
 
+    # State whose Kafka offsets refer to one broker's log (lineage's stored offsets,
+    # Faust's table data). The embedded broker keeps its log in memory, so a new
+    # broker invalidates them: they are archived, not reused against a fresh log.
+    def broker_bound_state(self) -> list[Path]:
+        names = ("lineage.sqlite3", "lineage.sqlite3-wal", "lineage.sqlite3-shm", "earlystop")
+        return [self.root / name for name in names if (self.root / name).exists()]
+
+    def archive_broker_bound_state(self) -> Path | None:
+        found = self.broker_bound_state()
+        if not found:
+            return None
+        target = self.root / "archive" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target.mkdir(parents=True, exist_ok=True)
+        for path in found:
+            path.rename(target / path.name)
+        return target
+
 
 @contextlib.contextmanager
 def _locked(layout: Layout) -> Iterator[None]:
@@ -272,6 +289,9 @@ class _Starter:
             self.say(f"using external kafka {external}")
             self._prepare_kafka(external, None)
             return external
+        archived = self.layout.archive_broker_bound_state()
+        if archived:
+            self.say(f"new in-memory broker: archived the previous broker's lineage to {archived}")
         self.say("starting the tansu broker")
         port = self._spawn_ready(
             KAFKA,

@@ -1,0 +1,192 @@
+"""The whole system: the four services as processes on the real broker and Redis.
+
+Another team's service publishes metric reports with a plain kafka-python producer in
+the documented JSON form (no Ladder code on the sending side); the early-stop service
+decides, the STOP reaches the worker through its heartbeat, and lineage records it all.
+Garbage on the metrics topic is dead-lettered with a reason and processing goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from ladder.client import LadderClient
+from ladder.codec import decode
+from ladder.config import Settings
+from ladder.v1 import events_pb2
+
+pytestmark = pytest.mark.integration
+
+SERVICES = ("services.suggest", "services.evaluate", "services.lineage", "services.earlystop")
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+class TopicReader:
+    """Reads every partition of a topic from the beginning, without a group."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+        )
+        parts = wait_for(lambda: self.consumer.partitions_for_topic(topic), 30, topic)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.records: list[Any] = []
+
+    def poll(self) -> list[Any]:
+        for batch in self.consumer.poll(timeout_ms=200).values():
+            self.records.extend(batch)
+        return self.records
+
+
+@pytest.fixture
+def system(infra: Settings, start_service: Callable[..., Any]) -> dict[str, Any]:
+    procs = {module: start_service(module) for module in SERVICES}
+    settings = Settings(
+        kafka_bootstrap=infra.kafka_bootstrap,
+        redis_url=infra.redis_url,
+        topics=infra.topics,
+        suggest_addr=procs["services.suggest"].addr,
+        evaluate_addr=procs["services.evaluate"].addr,
+        lineage_addr=procs["services.lineage"].addr,
+        state_dir=infra.state_dir,
+    )
+    return {"settings": settings, "procs": procs}
+
+
+def test_plain_json_metrics_drive_decisions_heartbeats_and_lineage(system: dict) -> None:
+    settings: Settings = system["settings"]
+    client = LadderClient(settings)
+    study = client.create_study(
+        {
+            "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+            "name": "e2e",
+            "scheduler": {
+                "kind": "asha",
+                "min_resource": 1,
+                "max_resource": 9,
+                "reduction_factor": 3,
+                "min_population": 3,
+                "smoothing": "none",
+            },
+            "dataset_id": "ds-e2e",
+            "code_commit": "abc123",
+            "seed": 5,
+        }
+    )
+    sid = study.study_id
+    trials = []
+    for i in range(6):
+        suggestion = client.suggest(sid, f"w{i}")[0]
+        attempt = f"a-{uuid.uuid4().hex[:8]}"
+        client.start_trial(suggestion.trial.trial_id, f"w{i}", attempt)
+        trials.append((suggestion.trial.trial_id, attempt))
+
+    # Reports of different trials travel on different partitions, so arrival order is
+    # not publish order: the worst trial is published once the others were judged.
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    decisions = TopicReader(settings, settings.topics.decisions)
+
+    def publish(tid: str, attempt: str, value: float) -> None:
+        payload = {
+            "study_id": sid, "trial_id": tid, "step": 1, "value": value,
+            "metric": "val_loss", "attempt_id": attempt,
+        }
+        producer.send(settings.topics.metrics, key=tid.encode(), value=json.dumps(payload).encode())
+        producer.flush()
+
+    def decided() -> dict[str, events_pb2.Decision]:
+        found = (decode(events_pb2.Decision, r.value) for r in decisions.poll())
+        return {d.trial_id: d for d in found if d.study_id == sid}
+
+    for (tid, attempt), value in zip(trials[:-1], [0.10, 0.20, 0.30, 0.70, 0.80], strict=True):
+        publish(tid, attempt, value)
+    wait_for(lambda: len(decided()) >= 5, 60, "decisions for the first five trials")
+    publish(*trials[-1], 0.90)
+
+    worst_tid, worst_attempt = trials[-1]
+    best_tid, best_attempt = trials[0]
+
+    # The STOP reaches the worker through its next heartbeat.
+    stop = wait_for(
+        lambda: (r := client.heartbeat(worst_tid, worst_attempt, 1)).action == events_pb2.STOP
+        and r,
+        60,
+        "STOP on the worst trial's heartbeat",
+    )
+    assert stop.decision.rung == 0 and stop.decision.population >= 3
+    assert stop.decision.reason, "a STOP carries its reason"
+    assert client.heartbeat(best_tid, best_attempt, 1).action == events_pb2.CONTINUE
+
+    stops = wait_for(
+        lambda: {t for t, d in decided().items() if d.action == events_pb2.STOP},
+        30,
+        "STOP decisions on the decisions topic",
+    )
+    assert worst_tid in stops and best_tid not in stops
+
+    lineage = wait_for(
+        lambda: (lin := client.lineage(worst_tid)).metrics and lin.decisions and lin,
+        60,
+        "lineage with the metric point and the decision",
+    )
+    assert [(p.step, p.value) for p in lineage.metrics] == [(1.0, 0.90)]
+    assert any(d.action == events_pb2.STOP for d in lineage.decisions)
+    assert lineage.dataset_id == "ds-e2e" and lineage.code_commit == "abc123"
+    assert lineage.attempts and lineage.attempts[0].worker_id == "w5"
+    assert "x" in lineage.params
+
+    # Garbage lands in dead-letter with a reason; the next valid report is processed.
+    producer.send(settings.topics.metrics, key=b"junk", value=b"\x00\xffnot a metric\x13")
+    late = client.suggest(sid, "w-late")[0]
+    late_attempt = "a-late"
+    client.start_trial(late.trial.trial_id, "w-late", late_attempt)
+    producer.send(
+        settings.topics.metrics,
+        key=late.trial.trial_id.encode(),
+        value=json.dumps(
+            {"study_id": sid, "trial_id": late.trial.trial_id, "step": 1, "value": 5.0}
+        ).encode(),
+    )
+    producer.flush()
+    dead = TopicReader(settings, settings.topics.dead_letter)
+    letter = wait_for(
+        lambda: next(
+            (
+                d
+                for d in (decode(events_pb2.DeadLetter, r.value) for r in dead.poll())
+                if d.payload == b"\x00\xffnot a metric\x13"
+            ),
+            None,
+        ),
+        30,
+        "the garbage record on dead-letter",
+    )
+    assert letter.source_topic == settings.topics.metrics and letter.reason
+    late_stop = wait_for(
+        lambda: client.heartbeat(late.trial.trial_id, late_attempt, 1).action == events_pb2.STOP,
+        60,
+        "a decision for the report published after the garbage",
+    )
+    assert late_stop
+    for proc in system["procs"].values():
+        assert proc.proc.poll() is None, f"{proc.module} died"
+    client.close()
+    producer.close()
