@@ -1,0 +1,63 @@
+"""Early-stopping schedulers: pure code, no broker, no Faust.
+
+| module          | what                                                             |
+|-----------------|------------------------------------------------------------------|
+| ``spec``        | ``SchedulerSpec`` from a study's SchedulerConfig (defaults, rungs, |
+|                 | Hyperband brackets)                                              |
+| ``smoothing``   | EMA / moving window / none; NaN and inf mean divergence          |
+| ``rungs``       | ``RungCrossingDetector``: which milestones a report crossed      |
+| ``curves``      | ``observe``: stage 1 per-trial state (smoothing + crossings)     |
+| ``leaderboard`` | per study, per rung: trial -> value, idempotent recording        |
+| ``rules``       | ASHA, median stopping, divergence, grace period; with reasons    |
+
+The early-stop service (``services/earlystop``) wires these to Kafka: stage 1 calls
+``observe`` per metric report, stage 2 records crossings on leaderboards and calls
+``decide``.
+"""
+
+from ladder.schedulers.curves import CurveState, Divergence, Observation, observe
+from ladder.schedulers.leaderboard import Leaderboards, RungLeaderboard
+from ladder.schedulers.rules import (
+    Action,
+    RungDecision,
+    asha_decide,
+    decide,
+    diverged_decision,
+    kept_count,
+    median_decide,
+)
+from ladder.schedulers.rungs import RungCrossed, RungCrossingDetector
+from ladder.schedulers.smoothing import Ema, MovingWindow, NoSmoothing, is_divergent, make_smoother
+from ladder.schedulers.spec import (
+    SchedulerConfigError,
+    SchedulerKind,
+    SchedulerSpec,
+    SmoothingKind,
+)
+
+__all__ = [
+    "Action",
+    "CurveState",
+    "Divergence",
+    "Ema",
+    "Leaderboards",
+    "MovingWindow",
+    "NoSmoothing",
+    "Observation",
+    "RungCrossed",
+    "RungCrossingDetector",
+    "RungDecision",
+    "RungLeaderboard",
+    "SchedulerConfigError",
+    "SchedulerKind",
+    "SchedulerSpec",
+    "SmoothingKind",
+    "asha_decide",
+    "decide",
+    "diverged_decision",
+    "is_divergent",
+    "kept_count",
+    "make_smoother",
+    "median_decide",
+    "observe",
+]

@@ -1,0 +1,214 @@
+"""Early-stop service: ``python -m services.earlystop [--port N]``.
+
+A Faust stream processor in two stages (see ARCHITECTURE.md):
+
+- stage 1, agent ``earlystop-stage1`` on ``<prefix>metrics`` (key trial id; protobuf
+  MetricReport or the documented JSON form): smooths each trial's curve (table
+  ``trial_curves``) and emits a RungCrossing on ``<prefix>rungs`` (key study id) only
+  when a rung milestone is crossed, or when the metric diverged (NaN / inf);
+- stage 2, agent ``earlystop-stage2`` on ``<prefix>rungs``: keeps the rung
+  leaderboards (table ``rung_entries``), applies the study's rule (ASHA, median,
+  Hyperband brackets; ``ladder.schedulers``) and emits a Decision (CONTINUE or STOP,
+  with rung, cutoff, rank, population and reason) on ``<prefix>decisions`` (key
+  trial id);
+- agent ``earlystop-studies`` copies ``<prefix>studies`` into the GlobalTable
+  ``study_configs`` that every stage-1 partition reads.
+
+Undecodable records, metrics of a study that has no StudyEvent after
+``--unknown-study-wait`` seconds, and studies whose scheduler config is unusable go to
+``<prefix>dead-letter`` with the reason. Trace context (W3C ``traceparent``) is read
+from every record's headers and written into every record produced.
+
+| env var / flag                                       | default           | meaning              |
+|------------------------------------------------------|-------------------|----------------------|
+| --port / LADDER_EARLYSTOP_HEALTH_PORT                | 50054             | gRPC health port     |
+| --data-dir / LADDER_EARLYSTOP_DATA_DIR               | <state>/earlystop | Faust data directory |
+| --web-port / LADDER_EARLYSTOP_WEB_PORT               | 0 (off)           | Faust web UI port    |
+| --unknown-study-wait /                               | 10                | seconds a metric of  |
+|   LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT                |                   | an unknown study     |
+|                                                      |                   | waits for its study  |
+|                                                      |                   | (once per study id)  |
+| --producer-batch-bytes /                             | 1                 | Faust producer batch |
+|   LADDER_EARLYSTOP_PRODUCER_BATCH_BYTES              |                   | size; 1 = one record |
+|                                                      |                   | per batch, needed on |
+|                                                      |                   | tansu (see app.py)   |
+| --replication-factor /                               | 1                 | of the changelogs    |
+|   LADDER_EARLYSTOP_REPLICATION_FACTOR                |                   |                      |
+| --fetch-max-wait-ms /                                | 100               | consumer long poll   |
+|   LADDER_EARLYSTOP_FETCH_MAX_WAIT_MS                 |                   | (see app.py: tansu)  |
+| LADDER_LOG_LEVEL                                     | INFO              | JSON logs on stderr  |
+| OTEL_EXPORTER_OTLP_ENDPOINT                          | unset             | OTLP span export     |
+
+plus the shared ``Settings`` (LADDER_KAFKA_BOOTSTRAP, LADDER_TOPIC_PREFIX,
+LADDER_STATE_DIR, ...; see ``ladder.config``). The Faust app id, which is also the
+consumer group and the prefix of the changelog topics, is
+``ladder-earlystop-<topic prefix>``.
+
+The health service ("" and "ladder.earlystop") reports SERVING once the Faust worker
+has joined the group and recovered its tables; SIGTERM / SIGINT flips it to
+NOT_SERVING, stops the worker (the group is left, offsets committed) and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+from ladder import telemetry
+from ladder.config import Settings
+
+from services.earlystop.agents import EarlyStopAgents
+from services.earlystop.app import EarlyStopOptions, create_app, topic_partitions
+from services.earlystop.health import HealthServer
+from services.earlystop.tables import LeaderboardView, StudyDirectory, declare_tables
+
+log = logging.getLogger("ladder.earlystop")
+
+
+class EarlyStopWorker(faust.Worker):
+    """A Faust worker that drives the health status and keeps our JSON logging."""
+
+    logger = logging.getLogger("faust.earlystop")
+
+    def __init__(self, app: faust.App, health: HealthServer, started: float) -> None:
+        super().__init__(
+            app,
+            quiet=True,
+            override_logging=False,  # telemetry.setup() owns the root logger
+            redirect_stdouts=False,
+            loglevel=logging.getLogger().level,
+        )
+        self.spinner = None  # no terminal spinner escapes in the log
+        self.health = health
+        self.started_at = started
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        self.health.set_serving(True)
+        log.info("earlystop ready in %.1fs", time.monotonic() - self.started_at)
+
+    def _on_sigterm(self) -> None:
+        self.health.set_serving(False)
+        log.info("earlystop: SIGTERM, stopping")
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self.health.set_serving(False)
+        log.info("earlystop: SIGINT, stopping")
+        super()._on_sigint()
+
+
+def parse_options(argv: list[str] | None, settings: Settings) -> EarlyStopOptions:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="python -m services.earlystop",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--port", type=int, default=int(env("LADDER_EARLYSTOP_HEALTH_PORT", 50054)))
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(env("LADDER_EARLYSTOP_DATA_DIR") or settings.state_dir / "earlystop"),
+    )
+    parser.add_argument("--web-port", type=int, default=int(env("LADDER_EARLYSTOP_WEB_PORT", 0)))
+    parser.add_argument(
+        "--unknown-study-wait",
+        type=float,
+        default=float(env("LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT", 10)),
+    )
+    parser.add_argument(
+        "--producer-batch-bytes",
+        type=int,
+        default=int(env("LADDER_EARLYSTOP_PRODUCER_BATCH_BYTES", 1)),
+    )
+    parser.add_argument(
+        "--replication-factor",
+        type=int,
+        default=int(env("LADDER_EARLYSTOP_REPLICATION_FACTOR", 1)),
+    )
+    parser.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=int(env("LADDER_EARLYSTOP_FETCH_MAX_WAIT_MS", 100)),
+    )
+    args = parser.parse_args(argv)
+    if args.unknown_study_wait < 0:
+        parser.error("--unknown-study-wait must be >= 0")
+    if args.producer_batch_bytes < 1:
+        parser.error("--producer-batch-bytes must be >= 1")
+    if args.fetch_max_wait_ms < 0:
+        parser.error("--fetch-max-wait-ms must be >= 0")
+    return EarlyStopOptions(
+        health_port=args.port,
+        data_dir=args.data_dir.resolve(),
+        web_port=args.web_port,
+        web_bind=env("LADDER_BIND_HOST", "127.0.0.1"),
+        unknown_study_wait=args.unknown_study_wait,
+        producer_batch_bytes=args.producer_batch_bytes,
+        replication_factor=args.replication_factor,
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
+    )
+
+
+def build(settings: Settings, options: EarlyStopOptions) -> tuple[faust.App, EarlyStopAgents]:
+    topics = settings.topics
+    partitions = topic_partitions(settings, [topics.metrics, topics.rungs])
+    app = create_app(settings, options)
+    directory: StudyDirectory | None = None
+
+    async def on_study_changelog(_event: Any) -> None:
+        # A study written by another worker reached us through the changelog.
+        if directory is not None:
+            await directory.notify()
+
+    tables = declare_tables(
+        app, partitions[topics.metrics], partitions[topics.rungs], on_study_changelog
+    )
+    directory = StudyDirectory(tables.studies, options.unknown_study_wait)
+    leaderboards = LeaderboardView(tables.entries)
+
+    async def forget_index(*_args: Any, **_kwargs: Any) -> None:
+        # Partitions moved: the next stage-2 event rebuilds the leaderboards from the
+        # recovered table.
+        leaderboards.invalidate()
+
+    app.on_partitions_revoked.connect(forget_index)
+    app.on_partitions_assigned.connect(forget_index)
+    agents = EarlyStopAgents(app, settings, tables, directory, leaderboards)
+    agents.register()
+    return app, agents
+
+
+def main(argv: list[str] | None = None) -> None:
+    started = time.monotonic()
+    telemetry.setup("ladder-earlystop")
+    settings = Settings.from_env()
+    options = parse_options(argv, settings)
+    app, _agents = build(settings, options)
+    health = HealthServer(options.health_port).start()
+    log.info(
+        "earlystop: app %s, kafka %s, topics %s*, health port %d",
+        app.conf.id, settings.kafka_bootstrap, settings.topics.prefix, health.port,
+    )
+    worker = EarlyStopWorker(app, health, started)
+    code: Any = 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        health.stop()
+        telemetry.shutdown()
+        log.info("earlystop stopped (exit %s)", code)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

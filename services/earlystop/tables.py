@@ -1,0 +1,192 @@
+"""The three Faust tables of the early-stop app and thin views over them.
+
+| table           | kind        | key                          | value                      |
+|-----------------|-------------|------------------------------|----------------------------|
+| study_configs   | GlobalTable | study id (bytes)             | StudyEvent protobuf bytes  |
+| trial_curves    | Table       | trial id                     | ``CurveState`` dict        |
+| rung_entries    | Table       | JSON [study, bracket, rung,  | {study, bracket, rung,     |
+|                 |             | trial]                       | trial, value}              |
+
+Every table is backed by a compacted changelog topic ``<app id>-<table>-changelog``.
+
+``study_configs`` is global because stage 1 is partitioned by trial: the metrics of one
+study land on every partition, so every worker needs every study. It is fed by the
+studies agent and written with ``use_partitioner`` into a single-partition changelog
+(``partitions=1``, ``recovery_buffer_size=1``, Faust's own advice for global tables
+with several workers); every worker reads that changelog as a standby, so a study
+written by the worker that owns its studies-topic partition reaches all the others.
+
+``rung_entries`` holds one record per (study, bracket, rung, trial) rather than one
+per leaderboard: a leaderboard value rewritten on every crossing would put
+O(trials^2) bytes in the changelog. The leaderboards themselves are an in-memory
+index (``LeaderboardView``) built from the table on first use after each rebalance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from ladder.codec import BadRecord, decode
+from ladder.schedulers import Leaderboards, RungLeaderboard, SchedulerConfigError, SchedulerSpec
+from ladder.v1 import events_pb2
+
+log = logging.getLogger("ladder.earlystop")
+
+
+@dataclass(frozen=True)
+class StudyEntry:
+    study_id: str
+    spec: SchedulerSpec | None
+    error: str = ""  # why the study's scheduler config cannot be used
+
+
+def parse_study(study_id: str, raw: bytes) -> StudyEntry:
+    try:
+        event = decode(events_pb2.StudyEvent, raw)
+        return StudyEntry(study_id, SchedulerSpec.from_study(event.study.config))
+    except (BadRecord, SchedulerConfigError) as exc:
+        return StudyEntry(study_id, None, str(exc))
+
+
+class StudyDirectory:
+    """Read side of ``study_configs``: parsed specs, and a bounded wait for studies
+    whose StudyEvent has not arrived yet (a metric can overtake it: the two topics are
+    consumed independently)."""
+
+    def __init__(self, table: faust.GlobalTable, unknown_study_wait: float) -> None:
+        self.table = table
+        self.unknown_study_wait = unknown_study_wait
+        self._parsed: dict[str, tuple[bytes, StudyEntry]] = {}
+        self._first_missed: dict[str, float] = {}
+        self._arrivals: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        # Created lazily: it must belong to the worker's running loop.
+        if self._arrivals is None:
+            self._arrivals = asyncio.Condition()
+        return self._arrivals
+
+    def get(self, study_id: str) -> StudyEntry | None:
+        raw = self.table.get(study_id.encode())
+        if raw is None:
+            return None
+        cached = self._parsed.get(study_id)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        entry = parse_study(study_id, raw)
+        self._parsed[study_id] = (raw, entry)
+        return entry
+
+    async def notify(self) -> None:
+        """A study arrived (local write or changelog event from another worker)."""
+        async with self._condition():
+            self._condition().notify_all()
+
+    async def wait_for(self, study_id: str) -> StudyEntry | None:
+        """The study, waiting at most ``unknown_study_wait`` seconds in total per
+        unknown study id (later reports of a study that never came do not wait again)."""
+        entry = self.get(study_id)
+        if entry is not None:
+            self._first_missed.pop(study_id, None)
+            return entry
+        loop = asyncio.get_running_loop()
+        deadline = self._first_missed.setdefault(study_id, loop.time()) + self.unknown_study_wait
+        condition = self._condition()
+        while (entry := self.get(study_id)) is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            # Woken by every arrival; the 1 s slice re-checks even if a wake-up is missed.
+            try:
+                async with condition:
+                    await asyncio.wait_for(condition.wait(), timeout=min(remaining, 1.0))
+            except TimeoutError:
+                pass
+        self._first_missed.pop(study_id, None)
+        return entry
+
+
+def entry_key(study_id: str, bracket: int, rung: int, trial_id: str) -> str:
+    return json.dumps([study_id, bracket, rung, trial_id], separators=(",", ":"))
+
+
+class LeaderboardView:
+    """Leaderboards (per study, bracket and rung) over the ``rung_entries`` table.
+
+    The index is rebuilt in one pass over the table when first needed after a
+    rebalance (``invalidate``), so it always matches the partitions this worker owns.
+    """
+
+    def __init__(self, table: faust.Table) -> None:
+        self.table = table
+        self._index: Leaderboards | None = None
+
+    def invalidate(self) -> None:
+        self._index = None
+
+    def _boards(self) -> Leaderboards:
+        if self._index is None:
+            index = Leaderboards()
+            for value in self.table.values():
+                index.board(_board_id(value["study"], value["bracket"]), value["rung"]).record(
+                    value["trial"], float(value["value"])
+                )
+            self._index = index
+        return self._index
+
+    def board(self, study_id: str, bracket: int, rung: int, maximize: bool) -> RungLeaderboard:
+        return self._boards().board(_board_id(study_id, bracket), rung, maximize)
+
+    def persist(self, study_id: str, bracket: int, rung: int, trial_id: str, value: float) -> None:
+        """Write the entry to the table (and so to its changelog); call in an agent."""
+        self.table[entry_key(study_id, bracket, rung, trial_id)] = {
+            "study": study_id,
+            "bracket": bracket,
+            "rung": rung,
+            "trial": trial_id,
+            "value": value,
+        }
+
+
+def _board_id(study_id: str, bracket: int) -> str:
+    return study_id if bracket == 0 else f"{study_id}#bracket{bracket}"
+
+
+@dataclass
+class EarlyStopTables:
+    studies: faust.GlobalTable
+    curves: faust.Table
+    entries: faust.Table
+
+
+def declare_tables(
+    app: faust.App, metrics_partitions: int, rungs_partitions: int, on_study_changelog: Any
+) -> EarlyStopTables:
+    studies = app.GlobalTable(
+        "study_configs",
+        key_type=bytes,
+        value_type=bytes,
+        partitions=1,
+        use_partitioner=True,
+        recovery_buffer_size=1,
+        on_changelog_event=on_study_changelog,
+        help="StudyEvent bytes by study id, from the studies topic (every worker has all).",
+    )
+    curves = app.Table(
+        "trial_curves",
+        key_type=str,
+        partitions=metrics_partitions,
+        help="Stage 1: smoothing state, last step and last rung per trial.",
+    )
+    entries = app.Table(
+        "rung_entries",
+        key_type=str,
+        partitions=rungs_partitions,
+        help="Stage 2: smoothed value of each trial at each rung it reached.",
+    )
+    return EarlyStopTables(studies, curves, entries)
