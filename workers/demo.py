@@ -80,7 +80,7 @@ def demo_study(max_trials: int, algorithm: str, partitions: int, seed: int
         dataset_id=digits.DATASET_ID,
         code_commit=code_commit(),
         partitions=partitions,
-        labels={"job": "demo", "workload": "digits"},
+        labels={"job": "demo", "workload": "digits", "resource_unit": "epochs"},
     )
 
 
