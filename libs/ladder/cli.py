@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ladder import config
+from ladder import cli_query, config
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,7 @@ COMMANDS: dict[str, Command] = {
     "status": Command("show each component's process and health", _status_arguments,
                       _run_status),
 }
+cli_query.register(COMMANDS, Command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,9 @@ Garbage on the metrics topic is dead-lettered with a reason and processing goes 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -199,5 +202,24 @@ def test_plain_json_metrics_drive_decisions_heartbeats_and_lineage(system: dict)
     assert late_stop
     for proc in system["procs"].values():
         assert proc.proc.poll() is None, f"{proc.module} died"
+
+    # The CLI answers the same lineage query as JSON.
+    env = {
+        **os.environ,
+        "LADDER_SUGGEST_ADDR": settings.suggest_addr,
+        "LADDER_EVALUATE_ADDR": settings.evaluate_addr,
+        "LADDER_LINEAGE_ADDR": settings.lineage_addr,
+    }
+    cli = [sys.executable, "-m", "ladder.cli"]
+    shown = subprocess.run(
+        [*cli, "lineage", worst_tid], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)
+    assert record["trial_id"] == worst_tid and record["decisions"][-1]["action"] == "STOP"
+    missing = subprocess.run(
+        [*cli, "lineage", "no-such-trial"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
     client.close()
     producer.close()
