@@ -64,6 +64,9 @@ class TopicReader:
         self.consumer.seek_to_beginning(*tps)
         self.records: list[Any] = []
 
+    def close(self) -> None:
+        self.consumer.close()
+
     def poll(self) -> list[Any]:
         for batch in self.consumer.poll(timeout_ms=200).values():
             self.records.extend(batch)
@@ -223,3 +226,44 @@ def test_plain_json_metrics_drive_decisions_heartbeats_and_lineage(system: dict)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
     client.close()
     producer.close()
+    decisions.close()
+    dead.close()
+
+
+def test_one_trace_follows_a_trial_across_services(system: dict) -> None:
+    from ladder import telemetry
+    from opentelemetry import trace
+
+    telemetry.setup("e2e-test")
+    settings: Settings = system["settings"]
+    client = LadderClient(settings)
+    study = client.create_study(
+        {
+            "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+            "scheduler": {"kind": "asha", "max_resource": 9, "min_population": 1},
+        }
+    )
+    decisions = TopicReader(settings, settings.topics.decisions)
+    with trace.get_tracer("e2e").start_as_current_span("trial") as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        suggestion = client.suggest(study.study_id, "w-traced")[0]
+        tid = suggestion.trial.trial_id
+        client.start_trial(tid, "w-traced", "a-traced")
+        client.report_metric(study.study_id, tid, "a-traced", 1, 0.5, metric="val_loss")
+        client.flush()
+
+    def traced_decision() -> bytes | None:
+        for record in decisions.poll():
+            if record.key == tid.encode():
+                return dict(record.headers or []).get("traceparent")
+        return None
+
+    traceparent = wait_for(traced_decision, 60, "the traced trial's decision")
+    assert traceparent.decode().split("-")[1] == trace_id
+    procs = system["procs"]
+    for module in ("services.suggest", "services.evaluate", "services.earlystop"):
+        assert wait_for(
+            lambda m=module: trace_id in procs[m].log_text(), 30, f"trace id in {module} logs"
+        )
+    client.close()
+    decisions.close()
