@@ -11,7 +11,8 @@ PROTO_SRC := $(wildcard proto/ladder/v1/*.proto)
 PROTO_OUT := libs/ladder/v1/__init__.py
 PYTEST_ARGS ?=
 
-.PHONY: setup proto up down status demo test test-unit test-integration bench lint clean
+.PHONY: setup proto up down status demo test test-unit test-integration lint clean \
+  bench bench-earlystop bench-curves bench-scale bench-quality loadsim
 
 setup: $(STAMP) $(PROTO_OUT)
 
@@ -57,11 +58,37 @@ test-unit: setup
 test-integration: setup
 	$(PY) -m pytest -q tests/integration
 
-bench: setup
-	@echo "no benchmarks yet: bench-quality and bench-earlystop come with issues 3 and 4"
+# Benchmarks write JSON and PNG under bench/results/ (see bench/README.md).
+bench: bench-earlystop bench-scale bench-quality
+
+# Replays the committed real-curve table and synthetic families through Ladder's
+# schedulers and Optuna's pruners (~1 min).
+bench-earlystop: setup
+	nice -n 10 $(PY) bench/earlystop_efficiency.py
+
+# Re-records the real-curve table: 512 digits configurations x 27 epochs (~10 min).
+bench-curves: setup
+	nice -n 10 $(PY) bench/curves/make_digits_curves.py
+
+# A fresh embedded stack under 1,000 and 5,000 simulated workers, with one and two
+# early-stop processes and a SIGKILL of one of them (~8 min).
+bench-scale: setup
+	nice -n 5 $(PY) bench/earlystop_scale.py --duration 60
+
+# The simulator against the stack already up (`make up`).
+LOADSIM_ARGS ?= --workers 200 --processes 1 --duration 30
+loadsim: setup
+	nice -n 5 $(PY) -m workers.loadsim $(LOADSIM_ARGS)
+
+# Samplers: Ladder GP / TPE / auto vs Optuna TPE / GP vs random, 8 asynchronous workers;
+# finished runs are cached in bench/results/quality-runs.jsonl (~7 CPU-minutes a seed).
+QUALITY_SEEDS ?= 20
+QUALITY_JOBS ?= 2
+bench-quality: setup
+	nice -n 10 $(PY) -m bench.quality.run --seeds $(QUALITY_SEEDS) --jobs $(QUALITY_JOBS)
 
 lint: setup
-	$(VENV)/bin/ruff check libs services workers tests
+	$(VENV)/bin/ruff check libs services workers tests bench
 
 clean:
 	rm -rf libs/ladder/v1 .ladder .pytest_cache

@@ -137,7 +137,7 @@ def _check_kafka_group_roundtrip(bootstrap: str, topic: str) -> None:
             batches = consumer.poll(timeout_ms=200).values()
             return any(rec.value == token for batch in batches for rec in batch)
 
-        wait_for(received, 30, "the produced record to be consumed by a group")
+        wait_for(received, 90, "the produced record to be consumed by a group")
     finally:
         consumer.close()
 
