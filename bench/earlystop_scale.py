@@ -1,0 +1,324 @@
+"""Early-stop at scale: simulated workers against a fresh embedded stack.
+
+::
+
+    nice -n 5 .venv/bin/python bench/earlystop_scale.py [--duration 60] [--quick]
+
+Scenarios (each a fresh ASHA study, run by ``python -m workers.loadsim``):
+
+1. ``1000w-1es``: 1,000 workers at 1 report/s, one early-stop process (the stack's);
+2. ``1000w-2es``: the same with a second early-stop process (same Faust app id, so it
+   joins the group and takes half of the 4 partitions);
+3. ``200w-kill``: two early-stop processes, the second one SIGKILLed half way through the
+   run (at a load below saturation, ``--kill-workers``); the survivor takes its
+   partitions over and recovers the decision state from the changelogs. Decisions
+   lost must be 0; the recovery gap is how long the reports of the killed
+   partitions waited for their decisions;
+4. ``5000w-2es``: 5,000 workers, two early-stop processes: measured as is, even if
+   something saturates (last: its backlog would delay whatever runs after it).
+
+Each scenario first waits (bounded) until the early-stop group has no metrics backlog.
+
+For each: metric events/s committed by the early-stop group, report-to-decision
+latency percentiles, the counts check, and the CPU used per process (where it
+saturates). Writes bench/results/earlystop-scale.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from ladder.stack import Stack
+from ladder.stack.ports import free_port
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PACKAGES = ("faust-streaming", "aiokafka", "kafka-python", "grpcio", "protobuf")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a running process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def serving(addr: str) -> bool:
+    with grpc.insecure_channel(addr) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.25)  # polling a health check until the deadline
+
+
+class ExtraEarlyStop:
+    """A second ``python -m services.earlystop`` against the same stack."""
+
+    def __init__(self, env: dict[str, str], state: Path) -> None:
+        port = free_port()
+        self.addr = f"127.0.0.1:{port}"
+        child_env = {**env, "LADDER_EARLYSTOP_HEALTH_PORT": str(port),
+                     "LADDER_EARLYSTOP_WEB_PORT": "0",
+                     "LADDER_EARLYSTOP_DATA_DIR": str(state / f"earlystop-extra-{port}")}
+        self.log_path = state / "logs" / f"earlystop-extra-{port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "services.earlystop"],
+                                         env=child_env, stdout=out, stderr=subprocess.STDOUT)
+        wait_until(lambda: self.proc.poll() is None and serving(self.addr), 120,
+                   "the second early-stop process")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def metrics_backlog(env: dict[str, str]) -> int:
+    """Metric records the early-stop group has not committed yet."""
+    from kafka import KafkaConsumer, TopicPartition
+    from ladder.config import Topics
+
+    from services.earlystop.app import app_id
+
+    prefix = env.get("LADDER_TOPIC_PREFIX", "ladder.")
+    topic = Topics(prefix).metrics
+    consumer = KafkaConsumer(bootstrap_servers=env["LADDER_KAFKA_BOOTSTRAP"].split(","),
+                             group_id=app_id(prefix), enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        ends = consumer.end_offsets(parts)
+        # max(0, ...): tansu may report an end offset one short (services/earlystop/app.py).
+        return sum(max(0, ends[tp] - (consumer.committed(tp) or 0)) for tp in parts)
+    finally:
+        consumer.close()
+
+
+def wait_drained(env: dict[str, str], timeout: float) -> int:
+    """Let the previous scenario's backlog drain (bounded); returns what is left."""
+    deadline = time.monotonic() + timeout
+    while (left := metrics_backlog(env)) > 5 and time.monotonic() < deadline:
+        time.sleep(2.0)  # polling the group's lag until the deadline
+    return left
+
+
+def run_loadsim(env: dict[str, str], workdir: Path, name: str, workers: int, duration: float,
+                pids: dict[str, int], kill: tuple[float, ExtraEarlyStop] | None = None
+                ) -> dict[str, Any]:
+    backlog = wait_drained(env, 240)
+    timeline = workdir / f"{name}.timeline.jsonl"
+    argv = [sys.executable, "-m", "workers.loadsim", "--workers", str(workers),
+            "--processes", "2", "--rate", "1.0", "--duration", str(duration),
+            "--drain", "60", "--timeline", str(timeline)]
+    log(f"{name}: {workers} workers for {duration:g}s (load {load_average()})")
+    cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    killed_at = None
+    if kill is not None:
+        # Loadsim starts its clock ~3 s after launch (imports, connections).
+        time.sleep(kill[0] + 3.0)  # the kill is scheduled at a point of the run
+        killed_at = time.time()
+        kill[1].kill()
+        log(f"{name}: SIGKILLed the second early-stop process")
+    out, _ = proc.communicate(timeout=duration + 600)
+    elapsed = time.monotonic() - started
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary = json.loads(out)
+    summary["load_average_after"] = load_average()
+    summary["metrics_backlog_at_start"] = backlog
+    summary["cpu_percent_during_run"] = {
+        n: round(100 * (cpu_seconds(p) - cpu_before[n]) / elapsed, 1)
+        for n, p in pids.items() if cpu_seconds(p) > 0
+    }
+    summary["cpu_percent_during_run"]["loadsim (all processes)"] = round(100 * (
+        children_after.ru_utime + children_after.ru_stime
+        - children_before.ru_utime - children_before.ru_stime) / elapsed, 1)
+    summary["earlystop"].pop("samples", None)
+    if killed_at is not None:
+        summary["kill"] = kill_effect(timeline, killed_at - summary["run_start_unix"])
+    log(f"{name}: {json.dumps(headline(summary))}")
+    return summary
+
+
+def kill_effect(timeline: Path, killed_t: float) -> dict[str, Any]:
+    """Report-to-decision latency around the kill, in 2 s windows of report time.
+
+    The baseline is the p99 of reports made 10 s to 2 s before the kill (later ones
+    may still be waiting for their decision at the kill); the recovery gap is how long
+    after the kill reports still waited more than max(1 s, 3 x baseline) for their
+    decision (they were on the killed process's partitions until the survivor took
+    them over and restored the tables from the changelogs).
+    """
+    rows = [json.loads(line) for line in timeline.read_text().splitlines() if line]
+    before = sorted(r["lat_ms"] for r in rows if killed_t - 10 <= r["t"] < killed_t - 2)
+    after = [r for r in rows if r["t"] >= killed_t]
+    baseline = before[int(0.99 * (len(before) - 1))] if before else 0.0
+    slow = [r for r in after if r["lat_ms"] > max(1000.0, 3 * baseline)]
+    windows: dict[int, list[float]] = {}
+    for r in rows:
+        windows.setdefault(int((r["t"] - killed_t) // 2) * 2, []).append(r["lat_ms"])
+    return {
+        "killed_at_s": round(killed_t, 1),
+        "p99_before_ms": baseline,
+        "max_latency_after_kill_ms": max((r["lat_ms"] for r in after), default=None),
+        "slow_decisions_after_kill": len(slow),
+        "recovery_gap_s": round(max(r["t"] for r in slow) - killed_t, 1) if slow else 0.0,
+        "latency_by_2s_window_from_kill": {
+            str(start): {"n": len(v), "p50_ms": sorted(v)[len(v) // 2], "max_ms": max(v)}
+            for start, v in sorted(windows.items())
+        },
+    }
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    lat = summary["latency_ms"]["report_to_decision_on_topic"]
+    return {"acked_per_s": summary["reports"]["acked_per_s"],
+            "processed_per_s": summary["earlystop"]["processed_per_s_steady"],
+            "lag_at_end": summary["earlystop"]["lag_at_run_end"],
+            "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"),
+            "counts_ok": summary["counts"]["ok"], "missing": summary["counts"]["missing"],
+            "duplicates": summary["counts"]["duplicates"],
+            "cpu": summary["cpu_percent_during_run"]}
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.25
+    for i, q in enumerate(("p50", "p90", "p99")):
+        values = [results[n]["latency_ms"]["report_to_decision_on_topic"].get(q, 0)
+                  for n in names]
+        ax.bar([x + (i - 1) * width for x in range(len(names))], values, width, label=q)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yscale("log")
+    ax.set_ylabel("report -> decision on topic (ms, log)")
+    ax.set_title(f"Early-stop at scale ({os.cpu_count()} shared cores, load {load_average()})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def machine() -> dict[str, Any]:
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "versions": versions,
+            "load_average_start": load_average()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--big", type=int, default=5000, help="workers of the big scenario")
+    parser.add_argument("--kill-workers", type=int, default=200,
+                        help="workers of the kill scenario (below saturation)")
+    parser.add_argument("--scenarios", default="1es,2es,kill,big",
+                        help="comma-separated subset of 1es, 2es, kill, big")
+    parser.add_argument("--merge", action="store_true",
+                        help="add the scenarios to an existing --out file")
+    parser.add_argument("--out", type=Path, default=RESULTS / "earlystop-scale.json")
+    args = parser.parse_args()
+    wanted = set(args.scenarios.split(","))
+    report: dict[str, Any] = {"seed": 7, "rate_per_worker": 1.0, "topic_partitions": 4,
+                              "scenarios": {}}
+    if args.merge and args.out.exists():
+        report = json.loads(args.out.read_text())
+    report.setdefault("runs", []).append({"machine": machine(), "duration_s": args.duration,
+                                          "scenarios": sorted(wanted)})
+    scenarios = report["scenarios"]
+    with tempfile.TemporaryDirectory(prefix="ladder-scale-") as tmp:
+        state = Path(tmp)
+        stack = Stack(state, services=True)
+        info = stack.up()
+        env = {**os.environ, **stack.env()}
+        pids = {name: info["pids"][name]["pid"] for name in
+                ("kafka", "redis", "suggest", "evaluate", "lineage", "earlystop")}
+        extra: ExtraEarlyStop | None = None
+        try:
+            if "1es" in wanted:
+                scenarios["1000w-1es"] = run_loadsim(env, state, "1000w-1es", 1000,
+                                                     args.duration, pids)
+            extra = ExtraEarlyStop(env, state)
+            pids["earlystop-2"] = extra.proc.pid
+            if "2es" in wanted:
+                scenarios["1000w-2es"] = run_loadsim(env, state, "1000w-2es", 1000,
+                                                     args.duration, pids)
+            if "kill" in wanted:
+                # Below saturation, so the gap measured is the takeover, not a queue.
+                name = f"{args.kill_workers}w-kill"
+                scenarios[name] = run_loadsim(env, state, name, args.kill_workers,
+                                              args.duration, pids,
+                                              kill=(args.duration / 2, extra))
+            if "big" in wanted:
+                name = f"{args.big}w-2es"
+                scenarios[name] = run_loadsim(env, state, name, args.big, args.duration, pids)
+        finally:
+            if extra is not None:
+                extra.stop()
+            stack.down()
+    one, two = (scenarios.get(n, {}).get("earlystop", {}).get("processed_per_s_steady")
+                for n in ("1000w-1es", "1000w-2es"))
+    report["ratio_2es_vs_1es_processed"] = round(two / one, 2) if one and two else None
+    report["load_average_end"] = load_average()
+    report["machine"] = report["runs"][-1]["machine"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(scenarios, args.out.with_suffix(".png"))
+    log(f"wrote {args.out} and {args.out.with_suffix('.png').name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The load simulator end to end, small: 50 simulated workers for a few seconds
+against real suggest, evaluate and early-stop processes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+from ladder.config import Settings
+
+from workers.loadsim import LoadOptions, run
+
+pytestmark = pytest.mark.integration
+
+
+def test_fifty_simulated_workers_every_crossing_decided_once(
+    infra: Settings, start_service: Callable
+) -> None:
+    suggest = start_service("services.suggest")
+    evaluate = start_service("services.evaluate")
+    start_service("services.earlystop")
+    settings = dataclasses.replace(infra, suggest_addr=suggest.addr,
+                                   evaluate_addr=evaluate.addr)
+    # Rungs at steps 1 and 3 of 9: at 2 reports/s most trials meet a decision early.
+    options = LoadOptions(workers=50, processes=1, rate=2.0, duration=6.0, min_resource=1,
+                          max_resource=9, heartbeat_every=2, drain=20.0, seed=11)
+
+    summary = run(settings, options)
+
+    reports = summary["reports"]
+    assert reports["failed"] == 0 and reports["sent"] == reports["acked"] > 300
+    counts = summary["counts"]
+    assert counts["ok"], counts
+    assert counts["expected_crossings"] == counts["decisions_on_topic"] > 50
+    stops = summary["stops"]
+    assert stops["on_topic"] > 0
+    # Every STOP reached its worker, unless the run ended before it arrived.
+    observed = stops["observed_fast_path"] + stops["observed_heartbeat"]
+    assert stops["on_topic"] - summary["trials"]["unfinished"] <= observed <= stops["on_topic"]
+    assert summary["trials"]["pruned"] == observed
+    assert summary["latency_ms"]["report_to_stop_obeyed_fast_path"]["n"] > 0
+    assert summary["rpc_errors"] == {}

@@ -1,0 +1,263 @@
+"""Load simulator: thousands of simulated workers against the real stack.
+
+::
+
+    python -m workers.loadsim --workers 1000 --processes 2 --rate 1.0 --duration 60
+
+Each simulated worker runs the trial protocol (Suggest, StartTrial, a synthetic metric
+report every ``1/rate`` s on the metrics topic, Heartbeat every few reports, PruneTrial
+on STOP, CompleteTrial at ``max_resource``) on one asyncio loop per process; see
+:mod:`workers.loadsim_sim`. Without ``--study`` a study with ASHA is created.
+
+The parent process tails the decisions topic and the early-stop group's committed
+offsets, then prints one JSON summary on stdout:
+
+- ``reports``: metric reports sent and acknowledged by the broker;
+- ``earlystop``: metric events/s committed by the early-stop group and its lag;
+- ``latency_ms``: report-to-decision as produced (``Decision.ts_ms``), as seen on the
+  topic by the observer, and as obeyed by the simulated workers (fast path: the
+  worker's process tails the decisions topic; heartbeat path: a Heartbeat said STOP);
+- ``counts``: the rung crossings implied by the acknowledged reports against the
+  decisions on the topic: none missing, none twice (``ok``).
+
+| flag                 | default | meaning                                             |
+|----------------------|---------|-----------------------------------------------------|
+| --workers            | 100     | simulated workers in total                          |
+| --processes          | 1       | simulator processes (workers are split evenly)      |
+| --rate               | 1.0     | metric reports per second per worker                |
+| --duration           | 30      | seconds of simulated work                           |
+| --study              | (new)   | an existing study id; else one is created           |
+| --min-resource       | 4       | ASHA of the created study: first rung (steps)       |
+| --max-resource       | 108     | steps of an unstopped trial (rungs 4, 12, 36)       |
+| --heartbeat-every    | 5       | reports between two heartbeats of a worker          |
+| --drain              | 60      | seconds to wait after the run for late decisions    |
+| --seed               | 7       | seeds the curves and the workers' start offsets     |
+| --timeline FILE      | unset   | also write the per-decision timeline (JSON lines)   |
+
+Endpoints come from ``Settings.from_env()`` (LADDER_* env vars or stack.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ladder.client import LadderClient, study_config
+from ladder.config import Settings
+from ladder.schedulers import SchedulerSpec
+from ladder.v1 import events_pb2
+
+from workers.loadsim_observe import (
+    DecisionLog,
+    GroupProgress,
+    counts_check,
+    expected_crossings,
+    percentiles,
+)
+from workers.loadsim_sim import SimConfig, run_process
+
+METRIC = "loss"
+START_DELAY_S = 3.0  # every process imports, connects, then all start together
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    workers: int = 100
+    processes: int = 1
+    rate: float = 1.0
+    duration: float = 30.0
+    study_id: str = ""
+    min_resource: int = 4
+    max_resource: int = 108
+    heartbeat_every: int = 5
+    drain: float = 60.0
+    seed: int = 7
+    timeline: Path | None = None
+
+
+def earlystop_group(settings: Settings) -> str:
+    # Imported here: the early-stop app module pulls in Faust.
+    from services.earlystop.app import app_id
+
+    return app_id(settings.topics.prefix)
+
+
+def create_study(settings: Settings, options: LoadOptions) -> str:
+    config = study_config(
+        {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        name=f"loadsim-{options.workers}w",
+        metric=METRIC,
+        algorithm="random",
+        scheduler={"kind": "asha", "min_resource": options.min_resource,
+                   "max_resource": options.max_resource, "reduction_factor": 3,
+                   "min_population": 3},
+        seed=options.seed,
+    )
+    with LadderClient(settings) as client:
+        return client.create_study(config).study_id
+
+
+def split(total: int, parts: int) -> list[tuple[int, int]]:
+    """(first index, count) of each part; sizes differ by at most one."""
+    base, extra = divmod(total, parts)
+    out, first = [], 0
+    for i in range(parts):
+        count = base + (i < extra)
+        out.append((first, count))
+        first += count
+    return out
+
+
+def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
+    study_id = options.study_id or create_study(settings, options)
+    with LadderClient(settings) as client:
+        study = client.get_study(study_id)
+    spec = SchedulerSpec.from_study(study.config)
+    rungs = spec.rungs() if spec.bounded else spec.rungs(up_to=options.max_resource)
+    max_resource = int(spec.max_resource or options.max_resource)
+    decisions = DecisionLog(settings, study_id)
+    progress = GroupProgress(settings, earlystop_group(settings))
+    start_at = time.time() + START_DELAY_S
+    configs = [
+        SimConfig(study_id=study_id, metric=spec.metric or METRIC, first_worker=first,
+                  workers=count, rate=options.rate, duration=options.duration,
+                  max_resource=max_resource, heartbeat_every=options.heartbeat_every,
+                  seed=options.seed, start_at=start_at)
+        for first, count in split(options.workers, options.processes) if count
+    ]
+    with ProcessPoolExecutor(len(configs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_process, settings, c) for c in configs]
+        results = [f.result(timeout=options.duration + 300) for f in futures]
+    run_end = start_at + options.duration
+    acked: dict[str, int] = {}
+    for result in results:
+        acked.update(result["acked_max_step"])
+    expected = expected_crossings(acked, rungs)
+
+    # Drain: the last reports' decisions are still on their way.
+    drain_deadline = time.monotonic() + options.drain
+    while time.monotonic() < drain_deadline:
+        if expected <= {(d.trial_id, d.rung) for d in decisions.snapshot()}:
+            break
+        time.sleep(0.5)  # polling the observer until the drain deadline
+    time.sleep(1.0)  # a duplicate would arrive right behind the first copy
+    seen = decisions.snapshot()
+    decisions.close()
+    progress.close()
+    drained_at = time.time()
+
+    def total(key: str) -> int:
+        return sum(r[key] for r in results)
+
+    lag_end = progress.lag_at(run_end)
+    steady_from = start_at + min(10.0, options.duration / 4)
+    summary: dict[str, Any] = {
+        "study_id": study_id,
+        "workers": options.workers,
+        "processes": len(configs),
+        "rate_per_worker": options.rate,
+        "duration_s": options.duration,
+        "seed": options.seed,
+        "rungs": rungs,
+        "max_resource": max_resource,
+        "heartbeat_every": options.heartbeat_every,
+        "run_start_unix": round(start_at, 3),
+        "reports": {
+            "target_per_s": options.workers * options.rate,
+            "sent": total("reports_sent"),
+            "acked": total("reports_acked"),
+            "failed": total("reports_failed"),
+            "acked_per_s": round(total("reports_acked") / options.duration, 1),
+        },
+        "trials": {k: total(f"trials_{k}") for k in
+                   ("started", "pruned", "completed", "unfinished")},
+        "heartbeats": total("heartbeats"),
+        "rpc_errors": _merge([r["rpc_errors"] for r in results]),
+        "simulator_loop_lag_ms_max": round(max(r["loop_lag_ms_max"] for r in results), 1),
+        "earlystop": {
+            "group": progress.group_id,
+            "processed_per_s_steady": progress.rate_between(steady_from, run_end),
+            "lag_at_run_end": lag_end,
+            "lag_after_drain": progress.lag_at(drained_at),
+            "samples": [(round(t - start_at, 1), c, e) for t, c, e in progress.samples],
+        },
+        "latency_ms": {
+            "report_to_decision_produced": percentiles(
+                d.decided_ts_ms - d.report_ts_ms for d in seen if d.report_ts_ms),
+            "report_to_decision_on_topic": percentiles(
+                d.seen_ms - d.report_ts_ms for d in seen if d.report_ts_ms),
+            "report_to_stop_obeyed_fast_path": percentiles(
+                v for r in results for v in r["stop_latency_fast_ms"]),
+            "report_to_stop_obeyed_heartbeat": percentiles(
+                v for r in results for v in r["stop_latency_heartbeat_ms"]),
+        },
+        "stops": {
+            "on_topic": sum(d.action == events_pb2.STOP for d in seen),
+            "observed_fast_path": total("stops_fast_path"),
+            "observed_heartbeat": total("stops_heartbeat"),
+        },
+        "counts": counts_check(expected, seen),
+    }
+    if options.timeline:
+        with options.timeline.open("w") as out:
+            for d in seen:
+                out.write(json.dumps({"t": round(d.report_ts_ms / 1000 - start_at, 3),
+                                      "lat_ms": round(d.seen_ms - d.report_ts_ms, 1),
+                                      "rung": d.rung, "action": d.action}) + "\n")
+    return summary
+
+
+def _merge(dicts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for key, n in d.items():
+            out[key] = out.get(key, 0) + n
+    return out
+
+
+def parse_args(argv: list[str] | None) -> LoadOptions:
+    parser = argparse.ArgumentParser(
+        prog="python -m workers.loadsim", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=100)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=1.0)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--study", default="")
+    parser.add_argument("--min-resource", type=int, default=4)
+    parser.add_argument("--max-resource", type=int, default=108)
+    parser.add_argument("--heartbeat-every", type=int, default=5)
+    parser.add_argument("--drain", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--timeline", type=Path, default=None)
+    args = parser.parse_args(argv)
+    for name in ("workers", "processes", "heartbeat_every", "min_resource", "max_resource"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.rate <= 0 or args.duration <= 0 or args.drain < 0:
+        parser.error("--rate and --duration must be > 0, --drain >= 0")
+    return LoadOptions(
+        workers=args.workers, processes=min(args.processes, args.workers), rate=args.rate,
+        duration=args.duration, study_id=args.study, min_resource=args.min_resource,
+        max_resource=args.max_resource, heartbeat_every=args.heartbeat_every,
+        drain=args.drain, seed=args.seed, timeline=args.timeline,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = parse_args(argv)
+    summary = run(Settings.from_env(), options)
+    json.dump(summary, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    sys.exit(0 if summary["counts"]["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()

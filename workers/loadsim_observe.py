@@ -1,0 +1,193 @@
+"""What the load simulator's parent process watches, and the end-to-end counts check.
+
+- :class:`DecisionLog` tails the decisions topic (kafka-python thread) and keeps every
+  Decision of the study with the time it was seen;
+- :class:`GroupProgress` samples the early-stop consumer group's committed offsets on
+  the metrics topic: the metric events early-stop has processed, and its lag;
+- :func:`counts_check` compares the rung crossings implied by the acknowledged metric
+  reports with the decisions on the topic: each (trial, rung) exactly once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from ladder.config import Settings
+from ladder.v1 import events_pb2
+
+
+def percentiles(values: Iterable[float]) -> dict[str, float | int]:
+    data = sorted(values)
+    if not data:
+        return {"n": 0}
+
+    def pick(q: float) -> float:
+        return round(data[min(len(data) - 1, int(q * len(data)))], 1)
+
+    return {"n": len(data), "p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99),
+            "max": round(data[-1], 1)}
+
+
+@dataclass(frozen=True)
+class SeenDecision:
+    trial_id: str
+    rung: int
+    action: int
+    report_ts_ms: int
+    decided_ts_ms: int  # Decision.ts_ms: when early-stop produced it
+    seen_ms: float  # when this observer read it from the topic
+
+
+class DecisionLog:
+    """Every decision of ``study_id`` published after construction."""
+
+    def __init__(self, settings: Settings, study_id: str) -> None:
+        self.study_id = study_id
+        self.decisions: list[SeenDecision] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap.split(","),
+            enable_auto_commit=False,
+            fetch_max_wait_ms=100,
+            client_id="ladder-loadsim-decisions",
+        )
+        topic = settings.topics.decisions
+        parts = sorted(self._consumer.partitions_for_topic(topic) or ())
+        partitions = [TopicPartition(topic, p) for p in parts]
+        self._consumer.assign(partitions)
+        self._consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            self._consumer.position(tp)  # resolve "end" before anything is reported
+        self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for records in self._consumer.poll(timeout_ms=200).values():
+                    seen_ms = time.time() * 1000
+                    batch = []
+                    for record in records:
+                        decision = events_pb2.Decision()
+                        try:
+                            decision.ParseFromString(record.value)
+                        except Exception:  # noqa: BLE001 - other producers' records
+                            continue
+                        if decision.study_id == self.study_id:
+                            batch.append(SeenDecision(
+                                decision.trial_id, decision.rung, decision.action,
+                                decision.report_ts_ms, decision.ts_ms, seen_ms))
+                    with self._lock:
+                        self.decisions.extend(batch)
+        finally:
+            self._consumer.close()
+
+    def snapshot(self) -> list[SeenDecision]:
+        with self._lock:
+            return list(self.decisions)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@dataclass
+class GroupProgress:
+    """Samples (time, committed offsets, end offsets) of the metrics topic for a group."""
+
+    settings: Settings
+    group_id: str
+    every: float = 1.0
+    samples: list[tuple[float, int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="group-progress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        bootstrap = self.settings.kafka_bootstrap.split(",")
+        # group_id only for OffsetFetch: this consumer never subscribes, so it never
+        # joins the group (no rebalance of the early-stop workers).
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=self.group_id,
+                                 enable_auto_commit=False, client_id="ladder-loadsim-progress")
+        topic = self.settings.topics.metrics
+        partitions = [TopicPartition(topic, p)
+                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        try:
+            while not self._stop.is_set():
+                try:
+                    committed = [consumer.committed(tp) or 0 for tp in partitions]
+                    ends = consumer.end_offsets(partitions)
+                except Exception:  # noqa: BLE001 - a missed sample is only a gap
+                    self._stop.wait(self.every)
+                    continue
+                done = sum(committed)
+                self.samples.append((time.time(), done, sum(ends.values())))
+                self._stop.wait(self.every)
+        finally:
+            consumer.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def rate_between(self, start: float, end: float) -> float | None:
+        """Metric events committed by the group per second between two wall times."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return None
+        (t0, c0, _), (t1, c1, _) = inside[0], inside[-1]
+        return round((c1 - c0) / (t1 - t0), 1) if t1 > t0 else None
+
+    def lag_at(self, when: float) -> int | None:
+        before = [s for s in self.samples if s[0] <= when]
+        # max(0, ...): tansu can report an end offset one short (see services/earlystop/app.py).
+        return max(0, before[-1][2] - before[-1][1]) if before else None
+
+
+def expected_crossings(
+    acked_max_step: Mapping[str, int], rungs: list[float]
+) -> set[tuple[str, int]]:
+    """(trial, rung index) for every rung a trial's acknowledged reports reached.
+
+    Steps are reported 1, 2, 3, ... without gaps, so a trial whose last acknowledged
+    step is s crossed exactly the rungs whose resource is <= s.
+    """
+    return {
+        (trial, index)
+        for trial, step in acked_max_step.items()
+        for index, resource in enumerate(rungs)
+        if step >= resource - 1e-9
+    }
+
+
+def counts_check(expected: set[tuple[str, int]], decisions: list[SeenDecision]
+                 ) -> dict[str, Any]:
+    seen = Counter((d.trial_id, d.rung) for d in decisions)
+    duplicates = {key: n for key, n in seen.items() if n > 1}
+    # A duplicate with a different verdict would mean the leaderboard counted twice.
+    conflicting = 0
+    for key in duplicates:
+        actions = {d.action for d in decisions if (d.trial_id, d.rung) == key}
+        conflicting += len(actions) > 1
+    missing = expected - set(seen)
+    unexpected = set(seen) - expected
+    return {
+        "expected_crossings": len(expected),
+        "decisions_on_topic": sum(seen.values()),
+        "distinct_decided": len(seen),
+        "missing": len(missing),
+        "duplicates": sum(n - 1 for n in duplicates.values()),
+        "conflicting_duplicates": conflicting,
+        "unexpected": len(unexpected),
+        "ok": not missing and not duplicates and not unexpected,
+        "missing_sample": sorted(missing)[:5],
+    }

@@ -1,0 +1,316 @@
+"""One simulator process: many simulated workers on one asyncio loop.
+
+Each simulated worker runs the real trial protocol against the real services:
+Suggest -> StartTrial -> one synthetic metric report every ``1/rate`` seconds to the
+metrics topic -> a Heartbeat every ``heartbeat_every`` reports -> PruneTrial as soon as
+a STOP is seen, CompleteTrial at ``max_resource``; then the next trial.
+
+A STOP reaches a worker on two paths, and the first one wins:
+
+- the fast path: a kafka-python consumer thread in this process tails the decisions
+  topic (all partitions) and wakes the worker whose trial was stopped;
+- the heartbeat path: the evaluate service answers a Heartbeat with STOP.
+
+What the process measures is returned as a :class:`ProcessResult` (plain dict).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import grpc
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from ladder.config import Settings
+from ladder.v1 import (
+    evaluate_pb2,
+    evaluate_pb2_grpc,
+    events_pb2,
+    suggest_pb2,
+    suggest_pb2_grpc,
+)
+
+CALL_TIMEOUT_S = 30.0  # per RPC; a saturated service answers late, not never
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    study_id: str
+    metric: str
+    first_worker: int
+    workers: int
+    rate: float  # metric reports per second per worker
+    duration: float  # seconds of simulated work
+    max_resource: int  # steps of a trial that is never stopped
+    heartbeat_every: int  # reports between heartbeats
+    seed: int
+    start_at: float  # wall-clock time (time.time()) at which every process starts
+
+
+@dataclass
+class ProcessResult:
+    reports_sent: int = 0
+    reports_acked: int = 0
+    reports_failed: int = 0
+    heartbeats: int = 0
+    trials_started: int = 0
+    trials_pruned: int = 0
+    trials_completed: int = 0
+    trials_unfinished: int = 0
+    rpc_errors: dict[str, int] = field(default_factory=dict)
+    stops_fast_path: int = 0  # STOPs first seen on the decisions topic
+    stops_heartbeat: int = 0  # STOPs first seen in a Heartbeat reply
+    # ms from the report that crossed the rung to the worker obeying the STOP
+    stop_latency_fast_ms: list[float] = field(default_factory=list)
+    stop_latency_heartbeat_ms: list[float] = field(default_factory=list)
+    acked_max_step: dict[str, int] = field(default_factory=dict)  # trial -> last acked step
+    loop_lag_ms_max: float = 0.0  # how late the event loop ran timers (saturation)
+
+
+def curve_value(seed: int, trial_id: str, step: int) -> float:
+    """A seeded learning curve: loss = floor + span * exp(-speed * step) + noise.
+
+    The family parameters come from a hash of (seed, trial id), so trials differ in
+    quality and ASHA has something to rank; the same trial always gives the same curve.
+    """
+    rng = random.Random(zlib.crc32(f"{seed}:{trial_id}".encode()))
+    floor = rng.uniform(0.05, 0.6)
+    span = rng.uniform(0.3, 1.5)
+    speed = rng.uniform(0.05, 0.5)
+    noise = random.Random(zlib.crc32(f"{seed}:{trial_id}:{step}".encode())).gauss(0, 0.01)
+    return round(floor + span * math.exp(-speed * step) + noise, 6)
+
+
+class _Trial:
+    __slots__ = ("attempt_id", "decision", "seen_ms", "stopped", "trial_id", "via_fast_path")
+
+    def __init__(self, trial_id: str, attempt_id: str) -> None:
+        self.trial_id = trial_id
+        self.attempt_id = attempt_id
+        self.stopped = asyncio.Event()
+        self.decision: events_pb2.Decision | None = None
+        self.seen_ms = 0.0
+        self.via_fast_path = False
+
+
+class Simulator:
+    def __init__(self, settings: Settings, config: SimConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.result = ProcessResult()
+        self.live: dict[str, _Trial] = {}  # trial id -> running trial of this process
+        self._ack_lock = threading.Lock()
+        self._closing = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ kafka side
+
+    def _producer(self) -> KafkaProducer:
+        return KafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+            acks="all",
+            linger_ms=5,
+            retries=5,
+            client_id="ladder-loadsim",
+        )
+
+    def _on_ack(self, trial_id: str, step: int) -> None:
+        # Runs on the producer's sender thread.
+        with self._ack_lock:
+            self.result.reports_acked += 1
+            if step > self.result.acked_max_step.get(trial_id, 0):
+                self.result.acked_max_step[trial_id] = step
+
+    def _on_send_error(self, _exc: BaseException) -> None:
+        with self._ack_lock:
+            self.result.reports_failed += 1
+
+    def _decisions_consumer(self) -> KafkaConsumer:
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+            enable_auto_commit=False,
+            fetch_max_wait_ms=100,
+            client_id="ladder-loadsim-observer",
+        )
+        topic = self.settings.topics.decisions
+        parts = sorted(consumer.partitions_for_topic(topic) or ())
+        partitions = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(partitions)
+        consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            consumer.position(tp)  # resolve "end" before any worker reports
+        return consumer
+
+    def _observe_decisions(self, consumer: KafkaConsumer) -> None:
+        """Fast path (thread): hand STOPs of this process's trials to their workers."""
+        assert self.loop is not None
+        try:
+            while not self._closing.is_set():
+                for records in consumer.poll(timeout_ms=200).values():
+                    seen_ms = time.time() * 1000
+                    for record in records:
+                        decision = events_pb2.Decision()
+                        try:
+                            decision.ParseFromString(record.value)
+                        except Exception:  # noqa: BLE001 - not ours to judge
+                            continue
+                        if (decision.action == events_pb2.STOP
+                                and decision.study_id == self.config.study_id
+                                and decision.trial_id in self.live):
+                            self.loop.call_soon_threadsafe(self._stop_seen, decision, seen_ms, True)
+        finally:
+            consumer.close()
+
+    def _stop_seen(self, decision: events_pb2.Decision, seen_ms: float, fast: bool) -> None:
+        trial = self.live.get(decision.trial_id)
+        if trial is None or trial.stopped.is_set():
+            return
+        trial.decision = decision
+        trial.seen_ms = seen_ms
+        trial.via_fast_path = fast
+        trial.stopped.set()
+        if fast:
+            self.result.stops_fast_path += 1
+        else:
+            self.result.stops_heartbeat += 1
+
+    # ------------------------------------------------------------------ workers
+
+    def _rpc_error(self, what: str, exc: grpc.RpcError) -> None:
+        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+        key = f"{what}:{code}"
+        self.result.rpc_errors[key] = self.result.rpc_errors.get(key, 0) + 1
+
+    async def _worker(self, index: int, producer: KafkaProducer, suggest: Any, evaluate: Any,
+                      deadline: float) -> None:
+        cfg = self.config
+        worker_id = f"sim-{index}"
+        interval = 1.0 / cfg.rate
+        rng = random.Random(cfg.seed * 1_000_003 + index)
+        # Spread the workers over one interval so reports arrive evenly, not in bursts.
+        await asyncio.sleep(rng.uniform(0, interval))
+        topic = self.settings.topics.metrics
+        while time.monotonic() < deadline:
+            try:
+                reply = await suggest.Suggest(
+                    suggest_pb2.SuggestRequest(study_id=cfg.study_id, worker_id=worker_id,
+                                               count=1), timeout=CALL_TIMEOUT_S)
+                if not reply.suggestions:
+                    await asyncio.sleep(interval)
+                    continue
+                trial_id = reply.suggestions[0].trial.trial_id
+                attempt_id = uuid.uuid4().hex
+                await evaluate.StartTrial(evaluate_pb2.StartTrialRequest(
+                    trial_id=trial_id, worker_id=worker_id, attempt_id=attempt_id),
+                    timeout=CALL_TIMEOUT_S)
+            except grpc.RpcError as exc:
+                self._rpc_error("start", exc)
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    return  # budget exhausted
+                await asyncio.sleep(interval)
+                continue
+            self.result.trials_started += 1
+            trial = _Trial(trial_id, attempt_id)
+            self.live[trial_id] = trial
+            try:
+                await self._run_trial(trial, producer, evaluate, topic, interval, deadline)
+            except grpc.RpcError as exc:
+                self._rpc_error("trial", exc)
+            finally:
+                self.live.pop(trial_id, None)
+
+    async def _run_trial(self, trial: _Trial, producer: KafkaProducer, evaluate: Any,
+                         topic: str, interval: float, deadline: float) -> None:
+        cfg = self.config
+        step = 0
+        value = math.nan
+        next_tick = time.monotonic()
+        while step < cfg.max_resource:
+            next_tick += interval
+            # Wait for the next report time, or for a STOP: obeyed the moment it is seen.
+            try:
+                await asyncio.wait_for(trial.stopped.wait(), max(0.0, next_tick - time.monotonic()))
+            except TimeoutError:
+                pass
+            lag_ms = (time.monotonic() - next_tick) * 1000
+            if lag_ms > self.result.loop_lag_ms_max:
+                self.result.loop_lag_ms_max = lag_ms
+            if trial.stopped.is_set():
+                break
+            if time.monotonic() >= deadline:
+                self.result.trials_unfinished += 1
+                return
+            step += 1
+            value = curve_value(cfg.seed, trial.trial_id, step)
+            ts_ms = int(time.time() * 1000)
+            report = events_pb2.MetricReport(
+                study_id=cfg.study_id, trial_id=trial.trial_id, attempt_id=trial.attempt_id,
+                metric=cfg.metric, step=step, value=value, ts_ms=ts_ms,
+                worker_id=f"sim-{trial.trial_id}",
+            )
+            future = producer.send(topic, key=trial.trial_id.encode(),
+                                   value=report.SerializeToString())
+            self.result.reports_sent += 1
+            future.add_callback(lambda _md, t=trial.trial_id, s=step: self._on_ack(t, s))
+            future.add_errback(self._on_send_error)
+            if step % cfg.heartbeat_every == 0 and not trial.stopped.is_set():
+                reply = await evaluate.Heartbeat(evaluate_pb2.HeartbeatRequest(
+                    trial_id=trial.trial_id, attempt_id=trial.attempt_id, step=step),
+                    timeout=CALL_TIMEOUT_S)
+                self.result.heartbeats += 1
+                if reply.action == events_pb2.STOP:
+                    self._stop_seen(reply.decision, time.time() * 1000, fast=False)
+        if trial.stopped.is_set() and trial.decision is not None:
+            obeyed_ms = time.time() * 1000
+            latency = obeyed_ms - trial.decision.report_ts_ms
+            if trial.via_fast_path:
+                self.result.stop_latency_fast_ms.append(latency)
+            else:
+                self.result.stop_latency_heartbeat_ms.append(latency)
+            await evaluate.PruneTrial(evaluate_pb2.PruneTrialRequest(
+                trial_id=trial.trial_id, attempt_id=trial.attempt_id, step=step,
+                last_value=value), timeout=CALL_TIMEOUT_S)
+            self.result.trials_pruned += 1
+        else:
+            await evaluate.CompleteTrial(evaluate_pb2.CompleteTrialRequest(
+                trial_id=trial.trial_id, attempt_id=trial.attempt_id, value=value, step=step),
+                timeout=CALL_TIMEOUT_S)
+            self.result.trials_completed += 1
+
+    async def run(self) -> ProcessResult:
+        cfg = self.config
+        self.loop = asyncio.get_running_loop()
+        consumer = self._decisions_consumer()
+        observer = threading.Thread(target=self._observe_decisions, args=(consumer,),
+                                    name="decisions-observer", daemon=True)
+        observer.start()
+        producer = self._producer()
+        options = [("grpc.max_concurrent_streams", 10000)]
+        async with (grpc.aio.insecure_channel(self.settings.suggest_addr, options=options) as sc,
+                    grpc.aio.insecure_channel(self.settings.evaluate_addr, options=options) as ec):
+            suggest = suggest_pb2_grpc.SuggestServiceStub(sc)
+            evaluate = evaluate_pb2_grpc.EvaluateServiceStub(ec)
+            await asyncio.sleep(max(0.0, cfg.start_at - time.time()))
+            deadline = time.monotonic() + cfg.duration
+            await asyncio.gather(*(
+                self._worker(cfg.first_worker + i, producer, suggest, evaluate, deadline)
+                for i in range(cfg.workers)
+            ))
+        await asyncio.to_thread(producer.flush, 60)
+        producer.close(30)
+        self._closing.set()
+        observer.join(5)
+        return self.result
+
+
+def run_process(settings: Settings, config: SimConfig) -> dict[str, Any]:
+    """Entry point of one simulator process; returns its :class:`ProcessResult` as a dict."""
+    result = asyncio.run(Simulator(settings, config).run())
+    return asdict(result)
