@@ -22,7 +22,7 @@ from ladder.bus import EventProducer, now_ms
 from ladder.codec import decode
 from ladder.config import Settings
 from ladder.params import PlainValue, fill_params, params_to_dict
-from ladder.samplers import derive_seed
+from ladder.samplers import Proposal, derive_seed
 from ladder.space import StudyConfigError, validate_study_config
 from ladder.state import BudgetExhausted, State, StateError, Transition, trial_event
 from ladder.v1 import events_pb2, study_pb2, suggest_pb2, suggest_pb2_grpc, trial_pb2
@@ -199,12 +199,14 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         remaining = count - len(response.suggestions)
         if remaining:
             try:
-                for transition in self._new_trials(study, request.worker_id, remaining):
+                for transition, proposal in self._new_trials(
+                    study, request.worker_id, remaining
+                ):
                     response.suggestions.add(
                         trial=transition.trial,
                         resumed=False,
-                        predicted_mean=0.0,
-                        predicted_std=0.0,
+                        predicted_mean=proposal.predicted_mean,
+                        predicted_std=proposal.predicted_std,
                         algorithm=transition.algorithm,
                     )
             except BudgetExhausted:
@@ -214,7 +216,9 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         _suggest_latency.record((time.perf_counter() - started) * 1000)
         return response
 
-    def _new_trials(self, study: study_pb2.Study, worker_id: str, count: int) -> list[Transition]:
+    def _new_trials(
+        self, study: study_pb2.Study, worker_id: str, count: int
+    ) -> list[tuple[Transition, Proposal]]:
         config = study.config
         # Cheap pre-check so an exhausted study does not burn sampler draws; the
         # budget itself is enforced atomically by CREATE_TRIALS.
@@ -252,7 +256,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                     "worker_id": worker_id,
                 },
             )
-        return created
+        return list(zip(created, proposals, strict=False))
 
     def _pending_params(self, study: study_pb2.Study) -> list[dict[str, PlainValue]]:
         out = []

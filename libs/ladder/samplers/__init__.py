@@ -7,8 +7,11 @@ pending)`` returns new points. ``make_sampler`` picks the implementation from
 | algorithm            | sampler today                                         |
 |----------------------|-------------------------------------------------------|
 | RANDOM / unspecified | ``QuasiRandomSampler`` (scrambled Sobol')             |
-| GP, TPE, AUTO        | NOT IMPLEMENTED YET: falls back to ``QuasiRandomSampler`` |
-|                      | and logs a note once per study                        |
+| GP                   | ``GPSampler`` (BoTorch GP, qLogNEI, pending fantasised) |
+| TPE                  | ``TPESampler`` (multivariate TPE, constant liar)      |
+| AUTO                 | ``AutoSampler`` (GP or TPE by space shape, see auto.py) |
+
+GP and AUTO import torch lazily, on the first such study.
 
 Adding GP or TPE means writing a ``Sampler`` subclass and registering its
 factory in ``FACTORIES``; callers do not change.
@@ -29,6 +32,7 @@ from ladder.samplers.base import (
     derive_seed,
 )
 from ladder.samplers.quasirandom import QuasiRandomSampler
+from ladder.samplers.tpe import TPESampler
 from ladder.space import Space
 from ladder.v1 import study_pb2
 
@@ -36,9 +40,27 @@ log = logging.getLogger("ladder.samplers")
 
 SamplerFactory = Callable[[SamplerContext], Sampler]
 
+
+def _gp(context: SamplerContext) -> Sampler:
+    # Imported on first use: torch/BoTorch take seconds to import and only GP
+    # (and AUTO) studies need them.
+    from ladder.samplers.gp import GPSampler
+
+    return GPSampler(context)
+
+
+def _auto(context: SamplerContext) -> Sampler:
+    from ladder.samplers.auto import AutoSampler
+
+    return AutoSampler(context)
+
+
 FACTORIES: dict[int, SamplerFactory] = {
     study_pb2.ALGORITHM_UNSPECIFIED: QuasiRandomSampler,
     study_pb2.RANDOM: QuasiRandomSampler,
+    study_pb2.GP: _gp,
+    study_pb2.TPE: TPESampler,
+    study_pb2.AUTO: _auto,
 }
 
 _warned: set[tuple[str, int]] = set()
@@ -53,8 +75,8 @@ def make_sampler(
 ) -> Sampler:
     """The sampler for one partition of a study (``config`` with defaults filled).
 
-    GP, TPE and AUTO are not implemented yet: they return a QuasiRandomSampler
-    (its ``algorithm`` says "quasi-random") and log that once per study.
+    An algorithm without a registered factory falls back to a QuasiRandomSampler
+    (its ``algorithm`` says "quasi-random") and logs that once per study.
     """
     context = SamplerContext(
         space=space,
@@ -84,6 +106,7 @@ __all__ = [
     "Observation",
     "Proposal",
     "QuasiRandomSampler",
+    "TPESampler",
     "Sampler",
     "SamplerContext",
     "derive_seed",

@@ -1,0 +1,1 @@
+"""Quality benchmark: Ladder's samplers vs Optuna at equal budget (see run.py)."""

@@ -1,0 +1,74 @@
+"""AUTO: a GP where a GP is the better model, TPE elsewhere.
+
+Rule (decided per ``suggest`` call, from the space and the observation count):
+
+| condition                                                           | sampler |
+|---------------------------------------------------------------------|---------|
+| some parameter is conditional on more than a quarter of parameters   | TPE     |
+| categorical parameters are at least half of the parameters          | TPE     |
+| more than ``MAX_GP_DIM`` unit-cube columns (categoricals one-hot)    | TPE     |
+| more than ``MAX_GP_OBSERVATIONS`` completed trials                   | TPE     |
+| otherwise (mostly continuous, <= 20 columns, a few hundred trials)   | GP      |
+
+Why: a GP with a stationary kernel models smooth, mostly continuous, moderate
+dimensional objectives sample-efficiently, but its fit is cubic in the number
+of observations and one-hot categoricals / inactive-child fillers violate its
+smoothness assumptions; TPE's per-parameter densities are cheap and handle
+categorical and tree-structured spaces natively. Both samplers keep no state
+beyond the shared observations and draw counter, so switching over mid-study
+(at ``MAX_GP_OBSERVATIONS``) is seamless. ``algorithm`` reports the sampler
+used by the latest call ("auto:gp" / "auto:tpe").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from ladder.params import PlainValue
+from ladder.samplers.base import LocalDraws, Observation, Proposal, Sampler, SamplerContext
+from ladder.samplers.gp import GPSampler
+from ladder.samplers.tpe import TPESampler
+from ladder.space import CategoricalEncoding, Kind, Space
+
+MAX_GP_DIM = 20
+MAX_GP_OBSERVATIONS = 300
+
+
+def prefers_gp(space: Space) -> bool:
+    """Whether the space suits a GP (the space part of the rule above)."""
+    n = max(1, len(space))
+    conditional = sum(p.parent is not None for p in space.params)
+    categorical = sum(p.kind is Kind.CATEGORICAL for p in space.params)
+    return (
+        conditional * 4 <= n
+        and categorical * 2 < n
+        and space.dim(CategoricalEncoding.ONE_HOT) <= MAX_GP_DIM
+    )
+
+
+class AutoSampler(Sampler):
+    uses_pending = True
+
+    def __init__(self, context: SamplerContext) -> None:
+        super().__init__(context)
+        shared = dataclasses.replace(context, reserve=context.reserve or LocalDraws())
+        self._gp = GPSampler(shared) if prefers_gp(context.space) else None
+        self._tpe = TPESampler(shared)
+        self.algorithm = "auto:gp" if self._gp is not None else "auto:tpe"
+
+    def update(self, completed: Sequence[Observation]) -> None:
+        super().update(completed)
+        # Same dict object: the delegates see every observation without copies.
+        if self._gp is not None:
+            self._gp.observations = self.observations
+        self._tpe.observations = self.observations
+
+    def suggest(
+        self, count: int, pending: Sequence[Mapping[str, PlainValue]] = ()
+    ) -> list[Proposal]:
+        if self._gp is not None and len(self.observations) <= MAX_GP_OBSERVATIONS:
+            self.algorithm = "auto:gp"
+            return self._gp.suggest(count, pending)
+        self.algorithm = "auto:tpe"
+        return self._tpe.suggest(count, pending)
