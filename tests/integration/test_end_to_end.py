@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -23,21 +22,11 @@ from ladder.client import LadderClient
 from ladder.codec import BadRecord, decode
 from ladder.config import Settings
 from ladder.v1 import events_pb2
+from waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 SERVICES = ("services.suggest", "services.evaluate", "services.lineage", "services.earlystop")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def decoded(cls: type, records: list[Any]) -> list[Any]:

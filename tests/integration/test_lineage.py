@@ -5,7 +5,6 @@ replayed records, and resumes exactly where it stopped after a restart."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,22 +17,12 @@ from ladder.bus import EventProducer
 from ladder.config import Settings
 from ladder.params import fill_params
 from ladder.v1 import events_pb2, lineage_pb2, lineage_pb2_grpc, study_pb2, trial_pb2
+from waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 TS = trial_pb2.TrialState
 KIND = events_pb2.TrialEventKind
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 def lineage_or_none(

@@ -13,9 +13,8 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,19 +25,9 @@ from ladder import config
 from ladder.stack import launcher, ports, procs
 from ladder.stack.components import SERVICES, ServiceSpec
 from ladder.stack.procs import ProcRecord
+from waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def ladder_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -25,22 +25,12 @@ from ladder.v1 import (
     suggest_pb2_grpc,
     trial_pb2,
 )
+from waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 def space(*params: space_pb2.Parameter) -> space_pb2.SearchSpace:

@@ -1,0 +1,21 @@
+"""Waiting on a condition with a deadline: the integration tests' only synchronisation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1
+) -> Any:
+    """Poll ``condition`` until it returns something truthy or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
