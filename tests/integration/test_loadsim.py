@@ -22,8 +22,9 @@ def test_fifty_simulated_workers_every_crossing_decided_once(
     start_service("services.earlystop")
     settings = dataclasses.replace(infra, suggest_addr=suggest.addr,
                                    evaluate_addr=evaluate.addr)
-    # Rungs at steps 1 and 3 of 9: at 2 reports/s most trials meet a decision early.
-    options = LoadOptions(workers=50, processes=1, rate=2.0, duration=6.0, min_resource=1,
+    # Rungs at steps 1 and 3 of 9: at 2 reports/s most trials meet a decision early;
+    # 15 s leaves room for decisions to arrive within the run on a loaded machine.
+    options = LoadOptions(workers=50, processes=1, rate=2.0, duration=15.0, min_resource=1,
                           max_resource=9, heartbeat_every=2, drain=20.0, seed=11)
 
     summary = run(settings, options)
