@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 from kafka import KafkaConsumer, KafkaProducer
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 
 from ladder import telemetry
 from ladder.codec import BadRecord
@@ -27,7 +25,6 @@ from ladder.config import Settings
 from ladder.v1 import events_pb2
 
 log = logging.getLogger("ladder.bus")
-_tracer = trace.get_tracer("ladder.bus")
 
 # tansu (the embedded broker) needs short group timeouts or a group's first
 # join waits for the default rebalance timeout of minutes.
@@ -65,15 +62,7 @@ class EventProducer:
         wait: bool = False,
     ) -> None:
         value = message if isinstance(message, bytes) else message.SerializeToString()
-        with _tracer.start_as_current_span(
-            f"{topic} publish",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": topic,
-                "messaging.kafka.message.key": key,
-            },
-        ):
+        with telemetry.kafka_producer_span(topic, key):
             future = self._producer.send(
                 topic,
                 key=key.encode(),
@@ -254,16 +243,8 @@ class ConsumerLoop:
         parent = telemetry.extract_context(record.headers)
         attempt = 0
         while not self._stop.is_set():
-            with _tracer.start_as_current_span(
-                f"{record.topic} process",
-                context=parent,
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.source.name": record.topic,
-                    "messaging.kafka.partition": record.partition,
-                    "messaging.kafka.offset": record.offset,
-                },
+            with telemetry.kafka_consumer_span(
+                record.topic, record.partition, record.offset, parent
             ):
                 try:
                     self.handler(record)

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
@@ -99,6 +100,37 @@ def extract_context(headers: Iterable[tuple[str, bytes | str]] | None) -> contex
             value = value.decode("utf-8", "replace")
         carrier[key.lower()] = value
     return propagate.extract(carrier)
+
+
+def kafka_producer_span(topic: str, key: str) -> AbstractContextManager[trace.Span]:
+    """PRODUCER span around one send; call ``inject_headers`` inside it so the record
+    carries this span as its parent."""
+    return trace.get_tracer("ladder.kafka").start_as_current_span(
+        f"{topic} publish",
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+            "messaging.kafka.message.key": key,
+        },
+    )
+
+
+def kafka_consumer_span(
+    topic: str, partition: int, offset: int, parent: context.Context
+) -> AbstractContextManager[trace.Span]:
+    """CONSUMER span for processing one record, child of the producer's context."""
+    return trace.get_tracer("ladder.kafka").start_as_current_span(
+        f"{topic} process",
+        context=parent,
+        kind=trace.SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.source.name": topic,
+            "messaging.kafka.partition": partition,
+            "messaging.kafka.offset": offset,
+        },
+    )
 
 
 def grpc_server_interceptors() -> Sequence[object]:

@@ -41,12 +41,10 @@ from ladder.schedulers import (
 )
 from ladder.v1 import events_pb2
 from opentelemetry import metrics, trace
-from opentelemetry.trace import SpanKind
 
 from services.earlystop.tables import EarlyStopTables, LeaderboardView, StudyDirectory, StudyEntry
 
 log = logging.getLogger("ladder.earlystop")
-_tracer = trace.get_tracer("ladder.earlystop")
 _meter = metrics.get_meter("ladder.earlystop")
 _decisions = _meter.create_counter("ladder.earlystop.decisions", description="decisions emitted")
 _dead_letters = _meter.create_counter(
@@ -145,16 +143,8 @@ class EarlyStopAgents:
         attempt = 0
         bad_reason: str | None = None
         while True:
-            with _tracer.start_as_current_span(
-                f"{message.topic} process",
-                context=parent,
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.source.name": message.topic,
-                    "messaging.kafka.partition": message.partition,
-                    "messaging.kafka.offset": message.offset,
-                },
+            with telemetry.kafka_consumer_span(
+                message.topic, message.partition, message.offset, parent
             ):
                 try:
                     if bad_reason is None:
@@ -306,15 +296,7 @@ class EarlyStopAgents:
     async def _send(self, topic: faust.TopicT, key: str, message: Message) -> Awaitable[Any]:
         """Produce inside a PRODUCER span with W3C trace headers; returns the ack future."""
         name = topic.get_topic_name()
-        with _tracer.start_as_current_span(
-            f"{name} publish",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": name,
-                "messaging.kafka.message.key": key,
-            },
-        ):
+        with telemetry.kafka_producer_span(name, key):
             return await topic.send(
                 key=key.encode(),
                 value=message.SerializeToString(),
