@@ -259,12 +259,8 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         return list(zip(created, proposals, strict=False))
 
     def _pending_params(self, study: study_pb2.Study) -> list[dict[str, PlainValue]]:
-        out = []
-        for trial_id in self.state.trials.pending(study.study_id):
-            trial = self.state.trials.get(trial_id)
-            if trial is not None:
-                out.append(params_to_dict(trial.params))
-        return out
+        pending = self.state.trials.pending(study.study_id)
+        return [params_to_dict(trial.params) for trial in self.state.trials.get_many(pending)]
 
     def _publish_suggested(self, transition: Transition, mean: float, std: float) -> None:
         event = trial_event(transition, now_ms(), hostname=self.hostname)
