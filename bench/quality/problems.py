@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from ladder.params import PlainValue
@@ -125,16 +125,7 @@ def _float(name: str, low: float, high: float, log: bool = False, **cond: object
 
 
 def _child(spec: ParamSpec, parent: str, index: int) -> ParamSpec:
-    return ParamSpec(
-        spec.name,
-        spec.kind,
-        spec.low,
-        spec.high,
-        spec.log,
-        spec.values,
-        parent=parent,
-        parent_indexes=frozenset({index}),
-    )
+    return replace(spec, parent=parent, parent_indexes=frozenset({index}))
 
 
 PROBLEMS: dict[str, Problem] = {

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import numpy as np
@@ -368,16 +368,7 @@ def _condition(
                 f"{[str(v) for v in parent.values]}"
             )
         indexes.add(index)
-    return ParamSpec(
-        spec.name,
-        spec.kind,
-        spec.low,
-        spec.high,
-        spec.log,
-        spec.values,
-        parent=cond.parent,
-        parent_indexes=frozenset(indexes),
-    )
+    return replace(spec, parent=cond.parent, parent_indexes=frozenset(indexes))
 
 
 def _check_cycles(specs: Sequence[ParamSpec]) -> None:
