@@ -92,22 +92,7 @@ def test_trial_event_carries_the_full_trial() -> None:
     assert trial_event(Transition(trial=trial, changed=True), 1, "h").hostname == "h"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "START",
-        "HEARTBEAT",
-        "CHECKPOINT",
-        "COMPLETE",
-        "PRUNE",
-        "FAIL",
-        "EXPIRE",
-        "CREATE_TRIALS",
-        "CLAIM_RESUMABLE",
-        "STORE_DECISION",
-        "ACK_OUTBOX",
-    ],
-)
+@pytest.mark.parametrize("name", lua.TRIAL_SCRIPTS)
 def test_scripts_embed_the_proto_enum_numbers(name: str) -> None:
     source = getattr(lua, name)
     assert f"local RUNNING = {trial_pb2.RUNNING}" in source

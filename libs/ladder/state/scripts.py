@@ -318,3 +318,18 @@ if current == ARGV[2] then redis.call('HDEL', KEYS[1], 'outbox') end
 if current == ARGV[2] or not current then redis.call('ZREM', KEYS[2], ARGV[1]) end
 return 1
 """)
+
+# The scripts TrialStore registers (CREATE_STUDY belongs to the study store).
+TRIAL_SCRIPTS = (
+    "START",
+    "HEARTBEAT",
+    "CHECKPOINT",
+    "COMPLETE",
+    "PRUNE",
+    "FAIL",
+    "EXPIRE",
+    "CREATE_TRIALS",
+    "CLAIM_RESUMABLE",
+    "STORE_DECISION",
+    "ACK_OUTBOX",
+)

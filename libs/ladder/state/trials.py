@@ -128,19 +128,7 @@ class TrialStore:
         self._lock = threading.Lock()
         self._scripts = {
             name: client.register_script(getattr(scripts, name))
-            for name in (
-                "START",
-                "HEARTBEAT",
-                "CHECKPOINT",
-                "COMPLETE",
-                "PRUNE",
-                "FAIL",
-                "EXPIRE",
-                "CREATE_TRIALS",
-                "CLAIM_RESUMABLE",
-                "STORE_DECISION",
-                "ACK_OUTBOX",
-            )
+            for name in scripts.TRIAL_SCRIPTS
         }
 
     # ------------------------------------------------------------------ reads
