@@ -3,7 +3,8 @@
 One :class:`Worker` runs one trial at a time::
 
     Suggest ──► StartTrial(attempt id) ──► [resume from checkpoint] ──► per step:
-        train_step → metric to Kafka → Heartbeat (STOP → PruneTrial)
+        train_step → metric to Kafka → Heartbeat (STOP → PruneTrial,
+                                                  PAUSE → checkpoint + PauseTrial)
         every K steps: checkpoint file + ReportCheckpoint
     ──► CompleteTrial(final value)     or, on an exception, FailTrial(retryable=True)
 
@@ -25,6 +26,12 @@ a checkpoint, reports it, and calls ``FailTrial(retryable=True)`` with the reaso
 trial becomes RESUMABLE at once and the next worker that asks resumes it from that
 checkpoint; waiting for the lease to expire would leave it idle for a whole lease. If
 the evaluate service cannot be reached, the lease expiring has the same effect later.
+
+ASHA promotion form: a PAUSE about a rung the trial has reached (step >= the decision's
+resource) makes the worker checkpoint that step, call ``PauseTrial`` and take the next
+suggestion; the trial waits PAUSED until a PROMOTE for that rung makes it RESUMABLE, and
+whichever worker gets it from Suggest resumes from that checkpoint. A PAUSE about a
+rung not reached yet (a resumed attempt behind its checkpoint) waits for that rung.
 
 A trial whose attempt lost its lease (FAILED_PRECONDITION "stale attempt": another
 worker holds it now) is abandoned without further calls.
@@ -86,29 +93,51 @@ class TrialClient(Protocol):
     """The part of :class:`ladder.client.LadderClient` the runtime uses."""
 
     def get_study(self, study_id: str) -> study_pb2.Study: ...
-    def suggest(self, study_id: str, worker_id: str, count: int = 1
-                ) -> list[suggest_pb2.Suggestion]: ...
-    def start_trial(self, trial_id: str, worker_id: str, attempt_id: str, hostname: str = "",
-                    environment: str = "") -> evaluate_pb2.StartTrialResponse: ...
-    def heartbeat(self, trial_id: str, attempt_id: str, step: float
-                  ) -> evaluate_pb2.HeartbeatResponse: ...
-    def report_metric(self, study_id: str, trial_id: str, attempt_id: str, step: float,
-                      value: float, metric: str = "", worker_id: str = "",
-                      wait: bool = False) -> events_pb2.MetricReport: ...
-    def checkpoint(self, trial_id: str, attempt_id: str, uri: str, step: float
-                   ) -> trial_pb2.Trial: ...
-    def complete(self, trial_id: str, attempt_id: str, value: float, step: float
-                 ) -> trial_pb2.Trial: ...
-    def prune(self, trial_id: str, attempt_id: str, step: float, last_value: float
-              ) -> trial_pb2.Trial: ...
-    def fail(self, trial_id: str, attempt_id: str, reason: str, retryable: bool = True
-             ) -> trial_pb2.Trial: ...
+    def suggest(
+        self, study_id: str, worker_id: str, count: int = 1
+    ) -> list[suggest_pb2.Suggestion]: ...
+    def start_trial(
+        self,
+        trial_id: str,
+        worker_id: str,
+        attempt_id: str,
+        hostname: str = "",
+        environment: str = "",
+    ) -> evaluate_pb2.StartTrialResponse: ...
+    def heartbeat(
+        self, trial_id: str, attempt_id: str, step: float
+    ) -> evaluate_pb2.HeartbeatResponse: ...
+    def report_metric(
+        self,
+        study_id: str,
+        trial_id: str,
+        attempt_id: str,
+        step: float,
+        value: float,
+        metric: str = "",
+        worker_id: str = "",
+        wait: bool = False,
+    ) -> events_pb2.MetricReport: ...
+    def checkpoint(
+        self, trial_id: str, attempt_id: str, uri: str, step: float
+    ) -> trial_pb2.Trial: ...
+    def complete(
+        self, trial_id: str, attempt_id: str, value: float, step: float
+    ) -> trial_pb2.Trial: ...
+    def prune(
+        self, trial_id: str, attempt_id: str, step: float, last_value: float
+    ) -> trial_pb2.Trial: ...
+    def pause(self, trial_id: str, attempt_id: str, step: float, rung: int) -> trial_pb2.Trial: ...
+    def fail(
+        self, trial_id: str, attempt_id: str, reason: str, retryable: bool = True
+    ) -> trial_pb2.Trial: ...
     def flush(self, timeout: float = 10.0) -> None: ...
 
 
 class Outcome(enum.Enum):
     COMPLETED = "completed"
     PRUNED = "pruned"
+    PAUSED = "paused"  # promotion form: checkpointed and parked until promoted
     FAILED = "failed"  # FailTrial was called (retryable or not)
     INTERRUPTED = "interrupted"  # graceful stop: checkpointed and handed back
     LOST = "lost"  # the attempt lost its lease or could not start
@@ -148,8 +177,7 @@ def rung_milestones(scheduler: study_pb2.SchedulerConfig, max_steps: float) -> l
     the last resource is excluded (a trial there is finished anyway), and so are rungs
     before the grace period. Median stopping and no scheduler have no milestones.
     """
-    if scheduler.kind not in (study_pb2.SCHEDULER_UNSPECIFIED, study_pb2.ASHA,
-                              study_pb2.HYPERBAND):
+    if scheduler.kind not in (study_pb2.SCHEDULER_UNSPECIFIED, study_pb2.ASHA, study_pb2.HYPERBAND):
         return []
     low = scheduler.min_resource or 1.0
     eta = scheduler.reduction_factor or 3.0
@@ -178,12 +206,20 @@ def path_from_uri(uri: str) -> Path:
 
 
 def environment_description(workload: object) -> str:
-    parts = [f"python={platform.python_version()}", f"os={platform.system().lower()}",
-             f"cpus={os.cpu_count()}"]
+    parts = [
+        f"python={platform.python_version()}",
+        f"os={platform.system().lower()}",
+        f"cpus={os.cpu_count()}",
+    ]
     extra = getattr(workload, "environment", "")
     if extra:
         parts.append(str(extra))
     return " ".join(parts)
+
+
+def _pause_due(reply: evaluate_pb2.HeartbeatResponse, step: float) -> bool:
+    """A PAUSE about a rung the trial has reached (not one ahead of a resumed attempt)."""
+    return reply.action == events_pb2.PAUSE and step >= reply.decision.resource - 1e-9
 
 
 def _stale(exc: grpc.RpcError) -> bool:
@@ -198,8 +234,14 @@ class LostLease(Exception):
 class _LeaseKeeper(threading.Thread):
     """Heartbeats on a timer while a step runs; remembers a STOP it was told."""
 
-    def __init__(self, client: TrialClient, trial_id: str, attempt_id: str,
-                 interval: float, extra: dict[str, str]) -> None:
+    def __init__(
+        self,
+        client: TrialClient,
+        trial_id: str,
+        attempt_id: str,
+        interval: float,
+        extra: dict[str, str],
+    ) -> None:
         super().__init__(name=f"lease-{trial_id}", daemon=True)
         self.client = client
         self.trial_id = trial_id
@@ -291,8 +333,11 @@ class Worker:
             if self.config.max_trials is not None and report.trials >= self.config.max_trials:
                 break
             with _tracer.start_as_current_span(
-                "worker trial", attributes={"ladder.study_id": self.config.study_id,
-                                            "ladder.worker_id": self.config.worker_id},
+                "worker trial",
+                attributes={
+                    "ladder.study_id": self.config.study_id,
+                    "ladder.worker_id": self.config.worker_id,
+                },
             ) as span:
                 try:
                     suggestions = self.client.suggest(self.config.study_id, self.config.worker_id)
@@ -318,8 +363,12 @@ class Worker:
     def run_trial(self, suggestion: suggest_pb2.Suggestion) -> Outcome:
         trial = suggestion.trial
         attempt_id = uuid.uuid4().hex
-        extra = {"study_id": trial.study_id or self.config.study_id, "trial_id": trial.trial_id,
-                 "attempt_id": attempt_id, "worker_id": self.config.worker_id}
+        extra = {
+            "study_id": trial.study_id or self.config.study_id,
+            "trial_id": trial.trial_id,
+            "attempt_id": attempt_id,
+            "worker_id": self.config.worker_id,
+        }
         try:
             start = self.client.start_trial(
                 trial.trial_id, self.config.worker_id, attempt_id, self.hostname, self.environment
@@ -343,8 +392,11 @@ class Worker:
             try:
                 self.client.fail(trial.trial_id, attempt_id, reason, retryable=True)
             except grpc.RpcError as rpc_exc:
-                log.warning("FailTrial failed (%s); the lease will expire instead",
-                            rpc_exc.code(), extra=extra)
+                log.warning(
+                    "FailTrial failed (%s); the lease will expire instead",
+                    rpc_exc.code(),
+                    extra=extra,
+                )
             return Outcome.FAILED
         finally:
             keeper.close()
@@ -353,9 +405,15 @@ class Worker:
 class _TrialRun:
     """The state of one attempt while it trains (kept apart from the Worker's loop)."""
 
-    def __init__(self, worker: Worker, trial: trial_pb2.Trial, attempt_id: str,
-                 params: dict[str, PlainValue], keeper: _LeaseKeeper,
-                 extra: dict[str, str]) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        trial: trial_pb2.Trial,
+        attempt_id: str,
+        params: dict[str, PlainValue],
+        keeper: _LeaseKeeper,
+        extra: dict[str, str],
+    ) -> None:
         self.worker = worker
         self.client = worker.client
         self.workload = worker.workload
@@ -383,8 +441,13 @@ class _TrialRun:
         milestones = set(rung_milestones(self.worker.study.config.scheduler, max_steps))
         state, first_step = self._initial_state(start)
         self.last_checkpoint_step = first_step - 1
-        log.info("trial started at step %d of %d: %s", first_step, max_steps, self.params,
-                 extra=self.extra)
+        log.info(
+            "trial started at step %d of %d: %s",
+            first_step,
+            max_steps,
+            self.params,
+            extra=self.extra,
+        )
         if first_step > max_steps:
             # A previous attempt checkpointed the final step but never completed.
             return self._complete(self.workload.evaluate(state), max_steps)
@@ -394,12 +457,24 @@ class _TrialRun:
                 return self._hand_back(state, step - 1, value)
             value = float(self.workload.train_step(state, step))
             self.keeper.step = step
-            self.client.report_metric(self.study_id, self.trial_id, self.attempt_id, step, value,
-                                      metric=metric, worker_id=self.config.worker_id)
-            stop = self._beat()
-            if stop is None and (not math.isfinite(value) or step in milestones) \
-                    and step < max_steps:
+            self.client.report_metric(
+                self.study_id,
+                self.trial_id,
+                self.attempt_id,
+                step,
+                value,
+                metric=metric,
+                worker_id=self.config.worker_id,
+            )
+            stop = self._beat(step)
+            if (
+                stop is None
+                and (not math.isfinite(value) or step in milestones)
+                and step < max_steps
+            ):
                 stop = self._await_decision(step)
+            if stop is not None and stop.action == events_pb2.PAUSE:
+                return self._pause(state, step, stop)
             if stop is not None:
                 return self._prune(step, value, stop)
             if self.keeper.lost:
@@ -407,8 +482,13 @@ class _TrialRun:
             if not math.isfinite(value):
                 # Diverged and not stopped by the scheduler: more steps cannot recover it.
                 self.client.flush()
-                self._rpc(self.client.fail, self.trial_id, self.attempt_id,
-                          f"diverged: {metric}={value} at step {step}", retryable=False)
+                self._rpc(
+                    self.client.fail,
+                    self.trial_id,
+                    self.attempt_id,
+                    f"diverged: {metric}={value} at step {step}",
+                    retryable=False,
+                )
                 log.warning("trial diverged at step %d", step, extra=self.extra)
                 return Outcome.FAILED
             every = self.config.checkpoint_every
@@ -426,10 +506,11 @@ class _TrialRun:
             return state, step + 1
         return self.workload.init(self.params, seed), 1
 
-    def _beat(self) -> evaluate_pb2.HeartbeatResponse | None:
-        """Heartbeat now; the STOP reply if this or the keep-alive thread saw one."""
+    def _beat(self, step: int) -> evaluate_pb2.HeartbeatResponse | None:
+        """Heartbeat now; the STOP reply if this or the keep-alive thread saw one, or a
+        PAUSE about a rung this step has reached."""
         reply = self._rpc(self.keeper.beat)
-        if reply.action == events_pb2.STOP:
+        if reply.action == events_pb2.STOP or _pause_due(reply, step):
             return reply
         return self.keeper.stop_reply
 
@@ -440,10 +521,11 @@ class _TrialRun:
         pause = 0.05
         while time.monotonic() < deadline and not self.worker.stopping:
             reply = self._rpc(self.keeper.beat)
-            if reply.action == events_pb2.STOP:
+            if reply.action == events_pb2.STOP or _pause_due(reply, step):
                 return reply
-            decided = reply.decision.resource >= step - 1e-9 and reply.decision.trial_id
-            if reply.action == events_pb2.PROMOTE or decided:
+            # Only a verdict about this rung ends the wait: in the promotion form the
+            # stored decision is often the PROMOTE of an earlier rung.
+            if reply.decision.trial_id and reply.decision.resource >= step - 1e-9:
                 return None
             time.sleep(pause)
             pause = min(0.25, pause * 1.5)
@@ -458,15 +540,39 @@ class _TrialRun:
     def _prune(self, step: int, value: float, reply: evaluate_pb2.HeartbeatResponse) -> Outcome:
         self.client.flush()
         self._rpc(self.client.prune, self.trial_id, self.attempt_id, step, value)
-        log.info("trial pruned at step %d (%s)", step, reply.decision.reason or "STOP",
-                 extra=self.extra)
+        log.info(
+            "trial pruned at step %d (%s)", step, reply.decision.reason or "STOP", extra=self.extra
+        )
         return Outcome.PRUNED
+
+    def _pause(self, state: Any, step: int, reply: evaluate_pb2.HeartbeatResponse) -> Outcome:
+        """Obey a PAUSE: checkpoint this step (the next attempt resumes after it), then
+        hand the trial back; the scheduler promotes it later, or never."""
+        self.client.flush()
+        if step > self.last_checkpoint_step:
+            self._checkpoint(state, step)
+        trial = self._rpc(
+            self.client.pause, self.trial_id, self.attempt_id, step, reply.decision.rung
+        )
+        log.info(
+            "trial paused at step %d (%s)%s",
+            step,
+            reply.decision.reason or "PAUSE",
+            "; already promoted, resumable" if trial.state == trial_pb2.RESUMABLE else "",
+            extra=self.extra,
+        )
+        return Outcome.PAUSED
 
     def _complete(self, value: float, step: int) -> Outcome:
         self.client.flush()
         if not math.isfinite(value):
-            self._rpc(self.client.fail, self.trial_id, self.attempt_id,
-                      f"final {self.worker.metric} is {value}", retryable=False)
+            self._rpc(
+                self.client.fail,
+                self.trial_id,
+                self.attempt_id,
+                f"final {self.worker.metric} is {value}",
+                retryable=False,
+            )
             return Outcome.FAILED
         self._rpc(self.client.complete, self.trial_id, self.attempt_id, value, step)
         log.info("trial completed: %s=%.5f", self.worker.metric, value, extra=self.extra)
@@ -481,8 +587,8 @@ class _TrialRun:
         try:
             self._rpc(self.client.fail, self.trial_id, self.attempt_id, reason, retryable=True)
         except grpc.RpcError as exc:
-            log.warning("FailTrial failed (%s); the lease will expire instead", exc.code(),
-                        extra=self.extra)
-        log.info("trial handed back after step %d (last value %s)", step, value,
-                 extra=self.extra)
+            log.warning(
+                "FailTrial failed (%s); the lease will expire instead", exc.code(), extra=self.extra
+            )
+        log.info("trial handed back after step %d (last value %s)", step, value, extra=self.extra)
         return Outcome.INTERRUPTED

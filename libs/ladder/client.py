@@ -51,6 +51,7 @@ import grpc
 
 from ladder import telemetry
 from ladder.config import Settings
+from ladder.params import fill_params
 from ladder.space import validate_space, validate_study_config
 from ladder.v1 import (
     evaluate_pb2,
@@ -139,6 +140,8 @@ _SCHEDULERS = {
     "hyperband": study_pb2.HYPERBAND,
 }
 _SMOOTHINGS = {"ema": study_pb2.EMA, "window": study_pb2.WINDOW, "none": study_pb2.SMOOTHING_NONE}
+_FORMS = {"stopping": study_pb2.ASHA_STOPPING, "promotion": study_pb2.ASHA_PROMOTION}
+_ALLOCATIONS = {"hyperband": study_pb2.BRACKETS_HYPERBAND, "even": study_pb2.BRACKETS_EVEN}
 
 
 def choice_text(value: object) -> str:
@@ -264,8 +267,13 @@ def scheduler_config(
     smoothing: str | int = "ema",
     ema_alpha: float = 0.0,
     window: int = 0,
+    form: str | int = 0,
+    bracket_allocation: str | int = 0,
+    protect_late_bloomers: bool = False,
 ) -> study_pb2.SchedulerConfig:
-    """A SchedulerConfig; zero means "the service's default" (see study.proto)."""
+    """A SchedulerConfig; zero means "the service's default" (see study.proto).
+    ``form``: "stopping" or "promotion" (ASHA / Hyperband); ``bracket_allocation``:
+    "hyperband" or "even"."""
     return study_pb2.SchedulerConfig(
         kind=_enum(_SCHEDULERS, kind, "scheduler kind"),
         min_resource=min_resource,
@@ -276,6 +284,9 @@ def scheduler_config(
         smoothing=_enum(_SMOOTHINGS, smoothing, "smoothing"),
         ema_alpha=ema_alpha,
         window=window,
+        form=_enum(_FORMS, form, "scheduler form"),
+        bracket_allocation=_enum(_ALLOCATIONS, bracket_allocation, "bracket allocation"),
+        protect_late_bloomers=protect_late_bloomers,
     )
 
 
@@ -293,12 +304,18 @@ def study_config(
     code_commit: str = "",
     partitions: int = 0,
     labels: Mapping[str, str] | None = None,
+    warm_start: Iterable[Mapping[str, Any]] = (),
+    known_results: Iterable[tuple[Mapping[str, Any], float]] = (),
+    warm_start_from: str = "",
 ) -> study_pb2.StudyConfig:
     """A validated StudyConfig from plain values.
 
     ``scheduler`` takes :func:`scheduler_config`'s keyword arguments as a dict (e.g.
     ``{"kind": "asha", "max_resource": 27}``); without one the study has no early
     stopping. Zero values mean the service's defaults (``ladder.space.with_defaults``).
+    Warm start: ``warm_start`` configurations are handed out first; ``known_results``
+    ((params, value) pairs) and the completed trials of study ``warm_start_from`` are
+    observations the samplers learn from before the first trial.
     Raises ``ValueError`` (``ladder.space.StudyConfigError``) naming the bad field.
     """
     if scheduler is None:
@@ -321,6 +338,12 @@ def study_config(
         partitions=partitions,
         labels=dict(labels or {}),
     )
+    config.warm_start.from_study_id = warm_start_from
+    for params in warm_start:
+        fill_params(config.warm_start.configurations.add().params, params)
+    for params, value in known_results:
+        known = config.warm_start.configurations.add(has_value=True, value=value)
+        fill_params(known.params, params)
     # Same checks as CreateStudy, so mistakes show up before anything is sent.
     validate_study_config(config)
     return config
@@ -484,6 +507,15 @@ class LadderClient:
             trial_id=trial_id, attempt_id=attempt_id, step=step, last_value=last_value
         )
         return self._call(self._evaluate.PruneTrial, request, "PruneTrial")
+
+    def pause(self, trial_id: str, attempt_id: str, step: float, rung: int
+              ) -> trial_pb2.Trial:
+        """Record that this attempt obeyed a PAUSE (ASHA promotion form) after
+        checkpointing ``step``; the trial waits PAUSED until promoted."""
+        request = evaluate_pb2.PauseTrialRequest(
+            trial_id=trial_id, attempt_id=attempt_id, step=step, rung=rung
+        )
+        return self._call(self._evaluate.PauseTrial, request, "PauseTrial")
 
     def fail(self, trial_id: str, attempt_id: str, reason: str, retryable: bool = True
              ) -> trial_pb2.Trial:

@@ -32,7 +32,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from ladder.params import PlainValue
+from ladder.params import PlainValue, to_plain
 from ladder.v1 import space_pb2, study_pb2
 
 MAX_PARTITIONS = 1024
@@ -469,11 +469,12 @@ def validate_study_config(config: study_pb2.StudyConfig) -> study_pb2.StudyConfi
     if not config.metric.strip():
         raise StudyConfigError("metric is required (the objective metric name, e.g. 'val_loss')")
     try:
-        validate_space(config.space)
+        space = validate_space(config.space)
     except SpaceError as exc:
         raise SpaceError(f"space.{exc}") from None
     if not config.space.parameters:
         raise SpaceError("space.parameters must not be empty")
+    validate_warm_start(config.warm_start, space)
     if config.max_trials < 0:
         raise StudyConfigError(f"max_trials must be >= 0 (0 = unbounded; got {config.max_trials})")
     if not 0 <= config.partitions <= MAX_PARTITIONS:
@@ -488,6 +489,23 @@ def validate_study_config(config: study_pb2.StudyConfig) -> study_pb2.StudyConfi
     if out.scheduler.kind != study_pb2.NONE:
         _validate_scheduler(out.scheduler)
     return out
+
+
+def validate_warm_start(warm: study_pb2.WarmStart, space: Space) -> None:
+    """Every known configuration must be exactly a valid point of ``space`` (and
+    its value finite when given). ``from_study_id`` is checked by the suggest
+    service, which can see whether that study exists."""
+    for i, known in enumerate(warm.configurations):
+        where = f"warm_start.configurations[{i}]"
+        unset = sorted(n for n, v in known.params.items() if v.WhichOneof("value") is None)
+        if unset:
+            raise SpaceError(f"{where}: params: {unset[0]!r} has no value set")
+        try:
+            space.check_params({n: to_plain(v) for n, v in known.params.items()})
+        except SpaceError as exc:
+            raise SpaceError(f"{where}: {exc}") from None
+        if known.has_value and not math.isfinite(known.value):
+            raise StudyConfigError(f"{where}: value must be finite (got {known.value})")
 
 
 def _validate_scheduler(s: study_pb2.SchedulerConfig) -> None:
@@ -520,3 +538,7 @@ def _validate_scheduler(s: study_pb2.SchedulerConfig) -> None:
         raise StudyConfigError(f"scheduler.ema_alpha must be in (0, 1] (got {_fmt(s.ema_alpha)})")
     if s.window < 1:
         raise StudyConfigError(f"scheduler.window must be >= 1 (got {s.window})")
+    _enum_check("scheduler.form", s.form, study_pb2.AshaForm)
+    _enum_check("scheduler.bracket_allocation", s.bracket_allocation, study_pb2.BracketAllocation)
+    if s.form == study_pb2.ASHA_PROMOTION and s.kind == study_pb2.MEDIAN:
+        raise StudyConfigError("scheduler.form ASHA_PROMOTION needs kind ASHA or HYPERBAND")

@@ -116,7 +116,7 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
             # The latest verdict travels even when it is CONTINUE, so a worker waiting at
             # a rung learns it may go on without waiting out its decision timeout.
             reply.decision.CopyFrom(decision)
-            if decision.action in (events_pb2.STOP, events_pb2.PROMOTE):
+            if decision.action in (events_pb2.STOP, events_pb2.PROMOTE, events_pb2.PAUSE):
                 reply.action = decision.action
         return reply
 
@@ -162,6 +162,19 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
         return transition.trial
 
     @_status
+    def PauseTrial(
+        self, request: evaluate_pb2.PauseTrialRequest, context: grpc.ServicerContext
+    ) -> trial_pb2.Trial:
+        _require_attempt(request.attempt_id)
+        if request.rung < 0:
+            raise StateError("INVALID_ARGUMENT", f"rung must be >= 0 (got {request.rung})")
+        transition = self.trials.pause(
+            request.trial_id, request.attempt_id, _step("step", request.step), request.rung
+        )
+        self.publisher.publish(transition)
+        return transition.trial
+
+    @_status
     def FailTrial(
         self, request: evaluate_pb2.FailTrialRequest, context: grpc.ServicerContext
     ) -> trial_pb2.Trial:
@@ -189,11 +202,15 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
 
     def on_decision(self, record: Record) -> None:
         """ConsumerLoop handler: keep each trial's latest decision for Heartbeat.
-        Storing the same decision twice is a no-op (replays change nothing)."""
+        Storing the same decision twice is a no-op (replays change nothing). A PROMOTE
+        for a PAUSED trial's rung makes it RESUMABLE; that is published like any
+        transition (the outbox re-publishes it if this publish fails)."""
         decision = decode(events_pb2.Decision, record.value)
         if not decision.trial_id:
             raise BadRecord("decision has no trial_id")
-        result = self.trials.store_decision(decision)
+        result, transition = self.trials.apply_decision(decision)
+        if transition is not None:
+            self.publisher.publish(transition)
         log.info(
             "decision %s for %s: %s (%s)",
             events_pb2.Action.Name(decision.action)

@@ -9,7 +9,8 @@ lifecycle rather than the clock alone:
 
 1. a terminal state (COMPLETED / PRUNED / FAILED) beats any other,
 2. then a later attempt beats an earlier one (attempt_number),
-3. within an attempt SUGGESTED < RUNNING < RESUMABLE,
+3. within an attempt SUGGESTED < RUNNING < PAUSED < RESUMABLE (a promoted
+   PAUSED trial becomes RESUMABLE in the same attempt),
 4. then the event timestamp.
 
 So an old TRIAL_STARTED replayed after TRIAL_COMPLETED cannot regress the trial.
@@ -32,10 +33,11 @@ _PHASE = {
     TS.Value("TRIAL_STATE_UNSPECIFIED"): 0,
     TS.Value("SUGGESTED"): 1,
     TS.Value("RUNNING"): 2,
-    TS.Value("RESUMABLE"): 3,
-    TS.Value("COMPLETED"): 4,
-    TS.Value("PRUNED"): 4,
-    TS.Value("FAILED"): 4,
+    TS.Value("PAUSED"): 3,
+    TS.Value("RESUMABLE"): 4,
+    TS.Value("COMPLETED"): 5,
+    TS.Value("PRUNED"): 5,
+    TS.Value("FAILED"): 5,
 }
 
 # The state an event implies when its trial snapshot does not carry one.
@@ -48,6 +50,8 @@ _KIND_STATE = {
     KIND.Value("TRIAL_PRUNED"): TS.Value("PRUNED"),
     KIND.Value("TRIAL_FAILED"): TS.Value("FAILED"),
     KIND.Value("TRIAL_LEASE_EXPIRED"): TS.Value("RESUMABLE"),
+    KIND.Value("TRIAL_PAUSED"): TS.Value("PAUSED"),
+    KIND.Value("TRIAL_PROMOTED"): TS.Value("RESUMABLE"),
 }
 
 # What an event says about the attempt it belongs to; ended outcomes beat
@@ -60,6 +64,7 @@ _KIND_OUTCOME = {
     KIND.Value("TRIAL_PRUNED"): "pruned",
     KIND.Value("TRIAL_FAILED"): "failed",
     KIND.Value("TRIAL_LEASE_EXPIRED"): "lease_expired",
+    KIND.Value("TRIAL_PAUSED"): "paused",
 }
 
 # Keys are fixed-width strings so they compare the same in Python and SQL.
@@ -75,10 +80,7 @@ def event_state(event: events_pb2.TrialEvent) -> int:
 
 def progress_key(state: int, attempt_number: int, ts_ms: int) -> str:
     terminal = 1 if state in TERMINAL_STATES else 0
-    return (
-        f"{terminal}{max(attempt_number, 0):010d}{_PHASE.get(state, 0)}"
-        f"{max(ts_ms, 0):020d}"
-    )
+    return f"{terminal}{max(attempt_number, 0):010d}{_PHASE.get(state, 0)}{max(ts_ms, 0):020d}"
 
 
 def _step_key(step: float, ts_ms: int) -> str:

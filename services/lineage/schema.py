@@ -105,7 +105,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     worker_id      TEXT    NOT NULL,
     hostname       TEXT    NOT NULL,
     environment    TEXT    NOT NULL,
-    outcome        TEXT    NOT NULL,  -- running / completed / pruned / failed / lease_expired
+    outcome        TEXT    NOT NULL,  -- running/completed/pruned/failed/lease_expired/paused
     outcome_key    TEXT    NOT NULL,
     started_ms     INTEGER NOT NULL,
     ended_ms       INTEGER NOT NULL,

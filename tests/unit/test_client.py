@@ -90,6 +90,26 @@ def test_study_config_from_plain_values() -> None:
     assert dict(config.labels) == {"team": "x"}
 
 
+def test_study_config_carries_the_warm_start() -> None:
+    adam = {"lr": 0.01, "units": 64, "optimizer": "adam", "batch_size": 32}
+    config = study_config(
+        SPACE,
+        warm_start=[adam],
+        known_results=[({**adam, "lr": 0.001}, 0.25)],
+        warm_start_from="st-earlier",
+    )
+    first, known = config.warm_start.configurations
+    assert (first.has_value, first.params["optimizer"].str_value) == (False, "adam")
+    assert (known.has_value, known.value, known.params["lr"].float_value) == (True, 0.25, 0.001)
+    assert config.warm_start.from_study_id == "st-earlier"
+
+
+def test_a_warm_start_outside_the_space_is_rejected_before_sending() -> None:
+    with pytest.raises(ValueError, match="warm_start.configurations"):
+        study_config(SPACE, warm_start=[{"lr": 5.0, "units": 64, "optimizer": "adam",
+                                         "batch_size": 32}])
+
+
 def test_study_config_without_scheduler_has_no_early_stopping() -> None:
     assert study_config(SPACE).scheduler.kind == study_pb2.NONE
 

@@ -254,6 +254,23 @@ def test_state_progresses_across_attempts(store: LineageStore) -> None:
     assert outcomes == [(1, "lease_expired"), (2, "failed")]
 
 
+def test_paused_trial_is_shown_paused_until_promoted(store: LineageStore) -> None:
+    steps = [
+        (trial_event("t4", "TRIAL_STARTED", 200, attempt=1), "RUNNING"),
+        (trial_event("t4", "TRIAL_PAUSED", 300, attempt=1), "PAUSED"),
+        # A heartbeat of the paused attempt arriving late does not make it RUNNING again.
+        (trial_event("t4", "TRIAL_HEARTBEAT", 250, attempt=1), "PAUSED"),
+        (trial_event("t4", "TRIAL_PROMOTED", 400, attempt=1), "RESUMABLE"),
+        (trial_event("t4", "TRIAL_STARTED", 500, attempt=2), "RUNNING"),
+        (trial_event("t4", "TRIAL_COMPLETED", 600, attempt=2, final=0.1), "COMPLETED"),
+    ]
+    for offset, (event, expected) in enumerate(steps):
+        store.apply(at_offsets([event], first_offset=offset))
+        assert queries(store).trial_lineage("t4").state == expected
+    outcomes = [(a.attempt_number, a.outcome) for a in queries(store).trial_lineage("t4").attempts]
+    assert outcomes == [(1, "paused"), (2, "completed")]
+
+
 def test_trial_lineage_has_everything(store: LineageStore) -> None:
     store.apply(at_offsets(history()))
     lineage = queries(store).trial_lineage("t1")

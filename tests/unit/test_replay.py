@@ -1,16 +1,22 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
-from ladder.schedulers import SchedulerKind, SchedulerSpec, SmoothingKind
+from ladder.schedulers import AshaForm, SchedulerKind, SchedulerSpec, SmoothingKind
 from ladder.schedulers.replay import CurveTable, LadderPolicy, NoStopping, replay
 
 
-def asha(min_population: int = 1, max_resource: float = 9,
-         kind: SchedulerKind = SchedulerKind.ASHA) -> SchedulerSpec:
+def asha(
+    min_population: int = 1, max_resource: float = 9, kind: SchedulerKind = SchedulerKind.ASHA
+) -> SchedulerSpec:
     return SchedulerSpec(
-        kind=kind, min_resource=1, max_resource=max_resource,
-        reduction_factor=3, grace_period=1, min_population=min_population,
+        kind=kind,
+        min_resource=1,
+        max_resource=max_resource,
+        reduction_factor=3,
+        grace_period=1,
+        min_population=min_population,
         smoothing=SmoothingKind.NONE,
     )
 
@@ -71,8 +77,9 @@ def test_every_new_best_survives_and_every_new_worst_is_stopped() -> None:
 
 
 def test_min_population_lets_the_first_trials_through() -> None:
-    result = replay(flat_curves([5, 4, 3, 2, 1, 6]), LadderPolicy(asha(min_population=3)),
-                    workers=1)
+    result = replay(
+        flat_curves([5, 4, 3, 2, 1, 6]), LadderPolicy(asha(min_population=3)), workers=1
+    )
     # Rung 1: the first two pass for want of population; the 3rd..5th each lead it.
     # Rung 3: populations 1 and 2 pass; the 6th (worst) stops at rung 1.
     assert result.steps_run == (9, 9, 9, 9, 9, 1)
@@ -99,8 +106,7 @@ def test_asynchronous_order_follows_recorded_epoch_times() -> None:
 def test_divergence_stops_at_once() -> None:
     values = np.ones((2, 9))
     values[1, 1:] = math.nan
-    result = replay(CurveTable.unit_time(values), LadderPolicy(asha(min_population=5)),
-                    workers=1)
+    result = replay(CurveTable.unit_time(values), LadderPolicy(asha(min_population=5)), workers=1)
     assert result.steps_run == (9, 2)
     assert result.found_row == 0
 
@@ -114,8 +120,9 @@ def test_hyperband_brackets_and_median_run_the_real_rules() -> None:
     # Bracket 2 trials start judging at rung 9: none of them stops before epoch 9.
     assert all(hb.steps_run[t] >= 9 for t in range(60) if brackets[t] == 2)
     assert 0 < hb.pruned < 60
-    median = replay(table, LadderPolicy(asha(max_resource=27, kind=SchedulerKind.MEDIAN)),
-                    workers=4)
+    median = replay(
+        table, LadderPolicy(asha(max_resource=27, kind=SchedulerKind.MEDIAN)), workers=4
+    )
     plain = replay(table, LadderPolicy(asha(max_resource=27)), workers=4)
     # The median rule keeps about half of each rung, ASHA about a third.
     assert median.epochs_used > plain.epochs_used
@@ -129,3 +136,27 @@ def test_bad_arguments_are_rejected() -> None:
         replay(table, NoStopping(), workers=1, order=[3])
     with pytest.raises(ValueError, match="one shape"):
         CurveTable(np.ones((2, 3)), np.ones((2, 2)))
+
+
+def test_promotion_form_pauses_then_resumes_promoted_trials_before_new_ones() -> None:
+    levels = [0.5, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99]
+    spec = replace(asha(min_population=3, max_resource=3), form=AshaForm.PROMOTION)
+    result = replay(flat_curves(levels, steps=3), LadderPolicy(spec), workers=1)
+    # a, b pass rung 0 below min_population; c..i pause at epoch 1; i's arrival (n = 9,
+    # top 3) promotes c, which resumes at epoch 2 before any new trial and completes.
+    assert result.steps_run == (3, 3, 3, 1, 1, 1, 1, 1, 1)
+    assert (result.promotions, result.paused_at_end) == (1, 6)
+    assert (result.completed, result.pruned) == (3, 6)
+    assert result.epochs_used == 15
+    # The same curves in the stopping form stop c for good.
+    stopping = replay(flat_curves(levels, steps=3), LadderPolicy(asha(3, 3)), workers=1)
+    assert stopping.steps_run[2] == 1 and stopping.promotions == 0
+
+
+def test_promoted_trials_wake_idle_workers() -> None:
+    levels = [0.5, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99]
+    spec = replace(asha(min_population=3, max_resource=3), form=AshaForm.PROMOTION)
+    result = replay(flat_curves(levels, steps=3), LadderPolicy(spec), workers=4)
+    assert result.promotions >= 1
+    assert result.completed + result.paused_at_end == len(levels)
+    assert result.epochs_used == sum(result.steps_run)

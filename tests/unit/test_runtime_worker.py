@@ -37,9 +37,15 @@ class FakeClient:
         self.study = study_pb2.Study(
             study_id="s1",
             config=study_config(
-                {"x": {"type": "float", "low": 0, "high": 1}}, metric="loss",
-                scheduler=scheduler or {"kind": "asha", "min_resource": 1,
-                                        "max_resource": MAX_STEPS, "reduction_factor": 3},
+                {"x": {"type": "float", "low": 0, "high": 1}},
+                metric="loss",
+                scheduler=scheduler
+                or {
+                    "kind": "asha",
+                    "min_resource": 1,
+                    "max_resource": MAX_STEPS,
+                    "reduction_factor": 3,
+                },
             ),
         )
         self.remaining = trials
@@ -56,8 +62,9 @@ class FakeClient:
     def get_study(self, study_id: str) -> study_pb2.Study:
         return self.study
 
-    def suggest(self, study_id: str, worker_id: str, count: int = 1
-                ) -> list[suggest_pb2.Suggestion]:
+    def suggest(
+        self, study_id: str, worker_id: str, count: int = 1
+    ) -> list[suggest_pb2.Suggestion]:
         self.calls.append(("suggest",))
         if self.remaining == 0:
             raise BudgetExhausted("budget exhausted")
@@ -66,42 +73,63 @@ class FakeClient:
         fill_params(trial.params, {"x": 0.5})
         return [suggest_pb2.Suggestion(trial=trial)]
 
-    def start_trial(self, trial_id: str, worker_id: str, attempt_id: str, hostname: str = "",
-                    environment: str = "") -> evaluate_pb2.StartTrialResponse:
+    def start_trial(
+        self,
+        trial_id: str,
+        worker_id: str,
+        attempt_id: str,
+        hostname: str = "",
+        environment: str = "",
+    ) -> evaluate_pb2.StartTrialResponse:
         self.calls.append(("start", trial_id, attempt_id))
         return self.start_reply.get(trial_id, evaluate_pb2.StartTrialResponse(lease_seconds=30))
 
-    def heartbeat(self, trial_id: str, attempt_id: str, step: float
-                  ) -> evaluate_pb2.HeartbeatResponse:
+    def heartbeat(
+        self, trial_id: str, attempt_id: str, step: float
+    ) -> evaluate_pb2.HeartbeatResponse:
         self.heartbeats += 1
         if self.on_heartbeat:
             return self.on_heartbeat(trial_id, step, self.heartbeats)
         return evaluate_pb2.HeartbeatResponse(action=events_pb2.CONTINUE)
 
-    def report_metric(self, study_id: str, trial_id: str, attempt_id: str, step: float,
-                      value: float, metric: str = "", worker_id: str = "",
-                      wait: bool = False) -> events_pb2.MetricReport:
+    def report_metric(
+        self,
+        study_id: str,
+        trial_id: str,
+        attempt_id: str,
+        step: float,
+        value: float,
+        metric: str = "",
+        worker_id: str = "",
+        wait: bool = False,
+    ) -> events_pb2.MetricReport:
         assert metric == "loss" and worker_id == "w0"
         self.metrics.append((trial_id, step, value))
         return events_pb2.MetricReport()
 
-    def checkpoint(self, trial_id: str, attempt_id: str, uri: str, step: float
-                   ) -> trial_pb2.Trial:
+    def checkpoint(self, trial_id: str, attempt_id: str, uri: str, step: float) -> trial_pb2.Trial:
         self.calls.append(("checkpoint", trial_id, uri, step))
         return trial_pb2.Trial()
 
-    def complete(self, trial_id: str, attempt_id: str, value: float, step: float
-                 ) -> trial_pb2.Trial:
+    def complete(
+        self, trial_id: str, attempt_id: str, value: float, step: float
+    ) -> trial_pb2.Trial:
         self.calls.append(("complete", trial_id, value, step))
         return trial_pb2.Trial()
 
-    def prune(self, trial_id: str, attempt_id: str, step: float, last_value: float
-              ) -> trial_pb2.Trial:
+    def prune(
+        self, trial_id: str, attempt_id: str, step: float, last_value: float
+    ) -> trial_pb2.Trial:
         self.calls.append(("prune", trial_id, step, last_value))
         return trial_pb2.Trial()
 
-    def fail(self, trial_id: str, attempt_id: str, reason: str, retryable: bool = True
-             ) -> trial_pb2.Trial:
+    def pause(self, trial_id: str, attempt_id: str, step: float, rung: int) -> trial_pb2.Trial:
+        self.calls.append(("pause", trial_id, step, rung))
+        return trial_pb2.Trial(trial_id=trial_id, state=trial_pb2.PAUSED, paused_rung=rung)
+
+    def fail(
+        self, trial_id: str, attempt_id: str, reason: str, retryable: bool = True
+    ) -> trial_pb2.Trial:
         self.calls.append(("fail", trial_id, reason, retryable))
         return trial_pb2.Trial()
 
@@ -116,8 +144,12 @@ class CountingWorkload:
     metric = "loss"
     max_steps = 100
 
-    def __init__(self, fail_at: int | None = None, nan_at: int | None = None,
-                 on_step: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        fail_at: int | None = None,
+        nan_at: int | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
         self.fail_at, self.nan_at, self.on_step = fail_at, nan_at, on_step
         self.trained: list[int] = []
 
@@ -141,24 +173,38 @@ class CountingWorkload:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(state))
 
-    def load_checkpoint(self, path: Path, params: Mapping[str, Any], seed: int
-                        ) -> dict[str, Any]:
+    def load_checkpoint(self, path: Path, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
         return json.loads(path.read_text())
 
 
-def make_worker(client: FakeClient, workload: CountingWorkload, tmp_path: Path,
-                **overrides: Any) -> Worker:
-    config = WorkerConfig(study_id="s1", worker_id="w0", state_dir=tmp_path,
-                          heartbeat_interval=60, **{"decision_wait": 0.02, **overrides})
+def make_worker(
+    client: FakeClient, workload: CountingWorkload, tmp_path: Path, **overrides: Any
+) -> Worker:
+    config = WorkerConfig(
+        study_id="s1",
+        worker_id="w0",
+        state_dir=tmp_path,
+        heartbeat_interval=60,
+        **{"decision_wait": 0.02, **overrides},
+    )
     return Worker(client, workload, config)  # type: ignore[arg-type]
 
 
-def stop_reply(rung: int, resource: float) -> evaluate_pb2.HeartbeatResponse:
+def decision_reply(action: int, rung: int, resource: float) -> evaluate_pb2.HeartbeatResponse:
     return evaluate_pb2.HeartbeatResponse(
-        action=events_pb2.STOP,
-        decision=events_pb2.Decision(trial_id="t0", action=events_pb2.STOP, rung=rung,
-                                     resource=resource, reason="below cutoff"),
+        action=action,
+        decision=events_pb2.Decision(
+            trial_id="t0", action=action, rung=rung, resource=resource, reason="below cutoff"
+        ),
     )
+
+
+def stop_reply(rung: int, resource: float) -> evaluate_pb2.HeartbeatResponse:
+    return decision_reply(events_pb2.STOP, rung, resource)
+
+
+def pause_reply(rung: int, resource: float) -> evaluate_pb2.HeartbeatResponse:
+    return decision_reply(events_pb2.PAUSE, rung, resource)
 
 
 def test_trials_run_to_completion_until_the_budget_is_exhausted(tmp_path: Path) -> None:
@@ -214,8 +260,9 @@ def test_a_continue_decision_for_the_rung_ends_the_wait(tmp_path: Path) -> None:
 
     def beat(trial: str, step: float, n: int) -> evaluate_pb2.HeartbeatResponse:
         decided = {1: 1.0, 3: 3.0}.get(int(step))
-        decision = events_pb2.Decision(trial_id="t0", action=events_pb2.CONTINUE,
-                                       resource=decided or 0.0)
+        decision = events_pb2.Decision(
+            trial_id="t0", action=events_pb2.CONTINUE, resource=decided or 0.0
+        )
         return evaluate_pb2.HeartbeatResponse(action=events_pb2.CONTINUE, decision=decision)
 
     client.on_heartbeat = beat
@@ -224,14 +271,19 @@ def test_a_continue_decision_for_the_rung_ends_the_wait(tmp_path: Path) -> None:
     assert worker.run().outcomes == {"completed": 1}
 
 
+def resume_from(client: FakeClient, tmp_path: Path, step: int) -> None:
+    """StartTrial of t0 answers with a checkpoint of ``step`` trained steps."""
+    saved = tmp_path / "old" / f"a-step{step}.pt"
+    saved.parent.mkdir()
+    saved.write_text(json.dumps({"steps": step}))
+    client.start_reply["t0"] = evaluate_pb2.StartTrialResponse(
+        lease_seconds=30, checkpoint_uri=saved.as_uri(), checkpoint_step=step
+    )
+
+
 def test_resume_starts_after_the_checkpointed_step(tmp_path: Path) -> None:
     client = FakeClient()
-    saved = tmp_path / "old" / "a-step6.pt"
-    saved.parent.mkdir()
-    saved.write_text(json.dumps({"steps": 6}))
-    client.start_reply["t0"] = evaluate_pb2.StartTrialResponse(
-        lease_seconds=30, checkpoint_uri=saved.as_uri(), checkpoint_step=6
-    )
+    resume_from(client, tmp_path, 6)
     workload = CountingWorkload()
     report = make_worker(client, workload, tmp_path).run()
     assert report.outcomes == {"completed": 1}
@@ -321,3 +373,52 @@ def test_max_trials_limits_one_worker(tmp_path: Path, max_trials: int) -> None:
     client = FakeClient(trials=5)
     report = make_worker(client, CountingWorkload(), tmp_path, max_trials=max_trials).run()
     assert report.trials == max_trials and not report.budget_exhausted
+
+
+def test_pause_checkpoints_the_rung_step_and_hands_the_trial_back(tmp_path: Path) -> None:
+    client = FakeClient()
+    client.on_heartbeat = lambda trial, step, n: (
+        pause_reply(0, 1) if step >= 1 else evaluate_pb2.HeartbeatResponse(action=1)
+    )
+    workload = CountingWorkload()
+    report = make_worker(client, workload, tmp_path).run()
+    assert report.outcomes == {"paused": 1}
+    assert workload.trained == [1]
+    checkpoint = next(c for c in client.calls if c[0] == "checkpoint")
+    assert checkpoint[3] == 1 and path_from_uri(checkpoint[2]).exists()
+    # Checkpoint first, then PauseTrial with the rung of the decision obeyed.
+    assert client.names()[-3:] == ["checkpoint", "pause", "suggest"]
+    assert ("pause", "t0", 1, 0) in client.calls
+    assert "prune" not in client.names() and "complete" not in client.names()
+
+
+def test_a_pause_for_a_rung_not_reached_yet_waits_for_that_rung(tmp_path: Path) -> None:
+    # A resumed attempt behind its old PAUSE (checkpoint at step 2, PAUSE about rung 1 at
+    # resource 3) trains on to step 3 before it pauses.
+    client = FakeClient()
+    resume_from(client, tmp_path, 2)
+    client.on_heartbeat = lambda trial, step, n: pause_reply(1, 3)
+    workload = CountingWorkload()
+    report = make_worker(client, workload, tmp_path).run()
+    assert report.outcomes == {"paused": 1}
+    assert workload.trained == [3]
+    assert ("pause", "t0", 3, 1) in client.calls
+
+
+def test_a_promote_for_an_earlier_rung_does_not_end_the_wait_at_this_one(
+    tmp_path: Path,
+) -> None:
+    # Promotion form: the stored decision is the PROMOTE of rung 0 until rung 1's verdict
+    # (a PAUSE, from the 6th heartbeat on) arrives; the worker waits for it at step 3.
+    client = FakeClient()
+
+    def beat(trial: str, step: float, n: int) -> evaluate_pb2.HeartbeatResponse:
+        if step >= 3 and n >= 6:
+            return pause_reply(1, 3)
+        return decision_reply(events_pb2.PROMOTE, 0, 1)
+
+    client.on_heartbeat = beat
+    workload = CountingWorkload()
+    report = make_worker(client, workload, tmp_path, decision_wait=30).run()
+    assert report.outcomes == {"paused": 1}
+    assert workload.trained == [1, 2, 3]

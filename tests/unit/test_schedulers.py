@@ -1,8 +1,11 @@
+import dataclasses
 import math
 
 import pytest
 from ladder.schedulers import (
     Action,
+    AshaForm,
+    BracketAllocation,
     CurveState,
     Leaderboards,
     RungCrossed,
@@ -14,16 +17,24 @@ from ladder.schedulers import (
     SmoothingKind,
     asha_decide,
     decide,
+    decide_crossing,
     diverged_decision,
     kept_count,
+    mark_promoted,
     median_decide,
     observe,
 )
 from ladder.v1 import study_pb2
 
 ASHA = SchedulerSpec(
-    kind=SchedulerKind.ASHA, min_resource=1, max_resource=9, reduction_factor=3,
-    grace_period=1, min_population=3, metric="val_loss", resource_unit="epochs",
+    kind=SchedulerKind.ASHA,
+    min_resource=1,
+    max_resource=9,
+    reduction_factor=3,
+    grace_period=1,
+    min_population=3,
+    metric="val_loss",
+    resource_unit="epochs",
 )
 
 
@@ -51,8 +62,14 @@ def test_spec_takes_direction_metric_and_unit_from_the_study() -> None:
         metric="accuracy",
         direction=study_pb2.MAXIMIZE,
         scheduler=study_pb2.SchedulerConfig(
-            kind=study_pb2.MEDIAN, min_resource=2, max_resource=50, reduction_factor=4,
-            grace_period=4, min_population=5, smoothing=study_pb2.WINDOW, window=7,
+            kind=study_pb2.MEDIAN,
+            min_resource=2,
+            max_resource=50,
+            reduction_factor=4,
+            grace_period=4,
+            min_population=5,
+            smoothing=study_pb2.WINDOW,
+            window=7,
         ),
         labels={"resource_unit": "epochs"},
     )
@@ -93,7 +110,9 @@ def test_rungs_are_min_times_eta_to_the_k_below_max_resource() -> None:
     assert ASHA.rungs() == [1, 3]  # 9 is the full budget, not a rung
     assert SchedulerSpec(min_resource=1, max_resource=10).rungs() == [1, 3, 9]
     assert SchedulerSpec(min_resource=2, max_resource=100, reduction_factor=4).rungs() == [
-        2, 8, 32,
+        2,
+        8,
+        32,
     ]
     # Float rungs are compared with a tolerance: 0.1 * 3**2 is 0.9000000000000001.
     assert SchedulerSpec(min_resource=0.1, max_resource=0.9).rungs() == pytest.approx([0.1, 0.3])
@@ -111,7 +130,9 @@ def test_detector_reports_every_skipped_rung_once_with_the_crossing_value() -> N
     detector = RungCrossingDetector(SchedulerSpec(min_resource=1, max_resource=27))
     assert detector.crossed(-1, 0.5, 0.9) == []
     assert detector.crossed(-1, 10, 0.4) == [
-        RungCrossed(0, 1, 0.4), RungCrossed(1, 3, 0.4), RungCrossed(2, 9, 0.4),
+        RungCrossed(0, 1, 0.4),
+        RungCrossed(1, 3, 0.4),
+        RungCrossed(2, 9, 0.4),
     ]
     assert detector.crossed(0, 3, 0.3) == [RungCrossed(1, 3, 0.3)]
     assert detector.crossed(2, 26, 0.1) == []  # 27 is max_resource: no rung 3
@@ -239,8 +260,13 @@ def test_asynchronous_asha_decides_against_those_already_at_the_rung() -> None:
     for trial, value in [("a", 0.5), ("b", 0.6), ("c", 0.4), ("d", 0.7), ("e", 0.3)]:
         board.record(trial, value)
         actions.append(decide(ASHA, board, trial, 0, 1).action)
-    assert actions == [Action.CONTINUE, Action.CONTINUE, Action.CONTINUE, Action.STOP,
-                       Action.CONTINUE]
+    assert actions == [
+        Action.CONTINUE,
+        Action.CONTINUE,
+        Action.CONTINUE,
+        Action.STOP,
+        Action.CONTINUE,
+    ]
 
 
 def test_replaying_a_crossing_does_not_change_the_decision() -> None:
@@ -303,9 +329,10 @@ def test_divergence_stops_at_once_with_reason() -> None:
 
 def test_hyperband_brackets_start_trials_at_different_rungs() -> None:
     spec = SchedulerSpec(kind=SchedulerKind.HYPERBAND, min_resource=1, max_resource=27)
-    assert spec.brackets == 3  # rungs 1, 3, 9
-    brackets = {spec.bracket_of(f"trial-{i}") for i in range(50)}
-    assert brackets == {0, 1, 2}
+    # rungs 1, 3, 9 plus Hyperband's top bracket, whose trials run to 27 untouched
+    assert spec.brackets == 4
+    brackets = {spec.bracket_of(f"trial-{i}") for i in range(200)}
+    assert brackets == {0, 1, 2, 3}
     assert spec.bracket_of("trial-7") == spec.bracket_of("trial-7")  # stable
     trial = next(f"trial-{i}" for i in range(50) if spec.bracket_of(f"trial-{i}") == 2)
     crossed = observe(spec, CurveState(), 10, 0.5, first_rung=spec.bracket_of(trial)).crossings
@@ -319,3 +346,141 @@ def test_hyperband_reason_names_the_bracket() -> None:
     board = board_of({trial: 0.4})
     decision = decide(spec, board, trial, 1, 3)
     assert decision.rule == "hyperband" and "bracket 1" in decision.reason
+
+
+def test_hyperband_weights_are_hyperbands_n_per_bracket() -> None:
+    spec = SchedulerSpec(kind=SchedulerKind.HYPERBAND, min_resource=1, max_resource=27)
+    # n = ceil((s_max + 1) / (s + 1) * eta^s), s = 3, 2, 1, 0 (as Optuna's HyperbandPruner)
+    assert spec.bracket_weights() == [27, 12, 6, 4]
+    counts = [0] * 4
+    for i in range(4900):
+        counts[spec.bracket_of(f"study-t{i}")] += 1
+    for count, weight in zip(counts, [27, 12, 6, 4], strict=True):
+        assert abs(count / 4900 - weight / 49) < 0.03
+    top = next(f"t{i}" for i in range(200) if spec.bracket_of(f"t{i}") == 3)
+    assert observe(spec, CurveState(), 26, 0.5, first_rung=spec.bracket_of(top)).crossings == []
+    even = SchedulerSpec(
+        kind=SchedulerKind.HYPERBAND, max_resource=27, allocation=BracketAllocation.EVEN
+    )
+    assert even.bracket_weights() == [1, 1, 1, 1]
+    config = study_pb2.SchedulerConfig(
+        kind=study_pb2.HYPERBAND, max_resource=20, bracket_allocation=study_pb2.BRACKETS_EVEN
+    )
+    assert SchedulerSpec.from_scheduler(config).allocation is BracketAllocation.EVEN
+    # max 20 is no power of 3: s_max = 2 and every bracket has a rung below 20
+    assert SchedulerSpec(kind=SchedulerKind.HYPERBAND, max_resource=20).bracket_weights() == [
+        9,
+        5,
+        3,
+    ]
+
+
+# --------------------------------------------------------------------------- promotion form
+
+PROMOTION = dataclasses.replace(ASHA, max_resource=27, form=AshaForm.PROMOTION)
+
+
+def cross(
+    board: RungLeaderboard, trial: str, value: float, spec: SchedulerSpec = PROMOTION
+) -> list:
+    board.record(trial, value)
+    decisions = decide_crossing(spec, board, trial, 0, 1)
+    mark_promoted(board, decisions)
+    return [(d.trial_id, d.action) for d in decisions]
+
+
+def test_promotion_form_pauses_losers_and_promotes_them_when_the_rung_grows() -> None:
+    board = RungLeaderboard()
+    # Below min_population nobody is paused (no cold-start pause).
+    assert cross(board, "a", 0.5) == [("a", Action.PROMOTE)]
+    assert cross(board, "b", 0.4) == [("b", Action.PROMOTE)]
+    # n = 3: top 1 kept, cutoff 0.4; c is worse: paused, not stopped.
+    assert cross(board, "c", 0.6) == [("c", Action.PAUSE)]
+    assert cross(board, "d", 0.7) == [("d", Action.PAUSE)]
+    assert cross(board, "e", 0.8) == [("e", Action.PAUSE)]
+    # n = 6: top 2 = b (promoted already) and a (promoted already): nobody new.
+    assert cross(board, "f", 0.9) == [("f", Action.PAUSE)]
+    assert cross(board, "g", 0.95) == [("g", Action.PAUSE)]
+    assert cross(board, "h", 0.97) == [("h", Action.PAUSE)]
+    # n = 9: top 3 = b, a, c: the paused c is promoted by i's arrival.
+    board.record("i", 0.99)
+    decisions = decide_crossing(PROMOTION, board, "i", 0, 1)
+    assert [(d.trial_id, d.action) for d in decisions] == [
+        ("i", Action.PAUSE),
+        ("c", Action.PROMOTE),
+    ]
+    promoted = decisions[1]
+    assert (promoted.rank, promoted.population, promoted.cutoff) == (3, 9, 0.6)
+    mark_promoted(board, decisions)
+    assert "c" in board.promoted
+    # Once marked, deciding the same crossing again promotes nobody twice.
+    assert [d.trial_id for d in decide_crossing(PROMOTION, board, "i", 0, 1)] == ["i"]
+
+
+def test_promotion_of_a_paused_trial_records_its_reason_fields() -> None:
+    board = board_of({"a": 0.1, "b": 0.2, "c": 0.5, "d": 0.6, "e": 0.7})
+    board.promoted.update({"a"})
+    decisions = decide_crossing(PROMOTION, board, "e", 0, 1)
+    # n = 5: keep 1 (a, promoted); e is paused; nobody else qualifies.
+    assert [(d.trial_id, d.action) for d in decisions] == [("e", Action.PAUSE)]
+    assert "paused until" in decisions[0].reason and decisions[0].rank == 5
+    board.record("f", 0.8)
+    decisions = decide_crossing(PROMOTION, board, "f", 0, 1)
+    # n = 6: keep 2 -> b (never promoted: it was paused) is promoted now.
+    promote = decisions[1]
+    assert (promote.trial_id, promote.action, promote.rank, promote.population) == (
+        "b",
+        Action.PROMOTE,
+        2,
+        6,
+    )
+    assert promote.cutoff == 0.2 and "promoted from pause" in promote.reason
+
+
+def test_trials_on_the_next_rung_count_as_promoted_after_a_restart() -> None:
+    board = board_of({"a": 0.1, "b": 0.2, "c": 0.5, "d": 0.6, "e": 0.7, "f": 0.8})
+    next_board = board_of({"a": 0.05})
+    decisions = decide_crossing(PROMOTION, board, "f", 0, 1, next_board=next_board)
+    assert [(d.trial_id, d.action) for d in decisions] == [
+        ("f", Action.PAUSE),
+        ("b", Action.PROMOTE),
+    ]
+
+
+def test_median_has_no_promotion_form() -> None:
+    with pytest.raises(SchedulerConfigError, match="form"):
+        SchedulerSpec(kind=SchedulerKind.MEDIAN, max_resource=9, form=AshaForm.PROMOTION)
+    config = study_pb2.SchedulerConfig(max_resource=9, form=study_pb2.ASHA_PROMOTION)
+    assert SchedulerSpec.from_scheduler(config).promotion
+
+
+def test_stopping_form_decides_only_for_the_crossing_trial() -> None:
+    board = board_of({"a": 0.1, "b": 0.2, "c": 0.5})
+    decisions = decide_crossing(ASHA, board, "c", 1, 3)
+    assert [(d.trial_id, d.action) for d in decisions] == [("c", Action.STOP)]
+
+
+# --------------------------------------------------------------------------- late bloomers
+
+
+def test_late_bloomer_protection_spares_a_fast_improver_below_the_cutoff() -> None:
+    spec = SchedulerSpec(
+        kind=SchedulerKind.ASHA,
+        max_resource=27,
+        min_population=3,
+        protect_late_bloomers=True,
+        metric="val_loss",
+    )
+    previous = board_of({"a": 0.30, "b": 0.32, "c": 0.90, "d": 0.35})
+    board = board_of({"a": 0.28, "b": 0.31, "c": 0.40, "d": 0.34})
+    # c ranks 4/4 (cutoff 0.28, top 1) but gained 0.50 since rung 0: the best gain.
+    spared = decide(spec, board, "c", 1, 3, previous)
+    assert spared.action is Action.CONTINUE and "late bloomer" in spared.reason
+    assert spared.rank == 4 and spared.cutoff == 0.28
+    # d gained 0.01 (rank 4/4 of gains): stopped as usual.
+    assert decide(spec, board, "d", 1, 3, previous).action is Action.STOP
+    # Off by default: the same c stops.
+    plain = SchedulerSpec(kind=SchedulerKind.ASHA, max_resource=27, min_population=3)
+    assert decide(plain, board, "c", 1, 3, previous).action is Action.STOP
+    config = study_pb2.SchedulerConfig(max_resource=27, protect_late_bloomers=True)
+    assert SchedulerSpec.from_scheduler(config).protect_late_bloomers

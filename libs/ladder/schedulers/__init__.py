@@ -8,7 +8,8 @@
 | ``rungs``       | ``RungCrossingDetector``: which milestones a report crossed      |
 | ``curves``      | ``observe``: stage 1 per-trial state (smoothing + crossings)     |
 | ``leaderboard`` | per study, per rung: trial -> value, idempotent recording        |
-| ``rules``       | ASHA, median stopping, divergence, grace period; with reasons    |
+| ``rules``       | ASHA (stopping and promotion forms), median stopping, divergence, |
+|                 | grace period, late-bloomer protection; with reasons              |
 
 The early-stop service (``services/earlystop``) wires these to Kafka: stage 1 calls
 ``observe`` per metric report, stage 2 records crossings on leaderboards and calls
@@ -22,13 +23,18 @@ from ladder.schedulers.rules import (
     RungDecision,
     asha_decide,
     decide,
+    decide_crossing,
     diverged_decision,
     kept_count,
+    late_bloomer_note,
+    mark_promoted,
     median_decide,
 )
 from ladder.schedulers.rungs import RungCrossed, RungCrossingDetector
 from ladder.schedulers.smoothing import Ema, MovingWindow, NoSmoothing, is_divergent, make_smoother
 from ladder.schedulers.spec import (
+    AshaForm,
+    BracketAllocation,
     SchedulerConfigError,
     SchedulerKind,
     SchedulerSpec,
@@ -37,6 +43,8 @@ from ladder.schedulers.spec import (
 
 __all__ = [
     "Action",
+    "AshaForm",
+    "BracketAllocation",
     "CurveState",
     "Divergence",
     "Ema",
@@ -54,10 +62,13 @@ __all__ = [
     "SmoothingKind",
     "asha_decide",
     "decide",
+    "decide_crossing",
     "diverged_decision",
     "is_divergent",
     "kept_count",
+    "late_bloomer_note",
     "make_smoother",
+    "mark_promoted",
     "median_decide",
     "observe",
 ]

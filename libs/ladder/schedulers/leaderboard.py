@@ -8,6 +8,8 @@ decision was made with, so population and ranks never drift on replays.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -16,13 +18,48 @@ from dataclasses import dataclass, field
 class RungLeaderboard:
     maximize: bool = False
     values: dict[str, float] = field(default_factory=dict)
+    # ASHA promotion form: trials that got PROMOTE at this rung. Kept in memory only; a
+    # trial found on the next rung's board counts as promoted too, and after a restart
+    # a paused trial may be promoted twice, which the evaluate service ignores.
+    promoted: set[str] = field(default_factory=set)
+    # Sorted index of (sign * value, trial id), NaN values left out (never better than
+    # anything): rank and order in O(log n) / O(n) instead of a sort per decision,
+    # which cost ~6 ms a decision at 5,000 trials on a rung. Rebuilt when ``values``
+    # was changed behind its back or ``maximize`` changed.
+    _keys: list[tuple[float, str]] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+    _keys_sign: float = field(default=0.0, init=False, repr=False, compare=False)
+    _keys_count: int = field(default=-1, init=False, repr=False, compare=False)
+    _ordered: list[tuple[str, float]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def _sign(self) -> float:
+        return -1.0 if self.maximize else 1.0
+
+    def _index(self) -> list[tuple[float, str]]:
+        sign = self._sign()
+        if self._keys_sign != sign or self._keys_count != len(self.values):
+            self._keys = sorted((sign * v, t) for t, v in self.values.items() if not math.isnan(v))
+            self._keys_sign, self._keys_count, self._ordered = sign, len(self.values), None
+        return self._keys
 
     def record(self, trial_id: str, value: float) -> bool:
         """Add ``trial_id``; False (and no change) when it is already on the board."""
         if trial_id in self.values:
             return False
+        keys = self._index()
         self.values[trial_id] = value
+        if not math.isnan(value):
+            bisect.insort(keys, (self._keys_sign * value, trial_id))
+        self._keys_count, self._ordered = len(self.values), None
         return True
+
+    def discard(self, trial_id: str) -> None:
+        """Take ``trial_id`` off the board (undo a record whose decision was not sent)."""
+        if self.values.pop(trial_id, None) is not None:
+            self._keys_count = -1  # rebuilt on next use
 
     def __contains__(self, trial_id: object) -> bool:
         return trial_id in self.values
@@ -39,14 +76,21 @@ class RungLeaderboard:
         return a > b if self.maximize else a < b
 
     def ordered(self) -> list[tuple[str, float]]:
-        """Best first; ties broken by trial id so the order is deterministic."""
-        sign = -1.0 if self.maximize else 1.0
-        return sorted(self.values.items(), key=lambda item: (sign * item[1], item[0]))
+        """Best first; ties broken by trial id so the order is deterministic (NaN last)."""
+        keys = self._index()
+        if self._ordered is None:
+            values = self.values
+            nans = sorted(t for t, v in values.items() if math.isnan(v))
+            self._ordered = [(t, values[t]) for _, t in keys] + [(t, values[t]) for t in nans]
+        return list(self._ordered)
 
     def rank_of(self, trial_id: str) -> int:
         """1-based rank: 1 + the number of trials strictly better (ties share a rank)."""
         value = self.values[trial_id]
-        return 1 + sum(1 for other in self.values.values() if self.better(other, value))
+        if math.isnan(value):
+            return 1  # nothing compares better than NaN
+        keys = self._index()
+        return 1 + bisect.bisect_left(keys, (self._keys_sign * value, ""))
 
     def others(self, trial_id: str) -> list[float]:
         return [v for t, v in self.values.items() if t != trial_id]

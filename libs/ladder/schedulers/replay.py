@@ -12,15 +12,23 @@ with instant decisions would know. No threads, no clocks: deterministic.
 ``observe`` (smoothing, rung crossings, divergence) per report, then ``decide`` on the
 trial's (Hyperband-bracket) rung leaderboard per crossing.
 
+ASHA's promotion form (``AshaForm.PROMOTION``): a trial told PAUSE gives its worker back
+at once and waits; when a later crossing promotes it, it joins a FIFO of resumable
+trials, which a free worker takes before any new configuration (as Suggest does), and it
+continues from the epoch after the one it paused at. A trial still paused when the last
+worker goes idle counts as pruned (at its rung), as in ASHA with a finite trial budget.
+
 Accounting (``ReplayResult``): budget = epochs consumed; a trial is *completed* when it
-ran all ``max_steps`` epochs, *pruned* otherwise. Regret = best final value among
-completed trials minus the best final value of the whole table (lower is better).
+ran all ``max_steps`` epochs, *pruned* otherwise (stopped, or paused and never
+promoted). Regret = best final value among completed trials minus the best final value
+of the whole table (lower is better).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -29,7 +37,7 @@ import numpy as np
 
 from ladder.schedulers.curves import CurveState, observe
 from ladder.schedulers.leaderboard import Leaderboards
-from ladder.schedulers.rules import decide
+from ladder.schedulers.rules import Action, decide_crossing, mark_promoted
 from ladder.schedulers.spec import SchedulerSpec
 
 
@@ -76,9 +84,11 @@ class StoppingPolicy(Protocol):
     def start(self, trial: int) -> None:
         """Trial ``trial`` (0-based, in start order) begins."""
 
-    def report(self, trial: int, step: int, value: float) -> bool:
-        """The trial finished epoch ``step`` (1-based) with ``value``; True = stop it.
-        Not called for the last epoch: a trial that ran every epoch is complete."""
+    def report(self, trial: int, step: int, value: float) -> bool | Action:
+        """The trial finished epoch ``step`` (1-based) with ``value``; True or
+        ``Action.STOP`` = stop it, ``Action.PAUSE`` = pause it until promoted (then the
+        policy lists it in ``take_promoted``). Not called for the last epoch: a trial
+        that ran every epoch is complete."""
 
     def finish(self, trial: int, value: float, pruned: bool) -> None:
         """The trial ended: completed with ``value`` or pruned at its last report."""
@@ -106,29 +116,49 @@ class LadderPolicy:
     curves: dict[int, CurveState] = field(default_factory=dict)
     boards: Leaderboards = field(default_factory=Leaderboards)
     decisions: int = 0
+    _promoted: list[int] = field(default_factory=list)
+    _index: dict[str, int] = field(default_factory=dict)
 
     def trial_id(self, trial: int) -> str:
         return f"{self.trial_prefix}{trial:06d}"
 
     def start(self, trial: int) -> None:
         self.curves[trial] = CurveState(study_id="replay")
+        self._index[self.trial_id(trial)] = trial
 
-    def report(self, trial: int, step: int, value: float) -> bool:
+    def report(self, trial: int, step: int, value: float) -> bool | Action:
         trial_id = self.trial_id(trial)
         bracket = self.spec.bracket_of(trial_id)
         observed = observe(self.spec, self.curves[trial], float(step), value, bracket)
         self.curves[trial] = observed.state
         if observed.divergence is not None:
-            return True
+            return Action.STOP
         for crossing in observed.crossings:
             # One leaderboard per (bracket, rung), as in the service.
-            board = self.boards.board(f"bracket-{bracket}", crossing.rung, self.spec.maximize)
+            study = f"bracket-{bracket}"
+            board = self.boards.board(study, crossing.rung, self.spec.maximize)
             if not board.record(trial_id, crossing.value):
                 continue
-            self.decisions += 1
-            if decide(self.spec, board, trial_id, crossing.rung, crossing.resource).stop:
-                return True
-        return False
+            decisions = decide_crossing(
+                self.spec,
+                board,
+                trial_id,
+                crossing.rung,
+                crossing.resource,
+                previous=self.boards.boards.get((study, crossing.rung - 1)),
+                next_board=self.boards.boards.get((study, crossing.rung + 1)),
+            )
+            mark_promoted(board, decisions)
+            self.decisions += len(decisions)
+            self._promoted.extend(self._index[d.trial_id] for d in decisions[1:])
+            if decisions[0].action in (Action.STOP, Action.PAUSE):
+                return decisions[0].action
+        return Action.CONTINUE
+
+    def take_promoted(self) -> list[int]:
+        """Paused trials promoted since the last call, in decision order."""
+        out, self._promoted = self._promoted, []
+        return out
 
     def finish(self, trial: int, value: float, pruned: bool) -> None:
         self.curves.pop(trial, None)
@@ -150,6 +180,8 @@ class ReplayResult:
     # (epochs consumed by all workers so far, final value) per completed trial, in
     # simulated-time order: the anytime curve behind ``regret_at``.
     completions: tuple[tuple[int, float], ...] = ()
+    paused_at_end: int = 0  # promotion form: paused and never promoted (in ``pruned``)
+    promotions: int = 0  # promotion form: paused trials promoted and resumed
 
     @property
     def pruned_fraction(self) -> float:
@@ -195,15 +227,30 @@ def replay(
     wall = 0.0
     epochs_so_far = 0
     completions: list[tuple[int, float]] = []
+    paused: dict[int, float] = {}  # trial -> its last value (promotion form)
+    resumable: deque[int] = deque()  # promoted trials waiting for a worker
+    idle: list[int] = []
+    promotions = 0
+    take_promoted = getattr(policy, "take_promoted", None)
+
+    def schedule(worker: int, now: float, trial: int, step: int) -> None:
+        heapq.heappush(
+            events, (now + float(table.seconds[rows[trial], step - 1]), worker, trial, step)
+        )
 
     def launch(worker: int, now: float) -> None:
         nonlocal next_trial
+        if resumable:  # promoted trials first, as Suggest hands out resumable ones
+            trial = resumable.popleft()
+            schedule(worker, now, trial, steps_run[trial] + 1)
+            return
         if next_trial >= len(rows):
+            idle.append(worker)
             return
         trial = next_trial
         next_trial += 1
         policy.start(trial)
-        heapq.heappush(events, (now + float(table.seconds[rows[trial], 0]), worker, trial, 1))
+        schedule(worker, now, trial, 1)
 
     for worker in range(workers):
         launch(worker, 0.0)
@@ -218,12 +265,26 @@ def replay(
             completions.append((epochs_so_far, value))
             policy.finish(trial, value, pruned=False)
             launch(worker, now)
-        elif policy.report(trial, step, value):
+            continue
+        verdict = policy.report(trial, step, value)
+        for promoted in take_promoted() if take_promoted is not None else []:
+            if paused.pop(promoted, None) is not None:
+                promotions += 1
+                resumable.append(promoted)
+        if verdict is True or verdict is Action.STOP:
             pruned_flags[trial] = True
             policy.finish(trial, value, pruned=True)
             launch(worker, now)
+        elif verdict is Action.PAUSE:
+            paused[trial] = value
+            launch(worker, now)
         else:
-            heapq.heappush(events, (now + float(table.seconds[row, step]), worker, trial, step + 1))
+            schedule(worker, now, trial, step + 1)
+        while idle and resumable:
+            launch(idle.pop(), now)
+    for trial, value in sorted(paused.items()):
+        pruned_flags[trial] = True
+        policy.finish(trial, value, pruned=True)
 
     finals = table.finals()
     completed_rows = [rows[t] for t in range(len(rows)) if steps_run[t] >= max_steps]
@@ -234,7 +295,8 @@ def replay(
     # NaN finals rank last (they are not a result anyone would pick).
     found_rank = (
         1 + int(np.sum(np.where(np.isfinite(finals), finals, np.inf) < best_found))
-        if found_row >= 0 else 0
+        if found_row >= 0
+        else 0
     )
     return ReplayResult(
         order=tuple(rows),
@@ -249,4 +311,6 @@ def replay(
         found_rank=found_rank,
         wall_time=wall,
         completions=tuple(completions),
+        paused_at_end=len(paused),
+        promotions=promotions,
     )

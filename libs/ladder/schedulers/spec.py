@@ -5,6 +5,14 @@ min_resource 1, reduction_factor 3, grace = min_resource, min_population =
 ceil(reduction_factor), EMA smoothing with alpha 0.5, window 3) and checks the invariants
 the rules rely on, so a bad config is reported once, by field, instead of producing
 nonsense decisions.
+
+Hyperband brackets follow Hyperband (Li et al., 2018): with s_max = floor(log_eta(
+max_resource / min_resource)) there are s_max + 1 brackets; bracket b starts deciding at
+rung b, and receives trials in proportion to Hyperband's
+n = ceil((s_max + 1) / (s + 1) * eta^s) for s = s_max - b (27 : 12 : 6 : 4 for rungs
+1, 3, 9 and max 27; the top bracket runs its trials to max_resource untouched). Those
+are the weights Optuna's HyperbandPruner uses too. ``BracketAllocation.EVEN`` gives every
+bracket the same share instead.
 """
 
 from __future__ import annotations
@@ -32,6 +40,16 @@ class SchedulerKind(StrEnum):
     HYPERBAND = "hyperband"
 
 
+class AshaForm(StrEnum):
+    STOPPING = "stopping"  # a trial below the cutoff is stopped (PRUNED)
+    PROMOTION = "promotion"  # it is paused, and promoted if the rung later ranks it high
+
+
+class BracketAllocation(StrEnum):
+    HYPERBAND = "hyperband"  # Hyperband's n_s trials per bracket
+    EVEN = "even"  # the same share per bracket
+
+
 class SmoothingKind(StrEnum):
     NONE = "none"
     EMA = "ema"
@@ -43,6 +61,16 @@ _KINDS = {
     study_pb2.ASHA: SchedulerKind.ASHA,
     study_pb2.MEDIAN: SchedulerKind.MEDIAN,
     study_pb2.HYPERBAND: SchedulerKind.HYPERBAND,
+}
+_FORMS = {
+    study_pb2.ASHA_FORM_UNSPECIFIED: AshaForm.STOPPING,
+    study_pb2.ASHA_STOPPING: AshaForm.STOPPING,
+    study_pb2.ASHA_PROMOTION: AshaForm.PROMOTION,
+}
+_ALLOCATIONS = {
+    study_pb2.BRACKET_ALLOCATION_UNSPECIFIED: BracketAllocation.HYPERBAND,
+    study_pb2.BRACKETS_HYPERBAND: BracketAllocation.HYPERBAND,
+    study_pb2.BRACKETS_EVEN: BracketAllocation.EVEN,
 }
 _SMOOTHING = {
     study_pb2.SMOOTHING_NONE: SmoothingKind.NONE,
@@ -65,6 +93,9 @@ class SchedulerSpec:
     maximize: bool = False
     metric: str = ""
     resource_unit: str = "steps"
+    form: AshaForm = AshaForm.STOPPING
+    allocation: BracketAllocation = BracketAllocation.HYPERBAND
+    protect_late_bloomers: bool = False
 
     def __post_init__(self) -> None:
         for name in ("min_resource", "max_resource", "reduction_factor", "grace_period"):
@@ -95,6 +126,11 @@ class SchedulerSpec:
             )
         if self.window < 1:
             raise SchedulerConfigError(f"scheduler.window must be >= 1 (got {self.window})")
+        if self.form is AshaForm.PROMOTION and self.kind is SchedulerKind.MEDIAN:
+            raise SchedulerConfigError(
+                "scheduler.form: ASHA_PROMOTION needs kind ASHA or HYPERBAND (median "
+                "stopping has no top 1/eta to promote from)"
+            )
 
     @classmethod
     def from_study(cls, config: study_pb2.StudyConfig) -> SchedulerSpec:
@@ -105,6 +141,12 @@ class SchedulerSpec:
             raise SchedulerConfigError(f"scheduler.kind: unknown value {s.kind}")
         if s.smoothing not in _SMOOTHING:
             raise SchedulerConfigError(f"scheduler.smoothing: unknown value {s.smoothing}")
+        if s.form not in _FORMS:
+            raise SchedulerConfigError(f"scheduler.form: unknown value {s.form}")
+        if s.bracket_allocation not in _ALLOCATIONS:
+            raise SchedulerConfigError(
+                f"scheduler.bracket_allocation: unknown value {s.bracket_allocation}"
+            )
         return cls(
             kind=_KINDS[s.kind],
             min_resource=s.min_resource,
@@ -118,6 +160,9 @@ class SchedulerSpec:
             maximize=full.direction == study_pb2.MAXIMIZE,
             metric=full.metric,
             resource_unit=full.labels.get("resource_unit", "steps") or "steps",
+            form=_FORMS[s.form],
+            allocation=_ALLOCATIONS[s.bracket_allocation],
+            protect_late_bloomers=s.protect_late_bloomers,
         )
 
     @classmethod
@@ -175,24 +220,53 @@ class SchedulerSpec:
         return out
 
     @property
-    def brackets(self) -> int:
-        """Hyperband bracket count: one per rung a trial may start at (1 unless HYPERBAND).
+    def promotion(self) -> bool:
+        """ASHA's promotion form: losers pause instead of stopping."""
+        return self.form is AshaForm.PROMOTION and self.kind in (
+            SchedulerKind.ASHA,
+            SchedulerKind.HYPERBAND,
+        )
 
-        Bracket s starts its trials at rung s (resource min_resource * eta^s), so the
-        brackets trade many cheap early stops against few trials run longer.
+    @property
+    def brackets(self) -> int:
+        """Hyperband bracket count s_max + 1 (1 unless HYPERBAND with a max_resource).
+
+        Bracket b starts deciding at rung b (resource min_resource * eta^b), so the
+        brackets trade many cheap early stops against few trials run longer. When
+        min_resource * eta^s_max equals max_resource the top bracket has no rung at all:
+        its trials run to the end, as in Hyperband.
         """
-        if self.kind is not SchedulerKind.HYPERBAND:
+        if self.kind is not SchedulerKind.HYPERBAND or not self.bounded:
             return 1
         count = 1
-        while self.bounded and self.is_rung(count) and count < 64:
+        limit = self.max_resource * (1 + RESOURCE_EPS)
+        while self.rung_resource(count) <= limit and count < 64:
             count += 1
         return count
 
+    def bracket_weights(self) -> list[int]:
+        """Relative number of trials per bracket (index = bracket)."""
+        count = self.brackets
+        if self.allocation is BracketAllocation.EVEN:
+            return [1] * count
+        s_max = count - 1
+        return [
+            math.ceil((s_max + 1) / (s + 1) * self.reduction_factor**s - RESOURCE_EPS)
+            for s in (s_max - b for b in range(count))
+        ]
+
     def bracket_of(self, trial_id: str) -> int:
-        """The trial's bracket, from a stable hash of its id (same in every process)."""
+        """The trial's bracket, from a stable hash of its id (same in every process),
+        drawn with ``bracket_weights``."""
         if self.brackets == 1:
             return 0
-        return zlib.crc32(trial_id.encode()) % self.brackets
+        weights = self.bracket_weights()
+        ticket = zlib.crc32(trial_id.encode()) % sum(weights)
+        for bracket, weight in enumerate(weights):
+            if ticket < weight:
+                return bracket
+            ticket -= weight
+        raise AssertionError("unreachable: ticket < sum(weights)")
 
     def format_resource(self, resource: float) -> str:
         unit = self.resource_unit

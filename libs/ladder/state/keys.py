@@ -7,13 +7,18 @@ stacks (or two test sessions) sharing one Redis never see each other's state.
 | ``{root}study:{sid}``                | hash   | study (Study proto), suggested, completed  |
 | ``{root}study:{sid}:pending``        | set    | trial ids suggested / running / resumable  |
 | ``{root}study:{sid}:resumable``      | zset   | resumable trial ids → queued ms (FIFO)     |
+| ``{root}study:{sid}:paused``         | zset   | PAUSED trial ids → paused ms (promotion    |
+|                                      |        | form; they wait for a PROMOTE)             |
 | ``{root}study:{sid}:draws:{p}``      | string | next draw index of partition p's sampler   |
 | ``{root}trial:{tid}``                | hash   | see ``TRIAL_FIELDS``                       |
 | ``{root}trial:{tid}:attempts``       | hash   | attempt id → attempt number (fencing)      |
-| ``{root}trial:{tid}:decision``       | hash   | action, proto (latest early-stop Decision) |
+| ``{root}trial:{tid}:decision``       | hash   | action, rung, proto (latest early-stop     |
+|                                      |        | Decision)                                  |
 | ``{root}leases``                     | zset   | trial id → lease / claim deadline ms       |
 | ``{root}outbox``                     | zset   | trial id → ms of a transition whose event  |
 |                                      |        | is not yet confirmed published             |
+| ``{root}offsets:{consumer}``         | hash   | "topic:partition" → next offset to read    |
+|                                      |        | (group-less consumers, shared progress)    |
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ TRIAL_FIELDS = {
     "last_value": "last value given with PruneTrial",
     "ckpt_uri": "last checkpoint uri",
     "ckpt_step": "step of the last checkpoint",
+    "paused_rung": "rung a PAUSED trial waits at (promotion form)",
     "final": "final value (repr) once COMPLETED",
     "closed": "signature of the call that ended the last attempt (idempotent repeats)",
     "reason": "reason of the last transition",
@@ -69,6 +75,9 @@ class Keys:
     def resumable(self, study_id: str) -> str:
         return f"{self.root}study:{study_id}:resumable"
 
+    def paused(self, study_id: str) -> str:
+        return f"{self.root}study:{study_id}:paused"
+
     def draws(self, study_id: str, partition: int) -> str:
         return f"{self.root}study:{study_id}:draws:{partition}"
 
@@ -88,3 +97,6 @@ class Keys:
     @property
     def outbox(self) -> str:
         return f"{self.root}outbox"
+
+    def offsets(self, consumer: str) -> str:
+        return f"{self.root}offsets:{consumer}"

@@ -9,7 +9,10 @@ zset) in the same script, so an event lost to a crash is found and re-published
 
 Status values: OK (changed), REPEAT (idempotent repeat, nothing changed),
 NOT_FOUND, STALE (attempt fenced), BUSY (another live attempt), STATE (wrong
-state for this call), CONFLICT (completed with a different value), BUDGET.
+state for this call), CONFLICT (completed with a different value), BUDGET,
+STOPPED (PauseTrial on a trial whose latest decision is STOP), and for
+STORE_DECISION: KEPT (a stronger decision stands), UNKNOWN, RESUMED (a PROMOTE
+made a PAUSED trial RESUMABLE).
 
 CREATE_TRIALS and CLAIM_RESUMABLE touch trial keys they only learn while running
 (the next sequence numbers, the popped queue entries); they receive the key root
@@ -27,6 +30,7 @@ _CONSTANTS = {
     "COMPLETED": trial_pb2.COMPLETED,
     "PRUNED": trial_pb2.PRUNED,
     "FAILED": trial_pb2.FAILED,
+    "PAUSED": trial_pb2.PAUSED,
     "EV_SUGGESTED": events_pb2.TRIAL_SUGGESTED,
     "EV_STARTED": events_pb2.TRIAL_STARTED,
     "EV_CHECKPOINTED": events_pb2.TRIAL_CHECKPOINTED,
@@ -34,7 +38,12 @@ _CONSTANTS = {
     "EV_PRUNED": events_pb2.TRIAL_PRUNED,
     "EV_FAILED": events_pb2.TRIAL_FAILED,
     "EV_LEASE_EXPIRED": events_pb2.TRIAL_LEASE_EXPIRED,
+    "EV_PAUSED": events_pb2.TRIAL_PAUSED,
+    "EV_PROMOTED": events_pb2.TRIAL_PROMOTED,
+    "CONTINUE": events_pb2.CONTINUE,
     "STOP": events_pb2.STOP,
+    "PROMOTE": events_pb2.PROMOTE,
+    "PAUSE": events_pb2.PAUSE,
 }
 
 _HEADER = (
@@ -63,6 +72,14 @@ local function mark(key, outbox, trial_id, kind, reason, now)
 end
 local function reply(status, key)
   return {status, redis.call('HGETALL', key)}
+end
+-- Within one rung a later verdict may only strengthen an earlier one:
+-- CONTINUE < PAUSE < PROMOTE < STOP (a PROMOTE lifts a PAUSE, never the reverse).
+local function strength(action)
+  if action == PAUSE then return 1 end
+  if action == PROMOTE then return 2 end
+  if action == STOP then return 3 end
+  return 0
 end
 """
 )
@@ -105,7 +122,7 @@ if state == RUNNING and current == attempt then
   redis.call('ZADD', leases, now + lease_ms, trial_id)
   return reply('REPEAT', t)
 end
-if terminal(state) then return reply('STATE', t) end
+if terminal(state) or state == PAUSED then return reply('STATE', t) end
 if redis.call('HEXISTS', attempts, attempt) == 1 then return reply('STALE', t) end
 if state == RUNNING then return reply('BUSY', t) end
 local n = redis.call('HINCRBY', t, 'attempt_no', 1)
@@ -185,6 +202,39 @@ redis.call('SREM', pending, trial_id)
 local reason = 'pruned'
 if ARGV[3] ~= '' then reason = reason .. ' at step ' .. ARGV[3] end
 mark(t, outbox, trial_id, EV_PRUNED, reason, now)
+return reply('OK', t)
+"""
+)
+
+# KEYS: trial, outbox, leases, pending, resumable, paused, decision
+# ARGV: attempt, signature, step, rung
+# ASHA promotion form: the attempt obeyed a PAUSE and checkpointed. The trial waits
+# PAUSED (no lease, not pending) at the rung of the latest PAUSE; when the PROMOTE for
+# that rung is already stored (it overtook the worker) it is RESUMABLE at once instead.
+PAUSE_TRIAL = _script(
+    _FENCE
+    + """
+local leases, pending, queue, paused, d = KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local rung = tonumber(ARGV[4])
+local decided = tonumber(redis.call('HGET', d, 'action'))
+local decided_rung = tonumber(redis.call('HGET', d, 'rung')) or -1
+if decided == STOP then return reply('STOPPED', t) end
+if decided == PAUSE and decided_rung > rung then rung = decided_rung end
+redis.call('HSET', t, 'lease_until', 0, 'closed', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', t, 'last_step', ARGV[3]) end
+redis.call('ZREM', leases, trial_id)
+if decided == PROMOTE and decided_rung >= rung then
+  redis.call('HSET', t, 'state', RESUMABLE)
+  redis.call('ZADD', queue, now, trial_id)
+  mark(t, outbox, trial_id, EV_PROMOTED, 'paused at rung ' .. rung
+    .. ' but already promoted: resumable at once', now)
+  return reply('OK', t)
+end
+redis.call('HSET', t, 'state', PAUSED, 'paused_rung', rung)
+redis.call('SREM', pending, trial_id)
+redis.call('ZADD', paused, now, trial_id)
+mark(t, outbox, trial_id, EV_PAUSED, 'paused at rung ' .. rung .. ' (step ' .. ARGV[3]
+  .. ') until promoted', now)
 return reply('OK', t)
 """
 )
@@ -299,16 +349,41 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return {'OK', ARGV[2]}
 """)
 
-# KEYS: trial, decision   ARGV: action, Decision proto
-# A STOP is final: a later PROMOTE / CONTINUE for the same trial does not undo it.
+# KEYS: trial, decision, outbox, resumable, paused, pending
+# ARGV: action, Decision proto, rung
+# Keeps the trial's latest verdict. A STOP is final; otherwise a decision about a lower
+# rung than the stored one, or a weaker one about the same rung (see ``strength``), is
+# KEPT out, so a replayed or reordered decision changes nothing. A PROMOTE for the rung
+# a PAUSED trial waits at makes it RESUMABLE (queued for Suggest) and is announced.
 STORE_DECISION = _script("""
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'UNKNOWN' end
-local current = tonumber(redis.call('HGET', KEYS[2], 'action'))
-local action = tonumber(ARGV[1])
-if current == STOP and action ~= STOP then return 'KEPT' end
-if current == action and redis.call('HGET', KEYS[2], 'proto') == ARGV[2] then return 'REPEAT' end
-redis.call('HSET', KEYS[2], 'action', action, 'proto', ARGV[2])
-return 'OK'
+local t, d, outbox, queue, paused, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+if redis.call('EXISTS', t) == 0 then return {'UNKNOWN', {}} end
+local current = tonumber(redis.call('HGET', d, 'action'))
+local current_rung = tonumber(redis.call('HGET', d, 'rung'))
+local action, rung = tonumber(ARGV[1]), tonumber(ARGV[3])
+if current == STOP and action ~= STOP then return {'KEPT', {}} end
+if current == action and redis.call('HGET', d, 'proto') == ARGV[2] then
+  return {'REPEAT', {}}
+end
+if current ~= nil and current_rung ~= nil and action ~= STOP then
+  if rung < current_rung or (rung == current_rung and strength(action) < strength(current)) then
+    return {'KEPT', {}}
+  end
+end
+redis.call('HSET', d, 'action', action, 'proto', ARGV[2], 'rung', rung)
+if action == PROMOTE and num(t, 'state') == PAUSED and num(t, 'paused_rung') == rung then
+  local now = now_ms()
+  local trial_id = field(t, 'id')
+  redis.call('HSET', t, 'state', RESUMABLE)
+  redis.call('HDEL', t, 'paused_rung')
+  redis.call('ZREM', paused, trial_id)
+  redis.call('SADD', pending, trial_id)
+  redis.call('ZADD', queue, now, trial_id)
+  mark(t, outbox, trial_id, EV_PROMOTED, 'promoted at rung ' .. rung
+    .. ': resumable from step ' .. field(t, 'ckpt_step'), now)
+  return reply('RESUMED', t)
+end
+return {'OK', {}}
 """)
 
 # KEYS: trial, outbox   ARGV: trial id, token ('<kind>|<version>|<reason>')
@@ -327,6 +402,7 @@ TRIAL_SCRIPTS = (
     "COMPLETE",
     "PRUNE",
     "FAIL",
+    "PAUSE_TRIAL",
     "EXPIRE",
     "CREATE_TRIALS",
     "CLAIM_RESUMABLE",

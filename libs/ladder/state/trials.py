@@ -104,6 +104,7 @@ def trial_from_hash(fields: dict[str, bytes]) -> trial_pb2.Trial:
     trial.last_step = _float(fields.get("last_step"))
     trial.checkpoint_uri = _text(fields.get("ckpt_uri"))
     trial.checkpoint_step = _float(fields.get("ckpt_step"))
+    trial.paused_rung = int(_text(fields.get("paused_rung")) or 0)
     final = _text(fields.get("final"))
     if final:
         trial.has_final_value = True
@@ -127,8 +128,7 @@ class TrialStore:
         self._study_of: dict[str, str] = {}
         self._lock = threading.Lock()
         self._scripts = {
-            name: client.register_script(getattr(scripts, name))
-            for name in scripts.TRIAL_SCRIPTS
+            name: client.register_script(getattr(scripts, name)) for name in scripts.TRIAL_SCRIPTS
         }
 
     # ------------------------------------------------------------------ reads
@@ -144,9 +144,7 @@ class TrialStore:
         for trial_id in trial_ids:
             pipe.hgetall(self.keys.trial(trial_id))
         rows = pipe.execute() if trial_ids else []
-        return [
-            trial_from_hash({_text(k): v for k, v in row.items()}) for row in rows if row
-        ]
+        return [trial_from_hash({_text(k): v for k, v in row.items()}) for row in rows if row]
 
     def study_of(self, trial_id: str) -> str:
         """The trial's study id (immutable, so cached); NOT_FOUND when unknown."""
@@ -165,6 +163,10 @@ class TrialStore:
 
     def pending(self, study_id: str) -> list[str]:
         return sorted(_text(m) for m in self.r.smembers(self.keys.pending(study_id)))
+
+    def paused(self, study_id: str) -> list[str]:
+        """PAUSED trials of the study (ASHA promotion form), oldest first."""
+        return [_text(m) for m in self.r.zrange(self.keys.paused(study_id), 0, -1)]
 
     def resumable(self, study_id: str) -> list[str]:
         return [_text(m) for m in self.r.zrange(self.keys.resumable(study_id), 0, -1)]
@@ -252,13 +254,37 @@ class TrialStore:
         return [trial_from_hash(_pairs(row)) for row in rows]
 
     def store_decision(self, decision: events_pb2.Decision) -> str:
-        """Keep the latest decision per trial (a STOP is never overridden).
-        Returns OK, REPEAT, KEPT or UNKNOWN (no such trial)."""
-        result = self._scripts["STORE_DECISION"](
-            keys=[self.keys.trial(decision.trial_id), self.keys.decision(decision.trial_id)],
-            args=[int(decision.action), decision.SerializeToString()],
+        """Keep the latest decision per trial (see ``apply_decision``); its status."""
+        return self.apply_decision(decision)[0]
+
+    def apply_decision(self, decision: events_pb2.Decision) -> tuple[str, Transition | None]:
+        """Keep the trial's latest decision: a STOP is never overridden, and an older
+        rung or a weaker verdict on the same rung does not replace a stored one.
+
+        Status OK, REPEAT, KEPT, UNKNOWN (no such trial) or RESUMED: a PROMOTE for the
+        rung a PAUSED trial waits at made it RESUMABLE; the transition (TRIAL_PROMOTED)
+        is returned for publishing."""
+        trial_id = decision.trial_id
+        try:
+            study = self.study_of(trial_id)
+        except StateError:
+            return "UNKNOWN", None
+        k = self.keys
+        status, flat = self._scripts["STORE_DECISION"](
+            keys=[
+                k.trial(trial_id),
+                k.decision(trial_id),
+                k.outbox,
+                k.resumable(study),
+                k.paused(study),
+                k.pending(study),
+            ],
+            args=[int(decision.action), decision.SerializeToString(), int(decision.rung)],
         )
-        return _text(result)
+        status = _text(status)
+        if status != "RESUMED":
+            return status, None
+        return status, self._transition(trial_id, "", "OK", _pairs(flat), "promote")
 
     # ----------------------------------------------------------- evaluate side
 
@@ -413,6 +439,31 @@ class TrialStore:
             ],
         )
         return self._transition(trial_id, attempt_id, status, fields, "prune")
+
+    def pause(self, trial_id: str, attempt_id: str, step: float | None, rung: int) -> Transition:
+        """The attempt obeyed a PAUSE (promotion form) after checkpointing ``step``."""
+        study = self.study_of(trial_id)
+        k = self.keys
+        status, fields = self._run(
+            "PAUSE_TRIAL",
+            trial_id,
+            [
+                k.trial(trial_id),
+                k.outbox,
+                k.leases,
+                k.pending(study),
+                k.resumable(study),
+                k.paused(study),
+                k.decision(trial_id),
+            ],
+            [attempt_id, f"pause|{attempt_id}", "" if not step else _number(step), rung],
+        )
+        if status == "STOPPED":
+            raise StateError(
+                "FAILED_PRECONDITION",
+                f"trial {trial_id!r} was stopped (latest decision STOP): prune it, not pause",
+            )
+        return self._transition(trial_id, attempt_id, status, fields, "pause")
 
     def fail(
         self, trial_id: str, attempt_id: str, reason: str, retryable: bool, max_attempts: int
