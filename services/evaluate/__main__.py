@@ -1,7 +1,9 @@
 """Evaluate service: ``python -m services.evaluate [--port N]``.
 
 The trial lifecycle for workers: StartTrial, Heartbeat (CONTINUE / STOP /
-PROMOTE), ReportCheckpoint, CompleteTrial, PruneTrial, FailTrial, GetTrial.
+PROMOTE / PAUSE), ReportCheckpoint, CompleteTrial, PruneTrial, PauseTrial, FailTrial,
+GetTrial. A PROMOTE decision for a PAUSED trial (ASHA promotion form) makes it
+RESUMABLE, so the next Suggest hands it out with its checkpoint.
 
 | env var / flag                     | default | meaning                                    |
 |------------------------------------|---------|--------------------------------------------|
@@ -17,7 +19,8 @@ PROMOTE), ReportCheckpoint, CompleteTrial, PruneTrial, FailTrial, GetTrial.
 plus the shared ``Settings`` (LADDER_KAFKA_BOOTSTRAP, LADDER_REDIS_URL,
 LADDER_TOPIC_PREFIX, ...; see ``ladder.config``).
 
-Consumes the decisions topic in group ``<topic prefix>evaluate`` and publishes a
+Consumes every partition of the decisions topic (progress kept in Redis, see
+``ladder.state.offsets``; no consumer group) and publishes a
 TrialEvent for every transition on the trials topic.
 """
 
@@ -28,10 +31,11 @@ import logging
 import os
 
 from ladder import telemetry
-from ladder.bus import ConsumerLoop, EventProducer
+from ladder.bus import ConsumerLoop, EventProducer, Record
+from ladder.codec import BadRecord
 from ladder.config import Settings
 from ladder.grpcserver import ServiceHost
-from ladder.state import open_state
+from ladder.state import ConsumerOffsets, open_state
 from ladder.v1 import evaluate_pb2_grpc
 
 from services.evaluate.publisher import TransitionPublisher
@@ -75,13 +79,28 @@ def main(argv: list[str] | None = None) -> None:
     producer = EventProducer(settings, "evaluate")
     publisher = TransitionPublisher(settings, producer, state.trials)
     servicer = EvaluateServicer(state, publisher, args.lease_seconds, args.max_attempts)
+    # Every evaluate process reads every decisions partition (decisions are few: one
+    # per rung crossing) and applies them idempotently to the shared Redis, so there
+    # is no consumer-group rebalance to wait out when a process starts or dies.
+    offsets = ConsumerOffsets(state.client, state.keys, "evaluate-decisions")
+
+    def on_decision(record: Record) -> None:
+        try:
+            servicer.on_decision(record)
+        except BadRecord:
+            # Dead-lettered by the loop: never read again after a restart.
+            offsets.advance(record.topic, record.partition, record.offset + 1)
+            raise
+        offsets.advance(record.topic, record.partition, record.offset + 1)
+
     consumer = ConsumerLoop(
         settings,
         "evaluate",
         [settings.topics.decisions],
-        servicer.on_decision,
+        on_decision,
         producer,
-        group_id=f"{settings.topics.prefix}evaluate",
+        group_id=None,
+        start_offsets=offsets.load,
     ).start()
     sweeper = LeaseSweeper(state.trials, publisher, sweep, args.outbox_retry_seconds).start()
 

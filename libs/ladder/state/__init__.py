@@ -14,6 +14,7 @@ import redis
 
 from ladder.config import Settings
 from ladder.state.keys import Keys
+from ladder.state.offsets import ConsumerOffsets
 from ladder.state.studies import StudyStore
 from ladder.state.trials import (
     TERMINAL,
@@ -48,6 +49,7 @@ def open_state(settings: Settings, client: redis.Redis | None = None) -> State:
 __all__ = [
     "TERMINAL",
     "BudgetExhausted",
+    "ConsumerOffsets",
     "Keys",
     "State",
     "StateError",
