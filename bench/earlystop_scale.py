@@ -4,22 +4,28 @@
 
     nice -n 5 .venv/bin/python bench/earlystop_scale.py [--duration 60] [--quick]
 
-Scenarios (each a fresh ASHA study, run by ``python -m workers.loadsim``):
+Scenarios, in this order (each a fresh ASHA study; the loadsim ones are run by
+``python -m workers.loadsim``):
 
 1. ``1000w-1es``: 1,000 workers at 1 report/s, one early-stop process (the stack's);
-2. ``1000w-2es``: the same with a second early-stop process (same Faust app id, so it
-   joins the group and takes half of the 4 partitions);
-3. ``200w-kill``: two early-stop processes, the second one SIGKILLed half way through the
-   run (at a load below saturation, ``--kill-workers``); the survivor takes its
-   partitions over and recovers the decision state from the changelogs. Decisions
-   lost must be 0; the recovery gap is how long the reports of the killed
-   partitions waited for their decisions;
-4. ``5000w-2es``: 5,000 workers, two early-stop processes: measured as is, even if
-   something saturates (last: its backlog would delay whatever runs after it).
+2. ``capacity-1es``: what one process sustains: ``--capacity`` trials x steps reports
+   produced at once, timed until every implied crossing has its decision;
+3. ``1000w-2es``: 1,000 workers with a second early-stop process (same Faust app id,
+   so it joins the group and takes half of the 4 partitions);
+4. ``capacity-2es``: the capacity backlog with the two processes (ratio to 2.);
+5. ``5000w-2es``: 5,000 workers, two early-stop processes: measured as is, even if
+   something saturates;
+6. ``200w-kill``: the second process SIGKILLed half way through the run (at a load
+   below saturation, ``--kill-workers``); the survivor takes its partitions over and
+   recovers the decision state from the changelogs. Decisions lost must be 0; the
+   recovery gap is how long the reports of the killed partitions waited.
 
 Each scenario first waits (bounded) until the early-stop group has no metrics backlog.
+The simulator runs ``LOADSIM_NICE`` steps nicer than the stack (the load generator
+should not take the CPU of the system it measures); the early-stop settings come from
+the environment (e.g. ``LADDER_EARLYSTOP_STANDBY_REPLICAS=1`` to compare takeovers).
 
-For each: metric events/s committed by the early-stop group, report-to-decision
+For each loadsim one: metric events/s committed by the early-stop group, report-to-decision
 latency percentiles, the counts check, and the CPU used per process (where it
 saturates). Writes bench/results/earlystop-scale.json and .png.
 """
@@ -48,6 +54,7 @@ from ladder.stack.ports import free_port
 RESULTS = Path(__file__).resolve().parent / "results"
 PACKAGES = ("faust-streaming", "aiokafka", "kafka-python", "grpcio", "protobuf")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+LOADSIM_NICE = 5
 
 
 def log(message: str) -> None:
@@ -71,7 +78,8 @@ def serving(addr: str) -> bool:
     with grpc.insecure_channel(addr) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1)
+                health_pb2.HealthCheckRequest(service=""), timeout=1
+            )
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -91,16 +99,26 @@ class ExtraEarlyStop:
     def __init__(self, env: dict[str, str], state: Path) -> None:
         port = free_port()
         self.addr = f"127.0.0.1:{port}"
-        child_env = {**env, "LADDER_EARLYSTOP_HEALTH_PORT": str(port),
-                     "LADDER_EARLYSTOP_WEB_PORT": "0",
-                     "LADDER_EARLYSTOP_DATA_DIR": str(state / f"earlystop-extra-{port}")}
+        child_env = {
+            **env,
+            "LADDER_EARLYSTOP_HEALTH_PORT": str(port),
+            "LADDER_EARLYSTOP_WEB_PORT": "0",
+            "LADDER_EARLYSTOP_DATA_DIR": str(state / f"earlystop-extra-{port}"),
+        }
         self.log_path = state / "logs" / f"earlystop-extra-{port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "services.earlystop"],
-                                         env=child_env, stdout=out, stderr=subprocess.STDOUT)
-        wait_until(lambda: self.proc.poll() is None and serving(self.addr), 120,
-                   "the second early-stop process")
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "services.earlystop"],
+                env=child_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(
+            lambda: self.proc.poll() is None and serving(self.addr),
+            120,
+            "the second early-stop process",
+        )
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -124,8 +142,11 @@ def metrics_backlog(env: dict[str, str]) -> int:
 
     prefix = env.get("LADDER_TOPIC_PREFIX", "ladder.")
     topic = Topics(prefix).metrics
-    consumer = KafkaConsumer(bootstrap_servers=env["LADDER_KAFKA_BOOTSTRAP"].split(","),
-                             group_id=app_id(prefix), enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=env["LADDER_KAFKA_BOOTSTRAP"].split(","),
+        group_id=app_id(prefix),
+        enable_auto_commit=False,
+    )
     try:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
         ends = consumer.end_offsets(parts)
@@ -143,19 +164,43 @@ def wait_drained(env: dict[str, str], timeout: float) -> int:
     return left
 
 
-def run_loadsim(env: dict[str, str], workdir: Path, name: str, workers: int, duration: float,
-                pids: dict[str, int], kill: tuple[float, ExtraEarlyStop] | None = None
-                ) -> dict[str, Any]:
+def run_loadsim(
+    env: dict[str, str],
+    workdir: Path,
+    name: str,
+    workers: int,
+    duration: float,
+    pids: dict[str, int],
+    kill: tuple[float, ExtraEarlyStop] | None = None,
+) -> dict[str, Any]:
     backlog = wait_drained(env, 240)
     timeline = workdir / f"{name}.timeline.jsonl"
-    argv = [sys.executable, "-m", "workers.loadsim", "--workers", str(workers),
-            "--processes", "2", "--rate", "1.0", "--duration", str(duration),
-            "--drain", "60", "--timeline", str(timeline)]
+    argv = [
+        sys.executable,
+        "-m",
+        "workers.loadsim",
+        "--workers",
+        str(workers),
+        "--processes",
+        "2",
+        "--rate",
+        "1.0",
+        "--duration",
+        str(duration),
+        "--drain",
+        "60",
+        "--timeline",
+        str(timeline),
+    ]
     log(f"{name}: {workers} workers for {duration:g}s (load {load_average()})")
     cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    # The load generator runs LOADSIM_NICE steps nicer than the system under test:
+    # on 2 shared cores it would otherwise take the CPU the services need.
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(LOADSIM_NICE)
+    )
     killed_at = None
     if kill is not None:
         # Loadsim starts its clock ~3 s after launch (imports, connections).
@@ -171,15 +216,114 @@ def run_loadsim(env: dict[str, str], workdir: Path, name: str, workers: int, dur
     summary["metrics_backlog_at_start"] = backlog
     summary["cpu_percent_during_run"] = {
         n: round(100 * (cpu_seconds(p) - cpu_before[n]) / elapsed, 1)
-        for n, p in pids.items() if cpu_seconds(p) > 0
+        for n, p in pids.items()
+        if cpu_seconds(p) > 0
     }
-    summary["cpu_percent_during_run"]["loadsim (all processes)"] = round(100 * (
-        children_after.ru_utime + children_after.ru_stime
-        - children_before.ru_utime - children_before.ru_stime) / elapsed, 1)
+    summary["cpu_percent_during_run"]["loadsim (all processes)"] = round(
+        100
+        * (
+            children_after.ru_utime
+            + children_after.ru_stime
+            - children_before.ru_utime
+            - children_before.ru_stime
+        )
+        / elapsed,
+        1,
+    )
     summary["earlystop"].pop("samples", None)
     if killed_at is not None:
         summary["kill"] = kill_effect(timeline, killed_at - summary["run_start_unix"])
     log(f"{name}: {json.dumps(headline(summary))}")
+    return summary
+
+
+def run_capacity(
+    env: dict[str, str], name: str, trials: int, steps: int, pids: dict[str, int]
+) -> dict[str, Any]:
+    """Capacity: ``trials x steps`` reports produced at once (step by step, as workers
+    would), then the time until every implied rung crossing has its decision.
+
+    The backlog keeps the early-stop app busy for the whole measurement, so
+    reports/s here is what the app sustains, not what a simulator offered. Also
+    reports the early-stop CPU seconds spent per report.
+    """
+    from kafka import KafkaProducer
+    from ladder.client import LadderClient, study_config
+    from ladder.config import Settings
+    from ladder.v1 import events_pb2
+
+    from workers.loadsim_observe import DecisionLog, counts_check, expected_crossings
+    from workers.loadsim_sim import curve_value
+
+    wait_drained(env, 240)
+    settings = Settings.from_env()  # main() put the stack's endpoints in os.environ
+    config = study_config(
+        {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        name=name,
+        metric="loss",
+        algorithm="random",
+        seed=7,
+        scheduler={
+            "kind": "asha",
+            "min_resource": 4,
+            "max_resource": 108,
+            "reduction_factor": 3,
+            "min_population": 3,
+        },
+    )
+    with LadderClient(settings) as client:
+        study_id = client.create_study(config).study_id
+    decisions = DecisionLog(settings, study_id)
+    trial_ids = [f"{study_id}-cap{i}" for i in range(trials)]
+    expected = expected_crossings(dict.fromkeys(trial_ids, steps), [4.0, 12.0, 36.0])
+    log(f"{name}: {trials} trials x {steps} steps at once (load {load_average()})")
+    cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap.split(","), acks="all", linger_ms=5
+    )
+    started = time.time()
+    for step in range(1, steps + 1):
+        for trial_id in trial_ids:
+            report = events_pb2.MetricReport(
+                study_id=study_id,
+                trial_id=trial_id,
+                metric="loss",
+                step=step,
+                value=curve_value(7, trial_id, step),
+                ts_ms=int(time.time() * 1000),
+            )
+            producer.send(
+                settings.topics.metrics, key=trial_id.encode(), value=report.SerializeToString()
+            )
+    producer.flush()
+    produced_s = time.time() - started
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if expected <= {(d.trial_id, d.rung) for d in decisions.snapshot()}:
+            break
+        time.sleep(0.2)  # polling the observer until the deadline
+    elapsed = time.time() - started
+    time.sleep(1.0)  # a duplicate would arrive right behind the first copy
+    seen = decisions.snapshot()
+    decisions.close()
+    producer.close()
+    cpu = {n: round(cpu_seconds(p) - cpu_before[n], 1) for n, p in pids.items()}
+    reports = trials * steps
+    earlystop_cpu = sum(v for n, v in cpu.items() if n.startswith("earlystop"))
+    summary = {
+        "study_id": study_id,
+        "trials": trials,
+        "steps": steps,
+        "reports": reports,
+        "produced_in_s": round(produced_s, 1),
+        "all_decided_in_s": round(elapsed, 1),
+        "reports_per_s": round(reports / elapsed, 1),
+        "earlystop_cpu_ms_per_report": round(1000 * earlystop_cpu / reports, 3),
+        "cpu_seconds": cpu,
+        "load_average_after": load_average(),
+        "counts": counts_check(expected, seen),
+    }
+    log(f"{name}: {json.dumps(summary)}")
     return summary
 
 
@@ -215,13 +359,17 @@ def kill_effect(timeline: Path, killed_t: float) -> dict[str, Any]:
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
     lat = summary["latency_ms"]["report_to_decision_on_topic"]
-    return {"acked_per_s": summary["reports"]["acked_per_s"],
-            "processed_per_s": summary["earlystop"]["processed_per_s_steady"],
-            "lag_at_end": summary["earlystop"]["lag_at_run_end"],
-            "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"),
-            "counts_ok": summary["counts"]["ok"], "missing": summary["counts"]["missing"],
-            "duplicates": summary["counts"]["duplicates"],
-            "cpu": summary["cpu_percent_during_run"]}
+    return {
+        "acked_per_s": summary["reports"]["acked_per_s"],
+        "processed_per_s": summary["earlystop"]["processed_per_s_steady"],
+        "lag_at_end": summary["earlystop"]["lag_at_run_end"],
+        "p50_ms": lat.get("p50"),
+        "p99_ms": lat.get("p99"),
+        "counts_ok": summary["counts"]["ok"],
+        "missing": summary["counts"]["missing"],
+        "duplicates": summary["counts"]["duplicates"],
+        "cpu": summary["cpu_percent_during_run"],
+    }
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -230,12 +378,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results)
+    names = [n for n in results if "latency_ms" in results[n]]  # the loadsim scenarios
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.25
     for i, q in enumerate(("p50", "p90", "p99")):
-        values = [results[n]["latency_ms"]["report_to_decision_on_topic"].get(q, 0)
-                  for n in names]
+        values = [results[n]["latency_ms"]["report_to_decision_on_topic"].get(q, 0) for n in names]
         ax.bar([x + (i - 1) * width for x in range(len(names))], values, width, label=q)
     ax.set_xticks(range(len(names)), names)
     ax.set_yscale("log")
@@ -253,65 +400,117 @@ def machine() -> dict[str, Any]:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "versions": versions,
-            "load_average_start": load_average()}
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "load_average_start": load_average(),
+        "earlystop_env": {k: v for k, v in os.environ.items() if k.startswith("LADDER_EARLYSTOP_")},
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--big", type=int, default=5000, help="workers of the big scenario")
-    parser.add_argument("--kill-workers", type=int, default=200,
-                        help="workers of the kill scenario (below saturation)")
-    parser.add_argument("--scenarios", default="1es,2es,kill,big",
-                        help="comma-separated subset of 1es, 2es, kill, big")
-    parser.add_argument("--merge", action="store_true",
-                        help="add the scenarios to an existing --out file")
+    parser.add_argument(
+        "--kill-workers",
+        type=int,
+        default=200,
+        help="workers of the kill scenario (below saturation)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default="1es,cap,2es,big,kill",
+        help="comma-separated subset of 1es, cap, 2es, big, kill",
+    )
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        nargs=2,
+        default=(1000, 40),
+        metavar=("TRIALS", "STEPS"),
+        help="backlog of the capacity scenarios",
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="add the scenarios to an existing --out file"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "earlystop-scale.json")
     args = parser.parse_args()
     wanted = set(args.scenarios.split(","))
-    report: dict[str, Any] = {"seed": 7, "rate_per_worker": 1.0, "topic_partitions": 4,
-                              "scenarios": {}}
+    report: dict[str, Any] = {
+        "seed": 7,
+        "rate_per_worker": 1.0,
+        "topic_partitions": 4,
+        "loadsim_nice_relative": LOADSIM_NICE,
+        "scenarios": {},
+    }
     if args.merge and args.out.exists():
         report = json.loads(args.out.read_text())
-    report.setdefault("runs", []).append({"machine": machine(), "duration_s": args.duration,
-                                          "scenarios": sorted(wanted)})
+    report.setdefault("runs", []).append(
+        {"machine": machine(), "duration_s": args.duration, "scenarios": sorted(wanted)}
+    )
     scenarios = report["scenarios"]
     with tempfile.TemporaryDirectory(prefix="ladder-scale-") as tmp:
         state = Path(tmp)
         stack = Stack(state, services=True)
         info = stack.up()
-        env = {**os.environ, **stack.env()}
-        pids = {name: info["pids"][name]["pid"] for name in
-                ("kafka", "redis", "suggest", "evaluate", "lineage", "earlystop")}
+        os.environ.update(stack.env())
+        env = dict(os.environ)
+        pids = {
+            name: info["pids"][name]["pid"]
+            for name in ("kafka", "redis", "suggest", "evaluate", "lineage", "earlystop")
+        }
         extra: ExtraEarlyStop | None = None
         try:
+            cap_trials, cap_steps = args.capacity
             if "1es" in wanted:
-                scenarios["1000w-1es"] = run_loadsim(env, state, "1000w-1es", 1000,
-                                                     args.duration, pids)
+                scenarios["1000w-1es"] = run_loadsim(
+                    env, state, "1000w-1es", 1000, args.duration, pids
+                )
+            if "cap" in wanted:
+                scenarios["capacity-1es"] = run_capacity(
+                    env, "capacity-1es", cap_trials, cap_steps, pids
+                )
             extra = ExtraEarlyStop(env, state)
             pids["earlystop-2"] = extra.proc.pid
             if "2es" in wanted:
-                scenarios["1000w-2es"] = run_loadsim(env, state, "1000w-2es", 1000,
-                                                     args.duration, pids)
-            if "kill" in wanted:
-                # Below saturation, so the gap measured is the takeover, not a queue.
-                name = f"{args.kill_workers}w-kill"
-                scenarios[name] = run_loadsim(env, state, name, args.kill_workers,
-                                              args.duration, pids,
-                                              kill=(args.duration / 2, extra))
+                scenarios["1000w-2es"] = run_loadsim(
+                    env, state, "1000w-2es", 1000, args.duration, pids
+                )
+            if "cap" in wanted:
+                scenarios["capacity-2es"] = run_capacity(
+                    env, "capacity-2es", cap_trials, cap_steps, pids
+                )
             if "big" in wanted:
                 name = f"{args.big}w-2es"
                 scenarios[name] = run_loadsim(env, state, name, args.big, args.duration, pids)
+            if "kill" in wanted:
+                # Below saturation, so the gap measured is the takeover, not a queue.
+                name = f"{args.kill_workers}w-kill"
+                scenarios[name] = run_loadsim(
+                    env,
+                    state,
+                    name,
+                    args.kill_workers,
+                    args.duration,
+                    pids,
+                    kill=(args.duration / 2, extra),
+                )
         finally:
             if extra is not None:
                 extra.stop()
             stack.down()
-    one, two = (scenarios.get(n, {}).get("earlystop", {}).get("processed_per_s_steady")
-                for n in ("1000w-1es", "1000w-2es"))
+    one, two = (
+        scenarios.get(n, {}).get("earlystop", {}).get("processed_per_s_steady")
+        for n in ("1000w-1es", "1000w-2es")
+    )
     report["ratio_2es_vs_1es_processed"] = round(two / one, 2) if one and two else None
+    one, two = (scenarios.get(n, {}).get("reports_per_s") for n in ("capacity-1es", "capacity-2es"))
+    report["ratio_2es_vs_1es_capacity"] = round(two / one, 2) if one and two else None
     report["load_average_end"] = load_average()
     report["machine"] = report["runs"][-1]["machine"]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -95,9 +95,13 @@ def create_study(settings: Settings, options: LoadOptions) -> str:
         name=f"loadsim-{options.workers}w",
         metric=METRIC,
         algorithm="random",
-        scheduler={"kind": "asha", "min_resource": options.min_resource,
-                   "max_resource": options.max_resource, "reduction_factor": 3,
-                   "min_population": 3},
+        scheduler={
+            "kind": "asha",
+            "min_resource": options.min_resource,
+            "max_resource": options.max_resource,
+            "reduction_factor": 3,
+            "min_population": 3,
+        },
         seed=options.seed,
     )
     with LadderClient(settings) as client:
@@ -126,11 +130,20 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
     progress = GroupProgress(settings, earlystop_group(settings))
     start_at = time.time() + START_DELAY_S
     configs = [
-        SimConfig(study_id=study_id, metric=spec.metric or METRIC, first_worker=first,
-                  workers=count, rate=options.rate, duration=options.duration,
-                  max_resource=max_resource, heartbeat_every=options.heartbeat_every,
-                  seed=options.seed, start_at=start_at)
-        for first, count in split(options.workers, options.processes) if count
+        SimConfig(
+            study_id=study_id,
+            metric=spec.metric or METRIC,
+            first_worker=first,
+            workers=count,
+            rate=options.rate,
+            duration=options.duration,
+            max_resource=max_resource,
+            heartbeat_every=options.heartbeat_every,
+            seed=options.seed,
+            start_at=start_at,
+        )
+        for first, count in split(options.workers, options.processes)
+        if count
     ]
     with ProcessPoolExecutor(len(configs), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(run_process, settings, c) for c in configs]
@@ -176,8 +189,9 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
             "failed": total("reports_failed"),
             "acked_per_s": round(total("reports_acked") / options.duration, 1),
         },
-        "trials": {k: total(f"trials_{k}") for k in
-                   ("started", "pruned", "completed", "unfinished")},
+        "trials": {
+            k: total(f"trials_{k}") for k in ("started", "pruned", "completed", "unfinished")
+        },
         "heartbeats": total("heartbeats"),
         "rpc_errors": _merge([r["rpc_errors"] for r in results]),
         "simulator_loop_lag_ms_max": round(max(r["loop_lag_ms_max"] for r in results), 1),
@@ -190,13 +204,17 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
         },
         "latency_ms": {
             "report_to_decision_produced": percentiles(
-                d.decided_ts_ms - d.report_ts_ms for d in seen if d.report_ts_ms),
+                d.decided_ts_ms - d.report_ts_ms for d in seen if d.report_ts_ms
+            ),
             "report_to_decision_on_topic": percentiles(
-                d.seen_ms - d.report_ts_ms for d in seen if d.report_ts_ms),
+                d.seen_ms - d.report_ts_ms for d in seen if d.report_ts_ms
+            ),
             "report_to_stop_obeyed_fast_path": percentiles(
-                v for r in results for v in r["stop_latency_fast_ms"]),
+                v for r in results for v in r["stop_latency_fast_ms"]
+            ),
             "report_to_stop_obeyed_heartbeat": percentiles(
-                v for r in results for v in r["stop_latency_heartbeat_ms"]),
+                v for r in results for v in r["stop_latency_heartbeat_ms"]
+            ),
         },
         "stops": {
             "on_topic": sum(d.action == events_pb2.STOP for d in seen),
@@ -208,9 +226,17 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
     if options.timeline:
         with options.timeline.open("w") as out:
             for d in seen:
-                out.write(json.dumps({"t": round(d.report_ts_ms / 1000 - start_at, 3),
-                                      "lat_ms": round(d.seen_ms - d.report_ts_ms, 1),
-                                      "rung": d.rung, "action": d.action}) + "\n")
+                out.write(
+                    json.dumps(
+                        {
+                            "t": round(d.report_ts_ms / 1000 - start_at, 3),
+                            "lat_ms": round(d.seen_ms - d.report_ts_ms, 1),
+                            "rung": d.rung,
+                            "action": d.action,
+                        }
+                    )
+                    + "\n"
+                )
     return summary
 
 
@@ -224,8 +250,10 @@ def _merge(dicts: list[dict[str, int]]) -> dict[str, int]:
 
 def parse_args(argv: list[str] | None) -> LoadOptions:
     parser = argparse.ArgumentParser(
-        prog="python -m workers.loadsim", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m workers.loadsim",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--workers", type=int, default=100)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--rate", type=float, default=1.0)
@@ -244,10 +272,17 @@ def parse_args(argv: list[str] | None) -> LoadOptions:
     if args.rate <= 0 or args.duration <= 0 or args.drain < 0:
         parser.error("--rate and --duration must be > 0, --drain >= 0")
     return LoadOptions(
-        workers=args.workers, processes=min(args.processes, args.workers), rate=args.rate,
-        duration=args.duration, study_id=args.study, min_resource=args.min_resource,
-        max_resource=args.max_resource, heartbeat_every=args.heartbeat_every,
-        drain=args.drain, seed=args.seed, timeline=args.timeline,
+        workers=args.workers,
+        processes=min(args.processes, args.workers),
+        rate=args.rate,
+        duration=args.duration,
+        study_id=args.study,
+        min_resource=args.min_resource,
+        max_resource=args.max_resource,
+        heartbeat_every=args.heartbeat_every,
+        drain=args.drain,
+        seed=args.seed,
+        timeline=args.timeline,
     )
 
 

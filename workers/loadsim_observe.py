@@ -30,8 +30,13 @@ def percentiles(values: Iterable[float]) -> dict[str, float | int]:
     def pick(q: float) -> float:
         return round(data[min(len(data) - 1, int(q * len(data)))], 1)
 
-    return {"n": len(data), "p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99),
-            "max": round(data[-1], 1)}
+    return {
+        "n": len(data),
+        "p50": pick(0.50),
+        "p90": pick(0.90),
+        "p99": pick(0.99),
+        "max": round(data[-1], 1),
+    }
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,16 @@ class DecisionLog:
                         except Exception:  # noqa: BLE001 - other producers' records
                             continue
                         if decision.study_id == self.study_id:
-                            batch.append(SeenDecision(
-                                decision.trial_id, decision.rung, decision.action,
-                                decision.report_ts_ms, decision.ts_ms, seen_ms))
+                            batch.append(
+                                SeenDecision(
+                                    decision.trial_id,
+                                    decision.rung,
+                                    decision.action,
+                                    decision.report_ts_ms,
+                                    decision.ts_ms,
+                                    seen_ms,
+                                )
+                            )
                     with self._lock:
                         self.decisions.extend(batch)
         finally:
@@ -116,11 +128,16 @@ class GroupProgress:
         bootstrap = self.settings.kafka_bootstrap.split(",")
         # group_id only for OffsetFetch: this consumer never subscribes, so it never
         # joins the group (no rebalance of the early-stop workers).
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=self.group_id,
-                                 enable_auto_commit=False, client_id="ladder-loadsim-progress")
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            client_id="ladder-loadsim-progress",
+        )
         topic = self.settings.topics.metrics
-        partitions = [TopicPartition(topic, p)
-                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
         try:
             while not self._stop.is_set():
                 try:
@@ -169,8 +186,7 @@ def expected_crossings(
     }
 
 
-def counts_check(expected: set[tuple[str, int]], decisions: list[SeenDecision]
-                 ) -> dict[str, Any]:
+def counts_check(expected: set[tuple[str, int]], decisions: list[SeenDecision]) -> dict[str, Any]:
     seen = Counter((d.trial_id, d.rung) for d in decisions)
     duplicates = {key: n for key, n in seen.items() if n > 1}
     # A duplicate with a different verdict would mean the leaderboard counted twice.

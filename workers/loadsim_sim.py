@@ -161,9 +161,11 @@ class Simulator:
                             decision.ParseFromString(record.value)
                         except Exception:  # noqa: BLE001 - not ours to judge
                             continue
-                        if (decision.action == events_pb2.STOP
-                                and decision.study_id == self.config.study_id
-                                and decision.trial_id in self.live):
+                        if (
+                            decision.action == events_pb2.STOP
+                            and decision.study_id == self.config.study_id
+                            and decision.trial_id in self.live
+                        ):
                             self.loop.call_soon_threadsafe(self._stop_seen, decision, seen_ms, True)
         finally:
             consumer.close()
@@ -188,8 +190,9 @@ class Simulator:
         key = f"{what}:{code}"
         self.result.rpc_errors[key] = self.result.rpc_errors.get(key, 0) + 1
 
-    async def _worker(self, index: int, producer: KafkaProducer, suggest: Any, evaluate: Any,
-                      deadline: float) -> None:
+    async def _worker(
+        self, index: int, producer: KafkaProducer, suggest: Any, evaluate: Any, deadline: float
+    ) -> None:
         cfg = self.config
         worker_id = f"sim-{index}"
         interval = 1.0 / cfg.rate
@@ -200,16 +203,20 @@ class Simulator:
         while time.monotonic() < deadline:
             try:
                 reply = await suggest.Suggest(
-                    suggest_pb2.SuggestRequest(study_id=cfg.study_id, worker_id=worker_id,
-                                               count=1), timeout=CALL_TIMEOUT_S)
+                    suggest_pb2.SuggestRequest(study_id=cfg.study_id, worker_id=worker_id, count=1),
+                    timeout=CALL_TIMEOUT_S,
+                )
                 if not reply.suggestions:
                     await asyncio.sleep(interval)
                     continue
                 trial_id = reply.suggestions[0].trial.trial_id
                 attempt_id = uuid.uuid4().hex
-                await evaluate.StartTrial(evaluate_pb2.StartTrialRequest(
-                    trial_id=trial_id, worker_id=worker_id, attempt_id=attempt_id),
-                    timeout=CALL_TIMEOUT_S)
+                await evaluate.StartTrial(
+                    evaluate_pb2.StartTrialRequest(
+                        trial_id=trial_id, worker_id=worker_id, attempt_id=attempt_id
+                    ),
+                    timeout=CALL_TIMEOUT_S,
+                )
             except grpc.RpcError as exc:
                 self._rpc_error("start", exc)
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
@@ -226,8 +233,15 @@ class Simulator:
             finally:
                 self.live.pop(trial_id, None)
 
-    async def _run_trial(self, trial: _Trial, producer: KafkaProducer, evaluate: Any,
-                         topic: str, interval: float, deadline: float) -> None:
+    async def _run_trial(
+        self,
+        trial: _Trial,
+        producer: KafkaProducer,
+        evaluate: Any,
+        topic: str,
+        interval: float,
+        deadline: float,
+    ) -> None:
         cfg = self.config
         step = 0
         value = math.nan
@@ -251,19 +265,28 @@ class Simulator:
             value = curve_value(cfg.seed, trial.trial_id, step)
             ts_ms = int(time.time() * 1000)
             report = events_pb2.MetricReport(
-                study_id=cfg.study_id, trial_id=trial.trial_id, attempt_id=trial.attempt_id,
-                metric=cfg.metric, step=step, value=value, ts_ms=ts_ms,
+                study_id=cfg.study_id,
+                trial_id=trial.trial_id,
+                attempt_id=trial.attempt_id,
+                metric=cfg.metric,
+                step=step,
+                value=value,
+                ts_ms=ts_ms,
                 worker_id=f"sim-{trial.trial_id}",
             )
-            future = producer.send(topic, key=trial.trial_id.encode(),
-                                   value=report.SerializeToString())
+            future = producer.send(
+                topic, key=trial.trial_id.encode(), value=report.SerializeToString()
+            )
             self.result.reports_sent += 1
             future.add_callback(lambda _md, t=trial.trial_id, s=step: self._on_ack(t, s))
             future.add_errback(self._on_send_error)
             if step % cfg.heartbeat_every == 0 and not trial.stopped.is_set():
-                reply = await evaluate.Heartbeat(evaluate_pb2.HeartbeatRequest(
-                    trial_id=trial.trial_id, attempt_id=trial.attempt_id, step=step),
-                    timeout=CALL_TIMEOUT_S)
+                reply = await evaluate.Heartbeat(
+                    evaluate_pb2.HeartbeatRequest(
+                        trial_id=trial.trial_id, attempt_id=trial.attempt_id, step=step
+                    ),
+                    timeout=CALL_TIMEOUT_S,
+                )
                 self.result.heartbeats += 1
                 if reply.action == events_pb2.STOP:
                     self._stop_seen(reply.decision, time.time() * 1000, fast=False)
@@ -274,35 +297,49 @@ class Simulator:
                 self.result.stop_latency_fast_ms.append(latency)
             else:
                 self.result.stop_latency_heartbeat_ms.append(latency)
-            await evaluate.PruneTrial(evaluate_pb2.PruneTrialRequest(
-                trial_id=trial.trial_id, attempt_id=trial.attempt_id, step=step,
-                last_value=value), timeout=CALL_TIMEOUT_S)
+            await evaluate.PruneTrial(
+                evaluate_pb2.PruneTrialRequest(
+                    trial_id=trial.trial_id,
+                    attempt_id=trial.attempt_id,
+                    step=step,
+                    last_value=value,
+                ),
+                timeout=CALL_TIMEOUT_S,
+            )
             self.result.trials_pruned += 1
         else:
-            await evaluate.CompleteTrial(evaluate_pb2.CompleteTrialRequest(
-                trial_id=trial.trial_id, attempt_id=trial.attempt_id, value=value, step=step),
-                timeout=CALL_TIMEOUT_S)
+            await evaluate.CompleteTrial(
+                evaluate_pb2.CompleteTrialRequest(
+                    trial_id=trial.trial_id, attempt_id=trial.attempt_id, value=value, step=step
+                ),
+                timeout=CALL_TIMEOUT_S,
+            )
             self.result.trials_completed += 1
 
     async def run(self) -> ProcessResult:
         cfg = self.config
         self.loop = asyncio.get_running_loop()
         consumer = self._decisions_consumer()
-        observer = threading.Thread(target=self._observe_decisions, args=(consumer,),
-                                    name="decisions-observer", daemon=True)
+        observer = threading.Thread(
+            target=self._observe_decisions, args=(consumer,), name="decisions-observer", daemon=True
+        )
         observer.start()
         producer = self._producer()
         options = [("grpc.max_concurrent_streams", 10000)]
-        async with (grpc.aio.insecure_channel(self.settings.suggest_addr, options=options) as sc,
-                    grpc.aio.insecure_channel(self.settings.evaluate_addr, options=options) as ec):
+        async with (
+            grpc.aio.insecure_channel(self.settings.suggest_addr, options=options) as sc,
+            grpc.aio.insecure_channel(self.settings.evaluate_addr, options=options) as ec,
+        ):
             suggest = suggest_pb2_grpc.SuggestServiceStub(sc)
             evaluate = evaluate_pb2_grpc.EvaluateServiceStub(ec)
             await asyncio.sleep(max(0.0, cfg.start_at - time.time()))
             deadline = time.monotonic() + cfg.duration
-            await asyncio.gather(*(
-                self._worker(cfg.first_worker + i, producer, suggest, evaluate, deadline)
-                for i in range(cfg.workers)
-            ))
+            await asyncio.gather(
+                *(
+                    self._worker(cfg.first_worker + i, producer, suggest, evaluate, deadline)
+                    for i in range(cfg.workers)
+                )
+            )
         await asyncio.to_thread(producer.flush, 60)
         producer.close(30)
         self._closing.set()

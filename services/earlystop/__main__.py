@@ -28,10 +28,13 @@ from every record's headers and written into every record produced.
 |   LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT                |                   | an unknown study     |
 |                                                      |                   | waits for its study  |
 |                                                      |                   | (once per study id)  |
-| --producer-batch-bytes /                             | 1                 | Faust producer batch |
-|   LADDER_EARLYSTOP_PRODUCER_BATCH_BYTES              |                   | size; 1 = one record |
-|                                                      |                   | per batch, needed on |
-|                                                      |                   | tansu (see app.py)   |
+| --producer-batch-bytes /                             | 16384             | Faust producer batch |
+|   LADDER_EARLYSTOP_PRODUCER_BATCH_BYTES              |                   | size (1 = a record   |
+|                                                      |                   | per batch; app.py)   |
+| --producer-linger-ms /                               | 20                | producer linger      |
+|   LADDER_EARLYSTOP_PRODUCER_LINGER_MS                |                   | (see app.py)         |
+| --standby-replicas /                                 | 0                 | Faust standby table  |
+|   LADDER_EARLYSTOP_STANDBY_REPLICAS                  |                   | copies (see app.py)  |
 | --replication-factor /                               | 1                 | of the changelogs    |
 |   LADDER_EARLYSTOP_REPLICATION_FACTOR                |                   |                      |
 | --fetch-max-wait-ms /                                | 100               | consumer long poll   |
@@ -104,6 +107,16 @@ class EarlyStopWorker(faust.Worker):
         super()._on_sigint()
 
 
+# Integer options: flag, env var, default, smallest value allowed (see the table above).
+INT_OPTIONS = (
+    ("--producer-batch-bytes", "LADDER_EARLYSTOP_PRODUCER_BATCH_BYTES", 16384, 1),
+    ("--producer-linger-ms", "LADDER_EARLYSTOP_PRODUCER_LINGER_MS", 20, 0),
+    ("--standby-replicas", "LADDER_EARLYSTOP_STANDBY_REPLICAS", 0, 0),
+    ("--replication-factor", "LADDER_EARLYSTOP_REPLICATION_FACTOR", 1, 1),
+    ("--fetch-max-wait-ms", "LADDER_EARLYSTOP_FETCH_MAX_WAIT_MS", 100, 0),
+)
+
+
 def parse_options(argv: list[str] | None, settings: Settings) -> EarlyStopOptions:
     env = os.environ.get
     parser = argparse.ArgumentParser(
@@ -123,28 +136,14 @@ def parse_options(argv: list[str] | None, settings: Settings) -> EarlyStopOption
         type=float,
         default=float(env("LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT", 10)),
     )
-    parser.add_argument(
-        "--producer-batch-bytes",
-        type=int,
-        default=int(env("LADDER_EARLYSTOP_PRODUCER_BATCH_BYTES", 1)),
-    )
-    parser.add_argument(
-        "--replication-factor",
-        type=int,
-        default=int(env("LADDER_EARLYSTOP_REPLICATION_FACTOR", 1)),
-    )
-    parser.add_argument(
-        "--fetch-max-wait-ms",
-        type=int,
-        default=int(env("LADDER_EARLYSTOP_FETCH_MAX_WAIT_MS", 100)),
-    )
+    for flag, env_var, default, _lowest in INT_OPTIONS:
+        parser.add_argument(flag, type=int, default=int(env(env_var, default)))
     args = parser.parse_args(argv)
     if args.unknown_study_wait < 0:
         parser.error("--unknown-study-wait must be >= 0")
-    if args.producer_batch_bytes < 1:
-        parser.error("--producer-batch-bytes must be >= 1")
-    if args.fetch_max_wait_ms < 0:
-        parser.error("--fetch-max-wait-ms must be >= 0")
+    for flag, _env_var, _default, lowest in INT_OPTIONS:
+        if getattr(args, flag[2:].replace("-", "_")) < lowest:
+            parser.error(f"{flag} must be >= {lowest}")
     return EarlyStopOptions(
         health_port=args.port,
         data_dir=args.data_dir.resolve(),
@@ -152,6 +151,8 @@ def parse_options(argv: list[str] | None, settings: Settings) -> EarlyStopOption
         web_bind=env("LADDER_BIND_HOST", "127.0.0.1"),
         unknown_study_wait=args.unknown_study_wait,
         producer_batch_bytes=args.producer_batch_bytes,
+        producer_linger_ms=args.producer_linger_ms,
+        standby_replicas=args.standby_replicas,
         replication_factor=args.replication_factor,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
     )
@@ -195,7 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     health = HealthServer(options.health_port).start()
     log.info(
         "earlystop: app %s, kafka %s, topics %s*, health port %d",
-        app.conf.id, settings.kafka_bootstrap, settings.topics.prefix, health.port,
+        app.conf.id,
+        settings.kafka_bootstrap,
+        settings.topics.prefix,
+        health.port,
     )
     worker = EarlyStopWorker(app, health, started)
     code: Any = 0

@@ -2,10 +2,16 @@
 (rungs -> decisions). The algorithms are ``ladder.schedulers``; this module only moves
 records, keeps table state and carries trace context.
 
-Delivery: at least once (Faust commits a record's offset after its agent handled it
-and flushed the producer). Each handler is idempotent, and it writes its table only
-after the records it produced were acknowledged, so a crash in between replays the
-input and re-produces, never loses:
+Batches: stages 1 and 2 handle what arrived while their previous batch was handled
+(up to ``BATCH_MAX`` records), produce everything the batch implies without waiting,
+then wait for all the acknowledgements at once and only then write their tables and
+ack the records. Waiting for each record's ack in turn made every record cost one
+broker round trip.
+
+Delivery: at least once (Faust commits a batch's offsets after its agent handled it
+and the producer flushed). Each handler is idempotent, and a batch writes its tables
+only after the records it produced were acknowledged, so a crash in between replays
+the input and re-produces, never loses:
 
 - stage 1 ignores a report whose step is not beyond the trial's last step;
 - stage 2 ignores a crossing already on the rung's leaderboard (population never
@@ -22,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -35,14 +43,21 @@ from ladder.schedulers import (
     CurveState,
     RungDecision,
     SchedulerSpec,
-    decide,
+    decide_crossing,
     diverged_decision,
+    mark_promoted,
     observe,
 )
 from ladder.v1 import events_pb2
 from opentelemetry import metrics, trace
 
-from services.earlystop.tables import EarlyStopTables, LeaderboardView, StudyDirectory, StudyEntry
+from services.earlystop.tables import (
+    EarlyStopTables,
+    LeaderboardView,
+    StudyDirectory,
+    StudyEntry,
+    write_in_partition,
+)
 
 log = logging.getLogger("ladder.earlystop")
 _meter = metrics.get_meter("ladder.earlystop")
@@ -52,17 +67,59 @@ _dead_letters = _meter.create_counter(
 )
 
 SERVICE = "earlystop"
+# Most records per stage-1 / stage-2 batch: bounds the work redone after a failure
+# and how far reading runs ahead of handling.
+BATCH_MAX = 1000
 # Divergences are kept on their own pseudo-rung so a replayed one is recognised.
 DIVERGED_RUNG = -1
 _ACTIONS = {
     Action.CONTINUE: events_pb2.CONTINUE,
     Action.STOP: events_pb2.STOP,
     Action.PROMOTE: events_pb2.PROMOTE,
+    Action.PAUSE: events_pb2.PAUSE,
 }
+
+
+@dataclass
+class BatchWork:
+    """What a batch produced (acks to wait for) and what it writes once they came."""
+
+    acks: list[Awaitable[Any]] = field(default_factory=list)
+    after_acks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # stage 1: trial id -> (metrics partition, new curve state as a dict)
+    curves: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+
+
+def consumer_span(event: faust.types.EventT) -> AbstractContextManager[trace.Span]:
+    """The CONSUMER span of handling ``event``, child of the context in its headers."""
+    message = event.message
+    parent = telemetry.extract_context(record_headers(event))
+    return telemetry.kafka_consumer_span(message.topic, message.partition, message.offset, parent)
+
+
+async def back_off(what: str, message: Any, attempt: int) -> None:
+    """Log the failure being handled (call it in an ``except`` block) and wait before
+    the retry: exponential, at most 5 s."""
+    log.exception(
+        "%s from %s@%d:%d failed (attempt %d); retrying",
+        what,
+        message.topic,
+        message.partition,
+        message.offset,
+        attempt,
+        extra={"topic": message.topic},
+    )
+    await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def published_at(event: faust.types.EventT) -> float | None:
+    """The record's Kafka timestamp in unix seconds (None when the broker gave none)."""
+    timestamp = getattr(event.message, "timestamp", None)
+    return float(timestamp) if timestamp else None
 
 
 def record_headers(event: faust.types.EventT) -> list[tuple[str, bytes]]:
@@ -128,12 +185,115 @@ class EarlyStopAgents:
             await self._handle(event, self.on_study)
 
     async def consume_metrics(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await self._handle(event, self.on_metric)
+        # Stage 1 opens its CONSUMER span itself, only for the few reports that
+        # produce something (a span per metric point cost more than the rest of
+        # stage 1; the trace of a trial still runs report -> crossing -> decision).
+        await self._consume_in_batches(stream, self.on_metric, self._finish_curves, False)
 
     async def consume_rungs(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await self._handle(event, self.on_rung)
+        await self._consume_in_batches(stream, self.on_rung, self._finish_decisions, True)
+
+    async def _consume_in_batches(
+        self,
+        stream: faust.StreamT,
+        handler: Callable[[faust.types.EventT, BatchWork], Awaitable[None]],
+        finish: Callable[[BatchWork, bool], Awaitable[None]],
+        traced: bool,
+    ) -> None:
+        """Hand the stream's events to ``_handle_batch`` in batches of whatever arrived
+        while the previous batch was handled (at most ``BATCH_MAX``), and ack each
+        event (its offset becomes committable) only once its batch is done.
+
+        Reading goes on while a batch waits for its acknowledgements; with Faust's
+        ``take_events`` it stopped, so a batch held only what arrived in its time
+        window and the broker round trip of every batch capped the throughput.
+        """
+        stream.enable_acks = False  # acked below, after the batch is handled
+        pending: list[faust.types.EventT] = []
+        arrived = asyncio.Event()
+        room = asyncio.Event()
+
+        async def handle_batches() -> None:
+            while True:
+                await arrived.wait()
+                batch = pending[:BATCH_MAX]
+                del pending[: len(batch)]
+                if not pending:
+                    arrived.clear()
+                room.set()
+                await self._handle_batch(batch, handler, finish, traced)
+                for event in batch:
+                    await stream.ack(event)
+
+        worker = asyncio.ensure_future(handle_batches())
+        try:
+            async for event in stream.events():
+                if worker.done():
+                    worker.result()  # re-raises what stopped it
+                    raise RuntimeError("batch handler stopped")
+                pending.append(event)
+                arrived.set()
+                if len(pending) >= BATCH_MAX:
+                    room.clear()
+                    await room.wait()  # back-pressure: the handler is BATCH_MAX behind
+        finally:
+            worker.cancel()
+
+    async def _handle_batch(
+        self,
+        events: Sequence[faust.types.EventT],
+        handler: Callable[[faust.types.EventT, BatchWork], Awaitable[None]],
+        finish: Callable[[BatchWork, bool], Awaitable[None]],
+        traced: bool,
+    ) -> None:
+        """Run ``handler`` on each event in order (each in its CONSUMER span when
+        ``traced``), wait for every ack of the batch, then ``finish(work, True)``. A bad
+        record goes to the dead-letter topic within the batch; any other error drops
+        the batch's unacknowledged work (``finish(work, False)``) and redoes the whole
+        batch after a back-off: handlers are idempotent, so nothing is skipped or
+        counted twice."""
+        attempt = 0
+        while True:
+            work = BatchWork()
+            try:
+                for event in events:
+                    try:
+                        if traced:
+                            with consumer_span(event):
+                                await handler(event, work)
+                        else:
+                            await handler(event, work)
+                    except BadRecord as exc:
+                        with consumer_span(event):
+                            work.acks.append(await self._dead_letter_send(event, str(exc)))
+                for ack in work.acks:
+                    await ack
+            except Exception:  # noqa: BLE001 - retried: a record is never skipped
+                await finish(work, False)
+                attempt += 1
+                await back_off(f"batch of {len(events)}", events[0].message, attempt)
+                continue
+            await finish(work, True)
+            return
+
+    async def _finish_curves(self, work: BatchWork, acked: bool) -> None:
+        """Stage 1: the batch's curve states, written only once its crossings are acked."""
+        if not acked:
+            return
+        table = self.tables.curves
+        for trial_id, (partition, state) in work.curves.items():
+            await write_in_partition(table, partition, trial_id, state)
+        for after in work.after_acks:
+            await after()
+
+    async def _finish_decisions(self, work: BatchWork, acked: bool) -> None:
+        """Stage 2: persist the acked batch; after a failure rebuild the leaderboards
+        from the table, which holds only acknowledged decisions."""
+        if not acked:
+            self.leaderboards.invalidate()
+            return
+        for after in work.after_acks:
+            await after()
 
     async def _handle(
         self, event: faust.types.EventT, handler: Callable[[faust.types.EventT], Awaitable[None]]
@@ -157,12 +317,7 @@ class EarlyStopAgents:
                     continue  # to the dead-letter topic, retried like any send
                 except Exception:  # noqa: BLE001 - retried: a record is never skipped
                     attempt += 1
-                    log.exception(
-                        "handling %s@%d:%d failed (attempt %d); retrying",
-                        message.topic, message.partition, message.offset, attempt,
-                        extra={"topic": message.topic},
-                    )
-            await asyncio.sleep(min(5.0, 0.2 * 2**attempt))  # retry back-off
+                    await back_off("handling", message, attempt)
 
     # ------------------------------------------------------------------ handlers
 
@@ -183,18 +338,17 @@ class EarlyStopAgents:
             log.info("study %s registered", study_id, extra={"study_id": study_id})
         await self.studies.notify()
 
-    async def on_metric(self, event: faust.types.EventT) -> None:
+    async def on_metric(self, event: faust.types.EventT, work: BatchWork) -> None:
         report = parse_metric_report(event.value)
         study_id, trial_id = report.study_id, report.trial_id
-        span = trace.get_current_span()
-        span.set_attribute("ladder.study_id", study_id)
-        span.set_attribute("ladder.trial_id", trial_id)
-        spec = self._spec(await self.studies.wait_for(study_id), study_id)
+        spec = self._spec(await self.studies.wait_for(study_id, published_at(event)), study_id)
         if not spec.enabled:
             return
         if report.metric and spec.metric and report.metric != spec.metric:
             return  # not the objective: lineage records it, early stopping ignores it
-        state = CurveState.from_dict(self.tables.curves.get(trial_id))
+        # The batch's own newer state first: a trial can report twice in one batch.
+        pending = work.curves.get(trial_id)
+        state = CurveState.from_dict(pending[1] if pending else self.tables.curves.get(trial_id))
         if state.study_id and state.study_id != study_id:
             raise BadRecord(
                 f"trial {trial_id!r} belongs to study {state.study_id!r}, "
@@ -233,20 +387,29 @@ class EarlyStopAgents:
                     report_ts_ms=report_ts,
                 )
             )
-        acks = [await self._send(self.rungs_topic, study_id, c) for c in crossings]
-        for ack in acks:
-            await ack
-        # Only now: a crash before this line replays the report and re-emits.
-        self.tables.curves[trial_id] = observed.state.to_dict()
+        if crossings:
+            with consumer_span(event) as span:
+                span.set_attribute("ladder.study_id", study_id)
+                span.set_attribute("ladder.trial_id", trial_id)
+                await self._emit_crossings(work, spec, crossings)
+        # Written after the batch's acks: a crash before replays the report, re-emits.
+        work.curves[trial_id] = (event.message.partition, observed.state.to_dict())
+
+    async def _emit_crossings(
+        self, work: BatchWork, spec: SchedulerSpec, crossings: list[events_pb2.RungCrossing]
+    ) -> None:
         for c in crossings:
+            work.acks.append(await self._send(self.rungs_topic, c.study_id, c))
             log.info(
-                "trial %s %s rung %d (%s)", trial_id,
-                "diverged near" if c.diverged else "crossed", c.rung,
+                "trial %s %s rung %d (%s)",
+                c.trial_id,
+                "diverged near" if c.diverged else "crossed",
+                c.rung,
                 spec.format_resource(c.resource),
-                extra={"trial_id": trial_id, "study_id": study_id},
+                extra={"trial_id": c.trial_id, "study_id": c.study_id},
             )
 
-    async def on_rung(self, event: faust.types.EventT) -> None:
+    async def on_rung(self, event: faust.types.EventT, work: BatchWork) -> None:
         crossing = decode(events_pb2.RungCrossing, event.value)
         study_id, trial_id = crossing.study_id, crossing.trial_id
         if not study_id or not trial_id:
@@ -254,7 +417,7 @@ class EarlyStopAgents:
         span = trace.get_current_span()
         span.set_attribute("ladder.study_id", study_id)
         span.set_attribute("ladder.trial_id", trial_id)
-        spec = self._spec(await self.studies.wait_for(study_id), study_id)
+        spec = self._spec(await self.studies.wait_for(study_id, published_at(event)), study_id)
         bracket = spec.bracket_of(trial_id)
         rung = DIVERGED_RUNG if crossing.diverged else crossing.rung
         board = self.leaderboards.board(study_id, bracket, rung, spec.maximize)
@@ -264,22 +427,52 @@ class EarlyStopAgents:
         board.record(trial_id, crossing.smoothed_value)
         try:
             if crossing.diverged:
-                decision = diverged_decision(spec, crossing.rung, crossing.resource,
-                                             crossing.raw_value)
+                decisions = [
+                    diverged_decision(spec, crossing.rung, crossing.resource, crossing.raw_value)
+                ]
             else:
-                decision = decide(spec, board, trial_id, crossing.rung, crossing.resource)
-            message = decision_message(study_id, trial_id, decision, crossing.report_ts_ms)
-            await (await self._send(self.decisions_topic, trial_id, message))
+                # The crossing trial's decision first; in ASHA's promotion form also a
+                # PROMOTE for every paused trial the grown rung now ranks high enough.
+                decisions = decide_crossing(
+                    spec,
+                    board,
+                    trial_id,
+                    crossing.rung,
+                    crossing.resource,
+                    previous=self.leaderboards.board(study_id, bracket, rung - 1, spec.maximize)
+                    if rung > 0
+                    else None,
+                    next_board=self.leaderboards.board(study_id, bracket, rung + 1, spec.maximize),
+                )
+            for decision in decisions:
+                subject = decision.trial_id or trial_id
+                message = decision_message(study_id, subject, decision, crossing.report_ts_ms)
+                work.acks.append(await self._send(self.decisions_topic, subject, message))
         except BaseException:
             # Undo the in-memory record so the retry decides on the same board.
-            board.values.pop(trial_id, None)
+            board.discard(trial_id)
             raise
-        self.leaderboards.persist(study_id, bracket, rung, trial_id, crossing.smoothed_value)
-        _decisions.add(1, {"action": decision.action.value, "rule": decision.rule})
-        log.info(
-            "%s %s: %s", decision.action.value, trial_id, decision.reason,
-            extra={"trial_id": trial_id, "study_id": study_id},
-        )
+        # Marked now: the batch's next crossings decide on this board. If the batch
+        # fails, the leaderboards are rebuilt from the table (acked entries only).
+        mark_promoted(board, decisions)
+        partition = event.message.partition
+
+        async def after_acks() -> None:
+            await self.leaderboards.persist(
+                partition, study_id, bracket, rung, trial_id, crossing.smoothed_value
+            )
+            for decision in decisions:
+                subject = decision.trial_id or trial_id
+                _decisions.add(1, {"action": decision.action.value, "rule": decision.rule})
+                log.info(
+                    "%s %s: %s",
+                    decision.action.value,
+                    subject,
+                    decision.reason,
+                    extra={"trial_id": subject, "study_id": study_id},
+                )
+
+        work.after_acks.append(after_acks)
 
     # ------------------------------------------------------------------ helpers
 
@@ -305,6 +498,10 @@ class EarlyStopAgents:
             )
 
     async def _dead_letter(self, event: faust.types.EventT, reason: str) -> None:
+        await (await self._dead_letter_send(event, reason))
+
+    async def _dead_letter_send(self, event: faust.types.EventT, reason: str) -> Awaitable[Any]:
+        """Produce the dead-letter record of ``event``; returns the ack future."""
         message = event.message
         record = events_pb2.DeadLetter(
             source_topic=message.topic,
@@ -316,8 +513,12 @@ class EarlyStopAgents:
             ts_ms=now_ms(),
         )
         log.warning(
-            "dead-lettered %s@%d:%d: %s", message.topic, message.partition, message.offset,
-            reason, extra={"topic": message.topic},
+            "dead-lettered %s@%d:%d: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            reason,
+            extra={"topic": message.topic},
         )
         _dead_letters.add(1, {"source": message.topic})
-        await (await self._send(self.dead_letter_topic, message.topic, record))
+        return await self._send(self.dead_letter_topic, message.topic, record)

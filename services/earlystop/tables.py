@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,15 +88,26 @@ class StudyDirectory:
         async with self._condition():
             self._condition().notify_all()
 
-    async def wait_for(self, study_id: str) -> StudyEntry | None:
+    async def wait_for(
+        self, study_id: str, published_unix: float | None = None
+    ) -> StudyEntry | None:
         """The study, waiting at most ``unknown_study_wait`` seconds in total per
-        unknown study id (later reports of a study that never came do not wait again)."""
+        unknown study id (later reports of a study that never came do not wait again).
+
+        The wait counts from when the record was published (``published_unix``, the
+        Kafka timestamp), not from when it is read: a record read from a backlog older
+        than the wait does not wait at all, since a StudyEvent published with it would
+        have arrived by now. Otherwise every unknown study in a replayed backlog would
+        hold its partition for the full wait."""
         entry = self.get(study_id)
         if entry is not None:
             self._first_missed.pop(study_id, None)
             return entry
         loop = asyncio.get_running_loop()
         deadline = self._first_missed.setdefault(study_id, loop.time()) + self.unknown_study_wait
+        if published_unix is not None and published_unix > 0:
+            age = max(0.0, time.time() - published_unix)
+            deadline = min(deadline, loop.time() + self.unknown_study_wait - age)
         condition = self._condition()
         while (entry := self.get(study_id)) is None:
             remaining = deadline - loop.time()
@@ -142,15 +154,42 @@ class LeaderboardView:
     def board(self, study_id: str, bracket: int, rung: int, maximize: bool) -> RungLeaderboard:
         return self._boards().board(_board_id(study_id, bracket), rung, maximize)
 
-    def persist(self, study_id: str, bracket: int, rung: int, trial_id: str, value: float) -> None:
-        """Write the entry to the table (and so to its changelog); call in an agent."""
-        self.table[entry_key(study_id, bracket, rung, trial_id)] = {
+    async def persist(
+        self, partition: int, study_id: str, bracket: int, rung: int, trial_id: str, value: float
+    ) -> None:
+        """Write the entry to the table and to its changelog ``partition`` (the rungs
+        partition of the crossing)."""
+        entry = {
             "study": study_id,
             "bracket": bracket,
             "rung": rung,
             "trial": trial_id,
             "value": value,
         }
+        await write_in_partition(
+            self.table, partition, entry_key(study_id, bracket, rung, trial_id), entry
+        )
+
+
+async def write_in_partition(table: faust.Table, partition: int, key: Any, value: Any) -> None:
+    """``table[key] = value`` with the changelog partition given, not taken from the
+    stream's current event: batches write after their events were all handled.
+
+    The partition must be the source partition of the key's records (Faust's rule for
+    a table's changelog partitions), so a worker taking the partition over recovers it.
+    The changelog record goes straight to the producer: ``table[key] = value`` queues
+    it in Faust's producer buffer, which sends one record per event-loop turn and,
+    once 100 records wait, stops the stream until it drained -- at a table write per
+    metric point that buffer was what capped stage 1.
+    """
+    table.data[key] = value
+    await table.changelog_topic.send(
+        key=key,
+        value=value,
+        partition=partition,
+        key_serializer=table.key_serializer,
+        value_serializer=table.value_serializer,
+    )
 
 
 def _board_id(study_id: str, bracket: int) -> str:
