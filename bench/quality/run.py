@@ -26,6 +26,10 @@ and off. Results go to bench/results/quality-<stamp>.json and .png.
 | --jobs       | 2 (processes; torch uses 1 thread each)   |
 | --cache      | bench/results/quality-runs.jsonl (finished runs are reused) |
 | --out        | bench/results/quality-<UTC date>           |
+| --report-only| summarise the cached runs only             |
+
+Cache key: (problem, sampler, seed, budget, workers, pending, sampler version);
+``VERSION`` in gp.py / tpe.py, the Optuna version for peers.
 
 Run: ``nice -n 10 .venv/bin/python -m bench.quality.run --seeds 20``.
 """
@@ -56,6 +60,8 @@ from bench.quality.problems import PROBLEMS, Problem  # noqa: E402
 
 SAMPLERS = ["ladder-gp", "ladder-tpe", "ladder-auto", "optuna-tpe", "optuna-gp", "random"]
 RANDOM_REFERENCE_EVALS = 500
+# Seeds are run in blocks of this many: every cell of a block before the next.
+SEED_BLOCK = 10
 # Pending-handling on/off is measured on this problem for these samplers.
 SPREAD_PROBLEM = "hartmann6"
 SPREAD_SAMPLERS = ["ladder-gp", "ladder-tpe"]
@@ -172,8 +178,28 @@ def simulate(
     }
 
 
+def sampler_version(kind: str) -> str:
+    """Part of the cache key: a run is recomputed when its sampler's code changed
+    (Ladder samplers bump ``VERSION``; peers are keyed by the Optuna version)."""
+    if kind in ("ladder-gp", "ladder-auto"):
+        from ladder.samplers import gp
+
+        return f"gp-{gp.VERSION}"
+    if kind == "ladder-tpe":
+        from ladder.samplers import tpe
+
+        return f"tpe-{tpe.VERSION}"
+    if kind.startswith("optuna-"):
+        import optuna
+
+        return f"optuna-{optuna.__version__}"
+    return "random-1"
+
+
 def _task(args: tuple) -> dict[str, Any]:
-    return simulate(*args)
+    run = simulate(*args)
+    run["version"] = sampler_version(run["sampler"])
+    return run
 
 
 def _key(run: Mapping[str, Any]) -> tuple:
@@ -184,7 +210,18 @@ def _key(run: Mapping[str, Any]) -> tuple:
         run["budget"],
         run["workers"],
         run["pending"],
+        run["version"],
     )
+
+
+def _cached_version(run: Mapping[str, Any]) -> str:
+    """Runs cached before versions were recorded: peers (unchanged code since)
+    get today's version, Ladder runs a version no current sampler has."""
+    if "version" in run:
+        return str(run["version"])
+    if run["sampler"].startswith("ladder-"):
+        return "unversioned"
+    return sampler_version(run["sampler"])
 
 
 def auto_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -199,6 +236,13 @@ def auto_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if run["sampler"] == delegate and run["pending"]:
             out.append({**run, "sampler": "ladder-auto", "delegate": delegate})
     return out
+
+
+def is_secondary(problem_name: str, kind: str) -> bool:
+    """GP on a space where AUTO picks TPE: a reference row, not Ladder's best mode."""
+    from ladder.samplers.auto import prefers_gp
+
+    return kind == "ladder-gp" and not prefers_gp(PROBLEMS[problem_name].space)
 
 
 def random_reference(problem_name: str, seeds: Sequence[int]) -> float:
@@ -251,6 +295,7 @@ def summarize(runs: list[dict[str, Any]], seeds: Sequence[int], problems: Sequen
                     "min_pending_distance_p10": float(np.percentile(spreads, 10))
                     if spreads
                     else None,
+                    "min_pending_distance_min": float(np.min(spreads)) if spreads else None,
                 }
         out[problem] = entry
     return out
@@ -262,8 +307,9 @@ def plot(summary: Mapping[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 4), squeeze=False)
-    for ax, (problem, entry) in zip(axes[0], summary.items(), strict=True):
+    panels = len(summary) + 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    for ax, (problem, entry) in zip(axes[0], summary.items(), strict=False):
         for name, stats in entry["samplers"].items():
             if "ignored" in name:
                 continue
@@ -284,8 +330,25 @@ def plot(summary: Mapping[str, Any], path: Path) -> None:
         ax.set_xlabel("evaluations")
         ax.set_ylabel("simple regret (median, IQR)")
     axes[0][0].legend(fontsize=7)
+    plot_spread(axes[0][-1], summary.get(SPREAD_PROBLEM, {}).get("samplers", {}))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def plot_spread(ax: Any, samplers: Mapping[str, Any]) -> None:
+    """Minimal distance from a new suggestion to the pending points, pending
+    handling on vs off (bars: median, 10th percentile, minimum over suggestions)."""
+    names = [n for n in samplers if samplers[n].get("min_pending_distance_median") is not None]
+    names = sorted(n for n in names if any(n.startswith(s) for s in SPREAD_SAMPLERS))
+    stats = ["min_pending_distance_median", "min_pending_distance_p10", "min_pending_distance_min"]
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        heights = [samplers[name][stat] or 0.0 for stat in stats]
+        ax.bar(np.arange(len(stats)) + i * width, heights, width, label=name)
+    ax.set_xticks(np.arange(len(stats)) + width * (len(names) - 1) / 2, ["median", "p10", "min"])
+    ax.set_title(f"{SPREAD_PROBLEM}: distance to pending points")
+    ax.set_ylabel("unit-cube distance (suggestions after 16 evals)")
+    ax.legend(fontsize=7)
 
 
 def versions() -> dict[str, str]:
@@ -316,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path("bench/results/quality-runs.jsonl"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--report-only", action="store_true", help="summarise cached runs, compute none"
+    )
     args = parser.parse_args(argv)
     problems = args.problems.split(",")
     samplers = args.samplers.split(",")
@@ -326,18 +392,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.cache.exists():
         for line in args.cache.read_text().splitlines():
             run = json.loads(line)
+            run["version"] = _cached_version(run)
             done[_key(run)] = run
-    tasks = []
-    for seed in seeds:  # seed-major, so an interrupted run still covers every problem
-        for problem in problems:
-            for kind in samplers:
-                if kind == "ladder-auto":
-                    continue  # identical to its delegate's run; see auto_runs
-                tasks.append((problem, kind, seed, args.budget, args.workers, True))
-            if problem == SPREAD_PROBLEM:
-                for kind in set(SPREAD_SAMPLERS) & set(samplers):
-                    tasks.append((problem, kind, seed, args.budget, args.workers, False))
-    todo = [t for t in tasks if t not in done]
+    tasks: list[tuple] = []
+    for block in range(0, len(seeds), SEED_BLOCK):
+        headline: list[tuple] = []
+        secondary: list[tuple] = []
+        for seed in seeds[block : block + SEED_BLOCK]:  # seed-major within a block
+            for problem in problems:
+                for kind in samplers:
+                    if kind == "ladder-auto":
+                        continue  # identical to its delegate's run; see auto_runs
+                    task = (problem, kind, seed, args.budget, args.workers, True)
+                    (secondary if is_secondary(problem, kind) else headline).append(task)
+                if problem == SPREAD_PROBLEM:
+                    for kind in sorted(set(SPREAD_SAMPLERS) & set(samplers)):
+                        secondary.append((problem, kind, seed, args.budget, args.workers, False))
+        # Headline runs of a block's seeds first: on a busy machine an interrupted
+        # run still has the most seeds where the comparisons are made.
+        tasks += headline + secondary
+    versions_now = {kind: sampler_version(kind) for kind in SAMPLERS}
+    keys = [(*task, versions_now[task[1]]) for task in tasks]
+    todo = [task for task, key in zip(tasks, keys, strict=True) if key not in done]
+    if args.report_only:
+        todo = []
     args.cache.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool, args.cache.open("a") as cache:
@@ -351,7 +429,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"regret {run['regret'][-1]:.4g}",
                 flush=True,
             )
-    runs = [done[t] for t in tasks]
+    # With --report-only (or after an interrupted run) cells may have fewer
+    # seeds; each cell's "seeds" list in the JSON says which.
+    runs = [done[key] for key in keys if key in done]
     if "ladder-auto" in samplers:
         runs += auto_runs(runs)
     summary = summarize(runs, seeds, problems)
@@ -374,6 +454,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "ladder_auto": "relabelled run of the sampler AUTO picks (identical draws)",
             "optuna": "TPESampler(multivariate=True, seed) and GPSampler(seed), ask/tell, "
             "pending trials left RUNNING",
+            "suggest_seconds": "wall time per ask, measured inside each run; cached runs keep "
+            "the time of the machine load they ran under, so compare asks only within a run "
+            "batch (load average at report time below)",
+            "load_average_1m_at_report": os.getloadavg()[0],
+            "sampler_versions": {kind: sampler_version(kind) for kind in SAMPLERS},
         },
         "problems": summary,
     }

@@ -7,7 +7,7 @@ from ladder.samplers import (
     SamplerContext,
     make_sampler,
 )
-from ladder.samplers.gp import GPSampler, initial_points
+from ladder.samplers.gp import ENCODING, GPSampler, initial_points
 from ladder.space import Kind, ParamSpec, Space
 from ladder.v1 import study_pb2
 
@@ -97,3 +97,49 @@ def test_mixed_conditional_space_batch_is_valid() -> None:
 
 def test_zero_count_is_empty() -> None:
     assert gp(PLANE).suggest(0) == []
+
+
+CHOICES = Space(
+    [
+        ParamSpec("x", Kind.FLOAT, low=0, high=1),
+        ParamSpec("n", Kind.INT, low=1, high=6),
+        ParamSpec("opt", Kind.CATEGORICAL, values=("a", "b", "c")),
+        ParamSpec("mom", Kind.FLOAT, low=0, high=1, parent="opt", parent_indexes=frozenset({0})),
+    ]
+)
+
+
+def test_discrete_neighbours_are_valid_one_step_moves() -> None:
+    s = gp(CHOICES)
+    point = {"x": 0.2, "n": 1, "opt": "b"}
+    moves = s._neighbours(point)
+    for move in moves:
+        CHOICES.check_params(move)  # switching to "a" activates "mom"
+    assert {m["opt"] for m in moves if m["n"] == 1} == {"a", "c"}
+    assert sorted(m["n"] for m in moves if m["opt"] == "b") == [2]  # n=0 is out of range
+
+
+def test_discrete_choices_are_optimised_not_rounded() -> None:
+    def value(p: dict) -> float:
+        return (p["x"] - 0.5) ** 2 + 0.3 * (p["n"] - 4) ** 2 + (0.0 if p["opt"] == "c" else 1.0)
+
+    s = gp(CHOICES, seed=2)
+    s.update(observed(CHOICES, 40, value, seed=5))
+    proposal = s.suggest(1)[0]
+    CHOICES.check_params(proposal.params)
+    assert proposal.params["opt"] == "c"
+    assert proposal.params["n"] in (3, 4, 5)
+
+
+def test_local_search_walks_discrete_moves_to_the_acquisition_optimum() -> None:
+    import torch
+
+    s = gp(CHOICES)
+    target = torch.tensor(CHOICES.params_to_unit({"x": 0.2, "n": 4, "opt": "c"}, ENCODING))
+
+    def acquisition(x: torch.Tensor) -> torch.Tensor:  # batch x q x d -> batch
+        return -((x - target) ** 2).sum(dim=(-1, -2))
+
+    start = {"x": 0.2, "n": 1, "opt": "a", "mom": 0.3}
+    found = s._local_search(acquisition, [start], 0)  # type: ignore[arg-type]
+    assert found == {"x": 0.2, "n": 4, "opt": "c"}  # 3 int steps + 1 switch, mom dropped

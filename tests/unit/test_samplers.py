@@ -150,18 +150,18 @@ def test_pool_feeds_observations_once_and_to_late_samplers() -> None:
     from services.suggest.pool import SamplerPool
 
     draws = FakeDraws()
-    pool = SamplerPool(draws)  # type: ignore[arg-type]
-    early = pool.sampler(_study(), 0)
+    pool = SamplerPool(draws, None, 2, lambda study: ())  # type: ignore[arg-type]
+    early = pool.partition(_study(), 0)
     trial = trial_pb2.Trial(
         trial_id="st-p-t1", study_id="st-p", has_final_value=True, final_value=0.3
     )
     fill_params(trial.params, {"x": 0.5})
-    assert pool.observe(trial) and not pool.observe(trial)  # a replayed event changes nothing
-    late = pool.sampler(_study(), 1)
-    assert set(early.observations) == set(late.observations) == {"st-p-t1"}
+    # A replayed event changes nothing (buffered model studies: tests/unit/test_buffered.py).
+    assert pool.observe_completed(trial) and not pool.observe_completed(trial)
+    late = pool.partition(_study(), 1)
     assert pool.observation_count("st-p") == 1
-    early.suggest(2)
-    late.suggest(1)
+    early.take(2)
+    late.take(1)
     assert draws.next == {("st-p", 0): 2, ("st-p", 1): 1}
 
 

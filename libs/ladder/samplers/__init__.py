@@ -1,8 +1,10 @@
 """Search algorithms behind one designer-style interface.
 
-``Sampler.update(observations)`` feeds completed trials, ``Sampler.suggest(count,
-pending)`` returns new points. ``make_sampler`` picks the implementation from
-``StudyConfig.algorithm``:
+``Sampler.update(observations)`` feeds observations — final values of completed
+trials and, with ``Observation.resource`` set, rung values of trials still
+running or stopped early; each model-based sampler fits one fidelity at a time
+(``base.select_fidelity``). ``Sampler.suggest(count, pending)`` returns new
+points. ``make_sampler`` picks the implementation from ``StudyConfig.algorithm``:
 
 | algorithm            | sampler today                                         |
 |----------------------|-------------------------------------------------------|
@@ -24,12 +26,14 @@ from collections.abc import Callable
 
 from ladder.samplers.base import (
     DrawReserver,
+    FidelitySet,
     LocalDraws,
     Observation,
     Proposal,
     Sampler,
     SamplerContext,
     derive_seed,
+    select_fidelity,
 )
 from ladder.samplers.quasirandom import QuasiRandomSampler
 from ladder.samplers.tpe import TPESampler
@@ -103,6 +107,7 @@ __all__ = [
     "FACTORIES",
     "DrawReserver",
     "LocalDraws",
+    "FidelitySet",
     "Observation",
     "Proposal",
     "QuasiRandomSampler",
@@ -111,4 +116,5 @@ __all__ = [
     "SamplerContext",
     "derive_seed",
     "make_sampler",
+    "select_fidelity",
 ]

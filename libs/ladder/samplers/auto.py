@@ -7,7 +7,7 @@ Rule (decided per ``suggest`` call, from the space and the observation count):
 | some parameter is conditional on more than a quarter of parameters   | TPE     |
 | categorical parameters are at least half of the parameters          | TPE     |
 | more than ``MAX_GP_DIM`` unit-cube columns (categoricals one-hot)    | TPE     |
-| more than ``MAX_GP_OBSERVATIONS`` completed trials                   | TPE     |
+| more than ``MAX_GP_OBSERVATIONS`` observations in the training set  | TPE     |
 | otherwise (mostly continuous, <= 20 columns, a few hundred trials)   | GP      |
 
 Why: a GP with a stationary kernel models smooth, mostly continuous, moderate
@@ -26,8 +26,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from ladder.params import PlainValue
-from ladder.samplers.base import LocalDraws, Observation, Proposal, Sampler, SamplerContext
-from ladder.samplers.gp import GPSampler
+from ladder.samplers.base import LocalDraws, Proposal, Sampler, SamplerContext
+from ladder.samplers.gp import GPSampler, initial_points
 from ladder.samplers.tpe import TPESampler
 from ladder.space import CategoricalEncoding, Kind, Space
 
@@ -56,18 +56,21 @@ class AutoSampler(Sampler):
         self._gp = GPSampler(shared) if prefers_gp(context.space) else None
         self._tpe = TPESampler(shared)
         self.algorithm = "auto:gp" if self._gp is not None else "auto:tpe"
-
-    def update(self, completed: Sequence[Observation]) -> None:
-        super().update(completed)
-        # Same dict object: the delegates see every observation without copies.
-        if self._gp is not None:
-            self._gp.observations = self.observations
-        self._tpe.observations = self.observations
+        # Same dict and lock objects: the delegates see every observation
+        # without copies, and read them under the lock ``update`` takes.
+        for delegate in (self._gp, self._tpe):
+            if delegate is not None:
+                delegate.observations = self.observations
+                delegate.observations_lock = self.observations_lock
 
     def suggest(
         self, count: int, pending: Sequence[Mapping[str, PlainValue]] = ()
     ) -> list[Proposal]:
-        if self._gp is not None and len(self.observations) <= MAX_GP_OBSERVATIONS:
+        if (
+            self._gp is not None
+            and len(self.training_set(initial_points(self.space)).observations)
+            <= MAX_GP_OBSERVATIONS
+        ):
             self.algorithm = "auto:gp"
             return self._gp.suggest(count, pending)
         self.algorithm = "auto:tpe"

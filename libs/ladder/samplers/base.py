@@ -8,9 +8,10 @@ pending trials) lives outside, in Redis, and is passed in.
 
 from __future__ import annotations
 
+import math
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,11 +27,65 @@ DrawReserver = Callable[[int], int]
 
 @dataclass(frozen=True)
 class Observation:
-    """A completed trial as the sampler sees it (``value`` as reported, finite)."""
+    """One measured value of a trial, as the sampler sees it (``value`` as reported).
+
+    ``resource`` is the fidelity: ``None`` for the final value of a COMPLETED
+    trial (full fidelity); a float for the smoothed metric the trial had when it
+    crossed a rung at that resource (from a ``Decision`` on the decisions topic).
+    One trial can contribute one observation per fidelity; samplers key them by
+    ``key`` = (trial_id, resource) and never fit values of two fidelities together
+    (see ``select_fidelity``).
+    """
 
     trial_id: str
     params: Mapping[str, PlainValue]
     value: float
+    resource: float | None = None
+
+    @property
+    def key(self) -> ObservationKey:
+        return (self.trial_id, self.resource)
+
+
+# (trial_id, resource): one observation per trial and fidelity.
+ObservationKey = tuple[str, float | None]
+
+
+@dataclass(frozen=True)
+class FidelitySet:
+    """The observations of one fidelity a model is fitted on. ``resource`` is
+    ``None`` for final values, else the rung resource they were measured at."""
+
+    resource: float | None
+    observations: list[Observation]
+
+
+def select_fidelity(observations: Iterable[Observation], min_points: int) -> FidelitySet:
+    """The single fidelity to model (BOHB-style), never a mix of levels.
+
+    Rule, over finite values only:
+
+    1. final values (``resource is None``) when there are at least ``min_points``;
+    2. else the highest rung resource with at least ``min_points`` observations;
+    3. else the final values, however few (the caller falls back to its initial
+       design while they are too few to fit).
+
+    Why: a final value is what the study optimises, so it wins as soon as it can
+    support a fit; before that, the highest well-populated rung is the closest
+    proxy (its ranking of configurations correlates best with final values), and
+    early-stopped trials, which never complete, still inform the search.
+    """
+    levels: dict[float | None, list[Observation]] = {}
+    for obs in observations:
+        if math.isfinite(obs.value):
+            levels.setdefault(obs.resource, []).append(obs)
+    finals = levels.pop(None, [])
+    if len(finals) >= min_points:
+        return FidelitySet(None, finals)
+    for resource in sorted(levels, reverse=True):  # type: ignore[arg-type]
+        if len(levels[resource]) >= min_points:
+            return FidelitySet(resource, levels[resource])
+    return FidelitySet(None, finals)
 
 
 @dataclass(frozen=True)
@@ -75,7 +130,12 @@ class Sampler(ABC):
     """Base class: keeps completed observations; subclasses implement ``suggest``."""
 
     context: SamplerContext
-    observations: dict[str, Observation] = field(default_factory=dict)
+    observations: dict[ObservationKey, Observation] = field(default_factory=dict)
+    # Guards ``observations``: ``update`` may run on one thread while another
+    # thread's ``suggest`` reads them.
+    observations_lock: threading.Lock = field(
+        default_factory=threading.Lock, repr=False, compare=False
+    )
     # Whether ``suggest`` uses ``pending``; lets the service skip fetching it.
     uses_pending = False
     algorithm = "abstract"
@@ -85,10 +145,19 @@ class Sampler(ABC):
         return self.context.space
 
     def update(self, completed: Sequence[Observation]) -> None:
-        """Record completed trials. Idempotent: an observation seen before (same
-        trial id) replaces the old one instead of counting twice."""
-        for obs in completed:
-            self.observations[obs.trial_id] = obs
+        """Record observations (final values and rung values, mixed). Idempotent:
+        an observation seen before (same trial id and resource) replaces the old
+        one instead of counting twice."""
+        with self.observations_lock:
+            for obs in completed:
+                self.observations[obs.key] = obs
+
+    def training_set(self, min_points: int) -> FidelitySet:
+        """A snapshot of the observations of the fidelity to model now
+        (``select_fidelity``); safe against a concurrent ``update``."""
+        with self.observations_lock:
+            snapshot = list(self.observations.values())
+        return select_fidelity(snapshot, min_points)
 
     @abstractmethod
     def suggest(

@@ -2,26 +2,52 @@
 
 Model. ``SingleTaskGP`` on the ``ONE_HOT`` unit-cube encoding of ``ladder.space``:
 floats linear or log as the space says, ints and ordinals as one continuous
-coordinate (decoded by rounding / binning), categoricals one column per choice
-(no invented order), inactive conditional children at the space's neutral
-filler. BoTorch's default kernel is Matérn-5/2 with ARD lengthscales and a
-learned noise; y is standardised by the model's ``Standardize`` transform.
-Values are negated for MINIMIZE studies because BoTorch maximises.
+coordinate (training points sit at the centre of their value's bin), categoricals
+one column per choice (no invented order), inactive conditional children at the
+space's neutral filler. Kernel: Matérn-5/2 with one lengthscale per column (ARD)
+and BoTorch's dimension-scaled log-normal lengthscale prior; y standardised by
+the model's ``Standardize`` transform. Values are negated for MINIMIZE studies
+because BoTorch maximises.
+
+Noise is learned, with a floor of ``MIN_NOISE`` (standardised units) and a
+Gamma(1.1, 30) prior — the values Optuna's GPSampler uses. BoTorch's default
+(floor 1e-4, LogNormal(-4, 1) prior) blurs a near-deterministic objective: on
+Branin it cannot resolve the last 1e-3 of regret. With this prior an objective
+with 2-5 % run-to-run noise still gets its noise fitted (the likelihood
+dominates the weak prior), and a deterministic one is interpolated tightly.
 
 Acquisition. ``qLogNoisyExpectedImprovement`` with ``X_pending`` = the encoded
 points other workers are evaluating right now: BoTorch fantasises their
 outcomes, so a new suggestion does not duplicate a running one. ``count > 1``
-asks for a joint q-batch. The acquisition is optimised over the continuous
-relaxation, then the winner is decoded (one-hot argmax, rounding) — the
-suggested params are always a valid point of the space.
+asks for a joint q-batch. Optimisation, in three steps:
+
+1. multi-start L-BFGS over the continuous relaxation, raw samples including
+   perturbations of the best observed points (``sample_around_best``) so the
+   incumbent's basin is always refined;
+2. a discrete local search on the winner: every other choice of each
+   categorical and the neighbouring values (±1) of each int / ordinal are
+   scored with the acquisition on the *decoded* point (exactly the point that
+   will be evaluated), the best move is taken, until no move improves;
+3. if the space has discrete parameters, one more L-BFGS run over the
+   continuous columns with the discrete ones fixed at the search's result.
+
+Step 2 is what Optuna's mixed optimiser does; without it a categorical was the
+argmax of a relaxed one-hot vector and an int the rounding of a relaxed
+coordinate, points the acquisition never scored.
+
+Training set. ``select_fidelity`` (base.py) picks one fidelity: final values
+once there are ``initial_points(space)`` of them, else the highest rung with
+that many observations (multi-fidelity, BOHB-style); values of different
+fidelities are never fitted together. At most ``MAX_FIT_POINTS`` observations
+are fitted (env ``LADDER_GP_MAX_FIT_POINTS``, default 512), chosen by
+``fit_subset``: the best half by value, plus the rest spread evenly over the
+others in arrival order (space-filling in practice: early trials are the
+Sobol' design, late ones cluster near the optimum). Exact GP cost is cubic in
+the training set, so this bounds a refit at any study size.
 
 Initial design. The first ``initial_points(space)`` suggestions (observed plus
 pending) come from the partition's scrambled Sobol' stream, as do all
-suggestions while fewer than ``MIN_FIT_POINTS`` trials have completed.
-
-Only COMPLETED trials are observations (the suggest service feeds
-``TRIAL_COMPLETED`` events only): an early-stopped trial's last value is an
-intermediate, lower-fidelity number and is not mixed in as if it were final.
+suggestions while fewer than ``MIN_FIT_POINTS`` trials have been observed.
 
 Determinism: everything random is seeded from (study seed, partition, draw).
 """
@@ -29,7 +55,6 @@ Determinism: everything random is seeded from (study seed, partition, draw).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import threading
 import warnings
@@ -48,16 +73,21 @@ from ladder.samplers.base import (
     derive_seed,
 )
 from ladder.samplers.quasirandom import QuasiRandomSampler
-from ladder.space import CategoricalEncoding, Space
+from ladder.space import CategoricalEncoding, Kind, Space
 
+# Bumped whenever suggestions change for the same inputs (bench cache key).
+VERSION = "2"
 ENCODING = CategoricalEncoding.ONE_HOT
 MIN_FIT_POINTS = 3
-# Acquisition optimisation sized for ~0.5 s per call on one CPU core at 100
-# observations in 6-D (see bench/quality): enough restarts to escape the worst
-# local optima of a 6-D log-EI surface, few enough to stay interactive.
-RAW_SAMPLES = 128
-NUM_RESTARTS = 3
-MAX_ITERATIONS = 40
+MAX_FIT_POINTS = int(os.environ.get("LADDER_GP_MAX_FIT_POINTS", "512"))
+MIN_NOISE = 1e-6
+NOISE_PRIOR = (1.1, 30.0)  # Gamma(concentration, rate) on the standardised noise variance
+# Acquisition optimisation sized for well under a second per call on one CPU
+# core at 100 observations in 6-D (see bench/quality for the measured figure).
+RAW_SAMPLES = 256
+NUM_RESTARTS = 4
+MAX_ITERATIONS = 60
+LOCAL_SEARCH_ROUNDS = 8
 MC_SAMPLES = 64
 FIT_ITERATIONS = 60
 # torch grabs every core by default; the suggest process shares its host.
@@ -80,6 +110,24 @@ def _limit_torch_threads() -> None:
             _threads_done = True
 
 
+def fit_subset(
+    observations: Sequence[Observation], limit: int, maximize: bool
+) -> list[Observation]:
+    """At most ``limit`` observations to fit: all of them when few enough, else
+    the best ``limit // 2`` by value plus ``limit - limit // 2`` spread evenly
+    (in arrival order) over the others. Deterministic."""
+    if len(observations) <= limit:
+        return list(observations)
+    sign = -1.0 if maximize else 1.0
+    ranked = sorted(range(len(observations)), key=lambda i: sign * observations[i].value)
+    n_best = limit // 2
+    best = set(ranked[:n_best])
+    rest = [i for i in range(len(observations)) if i not in best]
+    picks = np.linspace(0, len(rest) - 1, limit - n_best).round().astype(int)
+    chosen = best | {rest[i] for i in picks}
+    return [observations[i] for i in sorted(chosen)]
+
+
 class GPSampler(Sampler):
     algorithm = "gp"
     uses_pending = True
@@ -91,9 +139,10 @@ class GPSampler(Sampler):
         self._reserve = context.reserve or LocalDraws()
         self._initial = QuasiRandomSampler(dataclasses.replace(context, reserve=self._reserve))
         self._lock = threading.Lock()
-        # Hyperparameters of the last fit: the next fit starts there, so it
-        # converges in a few L-BFGS steps instead of from the prior.
-        self._hyperparameters: dict[str, torch.Tensor] | None = None
+        # Hyperparameters of the last fit (per fidelity): the next fit starts
+        # there, so it converges in a few L-BFGS steps instead of from the prior.
+        self._hyperparameters: dict[float | None, dict[str, torch.Tensor]] = {}
+        self._discrete = [p for p in context.space.params if p.kind is not Kind.FLOAT]
         _limit_torch_threads()
 
     def suggest(
@@ -101,16 +150,19 @@ class GPSampler(Sampler):
     ) -> list[Proposal]:
         if count <= 0:
             return []
-        usable = _finite(self.observations.values())
+        fidelity = self.training_set(initial_points(self.space))
+        usable = fidelity.observations
         if len(usable) < MIN_FIT_POINTS or len(usable) + len(pending) < initial_points(self.space):
             return self._initial.suggest(count, pending)
         first = self._reserve(count)
+        usable = fit_subset(usable, MAX_FIT_POINTS, self.context.maximize)
         with self._lock:
-            return self._model_based(usable, pending, count, first)
+            return self._model_based(usable, fidelity.resource, pending, count, first)
 
     def _model_based(
         self,
         usable: list[Observation],
+        resource: float | None,
         pending: Sequence[Mapping[str, PlainValue]],
         count: int,
         first: int,
@@ -128,13 +180,14 @@ class GPSampler(Sampler):
         x_pending = self._encode(pending) if pending else None
         dim = train_x.shape[1]
         bounds = torch.stack([torch.zeros(dim), torch.ones(dim)]).to(torch.float64)
+        options = {"maxiter": MAX_ITERATIONS, "seed": seed % 2**31, "sample_around_best": True}
         with torch.random.fork_rng(), warnings.catch_warnings():
             # Fit and acquisition warnings (e.g. "optimization failed, retrying")
             # are routine on tiny data sets; the result is still a valid point.
             warnings.simplefilter("ignore")
             torch.manual_seed(seed % 2**63)
-            model = fit_model(train_x, train_y, self._hyperparameters)
-            self._hyperparameters = hyperparameters(model)
+            model = fit_model(train_x, train_y, self._hyperparameters.get(resource))
+            self._hyperparameters[resource] = hyperparameters(model)
             acquisition = qLogNoisyExpectedImprovement(
                 model,
                 X_baseline=train_x,
@@ -142,15 +195,17 @@ class GPSampler(Sampler):
                 prune_baseline=True,
                 sampler=SobolQMCNormalSampler(torch.Size([MC_SAMPLES]), seed=seed % 2**31),
             )
-            candidates, _ = optimize_acqf(
+            relaxed, _ = optimize_acqf(
                 acquisition,
                 bounds=bounds,
                 q=count,
                 num_restarts=NUM_RESTARTS,
                 raw_samples=RAW_SAMPLES,
-                options={"maxiter": MAX_ITERATIONS, "seed": seed % 2**31},
+                options=options,
             )
-            decoded = [self.space.sample_to_params(row.tolist(), ENCODING) for row in candidates]
+            decoded = [self.space.sample_to_params(row.tolist(), ENCODING) for row in relaxed]
+            if self._discrete:
+                decoded = self._refine_discrete(acquisition, decoded, bounds, options)
             with torch.no_grad():
                 posterior = model.posterior(self._encode(decoded))
                 mean = posterior.mean.squeeze(-1).tolist()
@@ -165,6 +220,92 @@ class GPSampler(Sampler):
             )
             for i, params in enumerate(decoded)
         ]
+
+    def _refine_discrete(
+        self,
+        acquisition: torch.nn.Module,
+        batch: list[dict[str, PlainValue]],
+        bounds: torch.Tensor,
+        options: dict,
+    ) -> list[dict[str, PlainValue]]:
+        """Steps 2 and 3 of the acquisition optimisation (module docstring)."""
+        from botorch.optim import optimize_acqf
+
+        batch = [dict(p) for p in batch]
+        for row in range(len(batch)):
+            batch[row] = self._local_search(acquisition, batch, row)
+        current = self._encode(batch)
+        continuous = {
+            column
+            for p, columns in self.space.columns(ENCODING)
+            if p.kind is Kind.FLOAT
+            for column in range(columns.start, columns.stop)
+        }
+        if len(batch) > 1 or not continuous:
+            # Step 3 only for q = 1: fixed features are per column, not per row.
+            return batch
+        fixed = {c: float(current[0, c]) for c in range(current.shape[1]) if c not in continuous}
+        polished, _ = optimize_acqf(
+            acquisition,
+            bounds=bounds,
+            q=1,
+            num_restarts=1,
+            raw_samples=1,
+            fixed_features=fixed,
+            batch_initial_conditions=current.unsqueeze(0),
+            options={k: v for k, v in options.items() if k != "sample_around_best"},
+        )
+        candidate = self.space.sample_to_params(polished[0].tolist(), ENCODING)
+        with torch.no_grad():
+            before = acquisition(current.unsqueeze(0)).item()
+            after = acquisition(self._encode([candidate]).unsqueeze(0)).item()
+        return [candidate] if after >= before else batch
+
+    def _local_search(
+        self,
+        acquisition: torch.nn.Module,
+        batch: list[dict[str, PlainValue]],
+        row: int,
+    ) -> dict[str, PlainValue]:
+        """Greedy best-move search over the discrete parameters of ``batch[row]``
+        (the other rows of the q-batch held fixed)."""
+        point = batch[row]
+        with torch.no_grad():
+            best_value = acquisition(self._encode(batch).unsqueeze(0)).item()
+            for _ in range(LOCAL_SEARCH_ROUNDS):
+                moves = self._neighbours(point)
+                if not moves:
+                    break
+                candidates = torch.stack(
+                    [self._encode(batch[:row] + [move] + batch[row + 1 :]) for move in moves]
+                )
+                values = acquisition(candidates)
+                best = int(torch.argmax(values))
+                if values[best].item() <= best_value:
+                    break
+                best_value, point = values[best].item(), moves[best]
+        return point
+
+    def _neighbours(self, point: Mapping[str, PlainValue]) -> list[dict[str, PlainValue]]:
+        """Points differing from ``point`` in one active discrete parameter: another
+        categorical choice, or the next lower / higher int or ordinal value. A
+        parent switch activates children at their neutral filler (decoded)."""
+        out = []
+        for p in self._discrete:
+            if p.name not in point:
+                continue  # inactive child
+            value = point[p.name]
+            if p.kind is Kind.CATEGORICAL:
+                options: list[PlainValue] = [v for v in p.values if v != value]
+            elif p.kind is Kind.INT:
+                options = [v for v in (int(value) - 1, int(value) + 1) if p.low <= v <= p.high]
+            else:
+                index = p.index_of(value) or 0
+                options = [p.values[i] for i in (index - 1, index + 1) if 0 <= i < len(p.values)]
+            for option in options:
+                unit = self.space.params_to_unit({**point, p.name: option}, ENCODING)
+                out.append(self.space.sample_to_params(unit.tolist(), ENCODING))
+        return out
 
     def _encode(self, points: Sequence[Mapping[str, PlainValue]]) -> torch.Tensor:
         rows = [self.space.params_to_unit(p, ENCODING) for p in points]
@@ -190,9 +331,26 @@ def fit_model(
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
     from botorch.models.transforms.outcome import Standardize
+    from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+    from gpytorch.constraints import GreaterThan
+    from gpytorch.likelihoods import GaussianLikelihood
     from gpytorch.mlls import ExactMarginalLogLikelihood
+    from gpytorch.priors import GammaPrior
 
-    model = SingleTaskGP(train_x, train_y, outcome_transform=Standardize(m=1))
+    concentration, rate = NOISE_PRIOR
+    likelihood = GaussianLikelihood(
+        noise_prior=GammaPrior(concentration, rate),
+        noise_constraint=GreaterThan(MIN_NOISE, transform=None, initial_value=1e-3),
+    )
+    model = SingleTaskGP(
+        train_x,
+        train_y,
+        likelihood=likelihood,
+        covar_module=get_covar_module_with_dim_scaled_prior(
+            ard_num_dims=train_x.shape[-1], use_rbf_kernel=False
+        ),
+        outcome_transform=Standardize(m=1),
+    )
     if start is not None:
         model.load_state_dict(start, strict=False)
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
@@ -202,7 +360,3 @@ def fit_model(
         pass
     model.eval()
     return model
-
-
-def _finite(observations: object) -> list[Observation]:
-    return [o for o in observations if math.isfinite(o.value)]  # type: ignore[attr-defined]

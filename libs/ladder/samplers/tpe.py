@@ -25,8 +25,11 @@ trial or the prior, then perturb each parameter with that trial's kernel,
 parents first so children appear only when active) and the one with the
 largest ``log l - log g`` wins.
 
-Only COMPLETED trials are observations; early-stopped trials are excluded (the
-service feeds ``TRIAL_COMPLETED`` only), not used as if their values were final.
+Training set: ``select_fidelity`` (base.py) with ``N_STARTUP`` as the threshold —
+final values once there are ``N_STARTUP`` of them, else the highest rung
+resource with that many observations (BOHB-style). Values of two fidelities are
+never ranked together; trials stopped early still inform the search before
+enough trials have completed.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from ladder.samplers.base import LocalDraws, Proposal, Sampler, SamplerContext, 
 from ladder.samplers.quasirandom import QuasiRandomSampler
 from ladder.space import CategoricalEncoding, Kind, ParamSpec, Space
 
+# Bumped whenever suggestions change for the same inputs (bench cache key).
+VERSION = "1"
 GAMMA = 0.15
 MAX_GOOD = 25
 N_STARTUP = 10
@@ -78,7 +83,7 @@ class TPESampler(Sampler):
     ) -> list[Proposal]:
         if count <= 0:
             return []
-        usable = [o for o in self.observations.values() if math.isfinite(o.value)]
+        usable = self.training_set(N_STARTUP).observations
         if len(usable) < N_STARTUP:
             return self._initial.suggest(count, pending)
         first = self._reserve(count)
