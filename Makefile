@@ -12,7 +12,7 @@ PROTO_OUT := libs/ladder/v1/__init__.py
 PYTEST_ARGS ?=
 
 .PHONY: setup proto up down status demo test test-unit test-integration lint clean \
-  bench bench-earlystop bench-curves bench-scale bench-quality loadsim
+  bench bench-earlystop bench-curves bench-scale bench-quality bench-suggest loadsim
 
 setup: $(STAMP) $(PROTO_OUT)
 
@@ -59,10 +59,10 @@ test-integration: setup
 	$(PY) -m pytest -q tests/integration
 
 # Benchmarks write JSON and PNG under bench/results/ (see bench/README.md).
-bench: bench-earlystop bench-scale bench-quality
+bench: bench-earlystop bench-scale bench-quality bench-suggest
 
 # Replays the committed real-curve table and synthetic families through Ladder's
-# schedulers and Optuna's pruners (~1 min).
+# schedulers (stopping and promotion forms) and Optuna's pruners (~3 min).
 bench-earlystop: setup
 	nice -n 10 $(PY) bench/earlystop_efficiency.py
 
@@ -70,10 +70,11 @@ bench-earlystop: setup
 bench-curves: setup
 	nice -n 10 $(PY) bench/curves/make_digits_curves.py
 
-# A fresh embedded stack under 1,000 and 5,000 simulated workers, with one and two
-# early-stop processes and a SIGKILL of one of them (~8 min).
+# A fresh embedded stack under 1,000 and 5,000 simulated workers and a report
+# backlog (capacity), with one and two early-stop processes and a SIGKILL of one of
+# them (~15 min). Normal priority: it measures latency.
 bench-scale: setup
-	nice -n 5 $(PY) bench/earlystop_scale.py --duration 60
+	$(PY) bench/earlystop_scale.py --duration 60
 
 # The simulator against the stack already up (`make up`).
 LOADSIM_ARGS ?= --workers 200 --processes 1 --duration 30
@@ -86,6 +87,13 @@ QUALITY_SEEDS ?= 20
 QUALITY_JOBS ?= 2
 bench-quality: setup
 	nice -n 10 $(PY) -m bench.quality.run --seeds $(QUALITY_SEEDS) --jobs $(QUALITY_JOBS)
+	nice -n 10 $(PY) -m bench.quality.gp_scale --observations 100 1000 5000
+
+# Suggest latency of a GP study with 100 / 1,000 / 5,000 completed trials: a real
+# suggest + evaluate process, loopback gRPC, refits running meanwhile (~6 min). Not
+# niced: it measures latency.
+bench-suggest: setup
+	$(PY) bench/suggest_latency.py
 
 lint: setup
 	$(VENV)/bin/ruff check libs services workers tests bench

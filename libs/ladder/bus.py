@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.producer.future import FutureRecordMetadata
 
 from ladder import telemetry
 from ladder.codec import BadRecord
@@ -60,7 +61,9 @@ class EventProducer:
         message: Message | bytes,
         headers: telemetry.Headers | None = None,
         wait: bool = False,
-    ) -> None:
+    ) -> FutureRecordMetadata:
+        """Send one record; ``wait`` blocks until the broker acknowledged it. The
+        returned future lets a caller act on the acknowledgement without blocking."""
         value = message if isinstance(message, bytes) else message.SerializeToString()
         with telemetry.kafka_producer_span(topic, key):
             future = self._producer.send(
@@ -71,6 +74,7 @@ class EventProducer:
             )
         if wait:
             future.get(timeout=30)
+        return future
 
     def dead_letter(
         self,

@@ -7,15 +7,31 @@ Creates studies and answers Suggest with resumable or new trials.
 | ``--port`` / LADDER_SUGGEST_PORT | 50051 | gRPC port (health service included)             |
 | LADDER_CLAIM_SECONDS           | 120     | a handed-out trial not started within this     |
 |                                |         | becomes resumable again (evaluate's sweeper)   |
+| ``--buffer`` / LADDER_SUGGEST_BUFFER | 8 | ready model-based suggestions kept per       |
+|                                |         | (study, partition): size it to the requests a  |
+|                                |         | partition gets during one refit (request rate  |
+|                                |         | x refit time; a GP q-batch of 16 costs ~2x one |
+|                                |         | point, see bench/results/suggest-latency.json) |
+| LADDER_SUGGEST_REFIT           | process | ``process``: model-based samplers run in one   |
+|                                |         | child process (refits never hold this process' |
+|                                |         | GIL); ``thread``: on the refit threads here    |
+| LADDER_REFIT_NICE              | 5       | CPU niceness added to the refit process        |
+| LADDER_SWITCH_INTERVAL_MS      | 1       | Python GIL switch interval (``thread`` mode)   |
 | LADDER_LOG_LEVEL               | INFO    | log level (JSON logs on stderr)                |
 | OTEL_EXPORTER_OTLP_ENDPOINT    | unset   | export spans over OTLP when set                |
 
 plus the shared ``Settings`` (LADDER_KAFKA_BOOTSTRAP, LADDER_REDIS_URL,
 LADDER_TOPIC_PREFIX, ...; see ``ladder.config``).
 
-Consumes the trials topic (every process reads all of it, no group) to feed
-completed observations to the samplers; publishes StudyEvents and
-TRIAL_SUGGESTED events.
+Consumes the trials topic (completed trials) and the decisions topic (rung
+values, lower fidelity) — every process reads all of both, no group — to feed
+observations to the samplers; publishes StudyEvents and TRIAL_SUGGESTED events.
+
+Model-based studies (GP, TPE, AUTO) are answered from a ready buffer per
+(study, partition) that a background refit thread keeps full
+(``ladder.samplers.buffered``); a request never waits for a refit, a miss is
+answered by the quasi-random fallback (algorithm "sobol-fallback") and counted.
+On SIGTERM the gRPC server drains, then the refit threads are stopped.
 """
 
 from __future__ import annotations
@@ -23,6 +39,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 from ladder import telemetry
 from ladder.bus import ConsumerLoop, EventProducer
@@ -31,6 +48,7 @@ from ladder.grpcserver import ServiceHost
 from ladder.state import open_state
 from ladder.v1 import suggest_pb2_grpc
 
+from services.suggest.refit import RefitProcess
 from services.suggest.service import SuggestServicer
 
 log = logging.getLogger("ladder.suggest")
@@ -48,19 +66,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--claim-seconds", type=float, default=float(os.environ.get("LADDER_CLAIM_SECONDS", 120))
     )
+    parser.add_argument(
+        "--buffer", type=int, default=int(os.environ.get("LADDER_SUGGEST_BUFFER", 8))
+    )
+    parser.add_argument(
+        "--refit",
+        choices=("process", "thread"),
+        default=os.environ.get("LADDER_SUGGEST_REFIT", "process"),
+    )
     args = parser.parse_args(argv)
+    if args.buffer < 1:
+        parser.error(f"--buffer must be >= 1 (got {args.buffer})")
+    # A refit thread holds the GIL for long stretches of Python (BoTorch); the
+    # default 5 ms switch interval would add up to 5 ms to every blocking call a
+    # request makes. 1 ms keeps the request threads' waits short.
+    sys.setswitchinterval(float(os.environ.get("LADDER_SWITCH_INTERVAL_MS", 1)) / 1000)
 
     telemetry.setup("ladder-suggest")
     settings = Settings.from_env()
     state = open_state(settings)
     state.client.ping()  # fail fast (and visibly) when Redis is unreachable
-    producer = EventProducer(settings, "suggest")
-    servicer = SuggestServicer(settings, state, producer, claim_seconds=args.claim_seconds)
+    # No linger: TRIAL_SUGGESTED is sent as soon as Suggest queued it (see publisher.py).
+    producer = EventProducer(settings, "suggest", linger_ms=0)
+    refit = None
+    if args.refit == "process":
+        refit = RefitProcess(settings, nice=int(os.environ.get("LADDER_REFIT_NICE", 5)))
+    servicer = SuggestServicer(
+        settings,
+        state,
+        producer,
+        claim_seconds=args.claim_seconds,
+        buffer_capacity=args.buffer,
+        refit_process=refit,
+    )
     consumer = ConsumerLoop(
         settings,
         "suggest",
-        [settings.topics.trials],
-        servicer.on_trial_event,
+        [settings.topics.trials, settings.topics.decisions],
+        servicer.on_event,
         producer,
         group_id=None,
     ).start()
@@ -70,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def on_stop() -> None:
         consumer.stop()
-        producer.close()
+        servicer.pool.stop()
+        producer.close()  # flushes: the last deliveries queue their outbox acks
+        servicer.publisher.close()
         state.close()
 
     log.info(

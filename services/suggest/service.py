@@ -8,6 +8,7 @@ requests into those calls and publishes the resulting events.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import socket
 import time
@@ -22,13 +23,21 @@ from ladder.bus import EventProducer, now_ms
 from ladder.codec import decode
 from ladder.config import Settings
 from ladder.params import PlainValue, fill_params, params_to_dict
-from ladder.samplers import Proposal, derive_seed
+from ladder.samplers import Observation, Proposal, derive_seed
+from ladder.samplers.buffered import Served
 from ladder.space import StudyConfigError, validate_study_config
-from ladder.state import BudgetExhausted, State, StateError, Transition, trial_event
+from ladder.state import BudgetExhausted, State, StateError, Transition
 from ladder.v1 import events_pb2, study_pb2, suggest_pb2, suggest_pb2_grpc, trial_pb2
 from opentelemetry import metrics, trace
 
 from services.suggest.pool import SamplerPool, partition_of
+from services.suggest.publisher import SuggestedPublisher
+from services.suggest.refit import RefitProcess
+
+WARM_START_ALGORITHM = "warm-start"
+# Pseudo-partition whose Redis draw counter numbers a study's seed configurations:
+# each is handed out once, across partitions, processes and restarts.
+WARM_START_STREAM = -1
 
 log = logging.getLogger("ladder.suggest")
 _meter = metrics.get_meter("ladder.suggest")
@@ -36,6 +45,11 @@ _suggest_latency = _meter.create_histogram(
     "ladder.suggest.latency", unit="ms", description="Suggest request latency"
 )
 _suggested = _meter.create_counter("ladder.suggest.trials", description="trials handed out")
+_buffer_lookups = _meter.create_counter(
+    "ladder.suggest.buffer",
+    description="model-based suggestions served from the ready buffer (hit) or by the "
+    "quasi-random fallback (miss)",
+)
 
 STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_COUNT = 256
@@ -71,14 +85,23 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         state: State,
         producer: EventProducer,
         claim_seconds: float,
+        buffer_capacity: int = 8,
+        refit_process: RefitProcess | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
         self.producer = producer
         self.claim_seconds = claim_seconds
-        self.pool = SamplerPool(state.trials)
+        self.pool = SamplerPool(
+            state.trials, state.studies, buffer_capacity, self._pending_params, refit_process
+        )
         self.hostname = socket.gethostname()
+        self.publisher = SuggestedPublisher(
+            producer, state.trials, settings.topics.trials, self.hostname
+        )
         self._studies: dict[str, study_pb2.Study] = {}
+        # Studies whose seed configurations are all handed out (skip the counter).
+        self._seeds_done: set[str] = set()
 
     # ------------------------------------------------------------ studies
 
@@ -93,6 +116,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                 f"study_id {request.study_id!r} must match {STUDY_ID.pattern} "
                 "(letters, digits, '.', '_', '-'; at most 64)",
             )
+        self._check_warm_start_source(config.warm_start, request.study_id)
         study = study_pb2.Study(
             study_id=request.study_id or f"st-{uuid.uuid4().hex[:12]}",
             config=config,
@@ -132,6 +156,23 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             extra={"study_id": stored.study_id},
         )
         return stored
+
+    def _check_warm_start_source(self, warm: study_pb2.WarmStart, study_id: str) -> None:
+        source = warm.from_study_id
+        if not source:
+            return
+        if not STUDY_ID.match(source):
+            raise StateError(
+                "INVALID_ARGUMENT",
+                f"warm_start.from_study_id {source!r} is not a valid study id "
+                f"(must match {STUDY_ID.pattern})",
+            )
+        if source == study_id:
+            raise StateError(
+                "INVALID_ARGUMENT", f"warm_start.from_study_id {source!r} is the study itself"
+            )
+        if self.state.studies.get(source) is None:
+            raise StateError("NOT_FOUND", f"warm_start.from_study_id: study {source!r} not found")
 
     def _study(self, study_id: str) -> study_pb2.Study:
         if not study_id:
@@ -199,14 +240,12 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         remaining = count - len(response.suggestions)
         if remaining:
             try:
-                for transition, proposal in self._new_trials(
-                    study, request.worker_id, remaining
-                ):
+                for transition, served in self._new_trials(study, request.worker_id, remaining):
                     response.suggestions.add(
                         trial=transition.trial,
                         resumed=False,
-                        predicted_mean=proposal.predicted_mean,
-                        predicted_std=proposal.predicted_std,
+                        predicted_mean=served.proposal.predicted_mean,
+                        predicted_std=served.proposal.predicted_std,
                         algorithm=transition.algorithm,
                     )
             except BudgetExhausted:
@@ -218,7 +257,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
 
     def _new_trials(
         self, study: study_pb2.Study, worker_id: str, count: int
-    ) -> list[tuple[Transition, Proposal]]:
+    ) -> list[tuple[Transition, Served]]:
         config = study.config
         # Cheap pre-check so an exhausted study does not burn sampler draws; the
         # budget itself is enforced atomically by CREATE_TRIALS.
@@ -227,65 +266,149 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             if suggested >= config.max_trials:
                 raise BudgetExhausted(suggested)
         partition = partition_of(worker_id, config.partitions)
-        sampler = self.pool.sampler(study, partition)
-        pending = self._pending_params(study) if sampler.uses_pending else []
-        proposals = sampler.suggest(count, pending)
-        protos = []
-        for proposal in proposals:
-            trial = trial_pb2.Trial(
-                study_id=study.study_id,
-                seed=derive_seed(config.seed, partition, proposal.draw),
-                partition=partition,
+        served = self._seed_configurations(study, partition, count)
+        if len(served) < count:
+            served.extend(self.pool.partition(study, partition).take(count - len(served)))
+        self._count_buffer_lookups(study, served)
+        out: list[tuple[Transition, Served]] = []
+        # One CREATE_TRIALS per run of equal algorithm names, so every trial records
+        # (and its TRIAL_SUGGESTED event carries) what really chose its point.
+        for algorithm, group in _runs(served):
+            protos = []
+            for item in group:
+                trial = trial_pb2.Trial(
+                    study_id=study.study_id,
+                    seed=derive_seed(config.seed, partition, item.proposal.draw),
+                    partition=partition,
+                )
+                fill_params(trial.params, item.proposal.params)
+                protos.append(trial)
+            try:
+                created = self.state.trials.create_trials(
+                    study.study_id, protos, config.max_trials, self.claim_seconds, algorithm
+                )
+            except BudgetExhausted:
+                if not out:
+                    raise
+                break
+            out.extend(zip(created, group, strict=False))
+            if len(created) < len(group):
+                break
+        for transition, item in out:
+            self.publisher.publish(
+                transition, item.proposal.predicted_mean, item.proposal.predicted_std
             )
-            fill_params(trial.params, proposal.params)
-            protos.append(trial)
-        created = self.state.trials.create_trials(
-            study.study_id, protos, config.max_trials, self.claim_seconds, sampler.algorithm
-        )
-        for transition, proposal in zip(created, proposals, strict=False):
-            self._publish_suggested(transition, proposal.predicted_mean, proposal.predicted_std)
             log.info(
-                "suggested trial %s to %s (partition %d, draw %d)",
+                "suggested trial %s to %s (partition %d, draw %d, %s, predicted %g +- %g)",
                 transition.trial.trial_id,
                 worker_id,
                 partition,
-                proposal.draw,
+                item.proposal.draw,
+                transition.algorithm,
+                item.proposal.predicted_mean,
+                item.proposal.predicted_std,
                 extra={
                     "study_id": study.study_id,
                     "trial_id": transition.trial.trial_id,
                     "worker_id": worker_id,
                 },
             )
-        return list(zip(created, proposals, strict=False))
+        return out
+
+    def _seed_configurations(
+        self, study: study_pb2.Study, partition: int, count: int
+    ) -> list[Served]:
+        """The study's warm-start configurations without a value, each handed out
+        once (a Redis counter numbers them), before any sampler suggestion."""
+        if study.study_id in self._seeds_done:
+            return []
+        seeds = [c for c in study.config.warm_start.configurations if not c.has_value]
+        if not seeds:
+            self._seeds_done.add(study.study_id)
+            return []
+        trials = self.state.trials
+        first = trials.reserve_draws(study.study_id, WARM_START_STREAM, min(count, len(seeds)))
+        chosen = seeds[first : first + count]
+        if first + len(chosen) >= len(seeds):
+            self._seeds_done.add(study.study_id)
+        if not chosen:
+            return []
+        draw = trials.reserve_draws(study.study_id, partition, len(chosen))
+        return [
+            Served(
+                Proposal(params=params_to_dict(seed.params), draw=draw + i),
+                WARM_START_ALGORITHM,
+                True,
+            )
+            for i, seed in enumerate(chosen)
+        ]
+
+    def _count_buffer_lookups(self, study: study_pb2.Study, served: list[Served]) -> None:
+        misses = sum(not s.hit for s in served)
+        if misses:
+            _buffer_lookups.add(misses, {"study_id": study.study_id, "result": "miss"})
+            log.info(
+                "suggestion buffer miss: %d of %d points from the quasi-random fallback",
+                misses,
+                len(served),
+                extra={"study_id": study.study_id},
+            )
+        hits = len(served) - misses
+        if hits:
+            _buffer_lookups.add(hits, {"study_id": study.study_id, "result": "hit"})
 
     def _pending_params(self, study: study_pb2.Study) -> list[dict[str, PlainValue]]:
         pending = self.state.trials.pending(study.study_id)
         return [params_to_dict(trial.params) for trial in self.state.trials.get_many(pending)]
 
-    def _publish_suggested(self, transition: Transition, mean: float, std: float) -> None:
-        event = trial_event(transition, now_ms(), hostname=self.hostname)
-        event.predicted_mean, event.predicted_std = mean, std
-        try:
-            self.producer.send(
-                self.settings.topics.trials, transition.trial.study_id, event, wait=True
-            )
-        except Exception:  # noqa: BLE001 - the outbox relay in evaluate re-publishes it
-            log.exception(
-                "TRIAL_SUGGESTED not published; left in the outbox",
-                extra={"trial_id": transition.trial.trial_id},
-            )
-            return
-        self.state.trials.ack(transition.trial.trial_id, transition.token)
-
     # ------------------------------------------------------------ trials topic
 
-    def on_trial_event(self, record: object) -> None:
-        """ConsumerLoop handler: completed trials become sampler observations."""
+    def on_event(self, record: object) -> None:
+        """ConsumerLoop handler for the trials and decisions topics."""
+        if record.topic == self.settings.topics.decisions:  # type: ignore[attr-defined]
+            self.on_decision(decode(events_pb2.Decision, record.value))  # type: ignore[attr-defined]
+            return
         event = decode(events_pb2.TrialEvent, record.value)  # type: ignore[attr-defined]
-        if event.kind == events_pb2.TRIAL_COMPLETED and self.pool.observe(event.trial):
+        if event.kind == events_pb2.TRIAL_COMPLETED and self.pool.observe_completed(event.trial):
             log.debug(
                 "observation %s = %g",
                 event.trial.trial_id,
                 event.trial.final_value,
                 extra={"study_id": event.trial.study_id, "trial_id": event.trial.trial_id},
             )
+
+    def on_decision(self, decision: events_pb2.Decision) -> None:
+        """A rung decision carries the trial's smoothed value at that resource: a
+        lower-fidelity observation (params read from the trial in Redis)."""
+        if decision.resource <= 0:
+            return
+        if not math.isfinite(decision.smoothed_value):
+            return
+        trial = self.state.trials.get(decision.trial_id)
+        if trial is None:  # evaluate dead-letters decisions for unknown trials
+            return
+        observation = Observation(
+            trial_id=decision.trial_id,
+            params=params_to_dict(trial.params),
+            value=decision.smoothed_value,
+            resource=decision.resource,
+        )
+        if self.pool.observe(trial.study_id, [observation]):
+            log.debug(
+                "rung observation %s at resource %g = %g",
+                decision.trial_id,
+                decision.resource,
+                decision.smoothed_value,
+                extra={"study_id": trial.study_id, "trial_id": decision.trial_id},
+            )
+
+
+def _runs(served: list[Served]) -> list[tuple[str, list[Served]]]:
+    """Consecutive items grouped by algorithm name (order kept)."""
+    runs: list[tuple[str, list[Served]]] = []
+    for item in served:
+        if runs and runs[-1][0] == item.algorithm:
+            runs[-1][1].append(item)
+        else:
+            runs.append((item.algorithm, [item]))
+    return runs

@@ -161,7 +161,10 @@ def wait_for_events(
     settings: Settings, trial_id: str, expected: list[str], timeout: float = 20
 ) -> list[events_pb2.TrialEvent]:
     def seen() -> list[events_pb2.TrialEvent] | None:
-        events = trial_events(settings, trial_id)
+        # In causal (timestamp) order: suggest publishes TRIAL_SUGGESTED without
+        # waiting for the broker, so the worker's TRIAL_STARTED, from evaluate's
+        # producer, can land on the topic first (consumers go by trial version).
+        events = sorted(trial_events(settings, trial_id), key=lambda e: e.ts_ms)
         return events if kinds(events) == expected else None
 
     try:
@@ -264,6 +267,36 @@ def test_budget_and_restart_continue_the_sequence(infra: Settings, start_service
         got = clients.suggest.GetStudy(suggest_pb2.GetStudyRequest(study_id=study.study_id))
         assert got.trials_suggested == 5
     finally:
+        clients.close()
+
+
+def test_suggested_events_are_published_off_the_request_path_and_acked(
+    infra: Settings, start_service: Any
+) -> None:
+    suggest = start_service("services.suggest")
+    clients = Clients(suggest.addr)
+    state = open_state(infra)
+    try:
+        study = clients.create(config())
+        ids = [
+            s.trial.trial_id
+            for s in clients.suggest.Suggest(
+                suggest_pb2.SuggestRequest(study_id=study.study_id, worker_id="w-a", count=3),
+                timeout=30,
+            ).suggestions
+        ]
+        assert len(ids) == 3
+        for trial_id in ids:  # on the topic once each (no evaluate relay runs here)
+            (event,) = wait_for_events(infra, trial_id, ["TRIAL_SUGGESTED"])
+            assert event.algorithm == "quasi-random" and event.trial.trial_id == trial_id
+        # The broker's acknowledgement cleared each trial's outbox entry.
+        wait_for(
+            lambda: not {t.trial.trial_id for t in state.trials.outbox_due(0)} & set(ids),
+            10,
+            "outbox entries acknowledged",
+        )
+    finally:
+        state.close()
         clients.close()
 
 
