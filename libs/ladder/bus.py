@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -94,7 +95,10 @@ class EventProducer:
             ts_ms=now_ms(),
         )
         log.warning(
-            "dead-lettered record from %s@%s: %s", source_topic, offset, reason,
+            "dead-lettered record from %s@%s: %s",
+            source_topic,
+            offset,
+            reason,
             extra={"topic": source_topic},
         )
         self.send(self.settings.topics.dead_letter, source_topic, record, wait=True)
@@ -142,6 +146,7 @@ class ConsumerLoop:
         group_id: str | None,
         from_beginning: bool = True,
         start_offsets: Callable[[], Mapping[tuple[str, int], int]] | None = None,
+        untraced_topics: Collection[str] = (),
     ) -> None:
         self.settings = settings
         self.service = service
@@ -153,6 +158,9 @@ class ConsumerLoop:
         # Group-less consumers whose handler stores offsets with its own state
         # (exactly-once) resume from there: {(topic, partition): next offset}.
         self.start_offsets = start_offsets
+        # Records of these topics get no CONSUMER span: a span per metric point cost a
+        # consumer more than storing the point, and would flood the trace backend.
+        self.untraced_topics = frozenset(untraced_topics)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"consume-{service}", daemon=True)
         self.processed = 0
@@ -244,11 +252,14 @@ class ConsumerLoop:
             headers=list(raw.headers or []),
             timestamp_ms=raw.timestamp,
         )
-        parent = telemetry.extract_context(record.headers)
+        traced = record.topic not in self.untraced_topics
+        parent = telemetry.extract_context(record.headers) if traced else None
         attempt = 0
         while not self._stop.is_set():
-            with telemetry.kafka_consumer_span(
-                record.topic, record.partition, record.offset, parent
+            with (
+                telemetry.kafka_consumer_span(record.topic, record.partition, record.offset, parent)
+                if parent is not None
+                else nullcontext()
             ):
                 try:
                     self.handler(record)
@@ -264,6 +275,8 @@ class ConsumerLoop:
                     attempt += 1
                     log.exception(
                         "handler failed on %s@%d (attempt %d); retrying",
-                        record.topic, record.offset, attempt,
+                        record.topic,
+                        record.offset,
+                        attempt,
                     )
             self._stop.wait(min(5.0, 0.2 * 2**attempt))

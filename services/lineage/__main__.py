@@ -43,8 +43,11 @@ SERVICE_NAME = lineage_pb2.DESCRIPTOR.services_by_name["LineageService"].full_na
 
 
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m services.lineage", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.lineage",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--port", type=int, default=int(os.environ.get("LADDER_LINEAGE_PORT", "50053"))
     )
@@ -52,9 +55,7 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
     parser.add_argument(
         "--db",
         type=Path,
-        default=Path(
-            os.environ.get("LADDER_LINEAGE_DB") or settings.state_dir / "lineage.sqlite3"
-        ),
+        default=Path(os.environ.get("LADDER_LINEAGE_DB") or settings.state_dir / "lineage.sqlite3"),
     )
     return parser.parse_args(argv)
 
@@ -81,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         producer,
         group_id=None,
         start_offsets=stored_offsets,
+        # Metric points are stored, not traced one by one (early-stop traces the ones
+        # that cross a rung); every other topic's records get their CONSUMER span.
+        untraced_topics=[settings.topics.metrics],
     )
     servicer = LineageServicer(lambda: LineageQueries(connect(args.db, readonly=True)))
     host = ServiceHost(SERVICE_NAME, args.port, host=args.host)
@@ -94,8 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with closing(LineageQueries(connect(args.db, readonly=True))) as queries:
             counters = queries.counters()
         store.connection.close()
-        log.info("lineage stopped; %d records applied this run; counters %s",
-                 ingestor.applied, counters)
+        log.info(
+            "lineage stopped; %d records applied this run; counters %s", ingestor.applied, counters
+        )
 
     log.info("lineage store at %s; consuming %s", args.db, ", ".join(settings.topics.all()))
     consumer.start()
