@@ -39,6 +39,10 @@ from every record's headers and written into every record produced.
 |   LADDER_EARLYSTOP_REPLICATION_FACTOR                |                   |                      |
 | --fetch-max-wait-ms /                                | 100               | consumer long poll   |
 |   LADDER_EARLYSTOP_FETCH_MAX_WAIT_MS                 |                   | (see app.py: tansu)  |
+| --curve-flush-ms /                                   | 5000              | how long stage 1     |
+|   LADDER_EARLYSTOP_CURVE_FLUSH_MS                    |                   | coalesces curve-table|
+|                                                      |                   | writes (0: per batch;|
+|                                                      |                   | CurveWriteBehind)    |
 | LADDER_LOG_LEVEL                                     | INFO              | JSON logs on stderr  |
 | OTEL_EXPORTER_OTLP_ENDPOINT                          | unset             | OTLP span export     |
 
@@ -114,6 +118,7 @@ INT_OPTIONS = (
     ("--standby-replicas", "LADDER_EARLYSTOP_STANDBY_REPLICAS", 0, 0),
     ("--replication-factor", "LADDER_EARLYSTOP_REPLICATION_FACTOR", 1, 1),
     ("--fetch-max-wait-ms", "LADDER_EARLYSTOP_FETCH_MAX_WAIT_MS", 100, 0),
+    ("--curve-flush-ms", "LADDER_EARLYSTOP_CURVE_FLUSH_MS", 5000, 0),
 )
 
 
@@ -155,6 +160,7 @@ def parse_options(argv: list[str] | None, settings: Settings) -> EarlyStopOption
         standby_replicas=args.standby_replicas,
         replication_factor=args.replication_factor,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
+        curve_flush_ms=args.curve_flush_ms,
     )
 
 
@@ -182,7 +188,9 @@ def build(settings: Settings, options: EarlyStopOptions) -> tuple[faust.App, Ear
 
     app.on_partitions_revoked.connect(forget_index)
     app.on_partitions_assigned.connect(forget_index)
-    agents = EarlyStopAgents(app, settings, tables, directory, leaderboards)
+    agents = EarlyStopAgents(
+        app, settings, tables, directory, leaderboards, options.curve_flush_ms / 1000.0
+    )
     agents.register()
     return app, agents
 

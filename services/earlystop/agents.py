@@ -26,6 +26,7 @@ topic) with the reason, and the agent carries on with the next one. Any other er
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -52,11 +53,11 @@ from ladder.v1 import events_pb2
 from opentelemetry import metrics, trace
 
 from services.earlystop.tables import (
+    CurveWriteBehind,
     EarlyStopTables,
     LeaderboardView,
     StudyDirectory,
     StudyEntry,
-    write_in_partition,
 )
 
 log = logging.getLogger("ladder.earlystop")
@@ -70,6 +71,9 @@ SERVICE = "earlystop"
 # Most records per stage-1 / stage-2 batch: bounds the work redone after a failure
 # and how far reading runs ahead of handling.
 BATCH_MAX = 1000
+# How often a stage holding unacknowledged events checks whether Faust suspended the
+# flow for a rebalance (it then releases them at once).
+FLOW_CHECK_S = 0.2
 # Divergences are kept on their own pseudo-rung so a replayed one is recognised.
 DIVERGED_RUNG = -1
 _ACTIONS = {
@@ -157,9 +161,11 @@ class EarlyStopAgents:
         tables: EarlyStopTables,
         studies: StudyDirectory,
         leaderboards: LeaderboardView,
+        curve_flush_s: float = 0.0,
     ) -> None:
         self.app = app
         self.tables = tables
+        self.curves = CurveWriteBehind(tables.curves, curve_flush_s)
         self.studies = studies
         self.leaderboards = leaderboards
         topics = settings.topics
@@ -188,7 +194,9 @@ class EarlyStopAgents:
         # Stage 1 opens its CONSUMER span itself, only for the few reports that
         # produce something (a span per metric point cost more than the rest of
         # stage 1; the trace of a trial still runs report -> crossing -> decision).
-        await self._consume_in_batches(stream, self.on_metric, self._finish_curves, False)
+        await self._consume_in_batches(
+            stream, self.on_metric, self._finish_curves, False, self.curves
+        )
 
     async def consume_rungs(self, stream: faust.StreamT) -> None:
         await self._consume_in_batches(stream, self.on_rung, self._finish_decisions, True)
@@ -199,6 +207,7 @@ class EarlyStopAgents:
         handler: Callable[[faust.types.EventT, BatchWork], Awaitable[None]],
         finish: Callable[[BatchWork, bool], Awaitable[None]],
         traced: bool,
+        write_behind: CurveWriteBehind | None = None,
     ) -> None:
         """Hand the stream's events to ``_handle_batch`` in batches of whatever arrived
         while the previous batch was handled (at most ``BATCH_MAX``), and ack each
@@ -215,14 +224,22 @@ class EarlyStopAgents:
 
         async def handle_batches() -> None:
             while True:
-                await arrived.wait()
-                batch = pending[:BATCH_MAX]
-                del pending[: len(batch)]
-                if not pending:
-                    arrived.clear()
-                room.set()
-                await self._handle_batch(batch, handler, finish, traced)
-                for event in batch:
+                await self._wait_for_batch(arrived, write_behind)
+                done: list[faust.types.EventT] = []
+                if pending:
+                    batch = pending[:BATCH_MAX]
+                    del pending[: len(batch)]
+                    if not pending:
+                        arrived.clear()
+                    room.set()
+                    await self._handle_batch(batch, handler, finish, traced)
+                    if write_behind is None:
+                        done = batch
+                    else:
+                        write_behind.hold(batch)
+                if write_behind is not None and write_behind.holding:
+                    done = await self._release_held(write_behind)
+                for event in done:
                     await stream.ack(event)
 
         worker = asyncio.ensure_future(handle_batches())
@@ -238,6 +255,33 @@ class EarlyStopAgents:
                     await room.wait()  # back-pressure: the handler is BATCH_MAX behind
         finally:
             worker.cancel()
+
+    async def _wait_for_batch(
+        self, arrived: asyncio.Event, write_behind: CurveWriteBehind | None
+    ) -> None:
+        """Until records arrived, or held events may have to be released: their flush
+        is due, or Faust suspended the flow (a rebalance waits for them)."""
+        if write_behind is None or not write_behind.holding:
+            await arrived.wait()
+            return
+        timeout = min(write_behind.due_in(), FLOW_CHECK_S)
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), timeout)
+
+    async def _release_held(self, write_behind: CurveWriteBehind) -> list[faust.types.EventT]:
+        """The held events to ack now: all of them once their states are written when
+        the flush is due or the flow is suspended, else none."""
+        if write_behind.due_in() > 0 and self.app.flow_control.is_active():
+            return []
+        attempt = 0
+        while True:
+            try:
+                return await write_behind.flush()
+            except Exception:  # noqa: BLE001 - retried: a state is never dropped
+                attempt += 1
+                log.exception("writing curve states failed (attempt %d); retrying", attempt)
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
 
     async def _handle_batch(
         self,
@@ -277,12 +321,11 @@ class EarlyStopAgents:
             return
 
     async def _finish_curves(self, work: BatchWork, acked: bool) -> None:
-        """Stage 1: the batch's curve states, written only once its crossings are acked."""
+        """Stage 1: the batch's curve states, staged only once its crossings are acked
+        (written by the write-behind, which holds the batch's events until then)."""
         if not acked:
             return
-        table = self.tables.curves
-        for trial_id, (partition, state) in work.curves.items():
-            await write_in_partition(table, partition, trial_id, state)
+        self.curves.stage(work.curves)
         for after in work.after_acks:
             await after()
 
@@ -348,7 +391,7 @@ class EarlyStopAgents:
             return  # not the objective: lineage records it, early stopping ignores it
         # The batch's own newer state first: a trial can report twice in one batch.
         pending = work.curves.get(trial_id)
-        state = CurveState.from_dict(pending[1] if pending else self.tables.curves.get(trial_id))
+        state = CurveState.from_dict(pending[1] if pending else self.curves.get(trial_id))
         if state.study_id and state.study_id != study_id:
             raise BadRecord(
                 f"trial {trial_id!r} belongs to study {state.study_id!r}, "
@@ -400,7 +443,7 @@ class EarlyStopAgents:
     ) -> None:
         for c in crossings:
             work.acks.append(await self._send(self.rungs_topic, c.study_id, c))
-            log.info(
+            log.debug(  # the decision it leads to is logged at INFO
                 "trial %s %s rung %d (%s)",
                 c.trial_id,
                 "diverged near" if c.diverged else "crossed",
@@ -464,13 +507,16 @@ class EarlyStopAgents:
             for decision in decisions:
                 subject = decision.trial_id or trial_id
                 _decisions.add(1, {"action": decision.action.value, "rule": decision.rule})
-                log.info(
-                    "%s %s: %s",
-                    decision.action.value,
-                    subject,
-                    decision.reason,
-                    extra={"trial_id": subject, "study_id": study_id},
-                )
+                # Logged after the acks, in the crossing's span: the line carries the
+                # trace id of the report that led to it.
+                with trace.use_span(span, end_on_exit=False):
+                    log.info(
+                        "%s %s: %s",
+                        decision.action.value,
+                        subject,
+                        decision.reason,
+                        extra={"trial_id": subject, "study_id": study_id},
+                    )
 
         work.after_acks.append(after_acks)
 

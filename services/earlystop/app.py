@@ -80,6 +80,7 @@ class EarlyStopOptions:
     replication_factor: int = 1
     store: str = "memory://"
     fetch_max_wait_ms: int = 100
+    curve_flush_ms: int = 5000
 
 
 def app_id(topic_prefix: str) -> str:

@@ -192,6 +192,62 @@ async def write_in_partition(table: faust.Table, partition: int, key: Any, value
     )
 
 
+class CurveWriteBehind:
+    """Stage 1's curve states, written to ``trial_curves`` at most once per trial per
+    ``interval`` seconds instead of once per metric point.
+
+    A changelog record per metric point was the largest single cost of stage 1 (and
+    the broker's); a worker reporting every second now costs one record per interval.
+
+    Nothing is lost for it: the metric events whose states are not written yet are
+    held unacknowledged, so Faust does not commit their offsets. A crash replays them
+    on top of the last written states (stage 1 ignores steps it has seen, stage 2
+    crossings it has), and a rebalance waits for unacknowledged events, which the
+    agent releases as soon as Faust suspends the flow (``flush_now``). ``interval``
+    0 writes after every batch.
+    """
+
+    def __init__(self, table: faust.Table, interval: float, max_held: int = 50_000) -> None:
+        self.table = table
+        self.interval = interval
+        self.max_held = max_held
+        self._dirty: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._held: list[Any] = []
+        self._oldest: float | None = None  # monotonic time the oldest held event came
+
+    def get(self, trial_id: str) -> dict[str, Any] | None:
+        entry = self._dirty.get(trial_id)
+        return entry[1] if entry is not None else self.table.get(trial_id)
+
+    def stage(self, curves: dict[str, tuple[int, dict[str, Any]]]) -> None:
+        """Newer states (trial id -> (metrics partition, state)), not written yet."""
+        self._dirty.update(curves)
+
+    def hold(self, events: list[Any]) -> None:
+        if events and self._oldest is None:
+            self._oldest = time.monotonic()
+        self._held.extend(events)
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def due_in(self) -> float:
+        """Seconds until the held events must be released (0: now)."""
+        if self._oldest is None or len(self._held) >= self.max_held:
+            return 0.0
+        return max(0.0, self._oldest + self.interval - time.monotonic())
+
+    async def flush(self) -> list[Any]:
+        """Write every staged state once; returns the events it releases for acking."""
+        # Cleared only once all are written: a failed flush is retried whole.
+        for trial_id, (partition, state) in self._dirty.items():
+            await write_in_partition(self.table, partition, trial_id, state)
+        released = self._held
+        self._dirty, self._held, self._oldest = {}, [], None
+        return released
+
+
 def _board_id(study_id: str, bracket: int) -> str:
     return study_id if bracket == 0 else f"{study_id}#bracket{bracket}"
 
