@@ -397,7 +397,7 @@ class LadderClient:
     @property
     def producer(self) -> Any:
         if self._producer is None:
-            from ladder.bus import EventProducer  # kafka-python only when metrics are sent
+            from ladder.bus import EventProducer  # the Kafka client only when metrics are sent
 
             self._producer = EventProducer(self.settings, self._producer_name)
         return self._producer
