@@ -105,13 +105,12 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
         self, request: evaluate_pb2.HeartbeatRequest, context: grpc.ServicerContext
     ) -> evaluate_pb2.HeartbeatResponse:
         _require_attempt(request.attempt_id)
-        self.trials.heartbeat(
+        decision = self.trials.heartbeat_and_decision(
             request.trial_id, request.attempt_id, _step("step", request.step), self.lease_seconds
         )
         reply = evaluate_pb2.HeartbeatResponse(
             action=events_pb2.CONTINUE, lease_seconds=self.lease_seconds
         )
-        decision = self.trials.decision(request.trial_id)
         if decision is not None:
             # The latest verdict travels even when it is CONTINUE, so a worker waiting at
             # a rung learns it may go on without waiting out its decision timeout.

@@ -386,6 +386,28 @@ class TrialStore:
         )
         return self._transition(trial_id, attempt_id, status, fields, "heartbeat").trial
 
+    def heartbeat_and_decision(
+        self, trial_id: str, attempt_id: str, step: float | None, lease_seconds: float
+    ) -> events_pb2.Decision | None:
+        """``heartbeat`` and ``decision`` in one Redis round trip (a pipeline): the
+        lease is renewed first, so a refused heartbeat still raises before any verdict
+        is read."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        self._scripts["HEARTBEAT"](
+            keys=[k.trial(trial_id), k.outbox, k.leases],
+            args=[attempt_id, "", "" if step is None else _number(step), int(lease_seconds * 1000)],
+            client=pipe,
+        )
+        pipe.hget(k.decision(trial_id), "proto")
+        (status, flat), raw = pipe.execute()
+        self._transition(trial_id, attempt_id, _text(status), _pairs(flat), "heartbeat")
+        if not raw:
+            return None
+        decision = events_pb2.Decision()
+        decision.ParseFromString(raw)
+        return decision
+
     def checkpoint(
         self, trial_id: str, attempt_id: str, uri: str, step: float, lease_seconds: float
     ) -> Transition:
