@@ -44,7 +44,7 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,9 +128,17 @@ def make_driver(kind: str, problem: Problem, seed: int, use_pending: bool) -> An
 
 
 def simulate(
-    problem_name: str, kind: str, seed: int, budget: int, workers: int, use_pending: bool = True
+    problem_name: str,
+    kind: str,
+    seed: int,
+    budget: int,
+    workers: int,
+    use_pending: bool = True,
+    before_ask: Callable[[Any, list[dict]], None] | None = None,
 ) -> dict[str, Any]:
-    """One asynchronous run; regret after each completed evaluation (completion order)."""
+    """One asynchronous run; regret after each completed evaluation (completion order).
+    ``before_ask(driver, pending)`` is called before every ask (ask_cost.py uses it
+    to capture a mid-run state)."""
     warnings.simplefilter("ignore")
     problem = PROBLEMS[problem_name]
     driver = make_driver(kind, problem, seed, use_pending)
@@ -145,6 +153,8 @@ def simulate(
     def launch() -> None:
         nonlocal suggested
         pending = [params for _, _, _, params in running]
+        if before_ask is not None:
+            before_ask(driver, pending)
         started = time.perf_counter()
         key, params = driver.ask(pending)
         ask_seconds.append((len(regrets), time.perf_counter() - started))
@@ -349,6 +359,23 @@ def plot_spread(ax: Any, samplers: Mapping[str, Any]) -> None:
     ax.set_title(f"{SPREAD_PROBLEM}: distance to pending points")
     ax.set_ylabel("unit-cube distance (suggestions after 16 evals)")
     ax.legend(fontsize=7)
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a benchmark ran: platform, cores, torch threads, 1-minute load average."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": int(os.environ["LADDER_TORCH_THREADS"]),
+        "load_average_1m_at_end": os.getloadavg()[0],
+    }
+
+
+def write_report(path: Path, report: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}")
 
 
 def versions() -> dict[str, str]:

@@ -3,6 +3,7 @@ from ladder.samplers import (
     FACTORIES,
     LocalDraws,
     Observation,
+    Proposal,
     QuasiRandomSampler,
     SamplerContext,
     make_sampler,
@@ -143,3 +144,97 @@ def test_local_search_walks_discrete_moves_to_the_acquisition_optimum() -> None:
     start = {"x": 0.2, "n": 1, "opt": "a", "mom": 0.3}
     found = s._local_search(acquisition, [start], 0)  # type: ignore[arg-type]
     assert found == {"x": 0.2, "n": 4, "opt": "c"}  # 3 int steps + 1 switch, mom dropped
+
+
+def fitted_plane_model(n: int = 20):  # noqa: ANN201 - botorch type
+    import torch
+    from ladder.samplers.gp import fit_model
+
+    s = gp(PLANE)
+    data = observed(PLANE, n, bowl)
+    train_x = s._encode([o.params for o in data])
+    train_y = torch.tensor([[-o.value] for o in data], dtype=torch.float64)
+    return s, data, fit_model(train_x, train_y), train_x, train_y
+
+
+def test_fast_posterior_equals_the_gpytorch_posterior() -> None:
+    import torch
+    from ladder.samplers.gp import fast_posterior_model
+
+    _, _, model, _, _ = fitted_plane_model()
+    fast = fast_posterior_model(model)
+    points = torch.rand(5, 3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        slow, quick = model.posterior(points), fast.posterior(points)
+    assert torch.allclose(slow.mean, quick.mean, atol=1e-8)
+    assert torch.allclose(
+        slow.mvn.covariance_matrix, quick.mvn.covariance_matrix, rtol=1e-6, atol=1e-7
+    )
+
+
+def test_optimiser_starts_include_the_best_observed_points() -> None:
+    import torch
+    from botorch.acquisition.analytic import PosteriorMean
+    from ladder.samplers.gp import INCUMBENT_STARTS, NUM_RESTARTS, fast_posterior_model
+
+    s, _, model, train_x, train_y = fitted_plane_model()
+    starts = s._starts(PosteriorMean(fast_posterior_model(model)), train_x, train_y, 1, 7)
+    assert starts.shape == (NUM_RESTARTS + INCUMBENT_STARTS, 1, 2)
+    best = train_x[torch.argsort(train_y.squeeze(-1), descending=True)[:INCUMBENT_STARTS]]
+    assert torch.equal(starts[-INCUMBENT_STARTS:, 0, :], best)
+
+
+def test_exploitation_draw_is_the_posterior_mean_optimum_and_avoids_pending() -> None:
+    from ladder.samplers.gp import EXPLOIT_EVERY, EXPLOIT_MIN_DISTANCE, is_exploitation_draw
+
+    draw = EXPLOIT_EVERY - 1
+    assert is_exploitation_draw(draw) and not is_exploitation_draw(draw - 1)
+    data = observed(PLANE, 20, bowl)
+
+    def at_draw(start: int, pending: list) -> Proposal:
+        s = GPSampler(SamplerContext(PLANE, seed=1, reserve=LocalDraws(start)))
+        s.update(data)
+        proposal = s.suggest(1, pending)[0]
+        assert proposal.draw == start
+        return proposal
+
+    unit = PLANE.params_to_unit
+    exploit = at_draw(draw, [])
+    # The bowl's minimum is (0.3, 1.0); the GP mean of 20 samples of it is close,
+    # and predicted better than every observation (pure exploitation).
+    assert np.linalg.norm(unit(exploit.params) - unit({"x": 0.3, "y": 1.0})) < 0.05
+    assert exploit.predicted_mean < min(o.value for o in data)
+    assert exploit.predicted_std < at_draw(draw - 1, []).predicted_std
+    # With that very point running, the draw never lands on it (or next to it).
+    diverted = at_draw(draw, [exploit.params]).params
+    exploit = exploit.params
+    assert np.linalg.norm(unit(diverted) - unit(exploit)) >= EXPLOIT_MIN_DISTANCE
+
+
+def test_a_start_beats_a_relaxed_optimum_that_decodes_poorly() -> None:
+    """The relaxed optimum of this acquisition has both one-hot columns at 1 (an
+    interaction no real point has) and x near p's optimum, so it decodes to p;
+    switching to q there is worse, so the discrete search keeps p (value 0.5).
+    The start at q's optimum (value 1.0) must win."""
+    import torch
+    from botorch.acquisition import AcquisitionFunction
+
+    space = Space(
+        [
+            ParamSpec("x", Kind.FLOAT, low=0, high=1),
+            ParamSpec("k", Kind.CATEGORICAL, values=("p", "q")),
+        ]
+    )
+
+    class Interacting(AcquisitionFunction):
+        def forward(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803 - botorch name
+            x, p, q = X[..., 0, 0], X[..., 0, 1], X[..., 0, 2]
+            return 40 * p * q + p * (0.5 - 50 * (x - 0.2) ** 2) + q * (1 - 2 * (x - 0.9) ** 2)
+
+    s = gp(space)
+    acquisition = Interacting(model=None)  # type: ignore[arg-type]
+    good = torch.tensor(space.params_to_unit({"x": 0.9, "k": "q"}, ENCODING))
+    starts = torch.stack([torch.tensor([0.5, 0.6, 0.6], dtype=torch.float64), good])
+    bounds = torch.tensor([[0.0] * 3, [1.0] * 3], dtype=torch.float64)
+    [point] = s._maximise(acquisition, starts.unsqueeze(1), bounds, {"maxiter": 60})
+    assert point["k"] == "q" and abs(point["x"] - 0.9) < 1e-3

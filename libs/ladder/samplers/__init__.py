@@ -9,7 +9,7 @@ points. ``make_sampler`` picks the implementation from ``StudyConfig.algorithm``
 | algorithm            | sampler today                                         |
 |----------------------|-------------------------------------------------------|
 | RANDOM / unspecified | ``QuasiRandomSampler`` (scrambled Sobol')             |
-| GP                   | ``GPSampler`` (BoTorch GP, qLogNEI, pending fantasised) |
+| GP                   | ``GPSampler`` (BoTorch GP, qLogEI with pending points)  |
 | TPE                  | ``TPESampler`` (multivariate TPE, constant liar)      |
 | AUTO                 | ``AutoSampler`` (GP or TPE by space shape, see auto.py) |
 
