@@ -185,7 +185,7 @@ def test_optimiser_starts_include_the_best_observed_points() -> None:
 
 
 def test_exploitation_draw_is_the_posterior_mean_optimum_and_avoids_pending() -> None:
-    from ladder.samplers.gp import EXPLOIT_EVERY, EXPLOIT_MIN_DISTANCE, is_exploitation_draw
+    from ladder.samplers.gp import EXPLOIT_EVERY, MIN_DISTANCE, is_exploitation_draw
 
     draw = EXPLOIT_EVERY - 1
     assert is_exploitation_draw(draw) and not is_exploitation_draw(draw - 1)
@@ -208,7 +208,7 @@ def test_exploitation_draw_is_the_posterior_mean_optimum_and_avoids_pending() ->
     # With that very point running, the draw never lands on it (or next to it).
     diverted = at_draw(draw, [exploit.params]).params
     exploit = exploit.params
-    assert np.linalg.norm(unit(diverted) - unit(exploit)) >= EXPLOIT_MIN_DISTANCE
+    assert np.linalg.norm(unit(diverted) - unit(exploit)) >= MIN_DISTANCE
 
 
 def test_a_start_beats_a_relaxed_optimum_that_decodes_poorly() -> None:
@@ -238,3 +238,26 @@ def test_a_start_beats_a_relaxed_optimum_that_decodes_poorly() -> None:
     bounds = torch.tensor([[0.0] * 3, [1.0] * 3], dtype=torch.float64)
     [point] = s._maximise(acquisition, starts.unsqueeze(1), bounds, {"maxiter": 60})
     assert point["k"] == "q" and abs(point["x"] - 0.9) < 1e-3
+
+
+def test_the_optimiser_passes_over_a_point_being_evaluated() -> None:
+    """The acquisition peaks exactly at a pending point: the suggestion must be the
+    best candidate that does not repeat it (not the pending point itself)."""
+    import torch
+    from botorch.acquisition import AcquisitionFunction
+    from ladder.samplers.gp import MIN_DISTANCE
+
+    space = Space([ParamSpec("x", Kind.FLOAT, low=0, high=1)])
+
+    class PeakAt(AcquisitionFunction):
+        def forward(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803 - botorch name
+            return -((X[..., 0, 0] - 0.3) ** 2)
+
+    s = gp(space)
+    starts = torch.tensor([[[0.1]], [[0.8]]], dtype=torch.float64)
+    bounds = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    pending = torch.tensor([[0.3]], dtype=torch.float64)
+    [free] = s._maximise(PeakAt(model=None), starts, bounds, {"maxiter": 60})  # type: ignore[arg-type]
+    assert abs(free["x"] - 0.3) < 1e-3  # without the pending point: the peak
+    [point] = s._maximise(PeakAt(model=None), starts, bounds, {"maxiter": 60}, pending)  # type: ignore[arg-type]
+    assert abs(point["x"] - 0.3) >= MIN_DISTANCE
