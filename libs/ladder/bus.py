@@ -329,7 +329,6 @@ class ConsumerLoop:
             # subscribe() it never joins the group, and this loop never commits there.
             "group.id": self.group_id or f"ladder-{self.service}-unjoined",
             "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest" if self.from_beginning else "latest",
             "fetch.wait.max.ms": 100,
             "logger": logging.getLogger("ladder.kafka.consumer"),

@@ -86,3 +86,25 @@ def test_a_stored_offset_past_the_end_reads_the_recreated_topic_from_its_start(
     finally:
         loop.stop()
         producer.close()
+
+
+def test_a_group_consumer_commits_what_it_handled(infra: Settings) -> None:
+    topic = new_topic(infra)
+    group = f"bus-test-{uuid.uuid4().hex[:6]}"
+    producer = EventProducer(infra, "bus-test")
+    first = Seen()
+    loop = ConsumerLoop(infra, "bus-test", [topic], first, producer, group_id=group).start()
+    try:
+        produce(producer, topic, 3)
+        wait_for(lambda: first.offsets() == [0, 1, 2], 60, "the first three records")
+    finally:
+        loop.stop()
+    # The next member of the group resumes after what the first one handled.
+    second = Seen()
+    loop = ConsumerLoop(infra, "bus-test", [topic], second, producer, group_id=group).start()
+    try:
+        produce(producer, topic, 1)
+        wait_for(lambda: second.offsets() == [3], 60, "only the record produced after")
+    finally:
+        loop.stop()
+        producer.close()
