@@ -329,10 +329,6 @@ def run_capacity(
     return summary
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[int(q * (len(sorted_values) - 1))]
-
-
 def latency_over_run(timeline: Path, window_s: float = 10.0) -> dict[str, Any]:
     """Report-to-decision latency by ``window_s`` windows of report time, and for the
     reports made after the warm-up (the first ``WARMUP_S`` seconds: 1,000 workers ask
@@ -342,21 +338,13 @@ def latency_over_run(timeline: Path, window_s: float = 10.0) -> dict[str, Any]:
     windows: dict[int, list[float]] = {}
     for r in rows:
         windows.setdefault(int(r["t"] // window_s), []).append(r["lat_ms"])
-    steady = sorted(r["lat_ms"] for r in rows if r["t"] >= WARMUP_S)
+    from workers.loadsim_observe import percentiles
+
     return {
         "warmup_s": WARMUP_S,
-        "after_warmup": {
-            "n": len(steady),
-            "p50_ms": percentile(steady, 0.5) if steady else None,
-            "p99_ms": percentile(steady, 0.99) if steady else None,
-        },
+        "after_warmup": percentiles(r["lat_ms"] for r in rows if r["t"] >= WARMUP_S),
         f"by_{window_s:g}s_window": {
-            f"{int(k * window_s)}s": {
-                "n": len(v),
-                "p50_ms": percentile(sorted(v), 0.5),
-                "p99_ms": percentile(sorted(v), 0.99),
-            }
-            for k, v in sorted(windows.items())
+            f"{int(k * window_s)}s": percentiles(v) for k, v in sorted(windows.items())
         },
     }
 
@@ -399,7 +387,7 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
         "lag_at_end": summary["earlystop"]["lag_at_run_end"],
         "p50_ms": lat.get("p50"),
         "p99_ms": lat.get("p99"),
-        "steady_p99_ms": summary.get("latency_over_run", {}).get("after_warmup", {}).get("p99_ms"),
+        "steady_p99_ms": summary.get("latency_over_run", {}).get("after_warmup", {}).get("p99"),
         "counts_ok": summary["counts"]["ok"],
         "missing": summary["counts"]["missing"],
         "duplicates": summary["counts"]["duplicates"],

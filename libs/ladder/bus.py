@@ -150,9 +150,9 @@ class SendResult:
 
 
 class EventProducer:
-    """Produces with librdkafka (confluent-kafka): kafka-python's producer cost ~1 ms
-    of CPU per record at a few hundred records/s (its sender thread polling), about a
-    fifth of what librdkafka needs; the evaluate service spent most of its CPU there.
+    """Produces with librdkafka (confluent-kafka): at a few hundred records/s
+    kafka-python's producer (its sender thread polling) cost about five times the CPU
+    per record that librdkafka does, and was the top of the evaluate service's profile.
 
     A daemon thread serves delivery reports (``poll``), so ``SendResult`` callbacks
     fire without further sends.

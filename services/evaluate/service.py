@@ -105,7 +105,7 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
         self, request: evaluate_pb2.HeartbeatRequest, context: grpc.ServicerContext
     ) -> evaluate_pb2.HeartbeatResponse:
         _require_attempt(request.attempt_id)
-        decision = self.trials.heartbeat_and_decision(
+        decision = self.trials.heartbeat(
             request.trial_id, request.attempt_id, _step("step", request.step), self.lease_seconds
         )
         reply = evaluate_pb2.HeartbeatResponse(

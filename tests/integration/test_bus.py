@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 from ladder.bus import ConsumerLoop, EventProducer, Record
@@ -33,6 +36,20 @@ class Seen:
             return [r.offset for r in self.records]
 
 
+@contextmanager
+def consuming(
+    settings: Settings, topic: str, producer: EventProducer, **options: Any
+) -> Iterator[tuple[ConsumerLoop, Seen]]:
+    """A started ConsumerLoop on ``topic`` recording what it handles; stopped after."""
+    seen = Seen()
+    options.setdefault("group_id", None)
+    loop = ConsumerLoop(settings, "bus-test", [topic], seen, producer, **options).start()
+    try:
+        yield loop, seen
+    finally:
+        loop.stop()
+
+
 def produce(producer: EventProducer, topic: str, count: int) -> None:
     for i in range(count):
         producer.send(topic, f"k{i}", f"v{i}".encode(), wait=True)
@@ -42,23 +59,16 @@ def test_a_stored_offset_inside_the_partition_is_resumed(infra: Settings) -> Non
     topic = new_topic(infra)
     producer = EventProducer(infra, "bus-test")
     produce(producer, topic, 5)
-    seen = Seen()
-    loop = ConsumerLoop(
-        infra,
-        "bus-test",
-        [topic],
-        seen,
-        producer,
-        group_id=None,
-        start_offsets=lambda: {(topic, 0): 3},
-    ).start()
     try:
-        wait_for(lambda: seen.offsets() == [3, 4], 30, "records 3 and 4 only")
-        produce(producer, topic, 1)
-        wait_for(lambda: seen.offsets() == [3, 4, 5], 30, "the record produced after")
-        assert seen.records[-1].value == b"v0" and seen.records[-1].key == b"k0"
+        with consuming(infra, topic, producer, start_offsets=lambda: {(topic, 0): 3}) as (
+            _loop,
+            seen,
+        ):
+            wait_for(lambda: seen.offsets() == [3, 4], 30, "records 3 and 4 only")
+            produce(producer, topic, 1)
+            wait_for(lambda: seen.offsets() == [3, 4, 5], 30, "the record produced after")
+            assert seen.records[-1].value == b"v0" and seen.records[-1].key == b"k0"
     finally:
-        loop.stop()
         producer.close()
 
 
@@ -69,22 +79,15 @@ def test_a_stored_offset_past_the_end_reads_the_recreated_topic_from_its_start(
     # a restart the stored offset can point past the end of the (new, empty) topic.
     topic = new_topic(infra)
     producer = EventProducer(infra, "bus-test")
-    seen = Seen()
-    loop = ConsumerLoop(
-        infra,
-        "bus-test",
-        [topic],
-        seen,
-        producer,
-        group_id=None,
-        start_offsets=lambda: {(topic, 0): 50},
-    ).start()
     try:
-        assert loop.ready.wait(30)
-        produce(producer, topic, 3)
-        wait_for(lambda: seen.offsets() == [0, 1, 2], 30, "every record of the new topic")
+        with consuming(infra, topic, producer, start_offsets=lambda: {(topic, 0): 50}) as (
+            loop,
+            seen,
+        ):
+            assert loop.ready.wait(30)
+            produce(producer, topic, 3)
+            wait_for(lambda: seen.offsets() == [0, 1, 2], 30, "every record of the new topic")
     finally:
-        loop.stop()
         producer.close()
 
 
@@ -92,19 +95,13 @@ def test_a_group_consumer_commits_what_it_handled(infra: Settings) -> None:
     topic = new_topic(infra)
     group = f"bus-test-{uuid.uuid4().hex[:6]}"
     producer = EventProducer(infra, "bus-test")
-    first = Seen()
-    loop = ConsumerLoop(infra, "bus-test", [topic], first, producer, group_id=group).start()
     try:
-        produce(producer, topic, 3)
-        wait_for(lambda: first.offsets() == [0, 1, 2], 60, "the first three records")
+        with consuming(infra, topic, producer, group_id=group) as (_loop, first):
+            produce(producer, topic, 3)
+            wait_for(lambda: first.offsets() == [0, 1, 2], 60, "the first three records")
+        # The next member of the group resumes after what the first one handled.
+        with consuming(infra, topic, producer, group_id=group) as (_loop, second):
+            produce(producer, topic, 1)
+            wait_for(lambda: second.offsets() == [3], 60, "only the record produced after")
     finally:
-        loop.stop()
-    # The next member of the group resumes after what the first one handled.
-    second = Seen()
-    loop = ConsumerLoop(infra, "bus-test", [topic], second, producer, group_id=group).start()
-    try:
-        produce(producer, topic, 1)
-        wait_for(lambda: second.offsets() == [3], 60, "only the record produced after")
-    finally:
-        loop.stop()
         producer.close()

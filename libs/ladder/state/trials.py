@@ -70,6 +70,14 @@ def _pairs(flat: Sequence[bytes]) -> dict[str, bytes]:
     return {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
 
 
+def _decision(raw: bytes | None) -> events_pb2.Decision | None:
+    if not raw:
+        return None
+    decision = events_pb2.Decision()
+    decision.ParseFromString(raw)
+    return decision
+
+
 def _float(raw: bytes | None) -> float:
     try:
         return float(_text(raw)) if raw else 0.0
@@ -175,12 +183,7 @@ class TrialStore:
         return self.r.zscore(self.keys.leases, trial_id)
 
     def decision(self, trial_id: str) -> events_pb2.Decision | None:
-        raw = self.r.hget(self.keys.decision(trial_id), "proto")
-        if not raw:
-            return None
-        decision = events_pb2.Decision()
-        decision.ParseFromString(raw)
-        return decision
+        return _decision(self.r.hget(self.keys.decision(trial_id), "proto"))
 
     # ------------------------------------------------------------ suggest side
 
@@ -376,22 +379,10 @@ class TrialStore:
 
     def heartbeat(
         self, trial_id: str, attempt_id: str, step: float | None, lease_seconds: float
-    ) -> trial_pb2.Trial:
-        k = self.keys
-        status, fields = self._run(
-            "HEARTBEAT",
-            trial_id,
-            [k.trial(trial_id), k.outbox, k.leases],
-            [attempt_id, "", "" if step is None else _number(step), int(lease_seconds * 1000)],
-        )
-        return self._transition(trial_id, attempt_id, status, fields, "heartbeat").trial
-
-    def heartbeat_and_decision(
-        self, trial_id: str, attempt_id: str, step: float | None, lease_seconds: float
     ) -> events_pb2.Decision | None:
-        """``heartbeat`` and ``decision`` in one Redis round trip (a pipeline): the
-        lease is renewed first, so a refused heartbeat still raises before any verdict
-        is read."""
+        """Renew the attempt's lease (recording ``step``) and return the trial's latest
+        decision, in one Redis round trip: the HEARTBEAT script and the decision read
+        are pipelined, and a refused heartbeat raises before the decision is used."""
         k = self.keys
         pipe = self.r.pipeline(transaction=False)
         self._scripts["HEARTBEAT"](
@@ -402,11 +393,7 @@ class TrialStore:
         pipe.hget(k.decision(trial_id), "proto")
         (status, flat), raw = pipe.execute()
         self._transition(trial_id, attempt_id, _text(status), _pairs(flat), "heartbeat")
-        if not raw:
-            return None
-        decision = events_pb2.Decision()
-        decision.ParseFromString(raw)
-        return decision
+        return _decision(raw)
 
     def checkpoint(
         self, trial_id: str, attempt_id: str, uri: str, step: float, lease_seconds: float
