@@ -50,3 +50,21 @@ def test_discard_direct_edits_and_direction_change_rebuild_the_index() -> None:
     board.maximize = True
     assert [t for t, _ in board.ordered()] == ["t2", "t0", "t3", "t9"]
     assert board.rank_of("t2") == 1 and board.rank_of("t9") == 4
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+def test_value_at_and_best_first_read_the_order_without_building_it(maximize: bool) -> None:
+    rng = random.Random(5)
+    board = RungLeaderboard(maximize)
+    for i in range(120):
+        value = math.nan if i % 17 == 3 else rng.randint(0, 30) / 3
+        board.record(f"t{i:03d}", value)
+    expected = naive_order(board)
+    assert list(board.best_first()) == expected
+    for position, (_, value) in enumerate(expected, start=1):
+        got = board.value_at(position)
+        assert got == value or (math.isnan(got) and math.isnan(value))
+    with pytest.raises(IndexError):
+        board.value_at(len(expected) + 1)
+    with pytest.raises(IndexError):
+        board.value_at(0)

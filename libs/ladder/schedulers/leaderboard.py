@@ -84,6 +84,24 @@ class RungLeaderboard:
             self._ordered = [(t, values[t]) for _, t in keys] + [(t, values[t]) for t in nans]
         return list(self._ordered)
 
+    def value_at(self, position: int) -> float:
+        """The value at 1-based ``position`` of ``ordered()``, without building the list
+        (a rebuild per decision was a fifth of early-stop's CPU at 1,000 workers)."""
+        keys = self._index()
+        if 1 <= position <= len(keys):
+            return self._keys_sign * keys[position - 1][0]
+        if len(keys) < position <= len(self.values):
+            return math.nan
+        raise IndexError(f"position {position} of a board of {len(self.values)}")
+
+    def best_first(self) -> Iterator[tuple[str, float]]:
+        """``ordered()`` lazily: a caller that stops at a cutoff reads only the top."""
+        values = self.values
+        for _, trial_id in list(self._index()):
+            yield trial_id, values[trial_id]
+        for trial_id in sorted(t for t, v in values.items() if math.isnan(v)):
+            yield trial_id, values[trial_id]
+
     def rank_of(self, trial_id: str) -> int:
         """1-based rank: 1 + the number of trials strictly better (ties share a rank)."""
         value = self.values[trial_id]

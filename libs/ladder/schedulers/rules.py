@@ -147,7 +147,7 @@ def asha_decide(
             f"{where}: population {n} < min {spec.min_population}",
         )
     keep = kept_count(n, spec.eta)
-    cutoff = board.ordered()[keep - 1][1]
+    cutoff = board.value_at(keep)
     stop = board.better(cutoff, value)
     worse, not_worse = _worse_sign(spec)
     sign = worse if stop else not_worse
@@ -298,10 +298,10 @@ def decide_crossing(
     if own.rule == "grace" or n < spec.min_population:
         return out  # no cutoff applies here yet, so nobody is paused on this rung
     keep = kept_count(n, spec.eta)
-    cutoff = board.ordered()[keep - 1][1]
+    cutoff = board.value_at(keep)
     where = _where(spec, rung, resource)
     _, not_worse = _worse_sign(spec)
-    for other, value in board.ordered():
+    for other, value in board.best_first():
         if board.better(cutoff, value):
             break  # everything further down is below the cutoff
         if other == trial_id or other in board.promoted:
