@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
+from redis.exceptions import NoScriptError
 
 from ladder.state import scripts
 from ladder.state.keys import Keys
@@ -384,14 +385,22 @@ class TrialStore:
         decision, in one Redis round trip: the HEARTBEAT script and the decision read
         are pipelined, and a refused heartbeat raises before the decision is used."""
         k = self.keys
-        pipe = self.r.pipeline(transaction=False)
-        self._scripts["HEARTBEAT"](
-            keys=[k.trial(trial_id), k.outbox, k.leases],
-            args=[attempt_id, "", "" if step is None else _number(step), int(lease_seconds * 1000)],
-            client=pipe,
-        )
-        pipe.hget(k.decision(trial_id), "proto")
-        (status, flat), raw = pipe.execute()
+        keys = [k.trial(trial_id), k.outbox, k.leases]
+        args = [attempt_id, "", "" if step is None else _number(step), int(lease_seconds * 1000)]
+        script = self._scripts["HEARTBEAT"]
+        for attempt in range(2):
+            # EVALSHA directly: a Script called on a pipeline makes redis-py send
+            # SCRIPT EXISTS before every execute, a second round trip per heartbeat.
+            pipe = self.r.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.hget(k.decision(trial_id), "proto")
+            try:
+                (status, flat), raw = pipe.execute()
+                break
+            except NoScriptError:
+                if attempt:
+                    raise
+                self.r.script_load(script.script)  # first use, or Redis restarted
         self._transition(trial_id, attempt_id, _text(status), _pairs(flat), "heartbeat")
         return _decision(raw)
 
