@@ -30,6 +30,8 @@ offsets, then prints one JSON summary on stdout:
 | --min-resource       | 4       | ASHA of the created study: first rung (steps)       |
 | --max-resource       | 108     | steps of an unstopped trial (rungs 4, 12, 36)       |
 | --heartbeat-every    | 5       | reports between two heartbeats of a worker          |
+| --ramp               | 0       | seconds over which the workers start (0: within 1/rate) |
+| --linger-ms          | 50      | producer linger of a simulator process              |
 | --drain              | 60      | seconds to wait after the run for late decisions    |
 | --seed               | 7       | seeds the curves and the workers' start offsets     |
 | --timeline FILE      | unset   | also write the per-decision timeline (JSON lines)   |
@@ -77,6 +79,8 @@ class LoadOptions:
     min_resource: int = 4
     max_resource: int = 108
     heartbeat_every: int = 5
+    linger_ms: int = 50
+    ramp: float = 0.0
     drain: float = 60.0
     seed: int = 7
     timeline: Path | None = None
@@ -139,6 +143,8 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
             duration=options.duration,
             max_resource=max_resource,
             heartbeat_every=options.heartbeat_every,
+            linger_ms=options.linger_ms,
+            ramp=options.ramp,
             seed=options.seed,
             start_at=start_at,
         )
@@ -262,6 +268,18 @@ def parse_args(argv: list[str] | None) -> LoadOptions:
     parser.add_argument("--min-resource", type=int, default=4)
     parser.add_argument("--max-resource", type=int, default=108)
     parser.add_argument("--heartbeat-every", type=int, default=5)
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="seconds over which the workers start (0: all within one report interval)",
+    )
+    parser.add_argument(
+        "--linger-ms",
+        type=int,
+        default=50,
+        help="producer linger of each simulator process (reports per produce request)",
+    )
     parser.add_argument("--drain", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeline", type=Path, default=None)
@@ -280,6 +298,8 @@ def parse_args(argv: list[str] | None) -> LoadOptions:
         min_resource=args.min_resource,
         max_resource=args.max_resource,
         heartbeat_every=args.heartbeat_every,
+        linger_ms=args.linger_ms,
+        ramp=args.ramp,
         drain=args.drain,
         seed=args.seed,
         timeline=args.timeline,

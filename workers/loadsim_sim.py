@@ -7,7 +7,7 @@ a STOP is seen, CompleteTrial at ``max_resource``; then the next trial.
 
 A STOP reaches a worker on two paths, and the first one wins:
 
-- the fast path: a kafka-python consumer thread in this process tails the decisions
+- the fast path: a librdkafka consumer thread in this process tails the decisions
   topic (all partitions) and wakes the worker whose trial was stopped;
 - the heartbeat path: the evaluate service answers a Heartbeat with STOP.
 
@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiokafka
+import confluent_kafka
 import grpc
-from kafka import KafkaConsumer, TopicPartition
 from ladder.config import Settings
 from ladder.v1 import (
     evaluate_pb2,
@@ -54,6 +54,8 @@ class SimConfig:
     duration: float  # seconds of simulated work
     max_resource: int  # steps of a trial that is never stopped
     heartbeat_every: int  # reports between heartbeats
+    linger_ms: int  # producer linger: reports of all its workers per produce request
+    ramp: float  # seconds over which the workers start (at least one report interval)
     seed: int
     start_at: float  # wall-clock time (time.time()) at which every process starts
 
@@ -156,12 +158,15 @@ class Simulator:
 
     def _producer(self) -> aiokafka.AIOKafkaProducer:
         # aiokafka on the simulator's own loop: kafka-python's producer woke its sender
-        # thread through a socket on every send, a third of the simulator's CPU. A 20 ms
-        # linger (a common client setting) puts ~10 reports in a produce request.
+        # thread through a socket on every send, a third of the simulator's CPU.
+        # The linger (default 50 ms) stands for a fleet's many producers writing few,
+        # larger batches: the embedded broker's fetch cost grows with the number of
+        # batches a partition holds (see bench/README.md), and one process writing a
+        # batch per partition every 20 ms made the broker the bottleneck of the run.
         return aiokafka.AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             acks="all",
-            linger_ms=20,
+            linger_ms=self.config.linger_ms,
             client_id="ladder-loadsim",
         )
 
@@ -173,41 +178,53 @@ class Simulator:
         if step > self.result.acked_max_step.get(trial_id, 0):
             self.result.acked_max_step[trial_id] = step
 
-    def _decisions_consumer(self) -> KafkaConsumer:
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
-            enable_auto_commit=False,
-            fetch_max_wait_ms=100,
-            client_id="ladder-loadsim-observer",
+    def _decisions_consumer(self) -> confluent_kafka.Consumer:
+        """librdkafka consumer of every decisions partition, from its current end (the
+        end is resolved now, before any worker reports). kafka-python decoded records
+        in Python under the GIL the simulated workers need."""
+        consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": "ladder-loadsim-observer",  # never joined: partitions assigned
+                "client.id": "ladder-loadsim-observer",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 100,
+            }
         )
         topic = self.settings.topics.decisions
-        parts = sorted(consumer.partitions_for_topic(topic) or ())
-        partitions = [TopicPartition(topic, p) for p in parts]
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        partitions = []
+        for p in sorted(metadata.partitions):
+            _, high = consumer.get_watermark_offsets(
+                confluent_kafka.TopicPartition(topic, p), timeout=10
+            )
+            partitions.append(confluent_kafka.TopicPartition(topic, p, high))
         consumer.assign(partitions)
-        consumer.seek_to_end(*partitions)
-        for tp in partitions:
-            consumer.position(tp)  # resolve "end" before any worker reports
         return consumer
 
-    def _observe_decisions(self, consumer: KafkaConsumer) -> None:
+    def _observe_decisions(self, consumer: confluent_kafka.Consumer) -> None:
         """Fast path (thread): hand STOPs of this process's trials to their workers."""
         assert self.loop is not None
         try:
             while not self._closing.is_set():
-                for records in consumer.poll(timeout_ms=200).values():
-                    seen_ms = time.time() * 1000
-                    for record in records:
-                        decision = events_pb2.Decision()
-                        try:
-                            decision.ParseFromString(record.value)
-                        except Exception:  # noqa: BLE001 - not ours to judge
-                            continue
-                        if (
-                            decision.action == events_pb2.STOP
-                            and decision.study_id == self.config.study_id
-                            and decision.trial_id in self.live
-                        ):
-                            self.loop.call_soon_threadsafe(self._stop_seen, decision, seen_ms, True)
+                first = consumer.poll(0.2)
+                if first is None:
+                    continue
+                seen_ms = time.time() * 1000
+                for record in [first, *consumer.consume(499, 0)]:
+                    if record.error() is not None:
+                        continue
+                    decision = events_pb2.Decision()
+                    try:
+                        decision.ParseFromString(record.value())
+                    except Exception:  # noqa: BLE001 - not ours to judge
+                        continue
+                    if (
+                        decision.action == events_pb2.STOP
+                        and decision.study_id == self.config.study_id
+                        and decision.trial_id in self.live
+                    ):
+                        self.loop.call_soon_threadsafe(self._stop_seen, decision, seen_ms, True)
         finally:
             consumer.close()
 
@@ -243,8 +260,9 @@ class Simulator:
         worker_id = f"sim-{index}"
         interval = 1.0 / cfg.rate
         rng = random.Random(cfg.seed * 1_000_003 + index)
-        # Spread the workers over one interval so reports arrive evenly, not in bursts.
-        await asyncio.sleep(rng.uniform(0, interval))
+        # Spread the workers' starts over the ramp (at least one interval) so reports
+        # arrive evenly, not in bursts.
+        await asyncio.sleep(rng.uniform(0, max(interval, cfg.ramp)))
         topic = self.settings.topics.metrics
         while time.monotonic() < deadline:
             try:

@@ -156,13 +156,18 @@ class EventProducer:
 
     A daemon thread serves delivery reports (``poll``), so ``SendResult`` callbacks
     fire without further sends.
+
+    Linger (``Settings.kafka_linger_ms``, 20 ms): the embedded broker's fetch cost
+    grows with the number of record batches a partition holds, so a record per batch
+    (librdkafka's 5 ms linger at a few hundred trial events/s) made every consumer of
+    the trials topic slower as a run went on (bench/README.md, "Early-stop scale").
     """
 
     def __init__(
         self,
         settings: Settings,
         service: str,
-        linger_ms: int = 2,
+        linger_ms: int | None = None,
         delivery_timeout_s: float = 30.0,
     ) -> None:
         self.settings = settings
@@ -172,7 +177,7 @@ class EventProducer:
                 "bootstrap.servers": settings.kafka_bootstrap,
                 "client.id": f"ladder-{service}",
                 "acks": "all",
-                "linger.ms": linger_ms,
+                "linger.ms": settings.kafka_linger_ms if linger_ms is None else linger_ms,
                 # Fail a record after this long instead of librdkafka's 5 minutes.
                 "delivery.timeout.ms": int(delivery_timeout_s * 1000),
                 "logger": logging.getLogger("ladder.kafka.producer"),

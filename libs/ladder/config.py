@@ -91,6 +91,7 @@ class Settings:
     | LADDER_SUGGEST_ADDR        | stack.json, else 127.0.0.1:50051 |
     | LADDER_EVALUATE_ADDR       | stack.json, else 127.0.0.1:50052 |
     | LADDER_LINEAGE_ADDR        | stack.json, else 127.0.0.1:50053 |
+    | LADDER_KAFKA_LINGER_MS     | 20                              |
     """
 
     kafka_bootstrap: str
@@ -100,6 +101,9 @@ class Settings:
     evaluate_addr: str = "127.0.0.1:50052"
     lineage_addr: str = "127.0.0.1:50053"
     state_dir: Path = field(default_factory=state_dir)
+    # Producer linger of the services' event producers (suggest lingers less: its
+    # TRIAL_SUGGESTED should reach the topic before the worker's TRIAL_STARTED).
+    kafka_linger_ms: int = 20
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -111,4 +115,5 @@ class Settings:
             evaluate_addr=_pick("LADDER_EVALUATE_ADDR", "evaluate_addr", "127.0.0.1:50052"),
             lineage_addr=_pick("LADDER_LINEAGE_ADDR", "lineage_addr", "127.0.0.1:50053"),
             state_dir=state_dir(),
+            kafka_linger_ms=int(os.environ.get("LADDER_KAFKA_LINGER_MS", "20")),
         )

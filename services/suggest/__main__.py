@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     state = open_state(settings)
     state.client.ping()  # fail fast (and visibly) when Redis is unreachable
-    # No linger: TRIAL_SUGGESTED is sent as soon as Suggest queued it (see publisher.py).
-    producer = EventProducer(settings, "suggest", linger_ms=0)
+    # A short linger: TRIAL_SUGGESTED should reach the topic before the worker's
+    # TRIAL_STARTED, which evaluate sends with the longer default (see publisher.py).
+    producer = EventProducer(settings, "suggest", linger_ms=min(10, settings.kafka_linger_ms))
     refit = None
     if args.refit == "process":
         refit = RefitProcess(settings, nice=int(os.environ.get("LADDER_REFIT_NICE", 5)))

@@ -10,9 +10,9 @@ dies first, the entry stays and evaluate's outbox relay re-publishes it after
 ``LADDER_OUTBOX_RETRY_SECONDS``: nothing is lost, and consumers are idempotent,
 so a duplicate is harmless.
 
-The record is in the producer's queue before Suggest answers and the producer
-sends without lingering, so it normally reaches the topic before the worker's
-TRIAL_STARTED; consumers (lineage's projection) tolerate the other order too.
+The record is in the producer's queue before Suggest answers and this producer
+lingers at most 10 ms (evaluate's 20 ms), so it normally reaches the topic before
+the worker's TRIAL_STARTED; consumers (lineage's projection) tolerate the other order too.
 """
 
 from __future__ import annotations
