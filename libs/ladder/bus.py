@@ -40,6 +40,9 @@ GROUP_TIMEOUTS = {
 }
 # Records handed over per consume() call.
 MAX_POLL_RECORDS = 500
+# A paced consumer's librdkafka stops fetching a partition once it holds this many
+# records, for the pace interval (fetch.queue.backoff.ms).
+PACED_PREFETCH = 1
 
 
 def _next_records(consumer: confluent_kafka.Consumer) -> list[confluent_kafka.Message]:
@@ -299,6 +302,7 @@ class ConsumerLoop:
         from_beginning: bool = True,
         start_offsets: Callable[[], Mapping[tuple[str, int], int]] | None = None,
         untraced_topics: Collection[str] = (),
+        pace_s: float = 0.0,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -313,6 +317,13 @@ class ConsumerLoop:
         # Records of these topics get no CONSUMER span: a span per metric point cost a
         # consumer more than storing the point, and would flood the trace backend.
         self.untraced_topics = frozenset(untraced_topics)
+        # A consumer that can lag by a fraction of a second reads at most every
+        # ``pace_s`` seconds once caught up, and librdkafka stops fetching meanwhile:
+        # fewer, fuller fetches. The embedded broker charges each fetch in proportion to
+        # the batches the partition holds; six consumers re-fetching the decisions
+        # topic on every new batch made it the busiest process of a 1,000-worker run
+        # (deploy/local/README.md).
+        self.pace_s = pace_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"consume-{service}", daemon=True)
         self.processed = 0
@@ -338,6 +349,9 @@ class ConsumerLoop:
             "fetch.wait.max.ms": 100,
             "logger": logging.getLogger("ladder.kafka.consumer"),
         }
+        if self.pace_s > 0:
+            options["queued.min.messages"] = PACED_PREFETCH
+            options["fetch.queue.backoff.ms"] = int(self.pace_s * 1000)
         if self.group_id:
             options.update(GROUP_TIMEOUTS)
             consumer = confluent_kafka.Consumer(options)
@@ -376,6 +390,7 @@ class ConsumerLoop:
             try:
                 if consumer is None:
                     consumer = self._consumer()
+                started = time.monotonic()
                 messages = _next_records(consumer)
                 self.ready.set()
                 for raw in messages:
@@ -388,6 +403,9 @@ class ConsumerLoop:
                     self._process(raw)
                 if messages and self.group_id:
                     consumer.commit(asynchronous=False)
+                if 0 < len(messages) < MAX_POLL_RECORDS and self.pace_s > 0:
+                    # Caught up: wait for more to gather (behind, it reads on at once).
+                    self._stop.wait(self.pace_s - (time.monotonic() - started))
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("consumer loop error; reconnecting")
                 if consumer is not None:

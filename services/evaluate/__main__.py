@@ -8,6 +8,8 @@ RESUMABLE, so the next Suggest hands it out with its checkpoint.
 | env var / flag                     | default | meaning                                    |
 |------------------------------------|---------|--------------------------------------------|
 | ``--port`` / LADDER_EVALUATE_PORT  | 50052   | gRPC port (health service included)        |
+| ``--read-interval-ms`` /           | 100     | once caught up, read decisions at most     |
+| LADDER_EVALUATE_READ_INTERVAL_MS   |         | this often (0: as they arrive)             |
 | LADDER_LEASE_SECONDS               | 30      | lease granted by StartTrial / Heartbeat    |
 | LADDER_MAX_ATTEMPTS                | 3       | attempts before a retryable failure is     |
 |                                    |         | final (FAILED instead of RESUMABLE)        |
@@ -53,6 +55,12 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--port", type=int, default=int(env("LADDER_EVALUATE_PORT", 50052)))
+    parser.add_argument(
+        "--read-interval-ms",
+        type=int,
+        default=int(env("LADDER_EVALUATE_READ_INTERVAL_MS", 100)),
+        help="once caught up, read the topics at most this often (0: as records arrive)",
+    )
     parser.add_argument(
         "--lease-seconds", type=float, default=float(env("LADDER_LEASE_SECONDS", 30))
     )
@@ -101,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         producer,
         group_id=None,
         start_offsets=offsets.load,
+        pace_s=args.read_interval_ms / 1000,
     ).start()
     sweeper = LeaseSweeper(state.trials, publisher, sweep, args.outbox_retry_seconds).start()
 

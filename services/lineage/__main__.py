@@ -7,6 +7,7 @@
 | LADDER_LINEAGE_PORT   | --port | 50053                                 |
 | LADDER_LINEAGE_DB     | --db   | <LADDER_STATE_DIR>/lineage.sqlite3    |
 | LADDER_LINEAGE_HOST   | --host | 127.0.0.1                             |
+| LADDER_LINEAGE_READ_INTERVAL_MS | --read-interval-ms | 500 (0: read as records arrive) |
 | LADDER_KAFKA_BOOTSTRAP, LADDER_TOPIC_PREFIX, LADDER_STATE_DIR | | see ladder.config |
 
 One group-less consumer reads every topic (studies, trials, metrics, rungs,
@@ -53,6 +54,12 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
     )
     parser.add_argument("--host", default=os.environ.get("LADDER_LINEAGE_HOST", "127.0.0.1"))
     parser.add_argument(
+        "--read-interval-ms",
+        type=int,
+        default=int(os.environ.get("LADDER_LINEAGE_READ_INTERVAL_MS", "500")),
+        help="once caught up, read at most this often: fewer, fuller broker fetches",
+    )
+    parser.add_argument(
         "--db",
         type=Path,
         default=Path(os.environ.get("LADDER_LINEAGE_DB") or settings.state_dir / "lineage.sqlite3"),
@@ -85,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Metric points are stored, not traced one by one (early-stop traces the ones
         # that cross a rung); every other topic's records get their CONSUMER span.
         untraced_topics=[settings.topics.metrics],
+        pace_s=args.read_interval_ms / 1000,
     )
     servicer = LineageServicer(lambda: LineageQueries(connect(args.db, readonly=True)))
     host = ServiceHost(SERVICE_NAME, args.port, host=args.host)

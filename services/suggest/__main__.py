@@ -5,6 +5,8 @@ Creates studies and answers Suggest with resumable or new trials.
 | env var / flag                 | default | meaning                                        |
 |--------------------------------|---------|------------------------------------------------|
 | ``--port`` / LADDER_SUGGEST_PORT | 50051 | gRPC port (health service included)             |
+| ``--read-interval-ms`` /       | 200     | once caught up, read trials and decisions at   |
+| LADDER_SUGGEST_READ_INTERVAL_MS |        | most this often (0: as they arrive)            |
 | LADDER_CLAIM_SECONDS           | 120     | a handed-out trial not started within this     |
 |                                |         | becomes resumable again (evaluate's sweeper)   |
 | ``--buffer`` / LADDER_SUGGEST_BUFFER | 8 | ready model-based suggestions kept per       |
@@ -64,6 +66,12 @@ def main(argv: list[str] | None = None) -> None:
         "--port", type=int, default=int(os.environ.get("LADDER_SUGGEST_PORT", 50051))
     )
     parser.add_argument(
+        "--read-interval-ms",
+        type=int,
+        default=int(os.environ.get("LADDER_SUGGEST_READ_INTERVAL_MS", 200)),
+        help="once caught up, read trials and decisions at most this often (0: as they arrive)",
+    )
+    parser.add_argument(
         "--claim-seconds", type=float, default=float(os.environ.get("LADDER_CLAIM_SECONDS", 120))
     )
     parser.add_argument(
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         servicer.on_event,
         producer,
         group_id=None,
+        pace_s=args.read_interval_ms / 1000,
     ).start()
 
     host = ServiceHost("ladder.v1.SuggestService", args.port)
