@@ -59,6 +59,7 @@ NOT_SERVING, stops the worker (the group is left, offsets committed) and exits 0
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -75,6 +76,9 @@ from services.earlystop.app import EarlyStopOptions, create_app, topic_partition
 from services.earlystop.health import HealthServer
 from services.earlystop.tables import LeaderboardView, StudyDirectory, declare_tables
 
+# Allocations between young-generation collections (CPython: 700); a stream
+# processor allocates many short-lived objects per record.
+GC_GEN0_THRESHOLD = 20_000
 log = logging.getLogger("ladder.earlystop")
 
 
@@ -97,6 +101,12 @@ class EarlyStopWorker(faust.Worker):
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
+        # What exists now (modules, the app, recovered tables) lives as long as the
+        # process: out of the collector's sight, and full collections rarer. Measured
+        # at 1,000 workers: a gen-2 collection every ~8 s paused the loop 40-90 ms and
+        # freed nothing.
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
         self.health.set_serving(True)
         log.info("earlystop ready in %.1fs", time.monotonic() - self.started_at)
 
