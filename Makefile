@@ -72,12 +72,12 @@ bench-curves: setup
 
 # A fresh embedded stack under 1,000 and 5,000 simulated workers and a report
 # backlog (capacity), with one and two early-stop processes and a SIGKILL of one of
-# them; the 1,000-worker runs last 120 s, each on a fresh stack (the embedded broker
-# slows down with what it holds), the rest 60 s (~22 min). Normal priority: it
-# measures latency.
+# them; the 1,000-worker runs last 120 s, three times each, each run on a fresh
+# stack (the embedded broker slows down with what it holds), the rest 60 s
+# (~35 min). Normal priority: it measures latency.
 bench-scale: setup
-	$(PY) bench/earlystop_scale.py --scenarios 1es --duration 120
-	$(PY) bench/earlystop_scale.py --scenarios 2es --duration 120 --merge
+	$(PY) bench/earlystop_scale.py --scenarios 1es --duration 120 --repeat 3
+	$(PY) bench/earlystop_scale.py --scenarios 2es --duration 120 --repeat 3 --merge
 	$(PY) bench/earlystop_scale.py --scenarios burst,cap,big,kill --duration 60 --merge
 
 # The simulator against the stack already up (`make up`).

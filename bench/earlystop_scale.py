@@ -43,7 +43,9 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,6 +59,7 @@ from ladder.stack import Stack
 from ladder.stack.ports import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
+FAILURES = Path(tempfile.gettempdir()) / "ladder-scale-failures"
 PACKAGES = ("faust-streaming", "aiokafka", "kafka-python", "grpcio", "protobuf")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOADSIM_NICE = 5
@@ -170,6 +173,16 @@ def wait_drained(env: dict[str, str], timeout: float) -> int:
     return left
 
 
+def keep_for_diagnosis(workdir: Path, timeline: Path, name: str) -> str:
+    """The services' logs and the timeline of a run whose counts failed, copied out of
+    the temporary state folder (which is deleted with the stack)."""
+    keep = FAILURES / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    shutil.copytree(workdir / "logs", keep / "logs")
+    shutil.copy(timeline, keep / timeline.name)
+    log(f"{name}: counts failed; logs and timeline kept in {keep}")
+    return str(keep)
+
+
 def start_loadsim(argv: list[str], env: dict[str, str], nice: int) -> subprocess.Popen[str]:
     """The load generator, LOADSIM_NICE steps nicer than the system under test: on 2
     shared cores it would otherwise take the CPU the services need (real workers run on
@@ -267,6 +280,8 @@ def run_loadsim(
     )
     summary["earlystop"].pop("samples", None)
     summary["latency_over_run"] = latency_over_run(timeline)
+    if not summary["counts"]["ok"]:
+        summary["kept_for_diagnosis"] = keep_for_diagnosis(workdir, timeline, name)
     if killed_at is not None:
         summary["kill"] = kill_effect(timeline, killed_at - summary["run_start_unix"])
     log(f"{name}: {json.dumps(headline(summary))}")
@@ -429,6 +444,28 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def repeat_summary(scenarios: dict[str, Any]) -> dict[str, Any]:
+    """Per loadsim scenario run more than once: each run's p99s and their median."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for name, result in scenarios.items():
+        if "latency_ms" in result:
+            runs.setdefault(name.split("@")[0], []).append(result)
+    out: dict[str, Any] = {}
+    for base, results in runs.items():
+        if len(results) < 2:
+            continue
+        on_topic = [r["latency_ms"]["report_to_decision_on_topic"]["p99"] for r in results]
+        obeyed = [r["latency_ms"]["report_to_stop_obeyed_fast_path"]["p99"] for r in results]
+        out[base] = {
+            "runs": len(results),
+            "p99_report_to_decision_on_topic_ms": on_topic,
+            "p99_report_to_stop_obeyed_ms": obeyed,
+            "median_p99_on_topic_ms": statistics.median(on_topic),
+            "median_p99_obeyed_ms": statistics.median(obeyed),
+        }
+    return out
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -436,15 +473,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [n for n in results if "latency_ms" in results[n]]  # the loadsim scenarios
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     width = 0.25
     for i, q in enumerate(("p50", "p90", "p99")):
         values = [results[n]["latency_ms"]["report_to_decision_on_topic"].get(q, 0) for n in names]
         ax.bar([x + (i - 1) * width for x in range(len(names))], values, width, label=q)
-    ax.set_xticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.axhline(1000, color="grey", linestyle="--", linewidth=1, label="1 s")
     ax.set_yscale("log")
     ax.set_ylabel("report -> decision on topic (ms, log)")
-    ax.set_title(f"Early-stop at scale ({os.cpu_count()} shared cores, load {load_average()})")
+    ax.set_title(f"Early-stop at scale ({os.cpu_count()} shared cores for the stack and simulator)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -501,6 +539,12 @@ def main() -> None:
     parser.add_argument(
         "--merge", action="store_true", help="add the scenarios to an existing --out file"
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the scenarios this many times, each time on a fresh stack (name@2, ...)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "earlystop-scale.json")
     args = parser.parse_args()
     wanted = set(args.scenarios.split(","))
@@ -517,65 +561,73 @@ def main() -> None:
         {"machine": machine(), "duration_s": args.duration, "scenarios": sorted(wanted)}
     )
     scenarios = report["scenarios"]
-    with tempfile.TemporaryDirectory(prefix="ladder-scale-") as tmp:
-        state = Path(tmp)
-        stack = Stack(state, services=True)
-        info = stack.up()
-        os.environ.update(stack.env())
-        env = dict(os.environ)
-        pids = {
-            name: info["pids"][name]["pid"]
-            for name in ("kafka", "redis", "suggest", "evaluate", "lineage", "earlystop")
-        }
-        extra: ExtraEarlyStop | None = None
-        try:
-            cap_trials, cap_steps = args.capacity
-            if "burst" in wanted:
-                scenarios["1000w-1es-burst"] = run_loadsim(
-                    env, state, "1000w-1es-burst", 1000, args.duration, pids, ramp=0.0
-                )
-            if "1es" in wanted:
-                scenarios["1000w-1es"] = run_loadsim(
-                    env, state, "1000w-1es", 1000, args.duration, pids, ramp=args.ramp
-                )
-            if "cap" in wanted:
-                scenarios["capacity-1es"] = run_capacity(
-                    env, "capacity-1es", cap_trials, cap_steps, pids
-                )
-            extra = ExtraEarlyStop(env, state)
-            pids["earlystop-2"] = extra.proc.pid
-            if "2es" in wanted:
-                scenarios["1000w-2es"] = run_loadsim(
-                    env, state, "1000w-2es", 1000, args.duration, pids, ramp=args.ramp
-                )
-            if "cap" in wanted:
-                scenarios["capacity-2es"] = run_capacity(
-                    env, "capacity-2es", cap_trials, cap_steps, pids
-                )
-            if "big" in wanted:
-                name = f"{args.big}w-2es"
-                # Saturation, measured as is: the simulator at the stack's priority
-                # offers what it can (niced, 5,000 workers lagged it by 37 s).
-                scenarios[name] = run_loadsim(
-                    env, state, name, args.big, args.duration, pids, ramp=args.ramp, sim_nice=0
-                )
-            if "kill" in wanted:
-                # Below saturation, so the gap measured is the takeover, not a queue.
-                name = f"{args.kill_workers}w-kill"
-                scenarios[name] = run_loadsim(
-                    env,
-                    state,
-                    name,
-                    args.kill_workers,
-                    args.duration,
-                    pids,
-                    kill=(args.duration / 2, extra),
-                    ramp=args.ramp,
-                )
-        finally:
-            if extra is not None:
-                extra.stop()
-            stack.down()
+    outside_env = dict(os.environ)
+    for repeat in range(1, args.repeat + 1):
+        # Each repeat on a fresh stack (endpoints of the last one forgotten, or the
+        # launcher would take them for an external broker and Redis); the first run
+        # keeps the plain names.
+        tag = "" if repeat == 1 else f"@{repeat}"
+        os.environ.clear()
+        os.environ.update(outside_env)
+        with tempfile.TemporaryDirectory(prefix="ladder-scale-") as tmp:
+            state = Path(tmp)
+            stack = Stack(state, services=True)
+            info = stack.up()
+            os.environ.update(stack.env())
+            env = dict(os.environ)
+            pids = {
+                name: info["pids"][name]["pid"]
+                for name in ("kafka", "redis", "suggest", "evaluate", "lineage", "earlystop")
+            }
+            extra: ExtraEarlyStop | None = None
+            try:
+                cap_trials, cap_steps = args.capacity
+                if "burst" in wanted:
+                    scenarios[f"1000w-1es-burst{tag}"] = run_loadsim(
+                        env, state, "1000w-1es-burst", 1000, args.duration, pids, ramp=0.0
+                    )
+                if "1es" in wanted:
+                    scenarios[f"1000w-1es{tag}"] = run_loadsim(
+                        env, state, "1000w-1es", 1000, args.duration, pids, ramp=args.ramp
+                    )
+                if "cap" in wanted:
+                    scenarios[f"capacity-1es{tag}"] = run_capacity(
+                        env, "capacity-1es", cap_trials, cap_steps, pids
+                    )
+                extra = ExtraEarlyStop(env, state)
+                pids["earlystop-2"] = extra.proc.pid
+                if "2es" in wanted:
+                    scenarios[f"1000w-2es{tag}"] = run_loadsim(
+                        env, state, "1000w-2es", 1000, args.duration, pids, ramp=args.ramp
+                    )
+                if "cap" in wanted:
+                    scenarios[f"capacity-2es{tag}"] = run_capacity(
+                        env, "capacity-2es", cap_trials, cap_steps, pids
+                    )
+                if "big" in wanted:
+                    name = f"{args.big}w-2es{tag}"
+                    # Saturation, measured as is: the simulator at the stack's priority
+                    # offers what it can (niced, 5,000 workers lagged it by 37 s).
+                    scenarios[name] = run_loadsim(
+                        env, state, name, args.big, args.duration, pids, ramp=args.ramp, sim_nice=0
+                    )
+                if "kill" in wanted:
+                    # Below saturation, so the gap measured is the takeover, not a queue.
+                    name = f"{args.kill_workers}w-kill{tag}"
+                    scenarios[name] = run_loadsim(
+                        env,
+                        state,
+                        name,
+                        args.kill_workers,
+                        args.duration,
+                        pids,
+                        kill=(args.duration / 2, extra),
+                        ramp=args.ramp,
+                    )
+            finally:
+                if extra is not None:
+                    extra.stop()
+                stack.down()
     one, two = (
         scenarios.get(n, {}).get("earlystop", {}).get("processed_per_s_steady")
         for n in ("1000w-1es", "1000w-2es")
@@ -583,6 +635,7 @@ def main() -> None:
     report["ratio_2es_vs_1es_processed"] = round(two / one, 2) if one and two else None
     one, two = (scenarios.get(n, {}).get("reports_per_s") for n in ("capacity-1es", "capacity-2es"))
     report["ratio_2es_vs_1es_capacity"] = round(two / one, 2) if one and two else None
+    report["repeats"] = repeat_summary(scenarios)
     report["load_average_end"] = load_average()
     report["machine"] = report["runs"][-1]["machine"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
