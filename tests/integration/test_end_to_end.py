@@ -22,7 +22,7 @@ from ladder.client import LadderClient
 from ladder.codec import BadRecord, decode
 from ladder.config import Settings
 from ladder.v1 import events_pb2
-from waiting import wait_for
+from waiting import unless_not_found, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -149,7 +149,10 @@ def test_plain_json_metrics_drive_decisions_heartbeats_and_lineage(system: dict)
     assert worst_tid in stops and best_tid not in stops
 
     lineage = wait_for(
-        lambda: (lin := client.lineage(worst_tid)).metrics and lin.decisions and lin,
+        lambda: (lin := unless_not_found(lambda: client.lineage(worst_tid)))
+        and lin.metrics
+        and lin.decisions
+        and lin,
         60,
         "lineage with the metric point and the decision",
     )

@@ -19,6 +19,7 @@ from ladder.client import LadderClient, study_config
 from ladder.config import Settings
 from ladder.params import params_to_dict
 from ladder.v1 import trial_pb2
+from waiting import unless_not_found
 
 from workers.digits import DATASET_ID, DigitsWorkload
 from workers.runtime import Worker, WorkerConfig, WorkerReport, path_from_uri
@@ -113,8 +114,8 @@ def test_one_worker_runs_a_study_end_to_end(services: Settings, tmp_path: Path) 
         trials = poll(lambda: finished_trials(client, study_id, 2), 30, "2 completed trials")
         for summary in trials:
             lineage = poll(
-                lambda s=summary: (lin := client.lineage(s.trial_id)).has_final_value
-                and len(lin.metrics) == 3 and lin,
+                lambda s=summary: (lin := unless_not_found(lambda: client.lineage(s.trial_id)))
+                and lin.has_final_value and len(lin.metrics) == 3 and lin,
                 30, f"lineage of {summary.trial_id}",
             )
             curve = sorted(lineage.metrics, key=lambda p: p.step)
@@ -178,7 +179,8 @@ def test_sigterm_hands_the_trial_back_and_the_next_worker_resumes(
         try:
             trial_id = poll(lambda: next(iter(client.list_trials(study_id)), None), 60,
                             "the trial to be suggested").trial_id
-            poll(lambda: len(client.lineage(trial_id).metrics) >= 3, 60, "3 metric points")
+            poll(lambda: (lin := unless_not_found(lambda: client.lineage(trial_id)))
+                 and len(lin.metrics) >= 3, 60, "3 metric points")
             first.send_signal(signal.SIGTERM)
             _, stderr = first.communicate(timeout=60)
         finally:
@@ -198,8 +200,8 @@ def test_sigterm_hands_the_trial_back_and_the_next_worker_resumes(
         report = worker.run()
         assert report.outcomes == {"completed": 1}
 
-        lineage = poll(lambda: (lin := client.lineage(trial_id)).has_final_value and lin, 30,
-                       "the final value in the lineage")
+        lineage = poll(lambda: (lin := unless_not_found(lambda: client.lineage(trial_id)))
+                       and lin.has_final_value and lin, 30, "the final value in the lineage")
         assert [a.worker_id for a in lineage.attempts] == ["it-a", "it-b"]
         second = lineage.attempts[1].attempt_id
         resumed_steps = sorted(p.step for p in lineage.metrics if p.attempt_id == second)

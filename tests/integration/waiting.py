@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+import grpc
+
+T = TypeVar("T")
 
 
 def wait_for(
@@ -19,3 +23,14 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
+
+
+def unless_not_found(call: Callable[[], T]) -> T | None:
+    """``call()``, or None while the service answers NOT_FOUND: lineage ingests from the
+    topics, reading at most every 500 ms, so a trial may not be there yet."""
+    try:
+        return call()
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
