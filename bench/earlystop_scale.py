@@ -26,8 +26,9 @@ Scenarios, in this order (each a fresh ASHA study; the loadsim ones are run by
    recovery gap is how long the reports of the killed partitions waited.
 
 Each scenario first waits (bounded) until the early-stop group has no metrics backlog.
-The simulator runs ``LOADSIM_NICE`` steps nicer than the stack (the load generator
-should not take the CPU of the system it measures); the early-stop settings come from
+The simulator runs ``LOADSIM_NICE`` steps nicer than the stack, in its own session
+whose autogroup gets the same nice value (the load generator should not take the CPU
+of the system it measures); the early-stop settings come from
 the environment (e.g. ``LADDER_EARLYSTOP_STANDBY_REPLICAS=1`` to compare takeovers).
 
 For each loadsim one: metric events/s committed by the early-stop group, report-to-decision
@@ -505,6 +506,71 @@ def machine() -> dict[str, Any]:
     }
 
 
+def run_on_fresh_stack(args: argparse.Namespace, wanted: set[str], tag: str) -> dict[str, Any]:
+    """The wanted scenarios, in order, on a new embedded stack; names end with ``tag``."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ladder-scale-") as tmp:
+        state = Path(tmp)
+        stack = Stack(state, services=True)
+        info = stack.up()
+        os.environ.update(stack.env())
+        env = dict(os.environ)
+        pids = {
+            name: info["pids"][name]["pid"]
+            for name in ("kafka", "redis", "suggest", "evaluate", "lineage", "earlystop")
+        }
+        extra: ExtraEarlyStop | None = None
+        try:
+            cap_trials, cap_steps = args.capacity
+            if "burst" in wanted:
+                out[f"1000w-1es-burst{tag}"] = run_loadsim(
+                    env, state, "1000w-1es-burst", 1000, args.duration, pids, ramp=0.0
+                )
+            if "1es" in wanted:
+                out[f"1000w-1es{tag}"] = run_loadsim(
+                    env, state, "1000w-1es", 1000, args.duration, pids, ramp=args.ramp
+                )
+            if "cap" in wanted:
+                out[f"capacity-1es{tag}"] = run_capacity(
+                    env, "capacity-1es", cap_trials, cap_steps, pids
+                )
+            extra = ExtraEarlyStop(env, state)
+            pids["earlystop-2"] = extra.proc.pid
+            if "2es" in wanted:
+                out[f"1000w-2es{tag}"] = run_loadsim(
+                    env, state, "1000w-2es", 1000, args.duration, pids, ramp=args.ramp
+                )
+            if "cap" in wanted:
+                out[f"capacity-2es{tag}"] = run_capacity(
+                    env, "capacity-2es", cap_trials, cap_steps, pids
+                )
+            if "big" in wanted:
+                name = f"{args.big}w-2es{tag}"
+                # Saturation, measured as is: the simulator at the stack's priority
+                # offers what it can (niced, 5,000 workers lagged it by 37 s).
+                out[name] = run_loadsim(
+                    env, state, name, args.big, args.duration, pids, ramp=args.ramp, sim_nice=0
+                )
+            if "kill" in wanted:
+                # Below saturation, so the gap measured is the takeover, not a queue.
+                name = f"{args.kill_workers}w-kill{tag}"
+                out[name] = run_loadsim(
+                    env,
+                    state,
+                    name,
+                    args.kill_workers,
+                    args.duration,
+                    pids,
+                    kill=(args.duration / 2, extra),
+                    ramp=args.ramp,
+                )
+        finally:
+            if extra is not None:
+                extra.stop()
+            stack.down()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -566,68 +632,9 @@ def main() -> None:
         # Each repeat on a fresh stack (endpoints of the last one forgotten, or the
         # launcher would take them for an external broker and Redis); the first run
         # keeps the plain names.
-        tag = "" if repeat == 1 else f"@{repeat}"
         os.environ.clear()
         os.environ.update(outside_env)
-        with tempfile.TemporaryDirectory(prefix="ladder-scale-") as tmp:
-            state = Path(tmp)
-            stack = Stack(state, services=True)
-            info = stack.up()
-            os.environ.update(stack.env())
-            env = dict(os.environ)
-            pids = {
-                name: info["pids"][name]["pid"]
-                for name in ("kafka", "redis", "suggest", "evaluate", "lineage", "earlystop")
-            }
-            extra: ExtraEarlyStop | None = None
-            try:
-                cap_trials, cap_steps = args.capacity
-                if "burst" in wanted:
-                    scenarios[f"1000w-1es-burst{tag}"] = run_loadsim(
-                        env, state, "1000w-1es-burst", 1000, args.duration, pids, ramp=0.0
-                    )
-                if "1es" in wanted:
-                    scenarios[f"1000w-1es{tag}"] = run_loadsim(
-                        env, state, "1000w-1es", 1000, args.duration, pids, ramp=args.ramp
-                    )
-                if "cap" in wanted:
-                    scenarios[f"capacity-1es{tag}"] = run_capacity(
-                        env, "capacity-1es", cap_trials, cap_steps, pids
-                    )
-                extra = ExtraEarlyStop(env, state)
-                pids["earlystop-2"] = extra.proc.pid
-                if "2es" in wanted:
-                    scenarios[f"1000w-2es{tag}"] = run_loadsim(
-                        env, state, "1000w-2es", 1000, args.duration, pids, ramp=args.ramp
-                    )
-                if "cap" in wanted:
-                    scenarios[f"capacity-2es{tag}"] = run_capacity(
-                        env, "capacity-2es", cap_trials, cap_steps, pids
-                    )
-                if "big" in wanted:
-                    name = f"{args.big}w-2es{tag}"
-                    # Saturation, measured as is: the simulator at the stack's priority
-                    # offers what it can (niced, 5,000 workers lagged it by 37 s).
-                    scenarios[name] = run_loadsim(
-                        env, state, name, args.big, args.duration, pids, ramp=args.ramp, sim_nice=0
-                    )
-                if "kill" in wanted:
-                    # Below saturation, so the gap measured is the takeover, not a queue.
-                    name = f"{args.kill_workers}w-kill{tag}"
-                    scenarios[name] = run_loadsim(
-                        env,
-                        state,
-                        name,
-                        args.kill_workers,
-                        args.duration,
-                        pids,
-                        kill=(args.duration / 2, extra),
-                        ramp=args.ramp,
-                    )
-            finally:
-                if extra is not None:
-                    extra.stop()
-                stack.down()
+        scenarios.update(run_on_fresh_stack(args, wanted, "" if repeat == 1 else f"@{repeat}"))
     one, two = (
         scenarios.get(n, {}).get("earlystop", {}).get("processed_per_s_steady")
         for n in ("1000w-1es", "1000w-2es")
