@@ -71,14 +71,16 @@ bench-curves: setup
 	nice -n 10 $(PY) bench/curves/make_digits_curves.py
 
 # A fresh embedded stack under 1,000 and 5,000 simulated workers and a report
-# backlog (capacity), with one and two early-stop processes and a SIGKILL of one of
-# them; the 1,000-worker runs last 120 s, three times each, each run on a fresh
-# stack (the embedded broker slows down with what it holds), the rest 60 s
-# (~35 min). Normal priority: it measures latency.
+# backlog (capacity, also with each early-stop process held to half a core), with one
+# and two early-stop processes, a third one joining and leaving every 30 s (churn) and
+# a SIGKILL of one of them; the 1,000-worker runs last 120 s, three times each, each
+# run on a fresh stack (the embedded broker slows down with what it holds), the rest
+# 60 s (~45 min). Normal priority: it measures latency.
 bench-scale: setup
 	$(PY) bench/earlystop_scale.py --scenarios 1es --duration 120 --repeat 3
 	$(PY) bench/earlystop_scale.py --scenarios 2es --duration 120 --repeat 3 --merge
-	$(PY) bench/earlystop_scale.py --scenarios burst,cap,big,kill --duration 60 --merge
+	$(PY) bench/earlystop_scale.py --scenarios churn --duration 120 --repeat 2 --merge
+	$(PY) bench/earlystop_scale.py --scenarios burst,cap,capq,big,kill --duration 60 --merge
 
 # The simulator against the stack already up (`make up`).
 LOADSIM_ARGS ?= --workers 200 --processes 1 --duration 30

@@ -18,6 +18,14 @@ Scenarios, in this order (each a fresh ASHA study; the loadsim ones are run by
 3. ``1000w-2es``: 1,000 workers with a second early-stop process (same Faust app id,
    so it joins the group and takes half of the 4 partitions);
 4. ``capacity-2es``: the capacity backlog with the two processes (ratio to 2.);
+   ``capacity-1es-limited`` / ``capacity-2es-limited`` (scenario ``capq``, after 2. and
+   4.): the same with each early-stop process held to ``--cpu-limit`` cores by a cgroup
+   quota, as where each process has a CPU of its own: on 2 cores shared with the whole
+   stack, a second process can only take CPU the others need;
+   ``1000w-2es-churn`` (scenario ``churn``, after 4.): as 3., while a third process
+   joins the group and leaves it again (SIGTERM) every ``--churn-period`` seconds:
+   every join and leave moves partitions and their table state mid-run, and the
+   counts must still be exact;
 5. ``5000w-2es``: 5,000 workers, two early-stop processes: measured as is, even if
    something saturates (the simulator at the stack's priority, to offer what it can);
 6. ``200w-kill``: the second process SIGKILLed half way through the run (at a load
@@ -50,6 +58,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -143,6 +152,88 @@ class ExtraEarlyStop:
                 self.kill()
 
 
+class MemberChurn:
+    """A third early-stop process joining the group and leaving it again (SIGTERM),
+    over and over, on a thread: every join and every leave is a rebalance that moves
+    partitions, with their table state, while the workers report."""
+
+    def __init__(self, env: dict[str, str], state: Path, period: float) -> None:
+        self.env, self.state, self.period = env, state, period
+        self.rebalances: list[dict[str, Any]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="member-churn", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.period / 2):
+            member = ExtraEarlyStop(self.env, self.state)
+            self.rebalances.append({"member": "joined", "at_unix": round(time.time(), 1)})
+            self._done.wait(self.period / 2)
+            member.stop()
+            self.rebalances.append({"member": "left", "at_unix": round(time.time(), 1)})
+
+    def stop(self) -> list[dict[str, Any]]:
+        self._done.set()
+        self._thread.join(timeout=60)
+        return self.rebalances
+
+
+class CpuLimit:
+    """Processes held to a CPU quota each, each in a cgroup of its own (v1 ``cpu``
+    controller, or v2 where the root delegates ``cpu``).
+
+    On 2 cores shared with the broker, Redis and the producer, two early-stop
+    processes cannot show what a second process adds where each has a CPU of its own
+    (a pod with a CPU limit); held to the same quota each, they can.
+    """
+
+    V1 = Path("/sys/fs/cgroup/cpu")
+    V2 = Path("/sys/fs/cgroup")
+    PERIOD_US = 100_000
+
+    def __init__(self, cores: float) -> None:
+        self.cores = cores
+        self._groups: dict[int, Path] = {}
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why limits cannot be set here (None: they can)."""
+        if (cls.V1 / "cpu.cfs_quota_us").exists():
+            return None if os.access(cls.V1, os.W_OK) else f"{cls.V1} is not writable"
+        controllers = cls.V2 / "cgroup.subtree_control"
+        if controllers.exists() and "cpu" in controllers.read_text().split():
+            return None if os.access(cls.V2, os.W_OK) else f"{cls.V2} is not writable"
+        return "no cgroup cpu controller (v1 cpu or delegated v2 cpu)"
+
+    def limit(self, pid: int) -> None:
+        quota = int(self.cores * self.PERIOD_US)
+        if (self.V1 / "cpu.cfs_quota_us").exists():
+            group = self.V1 / f"ladder-bench-{pid}"
+            group.mkdir(exist_ok=True)
+            (group / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            group = self.V2 / f"ladder-bench-{pid}"
+            group.mkdir(exist_ok=True)
+            (group / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        (group / "cgroup.procs").write_text(str(pid))  # every thread of the process
+        self._groups[pid] = group
+
+    def release_all(self) -> None:
+        for pid, group in self._groups.items():
+            try:
+                (group.parent / "cgroup.procs").write_text(str(pid))
+            except OSError:  # the process is gone
+                pass
+            try:
+                group.rmdir()
+            except OSError as exc:
+                log(f"cgroup {group} left behind: {exc}")
+        self._groups = {}
+
+
 def metrics_backlog(env: dict[str, str]) -> int:
     """Metric records the early-stop group has not committed yet."""
     from kafka import KafkaConsumer, TopicPartition
@@ -172,6 +263,78 @@ def wait_drained(env: dict[str, str], timeout: float) -> int:
     while (left := metrics_backlog(env)) > 5 and time.monotonic() < deadline:
         time.sleep(2.0)  # polling the group's lag until the deadline
     return left
+
+
+def read_topic(bootstrap: str, topic: str, quiet_s: float = 3.0) -> list[Any]:
+    """Every record of ``topic`` from its beginning, read until nothing came for
+    ``quiet_s`` (tansu's end offsets can be one batch short, so they are not used)."""
+    import confluent_kafka
+
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "ladder-scale-diagnosis",  # never joined: partitions assigned
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        consumer.assign(
+            [
+                confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
+                for p in metadata.partitions
+            ]
+        )
+        records, last = [], time.monotonic()
+        while time.monotonic() - last < quiet_s:
+            batch = consumer.consume(10_000, timeout=0.5)
+            records.extend(r for r in batch if r.error() is None)
+            if batch:
+                last = time.monotonic()
+        return records
+    finally:
+        consumer.close()
+
+
+def trace_missing(env: dict[str, str], missing: list[list[Any]]) -> dict[str, Any]:
+    """Where each missing (trial, rung) decision stopped, read back from the broker
+    while the stack is still up: the trial's reports, its rung crossings, its
+    decisions and any dead letter of it."""
+    from ladder.config import Topics
+    from ladder.v1 import events_pb2
+
+    topics = Topics(env.get("LADDER_TOPIC_PREFIX", "ladder."))
+    bootstrap = env["LADDER_KAFKA_BOOTSTRAP"]
+    trials = {str(trial) for trial, _ in missing}
+    found: dict[str, dict[str, list[Any]]] = {
+        t: {"reports": [], "crossings": [], "decisions": [], "dead_letters": []} for t in trials
+    }
+
+    def where(record: Any) -> str:
+        return f"{record.partition()}:{record.offset()}"
+
+    for record in read_topic(bootstrap, topics.metrics):
+        report = events_pb2.MetricReport.FromString(record.value())
+        if report.trial_id in trials:
+            found[report.trial_id]["reports"].append([report.step, report.ts_ms, where(record)])
+    for record in read_topic(bootstrap, topics.rungs):
+        crossing = events_pb2.RungCrossing.FromString(record.value())
+        if crossing.trial_id in trials:
+            found[crossing.trial_id]["crossings"].append(
+                [crossing.rung, crossing.ts_ms, where(record)]
+            )
+    for record in read_topic(bootstrap, topics.decisions):
+        decision = events_pb2.Decision.FromString(record.value())
+        if decision.trial_id in trials:
+            found[decision.trial_id]["decisions"].append(
+                [decision.rung, decision.action, decision.ts_ms, where(record)]
+            )
+    for record in read_topic(bootstrap, topics.dead_letter):
+        dead = events_pb2.DeadLetter.FromString(record.value())
+        for trial in trials:
+            if trial.encode() in dead.payload:
+                found[trial]["dead_letters"].append([dead.source_topic, dead.reason])
+    return found
 
 
 def keep_for_diagnosis(workdir: Path, timeline: Path, name: str) -> str:
@@ -219,6 +382,7 @@ def run_loadsim(
     duration: float,
     pids: dict[str, int],
     kill: tuple[float, ExtraEarlyStop] | None = None,
+    churn: MemberChurn | None = None,
     ramp: float = 0.0,
     sim_nice: int = LOADSIM_NICE,
 ) -> dict[str, Any]:
@@ -249,6 +413,8 @@ def run_loadsim(
     started = time.monotonic()
     proc = start_loadsim(argv, env, sim_nice)
     killed_at = None
+    if churn is not None:
+        churn.start()
     if kill is not None:
         # Loadsim starts its clock ~3 s after launch (imports, connections).
         time.sleep(kill[0] + 3.0)  # the kill is scheduled at a point of the run
@@ -256,6 +422,7 @@ def run_loadsim(
         kill[1].kill()
         log(f"{name}: SIGKILLed the second early-stop process")
     out, _ = proc.communicate(timeout=duration + 600)
+    rebalances = churn.stop() if churn is not None else None
     elapsed = time.monotonic() - started
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = json.loads(out)
@@ -282,7 +449,11 @@ def run_loadsim(
     summary["earlystop"].pop("samples", None)
     summary["latency_over_run"] = latency_over_run(timeline)
     if not summary["counts"]["ok"]:
+        if summary["counts"]["missing"]:
+            summary["missing_traced"] = trace_missing(env, summary["counts"]["missing_sample"])
         summary["kept_for_diagnosis"] = keep_for_diagnosis(workdir, timeline, name)
+    if rebalances is not None:
+        summary["member_churn"] = rebalances
     if killed_at is not None:
         summary["kill"] = kill_effect(timeline, killed_at - summary["run_start_unix"])
     log(f"{name}: {json.dumps(headline(summary))}")
@@ -376,6 +547,31 @@ def run_capacity(
         "counts": counts_check(expected, seen),
     }
     log(f"{name}: {json.dumps(summary)}")
+    return summary
+
+
+def run_capacity_limited(
+    env: dict[str, str],
+    name: str,
+    trials: int,
+    steps: int,
+    pids: dict[str, int],
+    cores: float,
+) -> dict[str, Any]:
+    """``run_capacity`` with every early-stop process held to ``cores`` CPUs."""
+    why = CpuLimit.unavailable()
+    if why is not None:
+        log(f"{name}: skipped, {why}")
+        return {"skipped": why}
+    limit = CpuLimit(cores)
+    try:
+        for process, pid in pids.items():
+            if process.startswith("earlystop"):
+                limit.limit(pid)
+        summary = run_capacity(env, name, trials, steps, pids)
+    finally:
+        limit.release_all()
+    summary["cpu_limit_per_earlystop_process"] = cores
     return summary
 
 
@@ -534,6 +730,10 @@ def run_on_fresh_stack(args: argparse.Namespace, wanted: set[str], tag: str) -> 
                 out[f"capacity-1es{tag}"] = run_capacity(
                     env, "capacity-1es", cap_trials, cap_steps, pids
                 )
+            if "capq" in wanted:
+                out[f"capacity-1es-limited{tag}"] = run_capacity_limited(
+                    env, "capacity-1es-limited", cap_trials, cap_steps, pids, args.cpu_limit
+                )
             extra = ExtraEarlyStop(env, state)
             pids["earlystop-2"] = extra.proc.pid
             if "2es" in wanted:
@@ -543,6 +743,21 @@ def run_on_fresh_stack(args: argparse.Namespace, wanted: set[str], tag: str) -> 
             if "cap" in wanted:
                 out[f"capacity-2es{tag}"] = run_capacity(
                     env, "capacity-2es", cap_trials, cap_steps, pids
+                )
+            if "capq" in wanted:
+                out[f"capacity-2es-limited{tag}"] = run_capacity_limited(
+                    env, "capacity-2es-limited", cap_trials, cap_steps, pids, args.cpu_limit
+                )
+            if "churn" in wanted:
+                out[f"1000w-2es-churn{tag}"] = run_loadsim(
+                    env,
+                    state,
+                    "1000w-2es-churn",
+                    1000,
+                    args.duration,
+                    pids,
+                    ramp=args.ramp,
+                    churn=MemberChurn(env, state, args.churn_period),
                 )
             if "big" in wanted:
                 name = f"{args.big}w-2es{tag}"
@@ -586,7 +801,7 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         default="1es,cap,2es,big,kill",
-        help="comma-separated subset of burst, 1es, cap, 2es, big, kill",
+        help="comma-separated subset of burst, 1es, cap, capq, 2es, churn, big, kill",
     )
     parser.add_argument(
         "--ramp",
@@ -601,6 +816,20 @@ def main() -> None:
         default=(1000, 40),
         metavar=("TRIALS", "STEPS"),
         help="backlog of the capacity scenarios",
+    )
+    parser.add_argument(
+        "--churn-period",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="the churn scenario: a third process joins and leaves once per period",
+    )
+    parser.add_argument(
+        "--cpu-limit",
+        type=float,
+        default=0.5,
+        metavar="CORES",
+        help="CPU quota of each early-stop process in the capq scenarios",
     )
     parser.add_argument(
         "--merge", action="store_true", help="add the scenarios to an existing --out file"
@@ -642,6 +871,11 @@ def main() -> None:
     report["ratio_2es_vs_1es_processed"] = round(two / one, 2) if one and two else None
     one, two = (scenarios.get(n, {}).get("reports_per_s") for n in ("capacity-1es", "capacity-2es"))
     report["ratio_2es_vs_1es_capacity"] = round(two / one, 2) if one and two else None
+    one, two = (
+        scenarios.get(n, {}).get("reports_per_s")
+        for n in ("capacity-1es-limited", "capacity-2es-limited")
+    )
+    report["ratio_2es_vs_1es_capacity_limited"] = round(two / one, 2) if one and two else None
     report["repeats"] = repeat_summary(scenarios)
     report["load_average_end"] = load_average()
     report["machine"] = report["runs"][-1]["machine"]

@@ -157,7 +157,9 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
     run_end = start_at + options.duration
     acked: dict[str, int] = {}
     for result in results:
-        acked.update(result["acked_max_step"])
+        # A trial re-issued after its lease expired may have run in both processes.
+        for trial_id, step in result["acked_max_step"].items():
+            acked[trial_id] = max(step, acked.get(trial_id, 0))
     expected = expected_crossings(acked, rungs)
 
     # Drain: the last reports' decisions are still on their way.
