@@ -61,6 +61,7 @@ from workers.loadsim_observe import (
     GroupProgress,
     counts_check,
     expected_crossings,
+    merge_acked_steps,
     percentiles,
 )
 from workers.loadsim_sim import SimConfig, run_process
@@ -155,11 +156,7 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
         futures = [pool.submit(run_process, settings, c) for c in configs]
         results = [f.result(timeout=options.duration + 300) for f in futures]
     run_end = start_at + options.duration
-    acked: dict[str, int] = {}
-    for result in results:
-        # A trial re-issued after its lease expired may have run in both processes.
-        for trial_id, step in result["acked_max_step"].items():
-            acked[trial_id] = max(step, acked.get(trial_id, 0))
+    acked = merge_acked_steps(result["acked_max_step"] for result in results)
     expected = expected_crossings(acked, rungs)
 
     # Drain: the last reports' decisions are still on their way.

@@ -170,6 +170,16 @@ class GroupProgress:
         return max(0, before[-1][2] - before[-1][1]) if before else None
 
 
+def merge_acked_steps(per_process: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """The last acknowledged step of each trial over every simulator process: a trial
+    re-issued after its lease expired may have run in more than one."""
+    merged: dict[str, int] = {}
+    for acked in per_process:
+        for trial_id, step in acked.items():
+            merged[trial_id] = max(step, merged.get(trial_id, step))
+    return merged
+
+
 def expected_crossings(
     acked_max_step: Mapping[str, int], rungs: list[float]
 ) -> set[tuple[str, int]]:

@@ -1,0 +1,32 @@
+"""The load simulator's end-to-end counts: pure parts, no broker."""
+
+from workers.loadsim_observe import (
+    SeenDecision,
+    counts_check,
+    expected_crossings,
+    merge_acked_steps,
+)
+
+
+def test_a_trial_run_in_two_processes_keeps_its_larger_acked_step() -> None:
+    merged = merge_acked_steps([{"t1": 13, "t2": 4}, {"t1": 5, "t3": 2}])
+    assert merged == {"t1": 13, "t2": 4, "t3": 2}
+    # The order of the processes does not matter.
+    assert merge_acked_steps([{"t1": 5, "t3": 2}, {"t1": 13, "t2": 4}]) == merged
+
+
+def test_expected_crossings_are_the_rungs_the_last_acked_step_reached() -> None:
+    assert expected_crossings({"a": 12, "b": 3}, [4.0, 12.0, 36.0]) == {("a", 0), ("a", 1)}
+
+
+def test_counts_check_names_missing_duplicate_and_unexpected_decisions() -> None:
+    def seen(trial: str, rung: int, action: int = 1) -> SeenDecision:
+        return SeenDecision(trial, rung, action, 0, 0, 0.0)
+
+    expected = {("a", 0), ("a", 1), ("b", 0)}
+    result = counts_check(expected, [seen("a", 0), seen("a", 0, 2), seen("b", 0), seen("c", 0)])
+    assert result["missing"] == 1 and result["missing_sample"] == [("a", 1)]
+    assert result["duplicates"] == 1 and result["conflicting_duplicates"] == 1
+    assert result["unexpected"] == 1
+    assert not result["ok"]
+    assert counts_check(expected, [seen("a", 0), seen("a", 1), seen("b", 0)])["ok"]
