@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import resource
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -227,6 +228,17 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
             "observed_heartbeat": total("stops_heartbeat"),
         },
         "counts": counts_check(expected, seen),
+        # This process and its simulator processes (reaped when the pool closed).
+        "cpu_seconds_self_and_children": round(
+            sum(
+                usage.ru_utime + usage.ru_stime
+                for usage in (
+                    resource.getrusage(resource.RUSAGE_SELF),
+                    resource.getrusage(resource.RUSAGE_CHILDREN),
+                )
+            ),
+            1,
+        ),
     }
     if options.timeline:
         with options.timeline.open("w") as out:

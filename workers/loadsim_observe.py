@@ -199,11 +199,17 @@ def expected_crossings(
 def counts_check(expected: set[tuple[str, int]], decisions: list[SeenDecision]) -> dict[str, Any]:
     seen = Counter((d.trial_id, d.rung) for d in decisions)
     duplicates = {key: n for key, n in seen.items() if n > 1}
-    # A duplicate with a different verdict would mean the leaderboard counted twice.
+    # A duplicate with a different verdict would mean the leaderboard counted twice;
+    # one with the same verdict is a redelivery (at-least-once, e.g. after a crash).
     conflicting = 0
     for key in duplicates:
         actions = {d.action for d in decisions if (d.trial_id, d.rung) == key}
         conflicting += len(actions) > 1
+    identical = sum(
+        n - 1
+        for key, n in duplicates.items()
+        if len({d.action for d in decisions if (d.trial_id, d.rung) == key}) == 1
+    )
     missing = expected - set(seen)
     unexpected = set(seen) - expected
     return {
@@ -213,6 +219,7 @@ def counts_check(expected: set[tuple[str, int]], decisions: list[SeenDecision]) 
         "missing": len(missing),
         "duplicates": sum(n - 1 for n in duplicates.values()),
         "conflicting_duplicates": conflicting,
+        "identical_redeliveries": identical,
         "unexpected": len(unexpected),
         "ok": not missing and not duplicates and not unexpected,
         "missing_sample": sorted(missing)[:5],

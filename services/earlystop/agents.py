@@ -15,7 +15,11 @@ the input and re-produces, never loses:
 
 - stage 1 ignores a report whose step is not beyond the trial's last step;
 - stage 2 ignores a crossing already on the rung's leaderboard (population never
-  counts a trial twice, no second decision);
+  counts a trial twice, no second decision). A process killed after a decision was
+  acknowledged but before its leaderboard entry reached the changelog (the entry
+  follows within one producer linger) leaves a crossing the survivor decides again:
+  on the same board, since the changelog holds a prefix of the entries, so with the
+  same verdict. Consumers apply decisions idempotently by (trial, rung);
 - the studies agent only rewrites a study whose bytes changed.
 
 A record that can never be processed goes to the dead-letter topic (key = source

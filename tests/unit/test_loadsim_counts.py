@@ -27,6 +27,17 @@ def test_counts_check_names_missing_duplicate_and_unexpected_decisions() -> None
     result = counts_check(expected, [seen("a", 0), seen("a", 0, 2), seen("b", 0), seen("c", 0)])
     assert result["missing"] == 1 and result["missing_sample"] == [("a", 1)]
     assert result["duplicates"] == 1 and result["conflicting_duplicates"] == 1
+    assert result["identical_redeliveries"] == 0
     assert result["unexpected"] == 1
     assert not result["ok"]
     assert counts_check(expected, [seen("a", 0), seen("a", 1), seen("b", 0)])["ok"]
+
+
+def test_a_decision_delivered_twice_with_the_same_verdict_is_a_redelivery() -> None:
+    def seen(trial: str, rung: int, action: int) -> SeenDecision:
+        return SeenDecision(trial, rung, action, 0, 0, 0.0)
+
+    result = counts_check({("a", 0)}, [seen("a", 0, 2), seen("a", 0, 2)])
+    assert result["duplicates"] == 1 and result["identical_redeliveries"] == 1
+    assert result["conflicting_duplicates"] == 0 and result["missing"] == 0
+    assert not result["ok"]  # the strict check still counts it
