@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 TS = trial_pb2.TrialState
 KIND = events_pb2.TrialEventKind
+SENTINEL_DATASET = "sentinel-dataset"
 
 
 def lineage_or_none(
@@ -129,10 +130,20 @@ class Scenario:
 
     def publish_sentinels(self, producer: EventProducer, tag: str) -> str:
         """Records of another study, on the same partitions (same keys) as the
-        scenario's: once the sentinel trial is visible, everything published
-        before it on those partitions has been ingested."""
+        scenario's, one per topic it publishes to: once the sentinel trial is visible
+        with its study's dataset, everything published before them on those
+        partitions has been ingested."""
         sentinel = f"sentinel-{tag}-{uuid.uuid4().hex[:6]}"
         study = f"{sentinel}-study"
+        config = study_pb2.StudyConfig(name=sentinel, dataset_id=SENTINEL_DATASET)
+        producer.send(
+            self.topics.studies,
+            self.study_id,
+            events_pb2.StudyEvent(
+                study=study_pb2.Study(study_id=study, config=config), ts_ms=9_000
+            ),
+            wait=True,
+        )
         event = events_pb2.TrialEvent(
             kind=events_pb2.TRIAL_SUGGESTED, ts_ms=9_000,
             trial=trial_pb2.Trial(trial_id=sentinel, study_id=study, state=TS.Value("SUGGESTED")),
@@ -165,7 +176,13 @@ def is_complete(lineage: lineage_pb2.TrialLineage | None) -> bool:
 
 def sentinel_seen(stub: lineage_pb2_grpc.LineageServiceStub, sentinel: str) -> bool:
     lineage = lineage_or_none(stub, sentinel)
-    return bool(lineage and lineage.state == "SUGGESTED" and lineage.metrics and lineage.decisions)
+    return bool(
+        lineage
+        and lineage.state == "SUGGESTED"
+        and lineage.metrics
+        and lineage.decisions
+        and lineage.dataset_id == SENTINEL_DATASET
+    )
 
 
 def find_dead_letter(settings: Settings, source_topic: str, offset: int) -> events_pb2.DeadLetter:
@@ -310,7 +327,8 @@ def test_lineage_records_a_trial_end_to_end_exactly_once(
             json.loads(line) for line in service.log_text().splitlines()
             if '"lineage stopped' in line
         ]
-        assert stopped and stopped[-1]["msg"].startswith("lineage stopped; 3 records applied")
+        # The four sentinels (studies, trials, metrics, decisions) published while down.
+        assert stopped and stopped[-1]["msg"].startswith("lineage stopped; 4 records applied")
     finally:
         channel.close()
         producer.close()
