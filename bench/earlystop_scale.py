@@ -168,7 +168,11 @@ class MemberChurn:
 
     def _run(self) -> None:
         while not self._done.wait(self.period / 2):
-            member = ExtraEarlyStop(self.env, self.state)
+            try:
+                member = ExtraEarlyStop(self.env, self.state)
+            except Exception as exc:  # noqa: BLE001 - recorded in the report, churn ends
+                self.rebalances.append({"member": "failed to join", "error": str(exc)})
+                return
             self.rebalances.append({"member": "joined", "at_unix": round(time.time(), 1)})
             self._done.wait(self.period / 2)
             member.stop()

@@ -201,15 +201,11 @@ def counts_check(expected: set[tuple[str, int]], decisions: list[SeenDecision]) 
     duplicates = {key: n for key, n in seen.items() if n > 1}
     # A duplicate with a different verdict would mean the leaderboard counted twice;
     # one with the same verdict is a redelivery (at-least-once, e.g. after a crash).
-    conflicting = 0
-    for key in duplicates:
-        actions = {d.action for d in decisions if (d.trial_id, d.rung) == key}
-        conflicting += len(actions) > 1
-    identical = sum(
-        n - 1
-        for key, n in duplicates.items()
-        if len({d.action for d in decisions if (d.trial_id, d.rung) == key}) == 1
-    )
+    verdicts = {
+        key: {d.action for d in decisions if (d.trial_id, d.rung) == key} for key in duplicates
+    }
+    conflicting = sum(len(actions) > 1 for actions in verdicts.values())
+    identical = sum(duplicates[key] - 1 for key, actions in verdicts.items() if len(actions) == 1)
     missing = expected - set(seen)
     unexpected = set(seen) - expected
     return {
