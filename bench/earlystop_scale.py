@@ -51,7 +51,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import statistics
@@ -413,7 +412,6 @@ def run_loadsim(
     ]
     log(f"{name}: {workers} workers for {duration:g}s, ramp {ramp:g}s (load {load_average()})")
     cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
-    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     proc = start_loadsim(argv, env, sim_nice)
     killed_at = None
@@ -428,7 +426,6 @@ def run_loadsim(
     out, _ = proc.communicate(timeout=duration + 600)
     rebalances = churn.stop() if churn is not None else None
     elapsed = time.monotonic() - started
-    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = json.loads(out)
     summary["load_average_after"] = load_average()
     summary["metrics_backlog_at_start"] = backlog
@@ -441,16 +438,8 @@ def run_loadsim(
     }
     # The simulator's own figure: this process's reaped children also include the
     # early-stop processes a kill or churn scenario ended.
-    loadsim_cpu = summary.get("cpu_seconds_self_and_children")
-    if loadsim_cpu is None:
-        loadsim_cpu = (
-            children_after.ru_utime
-            + children_after.ru_stime
-            - children_before.ru_utime
-            - children_before.ru_stime
-        )
     summary["cpu_percent_during_run"]["loadsim (all processes)"] = round(
-        100 * loadsim_cpu / elapsed, 1
+        100 * summary["cpu_seconds_self_and_children"] / elapsed, 1
     )
     summary["earlystop"].pop("samples", None)
     summary["latency_over_run"] = latency_over_run(timeline)
@@ -750,8 +739,21 @@ def run_on_fresh_stack(args: argparse.Namespace, wanted: set[str], tag: str) -> 
             for name in ("kafka", "redis", "suggest", "evaluate", "lineage", "earlystop")
         }
         extra: ExtraEarlyStop | None = None
+
+        def capacity(processes: str) -> None:
+            """The capacity backlog with the early-stop processes running now: as they
+            are (cap) and each held to --cpu-limit cores (capq)."""
+            trials, steps = args.capacity
+            if "cap" in wanted:
+                name = f"capacity-{processes}"
+                out[name + tag] = run_capacity(env, name, trials, steps, pids)
+            if "capq" in wanted:
+                name = f"capacity-{processes}-limited"
+                out[name + tag] = run_capacity_limited(
+                    env, name, trials, steps, pids, args.cpu_limit
+                )
+
         try:
-            cap_trials, cap_steps = args.capacity
             if "burst" in wanted:
                 out[f"1000w-1es-burst{tag}"] = run_loadsim(
                     env, state, "1000w-1es-burst", 1000, args.duration, pids, ramp=0.0
@@ -760,28 +762,14 @@ def run_on_fresh_stack(args: argparse.Namespace, wanted: set[str], tag: str) -> 
                 out[f"1000w-1es{tag}"] = run_loadsim(
                     env, state, "1000w-1es", 1000, args.duration, pids, ramp=args.ramp
                 )
-            if "cap" in wanted:
-                out[f"capacity-1es{tag}"] = run_capacity(
-                    env, "capacity-1es", cap_trials, cap_steps, pids
-                )
-            if "capq" in wanted:
-                out[f"capacity-1es-limited{tag}"] = run_capacity_limited(
-                    env, "capacity-1es-limited", cap_trials, cap_steps, pids, args.cpu_limit
-                )
+            capacity("1es")
             extra = ExtraEarlyStop(env, state)
             pids["earlystop-2"] = extra.proc.pid
             if "2es" in wanted:
                 out[f"1000w-2es{tag}"] = run_loadsim(
                     env, state, "1000w-2es", 1000, args.duration, pids, ramp=args.ramp
                 )
-            if "cap" in wanted:
-                out[f"capacity-2es{tag}"] = run_capacity(
-                    env, "capacity-2es", cap_trials, cap_steps, pids
-                )
-            if "capq" in wanted:
-                out[f"capacity-2es-limited{tag}"] = run_capacity_limited(
-                    env, "capacity-2es-limited", cap_trials, cap_steps, pids, args.cpu_limit
-                )
+            capacity("2es")
             if "churn" in wanted:
                 out[f"1000w-2es-churn{tag}"] = run_loadsim(
                     env,

@@ -17,7 +17,7 @@ from ladder.bus import EventProducer
 from ladder.config import Settings
 from ladder.params import fill_params
 from ladder.v1 import events_pb2, lineage_pb2, lineage_pb2_grpc, study_pb2, trial_pb2
-from waiting import wait_for
+from waiting import unless_not_found, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +29,8 @@ SENTINEL_DATASET = "sentinel-dataset"
 def lineage_or_none(
     stub: lineage_pb2_grpc.LineageServiceStub, trial_id: str
 ) -> lineage_pb2.TrialLineage | None:
-    try:
-        request = lineage_pb2.GetTrialLineageRequest(trial_id=trial_id)
-        return stub.GetTrialLineage(request, timeout=5)
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.NOT_FOUND:
-            return None
-        raise
+    request = lineage_pb2.GetTrialLineageRequest(trial_id=trial_id)
+    return unless_not_found(lambda: stub.GetTrialLineage(request, timeout=5))
 
 
 class Scenario:

@@ -522,6 +522,11 @@ def test_decisions_are_stored_idempotently_and_stop_wins(state: State) -> None:
     assert state.trials.store_decision(promote) == "OK"
     assert state.trials.store_decision(stop) == "OK"
     assert state.trials.store_decision(stop) == "REPEAT"
+    # Decided again after an early-stop crash: same verdict, later timestamp.
+    redelivered = events_pb2.Decision()
+    redelivered.CopyFrom(stop)
+    redelivered.ts_ms = 5_000
+    assert state.trials.store_decision(redelivered) == "REPEAT"
     assert state.trials.store_decision(promote) == "KEPT"
     assert state.trials.decision(trial_id) == stop
     unknown = events_pb2.Decision(trial_id="nope-t1", action=events_pb2.STOP)

@@ -353,7 +353,9 @@ return {'OK', ARGV[2]}
 # ARGV: action, Decision proto, rung
 # Keeps the trial's latest verdict. A STOP is final; otherwise a decision about a lower
 # rung than the stored one, or a weaker one about the same rung (see ``strength``), is
-# KEPT out, so a replayed or reordered decision changes nothing. A PROMOTE for the rung
+# KEPT out, so a replayed or reordered decision changes nothing. The same action about
+# the same rung is a REPEAT even when its bytes differ: early-stop decides a crossing
+# again after a crash (same board, same verdict, a later ts_ms). A PROMOTE for the rung
 # a PAUSED trial waits at makes it RESUMABLE (queued for Suggest) and is announced.
 STORE_DECISION = _script("""
 local t, d, outbox, queue, paused, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -362,9 +364,7 @@ local current = tonumber(redis.call('HGET', d, 'action'))
 local current_rung = tonumber(redis.call('HGET', d, 'rung'))
 local action, rung = tonumber(ARGV[1]), tonumber(ARGV[3])
 if current == STOP and action ~= STOP then return {'KEPT', {}} end
-if current == action and redis.call('HGET', d, 'proto') == ARGV[2] then
-  return {'REPEAT', {}}
-end
+if current == action and current_rung == rung then return {'REPEAT', {}} end
 if current ~= nil and current_rung ~= nil and action ~= STOP then
   if rung < current_rung or (rung == current_rung and strength(action) < strength(current)) then
     return {'KEPT', {}}
