@@ -80,8 +80,8 @@ bench-scale: setup
 	$(PY) bench/earlystop_scale.py --scenarios 1es --duration 120 --repeat 3
 	$(PY) bench/earlystop_scale.py --scenarios 2es --duration 120 --repeat 3 --merge
 	$(PY) bench/earlystop_scale.py --scenarios churn --duration 120 --repeat 2 --merge
-	$(PY) bench/earlystop_scale.py --scenarios big1 --duration 60 --merge
-	$(PY) bench/earlystop_scale.py --scenarios burst,cap,capq,big,kill --duration 60 --merge
+	$(PY) bench/earlystop_scale.py --scenarios big1,big --duration 60 --merge
+	$(PY) bench/earlystop_scale.py --scenarios burst,cap,capq,kill --duration 60 --merge
 
 # The simulator against the stack already up (`make up`).
 LOADSIM_ARGS ?= --workers 200 --processes 1 --duration 30

@@ -28,9 +28,10 @@ Scenarios, in this order (each a fresh ASHA study; the loadsim ones are run by
    counts must still be exact;
 5. ``5000w-2es``: 5,000 workers, two early-stop processes: measured as is, even if
    something saturates (the simulator at the stack's priority, to offer what it can);
-   ``5000w-1es`` (scenario ``big1``, after 2.): the same with one process. Run it on a
-   stack of its own: a second process joining while this one is minutes behind once
-   left the next study unregistered in both (bench/README.md, "Not met");
+   ``5000w-1es`` (scenario ``big1``, after 2.): the same with one process. ``make
+   bench-scale`` runs it before ``big`` on the same stack: the second process then joins
+   a group holding a 5,000-trial state, the path that once left the next study
+   unregistered in both (bench/README.md);
 6. ``200w-kill``: the second process SIGKILLed half way through the run (at a load
    below saturation, ``--kill-workers``); the survivor takes its partitions over and
    recovers the decision state from the changelogs. Decisions lost must be 0; the

@@ -11,8 +11,9 @@ A Faust stream processor in two stages (see ARCHITECTURE.md):
   Hyperband brackets; ``ladder.schedulers``) and emits a Decision (CONTINUE or STOP,
   with rung, cutoff, rank, population and reason) on ``<prefix>decisions`` (key
   trial id);
-- agent ``earlystop-studies`` copies ``<prefix>studies`` into the GlobalTable
-  ``study_configs`` that every stage-1 partition reads.
+- every process reads the whole ``<prefix>studies`` topic itself (no group) into its
+  study directory (``studies.StudyFeed``); agent ``earlystop-studies`` only validates
+  it, so a malformed StudyEvent gets one dead letter.
 
 Undecodable records, metrics of a study that has no StudyEvent after
 ``--unknown-study-wait`` seconds, and studies whose scheduler config is unusable go to
@@ -52,13 +53,15 @@ consumer group and the prefix of the changelog topics, is
 ``ladder-earlystop-<topic prefix>``.
 
 The health service ("" and "ladder.earlystop") reports SERVING once the Faust worker
-has joined the group and recovered its tables; SIGTERM / SIGINT flips it to
+has joined the group and recovered its tables and the study directory has read the
+studies topic to its end; SIGTERM / SIGINT flips it to
 NOT_SERVING, stops the worker (the group is left, offsets committed) and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import os
@@ -72,9 +75,15 @@ from ladder import telemetry
 from ladder.config import Settings
 
 from services.earlystop.agents import EarlyStopAgents
-from services.earlystop.app import EarlyStopOptions, create_app, topic_partitions
+from services.earlystop.app import (
+    EarlyStopOptions,
+    create_app,
+    fetched_end_offsets,
+    topic_partitions,
+)
 from services.earlystop.health import HealthServer
-from services.earlystop.tables import LeaderboardView, StudyDirectory, declare_tables
+from services.earlystop.studies import StudyDirectory, StudyFeed
+from services.earlystop.tables import LeaderboardView, declare_tables
 
 # Allocations between young-generation collections (CPython: 700); a stream
 # processor allocates many short-lived objects per record.
@@ -87,7 +96,9 @@ class EarlyStopWorker(faust.Worker):
 
     logger = logging.getLogger("faust.earlystop")
 
-    def __init__(self, app: faust.App, health: HealthServer, started: float) -> None:
+    def __init__(
+        self, app: faust.App, health: HealthServer, started: float, studies: StudyDirectory
+    ) -> None:
         super().__init__(
             app,
             quiet=True,
@@ -98,6 +109,8 @@ class EarlyStopWorker(faust.Worker):
         self.spinner = None  # no terminal spinner escapes in the log
         self.health = health
         self.started_at = started
+        self.studies = studies
+        self._serving: asyncio.Task[None] | None = None
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
@@ -107,6 +120,10 @@ class EarlyStopWorker(faust.Worker):
         # freed nothing.
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
+        self._serving = asyncio.ensure_future(self._serve_once_studies_read())
+
+    async def _serve_once_studies_read(self) -> None:
+        await self.studies.wait_caught_up()
         self.health.set_serving(True)
         log.info("earlystop ready in %.1fs", time.monotonic() - self.started_at)
 
@@ -178,17 +195,16 @@ def build(settings: Settings, options: EarlyStopOptions) -> tuple[faust.App, Ear
     topics = settings.topics
     partitions = topic_partitions(settings, [topics.metrics, topics.rungs])
     app = create_app(settings, options)
-    directory: StudyDirectory | None = None
-
-    async def on_study_changelog(_event: Any) -> None:
-        # A study written by another worker reached us through the changelog.
-        if directory is not None:
-            await directory.notify()
-
-    tables = declare_tables(
-        app, partitions[topics.metrics], partitions[topics.rungs], on_study_changelog
+    tables = declare_tables(app, partitions[topics.metrics], partitions[topics.rungs])
+    directory = StudyDirectory(options.unknown_study_wait)
+    feed = StudyFeed(
+        settings.kafka_bootstrap,
+        topics.studies,
+        directory,
+        fetched_end_offsets,
+        options.fetch_max_wait_ms,
     )
-    directory = StudyDirectory(tables.studies, options.unknown_study_wait)
+    app.task(feed.run)
     leaderboards = LeaderboardView(tables.entries)
 
     async def forget_index(*_args: Any, **_kwargs: Any) -> None:
@@ -210,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     telemetry.setup("ladder-earlystop")
     settings = Settings.from_env()
     options = parse_options(argv, settings)
-    app, _agents = build(settings, options)
+    app, agents = build(settings, options)
     health = HealthServer(options.health_port).start()
     log.info(
         "earlystop: app %s, kafka %s, topics %s*, health port %d",
@@ -219,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.topics.prefix,
         health.port,
     )
-    worker = EarlyStopWorker(app, health, started)
+    worker = EarlyStopWorker(app, health, started, agents.studies)
     code: Any = 0
     try:
         worker.execute_from_commandline()

@@ -1,4 +1,4 @@
-"""The three Faust agents: studies -> table, stage 1 (metrics -> rungs), stage 2
+"""The three Faust agents: studies (validation), stage 1 (metrics -> rungs), stage 2
 (rungs -> decisions). The algorithms are ``ladder.schedulers``; this module only moves
 records, keeps table state and carries trace context.
 
@@ -20,7 +20,7 @@ the input and re-produces, never loses:
   follows within one producer linger) leaves a crossing the survivor decides again:
   on the same board, since the changelog holds a prefix of the entries, so with the
   same verdict. Consumers apply decisions idempotently by (trial, rung);
-- the studies agent only rewrites a study whose bytes changed.
+- the studies agent only validates (the study directory is ``studies.StudyFeed``).
 
 A record that can never be processed goes to the dead-letter topic (key = source
 topic) with the reason, and the agent carries on with the next one. Any other error
@@ -56,13 +56,8 @@ from ladder.schedulers import (
 from ladder.v1 import events_pb2
 from opentelemetry import metrics, trace
 
-from services.earlystop.tables import (
-    CurveWriteBehind,
-    EarlyStopTables,
-    LeaderboardView,
-    StudyDirectory,
-    StudyEntry,
-)
+from services.earlystop.studies import StudyDirectory, StudyEntry, study_id_of
+from services.earlystop.tables import CurveWriteBehind, EarlyStopTables, LeaderboardView
 
 log = logging.getLogger("ladder.earlystop")
 _meter = metrics.get_meter("ladder.earlystop")
@@ -369,21 +364,10 @@ class EarlyStopAgents:
     # ------------------------------------------------------------------ handlers
 
     async def on_study(self, event: faust.types.EventT) -> None:
-        table = self.tables.studies
-        if not event.value:
-            # Tombstone on the compacted topic: the study is gone.
-            if event.key and event.key in table:
-                del table[event.key]
-            return
-        study_event = decode(events_pb2.StudyEvent, event.value)
-        study_id = study_event.study.study_id
-        if not study_id:
-            raise BadRecord("StudyEvent has no study.study_id")
-        key = study_id.encode()
-        if table.get(key) != event.value:
-            table[key] = event.value
-            log.info("study %s registered", study_id, extra={"study_id": study_id})
-        await self.studies.notify()
+        """Validation only: the directory is fed by every process's own ``StudyFeed``;
+        consumed in the group, a malformed StudyEvent gets one dead letter."""
+        if event.value:
+            study_id_of(event.value)  # BadRecord -> dead-letter
 
     async def on_metric(self, event: faust.types.EventT, work: BatchWork) -> None:
         report = parse_metric_report(event.value)

@@ -48,9 +48,10 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiokafka
 import faust
@@ -145,6 +146,28 @@ class _ShortPollConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 1500)
         return consumer
 
+    async def seek_to_committed(self) -> Mapping[TP, int | None]:
+        # Faust's perform_seek after a rebalance; see committed_seeks.
+        return await self.call_thread(self._seek_to_committed_or_start)
+
+    async def _seek_to_committed_or_start(self) -> dict[TP, int | None]:
+        consumer = self._ensure_consumer()
+        committed: dict[TP, int | None] = {}
+        for tp in sorted(consumer.assignment()):
+            committed[tp] = await consumer.committed(tp)
+        # Asked one by one: partitions revoked meanwhile are left out, not an error.
+        to_offset, to_start = committed_seeks(
+            committed,
+            consumer.assignment(),
+            self.app.tables.changelog_topics,
+            self.app.conf.consumer_auto_offset_reset == "earliest",
+        )
+        for tp, offset in to_offset.items():
+            consumer.seek(tp, offset)
+        if to_start:
+            await consumer.seek_to_beginning(*to_start)
+        return {tp: offset for tp, offset in committed.items() if tp in consumer.assignment()}
+
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         # Table recovery reads changelogs up to these offsets (see the module docstring).
         listed = await super()._highwaters(partitions)
@@ -152,6 +175,36 @@ class _ShortPollConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if not bootstrap or self.consumer.in_transaction:
             return listed
         return await fetched_end_offsets(bootstrap, listed)
+
+
+def committed_seeks(
+    committed: Mapping[Any, int | None],
+    assigned: Collection[Any],
+    changelog_topics: Collection[str],
+    from_earliest: bool,
+) -> tuple[dict[Any, int], list[Any]]:
+    """Where Faust's seek after a rebalance must put each assigned partition: to its
+    committed offset, or, for a stream partition the group never committed, back to
+    its start (what ``auto_offset_reset=earliest`` gave the first time).
+
+    Faust drops records fetched for a partition it paused, and reads them again only
+    because this seek goes back. aiokafka's ``seek_to_committed`` leaves a partition
+    without a committed offset where it is, so the first records ever published on a
+    partition, fetched while a rebalance paused it, were never read again. Measured: a
+    StudyEvent at offset 0 fetched as recovery ended and dropped (its study then
+    unknown to every process). Changelog partitions are never committed by the group;
+    Faust's recovery positions them itself.
+    """
+    to_offset: dict[Any, int] = {}
+    to_start: list[Any] = []
+    for tp, offset in committed.items():
+        if tp not in assigned:
+            continue
+        if offset is not None and offset > 0:
+            to_offset[tp] = offset
+        elif from_earliest and tp.topic not in changelog_topics:
+            to_start.append(tp)
+    return to_offset, to_start
 
 
 async def fetched_end_offsets(

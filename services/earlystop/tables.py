@@ -1,20 +1,14 @@
-"""The three Faust tables of the early-stop app and thin views over them.
+"""The two Faust tables of the early-stop app and thin views over them.
 
-| table           | kind        | key                          | value                      |
-|-----------------|-------------|------------------------------|----------------------------|
-| study_configs   | GlobalTable | study id (bytes)             | StudyEvent protobuf bytes  |
-| trial_curves    | Table       | trial id                     | ``CurveState`` dict        |
-| rung_entries    | Table       | JSON [study, bracket, rung,  | {study, bracket, rung,     |
-|                 |             | trial]                       | trial, value}              |
+| table           | kind  | key                          | value                      |
+|-----------------|-------|------------------------------|----------------------------|
+| trial_curves    | Table | trial id                     | ``CurveState`` dict        |
+| rung_entries    | Table | JSON [study, bracket, rung,  | {study, bracket, rung,     |
+|                 |       | trial]                       | trial, value}              |
 
 Every table is backed by a compacted changelog topic ``<app id>-<table>-changelog``.
-
-``study_configs`` is global because stage 1 is partitioned by trial: the metrics of one
-study land on every partition, so every worker needs every study. It is fed by the
-studies agent and written with ``use_partitioner`` into a single-partition changelog
-(``partitions=1``, ``recovery_buffer_size=1``, Faust's own advice for global tables
-with several workers); every worker reads that changelog as a standby, so a study
-written by the worker that owns its studies-topic partition reaches all the others.
+The studies are not a table: every process reads the whole studies topic itself
+(``services.earlystop.studies``).
 
 ``rung_entries`` holds one record per (study, bracket, rung, trial) rather than one
 per leaderboard: a leaderboard value rewritten on every crossing would put
@@ -24,103 +18,13 @@ index (``LeaderboardView``) built from the table on first use after each rebalan
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-from ladder.codec import BadRecord, decode
-from ladder.schedulers import Leaderboards, RungLeaderboard, SchedulerConfigError, SchedulerSpec
-from ladder.v1 import events_pb2
-
-log = logging.getLogger("ladder.earlystop")
-
-
-@dataclass(frozen=True)
-class StudyEntry:
-    study_id: str
-    spec: SchedulerSpec | None
-    error: str = ""  # why the study's scheduler config cannot be used
-
-
-def parse_study(study_id: str, raw: bytes) -> StudyEntry:
-    try:
-        event = decode(events_pb2.StudyEvent, raw)
-        return StudyEntry(study_id, SchedulerSpec.from_study(event.study.config))
-    except (BadRecord, SchedulerConfigError) as exc:
-        return StudyEntry(study_id, None, str(exc))
-
-
-class StudyDirectory:
-    """Read side of ``study_configs``: parsed specs, and a bounded wait for studies
-    whose StudyEvent has not arrived yet (a metric can overtake it: the two topics are
-    consumed independently)."""
-
-    def __init__(self, table: faust.GlobalTable, unknown_study_wait: float) -> None:
-        self.table = table
-        self.unknown_study_wait = unknown_study_wait
-        self._parsed: dict[str, tuple[bytes, StudyEntry]] = {}
-        self._first_missed: dict[str, float] = {}
-        self._arrivals: asyncio.Condition | None = None
-
-    def _condition(self) -> asyncio.Condition:
-        # Created lazily: it must belong to the worker's running loop.
-        if self._arrivals is None:
-            self._arrivals = asyncio.Condition()
-        return self._arrivals
-
-    def get(self, study_id: str) -> StudyEntry | None:
-        raw = self.table.get(study_id.encode())
-        if raw is None:
-            return None
-        cached = self._parsed.get(study_id)
-        if cached is not None and cached[0] == raw:
-            return cached[1]
-        entry = parse_study(study_id, raw)
-        self._parsed[study_id] = (raw, entry)
-        return entry
-
-    async def notify(self) -> None:
-        """A study arrived (local write or changelog event from another worker)."""
-        async with self._condition():
-            self._condition().notify_all()
-
-    async def wait_for(
-        self, study_id: str, published_unix: float | None = None
-    ) -> StudyEntry | None:
-        """The study, waiting at most ``unknown_study_wait`` seconds in total per
-        unknown study id (later reports of a study that never came do not wait again).
-
-        The wait counts from when the record was published (``published_unix``, the
-        Kafka timestamp), not from when it is read: a record read from a backlog older
-        than the wait does not wait at all, since a StudyEvent published with it would
-        have arrived by now. Otherwise every unknown study in a replayed backlog would
-        hold its partition for the full wait."""
-        entry = self.get(study_id)
-        if entry is not None:
-            self._first_missed.pop(study_id, None)
-            return entry
-        loop = asyncio.get_running_loop()
-        deadline = self._first_missed.setdefault(study_id, loop.time()) + self.unknown_study_wait
-        if published_unix is not None and published_unix > 0:
-            age = max(0.0, time.time() - published_unix)
-            deadline = min(deadline, loop.time() + self.unknown_study_wait - age)
-        condition = self._condition()
-        while (entry := self.get(study_id)) is None:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
-            # Woken by every arrival; the 1 s slice re-checks even if a wake-up is missed.
-            try:
-                async with condition:
-                    await asyncio.wait_for(condition.wait(), timeout=min(remaining, 1.0))
-            except TimeoutError:
-                pass
-        self._first_missed.pop(study_id, None)
-        return entry
+from ladder.schedulers import Leaderboards, RungLeaderboard
 
 
 def entry_key(study_id: str, bracket: int, rung: int, trial_id: str) -> str:
@@ -254,24 +158,13 @@ def _board_id(study_id: str, bracket: int) -> str:
 
 @dataclass
 class EarlyStopTables:
-    studies: faust.GlobalTable
     curves: faust.Table
     entries: faust.Table
 
 
 def declare_tables(
-    app: faust.App, metrics_partitions: int, rungs_partitions: int, on_study_changelog: Any
+    app: faust.App, metrics_partitions: int, rungs_partitions: int
 ) -> EarlyStopTables:
-    studies = app.GlobalTable(
-        "study_configs",
-        key_type=bytes,
-        value_type=bytes,
-        partitions=1,
-        use_partitioner=True,
-        recovery_buffer_size=1,
-        on_changelog_event=on_study_changelog,
-        help="StudyEvent bytes by study id, from the studies topic (every worker has all).",
-    )
     curves = app.Table(
         "trial_curves",
         key_type=str,
@@ -284,4 +177,4 @@ def declare_tables(
         partitions=rungs_partitions,
         help="Stage 2: smoothed value of each trial at each rung it reached.",
     )
-    return EarlyStopTables(studies, curves, entries)
+    return EarlyStopTables(curves, entries)

@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from google.protobuf.message import DecodeError
@@ -210,3 +211,60 @@ def test_asha_stops_the_worse_trials_and_survives_garbage(
     assert time.monotonic() - started < 15
     log = service.log_text()
     assert '"level": "error"' not in log, log[-3000:]
+
+
+def test_every_process_knows_a_study_published_after_a_second_one_joined(
+    infra: Settings, start_service: Callable, tmp_path: Path
+) -> None:
+    """Stage 1 is partitioned by trial, so both processes see the new study's metrics:
+    each must have the study (every process reads the studies topic itself), and a
+    malformed StudyEvent still gets a single dead letter (the studies agent validates
+    it in the group)."""
+
+    def process(name: str) -> object:
+        return start_service(
+            "services.earlystop",
+            {
+                "LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT": "5",
+                "LADDER_EARLYSTOP_DATA_DIR": str(tmp_path / name),
+            },
+        )
+
+    topics = infra.topics
+    first = process("first")
+    second = process("second")
+    study_id = f"es2-{uuid.uuid4().hex[:8]}"
+    tail = Tail(infra, [topics.decisions, topics.dead_letter])
+    producer = KafkaProducer(bootstrap_servers=infra.kafka_bootstrap, linger_ms=0)
+    try:
+        publish_study(infra, study_id)
+        trials = [f"{study_id}-t{i}" for i in range(16)]  # spread over the partitions
+        for i, trial in enumerate(trials):
+            body = {"study_id": study_id, "trial_id": trial, "step": 1, "value": 0.1 * i}
+            producer.send(topics.metrics, key=trial.encode(), value=json.dumps(body).encode())
+        producer.flush(10)
+        tail.wait_for(
+            lambda records: {d.trial_id for d, _ in decisions_of(records, study_id)}
+            == set(trials),
+            60,
+            "a rung-0 decision for every trial",
+        )
+        assert not [d for d in dead_letters(tail.records) if study_id.encode() in d.payload]
+        for service in (first, second):
+            assert f"study {study_id} registered" in service.log_text()  # type: ignore[attr-defined]
+
+        garbage = b"\xff\xfe not a StudyEvent " + uuid.uuid4().hex.encode()
+        sentinel = b"\xff\xfe sentinel " + uuid.uuid4().hex.encode()
+        for payload in (garbage, sentinel):  # one key: one partition, one owner, in order
+            producer.send(topics.studies, key=b"junk-" + study_id.encode(), value=payload)
+        producer.flush(10)
+        tail.wait_for(
+            lambda records: [d for d in dead_letters(records) if d.payload == sentinel],
+            30,
+            "dead letter of the second malformed StudyEvent",
+        )
+        letters = [d for d in dead_letters(tail.records) if d.payload == garbage]
+        assert len(letters) == 1 and letters[0].source_topic == topics.studies
+    finally:
+        producer.close()
+        tail.close()

@@ -1,0 +1,258 @@
+"""The study directory: every early-stop process reads the whole studies topic itself.
+
+Stage 1 is partitioned by trial, so the metrics of one study reach every process and
+every process needs every study. ``StudyFeed`` reads all partitions of the compacted
+``<prefix>studies`` topic from the beginning with its own consumer (no group: nothing
+to rebalance, nothing shared) into ``StudyDirectory``.
+
+This replaced a Faust GlobalTable fed by the studies agent. There, a study reached a
+process only if the one process owning its studies partition handled the record and
+every other process then read the table's changelog, and both reads go through Faust's
+fetcher, which drops records fetched just as their partition is paused (a rebalance)
+and skips re-reading a partition that never had an offset committed. After a second
+process joined a running one, a new study was registered by neither and 196,838 of its
+reports were dead-lettered as "unknown study" (bench/README.md). Faust's own tracker
+has the same GlobalTable symptom with several workers (robinhood/faust#716, #751;
+faust-streaming/faust#283).
+
+The studies agent still consumes the topic in the group: it validates each record
+once, so a malformed StudyEvent gets exactly one dead letter, not one per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiokafka
+from ladder.codec import BadRecord, decode
+from ladder.schedulers import SchedulerConfigError, SchedulerSpec
+from ladder.v1 import events_pb2
+
+log = logging.getLogger("ladder.earlystop")
+
+
+@dataclass(frozen=True)
+class StudyEntry:
+    study_id: str
+    spec: SchedulerSpec | None
+    error: str = ""  # why the study's scheduler config cannot be used
+
+
+def parse_study(study_id: str, raw: bytes) -> StudyEntry:
+    try:
+        event = decode(events_pb2.StudyEvent, raw)
+        return StudyEntry(study_id, SchedulerSpec.from_study(event.study.config))
+    except (BadRecord, SchedulerConfigError) as exc:
+        return StudyEntry(study_id, None, str(exc))
+
+
+def study_id_of(raw: bytes) -> str:
+    """The study id of StudyEvent bytes; ``BadRecord`` when they are not one."""
+    study_id = decode(events_pb2.StudyEvent, raw).study.study_id
+    if not study_id:
+        raise BadRecord("StudyEvent has no study.study_id")
+    return study_id
+
+
+class StudyDirectory:
+    """Every study this process has read (StudyEvent bytes by id, parsed on first use),
+    and a bounded wait for studies whose StudyEvent has not arrived yet (a metric can
+    overtake it: the two topics are read independently).
+
+    Until the feed has read the studies topic up to the end it found at start
+    (``mark_caught_up``), ``wait_for`` waits for that first: a restarted process must
+    not call a study unknown because it has not read that far yet."""
+
+    def __init__(self, unknown_study_wait: float) -> None:
+        self.unknown_study_wait = unknown_study_wait
+        self._raw: dict[str, bytes] = {}
+        self._parsed: dict[str, tuple[bytes, StudyEntry]] = {}
+        self._first_missed: dict[str, float] = {}
+        # Created lazily: they must belong to the worker's running loop.
+        self._arrival: asyncio.Event | None = None
+        self._caught_up: asyncio.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def _arrival_event(self) -> asyncio.Event:
+        if self._arrival is None:
+            self._arrival = asyncio.Event()
+        return self._arrival
+
+    def _caught_up_event(self) -> asyncio.Event:
+        if self._caught_up is None:
+            self._caught_up = asyncio.Event()
+        return self._caught_up
+
+    def put(self, study_id: str, raw: bytes | None) -> bool:
+        """Store (``raw`` None: forget) a study; True if that changed anything.
+        Wakes every ``wait_for``."""
+        if raw is None:
+            changed = self._raw.pop(study_id, None) is not None
+        else:
+            changed = self._raw.get(study_id) != raw
+            self._raw[study_id] = raw
+        # One event per generation of arrivals: the waiters of this one wake, later
+        # waiters wait on the next.
+        arrival, self._arrival = self._arrival_event(), asyncio.Event()
+        arrival.set()
+        return changed
+
+    def mark_caught_up(self) -> None:
+        self._caught_up_event().set()
+
+    @property
+    def caught_up(self) -> bool:
+        return self._caught_up_event().is_set()
+
+    async def wait_caught_up(self) -> None:
+        await self._caught_up_event().wait()
+
+    def get(self, study_id: str) -> StudyEntry | None:
+        raw = self._raw.get(study_id)
+        if raw is None:
+            return None
+        cached = self._parsed.get(study_id)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        entry = parse_study(study_id, raw)
+        self._parsed[study_id] = (raw, entry)
+        return entry
+
+    async def wait_for(
+        self, study_id: str, published_unix: float | None = None
+    ) -> StudyEntry | None:
+        """The study, waiting at most ``unknown_study_wait`` seconds in total per
+        unknown study id (later reports of a study that never came do not wait again).
+
+        The wait counts from when the record was published (``published_unix``, the
+        Kafka timestamp), not from when it is read: a record read from a backlog older
+        than the wait does not wait at all, since a StudyEvent published with it would
+        have arrived by now. Otherwise every unknown study in a replayed backlog would
+        hold its partition for the full wait."""
+        entry = self.get(study_id)
+        if entry is not None:
+            self._first_missed.pop(study_id, None)
+            return entry
+        if not self.caught_up:
+            await self.wait_caught_up()
+            entry = self.get(study_id)
+            if entry is not None:
+                return entry
+        loop = asyncio.get_running_loop()
+        deadline = self._first_missed.setdefault(study_id, loop.time()) + self.unknown_study_wait
+        if published_unix is not None and published_unix > 0:
+            age = max(0.0, time.time() - published_unix)
+            deadline = min(deadline, loop.time() + self.unknown_study_wait - age)
+        while (entry := self.get(study_id)) is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._arrival_event().wait(), timeout=remaining)
+            except TimeoutError:
+                pass
+        self._first_missed.pop(study_id, None)
+        return entry
+
+
+EndOffsets = Callable[[str, Mapping[Any, int]], Awaitable[Mapping[Any, int]]]
+
+
+class StudyFeed:
+    """Reads every partition of the studies topic from the beginning into a
+    ``StudyDirectory``, for as long as the process runs; reconnects after any error
+    (re-reading from the beginning is harmless: ``put`` of the same bytes is a no-op).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        directory: StudyDirectory,
+        end_offsets: EndOffsets,
+        fetch_max_wait_ms: int = 100,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.directory = directory
+        # tansu answers ListOffsets short of the end (app.fetched_end_offsets).
+        self.end_offsets = end_offsets
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._read_forever()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the directory must keep being fed
+                attempt += 1
+                log.exception("reading %s failed (attempt %d); reconnecting", self.topic, attempt)
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+
+    async def _read_forever(self) -> None:
+        consumer = aiokafka.AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            client_id="ladder-earlystop-studies",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+        )
+        await consumer.start()
+        try:
+            partitions = await self._partitions(consumer)
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await self.end_offsets(self.bootstrap, await consumer.end_offsets(partitions))
+            started = time.monotonic()
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000)
+                for records in batches.values():
+                    for record in records:
+                        self.apply(record.key, record.value)
+                if not self.directory.caught_up and await self._reached(consumer, ends):
+                    self.directory.mark_caught_up()
+                    log.info(
+                        "study directory caught up: %d studies in %.1fs",
+                        len(self.directory),
+                        time.monotonic() - started,
+                    )
+        finally:
+            await consumer.stop()
+
+    async def _partitions(self, consumer: aiokafka.AIOKafkaConsumer) -> list[Any]:
+        while True:
+            ids = consumer.partitions_for_topic(self.topic)
+            if ids:
+                return [aiokafka.TopicPartition(self.topic, p) for p in sorted(ids)]
+            await consumer.force_metadata_update()
+            await asyncio.sleep(0.5)  # the topic is created by the stack; wait for it
+
+    @staticmethod
+    async def _reached(consumer: aiokafka.AIOKafkaConsumer, ends: Mapping[Any, int]) -> bool:
+        for tp, end in ends.items():
+            if end and await consumer.position(tp) < end:
+                return False
+        return True
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        if not value:
+            # Tombstone on the compacted topic: the study is gone.
+            if key:
+                self.directory.put(key.decode("utf-8", "replace"), None)
+            return
+        try:
+            study_id = study_id_of(value)
+        except BadRecord:
+            return  # the studies agent dead-letters it (once, in the group)
+        if self.directory.put(study_id, value):
+            log.info("study %s registered", study_id, extra={"study_id": study_id})
