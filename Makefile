@@ -12,7 +12,8 @@ PROTO_OUT := libs/ladder/v1/__init__.py
 PYTEST_ARGS ?=
 
 .PHONY: setup proto up down status demo test test-unit test-integration lint clean \
-  bench bench-earlystop bench-curves bench-scale bench-quality bench-suggest loadsim
+  bench bench-earlystop bench-curves bench-scale bench-broker bench-quality bench-suggest \
+  loadsim
 
 setup: $(STAMP) $(PROTO_OUT)
 
@@ -59,7 +60,7 @@ test-integration: setup
 	$(PY) -m pytest -q tests/integration
 
 # Benchmarks write JSON and PNG under bench/results/ (see bench/README.md).
-bench: bench-earlystop bench-scale bench-quality bench-suggest
+bench: bench-earlystop bench-broker bench-scale bench-quality bench-suggest
 
 # Replays the committed real-curve table and synthetic families through Ladder's
 # schedulers (stopping and promotion forms) and Optuna's pruners (~3 min).
@@ -82,6 +83,12 @@ bench-scale: setup
 	$(PY) bench/earlystop_scale.py --scenarios churn --duration 120 --repeat 2 --merge
 	$(PY) bench/earlystop_scale.py --scenarios big1,big --duration 60 --merge
 	$(PY) bench/earlystop_scale.py --scenarios burst,cap,capq,kill --duration 60 --merge
+
+# Whether a consumer tailing the embedded broker sees every record while several
+# producers append to the partition, with and without early-stop's re-read of skipped
+# offsets (3 runs of 45 s, ~3 min).
+bench-broker: setup
+	$(PY) bench/tansu_skip.py
 
 # The simulator against the stack already up (`make up`).
 LOADSIM_ARGS ?= --workers 200 --processes 1 --duration 30

@@ -38,6 +38,11 @@ against it:
   does answer), so each of the two hops metric -> rung -> decision waited for the
   long poll to expire: ~1 s report-to-decision instead of a few ms. On Kafka the
   broker answers as soon as data arrives and the setting only adds idle fetches.
+- a fetch that skipped offsets of the metrics or rungs topic is read again from the
+  first one missing (``gaps.py``): tansu 0.6 can hand a tailing consumer a batch from
+  beyond records of another producer that are stored and acknowledged.
+- after a rebalance a partition the group never committed goes back to its start
+  (``committed_seeks``).
 - internal topics (changelogs, the assignor's leader topic) are declared by Faust
   itself (``topic_allow_declare``); tansu's CreateTopics accepts them.
 """
@@ -48,7 +53,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,9 +63,11 @@ import faust
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
+from faust.types import TP, Message
 from kafka import KafkaConsumer
 from ladder.config import Settings
+
+from services.earlystop.gaps import GapGuard
 
 # Group timeouts short enough for tansu (see the module docstring).
 REBALANCE_TIMEOUT_S = 5.0
@@ -258,6 +265,41 @@ class _ShortPollConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ShortPollConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        """Faust's records, minus any that follow offsets the broker's fetch skipped on
+        a contiguous topic: that partition is read again from the first one missing
+        (``gaps.GapGuard``)."""
+        contiguous = getattr(self.app, "contiguous_topics", frozenset())
+        guard = self._gap_guard()
+        rereading: set[TP] = set()
+        async for tp, message in super().getmany(timeout):
+            if tp in rereading:
+                continue
+            if tp.topic in contiguous:
+                reread_from = guard.check(tp, message.offset)
+                if reread_from is not None:
+                    self.log.warning(
+                        "%s: the fetch skipped offsets %d..%d; reading them again",
+                        tp,
+                        reread_from,
+                        message.offset - 1,
+                    )
+                    rereading.add(tp)
+                    await self.seek(tp, reread_from)
+                    continue
+            yield tp, message
+
+    async def perform_seek(self) -> None:
+        # A rebalance: every position comes from the committed offsets again.
+        self._gap_guard().forget()
+        await super().perform_seek()
+
+    def _gap_guard(self) -> GapGuard:
+        guard: GapGuard | None = getattr(self, "_gaps", None)
+        if guard is None:
+            guard = self._gaps = GapGuard()
+        return guard
+
 
 class _ShortPollTransport(faust_aiokafka.Transport):
     Consumer = _ShortPollConsumer
@@ -301,6 +343,8 @@ class EarlyStopApp(faust.App):
 
     fetch_max_wait_ms: int = 1500
     bootstrap_servers: str = ""  # for the end-offset correction; "" turns it off
+    # Topics read back when a fetch skipped offsets (gaps.py): no compaction there.
+    contiguous_topics: frozenset[str] = frozenset()
 
     def _new_transport(self) -> faust_aiokafka.Transport:
         return _ShortPollTransport(self.conf.broker_consumer, self)
@@ -339,4 +383,5 @@ def create_app(settings: Settings, options: EarlyStopOptions) -> faust.App:
     )
     app.fetch_max_wait_ms = options.fetch_max_wait_ms
     app.bootstrap_servers = settings.kafka_bootstrap
+    app.contiguous_topics = frozenset({settings.topics.metrics, settings.topics.rungs})
     return app
