@@ -31,10 +31,9 @@ from typing import Any
 
 import aiokafka
 from kafka.admin import KafkaAdminClient, NewTopic
+from ladder.gaps import GapGuard
 from ladder.stack.components import broker_argv
 from ladder.stack.ports import free_port
-
-from services.earlystop.gaps import GapGuard
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOPIC = "skip-probe"

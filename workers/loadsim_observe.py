@@ -19,6 +19,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from ladder.config import Settings
+from ladder.gaps import GapGuard
 from ladder.v1 import events_pb2
 
 
@@ -57,6 +58,7 @@ class DecisionLog:
         self.decisions: list[SeenDecision] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._gaps = GapGuard()
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap.split(","),
             enable_auto_commit=False,
@@ -76,10 +78,15 @@ class DecisionLog:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                for records in self._consumer.poll(timeout_ms=200).values():
+                for tp, records in self._consumer.poll(timeout_ms=200).items():
                     seen_ms = time.time() * 1000
                     batch = []
                     for record in records:
+                        reread_from = self._gaps.check(tp, record.offset)
+                        if reread_from is not None:
+                            # The fetch skipped offsets (ladder.gaps): read from there.
+                            self._consumer.seek(tp, reread_from)
+                            break
                         decision = events_pb2.Decision()
                         try:
                             decision.ParseFromString(record.value)

@@ -77,6 +77,17 @@ class Topics:
     def all(self) -> list[str]:
         return [self.name(t) for t in TOPIC_NAMES]
 
+    @property
+    def compacted(self) -> list[str]:
+        """Topics kept compacted (the latest record per key): offsets there have gaps."""
+        return [self.studies]
+
+    @property
+    def contiguous(self) -> frozenset[str]:
+        """Topics whose offsets follow each other: a gap read there was skipped by the
+        fetch, and is read again (``ladder.gaps``)."""
+        return frozenset(self.all()) - frozenset(self.compacted)
+
 
 @dataclass(frozen=True)
 class Settings:

@@ -38,9 +38,9 @@ against it:
   does answer), so each of the two hops metric -> rung -> decision waited for the
   long poll to expire: ~1 s report-to-decision instead of a few ms. On Kafka the
   broker answers as soon as data arrives and the setting only adds idle fetches.
-- a fetch that skipped offsets of the metrics or rungs topic is read again from the
-  first one missing (``gaps.py``): tansu 0.6 can hand a tailing consumer a batch from
-  beyond records of another producer that are stored and acknowledged.
+- a fetch that skipped offsets of a topic without compaction is read again from the
+  first one missing (``ladder.gaps``): tansu 0.6 can hand a tailing consumer a batch
+  from beyond records of another producer that are stored and acknowledged.
 - after a rebalance a partition the group never committed goes back to its start
   (``committed_seeks``).
 - internal topics (changelogs, the assignor's leader topic) are declared by Faust
@@ -66,8 +66,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from kafka import KafkaConsumer
 from ladder.config import Settings
-
-from services.earlystop.gaps import GapGuard
+from ladder.gaps import GapGuard
 
 # Group timeouts short enough for tansu (see the module docstring).
 REBALANCE_TIMEOUT_S = 5.0
@@ -268,7 +267,7 @@ class _ShortPollConsumer(faust_aiokafka.Consumer):
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         """Faust's records, minus any that follow offsets the broker's fetch skipped on
         a contiguous topic: that partition is read again from the first one missing
-        (``gaps.GapGuard``)."""
+        (``ladder.gaps.GapGuard``)."""
         contiguous = getattr(self.app, "contiguous_topics", frozenset())
         guard = self._gap_guard()
         rereading: set[TP] = set()
@@ -343,7 +342,7 @@ class EarlyStopApp(faust.App):
 
     fetch_max_wait_ms: int = 1500
     bootstrap_servers: str = ""  # for the end-offset correction; "" turns it off
-    # Topics read back when a fetch skipped offsets (gaps.py): no compaction there.
+    # Topics read again where a fetch skipped offsets (ladder.gaps): no compaction there.
     contiguous_topics: frozenset[str] = frozenset()
 
     def _new_transport(self) -> faust_aiokafka.Transport:
@@ -383,5 +382,5 @@ def create_app(settings: Settings, options: EarlyStopOptions) -> faust.App:
     )
     app.fetch_max_wait_ms = options.fetch_max_wait_ms
     app.bootstrap_servers = settings.kafka_bootstrap
-    app.contiguous_topics = frozenset({settings.topics.metrics, settings.topics.rungs})
+    app.contiguous_topics = settings.topics.contiguous
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.earlystop.gaps import GapGuard
+from ladder.gaps import GapGuard
 
 TP = ("ladder.rungs", 1)
 

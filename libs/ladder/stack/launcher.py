@@ -306,7 +306,7 @@ class _Starter:
             bootstrap,
             self.topics.all(),
             partitions=TOPIC_PARTITIONS,
-            compacted=[self.topics.studies],
+            compacted=self.topics.compacted,
             deadline=self.deadline,
             alive=alive,
         )

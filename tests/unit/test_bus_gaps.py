@@ -1,0 +1,74 @@
+"""ConsumerLoop reads again what a fetch skipped (ladder.gaps), record by record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ladder.bus import ConsumerLoop
+from ladder.config import Settings, Topics
+
+
+@dataclass
+class Raw:
+    """The three fields of a confluent_kafka.Message the check reads."""
+
+    _topic: str
+    _partition: int
+    _offset: int
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class Seeks:
+    def __init__(self) -> None:
+        self.to: list[tuple[str, int, int]] = []
+
+    def seek(self, tp: object) -> None:
+        self.to.append((tp.topic, tp.partition, tp.offset))  # type: ignore[attr-defined]
+
+
+TOPICS = Topics("t.")
+
+
+def loop() -> ConsumerLoop:
+    settings = Settings(kafka_bootstrap="unused:0", redis_url="redis://unused", topics=TOPICS)
+    return ConsumerLoop(settings, "test", [TOPICS.decisions], lambda _r: None, None, None)  # type: ignore[arg-type]
+
+
+def handled(consumer_loop: ConsumerLoop, seeks: Seeks, batch: list[Raw]) -> list[int]:
+    seeking: set[tuple[str, int]] = set()
+    return [
+        raw.offset()
+        for raw in batch
+        if not consumer_loop._skipped_before(seeks, raw, seeking)  # type: ignore[arg-type]
+    ]
+
+
+def test_a_skipped_range_is_read_again_before_anything_after_it() -> None:
+    consumer_loop, seeks = loop(), Seeks()
+    decisions, other = TOPICS.decisions, TOPICS.metrics
+    first = [Raw(decisions, 1, 10), Raw(decisions, 1, 14), Raw(other, 0, 3), Raw(decisions, 1, 15)]
+    assert handled(consumer_loop, seeks, first) == [10, 3]
+    assert seeks.to == [(decisions, 1, 11)]
+    assert consumer_loop._rereading  # no commit while 11..13 are not read again
+
+    again = [Raw(decisions, 1, offset) for offset in (11, 12, 13, 14, 15)]
+    assert handled(consumer_loop, seeks, again) == [11, 12, 13, 14, 15]
+    assert not consumer_loop._rereading and seeks.to == [(decisions, 1, 11)]
+
+
+def test_compacted_topics_have_gaps_by_design() -> None:
+    consumer_loop, seeks = loop(), Seeks()
+    studies = [Raw(TOPICS.studies, 0, 2), Raw(TOPICS.studies, 0, 9)]
+    assert handled(consumer_loop, seeks, studies) == [2, 9] and seeks.to == []
+
+
+def test_only_the_studies_topic_is_compacted() -> None:
+    assert TOPICS.contiguous == frozenset(TOPICS.all()) - {TOPICS.studies}
