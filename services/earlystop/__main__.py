@@ -124,6 +124,8 @@ class EarlyStopWorker(faust.Worker):
 
     async def _serve_once_studies_read(self) -> None:
         await self.studies.wait_caught_up()
+        if self.should_stop:
+            return  # SIGTERM came first: stay NOT_SERVING
         self.health.set_serving(True)
         log.info("earlystop ready in %.1fs", time.monotonic() - self.started_at)
 
