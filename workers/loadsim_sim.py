@@ -31,6 +31,7 @@ import aiokafka
 import confluent_kafka
 import grpc
 from ladder.config import Settings
+from ladder.gaps import GapGuard
 from ladder.v1 import (
     evaluate_pb2,
     evaluate_pb2_grpc,
@@ -205,14 +206,26 @@ class Simulator:
     def _observe_decisions(self, consumer: confluent_kafka.Consumer) -> None:
         """Fast path (thread): hand STOPs of this process's trials to their workers."""
         assert self.loop is not None
+        gaps = GapGuard()
         try:
             while not self._closing.is_set():
                 first = consumer.poll(0.2)
                 if first is None:
                     continue
                 seen_ms = time.time() * 1000
+                seeking: set[int] = set()
                 for record in [first, *consumer.consume(499, 0)]:
-                    if record.error() is not None:
+                    if record.error() is not None or record.partition() in seeking:
+                        continue
+                    reread_from = gaps.check(record.partition(), record.offset())
+                    if reread_from is not None:
+                        # The fetch skipped offsets (ladder.gaps): read from there.
+                        consumer.seek(
+                            confluent_kafka.TopicPartition(
+                                record.topic(), record.partition(), reread_from
+                            )
+                        )
+                        seeking.add(record.partition())
                         continue
                     decision = events_pb2.Decision()
                     try:
