@@ -6,10 +6,11 @@ several producers append to one partition: a fetch can return a batch whose firs
 offset is beyond records that were acknowledged and are stored, and the consumer's
 position moves past them. Measured with ``bench/tansu_skip.py``: four producer
 processes and a tailing consumer, 3 runs of 180,000 records: 67, 186 and 48 skipped,
-every one of them there when the partition was read again. In Ladder several processes produce to one
-partition of most topics (two early-stop processes to ``rungs`` and ``decisions``,
-suggest and evaluate to ``trials``, the simulator's processes to ``metrics``); with two
-early-stop processes stage 2 lost three crossings of a 1,000-worker run that way.
+every one of them there when the partition was read again. In Ladder several
+processes produce to one partition of most topics (two early-stop processes to
+``rungs`` and ``decisions``, suggest and evaluate to ``trials``, the simulator's
+processes to ``metrics``); with two early-stop processes stage 2 lost three crossings of
+a 1,000-worker run that way.
 
 ``GapGuard`` tells a consumer, record by record, whether to hand it on or to seek back
 to the first offset it has not seen and read from there again. A gap still there when
