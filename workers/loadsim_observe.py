@@ -82,11 +82,8 @@ class DecisionLog:
                     seen_ms = time.time() * 1000
                     batch = []
                     for record in records:
-                        reread_from = self._gaps.check(tp, record.offset)
-                        if reread_from is not None:
-                            # The fetch skipped offsets (ladder.gaps): read from there.
-                            self._consumer.seek(tp, reread_from)
-                            break
+                        if not self._gaps.admit(tp, record.offset):
+                            continue  # the fetch skipped offsets before it (ladder.gaps)
                         decision = events_pb2.Decision()
                         try:
                             decision.ParseFromString(record.value)
@@ -105,6 +102,8 @@ class DecisionLog:
                             )
                     with self._lock:
                         self.decisions.extend(batch)
+                for tp, offset in self._gaps.end_batch():
+                    self._consumer.seek(tp, offset)
         finally:
             self._consumer.close()
 

@@ -213,20 +213,11 @@ class Simulator:
                 if first is None:
                     continue
                 seen_ms = time.time() * 1000
-                seeking: set[int] = set()
                 for record in [first, *consumer.consume(499, 0)]:
-                    if record.error() is not None or record.partition() in seeking:
+                    if record.error() is not None:
                         continue
-                    reread_from = gaps.check(record.partition(), record.offset())
-                    if reread_from is not None:
-                        # The fetch skipped offsets (ladder.gaps): read from there.
-                        consumer.seek(
-                            confluent_kafka.TopicPartition(
-                                record.topic(), record.partition(), reread_from
-                            )
-                        )
-                        seeking.add(record.partition())
-                        continue
+                    if not gaps.admit((record.topic(), record.partition()), record.offset()):
+                        continue  # the fetch skipped offsets before it (ladder.gaps)
                     decision = events_pb2.Decision()
                     try:
                         decision.ParseFromString(record.value())
@@ -238,6 +229,8 @@ class Simulator:
                         and decision.trial_id in self.live
                     ):
                         self.loop.call_soon_threadsafe(self._stop_seen, decision, seen_ms, True)
+                for (topic, partition), offset in gaps.end_batch():
+                    consumer.seek(confluent_kafka.TopicPartition(topic, partition, offset))
         finally:
             consumer.close()
 

@@ -329,7 +329,6 @@ class ConsumerLoop:
         # commit until it was, or a restart would resume past the skipped records.
         self._contiguous = settings.topics.contiguous
         self._gaps = GapGuard()
-        self._rereading: dict[tuple[str, int], int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"consume-{service}", daemon=True)
         self.processed = 0
@@ -358,11 +357,11 @@ class ConsumerLoop:
         if self.pace_s > 0:
             options["queued.min.messages"] = PACED_PREFETCH
             options["fetch.queue.backoff.ms"] = int(self.pace_s * 1000)
-        self._forget_positions()
+        self._gaps.forget()  # a new consumer: positions come from the offsets again
         if self.group_id:
             options.update(GROUP_TIMEOUTS)
             consumer = confluent_kafka.Consumer(options)
-            consumer.subscribe(self.topics, on_assign=lambda *_: self._forget_positions())
+            consumer.subscribe(self.topics, on_assign=lambda *_: self._gaps.forget())
             return consumer
         consumer = confluent_kafka.Consumer(options)
         partitions: list[tuple[str, int]] = []
@@ -400,18 +399,8 @@ class ConsumerLoop:
                 started = time.monotonic()
                 messages = _next_records(consumer)
                 self.ready.set()
-                seeking: set[tuple[str, int]] = set()
-                for raw in messages:
-                    error = raw.error()
-                    if error is not None:
-                        if error.fatal():
-                            raise confluent_kafka.KafkaException(error)
-                        log.warning("consumer: %s", error)  # librdkafka retries these
-                        continue
-                    if self._skipped_before(consumer, raw, seeking):
-                        continue
-                    self._process(raw)
-                if messages and self.group_id and not self._rereading:
+                self._handle_batch(consumer, messages)
+                if messages and self.group_id and not self._gaps.rereading:
                     consumer.commit(asynchronous=False)
                 if 0 < len(messages) < MAX_POLL_RECORDS and self.pace_s > 0:
                     # Caught up: wait for more to gather (behind, it reads on at once).
@@ -428,43 +417,26 @@ class ConsumerLoop:
         if consumer is not None:
             consumer.close()
 
-    def _forget_positions(self) -> None:
-        # A new consumer or assignment: positions come from the offsets again.
-        self._gaps.forget()
-        self._rereading.clear()
-
-    def _skipped_before(
-        self,
-        consumer: confluent_kafka.Consumer,
-        raw: confluent_kafka.Message,
-        seeking: set[tuple[str, int]],
-    ) -> bool:
-        """True: do not handle ``raw``, its partition is read again from an offset the
-        fetch skipped. ``seeking``: partitions sought back during this batch, whose
-        later records in it come again after the seek (librdkafka drops the rest)."""
-        topic, partition, offset = raw.topic(), raw.partition(), raw.offset()
-        key = (topic, partition)
-        if key in seeking:
-            return True
-        if topic not in self._contiguous:
-            return False
-        reread_from = self._gaps.check(key, offset)
-        if reread_from is None:
-            if self._rereading.get(key, offset + 1) <= offset:
-                del self._rereading[key]  # read again up to here: commits may go on
-            return False
-        log.warning(
-            "%s[%d]: the fetch skipped offsets %d..%d; reading them again",
-            topic,
-            partition,
-            reread_from,
-            offset - 1,
-            extra={"topic": topic},
-        )
-        consumer.seek(confluent_kafka.TopicPartition(topic, partition, reread_from))
-        self._rereading[key] = reread_from
-        seeking.add(key)
-        return True
+    def _handle_batch(
+        self, consumer: confluent_kafka.Consumer, messages: list[confluent_kafka.Message]
+    ) -> None:
+        """Handle the batch's records, except those after offsets a fetch skipped on a
+        contiguous topic: that partition is sought back and read again."""
+        for raw in messages:
+            error = raw.error()
+            if error is not None:
+                if error.fatal():
+                    raise confluent_kafka.KafkaException(error)
+                log.warning("consumer: %s", error)  # librdkafka retries these
+                continue
+            topic = raw.topic()
+            if topic in self._contiguous and not self._gaps.admit(
+                (topic, raw.partition()), raw.offset()
+            ):
+                continue
+            self._process(raw)
+        for (topic, partition), offset in self._gaps.end_batch():
+            consumer.seek(confluent_kafka.TopicPartition(topic, partition, offset))
 
     def _process(self, raw: confluent_kafka.Message) -> None:
         record = Record(

@@ -270,23 +270,12 @@ class _ShortPollConsumer(faust_aiokafka.Consumer):
         (``ladder.gaps.GapGuard``)."""
         contiguous = getattr(self.app, "contiguous_topics", frozenset())
         guard = self._gap_guard()
-        rereading: set[TP] = set()
         async for tp, message in super().getmany(timeout):
-            if tp in rereading:
+            if tp.topic in contiguous and not guard.admit(tp, message.offset):
                 continue
-            if tp.topic in contiguous:
-                reread_from = guard.check(tp, message.offset)
-                if reread_from is not None:
-                    self.log.warning(
-                        "%s: the fetch skipped offsets %d..%d; reading them again",
-                        tp,
-                        reread_from,
-                        message.offset - 1,
-                    )
-                    rereading.add(tp)
-                    await self.seek(tp, reread_from)
-                    continue
             yield tp, message
+        for tp, offset in guard.end_batch():
+            await self.seek(tp, offset)
 
     async def perform_seek(self) -> None:
         # A rebalance: every position comes from the committed offsets again.

@@ -46,3 +46,18 @@ def test_after_a_rebalance_the_first_offset_is_taken_as_it_comes() -> None:
     guard.check(TP, 100)
     guard.forget()
     assert guard.check(TP, 250) is None  # another process read 101..249
+
+
+def test_a_batch_drops_what_follows_a_skip_and_says_where_to_seek() -> None:
+    guard = GapGuard()
+    other = ("ladder.metrics", 0)
+    admitted = [
+        (tp, offset)
+        for tp, offset in [(TP, 10), (TP, 14), (other, 3), (TP, 15)]
+        if guard.admit(tp, offset)
+    ]
+    assert admitted == [(TP, 10), (other, 3)]
+    assert guard.rereading and guard.end_batch() == [(TP, 11)]
+    assert guard.end_batch() == []  # asked once
+    assert all(guard.admit(TP, offset) for offset in (11, 12, 13, 14, 15))
+    assert not guard.rereading
