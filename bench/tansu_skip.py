@@ -75,12 +75,11 @@ class Tail:
     async def poll(self) -> None:
         batch = await self.consumer.getmany(self.tp, timeout_ms=200)
         for record in batch.get(self.tp, []):
-            if self.guard is not None:
-                reread_from = self.guard.check(self.tp, record.offset)
-                if reread_from is not None:
-                    self.consumer.seek(self.tp, reread_from)
-                    return
-            self.seen.append(record.offset)
+            if self.guard is None or self.guard.admit(self.tp, record.offset):
+                self.seen.append(record.offset)
+        if self.guard is not None:
+            for tp, offset in self.guard.end_batch():
+                self.consumer.seek(tp, offset)
 
     async def stop(self) -> None:
         await self.consumer.stop()
