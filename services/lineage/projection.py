@@ -44,7 +44,6 @@ _PHASE = {
 _KIND_STATE = {
     KIND.Value("TRIAL_SUGGESTED"): TS.Value("SUGGESTED"),
     KIND.Value("TRIAL_STARTED"): TS.Value("RUNNING"),
-    KIND.Value("TRIAL_HEARTBEAT"): TS.Value("RUNNING"),
     KIND.Value("TRIAL_CHECKPOINTED"): TS.Value("RUNNING"),
     KIND.Value("TRIAL_COMPLETED"): TS.Value("COMPLETED"),
     KIND.Value("TRIAL_PRUNED"): TS.Value("PRUNED"),
@@ -58,7 +57,6 @@ _KIND_STATE = {
 # "running", later ones beat earlier ones.
 _KIND_OUTCOME = {
     KIND.Value("TRIAL_STARTED"): "running",
-    KIND.Value("TRIAL_HEARTBEAT"): "running",
     KIND.Value("TRIAL_CHECKPOINTED"): "running",
     KIND.Value("TRIAL_COMPLETED"): "completed",
     KIND.Value("TRIAL_PRUNED"): "pruned",

@@ -258,8 +258,8 @@ def test_paused_trial_is_shown_paused_until_promoted(store: LineageStore) -> Non
     steps = [
         (trial_event("t4", "TRIAL_STARTED", 200, attempt=1), "RUNNING"),
         (trial_event("t4", "TRIAL_PAUSED", 300, attempt=1), "PAUSED"),
-        # A heartbeat of the paused attempt arriving late does not make it RUNNING again.
-        (trial_event("t4", "TRIAL_HEARTBEAT", 250, attempt=1), "PAUSED"),
+        # A checkpoint of the paused attempt arriving late does not make it RUNNING again.
+        (trial_event("t4", "TRIAL_CHECKPOINTED", 250, attempt=1), "PAUSED"),
         (trial_event("t4", "TRIAL_PROMOTED", 400, attempt=1), "RESUMABLE"),
         (trial_event("t4", "TRIAL_STARTED", 500, attempt=2), "RUNNING"),
         (trial_event("t4", "TRIAL_COMPLETED", 600, attempt=2, final=0.1), "COMPLETED"),
