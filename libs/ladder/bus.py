@@ -26,19 +26,23 @@ from google.protobuf.message import Message
 
 from ladder import telemetry
 from ladder.codec import BadRecord
-from ladder.config import Settings
+from ladder.config import BrokerProfile, Settings
 from ladder.gaps import GapGuard
 from ladder.v1 import events_pb2
 
 log = logging.getLogger("ladder.bus")
 
-# tansu (the embedded broker) needs short group timeouts or a group's first
-# join waits for the default rebalance timeout of minutes.
-GROUP_TIMEOUTS = {
-    "session.timeout.ms": 6000,
-    "heartbeat.interval.ms": 1000,
-    "max.poll.interval.ms": 6000,
-}
+
+def group_timeouts(broker: BrokerProfile) -> dict[str, int]:
+    """librdkafka's consumer-group timeouts for ``broker`` (short ones on tansu, whose
+    first join of a group otherwise waits minutes for the rebalance timeout)."""
+    return {
+        "session.timeout.ms": broker.session_timeout_ms,
+        "heartbeat.interval.ms": broker.heartbeat_interval_ms,
+        "max.poll.interval.ms": broker.max_poll_interval_ms,
+    }
+
+
 # Records handed over per consume() call.
 MAX_POLL_RECORDS = 500
 # A paced consumer's librdkafka stops fetching a partition once it holds this many
@@ -161,10 +165,11 @@ class EventProducer:
     A daemon thread serves delivery reports (``poll``), so ``SendResult`` callbacks
     fire without further sends.
 
-    Linger (``Settings.kafka_linger_ms``, 20 ms): the embedded broker's fetch cost
-    grows with the number of record batches a partition holds, so a record per batch
-    (librdkafka's 5 ms linger at a few hundred trial events/s) made every consumer of
-    the trials topic slower as a run went on (bench/README.md, "Early-stop scale").
+    Linger (``Settings.kafka_linger_ms``, from the broker profile: 20 ms on tansu):
+    the embedded broker's fetch cost grows with the number of record batches a
+    partition holds, so a record per batch (librdkafka's 5 ms linger at a few hundred
+    trial events/s) made every consumer of the trials topic slower as a run went on
+    (bench/README.md, "Early-stop scale").
     """
 
     def __init__(
@@ -323,11 +328,11 @@ class ConsumerLoop:
         # fewer, fuller fetches. The embedded broker charges each fetch in proportion to
         # the batches the partition holds; six consumers re-fetching the decisions
         # topic on every new batch made it the busiest process of a 1,000-worker run
-        # (deploy/local/README.md).
-        self.pace_s = pace_s
+        # (deploy/local/README.md). Only where the broker profile asks for it.
+        self.pace_s = pace_s if settings.broker.pace_consumers else 0.0
         # Where a fetch skipped offsets, the partition is read again (ladder.gaps); no
         # commit until it was, or a restart would resume past the skipped records.
-        self._contiguous = settings.topics.contiguous
+        self._contiguous = settings.gap_guarded_topics
         self._gaps = GapGuard()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"consume-{service}", daemon=True)
@@ -351,7 +356,7 @@ class ConsumerLoop:
             "group.id": self.group_id or f"ladder-{self.service}-unjoined",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest" if self.from_beginning else "latest",
-            "fetch.wait.max.ms": 100,
+            "fetch.wait.max.ms": self.settings.broker.fetch_max_wait_ms,
             "logger": logging.getLogger("ladder.kafka.consumer"),
         }
         if self.pace_s > 0:
@@ -359,7 +364,7 @@ class ConsumerLoop:
             options["fetch.queue.backoff.ms"] = int(self.pace_s * 1000)
         self._gaps.forget()  # a new consumer: positions come from the offsets again
         if self.group_id:
-            options.update(GROUP_TIMEOUTS)
+            options.update(group_timeouts(self.settings.broker))
             consumer = confluent_kafka.Consumer(options)
             consumer.subscribe(self.topics, on_assign=lambda *_: self._gaps.forget())
             return consumer

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 TOPIC_NAMES = ("metrics", "rungs", "decisions", "trials", "studies", "dead-letter")
 
@@ -26,21 +29,107 @@ def stack_file(base: Path | None = None) -> Path:
     return (base or state_dir()) / "stack.json"
 
 
-def _stack_values() -> dict[str, str]:
+def _stack_values() -> dict[str, Any]:
     path = stack_file()
     if path.exists():
         try:
-            return json.loads(path.read_text())
+            values = json.loads(path.read_text())
         except (OSError, ValueError):
             return {}
+        return values if isinstance(values, dict) else {}
     return {}
 
 
-def _pick(env: str, stack_key: str, default: str) -> str:
+def _pick(env: str, stack: Mapping[str, Any], stack_key: str, default: str) -> str:
     value = os.environ.get(env)
     if value:
         return value
-    return _stack_values().get(stack_key) or default
+    return stack.get(stack_key) or default
+
+
+@dataclass(frozen=True)
+class BrokerProfile:
+    """What the Kafka clients of every Ladder process do differently per broker.
+
+    The embedded broker (tansu 0.6) needs workarounds a Kafka cluster must not pay for;
+    each knob says which behaviour of tansu it answers (see ``TANSU_PROFILE``)."""
+
+    name: str
+    # Read again the offsets a fetch skipped on a contiguous topic (``ladder.gaps``).
+    gap_guard: bool
+    # Consumer-group timeouts (librdkafka's and Faust's).
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
+    rebalance_timeout_ms: int
+    max_poll_interval_ms: int
+    # Producer linger of the services' event producers (LADDER_KAFKA_LINGER_MS overrides).
+    producer_linger_ms: int
+    # How long a fetch waits on the broker for records (the long poll).
+    fetch_max_wait_ms: int
+    # Honour a consumer's read interval (``bus.ConsumerLoop`` ``pace_s``).
+    pace_consumers: bool
+    # Correct ListOffsets answers with the high watermark a fetch reports.
+    end_offset_probe: bool
+
+
+# tansu 0.6, measured on this project's machine:
+# - a fetch can return a batch from beyond acknowledged records of another producer on
+#   the same partition (bench/tansu_skip.py): the gap guard reads them again;
+# - a group's first join waits for the rebalance timeout, and a member that died holds
+#   its partitions until its session expires: short group timeouts;
+# - a fetch's cost grows with the record batches a partition holds: 20 ms producer
+#   linger (fewer, fuller batches) and paced consumers (fewer, fuller fetches);
+# - a pending fetch is not answered when records arrive: a 100 ms long poll;
+# - ListOffsets answers the base offset of the last batch + 1: the end offset is
+#   confirmed by a fetch (services/earlystop/app.py).
+TANSU_PROFILE = BrokerProfile(
+    name="tansu",
+    gap_guard=True,
+    session_timeout_ms=6000,
+    heartbeat_interval_ms=1000,
+    rebalance_timeout_ms=5000,
+    max_poll_interval_ms=6000,
+    producer_linger_ms=20,
+    fetch_max_wait_ms=100,
+    pace_consumers=True,
+    end_offset_probe=True,
+)
+# A Kafka cluster: the clients' own defaults (librdkafka, Kafka 3 and Faust).
+KAFKA_PROFILE = BrokerProfile(
+    name="kafka",
+    gap_guard=False,
+    session_timeout_ms=45_000,
+    heartbeat_interval_ms=3000,
+    rebalance_timeout_ms=60_000,
+    max_poll_interval_ms=300_000,
+    producer_linger_ms=5,
+    fetch_max_wait_ms=500,
+    pace_consumers=False,
+    end_offset_probe=False,
+)
+BROKER_PROFILES = {profile.name: profile for profile in (TANSU_PROFILE, KAFKA_PROFILE)}
+
+
+def broker_profile(name: str) -> BrokerProfile:
+    """The preset called ``name``; ValueError names the known ones."""
+    try:
+        return BROKER_PROFILES[name.strip().lower()]
+    except KeyError:
+        known = ", ".join(sorted(BROKER_PROFILES))
+        raise ValueError(f"LADDER_BROKER_PROFILE={name!r}: expected one of {known}") from None
+
+
+def chosen_broker_profile(bootstrap: str, stack: Mapping[str, Any]) -> BrokerProfile:
+    """LADDER_BROKER_PROFILE when set. Otherwise: the broker ``ladder up`` recorded in
+    stack.json when ``bootstrap`` is that broker; kafka for any other broker given in
+    LADDER_KAFKA_BOOTSTRAP; tansu, the embedded default, when none is given."""
+    explicit = os.environ.get("LADDER_BROKER_PROFILE")
+    if explicit:
+        return broker_profile(explicit)
+    if stack.get("kafka_bootstrap") == bootstrap:
+        external = bool((stack.get("external") or {}).get("kafka"))
+        return broker_profile(stack.get("broker_profile") or ("kafka" if external else "tansu"))
+    return KAFKA_PROFILE if os.environ.get("LADDER_KAFKA_BOOTSTRAP") else TANSU_PROFILE
 
 
 @dataclass(frozen=True)
@@ -88,6 +177,13 @@ class Topics:
         fetch, and is read again (``ladder.gaps``)."""
         return frozenset(self.all()) - frozenset(self.compacted)
 
+    @property
+    def earlystop_group(self) -> str:
+        """``ladder-earlystop-<prefix>``: the early-stop Faust app id, its consumer group
+        and the prefix of its changelog topics; one per topic namespace."""
+        cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", self.prefix).strip("-_")
+        return f"ladder-earlystop-{cleaned or 'default'}"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -102,7 +198,9 @@ class Settings:
     | LADDER_SUGGEST_ADDR        | stack.json, else 127.0.0.1:50051 |
     | LADDER_EVALUATE_ADDR       | stack.json, else 127.0.0.1:50052 |
     | LADDER_LINEAGE_ADDR        | stack.json, else 127.0.0.1:50053 |
-    | LADDER_KAFKA_LINGER_MS     | 20                              |
+    | LADDER_BROKER_PROFILE      | see ``chosen_broker_profile``   |
+    | LADDER_KAFKA_LINGER_MS     | the profile's (tansu 20, kafka 5) |
+    | LADDER_BIND_HOST           | 127.0.0.1                       |
     """
 
     kafka_bootstrap: str
@@ -114,17 +212,33 @@ class Settings:
     state_dir: Path = field(default_factory=state_dir)
     # Producer linger of the services' event producers (suggest lingers less: its
     # TRIAL_SUGGESTED should reach the topic before the worker's TRIAL_STARTED).
-    kafka_linger_ms: int = 20
+    kafka_linger_ms: int = TANSU_PROFILE.producer_linger_ms
+    broker: BrokerProfile = TANSU_PROFILE
+    # Interface the services' servers listen on.
+    bind_host: str = "127.0.0.1"
+
+    @property
+    def gap_guarded_topics(self) -> frozenset[str]:
+        """Topics whose consumers read again what a fetch skipped (``ladder.gaps``):
+        the contiguous ones, on a broker whose profile asks for it."""
+        return self.topics.contiguous if self.broker.gap_guard else frozenset()
 
     @classmethod
     def from_env(cls) -> Settings:
+        stack = _stack_values()
+        bootstrap = _pick("LADDER_KAFKA_BOOTSTRAP", stack, "kafka_bootstrap", "127.0.0.1:9092")
+        broker = chosen_broker_profile(bootstrap, stack)
         return cls(
-            kafka_bootstrap=_pick("LADDER_KAFKA_BOOTSTRAP", "kafka_bootstrap", "127.0.0.1:9092"),
-            redis_url=_pick("LADDER_REDIS_URL", "redis_url", "redis://127.0.0.1:6379/0"),
+            kafka_bootstrap=bootstrap,
+            redis_url=_pick("LADDER_REDIS_URL", stack, "redis_url", "redis://127.0.0.1:6379/0"),
             topics=Topics(os.environ.get("LADDER_TOPIC_PREFIX", "ladder.")),
-            suggest_addr=_pick("LADDER_SUGGEST_ADDR", "suggest_addr", "127.0.0.1:50051"),
-            evaluate_addr=_pick("LADDER_EVALUATE_ADDR", "evaluate_addr", "127.0.0.1:50052"),
-            lineage_addr=_pick("LADDER_LINEAGE_ADDR", "lineage_addr", "127.0.0.1:50053"),
+            suggest_addr=_pick("LADDER_SUGGEST_ADDR", stack, "suggest_addr", "127.0.0.1:50051"),
+            evaluate_addr=_pick("LADDER_EVALUATE_ADDR", stack, "evaluate_addr", "127.0.0.1:50052"),
+            lineage_addr=_pick("LADDER_LINEAGE_ADDR", stack, "lineage_addr", "127.0.0.1:50053"),
             state_dir=state_dir(),
-            kafka_linger_ms=int(os.environ.get("LADDER_KAFKA_LINGER_MS", "20")),
+            kafka_linger_ms=int(
+                os.environ.get("LADDER_KAFKA_LINGER_MS", broker.producer_linger_ms)
+            ),
+            broker=broker,
+            bind_host=os.environ.get("LADDER_BIND_HOST", "127.0.0.1"),
         )

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ladder.bus import ConsumerLoop
-from ladder.config import Settings, Topics
+from ladder.config import KAFKA_PROFILE, BrokerProfile, Settings, Topics
 
 
 @dataclass
@@ -55,8 +55,10 @@ TOPICS = Topics("t.")
 HANDLED: list[int] = []
 
 
-def loop() -> ConsumerLoop:
+def loop(broker: BrokerProfile | None = None) -> ConsumerLoop:
     settings = Settings(kafka_bootstrap="unused:0", redis_url="redis://unused", topics=TOPICS)
+    if broker is not None:
+        settings = replace(settings, broker=broker)
     return ConsumerLoop(
         settings,
         "test",
@@ -95,3 +97,20 @@ def test_compacted_topics_have_gaps_by_design() -> None:
 
 def test_only_the_studies_topic_is_compacted() -> None:
     assert TOPICS.contiguous == frozenset(TOPICS.all()) - {TOPICS.studies}
+
+
+def test_on_kafka_the_gap_guard_is_not_used() -> None:
+    consumer_loop, seeks = loop(KAFKA_PROFILE), Seeks()
+    decisions = TOPICS.decisions
+    batch = [Raw(decisions, 1, 10), Raw(decisions, 1, 14), Raw(decisions, 1, 15)]
+    assert handled(consumer_loop, seeks, batch) == [10, 14, 15] and seeks.to == []
+    assert consumer_loop._gaps.rereads == 0 and not consumer_loop._gaps.rereading
+
+
+def test_on_kafka_consumers_are_not_paced() -> None:
+    settings = Settings(kafka_bootstrap="unused:0", redis_url="redis://unused", topics=TOPICS)
+    paced = ConsumerLoop(settings, "test", [TOPICS.trials], print, None, None, pace_s=0.2)
+    assert paced.pace_s == 0.2
+    on_kafka = replace(settings, broker=KAFKA_PROFILE)
+    unpaced = ConsumerLoop(on_kafka, "test", [TOPICS.trials], print, None, None, pace_s=0.2)
+    assert unpaced.pace_s == 0.0
