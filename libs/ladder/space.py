@@ -32,13 +32,14 @@ from enum import StrEnum
 
 import numpy as np
 
+from ladder.errors import InvalidArgument
 from ladder.params import PlainValue, to_plain
 from ladder.v1 import space_pb2, study_pb2
 
 MAX_PARTITIONS = 1024
 
 
-class StudyConfigError(ValueError):
+class StudyConfigError(InvalidArgument, ValueError):
     """A StudyConfig that cannot be accepted; the message names the field."""
 
 

@@ -22,6 +22,7 @@ import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 
+from ladder.errors import InvalidArgument
 from ladder.space import with_defaults
 from ladder.v1 import study_pb2
 
@@ -29,7 +30,7 @@ from ladder.v1 import study_pb2
 RESOURCE_EPS = 1e-9
 
 
-class SchedulerConfigError(ValueError):
+class SchedulerConfigError(InvalidArgument, ValueError):
     """A scheduler config the rules cannot work with; the message names the field."""
 
 

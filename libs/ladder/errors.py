@@ -1,0 +1,53 @@
+"""The errors of the domain: what a request can be refused for.
+
+Libraries and service handlers raise these; only the gRPC edge
+(``ladder.grpcserver``) knows which status code each one answers with, so the
+state layer and the algorithms stay free of transport vocabulary. The message
+(``str(exc)``) is what the caller reads, so it names the field or the object.
+"""
+
+from __future__ import annotations
+
+
+class LadderError(Exception):
+    """A request the domain refuses."""
+
+
+class InvalidArgument(LadderError):
+    """The request itself is malformed: a missing, out-of-range or invalid field."""
+
+
+class NotFound(LadderError):
+    """The study or trial the request names does not exist."""
+
+
+class AlreadyExists(LadderError):
+    """An object of that id exists and differs from the one the request creates."""
+
+
+class Conflict(LadderError):
+    """The object's current state refuses the request (wrong lifecycle state, a
+    different result already recorded, another live attempt holds the trial)."""
+
+
+class StaleAttempt(LadderError):
+    """The attempt named in the request does not hold the trial (any more)."""
+
+
+class BudgetExhausted(LadderError):
+    """The study has handed out all of its ``max_trials``."""
+
+    def __init__(self, suggested: int) -> None:
+        super().__init__(f"study budget exhausted: {suggested} trials suggested")
+        self.suggested = suggested
+
+
+class Unavailable(LadderError):
+    """A dependency the request needs did not answer; repeating it may succeed."""
+
+
+def require(value: str, field: str) -> str:
+    """``value``, or InvalidArgument naming ``field`` when it is empty."""
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    return value
