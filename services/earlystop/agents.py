@@ -43,16 +43,8 @@ from google.protobuf.message import Message
 from ladder import telemetry
 from ladder.codec import BadRecord, decode, parse_metric_report
 from ladder.config import Settings
-from ladder.schedulers import (
-    Action,
-    CurveState,
-    RungDecision,
-    SchedulerSpec,
-    decide_crossing,
-    diverged_decision,
-    mark_promoted,
-    observe,
-)
+from ladder.schedulers import Action, CurveState, RungDecision, SchedulerSpec
+from ladder.schedulers.engine import Crossing, EarlyStopEngine
 from ladder.v1 import events_pb2
 from opentelemetry import metrics, trace
 
@@ -73,8 +65,6 @@ BATCH_MAX = 1000
 # How often a stage holding unacknowledged events checks whether Faust suspended the
 # flow for a rebalance (it then releases them at once).
 FLOW_CHECK_S = 0.2
-# Divergences are kept on their own pseudo-rung so a replayed one is recognised.
-DIVERGED_RUNG = -1
 _ACTIONS = {
     Action.CONTINUE: events_pb2.CONTINUE,
     Action.STOP: events_pb2.STOP,
@@ -132,12 +122,26 @@ def record_headers(event: faust.types.EventT) -> list[tuple[str, bytes]]:
     return list(headers)
 
 
+def crossing_message(crossing: Crossing, report_ts_ms: int) -> events_pb2.RungCrossing:
+    return events_pb2.RungCrossing(
+        study_id=crossing.study_id,
+        trial_id=crossing.trial_id,
+        rung=crossing.rung,
+        resource=crossing.resource,
+        smoothed_value=crossing.value,
+        raw_value=crossing.raw_value,
+        diverged=crossing.diverged,
+        ts_ms=now_ms(),
+        report_ts_ms=report_ts_ms,
+    )
+
+
 def decision_message(
-    study_id: str, trial_id: str, decision: RungDecision, report_ts_ms: int
+    study_id: str, decision: RungDecision, report_ts_ms: int
 ) -> events_pb2.Decision:
     return events_pb2.Decision(
         study_id=study_id,
-        trial_id=trial_id,
+        trial_id=decision.trial_id,
         action=_ACTIONS[decision.action],
         rung=decision.rung,
         resource=decision.resource,
@@ -167,6 +171,7 @@ class EarlyStopAgents:
         self.curves = CurveWriteBehind(tables.curves, curve_flush_s)
         self.studies = studies
         self.leaderboards = leaderboards
+        self.engine = EarlyStopEngine(leaderboards)
         topics = settings.topics
 
         def raw_topic(name: str) -> faust.TopicT:
@@ -386,38 +391,12 @@ class EarlyStopAgents:
                 f"the report says {study_id!r}"
             )
         state.study_id = study_id
-        observed = observe(spec, state, report.step, report.value, spec.bracket_of(trial_id))
+        observed = self.engine.observe(spec, state, study_id, trial_id, report.step, report.value)
         if observed.ignored:
             log.debug("report ignored: %s", observed.ignored, extra={"trial_id": trial_id})
             return
         report_ts = report.ts_ms or int(event.message.timestamp * 1000)
-        crossings = [
-            events_pb2.RungCrossing(
-                study_id=study_id,
-                trial_id=trial_id,
-                rung=c.rung,
-                resource=c.resource,
-                smoothed_value=c.value,
-                raw_value=report.value,
-                ts_ms=now_ms(),
-                report_ts_ms=report_ts,
-            )
-            for c in observed.crossings
-        ]
-        if observed.divergence is not None:
-            crossings.append(
-                events_pb2.RungCrossing(
-                    study_id=study_id,
-                    trial_id=trial_id,
-                    rung=observed.divergence.rung,
-                    resource=observed.divergence.step,
-                    smoothed_value=report.value,
-                    raw_value=report.value,
-                    diverged=True,
-                    ts_ms=now_ms(),
-                    report_ts_ms=report_ts,
-                )
-            )
+        crossings = [crossing_message(c, report_ts) for c in observed.crossings]
         if crossings:
             with consumer_span(event) as span:
                 span.set_attribute("ladder.study_id", study_id)
@@ -449,51 +428,35 @@ class EarlyStopAgents:
         span.set_attribute("ladder.study_id", study_id)
         span.set_attribute("ladder.trial_id", trial_id)
         spec = self._spec(await self.studies.wait_for(study_id, published_at(event)), study_id)
-        bracket = spec.bracket_of(trial_id)
-        rung = DIVERGED_RUNG if crossing.diverged else crossing.rung
-        board = self.leaderboards.board(study_id, bracket, rung, spec.maximize)
-        if trial_id in board:
+        judged = Crossing(
+            study_id,
+            trial_id,
+            crossing.rung,
+            crossing.resource,
+            crossing.smoothed_value,
+            crossing.raw_value,
+            crossing.diverged,
+        )
+        # Promotions are marked at once: the batch's next crossings decide on this
+        # board. If the batch fails, the leaderboards are rebuilt from the table
+        # (acked entries only).
+        decisions = self.engine.judge(spec, judged)
+        if not decisions:
             log.debug("crossing replayed", extra={"trial_id": trial_id, "study_id": study_id})
             return
-        board.record(trial_id, crossing.smoothed_value)
         try:
-            if crossing.diverged:
-                decisions = [
-                    diverged_decision(spec, crossing.rung, crossing.resource, crossing.raw_value)
-                ]
-            else:
-                # The crossing trial's decision first; in ASHA's promotion form also a
-                # PROMOTE for every paused trial the grown rung now ranks high enough.
-                decisions = decide_crossing(
-                    spec,
-                    board,
-                    trial_id,
-                    crossing.rung,
-                    crossing.resource,
-                    previous=self.leaderboards.board(study_id, bracket, rung - 1, spec.maximize)
-                    if rung > 0
-                    else None,
-                    next_board=self.leaderboards.board(study_id, bracket, rung + 1, spec.maximize),
-                )
             for decision in decisions:
-                subject = decision.trial_id or trial_id
-                message = decision_message(study_id, subject, decision, crossing.report_ts_ms)
-                work.acks.append(await self._send(self.decisions_topic, subject, message))
+                message = decision_message(study_id, decision, crossing.report_ts_ms)
+                work.acks.append(await self._send(self.decisions_topic, decision.trial_id, message))
         except BaseException:
             # Undo the in-memory record so the retry decides on the same board.
-            board.discard(trial_id)
+            self.engine.undo(spec, judged, decisions)
             raise
-        # Marked now: the batch's next crossings decide on this board. If the batch
-        # fails, the leaderboards are rebuilt from the table (acked entries only).
-        mark_promoted(board, decisions)
-        partition = event.message.partition
+        partition, bracket = event.message.partition, spec.bracket_of(trial_id)
 
         async def after_acks() -> None:
-            await self.leaderboards.persist(
-                partition, study_id, bracket, rung, trial_id, crossing.smoothed_value
-            )
+            await self.leaderboards.persist(partition, bracket, judged)
             for decision in decisions:
-                subject = decision.trial_id or trial_id
                 _decisions.add(1, {"action": decision.action.value, "rule": decision.rule})
                 # Logged after the acks, in the crossing's span: the line carries the
                 # trace id of the report that led to it.
@@ -501,9 +464,9 @@ class EarlyStopAgents:
                     log.info(
                         "%s %s: %s",
                         decision.action.value,
-                        subject,
+                        decision.trial_id,
                         decision.reason,
-                        extra={"trial_id": subject, "study_id": study_id},
+                        extra={"trial_id": decision.trial_id, "study_id": study_id},
                     )
 
         work.after_acks.append(after_acks)

@@ -25,6 +25,7 @@ from typing import Any
 
 import faust
 from ladder.schedulers import Leaderboards, RungLeaderboard
+from ladder.schedulers.engine import Crossing
 
 
 def entry_key(study_id: str, bracket: int, rung: int, trial_id: str) -> str:
@@ -49,26 +50,27 @@ class LeaderboardView:
         if self._index is None:
             index = Leaderboards()
             for value in self.table.values():
-                index.board(_board_id(value["study"], value["bracket"]), value["rung"]).record(
-                    value["trial"], float(value["value"])
-                )
+                board = index.board(value["study"], value["rung"], bracket=value["bracket"])
+                board.record(value["trial"], float(value["value"]))
             self._index = index
         return self._index
 
-    def board(self, study_id: str, bracket: int, rung: int, maximize: bool) -> RungLeaderboard:
-        return self._boards().board(_board_id(study_id, bracket), rung, maximize)
+    def board(
+        self, study_id: str, rung: int, maximize: bool = False, bracket: int = 0
+    ) -> RungLeaderboard:
+        """The early-stop engine's board source (``ladder.schedulers.engine.BoardSource``)."""
+        return self._boards().board(study_id, rung, maximize, bracket)
 
-    async def persist(
-        self, partition: int, study_id: str, bracket: int, rung: int, trial_id: str, value: float
-    ) -> None:
-        """Write the entry to the table and to its changelog ``partition`` (the rungs
-        partition of the crossing)."""
+    async def persist(self, partition: int, bracket: int, crossing: Crossing) -> None:
+        """Write the crossing's entry to the table and to its changelog ``partition``
+        (the rungs partition of the crossing)."""
+        study_id, rung, trial_id = crossing.study_id, crossing.board_rung, crossing.trial_id
         entry = {
             "study": study_id,
             "bracket": bracket,
             "rung": rung,
             "trial": trial_id,
-            "value": value,
+            "value": crossing.value,
         }
         await write_in_partition(
             self.table, partition, entry_key(study_id, bracket, rung, trial_id), entry
@@ -150,10 +152,6 @@ class CurveWriteBehind:
         released = self._held
         self._dirty, self._held, self._oldest = {}, [], None
         return released
-
-
-def _board_id(study_id: str, bracket: int) -> str:
-    return study_id if bracket == 0 else f"{study_id}#bracket{bracket}"
 
 
 @dataclass

@@ -10,10 +10,12 @@
 | ``leaderboard`` | per study, per rung: trial -> value, idempotent recording        |
 | ``rules``       | ASHA (stopping and promotion forms), median stopping, divergence, |
 |                 | grace period, late-bloomer protection; with reasons              |
+| ``engine``      | ``EarlyStopEngine``: stage 1 per report, stage 2 per crossing    |
+|                 | (record on the bracket's board, decide, mark promotions)         |
+| ``replay``      | recorded curves through a policy as N asynchronous workers       |
 
-The early-stop service (``services/earlystop``) wires these to Kafka: stage 1 calls
-``observe`` per metric report, stage 2 records crossings on leaderboards and calls
-``decide``.
+The early-stop service (``services/earlystop``) wires the engine to Kafka, the replay
+of ``make bench-earlystop`` to boards in memory.
 """
 
 from ladder.schedulers.curves import CurveState, Divergence, Observation, observe

@@ -1,5 +1,5 @@
-"""Rung leaderboards: per study, per rung, the smoothed value of every trial that
-reached the rung.
+"""Rung leaderboards: per study, Hyperband bracket and rung, the smoothed value of every
+trial that reached the rung.
 
 Recording is idempotent: a trial is counted once per rung, and a second report
 (a replayed event, a resumed attempt crossing the rung again) keeps the value the
@@ -116,12 +116,15 @@ class RungLeaderboard:
 
 @dataclass
 class Leaderboards:
-    """All rung leaderboards of many studies, keyed by (study id, rung index)."""
+    """All rung leaderboards of many studies, keyed by (study id, Hyperband bracket,
+    rung index); bracket 0 is the only one outside Hyperband."""
 
-    boards: dict[tuple[str, int], RungLeaderboard] = field(default_factory=dict)
+    boards: dict[tuple[str, int, int], RungLeaderboard] = field(default_factory=dict)
 
-    def board(self, study_id: str, rung: int, maximize: bool = False) -> RungLeaderboard:
-        key = (study_id, rung)
+    def board(
+        self, study_id: str, rung: int, maximize: bool = False, bracket: int = 0
+    ) -> RungLeaderboard:
+        key = (study_id, bracket, rung)
         found = self.boards.get(key)
         if found is None:
             found = self.boards[key] = RungLeaderboard(maximize)
@@ -133,9 +136,9 @@ class Leaderboards:
     ) -> bool:
         return self.board(study_id, rung, maximize).record(trial_id, value)
 
-    def rungs_of(self, study_id: str) -> Iterator[tuple[int, RungLeaderboard]]:
-        for (study, rung), board in sorted(self.boards.items()):
-            if study == study_id:
+    def rungs_of(self, study_id: str, bracket: int = 0) -> Iterator[tuple[int, RungLeaderboard]]:
+        for (study, in_bracket, rung), board in sorted(self.boards.items()):
+            if study == study_id and in_bracket == bracket:
                 yield rung, board
 
     @classmethod

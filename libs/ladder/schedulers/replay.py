@@ -8,9 +8,9 @@ when told to. Events are processed in simulated-time order (ties by worker index
 what a scheduler knows at a decision is exactly what a real asynchronous deployment
 with instant decisions would know. No threads, no clocks: deterministic.
 
-``LadderPolicy`` runs Ladder's own rules, the code the early-stop service runs:
-``observe`` (smoothing, rung crossings, divergence) per report, then ``decide`` on the
-trial's (Hyperband-bracket) rung leaderboard per crossing.
+``LadderPolicy`` runs the early-stop service's own ``EarlyStopEngine`` (smoothing,
+rung crossings and divergence per report, then the decisions of each crossing on the
+trial's (Hyperband-bracket) rung leaderboard), with its leaderboards in memory.
 
 ASHA's promotion form (``AshaForm.PROMOTION``): a trial told PAUSE gives its worker back
 at once and waits; when a later crossing promotes it, it joins a FIFO of resumable
@@ -35,9 +35,10 @@ from typing import Protocol
 
 import numpy as np
 
-from ladder.schedulers.curves import CurveState, observe
+from ladder.schedulers.curves import CurveState
+from ladder.schedulers.engine import EarlyStopEngine
 from ladder.schedulers.leaderboard import Leaderboards
-from ladder.schedulers.rules import Action, decide_crossing, mark_promoted
+from ladder.schedulers.rules import Action
 from ladder.schedulers.spec import SchedulerSpec
 
 
@@ -109,12 +110,14 @@ class NoStopping:
 
 @dataclass
 class LadderPolicy:
-    """Ladder's rules exactly as the early-stop service applies them, without Kafka."""
+    """The early-stop service's engine, without Kafka: every report goes through stage 1
+    and each crossing it causes through stage 2 at once (instant decisions)."""
 
     spec: SchedulerSpec
     trial_prefix: str = "trial-"
+    study_id: str = "replay"
+    engine: EarlyStopEngine = field(default_factory=lambda: EarlyStopEngine(Leaderboards()))
     curves: dict[int, CurveState] = field(default_factory=dict)
-    boards: Leaderboards = field(default_factory=Leaderboards)
     decisions: int = 0
     _promoted: list[int] = field(default_factory=list)
     _index: dict[str, int] = field(default_factory=dict)
@@ -123,37 +126,25 @@ class LadderPolicy:
         return f"{self.trial_prefix}{trial:06d}"
 
     def start(self, trial: int) -> None:
-        self.curves[trial] = CurveState(study_id="replay")
+        self.curves[trial] = CurveState(study_id=self.study_id)
         self._index[self.trial_id(trial)] = trial
 
     def report(self, trial: int, step: int, value: float) -> bool | Action:
-        trial_id = self.trial_id(trial)
-        bracket = self.spec.bracket_of(trial_id)
-        observed = observe(self.spec, self.curves[trial], float(step), value, bracket)
+        """The trial's first STOP or PAUSE among the decisions of every crossing the
+        report caused (all are judged, as the service judges every crossing emitted)."""
+        observed = self.engine.observe(
+            self.spec, self.curves[trial], self.study_id, self.trial_id(trial), float(step), value
+        )
         self.curves[trial] = observed.state
-        if observed.divergence is not None:
-            return Action.STOP
+        verdict = Action.CONTINUE
         for crossing in observed.crossings:
-            # One leaderboard per (bracket, rung), as in the service.
-            study = f"bracket-{bracket}"
-            board = self.boards.board(study, crossing.rung, self.spec.maximize)
-            if not board.record(trial_id, crossing.value):
-                continue
-            decisions = decide_crossing(
-                self.spec,
-                board,
-                trial_id,
-                crossing.rung,
-                crossing.resource,
-                previous=self.boards.boards.get((study, crossing.rung - 1)),
-                next_board=self.boards.boards.get((study, crossing.rung + 1)),
-            )
-            mark_promoted(board, decisions)
+            decisions = self.engine.judge(self.spec, crossing)
             self.decisions += len(decisions)
             self._promoted.extend(self._index[d.trial_id] for d in decisions[1:])
-            if decisions[0].action in (Action.STOP, Action.PAUSE):
-                return decisions[0].action
-        return Action.CONTINUE
+            own = decisions[0].action if decisions else Action.CONTINUE
+            if verdict is Action.CONTINUE and own in (Action.STOP, Action.PAUSE):
+                verdict = own
+        return verdict
 
     def take_promoted(self) -> list[int]:
         """Paused trials promoted since the last call, in decision order."""
