@@ -4,8 +4,9 @@ Every scheduler sees the same learning curves in the same asynchronous order: th
 real digits table (``bench/curves/digits_curves.npz``, 27 epochs per configuration,
 recorded epoch times) and three synthetic families whose first epoch predicts the
 final value well, moderately or badly. ``ladder.schedulers.replay`` simulates the
-workers; Ladder's schedulers run the service's own rules (``LadderPolicy``), Optuna's
-``SuccessiveHalvingPruner`` and ``HyperbandPruner`` run through ask/tell with
+workers; Ladder's schedulers run the early-stop service's own ``EarlyStopEngine``
+(``LadderPolicy``; tests/unit/test_earlystop_engine.py checks that the two decide
+alike), Optuna's ``SuccessiveHalvingPruner`` and ``HyperbandPruner`` run through ask/tell with
 ``trial.report`` / ``trial.should_prune`` (``OptunaPolicy``), interleaved in the same
 simulated-time order (optuna sees every report of a running trial as it happens).
 

@@ -284,8 +284,8 @@ def decide_crossing(
 ) -> list[RungDecision]:
     """Every decision the crossing of ``trial_id`` (already on ``board``) causes: its own
     first, then, in the promotion form, PROMOTE for each paused trial the grown rung now
-    ranks within its cutoff. Pure: the caller records the promotions with
-    ``mark_promoted`` once the decisions are out.
+    ranks within its cutoff. Pure: the caller (``EarlyStopEngine.judge``) records the
+    promotions with ``mark_promoted``.
 
     ``next_board`` (rung + 1, same bracket): trials on it were promoted already.
     """
@@ -329,5 +329,6 @@ def decide_crossing(
 
 
 def mark_promoted(board: RungLeaderboard, decisions: list[RungDecision]) -> None:
-    """Remember the PROMOTE decisions of ``decide_crossing`` (after they were sent)."""
+    """Remember the PROMOTE decisions of ``decide_crossing``: the rung's later crossings
+    do not promote those trials again."""
     board.promoted.update(d.trial_id for d in decisions if d.action is Action.PROMOTE)
