@@ -246,13 +246,11 @@ def metrics_backlog(env: dict[str, str]) -> int:
     from kafka import KafkaConsumer, TopicPartition
     from ladder.config import Topics
 
-    from services.earlystop.app import app_id
-
     prefix = env.get("LADDER_TOPIC_PREFIX", "ladder.")
     topic = Topics(prefix).metrics
     consumer = KafkaConsumer(
         bootstrap_servers=env["LADDER_KAFKA_BOOTSTRAP"].split(","),
-        group_id=app_id(prefix),
+        group_id=Topics(prefix).earlystop_group,
         enable_auto_commit=False,
     )
     try:

@@ -88,13 +88,6 @@ class LoadOptions:
     timeline: Path | None = None
 
 
-def earlystop_group(settings: Settings) -> str:
-    # Imported here: the early-stop app module pulls in Faust.
-    from services.earlystop.app import app_id
-
-    return app_id(settings.topics.prefix)
-
-
 def create_study(settings: Settings, options: LoadOptions) -> str:
     config = study_config(
         {"x": {"type": "float", "low": 0.0, "high": 1.0}},
@@ -133,7 +126,7 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
     rungs = spec.rungs() if spec.bounded else spec.rungs(up_to=options.max_resource)
     max_resource = int(spec.max_resource or options.max_resource)
     decisions = DecisionLog(settings, study_id)
-    progress = GroupProgress(settings, earlystop_group(settings))
+    progress = GroupProgress(settings, settings.topics.earlystop_group)
     start_at = time.time() + START_DELAY_S
     configs = [
         SimConfig(

@@ -59,13 +59,14 @@ class DecisionLog:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._gaps = GapGuard()
+        topic = settings.topics.decisions
+        self._guarded = topic in settings.gap_guarded_topics
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap.split(","),
             enable_auto_commit=False,
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=settings.broker.fetch_max_wait_ms,
             client_id="ladder-loadsim-decisions",
         )
-        topic = settings.topics.decisions
         parts = sorted(self._consumer.partitions_for_topic(topic) or ())
         partitions = [TopicPartition(topic, p) for p in parts]
         self._consumer.assign(partitions)
@@ -82,7 +83,7 @@ class DecisionLog:
                     seen_ms = time.time() * 1000
                     batch = []
                     for record in records:
-                        if not self._gaps.admit(tp, record.offset):
+                        if self._guarded and not self._gaps.admit(tp, record.offset):
                             continue  # the fetch skipped offsets before it (ladder.gaps)
                         decision = events_pb2.Decision()
                         try:

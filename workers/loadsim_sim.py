@@ -189,7 +189,7 @@ class Simulator:
                 "group.id": "ladder-loadsim-observer",  # never joined: partitions assigned
                 "client.id": "ladder-loadsim-observer",
                 "enable.auto.commit": False,
-                "fetch.wait.max.ms": 100,
+                "fetch.wait.max.ms": self.settings.broker.fetch_max_wait_ms,
             }
         )
         topic = self.settings.topics.decisions
@@ -207,6 +207,7 @@ class Simulator:
         """Fast path (thread): hand STOPs of this process's trials to their workers."""
         assert self.loop is not None
         gaps = GapGuard()
+        guarded = self.settings.gap_guarded_topics
         try:
             while not self._closing.is_set():
                 first = consumer.poll(0.2)
@@ -216,7 +217,8 @@ class Simulator:
                 for record in [first, *consumer.consume(499, 0)]:
                     if record.error() is not None:
                         continue
-                    if not gaps.admit((record.topic(), record.partition()), record.offset()):
+                    tp = (record.topic(), record.partition())
+                    if tp[0] in guarded and not gaps.admit(tp, record.offset()):
                         continue  # the fetch skipped offsets before it (ladder.gaps)
                     decision = events_pb2.Decision()
                     try:

@@ -38,8 +38,9 @@ from every record's headers and written into every record produced.
 |   LADDER_EARLYSTOP_STANDBY_REPLICAS                  |                   | copies (see app.py)  |
 | --replication-factor /                               | 1                 | of the changelogs    |
 |   LADDER_EARLYSTOP_REPLICATION_FACTOR                |                   |                      |
-| --fetch-max-wait-ms /                                | 100               | consumer long poll   |
-|   LADDER_EARLYSTOP_FETCH_MAX_WAIT_MS                 |                   | (see app.py: tansu)  |
+| --fetch-max-wait-ms /                                | the broker        | consumer long poll   |
+|   LADDER_EARLYSTOP_FETCH_MAX_WAIT_MS                 | profile's (tansu  | (see app.py: tansu)  |
+|                                                      | 100, kafka 500)   |                      |
 | --curve-flush-ms /                                   | 5000              | how long stage 1     |
 |   LADDER_EARLYSTOP_CURVE_FLUSH_MS                    |                   | coalesces curve-table|
 |                                                      |                   | writes (0: per batch;|
@@ -48,9 +49,9 @@ from every record's headers and written into every record produced.
 | OTEL_EXPORTER_OTLP_ENDPOINT                          | unset             | OTLP span export     |
 
 plus the shared ``Settings`` (LADDER_KAFKA_BOOTSTRAP, LADDER_TOPIC_PREFIX,
-LADDER_STATE_DIR, ...; see ``ladder.config``). The Faust app id, which is also the
-consumer group and the prefix of the changelog topics, is
-``ladder-earlystop-<topic prefix>``.
+LADDER_STATE_DIR, LADDER_BROKER_PROFILE, LADDER_BIND_HOST, ...; see ``ladder.config``).
+The Faust app id, which is also the consumer group and the prefix of the changelog
+topics, is ``ladder-earlystop-<topic prefix>`` (``Topics.earlystop_group``).
 
 The health service ("" and "ladder.earlystop") reports SERVING once the Faust worker
 has joined the group and recovered its tables and the study directory has read the
@@ -78,7 +79,7 @@ from services.earlystop.agents import EarlyStopAgents
 from services.earlystop.app import (
     EarlyStopOptions,
     create_app,
-    fetched_end_offsets,
+    end_offsets_reader,
     topic_partitions,
 )
 from services.earlystop.health import HealthServer
@@ -140,13 +141,14 @@ class EarlyStopWorker(faust.Worker):
         super()._on_sigint()
 
 
-# Integer options: flag, env var, default, smallest value allowed (see the table above).
-INT_OPTIONS = (
+# Integer options: flag, env var, default (None: the broker profile's), smallest value
+# allowed (see the table above).
+INT_OPTIONS: tuple[tuple[str, str, int | None, int], ...] = (
     ("--producer-batch-bytes", "LADDER_EARLYSTOP_PRODUCER_BATCH_BYTES", 16384, 1),
     ("--producer-linger-ms", "LADDER_EARLYSTOP_PRODUCER_LINGER_MS", 20, 0),
     ("--standby-replicas", "LADDER_EARLYSTOP_STANDBY_REPLICAS", 0, 0),
     ("--replication-factor", "LADDER_EARLYSTOP_REPLICATION_FACTOR", 1, 1),
-    ("--fetch-max-wait-ms", "LADDER_EARLYSTOP_FETCH_MAX_WAIT_MS", 100, 0),
+    ("--fetch-max-wait-ms", "LADDER_EARLYSTOP_FETCH_MAX_WAIT_MS", None, 0),
     ("--curve-flush-ms", "LADDER_EARLYSTOP_CURVE_FLUSH_MS", 5000, 0),
 )
 
@@ -171,7 +173,8 @@ def parse_options(argv: list[str] | None, settings: Settings) -> EarlyStopOption
         default=float(env("LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT", 10)),
     )
     for flag, env_var, default, _lowest in INT_OPTIONS:
-        parser.add_argument(flag, type=int, default=int(env(env_var, default)))
+        fallback = settings.broker.fetch_max_wait_ms if default is None else default
+        parser.add_argument(flag, type=int, default=int(env(env_var, fallback)))
     args = parser.parse_args(argv)
     if args.unknown_study_wait < 0:
         parser.error("--unknown-study-wait must be >= 0")
@@ -182,7 +185,7 @@ def parse_options(argv: list[str] | None, settings: Settings) -> EarlyStopOption
         health_port=args.port,
         data_dir=args.data_dir.resolve(),
         web_port=args.web_port,
-        web_bind=env("LADDER_BIND_HOST", "127.0.0.1"),
+        web_bind=settings.bind_host,
         unknown_study_wait=args.unknown_study_wait,
         producer_batch_bytes=args.producer_batch_bytes,
         producer_linger_ms=args.producer_linger_ms,
@@ -203,7 +206,7 @@ def build(settings: Settings, options: EarlyStopOptions) -> tuple[faust.App, Ear
         settings.kafka_bootstrap,
         topics.studies,
         directory,
-        fetched_end_offsets,
+        end_offsets_reader(settings.broker),
         options.fetch_max_wait_ms,
     )
     app.task(feed.run)
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     options = parse_options(argv, settings)
     app, agents = build(settings, options)
-    health = HealthServer(options.health_port).start()
+    health = HealthServer(options.health_port, settings.bind_host).start()
     log.info(
         "earlystop: app %s, kafka %s, topics %s*, health port %d",
         app.conf.id,

@@ -1,7 +1,9 @@
 """The Faust application object, configured for the embedded tansu broker and for Kafka.
 
-Settings that matter on tansu (the embedded Kafka-protocol broker), found by running
-against it:
+What differs between the two comes from the broker profile (``Settings.broker``,
+``ladder.config.BrokerProfile``); on the kafka profile none of the tansu workarounds
+below runs. Settings that matter on tansu (the embedded Kafka-protocol broker), found
+by running against it:
 
 - ``broker_rebalance_timeout`` 5 s, ``broker_session_timeout`` 6 s, heartbeat 1 s
   (Faust: 60 s, 60 s, 3 s), as ARCHITECTURE.md asks for tansu: a worker that dies
@@ -16,10 +18,10 @@ against it:
   ListOffsets, so it stopped short of the changelog's end and crashed with
   ``ConsistencyError`` ("persisted offset ... is higher than the last offset") when a
   worker took a partition over. ``_highwaters`` below corrects ListOffsets with the
-  Fetch high watermark of the last batch. (Before, one record per batch avoided the
-  bug, but aiokafka sends one batch per partition per request and keeps one request
-  in flight per broker: ~4 records per round trip, which capped the app at ~500
-  metric events/s.) Set ``LADDER_EARLYSTOP_PRODUCER_BATCH_BYTES=1`` to go back.
+  Fetch high watermark of the last batch (``end_offset_probe``). One record per batch
+  (``LADDER_EARLYSTOP_PRODUCER_BATCH_BYTES=1``) also avoids the bug, but aiokafka
+  sends one batch per partition per request and keeps one request in flight per
+  broker: ~4 records per round trip, which capped the app at ~500 metric events/s.
 - producer linger 20 ms (Faust: 0): on this machine a produce request costs more in
   the socket write than in everything else the app does for it; lingering puts the
   records of many handlers (crossings, decisions, table writes) into one request.
@@ -33,11 +35,12 @@ against it:
   seconds more of takeover for tens of thousands of records.
 - no transactions (``processing_guarantee`` at_least_once): tansu answers aiokafka's
   InitProducerId with an error. Every handler is idempotent instead.
-- fetch long poll 100 ms instead of Faust's hard-coded 1500 ms: tansu does not
-  answer a pending aiokafka fetch when records arrive (kafka-python's fetches it
-  does answer), so each of the two hops metric -> rung -> decision waited for the
-  long poll to expire: ~1 s report-to-decision instead of a few ms. On Kafka the
-  broker answers as soon as data arrives and the setting only adds idle fetches.
+- fetch long poll 100 ms (the profile's ``fetch_max_wait_ms``) instead of Faust's
+  hard-coded 1500 ms: tansu does not answer a pending aiokafka fetch when records
+  arrive (kafka-python's fetches it does answer), so each of the two hops metric ->
+  rung -> decision waited for the long poll to expire: ~1 s report-to-decision
+  instead of a few ms. On Kafka the broker answers as soon as data arrives, and the
+  kafka profile's 500 ms only bounds idle fetches.
 - a fetch that skipped offsets of a topic without compaction is read again from the
   first one missing (``ladder.gaps``): tansu 0.6 can hand a tailing consumer a batch
   from beyond records of another producer that are stored and acknowledged.
@@ -51,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
@@ -60,18 +62,15 @@ from typing import Any
 
 import aiokafka
 import faust
+from confluent_kafka.admin import AdminClient
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
-from kafka import KafkaConsumer
-from ladder.config import Settings
+from ladder.config import BrokerProfile, Settings
 from ladder.gaps import GapGuard
 
-# Group timeouts short enough for tansu (see the module docstring).
-REBALANCE_TIMEOUT_S = 5.0
-SESSION_TIMEOUT_S = 6.0
-HEARTBEAT_INTERVAL_S = 1.0
+from services.earlystop.studies import EndOffsets
 
 
 @dataclass(frozen=True)
@@ -90,12 +89,6 @@ class EarlyStopOptions:
     curve_flush_ms: int = 5000
 
 
-def app_id(topic_prefix: str) -> str:
-    """``ladder-earlystop-<prefix>``: one consumer group per topic namespace."""
-    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", topic_prefix).strip("-_")
-    return f"ladder-earlystop-{cleaned or 'default'}"
-
-
 def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
@@ -108,31 +101,27 @@ def topic_partitions(
     Faust tables must have as many partitions as the topic their agent reads, so the
     counts are taken from the broker instead of being configured twice.
     """
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap.split(","),
-        client_id="ladder-earlystop-meta",
-        enable_auto_commit=False,
+    admin = AdminClient(
+        {"bootstrap.servers": settings.kafka_bootstrap, "client.id": "ladder-earlystop-meta"}
     )
-    try:
-        deadline = time.monotonic() + timeout
-        found: dict[str, int] = {}
-        while True:
-            for topic in topics:
-                if topic not in found:
-                    partitions = consumer.partitions_for_topic(topic)
-                    if partitions:
-                        found[topic] = len(partitions)
-            missing = [t for t in topics if t not in found]
-            if not missing:
-                return found
-            if time.monotonic() > deadline:
-                raise SystemExit(
-                    f"earlystop: topics {missing} do not exist on {settings.kafka_bootstrap}"
-                    " (create them with `ladder up`)"
-                )
-            time.sleep(0.5)  # polling broker metadata until the deadline
-    finally:
-        consumer.close()
+    deadline = time.monotonic() + timeout
+    while True:
+        # Metadata of every topic: asking for one by name may auto-create it on a broker.
+        listed = admin.list_topics(timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+        found = {
+            topic: len(meta.partitions)
+            for topic, meta in listed.topics.items()
+            if topic in topics and meta.error is None and meta.partitions
+        }
+        missing = [t for t in topics if t not in found]
+        if not missing:
+            return found
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"earlystop: topics {missing} do not exist on {settings.kafka_bootstrap}"
+                " (create them with `ladder up`)"
+            )
+        time.sleep(0.5)  # polling broker metadata until the deadline
 
 
 # mode names a service's logger after the module of its class; keep the subclasses'
@@ -213,6 +202,16 @@ def committed_seeks(
     return to_offset, to_start
 
 
+async def listed_end_offsets(bootstrap: str, listed: Mapping[TP, int]) -> dict[TP, int]:
+    """End offsets as ListOffsets answered them (a broker that answers them right)."""
+    return dict(listed)
+
+
+def end_offsets_reader(broker: BrokerProfile) -> EndOffsets:
+    """How this process learns a partition's end offset on ``broker``."""
+    return fetched_end_offsets if broker.end_offset_probe else listed_end_offsets
+
+
 async def fetched_end_offsets(
     bootstrap: str, listed: Mapping[TP, int], timeout: float = 10.0
 ) -> dict[TP, int]:
@@ -233,7 +232,7 @@ async def fetched_end_offsets(
     probe = aiokafka.AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
-        fetch_max_wait_ms=100,
+        fetch_max_wait_ms=100,  # only run on tansu (end_offset_probe)
         client_id="ladder-earlystop-end-offsets",
     )
     await probe.start()
@@ -330,7 +329,8 @@ class EarlyStopApp(faust.App):
     logger = _FAUST_LOG
 
     fetch_max_wait_ms: int = 1500
-    bootstrap_servers: str = ""  # for the end-offset correction; "" turns it off
+    # For the end-offset correction (the broker profile's end_offset_probe); "": off.
+    bootstrap_servers: str = ""
     # Topics read again where a fetch skipped offsets (ladder.gaps): no compaction there.
     contiguous_topics: frozenset[str] = frozenset()
 
@@ -340,8 +340,9 @@ class EarlyStopApp(faust.App):
 
 def create_app(settings: Settings, options: EarlyStopOptions) -> faust.App:
     options.data_dir.mkdir(parents=True, exist_ok=True)
+    broker = settings.broker
     app = EarlyStopApp(
-        app_id(settings.topics.prefix),
+        settings.topics.earlystop_group,
         broker=broker_urls(settings.kafka_bootstrap),
         broker_client_id="ladder-earlystop",
         store=options.store,
@@ -351,9 +352,9 @@ def create_app(settings: Settings, options: EarlyStopOptions) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
-        broker_rebalance_timeout=REBALANCE_TIMEOUT_S,
-        broker_session_timeout=SESSION_TIMEOUT_S,
-        broker_heartbeat_interval=HEARTBEAT_INTERVAL_S,
+        broker_rebalance_timeout=broker.rebalance_timeout_ms / 1000.0,
+        broker_session_timeout=broker.session_timeout_ms / 1000.0,
+        broker_heartbeat_interval=broker.heartbeat_interval_ms / 1000.0,
         broker_commit_interval=1.0,
         producer_acks=-1,
         producer_max_batch_size=options.producer_batch_bytes,
@@ -370,6 +371,6 @@ def create_app(settings: Settings, options: EarlyStopOptions) -> faust.App:
         table_standby_replicas=options.standby_replicas,
     )
     app.fetch_max_wait_ms = options.fetch_max_wait_ms
-    app.bootstrap_servers = settings.kafka_bootstrap
-    app.contiguous_topics = settings.topics.contiguous
+    app.bootstrap_servers = settings.kafka_bootstrap if broker.end_offset_probe else ""
+    app.contiguous_topics = settings.gap_guarded_topics
     return app

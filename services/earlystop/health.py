@@ -17,10 +17,10 @@ HEALTH_SERVICE = "ladder.earlystop"
 
 
 class HealthServer:
-    def __init__(self, port: int) -> None:
-        # ServiceHost brings OTel interceptors, the health servicer and the bind policy;
-        # its run() is not used because Faust owns the signals and the main thread.
-        self.host = ServiceHost(HEALTH_SERVICE, port)
+    def __init__(self, port: int, bind_host: str) -> None:
+        # ServiceHost brings OTel interceptors and the health servicer; its run() is not
+        # used because Faust owns the signals and the main thread.
+        self.host = ServiceHost(HEALTH_SERVICE, port, host=bind_host)
         self.port = self.host.port
         self._started = False
 
