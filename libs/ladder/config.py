@@ -127,9 +127,17 @@ def chosen_broker_profile(bootstrap: str, stack: Mapping[str, Any]) -> BrokerPro
     if explicit:
         return broker_profile(explicit)
     if stack.get("kafka_bootstrap") == bootstrap:
-        external = bool((stack.get("external") or {}).get("kafka"))
-        return broker_profile(stack.get("broker_profile") or ("kafka" if external else "tansu"))
+        return recorded_broker_profile(stack)
     return KAFKA_PROFILE if os.environ.get("LADDER_KAFKA_BOOTSTRAP") else TANSU_PROFILE
+
+
+def recorded_broker_profile(stack: Mapping[str, Any]) -> BrokerProfile:
+    """The profile a stack.json records; one written without it used the embedded
+    broker unless its Kafka was external."""
+    name = stack.get("broker_profile")
+    if name:
+        return broker_profile(name)
+    return KAFKA_PROFILE if (stack.get("external") or {}).get("kafka") else TANSU_PROFILE
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,20 @@ def test_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     assert launcher._matches(_info(external={"kafka": True, "redis": False}), services=True)
 
 
+def test_the_stack_records_its_broker_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL",
+                "LADDER_BROKER_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    assert launcher._broker_profile(external_kafka=False) == "tansu"
+    assert launcher._broker_profile(external_kafka=True) == "kafka"
+    assert launcher._matches(_info(broker_profile="tansu"), services=True)
+    # Another profile asked for now: start afresh.
+    monkeypatch.setenv("LADDER_BROKER_PROFILE", "kafka")
+    assert launcher._broker_profile(external_kafka=False) == "kafka"
+    assert not launcher._matches(_info(broker_profile="tansu"), services=True)
+    assert not launcher._matches(_info(), services=True)
+
+
 def test_status_and_down_of_empty_state_dir(tmp_path: Path) -> None:
     assert launcher.status(tmp_path) == []
     assert launcher.down(tmp_path / "never-created") == []

@@ -128,6 +128,15 @@ def _desired_prefix() -> str:
     return os.environ.get("LADDER_TOPIC_PREFIX", config.Topics.prefix)
 
 
+def _broker_profile(external_kafka: bool) -> str:
+    """The profile of the broker this stack uses: LADDER_BROKER_PROFILE when set, else
+    tansu for the embedded broker and kafka for one the user gave."""
+    explicit = os.environ.get("LADDER_BROKER_PROFILE")
+    if explicit:
+        return config.broker_profile(explicit).name
+    return config.KAFKA_PROFILE.name if external_kafka else config.TANSU_PROFILE.name
+
+
 def _matches(info: dict[str, Any], services: bool) -> bool:
     """Is the recorded stack what this `up` asks for (endpoints, prefix, services)?"""
     if services and not info.get("services"):
@@ -143,6 +152,8 @@ def _matches(info: dict[str, Any], services: bool) -> bool:
     # An embedded component must not silently stand in for a requested external one,
     # nor the reverse.
     external = info.get("external") or {}
+    if config.recorded_broker_profile(info).name != _broker_profile(bool(ext_kafka)):
+        return False
     return bool(ext_kafka) == bool(external.get(KAFKA)) and bool(ext_redis) == bool(
         external.get(REDIS)
     )
@@ -217,19 +228,21 @@ class _Starter:
             d.mkdir(parents=True, exist_ok=True)
         redis_url = self._redis()
         bootstrap = self._kafka()
+        external_kafka = bool(os.environ.get("LADDER_KAFKA_BOOTSTRAP"))
         info: dict[str, Any] = {
             "kafka_bootstrap": bootstrap,
             "redis_url": redis_url,
+            "broker_profile": _broker_profile(external_kafka),
             "topic_prefix": self.topics.prefix,
             "state_dir": str(self.layout.root),
             "services": self.services,
             "external": {
-                KAFKA: bool(os.environ.get("LADDER_KAFKA_BOOTSTRAP")),
+                KAFKA: external_kafka,
                 REDIS: bool(os.environ.get("LADDER_REDIS_URL")),
             },
         }
         if self.services:
-            info.update(self._services(bootstrap, redis_url))
+            info.update(self._services(bootstrap, redis_url, info["broker_profile"]))
         info["pids"] = {name: rec.to_json() for name, rec in self.started.items()}
         info["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         return info
@@ -315,7 +328,7 @@ class _Starter:
         )
         probes.kafka_roundtrip(bootstrap, probe_topic, deadline=self.deadline, alive=alive)
 
-    def _services(self, bootstrap: str, redis_url: str) -> dict[str, str]:
+    def _services(self, bootstrap: str, redis_url: str, broker_profile: str) -> dict[str, str]:
         # One call, so all five ports are distinct (the fifth is earlystop's Faust web).
         *grpc_ports, web_port = ports.free_ports(len(SERVICES) + 1)
         service_ports = {s.name: port for s, port in zip(SERVICES, grpc_ports, strict=True)}
@@ -323,6 +336,8 @@ class _Starter:
         env = dict(os.environ)
         env.update(
             LADDER_KAFKA_BOOTSTRAP=bootstrap,
+            # Named outright: stack.json, which records it, is written after they start.
+            LADDER_BROKER_PROFILE=broker_profile,
             LADDER_REDIS_URL=redis_url,
             LADDER_STATE_DIR=str(self.layout.root),
             LADDER_TOPIC_PREFIX=self.topics.prefix,
@@ -520,6 +535,7 @@ class Stack:
         env = {
             "LADDER_STATE_DIR": str(self.layout.root),
             "LADDER_KAFKA_BOOTSTRAP": info.get("kafka_bootstrap", ""),
+            "LADDER_BROKER_PROFILE": info.get("broker_profile", ""),
             "LADDER_REDIS_URL": info.get("redis_url", ""),
             "LADDER_TOPIC_PREFIX": info.get("topic_prefix", _desired_prefix()),
         }
