@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     ).start()
     sweeper = LeaseSweeper(state.trials, publisher, sweep, args.outbox_retry_seconds).start()
 
-    host = ServiceHost("ladder.v1.EvaluateService", args.port)
+    host = ServiceHost("ladder.v1.EvaluateService", args.port, host=settings.bind_host)
     evaluate_pb2_grpc.add_EvaluateServiceServicer_to_server(servicer, host.server)
 
     def on_stop() -> None:

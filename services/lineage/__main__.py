@@ -6,7 +6,7 @@
 |-----------------------|--------|---------------------------------------|
 | LADDER_LINEAGE_PORT   | --port | 50053                                 |
 | LADDER_LINEAGE_DB     | --db   | <LADDER_STATE_DIR>/lineage.sqlite3    |
-| LADDER_LINEAGE_HOST   | --host | 127.0.0.1                             |
+| LADDER_LINEAGE_HOST   | --host | LADDER_BIND_HOST, else 127.0.0.1      |
 | LADDER_LINEAGE_READ_INTERVAL_MS | --read-interval-ms | 500 (0: read as records arrive) |
 | LADDER_KAFKA_BOOTSTRAP, LADDER_TOPIC_PREFIX, LADDER_STATE_DIR | | see ladder.config |
 
@@ -52,7 +52,9 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
     parser.add_argument(
         "--port", type=int, default=int(os.environ.get("LADDER_LINEAGE_PORT", "50053"))
     )
-    parser.add_argument("--host", default=os.environ.get("LADDER_LINEAGE_HOST", "127.0.0.1"))
+    parser.add_argument(
+        "--host", default=os.environ.get("LADDER_LINEAGE_HOST") or settings.bind_host
+    )
     parser.add_argument(
         "--read-interval-ms",
         type=int,

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         pace_s=args.read_interval_ms / 1000,
     ).start()
 
-    host = ServiceHost("ladder.v1.SuggestService", args.port)
+    host = ServiceHost("ladder.v1.SuggestService", args.port, host=settings.bind_host)
     suggest_pb2_grpc.add_SuggestServiceServicer_to_server(servicer, host.server)
 
     def on_stop() -> None:
