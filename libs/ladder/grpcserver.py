@@ -1,6 +1,7 @@
-"""Run a gRPC service the Ladder way: OTel server spans, the standard health
-service, and a graceful stop on SIGTERM / SIGINT (health flips to NOT_SERVING,
-in-flight calls get ``grace`` seconds, then ``on_stop`` releases the rest)."""
+"""Run a gRPC service the Ladder way: OTel server spans, domain errors answered
+with their status code (``STATUS_OF``), the standard health service, and a
+graceful stop on SIGTERM / SIGINT (health flips to NOT_SERVING, in-flight calls
+get ``grace`` seconds, then ``on_stop`` releases the rest)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,95 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent import futures
+from typing import Any
 
 import grpc
+import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry import trace
 
-from ladder import telemetry
+from ladder import errors, telemetry
 
 log = logging.getLogger("ladder.grpc")
+
+# The one place a refusal becomes a status code. Looked up along the exception's
+# MRO, so subclasses (e.g. space.StudyConfigError, an InvalidArgument) answer like
+# their base. Every Redis error answers UNAVAILABLE: the client retries those.
+STATUS_OF: Mapping[type[BaseException], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.StaleAttempt: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.BudgetExhausted: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    redis.RedisError: grpc.StatusCode.UNAVAILABLE,
+}
+
+# Request fields that identify what a call is about: tagged on its span and logged
+# with a refusal.
+_ID_FIELDS = ("study_id", "trial_id", "attempt_id", "worker_id")
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """The status code and details ``exc`` answers with; None when it is not a
+    refusal (a bug: it propagates and gRPC answers UNKNOWN)."""
+    for cls in type(exc).__mro__:
+        code = STATUS_OF.get(cls)
+        if code is not None:
+            if isinstance(exc, redis.RedisError):
+                return code, f"state store unavailable: {exc}"
+            return code, str(exc)
+    return None
+
+
+def answer_refusals(
+    behavior: Callable[[Any, grpc.ServicerContext], Any], method: str
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """``behavior`` (a unary handler) answering refusals with their status code."""
+    name = method.rsplit("/", 1)[-1]
+
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        ids = {field: getattr(request, field, "") for field in _ID_FIELDS}
+        ids = {field: value for field, value in ids.items() if value}
+        span = trace.get_current_span()
+        for field, value in ids.items():
+            span.set_attribute(f"ladder.{field}", value)
+        try:
+            return behavior(request, context)
+        except Exception as exc:  # noqa: BLE001 - status_of sorts refusals from bugs
+            status = status_of(exc)
+            if status is None:
+                raise
+            code, details = status
+            if code == grpc.StatusCode.UNAVAILABLE:
+                log.warning("%s unavailable: %s", name, details, extra=ids)
+            else:
+                log.info("%s refused: %s", name, details, extra=ids)
+            context.abort(code, details)
+            raise AssertionError("unreachable: abort raises") from exc
+
+    return handle
+
+
+class RefusalInterceptor(grpc.ServerInterceptor):
+    """Applies ``answer_refusals`` to every unary method of every servicer."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            answer_refusals(handler.unary_unary, handler_call_details.method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 class ServiceHost:
@@ -28,7 +109,8 @@ class ServiceHost:
         self.name = name
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name),
-            interceptors=telemetry.grpc_server_interceptors(),
+            # OTel outermost, so a refusal is recorded on the call's span.
+            interceptors=[*telemetry.grpc_server_interceptors(), RefusalInterceptor()],
             options=[("grpc.so_reuseport", 0)],
         )
         self.health = health.HealthServicer()

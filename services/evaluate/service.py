@@ -6,62 +6,29 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from functools import wraps
-from typing import TypeVar
 
 import grpc
-import redis
 from ladder.bus import Record
 from ladder.codec import BadRecord, decode
-from ladder.state import State, StateError
+from ladder.errors import InvalidArgument, NotFound, require
+from ladder.state import State
 from ladder.v1 import evaluate_pb2, evaluate_pb2_grpc, events_pb2, trial_pb2
-from opentelemetry import trace
 
 from services.evaluate.publisher import TransitionPublisher
 
 log = logging.getLogger("ladder.evaluate")
 
-R = TypeVar("R")
 
-
-def _status(method: Callable[..., R]) -> Callable[..., R]:
-    """Map state errors to precise gRPC statuses and tag the span with the trial."""
-
-    @wraps(method)
-    def wrapper(self: EvaluateServicer, request: object, context: grpc.ServicerContext) -> R:
-        trial_id = getattr(request, "trial_id", "")
-        span = trace.get_current_span()
-        span.set_attribute("ladder.trial_id", trial_id)
-        try:
-            if not trial_id:
-                raise StateError("INVALID_ARGUMENT", "trial_id is required")
-            return method(self, request, context)
-        except StateError as exc:
-            log.info(
-                "%s refused: %s",
-                method.__name__,
-                exc.message,
-                extra={"trial_id": trial_id, "attempt_id": getattr(request, "attempt_id", None)},
-            )
-            context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
-        except redis.RedisError as exc:
-            log.warning("redis unavailable: %s", exc, extra={"trial_id": trial_id})
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"state store unavailable: {exc}")
-        raise AssertionError("unreachable")
-
-    return wrapper
-
-
-def _require_attempt(attempt_id: str) -> None:
-    if not attempt_id:
-        raise StateError("INVALID_ARGUMENT", "attempt_id is required")
+def _attempt(trial_id: str, attempt_id: str) -> None:
+    """Every lifecycle call names the trial and the attempt acting on it."""
+    require(trial_id, "trial_id")
+    require(attempt_id, "attempt_id")
 
 
 def _step(name: str, value: float) -> float | None:
     """Steps are optional (0 = not given) but must be finite and >= 0."""
     if not math.isfinite(value) or value < 0:
-        raise StateError("INVALID_ARGUMENT", f"{name} must be finite and >= 0 (got {value})")
+        raise InvalidArgument(f"{name} must be finite and >= 0 (got {value})")
     return value or None
 
 
@@ -78,11 +45,10 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
 
-    @_status
     def StartTrial(
         self, request: evaluate_pb2.StartTrialRequest, context: grpc.ServicerContext
     ) -> evaluate_pb2.StartTrialResponse:
-        _require_attempt(request.attempt_id)
+        _attempt(request.trial_id, request.attempt_id)
         transition = self.trials.start(
             request.trial_id,
             request.attempt_id,
@@ -100,11 +66,10 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
             checkpoint_step=trial.checkpoint_step,
         )
 
-    @_status
     def Heartbeat(
         self, request: evaluate_pb2.HeartbeatRequest, context: grpc.ServicerContext
     ) -> evaluate_pb2.HeartbeatResponse:
-        _require_attempt(request.attempt_id)
+        _attempt(request.trial_id, request.attempt_id)
         decision = self.trials.heartbeat(
             request.trial_id, request.attempt_id, _step("step", request.step), self.lease_seconds
         )
@@ -119,13 +84,11 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
                 reply.action = decision.action
         return reply
 
-    @_status
     def ReportCheckpoint(
         self, request: evaluate_pb2.ReportCheckpointRequest, context: grpc.ServicerContext
     ) -> trial_pb2.Trial:
-        _require_attempt(request.attempt_id)
-        if not request.uri:
-            raise StateError("INVALID_ARGUMENT", "uri is required")
+        _attempt(request.trial_id, request.attempt_id)
+        require(request.uri, "uri")
         _step("step", request.step)
         transition = self.trials.checkpoint(
             request.trial_id, request.attempt_id, request.uri, request.step, self.lease_seconds
@@ -133,24 +96,22 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
         self.publisher.publish(transition)
         return transition.trial
 
-    @_status
     def CompleteTrial(
         self, request: evaluate_pb2.CompleteTrialRequest, context: grpc.ServicerContext
     ) -> trial_pb2.Trial:
-        _require_attempt(request.attempt_id)
+        _attempt(request.trial_id, request.attempt_id)
         if not math.isfinite(request.value):
-            raise StateError("INVALID_ARGUMENT", "value must be finite")
+            raise InvalidArgument("value must be finite")
         transition = self.trials.complete(
             request.trial_id, request.attempt_id, request.value, _step("step", request.step)
         )
         self.publisher.publish(transition)
         return transition.trial
 
-    @_status
     def PruneTrial(
         self, request: evaluate_pb2.PruneTrialRequest, context: grpc.ServicerContext
     ) -> trial_pb2.Trial:
-        _require_attempt(request.attempt_id)
+        _attempt(request.trial_id, request.attempt_id)
         transition = self.trials.prune(
             request.trial_id,
             request.attempt_id,
@@ -160,24 +121,22 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
         self.publisher.publish(transition)
         return transition.trial
 
-    @_status
     def PauseTrial(
         self, request: evaluate_pb2.PauseTrialRequest, context: grpc.ServicerContext
     ) -> trial_pb2.Trial:
-        _require_attempt(request.attempt_id)
+        _attempt(request.trial_id, request.attempt_id)
         if request.rung < 0:
-            raise StateError("INVALID_ARGUMENT", f"rung must be >= 0 (got {request.rung})")
+            raise InvalidArgument(f"rung must be >= 0 (got {request.rung})")
         transition = self.trials.pause(
             request.trial_id, request.attempt_id, _step("step", request.step), request.rung
         )
         self.publisher.publish(transition)
         return transition.trial
 
-    @_status
     def FailTrial(
         self, request: evaluate_pb2.FailTrialRequest, context: grpc.ServicerContext
     ) -> trial_pb2.Trial:
-        _require_attempt(request.attempt_id)
+        _attempt(request.trial_id, request.attempt_id)
         transition = self.trials.fail(
             request.trial_id,
             request.attempt_id,
@@ -188,13 +147,12 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
         self.publisher.publish(transition)
         return transition.trial
 
-    @_status
     def GetTrial(
         self, request: evaluate_pb2.GetTrialRequest, context: grpc.ServicerContext
     ) -> trial_pb2.Trial:
-        trial = self.trials.get(request.trial_id)
+        trial = self.trials.get(require(request.trial_id, "trial_id"))
         if trial is None:
-            raise StateError("NOT_FOUND", f"trial {request.trial_id!r} not found")
+            raise NotFound(f"trial {request.trial_id!r} not found")
         return trial
 
     # ------------------------------------------------------------ decisions topic

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 
 import grpc
+from ladder.errors import NotFound, require
 from ladder.v1 import lineage_pb2, lineage_pb2_grpc
 
 from services.lineage.queries import LineageQueries
@@ -38,55 +39,46 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
                 queries.close()
             self._opened.clear()
 
-    @staticmethod
-    def _required(value: str, field: str, context: grpc.ServicerContext) -> str:
-        if not value:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is required")
-        return value
-
     def GetTrialLineage(
         self, request: lineage_pb2.GetTrialLineageRequest, context: grpc.ServicerContext
     ) -> lineage_pb2.TrialLineage:
-        trial_id = self._required(request.trial_id, "trial_id", context)
+        trial_id = require(request.trial_id, "trial_id")
         with self._queries().snapshot() as queries:
             lineage = queries.trial_lineage(trial_id)
         if lineage is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"trial {trial_id!r} not found")
+            raise NotFound(f"trial {trial_id!r} not found")
         return lineage
 
     def ListTrials(
         self, request: lineage_pb2.ListTrialsRequest, context: grpc.ServicerContext
     ) -> lineage_pb2.ListTrialsResponse:
-        study_id = self._required(request.study_id, "study_id", context)
+        study_id = require(request.study_id, "study_id")
         with self._queries().snapshot() as queries:
             trials = queries.list_trials(study_id)
         if trials is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"study {study_id!r} not found")
+            raise NotFound(f"study {study_id!r} not found")
         return lineage_pb2.ListTrialsResponse(trials=trials)
 
     def GetBestTrial(
         self, request: lineage_pb2.GetBestTrialRequest, context: grpc.ServicerContext
     ) -> lineage_pb2.TrialLineage:
-        study_id = self._required(request.study_id, "study_id", context)
+        study_id = require(request.study_id, "study_id")
         with self._queries().snapshot() as queries:
             known = queries.study_known(study_id)
             best = queries.best_trial_id(study_id) if known else None
             lineage = queries.trial_lineage(best[0]) if best else None
         if not known:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"study {study_id!r} not found")
+            raise NotFound(f"study {study_id!r} not found")
         if lineage is None:
-            context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"study {study_id!r} has no completed trial with a final value yet",
-            )
+            raise NotFound(f"study {study_id!r} has no completed trial with a final value yet")
         return lineage
 
     def GetStudySummary(
         self, request: lineage_pb2.GetStudySummaryRequest, context: grpc.ServicerContext
     ) -> lineage_pb2.StudySummary:
-        study_id = self._required(request.study_id, "study_id", context)
+        study_id = require(request.study_id, "study_id")
         with self._queries().snapshot() as queries:
             summary = queries.study_summary(study_id)
         if summary is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"study {study_id!r} not found")
+            raise NotFound(f"study {study_id!r} not found")
         return summary

@@ -3,7 +3,8 @@
 ``open_state(settings)`` connects and returns a ``State`` with ``studies``
 (``StudyStore``) and ``trials`` (``TrialStore``); keys are laid out in
 ``ladder.state.keys`` (prefixed ``ladder:<topic prefix>:``) and every
-multi-key change is a Lua script in ``ladder.state.scripts``.
+multi-key change is a Lua script in ``ladder.state.scripts``. A refused change
+raises one of the domain errors of ``ladder.errors``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from ladder.state.offsets import ConsumerOffsets
 from ladder.state.studies import StudyStore
 from ladder.state.trials import (
     TERMINAL,
-    BudgetExhausted,
-    StateError,
     Transition,
     TrialStore,
     trial_event,
@@ -48,11 +47,9 @@ def open_state(settings: Settings, client: redis.Redis | None = None) -> State:
 
 __all__ = [
     "TERMINAL",
-    "BudgetExhausted",
     "ConsumerOffsets",
     "Keys",
     "State",
-    "StateError",
     "StudyStore",
     "Transition",
     "TrialStore",

@@ -21,29 +21,12 @@ from dataclasses import dataclass
 import redis
 from redis.exceptions import NoScriptError
 
+from ladder.errors import BudgetExhausted, Conflict, InvalidArgument, NotFound, StaleAttempt
 from ladder.state import scripts
 from ladder.state.keys import Keys
 from ladder.v1 import events_pb2, trial_pb2
 
 TERMINAL = (trial_pb2.COMPLETED, trial_pb2.PRUNED, trial_pb2.FAILED)
-
-
-class StateError(Exception):
-    """A request the state refuses. ``code`` names the gRPC status to answer with:
-    NOT_FOUND, FAILED_PRECONDITION or INVALID_ARGUMENT."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class BudgetExhausted(StateError):
-    def __init__(self, suggested: int) -> None:
-        super().__init__(
-            "FAILED_PRECONDITION", f"study budget exhausted: {suggested} trials suggested"
-        )
-        self.suggested = suggested
 
 
 @dataclass(frozen=True)
@@ -163,7 +146,7 @@ class TrialStore:
             return cached
         study = self.r.hget(self.keys.trial(trial_id), "study")
         if not study:
-            raise StateError("NOT_FOUND", f"trial {trial_id!r} not found")
+            raise NotFound(f"trial {trial_id!r} not found")
         with self._lock:
             if len(self._study_of) > 100_000:
                 self._study_of.clear()
@@ -223,7 +206,7 @@ class TrialStore:
         )
         status = _text(status)
         if status == "NOT_FOUND":
-            raise StateError("NOT_FOUND", f"study {study_id!r} not found")
+            raise NotFound(f"study {study_id!r} not found")
         if status == "BUDGET":
             raise BudgetExhausted(int(first))
         created = []
@@ -271,7 +254,7 @@ class TrialStore:
         trial_id = decision.trial_id
         try:
             study = self.study_of(trial_id)
-        except StateError:
+        except NotFound:
             return "UNKNOWN", None
         k = self.keys
         status, flat = self._scripts["STORE_DECISION"](
@@ -302,12 +285,11 @@ class TrialStore:
         self, trial_id: str, attempt_id: str, status: str, fields: dict[str, bytes], verb: str
     ) -> Transition:
         if status == "NOT_FOUND":
-            raise StateError("NOT_FOUND", f"trial {trial_id!r} not found")
+            raise NotFound(f"trial {trial_id!r} not found")
         trial = trial_from_hash(fields)
         state = _state_name(trial.state)
         if status == "STALE" and not trial.attempt_id:
-            raise StateError(
-                "FAILED_PRECONDITION",
+            raise StaleAttempt(
                 f"attempt {attempt_id!r} does not hold trial {trial_id!r}: it is {state} and "
                 "was never started (call StartTrial first)",
             )
@@ -316,26 +298,21 @@ class TrialStore:
                 why = f"its lease expired and the trial is now {state}"
             else:
                 why = f"attempt {trial.attempt_id!r} replaced it (trial is {state})"
-            raise StateError(
-                "FAILED_PRECONDITION",
+            raise StaleAttempt(
                 f"stale attempt: {attempt_id!r} no longer holds trial {trial_id!r}: {why}",
             )
         if status == "BUSY":
-            raise StateError(
-                "FAILED_PRECONDITION",
+            raise Conflict(
                 f"trial {trial_id!r} is RUNNING under another live attempt "
                 f"{trial.attempt_id!r} (worker {trial.worker_id!r})",
             )
         if status == "CONFLICT":
-            raise StateError(
-                "FAILED_PRECONDITION",
+            raise Conflict(
                 f"trial {trial_id!r} is already COMPLETED with value {trial.final_value!r} "
                 f"by attempt {trial.attempt_id!r}; refusing a different result",
             )
         if status == "STATE":
-            raise StateError(
-                "FAILED_PRECONDITION", f"cannot {verb} trial {trial_id!r}: it is {state}"
-            )
+            raise Conflict(f"cannot {verb} trial {trial_id!r}: it is {state}")
         if status == "REPEAT":
             return Transition(trial=trial, changed=False)
         token = _text(fields.get("outbox"))
@@ -420,7 +397,7 @@ class TrialStore:
         self, trial_id: str, attempt_id: str, value: float, step: float | None = None
     ) -> Transition:
         if not math.isfinite(value):
-            raise StateError("INVALID_ARGUMENT", "value must be finite")
+            raise InvalidArgument("value must be finite")
         study = self.study_of(trial_id)
         k = self.keys
         status, fields = self._run(
@@ -477,8 +454,7 @@ class TrialStore:
             [attempt_id, f"pause|{attempt_id}", "" if not step else _number(step), rung],
         )
         if status == "STOPPED":
-            raise StateError(
-                "FAILED_PRECONDITION",
+            raise Conflict(
                 f"trial {trial_id!r} was stopped (latest decision STOP): prune it, not pause",
             )
         return self._transition(trial_id, attempt_id, status, fields, "pause")
@@ -512,7 +488,7 @@ class TrialStore:
             trial_id = _text(raw)
             try:
                 study = self.study_of(trial_id)
-            except StateError:
+            except NotFound:
                 self.r.zrem(self.keys.leases, trial_id)
                 continue
             k = self.keys
