@@ -99,7 +99,7 @@ def history(size: int, seed: int) -> list[tuple[dict[str, Any], float]]:
     space = Space.from_proto(search_space())
     points = QuasiRandomSampler(SamplerContext(space=space, seed=seed, reserve=LocalDraws()))
     rng = np.random.default_rng(seed)
-    return [(p.params, objective(p.params, rng)) for p in points.suggest(size)]
+    return [(p.params, objective(p.params, rng)) for p in points.suggest((), size)]
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -292,13 +292,13 @@ def synchronous_suggest_ms(size: int, repeats: int, batch: int = 1) -> dict[str,
 
     space = Space.from_proto(search_space())
     sampler = GPSampler(SamplerContext(space=space, seed=SEED, reserve=LocalDraws()))
-    sampler.update(
-        [Observation(f"h{i}", p, v) for i, (p, v) in enumerate(history(size, SEED + size))]
-    )
+    observations = [
+        Observation(f"h{i}", p, v) for i, (p, v) in enumerate(history(size, SEED + size))
+    ]
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        sampler.suggest(batch, [])
+        sampler.suggest(observations, batch, [])
         times.append((time.perf_counter() - t0) * 1000)
     return percentiles(times)
 

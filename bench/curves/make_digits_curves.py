@@ -40,7 +40,7 @@ def draw_configs(count: int, seed: int) -> list[dict]:
     """``count`` points of the demo's space from Ladder's Sobol' sampler (partition 0)."""
     space = validate_space(search_space(digits.SEARCH_SPACE))
     sampler = QuasiRandomSampler(SamplerContext(space=space, seed=seed, reserve=LocalDraws()))
-    return [proposal.params for proposal in sampler.suggest(count)]
+    return [proposal.params for proposal in sampler.suggest((), count)]
 
 
 def train_curve(workload: digits.DigitsWorkload, params: dict, seed: int

@@ -63,7 +63,7 @@ def mid_run_state(
     ask with at least ``observations`` results in and ``PENDING`` points running."""
 
     def capture(driver: Any, pending: list[dict]) -> None:
-        seen = list(driver.sampler.observations.values())
+        seen = list(driver.observations)
         if len(seen) >= observations and len(pending) == PENDING:
             raise _Captured(seen, pending)
 
@@ -90,11 +90,10 @@ def ladder_ask(
     from ladder.samplers.gp import GPSampler
 
     sampler = GPSampler(SamplerContext(problem.space, seed=0, reserve=LocalDraws()))
-    sampler.update(observations)
-    sampler.suggest(1, pending)  # first fit, from the prior
+    sampler.suggest(observations, 1, pending)  # first fit, from the prior
 
     def ask() -> None:
-        sampler.suggest(1, pending)
+        sampler.suggest(observations, 1, pending)
 
     return ask
 

@@ -77,14 +77,16 @@ class LadderDriver:
         self.sampler = factory[kind](SamplerContext(space=problem.space, seed=seed))
         self.use_pending = use_pending
         self.count = 0
+        self.observations: list[Observation] = []
 
     def ask(self, pending: Sequence[Mapping[str, PlainValue]]) -> tuple[object, dict]:
-        proposal = self.sampler.suggest(1, pending if self.use_pending else ())[0]
+        given = pending if self.use_pending else ()
+        proposal = self.sampler.suggest(self.observations, 1, given)[0]
         self.count += 1
         return str(self.count), proposal.params
 
     def tell(self, key: object, params: Mapping[str, PlainValue], value: float) -> None:
-        self.sampler.update([Observation(str(key), params, value)])
+        self.observations.append(Observation(str(key), params, value))
 
 
 class OptunaDriver:

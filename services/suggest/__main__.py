@@ -29,11 +29,11 @@ Consumes the trials topic (completed trials) and the decisions topic (rung
 values, lower fidelity) — every process reads all of both, no group — to feed
 observations to the samplers; publishes StudyEvents and TRIAL_SUGGESTED events.
 
-Model-based studies (GP, TPE, AUTO) are answered from a ready buffer per
-(study, partition) that a background refit thread keeps full
-(``ladder.samplers.buffered``); a request never waits for a refit, a miss is
+Model-based studies (GP, TPE, AUTO) are answered from the ready buffer of a
+suggestion policy per (study, partition) that a background refit loop keeps
+full (``ladder.samplers.policy``); a request never waits for a refit, a miss is
 answered by the quasi-random fallback (algorithm "sobol-fallback") and counted.
-On SIGTERM the gRPC server drains, then the refit threads are stopped.
+On SIGTERM the gRPC server drains, then the refit loops are stopped.
 """
 
 from __future__ import annotations

@@ -1,21 +1,21 @@
-"""The samplers this suggest process holds: one per (study, partition).
+"""The suggestion policies this suggest process holds: one per (study, partition).
 
-Studies are immutable once created, so their config and encoded space are
-cached. Observations are kept per study, keyed by (trial id, resource) so a
-replayed event changes nothing:
+Studies are immutable once created, so their encoded space is cached. Each
+study has one ``ObservationStore`` (keyed by trial id and resource, so a
+replayed event changes nothing), shared by its partitions' policies:
 
 * a COMPLETED trial from the trials topic: its final value, ``resource=None``;
 * an early-stop ``Decision`` from the decisions topic: the smoothed value the
   trial had when it crossed a rung, ``resource`` = that rung's resource (the
   samplers decide which fidelity to model, BOHB-style);
 * warm start: the study's known configurations with values, and the COMPLETED
-  trials of ``warm_start.from_study_id`` that are valid points of this space.
+  trials of ``warm_start.from_study_id`` that are valid points of this space
+  (read once, on the first refit of the study).
 
 Quasi-random studies are served directly (instant). Model-based studies get a
-``SuggestionBuffer`` per partition: a background refit loop keeps ready
-suggestions so a request never waits for a model fit (see
-``ladder.samplers.buffered``). A sampler built later starts from all of the
-study's observations.
+refit loop per partition that keeps ready suggestions, so a request never waits
+for a model fit (see ``ladder.samplers.policy``); the sampler runs in the refit
+process (``refit.py``) or, without one, on the policy's refit thread.
 """
 
 from __future__ import annotations
@@ -26,17 +26,23 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from ladder.params import PlainValue, params_to_dict
-from ladder.samplers import FACTORIES, Observation, Sampler, make_sampler
-from ladder.samplers.base import ObservationKey
-from ladder.samplers.buffered import Served, SuggestionBuffer
+from ladder.samplers import (
+    LocalRefit,
+    Observation,
+    ObservationStore,
+    Proposal,
+    Refit,
+    SuggestionPolicy,
+    make_sampler,
+)
+from ladder.samplers.policy import Pending
 from ladder.space import Space, SpaceError
 from ladder.state import StudyStore, TrialStore
 from ladder.v1 import study_pb2, trial_pb2
 
-from services.suggest.refit import RefitProcess, RemoteSampler
+from services.suggest.refit import RefitProcess
 
 log = logging.getLogger("ladder.suggest.pool")
 
@@ -74,25 +80,7 @@ def partition_of(worker_id: str, partitions: int) -> int:
     return zlib.crc32(worker_id.encode()) % max(1, partitions)
 
 
-@dataclass
-class PartitionSampler:
-    """What answers a partition's requests: a buffer, or an instant sampler."""
-
-    sampler: Sampler | None
-    buffer: SuggestionBuffer | None
-
-    def take(self, count: int) -> list[Served]:
-        if self.buffer is not None:
-            return self.buffer.take(count)
-        assert self.sampler is not None
-        return [Served(p, self.sampler.algorithm, True) for p in self.sampler.suggest(count)]
-
-    def stop(self, timeout: float) -> None:
-        if self.buffer is not None:
-            self.buffer.stop(timeout)
-
-
-class SamplerPool:
+class PolicyPool:
     def __init__(
         self,
         trials: TrialStore,
@@ -103,14 +91,14 @@ class SamplerPool:
     ) -> None:
         self.trials = trials
         # Set: model-based samplers live in that child process (see refit.py);
-        # None: in this process, on the buffers' refit threads.
+        # None: in this process, on the policies' refit threads.
         self.refit_process = refit_process
         self.studies = studies
         self.buffer_capacity = buffer_capacity
         self.pending_of = pending_of
-        self._partitions: dict[tuple[str, int], PartitionSampler] = {}
+        self._policies: dict[tuple[str, int], SuggestionPolicy] = {}
         self._spaces: dict[str, Space] = {}
-        self._observations: dict[str, dict[ObservationKey, Observation]] = {}
+        self._observations: dict[str, ObservationStore] = {}
         self._warm_loaded: set[str] = set()
         self._lock = threading.Lock()
         self._stopped = False
@@ -122,102 +110,77 @@ class SamplerPool:
                 space = self._spaces[study.study_id] = Space.from_proto(study.config.space)
             return space
 
+    def observations(self, study_id: str) -> ObservationStore:
+        with self._lock:
+            store = self._observations.get(study_id)
+            if store is None:
+                store = self._observations[study_id] = ObservationStore()
+            return store
+
     def reserver(self, study_id: str, partition: int) -> Callable[[int], int]:
         """The partition's draw counter in Redis (shared by every sampler of it)."""
         return lambda n: self.trials.reserve_draws(study_id, partition, n)
 
-    def partition(self, study: study_pb2.Study, partition: int) -> PartitionSampler:
+    def policy(self, study: study_pb2.Study, partition: int) -> SuggestionPolicy:
         key = (study.study_id, partition)
         with self._lock:
-            entry = self._partitions.get(key)
-        if entry is not None:
-            return entry
+            policy = self._policies.get(key)
+        if policy is not None:
+            return policy
         space = self.space(study)
+        observations = self.observations(study.study_id)
         reserve = self.reserver(study.study_id, partition)
+        # Quasi-random studies answer in microseconds: no refit, the quasi-random
+        # sampler serves every request. Deciding by config keeps the model-based
+        # samplers (torch import) off the request path entirely.
+        instant = study.config.algorithm in (study_pb2.RANDOM, study_pb2.ALGORITHM_UNSPECIFIED)
         quasi_random = study_pb2.StudyConfig(seed=study.config.seed, algorithm=study_pb2.RANDOM)
-        fallback = make_sampler(
-            quasi_random,
-            space,
-            partition,
-            BlockReserver(reserve, FALLBACK_DRAW_BLOCK),
-            study.study_id,
-        )
-        # Quasi-random (and algorithms without an implementation, which fall back
-        # to it) answer in microseconds: no buffer. Deciding by config keeps the
-        # model-based samplers (torch import) off the request path entirely.
-        quasi_random_kinds = (study_pb2.RANDOM, study_pb2.ALGORITHM_UNSPECIFIED)
-        algorithm = study.config.algorithm
-        instant = algorithm in quasi_random_kinds or algorithm not in FACTORIES
+        fallback_draws = reserve if instant else BlockReserver(reserve, FALLBACK_DRAW_BLOCK)
+        fallback = make_sampler(quasi_random, space, partition, fallback_draws)
         with self._lock:
-            entry = self._partitions.get(key)
-            if entry is not None:  # another request built it meanwhile
-                return entry
-            if instant:
-                direct = make_sampler(study.config, space, partition, reserve, study.study_id)
-                entry = PartitionSampler(sampler=direct, buffer=None)
-            else:
-                buffer = SuggestionBuffer(
-                    lambda: self._build_model(study, partition),
-                    fallback,
-                    capacity=self.buffer_capacity,
-                    pending=lambda: self.pending_of(study),
-                    name=f"{study.study_id}/{partition}",
-                )
-                entry = PartitionSampler(sampler=None, buffer=buffer)
-                if not self._stopped:
-                    buffer.start()
-            self._partitions[key] = entry
-        return entry
-
-    def _build_model(self, study: study_pb2.Study, partition: int) -> Sampler:
-        """Runs on the partition's refit thread: import and build the sampler,
-        then feed it everything the study has observed so far."""
-        space = self.space(study)
-        sampler: Sampler
-        if self.refit_process is not None:
-            sampler = RemoteSampler(self.refit_process, study, partition, space)
-        else:
-            sampler = make_sampler(
-                study.config,
-                space,
-                partition,
-                self.reserver(study.study_id, partition),
-                study.study_id,
+            policy = self._policies.get(key)
+            if policy is not None:  # another request built it meanwhile
+                return policy
+            policy = SuggestionPolicy(
+                observations,
+                fallback,
+                refit=None if instant else self._refit(study, partition, observations),
+                capacity=self.buffer_capacity,
+                pending=lambda: self.pending_of(study),
+                name=f"{study.study_id}/{partition}",
             )
-        self._load_warm_start(study, space)
-        with self._lock:
-            known = list(self._observations.get(study.study_id, {}).values())
-        sampler.update(known)  # also opens a remote sampler (its algorithm name)
-        log.info(
-            "%s sampler for %s/%d built with %d observations",
-            sampler.algorithm,
-            study.study_id,
-            partition,
-            len(known),
-            extra={"study_id": study.study_id},
-        )
-        return sampler
+            self._policies[key] = policy
+            if not self._stopped:
+                policy.start()
+        return policy
+
+    def _refit(
+        self, study: study_pb2.Study, partition: int, observations: ObservationStore
+    ) -> Refit:
+        """The partition's refit; it loads the study's warm start first (on the
+        refit thread: it may read many trials from Redis)."""
+        refit: Refit
+        if self.refit_process is not None:
+            refit = self.refit_process.refit(study, partition, observations)
+        else:
+            reserve = self.reserver(study.study_id, partition)
+            refit = LocalRefit(
+                lambda: make_sampler(study.config, self.space(study), partition, reserve),
+                observations,
+            )
+
+        def warm_refit(count: int, pending: Pending) -> list[Proposal]:
+            self._load_warm_start(study)
+            return refit(count, pending)
+
+        return warm_refit
 
     # ------------------------------------------------------------ observations
 
     def observe(self, study_id: str, observations: Sequence[Observation]) -> int:
-        """Record observations of a study and feed its buffers; returns how many
+        """Record observations of a study (its policies refit); returns how many
         were new (a replayed one, same trial id and resource, changes nothing)."""
-        with self._lock:
-            seen = self._observations.setdefault(study_id, {})
-            new = []
-            for o in observations:
-                if o.key not in seen:
-                    seen[o.key] = o
-                    new.append(o)
-            buffers = [
-                e.buffer
-                for (sid, _), e in self._partitions.items()
-                if sid == study_id and e.buffer is not None
-            ]
-        for buffer in buffers:
-            buffer.update(new)
-        return len(new)
+        return self.observations(study_id).add(observations)
 
     def observe_completed(self, trial: trial_pb2.Trial) -> bool:
         """A COMPLETED trial becomes a full-fidelity observation; False if known."""
@@ -228,17 +191,14 @@ class SamplerPool:
         )
         return self.observe(trial.study_id, [observation]) == 1
 
-    def observation_count(self, study_id: str) -> int:
-        with self._lock:
-            return len(self._observations.get(study_id, {}))
-
-    def _load_warm_start(self, study: study_pb2.Study, space: Space) -> None:
+    def _load_warm_start(self, study: study_pb2.Study) -> None:
         """Once per study and process: known results and an earlier study's
         completed trials become observations (invalid points skipped, counted)."""
         with self._lock:
             if study.study_id in self._warm_loaded:
                 return
             self._warm_loaded.add(study.study_id)
+        space = self.space(study)
         warm = study.config.warm_start
         observations = [
             Observation(
@@ -287,22 +247,18 @@ class SamplerPool:
 
     # ------------------------------------------------------------------ shutdown
 
-    def buffers(self) -> list[SuggestionBuffer]:
-        with self._lock:
-            return [e.buffer for e in self._partitions.values() if e.buffer is not None]
-
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop every refit loop (SIGTERM path); new buffers are not started.
+        """Stop every refit loop (SIGTERM path); new policies are not started.
 
         All loops are told first, then the refit process is terminated (which
         ends a refit in flight), then the threads are joined within ``timeout``."""
         with self._lock:
             self._stopped = True
-            entries = list(self._partitions.values())
-        for entry in entries:
-            entry.stop(0)
+            policies = list(self._policies.values())
+        for policy in policies:
+            policy.stop(0)
         if self.refit_process is not None:
             self.refit_process.stop()
         deadline = time.monotonic() + timeout
-        for entry in entries:
-            entry.stop(max(0.0, deadline - time.monotonic()))
+        for policy in policies:
+            policy.stop(max(0.0, deadline - time.monotonic()))

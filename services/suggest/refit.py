@@ -9,13 +9,15 @@ live in one child process (started lazily, at a lower CPU priority: ``nice``
 ``LADDER_REFIT_NICE``, default 5): the buffers' refit threads only wait on a
 pipe, and the request path runs with the GIL to itself.
 
-``RemoteSampler`` is a ``Sampler`` whose ``update`` / ``suggest`` run in the child;
-the child reserves draws from the same Redis counters (``TrialStore.reserve_draws``)
-as the fallback sampler in the parent, so draw indices stay unique. One pipe
-serves all the parent's buffers, one call at a time. If the child dies, the
-next call restarts it and the buffer's retry path re-creates the sampler state
-(``RemoteSampler`` re-sends its observations), so the worst case is a few
-fallback answers. ``thread`` mode keeps the samplers in-process (tests, debugging).
+``RefitProcess.refit(study, partition, observations)`` is a policy's ``Refit``
+whose sampler runs in the child. The child mirrors each study's observations:
+every call sends only the changes of the study's ``ObservationStore`` the child
+has not seen yet (a fresh child gets them all). The child reserves draws from
+the same Redis counters (``TrialStore.reserve_draws``) as the fallback sampler
+in the parent, so draw indices stay unique. One pipe serves all the parent's
+policies, one call at a time. If the child dies, the next call restarts it and
+re-sends the observations, so the worst case is a few fallback answers.
+``thread`` mode keeps the samplers in-process (tests, debugging).
 """
 
 from __future__ import annotations
@@ -26,13 +28,12 @@ import os
 import signal
 import threading
 import traceback
-from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
 
 from ladder.config import Settings, Topics
-from ladder.params import PlainValue
-from ladder.samplers import Observation, Proposal, Sampler, SamplerContext, make_sampler
+from ladder.samplers import Observation, ObservationStore, Proposal, Refit, Sampler, make_sampler
+from ladder.samplers.base import ObservationKey
+from ladder.samplers.policy import Pending
 from ladder.space import Space
 from ladder.v1 import study_pb2
 
@@ -44,7 +45,7 @@ class RefitError(RuntimeError):
 
 
 class RefitProcess:
-    """The child process holding the samplers; ``call`` is thread-safe."""
+    """The child process holding the samplers; its ``refit`` callables are thread-safe."""
 
     def __init__(self, settings: Settings, nice: int) -> None:
         self.settings = settings
@@ -52,7 +53,8 @@ class RefitProcess:
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._proc: multiprocessing.process.BaseProcess | None = None
-        self.generation = 0  # bumped on every (re)start: samplers must be reopened
+        # Per study: how many of its store's changes the current child has.
+        self._sent: dict[str, int] = {}
         self._closed = False
 
     def _ensure(self) -> None:
@@ -72,23 +74,44 @@ class RefitProcess:
         self._proc.start()
         child.close()
         self._conn = parent
-        self.generation += 1
+        self._sent.clear()  # a new child starts without observations
         log.info("refit process started (pid %d, nice +%d)", self._proc.pid, self.nice)
 
-    def call(self, op: str, key: tuple[str, int], payload: Any) -> tuple[int, Any]:
-        """Run ``op`` in the child; returns (process generation, result)."""
+    def refit(
+        self, study: study_pb2.Study, partition: int, observations: ObservationStore
+    ) -> Refit:
+        """The ``Refit`` of one (study, partition), computed in the child."""
+        config = study.SerializeToString()
+
+        def refit(count: int, pending: Pending) -> list[Proposal]:
+            return self._suggest(config, study.study_id, partition, observations, count, pending)
+
+        return refit
+
+    def _suggest(
+        self,
+        config: bytes,
+        study_id: str,
+        partition: int,
+        observations: ObservationStore,
+        count: int,
+        pending: Pending,
+    ) -> list[Proposal]:
         with self._lock:
             self._ensure()
             assert self._conn is not None
+            changes, cursor = observations.changes_since(self._sent.get(study_id, 0))
+            message = (config, partition, changes, count, [dict(p) for p in pending])
             try:
-                self._conn.send((op, key, payload))
+                self._conn.send(message)
                 status, result = self._conn.recv()
             except (EOFError, OSError) as exc:
                 self._conn = None
-                raise RefitError(f"refit process lost during {op}: {exc!r}") from exc
+                raise RefitError(f"refit process lost during a refit: {exc!r}") from exc
+            self._sent[study_id] = cursor  # the child applies changes before it suggests
             if status != "ok":
                 raise RefitError(result)
-            return self.generation, result
+            return result
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate the child (it holds no state worth keeping: samplers are rebuilt
@@ -106,52 +129,9 @@ class RefitProcess:
         log.info("refit process %d stopped (exit code %s)", proc.pid, proc.exitcode)
 
 
-class RemoteSampler(Sampler):
-    """A study partition's sampler living in the ``RefitProcess``."""
-
-    def __init__(
-        self, process: RefitProcess, study: study_pb2.Study, partition: int, space: Space
-    ) -> None:
-        super().__init__(SamplerContext(space=space, seed=study.config.seed, partition=partition))
-        self.process = process
-        self.key = (study.study_id, partition)
-        self._study = study.SerializeToString()
-        self._generation = -1
-        self.uses_pending = True
-        self.algorithm = ""
-
-    def _open(self) -> bool:
-        """Make sure the child has this sampler; True if it (re)received every
-        observation (a new or restarted child starts empty)."""
-        generation, algorithm = self.process.call("open", self.key, self._study)
-        if generation == self._generation:
-            return False
-        self._generation = generation
-        self.algorithm = algorithm
-        if self.observations:
-            self.process.call("update", self.key, list(self.observations.values()))
-        return True
-
-    def update(self, completed: Sequence[Observation]) -> None:
-        # Recorded here first: if the child is lost, the next call restarts it
-        # and re-sends them all, so no observation is lost with it.
-        super().update(completed)
-        if not self._open():
-            self.process.call("update", self.key, list(completed))
-
-    def suggest(
-        self, count: int, pending: Sequence[Mapping[str, PlainValue]] = ()
-    ) -> list[Proposal]:
-        self._open()
-        _, (proposals, algorithm) = self.process.call(
-            "suggest", self.key, (count, [dict(p) for p in pending])
-        )
-        self.algorithm = algorithm  # AUTO reports the sampler of its latest call
-        return proposals
-
-
 def _child_main(conn: Connection, settings: tuple[str, str], nice: int) -> None:
-    """The refit process: build samplers on ``open``, answer update / suggest."""
+    """The refit process: apply each message's observation changes to the study's
+    mirror, build the partition's sampler on first use, answer its suggestions."""
     from ladder.state import open_state
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
@@ -160,6 +140,7 @@ def _child_main(conn: Connection, settings: tuple[str, str], nice: int) -> None:
     redis_url, prefix = settings
     state = open_state(Settings(kafka_bootstrap="", redis_url=redis_url, topics=Topics(prefix)))
     samplers: dict[tuple[str, int], Sampler] = {}
+    mirrors: dict[str, dict[ObservationKey, Observation]] = {}
     while True:
         try:
             message = conn.recv()
@@ -167,29 +148,20 @@ def _child_main(conn: Connection, settings: tuple[str, str], nice: int) -> None:
             return
         if message is None:
             return
-        op, key, payload = message
+        config, partition, changes, count, pending = message
         try:
-            if op == "open":
-                sampler = samplers.get(key)
-                if sampler is None:
-                    study = study_pb2.Study.FromString(payload)
-                    study_id, partition = key
-                    sampler = samplers[key] = make_sampler(
-                        study.config,
-                        Space.from_proto(study.config.space),
-                        partition,
-                        lambda n, s=study_id, p=partition: state.trials.reserve_draws(s, p, n),
-                        study_id,
-                    )
-                result: Any = sampler.algorithm
-            elif op == "update":
-                samplers[key].update(payload)
-                result = None
-            elif op == "suggest":
-                count, pending = payload
-                result = (samplers[key].suggest(count, pending), samplers[key].algorithm)
-            else:
-                raise ValueError(f"unknown op {op!r}")
-            conn.send(("ok", result))
+            study = study_pb2.Study.FromString(config)
+            mirror = mirrors.setdefault(study.study_id, {})
+            mirror.update((o.key, o) for o in changes)
+            key = (study.study_id, partition)
+            sampler = samplers.get(key)
+            if sampler is None:
+                sampler = samplers[key] = make_sampler(
+                    study.config,
+                    Space.from_proto(study.config.space),
+                    partition,
+                    lambda n, s=study.study_id, p=partition: state.trials.reserve_draws(s, p, n),
+                )
+            conn.send(("ok", sampler.suggest(list(mirror.values()), count, pending)))
         except Exception:  # noqa: BLE001 - reported to the caller, the process goes on
             conn.send(("error", traceback.format_exc()))

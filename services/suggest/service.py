@@ -13,28 +13,23 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Callable
+from functools import wraps
+from typing import TypeVar
 
 import grpc
+import redis
 from ladder.bus import EventProducer, now_ms
 from ladder.codec import decode
 from ladder.config import Settings
-from ladder.errors import (
-    AlreadyExists,
-    BudgetExhausted,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-    require,
-)
 from ladder.params import PlainValue, fill_params, params_to_dict
-from ladder.samplers import Observation, Proposal, derive_seed
-from ladder.samplers.buffered import Served
-from ladder.space import validate_study_config
-from ladder.state import State, Transition
+from ladder.samplers import FALLBACK_ALGORITHM, Observation, Proposal, derive_seed
+from ladder.space import StudyConfigError, validate_study_config
+from ladder.state import BudgetExhausted, State, StateError, Transition
 from ladder.v1 import events_pb2, study_pb2, suggest_pb2, suggest_pb2_grpc, trial_pb2
 from opentelemetry import metrics, trace
 
-from services.suggest.pool import SamplerPool, partition_of
+from services.suggest.pool import PolicyPool, partition_of
 from services.suggest.publisher import SuggestedPublisher
 from services.suggest.refit import RefitProcess
 
@@ -58,6 +53,30 @@ _buffer_lookups = _meter.create_counter(
 STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_COUNT = 256
 
+R = TypeVar("R")
+
+
+def _status(
+    method: Callable[..., R],
+) -> Callable[..., R]:
+    """Map domain errors to precise gRPC statuses."""
+
+    @wraps(method)
+    def wrapper(self: SuggestServicer, request: object, context: grpc.ServicerContext) -> R:
+        try:
+            return method(self, request, context)
+        except StudyConfigError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except StateError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+        except redis.RedisError as exc:
+            log.warning("redis unavailable: %s", exc)
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"state store unavailable: {exc}")
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
 class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
     def __init__(
         self,
@@ -72,7 +91,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         self.state = state
         self.producer = producer
         self.claim_seconds = claim_seconds
-        self.pool = SamplerPool(
+        self.pool = PolicyPool(
             state.trials, state.studies, buffer_capacity, self._pending_params, refit_process
         )
         self.hostname = socket.gethostname()
@@ -82,15 +101,20 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         self._studies: dict[str, study_pb2.Study] = {}
         # Studies whose seed configurations are all handed out (skip the counter).
         self._seeds_done: set[str] = set()
+        # Params of the trials not yet finished, from the trials topic: a rung
+        # decision becomes an observation without reading the trial from Redis.
+        self._running_params: dict[str, tuple[str, dict[str, PlainValue]]] = {}
 
     # ------------------------------------------------------------ studies
 
+    @_status
     def CreateStudy(
         self, request: suggest_pb2.CreateStudyRequest, context: grpc.ServicerContext
     ) -> study_pb2.Study:
         config = validate_study_config(request.config)
         if request.study_id and not STUDY_ID.match(request.study_id):
-            raise InvalidArgument(
+            raise StateError(
+                "INVALID_ARGUMENT",
                 f"study_id {request.study_id!r} must match {STUDY_ID.pattern} "
                 "(letters, digits, '.', '_', '-'; at most 64)",
             )
@@ -103,7 +127,8 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         )
         stored, created = self.state.studies.create(study)
         if not created and stored.config != config:
-            raise AlreadyExists(
+            raise StateError(
+                "ALREADY_EXISTS",
                 f"study {study.study_id!r} already exists with a different config",
             )
         trace.get_current_span().set_attribute("ladder.study_id", stored.study_id)
@@ -118,7 +143,8 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                 wait=True,
             )
         except Exception as exc:  # noqa: BLE001 - any broker failure
-            raise Unavailable(
+            raise StateError(
+                "UNAVAILABLE",
                 f"study {stored.study_id!r} stored but its event was not published ({exc}); "
                 "repeat CreateStudy with this study_id",
             ) from exc
@@ -138,34 +164,42 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         if not source:
             return
         if not STUDY_ID.match(source):
-            raise InvalidArgument(
+            raise StateError(
+                "INVALID_ARGUMENT",
                 f"warm_start.from_study_id {source!r} is not a valid study id "
                 f"(must match {STUDY_ID.pattern})",
             )
         if source == study_id:
-            raise InvalidArgument(f"warm_start.from_study_id {source!r} is the study itself")
+            raise StateError(
+                "INVALID_ARGUMENT", f"warm_start.from_study_id {source!r} is the study itself"
+            )
         if self.state.studies.get(source) is None:
-            raise NotFound(f"warm_start.from_study_id: study {source!r} not found")
+            raise StateError("NOT_FOUND", f"warm_start.from_study_id: study {source!r} not found")
 
     def _study(self, study_id: str) -> study_pb2.Study:
-        require(study_id, "study_id")
+        if not study_id:
+            raise StateError("INVALID_ARGUMENT", "study_id is required")
         cached = self._studies.get(study_id)
         if cached is not None:
             return cached
         study = self.state.studies.get(study_id)
         if study is None:
-            raise NotFound(f"study {study_id!r} not found")
+            raise StateError("NOT_FOUND", f"study {study_id!r} not found")
         self._studies[study_id] = study  # config is immutable
         return study
 
+    @_status
     def GetStudy(
         self, request: suggest_pb2.GetStudyRequest, context: grpc.ServicerContext
     ) -> study_pb2.Study:
-        study = self.state.studies.get(require(request.study_id, "study_id"))
+        if not request.study_id:
+            raise StateError("INVALID_ARGUMENT", "study_id is required")
+        study = self.state.studies.get(request.study_id)
         if study is None:
-            raise NotFound(f"study {request.study_id!r} not found")
+            raise StateError("NOT_FOUND", f"study {request.study_id!r} not found")
         return study
 
+    @_status
     def ListStudies(
         self, request: suggest_pb2.ListStudiesRequest, context: grpc.ServicerContext
     ) -> suggest_pb2.ListStudiesResponse:
@@ -173,14 +207,18 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
 
     # ------------------------------------------------------------ suggest
 
+    @_status
     def Suggest(
         self, request: suggest_pb2.SuggestRequest, context: grpc.ServicerContext
     ) -> suggest_pb2.SuggestResponse:
         started = time.perf_counter()
         study = self._study(request.study_id)
-        require(request.worker_id, "worker_id")
+        if not request.worker_id:
+            raise StateError("INVALID_ARGUMENT", "worker_id is required")
         if request.count < 0 or request.count > MAX_COUNT:
-            raise InvalidArgument(f"count must be between 0 and {MAX_COUNT} (got {request.count})")
+            raise StateError(
+                "INVALID_ARGUMENT", f"count must be between 0 and {MAX_COUNT} (got {request.count})"
+            )
         count = request.count or 1
         span = trace.get_current_span()
         span.set_attribute("ladder.study_id", study.study_id)
@@ -204,12 +242,12 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         remaining = count - len(response.suggestions)
         if remaining:
             try:
-                for transition, served in self._new_trials(study, request.worker_id, remaining):
+                for transition, proposal in self._new_trials(study, request.worker_id, remaining):
                     response.suggestions.add(
                         trial=transition.trial,
                         resumed=False,
-                        predicted_mean=served.proposal.predicted_mean,
-                        predicted_std=served.proposal.predicted_std,
+                        predicted_mean=proposal.predicted_mean,
+                        predicted_std=proposal.predicted_std,
                         algorithm=transition.algorithm,
                     )
             except BudgetExhausted:
@@ -221,7 +259,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
 
     def _new_trials(
         self, study: study_pb2.Study, worker_id: str, count: int
-    ) -> list[tuple[Transition, Served]]:
+    ) -> list[tuple[Transition, Proposal]]:
         config = study.config
         # Cheap pre-check so an exhausted study does not burn sampler draws; the
         # budget itself is enforced atomically by CREATE_TRIALS.
@@ -230,22 +268,22 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             if suggested >= config.max_trials:
                 raise BudgetExhausted(suggested)
         partition = partition_of(worker_id, config.partitions)
-        served = self._seed_configurations(study, partition, count)
-        if len(served) < count:
-            served.extend(self.pool.partition(study, partition).take(count - len(served)))
-        self._count_buffer_lookups(study, served)
-        out: list[tuple[Transition, Served]] = []
+        proposals = self._seed_configurations(study, partition, count)
+        if len(proposals) < count:
+            proposals.extend(self.pool.policy(study, partition).take(count - len(proposals)))
+        self._count_buffer_lookups(study, proposals)
+        out: list[tuple[Transition, Proposal]] = []
         # One CREATE_TRIALS per run of equal algorithm names, so every trial records
         # (and its TRIAL_SUGGESTED event carries) what really chose its point.
-        for algorithm, group in _runs(served):
+        for algorithm, group in _runs(proposals):
             protos = []
             for item in group:
                 trial = trial_pb2.Trial(
                     study_id=study.study_id,
-                    seed=derive_seed(config.seed, partition, item.proposal.draw),
+                    seed=derive_seed(config.seed, partition, item.draw),
                     partition=partition,
                 )
-                fill_params(trial.params, item.proposal.params)
+                fill_params(trial.params, item.params)
                 protos.append(trial)
             try:
                 created = self.state.trials.create_trials(
@@ -259,18 +297,16 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             if len(created) < len(group):
                 break
         for transition, item in out:
-            self.publisher.publish(
-                transition, item.proposal.predicted_mean, item.proposal.predicted_std
-            )
+            self.publisher.publish(transition, item.predicted_mean, item.predicted_std)
             log.info(
                 "suggested trial %s to %s (partition %d, draw %d, %s, predicted %g +- %g)",
                 transition.trial.trial_id,
                 worker_id,
                 partition,
-                item.proposal.draw,
+                item.draw,
                 transition.algorithm,
-                item.proposal.predicted_mean,
-                item.proposal.predicted_std,
+                item.predicted_mean,
+                item.predicted_std,
                 extra={
                     "study_id": study.study_id,
                     "trial_id": transition.trial.trial_id,
@@ -281,7 +317,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
 
     def _seed_configurations(
         self, study: study_pb2.Study, partition: int, count: int
-    ) -> list[Served]:
+    ) -> list[Proposal]:
         """The study's warm-start configurations without a value, each handed out
         once (a Redis counter numbers them), before any sampler suggestion."""
         if study.study_id in self._seeds_done:
@@ -299,16 +335,12 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             return []
         draw = trials.reserve_draws(study.study_id, partition, len(chosen))
         return [
-            Served(
-                Proposal(params=params_to_dict(seed.params), draw=draw + i),
-                WARM_START_ALGORITHM,
-                True,
-            )
+            Proposal(params_to_dict(seed.params), draw + i, algorithm=WARM_START_ALGORITHM)
             for i, seed in enumerate(chosen)
         ]
 
-    def _count_buffer_lookups(self, study: study_pb2.Study, served: list[Served]) -> None:
-        misses = sum(not s.hit for s in served)
+    def _count_buffer_lookups(self, study: study_pb2.Study, served: list[Proposal]) -> None:
+        misses = sum(p.algorithm == FALLBACK_ALGORITHM for p in served)
         if misses:
             _buffer_lookups.add(misses, {"study_id": study.study_id, "result": "miss"})
             log.info(
@@ -333,6 +365,11 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             self.on_decision(decode(events_pb2.Decision, record.value))  # type: ignore[attr-defined]
             return
         event = decode(events_pb2.TrialEvent, record.value)  # type: ignore[attr-defined]
+        trial = event.trial
+        if event.kind in _FINISHED:
+            self._running_params.pop(trial.trial_id, None)
+        elif trial.params and trial.trial_id not in self._running_params:
+            self._running_params[trial.trial_id] = (trial.study_id, params_to_dict(trial.params))
         if event.kind == events_pb2.TRIAL_COMPLETED and self.pool.observe_completed(event.trial):
             log.debug(
                 "observation %s = %g",
@@ -343,33 +380,44 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
 
     def on_decision(self, decision: events_pb2.Decision) -> None:
         """A rung decision carries the trial's smoothed value at that resource: a
-        lower-fidelity observation (params read from the trial in Redis)."""
+        lower-fidelity observation. Its params come from the trial's events on the
+        trials topic; from Redis only when those were not read (yet)."""
         if decision.resource <= 0:
             return
         if not math.isfinite(decision.smoothed_value):
             return
-        trial = self.state.trials.get(decision.trial_id)
-        if trial is None:  # evaluate dead-letters decisions for unknown trials
-            return
+        known = self._running_params.get(decision.trial_id)
+        if known is None:
+            trial = self.state.trials.get(decision.trial_id)
+            if trial is None:  # evaluate dead-letters decisions for unknown trials
+                return
+            known = (trial.study_id, params_to_dict(trial.params))
+        study_id, params = known
         observation = Observation(
             trial_id=decision.trial_id,
-            params=params_to_dict(trial.params),
+            params=params,
             value=decision.smoothed_value,
             resource=decision.resource,
         )
-        if self.pool.observe(trial.study_id, [observation]):
+        if self.pool.observe(study_id, [observation]):
             log.debug(
                 "rung observation %s at resource %g = %g",
                 decision.trial_id,
                 decision.resource,
                 decision.smoothed_value,
-                extra={"study_id": trial.study_id, "trial_id": decision.trial_id},
+                extra={"study_id": study_id, "trial_id": decision.trial_id},
             )
 
 
-def _runs(served: list[Served]) -> list[tuple[str, list[Served]]]:
-    """Consecutive items grouped by algorithm name (order kept)."""
-    runs: list[tuple[str, list[Served]]] = []
+# Trial events after which no rung decision is expected for the trial.
+_FINISHED = frozenset(
+    {events_pb2.TRIAL_COMPLETED, events_pb2.TRIAL_PRUNED, events_pb2.TRIAL_FAILED}
+)
+
+
+def _runs(served: list[Proposal]) -> list[tuple[str, list[Proposal]]]:
+    """Consecutive proposals grouped by algorithm name (order kept)."""
+    runs: list[tuple[str, list[Proposal]]] = []
     for item in served:
         if runs and runs[-1][0] == item.algorithm:
             runs[-1][1].append(item)

@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 from ladder.client import BudgetExhausted, LadderClient
 from ladder.config import Settings
+from ladder.errors import Conflict, StaleAttempt
 from ladder.params import fill_params
-from ladder.state import State, StateError, open_state
-from ladder.testing import wait_for
+from ladder.state import State, open_state
 from ladder.v1 import events_pb2, study_pb2, trial_pb2
 from test_end_to_end import TopicReader, decoded
+from waiting import wait_for
 
 from workers.runtime import Outcome, Worker, WorkerConfig
 
@@ -72,9 +73,9 @@ def test_pause_then_promote_is_fenced_and_replays_change_nothing(state: State) -
     assert trial_id not in trials.pending(study_id)  # nobody evaluates it now
     assert trials.lease_deadline_ms(trial_id) is None
     assert not trials.pause(trial_id, "a1", 1, 0).changed  # a retried PauseTrial
-    with pytest.raises(StateError, match="stale attempt"):
+    with pytest.raises(StaleAttempt, match="stale attempt"):
         trials.heartbeat(trial_id, "a1", 2, 30)
-    with pytest.raises(StateError, match="PAUSED"):
+    with pytest.raises(Conflict, match="PAUSED"):
         trials.start(trial_id, "a2", "w2", 30)  # only a PROMOTE brings it back
     assert trials.claim_resumable(study_id, 5, 60) == []
     # A replayed PAUSE changes nothing; the PROMOTE for its rung makes it RESUMABLE.
@@ -96,7 +97,7 @@ def test_pause_then_promote_is_fenced_and_replays_change_nothing(state: State) -
     started = trials.start(trial_id, "a2", "w2", 30)
     assert started.trial.state == trial_pb2.RUNNING
     assert started.trial.checkpoint_uri == "file:///tmp/ckpt-1"
-    with pytest.raises(StateError, match="stale attempt"):
+    with pytest.raises(StaleAttempt, match="stale attempt"):
         trials.pause(trial_id, "a1", 1, 0)  # the old attempt is fenced out
     # Decisions about a later rung replace the earlier ones; an earlier one never does.
     assert trials.store_decision(_decision(trial_id, events_pb2.PAUSE, 1)) == "OK"
@@ -122,7 +123,7 @@ def test_a_promote_that_overtakes_the_pause_makes_the_trial_resumable_at_once(
 def test_pausing_a_stopped_trial_is_refused(state: State) -> None:
     _, trial_id = _running_trial(state)
     state.trials.store_decision(_decision(trial_id, events_pb2.STOP, 0))
-    with pytest.raises(StateError, match="STOP"):
+    with pytest.raises(Conflict, match="STOP"):
         state.trials.pause(trial_id, "a1", 1, 0)
     assert state.trials.get(trial_id).state == trial_pb2.RUNNING
 

@@ -13,9 +13,10 @@ import pytest
 from google.protobuf.message import DecodeError
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ladder.config import Settings
+from ladder.errors import BudgetExhausted, Conflict, NotFound, StaleAttempt
+from ladder.grpcserver import status_of
 from ladder.params import fill_params
-from ladder.state import State, StateError, open_state
-from ladder.testing import wait_for
+from ladder.state import State, open_state
 from ladder.v1 import (
     evaluate_pb2,
     evaluate_pb2_grpc,
@@ -26,6 +27,7 @@ from ladder.v1 import (
     suggest_pb2_grpc,
     trial_pb2,
 )
+from waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -487,7 +489,7 @@ def test_retryable_failures_are_resumable_until_max_attempts(state: State) -> No
     final = state.trials.fail(trial_id, "a3", "CUDA OOM", retryable=True, max_attempts=3)
     assert final.trial.state == trial_pb2.FAILED and "all 3 attempts used" in final.reason
     assert trial_id not in state.trials.pending(study_id)
-    with pytest.raises(StateError, match="it is FAILED"):
+    with pytest.raises(Conflict, match="it is FAILED"):
         state.trials.start(trial_id, "a4", "w", 30)
 
 
@@ -556,7 +558,7 @@ def test_budget_is_atomic_under_concurrency(state: State) -> None:
     def grab(_: int) -> int:
         try:
             return len(state.trials.create_trials(study_id, [proto] * 3, 10, 60, "test"))
-        except StateError:
+        except BudgetExhausted:
             return 0
 
     with ThreadPoolExecutor(8) as pool:
@@ -567,9 +569,9 @@ def test_budget_is_atomic_under_concurrency(state: State) -> None:
 def test_calls_before_start_are_refused_with_a_hint(state: State) -> None:
     study_id = _study(state)
     (trial_id,) = _trials(state, study_id, 1)
-    with pytest.raises(StateError, match="was never started") as err:
+    with pytest.raises(StaleAttempt, match="was never started") as stale:
         state.trials.complete(trial_id, "a1", 0.5)
-    assert err.value.code == "FAILED_PRECONDITION"
-    with pytest.raises(StateError, match="not found") as err:
+    assert status_of(stale.value) == (grpc.StatusCode.FAILED_PRECONDITION, str(stale.value))
+    with pytest.raises(NotFound, match="not found") as missing:
         state.trials.heartbeat("nope-t9", "a1", 1, 30)
-    assert err.value.code == "NOT_FOUND"
+    assert status_of(missing.value) == (grpc.StatusCode.NOT_FOUND, str(missing.value))

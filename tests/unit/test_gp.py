@@ -42,8 +42,8 @@ def observed(space: Space, n: int, value, seed: int = 0) -> list[Observation]:  
 
 def test_initial_design_is_the_quasi_random_stream() -> None:
     ctx = SamplerContext(PLANE, seed=4)
-    expected = [p.params for p in QuasiRandomSampler(ctx).suggest(initial_points(PLANE))]
-    got = [p.params for p in GPSampler(ctx).suggest(initial_points(PLANE))]
+    expected = [p.params for p in QuasiRandomSampler(ctx).suggest((), initial_points(PLANE))]
+    got = [p.params for p in GPSampler(ctx).suggest((), initial_points(PLANE))]
     assert got == expected
     assert isinstance(make_sampler(study_pb2.StudyConfig(algorithm=study_pb2.GP), PLANE), GPSampler)
     assert study_pb2.GP in FACTORIES
@@ -52,9 +52,7 @@ def test_initial_design_is_the_quasi_random_stream() -> None:
 def test_model_based_suggestion_is_deterministic_and_predicts() -> None:
     data = observed(PLANE, 14, bowl)
     a, b = gp(PLANE), gp(PLANE)
-    a.update(data)
-    b.update(data)
-    pa, pb = a.suggest(1)[0], b.suggest(1)[0]
+    pa, pb = a.suggest(data, 1)[0], b.suggest(data, 1)[0]
     assert pa.params == pb.params and pa.draw == 0
     assert pa.predicted_std > 0
     # The model has seen values between ~0 and ~5; it predicts a low value there.
@@ -65,18 +63,17 @@ def test_model_based_suggestion_is_deterministic_and_predicts() -> None:
 def test_maximize_reports_values_in_the_metric_direction() -> None:
     s = gp(PLANE, maximize=True)
     data = observed(PLANE, 14, lambda p: 10 - bowl(p))
-    s.update(data)
-    proposal = s.suggest(1)[0]
+    proposal = s.suggest(data, 1)[0]
     assert proposal.predicted_mean > np.median([o.value for o in data])
 
 
 def test_pending_points_are_not_suggested_again() -> None:
     s = gp(PLANE)
-    s.update(observed(PLANE, 14, bowl))
-    first = s.suggest(1)[0].params
+    data = observed(PLANE, 14, bowl)
+    first = s.suggest(data, 1)[0].params
     unit = PLANE.params_to_unit
-    again = s.suggest(1)[0].params
-    diverted = s.suggest(1, pending=[first])[0].params
+    again = s.suggest(data, 1)[0].params
+    diverted = s.suggest(data, 1, pending=[first])[0].params
     assert np.linalg.norm(unit(again) - unit(first)) < 0.05  # same state, same optimum
     assert np.linalg.norm(unit(diverted) - unit(first)) > np.linalg.norm(unit(again) - unit(first))
 
@@ -86,9 +83,9 @@ def test_mixed_conditional_space_batch_is_valid() -> None:
         return (p["x"] - 0.5) ** 2 + (np.log10(p["lr"]) + 2) ** 2 + (p["opt"] != "a")
 
     s = gp(MIXED)
-    s.update(observed(MIXED, initial_points(MIXED), value))
-    s.update([Observation("nan", {"x": 0.1, "lr": 0.1, "n": 2, "opt": "b"}, float("nan"))])
-    batch = s.suggest(2)
+    data = observed(MIXED, initial_points(MIXED), value)
+    data.append(Observation("nan", {"x": 0.1, "lr": 0.1, "n": 2, "opt": "b"}, float("nan")))
+    batch = s.suggest(data, 2)
     assert [p.draw for p in batch] == [0, 1]
     for proposal in batch:
         MIXED.check_params(proposal.params)  # ints are ints, inactive child omitted
@@ -97,7 +94,7 @@ def test_mixed_conditional_space_batch_is_valid() -> None:
 
 
 def test_zero_count_is_empty() -> None:
-    assert gp(PLANE).suggest(0) == []
+    assert gp(PLANE).suggest((), 0) == []
 
 
 CHOICES = Space(
@@ -125,8 +122,7 @@ def test_discrete_choices_are_optimised_not_rounded() -> None:
         return (p["x"] - 0.5) ** 2 + 0.3 * (p["n"] - 4) ** 2 + (0.0 if p["opt"] == "c" else 1.0)
 
     s = gp(CHOICES, seed=2)
-    s.update(observed(CHOICES, 40, value, seed=5))
-    proposal = s.suggest(1)[0]
+    proposal = s.suggest(observed(CHOICES, 40, value, seed=5), 1)[0]
     CHOICES.check_params(proposal.params)
     assert proposal.params["opt"] == "c"
     assert proposal.params["n"] in (3, 4, 5)
@@ -193,8 +189,7 @@ def test_exploitation_draw_is_the_posterior_mean_optimum_and_avoids_pending() ->
 
     def at_draw(start: int, pending: list) -> Proposal:
         s = GPSampler(SamplerContext(PLANE, seed=1, reserve=LocalDraws(start)))
-        s.update(data)
-        proposal = s.suggest(1, pending)[0]
+        proposal = s.suggest(data, 1, pending)[0]
         assert proposal.draw == start
         return proposal
 

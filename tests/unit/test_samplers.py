@@ -1,11 +1,10 @@
-import logging
-
 import numpy as np
 import pytest
 from ladder.samplers import (
     FACTORIES,
     LocalDraws,
     Observation,
+    ObservationStore,
     QuasiRandomSampler,
     SamplerContext,
     derive_seed,
@@ -13,7 +12,6 @@ from ladder.samplers import (
     quasirandom,
 )
 from ladder.space import Space
-from ladder.testing import FakeDraws
 from ladder.v1 import space_pb2 as S
 from ladder.v1 import study_pb2
 from scipy.stats import qmc
@@ -36,8 +34,8 @@ def sampler(seed: int = 7, partition: int = 0, start: int = 0) -> QuasiRandomSam
 
 
 def test_same_seed_and_partition_give_the_same_stream() -> None:
-    a = [p.params for p in sampler().suggest(16)]
-    b = [p.params for p in sampler().suggest(16)]
+    a = [p.params for p in sampler().suggest((), 16)]
+    b = [p.params for p in sampler().suggest((), 16)]
     assert a == b
 
 
@@ -52,17 +50,17 @@ def test_partitions_and_seeds_draw_different_streams() -> None:
 
 def test_a_restarted_sampler_continues_instead_of_repeating() -> None:
     first = sampler()
-    handed_out = [p.params for p in first.suggest(5)]
-    more = [p.params for p in first.suggest(3)]
+    handed_out = [p.params for p in first.suggest((), 5)]
+    more = [p.params for p in first.suggest((), 3)]
     # the restarted process resumes at the persisted draw index 5
     restarted = sampler(start=5)
-    assert [p.params for p in restarted.suggest(3)] == more
+    assert [p.params for p in restarted.suggest((), 3)] == more
     assert not set(map(str, more)) & set(map(str, handed_out))
 
 
 def test_draw_indexes_are_reported_and_jumps_are_honoured() -> None:
     s = sampler()
-    assert [p.draw for p in s.suggest(3)] == [0, 1, 2]
+    assert [p.draw for p in s.suggest((), 3)] == [0, 1, 2]
     ahead = s.points(40, 2)
     assert np.allclose(ahead, sampler().points(0, 42)[40:])
     assert np.allclose(s.points(1, 1), sampler().points(0, 2)[1:])  # backwards works too
@@ -85,22 +83,16 @@ def test_generation_boundary_switches_scramble(monkeypatch: pytest.MonkeyPatch) 
     assert not np.allclose(tail[1], sampler().points(0, 1)[0])  # fresh scramble
 
 
-def test_update_is_idempotent_per_trial() -> None:
-    s = sampler()
+def test_observations_are_idempotent_per_trial() -> None:
+    store = ObservationStore()
     obs = Observation("t1", {"x": 0.5}, 1.0)
-    s.update([obs, obs])
-    s.update([Observation("t1", {"x": 0.5}, 1.0)])
-    assert len(s.observations) == 1
+    store.add([obs, obs])
+    store.add([Observation("t1", {"x": 0.5}, 1.0)])
+    assert len(store) == 1
 
 
-def test_unregistered_algorithms_fall_back_with_a_note(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delitem(FACTORIES, study_pb2.TPE)
-    with caplog.at_level(logging.INFO, logger="ladder.samplers"):
-        config = study_pb2.StudyConfig(seed=1, algorithm=study_pb2.TPE)
-        assert isinstance(make_sampler(config, SPACE, study_id="st-x"), QuasiRandomSampler)
-    assert "TPE is not implemented yet" in caplog.text
+def test_every_algorithm_has_a_sampler() -> None:
+    assert set(FACTORIES) == set(study_pb2.Algorithm.values())
 
 
 def test_make_sampler_uses_the_reserver() -> None:
@@ -111,7 +103,7 @@ def test_make_sampler_uses_the_reserver() -> None:
         return 100
 
     config = study_pb2.StudyConfig(seed=3, algorithm=study_pb2.RANDOM)
-    proposals = make_sampler(config, SPACE, partition=2, reserve=reserve).suggest(2)
+    proposals = make_sampler(config, SPACE, partition=2, reserve=reserve).suggest((), 2)
     assert calls == [2] and [p.draw for p in proposals] == [100, 101]
 
 
@@ -122,6 +114,18 @@ def test_derive_seed_is_deterministic_and_distinct() -> None:
 
 
 # ------------------------------------------------------------- the suggest service's pool
+
+
+class FakeDraws:
+    """Stands in for TrialStore.reserve_draws (a Redis INCRBY per partition)."""
+
+    def __init__(self) -> None:
+        self.next: dict[tuple[str, int], int] = {}
+
+    def reserve_draws(self, study_id: str, partition: int, count: int) -> int:
+        first = self.next.get((study_id, partition), 0)
+        self.next[(study_id, partition)] = first + count
+        return first
 
 
 def _study() -> study_pb2.Study:
@@ -136,19 +140,19 @@ def test_pool_feeds_observations_once_and_to_late_samplers() -> None:
     from ladder.params import fill_params
     from ladder.v1 import trial_pb2
 
-    from services.suggest.pool import SamplerPool
+    from services.suggest.pool import PolicyPool
 
     draws = FakeDraws()
-    pool = SamplerPool(draws, None, 2, lambda study: ())  # type: ignore[arg-type]
-    early = pool.partition(_study(), 0)
+    pool = PolicyPool(draws, None, 2, lambda study: ())  # type: ignore[arg-type]
+    early = pool.policy(_study(), 0)
     trial = trial_pb2.Trial(
         trial_id="st-p-t1", study_id="st-p", has_final_value=True, final_value=0.3
     )
     fill_params(trial.params, {"x": 0.5})
-    # A replayed event changes nothing (buffered model studies: tests/unit/test_buffered.py).
+    # A replayed event changes nothing (model studies: tests/unit/test_policy.py).
     assert pool.observe_completed(trial) and not pool.observe_completed(trial)
-    late = pool.partition(_study(), 1)
-    assert pool.observation_count("st-p") == 1
+    late = pool.policy(_study(), 1)
+    assert len(pool.observations("st-p")) == 1
     early.take(2)
     late.take(1)
     assert draws.next == {("st-p", 0): 2, ("st-p", 1): 1}

@@ -4,8 +4,13 @@ import threading
 
 import numpy as np
 import pytest
-from ladder.samplers import LocalDraws, Observation, SamplerContext
-from ladder.samplers.auto import AutoSampler
+from ladder.samplers import (
+    LocalDraws,
+    Observation,
+    ObservationStore,
+    QuasiRandomSampler,
+    SamplerContext,
+)
 from ladder.samplers.base import select_fidelity
 from ladder.samplers.gp import GPSampler, fit_subset, initial_points
 from ladder.samplers.tpe import N_STARTUP, TPESampler
@@ -45,16 +50,16 @@ def test_too_few_everywhere_falls_back_to_final_values_and_ignores_nan() -> None
     assert [o.trial_id for o in chosen.observations] == ["t2"]
 
 
-@pytest.mark.parametrize("make", [GPSampler, TPESampler, AutoSampler])
-def test_replayed_observations_are_idempotent_per_trial_and_resource(make: type) -> None:
-    sampler = make(SamplerContext(LINE, seed=1, reserve=LocalDraws()))
+def test_replayed_observations_are_idempotent_per_trial_and_resource() -> None:
+    store = ObservationStore()
     batch = [obs(1, 0.3, 1.0), obs(1, 0.2, 3.0), obs(1, 0.1)]
-    sampler.update(batch)
-    sampler.update(batch)  # replayed events
-    sampler.update([obs(1, 0.25, 3.0)])  # a corrected value replaces, not adds
-    assert len(sampler.observations) == 3
-    assert sampler.observations[("t1", 3.0)].value == 0.25
-    assert sampler.observations[("t1", None)].value == 0.1
+    store.add(batch)
+    store.add(batch)  # replayed events
+    store.add([obs(1, 0.25, 3.0)])  # a corrected value replaces, not adds
+    observations = {o.key: o for o in store.snapshot()}
+    assert len(observations) == 3
+    assert observations[("t1", 3.0)].value == 0.25
+    assert observations[("t1", None)].value == 0.1
 
 
 def test_tpe_is_guided_by_a_rung_before_any_trial_completes() -> None:
@@ -62,28 +67,28 @@ def test_tpe_is_guided_by_a_rung_before_any_trial_completes() -> None:
     rng = np.random.default_rng(0)
     xs = rng.random(40)
     tpe = TPESampler(SamplerContext(LINE, seed=3, reserve=LocalDraws()))
-    tpe.update([obs(i, abs(x - 0.8), 2.0, x=float(x)) for i, x in enumerate(xs)])
-    assert len(tpe.training_set(N_STARTUP).observations) == 40
-    suggested = [p.params["x"] for p in tpe.suggest(8)]
+    rung = [obs(i, abs(x - 0.8), 2.0, x=float(x)) for i, x in enumerate(xs)]
+    assert len(select_fidelity(rung, N_STARTUP).observations) == 40
+    suggested = [p.params["x"] for p in tpe.suggest(rung, 8)]
     assert np.median(np.abs(np.array(suggested) - 0.8)) < 0.15
     # Without the rung values the same sampler is still in its random start.
     cold = TPESampler(SamplerContext(LINE, seed=3, reserve=LocalDraws()))
-    assert len(cold.training_set(N_STARTUP).observations) == 0
+    assert len(select_fidelity([], N_STARTUP).observations) == 0
+    random_start = QuasiRandomSampler(SamplerContext(LINE, seed=3)).suggest((), 8)
+    assert [p.params for p in cold.suggest([], 8)] == [p.params for p in random_start]
 
 
 def test_gp_models_a_rung_until_final_values_suffice() -> None:
     gp = GPSampler(SamplerContext(LINE, seed=3, reserve=LocalDraws()))
     threshold = initial_points(LINE)
     rung = [obs(i, (i / 20 - 0.3) ** 2, 4.0, x=i / 20) for i in range(20)]
-    gp.update(rung)
-    assert gp.training_set(threshold).resource == 4.0
-    proposal = gp.suggest(1)[0]
+    assert select_fidelity(rung, threshold).resource == 4.0
+    proposal = gp.suggest(rung, 1)[0]
     assert abs(proposal.params["x"] - 0.3) < 0.2  # guided by the rung's minimum
     spread = [i / (threshold - 1) for i in range(threshold)]
     finals = [obs(100 + i, (x - 0.7) ** 2, x=x) for i, x in enumerate(spread)]
-    gp.update(finals)
-    assert gp.training_set(threshold).resource is None
-    assert abs(gp.suggest(1)[0].params["x"] - 0.7) < 0.2  # now the final values rule
+    assert select_fidelity(rung + finals, threshold).resource is None
+    assert abs(gp.suggest(rung + finals, 1)[0].params["x"] - 0.7) < 0.2  # now the finals rule
 
 
 def test_fit_subset_keeps_the_best_half_and_spreads_the_rest() -> None:
@@ -111,22 +116,22 @@ def test_gp_fit_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(gp_module, "fit_model", spy)
     gp = GPSampler(SamplerContext(LINE, seed=3, reserve=LocalDraws()))
-    gp.update([obs(i, (i / 300 - 0.4) ** 2, x=i / 300) for i in range(300)])
-    proposal = gp.suggest(1)[0]
+    proposal = gp.suggest([obs(i, (i / 300 - 0.4) ** 2, x=i / 300) for i in range(300)], 1)[0]
     assert seen == [40]
     assert abs(proposal.params["x"] - 0.4) < 0.1
 
 
-def test_update_while_suggesting_is_safe() -> None:
+def test_observing_while_suggesting_is_safe() -> None:
     tpe = TPESampler(SamplerContext(LINE, seed=3, reserve=LocalDraws()))
-    tpe.update([obs(i, float(i % 7), x=(i % 50) / 50) for i in range(40)])
+    store = ObservationStore()
+    store.add([obs(i, float(i % 7), x=(i % 50) / 50) for i in range(40)])
     errors: list[BaseException] = []
     stop = threading.Event()
 
     def feed() -> None:
         i = 1000
         while not stop.is_set():
-            tpe.update([obs(i, 1.0, float(i % 3), x=0.5)])
+            store.add([obs(i, 1.0, float(i % 3), x=0.5)])
             i += 1
 
     feeder = threading.Thread(target=feed)
@@ -134,7 +139,7 @@ def test_update_while_suggesting_is_safe() -> None:
     try:
         for _ in range(30):
             try:
-                tpe.suggest(1)
+                tpe.suggest(store.snapshot(), 1)
             except RuntimeError as error:  # "dictionary changed size during iteration"
                 errors.append(error)
     finally:

@@ -38,35 +38,32 @@ def tpe(space: Space, seed: int = 3, maximize: bool = False) -> TPESampler:
     return TPESampler(SamplerContext(space, seed=seed, maximize=maximize, reserve=LocalDraws()))
 
 
-def feed(s: TPESampler, n: int, value, seed: int = 0) -> None:  # noqa: ANN001
+def feed(space: Space, n: int, value, seed: int = 0) -> list[Observation]:  # noqa: ANN001
     rng = np.random.default_rng(seed)
-    points = [s.space.sample_to_params(rng.random(s.space.dim())) for _ in range(n)]
-    s.update([Observation(f"t{i}", p, value(p)) for i, p in enumerate(points)])
+    points = [space.sample_to_params(rng.random(space.dim())) for _ in range(n)]
+    return [Observation(f"t{i}", p, value(p)) for i, p in enumerate(points)]
 
 
 def test_startup_is_the_quasi_random_stream() -> None:
     ctx = SamplerContext(LINE, seed=5)
-    expected = [p.params for p in QuasiRandomSampler(ctx).suggest(3)]
-    assert [p.params for p in TPESampler(ctx).suggest(3)] == expected
+    expected = [p.params for p in QuasiRandomSampler(ctx).suggest((), 3)]
+    assert [p.params for p in TPESampler(ctx).suggest((), 3)] == expected
     assert FACTORIES[study_pb2.TPE] is TPESampler
 
 
 def test_concentrates_near_the_minimum_and_follows_direction() -> None:
     low = tpe(LINE)
-    feed(low, 40, lambda p: (p["x"] - 2) ** 2)
-    xs = [p.params["x"] for p in low.suggest(8)]
+    xs = [p.params["x"] for p in low.suggest(feed(LINE, 40, lambda p: (p["x"] - 2) ** 2), 8)]
     assert abs(np.median(xs) - 2) < 1.0
     high = tpe(LINE, maximize=True)
-    feed(high, 40, lambda p: -((p["x"] - 8) ** 2))
-    xs = [p.params["x"] for p in high.suggest(8)]
+    xs = [p.params["x"] for p in high.suggest(feed(LINE, 40, lambda p: -((p["x"] - 8) ** 2)), 8)]
     assert abs(np.median(xs) - 8) < 1.0
 
 
 def test_deterministic_and_draws_unique() -> None:
     a, b = tpe(LINE), tpe(LINE)
-    for s in (a, b):
-        feed(s, 20, lambda p: p["x"])
-    pa, pb = a.suggest(3), b.suggest(3)
+    data = feed(LINE, 20, lambda p: p["x"])
+    pa, pb = a.suggest(data, 3), b.suggest(data, 3)
     assert [p.params for p in pa] == [p.params for p in pb]
     assert len({p.draw for p in pa}) == 3
 
@@ -76,20 +73,20 @@ def test_pending_points_push_suggestions_away() -> None:
     with_pending, without = [], []
     for seed in range(6):
         s = tpe(LINE, seed=seed)
-        feed(s, 30, lambda p: (p["x"] - 5) ** 2, seed=seed)
-        pending = [s.suggest(1)[0].params for _ in range(1)]
+        data = feed(LINE, 30, lambda p: (p["x"] - 5) ** 2, seed=seed)
+        pending = [s.suggest(data, 1)[0].params for _ in range(1)]
         pending += [{"x": 5.0 + d} for d in (-0.3, -0.1, 0.1, 0.3)]
         for store, given in ((with_pending, pending), (without, [])):
-            x = s.suggest(1, given)[0].params["x"]
+            x = s.suggest(data, 1, given)[0].params["x"]
             store.append(min(abs(x - q["x"]) for q in pending))
     assert np.mean(with_pending) > np.mean(without)
 
 
 def test_conditional_space_gives_valid_points_and_ignores_non_finite() -> None:
     s = tpe(TREE)
-    feed(s, N_STARTUP + 20, tree_value)
-    s.update([Observation("bad", {"opt": "adam", "lr": 0.1, "layers": 2}, math.nan)])
-    proposals = s.suggest(6, pending=[{"opt": "adam", "lr": 1e-3, "layers": 4}])
+    data = feed(TREE, N_STARTUP + 20, tree_value)
+    data.append(Observation("bad", {"opt": "adam", "lr": 0.1, "layers": 2}, math.nan))
+    proposals = s.suggest(data, 6, pending=[{"opt": "adam", "lr": 1e-3, "layers": 4}])
     for proposal in proposals:
         TREE.check_params(proposal.params)  # children present exactly when active
     assert sum(p.params["opt"] == "adam" for p in proposals) >= 4
@@ -101,6 +98,5 @@ def test_auto_rule() -> None:
     wide = Space([ParamSpec(f"c{i}", Kind.CATEGORICAL, values=tuple("abcdef")) for i in range(2)])
     assert not prefers_gp(wide)
     auto = AutoSampler(SamplerContext(TREE, seed=1))
-    feed(auto, N_STARTUP + 2, tree_value)  # type: ignore[arg-type]
-    auto.suggest(1)
-    assert auto.algorithm == "auto:tpe"
+    [proposal] = auto.suggest(feed(TREE, N_STARTUP + 2, tree_value), 1)
+    assert auto.algorithm == proposal.algorithm == "auto:tpe"

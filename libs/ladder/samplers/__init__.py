@@ -1,12 +1,14 @@
 """Search algorithms behind one designer-style interface.
 
-``Sampler.update(observations)`` feeds observations — final values of completed
-trials and, with ``Observation.resource`` set, rung values of trials still
-running or stopped early; each model-based sampler fits one fidelity at a time
-(``base.select_fidelity``). ``Sampler.suggest(count, pending)`` returns new
-points. ``make_sampler`` picks the implementation from ``StudyConfig.algorithm``:
+``Sampler.suggest(observations, count, pending)`` returns new points from the
+observations it is given — final values of completed trials and, with
+``Observation.resource`` set, rung values of trials still running or stopped
+early; each model-based sampler fits one fidelity at a time
+(``base.select_fidelity``). A sampler stores no observations: the
+``SuggestionPolicy`` of a (study, partition) holds them (``policy.py``).
+``make_sampler`` picks the implementation from ``StudyConfig.algorithm``:
 
-| algorithm            | sampler today                                         |
+| algorithm            | sampler                                               |
 |----------------------|-------------------------------------------------------|
 | RANDOM / unspecified | ``QuasiRandomSampler`` (scrambled Sobol')             |
 | GP                   | ``GPSampler`` (BoTorch GP, qLogEI with pending points)  |
@@ -15,13 +17,12 @@ points. ``make_sampler`` picks the implementation from ``StudyConfig.algorithm``
 
 GP and AUTO import torch lazily, on the first such study.
 
-Adding GP or TPE means writing a ``Sampler`` subclass and registering its
+Adding an algorithm means writing a ``Sampler`` subclass and registering its
 factory in ``FACTORIES``; callers do not change.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from ladder.samplers.base import (
@@ -35,12 +36,17 @@ from ladder.samplers.base import (
     derive_seed,
     select_fidelity,
 )
+from ladder.samplers.policy import (
+    FALLBACK_ALGORITHM,
+    LocalRefit,
+    ObservationStore,
+    Refit,
+    SuggestionPolicy,
+)
 from ladder.samplers.quasirandom import QuasiRandomSampler
 from ladder.samplers.tpe import TPESampler
 from ladder.space import Space
 from ladder.v1 import study_pb2
-
-log = logging.getLogger("ladder.samplers")
 
 SamplerFactory = Callable[[SamplerContext], Sampler]
 
@@ -67,21 +73,13 @@ FACTORIES: dict[int, SamplerFactory] = {
     study_pb2.AUTO: _auto,
 }
 
-_warned: set[tuple[str, int]] = set()
-
-
 def make_sampler(
     config: study_pb2.StudyConfig,
     space: Space,
     partition: int = 0,
     reserve: DrawReserver | None = None,
-    study_id: str = "",
 ) -> Sampler:
-    """The sampler for one partition of a study (``config`` with defaults filled).
-
-    An algorithm without a registered factory falls back to a QuasiRandomSampler
-    (its ``algorithm`` says "quasi-random") and logs that once per study.
-    """
+    """The sampler for one partition of a study (``config`` with defaults filled)."""
     context = SamplerContext(
         space=space,
         seed=config.seed,
@@ -90,21 +88,16 @@ def make_sampler(
         maximize=config.direction == study_pb2.MAXIMIZE,
         reserve=reserve,
     )
-    factory = FACTORIES.get(config.algorithm)
-    if factory is None:
-        if (study_id, config.algorithm) not in _warned:
-            _warned.add((study_id, config.algorithm))
-            log.info(
-                "algorithm %s is not implemented yet; using quasi-random (Sobol) sampling",
-                study_pb2.Algorithm.Name(config.algorithm),
-                extra={"study_id": study_id},
-            )
-        factory = QuasiRandomSampler
-    return factory(context)
+    return FACTORIES[config.algorithm](context)
 
 
 __all__ = [
     "FACTORIES",
+    "FALLBACK_ALGORITHM",
+    "LocalRefit",
+    "ObservationStore",
+    "Refit",
+    "SuggestionPolicy",
     "DrawReserver",
     "LocalDraws",
     "FidelitySet",

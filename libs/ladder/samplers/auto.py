@@ -14,10 +14,10 @@ Why: a GP with a stationary kernel models smooth, mostly continuous, moderate
 dimensional objectives sample-efficiently, but its fit is cubic in the number
 of observations and one-hot categoricals / inactive-child fillers violate its
 smoothness assumptions; TPE's per-parameter densities are cheap and handle
-categorical and tree-structured spaces natively. Both samplers keep no state
-beyond the shared observations and draw counter, so switching over mid-study
-(at ``MAX_GP_OBSERVATIONS``) is seamless. ``algorithm`` reports the sampler
-used by the latest call ("auto:gp" / "auto:tpe").
+categorical and tree-structured spaces natively. Both samplers see the same
+observations and share the draw counter, so switching over mid-study (at
+``MAX_GP_OBSERVATIONS``) is seamless. Each proposal's ``algorithm`` names the
+sampler that made it ("auto:gp" / "auto:tpe").
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from ladder.params import PlainValue
-from ladder.samplers.base import LocalDraws, Proposal, Sampler, SamplerContext
+from ladder.samplers.base import (
+    LocalDraws,
+    Observation,
+    Proposal,
+    Sampler,
+    SamplerContext,
+    select_fidelity,
+)
 from ladder.samplers.gp import GPSampler, initial_points
 from ladder.samplers.tpe import TPESampler
 from ladder.space import CategoricalEncoding, Kind, Space
@@ -56,22 +63,17 @@ class AutoSampler(Sampler):
         self._gp = GPSampler(shared) if prefers_gp(context.space) else None
         self._tpe = TPESampler(shared)
         self.algorithm = "auto:gp" if self._gp is not None else "auto:tpe"
-        # Same dict and lock objects: the delegates see every observation
-        # without copies, and read them under the lock ``update`` takes.
-        for delegate in (self._gp, self._tpe):
-            if delegate is not None:
-                delegate.observations = self.observations
-                delegate.observations_lock = self.observations_lock
 
     def suggest(
-        self, count: int, pending: Sequence[Mapping[str, PlainValue]] = ()
+        self,
+        observations: Sequence[Observation],
+        count: int,
+        pending: Sequence[Mapping[str, PlainValue]] = (),
     ) -> list[Proposal]:
-        if (
-            self._gp is not None
-            and len(self.training_set(initial_points(self.space)).observations)
-            <= MAX_GP_OBSERVATIONS
-        ):
-            self.algorithm = "auto:gp"
-            return self._gp.suggest(count, pending)
-        self.algorithm = "auto:tpe"
-        return self._tpe.suggest(count, pending)
+        training = select_fidelity(observations, initial_points(self.space)).observations
+        if self._gp is not None and len(training) <= MAX_GP_OBSERVATIONS:
+            self.algorithm, delegate = "auto:gp", self._gp
+        else:
+            self.algorithm, delegate = "auto:tpe", self._tpe
+        proposals = delegate.suggest(observations, count, pending)
+        return [dataclasses.replace(p, algorithm=self.algorithm) for p in proposals]

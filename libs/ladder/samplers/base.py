@@ -1,9 +1,11 @@
 """The sampler ("designer") interface shared by every search algorithm.
 
-A sampler is pure, in-memory code. The suggest service owns one sampler per
-(study, partition), feeds it completed observations with ``update`` and asks it
-for points with ``suggest``; everything durable (which draws were handed out,
-pending trials) lives outside, in Redis, and is passed in.
+A sampler owns no storage: ``suggest(observations, count, pending)`` takes what
+the study has observed and the points being evaluated, and returns proposals.
+Whoever calls it (``ladder.samplers.policy``, a benchmark) keeps the
+observations; everything durable (which draws were handed out, pending trials)
+lives outside, in Redis, and is passed in. A sampler may cache derived model
+state (the GP keeps its last hyperparameters as the next fit's start).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,8 +34,8 @@ class Observation:
     ``resource`` is the fidelity: ``None`` for the final value of a COMPLETED
     trial (full fidelity); a float for the smoothed metric the trial had when it
     crossed a rung at that resource (from a ``Decision`` on the decisions topic).
-    One trial can contribute one observation per fidelity; samplers key them by
-    ``key`` = (trial_id, resource) and never fit values of two fidelities together
+    One trial can contribute one observation per fidelity, keyed by ``key`` =
+    (trial_id, resource); samplers never fit values of two fidelities together
     (see ``select_fidelity``).
     """
 
@@ -91,12 +93,17 @@ def select_fidelity(observations: Iterable[Observation], min_points: int) -> Fid
 @dataclass(frozen=True)
 class Proposal:
     """One suggested point. ``draw`` is its index in the partition's draw stream
-    (unique per study and partition; used to derive the trial's seed)."""
+    (unique per study and partition; used to derive the trial's seed).
+
+    Provenance: ``algorithm`` names what chose the point (a sampler's name, the
+    policy's quasi-random fallback, a warm-start seed); ``predicted_mean`` and
+    ``predicted_std`` are the surrogate's view of it (0 without a model)."""
 
     params: dict[str, PlainValue]
     draw: int
     predicted_mean: float = 0.0
     predicted_std: float = 0.0
+    algorithm: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,45 +132,30 @@ class LocalDraws:
             return first
 
 
-@dataclass
 class Sampler(ABC):
-    """Base class: keeps completed observations; subclasses implement ``suggest``."""
+    """A search algorithm for one (study, partition); see the module docstring."""
 
-    context: SamplerContext
-    observations: dict[ObservationKey, Observation] = field(default_factory=dict)
-    # Guards ``observations``: ``update`` may run on one thread while another
-    # thread's ``suggest`` reads them.
-    observations_lock: threading.Lock = field(
-        default_factory=threading.Lock, repr=False, compare=False
-    )
-    # Whether ``suggest`` uses ``pending``; lets the service skip fetching it.
+    # Whether ``suggest`` uses ``pending``; lets the caller skip fetching it.
     uses_pending = False
     algorithm = "abstract"
+
+    def __init__(self, context: SamplerContext) -> None:
+        self.context = context
 
     @property
     def space(self) -> Space:
         return self.context.space
 
-    def update(self, completed: Sequence[Observation]) -> None:
-        """Record observations (final values and rung values, mixed). Idempotent:
-        an observation seen before (same trial id and resource) replaces the old
-        one instead of counting twice."""
-        with self.observations_lock:
-            for obs in completed:
-                self.observations[obs.key] = obs
-
-    def training_set(self, min_points: int) -> FidelitySet:
-        """A snapshot of the observations of the fidelity to model now
-        (``select_fidelity``); safe against a concurrent ``update``."""
-        with self.observations_lock:
-            snapshot = list(self.observations.values())
-        return select_fidelity(snapshot, min_points)
-
     @abstractmethod
     def suggest(
-        self, count: int, pending: Sequence[Mapping[str, PlainValue]] = ()
+        self,
+        observations: Sequence[Observation],
+        count: int,
+        pending: Sequence[Mapping[str, PlainValue]] = (),
     ) -> list[Proposal]:
-        """``count`` new points; ``pending`` are points being evaluated right now."""
+        """``count`` new points, each stamped with its ``algorithm``.
+        ``observations`` hold at most one per ``key`` (final and rung values
+        mixed); ``pending`` are points being evaluated right now."""
 
 
 def derive_seed(*parts: int) -> int:

@@ -107,6 +107,7 @@ from ladder.samplers.base import (
     Sampler,
     SamplerContext,
     derive_seed,
+    select_fidelity,
 )
 from ladder.samplers.quasirandom import QuasiRandomSampler
 from ladder.space import CategoricalEncoding, Kind, Space
@@ -198,14 +199,18 @@ class GPSampler(Sampler):
         _limit_torch_threads()
 
     def suggest(
-        self, count: int, pending: Sequence[Mapping[str, PlainValue]] = ()
+        self,
+        observations: Sequence[Observation],
+        count: int,
+        pending: Sequence[Mapping[str, PlainValue]] = (),
     ) -> list[Proposal]:
         if count <= 0:
             return []
-        fidelity = self.training_set(initial_points(self.space))
+        fidelity = select_fidelity(observations, initial_points(self.space))
         usable = fidelity.observations
         if len(usable) < MIN_FIT_POINTS or len(usable) + len(pending) < initial_points(self.space):
-            return self._initial.suggest(count, pending)
+            initial = self._initial.suggest((), count, pending)
+            return [dataclasses.replace(p, algorithm=self.algorithm) for p in initial]
         first = self._reserve(count)
         usable = fit_subset(usable, MAX_FIT_POINTS, self.context.maximize)
         with self._lock:
@@ -271,6 +276,7 @@ class GPSampler(Sampler):
                 draw=first + i,
                 predicted_mean=sign * float(mean[i]),
                 predicted_std=float(std[i]),
+                algorithm=self.algorithm,
             )
             for i, params in enumerate(decoded)
         ]

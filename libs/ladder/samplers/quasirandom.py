@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import qmc
 
 from ladder.params import PlainValue
-from ladder.samplers.base import LocalDraws, Proposal, Sampler, SamplerContext
+from ladder.samplers.base import LocalDraws, Observation, Proposal, Sampler, SamplerContext
 
 # scipy's Sobol' engine (30 bits) yields 2**30 points; past that a partition moves
 # on to a freshly scrambled "generation" instead of wrapping around.
@@ -37,14 +37,20 @@ class QuasiRandomSampler(Sampler):
         self._lock = threading.Lock()
 
     def suggest(
-        self, count: int, pending: Sequence[Mapping[str, PlainValue]] = ()
+        self,
+        observations: Sequence[Observation],
+        count: int,
+        pending: Sequence[Mapping[str, PlainValue]] = (),
     ) -> list[Proposal]:
+        """The next ``count`` points of the stream (observations are not used)."""
         if count <= 0:
             return []
         first = self._reserve(count)
         points = self.points(first, count)
         return [
-            Proposal(params=self.space.sample_to_params(point), draw=first + i)
+            Proposal(
+                params=self.space.sample_to_params(point), draw=first + i, algorithm=self.algorithm
+            )
             for i, point in enumerate(points)
         ]
 

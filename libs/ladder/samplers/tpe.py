@@ -36,14 +36,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.special import ndtr, ndtri
 
 from ladder.params import PlainValue
-from ladder.samplers.base import LocalDraws, Proposal, Sampler, SamplerContext, derive_seed
+from ladder.samplers.base import (
+    LocalDraws,
+    Observation,
+    Proposal,
+    Sampler,
+    SamplerContext,
+    derive_seed,
+    select_fidelity,
+)
 from ladder.samplers.quasirandom import QuasiRandomSampler
 from ladder.space import CategoricalEncoding, Kind, ParamSpec, Space
 
@@ -76,16 +83,19 @@ class TPESampler(Sampler):
         super().__init__(context)
         self._reserve = context.reserve or LocalDraws()
         self._initial = QuasiRandomSampler(dataclasses.replace(context, reserve=self._reserve))
-        self._lock = threading.Lock()
 
     def suggest(
-        self, count: int, pending: Sequence[Mapping[str, PlainValue]] = ()
+        self,
+        observations: Sequence[Observation],
+        count: int,
+        pending: Sequence[Mapping[str, PlainValue]] = (),
     ) -> list[Proposal]:
         if count <= 0:
             return []
-        usable = self.training_set(N_STARTUP).observations
+        usable = select_fidelity(observations, N_STARTUP).observations
         if len(usable) < N_STARTUP:
-            return self._initial.suggest(count, pending)
+            initial = self._initial.suggest((), count, pending)
+            return [dataclasses.replace(p, algorithm=self.algorithm) for p in initial]
         first = self._reserve(count)
         sign = -1.0 if self.context.maximize else 1.0
         order = sorted(usable, key=lambda o: (sign * o.value, o.trial_id))
@@ -93,14 +103,13 @@ class TPESampler(Sampler):
         good = [o.params for o in order[:n_good]]
         bad = [o.params for o in order[n_good:]] + list(pending)
         proposals = []
-        with self._lock:
-            for i in range(count):
-                rng = np.random.default_rng(
-                    derive_seed(self.context.seed, self.context.partition, first + i)
-                )
-                params = propose(self.space, good, bad, rng)
-                proposals.append(Proposal(params=params, draw=first + i))
-                bad.append(params)  # later points of this batch diverge from it
+        for i in range(count):
+            rng = np.random.default_rng(
+                derive_seed(self.context.seed, self.context.partition, first + i)
+            )
+            params = propose(self.space, good, bad, rng)
+            proposals.append(Proposal(params=params, draw=first + i, algorithm=self.algorithm))
+            bad.append(params)  # later points of this batch diverge from it
         return proposals
 
 

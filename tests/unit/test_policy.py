@@ -1,5 +1,6 @@
-"""SuggestionBuffer: the ready buffer and its background refit loop, with cheap
-samplers (a scripted fake and the real TPE / quasi-random samplers)."""
+"""SuggestionPolicy: the observations, the ready buffer and its background refit
+loop, with cheap samplers (a scripted fake and the real TPE / quasi-random
+samplers); and the suggest service's pool of policies."""
 
 from __future__ import annotations
 
@@ -10,14 +11,23 @@ from typing import Any
 
 import pytest
 from ladder.params import PlainValue
-from ladder.samplers import LocalDraws, Observation, Proposal, Sampler, SamplerContext
-from ladder.samplers.buffered import FALLBACK_ALGORITHM, SuggestionBuffer
+from ladder.samplers import (
+    FALLBACK_ALGORITHM,
+    LocalDraws,
+    LocalRefit,
+    Observation,
+    ObservationStore,
+    Proposal,
+    Sampler,
+    SamplerContext,
+    SuggestionPolicy,
+)
 from ladder.samplers.quasirandom import QuasiRandomSampler
 from ladder.samplers.tpe import TPESampler
 from ladder.space import Space
-from ladder.testing import FakeDraws, wait_for
 from ladder.v1 import space_pb2 as S
 from ladder.v1 import study_pb2
+from test_samplers import FakeDraws
 
 SPACE = Space.from_proto(
     S.SearchSpace(
@@ -30,11 +40,16 @@ SPACE = Space.from_proto(
 
 
 def until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    return wait_for(condition, timeout, "the buffer's condition", every=0.005)
+    """Poll ``condition`` until truthy or fail at the deadline (threads, no sleeps as sync)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        time.sleep(0.005)
+    return value
 
 
 class Scripted(Sampler):
-    """Proposes x = number of observations seen; can be held inside ``suggest``."""
+    """Proposes x = number of observations given; can be held inside ``suggest``."""
 
     algorithm = "scripted"
     uses_pending = True
@@ -48,7 +63,10 @@ class Scripted(Sampler):
         self.fail_next = 0
 
     def suggest(
-        self, count: int, pending: Sequence[Mapping[str, PlainValue]] = ()
+        self,
+        observations: Sequence[Observation],
+        count: int,
+        pending: Sequence[Mapping[str, PlainValue]] = (),
     ) -> list[Proposal]:
         self.gate.wait(10)
         self.calls.append((count, list(pending)))
@@ -56,9 +74,9 @@ class Scripted(Sampler):
             self.fail_next -= 1
             raise RuntimeError("scripted failure")
         first = self.draws(count)
-        x = min(1.0, len(self.observations) / 100)
+        x = min(1.0, len(observations) / 100)
         return [
-            Proposal({"x": x, "y": 0.0}, first + i, predicted_mean=x, predicted_std=0.1)
+            Proposal({"x": x, "y": 0.0}, first + i, x, 0.1, algorithm=self.algorithm)
             for i in range(count)
         ]
 
@@ -66,14 +84,15 @@ class Scripted(Sampler):
 def make(
     capacity: int = 4,
     pending: Callable[[], Sequence[Mapping[str, PlainValue]]] = tuple,
-    model: Sampler | None = None,
-) -> tuple[SuggestionBuffer, Scripted, LocalDraws]:
+) -> tuple[SuggestionPolicy, Scripted, ObservationStore]:
     draws = LocalDraws()
     context = SamplerContext(space=SPACE, seed=3, reserve=draws)
     scripted = Scripted(context)
+    store = ObservationStore()
     fallback = QuasiRandomSampler(context)
-    buffer = SuggestionBuffer(model or scripted, fallback, capacity, pending=pending, name="t")
-    return buffer, scripted, draws
+    refit = LocalRefit(lambda: scripted, store)
+    policy = SuggestionPolicy(store, fallback, refit, capacity, pending=pending, name="t")
+    return policy, scripted, store
 
 
 def obs(i: int, value: float = 1.0, resource: float | None = None) -> Observation:
@@ -82,57 +101,55 @@ def obs(i: int, value: float = 1.0, resource: float | None = None) -> Observatio
 
 @pytest.fixture
 def stoppers() -> Any:
-    started: list[SuggestionBuffer] = []
+    started: list[SuggestionPolicy] = []
     yield started
     for buffer in started:
         assert buffer.stop(5)
 
 
-def test_a_request_never_waits_for_a_refit(stoppers: list[SuggestionBuffer]) -> None:
-    buffer, model, _ = make()
+def test_a_request_never_waits_for_a_refit(stoppers: list[SuggestionPolicy]) -> None:
+    buffer, model, store = make()
     model.gate.clear()  # the first refit is stuck inside suggest
     stoppers.append(buffer.start())
     until(lambda: len(model.calls) == 0 and buffer._thread.is_alive())
     started = time.perf_counter()
     served = buffer.take(2)
     assert time.perf_counter() - started < 0.5
-    assert [s.hit for s in served] == [False, False]
     assert {s.algorithm for s in served} == {FALLBACK_ALGORITHM}
-    assert all(s.proposal.predicted_std == 0 for s in served)
+    assert all(s.predicted_std == 0 for s in served)
     assert buffer.stats.misses == 2 and buffer.stats.hits == 0
 
     model.gate.set()
     until(lambda: buffer.stats.buffered == 4)
     served = buffer.take(3)
-    assert [s.hit for s in served] == [True, True, True]
     assert {s.algorithm for s in served} == {"scripted"}
     assert buffer.stats.hits == 3
     # Fallback and model share the partition's draw counter: no draw used twice.
-    draws = [s.proposal.draw for s in served] + [0, 1]
+    draws = [s.draw for s in served] + [0, 1]
     assert len(set(draws)) == 5
 
 
-def test_new_observations_replace_the_stale_buffer(stoppers: list[SuggestionBuffer]) -> None:
-    buffer, model, _ = make(capacity=3)
+def test_new_observations_replace_the_stale_buffer(stoppers: list[SuggestionPolicy]) -> None:
+    buffer, model, store = make(capacity=3)
     stoppers.append(buffer.start())
     until(lambda: buffer.stats.buffered == 3)
-    assert buffer.take(1)[0].proposal.params["x"] == 0.0  # computed with no observations
+    assert buffer.take(1)[0].params["x"] == 0.0  # computed with no observations
 
-    buffer.update([obs(i) for i in range(50)])
+    assert store.add([obs(i) for i in range(50)]) == 50
     until(lambda: buffer.stats.observations == 50 and buffer.stats.buffered == 3)
     assert buffer.stats.dropped == 2  # the two left from the old model
     served = buffer.take(3)
-    assert [s.proposal.params["x"] for s in served] == [0.5, 0.5, 0.5]
+    assert [s.params["x"] for s in served] == [0.5, 0.5, 0.5]
     assert model.calls[-1][0] == 3  # a full joint batch after new data
 
-    buffer.update([obs(i) for i in range(50)])  # a replay: same keys, nothing new
+    assert store.add([obs(i) for i in range(50)]) == 0  # a replay: same keys, nothing new
     until(lambda: buffer.stats.buffered == 3)
-    assert len(model.observations) == 50
+    assert len(store) == 50
 
 
-def test_top_up_passes_buffered_and_external_pending(stoppers: list[SuggestionBuffer]) -> None:
+def test_top_up_passes_buffered_and_external_pending(stoppers: list[SuggestionPolicy]) -> None:
     running = [{"x": 0.9, "y": 0.9}]
-    buffer, model, _ = make(capacity=4, pending=lambda: running)
+    buffer, model, store = make(capacity=4, pending=lambda: running)
     stoppers.append(buffer.start())
     until(lambda: buffer.stats.buffered == 4)
     assert model.calls[0] == (4, running)
@@ -146,15 +163,15 @@ def test_top_up_passes_buffered_and_external_pending(stoppers: list[SuggestionBu
 
 
 def test_a_failing_refit_is_retried_and_the_loop_survives(
-    stoppers: list[SuggestionBuffer],
+    stoppers: list[SuggestionPolicy],
 ) -> None:
-    buffer, model, _ = make(capacity=2)
+    buffer, model, store = make(capacity=2)
     model.fail_next = 1
     stoppers.append(buffer.start())
     until(lambda: buffer.stats.failed_refits == 1)
-    assert [s.hit for s in buffer.take(1)] == [False]
+    assert [s.algorithm for s in buffer.take(1)] == [FALLBACK_ALGORITHM]
     until(lambda: buffer.stats.buffered == 2, timeout=5)  # retried after RETRY_SECONDS
-    assert buffer.take(1)[0].hit
+    assert buffer.take(1)[0].algorithm == "scripted"
 
 
 def test_stop_ends_the_refit_thread_and_is_idempotent() -> None:
@@ -166,7 +183,7 @@ def test_stop_ends_the_refit_thread_and_is_idempotent() -> None:
     assert len(buffer.take(5)) == 5  # still answers (4 buffered + 1 fallback)
 
 
-def test_a_model_factory_runs_on_the_refit_thread(stoppers: list[SuggestionBuffer]) -> None:
+def test_a_model_factory_runs_on_the_refit_thread(stoppers: list[SuggestionPolicy]) -> None:
     built_on: list[str] = []
     draws = LocalDraws()
     context = SamplerContext(space=SPACE, seed=3, reserve=draws)
@@ -175,22 +192,28 @@ def test_a_model_factory_runs_on_the_refit_thread(stoppers: list[SuggestionBuffe
         built_on.append(threading.current_thread().name)
         return Scripted(context)
 
-    buffer = SuggestionBuffer(factory, QuasiRandomSampler(context), 2, name="f")
-    assert buffer.algorithm == ""
-    buffer.update([obs(1)])  # queued before the model exists
+    store = ObservationStore()
+    refit = LocalRefit(factory, store)
+    buffer = SuggestionPolicy(store, QuasiRandomSampler(context), refit, 2, name="f")
+    store.add([obs(1)])  # observed before the model exists
+    assert built_on == []
     stoppers.append(buffer.start())
     until(lambda: buffer.stats.buffered == 2)
-    assert built_on == ["refit-f"] and buffer.algorithm == "scripted"
+    assert built_on == ["refit-f"] and buffer.take(1)[0].algorithm == "scripted"
     assert buffer.stats.observations == 1
 
 
-def test_real_tpe_sampler_behind_the_buffer(stoppers: list[SuggestionBuffer]) -> None:
+def test_real_tpe_sampler_behind_the_policy(stoppers: list[SuggestionPolicy]) -> None:
     draws = LocalDraws()
     context = SamplerContext(space=SPACE, seed=9, reserve=draws)
-    buffer = SuggestionBuffer(TPESampler(context), QuasiRandomSampler(context), 4, name="tpe")
+    store = ObservationStore()
+    tpe = TPESampler(context)
+    buffer = SuggestionPolicy(
+        store, QuasiRandomSampler(context), LocalRefit(lambda: tpe, store), 4, name="tpe"
+    )
     # A bowl around (0.3, -0.2): after 30 observations TPE proposes from its model.
-    points = QuasiRandomSampler(SamplerContext(space=SPACE, seed=1)).suggest(30)
-    buffer.update(
+    points = QuasiRandomSampler(SamplerContext(space=SPACE, seed=1)).suggest((), 30)
+    store.add(
         [
             Observation(f"t{i}", p.params, (p.params["x"] - 0.3) ** 2 + (p.params["y"] + 0.2) ** 2)
             for i, p in enumerate(points)
@@ -199,17 +222,40 @@ def test_real_tpe_sampler_behind_the_buffer(stoppers: list[SuggestionBuffer]) ->
     stoppers.append(buffer.start())
     until(lambda: buffer.stats.observations == 30 and buffer.stats.buffered == 4)
     served = buffer.take(6)
-    assert [s.hit for s in served] == [True] * 4 + [False] * 2
     assert [s.algorithm for s in served] == ["tpe"] * 4 + [FALLBACK_ALGORITHM] * 2
     for s in served:
-        SPACE.check_params(s.proposal.params)
-    assert len({s.proposal.draw for s in served}) == 6
+        SPACE.check_params(s.params)
+    assert len({s.draw for s in served}) == 6
+
+
+def test_without_a_refit_the_fallback_is_the_algorithm() -> None:
+    context = SamplerContext(space=SPACE, seed=3, reserve=LocalDraws())
+    policy = SuggestionPolicy(ObservationStore(), QuasiRandomSampler(context)).start()
+    served = policy.take(3)
+    assert [s.algorithm for s in served] == ["quasi-random"] * 3
+    assert [s.draw for s in served] == [0, 1, 2]
+    assert not policy._thread.is_alive()
 
 
 def test_capacity_must_be_positive() -> None:
     context = SamplerContext(space=SPACE, seed=1)
     with pytest.raises(ValueError, match="capacity must be >= 1"):
-        SuggestionBuffer(Scripted(context), QuasiRandomSampler(context), 0)
+        SuggestionPolicy(ObservationStore(), QuasiRandomSampler(context), capacity=0)
+
+
+def test_the_store_keeps_one_observation_per_trial_and_resource() -> None:
+    store = ObservationStore()
+    woken: list[int] = []
+    store.subscribe(lambda: woken.append(len(store)))
+    batch = [obs(1, 0.3, 1.0), obs(1, 0.2, 3.0), obs(1, 0.1)]
+    assert store.add(batch) == 3
+    assert store.add(batch) == 0  # replayed events
+    assert store.add([obs(1, 0.25, 3.0)]) == 1  # a corrected value replaces, not adds
+    assert len(store) == 3 and woken == [3, 3]
+    assert {o.key: o.value for o in store.snapshot()}[("t1", 3.0)] == 0.25
+    changes, cursor = store.changes_since(0)
+    assert len(changes) == cursor == 4
+    assert store.changes_since(3) == ([obs(1, 0.25, 3.0)], 4)
 
 
 # ------------------------------------------------------------- the suggest service's pool
@@ -223,20 +269,20 @@ def _study(algorithm: int) -> study_pb2.Study:
     return study_pb2.Study(study_id=f"st-{algorithm}", config=config)
 
 
-def test_pool_buffers_model_studies_and_feeds_every_fidelity_once() -> None:
+def test_pool_refits_model_studies_and_feeds_every_fidelity_once() -> None:
     from ladder.params import fill_params
     from ladder.v1 import trial_pb2
 
-    from services.suggest.pool import SamplerPool
+    from services.suggest.pool import PolicyPool
 
     store = FakeDraws()
-    pool = SamplerPool(store, None, 2, lambda study: ())  # type: ignore[arg-type]
-    random = pool.partition(_study(study_pb2.RANDOM), 0)
-    assert random.buffer is None and [s.algorithm for s in random.take(2)] == ["quasi-random"] * 2
+    pool = PolicyPool(store, None, 2, lambda study: ())  # type: ignore[arg-type]
+    random = pool.policy(_study(study_pb2.RANDOM), 0)
+    assert random.refit is None and [s.algorithm for s in random.take(2)] == ["quasi-random"] * 2
 
     study = _study(study_pb2.TPE)
-    early = pool.partition(study, 0)
-    assert early.buffer is not None
+    early = pool.policy(study, 0)
+    assert early.refit is not None
     trial = trial_pb2.Trial(trial_id="t1", study_id=study.study_id, has_final_value=True)
     trial.final_value = 0.3
     fill_params(trial.params, {"x": 0.5})
@@ -244,16 +290,16 @@ def test_pool_buffers_model_studies_and_feeds_every_fidelity_once() -> None:
     rung = Observation("t1", {"x": 0.5}, 0.6, resource=3.0)
     assert pool.observe(study.study_id, [rung, rung]) == 1  # another fidelity, once
     assert pool.observe(study.study_id, [rung]) == 0
-    late = pool.partition(study, 1)  # built after the observations: starts with them
+    late = pool.policy(study, 1)  # built after the observations: starts with them
     try:
-        for entry in (early, late):
-            until(lambda e=entry: e.buffer.stats.observations == 2 and e.buffer.stats.buffered)
-        assert pool.observation_count(study.study_id) == 2
+        for policy in (early, late):
+            until(lambda p=policy: p.stats.observations == 2 and p.stats.buffered)
+        assert len(pool.observations(study.study_id)) == 2
         assert early.take(1)[0].algorithm == "tpe"
         assert store.next[(study.study_id, 0)] >= 2 and store.next[(study.study_id, 1)] >= 2
     finally:
         pool.stop(5)
-    assert all(not b._thread.is_alive() for b in pool.buffers())
+    assert not early._thread.is_alive() and not late._thread.is_alive()
 
 
 def test_fallback_draws_come_in_blocks_without_overlap() -> None:
