@@ -321,10 +321,10 @@ def complete_best(client: LadderClient, study_id: str, steps: int
 def report(client: LadderClient, study_id: str, summary: lineage_pb2.StudySummary,
            pool: WorkerPool, wall: float, total: float, state_dir: Path,
            config: study_pb2.StudyConfig, args: argparse.Namespace) -> int:
-    from workers.runtime import rung_milestones
+    from ladder.schedulers import SchedulerSpec
 
-    milestones = rung_milestones(config.scheduler, config.scheduler.max_resource) + [
-        config.scheduler.max_resource]
+    milestones = SchedulerSpec.from_study(config).decision_rungs(
+        config.scheduler.max_resource) + [config.scheduler.max_resource]
     done = summary.completed + summary.pruned
     trials = finished(summary)
     pruned_fraction = summary.pruned / trials if trials else 0.0

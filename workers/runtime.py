@@ -15,7 +15,7 @@ the lease, so a step longer than the lease does not lose the trial; a STOP seen 
 that thread stops the training after the current step.
 
 Rung milestones: where the study's scheduler (ASHA / Hyperband) may decide
-(``min_resource * eta**k``), the worker flushes its metric and heartbeats for up to
+(``SchedulerSpec.decision_rungs``), the worker flushes its metric and heartbeats for up to
 ``decision_wait`` seconds until a decision about that rung arrives. With real
 training a step lasts minutes and this wait costs nothing; with fast steps it keeps a
 trial that is about to be stopped from training several more steps first.
@@ -57,6 +57,7 @@ from urllib.parse import unquote, urlparse
 import grpc
 from ladder.client import BudgetExhausted
 from ladder.params import PlainValue, params_to_dict
+from ladder.schedulers import SchedulerSpec
 from ladder.v1 import evaluate_pb2, events_pb2, study_pb2, suggest_pb2, trial_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -170,30 +171,6 @@ class WorkerReport:
         return sum(self.outcomes.values())
 
 
-def rung_milestones(scheduler: study_pb2.SchedulerConfig, max_steps: float) -> list[float]:
-    """Resources at which the study's scheduler may stop a trial (ASHA / Hyperband).
-
-    Rungs are ``min_resource * eta**k <= max_resource`` (defaults as in study.proto);
-    the last resource is excluded (a trial there is finished anyway), and so are rungs
-    before the grace period. Median stopping and no scheduler have no milestones.
-    """
-    if scheduler.kind not in (study_pb2.SCHEDULER_UNSPECIFIED, study_pb2.ASHA, study_pb2.HYPERBAND):
-        return []
-    low = scheduler.min_resource or 1.0
-    eta = scheduler.reduction_factor or 3.0
-    high = scheduler.max_resource or max_steps
-    grace = scheduler.grace_period or low
-    if eta <= 1 or low <= 0:
-        return []
-    milestones = []
-    resource = low
-    while resource < high - 1e-9:
-        if resource >= grace - 1e-9:
-            milestones.append(resource)
-        resource *= eta
-    return milestones
-
-
 def checkpoint_path(state_dir: Path, trial_id: str, attempt_id: str, step: int) -> Path:
     return state_dir / "checkpoints" / trial_id / f"{attempt_id}-step{step}.pt"
 
@@ -295,6 +272,7 @@ class Worker:
         self.environment = environment_description(workload)
         self._stop_requested = threading.Event()
         self._study: study_pb2.Study | None = None
+        self._scheduler: SchedulerSpec | None = None
 
     # -- control
 
@@ -311,6 +289,12 @@ class Worker:
         if self._study is None:
             self._study = self.client.get_study(self.config.study_id)
         return self._study
+
+    @property
+    def scheduler(self) -> SchedulerSpec:
+        if self._scheduler is None:
+            self._scheduler = SchedulerSpec.from_study(self.study.config)
+        return self._scheduler
 
     @property
     def metric(self) -> str:
@@ -438,7 +422,7 @@ class _TrialRun:
     def execute(self, start: evaluate_pb2.StartTrialResponse) -> Outcome:
         max_steps = self.worker.max_steps
         metric = self.worker.metric
-        milestones = set(rung_milestones(self.worker.study.config.scheduler, max_steps))
+        milestones = set(self.worker.scheduler.decision_rungs(max_steps))
         state, first_step = self._initial_state(start)
         self.last_checkpoint_step = first_step - 1
         log.info(

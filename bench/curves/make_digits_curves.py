@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from ladder.client import search_space
 from ladder.samplers import LocalDraws, QuasiRandomSampler, SamplerContext
-from ladder.space import validate_space
+from ladder.space import Space
 
 from workers import digits
 
@@ -38,7 +38,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "digits_curves.npz"
 
 def draw_configs(count: int, seed: int) -> list[dict]:
     """``count`` points of the demo's space from Ladder's Sobol' sampler (partition 0)."""
-    space = validate_space(search_space(digits.SEARCH_SPACE))
+    space = Space.from_proto(search_space(digits.SEARCH_SPACE))
     sampler = QuasiRandomSampler(SamplerContext(space=space, seed=seed, reserve=LocalDraws()))
     return [proposal.params for proposal in sampler.suggest((), count)]
 

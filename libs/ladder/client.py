@@ -52,7 +52,10 @@ import grpc
 from ladder import telemetry
 from ladder.config import Settings
 from ladder.params import fill_params
-from ladder.space import validate_space, validate_study_config
+from ladder.proto_enum import ProtoEnum
+from ladder.schedulers.spec import ASHA_FORMS, BRACKET_ALLOCATIONS, SCHEDULER_KINDS, SMOOTHINGS
+from ladder.space import Space
+from ladder.study import ALGORITHMS, DIRECTIONS, StudySpec
 from ladder.v1 import (
     evaluate_pb2,
     evaluate_pb2_grpc,
@@ -126,22 +129,6 @@ _KEYS = {
     "categorical": {"type", "choices", "when"},
     "ordinal": {"type", "values", "when"},
 }
-_DIRECTIONS = {"minimize": study_pb2.MINIMIZE, "maximize": study_pb2.MAXIMIZE}
-_ALGORITHMS = {
-    "random": study_pb2.RANDOM,
-    "gp": study_pb2.GP,
-    "tpe": study_pb2.TPE,
-    "auto": study_pb2.AUTO,
-}
-_SCHEDULERS = {
-    "asha": study_pb2.ASHA,
-    "none": study_pb2.NONE,
-    "median": study_pb2.MEDIAN,
-    "hyperband": study_pb2.HYPERBAND,
-}
-_SMOOTHINGS = {"ema": study_pb2.EMA, "window": study_pb2.WINDOW, "none": study_pb2.SMOOTHING_NONE}
-_FORMS = {"stopping": study_pb2.ASHA_STOPPING, "promotion": study_pb2.ASHA_PROMOTION}
-_ALLOCATIONS = {"hyperband": study_pb2.BRACKETS_HYPERBAND, "even": study_pb2.BRACKETS_EVEN}
 
 
 def choice_text(value: object) -> str:
@@ -243,17 +230,18 @@ def search_space(
         if not isinstance(spec, Mapping) or not spec:
             raise ValueError("a search space must be a non-empty dict of parameters")
         space = space_pb2.SearchSpace(parameters=[parameter(n, p) for n, p in spec.items()])
-    validate_space(space)
+    Space.from_proto(space)
     return space
 
 
-def _enum(table: Mapping[str, int], value: str | int, what: str) -> int:
+def _enum(table: ProtoEnum[Any], value: str | int, what: str) -> int:
+    """The proto number of a plain name (the study model's vocabulary), or a number."""
     if isinstance(value, int):
         return value
     try:
-        return table[value.lower()]
+        return table.number(value)
     except KeyError:
-        raise ValueError(f"{what} must be one of {sorted(table)}, got {value!r}") from None
+        raise ValueError(f"{what} must be one of {table.names}, got {value!r}") from None
 
 
 def scheduler_config(
@@ -275,17 +263,17 @@ def scheduler_config(
     ``form``: "stopping" or "promotion" (ASHA / Hyperband); ``bracket_allocation``:
     "hyperband" or "even"."""
     return study_pb2.SchedulerConfig(
-        kind=_enum(_SCHEDULERS, kind, "scheduler kind"),
+        kind=_enum(SCHEDULER_KINDS, kind, "scheduler kind"),
         min_resource=min_resource,
         max_resource=max_resource,
         reduction_factor=reduction_factor,
         grace_period=grace_period,
         min_population=min_population,
-        smoothing=_enum(_SMOOTHINGS, smoothing, "smoothing"),
+        smoothing=_enum(SMOOTHINGS, smoothing, "smoothing"),
         ema_alpha=ema_alpha,
         window=window,
-        form=_enum(_FORMS, form, "scheduler form"),
-        bracket_allocation=_enum(_ALLOCATIONS, bracket_allocation, "bracket allocation"),
+        form=_enum(ASHA_FORMS, form, "scheduler form"),
+        bracket_allocation=_enum(BRACKET_ALLOCATIONS, bracket_allocation, "bracket allocation"),
         protect_late_bloomers=protect_late_bloomers,
     )
 
@@ -312,7 +300,7 @@ def study_config(
 
     ``scheduler`` takes :func:`scheduler_config`'s keyword arguments as a dict (e.g.
     ``{"kind": "asha", "max_resource": 27}``); without one the study has no early
-    stopping. Zero values mean the service's defaults (``ladder.space.with_defaults``).
+    stopping. Zero values mean the defaults (``ladder.study.StudySpec``).
     Warm start: ``warm_start`` configurations are handed out first; ``known_results``
     ((params, value) pairs) and the completed trials of study ``warm_start_from`` are
     observations the samplers learn from before the first trial.
@@ -327,9 +315,9 @@ def study_config(
     config = study_pb2.StudyConfig(
         name=name,
         space=search_space(space),
-        direction=_enum(_DIRECTIONS, direction, "direction"),
+        direction=_enum(DIRECTIONS, direction, "direction"),
         metric=metric,
-        algorithm=_enum(_ALGORITHMS, algorithm, "algorithm"),
+        algorithm=_enum(ALGORITHMS, algorithm, "algorithm"),
         scheduler=sched,
         max_trials=max_trials,
         seed=seed,
@@ -345,7 +333,7 @@ def study_config(
         known = config.warm_start.configurations.add(has_value=True, value=value)
         fill_params(known.params, params)
     # Same checks as CreateStudy, so mistakes show up before anything is sent.
-    validate_study_config(config)
+    StudySpec.from_proto(config)
     return config
 
 

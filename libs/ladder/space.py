@@ -19,8 +19,7 @@ the unit interval); ``ONE_HOT`` exists for surrogate models (GP, TPE) that must
 not pretend categories are ordered. Inactive conditional parameters are omitted
 from decoded params; when encoding they get a neutral filler (0.5 / all zeros).
 
-``validate_study_config`` / ``with_defaults`` give every consumer of a
-``StudyConfig`` the same numbers (defaults listed on ``with_defaults``).
+A whole ``StudyConfig`` (space, sampler, scheduler) is read by ``ladder.study``.
 """
 
 from __future__ import annotations
@@ -33,10 +32,8 @@ from enum import StrEnum
 import numpy as np
 
 from ladder.errors import InvalidArgument
-from ladder.params import PlainValue, to_plain
-from ladder.v1 import space_pb2, study_pb2
-
-MAX_PARTITIONS = 1024
+from ladder.params import PlainValue
+from ladder.v1 import space_pb2
 
 
 class StudyConfigError(InvalidArgument, ValueError):
@@ -239,22 +236,17 @@ class Space:
                 if isinstance(value, str) or not math.isfinite(float(value)):
                     raise SpaceError(f"params: {p.name!r} must be a finite number, got {value!r}")
                 if not p.low <= float(value) <= p.high:
-                    raise SpaceError(
-                        f"params: {p.name!r}={value!r} outside [{_fmt(p.low)}, {_fmt(p.high)}]"
-                    )
+                    bounds = f"[{format_number(p.low)}, {format_number(p.high)}]"
+                    raise SpaceError(f"params: {p.name!r}={value!r} outside {bounds}")
             elif p.index_of(value) is None:
                 raise SpaceError(f"params: {p.name!r}={value!r} is not one of {list(p.values)}")
-
-
-def validate_space(space: space_pb2.SearchSpace) -> Space:
-    """Validate ``space`` (raising SpaceError naming the field) and return it encoded."""
-    return Space.from_proto(space)
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def _fmt(x: float) -> str:
+def format_number(x: float) -> str:
+    """``3`` for 3.0, ``0.1`` for 0.1: how messages quote a number."""
     return repr(int(x)) if isinstance(x, float) and x.is_integer() and abs(x) < 1e15 else repr(x)
 
 
@@ -301,10 +293,13 @@ def _domain(where: str, param: space_pb2.Parameter) -> ParamSpec:
                 raise SpaceError(f"{where}: {kind}.{bound} must be finite (got {value})")
         if low >= high:
             raise SpaceError(
-                f"{where}: {kind}.low must be < high (got {_fmt(low)} >= {_fmt(high)})"
+                f"{where}: {kind}.low must be < high "
+                f"(got {format_number(low)} >= {format_number(high)})"
             )
         if log and low <= 0:
-            raise SpaceError(f"{where}: {kind}.low must be > 0 for log scale (got {_fmt(low)})")
+            raise SpaceError(
+                f"{where}: {kind}.low must be > 0 for log scale (got {format_number(low)})"
+            )
         return ParamSpec(param.name, Kind(kind), low=low, high=high, log=log)
     if kind == "categorical":
         choices = list(param.categorical.choices)
@@ -327,7 +322,8 @@ def _domain(where: str, param: space_pb2.Parameter) -> ParamSpec:
         if j and value <= values[j - 1]:
             raise SpaceError(
                 f"{where}: ordinal.values must be strictly increasing "
-                f"(values[{j}]={_fmt(value)} <= values[{j - 1}]={_fmt(values[j - 1])})"
+                f"(values[{j}]={format_number(value)} "
+                f"<= values[{j - 1}]={format_number(values[j - 1])})"
             )
     # Batch sizes and layer counts come back as ints, so workers need no casts.
     plain: tuple[PlainValue, ...] = (
@@ -400,146 +396,3 @@ def _topological_order(specs: Sequence[ParamSpec]) -> list[ParamSpec]:
     for s in specs:
         visit(s)
     return list(done.values())
-
-
-# --------------------------------------------------------------------------- study config
-
-DEFAULT_MIN_RESOURCE = 1.0
-DEFAULT_REDUCTION_FACTOR = 3.0
-DEFAULT_EMA_ALPHA = 0.5
-DEFAULT_WINDOW = 3
-
-
-def with_defaults(config: study_pb2.StudyConfig) -> study_pb2.StudyConfig:
-    """A copy of ``config`` with every unset (zero) field replaced by its default.
-
-    | field                        | default                          |
-    |------------------------------|----------------------------------|
-    | direction                    | MINIMIZE                         |
-    | algorithm                    | RANDOM                           |
-    | partitions                   | 1                                |
-    | scheduler.kind               | ASHA                             |
-    | scheduler.min_resource       | 1                                |
-    | scheduler.reduction_factor   | 3                                |
-    | scheduler.grace_period       | min_resource                     |
-    | scheduler.min_population     | ceil(reduction_factor)           |
-    | scheduler.smoothing          | EMA                              |
-    | scheduler.ema_alpha          | 0.5                              |
-    | scheduler.window             | 3                                |
-
-    Negative or otherwise invalid values are left alone for validation to report.
-    """
-    out = study_pb2.StudyConfig()
-    out.CopyFrom(config)
-    if out.direction == study_pb2.DIRECTION_UNSPECIFIED:
-        out.direction = study_pb2.MINIMIZE
-    if out.algorithm == study_pb2.ALGORITHM_UNSPECIFIED:
-        out.algorithm = study_pb2.RANDOM
-    if out.partitions == 0:
-        out.partitions = 1
-    s = out.scheduler
-    if s.kind == study_pb2.SCHEDULER_UNSPECIFIED:
-        s.kind = study_pb2.ASHA
-    if s.min_resource == 0:
-        s.min_resource = DEFAULT_MIN_RESOURCE
-    if s.reduction_factor == 0:
-        s.reduction_factor = DEFAULT_REDUCTION_FACTOR
-    if s.grace_period == 0:
-        s.grace_period = s.min_resource
-    if s.min_population == 0 and math.isfinite(s.reduction_factor) and s.reduction_factor > 0:
-        s.min_population = max(1, math.ceil(s.reduction_factor))
-    if s.smoothing == study_pb2.SMOOTHING_UNSPECIFIED:
-        s.smoothing = study_pb2.EMA
-    if s.ema_alpha == 0:
-        s.ema_alpha = DEFAULT_EMA_ALPHA
-    if s.window == 0:
-        s.window = DEFAULT_WINDOW
-    return out
-
-
-def _enum_check(field_name: str, value: int, enum: object) -> None:
-    if value not in enum.values():  # type: ignore[attr-defined]
-        raise StudyConfigError(f"{field_name}: unknown value {value}")
-
-
-def validate_study_config(config: study_pb2.StudyConfig) -> study_pb2.StudyConfig:
-    """Validate ``config`` and return it with defaults filled (see ``with_defaults``).
-
-    Raises StudyConfigError (or its subclass SpaceError) naming the field.
-    """
-    if not config.metric.strip():
-        raise StudyConfigError("metric is required (the objective metric name, e.g. 'val_loss')")
-    try:
-        space = validate_space(config.space)
-    except SpaceError as exc:
-        raise SpaceError(f"space.{exc}") from None
-    if not config.space.parameters:
-        raise SpaceError("space.parameters must not be empty")
-    validate_warm_start(config.warm_start, space)
-    if config.max_trials < 0:
-        raise StudyConfigError(f"max_trials must be >= 0 (0 = unbounded; got {config.max_trials})")
-    if not 0 <= config.partitions <= MAX_PARTITIONS:
-        raise StudyConfigError(
-            f"partitions must be between 0 and {MAX_PARTITIONS} (0 = 1; got {config.partitions})"
-        )
-    out = with_defaults(config)
-    _enum_check("direction", out.direction, study_pb2.Direction)
-    _enum_check("algorithm", out.algorithm, study_pb2.Algorithm)
-    _enum_check("scheduler.kind", out.scheduler.kind, study_pb2.SchedulerKind)
-    _enum_check("scheduler.smoothing", out.scheduler.smoothing, study_pb2.SmoothingKind)
-    if out.scheduler.kind != study_pb2.NONE:
-        _validate_scheduler(out.scheduler)
-    return out
-
-
-def validate_warm_start(warm: study_pb2.WarmStart, space: Space) -> None:
-    """Every known configuration must be exactly a valid point of ``space`` (and
-    its value finite when given). ``from_study_id`` is checked by the suggest
-    service, which can see whether that study exists."""
-    for i, known in enumerate(warm.configurations):
-        where = f"warm_start.configurations[{i}]"
-        unset = sorted(n for n, v in known.params.items() if v.WhichOneof("value") is None)
-        if unset:
-            raise SpaceError(f"{where}: params: {unset[0]!r} has no value set")
-        try:
-            space.check_params({n: to_plain(v) for n, v in known.params.items()})
-        except SpaceError as exc:
-            raise SpaceError(f"{where}: {exc}") from None
-        if known.has_value and not math.isfinite(known.value):
-            raise StudyConfigError(f"{where}: value must be finite (got {known.value})")
-
-
-def _validate_scheduler(s: study_pb2.SchedulerConfig) -> None:
-    kind = study_pb2.SchedulerKind.Name(s.kind)
-    for name in ("min_resource", "max_resource", "reduction_factor", "grace_period", "ema_alpha"):
-        value = getattr(s, name)
-        if not math.isfinite(value):
-            raise StudyConfigError(f"scheduler.{name} must be finite (got {value})")
-    if s.max_resource == 0:
-        raise StudyConfigError(
-            f"scheduler.max_resource is required when scheduler.kind is {kind} "
-            "(or set scheduler.kind NONE to disable early stopping)"
-        )
-    if s.min_resource <= 0:
-        raise StudyConfigError(f"scheduler.min_resource must be > 0 (got {_fmt(s.min_resource)})")
-    if s.max_resource <= s.min_resource:
-        raise StudyConfigError(
-            "scheduler.max_resource must be > min_resource "
-            f"(got {_fmt(s.max_resource)} <= {_fmt(s.min_resource)})"
-        )
-    if s.reduction_factor <= 1:
-        raise StudyConfigError(
-            f"scheduler.reduction_factor must be > 1 (got {_fmt(s.reduction_factor)})"
-        )
-    if s.grace_period < 0:
-        raise StudyConfigError(f"scheduler.grace_period must be >= 0 (got {_fmt(s.grace_period)})")
-    if s.min_population < 1:
-        raise StudyConfigError(f"scheduler.min_population must be >= 1 (got {s.min_population})")
-    if not 0 < s.ema_alpha <= 1:
-        raise StudyConfigError(f"scheduler.ema_alpha must be in (0, 1] (got {_fmt(s.ema_alpha)})")
-    if s.window < 1:
-        raise StudyConfigError(f"scheduler.window must be >= 1 (got {s.window})")
-    _enum_check("scheduler.form", s.form, study_pb2.AshaForm)
-    _enum_check("scheduler.bracket_allocation", s.bracket_allocation, study_pb2.BracketAllocation)
-    if s.form == study_pb2.ASHA_PROMOTION and s.kind == study_pb2.MEDIAN:
-        raise StudyConfigError("scheduler.form ASHA_PROMOTION needs kind ASHA or HYPERBAND")

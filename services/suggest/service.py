@@ -1,6 +1,6 @@
 """SuggestService: studies and suggestions (gRPC), backed by Redis and the samplers.
 
-Thin by design: validation lives in ``ladder.space``, algorithms in
+Thin by design: validation lives in ``ladder.study``, algorithms in
 ``ladder.samplers``, state transitions in ``ladder.state``; this module turns
 requests into those calls and publishes the resulting events.
 """
@@ -24,8 +24,9 @@ from ladder.codec import decode
 from ladder.config import Settings
 from ladder.params import PlainValue, fill_params, params_to_dict
 from ladder.samplers import FALLBACK_ALGORITHM, Observation, Proposal, derive_seed
-from ladder.space import StudyConfigError, validate_study_config
+from ladder.space import StudyConfigError
 from ladder.state import BudgetExhausted, State, StateError, Transition
+from ladder.study import StudySpec
 from ladder.v1 import events_pb2, study_pb2, suggest_pb2, suggest_pb2_grpc, trial_pb2
 from opentelemetry import metrics, trace
 
@@ -111,7 +112,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
     def CreateStudy(
         self, request: suggest_pb2.CreateStudyRequest, context: grpc.ServicerContext
     ) -> study_pb2.Study:
-        config = validate_study_config(request.config)
+        config = StudySpec.from_proto(request.config).to_proto()
         if request.study_id and not STUDY_ID.match(request.study_id):
             raise StateError(
                 "INVALID_ARGUMENT",

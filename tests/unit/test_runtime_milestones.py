@@ -1,13 +1,19 @@
 from pathlib import Path
 
 import pytest
+from ladder.schedulers import SchedulerSpec
 from ladder.v1 import study_pb2
 
-from workers.runtime import checkpoint_path, path_from_uri, rung_milestones
+from workers.runtime import checkpoint_path, path_from_uri
 
 
 def scheduler(**kwargs: object) -> study_pb2.SchedulerConfig:
     return study_pb2.SchedulerConfig(**kwargs)
+
+
+def rung_milestones(config: study_pb2.SchedulerConfig, max_steps: float) -> list[float]:
+    """Where a worker waits for a decision (``Worker.scheduler.decision_rungs``)."""
+    return SchedulerSpec.from_proto(config).decision_rungs(max_steps)
 
 
 def test_asha_rungs_are_geometric_and_exclude_the_full_budget() -> None:

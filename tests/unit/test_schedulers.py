@@ -49,7 +49,7 @@ def board_of(values: dict[str, float], maximize: bool = False) -> RungLeaderboar
 
 
 def test_defaults_from_an_almost_empty_scheduler_config() -> None:
-    spec = SchedulerSpec.from_scheduler(study_pb2.SchedulerConfig(max_resource=81))
+    spec = SchedulerSpec.from_proto(study_pb2.SchedulerConfig(max_resource=81))
     assert spec.kind is SchedulerKind.ASHA
     assert (spec.min_resource, spec.reduction_factor, spec.grace_period) == (1, 3, 1)
     assert spec.min_population == 3
@@ -82,7 +82,7 @@ def test_spec_takes_direction_metric_and_unit_from_the_study() -> None:
 
 
 def test_min_population_defaults_to_eta_rounded_up() -> None:
-    spec = SchedulerSpec.from_scheduler(
+    spec = SchedulerSpec.from_proto(
         study_pb2.SchedulerConfig(max_resource=100, reduction_factor=2.5)
     )
     assert spec.min_population == 3
@@ -100,7 +100,7 @@ def test_min_population_defaults_to_eta_rounded_up() -> None:
 )
 def test_bad_configs_name_the_field(config: study_pb2.SchedulerConfig, field: str) -> None:
     with pytest.raises(SchedulerConfigError, match=f"scheduler.{field}"):
-        SchedulerSpec.from_scheduler(config)
+        SchedulerSpec.from_proto(config)
 
 
 # --------------------------------------------------------------------------- rungs
@@ -366,7 +366,7 @@ def test_hyperband_weights_are_hyperbands_n_per_bracket() -> None:
     config = study_pb2.SchedulerConfig(
         kind=study_pb2.HYPERBAND, max_resource=20, bracket_allocation=study_pb2.BRACKETS_EVEN
     )
-    assert SchedulerSpec.from_scheduler(config).allocation is BracketAllocation.EVEN
+    assert SchedulerSpec.from_proto(config).allocation is BracketAllocation.EVEN
     # max 20 is no power of 3: s_max = 2 and every bracket has a rung below 20
     assert SchedulerSpec(kind=SchedulerKind.HYPERBAND, max_resource=20).bracket_weights() == [
         9,
@@ -451,7 +451,7 @@ def test_median_has_no_promotion_form() -> None:
     with pytest.raises(SchedulerConfigError, match="form"):
         SchedulerSpec(kind=SchedulerKind.MEDIAN, max_resource=9, form=AshaForm.PROMOTION)
     config = study_pb2.SchedulerConfig(max_resource=9, form=study_pb2.ASHA_PROMOTION)
-    assert SchedulerSpec.from_scheduler(config).promotion
+    assert SchedulerSpec.from_proto(config).promotion
 
 
 def test_stopping_form_decides_only_for_the_crossing_trial() -> None:
@@ -483,4 +483,4 @@ def test_late_bloomer_protection_spares_a_fast_improver_below_the_cutoff() -> No
     plain = SchedulerSpec(kind=SchedulerKind.ASHA, max_resource=27, min_population=3)
     assert decide(plain, board, "c", 1, 3, previous).action is Action.STOP
     config = study_pb2.SchedulerConfig(max_resource=27, protect_late_bloomers=True)
-    assert SchedulerSpec.from_scheduler(config).protect_late_bloomers
+    assert SchedulerSpec.from_proto(config).protect_late_bloomers

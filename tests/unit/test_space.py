@@ -2,16 +2,8 @@ import math
 
 import numpy as np
 import pytest
-from ladder.space import (
-    CategoricalEncoding,
-    Space,
-    SpaceError,
-    StudyConfigError,
-    validate_study_config,
-    with_defaults,
-)
+from ladder.space import CategoricalEncoding, Space, SpaceError
 from ladder.v1 import space_pb2 as S
-from ladder.v1 import study_pb2
 
 
 def floats(name: str, low: float, high: float, log: bool = False, **kw: object) -> S.Parameter:
@@ -251,96 +243,3 @@ def test_check_params_rejects_foreign_points() -> None:
 
 
 # ----------------------------------------------------------------------- study config
-
-
-def config(**kw: object) -> study_pb2.StudyConfig:
-    base = study_pb2.StudyConfig(
-        metric="val_loss",
-        space=S.SearchSpace(parameters=[floats("lr", 1e-4, 1e-1, log=True)]),
-        scheduler=study_pb2.SchedulerConfig(max_resource=27),
-    )
-    override = study_pb2.StudyConfig(**kw)
-    if override.space.parameters:
-        base.ClearField("space")
-    base.MergeFrom(override)
-    return base
-
-
-def test_defaults_are_filled() -> None:
-    out = validate_study_config(config())
-    s = out.scheduler
-    assert (out.direction, out.algorithm, out.partitions) == (
-        study_pb2.MINIMIZE,
-        study_pb2.RANDOM,
-        1,
-    )
-    assert s.kind == study_pb2.ASHA and s.smoothing == study_pb2.EMA
-    assert (s.min_resource, s.max_resource, s.reduction_factor) == (1, 27, 3)
-    assert (s.grace_period, s.min_population, s.ema_alpha, s.window) == (1, 3, 0.5, 3)
-    assert with_defaults(out) == out  # idempotent
-
-
-def test_explicit_values_are_kept() -> None:
-    sched = study_pb2.SchedulerConfig(
-        min_resource=2, max_resource=20, reduction_factor=2, grace_period=4, min_population=5
-    )
-    out = validate_study_config(config(scheduler=sched, partitions=8))
-    assert (out.scheduler.min_resource, out.scheduler.grace_period) == (2, 4)
-    assert (out.scheduler.min_population, out.partitions) == (5, 8)
-
-
-def test_scheduler_none_needs_no_resources() -> None:
-    cfg = config()
-    cfg.scheduler.CopyFrom(study_pb2.SchedulerConfig(kind=study_pb2.NONE))
-    assert validate_study_config(cfg).scheduler.kind == study_pb2.NONE
-
-
-def _bad(**scheduler: object) -> study_pb2.StudyConfig:
-    cfg = config()
-    cfg.scheduler.CopyFrom(study_pb2.SchedulerConfig(**scheduler))
-    return cfg
-
-
-@pytest.mark.parametrize(
-    ("cfg", "message"),
-    [
-        (
-            study_pb2.StudyConfig(space=config().space),
-            "metric is required (the objective metric name, e.g. 'val_loss')",
-        ),
-        (
-            config(space=S.SearchSpace(parameters=[floats("a", 0, 1), floats("lr", 0.1, 0.01)])),
-            "space.parameters[1] 'lr': float_range.low must be < high (got 0.1 >= 0.01)",
-        ),
-        (study_pb2.StudyConfig(metric="m"), "space.parameters must not be empty"),
-        (config(max_trials=-1), "max_trials must be >= 0 (0 = unbounded; got -1)"),
-        (config(partitions=1025), "partitions must be between 0 and 1024 (0 = 1; got 1025)"),
-        (config(partitions=-1), "partitions must be between 0 and 1024 (0 = 1; got -1)"),
-        (
-            _bad(),
-            "scheduler.max_resource is required when scheduler.kind is ASHA "
-            "(or set scheduler.kind NONE to disable early stopping)",
-        ),
-        (
-            _bad(kind=study_pb2.MEDIAN, min_resource=-1, max_resource=9),
-            "scheduler.min_resource must be > 0 (got -1)",
-        ),
-        (
-            _bad(min_resource=9, max_resource=9),
-            "scheduler.max_resource must be > min_resource (got 9 <= 9)",
-        ),
-        (
-            _bad(max_resource=9, reduction_factor=1),
-            "scheduler.reduction_factor must be > 1 (got 1)",
-        ),
-        (_bad(max_resource=9, grace_period=-2), "scheduler.grace_period must be >= 0 (got -2)"),
-        (_bad(max_resource=9, min_population=-1), "scheduler.min_population must be >= 1 (got -1)"),
-        (_bad(max_resource=9, ema_alpha=1.5), "scheduler.ema_alpha must be in (0, 1] (got 1.5)"),
-        (_bad(max_resource=math.nan), "scheduler.max_resource must be finite (got nan)"),
-        (config(algorithm=42), "algorithm: unknown value 42"),
-    ],
-)
-def test_invalid_study_configs_name_the_field(cfg: study_pb2.StudyConfig, message: str) -> None:
-    with pytest.raises(StudyConfigError) as err:
-        validate_study_config(cfg)
-    assert str(err.value) == message

@@ -2,8 +2,8 @@
 
 | module          | what                                                             |
 |-----------------|------------------------------------------------------------------|
-| ``spec``        | ``SchedulerSpec`` from a study's SchedulerConfig (defaults, rungs, |
-|                 | Hyperband brackets)                                              |
+| ``spec``        | ``SchedulerSpec``: a study's scheduler with its defaults and      |
+|                 | validation; rungs, Hyperband brackets                            |
 | ``smoothing``   | EMA / moving window / none; NaN and inf mean divergence          |
 | ``rungs``       | ``RungCrossingDetector``: which milestones a report crossed      |
 | ``curves``      | ``observe``: stage 1 per-trial state (smoothing + crossings)     |

@@ -1,10 +1,25 @@
-"""The early-stopping parameters of a study, resolved once from its protobuf config.
+"""The early-stopping part of a study: its defaults, its validation, its rungs and brackets.
 
-``SchedulerSpec.from_study`` fills the documented defaults (``ladder.space.with_defaults``:
-min_resource 1, reduction_factor 3, grace = min_resource, min_population =
-ceil(reduction_factor), EMA smoothing with alpha 0.5, window 3) and checks the invariants
-the rules rely on, so a bad config is reported once, by field, instead of producing
-nonsense decisions.
+``SchedulerSpec`` is read from a study's ``SchedulerConfig`` (``from_study``; the whole
+study is read by ``ladder.study.StudySpec``) or built directly (tests, benchmarks).
+Either way a zero means "the default", as in study.proto, and construction checks the
+invariants the rules rely on, so a bad config is reported once, by field
+(``SchedulerConfigError``), instead of producing nonsense decisions.
+
+| field              | default                                                  |
+|--------------------|----------------------------------------------------------|
+| kind               | ASHA                                                     |
+| min_resource       | 1                                                        |
+| max_resource       | 0: no upper bound, rungs go on (a study must set it)     |
+| reduction_factor   | 3 (eta)                                                  |
+| grace_period       | min_resource                                             |
+| min_population     | ceil(reduction_factor)                                   |
+| smoothing          | EMA, ema_alpha 0.5 (window 3 for WINDOW)                 |
+| form               | STOPPING                                                 |
+| allocation         | HYPERBAND                                                |
+
+Rungs are r_k = min_resource * eta^k below max_resource; the worker, the early-stop
+service and the replay all ask this class for them.
 
 Hyperband brackets follow Hyperband (Li et al., 2018): with s_max = floor(log_eta(
 max_resource / min_resource)) there are s_max + 1 brackets; bracket b starts deciding at
@@ -22,15 +37,21 @@ import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ladder.errors import InvalidArgument
-from ladder.space import with_defaults
+from ladder.proto_enum import ProtoEnum
+from ladder.space import StudyConfigError, format_number
 from ladder.v1 import study_pb2
 
 # Relative tolerance when comparing resources: 0.1 * 3**k is not exact in binary.
 RESOURCE_EPS = 1e-9
 
+DEFAULT_MIN_RESOURCE = 1.0
+DEFAULT_REDUCTION_FACTOR = 3.0
+DEFAULT_EMA_ALPHA = 0.5
+DEFAULT_WINDOW = 3
+_REAL_FIELDS = ("min_resource", "max_resource", "reduction_factor", "grace_period", "ema_alpha")
 
-class SchedulerConfigError(InvalidArgument, ValueError):
+
+class SchedulerConfigError(StudyConfigError):
     """A scheduler config the rules cannot work with; the message names the field."""
 
 
@@ -57,40 +78,32 @@ class SmoothingKind(StrEnum):
     WINDOW = "window"
 
 
-_KINDS = {
-    study_pb2.NONE: SchedulerKind.NONE,
-    study_pb2.ASHA: SchedulerKind.ASHA,
-    study_pb2.MEDIAN: SchedulerKind.MEDIAN,
-    study_pb2.HYPERBAND: SchedulerKind.HYPERBAND,
-}
-_FORMS = {
-    study_pb2.ASHA_FORM_UNSPECIFIED: AshaForm.STOPPING,
-    study_pb2.ASHA_STOPPING: AshaForm.STOPPING,
-    study_pb2.ASHA_PROMOTION: AshaForm.PROMOTION,
-}
-_ALLOCATIONS = {
-    study_pb2.BRACKET_ALLOCATION_UNSPECIFIED: BracketAllocation.HYPERBAND,
-    study_pb2.BRACKETS_HYPERBAND: BracketAllocation.HYPERBAND,
-    study_pb2.BRACKETS_EVEN: BracketAllocation.EVEN,
-}
-_SMOOTHING = {
-    study_pb2.SMOOTHING_NONE: SmoothingKind.NONE,
-    study_pb2.EMA: SmoothingKind.EMA,
-    study_pb2.WINDOW: SmoothingKind.WINDOW,
-}
+SCHEDULER_KINDS = ProtoEnum(
+    "scheduler.kind", SchedulerKind, study_pb2.SchedulerKind, unset=SchedulerKind.ASHA
+)
+SMOOTHINGS = ProtoEnum(
+    "scheduler.smoothing", SmoothingKind, study_pb2.SmoothingKind, unset=SmoothingKind.EMA
+)
+ASHA_FORMS = ProtoEnum("scheduler.form", AshaForm, study_pb2.AshaForm, unset=AshaForm.STOPPING)
+BRACKET_ALLOCATIONS = ProtoEnum(
+    "scheduler.bracket_allocation",
+    BracketAllocation,
+    study_pb2.BracketAllocation,
+    unset=BracketAllocation.HYPERBAND,
+)
 
 
 @dataclass(frozen=True)
 class SchedulerSpec:
     kind: SchedulerKind = SchedulerKind.ASHA
-    min_resource: float = 1.0
+    min_resource: float = 0.0
     max_resource: float = 0.0  # 0 = no upper bound: rungs go on forever
-    reduction_factor: float = 3.0
-    grace_period: float = 1.0
-    min_population: int = 3
+    reduction_factor: float = 0.0
+    grace_period: float = 0.0
+    min_population: int = 0
     smoothing: SmoothingKind = SmoothingKind.EMA
-    ema_alpha: float = 0.5
-    window: int = 3
+    ema_alpha: float = 0.0
+    window: int = 0
     maximize: bool = False
     metric: str = ""
     resource_unit: str = "steps"
@@ -99,84 +112,107 @@ class SchedulerSpec:
     protect_late_bloomers: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("min_resource", "max_resource", "reduction_factor", "grace_period"):
+        for name in _REAL_FIELDS:
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise SchedulerConfigError(f"scheduler.{name} must be finite (got {value})")
-        if self.kind is SchedulerKind.NONE:
-            return
+        self._fill_defaults()
+        if self.enabled:
+            self._check()
+
+    def _fill_defaults(self) -> None:
+        def default(name: str, value: float) -> None:
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, value)
+
+        default("min_resource", DEFAULT_MIN_RESOURCE)
+        default("reduction_factor", DEFAULT_REDUCTION_FACTOR)
+        default("grace_period", self.min_resource)
+        if self.reduction_factor > 0:  # a bad eta is reported by _check, not rounded here
+            default("min_population", max(1, math.ceil(self.reduction_factor)))
+        default("ema_alpha", DEFAULT_EMA_ALPHA)
+        default("window", DEFAULT_WINDOW)
+
+    def _check(self) -> None:
+        def bad(message: str) -> SchedulerConfigError:
+            return SchedulerConfigError(f"scheduler.{message}")
+
+        fmt = format_number
         if self.min_resource <= 0:
-            raise SchedulerConfigError(
-                f"scheduler.min_resource must be > 0 (got {self.min_resource:g})"
-            )
-        if self.max_resource < 0:
-            raise SchedulerConfigError(
-                f"scheduler.max_resource must be >= 0 (got {self.max_resource:g})"
+            raise bad(f"min_resource must be > 0 (got {fmt(self.min_resource)})")
+        if self.max_resource != 0 and self.max_resource <= self.min_resource:
+            raise bad(
+                "max_resource must be > min_resource "
+                f"(got {fmt(self.max_resource)} <= {fmt(self.min_resource)})"
             )
         if self.reduction_factor <= 1:
-            raise SchedulerConfigError(
-                f"scheduler.reduction_factor must be > 1 (got {self.reduction_factor:g})"
-            )
+            raise bad(f"reduction_factor must be > 1 (got {fmt(self.reduction_factor)})")
+        if self.grace_period < 0:
+            raise bad(f"grace_period must be >= 0 (got {fmt(self.grace_period)})")
         if self.min_population < 1:
-            raise SchedulerConfigError(
-                f"scheduler.min_population must be >= 1 (got {self.min_population})"
-            )
+            raise bad(f"min_population must be >= 1 (got {self.min_population})")
         if not 0 < self.ema_alpha <= 1:
-            raise SchedulerConfigError(
-                f"scheduler.ema_alpha must be in (0, 1] (got {self.ema_alpha:g})"
-            )
+            raise bad(f"ema_alpha must be in (0, 1] (got {fmt(self.ema_alpha)})")
         if self.window < 1:
-            raise SchedulerConfigError(f"scheduler.window must be >= 1 (got {self.window})")
+            raise bad(f"window must be >= 1 (got {self.window})")
         if self.form is AshaForm.PROMOTION and self.kind is SchedulerKind.MEDIAN:
-            raise SchedulerConfigError(
-                "scheduler.form: ASHA_PROMOTION needs kind ASHA or HYPERBAND (median "
+            raise bad(
+                "form: ASHA_PROMOTION needs kind ASHA or HYPERBAND (median "
                 "stopping has no top 1/eta to promote from)"
             )
 
     @classmethod
-    def from_study(cls, config: study_pb2.StudyConfig) -> SchedulerSpec:
-        """The spec of a study; unset fields take the documented defaults."""
-        full = with_defaults(config)
-        s = full.scheduler
-        if s.kind not in _KINDS:
-            raise SchedulerConfigError(f"scheduler.kind: unknown value {s.kind}")
-        if s.smoothing not in _SMOOTHING:
-            raise SchedulerConfigError(f"scheduler.smoothing: unknown value {s.smoothing}")
-        if s.form not in _FORMS:
-            raise SchedulerConfigError(f"scheduler.form: unknown value {s.form}")
-        if s.bracket_allocation not in _ALLOCATIONS:
-            raise SchedulerConfigError(
-                f"scheduler.bracket_allocation: unknown value {s.bracket_allocation}"
-            )
+    def from_proto(
+        cls,
+        s: study_pb2.SchedulerConfig,
+        *,
+        maximize: bool = False,
+        metric: str = "",
+        resource_unit: str = "steps",
+    ) -> SchedulerSpec:
+        """The spec of a SchedulerConfig; unset fields take the defaults."""
         return cls(
-            kind=_KINDS[s.kind],
+            kind=SCHEDULER_KINDS.parse(s.kind, SchedulerConfigError),
             min_resource=s.min_resource,
             max_resource=s.max_resource,
             reduction_factor=s.reduction_factor,
             grace_period=s.grace_period,
             min_population=s.min_population,
-            smoothing=_SMOOTHING[s.smoothing],
+            smoothing=SMOOTHINGS.parse(s.smoothing, SchedulerConfigError),
             ema_alpha=s.ema_alpha,
             window=s.window,
-            maximize=full.direction == study_pb2.MAXIMIZE,
-            metric=full.metric,
-            resource_unit=full.labels.get("resource_unit", "steps") or "steps",
-            form=_FORMS[s.form],
-            allocation=_ALLOCATIONS[s.bracket_allocation],
+            maximize=maximize,
+            metric=metric,
+            resource_unit=resource_unit,
+            form=ASHA_FORMS.parse(s.form, SchedulerConfigError),
+            allocation=BRACKET_ALLOCATIONS.parse(s.bracket_allocation, SchedulerConfigError),
             protect_late_bloomers=s.protect_late_bloomers,
         )
 
     @classmethod
-    def from_scheduler(
-        cls,
-        scheduler: study_pb2.SchedulerConfig,
-        direction: int = study_pb2.MINIMIZE,
-        metric: str = "",
-    ) -> SchedulerSpec:
-        """The spec for a bare SchedulerConfig (tests, tools)."""
-        return cls.from_study(
-            study_pb2.StudyConfig(scheduler=scheduler, direction=direction, metric=metric)
+    def from_study(cls, config: study_pb2.StudyConfig) -> SchedulerSpec:
+        """The scheduler part of a study (direction, metric and resource unit included)."""
+        return cls.from_proto(
+            config.scheduler,
+            maximize=config.direction == study_pb2.MAXIMIZE,
+            metric=config.metric,
+            resource_unit=config.labels.get("resource_unit", "steps") or "steps",
         )
+
+    def fill_proto(self, s: study_pb2.SchedulerConfig) -> None:
+        """Write the defaulted fields into ``s``, the config this spec was read from.
+
+        ``form`` and ``bracket_allocation`` stay as given: published configs have always
+        kept them unset, and a re-created study is compared with the stored config.
+        """
+        s.kind = SCHEDULER_KINDS.number(self.kind)
+        s.smoothing = SMOOTHINGS.number(self.smoothing)
+        s.min_resource = self.min_resource
+        s.reduction_factor = self.reduction_factor
+        s.grace_period = self.grace_period
+        s.min_population = self.min_population
+        s.ema_alpha = self.ema_alpha
+        s.window = self.window
 
     @property
     def enabled(self) -> bool:
@@ -219,6 +255,14 @@ class SchedulerSpec:
             out.append(resource)
             index += 1
         return out
+
+    def decision_rungs(self, up_to: float) -> list[float]:
+        """The rungs up to ``up_to`` at which ASHA or Hyperband may stop or pause a
+        trial: those from the grace period on. Median stopping and no scheduler have
+        none. A worker waits briefly at these for the decision."""
+        if self.kind not in (SchedulerKind.ASHA, SchedulerKind.HYPERBAND):
+            return []
+        return [r for r in self.rungs(up_to=up_to) if reached(r, self.grace_period)]
 
     @property
     def promotion(self) -> bool:
