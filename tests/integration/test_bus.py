@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka.admin import AdminClient, NewTopic
 from ladder.bus import ConsumerLoop, EventProducer, Record
 from ladder.config import Settings
-from waiting import wait_for
+from ladder.testing import wait_for
 
 
 def new_topic(settings: Settings) -> str:

@@ -21,8 +21,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ladder.client import LadderClient
 from ladder.codec import BadRecord, decode
 from ladder.config import Settings
+from ladder.testing import unless_not_found, wait_for
 from ladder.v1 import events_pb2
-from waiting import unless_not_found, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,9 +62,9 @@ class TopicReader:
         return self.records
 
 
-@pytest.fixture
-def system(infra: Settings, start_service: Callable[..., Any]) -> dict[str, Any]:
-    procs = {module: start_service(module) for module in SERVICES}
+@pytest.fixture(scope="module")
+def system(infra: Settings, start_module_service: Callable[..., Any]) -> dict[str, Any]:
+    procs = {module: start_module_service(module) for module in SERVICES}
     settings = Settings(
         kafka_bootstrap=infra.kafka_bootstrap,
         redis_url=infra.redis_url,

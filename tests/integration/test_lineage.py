@@ -16,8 +16,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ladder.bus import EventProducer
 from ladder.config import Settings
 from ladder.params import fill_params
+from ladder.testing import unless_not_found, wait_for
 from ladder.v1 import events_pb2, lineage_pb2, lineage_pb2_grpc, study_pb2, trial_pb2
-from waiting import unless_not_found, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from ladder import config
 from ladder.stack import launcher, ports, procs
 from ladder.stack.components import SERVICES, ServiceSpec
 from ladder.stack.procs import ProcRecord
-from waiting import wait_for
+from ladder.testing import wait_for
 
 pytestmark = pytest.mark.integration
 

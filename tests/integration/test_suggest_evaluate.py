@@ -17,6 +17,7 @@ from ladder.errors import BudgetExhausted, Conflict, NotFound, StaleAttempt
 from ladder.grpcserver import status_of
 from ladder.params import fill_params
 from ladder.state import State, open_state
+from ladder.testing import wait_for
 from ladder.v1 import (
     evaluate_pb2,
     evaluate_pb2_grpc,
@@ -27,7 +28,6 @@ from ladder.v1 import (
     suggest_pb2_grpc,
     trial_pb2,
 )
-from waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

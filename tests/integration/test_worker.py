@@ -8,18 +8,16 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from ladder.client import LadderClient, study_config
 from ladder.config import Settings
 from ladder.params import params_to_dict
+from ladder.testing import wait_for_found
 from ladder.v1 import trial_pb2
-from waiting import unless_not_found
 
 from workers.digits import DATASET_ID, DigitsWorkload
 from workers.runtime import Worker, WorkerConfig, WorkerReport, path_from_uri
@@ -35,29 +33,15 @@ SPACE = {
 }
 
 
-def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll until truthy; NOT_FOUND counts as "not yet" (the lineage store reads Kafka,
-    so a study or trial shows up there shortly after it exists)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = condition()
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
-
-
-@pytest.fixture
-def services(infra: Settings, start_service: Callable[..., Any], tmp_path: Path) -> Settings:
-    suggest = start_service("services.suggest")
-    evaluate = start_service("services.evaluate")
-    lineage = start_service("services.lineage")
+@pytest.fixture(scope="module")
+def services(
+    infra: Settings,
+    start_module_service: Callable[..., Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    suggest = start_module_service("services.suggest")
+    evaluate = start_module_service("services.evaluate")
+    lineage = start_module_service("services.lineage")
     return Settings(
         kafka_bootstrap=infra.kafka_bootstrap,
         redis_url=infra.redis_url,
@@ -65,7 +49,7 @@ def services(infra: Settings, start_service: Callable[..., Any], tmp_path: Path)
         suggest_addr=suggest.addr,
         evaluate_addr=evaluate.addr,
         lineage_addr=lineage.addr,
-        state_dir=tmp_path,
+        state_dir=tmp_path_factory.mktemp("worker-services"),
     )
 
 
@@ -111,10 +95,12 @@ def test_one_worker_runs_a_study_end_to_end(services: Settings, tmp_path: Path) 
         assert report.outcomes == {"completed": 2}
         assert report.budget_exhausted and not report.fatal_error
 
-        trials = poll(lambda: finished_trials(client, study_id, 2), 30, "2 completed trials")
+        trials = wait_for_found(
+            lambda: finished_trials(client, study_id, 2), 30, "2 completed trials"
+        )
         for summary in trials:
-            lineage = poll(
-                lambda s=summary: (lin := unless_not_found(lambda: client.lineage(s.trial_id)))
+            lineage = wait_for_found(
+                lambda s=summary: (lin := client.lineage(s.trial_id))
                 and lin.has_final_value and len(lin.metrics) == 3 and lin,
                 30, f"lineage of {summary.trial_id}",
             )
@@ -133,8 +119,10 @@ def test_one_worker_runs_a_study_end_to_end(services: Settings, tmp_path: Path) 
         best = client.best(study_id)
         assert best is not None
         assert best.final_value == min(t.final_value for t in trials)
-        summary = poll(lambda: (s := client.summary(study_id)).completed == 2 and s, 30,
-                       "summary with 2 completed")
+        summary = wait_for_found(
+            lambda: (s := client.summary(study_id)).completed == 2 and s, 30,
+            "summary with 2 completed",
+        )
         assert summary.metric_points == 6 and summary.failed == 0
 
 
@@ -151,7 +139,9 @@ def test_worker_processes_share_a_study(services: Settings, tmp_path: Path) -> N
         assert run.returncode == 0, f"{run.stderr}\n{logs[-4000:]}"
         assert '"trial_id"' in logs  # structured logs carry the trial id
 
-        trials = poll(lambda: finished_trials(client, study_id, 3), 30, "3 completed trials")
+        trials = wait_for_found(
+            lambda: finished_trials(client, study_id, 3), 30, "3 completed trials"
+        )
         workers = set()
         for summary in trials:
             lineage = client.lineage(summary.trial_id)
@@ -177,10 +167,14 @@ def test_sigterm_hands_the_trial_back_and_the_next_worker_resumes(
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         try:
-            trial_id = poll(lambda: next(iter(client.list_trials(study_id)), None), 60,
-                            "the trial to be suggested").trial_id
-            poll(lambda: (lin := unless_not_found(lambda: client.lineage(trial_id)))
-                 and len(lin.metrics) >= 3, 60, "3 metric points")
+            trial_id = wait_for_found(
+                lambda: next(iter(client.list_trials(study_id)), None), 60,
+                "the trial to be suggested",
+            ).trial_id
+            wait_for_found(
+                lambda: (lin := client.lineage(trial_id)) and len(lin.metrics) >= 3, 60,
+                "3 metric points",
+            )
             first.send_signal(signal.SIGTERM)
             _, stderr = first.communicate(timeout=60)
         finally:
@@ -200,8 +194,10 @@ def test_sigterm_hands_the_trial_back_and_the_next_worker_resumes(
         report = worker.run()
         assert report.outcomes == {"completed": 1}
 
-        lineage = poll(lambda: (lin := unless_not_found(lambda: client.lineage(trial_id)))
-                       and lin.has_final_value and lin, 30, "the final value in the lineage")
+        lineage = wait_for_found(
+            lambda: (lin := client.lineage(trial_id)) and lin.has_final_value and lin, 30,
+            "the final value in the lineage",
+        )
         assert [a.worker_id for a in lineage.attempts] == ["it-a", "it-b"]
         second = lineage.attempts[1].attempt_id
         resumed_steps = sorted(p.step for p in lineage.metrics if p.attempt_id == second)

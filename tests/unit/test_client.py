@@ -4,6 +4,7 @@ import grpc
 import pytest
 from ladder.client import call_with_retry, search_space, study_config
 from ladder.space import Space
+from ladder.testing import RpcStatus
 from ladder.v1 import space_pb2, study_pb2
 
 SPACE = {
@@ -128,17 +129,6 @@ def test_bad_study_configs_are_rejected_before_sending(kwargs: dict, message: st
         study_config(SPACE, **kwargs)
 
 
-class Status(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode) -> None:
-        self._code = code
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return str(self._code)
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -154,7 +144,7 @@ class Clock:
 
 def test_unavailable_is_retried_with_growing_backoff() -> None:
     clock = Clock()
-    outcomes = [Status(grpc.StatusCode.UNAVAILABLE)] * 3 + ["ok"]
+    outcomes = [RpcStatus(grpc.StatusCode.UNAVAILABLE)] * 3 + ["ok"]
 
     def call() -> str:
         outcome = outcomes.pop(0)
@@ -175,7 +165,7 @@ def test_other_statuses_are_not_retried(code: grpc.StatusCode) -> None:
 
     def call() -> None:
         calls.append(1)
-        raise Status(code)
+        raise RpcStatus(code)
 
     with pytest.raises(grpc.RpcError):
         call_with_retry(call, "X", sleep=clock.sleep, clock=clock)
@@ -186,7 +176,7 @@ def test_retries_give_up_after_the_retry_timeout() -> None:
     clock = Clock()
 
     def call() -> None:
-        raise Status(grpc.StatusCode.UNAVAILABLE)
+        raise RpcStatus(grpc.StatusCode.UNAVAILABLE)
 
     with pytest.raises(grpc.RpcError):
         call_with_retry(call, "X", retry_timeout=5, sleep=clock.sleep, clock=clock)

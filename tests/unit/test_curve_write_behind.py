@@ -6,31 +6,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from ladder.testing import FakeTable
 
 from services.earlystop import tables
 from services.earlystop.tables import CurveWriteBehind
-
-
-class FakeChangelog:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, Any, int]] = []
-        self.fail = False
-
-    async def send(self, *, key: Any, value: Any, partition: int, **_: Any) -> None:
-        if self.fail:
-            raise ConnectionError("broker gone")
-        self.sent.append((key, value, partition))
-
-
-class FakeTable:
-    key_serializer = value_serializer = "json"
-
-    def __init__(self) -> None:
-        self.data: dict[Any, Any] = {}
-        self.changelog_topic = FakeChangelog()
-
-    def get(self, key: Any) -> Any:
-        return self.data.get(key)
 
 
 def run(coro: Any) -> Any:

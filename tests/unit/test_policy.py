@@ -25,9 +25,9 @@ from ladder.samplers import (
 from ladder.samplers.quasirandom import QuasiRandomSampler
 from ladder.samplers.tpe import TPESampler
 from ladder.space import Space
+from ladder.testing import FakeDraws, wait_for
 from ladder.v1 import space_pb2 as S
 from ladder.v1 import study_pb2
-from test_samplers import FakeDraws
 
 SPACE = Space.from_proto(
     S.SearchSpace(
@@ -40,12 +40,7 @@ SPACE = Space.from_proto(
 
 
 def until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``condition`` until truthy or fail at the deadline (threads, no sleeps as sync)."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.005)
-    return value
+    return wait_for(condition, timeout, "the buffer's condition", every=0.005)
 
 
 class Scripted(Sampler):

@@ -12,22 +12,12 @@ import grpc
 import pytest
 from ladder.client import BudgetExhausted, study_config
 from ladder.params import fill_params
+from ladder.testing import RpcStatus
 from ladder.v1 import evaluate_pb2, events_pb2, study_pb2, suggest_pb2, trial_pb2
 
 from workers.runtime import Worker, WorkerConfig, path_from_uri
 
 MAX_STEPS = 9
-
-
-class Status(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
 
 
 class FakeClient:
@@ -337,7 +327,7 @@ def test_a_lost_lease_abandons_the_trial_silently(tmp_path: Path) -> None:
 
     def beat(trial: str, step: float, n: int) -> evaluate_pb2.HeartbeatResponse:
         if step >= 2:
-            raise Status(grpc.StatusCode.FAILED_PRECONDITION, "stale attempt")
+            raise RpcStatus(grpc.StatusCode.FAILED_PRECONDITION, "stale attempt")
         return evaluate_pb2.HeartbeatResponse(action=events_pb2.CONTINUE)
 
     client.on_heartbeat = beat
@@ -350,7 +340,7 @@ def test_a_refused_start_skips_the_trial(tmp_path: Path) -> None:
     client = FakeClient(trials=1)
 
     def refuse(*args: Any, **kwargs: Any) -> None:
-        raise Status(grpc.StatusCode.FAILED_PRECONDITION, "trial is COMPLETED")
+        raise RpcStatus(grpc.StatusCode.FAILED_PRECONDITION, "trial is COMPLETED")
 
     client.start_trial = refuse  # type: ignore[method-assign]
     report = make_worker(client, CountingWorkload(), tmp_path).run()
@@ -361,7 +351,7 @@ def test_suggest_errors_other_than_budget_end_the_worker(tmp_path: Path) -> None
     client = FakeClient()
 
     def unavailable(*args: Any, **kwargs: Any) -> None:
-        raise Status(grpc.StatusCode.UNAVAILABLE, "connection refused")
+        raise RpcStatus(grpc.StatusCode.UNAVAILABLE, "connection refused")
 
     client.suggest = unavailable  # type: ignore[method-assign]
     report = make_worker(client, CountingWorkload(), tmp_path).run()

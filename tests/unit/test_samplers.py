@@ -12,6 +12,7 @@ from ladder.samplers import (
     quasirandom,
 )
 from ladder.space import Space
+from ladder.testing import FakeDraws
 from ladder.v1 import space_pb2 as S
 from ladder.v1 import study_pb2
 from scipy.stats import qmc
@@ -114,18 +115,6 @@ def test_derive_seed_is_deterministic_and_distinct() -> None:
 
 
 # ------------------------------------------------------------- the suggest service's pool
-
-
-class FakeDraws:
-    """Stands in for TrialStore.reserve_draws (a Redis INCRBY per partition)."""
-
-    def __init__(self) -> None:
-        self.next: dict[tuple[str, int], int] = {}
-
-    def reserve_draws(self, study_id: str, partition: int, count: int) -> int:
-        first = self.next.get((study_id, partition), 0)
-        self.next[(study_id, partition)] = first + count
-        return first
 
 
 def _study() -> study_pb2.Study:

@@ -1,4 +1,5 @@
-"""Waiting on a condition with a deadline: the integration tests' only synchronisation."""
+"""Waiting on a condition with a deadline: the tests' only synchronisation (a bare sleep
+either wastes time or, on a busy machine, is too short)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ T = TypeVar("T")
 def wait_for(
     condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1
 ) -> Any:
-    """Poll ``condition`` until it returns something truthy or the deadline passes."""
+    """Poll ``condition`` until it returns something truthy (returned) or fail with
+    an AssertionError naming ``what`` once ``timeout`` seconds have passed."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -34,3 +36,10 @@ def unless_not_found(call: Callable[[], T]) -> T | None:
         if exc.code() == grpc.StatusCode.NOT_FOUND:
             return None
         raise
+
+
+def wait_for_found(
+    condition: Callable[[], Any], timeout: float, what: str, every: float = 0.2
+) -> Any:
+    """``wait_for`` where a NOT_FOUND answer counts as "not yet"."""
+    return wait_for(lambda: unless_not_found(condition), timeout, what, every)
