@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from ladder.schedulers import AshaForm, SchedulerKind, SchedulerSpec, SmoothingKind
+from ladder.schedulers import Action, AshaForm, SchedulerKind, SchedulerSpec, SmoothingKind
 from ladder.schedulers.replay import CurveTable, LadderPolicy, NoStopping, replay
 
 
@@ -160,3 +160,15 @@ def test_promoted_trials_wake_idle_workers() -> None:
     assert result.promotions >= 1
     assert result.completed + result.paused_at_end == len(levels)
     assert result.epochs_used == sum(result.steps_run)
+
+
+def test_a_report_crossing_several_rungs_is_judged_on_each_as_in_the_service() -> None:
+    policy = LadderPolicy(asha())  # rungs at 1 and 3 epochs
+    policy.start(0)
+    policy.start(1)
+    assert policy.report(0, 9, 1.0) is Action.CONTINUE
+    assert policy.decisions == 2
+    # Stopped at rung 0 (2nd of 2, 1 kept), and still recorded and judged at rung 1.
+    assert policy.report(1, 9, 2.0) is Action.STOP
+    assert policy.decisions == 4
+    assert policy.engine.boards.board("replay", 1).population == 2
