@@ -1,0 +1,216 @@
+"""The contract every trial store backend keeps: the trial lifecycle (create, lease,
+heartbeat, complete, fail), fencing of stale attempts, lease expiry, the study budget
+and atomic multi-key updates. Parametrized over the backends, so a new one runs these
+same tests by adding itself to ``BACKENDS``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from ladder.config import Settings
+from ladder.errors import BudgetExhausted, Conflict, InvalidArgument, NotFound, StaleAttempt
+from ladder.params import fill_params
+from ladder.state import State, open_state
+from ladder.testing import wait_for
+from ladder.v1 import events_pb2, study_pb2, trial_pb2
+
+pytestmark = pytest.mark.integration
+
+BACKENDS: dict[str, Callable[[Settings], State]] = {"redis": open_state}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def store(request: pytest.FixtureRequest, infra: Settings) -> Iterator[State]:
+    state = BACKENDS[request.param](infra)
+    yield state
+    state.close()
+
+
+def new_study(store: State, max_trials: int = 0) -> str:
+    study_id = f"contract-{uuid.uuid4().hex[:8]}"
+    config = study_pb2.StudyConfig(name="contract", metric="loss", max_trials=max_trials)
+    store.studies.create(study_pb2.Study(study_id=study_id, config=config, created_unix_ms=1))
+    return study_id
+
+
+def new_trials(store: State, study_id: str, count: int, max_trials: int = 0) -> list[str]:
+    protos = []
+    for seed in range(count):
+        proto = trial_pb2.Trial(study_id=study_id, seed=seed)
+        fill_params(proto.params, {"x": 0.5})
+        protos.append(proto)
+    made = store.trials.create_trials(study_id, protos, max_trials, 60, "contract")
+    return [t.trial.trial_id for t in made]
+
+
+def running_trial(store: State, lease_seconds: float = 30) -> tuple[str, str]:
+    study_id = new_study(store)
+    (trial_id,) = new_trials(store, study_id, 1)
+    store.trials.start(trial_id, "a1", "w1", lease_seconds)
+    return study_id, trial_id
+
+
+def test_created_trials_are_suggested_numbered_and_pending(store: State) -> None:
+    study_id = new_study(store)
+    made = store.trials.create_trials(
+        study_id, [trial_pb2.Trial(study_id=study_id, seed=s) for s in (7, 8)], 0, 60, "qr"
+    )
+    ids = [t.trial.trial_id for t in made]
+    assert ids == [f"{study_id}-t1", f"{study_id}-t2"]
+    assert all(t.changed and t.event_kind == events_pb2.TRIAL_SUGGESTED for t in made)
+    stored = store.trials.get(ids[0])
+    assert stored.state == trial_pb2.SUGGESTED and stored.seed == 7
+    assert store.trials.pending(study_id) == sorted(ids)
+    assert store.studies.get(study_id).trials_suggested == 2
+    assert store.trials.get(f"{study_id}-t9") is None
+    with pytest.raises(NotFound, match="not found"):
+        store.trials.create_trials("no-such-study", [trial_pb2.Trial()], 0, 60, "qr")
+
+
+def test_start_leases_the_trial_to_one_attempt(store: State) -> None:
+    study_id = new_study(store)
+    (trial_id,) = new_trials(store, study_id, 1)
+    started = store.trials.start(trial_id, "a1", "w1", 30)
+    assert started.changed and started.event_kind == events_pb2.TRIAL_STARTED
+    assert started.trial.state == trial_pb2.RUNNING and started.trial.attempt_number == 1
+    assert store.trials.lease_deadline_ms(trial_id) is not None
+    again = store.trials.start(trial_id, "a1", "w1", 30)  # a retried StartTrial
+    assert not again.changed and again.trial.attempt_number == 1
+    with pytest.raises(Conflict, match="another live attempt"):
+        store.trials.start(trial_id, "a2", "w2", 30)
+    with pytest.raises(NotFound, match="not found"):
+        store.trials.start(f"{study_id}-t9", "a1", "w1", 30)
+
+
+def test_heartbeat_renews_the_lease_and_records_the_step(store: State) -> None:
+    _, trial_id = running_trial(store, lease_seconds=30)
+    first = store.trials.lease_deadline_ms(trial_id)
+    assert store.trials.heartbeat(trial_id, "a1", 2, 600) is None  # no decision yet
+    assert store.trials.lease_deadline_ms(trial_id) > first
+    assert store.trials.get(trial_id).last_step == 2
+    with pytest.raises(StaleAttempt, match="stale attempt"):
+        store.trials.heartbeat(trial_id, "a2", 3, 30)
+    with pytest.raises(NotFound, match="not found"):
+        store.trials.heartbeat("no-such-t1", "a1", 1, 30)
+
+
+def test_completion_is_idempotent_for_the_same_attempt_and_result(store: State) -> None:
+    study_id, trial_id = running_trial(store)
+    done = store.trials.complete(trial_id, "a1", 0.25, step=9)
+    assert done.changed and done.event_kind == events_pb2.TRIAL_COMPLETED
+    assert done.trial.state == trial_pb2.COMPLETED and done.trial.final_value == 0.25
+    repeat = store.trials.complete(trial_id, "a1", 0.25, step=9)
+    assert not repeat.changed and repeat.trial.final_value == 0.25
+    assert store.studies.completed(study_id) == 1  # counted once
+    with pytest.raises(Conflict, match="refusing a different result"):
+        store.trials.complete(trial_id, "a1", 0.5)
+    with pytest.raises(Conflict, match="it is COMPLETED"):
+        store.trials.heartbeat(trial_id, "a1", 10, 30)
+    with pytest.raises(InvalidArgument, match="finite"):
+        store.trials.complete(trial_id, "a1", float("nan"))
+
+
+def test_failures_retry_until_the_last_attempt_then_are_final(store: State) -> None:
+    study_id, trial_id = running_trial(store)
+    failed = store.trials.fail(trial_id, "a1", "OOM", retryable=True, max_attempts=2)
+    assert failed.changed and failed.event_kind == events_pb2.TRIAL_FAILED
+    assert failed.trial.state == trial_pb2.RESUMABLE
+    assert not store.trials.fail(trial_id, "a1", "OOM", retryable=True, max_attempts=2).changed
+    assert store.trials.resumable(study_id) == [trial_id]
+    store.trials.start(trial_id, "a2", "w2", 30)
+    final = store.trials.fail(trial_id, "a2", "OOM", retryable=True, max_attempts=2)
+    assert final.trial.state == trial_pb2.FAILED
+    assert trial_id not in store.trials.pending(study_id)
+    assert store.trials.resumable(study_id) == []
+
+
+def test_a_stale_attempt_is_refused_by_every_call(store: State) -> None:
+    study_id = new_study(store)
+    (trial_id,) = new_trials(store, study_id, 1)
+    with pytest.raises(StaleAttempt, match="was never started"):
+        store.trials.complete(trial_id, "a1", 0.5)
+    store.trials.start(trial_id, "a1", "w1", 30)
+    store.trials.fail(trial_id, "a1", "preempted", retryable=True, max_attempts=3)
+    store.trials.start(trial_id, "a2", "w2", 30)
+    refused: list[Callable[[], object]] = [
+        lambda: store.trials.heartbeat(trial_id, "a1", 1, 30),
+        lambda: store.trials.checkpoint(trial_id, "a1", "file:///tmp/c", 1, 30),
+        lambda: store.trials.complete(trial_id, "a1", 0.5),
+        lambda: store.trials.fail(trial_id, "a1", "late", retryable=True, max_attempts=3),
+        lambda: store.trials.prune(trial_id, "a1"),
+        lambda: store.trials.start(trial_id, "a1", "w1", 30),  # an attempt never comes back
+    ]
+    for call in refused:
+        with pytest.raises(StaleAttempt, match="'a2' replaced it"):
+            call()
+    assert store.trials.get(trial_id).attempt_id == "a2"
+
+
+def test_an_expired_lease_makes_the_trial_resumable_from_its_checkpoint(store: State) -> None:
+    study_id, trial_id = running_trial(store, lease_seconds=0.2)
+    store.trials.checkpoint(trial_id, "a1", "file:///tmp/ckpt-3", 3, 0.2)
+    expired = wait_for(
+        lambda: [t for t in store.trials.expire_due() if t.trial.trial_id == trial_id],
+        10,
+        "the lease to expire",
+        every=0.05,
+    )
+    assert expired[0].event_kind == events_pb2.TRIAL_LEASE_EXPIRED
+    assert store.trials.get(trial_id).state == trial_pb2.RESUMABLE
+    assert store.trials.lease_deadline_ms(trial_id) is None
+    with pytest.raises(StaleAttempt, match="its lease expired"):
+        store.trials.heartbeat(trial_id, "a1", 4, 30)
+    (claimed,) = store.trials.claim_resumable(study_id, 5, 60)
+    assert claimed.trial_id == trial_id and claimed.checkpoint_step == 3
+    resumed = store.trials.start(trial_id, "a2", "w2", 30)
+    assert resumed.trial.state == trial_pb2.RUNNING and resumed.trial.attempt_number == 2
+    assert resumed.trial.checkpoint_uri == "file:///tmp/ckpt-3"
+    assert "resumes the trial" in resumed.reason
+
+
+def test_the_budget_hands_out_what_is_left_then_refuses(store: State) -> None:
+    study_id = new_study(store, max_trials=3)
+    assert len(new_trials(store, study_id, 2, max_trials=3)) == 2
+    assert len(new_trials(store, study_id, 2, max_trials=3)) == 1  # only part fits
+    with pytest.raises(BudgetExhausted, match="budget exhausted: 3 trials suggested"):
+        new_trials(store, study_id, 1, max_trials=3)
+    assert store.studies.get(study_id).trials_suggested == 3
+
+
+def test_concurrent_starts_leave_exactly_one_attempt_holding_the_trial(store: State) -> None:
+    study_id = new_study(store)
+    (trial_id,) = new_trials(store, study_id, 1)
+
+    def start(n: int) -> bool:
+        try:
+            return store.trials.start(trial_id, f"a{n}", f"w{n}", 30).changed
+        except Conflict:
+            return False
+
+    with ThreadPoolExecutor(8) as pool:
+        winners = sum(pool.map(start, range(16)))
+    trial = store.trials.get(trial_id)
+    assert winners == 1 and trial.attempt_number == 1 and trial.state == trial_pb2.RUNNING
+
+
+def test_completion_updates_trial_lease_pending_set_and_study_together(store: State) -> None:
+    study_id = new_study(store)
+    trial_ids = new_trials(store, study_id, 6)
+    for trial_id in trial_ids:
+        store.trials.start(trial_id, "a1", "w1", 30)
+
+    def complete_twice(trial_id: str) -> int:
+        first = store.trials.complete(trial_id, "a1", 1.0)
+        second = store.trials.complete(trial_id, "a1", 1.0)
+        return int(first.changed) + int(second.changed)
+
+    with ThreadPoolExecutor(6) as pool:
+        changed = sum(pool.map(complete_twice, trial_ids * 2))
+    assert changed == len(trial_ids)  # each trial completed exactly once
+    assert store.studies.completed(study_id) == len(trial_ids)
+    assert store.trials.pending(study_id) == []
+    assert all(store.trials.lease_deadline_ms(t) is None for t in trial_ids)
+    assert {t.state for t in store.trials.get_many(trial_ids)} == {trial_pb2.COMPLETED}
