@@ -97,11 +97,12 @@ class EarlyStopEngine:
         first; none when the crossing was judged already (a replayed event). Promotions
         are marked at once, so the next crossing decides on this board; ``undo`` takes
         it all back when the decisions could not be sent."""
-        board = self._board(spec, crossing)
+        bracket = spec.bracket_of(crossing.trial_id)
+        board = self._board(spec, crossing, crossing.board_rung, bracket)
         if not board.record(crossing.trial_id, crossing.value):
             return []
         try:
-            decisions = self._decide(spec, crossing, board)
+            decisions = self._decide(spec, crossing, board, bracket)
         except BaseException:
             board.discard(crossing.trial_id)
             raise
@@ -110,24 +111,20 @@ class EarlyStopEngine:
 
     def undo(self, spec: SchedulerSpec, crossing: Crossing, decisions: list[RungDecision]) -> None:
         """Take back ``judge``: the retry then decides on the same board."""
-        board = self._board(spec, crossing)
+        bracket = spec.bracket_of(crossing.trial_id)
+        board = self._board(spec, crossing, crossing.board_rung, bracket)
         board.discard(crossing.trial_id)
         board.promoted.difference_update(
             d.trial_id for d in decisions if d.action is Action.PROMOTE
         )
 
     def _board(
-        self, spec: SchedulerSpec, crossing: Crossing, rung: int | None = None
+        self, spec: SchedulerSpec, crossing: Crossing, rung: int, bracket: int
     ) -> RungLeaderboard:
-        return self.boards.board(
-            crossing.study_id,
-            crossing.board_rung if rung is None else rung,
-            spec.maximize,
-            spec.bracket_of(crossing.trial_id),
-        )
+        return self.boards.board(crossing.study_id, rung, spec.maximize, bracket)
 
     def _decide(
-        self, spec: SchedulerSpec, crossing: Crossing, board: RungLeaderboard
+        self, spec: SchedulerSpec, crossing: Crossing, board: RungLeaderboard, bracket: int
     ) -> list[RungDecision]:
         trial_id, rung = crossing.trial_id, crossing.rung
         if crossing.diverged:
@@ -139,6 +136,6 @@ class EarlyStopEngine:
             trial_id,
             rung,
             crossing.resource,
-            previous=self._board(spec, crossing, rung - 1) if rung > 0 else None,
-            next_board=self._board(spec, crossing, rung + 1),
+            previous=self._board(spec, crossing, rung - 1, bracket) if rung > 0 else None,
+            next_board=self._board(spec, crossing, rung + 1, bracket),
         )
