@@ -123,33 +123,40 @@ def _info(**over: object) -> dict[str, object]:
     return info
 
 
+def matches(info: dict[str, object], services: bool = True) -> bool:
+    return launcher._matches(info, services, launcher.Asked.from_env())
+
+
 def test_matches(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL"):
+    for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL",
+                "LADDER_BROKER_PROFILE"):
         monkeypatch.delenv(var, raising=False)
-    assert launcher._matches(_info(), services=True)
-    assert launcher._matches(_info(), services=False)
-    assert not launcher._matches(_info(services=False), services=True)
+    assert matches(_info(), services=True)
+    assert matches(_info(), services=False)
+    assert not matches(_info(services=False), services=True)
     monkeypatch.setenv("LADDER_TOPIC_PREFIX", "other.")
-    assert not launcher._matches(_info(), services=True)
+    assert not matches(_info(), services=True)
     monkeypatch.delenv("LADDER_TOPIC_PREFIX")
     # An external Kafka asked for now, an embedded one recorded: start afresh.
     monkeypatch.setenv("LADDER_KAFKA_BOOTSTRAP", "127.0.0.1:1")
-    assert not launcher._matches(_info(), services=True)
-    assert launcher._matches(_info(external={"kafka": True, "redis": False}), services=True)
+    assert not matches(_info(), services=True)
+    assert matches(_info(external={"kafka": True, "redis": False}), services=True)
 
 
 def test_the_stack_records_its_broker_profile(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL",
                 "LADDER_BROKER_PROFILE"):
         monkeypatch.delenv(var, raising=False)
-    assert launcher._broker_profile(external_kafka=False) == "tansu"
-    assert launcher._broker_profile(external_kafka=True) == "kafka"
-    assert launcher._matches(_info(broker_profile="tansu"), services=True)
+    assert launcher.Asked.from_env().broker_profile == "tansu"
+    assert matches(_info(broker_profile="tansu"))
+    monkeypatch.setenv("LADDER_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    assert launcher.Asked.from_env().broker_profile == "kafka"
+    monkeypatch.delenv("LADDER_KAFKA_BOOTSTRAP")
     # Another profile asked for now: start afresh.
     monkeypatch.setenv("LADDER_BROKER_PROFILE", "kafka")
-    assert launcher._broker_profile(external_kafka=False) == "kafka"
-    assert not launcher._matches(_info(broker_profile="tansu"), services=True)
-    assert not launcher._matches(_info(), services=True)
+    assert launcher.Asked.from_env().broker_profile == "kafka"
+    assert not matches(_info(broker_profile="tansu"))
+    assert not matches(_info())
 
 
 def test_status_and_down_of_empty_state_dir(tmp_path: Path) -> None:

@@ -124,37 +124,45 @@ def _records(info: dict[str, Any]) -> dict[str, ProcRecord]:
     }
 
 
-def _desired_prefix() -> str:
-    return os.environ.get("LADDER_TOPIC_PREFIX", config.Topics.prefix)
+@dataclass(frozen=True)
+class Asked:
+    """What the environment asks of ``up``, read once: the external Kafka and Redis
+    ("" for the embedded ones), the topic prefix and the broker profile (given, else
+    tansu for the embedded broker and kafka for one the user gave)."""
+
+    kafka: str
+    redis: str
+    prefix: str
+    broker_profile: str
+
+    @classmethod
+    def from_env(cls) -> Asked:
+        kafka = os.environ.get("LADDER_KAFKA_BOOTSTRAP", "")
+        return cls(
+            kafka=kafka,
+            redis=os.environ.get("LADDER_REDIS_URL", ""),
+            prefix=os.environ.get("LADDER_TOPIC_PREFIX", config.Topics.prefix),
+            # No stack.json yet: this stack is the one that will write it.
+            broker_profile=config.chosen_broker_profile(kafka, stack={}).name,
+        )
 
 
-def _broker_profile(external_kafka: bool) -> str:
-    """The profile of the broker this stack uses: LADDER_BROKER_PROFILE when set, else
-    tansu for the embedded broker and kafka for one the user gave."""
-    explicit = os.environ.get("LADDER_BROKER_PROFILE")
-    if explicit:
-        return config.broker_profile(explicit).name
-    return config.KAFKA_PROFILE.name if external_kafka else config.TANSU_PROFILE.name
-
-
-def _matches(info: dict[str, Any], services: bool) -> bool:
+def _matches(info: dict[str, Any], services: bool, asked: Asked) -> bool:
     """Is the recorded stack what this `up` asks for (endpoints, prefix, services)?"""
     if services and not info.get("services"):
         return False
-    if info.get("topic_prefix") != _desired_prefix():
+    if info.get("topic_prefix") != asked.prefix:
         return False
-    ext_kafka = os.environ.get("LADDER_KAFKA_BOOTSTRAP")
-    ext_redis = os.environ.get("LADDER_REDIS_URL")
-    if ext_kafka and ext_kafka != info.get("kafka_bootstrap"):
+    if asked.kafka and asked.kafka != info.get("kafka_bootstrap"):
         return False
-    if ext_redis and ext_redis != info.get("redis_url"):
+    if asked.redis and asked.redis != info.get("redis_url"):
+        return False
+    if config.recorded_broker_profile(info).name != asked.broker_profile:
         return False
     # An embedded component must not silently stand in for a requested external one,
     # nor the reverse.
     external = info.get("external") or {}
-    if config.recorded_broker_profile(info).name != _broker_profile(bool(ext_kafka)):
-        return False
-    return bool(ext_kafka) == bool(external.get(KAFKA)) and bool(ext_redis) == bool(
+    return bool(asked.kafka) == bool(external.get(KAFKA)) and bool(asked.redis) == bool(
         external.get(REDIS)
     )
 
@@ -190,15 +198,16 @@ def up(
     """
     layout = Layout.of(state_dir)
     say = log or _quiet
+    asked = Asked.from_env()
     with _locked(layout):
         existing = read_stack(layout.root)
-        if existing and _matches(existing, services) and _healthy(existing):
+        if existing and _matches(existing, services, asked) and _healthy(existing):
             say(f"stack in {layout.root} is already up")
             return {**existing, "reused": True}
         if existing or procs.read_pid_files(layout.pids):
             say("stopping the leftovers of a previous stack")
             _down_locked(layout, STOP_GRACE, say)
-        info = _Starter(layout, services, time.monotonic() + timeout, say).run()
+        info = _Starter(layout, services, asked, time.monotonic() + timeout, say).run()
         _write_stack(layout, info)
         return {**info, "reused": False}
 
@@ -206,13 +215,16 @@ def up(
 class _Starter:
     """One attempt at starting the stack; stops what it started if anything fails."""
 
-    def __init__(self, layout: Layout, services: bool, deadline: float, say: Log) -> None:
+    def __init__(
+        self, layout: Layout, services: bool, asked: Asked, deadline: float, say: Log
+    ) -> None:
         self.layout = layout
         self.services = services
+        self.asked = asked
         self.deadline = deadline
         self.say = say
         self.started: dict[str, ProcRecord] = {}
-        self.topics = config.Topics(_desired_prefix())
+        self.topics = config.Topics(asked.prefix)
 
     def run(self) -> dict[str, Any]:
         try:
@@ -228,21 +240,20 @@ class _Starter:
             d.mkdir(parents=True, exist_ok=True)
         redis_url = self._redis()
         bootstrap = self._kafka()
-        external_kafka = bool(os.environ.get("LADDER_KAFKA_BOOTSTRAP"))
         info: dict[str, Any] = {
             "kafka_bootstrap": bootstrap,
             "redis_url": redis_url,
-            "broker_profile": _broker_profile(external_kafka),
+            "broker_profile": self.asked.broker_profile,
             "topic_prefix": self.topics.prefix,
             "state_dir": str(self.layout.root),
             "services": self.services,
             "external": {
-                KAFKA: external_kafka,
-                REDIS: bool(os.environ.get("LADDER_REDIS_URL")),
+                KAFKA: bool(self.asked.kafka),
+                REDIS: bool(self.asked.redis),
             },
         }
         if self.services:
-            info.update(self._services(bootstrap, redis_url, info["broker_profile"]))
+            info.update(self._services(bootstrap, redis_url))
         info["pids"] = {name: rec.to_json() for name, rec in self.started.items()}
         info["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         return info
@@ -281,7 +292,7 @@ class _Starter:
         )
 
     def _redis(self) -> str:
-        external = os.environ.get("LADDER_REDIS_URL")
+        external = self.asked.redis
         if external:
             self.say(f"using external redis {external}")
             probes.wait_redis(external, deadline=self.deadline)
@@ -297,7 +308,7 @@ class _Starter:
         return ports.redis_url(port)
 
     def _kafka(self) -> str:
-        external = os.environ.get("LADDER_KAFKA_BOOTSTRAP")
+        external = self.asked.kafka
         if external:
             self.say(f"using external kafka {external}")
             self._prepare_kafka(external, None)
@@ -328,7 +339,7 @@ class _Starter:
         )
         probes.kafka_roundtrip(bootstrap, probe_topic, deadline=self.deadline, alive=alive)
 
-    def _services(self, bootstrap: str, redis_url: str, broker_profile: str) -> dict[str, str]:
+    def _services(self, bootstrap: str, redis_url: str) -> dict[str, str]:
         # One call, so all five ports are distinct (the fifth is earlystop's Faust web).
         *grpc_ports, web_port = ports.free_ports(len(SERVICES) + 1)
         service_ports = {s.name: port for s, port in zip(SERVICES, grpc_ports, strict=True)}
@@ -337,7 +348,7 @@ class _Starter:
         env.update(
             LADDER_KAFKA_BOOTSTRAP=bootstrap,
             # Named outright: stack.json, which records it, is written after they start.
-            LADDER_BROKER_PROFILE=broker_profile,
+            LADDER_BROKER_PROFILE=self.asked.broker_profile,
             LADDER_REDIS_URL=redis_url,
             LADDER_STATE_DIR=str(self.layout.root),
             LADDER_TOPIC_PREFIX=self.topics.prefix,
@@ -537,7 +548,7 @@ class Stack:
             "LADDER_KAFKA_BOOTSTRAP": info.get("kafka_bootstrap", ""),
             "LADDER_BROKER_PROFILE": info.get("broker_profile", ""),
             "LADDER_REDIS_URL": info.get("redis_url", ""),
-            "LADDER_TOPIC_PREFIX": info.get("topic_prefix", _desired_prefix()),
+            "LADDER_TOPIC_PREFIX": info.get("topic_prefix", Asked.from_env().prefix),
         }
         for spec in SERVICES:
             if spec.addr_env and spec.addr_key in info:
