@@ -13,19 +13,22 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable
-from functools import wraps
-from typing import TypeVar
 
 import grpc
-import redis
 from ladder.bus import EventProducer, now_ms
 from ladder.codec import decode
 from ladder.config import Settings
+from ladder.errors import (
+    AlreadyExists,
+    BudgetExhausted,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    require,
+)
 from ladder.params import PlainValue, fill_params, params_to_dict
 from ladder.samplers import FALLBACK_ALGORITHM, Observation, Proposal, derive_seed
-from ladder.space import StudyConfigError
-from ladder.state import BudgetExhausted, State, StateError, Transition
+from ladder.state import State, Transition
 from ladder.study import StudySpec
 from ladder.v1 import events_pb2, study_pb2, suggest_pb2, suggest_pb2_grpc, trial_pb2
 from opentelemetry import metrics, trace
@@ -53,30 +56,6 @@ _buffer_lookups = _meter.create_counter(
 
 STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_COUNT = 256
-
-R = TypeVar("R")
-
-
-def _status(
-    method: Callable[..., R],
-) -> Callable[..., R]:
-    """Map domain errors to precise gRPC statuses."""
-
-    @wraps(method)
-    def wrapper(self: SuggestServicer, request: object, context: grpc.ServicerContext) -> R:
-        try:
-            return method(self, request, context)
-        except StudyConfigError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except StateError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
-        except redis.RedisError as exc:
-            log.warning("redis unavailable: %s", exc)
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"state store unavailable: {exc}")
-        raise AssertionError("unreachable")
-
-    return wrapper
-
 
 class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
     def __init__(
@@ -108,14 +87,12 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
 
     # ------------------------------------------------------------ studies
 
-    @_status
     def CreateStudy(
         self, request: suggest_pb2.CreateStudyRequest, context: grpc.ServicerContext
     ) -> study_pb2.Study:
         config = StudySpec.from_proto(request.config).to_proto()
         if request.study_id and not STUDY_ID.match(request.study_id):
-            raise StateError(
-                "INVALID_ARGUMENT",
+            raise InvalidArgument(
                 f"study_id {request.study_id!r} must match {STUDY_ID.pattern} "
                 "(letters, digits, '.', '_', '-'; at most 64)",
             )
@@ -128,8 +105,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         )
         stored, created = self.state.studies.create(study)
         if not created and stored.config != config:
-            raise StateError(
-                "ALREADY_EXISTS",
+            raise AlreadyExists(
                 f"study {study.study_id!r} already exists with a different config",
             )
         trace.get_current_span().set_attribute("ladder.study_id", stored.study_id)
@@ -144,8 +120,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                 wait=True,
             )
         except Exception as exc:  # noqa: BLE001 - any broker failure
-            raise StateError(
-                "UNAVAILABLE",
+            raise Unavailable(
                 f"study {stored.study_id!r} stored but its event was not published ({exc}); "
                 "repeat CreateStudy with this study_id",
             ) from exc
@@ -165,42 +140,34 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         if not source:
             return
         if not STUDY_ID.match(source):
-            raise StateError(
-                "INVALID_ARGUMENT",
+            raise InvalidArgument(
                 f"warm_start.from_study_id {source!r} is not a valid study id "
                 f"(must match {STUDY_ID.pattern})",
             )
         if source == study_id:
-            raise StateError(
-                "INVALID_ARGUMENT", f"warm_start.from_study_id {source!r} is the study itself"
-            )
+            raise InvalidArgument(f"warm_start.from_study_id {source!r} is the study itself")
         if self.state.studies.get(source) is None:
-            raise StateError("NOT_FOUND", f"warm_start.from_study_id: study {source!r} not found")
+            raise NotFound(f"warm_start.from_study_id: study {source!r} not found")
 
     def _study(self, study_id: str) -> study_pb2.Study:
-        if not study_id:
-            raise StateError("INVALID_ARGUMENT", "study_id is required")
+        require(study_id, "study_id")
         cached = self._studies.get(study_id)
         if cached is not None:
             return cached
         study = self.state.studies.get(study_id)
         if study is None:
-            raise StateError("NOT_FOUND", f"study {study_id!r} not found")
+            raise NotFound(f"study {study_id!r} not found")
         self._studies[study_id] = study  # config is immutable
         return study
 
-    @_status
     def GetStudy(
         self, request: suggest_pb2.GetStudyRequest, context: grpc.ServicerContext
     ) -> study_pb2.Study:
-        if not request.study_id:
-            raise StateError("INVALID_ARGUMENT", "study_id is required")
-        study = self.state.studies.get(request.study_id)
+        study = self.state.studies.get(require(request.study_id, "study_id"))
         if study is None:
-            raise StateError("NOT_FOUND", f"study {request.study_id!r} not found")
+            raise NotFound(f"study {request.study_id!r} not found")
         return study
 
-    @_status
     def ListStudies(
         self, request: suggest_pb2.ListStudiesRequest, context: grpc.ServicerContext
     ) -> suggest_pb2.ListStudiesResponse:
@@ -208,18 +175,14 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
 
     # ------------------------------------------------------------ suggest
 
-    @_status
     def Suggest(
         self, request: suggest_pb2.SuggestRequest, context: grpc.ServicerContext
     ) -> suggest_pb2.SuggestResponse:
         started = time.perf_counter()
         study = self._study(request.study_id)
-        if not request.worker_id:
-            raise StateError("INVALID_ARGUMENT", "worker_id is required")
+        require(request.worker_id, "worker_id")
         if request.count < 0 or request.count > MAX_COUNT:
-            raise StateError(
-                "INVALID_ARGUMENT", f"count must be between 0 and {MAX_COUNT} (got {request.count})"
-            )
+            raise InvalidArgument(f"count must be between 0 and {MAX_COUNT} (got {request.count})")
         count = request.count or 1
         span = trace.get_current_span()
         span.set_attribute("ladder.study_id", study.study_id)
