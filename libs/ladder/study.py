@@ -7,12 +7,12 @@ field, e.g. ``space.parameters[1] 'lr': float_range.low must be < high (got 0.1 
 0.01)``. ``to_proto`` is the config with every default filled: what the suggest
 service stores and publishes, so every consumer reads the same numbers.
 
-| field      | default                                        |
-|------------|------------------------------------------------|
-| direction  | MINIMIZE                                       |
-| algorithm  | RANDOM                                         |
-| partitions | 1                                              |
-| scheduler  | see ``ladder.schedulers.spec`` (``SchedulerSpec``) |
+| field      | default                                             |
+|------------|-----------------------------------------------------|
+| direction  | MINIMIZE                                            |
+| algorithm  | RANDOM                                              |
+| partitions | 1                                                   |
+| scheduler  | see ``ladder.schedulers.spec`` (``SchedulerSpec``)  |
 
 Pure code (no I/O).
 """
