@@ -180,8 +180,13 @@ def wait_for_events(
 # ----------------------------------------------------------------------- study API
 
 
-def test_study_creation_validation_and_lookup(infra: Settings, start_service: Any) -> None:
-    suggest = start_service("services.suggest")
+@pytest.fixture(scope="module")
+def suggest(start_module_service: Callable[..., Any]) -> Any:
+    """One suggest process for the tests that neither stop nor configure theirs."""
+    return start_module_service("services.suggest")
+
+
+def test_study_creation_validation_and_lookup(infra: Settings, suggest: Any) -> None:
     clients = Clients(suggest.addr)
     try:
         bad = config()
@@ -273,9 +278,8 @@ def test_budget_and_restart_continue_the_sequence(infra: Settings, start_service
 
 
 def test_suggested_events_are_published_off_the_request_path_and_acked(
-    infra: Settings, start_service: Any
+    infra: Settings, suggest: Any
 ) -> None:
-    suggest = start_service("services.suggest")
     clients = Clients(suggest.addr)
     state = open_state(infra)
     try:
@@ -306,9 +310,8 @@ def test_suggested_events_are_published_off_the_request_path_and_acked(
 
 
 def test_stop_decision_reaches_heartbeat_and_complete_is_idempotent(
-    infra: Settings, start_service: Any
+    infra: Settings, suggest: Any, start_service: Any
 ) -> None:
-    suggest = start_service("services.suggest")
     evaluate = start_service("services.evaluate")
     clients = Clients(suggest.addr, evaluate.addr)
     producer = KafkaProducer(bootstrap_servers=infra.kafka_bootstrap.split(","))
@@ -386,9 +389,8 @@ def test_stop_decision_reaches_heartbeat_and_complete_is_idempotent(
 
 
 def test_lease_expiry_makes_trial_resumable_and_fences_the_old_attempt(
-    infra: Settings, start_service: Any
+    infra: Settings, suggest: Any, start_service: Any
 ) -> None:
-    suggest = start_service("services.suggest")
     evaluate = start_service("services.evaluate", {"LADDER_LEASE_SECONDS": "2"})
     clients = Clients(suggest.addr, evaluate.addr)
     try:
