@@ -92,8 +92,8 @@ def curve_value(seed: int, trial_id: str, step: int) -> float:
 
     The family parameters come from a hash of (seed, trial id), so trials differ in
     quality and ASHA has something to rank; the same trial always gives the same curve.
-    The noise is uniform with standard deviation 0.01, from a hash of the step (a
-    seeded ``random.Random`` per report cost more than the rest of a report).
+    The noise is uniform with standard deviation 0.01, from a hash of the step: a
+    seeded ``random.Random`` per report would cost more than the rest of a report.
     """
     floor, span, speed = _curve_family(seed, trial_id)
     unit = zlib.crc32(f"{seed}:{trial_id}:{step}".encode()) / 2**32

@@ -158,9 +158,8 @@ class SendResult:
 
 
 class EventProducer:
-    """Produces with librdkafka (confluent-kafka): at a few hundred records/s
-    kafka-python's producer (its sender thread polling) cost about five times the CPU
-    per record that librdkafka does, and was the top of the evaluate service's profile.
+    """Produces with librdkafka (confluent-kafka), whose C sender costs a fraction of
+    a pure-Python producer's CPU per record (bench/README.md).
 
     A daemon thread serves delivery reports (``poll``), so ``SendResult`` callbacks
     fire without further sends.

@@ -72,7 +72,7 @@ class BrokerProfile:
     end_offset_probe: bool
 
 
-# tansu 0.6, measured on this project's machine:
+# What tansu 0.6 needs (the figures are in bench/README.md):
 # - a fetch can return a batch from beyond acknowledged records of another producer on
 #   the same partition (bench/tansu_skip.py): the gap guard reads them again;
 # - a group's first join waits for the rebalance timeout, and a member that died holds

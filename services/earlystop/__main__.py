@@ -1,6 +1,6 @@
 """Early-stop service: ``python -m services.earlystop [--port N]``.
 
-A Faust stream processor in two stages (see ARCHITECTURE.md):
+A Faust stream processor in two stages (README.md, "Architecture"):
 
 - stage 1, agent ``earlystop-stage1`` on ``<prefix>metrics`` (key trial id; protobuf
   MetricReport or the documented JSON form): smooths each trial's curve (table

@@ -2,51 +2,40 @@
 
 What differs between the two comes from the broker profile (``Settings.broker``,
 ``ladder.config.BrokerProfile``); on the kafka profile none of the tansu workarounds
-below runs. Settings that matter on tansu (the embedded Kafka-protocol broker), found
-by running against it:
+below runs. The figures behind each choice are in bench/README.md ("Early-stop on the
+embedded broker").
 
-- ``broker_rebalance_timeout`` 5 s, ``broker_session_timeout`` 6 s, heartbeat 1 s
-  (Faust: 60 s, 60 s, 3 s), as ARCHITECTURE.md asks for tansu: a worker that dies
-  without leaving the group holds its partitions until its session expires, and a
-  rebalance waits up to the rebalance timeout for slow members. Measured on tansu
-  0.6: a fresh worker is SERVING ~4.7 s after spawn (~3 s of it is the group join),
-  a worker restarted after SIGKILL ~13 s.
-- batched produce (Faust's default 16 KiB batches) with a corrected end offset:
-  tansu 0.6 answers ListOffsets with *base offset of the partition's last batch + 1*
-  (measured: 5 records then 3 records in two batches -> end offset 6, not 8), while
-  the high watermark in its Fetch responses is right (8). Faust's table recovery reads
-  ListOffsets, so it stopped short of the changelog's end and crashed with
-  ``ConsistencyError`` ("persisted offset ... is higher than the last offset") when a
-  worker took a partition over. ``_highwaters`` below corrects ListOffsets with the
-  Fetch high watermark of the last batch (``end_offset_probe``). One record per batch
-  (``LADDER_EARLYSTOP_PRODUCER_BATCH_BYTES=1``) also avoids the bug, but aiokafka
-  sends one batch per partition per request and keeps one request in flight per
-  broker: ~4 records per round trip, which capped the app at ~500 metric events/s.
-- producer linger 20 ms (Faust: 0): on this machine a produce request costs more in
-  the socket write than in everything else the app does for it; lingering puts the
-  records of many handlers (crossings, decisions, table writes) into one request.
-  Measured on a 30,000-report backlog: 0.74 ms of early-stop CPU per report with no
-  linger, 0.59 with 5 ms, 0.50 with 20 ms. It adds up to 20 ms to each of the two
-  hops (metric -> crossing -> decision).
-- no standby table replicas (Faust: 1): with two workers each one consumed and
-  applied the other's changelogs (a table write per metric point), which cost more
-  than the second worker gained (0.79 vs 0.59 ms CPU per report for the pair). A
-  worker taking partitions over restores them from the changelog instead: a few
-  seconds more of takeover for tens of thousands of records.
-- no transactions (``processing_guarantee`` at_least_once): tansu answers aiokafka's
+- Short group timeouts (rebalance 5 s, session 6 s, heartbeat 1 s; Faust: 60, 60, 3 s),
+  as the architecture asks for tansu: a worker that dies without leaving the group
+  holds its partitions until its session expires, and a rebalance waits up to the
+  rebalance timeout for slow members.
+- Batched produce with a corrected end offset: tansu answers ListOffsets with the base
+  offset of a partition's last batch + 1, while the high watermark in its Fetch
+  responses is right. Faust's table recovery reads ListOffsets, so it would stop short
+  of a changelog's end and crash with ``ConsistencyError`` on takeover. ``_highwaters``
+  below confirms the end with a fetch (``end_offset_probe``). One record per batch
+  would avoid the bug too, but aiokafka sends one batch per partition per request with
+  one request in flight, which caps the app far below the fleet's report rate.
+- Producer linger 20 ms (Faust: 0): a produce request costs more in the socket write
+  than everything else the app does for it, so lingering puts the records of many
+  handlers (crossings, decisions, table writes) into one request, at the price of up
+  to 20 ms on each of the two hops (metric -> crossing -> decision).
+- No standby table replicas (Faust: 1): each worker would consume and apply the
+  others' changelogs (a table write per metric point), which costs more than a second
+  worker gains; a worker taking partitions over restores them from the changelog.
+- No transactions (``processing_guarantee`` at_least_once): tansu answers aiokafka's
   InitProducerId with an error. Every handler is idempotent instead.
-- fetch long poll 100 ms (the profile's ``fetch_max_wait_ms``) instead of Faust's
-  hard-coded 1500 ms: tansu does not answer a pending aiokafka fetch when records
-  arrive (kafka-python's fetches it does answer), so each of the two hops metric ->
-  rung -> decision waited for the long poll to expire: ~1 s report-to-decision
-  instead of a few ms. On Kafka the broker answers as soon as data arrives, and the
-  kafka profile's 500 ms only bounds idle fetches.
-- a fetch that skipped offsets of a topic without compaction is read again from the
-  first one missing (``ladder.gaps``): tansu 0.6 can hand a tailing consumer a batch
-  from beyond records of another producer that are stored and acknowledged.
-- after a rebalance a partition the group never committed goes back to its start
-  (``committed_seeks``).
-- internal topics (changelogs, the assignor's leader topic) are declared by Faust
+- Fetch long poll from the profile (``fetch_max_wait_ms``, 100 ms on tansu) instead of
+  Faust's hard-coded 1500 ms: tansu does not answer a pending aiokafka fetch when
+  records arrive, so each hop would wait for the long poll to expire. On Kafka the
+  broker answers as soon as data arrives, and the kafka profile's 500 ms only bounds
+  idle fetches.
+- A fetch that skipped offsets of a topic without compaction is read again from the
+  first one missing (``ladder.gaps``): tansu can hand a tailing consumer a batch from
+  beyond records of another producer that are stored and acknowledged.
+- After a rebalance a partition the group never committed goes back to its start
+  (``committed_seeks``): aiokafka's seek to committed offsets skips such a partition.
+- Internal topics (changelogs, the assignor's leader topic) are declared by Faust
   itself (``topic_allow_declare``); tansu's CreateTopics accepts them.
 """
 

@@ -5,15 +5,11 @@ every process needs every study. ``StudyFeed`` reads all partitions of the compa
 ``<prefix>studies`` topic from the beginning with its own consumer (no group: nothing
 to rebalance, nothing shared) into ``StudyDirectory``.
 
-This replaced a Faust GlobalTable fed by the studies agent. There, a study reached a
-process only if the one process owning its studies partition handled the record and
-every other process then read the table's changelog, and both reads go through Faust's
-fetcher, which drops records fetched just as their partition is paused (a rebalance)
-and skips re-reading a partition that never had an offset committed. After a second
-process joined a running one, a new study was registered by neither and 196,838 of its
-reports were dead-lettered as "unknown study" (bench/README.md). Faust's own tracker
-has the same GlobalTable symptom with several workers (robinhood/faust#716, #751;
-faust-streaming/faust#283).
+Not a Faust GlobalTable: that would reach a process only through the owner of the
+study's partition and then the table's changelog, both read by Faust's fetcher, which
+drops records fetched just as their partition is paused and never re-reads a
+partition that had no offset committed, so a new study can be missed by every process
+(bench/README.md, "Early-stop scale"; faust-streaming/faust#283).
 
 The studies agent still consumes the topic in the group: it validates each record
 once, so a malformed StudyEvent gets exactly one dead letter, not one per process.
