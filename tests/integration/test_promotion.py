@@ -65,7 +65,7 @@ def _decision(trial_id: str, action: int, rung: int, reason: str = "") -> events
 def test_pause_then_promote_is_fenced_and_replays_change_nothing(state: State) -> None:
     study_id, trial_id = _running_trial(state)
     trials = state.trials
-    assert trials.store_decision(_decision(trial_id, events_pb2.PAUSE, 0)) == "OK"
+    assert trials.apply_decision(_decision(trial_id, events_pb2.PAUSE, 0))[0] == "OK"
     paused = trials.pause(trial_id, "a1", 1, 0)
     assert paused.changed and paused.event_kind == events_pb2.TRIAL_PAUSED
     assert paused.trial.state == trial_pb2.PAUSED and paused.trial.paused_rung == 0
@@ -79,7 +79,7 @@ def test_pause_then_promote_is_fenced_and_replays_change_nothing(state: State) -
         trials.start(trial_id, "a2", "w2", 30)  # only a PROMOTE brings it back
     assert trials.claim_resumable(study_id, 5, 60) == []
     # A replayed PAUSE changes nothing; the PROMOTE for its rung makes it RESUMABLE.
-    assert trials.store_decision(_decision(trial_id, events_pb2.PAUSE, 0)) == "REPEAT"
+    assert trials.apply_decision(_decision(trial_id, events_pb2.PAUSE, 0))[0] == "REPEAT"
     status, promoted = trials.apply_decision(
         _decision(trial_id, events_pb2.PROMOTE, 0, "promoted from pause")
     )
@@ -91,7 +91,7 @@ def test_pause_then_promote_is_fenced_and_replays_change_nothing(state: State) -
     assert trials.apply_decision(
         _decision(trial_id, events_pb2.PROMOTE, 0, "promoted from pause")
     ) == ("REPEAT", None)
-    assert trials.store_decision(_decision(trial_id, events_pb2.PAUSE, 0)) == "KEPT"
+    assert trials.apply_decision(_decision(trial_id, events_pb2.PAUSE, 0))[0] == "KEPT"
     (claimed,) = trials.claim_resumable(study_id, 5, 60)
     assert claimed.trial_id == trial_id and claimed.checkpoint_step == 1
     started = trials.start(trial_id, "a2", "w2", 30)
@@ -100,8 +100,8 @@ def test_pause_then_promote_is_fenced_and_replays_change_nothing(state: State) -
     with pytest.raises(StaleAttempt, match="stale attempt"):
         trials.pause(trial_id, "a1", 1, 0)  # the old attempt is fenced out
     # Decisions about a later rung replace the earlier ones; an earlier one never does.
-    assert trials.store_decision(_decision(trial_id, events_pb2.PAUSE, 1)) == "OK"
-    assert trials.store_decision(_decision(trial_id, events_pb2.PROMOTE, 0, "x")) == "KEPT"
+    assert trials.apply_decision(_decision(trial_id, events_pb2.PAUSE, 1))[0] == "OK"
+    assert trials.apply_decision(_decision(trial_id, events_pb2.PROMOTE, 0, "x"))[0] == "KEPT"
     assert trials.decision(trial_id).rung == 1
 
 
@@ -110,7 +110,7 @@ def test_a_promote_that_overtakes_the_pause_makes_the_trial_resumable_at_once(
 ) -> None:
     study_id, trial_id = _running_trial(state)
     trials = state.trials
-    trials.store_decision(_decision(trial_id, events_pb2.PAUSE, 0))
+    trials.apply_decision(_decision(trial_id, events_pb2.PAUSE, 0))
     # The PROMOTE arrives while the worker is still checkpointing for the PAUSE.
     assert trials.apply_decision(_decision(trial_id, events_pb2.PROMOTE, 0)) == ("OK", None)
     moved = trials.pause(trial_id, "a1", 1, 0)
@@ -122,7 +122,7 @@ def test_a_promote_that_overtakes_the_pause_makes_the_trial_resumable_at_once(
 
 def test_pausing_a_stopped_trial_is_refused(state: State) -> None:
     _, trial_id = _running_trial(state)
-    state.trials.store_decision(_decision(trial_id, events_pb2.STOP, 0))
+    state.trials.apply_decision(_decision(trial_id, events_pb2.STOP, 0))
     with pytest.raises(Conflict, match="STOP"):
         state.trials.pause(trial_id, "a1", 1, 0)
     assert state.trials.get(trial_id).state == trial_pb2.RUNNING

@@ -523,18 +523,18 @@ def test_decisions_are_stored_idempotently_and_stop_wins(state: State) -> None:
     (trial_id,) = _trials(state, study_id, 1)
     promote = events_pb2.Decision(trial_id=trial_id, action=events_pb2.PROMOTE, rung=0)
     stop = events_pb2.Decision(trial_id=trial_id, action=events_pb2.STOP, rung=1)
-    assert state.trials.store_decision(promote) == "OK"
-    assert state.trials.store_decision(stop) == "OK"
-    assert state.trials.store_decision(stop) == "REPEAT"
+    assert state.trials.apply_decision(promote)[0] == "OK"
+    assert state.trials.apply_decision(stop)[0] == "OK"
+    assert state.trials.apply_decision(stop)[0] == "REPEAT"
     # Decided again after an early-stop crash: same verdict, later timestamp.
     redelivered = events_pb2.Decision()
     redelivered.CopyFrom(stop)
     redelivered.ts_ms = 5_000
-    assert state.trials.store_decision(redelivered) == "REPEAT"
-    assert state.trials.store_decision(promote) == "KEPT"
+    assert state.trials.apply_decision(redelivered)[0] == "REPEAT"
+    assert state.trials.apply_decision(promote)[0] == "KEPT"
     assert state.trials.decision(trial_id) == stop
     unknown = events_pb2.Decision(trial_id="nope-t1", action=events_pb2.STOP)
-    assert state.trials.store_decision(unknown) == "UNKNOWN"
+    assert state.trials.apply_decision(unknown)[0] == "UNKNOWN"
 
 
 def test_unacknowledged_events_stay_in_the_outbox(state: State) -> None:

@@ -240,10 +240,6 @@ class TrialStore:
         )
         return [trial_from_hash(_pairs(row)) for row in rows]
 
-    def store_decision(self, decision: events_pb2.Decision) -> str:
-        """Keep the latest decision per trial (see ``apply_decision``); its status."""
-        return self.apply_decision(decision)[0]
-
     def apply_decision(self, decision: events_pb2.Decision) -> tuple[str, Transition | None]:
         """Keep the trial's latest decision: a STOP is never overridden, and an older
         rung or a weaker verdict on the same rung does not replace a stored one.
