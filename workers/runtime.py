@@ -55,7 +55,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 import grpc
-from ladder.client import BudgetExhausted
+from ladder.errors import BudgetExhausted
 from ladder.params import PlainValue, params_to_dict
 from ladder.schedulers import SchedulerSpec
 from ladder.v1 import evaluate_pb2, events_pb2, study_pb2, suggest_pb2, trial_pb2

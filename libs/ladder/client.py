@@ -51,6 +51,7 @@ import grpc
 
 from ladder import telemetry
 from ladder.config import Settings
+from ladder.errors import BudgetExhausted
 from ladder.params import fill_params
 from ladder.proto_enum import ProtoEnum
 from ladder.schedulers.spec import ASHA_FORMS, BRACKET_ALLOCATIONS, SCHEDULER_KINDS, SMOOTHINGS
@@ -84,10 +85,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
-
-
-class BudgetExhausted(Exception):
-    """Suggest has no more trials to hand out (the study's max_trials are used up)."""
 
 
 # --- retries -----------------------------------------------------------------------------
@@ -447,7 +444,7 @@ class LadderClient:
             reply = self._call(self._suggest.Suggest, request, "Suggest")
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                raise BudgetExhausted(exc.details() or "budget exhausted") from exc
+                raise BudgetExhausted(None, exc.details()) from exc
             raise
         return list(reply.suggestions)
 

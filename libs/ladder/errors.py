@@ -37,8 +37,9 @@ class StaleAttempt(LadderError):
 class BudgetExhausted(LadderError):
     """The study has handed out all of its ``max_trials``."""
 
-    def __init__(self, suggested: int) -> None:
-        super().__init__(f"study budget exhausted: {suggested} trials suggested")
+    def __init__(self, suggested: int | None, message: str = "") -> None:
+        # A client knows only the server's message, not the count.
+        super().__init__(message or f"study budget exhausted: {suggested} trials suggested")
         self.suggested = suggested
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ladder.client import BudgetExhausted, LadderClient
+from ladder.client import LadderClient
 from ladder.config import Settings
-from ladder.errors import Conflict, StaleAttempt
+from ladder.errors import BudgetExhausted, Conflict, StaleAttempt
 from ladder.params import fill_params
 from ladder.state import State, open_state
 from ladder.testing import wait_for
