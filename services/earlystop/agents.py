@@ -5,8 +5,7 @@ records, keeps table state and carries trace context.
 Batches: stages 1 and 2 handle what arrived while their previous batch was handled
 (up to ``BATCH_MAX`` records), produce everything the batch implies without waiting,
 then wait for all the acknowledgements at once and only then write their tables and
-ack the records. Waiting for each record's ack in turn made every record cost one
-broker round trip.
+ack the records, so a batch costs one broker round trip, not one per record.
 
 Delivery: at least once (Faust commits a batch's offsets after its agent handled it
 and the producer flushed). Each handler is idempotent, and a batch writes its tables
@@ -196,8 +195,8 @@ class EarlyStopAgents:
 
     async def consume_metrics(self, stream: faust.StreamT) -> None:
         # Stage 1 opens its CONSUMER span itself, only for the few reports that
-        # produce something (a span per metric point cost more than the rest of
-        # stage 1; the trace of a trial still runs report -> crossing -> decision).
+        # produce something: a span per metric point would cost more than the rest
+        # of stage 1, and the trace of a trial still runs report -> crossing -> decision.
         await self._consume_in_batches(
             stream, self.on_metric, self._finish_curves, False, self.curves
         )
@@ -217,9 +216,9 @@ class EarlyStopAgents:
         while the previous batch was handled (at most ``BATCH_MAX``), and ack each
         event (its offset becomes committable) only once its batch is done.
 
-        Reading goes on while a batch waits for its acknowledgements; with Faust's
-        ``take_events`` it stopped, so a batch held only what arrived in its time
-        window and the broker round trip of every batch capped the throughput.
+        Reading goes on while a batch waits for its acknowledgements (Faust's
+        ``take_events`` would stop it), so the broker round trip of a batch does not
+        cap the throughput.
         """
         stream.enable_acks = False  # acked below, after the batch is handled
         pending: list[faust.types.EventT] = []

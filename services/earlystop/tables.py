@@ -102,8 +102,8 @@ class CurveWriteBehind:
     """Stage 1's curve states, written to ``trial_curves`` at most once per trial per
     ``interval`` seconds instead of once per metric point.
 
-    A changelog record per metric point was the largest single cost of stage 1 (and
-    the broker's); a worker reporting every second now costs one record per interval.
+    A changelog record per metric point would be the largest single cost of stage 1
+    (and of the broker); a worker reporting every second costs one record per interval.
 
     Nothing is lost for it: the metric events whose states are not written yet are
     held unacknowledged, so Faust does not commit their offsets. A crash replays them

@@ -1,8 +1,7 @@
 """TRIAL_SUGGESTED events published off the request path.
 
-Waiting for the broker's acknowledgement inside Suggest costs a round trip
-(p50 ~4 ms, p99 ~10 ms on the embedded broker under load), more than the rest
-of the request. CREATE_TRIALS already wrote each new trial's event into the
+Waiting for the broker's acknowledgement inside Suggest would cost a round trip,
+more than the rest of the request. CREATE_TRIALS already wrote each new trial's event into the
 Redis outbox atomically with the trial, so the request only hands the record
 to the Kafka producer; when the broker acknowledges it, a background thread
 clears the outbox entry (``TrialStore.ack``). If the send fails or this process

@@ -189,16 +189,15 @@ def test_leaderboard_recording_is_idempotent() -> None:
     assert board.population == 1 and board.values["a"] == 0.5
 
 
-def test_leaderboards_are_per_study_and_per_rung() -> None:
+def test_leaderboards_are_per_study_bracket_and_rung() -> None:
     boards = Leaderboards()
-    assert boards.record("s1", 0, "a", 0.3)
-    assert boards.record("s1", 1, "a", 0.2)
-    assert boards.record("s2", 0, "a", 0.9)
-    assert not boards.record("s1", 0, "a", 0.3)
+    assert boards.board("s1", 0).record("a", 0.3)
+    assert boards.board("s1", 1).record("a", 0.2)
+    assert boards.board("s2", 0).record("a", 0.9)
+    assert boards.board("s1", 0, bracket=1).record("a", 0.9)
+    assert not boards.board("s1", 0).record("a", 0.3)
     assert boards.board("s1", 0).population == 1
-    assert [rung for rung, _ in boards.rungs_of("s1")] == [0, 1]
-    rebuilt = Leaderboards.from_entries({("s1", 0, "a"): 0.3, ("s1", 0, "b"): 0.4})
-    assert rebuilt.board("s1", 0).population == 2
+    assert sorted(boards.boards) == [("s1", 0, 0), ("s1", 0, 1), ("s1", 1, 0), ("s2", 0, 0)]
 
 
 def test_ranks_are_direction_aware_and_ties_share_a_rank() -> None:

@@ -19,7 +19,7 @@ dominates the weak prior), and a deterministic one is interpolated tightly.
 Posterior. The fitted model's posterior is re-implemented in plain torch on a
 cached Cholesky factor (``fast_posterior_model``; same numbers as gpytorch's,
 checked by a unit test): the acquisition optimiser calls it hundreds of times
-per ask and gpytorch's per-call overhead was most of an ask's cost.
+per ask, and gpytorch's per-call overhead would be most of an ask's cost.
 
 Acquisition. ``qLogExpectedImprovement`` over the best observed value, with
 ``X_pending`` = the encoded points other workers are evaluating right now:

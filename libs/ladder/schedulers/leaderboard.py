@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -130,20 +130,3 @@ class Leaderboards:
             found = self.boards[key] = RungLeaderboard(maximize)
         found.maximize = maximize
         return found
-
-    def record(
-        self, study_id: str, rung: int, trial_id: str, value: float, maximize: bool = False
-    ) -> bool:
-        return self.board(study_id, rung, maximize).record(trial_id, value)
-
-    def rungs_of(self, study_id: str, bracket: int = 0) -> Iterator[tuple[int, RungLeaderboard]]:
-        for (study, in_bracket, rung), board in sorted(self.boards.items()):
-            if study == study_id and in_bracket == bracket:
-                yield rung, board
-
-    @classmethod
-    def from_entries(cls, entries: Mapping[tuple[str, int, str], float]) -> Leaderboards:
-        out = cls()
-        for (study, rung, trial), value in entries.items():
-            out.board(study, rung).record(trial, value)
-        return out
