@@ -23,6 +23,7 @@ from ladder.schedulers import (
 )
 from ladder.schedulers.engine import Crossing, EarlyStopEngine
 from ladder.schedulers.replay import CurveTable, LadderPolicy, replay
+from ladder.testing import FakeApp, FakeTable, fake_event
 from ladder.v1 import events_pb2
 
 from services.earlystop.agents import BatchWork, EarlyStopAgents
@@ -32,45 +33,6 @@ from services.earlystop.tables import EarlyStopTables, LeaderboardView
 STUDY = "parity"
 
 
-class FakeTopic:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.sent: list[bytes] = []
-
-    def get_topic_name(self) -> str:
-        return self.name
-
-    async def send(self, *, value: bytes, **_: Any) -> asyncio.Future[None]:
-        self.sent.append(value)
-        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        acked.set_result(None)
-        return acked
-
-
-class FakeApp:
-    def __init__(self) -> None:
-        self.topics: dict[str, FakeTopic] = {}
-
-    def topic(self, name: str, **_: Any) -> FakeTopic:
-        return self.topics.setdefault(name, FakeTopic(name))
-
-
-class FakeTable:
-    """What the agents use of a Faust table: a dict and its changelog topic."""
-
-    key_serializer = value_serializer = "json"
-
-    def __init__(self) -> None:
-        self.data: dict[Any, Any] = {}
-        self.changelog_topic = FakeTopic("changelog")
-
-    def get(self, key: Any) -> Any:
-        return self.data.get(key)
-
-    def values(self) -> Any:
-        return self.data.values()
-
-
 @dataclass
 class FakeStudies:
     spec: SchedulerSpec
@@ -78,18 +40,6 @@ class FakeStudies:
 
     async def wait_for(self, study_id: str, published_at: float | None) -> StudyEntry:
         return StudyEntry(study_id, self.spec)
-
-
-@dataclass
-class FakeEvent:
-    value: bytes
-    message: SimpleNamespace
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-
-def event(topic: str, offset: int, value: bytes) -> FakeEvent:
-    message = SimpleNamespace(topic=topic, partition=0, offset=offset, timestamp=1.0, headers=[])
-    return FakeEvent(value, message)
 
 
 class RecordingEngine(EarlyStopEngine):
@@ -142,11 +92,11 @@ async def through_the_service(
         )
         emitted = len(rungs.sent)
         work = BatchWork()
-        await agents.on_metric(event("metrics", offset, report.SerializeToString()), work)
+        await agents.on_metric(fake_event("metrics", offset, report.SerializeToString()), work)
         await agents._finish_curves(work, True)
         for crossing in rungs.sent[emitted:] * 2:
             work = BatchWork()
-            await agents.on_rung(event("rungs", offset, crossing), work)
+            await agents.on_rung(fake_event("rungs", offset, crossing), work)
             await agents._finish_decisions(work, True)
     return [events_pb2.Decision.FromString(raw) for raw in decisions.sent]
 

@@ -5,7 +5,16 @@ Lives in the package (not under tests/) so that a test imports it by one name an
 new backend or service can reuse it for its own tests.
 """
 
-from ladder.testing.fakes import FakeChangelog, FakeDraws, FakeTable, RpcStatus
+from ladder.testing.fakes import (
+    FakeApp,
+    FakeChangelog,
+    FakeDraws,
+    FakeEvent,
+    FakeTable,
+    FakeTopic,
+    RpcStatus,
+    fake_event,
+)
 from ladder.testing.processes import (
     ServiceGroup,
     ServiceProcess,
@@ -14,13 +23,17 @@ from ladder.testing.processes import (
 from ladder.testing.waiting import unless_not_found, wait_for, wait_for_found
 
 __all__ = [
+    "FakeApp",
     "FakeChangelog",
     "FakeDraws",
+    "FakeEvent",
     "FakeTable",
+    "FakeTopic",
     "RpcStatus",
     "ServiceGroup",
     "ServiceProcess",
     "embedded_infra",
+    "fake_event",
     "unless_not_found",
     "wait_for",
     "wait_for_found",

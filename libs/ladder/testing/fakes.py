@@ -1,8 +1,11 @@
 """In-memory stand-ins for what a unit test cannot run: a Redis counter, a gRPC error,
-a Faust table with its changelog."""
+a Faust app with its topics and tables, the events a Faust agent is handed."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -58,3 +61,48 @@ class FakeTable:
 
     def get(self, key: Any) -> Any:
         return self.data.get(key)
+
+    def values(self) -> Any:
+        return self.data.values()
+
+
+class FakeTopic:
+    """A Faust topic: records the values sent; every send is acknowledged at once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent: list[bytes] = []
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+    async def send(self, *, value: bytes, **_: Any) -> asyncio.Future[None]:
+        self.sent.append(value)
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acked.set_result(None)
+        return acked
+
+
+class FakeApp:
+    """A Faust app as far as agents use it: one FakeTopic per name, made on first use."""
+
+    def __init__(self) -> None:
+        self.topics: dict[str, FakeTopic] = {}
+
+    def topic(self, name: str, **_: Any) -> FakeTopic:
+        return self.topics.setdefault(name, FakeTopic(name))
+
+
+@dataclass
+class FakeEvent:
+    """A Faust event: the record's value and the message it came in."""
+
+    value: bytes
+    message: SimpleNamespace
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def fake_event(topic: str, offset: int, value: bytes) -> FakeEvent:
+    """The event of the record at ``offset`` of partition 0 of ``topic``."""
+    message = SimpleNamespace(topic=topic, partition=0, offset=offset, timestamp=1.0, headers=[])
+    return FakeEvent(value, message)
