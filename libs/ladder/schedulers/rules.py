@@ -88,6 +88,45 @@ def kept_count(population: int, eta: float) -> int:
     return max(1, math.floor(population / eta + RESOURCE_EPS))
 
 
+def _asha_cutoff(spec: SchedulerSpec, board: RungLeaderboard) -> tuple[int, float]:
+    """(how many are kept, the value of the last one kept) on ``board``."""
+    keep = kept_count(board.population, spec.eta)
+    return keep, board.value_at(keep)
+
+
+def _unranked(
+    rule: str, rung: int, resource: float, value: float, rank: int, population: int, reason: str
+) -> RungDecision:
+    """CONTINUE with no cutoff applied (too few trials, grace period, no scheduler)."""
+    return RungDecision(
+        Action.CONTINUE, rule, rung, resource, value, math.nan, rank, population, reason
+    )
+
+
+def _compared(
+    spec: SchedulerSpec,
+    where: str,
+    rank: int,
+    population: int,
+    value: float,
+    worse: bool,
+    against: str,
+    threshold: float,
+) -> str:
+    """The sentence of a ranked decision, e.g. ``rung 1 (3 epochs): rank 7/9, val_loss
+    0.412 > cutoff 0.305``: ``worse`` picks the sign for the study's direction."""
+    worse_sign, not_worse_sign = _worse_sign(spec)
+    sign = worse_sign if worse else not_worse_sign
+    return (
+        f"{where}: rank {rank}/{population}, {_metric(spec)} {_fmt(value)} {sign} {against} "
+        f"{_fmt(threshold)}"
+    )
+
+
+def _kept_note(spec: SchedulerSpec, keep: int, population: int) -> str:
+    return f" (top {keep} of {population} kept, eta={spec.eta:g})"
+
+
 def _improvement(spec: SchedulerSpec, before: float, after: float) -> float:
     return after - before if spec.maximize else before - after
 
@@ -135,26 +174,12 @@ def asha_decide(
     rule = "hyperband" if spec.kind is SchedulerKind.HYPERBAND else "asha"
     rank = board.rank_of(trial_id)
     if n < spec.min_population:
-        return RungDecision(
-            Action.CONTINUE,
-            rule,
-            rung,
-            resource,
-            value,
-            math.nan,
-            rank,
-            n,
-            f"{where}: population {n} < min {spec.min_population}",
-        )
-    keep = kept_count(n, spec.eta)
-    cutoff = board.value_at(keep)
+        too_few = f"{where}: population {n} < min {spec.min_population}"
+        return _unranked(rule, rung, resource, value, rank, n, too_few)
+    keep, cutoff = _asha_cutoff(spec, board)
     stop = board.better(cutoff, value)
-    worse, not_worse = _worse_sign(spec)
-    sign = worse if stop else not_worse
-    reason = (
-        f"{where}: rank {rank}/{n}, {_metric(spec)} {_fmt(value)} {sign} cutoff {_fmt(cutoff)}"
-        f" (top {keep} of {n} kept, eta={spec.eta:g})"
-    )
+    reason = _compared(spec, where, rank, n, value, stop, "cutoff", cutoff)
+    reason += _kept_note(spec, keep, n)
     if stop and spec.protect_late_bloomers:
         spared = late_bloomer_note(spec, board, previous, trial_id, rung)
         if spared:
@@ -173,25 +198,12 @@ def median_decide(
     rank = board.rank_of(trial_id)
     others = board.others(trial_id)
     if n < spec.min_population or not others:
-        return RungDecision(
-            Action.CONTINUE,
-            "median",
-            rung,
-            resource,
-            value,
-            math.nan,
-            rank,
-            n,
-            f"{where}: population {n} < min {max(spec.min_population, 2)}",
-        )
+        too_few = f"{where}: population {n} < min {max(spec.min_population, 2)}"
+        return _unranked("median", rung, resource, value, rank, n, too_few)
     median = statistics.median(others)
     stop = board.better(median, value)
-    worse, not_worse = _worse_sign(spec)
-    sign = worse if stop else not_worse
-    reason = (
-        f"{where}: rank {rank}/{n}, {_metric(spec)} {_fmt(value)} {sign} median {_fmt(median)}"
-        f" of {len(others)} other trials"
-    )
+    reason = _compared(spec, where, rank, n, value, stop, "median", median)
+    reason += f" of {len(others)} other trials"
     action = Action.STOP if stop else Action.CONTINUE
     return RungDecision(action, "median", rung, resource, value, median, rank, n, reason)
 
@@ -229,25 +241,14 @@ def decide(
         raise KeyError(f"trial {trial_id!r} is not on the rung {rung} leaderboard")
     value = board.values[trial_id]
     if not spec.enabled:
-        return RungDecision(
-            Action.CONTINUE,
-            "none",
-            rung,
-            resource,
-            value,
-            math.nan,
-            0,
-            board.population,
-            "early stopping disabled (scheduler NONE)",
-        )
+        disabled = "early stopping disabled (scheduler NONE)"
+        return _unranked("none", rung, resource, value, 0, board.population, disabled)
     if resource < spec.grace_period * (1 - RESOURCE_EPS):
-        return RungDecision(
-            Action.CONTINUE,
+        return _unranked(
             "grace",
             rung,
             resource,
             value,
-            math.nan,
             board.rank_of(trial_id),
             board.population,
             f"{_where(spec, rung, resource)}: within grace period "
@@ -297,10 +298,8 @@ def decide_crossing(
     n = board.population
     if own.rule == "grace" or n < spec.min_population:
         return out  # no cutoff applies here yet, so nobody is paused on this rung
-    keep = kept_count(n, spec.eta)
-    cutoff = board.value_at(keep)
+    keep, cutoff = _asha_cutoff(spec, board)
     where = _where(spec, rung, resource)
-    _, not_worse = _worse_sign(spec)
     for other, value in board.best_first():
         if board.better(cutoff, value):
             break  # everything further down is below the cutoff
@@ -319,9 +318,9 @@ def decide_crossing(
                 cutoff,
                 rank,
                 n,
-                f"{where}: rank {rank}/{n}, {_metric(spec)} {_fmt(value)} {not_worse} cutoff "
-                f"{_fmt(cutoff)} (top {keep} of {n} kept, eta={spec.eta:g}): promoted from "
-                "pause as the rung grew",
+                _compared(spec, where, rank, n, value, False, "cutoff", cutoff)
+                + _kept_note(spec, keep, n)
+                + ": promoted from pause as the rung grew",
                 trial_id=other,
             )
         )
