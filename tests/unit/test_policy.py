@@ -17,6 +17,7 @@ from ladder.samplers import (
     LocalRefit,
     Observation,
     ObservationStore,
+    Pending,
     Proposal,
     Sampler,
     SamplerContext,
@@ -51,24 +52,20 @@ class Scripted(Sampler):
 
     def __init__(self, context: SamplerContext) -> None:
         super().__init__(context)
-        self.draws = context.reserve or LocalDraws()
         self.gate = threading.Event()
         self.gate.set()
         self.calls: list[tuple[int, list[Mapping[str, PlainValue]]]] = []
         self.fail_next = 0
 
-    def suggest(
-        self,
-        observations: Sequence[Observation],
-        count: int,
-        pending: Sequence[Mapping[str, PlainValue]] = (),
+    def _suggest(
+        self, observations: Sequence[Observation], count: int, pending: Pending
     ) -> list[Proposal]:
         self.gate.wait(10)
         self.calls.append((count, list(pending)))
         if self.fail_next:
             self.fail_next -= 1
             raise RuntimeError("scripted failure")
-        first = self.draws(count)
+        first = self.reserve(count)
         x = min(1.0, len(observations) / 100)
         return [
             Proposal({"x": x, "y": 0.0}, first + i, x, 0.1, algorithm=self.algorithm)
@@ -78,7 +75,7 @@ class Scripted(Sampler):
 
 def make(
     capacity: int = 4,
-    pending: Callable[[], Sequence[Mapping[str, PlainValue]]] = tuple,
+    pending: Callable[[], Pending] = tuple,
 ) -> tuple[SuggestionPolicy, Scripted, ObservationStore]:
     draws = LocalDraws()
     context = SamplerContext(space=SPACE, seed=3, reserve=draws)

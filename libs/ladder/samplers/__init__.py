@@ -17,8 +17,9 @@ early; each model-based sampler fits one fidelity at a time
 
 GP and AUTO import torch lazily, on the first such study.
 
-Adding an algorithm means writing a ``Sampler`` subclass and registering its
-factory in ``FACTORIES``; callers do not change.
+Adding an algorithm means writing a ``Sampler`` subclass (a ``ModelBasedSampler``
+for one that fits a model after a quasi-random start, see model_based.py) and
+registering its factory in ``FACTORIES``; callers do not change.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from ladder.samplers.base import (
     FidelitySet,
     LocalDraws,
     Observation,
+    Pending,
     Proposal,
     Sampler,
     SamplerContext,
     derive_seed,
     select_fidelity,
 )
+from ladder.samplers.model_based import ModelBasedSampler
 from ladder.samplers.policy import (
     FALLBACK_ALGORITHM,
     LocalRefit,
@@ -73,6 +76,7 @@ FACTORIES: dict[int, SamplerFactory] = {
     study_pb2.AUTO: _auto,
 }
 
+
 def make_sampler(
     config: study_pb2.StudyConfig,
     space: Space,
@@ -101,7 +105,9 @@ __all__ = [
     "DrawReserver",
     "LocalDraws",
     "FidelitySet",
+    "ModelBasedSampler",
     "Observation",
+    "Pending",
     "Proposal",
     "QuasiRandomSampler",
     "TPESampler",

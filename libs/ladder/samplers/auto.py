@@ -23,18 +23,10 @@ sampler that made it ("auto:gp" / "auto:tpe").
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from ladder.params import PlainValue
-from ladder.samplers.base import (
-    LocalDraws,
-    Observation,
-    Proposal,
-    Sampler,
-    SamplerContext,
-    select_fidelity,
-)
-from ladder.samplers.gp import GPSampler, initial_points
+from ladder.samplers.base import Observation, Pending, Proposal, Sampler, SamplerContext
+from ladder.samplers.gp import GPSampler
 from ladder.samplers.tpe import TPESampler
 from ladder.space import CategoricalEncoding, Kind, Space
 
@@ -59,19 +51,18 @@ class AutoSampler(Sampler):
 
     def __init__(self, context: SamplerContext) -> None:
         super().__init__(context)
-        shared = dataclasses.replace(context, reserve=context.reserve or LocalDraws())
+        shared = dataclasses.replace(context, reserve=self.reserve)
         self._gp = GPSampler(shared) if prefers_gp(context.space) else None
         self._tpe = TPESampler(shared)
         self.algorithm = "auto:gp" if self._gp is not None else "auto:tpe"
 
-    def suggest(
-        self,
-        observations: Sequence[Observation],
-        count: int,
-        pending: Sequence[Mapping[str, PlainValue]] = (),
+    def _suggest(
+        self, observations: Sequence[Observation], count: int, pending: Pending
     ) -> list[Proposal]:
-        training = select_fidelity(observations, initial_points(self.space)).observations
-        if self._gp is not None and len(training) <= MAX_GP_OBSERVATIONS:
+        if (
+            self._gp is not None
+            and len(self._gp.training_set(observations).observations) <= MAX_GP_OBSERVATIONS
+        ):
             self.algorithm, delegate = "auto:gp", self._gp
         else:
             self.algorithm, delegate = "auto:tpe", self._tpe

@@ -25,6 +25,8 @@ from ladder.space import Space
 # the caller. Backed by a Redis counter in the service so a restarted (or a
 # second) suggest process continues a partition's sequence instead of repeating it.
 DrawReserver = Callable[[int], int]
+# The points being evaluated right now (running trials, points handed out).
+Pending = Sequence[Mapping[str, PlainValue]]
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,10 @@ class LocalDraws:
 
 
 class Sampler(ABC):
-    """A search algorithm for one (study, partition); see the module docstring."""
+    """A search algorithm for one (study, partition); see the module docstring.
+
+    ``suggest`` is the one entry point; a subclass implements ``_suggest``, which
+    is only called for ``count >= 1``."""
 
     # Whether ``suggest`` uses ``pending``; lets the caller skip fetching it.
     uses_pending = False
@@ -141,21 +146,32 @@ class Sampler(ABC):
 
     def __init__(self, context: SamplerContext) -> None:
         self.context = context
+        # The partition's draw counter (a Redis counter in the service); a sampler
+        # that delegates to another passes it on, so draw numbers stay unique.
+        self.reserve: DrawReserver = context.reserve or LocalDraws()
 
     @property
     def space(self) -> Space:
         return self.context.space
 
-    @abstractmethod
     def suggest(
         self,
         observations: Sequence[Observation],
         count: int,
-        pending: Sequence[Mapping[str, PlainValue]] = (),
+        pending: Pending = (),
     ) -> list[Proposal]:
         """``count`` new points, each stamped with its ``algorithm``.
         ``observations`` hold at most one per ``key`` (final and rung values
         mixed); ``pending`` are points being evaluated right now."""
+        if count <= 0:
+            return []
+        return self._suggest(observations, count, pending)
+
+    @abstractmethod
+    def _suggest(
+        self, observations: Sequence[Observation], count: int, pending: Pending
+    ) -> list[Proposal]:
+        """``suggest`` for ``count >= 1``."""
 
 
 def derive_seed(*parts: int) -> int:

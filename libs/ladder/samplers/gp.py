@@ -89,7 +89,6 @@ Determinism: everything random is seeded from (study seed, partition, draw).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import threading
@@ -101,15 +100,14 @@ import torch
 
 from ladder.params import PlainValue
 from ladder.samplers.base import (
-    LocalDraws,
+    FidelitySet,
     Observation,
+    Pending,
     Proposal,
-    Sampler,
     SamplerContext,
     derive_seed,
-    select_fidelity,
 )
-from ladder.samplers.quasirandom import QuasiRandomSampler
+from ladder.samplers.model_based import ModelBasedSampler
 from ladder.space import CategoricalEncoding, Kind, Space
 
 # Bumped whenever suggestions change for the same inputs (bench cache key).
@@ -181,16 +179,11 @@ def fit_subset(
     return [observations[i] for i in sorted(chosen)]
 
 
-class GPSampler(Sampler):
+class GPSampler(ModelBasedSampler):
     algorithm = "gp"
-    uses_pending = True
 
     def __init__(self, context: SamplerContext) -> None:
-        super().__init__(context)
-        # One draw counter for Sobol' and model-based proposals alike, so draw
-        # indices (and the trial seeds derived from them) stay unique.
-        self._reserve = context.reserve or LocalDraws()
-        self._initial = QuasiRandomSampler(dataclasses.replace(context, reserve=self._reserve))
+        super().__init__(context, startup=initial_points(context.space))
         self._lock = threading.Lock()
         # Hyperparameters of the last fit (per fidelity): the next fit starts
         # there, so it converges in a few L-BFGS steps instead of from the prior.
@@ -198,21 +191,15 @@ class GPSampler(Sampler):
         self._discrete = [p for p in context.space.params if p.kind is not Kind.FLOAT]
         _limit_torch_threads()
 
-    def suggest(
-        self,
-        observations: Sequence[Observation],
-        count: int,
-        pending: Sequence[Mapping[str, PlainValue]] = (),
+    def can_fit(self, training: Sequence[Observation], pending: Pending) -> bool:
+        # The initial design is counted in observed plus pending points (module
+        # docstring, "Initial design").
+        return len(training) >= MIN_FIT_POINTS and len(training) + len(pending) >= self.startup
+
+    def _from_model(
+        self, fidelity: FidelitySet, count: int, pending: Pending, first: int
     ) -> list[Proposal]:
-        if count <= 0:
-            return []
-        fidelity = select_fidelity(observations, initial_points(self.space))
-        usable = fidelity.observations
-        if len(usable) < MIN_FIT_POINTS or len(usable) + len(pending) < initial_points(self.space):
-            initial = self._initial.suggest((), count, pending)
-            return [dataclasses.replace(p, algorithm=self.algorithm) for p in initial]
-        first = self._reserve(count)
-        usable = fit_subset(usable, MAX_FIT_POINTS, self.context.maximize)
+        usable = fit_subset(fidelity.observations, MAX_FIT_POINTS, self.context.maximize)
         with self._lock:
             return self._model_based(usable, fidelity.resource, pending, count, first)
 
@@ -220,7 +207,7 @@ class GPSampler(Sampler):
         self,
         usable: list[Observation],
         resource: float | None,
-        pending: Sequence[Mapping[str, PlainValue]],
+        pending: Pending,
         count: int,
         first: int,
     ) -> list[Proposal]:

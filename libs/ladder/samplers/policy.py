@@ -41,18 +41,16 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from ladder.params import PlainValue
-from ladder.samplers.base import Observation, ObservationKey, Proposal, Sampler
+from ladder.samplers.base import Observation, ObservationKey, Pending, Proposal, Sampler
 
 log = logging.getLogger("ladder.samplers.policy")
 
 FALLBACK_ALGORITHM = "sobol-fallback"
 RETRY_SECONDS = 1.0
 
-Pending = Sequence[Mapping[str, PlainValue]]
 PendingProvider = Callable[[], Pending]
 # refit(count, pending) -> ``count`` proposals from the study's current observations.
 Refit = Callable[[int, Pending], list[Proposal]]

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import qmc
 
-from ladder.params import PlainValue
-from ladder.samplers.base import LocalDraws, Observation, Proposal, Sampler, SamplerContext
+from ladder.samplers.base import Observation, Pending, Proposal, Sampler, SamplerContext
 
 # scipy's Sobol' engine (30 bits) yields 2**30 points; past that a partition moves
 # on to a freshly scrambled "generation" instead of wrapping around.
@@ -31,21 +30,15 @@ class QuasiRandomSampler(Sampler):
 
     def __init__(self, context: SamplerContext) -> None:
         super().__init__(context)
-        self._reserve = context.reserve or LocalDraws()
         self._engine: qmc.Sobol | None = None
         self._generation = -1
         self._lock = threading.Lock()
 
-    def suggest(
-        self,
-        observations: Sequence[Observation],
-        count: int,
-        pending: Sequence[Mapping[str, PlainValue]] = (),
+    def _suggest(
+        self, observations: Sequence[Observation], count: int, pending: Pending
     ) -> list[Proposal]:
         """The next ``count`` points of the stream (observations are not used)."""
-        if count <= 0:
-            return []
-        first = self._reserve(count)
+        first = self.reserve(count)
         points = self.points(first, count)
         return [
             Proposal(

@@ -42,16 +42,8 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from ladder.params import PlainValue
-from ladder.samplers.base import (
-    LocalDraws,
-    Observation,
-    Proposal,
-    Sampler,
-    SamplerContext,
-    derive_seed,
-    select_fidelity,
-)
-from ladder.samplers.quasirandom import QuasiRandomSampler
+from ladder.samplers.base import FidelitySet, Pending, Proposal, SamplerContext, derive_seed
+from ladder.samplers.model_based import ModelBasedSampler
 from ladder.space import CategoricalEncoding, Kind, ParamSpec, Space
 
 # Bumped whenever suggestions change for the same inputs (bench cache key).
@@ -75,30 +67,17 @@ class _Encoded:
     active: np.ndarray
 
 
-class TPESampler(Sampler):
+class TPESampler(ModelBasedSampler):
     algorithm = "tpe"
-    uses_pending = True
 
     def __init__(self, context: SamplerContext) -> None:
-        super().__init__(context)
-        self._reserve = context.reserve or LocalDraws()
-        self._initial = QuasiRandomSampler(dataclasses.replace(context, reserve=self._reserve))
+        super().__init__(context, startup=N_STARTUP)
 
-    def suggest(
-        self,
-        observations: Sequence[Observation],
-        count: int,
-        pending: Sequence[Mapping[str, PlainValue]] = (),
+    def _from_model(
+        self, fidelity: FidelitySet, count: int, pending: Pending, first: int
     ) -> list[Proposal]:
-        if count <= 0:
-            return []
-        usable = select_fidelity(observations, N_STARTUP).observations
-        if len(usable) < N_STARTUP:
-            initial = self._initial.suggest((), count, pending)
-            return [dataclasses.replace(p, algorithm=self.algorithm) for p in initial]
-        first = self._reserve(count)
         sign = -1.0 if self.context.maximize else 1.0
-        order = sorted(usable, key=lambda o: (sign * o.value, o.trial_id))
+        order = sorted(fidelity.observations, key=lambda o: (sign * o.value, o.trial_id))
         n_good = min(max(1, math.ceil(GAMMA * len(order))), MAX_GOOD)
         good = [o.params for o in order[:n_good]]
         bad = [o.params for o in order[n_good:]] + list(pending)

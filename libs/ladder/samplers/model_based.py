@@ -1,0 +1,60 @@
+"""What every model-based sampler (GP, TPE) does around its model.
+
+Each fits one fidelity (``select_fidelity`` with the sampler's ``startup`` as the
+threshold) and, while that fidelity holds too little to fit, proposes the
+partition's quasi-random stream instead, under its own name. Both streams take
+their draws from the one counter of the partition, so draw indices (and the trial
+seeds derived from them) stay unique whichever of the two made a point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import abstractmethod
+from collections.abc import Sequence
+
+from ladder.samplers.base import (
+    FidelitySet,
+    Observation,
+    Pending,
+    Proposal,
+    Sampler,
+    SamplerContext,
+    select_fidelity,
+)
+from ladder.samplers.quasirandom import QuasiRandomSampler
+
+
+class ModelBasedSampler(Sampler):
+    """A sampler whose model needs ``startup`` observations of one fidelity."""
+
+    uses_pending = True
+
+    def __init__(self, context: SamplerContext, startup: int) -> None:
+        super().__init__(context)
+        self.startup = startup
+        self._initial = QuasiRandomSampler(dataclasses.replace(context, reserve=self.reserve))
+
+    def training_set(self, observations: Sequence[Observation]) -> FidelitySet:
+        """The observations the model is fitted on (one fidelity)."""
+        return select_fidelity(observations, self.startup)
+
+    def can_fit(self, training: Sequence[Observation], pending: Pending) -> bool:
+        """Whether ``training`` is enough to leave the initial design."""
+        return len(training) >= self.startup
+
+    def _suggest(
+        self, observations: Sequence[Observation], count: int, pending: Pending
+    ) -> list[Proposal]:
+        fidelity = self.training_set(observations)
+        if not self.can_fit(fidelity.observations, pending):
+            initial = self._initial.suggest((), count, pending)
+            return [dataclasses.replace(p, algorithm=self.algorithm) for p in initial]
+        return self._from_model(fidelity, count, pending, self.reserve(count))
+
+    @abstractmethod
+    def _from_model(
+        self, fidelity: FidelitySet, count: int, pending: Pending, first: int
+    ) -> list[Proposal]:
+        """``count`` proposals from the model fitted on ``fidelity``, numbered
+        from draw ``first`` (already reserved)."""
