@@ -73,6 +73,12 @@ end
 local function reply(status, key)
   return {status, redis.call('HGETALL', key)}
 end
+-- The attempt holds the trial until until_ms: the hash and the lease zset the
+-- sweeper reads always agree.
+local function hold(t, leases, trial_id, until_ms)
+  redis.call('HSET', t, 'lease_until', until_ms)
+  redis.call('ZADD', leases, until_ms, trial_id)
+end
 -- Within one rung a later verdict may only strengthen an earlier one:
 -- CONTINUE < PAUSE < PROMOTE < STOP (a PROMOTE lifts a PAUSE, never the reverse).
 local function strength(action)
@@ -118,8 +124,7 @@ local now = now_ms()
 local trial_id = field(t, 'id')
 if state == RUNNING and current == attempt then
   -- A retried StartTrial: same answer, lease refreshed, nothing published.
-  redis.call('HSET', t, 'lease_until', now + lease_ms)
-  redis.call('ZADD', leases, now + lease_ms, trial_id)
+  hold(t, leases, trial_id, now + lease_ms)
   return reply('REPEAT', t)
 end
 if terminal(state) or state == PAUSED then return reply('STATE', t) end
@@ -142,11 +147,8 @@ return reply('OK', t)
 HEARTBEAT = _script(
     _FENCE
     + """
-local leases = KEYS[3]
-local lease_ms = tonumber(ARGV[4])
-redis.call('HSET', t, 'lease_until', now + lease_ms)
+hold(t, KEYS[3], trial_id, now + tonumber(ARGV[4]))
 if ARGV[3] ~= '' then redis.call('HSET', t, 'last_step', ARGV[3]) end
-redis.call('ZADD', leases, now + lease_ms, trial_id)
 return reply('OK', t)
 """
 )
@@ -155,10 +157,7 @@ return reply('OK', t)
 CHECKPOINT = _script(
     _FENCE
     + """
-local leases = KEYS[3]
-local lease_ms = tonumber(ARGV[5])
-redis.call('HSET', t, 'lease_until', now + lease_ms)
-redis.call('ZADD', leases, now + lease_ms, trial_id)
+hold(t, KEYS[3], trial_id, now + tonumber(ARGV[5]))
 if field(t, 'ckpt_uri') == ARGV[3] and field(t, 'ckpt_step') == ARGV[4] then
   return reply('REPEAT', t)
 end

@@ -109,6 +109,11 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
+def _optional_step(step: float | None) -> str:
+    """A step the scripts record only when given: '' for none (or 0)."""
+    return "" if not step else _number(step)
+
+
 def _state_name(state: int) -> str:
     return trial_pb2.TrialState.Name(state) if state in trial_pb2.TrialState.values() else "?"
 
@@ -271,11 +276,32 @@ class TrialStore:
 
     # ----------------------------------------------------------- evaluate side
 
-    def _run(
-        self, name: str, trial_id: str, keys: list[str], args: list[object]
-    ) -> tuple[str, dict[str, bytes]]:
+    def _run(self, name: str, keys: list[str], args: list[object]) -> tuple[str, dict[str, bytes]]:
         status, flat = self._scripts[name](keys=keys, args=args)
         return _text(status), _pairs(flat)
+
+    def _fence_keys(self, trial_id: str, *more: str) -> list[str]:
+        """KEYS of a script behind the ``_FENCE`` preamble: trial, outbox, leases, then
+        the script's own."""
+        return [self.keys.trial(trial_id), self.keys.outbox, self.keys.leases, *more]
+
+    def _fenced(
+        self,
+        name: str,
+        verb: str,
+        trial_id: str,
+        attempt_id: str,
+        signature: str,
+        args: list[object],
+        more_keys: Sequence[str] = (),
+    ) -> Transition:
+        """Run a script an attempt calls while it should hold the lease (ARGV: the
+        attempt, the signature of the call that closes it or '', then ``args``) and
+        turn its status into the transition or the refusal."""
+        status, fields = self._run(
+            name, self._fence_keys(trial_id, *more_keys), [attempt_id, signature, *args]
+        )
+        return self._transition(trial_id, attempt_id, status, fields, verb)
 
     def _transition(
         self, trial_id: str, attempt_id: str, status: str, fields: dict[str, bytes], verb: str
@@ -309,6 +335,10 @@ class TrialStore:
             )
         if status == "STATE":
             raise Conflict(f"cannot {verb} trial {trial_id!r}: it is {state}")
+        if status == "STOPPED":
+            raise Conflict(
+                f"trial {trial_id!r} was stopped (latest decision STOP): prune it, not {verb}",
+            )
         if status == "REPEAT":
             return Transition(trial=trial, changed=False)
         token = _text(fields.get("outbox"))
@@ -338,7 +368,6 @@ class TrialStore:
         k = self.keys
         status, fields = self._run(
             "START",
-            trial_id,
             [
                 k.trial(trial_id),
                 k.outbox,
@@ -357,8 +386,7 @@ class TrialStore:
         """Renew the attempt's lease (recording ``step``) and return the trial's latest
         decision, in one Redis round trip: the HEARTBEAT script and the decision read
         are pipelined, and a refused heartbeat raises before the decision is used."""
-        k = self.keys
-        keys = [k.trial(trial_id), k.outbox, k.leases]
+        keys = self._fence_keys(trial_id)
         args = [attempt_id, "", "" if step is None else _number(step), int(lease_seconds * 1000)]
         script = self._scripts["HEARTBEAT"]
         for attempt in range(2):
@@ -366,7 +394,7 @@ class TrialStore:
             # SCRIPT EXISTS before every execute, a second round trip per heartbeat.
             pipe = self.r.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-            pipe.hget(k.decision(trial_id), "proto")
+            pipe.hget(self.keys.decision(trial_id), "proto")
             try:
                 (status, flat), raw = pipe.execute()
                 break
@@ -380,14 +408,14 @@ class TrialStore:
     def checkpoint(
         self, trial_id: str, attempt_id: str, uri: str, step: float, lease_seconds: float
     ) -> Transition:
-        k = self.keys
-        status, fields = self._run(
+        return self._fenced(
             "CHECKPOINT",
+            "checkpoint",
             trial_id,
-            [k.trial(trial_id), k.outbox, k.leases],
-            [attempt_id, "", uri, _number(step), int(lease_seconds * 1000)],
+            attempt_id,
+            "",
+            [uri, _number(step), int(lease_seconds * 1000)],
         )
-        return self._transition(trial_id, attempt_id, status, fields, "checkpoint")
 
     def complete(
         self, trial_id: str, attempt_id: str, value: float, step: float | None = None
@@ -395,19 +423,15 @@ class TrialStore:
         if not math.isfinite(value):
             raise InvalidArgument("value must be finite")
         study = self.study_of(trial_id)
-        k = self.keys
-        status, fields = self._run(
+        return self._fenced(
             "COMPLETE",
+            "complete",
             trial_id,
-            [k.trial(trial_id), k.outbox, k.leases, k.pending(study), k.study(study)],
-            [
-                attempt_id,
-                f"complete|{attempt_id}|{_number(value)}",
-                _number(value),
-                "" if not step else _number(step),
-            ],
+            attempt_id,
+            f"complete|{attempt_id}|{_number(value)}",
+            [_number(value), _optional_step(step)],
+            [self.keys.pending(study), self.keys.study(study)],
         )
-        return self._transition(trial_id, attempt_id, status, fields, "complete")
 
     def prune(
         self,
@@ -417,62 +441,43 @@ class TrialStore:
         last_value: float | None = None,
     ) -> Transition:
         study = self.study_of(trial_id)
-        k = self.keys
-        status, fields = self._run(
+        return self._fenced(
             "PRUNE",
+            "prune",
             trial_id,
-            [k.trial(trial_id), k.outbox, k.leases, k.pending(study)],
-            [
-                attempt_id,
-                f"prune|{attempt_id}",
-                "" if not step else _number(step),
-                "" if last_value is None else _number(last_value),
-            ],
+            attempt_id,
+            f"prune|{attempt_id}",
+            [_optional_step(step), "" if last_value is None else _number(last_value)],
+            [self.keys.pending(study)],
         )
-        return self._transition(trial_id, attempt_id, status, fields, "prune")
 
     def pause(self, trial_id: str, attempt_id: str, step: float | None, rung: int) -> Transition:
         """The attempt obeyed a PAUSE (promotion form) after checkpointing ``step``."""
         study = self.study_of(trial_id)
         k = self.keys
-        status, fields = self._run(
+        return self._fenced(
             "PAUSE_TRIAL",
+            "pause",
             trial_id,
-            [
-                k.trial(trial_id),
-                k.outbox,
-                k.leases,
-                k.pending(study),
-                k.resumable(study),
-                k.paused(study),
-                k.decision(trial_id),
-            ],
-            [attempt_id, f"pause|{attempt_id}", "" if not step else _number(step), rung],
+            attempt_id,
+            f"pause|{attempt_id}",
+            [_optional_step(step), rung],
+            [k.pending(study), k.resumable(study), k.paused(study), k.decision(trial_id)],
         )
-        if status == "STOPPED":
-            raise Conflict(
-                f"trial {trial_id!r} was stopped (latest decision STOP): prune it, not pause",
-            )
-        return self._transition(trial_id, attempt_id, status, fields, "pause")
 
     def fail(
         self, trial_id: str, attempt_id: str, reason: str, retryable: bool, max_attempts: int
     ) -> Transition:
         study = self.study_of(trial_id)
-        k = self.keys
-        status, fields = self._run(
+        return self._fenced(
             "FAIL",
+            "fail",
             trial_id,
-            [k.trial(trial_id), k.outbox, k.leases, k.pending(study), k.resumable(study)],
-            [
-                attempt_id,
-                f"fail|{attempt_id}",
-                reason or "no reason given",
-                "1" if retryable else "0",
-                max_attempts,
-            ],
+            attempt_id,
+            f"fail|{attempt_id}",
+            [reason or "no reason given", "1" if retryable else "0", max_attempts],
+            [self.keys.pending(study), self.keys.resumable(study)],
         )
-        return self._transition(trial_id, attempt_id, status, fields, "fail")
 
     def expire_due(self, limit: int = 200) -> list[Transition]:
         """Move trials whose lease (or hand-out claim) ran out to RESUMABLE."""
@@ -490,7 +495,6 @@ class TrialStore:
             k = self.keys
             status, fields = self._run(
                 "EXPIRE",
-                trial_id,
                 [k.trial(trial_id), k.outbox, k.leases, k.resumable(study)],
                 [trial_id],
             )
