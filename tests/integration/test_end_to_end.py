@@ -17,49 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from ladder.client import LadderClient
-from ladder.codec import BadRecord, decode
 from ladder.config import Settings
-from ladder.testing import unless_not_found, wait_for
+from ladder.testing import TopicReader, decoded, unless_not_found, wait_for
 from ladder.v1 import events_pb2
 
 pytestmark = pytest.mark.integration
 
 SERVICES = ("services.suggest", "services.evaluate", "services.lineage", "services.earlystop")
-
-
-def decoded(cls: type, records: list[Any]) -> list[Any]:
-    """Decode what parses; other tests put garbage on the shared topics on purpose."""
-    out = []
-    for record in records:
-        try:
-            out.append(decode(cls, record.value))
-        except BadRecord:
-            continue
-    return out
-
-
-class TopicReader:
-    """Reads every partition of a topic from the beginning, without a group."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
-        )
-        parts = wait_for(lambda: self.consumer.partitions_for_topic(topic), 30, topic)
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        self.consumer.assign(tps)
-        self.consumer.seek_to_beginning(*tps)
-        self.records: list[Any] = []
-
-    def close(self) -> None:
-        self.consumer.close()
-
-    def poll(self) -> list[Any]:
-        for batch in self.consumer.poll(timeout_ms=200).values():
-            self.records.extend(batch)
-        return self.records
 
 
 @pytest.fixture(scope="module")

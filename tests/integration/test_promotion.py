@@ -23,9 +23,8 @@ from ladder.config import Settings
 from ladder.errors import BudgetExhausted, Conflict, StaleAttempt
 from ladder.params import fill_params
 from ladder.state import State, open_state
-from ladder.testing import wait_for
+from ladder.testing import TopicReader, decoded, wait_for
 from ladder.v1 import events_pb2, study_pb2, trial_pb2
-from test_end_to_end import TopicReader, decoded
 
 from workers.runtime import Outcome, Worker, WorkerConfig
 

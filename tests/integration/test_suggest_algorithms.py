@@ -18,9 +18,8 @@ from ladder.bus import EventProducer, now_ms
 from ladder.config import Settings
 from ladder.params import fill_params, params_to_dict
 from ladder.state import State, open_state, trial_event
-from ladder.testing import wait_for
+from ladder.testing import Clients, code_and_message, trial_events, wait_for
 from ladder.v1 import events_pb2, space_pb2, study_pb2, suggest_pb2
-from test_suggest_evaluate import Clients, code_and_message, trial_events
 
 pytestmark = pytest.mark.integration
 

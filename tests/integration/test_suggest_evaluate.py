@@ -3,29 +3,32 @@ plus the Redis state layer's scripts against the same redis-server."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.message import DecodeError
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from ladder.config import Settings
 from ladder.errors import BudgetExhausted, Conflict, NotFound, StaleAttempt
 from ladder.grpcserver import status_of
 from ladder.params import fill_params
 from ladder.state import State, open_state
-from ladder.testing import wait_for
+from ladder.testing import (
+    Clients,
+    code_and_message,
+    decoded_records,
+    read_topic,
+    trial_events,
+    wait_for,
+)
 from ladder.v1 import (
     evaluate_pb2,
-    evaluate_pb2_grpc,
     events_pb2,
     space_pb2,
     study_pb2,
     suggest_pb2,
-    suggest_pb2_grpc,
     trial_pb2,
 )
 
@@ -62,97 +65,6 @@ def config(max_trials: int = 0, **kw: Any) -> study_pb2.StudyConfig:
         scheduler=study_pb2.SchedulerConfig(kind=study_pb2.ASHA, max_resource=9),
         **kw,
     )
-
-
-def code_and_message(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    return err.value.code(), err.value.details()
-
-
-class Clients:
-    def __init__(self, suggest_addr: str, evaluate_addr: str | None = None) -> None:
-        self._channels = [grpc.insecure_channel(suggest_addr)]
-        self.suggest = suggest_pb2_grpc.SuggestServiceStub(self._channels[0])
-        if evaluate_addr:
-            self._channels.append(grpc.insecure_channel(evaluate_addr))
-            self.evaluate = evaluate_pb2_grpc.EvaluateServiceStub(self._channels[1])
-
-    def create(self, cfg: study_pb2.StudyConfig, study_id: str = "") -> study_pb2.Study:
-        return self.suggest.CreateStudy(
-            suggest_pb2.CreateStudyRequest(config=cfg, study_id=study_id), timeout=30
-        )
-
-    def one(self, study_id: str, worker: str = "w-1") -> suggest_pb2.Suggestion:
-        reply = self.suggest.Suggest(
-            suggest_pb2.SuggestRequest(study_id=study_id, worker_id=worker), timeout=30
-        )
-        assert len(reply.suggestions) == 1
-        return reply.suggestions[0]
-
-    def start(self, trial_id: str, attempt: str, worker: str = "w-1") -> Any:
-        return self.evaluate.StartTrial(
-            evaluate_pb2.StartTrialRequest(
-                trial_id=trial_id, attempt_id=attempt, worker_id=worker, hostname="it-host"
-            ),
-            timeout=30,
-        )
-
-    def heartbeat(self, trial_id: str, attempt: str, step: float = 1) -> Any:
-        return self.evaluate.Heartbeat(
-            evaluate_pb2.HeartbeatRequest(trial_id=trial_id, attempt_id=attempt, step=step),
-            timeout=30,
-        )
-
-    def complete(self, trial_id: str, attempt: str, value: float) -> trial_pb2.Trial:
-        return self.evaluate.CompleteTrial(
-            evaluate_pb2.CompleteTrialRequest(
-                trial_id=trial_id, attempt_id=attempt, value=value, step=9
-            ),
-            timeout=30,
-        )
-
-    def get(self, trial_id: str) -> trial_pb2.Trial:
-        return self.evaluate.GetTrial(evaluate_pb2.GetTrialRequest(trial_id=trial_id), timeout=30)
-
-    def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
-
-
-def read_topic(settings: Settings, topic: str, timeout: float = 5.0) -> list[Any]:
-    """Every record currently in ``topic`` (reads up to the end offsets)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap.split(","), enable_auto_commit=False
-    )
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"could not read {topic} to its end within {timeout}s")
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
-
-
-def trial_events(settings: Settings, trial_id: str) -> list[events_pb2.TrialEvent]:
-    out = []
-    for record in read_topic(settings, settings.topics.trials):
-        event = events_pb2.TrialEvent()
-        try:  # other tests publish garbage on the shared topics on purpose
-            event.ParseFromString(record.value)
-        except DecodeError:
-            continue
-        if event.trial.trial_id == trial_id:
-            out.append(event)
-    return out
 
 
 def kinds(events: list[events_pb2.TrialEvent]) -> list[str]:
@@ -228,14 +140,11 @@ def test_study_creation_validation_and_lookup(infra: Settings, suggest: Any) -> 
         assert {generated.study_id, chosen} <= {s.study_id for s in listed}
 
         # The StudyEvent was acknowledged before CreateStudy returned.
-        published = set()
-        for record in read_topic(infra, infra.topics.studies):
-            event = events_pb2.StudyEvent()
-            try:  # other tests publish garbage on the shared topics on purpose
-                event.ParseFromString(record.value)
-            except DecodeError:
-                continue
-            published.add((record.key.decode(), event.study.study_id))
+        records = read_topic(infra, infra.topics.studies)
+        published = {
+            (record.key.decode(), event.study.study_id)
+            for record, event in decoded_records(events_pb2.StudyEvent, records)
+        }
         assert (chosen, chosen) in published and (generated.study_id,) * 2 in published
     finally:
         clients.close()

@@ -1,5 +1,6 @@
 """What the tests share: waiting on a condition with a deadline, in-memory fakes of the
-pieces a unit test cannot run, and the processes of an integration stack.
+pieces a unit test cannot run, the processes of an integration stack, the services'
+raw gRPC stubs, and reading the stack's topics.
 
 Lives in the package (not under tests/) so that a test imports it by one name and a
 new backend or service can reuse it for its own tests.
@@ -20,9 +21,18 @@ from ladder.testing.processes import (
     ServiceProcess,
     embedded_infra,
 )
+from ladder.testing.stubs import Clients, code_and_message
+from ladder.testing.topics import (
+    TopicReader,
+    decoded,
+    decoded_records,
+    read_topic,
+    trial_events,
+)
 from ladder.testing.waiting import unless_not_found, wait_for, wait_for_found
 
 __all__ = [
+    "Clients",
     "FakeApp",
     "FakeChangelog",
     "FakeDraws",
@@ -32,8 +42,14 @@ __all__ = [
     "RpcStatus",
     "ServiceGroup",
     "ServiceProcess",
+    "TopicReader",
+    "code_and_message",
+    "decoded",
+    "decoded_records",
     "embedded_infra",
     "fake_event",
+    "read_topic",
+    "trial_events",
     "unless_not_found",
     "wait_for",
     "wait_for_found",

@@ -1,0 +1,84 @@
+"""Reading the stack's topics in a test: from the beginning of every partition, without
+a consumer group (a group would rebalance on the shared broker between tests), keeping
+only the records that decode (other tests put garbage on the shared topics on purpose)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+from kafka import KafkaConsumer, TopicPartition
+
+from ladder.codec import BadRecord, decode
+from ladder.config import Settings
+from ladder.testing.waiting import wait_for
+from ladder.v1 import events_pb2
+
+M = TypeVar("M", bound=Message)
+
+
+class TopicReader:
+    """Reads every partition of a topic from the beginning, without a group."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.topic = topic
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+        )
+        parts = wait_for(lambda: self.consumer.partitions_for_topic(topic), 30, topic)
+        self.partitions = [TopicPartition(topic, p) for p in sorted(parts)]
+        self.consumer.assign(self.partitions)
+        self.consumer.seek_to_beginning(*self.partitions)
+        self.records: list[Any] = []
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def poll(self) -> list[Any]:
+        """Every record read so far, after one more poll."""
+        for batch in self.consumer.poll(timeout_ms=200).values():
+            self.records.extend(batch)
+        return self.records
+
+    def read_to_end(self, timeout: float) -> list[Any]:
+        """Every record up to the end offsets as they are now."""
+        end = self.consumer.end_offsets(self.partitions)
+        deadline = time.monotonic() + timeout
+        while any(self.consumer.position(tp) < end[tp] for tp in self.partitions):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {self.topic} to its end within {timeout}s")
+            self.poll()
+        return self.records
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 5.0) -> list[Any]:
+    """Every record currently in ``topic`` (reads up to the end offsets)."""
+    reader = TopicReader(settings, topic)
+    try:
+        return reader.read_to_end(timeout)
+    finally:
+        reader.close()
+
+
+def decoded_records(cls: type[M], records: Iterable[Any]) -> list[tuple[Any, M]]:
+    """(record, message) of each record whose value decodes as ``cls``."""
+    out = []
+    for record in records:
+        try:
+            out.append((record, decode(cls, record.value)))
+        except BadRecord:
+            continue
+    return out
+
+
+def decoded(cls: type[M], records: Iterable[Any]) -> list[M]:
+    """The messages of the records whose value decodes as ``cls``."""
+    return [message for _, message in decoded_records(cls, records)]
+
+
+def trial_events(settings: Settings, trial_id: str) -> list[events_pb2.TrialEvent]:
+    """The events of ``trial_id`` on the trials topic, in topic order."""
+    events = decoded(events_pb2.TrialEvent, read_topic(settings, settings.topics.trials))
+    return [event for event in events if event.trial.trial_id == trial_id]
