@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 from ladder.bus import Record
 from ladder.codec import BadRecord, decode
 from ladder.errors import InvalidArgument, NotFound, require
-from ladder.state import State
+from ladder.state import State, Transition
 from ladder.v1 import evaluate_pb2, evaluate_pb2_grpc, events_pb2, trial_pb2
 
 from services.evaluate.publisher import TransitionPublisher
@@ -25,11 +27,37 @@ def _attempt(trial_id: str, attempt_id: str) -> None:
     require(attempt_id, "attempt_id")
 
 
+class _AttemptCall(Protocol):
+    """What every lifecycle request carries: the trial and the attempt acting on it."""
+
+    trial_id: str
+    attempt_id: str
+
+
 def _step(name: str, value: float) -> float | None:
     """Steps are optional (0 = not given) but must be finite and >= 0."""
+    return _checked_step(name, value) or None
+
+
+def _checked_step(name: str, value: float) -> float:
+    """A step as given (a checkpoint at step 0 is one), once it is finite and >= 0."""
     if not math.isfinite(value) or value < 0:
         raise InvalidArgument(f"{name} must be finite and >= 0 (got {value})")
-    return value or None
+    return value
+
+
+# The argument checks below return what they checked, so a handler's state call can
+# check its arguments in the order they are written.
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{name} must be finite")
+    return value
+
+
+def _rung(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument(f"rung must be >= 0 (got {value})")
+    return value
 
 
 class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
@@ -45,20 +73,29 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
 
+    def _apply(self, request: _AttemptCall, move: Callable[[], Transition]) -> Transition:
+        """A lifecycle call: refused first when it does not name its trial and attempt,
+        then ``move`` (its own checks, then one fenced state transition) and the
+        transition published on the trials topic."""
+        _attempt(request.trial_id, request.attempt_id)
+        transition = move()
+        self.publisher.publish(transition)
+        return transition
+
     def StartTrial(
         self, request: evaluate_pb2.StartTrialRequest, context: grpc.ServicerContext
     ) -> evaluate_pb2.StartTrialResponse:
-        _attempt(request.trial_id, request.attempt_id)
-        transition = self.trials.start(
-            request.trial_id,
-            request.attempt_id,
-            request.worker_id,
-            self.lease_seconds,
-            hostname=request.hostname,
-            environment=request.environment,
-        )
-        self.publisher.publish(transition)
-        trial = transition.trial
+        trial = self._apply(
+            request,
+            lambda: self.trials.start(
+                request.trial_id,
+                request.attempt_id,
+                request.worker_id,
+                self.lease_seconds,
+                hostname=request.hostname,
+                environment=request.environment,
+            ),
+        ).trial
         return evaluate_pb2.StartTrialResponse(
             trial=trial,
             lease_seconds=self.lease_seconds,
@@ -87,65 +124,70 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
     def ReportCheckpoint(
         self, request: evaluate_pb2.ReportCheckpointRequest, context: grpc.ServicerContext
     ) -> trial_pb2.Trial:
-        _attempt(request.trial_id, request.attempt_id)
-        require(request.uri, "uri")
-        _step("step", request.step)
-        transition = self.trials.checkpoint(
-            request.trial_id, request.attempt_id, request.uri, request.step, self.lease_seconds
-        )
-        self.publisher.publish(transition)
-        return transition.trial
+        return self._apply(
+            request,
+            lambda: self.trials.checkpoint(
+                request.trial_id,
+                request.attempt_id,
+                require(request.uri, "uri"),
+                _checked_step("step", request.step),
+                self.lease_seconds,
+            ),
+        ).trial
 
     def CompleteTrial(
         self, request: evaluate_pb2.CompleteTrialRequest, context: grpc.ServicerContext
     ) -> trial_pb2.Trial:
-        _attempt(request.trial_id, request.attempt_id)
-        if not math.isfinite(request.value):
-            raise InvalidArgument("value must be finite")
-        transition = self.trials.complete(
-            request.trial_id, request.attempt_id, request.value, _step("step", request.step)
-        )
-        self.publisher.publish(transition)
-        return transition.trial
+        return self._apply(
+            request,
+            lambda: self.trials.complete(
+                request.trial_id,
+                request.attempt_id,
+                _finite("value", request.value),
+                _step("step", request.step),
+            ),
+        ).trial
 
     def PruneTrial(
         self, request: evaluate_pb2.PruneTrialRequest, context: grpc.ServicerContext
     ) -> trial_pb2.Trial:
-        _attempt(request.trial_id, request.attempt_id)
-        transition = self.trials.prune(
-            request.trial_id,
-            request.attempt_id,
-            _step("step", request.step),
-            request.last_value,
-        )
-        self.publisher.publish(transition)
-        return transition.trial
+        return self._apply(
+            request,
+            lambda: self.trials.prune(
+                request.trial_id,
+                request.attempt_id,
+                _step("step", request.step),
+                request.last_value,
+            ),
+        ).trial
 
     def PauseTrial(
         self, request: evaluate_pb2.PauseTrialRequest, context: grpc.ServicerContext
     ) -> trial_pb2.Trial:
-        _attempt(request.trial_id, request.attempt_id)
-        if request.rung < 0:
-            raise InvalidArgument(f"rung must be >= 0 (got {request.rung})")
-        transition = self.trials.pause(
-            request.trial_id, request.attempt_id, _step("step", request.step), request.rung
-        )
-        self.publisher.publish(transition)
-        return transition.trial
+        return self._apply(
+            request,
+            # Keywords in this order: the rung is checked before the step.
+            lambda: self.trials.pause(
+                request.trial_id,
+                request.attempt_id,
+                rung=_rung(request.rung),
+                step=_step("step", request.step),
+            ),
+        ).trial
 
     def FailTrial(
         self, request: evaluate_pb2.FailTrialRequest, context: grpc.ServicerContext
     ) -> trial_pb2.Trial:
-        _attempt(request.trial_id, request.attempt_id)
-        transition = self.trials.fail(
-            request.trial_id,
-            request.attempt_id,
-            request.reason,
-            request.retryable,
-            self.max_attempts,
-        )
-        self.publisher.publish(transition)
-        return transition.trial
+        return self._apply(
+            request,
+            lambda: self.trials.fail(
+                request.trial_id,
+                request.attempt_id,
+                request.reason,
+                request.retryable,
+                self.max_attempts,
+            ),
+        ).trial
 
     def GetTrial(
         self, request: evaluate_pb2.GetTrialRequest, context: grpc.ServicerContext
