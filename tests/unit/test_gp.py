@@ -10,6 +10,7 @@ from ladder.samplers import (
 )
 from ladder.samplers.gp import ENCODING, GPSampler, initial_points
 from ladder.space import Kind, ParamSpec, Space
+from ladder.testing.samplers import random_observations
 from ladder.v1 import study_pb2
 
 PLANE = Space(
@@ -34,12 +35,6 @@ def gp(space: Space, seed: int = 1, maximize: bool = False) -> GPSampler:
     return GPSampler(SamplerContext(space, seed=seed, maximize=maximize, reserve=LocalDraws()))
 
 
-def observed(space: Space, n: int, value, seed: int = 0) -> list[Observation]:  # noqa: ANN001
-    rng = np.random.default_rng(seed)
-    points = [space.sample_to_params(rng.random(space.dim())) for _ in range(n)]
-    return [Observation(f"t{i}", p, value(p)) for i, p in enumerate(points)]
-
-
 def test_initial_design_is_the_quasi_random_stream() -> None:
     ctx = SamplerContext(PLANE, seed=4)
     expected = [p.params for p in QuasiRandomSampler(ctx).suggest((), initial_points(PLANE))]
@@ -50,7 +45,7 @@ def test_initial_design_is_the_quasi_random_stream() -> None:
 
 
 def test_model_based_suggestion_is_deterministic_and_predicts() -> None:
-    data = observed(PLANE, 14, bowl)
+    data = random_observations(PLANE, 14, bowl)
     a, b = gp(PLANE), gp(PLANE)
     pa, pb = a.suggest(data, 1)[0], b.suggest(data, 1)[0]
     assert pa.params == pb.params and pa.draw == 0
@@ -62,14 +57,14 @@ def test_model_based_suggestion_is_deterministic_and_predicts() -> None:
 
 def test_maximize_reports_values_in_the_metric_direction() -> None:
     s = gp(PLANE, maximize=True)
-    data = observed(PLANE, 14, lambda p: 10 - bowl(p))
+    data = random_observations(PLANE, 14, lambda p: 10 - bowl(p))
     proposal = s.suggest(data, 1)[0]
     assert proposal.predicted_mean > np.median([o.value for o in data])
 
 
 def test_pending_points_are_not_suggested_again() -> None:
     s = gp(PLANE)
-    data = observed(PLANE, 14, bowl)
+    data = random_observations(PLANE, 14, bowl)
     first = s.suggest(data, 1)[0].params
     unit = PLANE.params_to_unit
     again = s.suggest(data, 1)[0].params
@@ -83,7 +78,7 @@ def test_mixed_conditional_space_batch_is_valid() -> None:
         return (p["x"] - 0.5) ** 2 + (np.log10(p["lr"]) + 2) ** 2 + (p["opt"] != "a")
 
     s = gp(MIXED)
-    data = observed(MIXED, initial_points(MIXED), value)
+    data = random_observations(MIXED, initial_points(MIXED), value)
     data.append(Observation("nan", {"x": 0.1, "lr": 0.1, "n": 2, "opt": "b"}, float("nan")))
     batch = s.suggest(data, 2)
     assert [p.draw for p in batch] == [0, 1]
@@ -122,7 +117,7 @@ def test_discrete_choices_are_optimised_not_rounded() -> None:
         return (p["x"] - 0.5) ** 2 + 0.3 * (p["n"] - 4) ** 2 + (0.0 if p["opt"] == "c" else 1.0)
 
     s = gp(CHOICES, seed=2)
-    proposal = s.suggest(observed(CHOICES, 40, value, seed=5), 1)[0]
+    proposal = s.suggest(random_observations(CHOICES, 40, value, seed=5), 1)[0]
     CHOICES.check_params(proposal.params)
     assert proposal.params["opt"] == "c"
     assert proposal.params["n"] in (3, 4, 5)
@@ -147,7 +142,7 @@ def fitted_plane_model(n: int = 20):  # noqa: ANN201 - botorch type
     from ladder.samplers.gp import fit_model
 
     s = gp(PLANE)
-    data = observed(PLANE, n, bowl)
+    data = random_observations(PLANE, n, bowl)
     train_x = s._encode([o.params for o in data])
     train_y = torch.tensor([[-o.value] for o in data], dtype=torch.float64)
     return s, data, fit_model(train_x, train_y), train_x, train_y
@@ -185,7 +180,7 @@ def test_exploitation_draw_is_the_posterior_mean_optimum_and_avoids_pending() ->
 
     draw = EXPLOIT_EVERY - 1
     assert is_exploitation_draw(draw) and not is_exploitation_draw(draw - 1)
-    data = observed(PLANE, 20, bowl)
+    data = random_observations(PLANE, 20, bowl)
 
     def at_draw(start: int, pending: list) -> Proposal:
         s = GPSampler(SamplerContext(PLANE, seed=1, reserve=LocalDraws(start)))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from ladder.samplers import FACTORIES, LocalDraws, Observation, Sampler, make_sampler
 from ladder.space import Kind, ParamSpec, Space
+from ladder.testing.samplers import random_observations
 from ladder.v1 import study_pb2
 
 SPACE = Space(
@@ -37,9 +38,7 @@ def value(p: dict) -> float:
 
 
 def observations(seed: int = 0) -> list[Observation]:
-    rng = np.random.default_rng(seed)
-    points = [SPACE.sample_to_params(rng.random(SPACE.dim())) for _ in range(OBSERVED)]
-    return [Observation(f"t{i}", p, value(p)) for i, p in enumerate(points)]
+    return random_observations(SPACE, OBSERVED, value, seed)
 
 
 def sampler(algorithm: int, seed: int = 7) -> Sampler:

@@ -5,6 +5,7 @@ from ladder.samplers import FACTORIES, LocalDraws, Observation, QuasiRandomSampl
 from ladder.samplers.auto import AutoSampler, prefers_gp
 from ladder.samplers.tpe import N_STARTUP, TPESampler
 from ladder.space import Kind, ParamSpec, Space
+from ladder.testing.samplers import random_observations
 from ladder.v1 import study_pb2
 
 LINE = Space([ParamSpec("x", Kind.FLOAT, low=0, high=10)])
@@ -38,12 +39,6 @@ def tpe(space: Space, seed: int = 3, maximize: bool = False) -> TPESampler:
     return TPESampler(SamplerContext(space, seed=seed, maximize=maximize, reserve=LocalDraws()))
 
 
-def feed(space: Space, n: int, value, seed: int = 0) -> list[Observation]:  # noqa: ANN001
-    rng = np.random.default_rng(seed)
-    points = [space.sample_to_params(rng.random(space.dim())) for _ in range(n)]
-    return [Observation(f"t{i}", p, value(p)) for i, p in enumerate(points)]
-
-
 def test_startup_is_the_quasi_random_stream() -> None:
     ctx = SamplerContext(LINE, seed=5)
     expected = [p.params for p in QuasiRandomSampler(ctx).suggest((), 3)]
@@ -52,17 +47,17 @@ def test_startup_is_the_quasi_random_stream() -> None:
 
 
 def test_concentrates_near_the_minimum_and_follows_direction() -> None:
-    low = tpe(LINE)
-    xs = [p.params["x"] for p in low.suggest(feed(LINE, 40, lambda p: (p["x"] - 2) ** 2), 8)]
+    data = random_observations(LINE, 40, lambda p: (p["x"] - 2) ** 2)
+    xs = [p.params["x"] for p in tpe(LINE).suggest(data, 8)]
     assert abs(np.median(xs) - 2) < 1.0
-    high = tpe(LINE, maximize=True)
-    xs = [p.params["x"] for p in high.suggest(feed(LINE, 40, lambda p: -((p["x"] - 8) ** 2)), 8)]
+    data = random_observations(LINE, 40, lambda p: -((p["x"] - 8) ** 2))
+    xs = [p.params["x"] for p in tpe(LINE, maximize=True).suggest(data, 8)]
     assert abs(np.median(xs) - 8) < 1.0
 
 
 def test_deterministic_and_draws_unique() -> None:
     a, b = tpe(LINE), tpe(LINE)
-    data = feed(LINE, 20, lambda p: p["x"])
+    data = random_observations(LINE, 20, lambda p: p["x"])
     pa, pb = a.suggest(data, 3), b.suggest(data, 3)
     assert [p.params for p in pa] == [p.params for p in pb]
     assert len({p.draw for p in pa}) == 3
@@ -73,7 +68,7 @@ def test_pending_points_push_suggestions_away() -> None:
     with_pending, without = [], []
     for seed in range(6):
         s = tpe(LINE, seed=seed)
-        data = feed(LINE, 30, lambda p: (p["x"] - 5) ** 2, seed=seed)
+        data = random_observations(LINE, 30, lambda p: (p["x"] - 5) ** 2, seed=seed)
         pending = [s.suggest(data, 1)[0].params for _ in range(1)]
         pending += [{"x": 5.0 + d} for d in (-0.3, -0.1, 0.1, 0.3)]
         for store, given in ((with_pending, pending), (without, [])):
@@ -84,7 +79,7 @@ def test_pending_points_push_suggestions_away() -> None:
 
 def test_conditional_space_gives_valid_points_and_ignores_non_finite() -> None:
     s = tpe(TREE)
-    data = feed(TREE, N_STARTUP + 20, tree_value)
+    data = random_observations(TREE, N_STARTUP + 20, tree_value)
     data.append(Observation("bad", {"opt": "adam", "lr": 0.1, "layers": 2}, math.nan))
     proposals = s.suggest(data, 6, pending=[{"opt": "adam", "lr": 1e-3, "layers": 4}])
     for proposal in proposals:
@@ -98,5 +93,5 @@ def test_auto_rule() -> None:
     wide = Space([ParamSpec(f"c{i}", Kind.CATEGORICAL, values=tuple("abcdef")) for i in range(2)])
     assert not prefers_gp(wide)
     auto = AutoSampler(SamplerContext(TREE, seed=1))
-    [proposal] = auto.suggest(feed(TREE, N_STARTUP + 2, tree_value), 1)
+    [proposal] = auto.suggest(random_observations(TREE, N_STARTUP + 2, tree_value), 1)
     assert auto.algorithm == proposal.algorithm == "auto:tpe"
