@@ -42,6 +42,7 @@ from google.protobuf.message import Message
 from ladder import telemetry
 from ladder.codec import BadRecord, decode, parse_metric_report
 from ladder.config import Settings
+from ladder.retry import backoff_delay, retry_forever
 from ladder.schedulers import Action, CurveState, RungDecision, SchedulerSpec
 from ladder.schedulers.engine import Crossing, EarlyStopEngine
 from ladder.v1 import events_pb2
@@ -91,7 +92,7 @@ def consumer_span(event: faust.types.EventT) -> AbstractContextManager[trace.Spa
 
 async def back_off(what: str, message: Any, attempt: int) -> None:
     """Log the failure being handled (call it in an ``except`` block) and wait before
-    the retry: exponential, at most 5 s."""
+    the retry (``ladder.retry.backoff_delay``)."""
     log.exception(
         "%s from %s@%d:%d failed (attempt %d); retrying",
         what,
@@ -101,7 +102,7 @@ async def back_off(what: str, message: Any, attempt: int) -> None:
         attempt,
         extra={"topic": message.topic},
     )
-    await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+    await asyncio.sleep(backoff_delay(attempt))
 
 
 def now_ms() -> int:
@@ -277,14 +278,8 @@ class EarlyStopAgents:
         the flush is due or the flow is suspended, else none."""
         if write_behind.due_in() > 0 and self.app.flow_control.is_active():
             return []
-        attempt = 0
-        while True:
-            try:
-                return await write_behind.flush()
-            except Exception:  # noqa: BLE001 - retried: a state is never dropped
-                attempt += 1
-                log.exception("writing curve states failed (attempt %d); retrying", attempt)
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+        # Retried until written: a curve state is never dropped.
+        return await retry_forever(write_behind.flush, "writing curve states", log)
 
     async def _handle_batch(
         self,

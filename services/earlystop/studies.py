@@ -26,6 +26,7 @@ from typing import Any
 
 import aiokafka
 from ladder.codec import BadRecord, decode
+from ladder.retry import retry_forever
 from ladder.schedulers import SchedulerConfigError, SchedulerSpec
 from ladder.v1 import events_pb2
 
@@ -183,16 +184,8 @@ class StudyFeed:
         self.fetch_max_wait_ms = fetch_max_wait_ms
 
     async def run(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self._read_forever()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the directory must keep being fed
-                attempt += 1
-                log.exception("reading %s failed (attempt %d); reconnecting", self.topic, attempt)
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+        # _read_forever returns only by raising: the directory must keep being fed.
+        await retry_forever(self._read_forever, f"reading {self.topic}", log, "reconnecting")
 
     async def _read_forever(self) -> None:
         consumer = aiokafka.AIOKafkaConsumer(
