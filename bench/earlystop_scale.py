@@ -66,10 +66,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ladder.stack import Stack
 from ladder.stack.ports import free_port
+from ladder.stack.probes import serving, wait_until
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAILURES = Path(tempfile.gettempdir()) / "ladder-scale-failures"
@@ -96,25 +95,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def serving(addr: str) -> bool:
-    with grpc.insecure_channel(addr) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.25)  # polling a health check until the deadline
-
-
 class ExtraEarlyStop:
     """A second ``python -m services.earlystop`` against the same stack."""
 
@@ -137,9 +117,11 @@ class ExtraEarlyStop:
                 stderr=subprocess.STDOUT,
             )
         wait_until(
-            lambda: self.proc.poll() is None and serving(self.addr),
-            120,
+            lambda: serving(self.addr),
+            time.monotonic() + 120,
             "the second early-stop process",
+            alive=lambda: self.proc.poll() is None,
+            interval=0.25,
         )
 
     def kill(self) -> None:

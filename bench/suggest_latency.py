@@ -56,6 +56,7 @@ from ladder.samplers.quasirandom import QuasiRandomSampler
 from ladder.space import Space
 from ladder.stack import Stack
 from ladder.stack.ports import free_port
+from ladder.stack.probes import ProbeFailed, serving, wait_until
 from ladder.v1 import (
     evaluate_pb2,
     evaluate_pb2_grpc,
@@ -126,21 +127,16 @@ class Service:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 120
-        while not self._serving():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{module} did not start:\n{self.log_text()[-3000:]}")
-            time.sleep(0.25)
-
-    def _serving(self) -> bool:
-        with grpc.insecure_channel(self.addr) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-            except grpc.RpcError:
-                return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        try:
+            wait_until(
+                lambda: serving(self.addr),
+                time.monotonic() + 120,
+                module,
+                alive=lambda: self.proc.poll() is None,
+                interval=0.25,
+            )
+        except ProbeFailed:
+            raise SystemExit(f"{module} did not start:\n{self.log_text()[-3000:]}") from None
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
