@@ -65,32 +65,38 @@ def _decode_strict(topics: Topics, record: Record) -> Event:
     raise BadRecord(f"lineage does not consume topic {record.topic!r}")
 
 
+def _decode_or_skip(
+    record: Record, parse: Callable[[bytes], Event], what: str, counter: str
+) -> Event:
+    """Decode a record of a topic whose unreadable records lineage only counts (under
+    ``counter``) and logs, never dead-letters."""
+    try:
+        return parse(record.value)
+    except BadRecord as exc:
+        log.warning(
+            "skipping undecodable %s %s[%d]@%d: %s",
+            what, record.topic, record.partition, record.offset, exc,
+            extra={"topic": record.topic},
+        )
+        return Skipped(counter, str(exc))
+
+
+def _dead_letter(value: bytes) -> events_pb2.DeadLetter:
+    return decode(events_pb2.DeadLetter, value)
+
+
 def to_ingest(topics: Topics, record: Record) -> Ingest:
     """Decode ``record``; raises BadRecord only for records that must be dead-lettered."""
     source = Source(record.topic, record.partition, record.offset)
     if record.topic == topics.metrics:
-        try:
-            event: Event = parse_metric_report(record.value)
-        except BadRecord as exc:
-            log.warning(
-                "skipping undecodable metric record %s[%d]@%d: %s",
-                record.topic, record.partition, record.offset, exc,
-                extra={"topic": record.topic},
-            )
-            event = Skipped("metrics_undecodable", str(exc))
-        return Ingest(source, event, record.value)
-    if record.topic == topics.dead_letter:
-        try:
-            event = decode(events_pb2.DeadLetter, record.value)
-        except BadRecord as exc:
-            log.warning(
-                "skipping undecodable dead letter %s[%d]@%d: %s",
-                record.topic, record.partition, record.offset, exc,
-                extra={"topic": record.topic},
-            )
-            event = Skipped("dead_letter_undecodable", str(exc))
-        return Ingest(source, event, record.value)
-    return Ingest(source, _decode_strict(topics, record), record.value)
+        event = _decode_or_skip(
+            record, parse_metric_report, "metric record", "metrics_undecodable"
+        )
+    elif record.topic == topics.dead_letter:
+        event = _decode_or_skip(record, _dead_letter, "dead letter", "dead_letter_undecodable")
+    else:
+        event = _decode_strict(topics, record)
+    return Ingest(source, event, record.value)
 
 
 class Ingestor:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 from ladder.errors import NotFound, require
 from ladder.v1 import lineage_pb2, lineage_pb2_grpc
 
 from services.lineage.queries import LineageQueries
+
+_T = TypeVar("_T")
 
 
 class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
@@ -39,24 +42,25 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
                 queries.close()
             self._opened.clear()
 
+    def _read(self, query: Callable[[LineageQueries], _T | None], missing: str) -> _T:
+        """``query``'s answer, read in one snapshot; NotFound(``missing``) when None."""
+        with self._queries().snapshot() as queries:
+            found = query(queries)
+        if found is None:
+            raise NotFound(missing)
+        return found
+
     def GetTrialLineage(
         self, request: lineage_pb2.GetTrialLineageRequest, context: grpc.ServicerContext
     ) -> lineage_pb2.TrialLineage:
         trial_id = require(request.trial_id, "trial_id")
-        with self._queries().snapshot() as queries:
-            lineage = queries.trial_lineage(trial_id)
-        if lineage is None:
-            raise NotFound(f"trial {trial_id!r} not found")
-        return lineage
+        return self._read(lambda q: q.trial_lineage(trial_id), f"trial {trial_id!r} not found")
 
     def ListTrials(
         self, request: lineage_pb2.ListTrialsRequest, context: grpc.ServicerContext
     ) -> lineage_pb2.ListTrialsResponse:
         study_id = require(request.study_id, "study_id")
-        with self._queries().snapshot() as queries:
-            trials = queries.list_trials(study_id)
-        if trials is None:
-            raise NotFound(f"study {study_id!r} not found")
+        trials = self._read(lambda q: q.list_trials(study_id), f"study {study_id!r} not found")
         return lineage_pb2.ListTrialsResponse(trials=trials)
 
     def GetBestTrial(
@@ -77,8 +81,4 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
         self, request: lineage_pb2.GetStudySummaryRequest, context: grpc.ServicerContext
     ) -> lineage_pb2.StudySummary:
         study_id = require(request.study_id, "study_id")
-        with self._queries().snapshot() as queries:
-            summary = queries.study_summary(study_id)
-        if summary is None:
-            raise NotFound(f"study {study_id!r} not found")
-        return summary
+        return self._read(lambda q: q.study_summary(study_id), f"study {study_id!r} not found")
