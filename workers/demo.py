@@ -318,6 +318,29 @@ def complete_best(client: LadderClient, study_id: str, steps: int
     return best or client.best(study_id)
 
 
+def demo_problems(summary: lineage_pb2.StudySummary, exit_codes: dict[str, int | None],
+                  best: lineage_pb2.TrialLineage | None, config: study_pb2.StudyConfig,
+                  min_finished: int) -> list[str]:
+    """Why the demo failed (empty when it did not): what `make demo` checks."""
+    problems = []
+    done = summary.completed + summary.pruned
+    if done < min_finished:
+        problems.append(f"only {done} trials completed or pruned (need {min_finished})")
+    if summary.failed:
+        problems.append(f"{summary.failed} trials failed")
+    bad_workers = {w: c for w, c in exit_codes.items() if c != 0}
+    if bad_workers:
+        problems.append(f"workers exited abnormally: {bad_workers}")
+    if best is None:
+        problems.append("no best trial")
+    elif len(curve_steps(best)) < config.scheduler.max_resource:
+        problems.append(
+            f"the lineage of the best trial has {len(curve_steps(best))} of "
+            f"{config.scheduler.max_resource:g} metric points (lineage store missed records)"
+        )
+    return problems
+
+
 def report(client: LadderClient, study_id: str, summary: lineage_pb2.StudySummary,
            pool: WorkerPool, wall: float, total: float, state_dir: Path,
            config: study_pb2.StudyConfig, args: argparse.Namespace) -> int:
@@ -325,7 +348,6 @@ def report(client: LadderClient, study_id: str, summary: lineage_pb2.StudySummar
 
     milestones = SchedulerSpec.from_study(config).decision_rungs(
         config.scheduler.max_resource) + [config.scheduler.max_resource]
-    done = summary.completed + summary.pruned
     trials = finished(summary)
     pruned_fraction = summary.pruned / trials if trials else 0.0
     best = complete_best(client, study_id, int(config.scheduler.max_resource))
@@ -343,22 +365,7 @@ def report(client: LadderClient, study_id: str, summary: lineage_pb2.StudySummar
     print(f"  best val_loss:    {best.final_value:.5f}" if best else "  best val_loss:    -")
     print(f"  metric points:    {summary.metric_points}   decisions: {summary.decisions}")
 
-    problems = []
-    if done < args.min_finished:
-        problems.append(f"only {done} trials completed or pruned (need {args.min_finished})")
-    if summary.failed:
-        problems.append(f"{summary.failed} trials failed")
-    bad_workers = {w: c for w, c in pool.exit_codes().items() if c != 0}
-    if bad_workers:
-        problems.append(f"workers exited abnormally: {bad_workers}")
-    if best is None:
-        problems.append("no best trial")
-    elif len(curve_steps(best)) < config.scheduler.max_resource:
-        problems.append(
-            f"the lineage of the best trial has {len(curve_steps(best))} of "
-            f"{config.scheduler.max_resource:g} metric points (lineage store missed records)"
-        )
-
+    problems = demo_problems(summary, pool.exit_codes(), best, config, args.min_finished)
     out = {
         "study_id": study_id,
         "ok": not problems,
