@@ -209,99 +209,119 @@ def replay(
     rows = list(range(table.configs)) if order is None else [int(r) for r in order]
     if any(not 0 <= r < table.configs for r in rows):
         raise ValueError("order names a row outside the table")
-    max_steps = table.max_steps
-    steps_run = [0] * len(rows)
-    pruned_flags = [False] * len(rows)
-    # (time the epoch ends, worker, trial index in start order, epoch number)
-    events: list[tuple[float, int, int, int]] = []
-    next_trial = 0
-    wall = 0.0
-    epochs_so_far = 0
-    completions: list[tuple[int, float]] = []
-    paused: dict[int, float] = {}  # trial -> its last value (promotion form)
-    resumable: deque[int] = deque()  # promoted trials waiting for a worker
-    idle: list[int] = []
-    promotions = 0
-    take_promoted = getattr(policy, "take_promoted", None)
+    run = _Run(table, rows, policy)
+    run.until_idle(workers)
+    return run.result()
 
-    def schedule(worker: int, now: float, trial: int, step: int) -> None:
-        heapq.heappush(
-            events, (now + float(table.seconds[rows[trial], step - 1]), worker, trial, step)
-        )
 
-    def launch(worker: int, now: float) -> None:
-        nonlocal next_trial
-        if resumable:  # promoted trials first, as Suggest hands out resumable ones
-            trial = resumable.popleft()
-            schedule(worker, now, trial, steps_run[trial] + 1)
+class _Run:
+    """One replay's simulated workers: the queue of epoch ends, what each trial ran, and
+    (promotion form) the paused trials and the promoted ones waiting for a worker."""
+
+    def __init__(self, table: CurveTable, rows: list[int], policy: StoppingPolicy) -> None:
+        self.table = table
+        self.rows = rows
+        self.policy = policy
+        self.steps_run = [0] * len(rows)
+        self.pruned = [False] * len(rows)
+        # (time the epoch ends, worker, trial index in start order, epoch number)
+        self.events: list[tuple[float, int, int, int]] = []
+        self.next_trial = 0
+        self.wall = 0.0
+        self.epochs_so_far = 0
+        self.completions: list[tuple[int, float]] = []
+        self.paused: dict[int, float] = {}  # trial -> its last value
+        self.resumable: deque[int] = deque()
+        self.idle: list[int] = []
+        self.promotions = 0
+        self._take_promoted = getattr(policy, "take_promoted", None)
+
+    def until_idle(self, workers: int) -> None:
+        """Start ``workers`` workers and run until the last goes idle; the trials still
+        paused then count as pruned."""
+        for worker in range(workers):
+            self._launch(worker, 0.0)
+        while self.events:
+            self._epoch_ended(*heapq.heappop(self.events))
+        for trial, value in sorted(self.paused.items()):
+            self.pruned[trial] = True
+            self.policy.finish(trial, value, pruned=True)
+
+    def _schedule(self, worker: int, now: float, trial: int, step: int) -> None:
+        seconds = float(self.table.seconds[self.rows[trial], step - 1])
+        heapq.heappush(self.events, (now + seconds, worker, trial, step))
+
+    def _launch(self, worker: int, now: float) -> None:
+        if self.resumable:  # promoted trials first, as Suggest hands out resumable ones
+            trial = self.resumable.popleft()
+            self._schedule(worker, now, trial, self.steps_run[trial] + 1)
             return
-        if next_trial >= len(rows):
-            idle.append(worker)
+        if self.next_trial >= len(self.rows):
+            self.idle.append(worker)
             return
-        trial = next_trial
-        next_trial += 1
-        policy.start(trial)
-        schedule(worker, now, trial, 1)
+        trial = self.next_trial
+        self.next_trial += 1
+        self.policy.start(trial)
+        self._schedule(worker, now, trial, 1)
 
-    for worker in range(workers):
-        launch(worker, 0.0)
-    while events:
-        now, worker, trial, step = heapq.heappop(events)
-        wall = max(wall, now)
-        row = rows[trial]
-        value = float(table.values[row, step - 1])
-        steps_run[trial] = step
-        epochs_so_far += 1
-        if step >= max_steps:
-            completions.append((epochs_so_far, value))
-            policy.finish(trial, value, pruned=False)
-            launch(worker, now)
-            continue
-        verdict = policy.report(trial, step, value)
-        for promoted in take_promoted() if take_promoted is not None else []:
-            if paused.pop(promoted, None) is not None:
-                promotions += 1
-                resumable.append(promoted)
+    def _epoch_ended(self, now: float, worker: int, trial: int, step: int) -> None:
+        self.wall = max(self.wall, now)
+        value = float(self.table.values[self.rows[trial], step - 1])
+        self.steps_run[trial] = step
+        self.epochs_so_far += 1
+        if step >= self.table.max_steps:
+            self.completions.append((self.epochs_so_far, value))
+            self.policy.finish(trial, value, pruned=False)
+            self._launch(worker, now)
+            return
+        verdict = self.policy.report(trial, step, value)
+        self._queue_promoted()
         if verdict is True or verdict is Action.STOP:
-            pruned_flags[trial] = True
-            policy.finish(trial, value, pruned=True)
-            launch(worker, now)
+            self.pruned[trial] = True
+            self.policy.finish(trial, value, pruned=True)
+            self._launch(worker, now)
         elif verdict is Action.PAUSE:
-            paused[trial] = value
-            launch(worker, now)
+            self.paused[trial] = value
+            self._launch(worker, now)
         else:
-            schedule(worker, now, trial, step + 1)
-        while idle and resumable:
-            launch(idle.pop(), now)
-    for trial, value in sorted(paused.items()):
-        pruned_flags[trial] = True
-        policy.finish(trial, value, pruned=True)
+            self._schedule(worker, now, trial, step + 1)
+        while self.idle and self.resumable:
+            self._launch(self.idle.pop(), now)
 
-    finals = table.finals()
-    completed_rows = [rows[t] for t in range(len(rows)) if steps_run[t] >= max_steps]
-    finite_completed = [r for r in completed_rows if math.isfinite(finals[r])]
-    found_row = min(finite_completed, key=lambda r: (finals[r], r)) if finite_completed else -1
-    best_found = float(finals[found_row]) if found_row >= 0 else math.nan
-    best_possible = float(np.nanmin(finals)) if np.isfinite(finals).any() else math.nan
-    # NaN finals rank last (they are not a result anyone would pick).
-    found_rank = (
-        1 + int(np.sum(np.where(np.isfinite(finals), finals, np.inf) < best_found))
-        if found_row >= 0
-        else 0
-    )
-    return ReplayResult(
-        order=tuple(rows),
-        steps_run=tuple(steps_run),
-        epochs_used=sum(steps_run),
-        full_budget=len(rows) * max_steps,
-        pruned=sum(pruned_flags),
-        completed=len(completed_rows),
-        best_found=best_found,
-        best_possible=best_possible,
-        found_row=found_row,
-        found_rank=found_rank,
-        wall_time=wall,
-        completions=tuple(completions),
-        paused_at_end=len(paused),
-        promotions=promotions,
-    )
+    def _queue_promoted(self) -> None:
+        """The paused trials the policy promoted wait for the next free worker."""
+        for promoted in self._take_promoted() if self._take_promoted is not None else []:
+            if self.paused.pop(promoted, None) is not None:
+                self.promotions += 1
+                self.resumable.append(promoted)
+
+    def result(self) -> ReplayResult:
+        rows, steps_run, max_steps = self.rows, self.steps_run, self.table.max_steps
+        finals = self.table.finals()
+        completed_rows = [rows[t] for t in range(len(rows)) if steps_run[t] >= max_steps]
+        finite_completed = [r for r in completed_rows if math.isfinite(finals[r])]
+        found_row = min(finite_completed, key=lambda r: (finals[r], r)) if finite_completed else -1
+        best_found = float(finals[found_row]) if found_row >= 0 else math.nan
+        best_possible = float(np.nanmin(finals)) if np.isfinite(finals).any() else math.nan
+        # NaN finals rank last (they are not a result anyone would pick).
+        found_rank = (
+            1 + int(np.sum(np.where(np.isfinite(finals), finals, np.inf) < best_found))
+            if found_row >= 0
+            else 0
+        )
+        return ReplayResult(
+            order=tuple(rows),
+            steps_run=tuple(steps_run),
+            epochs_used=sum(steps_run),
+            full_budget=len(rows) * max_steps,
+            pruned=sum(self.pruned),
+            completed=len(completed_rows),
+            best_found=best_found,
+            best_possible=best_possible,
+            found_row=found_row,
+            found_rank=found_rank,
+            wall_time=self.wall,
+            completions=tuple(self.completions),
+            paused_at_end=len(self.paused),
+            promotions=self.promotions,
+        )
