@@ -252,10 +252,17 @@ class GPSampler(ModelBasedSampler):
                 )
                 taken = torch.cat([train_x, in_flight])
                 decoded += self._maximise(acquisition, starts, bounds, options, taken)
-            with torch.no_grad():
-                posterior = model.posterior(self._encode(decoded))
-                mean = posterior.mean.squeeze(-1).tolist()
-                std = posterior.variance.clamp_min(0).sqrt().squeeze(-1).tolist()
+            return self._predicted(model, decoded, first)
+
+    def _predicted(
+        self, model: torch.nn.Module, decoded: list[dict[str, PlainValue]], first: int
+    ) -> list[Proposal]:
+        """``decoded`` as proposals numbered from draw ``first``, with the model's
+        mean and standard deviation at each (in the metric's direction)."""
+        with torch.no_grad():
+            posterior = model.posterior(self._encode(decoded))
+            mean = posterior.mean.squeeze(-1).tolist()
+            std = posterior.variance.clamp_min(0).sqrt().squeeze(-1).tolist()
         sign = 1.0 if self.context.maximize else -1.0
         return [
             Proposal(
