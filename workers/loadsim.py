@@ -60,6 +60,7 @@ from ladder.v1 import events_pb2
 from workers.loadsim_observe import (
     DecisionLog,
     GroupProgress,
+    SeenDecision,
     counts_check,
     expected_crossings,
     merge_acked_steps,
@@ -120,18 +121,65 @@ def split(total: int, parts: int) -> list[tuple[int, int]]:
 
 def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
     study_id = options.study_id or create_study(settings, options)
+    spec, rungs, max_resource = study_scheduler(settings, study_id, options)
+    decisions = DecisionLog(settings, study_id)
+    progress = GroupProgress(settings, settings.topics.earlystop_group)
+    start_at = time.time() + START_DELAY_S
+    configs = sim_configs(options, study_id, spec.metric or METRIC, max_resource, start_at)
+    results = run_simulators(settings, configs, timeout=options.duration + 300)
+    acked = merge_acked_steps(result["acked_max_step"] for result in results)
+    expected = expected_crossings(acked, rungs)
+    seen = drain(decisions, expected, options.drain)
+    progress.close()
+    drained_at = time.time()
+    summary: dict[str, Any] = {
+        "study_id": study_id,
+        "workers": options.workers,
+        "processes": len(configs),
+        "rate_per_worker": options.rate,
+        "duration_s": options.duration,
+        "seed": options.seed,
+        "rungs": rungs,
+        "max_resource": max_resource,
+        "heartbeat_every": options.heartbeat_every,
+        "run_start_unix": round(start_at, 3),
+        **results_summary(results, options),
+        "earlystop": earlystop_summary(progress, options, start_at, drained_at),
+        "latency_ms": latency_summary(results, seen),
+        "stops": {
+            "on_topic": sum(d.action == events_pb2.STOP for d in seen),
+            "observed_fast_path": _total(results, "stops_fast_path"),
+            "observed_heartbeat": _total(results, "stops_heartbeat"),
+        },
+        "counts": counts_check(expected, seen),
+        # This process and its simulator processes (reaped when the pool closed).
+        "cpu_seconds_self_and_children": cpu_seconds_with_children(),
+    }
+    if options.timeline:
+        write_timeline(options.timeline, seen, start_at)
+    return summary
+
+
+def study_scheduler(
+    settings: Settings, study_id: str, options: LoadOptions
+) -> tuple[SchedulerSpec, list[int], int]:
+    """The study's scheduler, its rungs and the steps of an unstopped trial; an
+    unbounded scheduler's rungs stop at ``--max-resource``."""
     with LadderClient(settings) as client:
         study = client.get_study(study_id)
     spec = SchedulerSpec.from_study(study.config)
     rungs = spec.rungs() if spec.bounded else spec.rungs(up_to=options.max_resource)
-    max_resource = int(spec.max_resource or options.max_resource)
-    decisions = DecisionLog(settings, study_id)
-    progress = GroupProgress(settings, settings.topics.earlystop_group)
-    start_at = time.time() + START_DELAY_S
-    configs = [
+    return spec, rungs, int(spec.max_resource or options.max_resource)
+
+
+def sim_configs(
+    options: LoadOptions, study_id: str, metric: str, max_resource: int, start_at: float
+) -> list[SimConfig]:
+    """One config per simulator process, the workers split evenly between them."""
+    return [
         SimConfig(
             study_id=study_id,
-            metric=spec.metric or METRIC,
+            metric=metric,
             first_worker=first,
             workers=count,
             rate=options.rate,
@@ -146,108 +194,121 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
         for first, count in split(options.workers, options.processes)
         if count
     ]
+
+
+def run_simulators(
+    settings: Settings, configs: list[SimConfig], timeout: float
+) -> list[dict[str, Any]]:
+    """Run each config in its own (spawned) process; their results, in config order."""
     with ProcessPoolExecutor(len(configs), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(run_process, settings, c) for c in configs]
-        results = [f.result(timeout=options.duration + 300) for f in futures]
-    run_end = start_at + options.duration
-    acked = merge_acked_steps(result["acked_max_step"] for result in results)
-    expected = expected_crossings(acked, rungs)
+        return [f.result(timeout=timeout) for f in futures]
 
-    # Drain: the last reports' decisions are still on their way.
-    drain_deadline = time.monotonic() + options.drain
-    while time.monotonic() < drain_deadline:
+
+def drain(
+    decisions: DecisionLog, expected: set[tuple[str, int]], seconds: float
+) -> list[SeenDecision]:
+    """The decisions seen once every expected crossing has one, or after ``seconds``:
+    the last reports' decisions are still on their way when the simulators end."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         if expected <= {(d.trial_id, d.rung) for d in decisions.snapshot()}:
             break
         time.sleep(0.5)  # polling the observer until the drain deadline
     time.sleep(1.0)  # a duplicate would arrive right behind the first copy
     seen = decisions.snapshot()
     decisions.close()
-    progress.close()
-    drained_at = time.time()
+    return seen
 
-    def total(key: str) -> int:
-        return sum(r[key] for r in results)
 
-    lag_end = progress.lag_at(run_end)
-    steady_from = start_at + min(10.0, options.duration / 4)
-    summary: dict[str, Any] = {
-        "study_id": study_id,
-        "workers": options.workers,
-        "processes": len(configs),
-        "rate_per_worker": options.rate,
-        "duration_s": options.duration,
-        "seed": options.seed,
-        "rungs": rungs,
-        "max_resource": max_resource,
-        "heartbeat_every": options.heartbeat_every,
-        "run_start_unix": round(start_at, 3),
+def _total(results: list[dict[str, Any]], key: str) -> int:
+    return sum(r[key] for r in results)
+
+
+def results_summary(results: list[dict[str, Any]], options: LoadOptions) -> dict[str, Any]:
+    """What the simulator processes counted: reports, trials, heartbeats, errors."""
+    acked = _total(results, "reports_acked")
+    return {
         "reports": {
             "target_per_s": options.workers * options.rate,
-            "sent": total("reports_sent"),
-            "acked": total("reports_acked"),
-            "failed": total("reports_failed"),
-            "acked_per_s": round(total("reports_acked") / options.duration, 1),
+            "sent": _total(results, "reports_sent"),
+            "acked": acked,
+            "failed": _total(results, "reports_failed"),
+            "acked_per_s": round(acked / options.duration, 1),
         },
         "trials": {
-            k: total(f"trials_{k}") for k in ("started", "pruned", "completed", "unfinished")
+            k: _total(results, f"trials_{k}")
+            for k in ("started", "pruned", "completed", "unfinished")
         },
-        "heartbeats": total("heartbeats"),
+        "heartbeats": _total(results, "heartbeats"),
         "rpc_errors": _merge([r["rpc_errors"] for r in results]),
         "simulator_loop_lag_ms_max": round(max(r["loop_lag_ms_max"] for r in results), 1),
-        "earlystop": {
-            "group": progress.group_id,
-            "processed_per_s_steady": progress.rate_between(steady_from, run_end),
-            "lag_at_run_end": lag_end,
-            "lag_after_drain": progress.lag_at(drained_at),
-            "samples": [(round(t - start_at, 1), c, e) for t, c, e in progress.samples],
-        },
-        "latency_ms": {
-            "report_to_decision_produced": percentiles(
-                d.decided_ts_ms - d.report_ts_ms for d in seen if d.report_ts_ms
-            ),
-            "report_to_decision_on_topic": percentiles(
-                d.seen_ms - d.report_ts_ms for d in seen if d.report_ts_ms
-            ),
-            "report_to_stop_obeyed_fast_path": percentiles(
-                v for r in results for v in r["stop_latency_fast_ms"]
-            ),
-            "report_to_stop_obeyed_heartbeat": percentiles(
-                v for r in results for v in r["stop_latency_heartbeat_ms"]
-            ),
-        },
-        "stops": {
-            "on_topic": sum(d.action == events_pb2.STOP for d in seen),
-            "observed_fast_path": total("stops_fast_path"),
-            "observed_heartbeat": total("stops_heartbeat"),
-        },
-        "counts": counts_check(expected, seen),
-        # This process and its simulator processes (reaped when the pool closed).
-        "cpu_seconds_self_and_children": round(
-            sum(
-                usage.ru_utime + usage.ru_stime
-                for usage in (
-                    resource.getrusage(resource.RUSAGE_SELF),
-                    resource.getrusage(resource.RUSAGE_CHILDREN),
-                )
-            ),
-            1,
+    }
+
+
+def earlystop_summary(
+    progress: GroupProgress, options: LoadOptions, start_at: float, drained_at: float
+) -> dict[str, Any]:
+    """The early-stop group's throughput once warmed up, and its lag at the run's end
+    and after the drain."""
+    run_end = start_at + options.duration
+    steady_from = start_at + min(10.0, options.duration / 4)
+    return {
+        "group": progress.group_id,
+        "processed_per_s_steady": progress.rate_between(steady_from, run_end),
+        "lag_at_run_end": progress.lag_at(run_end),
+        "lag_after_drain": progress.lag_at(drained_at),
+        "samples": [(round(t - start_at, 1), c, e) for t, c, e in progress.samples],
+    }
+
+
+def latency_summary(results: list[dict[str, Any]], seen: list[SeenDecision]) -> dict[str, Any]:
+    """Report-to-decision latencies: as produced, as seen on the topic, as obeyed."""
+    return {
+        "report_to_decision_produced": percentiles(
+            d.decided_ts_ms - d.report_ts_ms for d in seen if d.report_ts_ms
+        ),
+        "report_to_decision_on_topic": percentiles(
+            d.seen_ms - d.report_ts_ms for d in seen if d.report_ts_ms
+        ),
+        "report_to_stop_obeyed_fast_path": percentiles(
+            v for r in results for v in r["stop_latency_fast_ms"]
+        ),
+        "report_to_stop_obeyed_heartbeat": percentiles(
+            v for r in results for v in r["stop_latency_heartbeat_ms"]
         ),
     }
-    if options.timeline:
-        with options.timeline.open("w") as out:
-            for d in seen:
-                out.write(
-                    json.dumps(
-                        {
-                            "t": round(d.report_ts_ms / 1000 - start_at, 3),
-                            "lat_ms": round(d.seen_ms - d.report_ts_ms, 1),
-                            "rung": d.rung,
-                            "action": d.action,
-                        }
-                    )
-                    + "\n"
+
+
+def cpu_seconds_with_children() -> float:
+    """CPU seconds of this process and of its reaped children."""
+    return round(
+        sum(
+            usage.ru_utime + usage.ru_stime
+            for usage in (
+                resource.getrusage(resource.RUSAGE_SELF),
+                resource.getrusage(resource.RUSAGE_CHILDREN),
+            )
+        ),
+        1,
+    )
+
+
+def write_timeline(path: Path, seen: list[SeenDecision], start_at: float) -> None:
+    """One JSON line per decision: when its report was sent, its latency, rung, action."""
+    with path.open("w") as out:
+        for d in seen:
+            out.write(
+                json.dumps(
+                    {
+                        "t": round(d.report_ts_ms / 1000 - start_at, 3),
+                        "lat_ms": round(d.seen_ms - d.report_ts_ms, 1),
+                        "rung": d.rung,
+                        "action": d.action,
+                    }
                 )
-    return summary
+                + "\n"
+            )
 
 
 def _merge(dicts: list[dict[str, int]]) -> dict[str, int]:
