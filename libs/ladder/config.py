@@ -9,6 +9,7 @@ needs no configuration at all.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -23,6 +24,38 @@ TOPIC_NAMES = ("metrics", "rungs", "decisions", "trials", "studies", "dead-lette
 def state_dir() -> Path:
     """LADDER_STATE_DIR, default ``.ladder`` in the current directory."""
     return Path(os.environ.get("LADDER_STATE_DIR", ".ladder")).resolve()
+
+
+def service_parser(
+    service: str,
+    doc: str | None,
+    port: int,
+    port_env: str = "",
+    read_interval_ms: int | None = None,
+) -> argparse.ArgumentParser:
+    """The command line every service starts from: ``python -m services.<service>``
+    with its module docstring as ``--help``, ``--port`` (default: ``port_env``, else
+    LADDER_<SERVICE>_PORT, else ``port``) and, for the services whose ConsumerLoop
+    is paced, ``--read-interval-ms`` (LADDER_<SERVICE>_READ_INTERVAL_MS, else
+    ``read_interval_ms``). Each service adds its own flags."""
+    env = f"LADDER_{service.upper()}"
+    parser = argparse.ArgumentParser(
+        prog=f"python -m services.{service}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get(port_env or f"{env}_PORT", port))
+    )
+    if read_interval_ms is not None:
+        parser.add_argument(
+            "--read-interval-ms",
+            type=int,
+            default=int(os.environ.get(f"{env}_READ_INTERVAL_MS", read_interval_ms)),
+            help="once caught up, read the topics at most this often: fewer, fuller "
+            "broker fetches (0: as records arrive)",
+        )
+    return parser
 
 
 def stack_file(base: Path | None = None) -> Path:

@@ -61,7 +61,6 @@ NOT_SERVING, stops the worker (the group is left, offsets committed) and exits 0
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import logging
@@ -73,7 +72,7 @@ from typing import Any
 
 import faust
 from ladder import telemetry
-from ladder.config import Settings
+from ladder.config import Settings, service_parser
 
 from services.earlystop.agents import EarlyStopAgents
 from services.earlystop.app import (
@@ -155,12 +154,7 @@ INT_OPTIONS: tuple[tuple[str, str, int | None, int], ...] = (
 
 def parse_options(argv: list[str] | None, settings: Settings) -> EarlyStopOptions:
     env = os.environ.get
-    parser = argparse.ArgumentParser(
-        prog="python -m services.earlystop",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--port", type=int, default=int(env("LADDER_EARLYSTOP_HEALTH_PORT", 50054)))
+    parser = service_parser("earlystop", __doc__, 50054, port_env="LADDER_EARLYSTOP_HEALTH_PORT")
     parser.add_argument(
         "--data-dir",
         type=Path,

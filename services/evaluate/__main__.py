@@ -28,14 +28,13 @@ TrialEvent for every transition on the trials topic.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 
 from ladder import telemetry
 from ladder.bus import ConsumerLoop, EventProducer, Record
 from ladder.codec import BadRecord
-from ladder.config import Settings
+from ladder.config import Settings, service_parser
 from ladder.grpcserver import ServiceHost
 from ladder.state import ConsumerOffsets, open_state
 from ladder.v1 import evaluate_pb2_grpc
@@ -49,18 +48,7 @@ log = logging.getLogger("ladder.evaluate")
 
 def main(argv: list[str] | None = None) -> None:
     env = os.environ.get
-    parser = argparse.ArgumentParser(
-        prog="python -m services.evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--port", type=int, default=int(env("LADDER_EVALUATE_PORT", 50052)))
-    parser.add_argument(
-        "--read-interval-ms",
-        type=int,
-        default=int(env("LADDER_EVALUATE_READ_INTERVAL_MS", 100)),
-        help="once caught up, read the topics at most this often (0: as records arrive)",
-    )
+    parser = service_parser("evaluate", __doc__, 50052, read_interval_ms=100)
     parser.add_argument(
         "--lease-seconds", type=float, default=float(env("LADDER_LEASE_SECONDS", 30))
     )

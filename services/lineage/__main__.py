@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ladder import telemetry
 from ladder.bus import ConsumerLoop, EventProducer
-from ladder.config import Settings
+from ladder.config import Settings, service_parser
 from ladder.grpcserver import ServiceHost
 from ladder.v1 import lineage_pb2, lineage_pb2_grpc
 
@@ -44,22 +44,9 @@ SERVICE_NAME = lineage_pb2.DESCRIPTOR.services_by_name["LineageService"].full_na
 
 
 def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.lineage",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("LADDER_LINEAGE_PORT", "50053"))
-    )
+    parser = service_parser("lineage", __doc__, 50053, read_interval_ms=500)
     parser.add_argument(
         "--host", default=os.environ.get("LADDER_LINEAGE_HOST") or settings.bind_host
-    )
-    parser.add_argument(
-        "--read-interval-ms",
-        type=int,
-        default=int(os.environ.get("LADDER_LINEAGE_READ_INTERVAL_MS", "500")),
-        help="once caught up, read at most this often: fewer, fuller broker fetches",
     )
     parser.add_argument(
         "--db",

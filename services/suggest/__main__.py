@@ -38,14 +38,13 @@ On SIGTERM the gRPC server drains, then the refit loops are stopped.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 
 from ladder import telemetry
 from ladder.bus import ConsumerLoop, EventProducer
-from ladder.config import Settings
+from ladder.config import Settings, service_parser
 from ladder.grpcserver import ServiceHost
 from ladder.state import open_state
 from ladder.v1 import suggest_pb2_grpc
@@ -57,20 +56,7 @@ log = logging.getLogger("ladder.suggest")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.suggest",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("LADDER_SUGGEST_PORT", 50051))
-    )
-    parser.add_argument(
-        "--read-interval-ms",
-        type=int,
-        default=int(os.environ.get("LADDER_SUGGEST_READ_INTERVAL_MS", 200)),
-        help="once caught up, read trials and decisions at most this often (0: as they arrive)",
-    )
+    parser = service_parser("suggest", __doc__, 50051, read_interval_ms=200)
     parser.add_argument(
         "--claim-seconds", type=float, default=float(os.environ.get("LADDER_CLAIM_SECONDS", 120))
     )
