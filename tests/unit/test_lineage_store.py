@@ -156,6 +156,17 @@ def queries(store: LineageStore) -> LineageQueries:
     return LineageQueries(store.connection)
 
 
+def apply_one_by_one(
+    store: LineageStore, trial_id: str, steps: list[tuple[events_pb2.TrialEvent, str]]
+) -> list[tuple[int, str]]:
+    """Apply each (event, state expected after it) at its own offset, checking the
+    trial's state after each; returns the attempts' (number, outcome) at the end."""
+    for offset, (event, expected) in enumerate(steps):
+        store.apply(at_offsets([event], first_offset=offset))
+        assert queries(store).trial_lineage(trial_id).state == expected
+    return [(a.attempt_number, a.outcome) for a in queries(store).trial_lineage(trial_id).attempts]
+
+
 def snapshot(conn: sqlite3.Connection, skip: tuple[str, ...] = ()) -> dict[str, list[tuple]]:
     tables = [
         row[0]
@@ -247,10 +258,7 @@ def test_state_progresses_across_attempts(store: LineageStore) -> None:
         (trial_event("t3", "TRIAL_STARTED", 400, attempt=2), "RUNNING"),
         (trial_event("t3", "TRIAL_FAILED", 500, attempt=2, state="FAILED"), "FAILED"),
     ]
-    for offset, (event, expected) in enumerate(steps):
-        store.apply(at_offsets([event], first_offset=offset))
-        assert queries(store).trial_lineage("t3").state == expected
-    outcomes = [(a.attempt_number, a.outcome) for a in queries(store).trial_lineage("t3").attempts]
+    outcomes = apply_one_by_one(store, "t3", steps)
     assert outcomes == [(1, "lease_expired"), (2, "failed")]
 
 
@@ -264,10 +272,7 @@ def test_paused_trial_is_shown_paused_until_promoted(store: LineageStore) -> Non
         (trial_event("t4", "TRIAL_STARTED", 500, attempt=2), "RUNNING"),
         (trial_event("t4", "TRIAL_COMPLETED", 600, attempt=2, final=0.1), "COMPLETED"),
     ]
-    for offset, (event, expected) in enumerate(steps):
-        store.apply(at_offsets([event], first_offset=offset))
-        assert queries(store).trial_lineage("t4").state == expected
-    outcomes = [(a.attempt_number, a.outcome) for a in queries(store).trial_lineage("t4").attempts]
+    outcomes = apply_one_by_one(store, "t4", steps)
     assert outcomes == [(1, "paused"), (2, "completed")]
 
 
