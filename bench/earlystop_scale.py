@@ -341,9 +341,8 @@ def start_loadsim(argv: list[str], env: dict[str, str], nice: int) -> subprocess
 
     Its own session, with the nice value also on the session's autogroup: the kernel
     (``sched_autogroup_enabled``) shares the CPU between sessions first, and the stack's
-    services each run in their own session, so a plain ``nice`` changed nothing (the
-    simulator got as much CPU as early-stop; measured before this: early-stop's main
-    thread waited for a CPU 57 % of the time).
+    services each run in their own session, so a plain ``nice`` changes nothing: the
+    simulator would get as much CPU as early-stop.
     """
     proc = subprocess.Popen(
         argv,

@@ -66,8 +66,8 @@ Optimisation of the acquisition, in three steps:
 3. if the space has discrete parameters, one more L-BFGS run over the
    continuous columns with the discrete ones fixed at the search's result.
 
-Step 2 is what Optuna's mixed optimiser does; without it a categorical was the
-argmax of a relaxed one-hot vector and an int the rounding of a relaxed
+Step 2 is what Optuna's mixed optimiser does; without it a categorical would be
+the argmax of a relaxed one-hot vector and an int the rounding of a relaxed
 coordinate, points the acquisition never scored.
 
 Training set. ``select_fidelity`` (base.py) picks one fidelity: final values
