@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Iterable
 
 from ladder.bus import EventProducer, now_ms
 from ladder.config import Settings
@@ -21,13 +22,28 @@ class TransitionPublisher:
         self.hostname = socket.gethostname()
 
     def publish(self, transition: Transition) -> bool:
-        """Send the transition's TrialEvent (key = study id) and wait for the ack.
+        """Send the trial's earlier unacknowledged events, then this transition's
+        (key = study id), each after the broker acknowledged the one before.
 
-        On failure the transition stays in the Redis outbox and the sweeper
-        re-publishes it later, so the caller's answer does not depend on Kafka.
+        On failure the events stay in the Redis outbox and the sweeper re-publishes
+        them later, so the caller's answer does not depend on Kafka.
         """
         if not transition.changed or not transition.event_kind:
             return False
+        return self.publish_in_order([*transition.earlier, transition])
+
+    def publish_in_order(self, transitions: Iterable[Transition]) -> bool:
+        """Send each event and acknowledge it in the outbox; once one of a trial's
+        events fails, its later ones wait for the next try, so a trial's events
+        never reach the topic out of order. True when all were sent."""
+        failed: set[str] = set()
+        for transition in transitions:
+            trial_id = transition.trial.trial_id
+            if trial_id in failed or not self._send(transition):
+                failed.add(trial_id)
+        return not failed
+
+    def _send(self, transition: Transition) -> bool:
         trial = transition.trial
         event = trial_event(transition, now_ms(), hostname=self.hostname)
         try:

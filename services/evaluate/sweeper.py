@@ -2,8 +2,9 @@
 
 Every ``interval`` seconds it moves trials whose lease (RUNNING) or hand-out
 claim (suggested but never started) ran out to RESUMABLE, publishing
-TRIAL_LEASE_EXPIRED, and re-publishes outbox entries older than
-``outbox_retry_seconds`` (their first publish failed or the process died).
+TRIAL_LEASE_EXPIRED, and re-publishes the unacknowledged events of every trial
+whose oldest one is older than ``outbox_retry_seconds`` (their first publish
+failed or the process died), each trial's in order.
 Several evaluate processes may sweep at once: each expiry is one Lua script, so
 exactly one of them wins and publishes.
 """
@@ -62,13 +63,15 @@ class LeaseSweeper:
                 },
             )
             self.publisher.publish(transition)
-        for transition in self.trials.outbox_due(self.outbox_retry_seconds):
+        due = self.trials.outbox_due(self.outbox_retry_seconds)
+        for transition in due:
             log.info(
-                "re-publishing unacknowledged event of %s",
+                "re-publishing unacknowledged event %s of %s",
+                transition.token,
                 transition.trial.trial_id,
                 extra={"trial_id": transition.trial.trial_id},
             )
-            self.publisher.publish(transition)
+        self.publisher.publish_in_order(due)
         return len(expired)
 
     def _run(self) -> None:

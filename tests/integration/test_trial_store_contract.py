@@ -214,3 +214,68 @@ def test_completion_updates_trial_lease_pending_set_and_study_together(store: St
     assert store.trials.pending(study_id) == []
     assert all(store.trials.lease_deadline_ms(t) is None for t in trial_ids)
     assert {t.state for t in store.trials.get_many(trial_ids)} == {trial_pb2.COMPLETED}
+
+
+def _due_of(store: State, trial_id: str, older_than: float = 0) -> list[tuple[int, int, str]]:
+    """(version, kind, reason) of the trial's events the outbox holds, as due."""
+    return [
+        (t.version, t.event_kind, t.reason)
+        for t in store.trials.outbox_due(older_than, limit=10_000)
+        if t.trial.trial_id == trial_id
+    ]
+
+
+def test_every_unacknowledged_event_of_a_trial_is_due_in_order(store: State) -> None:
+    _, trial_id = running_trial(store)
+    store.trials.checkpoint(trial_id, "a1", "file:///tmp/c1", 1, 30)
+    store.trials.checkpoint(trial_id, "a1", "file:///tmp/c2", 2, 30)
+    done = store.trials.complete(trial_id, "a1", 0.5, step=3)
+    due = [t for t in store.trials.outbox_due(0, limit=10_000) if t.trial.trial_id == trial_id]
+    assert [(t.version, t.event_kind) for t in due] == [
+        (1, events_pb2.TRIAL_SUGGESTED),
+        (2, events_pb2.TRIAL_STARTED),
+        (3, events_pb2.TRIAL_CHECKPOINTED),
+        (4, events_pb2.TRIAL_CHECKPOINTED),
+        (5, events_pb2.TRIAL_COMPLETED),
+    ]
+    # Each event keeps the trial as its transition left it, and its time.
+    states = [t.trial.state for t in due]
+    assert states == [trial_pb2.SUGGESTED, *[trial_pb2.RUNNING] * 3, trial_pb2.COMPLETED]
+    assert [t.trial.checkpoint_step for t in due[2:]] == [1, 2, 2]
+    assert due[2].reason == "checkpoint at step 1.0" and not due[2].trial.has_final_value
+    assert all(a.ts_ms <= b.ts_ms for a, b in zip(due, due[1:], strict=False))
+    assert (due[-1].token, due[-1].ts_ms) == (done.token, done.ts_ms)
+    # The new transition names the earlier unacknowledged events (but not the
+    # suggestion, which suggest publishes itself) so its publisher sends them first.
+    assert [t.version for t in done.earlier] == [2, 3, 4]
+
+
+def test_acking_one_event_keeps_the_others_and_a_replayed_ack_changes_nothing(
+    store: State,
+) -> None:
+    _, trial_id = running_trial(store)
+    store.trials.checkpoint(trial_id, "a1", "file:///tmp/c1", 1, 30)
+    store.trials.complete(trial_id, "a1", 0.5)
+    before = _due_of(store, trial_id)
+    assert [v for v, _, _ in before] == [1, 2, 3, 4]
+    started = "{1}|{0}|{2}".format(*before[1])
+    store.trials.ack(trial_id, started)
+    rest = [before[0], *before[2:]]
+    assert _due_of(store, trial_id) == rest
+    store.trials.ack(trial_id, started)  # a replayed ack
+    assert _due_of(store, trial_id) == rest
+    for version, kind, reason in rest:
+        store.trials.ack(trial_id, f"{kind}|{version}|{reason}")
+    assert _due_of(store, trial_id) == []
+    store.trials.ack(trial_id, started)
+    assert _due_of(store, trial_id) == []
+
+
+def test_the_relay_waits_for_the_oldest_unacknowledged_event(store: State) -> None:
+    _, trial_id = running_trial(store)
+    for version, kind, reason in _due_of(store, trial_id):
+        store.trials.ack(trial_id, f"{kind}|{version}|{reason}")
+    store.trials.checkpoint(trial_id, "a1", "file:///tmp/c1", 1, 30)
+    # A fresh event belongs to its publisher for a while; the relay leaves it alone.
+    assert _due_of(store, trial_id, older_than=60) == []
+    assert [v for v, _, _ in _due_of(store, trial_id)] == [3]

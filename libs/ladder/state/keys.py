@@ -14,9 +14,11 @@ stacks (or two test sessions) sharing one Redis never see each other's state.
 | ``{root}trial:{tid}:attempts``       | hash   | attempt id → attempt number (fencing)      |
 | ``{root}trial:{tid}:decision``       | hash   | action, rung, proto (latest early-stop     |
 |                                      |        | Decision)                                  |
+| ``{root}trial:{tid}:outbox``         | hash   | version → JSON {kind, ms, trial snapshot}  |
+|                                      |        | of each event not yet confirmed published  |
 | ``{root}leases``                     | zset   | trial id → lease / claim deadline ms       |
-| ``{root}outbox``                     | zset   | trial id → ms of a transition whose event  |
-|                                      |        | is not yet confirmed published             |
+| ``{root}outbox``                     | zset   | trial id → ms of its oldest event not yet  |
+|                                      |        | confirmed published                        |
 | ``{root}offsets:{consumer}``         | hash   | "topic:partition" → next offset to read    |
 |                                      |        | (group-less consumers, shared progress)    |
 """
@@ -48,8 +50,7 @@ TRIAL_FIELDS = {
     "closed": "signature of the call that ended the last attempt (idempotent repeats)",
     "reason": "reason of the last transition",
     "algorithm": "sampler that suggested the trial",
-    "version": "bumped by every transition",
-    "outbox": "'<event kind>|<version>|<reason>' of an event not yet confirmed published",
+    "version": "bumped by every transition that publishes an event",
 }
 
 
@@ -89,6 +90,10 @@ class Keys:
 
     def decision(self, trial_id: str) -> str:
         return f"{self.root}trial:{trial_id}:decision"
+
+    def trial_outbox(self, trial_id: str) -> str:
+        # The Lua scripts derive it the same way (trial key + ':outbox').
+        return f"{self.trial(trial_id)}:outbox"
 
     @property
     def leases(self) -> str:

@@ -3,9 +3,12 @@
 Conventions: time comes from the Redis server (``TIME``) so every process agrees
 on lease deadlines; each script returns ``{status, snapshot}`` where snapshot is
 the trial hash (HGETALL) after the script ran. A transition that must be
-published bumps ``version`` and records itself in ``outbox`` (field + the outbox
-zset) in the same script, so an event lost to a crash is found and re-published
-(see ``TrialStore.outbox_due``).
+published bumps ``version`` and appends itself to the trial's own outbox (hash
+``trial:<id>:outbox``: version -> the event's kind, time and trial snapshot) and
+enters the trial in the outbox zset in the same script. Every event stays there
+until its publisher acknowledges that version, so a transition that follows an
+unpublished one never replaces it: ``TrialStore.outbox_due`` finds them all, in
+version order, and the relay re-publishes them.
 
 Status values: OK (changed), REPEAT (idempotent repeat, nothing changed),
 NOT_FOUND, STALE (attempt fenced), BUSY (another live attempt), STATE (wrong
@@ -16,7 +19,8 @@ made a PAUSED trial RESUMABLE).
 
 CREATE_TRIALS and CLAIM_RESUMABLE touch trial keys they only learn while running
 (the next sequence numbers, the popped queue entries); they receive the key root
-instead. That is fine on one Redis server; Redis Cluster would need hash tags.
+instead, and every script derives a trial's outbox key from its trial key
+(``Keys.trial_outbox``). That is fine on one Redis server; Redis Cluster would need hash tags.
 """
 
 from __future__ import annotations
@@ -64,13 +68,30 @@ end
 local function terminal(state)
   return state == COMPLETED or state == PRUNED or state == FAILED
 end
--- Record a transition whose TrialEvent must be published.
+-- The trial's outbox (see Keys.trial_outbox) once this script recorded an event.
+local marked = false
+-- Record a transition whose TrialEvent must be published: the event keeps the
+-- trial as it is now (all but the immutable proto), so a re-publish after later
+-- transitions still says what this one did. Mark last, after every change.
 local function mark(key, outbox, trial_id, kind, reason, now)
   local v = redis.call('HINCRBY', key, 'version', 1)
-  redis.call('HSET', key, 'outbox', kind .. '|' .. v .. '|' .. reason, 'reason', reason)
-  redis.call('ZADD', outbox, now, trial_id)
+  redis.call('HSET', key, 'reason', reason)
+  local flat = redis.call('HGETALL', key)
+  local snapshot = {}
+  for i = 1, #flat, 2 do
+    if flat[i] ~= 'proto' then snapshot[flat[i]] = flat[i + 1] end
+  end
+  marked = key .. ':outbox'
+  redis.call('HSET', marked, v, cjson.encode({kind = kind, ms = now, trial = snapshot}))
+  -- NX: the score stays the time of the oldest unacknowledged event.
+  redis.call('ZADD', outbox, 'NX', now, trial_id)
 end
+-- The trial after the script; with the pending events when it recorded one, so
+-- the caller publishes the earlier unacknowledged ones first.
 local function reply(status, key)
+  if marked then
+    return {status, redis.call('HGETALL', key), redis.call('HGETALL', marked)}
+  end
   return {status, redis.call('HGETALL', key)}
 end
 -- The attempt holds the trial until until_ms: the hash and the lease zset the
@@ -315,7 +336,7 @@ for i = 1, n do
   redis.call('ZADD', leases, now + claim_ms, trial_id)
   mark(t, outbox, trial_id, EV_SUGGESTED, 'suggested by ' .. ARGV[5], now)
 end
-return {'OK', first, n}
+return {'OK', first, n, now}
 """)
 
 # KEYS: resumable, leases   ARGV: trial key root, count, claim_ms
@@ -385,12 +406,25 @@ end
 return {'OK', {}}
 """)
 
-# KEYS: trial, outbox   ARGV: trial id, token ('<kind>|<version>|<reason>')
+# KEYS: trial, outbox   ARGV: trial id, version
+# Forgets one published event; the trial leaves the outbox zset with its last
+# pending event, else its score becomes the time of the oldest one left (the relay
+# waits for that one, not for the event just acknowledged).
 ACK_OUTBOX = _script("""
-local current = redis.call('HGET', KEYS[1], 'outbox')
-if current == ARGV[2] then redis.call('HDEL', KEYS[1], 'outbox') end
-if current == ARGV[2] or not current then redis.call('ZREM', KEYS[2], ARGV[1]) end
-return 1
+local box, outbox, trial_id = KEYS[1] .. ':outbox', KEYS[2], ARGV[1]
+redis.call('HDEL', box, ARGV[2])
+local left = redis.call('HKEYS', box)
+if #left == 0 then
+  redis.call('ZREM', outbox, trial_id)
+  return 0
+end
+local oldest = left[1]
+for _, v in ipairs(left) do
+  if tonumber(v) < tonumber(oldest) then oldest = v end
+end
+local ms = cjson.decode(redis.call('HGET', box, oldest)).ms
+redis.call('ZADD', outbox, 'XX', ms, trial_id)
+return #left
 """)
 
 # The scripts TrialStore registers (CREATE_STUDY belongs to the study store).

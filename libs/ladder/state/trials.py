@@ -5,18 +5,23 @@ Every transition is one Lua script (``ladder.state.scripts``), so it is atomic
 across the trial hash, the lease zset, the study's queue / pending set and the
 outbox. A transition that changed something returns a ``Transition`` carrying
 the event kind to publish and an outbox ``token``; after the event is on Kafka
-the caller acknowledges it with ``ack``. A transition whose event never got
-acknowledged (the process died in between) is returned by ``outbox_due`` and
-re-published, so no event is lost; consumers are idempotent, so a duplicate is
-harmless. Idempotent repeats (same attempt, same call) return ``changed=False``.
+the caller acknowledges it with ``ack``. Every event stays in the trial's outbox
+until acknowledged, however many transitions follow it: ``outbox_due`` returns
+them all in version order for re-publishing, and a new transition carries the
+earlier unacknowledged ones (``Transition.earlier``) so its publisher sends them
+first. So no event is lost and a trial's events reach the topic in order (at
+least once); consumers are idempotent, and a re-published event is the same
+bytes (same snapshot, same ``ts_ms``). Idempotent repeats (same attempt, same
+call) return ``changed=False``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
 from redis.exceptions import NoScriptError
@@ -32,7 +37,9 @@ TERMINAL = (trial_pb2.COMPLETED, trial_pb2.PRUNED, trial_pb2.FAILED)
 @dataclass(frozen=True)
 class Transition:
     """The trial after a call. ``event_kind`` is set when an event must be
-    published (then ``token`` identifies it for ``ack``)."""
+    published (then ``token`` identifies it for ``ack``; ``ts_ms`` is when the
+    transition happened). ``earlier`` holds the trial's events still unacknowledged
+    before this one, oldest first: publish them before it."""
 
     trial: trial_pb2.Trial
     changed: bool
@@ -42,6 +49,9 @@ class Transition:
     hostname: str = ""
     environment: str = ""
     algorithm: str = ""
+    version: int = 0
+    ts_ms: int = 0
+    earlier: tuple[Transition, ...] = ()
 
 
 def _text(raw: bytes | str | None) -> str:
@@ -70,11 +80,12 @@ def _float(raw: bytes | None) -> float:
 
 
 def trial_event(transition: Transition, ts_ms: int, hostname: str = "") -> events_pb2.TrialEvent:
-    """The TrialEvent announcing ``transition`` (topic trials, key = study id)."""
+    """The TrialEvent announcing ``transition`` (topic trials, key = study id); its
+    time is the transition's when known, so a re-publish repeats the same event."""
     event = events_pb2.TrialEvent(
         kind=transition.event_kind,
         reason=transition.reason,
-        ts_ms=ts_ms,
+        ts_ms=transition.ts_ms or ts_ms,
         algorithm=transition.algorithm,
         hostname=transition.hostname or hostname,
         environment=transition.environment,
@@ -102,6 +113,40 @@ def trial_from_hash(fields: dict[str, bytes]) -> trial_pb2.Trial:
         trial.has_final_value = True
         trial.final_value = float(final)
     return trial
+
+
+def _version(token: str) -> str:
+    """The version in an outbox token '<kind>|<version>|<reason>'."""
+    parts = token.split("|", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise ValueError(f"not an outbox token: {token!r}")
+    return parts[1]
+
+
+def _outbox_events(fields: dict[str, bytes], box: dict[str, bytes]) -> list[Transition]:
+    """The trial's unacknowledged events (``box``: version -> JSON written by the
+    scripts' ``mark``), oldest first, each with the trial as it was then."""
+    out = []
+    for version in sorted(box, key=int):
+        entry = json.loads(box[version])
+        then = {name: value.encode() for name, value in entry["trial"].items()}
+        then["proto"] = fields.get("proto", b"")
+        kind, reason = int(entry["kind"]), _text(then.get("reason"))
+        out.append(
+            Transition(
+                trial=trial_from_hash(then),
+                changed=True,
+                event_kind=kind,
+                reason=reason,
+                token=f"{kind}|{version}|{reason}",
+                hostname=_text(then.get("hostname")),
+                environment=_text(then.get("environment")),
+                algorithm=_text(then.get("algorithm")),
+                version=int(version),
+                ts_ms=int(entry["ms"]),
+            )
+        )
+    return out
 
 
 def _number(value: float) -> str:
@@ -193,7 +238,7 @@ class TrialStore:
 
         Returns fewer than asked when the budget only allows part;
         raises BudgetExhausted when it allows none."""
-        status, first, count = self._scripts["CREATE_TRIALS"](
+        status, first, count, *when = self._scripts["CREATE_TRIALS"](
             keys=[
                 self.keys.study(study_id),
                 self.keys.pending(study_id),
@@ -228,9 +273,11 @@ class TrialStore:
                     changed=True,
                     event_kind=events_pb2.TRIAL_SUGGESTED,
                     reason=reason,
-                    # Matches the outbox token CREATE_TRIALS wrote (version 1).
+                    # Matches the outbox entry CREATE_TRIALS wrote (version 1).
                     token=f"{events_pb2.TRIAL_SUGGESTED}|1|{reason}",
                     algorithm=algorithm,
+                    version=1,
+                    ts_ms=int(when[0]) if when else 0,
                 )
             )
         return created
@@ -258,7 +305,7 @@ class TrialStore:
         except NotFound:
             return "UNKNOWN", None
         k = self.keys
-        status, flat = self._scripts["STORE_DECISION"](
+        status, flat, *box = self._scripts["STORE_DECISION"](
             keys=[
                 k.trial(trial_id),
                 k.decision(trial_id),
@@ -272,13 +319,17 @@ class TrialStore:
         status = _text(status)
         if status != "RESUMED":
             return status, None
-        return status, self._transition(trial_id, "", "OK", _pairs(flat), "promote")
+        return status, self._transition(trial_id, "", "OK", _pairs(flat), "promote", box)
 
     # ----------------------------------------------------------- evaluate side
 
-    def _run(self, name: str, keys: list[str], args: list[object]) -> tuple[str, dict[str, bytes]]:
-        status, flat = self._scripts[name](keys=keys, args=args)
-        return _text(status), _pairs(flat)
+    def _run(
+        self, name: str, keys: list[str], args: list[object]
+    ) -> tuple[str, dict[str, bytes], list[bytes]]:
+        """The script's status, the trial after it and, when it recorded an event,
+        the trial's outbox (flat)."""
+        status, flat, *box = self._scripts[name](keys=keys, args=args)
+        return _text(status), _pairs(flat), box[0] if box else []
 
     def _fence_keys(self, trial_id: str, *more: str) -> list[str]:
         """KEYS of a script behind the ``_FENCE`` preamble: trial, outbox, leases, then
@@ -298,13 +349,19 @@ class TrialStore:
         """Run a script an attempt calls while it should hold the lease (ARGV: the
         attempt, the signature of the call that closes it or '', then ``args``) and
         turn its status into the transition or the refusal."""
-        status, fields = self._run(
+        status, fields, box = self._run(
             name, self._fence_keys(trial_id, *more_keys), [attempt_id, signature, *args]
         )
-        return self._transition(trial_id, attempt_id, status, fields, verb)
+        return self._transition(trial_id, attempt_id, status, fields, verb, box)
 
     def _transition(
-        self, trial_id: str, attempt_id: str, status: str, fields: dict[str, bytes], verb: str
+        self,
+        trial_id: str,
+        attempt_id: str,
+        status: str,
+        fields: dict[str, bytes],
+        verb: str,
+        box: Sequence[bytes] = (),
     ) -> Transition:
         if status == "NOT_FOUND":
             raise NotFound(f"trial {trial_id!r} not found")
@@ -341,19 +398,14 @@ class TrialStore:
             )
         if status == "REPEAT":
             return Transition(trial=trial, changed=False)
-        token = _text(fields.get("outbox"))
-        parts = token.split("|", 2)
-        kind, reason = parts[0], parts[2] if len(parts) == 3 else ""
-        return Transition(
-            trial=trial,
-            changed=True,
-            event_kind=int(kind or 0),
-            reason=reason,
-            token=token,
-            hostname=_text(fields.get("hostname")),
-            environment=_text(fields.get("environment")),
-            algorithm=_text(fields.get("algorithm")),
-        )
+        if not box:  # changed without an event (a heartbeat)
+            return Transition(trial=trial, changed=True)
+        *earlier, this = _outbox_events(fields, _pairs(box))
+        # suggest publishes TRIAL_SUGGESTED itself, with the surrogate's prediction
+        # (not kept here), off the request path: a copy sent ahead of the next event
+        # would race it. The relay (outbox_due) still re-publishes a lost one.
+        earlier = [e for e in earlier if e.event_kind != events_pb2.TRIAL_SUGGESTED]
+        return replace(this, earlier=tuple(earlier))
 
     def start(
         self,
@@ -366,7 +418,7 @@ class TrialStore:
     ) -> Transition:
         study = self.study_of(trial_id)
         k = self.keys
-        status, fields = self._run(
+        status, fields, box = self._run(
             "START",
             [
                 k.trial(trial_id),
@@ -378,7 +430,7 @@ class TrialStore:
             ],
             [attempt_id, worker_id, int(lease_seconds * 1000), hostname, environment],
         )
-        return self._transition(trial_id, attempt_id, status, fields, "start")
+        return self._transition(trial_id, attempt_id, status, fields, "start", box)
 
     def heartbeat(
         self, trial_id: str, attempt_id: str, step: float | None, lease_seconds: float
@@ -493,33 +545,48 @@ class TrialStore:
                 self.r.zrem(self.keys.leases, trial_id)
                 continue
             k = self.keys
-            status, fields = self._run(
+            status, fields, box = self._run(
                 "EXPIRE",
                 [k.trial(trial_id), k.outbox, k.leases, k.resumable(study)],
                 [trial_id],
             )
             if status == "OK":
-                out.append(self._transition(trial_id, "", status, fields, "expire"))
+                out.append(self._transition(trial_id, "", status, fields, "expire", box))
         return out
 
     # ------------------------------------------------------------------ outbox
 
     def ack(self, trial_id: str, token: str) -> None:
-        """The event of ``token`` is published; forget it."""
+        """The event of ``token`` is published; forget it (the trial's other pending
+        events stay). Acknowledging it again changes nothing."""
         self._scripts["ACK_OUTBOX"](
-            keys=[self.keys.trial(trial_id), self.keys.outbox], args=[trial_id, token]
+            keys=[self.keys.trial(trial_id), self.keys.outbox], args=[trial_id, _version(token)]
         )
 
     def outbox_due(self, older_than_seconds: float, limit: int = 100) -> list[Transition]:
-        """Transitions whose event was not acknowledged within ``older_than_seconds``."""
+        """Every unacknowledged event of the (at most ``limit``) trials whose oldest
+        one is older than ``older_than_seconds``; a trial's events oldest first."""
         now_s, now_us = self.r.time()
         cutoff = now_s * 1000 + now_us // 1000 - int(older_than_seconds * 1000)
+        due = [
+            _text(raw)
+            for raw in self.r.zrangebyscore(self.keys.outbox, "-inf", cutoff, start=0, num=limit)
+        ]
+        pipe = self.r.pipeline(transaction=False)
+        for trial_id in due:
+            pipe.hget(self.keys.trial(trial_id), "proto")
+            pipe.hgetall(self.keys.trial_outbox(trial_id))
+        replies = pipe.execute() if due else []
         out = []
-        for raw in self.r.zrangebyscore(self.keys.outbox, "-inf", cutoff, start=0, num=limit):
-            trial_id = _text(raw)
-            fields = {_text(k): v for k, v in self.r.hgetall(self.keys.trial(trial_id)).items()}
-            if not fields.get("outbox"):
-                self.r.zrem(self.keys.outbox, trial_id)
+        for i, trial_id in enumerate(due):
+            proto, box = replies[2 * i], replies[2 * i + 1]
+            if not box:
+                # Acknowledged meanwhile; the script drops the entry only if it is
+                # still empty (a new event may have arrived since).
+                self._scripts["ACK_OUTBOX"](
+                    keys=[self.keys.trial(trial_id), self.keys.outbox], args=[trial_id, "0"]
+                )
                 continue
-            out.append(self._transition(trial_id, "", "OK", fields, "publish"))
+            fields = {"proto": proto or b""}
+            out.extend(_outbox_events(fields, {_text(k): v for k, v in box.items()}))
         return out
