@@ -1,7 +1,9 @@
-"""Run a gRPC service the Ladder way: OTel server spans, domain errors answered
-with their status code (``STATUS_OF``), the standard health service, and a
-graceful stop on SIGTERM / SIGINT (health flips to NOT_SERVING, in-flight calls
-get ``grace`` seconds, then ``on_stop`` releases the rest)."""
+"""Run a gRPC service the Ladder way: OTel server spans, every request held to its
+size limits (``ladder.limits``) before its handler runs, domain errors answered
+with their status code (``STATUS_OF``), maximum message sizes set on purpose, the
+standard health service, and a graceful stop on SIGTERM / SIGINT (health flips to
+NOT_SERVING, in-flight calls get ``grace`` seconds, then ``on_stop`` releases the
+rest)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
 
-from ladder import errors, telemetry
+from ladder import errors, limits, telemetry
 
 log = logging.getLogger("ladder.grpc")
 
@@ -56,16 +58,21 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
 def answer_refusals(
     behavior: Callable[[Any, grpc.ServicerContext], Any], method: str
 ) -> Callable[[Any, grpc.ServicerContext], Any]:
-    """``behavior`` (a unary handler) answering refusals with their status code."""
+    """``behavior`` (a unary handler) answering refusals with their status code; a
+    request over a size limit is refused before ``behavior`` sees it, so no handler
+    can store (or publish) an oversize field."""
     name = method.rsplit("/", 1)[-1]
 
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        ids = {field: getattr(request, field, "") for field in _ID_FIELDS}
+        # Cut to the id limit: the request is not checked yet, and an oversize id must
+        # not become an oversize span attribute or log line.
+        ids = {field: getattr(request, field, "")[: limits.ID] for field in _ID_FIELDS}
         ids = {field: value for field, value in ids.items() if value}
         span = trace.get_current_span()
         for field, value in ids.items():
             span.set_attribute(f"ladder.{field}", value)
         try:
+            limits.check(request)
             return behavior(request, context)
         except Exception as exc:  # noqa: BLE001 - status_of sorts refusals from bugs
             status = status_of(exc)
@@ -100,6 +107,15 @@ class RefusalInterceptor(grpc.ServerInterceptor):
         )
 
 
+# Larger requests are refused before decoding (RESOURCE_EXHAUSTED); the limit sits far
+# above the largest valid request so an oversize field below it gets the
+# INVALID_ARGUMENT that names it. Answers may be large (ListTrials of a big study).
+MESSAGE_SIZE_OPTIONS = (
+    ("grpc.max_receive_message_length", limits.MAX_REQUEST_BYTES),
+    ("grpc.max_send_message_length", limits.MAX_RESPONSE_BYTES),
+)
+
+
 class ServiceHost:
     def __init__(
         self, name: str, port: int, host: str | None = None, workers: int = 16
@@ -111,7 +127,7 @@ class ServiceHost:
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name),
             # OTel outermost, so a refusal is recorded on the call's span.
             interceptors=[*telemetry.grpc_server_interceptors(), RefusalInterceptor()],
-            options=[("grpc.so_reuseport", 0)],
+            options=[("grpc.so_reuseport", 0), *MESSAGE_SIZE_OPTIONS],
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
