@@ -13,6 +13,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup proto up down status demo test test-unit test-integration lint clean \
   bench bench-earlystop bench-curves bench-scale bench-broker bench-quality bench-suggest \
+  bench-evaluate-kills \
   loadsim
 
 setup: $(STAMP) $(PROTO_OUT)
@@ -60,7 +61,7 @@ test-integration: setup
 	$(PY) -m pytest -q tests/integration
 
 # Benchmarks write JSON and PNG under bench/results/ (see bench/README.md).
-bench: bench-earlystop bench-broker bench-scale bench-quality bench-suggest
+bench: bench-earlystop bench-broker bench-scale bench-quality bench-suggest bench-evaluate-kills
 
 # Replays the committed real-curve table and synthetic families through Ladder's
 # schedulers (stopping and promotion forms) and Optuna's pruners (~3 min).
@@ -108,6 +109,11 @@ bench-quality: setup
 # niced: it measures latency.
 bench-suggest: setup
 	$(PY) bench/suggest_latency.py
+
+# kill -9 of evaluate 12 times during a study, restarted on the same port: every event
+# of every trial on the trials topic and in lineage, in order (~1 min).
+bench-evaluate-kills: setup
+	$(PY) bench/evaluate_kills.py
 
 lint: setup
 	$(VENV)/bin/ruff check libs services workers tests bench

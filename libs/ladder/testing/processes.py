@@ -88,13 +88,17 @@ class ServiceGroup:
         self.log_dir = log_dir
         self.started: list[ServiceProcess] = []
 
-    def start(self, module: str, extra_env: dict[str, str] | None = None) -> ServiceProcess:
-        port = free_port()
+    def start(
+        self, module: str, extra_env: dict[str, str] | None = None, port: int = 0
+    ) -> ServiceProcess:
+        """Start ``module`` on ``port`` (0: a free one; a restart passes the port it
+        had, so its clients find it again) and wait until it is SERVING."""
+        port = port or free_port()
         env = dict(self.env)
         env[PORT_ENV[module]] = str(port)
         env.update(extra_env or {})
         log_path = self.log_dir / f"{module.rsplit('.', 1)[-1]}-{port}.log"
-        with open(log_path, "wb") as log:
+        with open(log_path, "ab") as log:  # a restart on the same port appends
             proc = subprocess.Popen(
                 [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT
             )
