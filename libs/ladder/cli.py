@@ -65,6 +65,12 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds to wait for the whole stack to be healthy (default 120)",
     )
+    parser.add_argument(
+        "--supervise",
+        action="store_true",
+        help="also leave a supervisor process that restarts a component that dies, on "
+        "its address, with back-off (`ladder down` stops it)",
+    )
     parser.add_argument("--json", action="store_true", help="print stack.json instead")
 
 
@@ -77,6 +83,7 @@ def _run_up(args: argparse.Namespace) -> int:
             services=not args.no_services,
             timeout=args.timeout or launcher.DEFAULT_TIMEOUT,
             log=_progress,
+            supervise=args.supervise,
         )
     except (launcher.StackError, launcher.components.MissingBinary) as exc:
         print(f"ladder up: {exc}", file=sys.stderr)
@@ -86,6 +93,8 @@ def _run_up(args: argparse.Namespace) -> int:
         return 0
     state = Path(info["state_dir"])
     print(f"Ladder stack {'was already' if info.get('reused') else 'is'} up in {state}")
+    if info.get("restarted"):
+        print(f"  restarted: {', '.join(info['restarted'])} (on their recorded addresses)")
     for key in _SUMMARY_KEYS:
         if key in info:
             print(f"  {key:<22} {info[key]}")

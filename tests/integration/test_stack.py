@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 from ladder import config
-from ladder.stack import launcher, ports, procs
+from ladder.stack import launcher, ports, probes, procs
 from ladder.stack.components import SERVICES, ServiceSpec
 from ladder.stack.procs import ProcRecord
 from ladder.testing import wait_for
@@ -131,17 +132,32 @@ def _check_kafka_group_roundtrip(bootstrap: str, topic: str) -> None:
         consumer.close()
 
 
-def test_up_replaces_a_partly_dead_stack(tmp_path: Path, clean_env: dict[str, str]) -> None:
+def test_up_restarts_only_what_died_on_its_address(
+    tmp_path: Path, clean_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     with launcher.Stack(tmp_path, services=False) as first:
         first_recs = {r.name: r for r in records(first)}
+        r = redis.Redis.from_url(first["redis_url"])
+        r.set("ladder:it", b"kept")
+        r.close()
         procs.stop_all([first_recs["redis"]], grace=5)
-        assert not launcher._healthy(first)
+        assert launcher._unhealthy(first) == ["redis"]
         second = launcher.up(tmp_path, services=False)
-        assert second["reused"] is False
-        # The surviving broker of the broken stack was stopped, not adopted.
+        assert second["reused"] is False and second["restarted"] == ["redis"]
+        # Same address, same data folder; the surviving broker was kept, not replaced.
+        assert second["redis_url"] == first["redis_url"]
+        assert second["kafka_bootstrap"] == first["kafka_bootstrap"]
+        assert procs.is_running(first_recs["kafka"])
+        assert redis.Redis.from_url(second["redis_url"]).get("ladder:it") == b"kept"
+        assert launcher.read_stack(tmp_path)["pids"]["redis"] == second["pids"]["redis"]
+        assert "restarted" not in launcher.read_stack(tmp_path)
+        # A stack that does not match what is asked (another topic prefix) is replaced.
+        monkeypatch.setenv("LADDER_TOPIC_PREFIX", "other.")
+        third = launcher.up(tmp_path, services=False)
+        assert "restarted" not in third
         assert pid_gone(first_recs["kafka"])
-        assert all(procs.is_running(r) for r in records(second))
-    assert all(pid_gone(r) for r in records(second))
+        assert all(procs.is_running(r) for r in records(third))
+    assert all(pid_gone(r) for r in records(third))
 
 
 # --- fake services -------------------------------------------------------------------
@@ -252,3 +268,33 @@ def test_start_retries_when_its_port_was_taken(
             assert "Address already in use" in (tmp_path / "logs" / "redis.log").read_text()
     finally:
         squatter.close()
+
+
+
+def test_the_supervisor_restarts_a_killed_component_and_down_stops_it(
+    tmp_path: Path, clean_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LADDER_SUPERVISE_INTERVAL_S", "0.2")
+    info = launcher.up(tmp_path, services=False, supervise=True)
+    try:
+        recs = {r.name: r for r in records(info)}
+        assert procs.is_running(recs["supervisor"])
+        os.killpg(recs["redis"].pid, signal.SIGKILL)
+
+        def restarted() -> dict | None:
+            now = launcher.read_stack(tmp_path) or {}
+            rec = ProcRecord.from_json("redis", now["pids"]["redis"])
+            return now if rec != recs["redis"] and procs.is_running(rec) else None
+
+        after = wait_for(restarted, 60, "the supervisor restarting redis")
+        assert after["redis_url"] == info["redis_url"]
+        assert after["pids"]["kafka"] == info["pids"]["kafka"]  # only the dead one
+        wait_for(lambda: probes.redis_ping(info["redis_url"]), 30, "redis answering")
+        assert "restarted redis" in (tmp_path / "logs" / "supervisor.log").read_text()
+        # A second `up --supervise` finds the supervisor running and starts no other.
+        again = launcher.up(tmp_path, services=False, supervise=True)
+        assert again["reused"] and again["pids"]["supervisor"] == info["pids"]["supervisor"]
+    finally:
+        stopped = launcher.down(tmp_path, grace=2.0)
+    assert stopped[0] == "supervisor"
+    assert pid_gone(recs["supervisor"])

@@ -17,6 +17,8 @@ from pathlib import Path
 KAFKA = "kafka"
 REDIS = "redis"
 INFRA = (KAFKA, REDIS)
+# The process `ladder up --supervise` leaves behind (``ladder.stack.supervisor``).
+SUPERVISOR = "supervisor"
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,10 @@ def broker_argv(port: int, host: str = "127.0.0.1") -> list[str]:
         "--advertised-listener-url", url,
         "--storage-engine", "memory://tansu/",
     ]
+
+
+def supervisor_argv(state_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "ladder.stack.supervisor", "--state-dir", str(state_dir)]
 
 
 def redis_argv(port: int, data_dir: Path, host: str = "127.0.0.1") -> list[str]:

@@ -10,6 +10,14 @@ Layout of a state folder::
 
 The pid files, not ``stack.json``, are the record of what runs: they are written before
 anything is waited for, so ``down`` can clean up after an ``up`` that failed half way.
+
+``up`` on a stack of which some components died starts only those again, on the
+addresses ``stack.json`` records and with the same state folder, so clients keep their
+addresses and Redis its data. A new embedded broker is the exception that widens the
+restart: it holds its log in memory, so every service (whose offsets and early-stop
+tables refer to the old log) is restarted with it. ``up(supervise=True)`` leaves a
+supervisor process (``ladder.stack.supervisor``) that does the same whenever a
+component dies; ``down`` stops it first.
 """
 
 from __future__ import annotations
@@ -19,20 +27,24 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ladder import config
 from ladder.stack import components, ports, probes, procs
-from ladder.stack.components import INFRA, KAFKA, REDIS, SERVICES
+from ladder.stack.components import INFRA, KAFKA, REDIS, SERVICES, SUPERVISOR
 from ladder.stack.procs import ProcRecord
 
 DEFAULT_TIMEOUT = 120.0  # seconds for the whole `up`; services import torch, Faust, ...
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 TOPIC_PARTITIONS = 4
 _START_ATTEMPTS = 3  # a port chosen free can be taken before the child binds it
+# A running component that is not healthy yet (one just restarted, say) gets this long
+# to become healthy before `up` counts it as dead and restarts it.
+UNHEALTHY_GRACE = 20.0
 
 Log = Callable[[str], None]
 
@@ -168,16 +180,51 @@ def _matches(info: dict[str, Any], services: bool, asked: Asked) -> bool:
 
 
 def _healthy(info: dict[str, Any]) -> bool:
+    return _unhealthy(info) == []
+
+
+def _components(info: dict[str, Any]) -> list[str]:
+    """The components a stack.json describes: infra, then its services."""
+    names = list(INFRA)
+    return names + [s.name for s in SERVICES if s.addr_key in info]
+
+
+def _component_ok(info: dict[str, Any], records: dict[str, ProcRecord], name: str) -> bool:
+    rec = records.get(name)
+    if rec is not None and not procs.is_running(rec):
+        return False
+    if name == REDIS:
+        return probes.redis_ping(info["redis_url"])
+    if name == KAFKA:
+        return probes.kafka_reachable(info["kafka_bootstrap"])
+    spec = next(s for s in SERVICES if s.name == name)
+    return probes.serving(info[spec.addr_key])
+
+
+def _unhealthy(info: dict[str, Any]) -> list[str] | None:
+    """The components that are dead or not healthy; None when stack.json is unreadable."""
     try:
         records = _records(info)
-        redis_url, bootstrap = info["redis_url"], info["kafka_bootstrap"]
+        info["redis_url"], info["kafka_bootstrap"]  # noqa: B018 - both must be recorded
+        return [n for n in _components(info) if not _component_ok(info, records, n)]
     except (KeyError, TypeError, ValueError):
-        return False  # A stack.json we cannot read describes nothing we can trust.
-    if not all(procs.is_running(r) for r in records.values()):
-        return False
-    if not probes.redis_ping(redis_url) or not probes.kafka_reachable(bootstrap):
-        return False
-    return all(probes.serving(info[s.addr_key]) for s in SERVICES if s.addr_key in info)
+        return None  # A stack.json we cannot read describes nothing we can trust.
+
+
+def _to_restart(info: dict[str, Any], deadline: float) -> list[str] | None:
+    """What a repair must start again: the dead components, and the running ones still
+    unhealthy after a grace period (a component just restarted may be starting up)."""
+    bad = _unhealthy(info)
+    if not bad:
+        return bad
+    records = _records(info)
+    dead = [n for n in bad if n in records and not procs.is_running(records[n])]
+    starting = [n for n in bad if n not in dead]
+    grace = min(deadline, time.monotonic() + UNHEALTHY_GRACE)
+    while starting and time.monotonic() < grace:
+        time.sleep(0.2)
+        starting = [n for n in starting if not _component_ok(info, records, n)]
+    return [n for n in _components(info) if n in dead or n in starting]
 
 
 # --- up ------------------------------------------------------------------------------
@@ -189,27 +236,66 @@ def up(
     services: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
     log: Log | None = None,
+    supervise: bool = False,
 ) -> dict[str, Any]:
-    """Start the stack in ``state_dir`` (or reuse the healthy one there); return stack.json.
+    """Start the stack in ``state_dir``, or what is dead of the one there; return
+    stack.json.
 
-    The returned dict has ``reused: True`` when nothing had to be started (that key is
-    not stored in ``stack.json``). On failure raises :class:`StackError` after stopping
-    whatever this call started; the message includes the failing process's log tail.
+    The returned dict has ``reused: True`` when nothing had to be started and
+    ``restarted`` naming what a repair started again (neither is stored in
+    ``stack.json``). A recorded stack that matches this call keeps its addresses: only
+    its dead (or still unhealthy) components are started, on their recorded ports. One
+    that does not match (other endpoints, prefix, services) is stopped and replaced.
+    ``supervise`` also starts the supervisor if none runs. On failure raises
+    :class:`StackError` after stopping whatever this call started; the message includes
+    the failing process's log tail.
     """
     layout = Layout.of(state_dir)
     say = log or _quiet
     asked = Asked.from_env()
+    deadline = time.monotonic() + timeout
     with _locked(layout):
-        existing = read_stack(layout.root)
-        if existing and _matches(existing, services, asked) and _healthy(existing):
+        info = _repair_or_start(layout, services, asked, deadline, say)
+        if supervise:
+            info = _ensure_supervisor(layout, info, say)
+        _write_stack(layout, {k: v for k, v in info.items() if k not in _TRANSIENT_KEYS})
+        return info
+
+
+# Keys of up's answer that describe the call, not the stack.
+_TRANSIENT_KEYS = ("reused", "restarted")
+
+
+def _repair_or_start(
+    layout: Layout, services: bool, asked: Asked, deadline: float, say: Log
+) -> dict[str, Any]:
+    existing = read_stack(layout.root)
+    if existing and _matches(existing, services, asked):
+        restart = _to_restart(existing, deadline)
+        if restart == []:
             say(f"stack in {layout.root} is already up")
             return {**existing, "reused": True}
-        if existing or procs.read_pid_files(layout.pids):
-            say("stopping the leftovers of a previous stack")
-            _down_locked(layout, STOP_GRACE, say)
-        info = _Starter(layout, services, asked, time.monotonic() + timeout, say).run()
-        _write_stack(layout, info)
-        return {**info, "reused": False}
+        if restart is not None:
+            starter = _Starter(layout, services, asked, deadline, say)
+            info = starter.repair(existing, restart)
+            return {**info, "reused": False, "restarted": sorted(starter.started)}
+    if existing or procs.read_pid_files(layout.pids):
+        say("stopping the leftovers of a previous stack")
+        _down_locked(layout, STOP_GRACE, say)
+    info = _Starter(layout, services, asked, deadline, say).run()
+    return {**info, "reused": False}
+
+
+def _ensure_supervisor(layout: Layout, info: dict[str, Any], say: Log) -> dict[str, Any]:
+    recorded = _records(info).get(SUPERVISOR)
+    if recorded is not None and procs.is_running(recorded):
+        return info
+    rec = procs.spawn(
+        SUPERVISOR, components.supervisor_argv(layout.root), env=dict(os.environ),
+        log_dir=layout.logs, pid_dir=layout.pids, cwd=layout.root,
+    )
+    say(f"supervisor started (pid {rec.pid}); `ladder down` stops it")
+    return {**info, "pids": {**info.get("pids", {}), SUPERVISOR: rec.to_json()}}
 
 
 class _Starter:
@@ -235,6 +321,51 @@ class _Starter:
             _stop(self.layout, list(self.started.values()), STOP_GRACE)
             raise
 
+    def repair(self, info: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        """Start ``names`` again on the ports ``info`` records; keep everything else.
+
+        A failure stops what this repair started and leaves the survivors running (they
+        are not this call's to stop); the stack stays recorded for the next attempt.
+        """
+        try:
+            return self._repair(info, names)
+        except BaseException:
+            self.say("restart failed; stopping what was started")
+            _stop(self.layout, list(self.started.values()), STOP_GRACE)
+            raise
+
+    def _repair(self, info: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        external = info.get("external") or {}
+        restart = set(names)
+        if KAFKA in restart and external.get(KAFKA):
+            raise StackError(f"kafka {info['kafka_bootstrap']} (external) is not reachable")
+        if REDIS in restart and external.get(REDIS):
+            raise StackError(f"redis {info['redis_url']} (external) is not reachable")
+        if KAFKA in restart:
+            # The new broker's log is empty: the services' offsets and tables refer to
+            # the old one, so every service starts again with it (suggest republishes
+            # the studies it stores when it starts).
+            restart |= {s.name for s in SERVICES if s.addr_key in info}
+        records = _records(info)
+        _stop(self.layout, [records[n] for n in sorted(restart) if n in records], STOP_GRACE)
+        self.say(f"restarting {', '.join(n for n in _components(info) if n in restart)}")
+        for d in (self.layout.logs, self.layout.pids, self.layout.redis_data):
+            d.mkdir(parents=True, exist_ok=True)
+        if REDIS in restart:
+            # Same port and data folder: Redis reloads its AOF, clients reconnect.
+            self._redis(int(urlsplit(info["redis_url"]).port or 0))
+        if KAFKA in restart:
+            self._kafka(ports.split_host_port(info["kafka_bootstrap"])[1])
+        wanted = [s for s in SERVICES if s.name in restart]
+        if wanted:
+            recorded = {s.name: ports.split_host_port(info[s.addr_key])[1] for s in SERVICES}
+            web_port = info.get("earlystop_web_port") or ports.free_port()
+            self._services(info["kafka_bootstrap"], info["redis_url"], wanted, recorded,
+                           web_port)
+        pids = dict(info.get("pids") or {})
+        pids.update({name: rec.to_json() for name, rec in self.started.items()})
+        return {**info, "pids": pids}
+
     def _run(self) -> dict[str, Any]:
         for d in (self.layout.logs, self.layout.pids, self.layout.redis_data):
             d.mkdir(parents=True, exist_ok=True)
@@ -253,7 +384,9 @@ class _Starter:
             },
         }
         if self.services:
-            info.update(self._services(bootstrap, redis_url))
+            *grpc_ports, web_port = ports.free_ports(len(SERVICES) + 1)
+            recorded = {s.name: port for s, port in zip(SERVICES, grpc_ports, strict=True)}
+            info.update(self._services(bootstrap, redis_url, SERVICES, recorded, web_port))
         info["pids"] = {name: rec.to_json() for name, rec in self.started.items()}
         info["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         return info
@@ -263,10 +396,14 @@ class _Starter:
         name: str,
         argv_for: Callable[[int], list[str]],
         ready: Callable[[int, Callable[[], bool]], None],
+        port: int | None = None,
     ) -> int:
-        """Start ``name`` on a fresh free port and wait for ``ready``; retry if it dies."""
-        for attempt in range(1, _START_ATTEMPTS + 1):
-            port = ports.free_port()
+        """Start ``name`` on ``port`` (default: a fresh free port, retried if the child
+        dies at start) and wait for ``ready``."""
+        fixed = port
+        attempts = _START_ATTEMPTS if fixed is None else 1
+        for attempt in range(1, attempts + 1):
+            port = fixed if fixed is not None else ports.free_port()
             rec = procs.spawn(
                 name, argv_for(port), env=dict(os.environ),
                 log_dir=self.layout.logs, pid_dir=self.layout.pids, cwd=self.layout.root,
@@ -279,7 +416,7 @@ class _Starter:
                 died = not procs.is_running(rec)
                 _stop(self.layout, [rec], STOP_GRACE)
                 del self.started[name]
-                if not died or attempt == _START_ATTEMPTS:
+                if not died or attempt == attempts:
                     raise self._failure(name, exc) from exc
                 self.say(f"{name} exited at start (port {port} taken?); retrying")
         raise AssertionError("unreachable")
@@ -291,23 +428,26 @@ class _Starter:
             f"--- last lines of {self.layout.log(name)} ---\n{log_tail}"
         )
 
-    def _redis(self) -> str:
+    def _redis(self, port: int | None = None) -> str:
+        """Start Redis (on ``port``, default a free one); its url. An external Redis
+        is only waited for."""
         external = self.asked.redis
         if external:
             self.say(f"using external redis {external}")
             probes.wait_redis(external, deadline=self.deadline)
             return external
-        self.say("starting redis")
+        self.say("starting redis" + (f" on port {port}" if port else ""))
 
         def ready(port: int, alive: Callable[[], bool]) -> None:
             probes.wait_redis(ports.redis_url(port), deadline=self.deadline, alive=alive)
 
-        port = self._spawn_ready(
-            REDIS, lambda p: components.redis_argv(p, self.layout.redis_data), ready
-        )
-        return ports.redis_url(port)
+        return ports.redis_url(self._spawn_ready(
+            REDIS, lambda p: components.redis_argv(p, self.layout.redis_data), ready, port
+        ))
 
-    def _kafka(self) -> str:
+    def _kafka(self, port: int | None = None) -> str:
+        """Start the embedded broker (on ``port``, default a free one) with the topics;
+        its bootstrap address. An external one only gets the topics."""
         external = self.asked.kafka
         if external:
             self.say(f"using external kafka {external}")
@@ -316,13 +456,13 @@ class _Starter:
         archived = self.layout.archive_broker_bound_state()
         if archived:
             self.say(f"new in-memory broker: archived the previous broker's lineage to {archived}")
-        self.say("starting the tansu broker")
-        port = self._spawn_ready(
+        self.say("starting the tansu broker" + (f" on port {port}" if port else ""))
+        return ports.host_port(self._spawn_ready(
             KAFKA,
             components.broker_argv,
             lambda p, alive: self._prepare_kafka(ports.host_port(p), alive),
-        )
-        return ports.host_port(port)
+            port,
+        ))
 
     def _prepare_kafka(self, bootstrap: str, alive: Callable[[], bool] | None) -> None:
         probe_topic = self.topics.name("stack-probe")
@@ -339,10 +479,19 @@ class _Starter:
         )
         probes.kafka_roundtrip(bootstrap, probe_topic, deadline=self.deadline, alive=alive)
 
-    def _services(self, bootstrap: str, redis_url: str) -> dict[str, str]:
-        # One call, so all five ports are distinct (the fifth is earlystop's Faust web).
-        *grpc_ports, web_port = ports.free_ports(len(SERVICES) + 1)
-        service_ports = {s.name: port for s, port in zip(SERVICES, grpc_ports, strict=True)}
+    def _services(
+        self,
+        bootstrap: str,
+        redis_url: str,
+        wanted: Iterable[components.ServiceSpec],
+        service_ports: dict[str, int],
+        web_port: int,
+    ) -> dict[str, Any]:
+        """Start the ``wanted`` services on ``service_ports`` (every service's port: each
+        is told the others' addresses) and wait until they serve; the addresses to
+        record. ``web_port`` is earlystop's Faust web server's (one the others do not
+        use: the caller chose them in one ``free_ports`` call or recorded them)."""
+        wanted = list(wanted)
         addrs = {s.addr_key: ports.host_port(service_ports[s.name]) for s in SERVICES}
         env = dict(os.environ)
         env.update(
@@ -358,7 +507,7 @@ class _Starter:
             env[spec.port_env] = str(service_ports[spec.name])
             if spec.addr_env:
                 env[spec.addr_env] = addrs[spec.addr_key]
-        for spec in SERVICES:
+        for spec in wanted:
             self.say(f"starting {spec.name} on {addrs[spec.addr_key]}")
             # LADDER_SERVICE names the process (logs, telemetry service.name).
             spec_env = {**env, "LADDER_SERVICE": spec.name}
@@ -374,8 +523,8 @@ class _Starter:
                 spec.name, spec.argv(), env=spec_env,
                 log_dir=self.layout.logs, pid_dir=self.layout.pids, cwd=self.layout.root,
             )
-        self._wait_services({s.name: addrs[s.addr_key] for s in SERVICES})
-        return addrs
+        self._wait_services({s.name: addrs[s.addr_key] for s in wanted})
+        return {**addrs, "earlystop_web_port": web_port}
 
     def _wait_services(self, addrs: dict[str, str]) -> None:
         """Poll every service's gRPC health until all are SERVING, one dies, or time's up."""
@@ -403,10 +552,12 @@ class _Starter:
 
 
 def _stop(layout: Layout, records: list[ProcRecord], grace: float) -> list[str]:
-    # Services first (they may still flush to Kafka/Redis on SIGTERM), then the infra.
+    # The supervisor first (it would start again what is being stopped), then the
+    # services (they may still flush to Kafka/Redis on SIGTERM), then the infra.
     stopped: list[str] = []
     tiers = (
-        [r for r in records if r.name not in INFRA],
+        [r for r in records if r.name == SUPERVISOR],
+        [r for r in records if r.name not in (*INFRA, SUPERVISOR)],
         [r for r in records if r.name in INFRA],
     )
     for tier in tiers:
@@ -469,11 +620,14 @@ def status(state_dir: Path | str | None = None) -> list[ComponentStatus]:
     def add(name: str, address: str, check: Callable[[], tuple[bool, str]]) -> None:
         rec = records.pop(name, None)
         running = procs.is_running(rec) if rec else True
-        healthy, detail = check() if running and address else (False, "")
+        checked = running and (address or name == SUPERVISOR)
+        healthy, detail = check() if checked else (False, "")
         result.append(
             ComponentStatus(name, address, rec.pid if rec else None, running, healthy, detail)
         )
 
+    if SUPERVISOR in records:
+        add(SUPERVISOR, "", lambda: (True, ""))
     if info:
         add(KAFKA, info.get("kafka_bootstrap", ""),
             lambda: (probes.kafka_reachable(info["kafka_bootstrap"]), ""))
