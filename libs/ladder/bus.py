@@ -7,6 +7,23 @@ the producer's context, routes undecodable records to the dead-letter topic with
 the reason, and commits offsets only after the handler returned (at-least-once;
 every handler in Ladder is idempotent so a replay changes nothing).
 
+No record stops a partition for good, and none stops another partition
+(``RecordRetries``): a record the handler refuses (``BadRecord``) is dead-lettered at
+once; one whose handler fails because Redis or the broker is away is retried with
+back-off until they are back, its partition paused meanwhile while the others flow;
+one whose handler fails otherwise is retried ``max_attempts`` times, then
+dead-lettered with the exception. A record held longer than ``stuck_after_s`` makes
+the service's health NOT_SERVING, with the reason logged, until it moves on.
+
+| env var                        | default | meaning                                  |
+|--------------------------------|---------|------------------------------------------|
+| LADDER_CONSUMER_MAX_ATTEMPTS   | 3       | handler failures (other than an outage)  |
+|                                |         | before a record is dead-lettered         |
+| LADDER_CONSUMER_STUCK_SECONDS  | 30      | a record held this long: health degraded |
+
+A dead letter carries at most ``DEAD_LETTER_PAYLOAD_BYTES`` (64 KiB) of the record and
+``DEAD_LETTER_REASON_CHARS`` of the reason, the truncation stated in the reason.
+
 Both sit on librdkafka (confluent-kafka): with kafka-python the per-record cost of
 producing and consuming was most of what the evaluate, suggest and lineage services
 spent under a 1,000-worker load.
@@ -15,20 +32,28 @@ spent under a 1,000-worker load.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import confluent_kafka
+import redis
 from google.protobuf.message import Message
 
-from ladder import telemetry
+from ladder import errors, limits, telemetry
 from ladder.codec import BadRecord
 from ladder.config import BrokerProfile, Settings
 from ladder.gaps import GapGuard
+from ladder.retry import backoff_delay
 from ladder.v1 import events_pb2
+
+if TYPE_CHECKING:
+    from ladder.grpcserver import ServiceHost
 
 log = logging.getLogger("ladder.bus")
 
@@ -102,6 +127,184 @@ def _partition_ids(consumer: confluent_kafka.Consumer, topic: str) -> list[int]:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# A dead letter must stay publishable: a record near the broker's maximum message size
+# (1 MiB by default) plus its reason would not be, and its partition would stop there.
+DEAD_LETTER_PAYLOAD_BYTES = limits.DEAD_LETTER_PAYLOAD  # 64 KiB
+DEAD_LETTER_REASON_CHARS = limits.REASON  # 4096
+
+
+def dead_letter_record(
+    service: str,
+    source_topic: str,
+    reason: str,
+    payload: bytes | None,
+    partition: int = -1,
+    offset: int = -1,
+) -> events_pb2.DeadLetter:
+    """The dead letter of one record: its source, the reason (at most
+    ``DEAD_LETTER_REASON_CHARS``) and the first ``DEAD_LETTER_PAYLOAD_BYTES`` of it."""
+    payload = payload or b""
+    # A reason quoting the bad input can hold lone surrogates, which a protobuf string
+    # refuses.
+    reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(reason) > DEAD_LETTER_REASON_CHARS:
+        reason = reason[: DEAD_LETTER_REASON_CHARS - 16] + f" [+{len(reason)} chars]"
+    if len(payload) > DEAD_LETTER_PAYLOAD_BYTES:
+        reason += f" [payload truncated to {DEAD_LETTER_PAYLOAD_BYTES} of {len(payload)} bytes]"
+        payload = payload[:DEAD_LETTER_PAYLOAD_BYTES]
+    return events_pb2.DeadLetter(
+        source_topic=source_topic,
+        source_partition=partition,
+        source_offset=offset,
+        reason=reason,
+        payload=payload,
+        service=service,
+        ts_ms=now_ms(),
+    )
+
+
+# Failures that say a dependency is away, not that the record is bad: the record is
+# retried until it is back, never dropped.
+OUTAGES: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ReadOnlyError,  # a replica while a failover promotes it
+    errors.Unavailable,
+    confluent_kafka.KafkaException,
+    ConnectionError,
+    TimeoutError,  # SendResult.get: the broker did not acknowledge in time
+    BufferError,
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, OUTAGES)
+
+
+@dataclass(frozen=True)
+class PoisonPolicy:
+    """How long a record may fail before it is dead-lettered or the service's health
+    says so (env vars in the module docstring)."""
+
+    max_attempts: int = 3
+    stuck_after_s: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> PoisonPolicy:
+        policy = cls(
+            max_attempts=int(os.environ.get("LADDER_CONSUMER_MAX_ATTEMPTS", cls.max_attempts)),
+            stuck_after_s=float(
+                os.environ.get("LADDER_CONSUMER_STUCK_SECONDS", cls.stuck_after_s)
+            ),
+        )
+        if policy.max_attempts < 1 or policy.stuck_after_s <= 0:
+            raise ValueError(f"LADDER_CONSUMER_MAX_ATTEMPTS must be >= 1 and "
+                             f"LADDER_CONSUMER_STUCK_SECONDS > 0: {policy}")
+        return policy
+
+
+@dataclass
+class Held:
+    """A record whose partition waits for it to be handled."""
+
+    offset: int
+    since: float
+    attempts: int = 0
+    retry_at: float = math.inf
+    error: str = ""
+    paused: bool = False  # its partition is paused until ``retry_at``
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a record the handler failed on: dead-letter it now
+    (``retry_at`` None), or read its partition again from it at ``retry_at``."""
+
+    attempts: int
+    retry_at: float | None
+
+
+@dataclass
+class RecordRetries:
+    """Per partition, the record it is held at and how often it failed (pure: the
+    clock is passed in)."""
+
+    policy: PoisonPolicy = field(default_factory=PoisonPolicy)
+    _held: dict[Hashable, Held] = field(default_factory=dict)
+
+    def failed(self, tp: Hashable, offset: int, exc: BaseException, now: float) -> Verdict:
+        held = self._held.get(tp)
+        if held is None or held.offset != offset:
+            held = self._held[tp] = Held(offset, since=now)
+        held.attempts += 1
+        held.error = f"{type(exc).__name__}: {exc}"
+        give_up = isinstance(exc, BadRecord) or (
+            not is_outage(exc) and held.attempts >= self.policy.max_attempts
+        )
+        if give_up:
+            del self._held[tp]
+            return Verdict(held.attempts, None)
+        held.retry_at = now + backoff_delay(held.attempts)
+        held.paused = True
+        return Verdict(held.attempts, held.retry_at)
+
+    def succeeded(self, tp: Hashable) -> None:
+        self._held.pop(tp, None)
+
+    def paused(self, tp: Hashable) -> bool:
+        """True while ``tp``'s records are not handed on (waiting out a back-off)."""
+        held = self._held.get(tp)
+        return held is not None and held.paused
+
+    def due(self, now: float) -> list[tuple[Hashable, int]]:
+        """The paused partitions whose back-off is over, with the offset to read them
+        again from; they count as resumed."""
+        due = []
+        for tp, held in self._held.items():
+            if held.paused and held.retry_at <= now:
+                held.paused = False
+                due.append((tp, held.offset))
+        return due
+
+    def unpause_all(self) -> None:
+        """A new consumer (or assignment) fetches from the committed offsets, unpaused."""
+        for held in self._held.values():
+            held.paused = False
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def stuck(self, now: float) -> str | None:
+        """Why the consumer is stuck: the record held longest, once held longer than
+        ``stuck_after_s``; None otherwise."""
+        after = self.policy.stuck_after_s
+        late = [(tp, h) for tp, h in self._held.items() if now - h.since > after]
+        if not late:
+            return None
+        tp, held = min(late, key=lambda item: item[1].since)
+        return (
+            f"record {tp}@{held.offset} failed {held.attempts} times over "
+            f"{now - held.since:.0f}s (last: {held.error})"
+        )
+
+
+def health_of(host: ServiceHost) -> Callable[[str | None], None]:
+    """A ConsumerLoop ``on_health`` that makes ``host``'s health NOT_SERVING while the
+    consumer is stuck (the reason logged) and SERVING again when it moves on."""
+
+    def report(reason: str | None) -> None:
+        if host.stopped.is_set():
+            return  # stopping: health already says NOT_SERVING
+        if reason is None:
+            log.warning("%s: consumer moving again; health SERVING", host.name)
+        else:
+            log.error("%s: consumer stuck, health NOT_SERVING: %s", host.name, reason)
+        host.set_serving(reason is None)
+
+    return report
 
 
 class SendResult:
@@ -244,20 +447,13 @@ class EventProducer:
         partition: int = -1,
         offset: int = -1,
     ) -> None:
-        record = events_pb2.DeadLetter(
-            source_topic=source_topic,
-            source_partition=partition,
-            source_offset=offset,
-            reason=reason,
-            payload=payload or b"",
-            service=self.service,
-            ts_ms=now_ms(),
-        )
+        record = dead_letter_record(self.service, source_topic, reason, payload, partition, offset)
         log.warning(
-            "dead-lettered record from %s@%s: %s",
+            "dead-lettered record from %s[%d]@%s: %s",
             source_topic,
+            partition,
             offset,
-            reason,
+            record.reason,
             extra={"topic": source_topic},
         )
         self.send(self.settings.topics.dead_letter, source_topic, record, wait=True)
@@ -291,9 +487,11 @@ class ConsumerLoop:
     ``group_id`` set: partitions are shared across the processes of a group and
     offsets committed there. ``group_id`` None: every partition is read from the
     beginning by this process alone (used where each process must see all).
-    A handler raising ``BadRecord`` sends the record to dead-letter; any other
-    exception is logged and the record is retried after a short back-off, so a
-    transient outage (Redis restarting) never skips an event.
+    A handler raising ``BadRecord`` sends the record to dead-letter; other failures
+    are retried as the module docstring says, holding only the record's partition.
+    ``on_done(record)`` runs once a record was handled or dead-lettered (a failure
+    there retries the record); ``on_health(reason | None)`` when the consumer gets
+    stuck and when it moves again (``health_of``).
     """
 
     def __init__(
@@ -308,6 +506,9 @@ class ConsumerLoop:
         start_offsets: Callable[[], Mapping[tuple[str, int], int]] | None = None,
         untraced_topics: Collection[str] = (),
         pace_s: float = 0.0,
+        on_done: Handler | None = None,
+        on_health: Callable[[str | None], None] | None = None,
+        policy: PoisonPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -333,6 +534,11 @@ class ConsumerLoop:
         # commit until it was, or a restart would resume past the skipped records.
         self._contiguous = settings.gap_guarded_topics
         self._gaps = GapGuard()
+        self._retries = RecordRetries(policy or PoisonPolicy.from_env())
+        self.on_done = on_done
+        self.on_health = on_health
+        self._stuck: str | None = None  # what on_health was last told
+        self.dead_lettered = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"consume-{service}", daemon=True)
         self.processed = 0
@@ -362,10 +568,11 @@ class ConsumerLoop:
             options["queued.min.messages"] = PACED_PREFETCH
             options["fetch.queue.backoff.ms"] = int(self.pace_s * 1000)
         self._gaps.forget()  # a new consumer: positions come from the offsets again
+        self._retries.unpause_all()
         if self.group_id:
             options.update(group_timeouts(self.settings.broker))
             consumer = confluent_kafka.Consumer(options)
-            consumer.subscribe(self.topics, on_assign=lambda *_: self._gaps.forget())
+            consumer.subscribe(self.topics, on_assign=lambda *_: self._reassigned())
             return consumer
         consumer = confluent_kafka.Consumer(options)
         partitions: list[tuple[str, int]] = []
@@ -394,6 +601,10 @@ class ConsumerLoop:
         )
         return consumer
 
+    def _reassigned(self) -> None:
+        self._gaps.forget()
+        self._retries.unpause_all()
+
     def _run(self) -> None:
         consumer = None
         while not self._stop.is_set():
@@ -401,10 +612,17 @@ class ConsumerLoop:
                 if consumer is None:
                     consumer = self._consumer()
                 started = time.monotonic()
+                self._resume_due(consumer, started)
                 messages = _next_records(consumer)
                 self.ready.set()
                 self._handle_batch(consumer, messages)
-                if messages and self.group_id and not self._gaps.rereading:
+                self._report_health(time.monotonic())
+                if (
+                    messages
+                    and self.group_id
+                    and not self._gaps.rereading
+                    and not self._retries.holding  # no commit past a held record
+                ):
                     consumer.commit(asynchronous=False)
                 if 0 < len(messages) < MAX_POLL_RECORDS and self.pace_s > 0:
                     # Caught up: wait for more to gather (behind, it reads on at once).
@@ -434,15 +652,38 @@ class ConsumerLoop:
                 log.warning("consumer: %s", error)  # librdkafka retries these
                 continue
             topic = raw.topic()
-            if topic in self._contiguous and not self._gaps.admit(
-                (topic, raw.partition()), raw.offset()
-            ):
+            tp = (topic, raw.partition())
+            if self._retries.paused(tp):
+                continue  # read again from the held record once its back-off is over
+            if topic in self._contiguous and not self._gaps.admit(tp, raw.offset()):
                 continue
-            self._process(raw)
+            if not self._process(raw):
+                # Held: nothing after it in its partition is handed on before it.
+                partition = confluent_kafka.TopicPartition(topic, raw.partition(), raw.offset())
+                consumer.pause([partition])
+                consumer.seek(partition)
         for (topic, partition), offset in self._gaps.end_batch():
             consumer.seek(confluent_kafka.TopicPartition(topic, partition, offset))
 
-    def _process(self, raw: confluent_kafka.Message) -> None:
+    def _resume_due(self, consumer: confluent_kafka.Consumer, now: float) -> None:
+        for (topic, partition), offset in self._retries.due(now):  # type: ignore[misc]
+            tp = confluent_kafka.TopicPartition(topic, partition, offset)
+            consumer.resume([tp])
+            consumer.seek(tp)
+
+    def _report_health(self, now: float) -> None:
+        stuck, was = self._retries.stuck(now), self._stuck
+        self._stuck = stuck
+        if (stuck is None) != (was is None) and self.on_health is not None:
+            self.on_health(stuck)
+
+    @property
+    def stuck(self) -> str | None:
+        """Why the consumer is stuck (a record held past ``stuck_after_s``), else None."""
+        return self._stuck
+
+    def _process(self, raw: confluent_kafka.Message) -> bool:
+        """Handle one record; False when it failed and is held for a retry."""
         record = Record(
             topic=raw.topic(),
             partition=raw.partition(),
@@ -454,29 +695,55 @@ class ConsumerLoop:
         )
         traced = record.topic not in self.untraced_topics
         parent = telemetry.extract_context(record.headers) if traced else None
-        attempt = 0
-        while not self._stop.is_set():
-            with (
-                telemetry.kafka_consumer_span(record.topic, record.partition, record.offset, parent)
-                if parent is not None
-                else nullcontext()
-            ):
-                try:
-                    self.handler(record)
-                    self.processed += 1
-                    return
-                except BadRecord as exc:
-                    self.producer.dead_letter(
-                        record.topic, str(exc), record.value, record.partition, record.offset
-                    )
-                    self.processed += 1
-                    return
-                except Exception:  # noqa: BLE001
-                    attempt += 1
-                    log.exception(
-                        "handler failed on %s@%d (attempt %d); retrying",
-                        record.topic,
-                        record.offset,
-                        attempt,
-                    )
-            self._stop.wait(min(5.0, 0.2 * 2**attempt))
+        with (
+            telemetry.kafka_consumer_span(record.topic, record.partition, record.offset, parent)
+            if parent is not None
+            else nullcontext()
+        ):
+            try:
+                self.handler(record)
+                if self.on_done is not None:
+                    self.on_done(record)
+            except Exception as exc:  # noqa: BLE001 - sorted by RecordRetries
+                return self._failed(record, exc)
+        self._retries.succeeded((record.topic, record.partition))
+        self.processed += 1
+        return True
+
+    def _failed(self, record: Record, exc: Exception) -> bool:
+        """Dead-letter ``record`` or hold it for a retry, as ``RecordRetries`` says."""
+        tp = (record.topic, record.partition)
+        where = f"{record.topic}[{record.partition}]@{record.offset}"
+        verdict = self._retries.failed(tp, record.offset, exc, time.monotonic())
+        if verdict.retry_at is not None:
+            log.warning(
+                "handler failed on %s (attempt %d, %s); retrying in %.1fs",
+                where,
+                verdict.attempts,
+                "outage" if is_outage(exc) else "error",
+                verdict.retry_at - time.monotonic(),
+                exc_info=not is_outage(exc),
+                extra={"topic": record.topic},
+            )
+            return False
+        reason = (
+            str(exc)
+            if isinstance(exc, BadRecord)
+            else f"{self.service} failed {verdict.attempts} times on it: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        if not isinstance(exc, BadRecord):
+            log.error("giving up on %s", where, exc_info=exc, extra={"topic": record.topic})
+        try:
+            self.producer.dead_letter(
+                record.topic, reason, record.value, record.partition, record.offset
+            )
+            if self.on_done is not None:
+                self.on_done(record)
+        except Exception as send_error:  # noqa: BLE001 - the broker away: hold it
+            self._retries.failed(tp, record.offset, send_error, time.monotonic())
+            log.exception("cannot dead-letter %s; holding it", where)
+            return False
+        self.dead_lettered += 1
+        self.processed += 1
+        return True

@@ -32,8 +32,7 @@ import logging
 import os
 
 from ladder import telemetry
-from ladder.bus import ConsumerLoop, EventProducer, Record
-from ladder.codec import BadRecord
+from ladder.bus import ConsumerLoop, EventProducer, Record, health_of
 from ladder.config import Settings, service_parser
 from ladder.grpcserver import ServiceHost
 from ladder.state import ConsumerOffsets, open_state
@@ -80,28 +79,25 @@ def main(argv: list[str] | None = None) -> None:
     # is no consumer-group rebalance to wait out when a process starts or dies.
     offsets = ConsumerOffsets(state.client, state.keys, "evaluate-decisions")
 
-    def on_decision(record: Record) -> None:
-        try:
-            servicer.on_decision(record)
-        except BadRecord:
-            # Dead-lettered by the loop: never read again after a restart.
-            offsets.advance(record.topic, record.partition, record.offset + 1)
-            raise
+    def passed(record: Record) -> None:
+        # Handled or dead-lettered: never read again after a restart.
         offsets.advance(record.topic, record.partition, record.offset + 1)
 
+    host = ServiceHost("ladder.v1.EvaluateService", args.port, host=settings.bind_host)
     consumer = ConsumerLoop(
         settings,
         "evaluate",
         [settings.topics.decisions],
-        on_decision,
+        servicer.on_decision,
         producer,
         group_id=None,
         start_offsets=offsets.load,
         pace_s=args.read_interval_ms / 1000,
+        on_done=passed,
+        on_health=health_of(host),
     ).start()
     sweeper = LeaseSweeper(state.trials, publisher, sweep, args.outbox_retry_seconds).start()
 
-    host = ServiceHost("ladder.v1.EvaluateService", args.port, host=settings.bind_host)
     evaluate_pb2_grpc.add_EvaluateServiceServicer_to_server(servicer, host.server)
 
     def on_stop() -> None:

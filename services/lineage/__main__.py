@@ -13,7 +13,8 @@
 One group-less consumer reads every topic (studies, trials, metrics, rungs,
 decisions, dead-letter) and resumes from the offsets stored in SQLite with the
 data, so ingestion is exactly-once across restarts (see store.py). gRPC health
-"" is SERVING once the server listens; SIGTERM stops gRPC, the consumer, then
+"" is SERVING once the server listens, NOT_SERVING while the consumer is stuck on a
+record (ladder.bus); SIGTERM stops gRPC, the consumer, then
 the writer after it committed what it had queued.
 """
 
@@ -27,7 +28,7 @@ from contextlib import closing
 from pathlib import Path
 
 from ladder import telemetry
-from ladder.bus import ConsumerLoop, EventProducer
+from ladder.bus import ConsumerLoop, EventProducer, health_of
 from ladder.config import Settings, service_parser
 from ladder.grpcserver import ServiceHost
 from ladder.v1 import lineage_pb2, lineage_pb2_grpc
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     producer = EventProducer(settings, "lineage")
     ingestor = Ingestor(store, on_poison=dead_letter_unstorable(producer)).start()
+    host = ServiceHost(SERVICE_NAME, args.port, host=args.host)
     consumer = ConsumerLoop(
         settings,
         "lineage",
@@ -82,9 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # that cross a rung); every other topic's records get their CONSUMER span.
         untraced_topics=[settings.topics.metrics],
         pace_s=args.read_interval_ms / 1000,
+        on_health=health_of(host),
     )
     servicer = LineageServicer(lambda: LineageQueries(connect(args.db, readonly=True)))
-    host = ServiceHost(SERVICE_NAME, args.port, host=args.host)
     lineage_pb2_grpc.add_LineageServiceServicer_to_server(servicer, host.server)
 
     def on_stop() -> None:

@@ -114,3 +114,28 @@ def test_on_kafka_consumers_are_not_paced() -> None:
     on_kafka = replace(settings, broker=KAFKA_PROFILE)
     unpaced = ConsumerLoop(on_kafka, "test", [TOPICS.trials], print, None, None, pace_s=0.2)
     assert unpaced.pace_s == 0.0
+
+
+class Pausing(Seeks):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused: list[tuple[str, int]] = []
+
+    def pause(self, tps: list) -> None:
+        self.paused.extend((tp.topic, tp.partition) for tp in tps)
+
+
+def test_a_failing_record_holds_its_partition_only() -> None:
+    failing = {(TOPICS.metrics, 7)}
+
+    def handler(record: object) -> None:
+        if (record.topic, record.offset) in failing:  # type: ignore[attr-defined]
+            raise KeyError("a bug one record meets")
+        HANDLED.append(record.offset)  # type: ignore[attr-defined]
+
+    consumer_loop = loop()
+    consumer_loop.handler = handler
+    consumer = Pausing()
+    batch = [Raw(TOPICS.metrics, 0, 7), Raw(TOPICS.metrics, 0, 8), Raw(TOPICS.trials, 0, 3)]
+    assert handled(consumer_loop, consumer, batch) == [3]
+    assert consumer.paused == [(TOPICS.metrics, 0)] and consumer.to == [(TOPICS.metrics, 0, 7)]
