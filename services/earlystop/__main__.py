@@ -15,10 +15,12 @@ A Faust stream processor in two stages (README.md, "Architecture"):
   study directory (``studies.StudyFeed``); agent ``earlystop-studies`` only validates
   it, so a malformed StudyEvent gets one dead letter.
 
-Undecodable records, metrics of a study that has no StudyEvent after
-``--unknown-study-wait`` seconds, and studies whose scheduler config is unusable go to
-``<prefix>dead-letter`` with the reason. Trace context (W3C ``traceparent``) is read
-from every record's headers and written into every record produced.
+Undecodable records, records a retry cannot fix (``ladder.poison``), metrics of a
+study that has no StudyEvent after ``--unknown-study-wait`` seconds (parked meanwhile,
+not waited for: agents.py), and studies whose scheduler config is unusable go to
+``<prefix>dead-letter`` with the reason and the payload (its first 64 KiB). Trace
+context (W3C ``traceparent``) is read from every record's headers and written into
+every record produced.
 
 | env var / flag                                       | default           | meaning              |
 |------------------------------------------------------|-------------------|----------------------|
@@ -29,6 +31,12 @@ from every record's headers and written into every record produced.
 |   LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT                |                   | an unknown study     |
 |                                                      |                   | waits for its study  |
 |                                                      |                   | (once per study id)  |
+| LADDER_CONSUMER_MAX_ATTEMPTS                         | 3                 | failures of a record |
+|                                                      |                   | (not an outage)      |
+|                                                      |                   | before dead-letter   |
+| LADDER_CONSUMER_STUCK_SECONDS                        | 30                | one batch failing    |
+|                                                      |                   | this long: health    |
+|                                                      |                   | NOT_SERVING          |
 | --producer-batch-bytes /                             | 16384             | Faust producer batch |
 |   LADDER_EARLYSTOP_PRODUCER_BATCH_BYTES              |                   | size (1 = a record   |
 |                                                      |                   | per batch; app.py)   |
@@ -55,8 +63,10 @@ topics, is ``ladder-earlystop-<topic prefix>`` (``Topics.earlystop_group``).
 
 The health service ("" and "ladder.earlystop") reports SERVING once the Faust worker
 has joined the group and recovered its tables and the study directory has read the
-studies topic to its end; SIGTERM / SIGINT flips it to
-NOT_SERVING, stops the worker (the group is left, offsets committed) and exits 0.
+studies topic to its end; NOT_SERVING while a stage is stuck (one batch failing for
+more than LADDER_CONSUMER_STUCK_SECONDS: the broker away, say), the reason logged as an
+error; SIGTERM / SIGINT flips it to NOT_SERVING, stops the worker (the group is left,
+offsets committed) and exits 0.
 """
 
 from __future__ import annotations
@@ -72,6 +82,7 @@ from typing import Any
 
 import faust
 from ladder import telemetry
+from ladder.bus import PoisonPolicy
 from ladder.config import Settings, service_parser
 
 from services.earlystop.agents import EarlyStopAgents
@@ -81,13 +92,15 @@ from services.earlystop.app import (
     end_offsets_reader,
     topic_partitions,
 )
-from services.earlystop.health import HealthServer
+from services.earlystop.health import HealthServer, StageHealth
 from services.earlystop.studies import StudyDirectory, StudyFeed
 from services.earlystop.tables import LeaderboardView, declare_tables
 
 # Allocations between young-generation collections (CPython: 700); a stream
 # processor allocates many short-lived objects per record.
 GC_GEN0_THRESHOLD = 20_000
+# How often the worker compares the stages' state with the health status.
+HEALTH_CHECK_S = 1.0
 log = logging.getLogger("ladder.earlystop")
 
 
@@ -97,7 +110,12 @@ class EarlyStopWorker(faust.Worker):
     logger = logging.getLogger("faust.earlystop")
 
     def __init__(
-        self, app: faust.App, health: HealthServer, started: float, studies: StudyDirectory
+        self,
+        app: faust.App,
+        health: HealthServer,
+        started: float,
+        studies: StudyDirectory,
+        stages: StageHealth,
     ) -> None:
         super().__init__(
             app,
@@ -110,6 +128,7 @@ class EarlyStopWorker(faust.Worker):
         self.health = health
         self.started_at = started
         self.studies = studies
+        self.stages = stages
         self._serving: asyncio.Task[None] | None = None
 
     async def on_startup_finished(self) -> None:
@@ -128,6 +147,24 @@ class EarlyStopWorker(faust.Worker):
             return  # SIGTERM came first: stay NOT_SERVING
         self.health.set_serving(True)
         log.info("earlystop ready in %.1fs", time.monotonic() - self.started_at)
+        await self._watch_stages()
+
+    async def _watch_stages(self) -> None:
+        """NOT_SERVING while a stage is stuck, with the reason; SERVING once it moved on.
+        Polled: a stuck stage is one where nothing happens."""
+        stuck: list[str] = []
+        while not self.should_stop:
+            now_stuck = self.stages.stuck()
+            if [line.split(":")[0] for line in now_stuck] != [
+                line.split(":")[0] for line in stuck
+            ]:
+                if now_stuck:
+                    log.error("earlystop NOT_SERVING: %s", "; ".join(now_stuck))
+                else:
+                    log.info("earlystop SERVING again: its stages move on")
+                self.health.set_serving(not now_stuck and not self.should_stop)
+            stuck = now_stuck
+            await asyncio.sleep(HEALTH_CHECK_S)
 
     def _on_sigterm(self) -> None:
         self.health.set_serving(False)
@@ -205,17 +242,25 @@ def build(settings: Settings, options: EarlyStopOptions) -> tuple[faust.App, Ear
     )
     app.task(feed.run)
     leaderboards = LeaderboardView(tables.entries)
+    agents = EarlyStopAgents(
+        app,
+        settings,
+        tables,
+        directory,
+        leaderboards,
+        options.curve_flush_ms / 1000.0,
+        PoisonPolicy.from_env(),
+    )
 
     async def forget_index(*_args: Any, **_kwargs: Any) -> None:
         # Partitions moved: the next stage-2 event rebuilds the leaderboards from the
-        # recovered table.
+        # recovered table, and the records parked are read again by their partition's
+        # owner from the committed offset (they were never acked).
         leaderboards.invalidate()
+        agents.forget_parked()
 
     app.on_partitions_revoked.connect(forget_index)
     app.on_partitions_assigned.connect(forget_index)
-    agents = EarlyStopAgents(
-        app, settings, tables, directory, leaderboards, options.curve_flush_ms / 1000.0
-    )
     agents.register()
     return app, agents
 
@@ -234,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.topics.prefix,
         health.port,
     )
-    worker = EarlyStopWorker(app, health, started, agents.studies)
+    worker = EarlyStopWorker(app, health, started, agents.studies, agents.health)
     code: Any = 0
     try:
         worker.execute_from_commandline()

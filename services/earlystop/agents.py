@@ -21,15 +21,29 @@ the input and re-produces, never loses:
   same verdict. Consumers apply decisions idempotently by (trial, rung);
 - the studies agent only validates (the study directory is ``studies.StudyFeed``).
 
-A record that can never be processed goes to the dead-letter topic (key = source
-topic) with the reason, and the agent carries on with the next one. Any other error
-(broker unavailable, ...) is retried with back-off: nothing is skipped.
+A record that fails goes by ``ladder.poison``: a ``BadRecord`` or an error a retry
+cannot fix (a number out of range for its protobuf field, a record too large for the
+broker) goes to the dead-letter topic (key = source topic) at once, with source
+topic, partition, offset, the exception and the payload (its first 64 KiB:
+``ladder.bus.dead_letter_record``); an error of unknown kind after
+``PoisonPolicy.max_attempts`` attempts; the broker away is retried with back-off for
+as long as it lasts (nothing is skipped), and ``StageHealth`` reports the stage stuck.
+The rest of the batch goes on either way.
+
+A record of a study not known yet is parked (``ParkingLot``, at most
+``PARKED_PER_STUDY`` per study and stage), not waited for: the records behind it are
+handled at once, and the parked ones as soon as their study arrives, or dead-lettered
+as "unknown study" once its wait (``--unknown-study-wait``) is over. The later records
+of a study with parked ones are parked behind them, so a trial's reports stay in order.
+Parking is not durable: a parked record is not acked, so the committed offset of its
+partition stays before it (Faust commits up to the first unacked offset) and a crash
+or a rebalance replays it and what followed it (replays change nothing, see above);
+the parked records are dropped on a rebalance for that reason (``forget_parked``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -39,16 +53,19 @@ from typing import Any
 
 import faust
 from google.protobuf.message import Message
-from ladder import telemetry
+from ladder import poison, telemetry
+from ladder.bus import PoisonPolicy, dead_letter_record
 from ladder.codec import BadRecord, decode, parse_metric_report
 from ladder.config import Settings
+from ladder.poison import ParkingLot
 from ladder.retry import backoff_delay, retry_forever
 from ladder.schedulers import Action, CurveState, RungDecision, SchedulerSpec
 from ladder.schedulers.engine import Crossing, EarlyStopEngine
 from ladder.v1 import events_pb2
 from opentelemetry import metrics, trace
 
-from services.earlystop.studies import StudyDirectory, StudyEntry, study_id_of
+from services.earlystop.health import StageHealth
+from services.earlystop.studies import StudyDirectory, StudyEntry, StudyPending, study_id_of
 from services.earlystop.tables import CurveWriteBehind, EarlyStopTables, LeaderboardView
 
 log = logging.getLogger("ladder.earlystop")
@@ -65,6 +82,10 @@ BATCH_MAX = 1000
 # How often a stage holding unacknowledged events checks whether Faust suspended the
 # flow for a rebalance (it then releases them at once).
 FLOW_CHECK_S = 0.2
+# Most records of one unknown study a stage holds; more are dead-lettered at once (a
+# publisher with a wrong study id must not fill the memory).
+PARKED_PER_STUDY = 1000
+STAGE1, STAGE2 = "stage 1 (metrics)", "stage 2 (rungs)"
 _ACTIONS = {
     Action.CONTINUE: events_pb2.CONTINUE,
     Action.STOP: events_pb2.STOP,
@@ -81,6 +102,8 @@ class BatchWork:
     after_acks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # stage 1: trial id -> (metrics partition, new curve state as a dict)
     curves: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    # records of studies not known yet: (position in the batch, study id, deadline)
+    parked: list[tuple[int, str, float]] = field(default_factory=list)
 
 
 def consumer_span(event: faust.types.EventT) -> AbstractContextManager[trace.Span]:
@@ -165,8 +188,15 @@ class EarlyStopAgents:
         studies: StudyDirectory,
         leaderboards: LeaderboardView,
         curve_flush_s: float = 0.0,
+        policy: PoisonPolicy | None = None,
     ) -> None:
         self.app = app
+        self.policy = policy or PoisonPolicy()
+        self.health = StageHealth(self.policy.stuck_after_s)
+        self.parked: dict[str, ParkingLot[str, faust.types.EventT]] = {
+            STAGE1: ParkingLot(PARKED_PER_STUDY),
+            STAGE2: ParkingLot(PARKED_PER_STUDY),
+        }
         self.tables = tables
         self.curves = CurveWriteBehind(tables.curves, curve_flush_s)
         self.studies = studies
@@ -199,14 +229,23 @@ class EarlyStopAgents:
         # produce something: a span per metric point would cost more than the rest
         # of stage 1, and the trace of a trial still runs report -> crossing -> decision.
         await self._consume_in_batches(
-            stream, self.on_metric, self._finish_curves, False, self.curves
+            STAGE1, stream, self.on_metric, self._finish_curves, False, self.curves
         )
 
     async def consume_rungs(self, stream: faust.StreamT) -> None:
-        await self._consume_in_batches(stream, self.on_rung, self._finish_decisions, True)
+        await self._consume_in_batches(
+            STAGE2, stream, self.on_rung, self._finish_decisions, True
+        )
+
+    def forget_parked(self) -> None:
+        """Drop the parked records (a rebalance: they were never acked, so whoever owns
+        their partition now reads them again from the committed offset)."""
+        for lot in self.parked.values():
+            lot.clear()
 
     async def _consume_in_batches(
         self,
+        stage: str,
         stream: faust.StreamT,
         handler: Callable[[faust.types.EventT, BatchWork], Awaitable[None]],
         finish: Callable[[BatchWork, bool], Awaitable[None]],
@@ -219,28 +258,37 @@ class EarlyStopAgents:
 
         Reading goes on while a batch waits for its acknowledgements (Faust's
         ``take_events`` would stop it), so the broker round trip of a batch does not
-        cap the throughput.
+        cap the throughput. Parked records whose study arrived or whose wait is over
+        open the next batch, ahead of the records that came after them.
         """
         stream.enable_acks = False  # acked below, after the batch is handled
         pending: list[faust.types.EventT] = []
         arrived = asyncio.Event()
         room = asyncio.Event()
+        lot = self.parked[stage]
+        loop = asyncio.get_running_loop()
+
+        def known(study_id: str) -> bool:
+            return self.studies.get(study_id) is not None
 
         async def handle_batches() -> None:
             while True:
-                await self._wait_for_batch(arrived, write_behind)
+                await self._wait_for_batch(arrived, write_behind, lot)
                 done: list[faust.types.EventT] = []
-                if pending:
+                released = lot.release(known, loop.time()) if len(lot) else []
+                if pending or released:
                     batch = pending[:BATCH_MAX]
                     del pending[: len(batch)]
                     if not pending:
                         arrived.clear()
                     room.set()
-                    await self._handle_batch(batch, handler, finish, traced)
+                    handled = await self._handle_batch(
+                        stage, released + batch, handler, finish, traced
+                    )
                     if write_behind is None:
-                        done = batch
+                        done = handled
                     else:
-                        write_behind.hold(batch)
+                        write_behind.hold(handled)
                 if write_behind is not None and write_behind.holding:
                     done = await self._release_held(write_behind)
                 for event in done:
@@ -261,17 +309,34 @@ class EarlyStopAgents:
             worker.cancel()
 
     async def _wait_for_batch(
-        self, arrived: asyncio.Event, write_behind: CurveWriteBehind | None
+        self,
+        arrived: asyncio.Event,
+        write_behind: CurveWriteBehind | None,
+        lot: ParkingLot[str, faust.types.EventT],
     ) -> None:
-        """Until records arrived, or held events may have to be released: their flush
-        is due, or Faust suspended the flow (a rebalance waits for them)."""
-        if write_behind is None or not write_behind.holding:
+        """Until records arrived, or held events may have to be released (their flush
+        is due, or Faust suspended the flow: a rebalance waits for them), or parked
+        records may go (a study arrived, or the first wait is over)."""
+        timeouts = []
+        if write_behind is not None and write_behind.holding:
+            timeouts.append(min(write_behind.due_in(), FLOW_CHECK_S))
+        deadline = lot.next_deadline()
+        if deadline is not None:
+            timeouts.append(deadline - asyncio.get_running_loop().time())
+        if not timeouts:
             await arrived.wait()
             return
-        timeout = min(write_behind.due_in(), FLOW_CHECK_S)
-        if timeout > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrived.wait(), timeout)
+        timeout = min(timeouts)
+        if timeout <= 0:
+            return
+        waits = [asyncio.ensure_future(arrived.wait())]
+        if deadline is not None:
+            waits.append(asyncio.ensure_future(self.studies.next_arrival().wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _release_held(self, write_behind: CurveWriteBehind) -> list[faust.types.EventT]:
         """The held events to ack now: all of them once their states are written when
@@ -283,40 +348,92 @@ class EarlyStopAgents:
 
     async def _handle_batch(
         self,
+        stage: str,
         events: Sequence[faust.types.EventT],
         handler: Callable[[faust.types.EventT, BatchWork], Awaitable[None]],
         finish: Callable[[BatchWork, bool], Awaitable[None]],
         traced: bool,
-    ) -> None:
+    ) -> list[faust.types.EventT]:
         """Run ``handler`` on each event in order (each in its CONSUMER span when
-        ``traced``), wait for every ack of the batch, then ``finish(work, True)``. A bad
-        record goes to the dead-letter topic within the batch; any other error drops
-        the batch's unacknowledged work (``finish(work, False)``) and redoes the whole
-        batch after a back-off: handlers are idempotent, so nothing is skipped or
-        counted twice."""
+        ``traced``), wait for every ack of the batch, then ``finish(work, True)``;
+        returns the events handled (the others were parked).
+
+        A bad record goes to the dead-letter topic within the batch. Any other error
+        drops the batch's unacknowledged work (``finish(work, False)``) and, after a
+        back-off, redoes the whole batch (handlers are idempotent, so nothing is
+        counted twice), with the record that failed dead-lettered instead when
+        ``poison.gives_up`` on it."""
+        failures: dict[int, int] = {}  # position in the batch -> failed attempts
+        poisoned: dict[int, str] = {}  # position in the batch -> dead-letter reason
         attempt = 0
         while True:
             work = BatchWork()
+            owners: list[int] = []  # the position of the record behind each ack
+            culprit: int | None = None
             try:
-                for event in events:
-                    try:
-                        if traced:
-                            with consumer_span(event):
-                                await handler(event, work)
-                        else:
-                            await handler(event, work)
-                    except BadRecord as exc:
-                        with consumer_span(event):
-                            work.acks.append(await self._dead_letter_send(event, str(exc)))
-                for ack in work.acks:
+                for culprit, event in enumerate(events):
+                    before = len(work.acks)
+                    await self._handle_one(stage, culprit, event, poisoned, handler, work, traced)
+                    owners.extend([culprit] * (len(work.acks) - before))
+                # culprit is read by the except clause: the record behind a failed ack
+                for culprit, ack in zip(owners, work.acks, strict=True):  # noqa: B007
                     await ack
-            except Exception:  # noqa: BLE001 - retried: a record is never skipped
+            except Exception as exc:  # noqa: BLE001 - retried or dead-lettered, never lost
                 await finish(work, False)
                 attempt += 1
-                await back_off(f"batch of {len(events)}", events[0].message, attempt)
+                reason = poison.describe(exc)
+                if culprit is not None and culprit not in poisoned:
+                    failures[culprit] = failures.get(culprit, 0) + 1
+                    if self._gives_up(exc, failures[culprit]):
+                        poisoned[culprit] = reason
+                        continue  # at once: the redo dead-letters it
+                self.health.failing(stage, reason)
+                await back_off(f"batch of {len(events)}", events[culprit or 0].message, attempt)
                 continue
             await finish(work, True)
-            return
+            self.health.moved_on(stage)
+            lot = self.parked[stage]
+            parked = {}
+            for position, study_id, deadline in work.parked:
+                lot.park(study_id, events[position], deadline)
+                parked[position] = study_id
+            return [e for i, e in enumerate(events) if i not in parked]
+
+    async def _handle_one(
+        self,
+        stage: str,
+        position: int,
+        event: faust.types.EventT,
+        poisoned: Mapping[int, str],
+        handler: Callable[[faust.types.EventT, BatchWork], Awaitable[None]],
+        work: BatchWork,
+        traced: bool,
+    ) -> None:
+        """``handler`` on one event of a batch; a poisoned or bad record is
+        dead-lettered, a record of a study not known yet noted in ``work.parked``."""
+        try:
+            if position in poisoned:
+                raise BadRecord(poisoned[position])
+            if traced:
+                with consumer_span(event):
+                    await handler(event, work)
+            else:
+                await handler(event, work)
+        except StudyPending as pending:
+            lot = self.parked[stage]
+            waiting = sum(1 for _, s, _ in work.parked if s == pending.study_id)
+            if lot.room(pending.study_id) > waiting:
+                work.parked.append((position, pending.study_id, pending.deadline))
+                return
+            reason = (
+                f"unknown study {pending.study_id!r}: {lot.per_key} of its records "
+                "already wait for its StudyEvent"
+            )
+            with consumer_span(event):
+                work.acks.append(await self._dead_letter_send(event, reason))
+        except BadRecord as exc:
+            with consumer_span(event):
+                work.acks.append(await self._dead_letter_send(event, str(exc)))
 
     async def _finish_curves(self, work: BatchWork, acked: bool) -> None:
         """Stage 1: the batch's curve states, staged only once its crossings are acked
@@ -352,12 +469,14 @@ class EarlyStopAgents:
                         await handler(event)
                     else:
                         await self._dead_letter(event, bad_reason)
+                    self.health.moved_on(message.topic)
                     return
-                except BadRecord as exc:
-                    bad_reason = str(exc)
-                    continue  # to the dead-letter topic, retried like any send
-                except Exception:  # noqa: BLE001 - retried: a record is never skipped
+                except Exception as exc:  # noqa: BLE001 - retried or dead-lettered
                     attempt += 1
+                    if bad_reason is None and self._gives_up(exc, attempt):
+                        bad_reason = poison.describe(exc)
+                        continue  # to the dead-letter topic, retried like any send
+                    self.health.failing(message.topic, poison.describe(exc))
                     await back_off("handling", message, attempt)
 
     # ------------------------------------------------------------------ handlers
@@ -371,7 +490,7 @@ class EarlyStopAgents:
     async def on_metric(self, event: faust.types.EventT, work: BatchWork) -> None:
         report = parse_metric_report(event.value)
         study_id, trial_id = report.study_id, report.trial_id
-        spec = self._spec(await self.studies.wait_for(study_id, published_at(event)), study_id)
+        spec = await self._study_spec(STAGE1, study_id, event, work)
         if not spec.enabled:
             return
         if report.metric and spec.metric and report.metric != spec.metric:
@@ -421,7 +540,7 @@ class EarlyStopAgents:
         span = trace.get_current_span()
         span.set_attribute("ladder.study_id", study_id)
         span.set_attribute("ladder.trial_id", trial_id)
-        spec = self._spec(await self.studies.wait_for(study_id, published_at(event)), study_id)
+        spec = await self._study_spec(STAGE2, study_id, event, work)
         judged = Crossing(
             study_id,
             trial_id,
@@ -467,6 +586,22 @@ class EarlyStopAgents:
 
     # ------------------------------------------------------------------ helpers
 
+    def _gives_up(self, exc: BaseException, attempts: int) -> bool:
+        return poison.gives_up(exc, attempts, self.policy.max_attempts)
+
+    async def _study_spec(
+        self, stage: str, study_id: str, event: faust.types.EventT, work: BatchWork
+    ) -> SchedulerSpec:
+        """The scheduler of the record's study; ``StudyPending`` (park the record) while
+        the study may still come, or while earlier records of it are parked."""
+        entry = await self.studies.lookup(study_id, published_at(event))
+        if entry is not None and (
+            study_id in self.parked[stage] or any(s == study_id for _, s, _ in work.parked)
+        ):
+            # Behind its parked records: released with them, in order, right away.
+            raise StudyPending(study_id, asyncio.get_running_loop().time())
+        return self._spec(entry, study_id)
+
     def _spec(self, entry: StudyEntry | None, study_id: str) -> SchedulerSpec:
         if entry is None:
             raise BadRecord(
@@ -494,21 +629,20 @@ class EarlyStopAgents:
     async def _dead_letter_send(self, event: faust.types.EventT, reason: str) -> Awaitable[Any]:
         """Produce the dead-letter record of ``event``; returns the ack future."""
         message = event.message
-        record = events_pb2.DeadLetter(
-            source_topic=message.topic,
-            source_partition=message.partition,
-            source_offset=message.offset,
-            reason=reason,
-            payload=event.value if isinstance(event.value, bytes) else b"",
-            service=SERVICE,
-            ts_ms=now_ms(),
+        record = dead_letter_record(
+            SERVICE,
+            message.topic,
+            reason,
+            event.value if isinstance(event.value, bytes) else b"",
+            message.partition,
+            message.offset,
         )
         log.warning(
             "dead-lettered %s@%d:%d: %s",
             message.topic,
             message.partition,
             message.offset,
-            reason,
+            record.reason,
             extra={"topic": message.topic},
         )
         _dead_letters.add(1, {"source": message.topic})

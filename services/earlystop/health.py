@@ -2,12 +2,15 @@
 
 Runs ``ladder.grpcserver.ServiceHost``'s server in its own threads beside Faust's
 event loop; NOT_SERVING until the Faust worker finished table recovery, NOT_SERVING
-again as soon as a stop begins.
+again as soon as a stop begins, and NOT_SERVING while a stage is stuck
+(``StageHealth``: one batch failing for longer than ``stuck_after`` seconds, the broker
+away for one), with the reason logged; SERVING again once it moves on.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from ladder.grpcserver import ServiceHost
 
@@ -40,3 +43,29 @@ class HealthServer:
         self._started = False
         self.host.set_serving(False)
         self.host.server.stop(grace).wait()
+
+
+class StageHealth:
+    """Which stages are failing the same batch, since when, and why (agents.py reports,
+    the worker's health check reads ``stuck``)."""
+
+    def __init__(self, stuck_after: float) -> None:
+        self.stuck_after = stuck_after
+        self._failing: dict[str, tuple[float, str]] = {}
+
+    def failing(self, stage: str, reason: str) -> None:
+        """``stage`` failed its current batch (again): the first failure dates it."""
+        since = self._failing.get(stage, (time.monotonic(), ""))[0]
+        self._failing[stage] = (since, reason)
+
+    def moved_on(self, stage: str) -> None:
+        self._failing.pop(stage, None)
+
+    def stuck(self) -> list[str]:
+        """One line per stage stuck for longer than ``stuck_after``; [] when none."""
+        now = time.monotonic()
+        return [
+            f"{stage} stuck for {now - since:.0f}s: {reason}"
+            for stage, (since, reason) in sorted(self._failing.items())
+            if now - since > self.stuck_after
+        ]

@@ -33,6 +33,20 @@ from ladder.v1 import events_pb2
 log = logging.getLogger("ladder.earlystop")
 
 
+# Most study ids remembered as missing (see StudyDirectory.lookup).
+MISSED_MAX = 10_000
+
+
+class StudyPending(Exception):  # noqa: N818 - not an error: the record waits
+    """The study of a record is not known yet; it may arrive until ``deadline`` (event
+    loop time), so the record is parked, not dead-lettered."""
+
+    def __init__(self, study_id: str, deadline: float) -> None:
+        super().__init__(f"study {study_id!r} not known yet")
+        self.study_id = study_id
+        self.deadline = deadline
+
+
 @dataclass(frozen=True)
 class StudyEntry:
     study_id: str
@@ -58,12 +72,7 @@ def study_id_of(raw: bytes) -> str:
 
 class StudyDirectory:
     """Every study this process has read (StudyEvent bytes by id, parsed on first use),
-    and a bounded wait for studies whose StudyEvent has not arrived yet (a metric can
-    overtake it: the two topics are read independently).
-
-    Until the feed has read the studies topic up to the end it found at start
-    (``mark_caught_up``), ``wait_for`` waits for that first: a restarted process must
-    not call a study unknown because it has not read that far yet."""
+    and for a study not read yet, how long its records may wait for it (``lookup``)."""
 
     def __init__(self, unknown_study_wait: float) -> None:
         self.unknown_study_wait = unknown_study_wait
@@ -89,7 +98,7 @@ class StudyDirectory:
 
     def put(self, study_id: str, raw: bytes | None) -> bool:
         """Store (``raw`` None: forget) a study; True if that changed anything.
-        Wakes every ``wait_for``."""
+        Sets ``next_arrival``."""
         if raw is None:
             changed = self._raw.pop(study_id, None) is not None
         else:
@@ -122,41 +131,46 @@ class StudyDirectory:
         self._parsed[study_id] = (raw, entry)
         return entry
 
-    async def wait_for(
-        self, study_id: str, published_unix: float | None = None
-    ) -> StudyEntry | None:
-        """The study, waiting at most ``unknown_study_wait`` seconds in total per
-        unknown study id (later reports of a study that never came do not wait again).
+    def next_arrival(self) -> asyncio.Event:
+        """Set when the next study arrives (or is forgotten)."""
+        return self._arrival_event()
 
-        The wait counts from when the record was published (``published_unix``, the
-        Kafka timestamp), not from when it is read: a record read from a backlog older
-        than the wait does not wait at all, since a StudyEvent published with it would
-        have arrived by now. Otherwise every unknown study in a replayed backlog would
-        hold its partition for the full wait."""
+    async def lookup(self, study_id: str, published_unix: float | None = None) -> StudyEntry | None:
+        """The study; ``StudyPending`` while it may still arrive (its StudyEvent can be
+        overtaken by a metric: the two topics are read independently); None once it
+        has been missing for ``unknown_study_wait`` seconds.
+
+        Never waits for the study itself: a stage parks the record (agents.py) and
+        goes on with the next one, so the reports of known studies are not held up.
+        It does wait, at start, until the feed has read the studies topic to the end
+        it found: a restarted process must not call a study unknown because it has
+        not read that far yet.
+
+        The wait counts once per study id (later reports of a study that never came
+        do not wait again) and from when the record was published (``published_unix``,
+        the Kafka timestamp), not from when it is read: a StudyEvent published with a
+        record of a backlog older than the wait would have arrived by now."""
         entry = self.get(study_id)
+        if entry is None and not self.caught_up:
+            await self.wait_caught_up()
+            entry = self.get(study_id)
         if entry is not None:
             self._first_missed.pop(study_id, None)
             return entry
-        if not self.caught_up:
-            await self.wait_caught_up()
-            entry = self.get(study_id)
-            if entry is not None:
-                return entry
-        loop = asyncio.get_running_loop()
-        deadline = self._first_missed.setdefault(study_id, loop.time()) + self.unknown_study_wait
+        now = asyncio.get_running_loop().time()
+        if len(self._first_missed) >= MISSED_MAX:
+            # Ids that never came, by the thousand: forget those whose wait is over (a
+            # later report of one of them waits once more, which costs it nothing).
+            self._first_missed = {
+                s: t for s, t in self._first_missed.items() if t + self.unknown_study_wait > now
+            }
+        deadline = self._first_missed.setdefault(study_id, now) + self.unknown_study_wait
         if published_unix is not None and published_unix > 0:
             age = max(0.0, time.time() - published_unix)
-            deadline = min(deadline, loop.time() + self.unknown_study_wait - age)
-        while (entry := self.get(study_id)) is None:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
-            try:
-                await asyncio.wait_for(self._arrival_event().wait(), timeout=remaining)
-            except TimeoutError:
-                pass
-        self._first_missed.pop(study_id, None)
-        return entry
+            deadline = min(deadline, now + self.unknown_study_wait - age)
+        if deadline <= now:
+            return None
+        raise StudyPending(study_id, deadline)
 
 
 EndOffsets = Callable[[str, Mapping[Any, int]], Awaitable[Mapping[Any, int]]]

@@ -38,7 +38,7 @@ class FakeStudies:
     spec: SchedulerSpec
     unknown_study_wait: float = 0.0
 
-    async def wait_for(self, study_id: str, published_at: float | None) -> StudyEntry:
+    async def lookup(self, study_id: str, published_at: float | None) -> StudyEntry:
         return StudyEntry(study_id, self.spec)
 
 
@@ -64,11 +64,9 @@ class RecordingPolicy(LadderPolicy):
         return super().report(trial, step, value)
 
 
-async def through_the_service(
-    spec: SchedulerSpec, reports: list[tuple[str, int, float]]
-) -> list[events_pb2.Decision]:
-    """Each report through stage 1, then each crossing it emitted through stage 2 twice
-    (the second time as a replayed record), one batch per record, all acked."""
+def agents_over_fakes(studies: object, **options: Any) -> tuple[EarlyStopAgents, FakeApp]:
+    """The service's agents on a FakeApp (topics named after their role, "dead" for
+    dead-letter) with tables over plain dicts."""
     app = FakeApp()
     topics = SimpleNamespace(
         studies="studies",
@@ -82,9 +80,19 @@ async def through_the_service(
         app,  # type: ignore[arg-type]
         SimpleNamespace(topics=topics),  # type: ignore[arg-type]
         tables,
-        FakeStudies(spec),  # type: ignore[arg-type]
+        studies,  # type: ignore[arg-type]
         LeaderboardView(tables.entries),  # type: ignore[arg-type]
+        **options,
     )
+    return agents, app
+
+
+async def through_the_service(
+    spec: SchedulerSpec, reports: list[tuple[str, int, float]]
+) -> list[events_pb2.Decision]:
+    """Each report through stage 1, then each crossing it emitted through stage 2 twice
+    (the second time as a replayed record), one batch per record, all acked."""
+    agents, app = agents_over_fakes(FakeStudies(spec))
     rungs, decisions = app.topics["rungs"], app.topics["decisions"]
     for offset, (trial_id, step, value) in enumerate(reports):
         report = events_pb2.MetricReport(

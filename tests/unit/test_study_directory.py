@@ -1,14 +1,15 @@
-"""The early-stop study directory: how long it waits for a study it does not know
-(StudyDirectory.wait_for) and what the studies feed stores (StudyFeed.apply)."""
+"""The early-stop study directory: how long a record may wait for a study it does not
+know (StudyDirectory.lookup) and what the studies feed stores (StudyFeed.apply)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+import pytest
 from ladder.v1 import events_pb2, study_pb2
 
-from services.earlystop.studies import StudyDirectory, StudyFeed
+from services.earlystop.studies import StudyDirectory, StudyFeed, StudyPending
 
 WAIT = 5.0
 
@@ -37,25 +38,37 @@ def feed_into(directory: StudyDirectory) -> StudyFeed:
 
 def test_a_backlog_record_of_an_unknown_study_does_not_wait() -> None:
     async def scenario() -> object:
-        directory = caught_up_directory()
-        return await directory.wait_for("ghost", published_unix=time.time() - 60)
+        return await caught_up_directory().lookup("ghost", published_unix=time.time() - 60)
 
-    started = time.monotonic()
     assert _run(scenario()) is None
-    assert time.monotonic() - started < WAIT / 2
 
 
-def test_a_live_record_waits_for_its_study_to_arrive() -> None:
-    async def scenario() -> object:
+def test_a_live_record_of_an_unknown_study_is_parked_until_its_wait_is_over() -> None:
+    async def scenario() -> tuple[float, float, float]:
         directory = caught_up_directory()
-        waiter = asyncio.create_task(directory.wait_for("st-1", published_unix=time.time()))
-        await asyncio.sleep(0)  # let the waiter find the study missing first
-        assert not waiter.done()
-        feed_into(directory).apply(b"st-1", study_event("st-1"))
-        return await asyncio.wait_for(waiter, WAIT)
+        with pytest.raises(StudyPending) as first:
+            await directory.lookup("st-1", published_unix=time.time())
+        now = asyncio.get_running_loop().time()
+        with pytest.raises(StudyPending) as later:  # the wait counts once per study
+            await directory.lookup("st-1", published_unix=time.time() + 3)
+        return now, first.value.deadline, later.value.deadline
 
-    entry = _run(scenario())
-    assert entry is not None and entry.study_id == "st-1" and entry.spec is not None
+    now, first, later = _run(scenario())  # type: ignore[misc]
+    assert now < first <= now + WAIT
+    assert later == pytest.approx(first, abs=0.05)
+
+
+def test_a_study_that_arrived_is_found_and_wakes_its_waiters() -> None:
+    async def scenario() -> tuple[bool, object]:
+        directory = caught_up_directory()
+        with pytest.raises(StudyPending):
+            await directory.lookup("st-1", published_unix=time.time())
+        arrival = directory.next_arrival()
+        feed_into(directory).apply(b"st-1", study_event("st-1"))
+        return arrival.is_set(), await directory.lookup("st-1", published_unix=time.time())
+
+    woken, entry = _run(scenario())  # type: ignore[misc]
+    assert woken and entry is not None and entry.study_id == "st-1"  # type: ignore[attr-defined]
 
 
 def test_nothing_is_called_unknown_before_the_topic_was_read_to_its_end() -> None:
@@ -64,8 +77,8 @@ def test_nothing_is_called_unknown_before_the_topic_was_read_to_its_end() -> Non
 
     async def scenario() -> tuple[bool, object]:
         directory = StudyDirectory(WAIT)
-        waiter = asyncio.create_task(directory.wait_for("st-old", published_unix=time.time() - 600))
-        await asyncio.sleep(0.05)
+        waiter = asyncio.create_task(directory.lookup("st-old", published_unix=time.time() - 600))
+        await asyncio.sleep(0.05)  # lets the lookup run up to its wait (not a sync point)
         waited = not waiter.done()
         feed_into(directory).apply(b"st-old", study_event("st-old"))
         directory.mark_caught_up()
