@@ -6,17 +6,23 @@ process (one training job per process, as on a GPU host); this process forwards
 SIGTERM / SIGINT to them and exits when all have stopped, with status 1 if any of them
 failed. Workers stop by themselves once the study's trial budget is exhausted.
 
+A worker rides through a restart of any component: its calls are retried for
+``--retry-timeout`` seconds, and the addresses are read again (env, else stack.json)
+while they fail, so a stack started again on other ports is found too.
+
 | flag / env                | default       | meaning                                        |
 |---------------------------|---------------|------------------------------------------------|
 | --study                   | (required)    | study id                                       |
 | --count                   | 1             | worker processes to spawn                      |
 | --worker-prefix           | w             | worker ids are prefix + index                  |
 | --worker-id               | (none)        | run a single worker with this id in-process    |
-| --workload                | digits        | ``digits`` or ``package.module:Class``         |
+| --workload                | digits        | ``digits``, ``synthetic`` or ``module:Class``  |
 | --checkpoint-every        | 3             | steps between checkpoints (0 = never)          |
 | --decision-wait           | 3.0           | seconds to await the decision at a rung        |
 | --max-steps               | study's max_resource | cap on steps per trial                  |
 | --log-dir                 | (inherit)     | write each spawned worker's log to DIR/<id>.log |
+| --retry-timeout /         | 600           | seconds a call to a service that is down (being |
+| LADDER_WORKER_RETRY_S     |               | restarted) is retried before the worker gives up |
 | LADDER_STATE_DIR etc.     | see ladder.config | endpoints; checkpoints go to <state>/checkpoints |
 """
 
@@ -32,7 +38,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-WORKLOADS = {"digits": "workers.digits:DigitsWorkload"}
+WORKLOADS = {
+    "digits": "workers.digits:DigitsWorkload",
+    "synthetic": "workers.synthetic:SyntheticWorkload",
+}
+# Minutes, not the SDK's 30 s: an operator restarting a component (`ladder up`) or a
+# supervisor's back-off must not cost every worker its process.
+DEFAULT_RETRY_S = 600.0
 
 
 def load_workload(spec: str) -> object:
@@ -131,12 +143,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--decision-wait", type=float, default=3.0)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--log-dir", type=Path, default=None)
+    parser.add_argument(
+        "--retry-timeout", type=float,
+        default=float(os.environ.get("LADDER_WORKER_RETRY_S", DEFAULT_RETRY_S)),
+        help="seconds to retry a call while a service is down (default %(default)s)",
+    )
     return parser
 
 
 def _worker_args(args: argparse.Namespace) -> list[str]:
     out = ["--workload", args.workload, "--checkpoint-every", str(args.checkpoint_every),
-           "--decision-wait", str(args.decision_wait)]
+           "--decision-wait", str(args.decision_wait),
+           "--retry-timeout", str(args.retry_timeout)]
     if args.max_steps:
         out += ["--max-steps", str(args.max_steps)]
     return out
@@ -152,7 +170,7 @@ def run_single(args: argparse.Namespace) -> int:
     telemetry.setup("ladder-worker")
     settings = Settings.from_env()
     workload = load_workload(args.workload)
-    client = LadderClient(settings)
+    client = LadderClient(settings, retry_timeout=args.retry_timeout, readdress=True)
     worker = Worker(client, workload, WorkerConfig(  # type: ignore[arg-type]
         study_id=args.study,
         worker_id=args.worker_id,

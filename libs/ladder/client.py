@@ -21,8 +21,13 @@ architecture prescribes, so a worker never waits on the early-stop service.
 
 Failures: a call that fails with UNAVAILABLE (a service restarting, a connection not
 up yet) is retried with exponential back-off until ``retry_timeout`` seconds have
-passed; every other status (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...)
-is raised at once as ``grpc.RpcError``, because repeating the request cannot help.
+passed (default LADDER_CLIENT_RETRY_S, else 30; workers wait minutes, see
+``python -m workers``); every other status (INVALID_ARGUMENT, NOT_FOUND,
+FAILED_PRECONDITION, ...) is raised at once as ``grpc.RpcError``, because repeating
+the request cannot help. A client built from the environment (no ``settings``
+argument) reads the addresses again (env, else ``stack.json``) while a call keeps
+failing, and reconnects to a service, or the broker, whose address changed: a stack
+started again elsewhere is found without restarting the client.
 The evaluate calls are idempotent per (trial id, attempt id), so a retried call that
 had in fact reached the server changes nothing. ``Suggest`` raises
 :class:`BudgetExhausted` once the study's ``max_trials`` have been handed out.
@@ -42,14 +47,16 @@ ordinal values are written without a trailing ".0" (``32``, ``0.5``).
 from __future__ import annotations
 
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import grpc
 
-from ladder import telemetry
+from ladder import limits, telemetry
 from ladder.config import Settings
 from ladder.errors import BudgetExhausted
 from ladder.params import fill_params
@@ -77,6 +84,16 @@ T = TypeVar("T")
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 DEFAULT_CALL_TIMEOUT = 10.0  # seconds per attempt of one RPC
 DEFAULT_RETRY_TIMEOUT = 30.0  # seconds of UNAVAILABLE retries before giving up
+RETRY_TIMEOUT_ENV = "LADDER_CLIENT_RETRY_S"
+# A call failing this long re-reads the addresses (at most once per this period): a
+# service restarting on its address is back within seconds, so a file read per retry
+# before then would buy nothing.
+READDRESS_AFTER = 2.0
+
+
+def default_retry_timeout() -> float:
+    """LADDER_CLIENT_RETRY_S, else DEFAULT_RETRY_TIMEOUT seconds."""
+    return float(os.environ.get(RETRY_TIMEOUT_ENV) or DEFAULT_RETRY_TIMEOUT)
 
 # Reconnect quickly after a service restarts instead of gRPC's default back-off of up
 # to two minutes: the retry loop below is what bounds the waiting.
@@ -84,6 +101,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # The servers' sizes (ladder.limits): a request they would refuse fails here.
+    ("grpc.max_send_message_length", limits.MAX_REQUEST_BYTES),
+    ("grpc.max_receive_message_length", limits.MAX_RESPONSE_BYTES),
 ]
 
 
@@ -98,10 +118,13 @@ def call_with_retry(
     max_backoff: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    on_retry: Callable[[float], None] | None = None,
 ) -> T:
     """Run ``call``; retry it with jittered exponential back-off while it fails with a
-    retryable status (UNAVAILABLE) and ``retry_timeout`` has not passed."""
-    deadline = clock() + retry_timeout
+    retryable status (UNAVAILABLE) and ``retry_timeout`` has not passed.
+    ``on_retry(seconds failing so far)`` runs before each retry."""
+    started = clock()
+    deadline = started + retry_timeout
     backoff = initial_backoff
     attempt = 0
     while True:
@@ -114,6 +137,8 @@ def call_with_retry(
                 raise
             log.info("%s: %s (attempt %d), retrying in %.2fs", what, code, attempt, backoff)
         sleep(backoff * random.uniform(0.8, 1.2))
+        if on_retry is not None:
+            on_retry(clock() - started)
         backoff = min(max_backoff, backoff * 2)
 
 
@@ -337,11 +362,35 @@ def study_config(
 # --- the client ------------------------------------------------------------------------------
 
 
+class _Endpoint:
+    """One service's channel and stub, rebuilt when its address changes."""
+
+    def __init__(self, field: str, stub_class: Callable[[grpc.Channel], Any]) -> None:
+        self.field = field  # the Settings attribute holding the address
+        self.stub_class = stub_class
+        self.addr = ""
+        self.channel: grpc.Channel | None = None
+        self.stub: Any = None
+
+    def connect(self, settings: Settings) -> grpc.Channel | None:
+        """Point at the address ``settings`` give; the replaced channel, if any."""
+        addr = getattr(settings, self.field)
+        if addr == self.addr:
+            return None
+        old = self.channel
+        self.addr = addr
+        self.channel = grpc.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+        self.stub = self.stub_class(self.channel)
+        return old
+
+
 class LadderClient:
     """gRPC stubs for suggest / evaluate / lineage plus a Kafka producer for metrics.
 
     Thread-safe (gRPC channels and the Kafka producer are); a worker's heartbeat thread
-    shares the client of its training loop.
+    shares the client of its training loop. ``retry_timeout`` defaults to
+    LADDER_CLIENT_RETRY_S, else 30 s. ``readdress`` (default: when ``settings`` is not
+    given) re-reads the addresses while a call keeps failing.
     """
 
     def __init__(
@@ -349,35 +398,71 @@ class LadderClient:
         settings: Settings | None = None,
         *,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
-        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+        retry_timeout: float | None = None,
         producer_name: str = "worker",
+        readdress: bool | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self.call_timeout = call_timeout
-        self.retry_timeout = retry_timeout
+        self.retry_timeout = default_retry_timeout() if retry_timeout is None else retry_timeout
+        self.readdress = settings is None if readdress is None else readdress
         self._producer_name = producer_name
         # Instrument before any channel exists: only channels created afterwards get
         # client spans and carry the trace context to the services.
         telemetry.instrument_grpc_client()
-        self._channels = [
-            grpc.insecure_channel(addr, options=_CHANNEL_OPTIONS)
-            for addr in (
-                self.settings.suggest_addr,
-                self.settings.evaluate_addr,
-                self.settings.lineage_addr,
-            )
-        ]
-        self._suggest = suggest_pb2_grpc.SuggestServiceStub(self._channels[0])
-        self._evaluate = evaluate_pb2_grpc.EvaluateServiceStub(self._channels[1])
-        self._lineage = lineage_pb2_grpc.LineageServiceStub(self._channels[2])
+        self._suggest = _Endpoint("suggest_addr", suggest_pb2_grpc.SuggestServiceStub)
+        self._evaluate = _Endpoint("evaluate_addr", evaluate_pb2_grpc.EvaluateServiceStub)
+        self._lineage = _Endpoint("lineage_addr", lineage_pb2_grpc.LineageServiceStub)
+        self._endpoints = (self._suggest, self._evaluate, self._lineage)
+        for endpoint in self._endpoints:
+            endpoint.connect(self.settings)
+        # Channels replaced by a new address: calls may still be under way on them, so
+        # they are closed with the client, not when replaced.
+        self._retired: list[grpc.Channel] = []
+        self._readdress_lock = threading.Lock()
+        self._readdressed_at = 0.0
         self._producer: Any = None  # created on the first metric report
 
     # -- plumbing
 
-    def _call(self, method: Callable[..., T], request: object, what: str) -> T:
+    def _call(self, endpoint: _Endpoint, method: str, request: object, what: str) -> Any:
         return call_with_retry(
-            lambda: method(request, timeout=self.call_timeout), what, self.retry_timeout
+            lambda: getattr(endpoint.stub, method)(request, timeout=self.call_timeout),
+            what,
+            self.retry_timeout,
+            on_retry=self._maybe_readdress,
         )
+
+    def _maybe_readdress(self, failing_for: float) -> None:
+        if not self.readdress or failing_for < READDRESS_AFTER:
+            return
+        with self._readdress_lock:
+            now = time.monotonic()
+            if now - self._readdressed_at < READDRESS_AFTER:
+                return
+            self._readdressed_at = now
+            self.refresh_addresses()
+
+    def refresh_addresses(self) -> list[str]:
+        """Read the addresses again (env, else stack.json) and reconnect whatever moved;
+        the names of the settings that changed."""
+        fresh = Settings.from_env()
+        changed = [
+            e.field for e in self._endpoints if getattr(fresh, e.field) != e.addr
+        ]
+        for endpoint in self._endpoints:
+            old = endpoint.connect(fresh)
+            if old is not None:
+                self._retired.append(old)
+        if fresh.kafka_bootstrap != self.settings.kafka_bootstrap:
+            changed.append("kafka_bootstrap")
+            producer, self._producer = self._producer, None  # the next report makes one
+            if producer is not None:
+                producer.close()
+        if changed:
+            log.warning("addresses changed (%s); reconnected", ", ".join(changed))
+        self.settings = fresh
+        return changed
 
     @property
     def producer(self) -> Any:
@@ -396,7 +481,7 @@ class LadderClient:
         if self._producer is not None:
             self._producer.close()
             self._producer = None
-        for channel in self._channels:
+        for channel in self._retired + [e.channel for e in self._endpoints if e.channel]:
             channel.close()
 
     def __enter__(self) -> LadderClient:
@@ -419,16 +504,16 @@ class LadderClient:
             config = dict(config)
             config = study_config(config.pop("space"), **config)
         request = suggest_pb2.CreateStudyRequest(config=config, study_id=study_id or "")
-        return self._call(self._suggest.CreateStudy, request, "CreateStudy")
+        return self._call(self._suggest, "CreateStudy", request, "CreateStudy")
 
     def get_study(self, study_id: str) -> study_pb2.Study:
         return self._call(
-            self._suggest.GetStudy, suggest_pb2.GetStudyRequest(study_id=study_id), "GetStudy"
+            self._suggest, "GetStudy", suggest_pb2.GetStudyRequest(study_id=study_id), "GetStudy"
         )
 
     def list_studies(self) -> list[study_pb2.Study]:
         reply = self._call(
-            self._suggest.ListStudies, suggest_pb2.ListStudiesRequest(), "ListStudies"
+            self._suggest, "ListStudies", suggest_pb2.ListStudiesRequest(), "ListStudies"
         )
         return list(reply.studies)
 
@@ -441,7 +526,7 @@ class LadderClient:
         """
         request = suggest_pb2.SuggestRequest(study_id=study_id, worker_id=worker_id, count=count)
         try:
-            reply = self._call(self._suggest.Suggest, request, "Suggest")
+            reply = self._call(self._suggest, "Suggest", request, "Suggest")
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise BudgetExhausted(None, exc.details()) from exc
@@ -462,7 +547,7 @@ class LadderClient:
             trial_id=trial_id, worker_id=worker_id, attempt_id=attempt_id,
             hostname=hostname, environment=environment,
         )
-        return self._call(self._evaluate.StartTrial, request, "StartTrial")
+        return self._call(self._evaluate, "StartTrial", request, "StartTrial")
 
     def heartbeat(
         self, trial_id: str, attempt_id: str, step: float
@@ -470,20 +555,20 @@ class LadderClient:
         """Renew the lease; the reply's ``action`` is CONTINUE, STOP or PROMOTE."""
         request = evaluate_pb2.HeartbeatRequest(trial_id=trial_id, attempt_id=attempt_id,
                                                 step=step)
-        return self._call(self._evaluate.Heartbeat, request, "Heartbeat")
+        return self._call(self._evaluate, "Heartbeat", request, "Heartbeat")
 
     def checkpoint(self, trial_id: str, attempt_id: str, uri: str, step: float) -> trial_pb2.Trial:
         request = evaluate_pb2.ReportCheckpointRequest(
             trial_id=trial_id, attempt_id=attempt_id, uri=uri, step=step
         )
-        return self._call(self._evaluate.ReportCheckpoint, request, "ReportCheckpoint")
+        return self._call(self._evaluate, "ReportCheckpoint", request, "ReportCheckpoint")
 
     def complete(self, trial_id: str, attempt_id: str, value: float, step: float
                  ) -> trial_pb2.Trial:
         request = evaluate_pb2.CompleteTrialRequest(
             trial_id=trial_id, attempt_id=attempt_id, value=value, step=step
         )
-        return self._call(self._evaluate.CompleteTrial, request, "CompleteTrial")
+        return self._call(self._evaluate, "CompleteTrial", request, "CompleteTrial")
 
     def prune(self, trial_id: str, attempt_id: str, step: float, last_value: float
               ) -> trial_pb2.Trial:
@@ -491,7 +576,7 @@ class LadderClient:
         request = evaluate_pb2.PruneTrialRequest(
             trial_id=trial_id, attempt_id=attempt_id, step=step, last_value=last_value
         )
-        return self._call(self._evaluate.PruneTrial, request, "PruneTrial")
+        return self._call(self._evaluate, "PruneTrial", request, "PruneTrial")
 
     def pause(self, trial_id: str, attempt_id: str, step: float, rung: int
               ) -> trial_pb2.Trial:
@@ -500,7 +585,7 @@ class LadderClient:
         request = evaluate_pb2.PauseTrialRequest(
             trial_id=trial_id, attempt_id=attempt_id, step=step, rung=rung
         )
-        return self._call(self._evaluate.PauseTrial, request, "PauseTrial")
+        return self._call(self._evaluate, "PauseTrial", request, "PauseTrial")
 
     def fail(self, trial_id: str, attempt_id: str, reason: str, retryable: bool = True
              ) -> trial_pb2.Trial:
@@ -508,11 +593,11 @@ class LadderClient:
         request = evaluate_pb2.FailTrialRequest(
             trial_id=trial_id, attempt_id=attempt_id, reason=reason, retryable=retryable
         )
-        return self._call(self._evaluate.FailTrial, request, "FailTrial")
+        return self._call(self._evaluate, "FailTrial", request, "FailTrial")
 
     def get_trial(self, trial_id: str) -> trial_pb2.Trial:
         return self._call(
-            self._evaluate.GetTrial, evaluate_pb2.GetTrialRequest(trial_id=trial_id), "GetTrial"
+            self._evaluate, "GetTrial", evaluate_pb2.GetTrialRequest(trial_id=trial_id), "GetTrial"
         )
 
     # -- metrics (Kafka)
@@ -531,12 +616,15 @@ class LadderClient:
         """Produce a MetricReport to the metrics topic, keyed by trial id.
 
         Asynchronous unless ``wait``; :meth:`flush` waits for everything sent so far.
-        A NaN or infinite ``value`` tells early stopping that the run diverged.
+        A NaN or infinite ``value`` tells early stopping that the run diverged; a field
+        over its limit (``ladder.limits``) raises ``InvalidArgument`` before anything
+        is sent.
         """
         report = events_pb2.MetricReport(
             study_id=study_id, trial_id=trial_id, attempt_id=attempt_id, worker_id=worker_id,
             metric=metric, step=step, value=value, ts_ms=int(time.time() * 1000),
         )
+        limits.check(report)  # a record over the broker's size could never be delivered
         self.producer.send(self.settings.topics.metrics, trial_id, report, wait=wait)
         return report
 
@@ -544,17 +632,17 @@ class LadderClient:
 
     def lineage(self, trial_id: str) -> lineage_pb2.TrialLineage:
         request = lineage_pb2.GetTrialLineageRequest(trial_id=trial_id)
-        return self._call(self._lineage.GetTrialLineage, request, "GetTrialLineage")
+        return self._call(self._lineage, "GetTrialLineage", request, "GetTrialLineage")
 
     def list_trials(self, study_id: str) -> list[lineage_pb2.TrialSummary]:
         request = lineage_pb2.ListTrialsRequest(study_id=study_id)
-        return list(self._call(self._lineage.ListTrials, request, "ListTrials").trials)
+        return list(self._call(self._lineage, "ListTrials", request, "ListTrials").trials)
 
     def best(self, study_id: str) -> lineage_pb2.TrialLineage | None:
         """The best completed trial's lineage, or None while there is none."""
         request = lineage_pb2.GetBestTrialRequest(study_id=study_id)
         try:
-            return self._call(self._lineage.GetBestTrial, request, "GetBestTrial")
+            return self._call(self._lineage, "GetBestTrial", request, "GetBestTrial")
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
                 return None
@@ -562,7 +650,7 @@ class LadderClient:
 
     def summary(self, study_id: str) -> lineage_pb2.StudySummary:
         request = lineage_pb2.GetStudySummaryRequest(study_id=study_id)
-        return self._call(self._lineage.GetStudySummary, request, "GetStudySummary")
+        return self._call(self._lineage, "GetStudySummary", request, "GetStudySummary")
 
 
 def wait_until(
