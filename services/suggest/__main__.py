@@ -25,6 +25,9 @@ Creates studies and answers Suggest with resumable or new trials.
 plus the shared ``Settings`` (LADDER_KAFKA_BOOTSTRAP, LADDER_REDIS_URL,
 LADDER_TOPIC_PREFIX, ...; see ``ladder.config``).
 
+At start, every study stored in Redis is published to the studies topic again (a
+restarted embedded broker starts empty; the topic is compacted, so this is harmless).
+
 Consumes the trials topic (completed trials) and the decisions topic (rung
 values, lower fidelity) — every process reads all of both, no group — to feed
 observations to the samplers; publishes StudyEvents and TRIAL_SUGGESTED events.
@@ -43,7 +46,7 @@ import os
 import sys
 
 from ladder import telemetry
-from ladder.bus import ConsumerLoop, EventProducer
+from ladder.bus import ConsumerLoop, EventProducer, health_of
 from ladder.config import Settings, service_parser
 from ladder.grpcserver import ServiceHost
 from ladder.state import open_state
@@ -94,6 +97,13 @@ def main(argv: list[str] | None = None) -> None:
         buffer_capacity=args.buffer,
         refit_process=refit,
     )
+    try:
+        count = servicer.republish_studies()
+        log.info("republished %d stored studies to %s", count, settings.topics.studies)
+    except Exception:  # noqa: BLE001 - serving matters more; the next start tries again
+        log.exception("could not republish the stored studies; early stopping may not "
+                      "know the studies created before this start")
+    host = ServiceHost("ladder.v1.SuggestService", args.port, host=settings.bind_host)
     consumer = ConsumerLoop(
         settings,
         "suggest",
@@ -102,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         producer,
         group_id=None,
         pace_s=args.read_interval_ms / 1000,
+        on_health=health_of(host),
     ).start()
 
-    host = ServiceHost("ladder.v1.SuggestService", args.port, host=settings.bind_host)
     suggest_pb2_grpc.add_SuggestServiceServicer_to_server(servicer, host.server)
 
     def on_stop() -> None:

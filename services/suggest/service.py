@@ -135,6 +135,26 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         )
         return stored
 
+    def republish_studies(self, timeout: float = 30.0) -> int:
+        """Publish every stored study to the studies topic again; how many.
+
+        Called at start: after a restart on a new embedded broker the topic is empty,
+        and early stopping learns a study's scheduler only from it. The topic is
+        compacted and keyed by study id, and every consumer keeps the latest record per
+        study, so a study published again changes nothing for them."""
+        studies = self.state.studies.list()
+        sent = [
+            self.producer.send(
+                self.settings.topics.studies,
+                study.study_id,
+                events_pb2.StudyEvent(study=study, ts_ms=now_ms()),
+            )
+            for study in studies
+        ]
+        for result in sent:
+            result.get(timeout=timeout)
+        return len(studies)
+
     def _check_warm_start_source(self, warm: study_pb2.WarmStart, study_id: str) -> None:
         source = warm.from_study_id
         if not source:
