@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup proto up down status demo test test-unit test-integration lint clean \
   bench bench-earlystop bench-curves bench-scale bench-broker bench-quality bench-suggest \
-  bench-evaluate-kills \
+  bench-evaluate-kills bench-unknown-studies bench-restarts \
   loadsim
 
 setup: $(STAMP) $(PROTO_OUT)
@@ -61,7 +61,8 @@ test-integration: setup
 	$(PY) -m pytest -q tests/integration
 
 # Benchmarks write JSON and PNG under bench/results/ (see bench/README.md).
-bench: bench-earlystop bench-broker bench-scale bench-quality bench-suggest bench-evaluate-kills
+bench: bench-earlystop bench-broker bench-scale bench-quality bench-suggest bench-evaluate-kills \
+  bench-unknown-studies bench-restarts
 
 # Replays the committed real-curve table and synthetic families through Ladder's
 # schedulers (stopping and promotion forms) and Optuna's pruners (~3 min).
@@ -114,6 +115,17 @@ bench-suggest: setup
 # of every trial on the trials topic and in lineage, in order (~1 min).
 bench-evaluate-kills: setup
 	$(PY) bench/evaluate_kills.py
+
+# 100 simulated workers of a real study, alone and with 4 reports/s of unknown studies:
+# the real study's p99 report-to-decision in both, as a ratio (~3 min).
+bench-unknown-studies: setup
+	$(PY) bench/unknown_studies.py
+
+# kill -9 of each component in turn, each followed by `ladder up`, during a study run by
+# 4 worker processes, and the same study without kills: no worker exits, early stopping
+# on throughout, the same pruned fraction (~5 min).
+bench-restarts: setup
+	$(PY) bench/restarts.py
 
 lint: setup
 	$(VENV)/bin/ruff check libs services workers tests bench
