@@ -22,11 +22,11 @@ from test_earlystop import Tail, dead_letters, decisions_of, publish_study
 
 pytestmark = pytest.mark.integration
 
-UNKNOWN_STUDY_WAIT = 4.0
+UNKNOWN_STUDY_WAIT = 6.0
 # A rung-0 decision normally follows its report within ~0.3 s (two hops with a 20 ms
 # producer linger and a 100 ms fetch poll); this leaves room for a loaded CI host but
 # stays below the unknown-study wait and any retry loop's back-off ladder.
-DECIDED_WITHIN = 3.0
+DECIDED_WITHIN = 4.0
 
 
 @pytest.fixture(scope="module")
