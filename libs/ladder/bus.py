@@ -8,18 +8,13 @@ the reason, and commits offsets only after the handler returned (at-least-once;
 every handler in Ladder is idempotent so a replay changes nothing).
 
 No record stops a partition for good, and none stops another partition
-(``RecordRetries``): a record the handler refuses (``BadRecord``) is dead-lettered at
-once; one whose handler fails because Redis or the broker is away is retried with
-back-off until they are back, its partition paused meanwhile while the others flow;
-one whose handler fails otherwise is retried ``max_attempts`` times, then
-dead-lettered with the exception. A record held longer than ``stuck_after_s`` makes
-the service's health NOT_SERVING, with the reason logged, until it moves on.
-
-| env var                        | default | meaning                                  |
-|--------------------------------|---------|------------------------------------------|
-| LADDER_CONSUMER_MAX_ATTEMPTS   | 3       | handler failures (other than an outage)  |
-|                                |         | before a record is dead-lettered         |
-| LADDER_CONSUMER_STUCK_SECONDS  | 30      | a record held this long: health degraded |
+(``RecordRetries``, with the failure policy of ``ladder.poison``): a record no retry can
+fix (``BadRecord``, a value out of range, ...) is dead-lettered at once; one whose
+handler fails because Redis or the broker is away is retried with back-off until they
+are back, its partition paused meanwhile while the others flow; one whose handler fails
+otherwise is retried ``LADDER_CONSUMER_MAX_ATTEMPTS`` times, then dead-lettered with the
+exception. A record held longer than ``LADDER_CONSUMER_STUCK_SECONDS`` makes the
+service's health NOT_SERVING, with the reason logged, until it moves on.
 
 A dead letter carries at most ``DEAD_LETTER_PAYLOAD_BYTES`` (64 KiB) of the record and
 ``DEAD_LETTER_REASON_CHARS`` of the reason, the truncation stated in the reason.
@@ -33,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
@@ -42,13 +36,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import confluent_kafka
-import redis
 from google.protobuf.message import Message
 
-from ladder import errors, limits, telemetry
+from ladder import limits, telemetry
 from ladder.codec import BadRecord
 from ladder.config import BrokerProfile, Settings
 from ladder.gaps import GapGuard
+from ladder.poison import PoisonPolicy, describe, gives_up, is_outage
 from ladder.retry import backoff_delay
 from ladder.v1 import events_pb2
 
@@ -165,46 +159,6 @@ def dead_letter_record(
     )
 
 
-# Failures that say a dependency is away, not that the record is bad: the record is
-# retried until it is back, never dropped.
-OUTAGES: tuple[type[BaseException], ...] = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.ReadOnlyError,  # a replica while a failover promotes it
-    errors.Unavailable,
-    confluent_kafka.KafkaException,
-    ConnectionError,
-    TimeoutError,  # SendResult.get: the broker did not acknowledge in time
-    BufferError,
-)
-
-
-def is_outage(exc: BaseException) -> bool:
-    return isinstance(exc, OUTAGES)
-
-
-@dataclass(frozen=True)
-class PoisonPolicy:
-    """How long a record may fail before it is dead-lettered or the service's health
-    says so (env vars in the module docstring)."""
-
-    max_attempts: int = 3
-    stuck_after_s: float = 30.0
-
-    @classmethod
-    def from_env(cls) -> PoisonPolicy:
-        policy = cls(
-            max_attempts=int(os.environ.get("LADDER_CONSUMER_MAX_ATTEMPTS", cls.max_attempts)),
-            stuck_after_s=float(
-                os.environ.get("LADDER_CONSUMER_STUCK_SECONDS", cls.stuck_after_s)
-            ),
-        )
-        if policy.max_attempts < 1 or policy.stuck_after_s <= 0:
-            raise ValueError(f"LADDER_CONSUMER_MAX_ATTEMPTS must be >= 1 and "
-                             f"LADDER_CONSUMER_STUCK_SECONDS > 0: {policy}")
-        return policy
-
-
 @dataclass
 class Held:
     """A record whose partition waits for it to be handled."""
@@ -239,11 +193,8 @@ class RecordRetries:
         if held is None or held.offset != offset:
             held = self._held[tp] = Held(offset, since=now)
         held.attempts += 1
-        held.error = f"{type(exc).__name__}: {exc}"
-        give_up = isinstance(exc, BadRecord) or (
-            not is_outage(exc) and held.attempts >= self.policy.max_attempts
-        )
-        if give_up:
+        held.error = describe(exc)
+        if gives_up(exc, held.attempts, self.policy.max_attempts):
             del self._held[tp]
             return Verdict(held.attempts, None)
         held.retry_at = now + backoff_delay(held.attempts)

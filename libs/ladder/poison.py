@@ -1,10 +1,9 @@
-"""Poison records in the Faust (aiokafka) consumers: what a stage does with a record it
-failed to handle, and the records it sets aside while their study is unknown.
+"""Poison records: what every consumer does with a record it failed to handle (the
+librdkafka ``ladder.bus.ConsumerLoop`` and the Faust stages of early-stop alike), and
+the records early-stop sets aside while their study is unknown.
 
-The policy is ``ladder.bus``'s (``PoisonPolicy``, ``is_outage``, ``dead_letter_record``,
-which cuts a dead letter's payload to 64 KiB) plus what the Faust consumers meet that
-the librdkafka ones do not: aiokafka's errors. A failure is one of three kinds
-(``classify``):
+A dead letter's payload and reason are capped by ``ladder.bus.dead_letter_record``.
+A failure is one of three kinds (``classify``):
 
 - ``BadRecord`` and the errors a retry cannot change (a value out of range for its
   protobuf field, a number too large for a float, text that is not UTF-8, a record
@@ -18,15 +17,66 @@ the librdkafka ones do not: aiokafka's errors. A failure is one of three kinds
 from __future__ import annotations
 
 import enum
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import confluent_kafka
+import redis
 from aiokafka import errors as kafka_errors
 
-from ladder.bus import is_outage
+from ladder import errors
 from ladder.codec import BadRecord
+
+# Failures that say a dependency is away, not that the record is bad: the record is
+# retried until it is back, never dropped.
+OUTAGES: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ReadOnlyError,  # a replica while a failover promotes it
+    errors.Unavailable,
+    confluent_kafka.KafkaException,
+    ConnectionError,
+    TimeoutError,  # SendResult.get: the broker did not acknowledge in time
+    BufferError,
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, OUTAGES)
+
+
+@dataclass(frozen=True)
+class PoisonPolicy:
+    """How long a record may fail before it is dead-lettered or the service's health
+    says so.
+
+    | env var                        | default | meaning                                  |
+    |--------------------------------|---------|------------------------------------------|
+    | LADDER_CONSUMER_MAX_ATTEMPTS   | 3       | handler failures of an unknown kind      |
+    |                                |         | before a record is dead-lettered         |
+    | LADDER_CONSUMER_STUCK_SECONDS  | 30      | a record held this long: health degraded |
+    """
+
+    max_attempts: int = 3
+    stuck_after_s: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> PoisonPolicy:
+        policy = cls(
+            max_attempts=int(os.environ.get("LADDER_CONSUMER_MAX_ATTEMPTS", cls.max_attempts)),
+            stuck_after_s=float(
+                os.environ.get("LADDER_CONSUMER_STUCK_SECONDS", cls.stuck_after_s)
+            ),
+        )
+        if policy.max_attempts < 1 or policy.stuck_after_s <= 0:
+            raise ValueError(
+                f"LADDER_CONSUMER_MAX_ATTEMPTS must be >= 1 and "
+                f"LADDER_CONSUMER_STUCK_SECONDS > 0: {policy}"
+            )
+        return policy
 
 # Kafka errors aiokafka does not mark retriable but that a broker coming back cures.
 _KAFKA_TRANSIENT = (kafka_errors.KafkaConnectionError, kafka_errors.KafkaTimeoutError)

@@ -82,8 +82,8 @@ from typing import Any
 
 import faust
 from ladder import telemetry
-from ladder.bus import PoisonPolicy
 from ladder.config import Settings, service_parser
+from ladder.poison import PoisonPolicy
 
 from services.earlystop.agents import EarlyStopAgents
 from services.earlystop.app import (

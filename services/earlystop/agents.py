@@ -54,10 +54,10 @@ from typing import Any
 import faust
 from google.protobuf.message import Message
 from ladder import poison, telemetry
-from ladder.bus import PoisonPolicy, dead_letter_record
+from ladder.bus import dead_letter_record
 from ladder.codec import BadRecord, decode, parse_metric_report
 from ladder.config import Settings
-from ladder.poison import ParkingLot
+from ladder.poison import ParkingLot, PoisonPolicy
 from ladder.retry import backoff_delay, retry_forever
 from ladder.schedulers import Action, CurveState, RungDecision, SchedulerSpec
 from ladder.schedulers.engine import Crossing, EarlyStopEngine

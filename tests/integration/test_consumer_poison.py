@@ -14,8 +14,9 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from ladder.bus import ConsumerLoop, EventProducer, PoisonPolicy, Record
+from ladder.bus import ConsumerLoop, EventProducer, Record
 from ladder.config import Settings
+from ladder.poison import PoisonPolicy
 from ladder.testing import decoded, read_topic, unless_not_found, wait_for
 from ladder.v1 import events_pb2, lineage_pb2, lineage_pb2_grpc, trial_pb2
 from test_bus import new_topic

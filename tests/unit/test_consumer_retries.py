@@ -4,8 +4,9 @@ stuck (ladder.bus.RecordRetries; the clock is passed in)."""
 from __future__ import annotations
 
 import redis
-from ladder.bus import PoisonPolicy, RecordRetries
+from ladder.bus import RecordRetries
 from ladder.codec import BadRecord
+from ladder.poison import PoisonPolicy
 
 TP = ("t.metrics", 0)
 
@@ -50,3 +51,10 @@ def test_another_offset_starts_its_own_count() -> None:
     retries = RecordRetries(PoisonPolicy(max_attempts=2))
     retries.failed(TP, 5, KeyError(), now=0.0)
     assert retries.failed(TP, 6, KeyError(), now=1.0).attempts == 1
+
+
+def test_an_error_no_retry_can_fix_is_dead_lettered_at_once_as_in_early_stop() -> None:
+    # One classification (ladder.poison) for the librdkafka and the Faust consumers.
+    retries = RecordRetries(PoisonPolicy(max_attempts=3))
+    verdict = retries.failed(TP, 5, ValueError("Value out of range: 1e400"), now=0.0)
+    assert verdict.attempts == 1 and verdict.retry_at is None and not retries.holding

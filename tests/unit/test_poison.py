@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from aiokafka import errors as kafka_errors
 from ladder import poison
-from ladder.bus import PoisonPolicy
-from ladder.poison import Failure, ParkingLot
+from ladder.poison import Failure, ParkingLot, PoisonPolicy
 from ladder.testing import FakeApp, fake_event
 from ladder.v1 import events_pb2
 from test_earlystop_engine import agents_over_fakes
