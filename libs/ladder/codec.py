@@ -26,6 +26,8 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from ladder import limits
+from ladder.errors import InvalidArgument
 from ladder.v1 import events_pb2
 
 M = TypeVar("M", bound=Message)
@@ -167,4 +169,9 @@ def parse_metric_report(payload: bytes | None) -> events_pb2.MetricReport:
         raise BadRecord("metric report needs study_id and trial_id")
     if not math.isfinite(report.step) or report.step < 0:
         raise BadRecord(f"metric report step must be finite and >= 0, got {report.step}")
+    try:
+        # Plain Kafka clients skip the gRPC edge: the same limits apply here.
+        limits.check(report)
+    except InvalidArgument as exc:
+        raise BadRecord(f"metric report {exc}") from None
     return report

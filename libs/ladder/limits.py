@@ -44,6 +44,7 @@ Pure code (no I/O).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -145,25 +146,40 @@ def check(message: object, path: str = "") -> None:
         _check(message, path)
 
 
+@functools.cache
+def _plan(descriptor: Descriptor) -> Mapping[int, tuple[Limit, bool, bool]]:
+    """Per field number: its limit, whether it is a map, whether it is repeated. Cached
+    per message type: the check runs on every request and every metric report."""
+    return {f.number: (_limit(f), _is_map(f), _repeated(f)) for f in descriptor.fields}
+
+
 def _check(message: Message, path: str) -> None:
+    plan = _plan(message.DESCRIPTOR)
     for field, value in message.ListFields():
-        where = f"{path}.{field.name}" if path else field.name
-        limit = _limit(field)
-        if _is_map(field):
-            _check_map(field, value, where, limit)
-        elif _repeated(field):
+        limit, is_map, repeated = plan[field.number]
+        if is_map:
+            _check_map(field, value, _path(path, field), limit)
+        elif repeated:
             if limit.count is not None and len(value) > limit.count:
+                where = _path(path, field)
                 raise InvalidArgument(f"{where}: {len(value)} entries, at most {limit.count}")
             for i, item in enumerate(value):
-                _check_value(field, item, f"{where}[{i}]", limit)
-        else:
-            _check_value(field, value, where, limit)
+                _check_value(field, item, f"{_path(path, field)}[{i}]", limit)
+        elif isinstance(value, Message):
+            _check(value, _path(path, field))
+        elif isinstance(value, str | bytes) and limit.size is not None:
+            if len(value) > limit.size:
+                _too_long(_path(path, field), value, limit.size)
     # After the fields, so a single oversize field is the one named.
     cap = MESSAGE_BYTES.get(message.DESCRIPTOR.full_name)
     if cap is not None:
         size = message.ByteSize()
         if size > cap:
             raise InvalidArgument(f"{path or message.DESCRIPTOR.name}: {size} bytes, at most {cap}")
+
+
+def _path(path: str, field: FieldDescriptor) -> str:
+    return f"{path}.{field.name}" if path else field.name
 
 
 def _check_map(field: FieldDescriptor, value: Mapping, where: str, limit: Limit) -> None:

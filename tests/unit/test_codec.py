@@ -59,3 +59,12 @@ def test_protobuf_with_unknown_fields_is_rejected() -> None:
     other = events_pb2.DeadLetter(source_topic="x", reason="y", ts_ms=5).SerializeToString()
     with pytest.raises(BadRecord, match="unknown field numbers"):
         decode(events_pb2.MetricReport, other + b"\x78\x01")
+
+
+def test_a_metric_report_over_a_size_limit_is_a_bad_record() -> None:
+    # Plain Kafka publishers skip the gRPC edge; the limits of ladder.limits hold here too.
+    payload = json.dumps(
+        {"study_id": "s" * 10_000, "trial_id": "t1", "step": 1, "value": 0.5}
+    ).encode()
+    with pytest.raises(BadRecord, match=r"study_id: 10000 characters, at most 128"):
+        parse_metric_report(payload)
