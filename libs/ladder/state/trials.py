@@ -319,7 +319,9 @@ class TrialStore:
         status = _text(status)
         if status != "RESUMED":
             return status, None
-        return status, self._transition(trial_id, "", "OK", _pairs(flat), "promote", box)
+        return status, self._transition(
+            trial_id, "", "OK", _pairs(flat), "promote", box[0] if box else []
+        )
 
     # ----------------------------------------------------------- evaluate side
 
