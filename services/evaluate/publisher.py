@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+import zlib
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from ladder.bus import EventProducer, now_ms
@@ -13,6 +16,13 @@ from ladder.v1 import events_pb2
 
 log = logging.getLogger("ladder.evaluate.publish")
 
+# A trial's events are sent under one of these locks (by a hash of its id), so the
+# sweeper and a request never send the same trial's events at once.
+_STRIPES = 64
+# Events this process published lately: a request's transition lists the trial's
+# earlier unacknowledged events, and one the sweeper has just sent is not sent again.
+_REMEMBERED = 10_000
+
 
 class TransitionPublisher:
     def __init__(self, settings: Settings, producer: EventProducer, trials: TrialStore) -> None:
@@ -20,6 +30,9 @@ class TransitionPublisher:
         self.producer = producer
         self.trials = trials
         self.hostname = socket.gethostname()
+        self._locks = [threading.Lock() for _ in range(_STRIPES)]
+        self._sent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._sent_lock = threading.Lock()
 
     def publish(self, transition: Transition) -> bool:
         """Send the trial's earlier unacknowledged events, then this transition's
@@ -39,9 +52,22 @@ class TransitionPublisher:
         failed: set[str] = set()
         for transition in transitions:
             trial_id = transition.trial.trial_id
-            if trial_id in failed or not self._send(transition):
-                failed.add(trial_id)
+            if trial_id in failed:
+                continue
+            with self._locks[zlib.crc32(trial_id.encode()) % _STRIPES]:
+                if not self._already_sent(transition) and not self._send(transition):
+                    failed.add(trial_id)
         return not failed
+
+    def _already_sent(self, transition: Transition) -> bool:
+        with self._sent_lock:
+            return (transition.trial.trial_id, transition.token) in self._sent
+
+    def _remember(self, transition: Transition) -> None:
+        with self._sent_lock:
+            self._sent[(transition.trial.trial_id, transition.token)] = None
+            while len(self._sent) > _REMEMBERED:
+                self._sent.popitem(last=False)
 
     def _send(self, transition: Transition) -> bool:
         trial = transition.trial
@@ -56,6 +82,7 @@ class TransitionPublisher:
                 extra={"trial_id": trial.trial_id, "study_id": trial.study_id},
             )
             return False
+        self._remember(transition)
         self.trials.ack(trial.trial_id, transition.token)
         log.info(
             "%s %s: %s",
