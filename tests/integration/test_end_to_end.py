@@ -118,9 +118,10 @@ def test_plain_json_metrics_drive_decisions_heartbeats_and_lineage(system: dict)
         lambda: (lin := unless_not_found(lambda: client.lineage(worst_tid)))
         and lin.metrics
         and lin.decisions
+        and lin.attempts  # each topic reaches lineage on its own schedule
         and lin,
         60,
-        "lineage with the metric point and the decision",
+        "lineage with the metric point, the decision and the attempt",
     )
     assert [(p.step, p.value) for p in lineage.metrics] == [(1.0, 0.90)]
     assert any(d.action == events_pb2.STOP for d in lineage.decisions)
