@@ -469,7 +469,13 @@ class LadderClient:
         if self._producer is None:
             from ladder.bus import EventProducer  # the Kafka client only when metrics are sent
 
-            self._producer = EventProducer(self.settings, self._producer_name)
+            # A report waits for the broker as long as a call waits for a service:
+            # a broker restart within the retry budget loses no metric point.
+            self._producer = EventProducer(
+                self.settings,
+                self._producer_name,
+                delivery_timeout_s=max(30.0, self.retry_timeout),
+            )
         return self._producer
 
     def flush(self, timeout: float = 10.0) -> None:
