@@ -55,9 +55,29 @@ class TransitionPublisher:
             if trial_id in failed:
                 continue
             with self._locks[zlib.crc32(trial_id.encode()) % _STRIPES]:
-                if not self._already_sent(transition) and not self._send(transition):
+                if self._already_sent(transition):
+                    # Its ack may be what failed: an event left in the outbox would be
+                    # found by every sweep and, never acknowledged, would keep one of
+                    # ``outbox_due``'s slots for good. Acknowledging twice changes nothing.
+                    self._ack(transition)
+                elif not self._send(transition):
                     failed.add(trial_id)
         return not failed
+
+    def _ack(self, transition: Transition) -> None:
+        """Clear a published event from the outbox. A failure is logged, not raised:
+        the event is on the topic (the caller's answer must not say otherwise), and
+        the sweeper acknowledges it on its next pass."""
+        trial = transition.trial
+        try:
+            self.trials.ack(trial.trial_id, transition.token)
+        except Exception:  # noqa: BLE001 - Redis away; the outbox relay retries the ack
+            log.exception(
+                "%s of %s published but not acknowledged in the outbox",
+                transition.token,
+                trial.trial_id,
+                extra={"trial_id": trial.trial_id, "study_id": trial.study_id},
+            )
 
     def _already_sent(self, transition: Transition) -> bool:
         with self._sent_lock:
@@ -83,7 +103,7 @@ class TransitionPublisher:
             )
             return False
         self._remember(transition)
-        self.trials.ack(trial.trial_id, transition.token)
+        self._ack(transition)
         log.info(
             "%s %s: %s",
             events_pb2.TrialEventKind.Name(transition.event_kind),
