@@ -166,6 +166,20 @@ def test_a_failing_refit_is_retried_and_the_loop_survives(
     assert buffer.take(1)[0].algorithm == "scripted"
 
 
+def test_a_refit_failing_after_new_observations_is_retried_until_the_buffer_is_fresh(
+    stoppers: list[SuggestionPolicy],
+) -> None:
+    buffer, model, store = make(capacity=4)
+    stoppers.append(buffer.start())
+    until(lambda: buffer.stats.buffered == 4)  # computed with no observations
+    model.fail_next = 1
+    store.add([obs(i) for i in range(50)])
+    until(lambda: buffer.stats.failed_refits == 1)
+    # The buffer is still full (above low water), but stale: the retry must come.
+    until(lambda: buffer.stats.observations == 50 and buffer.stats.buffered == 4, timeout=5)
+    assert [s.params["x"] for s in buffer.take(4)] == [0.5] * 4
+
+
 def test_stop_ends_the_refit_thread_and_is_idempotent() -> None:
     buffer, _, _ = make()
     buffer.start()

@@ -252,6 +252,8 @@ class SuggestionPolicy:
                 with self._wake:
                     self._stats = replace(self._stats, failed_refits=self._stats.failed_refits + 1)
                     self._retry_at = time.monotonic() + RETRY_SECONDS
+                    # The buffer still predates the observations that made it stale.
+                    self._stale = self._stale or stale
 
     def _refit(self, stale: bool, keep: list[Proposal]) -> None:
         assert self.refit is not None
