@@ -535,7 +535,7 @@ class LadderClient:
             reply = self._call(self._suggest, "Suggest", request, "Suggest")
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                raise BudgetExhausted(None, exc.details()) from exc
+                raise BudgetExhausted(None, exc.details() or "budget exhausted") from exc
             raise
         return list(reply.suggestions)
 

@@ -8,7 +8,6 @@ rest)."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from collections.abc import Callable, Mapping
@@ -118,10 +117,9 @@ MESSAGE_SIZE_OPTIONS = (
 
 class ServiceHost:
     def __init__(
-        self, name: str, port: int, host: str | None = None, workers: int = 16
+        self, name: str, port: int, host: str = "127.0.0.1", workers: int = 16
     ) -> None:
-        # Loopback by default; containers set LADDER_BIND_HOST=0.0.0.0.
-        host = host or os.environ.get("LADDER_BIND_HOST", "127.0.0.1")
+        # The services pass Settings.bind_host (LADDER_BIND_HOST; containers: 0.0.0.0).
         self.name = name
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name),

@@ -134,9 +134,9 @@ class EarlyStopWorker(faust.Worker):
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
         # What exists now (modules, the app, recovered tables) lives as long as the
-        # process: out of the collector's sight, and full collections rarer. Measured
-        # at 1,000 workers: a gen-2 collection every ~8 s paused the loop 40-90 ms and
-        # freed nothing.
+        # process: out of the collector's sight, and full collections rarer: a gen-2
+        # collection would pause the loop tens of ms and free nothing
+        # (bench/README.md, "Early-stop scale").
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
         self._serving = asyncio.ensure_future(self._serve_once_studies_read())

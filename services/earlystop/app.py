@@ -286,9 +286,9 @@ class _PausingRecovery(Recovery):
 
     Faust 0.15 pauses them only when there was something to recover; after a recovery
     that found the changelogs already read (a fresh worker, for one) they stay
-    assigned and unpaused, so the worker fetched back every table write it made,
-    decoded it and applied it again: about a third of the app's CPU per metric point,
-    and the metrics and rungs topics waited behind those fetches.
+    assigned and unpaused, so the worker would fetch back every table write it makes,
+    decode it and apply it again, and the metrics and rungs topics would wait behind
+    those fetches (bench/README.md, "Early-stop on the embedded broker").
     """
 
     logger = _FAUST_LOG

@@ -85,8 +85,8 @@ async def write_in_partition(table: faust.Table, partition: int, key: Any, value
     a table's changelog partitions), so a worker taking the partition over recovers it.
     The changelog record goes straight to the producer: ``table[key] = value`` queues
     it in Faust's producer buffer, which sends one record per event-loop turn and,
-    once 100 records wait, stops the stream until it drained -- at a table write per
-    metric point that buffer was what capped stage 1.
+    once 100 records wait, stops the stream until it drained: at a table write per
+    metric point that buffer would cap stage 1.
     """
     table.data[key] = value
     await table.changelog_topic.send(

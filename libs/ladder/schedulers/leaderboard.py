@@ -24,7 +24,7 @@ class RungLeaderboard:
     promoted: set[str] = field(default_factory=set)
     # Sorted index of (sign * value, trial id), NaN values left out (never better than
     # anything): rank and order in O(log n) / O(n) instead of a sort per decision,
-    # which dominated a decision on rungs of thousands of trials. Rebuilt when
+    # which would dominate a decision on rungs of thousands of trials. Rebuilt when
     # ``values`` was changed behind its back or ``maximize`` changed.
     _keys: list[tuple[float, str]] = field(
         default_factory=list, init=False, repr=False, compare=False
