@@ -169,6 +169,10 @@ class Held:
     retry_at: float = math.inf
     error: str = ""
     paused: bool = False  # its partition is paused until ``retry_at``
+    # Given up on: the dead letter's reason, while sending it (or ``on_done`` after it)
+    # still fails. The handler is not run again for it.
+    dead_letter: str | None = None
+    lettered: bool = False  # the dead letter is on its topic; only ``on_done`` is left
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,38 @@ class RecordRetries:
         held.retry_at = now + backoff_delay(held.attempts)
         held.paused = True
         return Verdict(held.attempts, held.retry_at)
+
+    def finish_failed(
+        self,
+        tp: Hashable,
+        offset: int,
+        reason: str,
+        lettered: bool,
+        exc: BaseException,
+        now: float,
+    ) -> Verdict:
+        """Sending the dead letter of a record given up on (``lettered``: the
+        ``on_done`` after it) failed with ``exc``: only that step is tried again, after
+        a back-off, whatever ``exc`` is. Never given up on: the record has already had
+        its attempts, and the partition must not move on without its dead letter."""
+        held = self._held.get(tp)
+        if held is None or held.offset != offset:
+            held = self._held[tp] = Held(offset, since=now)
+        held.attempts += 1
+        held.error = f"dead letter not sent: {describe(exc)}"
+        held.dead_letter = reason
+        held.lettered = held.lettered or lettered
+        held.retry_at = now + backoff_delay(held.attempts)
+        held.paused = True
+        return Verdict(held.attempts, held.retry_at)
+
+    def finishing(self, tp: Hashable, offset: int) -> tuple[str, bool] | None:
+        """For the held record at ``offset`` when what is left of it is its dead
+        letter: the letter's reason and whether it was sent already."""
+        held = self._held.get(tp)
+        if held is None or held.offset != offset or held.dead_letter is None:
+            return None
+        return held.dead_letter, held.lettered
 
     def succeeded(self, tp: Hashable) -> None:
         self._held.pop(tp, None)
@@ -441,8 +477,9 @@ class ConsumerLoop:
     A handler raising ``BadRecord`` sends the record to dead-letter; other failures
     are retried as the module docstring says, holding only the record's partition.
     ``on_done(record)`` runs once a record was handled or dead-lettered (a failure
-    there retries the record); ``on_health(reason | None)`` when the consumer gets
-    stuck and when it moves again (``health_of``).
+    there retries the handled record; for a dead-lettered one, only what failed of the
+    dead letter and ``on_done`` is retried, with back-off); ``on_health(reason |
+    None)`` when the consumer gets stuck and when it moves again (``health_of``).
     """
 
     def __init__(
@@ -644,6 +681,9 @@ class ConsumerLoop:
             headers=list(raw.headers() or []),
             timestamp_ms=raw.timestamp()[1],
         )
+        finishing = self._retries.finishing((record.topic, record.partition), record.offset)
+        if finishing is not None:  # given up on before: the handler does not run again
+            return self._finish(record, *finishing)
         traced = record.topic not in self.untraced_topics
         parent = telemetry.extract_context(record.headers) if traced else None
         with (
@@ -685,16 +725,36 @@ class ConsumerLoop:
         )
         if not isinstance(exc, BadRecord):
             log.error("giving up on %s", where, exc_info=exc, extra={"topic": record.topic})
+        return self._finish(record, reason, lettered=False)
+
+    def _finish(self, record: Record, reason: str, lettered: bool) -> bool:
+        """Dead-letter a record given up on, then ``on_done``; False when that failed
+        and the record is held to retry this step alone (``lettered``: the dead
+        letter was sent before, so only ``on_done`` is left)."""
+        tp = (record.topic, record.partition)
         try:
-            self.producer.dead_letter(
-                record.topic, reason, record.value, record.partition, record.offset
-            )
+            if not lettered:
+                self.producer.dead_letter(
+                    record.topic, reason, record.value, record.partition, record.offset
+                )
+                lettered = True
+                self.dead_lettered += 1
             if self.on_done is not None:
                 self.on_done(record)
-        except Exception as send_error:  # noqa: BLE001 - the broker away: hold it
-            self._retries.failed(tp, record.offset, send_error, time.monotonic())
-            log.exception("cannot dead-letter %s; holding it", where)
+        except Exception as exc:  # noqa: BLE001 - the broker away: hold it
+            verdict = self._retries.finish_failed(
+                tp, record.offset, reason, lettered, exc, time.monotonic()
+            )
+            log.exception(
+                "cannot %s %s[%d]@%d; retrying in %.1fs",
+                "finish dead-lettered" if lettered else "dead-letter",
+                record.topic,
+                record.partition,
+                record.offset,
+                (verdict.retry_at or 0.0) - time.monotonic(),
+                extra={"topic": record.topic},
+            )
             return False
-        self.dead_lettered += 1
+        self._retries.succeeded(tp)
         self.processed += 1
         return True
