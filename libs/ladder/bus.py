@@ -143,11 +143,15 @@ def dead_letter_record(
     # A reason quoting the bad input can hold lone surrogates, which a protobuf string
     # refuses.
     reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(reason) > DEAD_LETTER_REASON_CHARS:
-        reason = reason[: DEAD_LETTER_REASON_CHARS - 16] + f" [+{len(reason)} chars]"
+    notes = ""
     if len(payload) > DEAD_LETTER_PAYLOAD_BYTES:
-        reason += f" [payload truncated to {DEAD_LETTER_PAYLOAD_BYTES} of {len(payload)} bytes]"
+        notes = f" [payload truncated to {DEAD_LETTER_PAYLOAD_BYTES} of {len(payload)} bytes]"
         payload = payload[:DEAD_LETTER_PAYLOAD_BYTES]
+    # Cut last, the notes counted: the whole reason, notes included, must fit its limit.
+    if len(reason) + len(notes) > DEAD_LETTER_REASON_CHARS:
+        notes = f" [+{len(reason)} chars]{notes}"
+        reason = reason[: DEAD_LETTER_REASON_CHARS - len(notes)]
+    reason += notes
     return events_pb2.DeadLetter(
         source_topic=source_topic,
         source_partition=partition,

@@ -164,3 +164,13 @@ def test_a_dead_letter_of_anything_fits_in_one_broker_record(
     assert len(letter.SerializeToString()) < 64 * 1024 + 4 * 4096 + 256
     if len(payload) * repeat > 64 * 1024:
         assert f"of {len(payload) * repeat} bytes" in letter.reason
+    # The reason with its truncation notes stays within its own limit.
+    assert len(letter.reason) <= 4096
+
+
+def test_a_long_reason_with_a_long_payload_keeps_both_notes_within_the_limit() -> None:
+    letter = dead_letter_record("svc", "p.metrics", "r" * 10_000, b"p" * 100_000)
+    assert len(letter.reason) == 4096
+    assert letter.reason.endswith(
+        " [+10000 chars] [payload truncated to 65536 of 100000 bytes]"
+    )
