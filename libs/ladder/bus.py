@@ -351,6 +351,11 @@ class SendResult:
                 log.exception("producer delivery callback failed")
 
 
+# How long past delivery.timeout.ms a waiting send expects librdkafka's delivery report
+# (it scans for timed-out records about once a second).
+DELIVERY_REPORT_GRACE_S = 5.0
+
+
 class EventProducer:
     """Produces with librdkafka (confluent-kafka), whose C sender costs a fraction of
     a pure-Python producer's CPU per record (bench/README.md).
@@ -374,6 +379,7 @@ class EventProducer:
     ) -> None:
         self.settings = settings
         self.service = service
+        self.delivery_timeout_s = delivery_timeout_s
         self._producer = confluent_kafka.Producer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -427,7 +433,11 @@ class EventProducer:
                 except BufferError:  # the local queue is full: let deliveries drain it
                     self._producer.poll(0.1)
         if wait:
-            result.get(timeout=30)
+            # librdkafka keeps retrying a record until delivery.timeout.ms, then reports
+            # it failed: wait for that report, not less (an SDK sets its timeout to its
+            # retry budget so a broker restart loses no report), with a margin for the
+            # report to arrive.
+            result.get(timeout=self.delivery_timeout_s + DELIVERY_REPORT_GRACE_S)
         return result
 
     def dead_letter(
