@@ -89,7 +89,8 @@ def test_trial_event_carries_the_full_trial() -> None:
         "attempt 1",
         5,
     )
-    assert trial_event(Transition(trial=trial, changed=True), 1, "h").hostname == "h"
+    # No recorded host: the event says none, whichever host publishes it.
+    assert trial_event(Transition(trial=trial, changed=True), 1, "h").hostname == ""
 
 
 @pytest.mark.parametrize("name", lua.TRIAL_SCRIPTS)

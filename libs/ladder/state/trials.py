@@ -11,8 +11,8 @@ them all in version order for re-publishing, and a new transition carries the
 earlier unacknowledged ones (``Transition.earlier``) so its publisher sends them
 first. So no event is lost and a trial's events reach the topic in order (at
 least once); consumers are idempotent, and a re-published event is the same
-bytes (same snapshot, same ``ts_ms``). Idempotent repeats (same attempt, same
-call) return ``changed=False``.
+bytes (same snapshot, same ``ts_ms``, same hostname). Idempotent repeats (same
+attempt, same call) return ``changed=False``.
 """
 
 from __future__ import annotations
@@ -81,13 +81,19 @@ def _float(raw: bytes | None) -> float:
 
 def trial_event(transition: Transition, ts_ms: int, hostname: str = "") -> events_pb2.TrialEvent:
     """The TrialEvent announcing ``transition`` (topic trials, key = study id); its
-    time is the transition's when known, so a re-publish repeats the same event."""
+    time is the transition's when known, so a re-publish repeats the same event.
+
+    Its hostname is the one the trial recorded (the host its attempt started on),
+    never the publisher's: a copy re-published from another host must be the same
+    bytes, or lineage's digest de-duplication keeps both. ``hostname`` is therefore
+    not used."""
+    del hostname
     event = events_pb2.TrialEvent(
         kind=transition.event_kind,
         reason=transition.reason,
         ts_ms=transition.ts_ms or ts_ms,
         algorithm=transition.algorithm,
-        hostname=transition.hostname or hostname,
+        hostname=transition.hostname,
         environment=transition.environment,
     )
     event.trial.CopyFrom(transition.trial)
