@@ -5,6 +5,7 @@ same tests by adding itself to ``BACKENDS``."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -279,3 +280,24 @@ def test_the_relay_waits_for_the_oldest_unacknowledged_event(store: State) -> No
     # A fresh event belongs to its publisher for a while; the relay leaves it alone.
     assert _due_of(store, trial_id, older_than=60) == []
     assert [v for v, _, _ in _due_of(store, trial_id)] == [3]
+
+
+def test_a_suggestion_suggest_did_not_publish_in_time_goes_before_the_next_event(
+    store: State,
+) -> None:
+    store.trials.outbox_retry_seconds = 0.2
+    study_id = new_study(store)
+    (trial_id,) = new_trials(store, study_id, 1)
+    time.sleep(0.3)  # suggest died before publishing its TRIAL_SUGGESTED
+    started = store.trials.start(trial_id, "a1", "w1", 30)
+    # Published ahead of TRIAL_STARTED, not left for the relay to send after it.
+    assert [(t.version, t.event_kind) for t in started.earlier] == [
+        (1, events_pb2.TRIAL_SUGGESTED)
+    ]
+
+
+def test_a_fresh_suggestion_is_left_to_suggest(store: State) -> None:
+    store.trials.outbox_retry_seconds = 60
+    study_id = new_study(store)
+    (trial_id,) = new_trials(store, study_id, 1)
+    assert store.trials.start(trial_id, "a1", "w1", 30).earlier == ()

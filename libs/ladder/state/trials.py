@@ -13,6 +13,13 @@ first. So no event is lost and a trial's events reach the topic in order (at
 least once); consumers are idempotent, and a re-published event is the same
 bytes (same snapshot, same ``ts_ms``, same hostname). Idempotent repeats (same
 attempt, same call) return ``changed=False``.
+
+One exception to the order: suggest publishes TRIAL_SUGGESTED itself, with the
+surrogate's prediction, off the request path, so a transition within
+``outbox_retry_seconds`` of the suggestion leaves it out of ``earlier`` (a copy
+sent first would race suggest's own). Once the suggestion is older than that,
+suggest had its chance (it died, or its broker was down): ``earlier`` carries it
+again, so it is published before the later event instead of after it by the relay.
 """
 
 from __future__ import annotations
@@ -169,10 +176,19 @@ def _state_name(state: int) -> str:
     return trial_pb2.TrialState.Name(state) if state in trial_pb2.TrialState.values() else "?"
 
 
+# Default of LADDER_OUTBOX_RETRY_SECONDS, evaluate's relay age.
+OUTBOX_RETRY_SECONDS = 10.0
+
+
 class TrialStore:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, outbox_retry_seconds: float = OUTBOX_RETRY_SECONDS
+    ) -> None:
         self.r = client
         self.keys = keys
+        # How long suggest gets to publish a TRIAL_SUGGESTED itself; set it to the
+        # relay's age (evaluate's --outbox-retry-seconds).
+        self.outbox_retry_seconds = outbox_retry_seconds
         self._study_of: dict[str, str] = {}
         self._lock = threading.Lock()
         self._scripts = {
@@ -411,8 +427,15 @@ class TrialStore:
         *earlier, this = _outbox_events(fields, _pairs(box))
         # suggest publishes TRIAL_SUGGESTED itself, with the surrogate's prediction
         # (not kept here), off the request path: a copy sent ahead of the next event
-        # would race it. The relay (outbox_due) still re-publishes a lost one.
-        earlier = [e for e in earlier if e.event_kind != events_pb2.TRIAL_SUGGESTED]
+        # would race it. Past the relay's age suggest had its chance, and leaving the
+        # suggestion out would let the relay send it after this event.
+        suggest_window_ms = self.outbox_retry_seconds * 1000
+        earlier = [
+            e
+            for e in earlier
+            if e.event_kind != events_pb2.TRIAL_SUGGESTED
+            or this.ts_ms - e.ts_ms >= suggest_window_ms
+        ]
         return replace(this, earlier=tuple(earlier))
 
     def start(
