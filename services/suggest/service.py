@@ -13,6 +13,7 @@ import re
 import socket
 import time
 import uuid
+from collections import OrderedDict
 
 import grpc
 from ladder.bus import EventProducer, now_ms
@@ -78,25 +79,28 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         self.publisher = SuggestedPublisher(
             producer, state.trials, settings.topics.trials, self.hostname
         )
-        self._studies: dict[str, study_pb2.Study] = {}
+        # One StudySpec per study (its config is immutable), built once, when the
+        # study is created here or first read from Redis.
+        self._specs: dict[str, StudySpec] = {}
         # Studies whose seed configurations are all handed out (skip the counter).
         self._seeds_done: set[str] = set()
         # Params of the trials not yet finished, from the trials topic: a rung
         # decision becomes an observation without reading the trial from Redis.
-        self._running_params: dict[str, tuple[str, dict[str, PlainValue]]] = {}
+        self._running_params = RunningParams()
 
     # ------------------------------------------------------------ studies
 
     def CreateStudy(
         self, request: suggest_pb2.CreateStudyRequest, context: grpc.ServicerContext
     ) -> study_pb2.Study:
-        config = StudySpec.from_proto(request.config).to_proto()
+        spec = StudySpec.from_proto(request.config)
+        config = spec.to_proto()
         if request.study_id and not STUDY_ID.match(request.study_id):
             raise InvalidArgument(
                 f"study_id {request.study_id!r} must match {STUDY_ID.pattern} "
                 "(letters, digits, '.', '_', '-'; at most 64)",
             )
-        self._check_warm_start_source(config.warm_start, request.study_id)
+        self._check_warm_start_source(spec.warm_start.from_study_id, request.study_id)
         study = study_pb2.Study(
             study_id=request.study_id or f"st-{uuid.uuid4().hex[:12]}",
             config=config,
@@ -108,6 +112,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             raise AlreadyExists(
                 f"study {study.study_id!r} already exists with a different config",
             )
+        self._specs.setdefault(stored.study_id, spec)
         trace.get_current_span().set_attribute("ladder.study_id", stored.study_id)
         # Published (again, on a repeated create) before answering so downstream
         # consumers know the study before any trial event of it; the topic is
@@ -129,8 +134,8 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             stored.study_id,
             "created" if created else "already existed",
             len(config.space.parameters),
-            study_pb2.Algorithm.Name(config.algorithm),
-            config.partitions,
+            spec.algorithm.name,
+            spec.partitions,
             extra={"study_id": stored.study_id},
         )
         return stored
@@ -155,8 +160,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             result.get(timeout=timeout)
         return len(studies)
 
-    def _check_warm_start_source(self, warm: study_pb2.WarmStart, study_id: str) -> None:
-        source = warm.from_study_id
+    def _check_warm_start_source(self, source: str, study_id: str) -> None:
         if not source:
             return
         if not STUDY_ID.match(source):
@@ -169,16 +173,15 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         if self.state.studies.get(source) is None:
             raise NotFound(f"warm_start.from_study_id: study {source!r} not found")
 
-    def _study(self, study_id: str) -> study_pb2.Study:
+    def _spec(self, study_id: str) -> StudySpec:
         require(study_id, "study_id")
-        cached = self._studies.get(study_id)
+        cached = self._specs.get(study_id)
         if cached is not None:
             return cached
         study = self.state.studies.get(study_id)
         if study is None:
             raise NotFound(f"study {study_id!r} not found")
-        self._studies[study_id] = study  # config is immutable
-        return study
+        return self._specs.setdefault(study_id, StudySpec.from_proto(study.config))
 
     def GetStudy(
         self, request: suggest_pb2.GetStudyRequest, context: grpc.ServicerContext
@@ -199,17 +202,18 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         self, request: suggest_pb2.SuggestRequest, context: grpc.ServicerContext
     ) -> suggest_pb2.SuggestResponse:
         started = time.perf_counter()
-        study = self._study(request.study_id)
+        study_id = request.study_id
+        spec = self._spec(study_id)
         require(request.worker_id, "worker_id")
         if request.count < 0 or request.count > MAX_COUNT:
             raise InvalidArgument(f"count must be between 0 and {MAX_COUNT} (got {request.count})")
         count = request.count or 1
         span = trace.get_current_span()
-        span.set_attribute("ladder.study_id", study.study_id)
+        span.set_attribute("ladder.study_id", study_id)
         response = suggest_pb2.SuggestResponse()
 
         # Resumable trials first: their work so far is not wasted.
-        for trial in self.state.trials.claim_resumable(study.study_id, count, self.claim_seconds):
+        for trial in self.state.trials.claim_resumable(study_id, count, self.claim_seconds):
             response.suggestions.add(trial=trial, resumed=True, algorithm="resume")
             log.info(
                 "resumable trial %s handed to %s (checkpoint %r at step %g)",
@@ -218,7 +222,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                 trial.checkpoint_uri,
                 trial.checkpoint_step,
                 extra={
-                    "study_id": study.study_id,
+                    "study_id": study_id,
                     "trial_id": trial.trial_id,
                     "worker_id": request.worker_id,
                 },
@@ -226,7 +230,9 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         remaining = count - len(response.suggestions)
         if remaining:
             try:
-                for transition, proposal in self._new_trials(study, request.worker_id, remaining):
+                for transition, proposal in self._new_trials(
+                    study_id, spec, request.worker_id, remaining
+                ):
                     response.suggestions.add(
                         trial=transition.trial,
                         resumed=False,
@@ -237,25 +243,25 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             except BudgetExhausted:
                 if not response.suggestions:
                     raise
-        _suggested.add(len(response.suggestions), {"study_id": study.study_id})
+        _suggested.add(len(response.suggestions), {"study_id": study_id})
         _suggest_latency.record((time.perf_counter() - started) * 1000)
         return response
 
     def _new_trials(
-        self, study: study_pb2.Study, worker_id: str, count: int
+        self, study_id: str, spec: StudySpec, worker_id: str, count: int
     ) -> list[tuple[Transition, Proposal]]:
-        config = study.config
         # Cheap pre-check so an exhausted study does not burn sampler draws; the
         # budget itself is enforced atomically by CREATE_TRIALS.
-        if config.max_trials:
-            suggested = self.state.studies.suggested(study.study_id)
-            if suggested >= config.max_trials:
+        if spec.max_trials:
+            suggested = self.state.studies.suggested(study_id)
+            if suggested >= spec.max_trials:
                 raise BudgetExhausted(suggested)
-        partition = partition_of(worker_id, config.partitions)
-        proposals = self._seed_configurations(study, partition, count)
+        partition = partition_of(worker_id, spec.partitions)
+        proposals = self._seed_configurations(study_id, spec, partition, count)
         if len(proposals) < count:
-            proposals.extend(self.pool.policy(study, partition).take(count - len(proposals)))
-        self._count_buffer_lookups(study, proposals)
+            policy = self.pool.policy(study_id, spec, partition)
+            proposals.extend(policy.take(count - len(proposals)))
+        self._count_buffer_lookups(study_id, proposals)
         out: list[tuple[Transition, Proposal]] = []
         # One CREATE_TRIALS per run of equal algorithm names, so every trial records
         # (and its TRIAL_SUGGESTED event carries) what really chose its point.
@@ -263,15 +269,15 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             protos = []
             for item in group:
                 trial = trial_pb2.Trial(
-                    study_id=study.study_id,
-                    seed=derive_seed(config.seed, partition, item.draw),
+                    study_id=study_id,
+                    seed=derive_seed(spec.seed, partition, item.draw),
                     partition=partition,
                 )
                 fill_params(trial.params, item.params)
                 protos.append(trial)
             try:
                 created = self.state.trials.create_trials(
-                    study.study_id, protos, config.max_trials, self.claim_seconds, algorithm
+                    study_id, protos, spec.max_trials, self.claim_seconds, algorithm
                 )
             except BudgetExhausted:
                 if not out:
@@ -292,7 +298,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                 item.predicted_mean,
                 item.predicted_std,
                 extra={
-                    "study_id": study.study_id,
+                    "study_id": study_id,
                     "trial_id": transition.trial.trial_id,
                     "worker_id": worker_id,
                 },
@@ -300,45 +306,45 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         return out
 
     def _seed_configurations(
-        self, study: study_pb2.Study, partition: int, count: int
+        self, study_id: str, spec: StudySpec, partition: int, count: int
     ) -> list[Proposal]:
         """The study's warm-start configurations without a value, each handed out
         once (a Redis counter numbers them), before any sampler suggestion."""
-        if study.study_id in self._seeds_done:
+        if study_id in self._seeds_done:
             return []
-        seeds = [c for c in study.config.warm_start.configurations if not c.has_value]
+        seeds = spec.warm_start.seeds
         if not seeds:
-            self._seeds_done.add(study.study_id)
+            self._seeds_done.add(study_id)
             return []
         trials = self.state.trials
-        first = trials.reserve_draws(study.study_id, WARM_START_STREAM, min(count, len(seeds)))
+        first = trials.reserve_draws(study_id, WARM_START_STREAM, min(count, len(seeds)))
         chosen = seeds[first : first + count]
         if first + len(chosen) >= len(seeds):
-            self._seeds_done.add(study.study_id)
+            self._seeds_done.add(study_id)
         if not chosen:
             return []
-        draw = trials.reserve_draws(study.study_id, partition, len(chosen))
+        draw = trials.reserve_draws(study_id, partition, len(chosen))
         return [
-            Proposal(params_to_dict(seed.params), draw + i, algorithm=WARM_START_ALGORITHM)
+            Proposal(dict(seed.params), draw + i, algorithm=WARM_START_ALGORITHM)
             for i, seed in enumerate(chosen)
         ]
 
-    def _count_buffer_lookups(self, study: study_pb2.Study, served: list[Proposal]) -> None:
+    def _count_buffer_lookups(self, study_id: str, served: list[Proposal]) -> None:
         misses = sum(p.algorithm == FALLBACK_ALGORITHM for p in served)
         if misses:
-            _buffer_lookups.add(misses, {"study_id": study.study_id, "result": "miss"})
+            _buffer_lookups.add(misses, {"study_id": study_id, "result": "miss"})
             log.info(
                 "suggestion buffer miss: %d of %d points from the quasi-random fallback",
                 misses,
                 len(served),
-                extra={"study_id": study.study_id},
+                extra={"study_id": study_id},
             )
         hits = len(served) - misses
         if hits:
-            _buffer_lookups.add(hits, {"study_id": study.study_id, "result": "hit"})
+            _buffer_lookups.add(hits, {"study_id": study_id, "result": "hit"})
 
-    def _pending_params(self, study: study_pb2.Study) -> list[dict[str, PlainValue]]:
-        pending = self.state.trials.pending(study.study_id)
+    def _pending_params(self, study_id: str) -> list[dict[str, PlainValue]]:
+        pending = self.state.trials.pending(study_id)
         return [params_to_dict(trial.params) for trial in self.state.trials.get_many(pending)]
 
     # ------------------------------------------------------------ trials topic
@@ -349,11 +355,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             self.on_decision(decode(events_pb2.Decision, record.value))  # type: ignore[attr-defined]
             return
         event = decode(events_pb2.TrialEvent, record.value)  # type: ignore[attr-defined]
-        trial = event.trial
-        if event.kind in _FINISHED:
-            self._running_params.pop(trial.trial_id, None)
-        elif trial.params and trial.trial_id not in self._running_params:
-            self._running_params[trial.trial_id] = (trial.study_id, params_to_dict(trial.params))
+        self._running_params.on_event(event)
         if event.kind == events_pb2.TRIAL_COMPLETED and self.pool.observe_completed(event.trial):
             log.debug(
                 "observation %s = %g",
@@ -397,6 +399,48 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
 _FINISHED = frozenset(
     {events_pb2.TRIAL_COMPLETED, events_pb2.TRIAL_PRUNED, events_pb2.TRIAL_FAILED}
 )
+_TERMINAL_STATES = frozenset({trial_pb2.COMPLETED, trial_pb2.PRUNED, trial_pb2.FAILED})
+
+
+class RunningParams:
+    """(study id, params) of the trials still running, from the trials topic.
+
+    The topic is read at least once and a partition may be re-read, so a duplicate of
+    an older event can arrive after the trial finished: the trials that finished for
+    good are remembered, and such a late copy does not add the trial back. Both maps
+    are capped (oldest dropped first); a trial missing here is read from Redis."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._params: OrderedDict[str, tuple[str, dict[str, PlainValue]]] = OrderedDict()
+        self._finished: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._params)
+
+    def get(self, trial_id: str) -> tuple[str, dict[str, PlainValue]] | None:
+        return self._params.get(trial_id)
+
+    def on_event(self, event: events_pb2.TrialEvent) -> None:
+        trial = event.trial
+        trial_id = trial.trial_id
+        if event.kind in _FINISHED:
+            self._params.pop(trial_id, None)
+            # A retryable failure leaves the trial RESUMABLE: it may run again.
+            if trial.state in _TERMINAL_STATES:
+                _remember(self._finished, trial_id, None, self.capacity)
+            return
+        if not trial.params or trial_id in self._params or trial_id in self._finished:
+            return
+        _remember(
+            self._params, trial_id, (trial.study_id, params_to_dict(trial.params)), self.capacity
+        )
+
+
+def _remember(table: OrderedDict, key: str, value: object, capacity: int) -> None:
+    table[key] = value
+    while len(table) > capacity:
+        table.popitem(last=False)
 
 
 def _runs(served: list[Proposal]) -> list[tuple[str, list[Proposal]]]:
