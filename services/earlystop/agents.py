@@ -35,21 +35,24 @@ A record of a study not known yet is parked (``ParkingLot``, at most
 handled at once, and the parked ones as soon as their study arrives, or dead-lettered
 as "unknown study" once its wait (``--unknown-study-wait``) is over. The later records
 of a study with parked ones are parked behind them, so a trial's reports stay in order.
-Parking is not durable: a parked record is not acked, so the committed offset of its
-partition stays before it (Faust commits up to the first unacked offset) and a crash
-or a rebalance replays it and what followed it (replays change nothing, see above);
-the parked records are dropped on a rebalance for that reason (``forget_parked``).
+Parking is not durable: a parked record is not acked, and neither is any later record
+of its partition until the parked one is handled (``AckGate``: Faust would commit past
+a single unacked offset), so the committed offset of its partition stays before it and
+a crash or a rebalance replays it and what followed it (replays change nothing, see
+above); the parked records and held acks are dropped on a rebalance for that reason
+(``forget_parked``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import faust
 from google.protobuf.message import Message
@@ -94,6 +97,87 @@ _ACTIONS = {
 }
 
 
+P = TypeVar("P", bound=Hashable)
+T = TypeVar("T")
+
+
+class AckGate(Generic[P, T]):
+    """Holds back the acks a partition may not give yet: those of records after a
+    parked (unacked) record of the same partition.
+
+    Faust does not stop its commit at a single unacked offset (its consumer's
+    ``_new_offset`` lets the acks after one missing offset through when that offset
+    is right after the committed one), so acking the records behind a parked one
+    would commit past it, and a crash or rebalance before its study arrives would
+    lose it. A partition's later acks therefore wait here until every parked record
+    before them is handled (decided or dead-lettered), then go in offset order.
+    """
+
+    def __init__(self) -> None:
+        # partition -> offsets parked and not handled yet (a heap; ``_blocked`` has the
+        # live ones, a heap entry no longer in it is stale)
+        self._heaps: dict[P, list[int]] = {}
+        self._blocked: dict[P, set[int]] = {}
+        # partition -> (offset, arrival, item) whose ack waits (a heap)
+        self._held: dict[P, list[tuple[int, int, T]]] = {}
+        self._arrivals = 0
+
+    def __len__(self) -> int:
+        """How many acks are held back."""
+        return sum(len(held) for held in self._held.values())
+
+    def park(self, partition: P, offset: int) -> None:
+        """The record at ``offset`` is parked: later offsets of ``partition`` wait."""
+        blocked = self._blocked.setdefault(partition, set())
+        if offset not in blocked:
+            blocked.add(offset)
+            heapq.heappush(self._heaps.setdefault(partition, []), offset)
+
+    def _first_blocked(self, partition: P) -> int | None:
+        heap, blocked = self._heaps.get(partition), self._blocked.get(partition)
+        while heap and heap[0] not in blocked:  # type: ignore[operator]
+            heapq.heappop(heap)
+        if not heap:
+            self._heaps.pop(partition, None)
+            self._blocked.pop(partition, None)
+            return None
+        return heap[0]
+
+    def passed(self, done: Sequence[tuple[P, int, T]]) -> list[T]:
+        """The items to ack now of the handled records ``done`` (partition, offset,
+        item) and of those held back before, in offset order per partition."""
+        touched: set[P] = set()
+        for partition, offset, _ in done:
+            blocked = self._blocked.get(partition)
+            if blocked is not None and offset in blocked:
+                blocked.discard(offset)  # a parked record handled at last
+                touched.add(partition)
+        out: list[tuple[int, int, T]] = []
+        for partition, offset, item in done:
+            self._arrivals += 1
+            first = self._first_blocked(partition)
+            if first is not None and first < offset:
+                heapq.heappush(self._held.setdefault(partition, []), (offset, self._arrivals, item))
+            else:
+                out.append((offset, self._arrivals, item))
+        for partition in touched:
+            held = self._held.get(partition)
+            first = self._first_blocked(partition)
+            while held and (first is None or held[0][0] < first):
+                out.append(heapq.heappop(held))
+            if not held:
+                self._held.pop(partition, None)
+        out.sort(key=lambda entry: entry[0])  # per partition: offset order
+        return [item for _, _, item in out]
+
+    def clear(self) -> None:
+        """Forget everything (a rebalance: the partition's owner reads the parked
+        record and what follows it again from the committed offset)."""
+        self._heaps.clear()
+        self._blocked.clear()
+        self._held.clear()
+
+
 @dataclass
 class BatchWork:
     """What a batch produced (acks to wait for) and what it writes once they came."""
@@ -126,6 +210,10 @@ async def back_off(what: str, message: Any, attempt: int) -> None:
         extra={"topic": message.topic},
     )
     await asyncio.sleep(backoff_delay(attempt))
+
+
+def partition_of(event: faust.types.EventT) -> tuple[str, int]:
+    return event.message.topic, event.message.partition
 
 
 def now_ms() -> int:
@@ -197,6 +285,10 @@ class EarlyStopAgents:
             STAGE1: ParkingLot(PARKED_PER_STUDY),
             STAGE2: ParkingLot(PARKED_PER_STUDY),
         }
+        self.gates: dict[str, AckGate[tuple[str, int], faust.types.EventT]] = {
+            STAGE1: AckGate(),
+            STAGE2: AckGate(),
+        }
         self.tables = tables
         self.curves = CurveWriteBehind(tables.curves, curve_flush_s)
         self.studies = studies
@@ -242,6 +334,8 @@ class EarlyStopAgents:
         their partition now reads them again from the committed offset)."""
         for lot in self.parked.values():
             lot.clear()
+        for gate in self.gates.values():
+            gate.clear()
 
     async def _consume_in_batches(
         self,
@@ -266,6 +360,7 @@ class EarlyStopAgents:
         arrived = asyncio.Event()
         room = asyncio.Event()
         lot = self.parked[stage]
+        gate = self.gates[stage]
         loop = asyncio.get_running_loop()
 
         def known(study_id: str) -> bool:
@@ -291,7 +386,7 @@ class EarlyStopAgents:
                         write_behind.hold(handled)
                 if write_behind is not None and write_behind.holding:
                     done = await self._release_held(write_behind)
-                for event in done:
+                for event in gate.passed([(partition_of(e), e.message.offset, e) for e in done]):
                     await stream.ack(event)
 
         worker = asyncio.ensure_future(handle_batches())
@@ -392,10 +487,12 @@ class EarlyStopAgents:
                 continue
             await finish(work, True)
             self.health.moved_on(stage)
-            lot = self.parked[stage]
+            lot, gate = self.parked[stage], self.gates[stage]
             parked = {}
             for position, study_id, deadline in work.parked:
-                lot.park(study_id, events[position], deadline)
+                event = events[position]
+                lot.park(study_id, event, deadline)
+                gate.park(partition_of(event), event.message.offset)
                 parked[position] = study_id
             return [e for i, e in enumerate(events) if i not in parked]
 

@@ -1,0 +1,126 @@
+"""Parked records of unknown studies in an early-stop stage: the acks held back behind
+them (Faust would otherwise commit past a parked record), a study that arrives while
+its parking lot is full, and the costs that must not grow with the number parked."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from ladder.testing import fake_event
+from test_earlystop_engine import agents_over_fakes
+
+from services.earlystop.agents import STAGE2, AckGate, BatchWork, EarlyStopAgents
+from services.earlystop.studies import StudyPending
+
+P = ("metrics", 0)
+
+
+def test_acks_behind_a_parked_record_wait_until_it_is_handled() -> None:
+    """Offset 100 parked, 101..200 handled: acking them would let Faust commit 201
+    (its consumer skips one missing offset), so none goes before 100 is handled."""
+    gate: AckGate[tuple[str, int], int] = AckGate()
+    assert gate.passed([(P, 99, 99)]) == [99]  # before any parked record: at once
+    gate.park(P, 100)
+    assert gate.passed([(P, o, o) for o in range(101, 201)]) == []
+    assert gate.passed([(("metrics", 1), 7, 7)]) == [7]  # another partition goes on
+    assert len(gate) == 100
+    assert gate.passed([(P, 100, 100)]) == list(range(100, 201))  # in offset order
+    assert len(gate) == 0
+    assert gate.passed([(P, 201, 201)]) == [201]
+
+
+def test_acks_go_up_to_the_next_parked_record_only() -> None:
+    gate: AckGate[tuple[str, int], int] = AckGate()
+    gate.park(P, 10)
+    gate.park(P, 20)
+    assert gate.passed([(P, o, o) for o in (11, 15, 21, 25)]) == []
+    assert gate.passed([(P, 20, 20)]) == []  # 10 still parked: 20 waits too
+    assert gate.passed([(P, 10, 10)]) == [10, 11, 15, 20, 21, 25]
+    gate.park(P, 30)
+    gate.park(P, 30)  # parked again (its study's wait restarted): still one block
+    assert gate.passed([(P, 31, 31)]) == []
+    gate.clear()  # a rebalance: the owner reads the partition again
+    assert gate.passed([(P, 32, 32)]) == [32] and len(gate) == 0
+
+
+class Stream:
+    """A Faust stream of the given events, then none; records what was acked."""
+
+    def __init__(self) -> None:
+        self.enable_acks = True
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.acked: list[int] = []
+
+    async def events(self) -> Any:
+        while True:
+            yield await self.queue.get()
+
+    async def ack(self, event: Any) -> None:
+        self.acked.append(event.message.offset)
+
+
+class ArrivingStudies:
+    """A directory where only the studies in ``known`` exist; the others may come."""
+
+    unknown_study_wait = 60.0
+
+    def __init__(self, known: set[str]) -> None:
+        self.known = known
+        self.arrivals = 0
+        self._arrival = asyncio.Event()
+
+    def get(self, study_id: str) -> object | None:
+        return SimpleNamespace(spec=object()) if study_id in self.known else None
+
+    async def lookup(self, study_id: str, published_unix: float | None = None) -> object:
+        entry = self.get(study_id)
+        if entry is None:
+            raise StudyPending(study_id, asyncio.get_running_loop().time() + 60)
+        return entry
+
+    def next_arrival(self) -> asyncio.Event:
+        return self._arrival
+
+    def arrive(self, study_id: str) -> None:
+        self.known.add(study_id)
+        self.arrivals += 1
+        arrival, self._arrival = self._arrival, asyncio.Event()
+        arrival.set()
+
+
+async def handle_by_study(agents: EarlyStopAgents, handled: list[int]) -> Any:
+    async def handler(event: Any, work: BatchWork) -> None:
+        await agents._study_spec(STAGE2, event.value.decode(), event, work)
+        handled.append(event.message.offset)
+
+    return handler
+
+
+def test_no_ack_behind_a_parked_record_until_its_study_arrives() -> None:
+    async def scenario() -> tuple[list[int], list[int], list[int]]:
+        studies = ArrivingStudies({"known"})
+        agents, _ = agents_over_fakes(studies)
+        stream, handled = Stream(), []
+        handler = await handle_by_study(agents, handled)
+
+        async def finish(work: BatchWork, acked: bool) -> None:
+            return None
+
+        consumer = asyncio.ensure_future(
+            agents._consume_in_batches(STAGE2, stream, handler, finish, False)  # type: ignore[arg-type]
+        )
+        for offset, study in enumerate(["late", "known", "known", "known"]):
+            await stream.queue.put(fake_event("rungs", offset, study.encode()))
+        await asyncio.sleep(0.2)
+        before = (list(handled), list(stream.acked))
+        studies.arrive("late")
+        await asyncio.sleep(0.2)
+        consumer.cancel()
+        return before[0], before[1], stream.acked
+
+    handled_before, acked_before, acked_after = asyncio.run(scenario())
+    assert handled_before == [1, 2, 3]  # the known study's records were not held up
+    assert acked_before == []  # but not acked: the parked offset 0 is before them
+    assert acked_after == [0, 1, 2, 3]
