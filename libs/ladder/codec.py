@@ -3,8 +3,9 @@
 Decoding is strict on purpose: protobuf happily parses many random byte strings
 into a message full of unknown fields, so a record is accepted only when neither it
 nor any message nested in it has unknown fields or enum values outside its schema,
-and it carries the ids its consumers key on. Anything else raises ``BadRecord`` with
-a reason that ends up in the dead-letter topic.
+and it carries the ids its consumers key on, and every field within its size limit
+(``ladder.limits``). Anything else raises ``BadRecord`` with a reason that ends up in
+the dead-letter topic.
 
 Decoding is also total: whatever the bytes (not UTF-8, JSON nested past Python's
 recursion limit, numbers out of range for their protobuf field, lone surrogates),
@@ -72,7 +73,18 @@ def decode(cls: type[M], payload: bytes | None) -> M:
     problem = _schema_problem(message)
     if problem:
         raise BadRecord(f"not a {cls.DESCRIPTOR.full_name}: {problem}")
+    _check_limits(message, cls.DESCRIPTOR.name)
     return message
+
+
+def _check_limits(message: Message, what: str) -> None:
+    """Any client can publish on the topics, past the gRPC edge that enforces the size
+    limits: a consumer holds each record to the same limits (BadRecord naming the
+    field), so an oversize name or reason is never stored or copied on."""
+    try:
+        limits.check(message)
+    except InvalidArgument as exc:
+        raise BadRecord(f"{what} {exc}") from None
 
 
 def _schema_problem(message: Message, path: str = "") -> str | None:
@@ -163,15 +175,11 @@ def parse_metric_report(payload: bytes | None) -> events_pb2.MetricReport:
         raise BadRecord("empty payload, expected a metric report")
     if payload.lstrip()[:1] in (b"{", b"["):
         report = metric_from_json(payload)
+        _check_limits(report, "metric report")
     else:
-        report = decode(events_pb2.MetricReport, payload)
+        report = decode(events_pb2.MetricReport, payload)  # limits checked there
     if not report.study_id or not report.trial_id:
         raise BadRecord("metric report needs study_id and trial_id")
     if not math.isfinite(report.step) or report.step < 0:
         raise BadRecord(f"metric report step must be finite and >= 0, got {report.step}")
-    try:
-        # Plain Kafka clients skip the gRPC edge: the same limits apply here.
-        limits.check(report)
-    except InvalidArgument as exc:
-        raise BadRecord(f"metric report {exc}") from None
     return report

@@ -2,8 +2,9 @@ import json
 import math
 
 import pytest
+from google.protobuf.message import Message
 from ladder.codec import BadRecord, decode, encode, parse_metric_report
-from ladder.v1 import events_pb2
+from ladder.v1 import events_pb2, trial_pb2
 
 
 def test_protobuf_metric_round_trips() -> None:
@@ -68,3 +69,21 @@ def test_a_metric_report_over_a_size_limit_is_a_bad_record() -> None:
     ).encode()
     with pytest.raises(BadRecord, match=r"study_id: 10000 characters, at most 128"):
         parse_metric_report(payload)
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        (events_pb2.TrialEvent(trial=trial_pb2.Trial(trial_id="t" * 200)), "trial.trial_id"),
+        (events_pb2.Decision(study_id="s", trial_id="t", reason="r" * 5000), "reason"),
+        (events_pb2.RungCrossing(study_id="s" * 129, trial_id="t"), "study_id"),
+        (events_pb2.DeadLetter(source_topic="x", payload=b"p" * 70_000), "payload"),
+        (events_pb2.MetricReport(study_id="s", trial_id="t", metric="m" * 300), "metric"),
+    ],
+)
+def test_an_event_over_a_size_limit_is_a_bad_record_naming_the_field(
+    message: Message, field: str
+) -> None:
+    # Any client can publish on the topics: every decoder holds records to the limits.
+    with pytest.raises(BadRecord, match=rf"^{type(message).__name__} {field}: \d+ "):
+        decode(type(message), message.SerializeToString())
