@@ -151,11 +151,12 @@ class ParkingLot(Generic[K, T]):
         """How many more items ``key`` may park."""
         return self.per_key - len(self._lots.get(key, ()))
 
-    def park(self, key: K, item: T, deadline: float) -> bool:
+    def park(self, key: K, item: T, deadline: float, over_limit: bool = False) -> bool:
         """Set ``item`` aside; False (nothing parked) when ``key`` already has
-        ``per_key`` items."""
+        ``per_key`` items, unless ``over_limit`` (the caller knows the key will be
+        released at once)."""
         lot = self._lots.setdefault(key, [])
-        if len(lot) >= self.per_key:
+        if len(lot) >= self.per_key and not over_limit:
             return False
         lot.append(_Parked(item, deadline))
         return True

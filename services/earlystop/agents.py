@@ -491,7 +491,9 @@ class EarlyStopAgents:
             parked = {}
             for position, study_id, deadline in work.parked:
                 event = events[position]
-                lot.park(study_id, event, deadline)
+                # ``_handle_one`` kept to the per-study bound, except for a study known
+                # by now, whose records the next batch releases.
+                lot.park(study_id, event, deadline, over_limit=True)
                 gate.park(partition_of(event), event.message.offset)
                 parked[position] = study_id
             return [e for i, e in enumerate(events) if i not in parked]
@@ -517,14 +519,18 @@ class EarlyStopAgents:
             else:
                 await handler(event, work)
         except StudyPending as pending:
+            study_id = pending.study_id
             lot = self.parked[stage]
-            waiting = sum(1 for _, s, _ in work.parked if s == pending.study_id)
-            if lot.room(pending.study_id) > waiting:
-                work.parked.append((position, pending.study_id, pending.deadline))
+            waiting = sum(1 for _, s, _ in work.parked if s == study_id)
+            # A study known by now (it arrived during the batch) parks its record
+            # whatever the bound, behind its parked ones: the next batch releases them
+            # all, so this costs at most a batch and the record is decided, not lost.
+            if lot.room(study_id) > waiting or self.studies.get(study_id) is not None:
+                work.parked.append((position, study_id, pending.deadline))
                 return
             reason = (
-                f"unknown study {pending.study_id!r}: {lot.per_key} of its records "
-                "already wait for its StudyEvent"
+                f"unknown study {study_id!r}: its parking lot is full ({lot.per_key} of "
+                "its records already wait for its StudyEvent)"
             )
             with consumer_span(event):
                 work.acks.append(await self._dead_letter_send(event, reason))

@@ -8,7 +8,9 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from ladder.testing import fake_event
+from ladder.poison import ParkingLot
+from ladder.testing import FakeApp, fake_event
+from ladder.v1 import events_pb2
 from test_earlystop_engine import agents_over_fakes
 
 from services.earlystop.agents import STAGE2, AckGate, BatchWork, EarlyStopAgents
@@ -124,3 +126,48 @@ def test_no_ack_behind_a_parked_record_until_its_study_arrives() -> None:
     assert handled_before == [1, 2, 3]  # the known study's records were not held up
     assert acked_before == []  # but not acked: the parked offset 0 is before them
     assert acked_after == [0, 1, 2, 3]
+
+
+def full_lot_agents(known: set[str]) -> tuple[EarlyStopAgents, FakeApp]:
+    agents, app = agents_over_fakes(ArrivingStudies(known))
+    agents.parked[STAGE2] = ParkingLot(per_key=2)
+    for offset in (0, 1):
+        agents.parked[STAGE2].park("s", fake_event("rungs", offset, b"s"), deadline=1e9)
+    return agents, app
+
+
+async def finish_nothing(work: BatchWork, acked: bool) -> None:
+    return None
+
+
+def test_a_study_that_arrived_while_its_lot_is_full_has_its_record_parked_not_dead_lettered(
+) -> None:
+    """The lot of "s" is full, then "s" arrives during a batch: its next record waits
+    behind the parked ones (released together by the next batch), it is no dead letter
+    saying "unknown study"."""
+    agents, app = full_lot_agents({"s"})
+
+    async def run() -> list[Any]:
+        handler = await handle_by_study(agents, [])
+        return await agents._handle_batch(
+            STAGE2, [fake_event("rungs", 2, b"s")], handler, finish_nothing, False
+        )
+
+    assert asyncio.run(run()) == []  # parked, so not acked yet
+    assert app.topics["dead"].sent == []
+    assert len(agents.parked[STAGE2]) == 3
+    assert agents.parked[STAGE2].release(lambda key: True, now=0)[-1].message.offset == 2
+
+
+def test_a_full_lot_of_a_still_unknown_study_says_so_in_the_dead_letter() -> None:
+    agents, app = full_lot_agents(set())
+
+    async def run() -> list[Any]:
+        handler = await handle_by_study(agents, [])
+        return await agents._handle_batch(
+            STAGE2, [fake_event("rungs", 2, b"s")], handler, finish_nothing, False
+        )
+
+    assert [e.message.offset for e in asyncio.run(run())] == [2]
+    (letter,) = [events_pb2.DeadLetter.FromString(v) for v in app.topics["dead"].sent]
+    assert letter.reason.startswith("unknown study 's'") and "parking lot is full" in letter.reason
