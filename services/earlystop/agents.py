@@ -49,6 +49,7 @@ import asyncio
 import heapq
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -188,6 +189,8 @@ class BatchWork:
     curves: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     # records of studies not known yet: (position in the batch, study id, deadline)
     parked: list[tuple[int, str, float]] = field(default_factory=list)
+    # study id -> how many of ``parked`` are its records
+    parked_per_study: Counter[str] = field(default_factory=Counter)
 
 
 def consumer_span(event: faust.types.EventT) -> AbstractContextManager[trace.Span]:
@@ -366,11 +369,20 @@ class EarlyStopAgents:
         def known(study_id: str) -> bool:
             return self.studies.get(study_id) is not None
 
+        arrivals_seen = -1
+
         async def handle_batches() -> None:
+            nonlocal arrivals_seen
             while True:
                 await self._wait_for_batch(arrived, write_behind, lot)
                 done: list[faust.types.EventT] = []
-                released = lot.release(known, loop.time()) if len(lot) else []
+                released: list[faust.types.EventT] = []
+                if len(lot):
+                    # Each parked study is looked up only after a study arrived.
+                    arrivals, arrivals_seen = arrivals_seen, self.studies.arrivals
+                    released = lot.release(
+                        known if arrivals != arrivals_seen else None, loop.time()
+                    )
                 if pending or released:
                     batch = pending[:BATCH_MAX]
                     del pending[: len(batch)]
@@ -521,12 +533,14 @@ class EarlyStopAgents:
         except StudyPending as pending:
             study_id = pending.study_id
             lot = self.parked[stage]
-            waiting = sum(1 for _, s, _ in work.parked if s == study_id)
             # A study known by now (it arrived during the batch) parks its record
             # whatever the bound, behind its parked ones: the next batch releases them
             # all, so this costs at most a batch and the record is decided, not lost.
-            if lot.room(study_id) > waiting or self.studies.get(study_id) is not None:
+            if lot.room(study_id) > work.parked_per_study[study_id] or (
+                self.studies.get(study_id) is not None
+            ):
                 work.parked.append((position, study_id, pending.deadline))
+                work.parked_per_study[study_id] += 1
                 return
             reason = (
                 f"unknown study {study_id!r}: its parking lot is full ({lot.per_key} of "
@@ -699,7 +713,7 @@ class EarlyStopAgents:
         the study may still come, or while earlier records of it are parked."""
         entry = await self.studies.lookup(study_id, published_at(event))
         if entry is not None and (
-            study_id in self.parked[stage] or any(s == study_id for _, s, _ in work.parked)
+            study_id in self.parked[stage] or work.parked_per_study[study_id]
         ):
             # Behind its parked records: released with them, in order, right away.
             raise StudyPending(study_id, asyncio.get_running_loop().time())

@@ -35,6 +35,7 @@ log = logging.getLogger("ladder.earlystop")
 
 # Most study ids remembered as missing (see StudyDirectory.lookup).
 MISSED_MAX = 10_000
+PRUNE_EVERY_S = 1.0
 
 
 class StudyPending(Exception):  # noqa: N818 - not an error: the record waits
@@ -79,6 +80,10 @@ class StudyDirectory:
         self._raw: dict[str, bytes] = {}
         self._parsed: dict[str, tuple[bytes, StudyEntry]] = {}
         self._first_missed: dict[str, float] = {}
+        self._next_prune = 0.0  # event loop time
+        # How many ``put`` calls so far: a stage re-checks its parked studies only
+        # when this moved.
+        self.arrivals = 0
         # Created lazily: they must belong to the worker's running loop.
         self._arrival: asyncio.Event | None = None
         self._caught_up: asyncio.Event | None = None
@@ -104,6 +109,7 @@ class StudyDirectory:
         else:
             changed = self._raw.get(study_id) != raw
             self._raw[study_id] = raw
+        self.arrivals += 1
         # One event per generation of arrivals: the waiters of this one wake, later
         # waiters wait on the next.
         arrival, self._arrival = self._arrival_event(), asyncio.Event()
@@ -158,9 +164,12 @@ class StudyDirectory:
             self._first_missed.pop(study_id, None)
             return entry
         now = asyncio.get_running_loop().time()
-        if len(self._first_missed) >= MISSED_MAX:
+        if len(self._first_missed) >= MISSED_MAX and now >= self._next_prune:
             # Ids that never came, by the thousand: forget those whose wait is over (a
             # later report of one of them waits once more, which costs it nothing).
+            # At most once per PRUNE_EVERY_S: while they are all within their wait,
+            # a rebuild per report would remove nothing and cost O(ids) each time.
+            self._next_prune = now + PRUNE_EVERY_S
             self._first_missed = {
                 s: t for s, t in self._first_missed.items() if t + self.unknown_study_wait > now
             }

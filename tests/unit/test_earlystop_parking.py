@@ -8,13 +8,15 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from ladder.poison import ParkingLot
 from ladder.testing import FakeApp, fake_event
 from ladder.v1 import events_pb2
 from test_earlystop_engine import agents_over_fakes
 
+from services.earlystop import studies as studies_module
 from services.earlystop.agents import STAGE2, AckGate, BatchWork, EarlyStopAgents
-from services.earlystop.studies import StudyPending
+from services.earlystop.studies import StudyDirectory, StudyPending
 
 P = ("metrics", 0)
 
@@ -171,3 +173,39 @@ def test_a_full_lot_of_a_still_unknown_study_says_so_in_the_dead_letter() -> Non
     assert [e.message.offset for e in asyncio.run(run())] == [2]
     (letter,) = [events_pb2.DeadLetter.FromString(v) for v in app.topics["dead"].sent]
     assert letter.reason.startswith("unknown study 's'") and "parking lot is full" in letter.reason
+
+
+def test_the_parking_lot_counts_and_finds_deadlines_without_walking_its_items() -> None:
+    lot: ParkingLot[str, int] = ParkingLot(per_key=1000)
+    for i in range(1000):
+        lot.park(f"k{i % 10}", i, deadline=100.0 + i % 10)
+    assert len(lot) == 1000 and lot.next_deadline() == 100.0
+    assert lot.release(None, now=101.0) == list(range(0, 1000, 10)) + list(range(1, 1000, 10))
+    assert len(lot) == 800 and lot.next_deadline() == 102.0
+    assert lot.release(None, now=101.5) == []  # only deadlines: no key is asked about
+    assert lot.release(lambda key: key == "k9", now=101.5) == list(range(9, 1000, 10))
+    assert len(lot) == 700
+    assert lot.park("k9", 5, deadline=50.0) and lot.next_deadline() == 50.0
+    lot.clear()
+    assert len(lot) == 0 and lot.next_deadline() is None
+
+
+def test_unknown_ids_within_their_wait_are_pruned_at_most_once_per_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past MISSED_MAX ids all still within their wait, a lookup must not rebuild the
+    map of first misses each time (O(ids) per report)."""
+    monkeypatch.setattr(studies_module, "MISSED_MAX", 10)
+    directory = StudyDirectory(60.0)
+    directory.mark_caught_up()
+
+    async def lookups() -> int:
+        rebuilt, table = 0, directory._first_missed
+        for i in range(200):
+            with pytest.raises(StudyPending):
+                await directory.lookup(f"ghost-{i}")
+            if directory._first_missed is not table:
+                rebuilt, table = rebuilt + 1, directory._first_missed
+        return rebuilt
+
+    assert asyncio.run(lookups()) <= 1
