@@ -17,6 +17,7 @@ A failure is one of three kinds (``classify``):
 from __future__ import annotations
 
 import enum
+import heapq
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -135,14 +136,25 @@ class _Parked(Generic[T]):
 
 class ParkingLot(Generic[K, T]):
     """Items set aside per key (a study not known yet) until the key becomes known or
-    their deadline passes, at most ``per_key`` per key, handed back in arrival order."""
+    their deadline passes, at most ``per_key`` per key, handed back in arrival order.
+
+    A key's items leave together when its first item's deadline passes, so one heap
+    entry per key (its first deadline) finds the next to leave; counts are kept, not
+    summed, since a flood of unknown keys must not make every pass walk them all.
+    """
 
     def __init__(self, per_key: int) -> None:
         self.per_key = per_key
         self._lots: OrderedDict[K, list[_Parked[T]]] = OrderedDict()
+        self._size = 0
+        # (first deadline of a key's lot, lot number, key); an entry whose lot number
+        # is not the key's current one is stale (its lot left)
+        self._deadlines: list[tuple[float, int, K]] = []
+        self._lot_number: dict[K, int] = {}
+        self._lots_opened = 0
 
     def __len__(self) -> int:
-        return sum(len(lot) for lot in self._lots.values())
+        return self._size
 
     def __contains__(self, key: object) -> bool:
         return key in self._lots
@@ -155,27 +167,51 @@ class ParkingLot(Generic[K, T]):
         """Set ``item`` aside; False (nothing parked) when ``key`` already has
         ``per_key`` items, unless ``over_limit`` (the caller knows the key will be
         released at once)."""
-        lot = self._lots.setdefault(key, [])
-        if len(lot) >= self.per_key and not over_limit:
+        lot = self._lots.get(key)
+        if lot is None:
+            lot = self._lots[key] = []
+            self._lots_opened += 1
+            self._lot_number[key] = self._lots_opened
+            heapq.heappush(self._deadlines, (deadline, self._lots_opened, key))
+        elif len(lot) >= self.per_key and not over_limit:
             return False
         lot.append(_Parked(item, deadline))
+        self._size += 1
         return True
 
-    def next_deadline(self) -> float | None:
-        deadlines = [p.deadline for lot in self._lots.values() for p in lot]
-        return min(deadlines) if deadlines else None
+    def _drop_stale(self) -> None:
+        while self._deadlines and self._lot_number.get(self._deadlines[0][2]) != (
+            self._deadlines[0][1]
+        ):
+            heapq.heappop(self._deadlines)
 
-    def release(self, known: Callable[[K], bool], now: float) -> list[T]:
+    def next_deadline(self) -> float | None:
+        self._drop_stale()
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def _pop(self, key: K) -> list[T]:
+        lot = self._lots.pop(key)
+        del self._lot_number[key]
+        self._size -= len(lot)
+        return [p.item for p in lot]
+
+    def release(self, known: Callable[[K], bool] | None, now: float) -> list[T]:
         """Every item whose key is ``known`` now, and every key's items once one of
-        them is past its deadline (a key's items leave together: in order)."""
+        them is past its deadline (a key's items leave together: in order).
+        ``known`` None: only the deadlines are checked (no key became known since the
+        last call), which costs nothing per key still waiting."""
         out: list[T] = []
-        for key in list(self._lots):
-            lot = self._lots[key]
-            if known(key) or lot[0].deadline <= now:
-                out.extend(p.item for p in self._lots.pop(key))
+        if known is not None:
+            for key in [key for key in self._lots if known(key)]:
+                out.extend(self._pop(key))
+        while (deadline := self.next_deadline()) is not None and deadline <= now:
+            out.extend(self._pop(self._deadlines[0][2]))
         return out
 
     def clear(self) -> list[T]:
         out = [p.item for lot in self._lots.values() for p in lot]
         self._lots.clear()
+        self._lot_number.clear()
+        self._deadlines.clear()
+        self._size = 0
         return out
