@@ -12,6 +12,8 @@ service stores and publishes, so every consumer reads the same numbers.
 | direction  | MINIMIZE                                            |
 | algorithm  | RANDOM                                              |
 | partitions | 1                                                   |
+| seed       | 0                                                   |
+| warm_start | none (no known configurations, no source study)     |
 | scheduler  | see ``ladder.schedulers.spec`` (``SchedulerSpec``)  |
 
 Pure code (no I/O).
@@ -20,10 +22,12 @@ Pure code (no I/O).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
-from ladder.params import to_plain
+from ladder.params import PlainValue, params_to_dict, to_plain
 from ladder.proto_enum import ProtoEnum
 from ladder.schedulers.spec import SchedulerSpec
 from ladder.space import Space, SpaceError, StudyConfigError
@@ -49,14 +53,51 @@ ALGORITHMS = ProtoEnum("algorithm", Algorithm, study_pb2.Algorithm, unset=Algori
 
 
 @dataclass(frozen=True)
+class KnownConfiguration:
+    """A configuration the study starts from: with a ``value``, an observation the
+    model-based samplers learn from; without, a point handed out before any
+    sampler suggestion."""
+
+    params: Mapping[str, PlainValue]
+    value: float | None = None
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    configurations: tuple[KnownConfiguration, ...] = ()
+    from_study_id: str = ""  # "" = no source study
+
+    @property
+    def seeds(self) -> tuple[KnownConfiguration, ...]:
+        """The configurations without a value, in the order given."""
+        return tuple(c for c in self.configurations if c.value is None)
+
+    @classmethod
+    def from_proto(cls, warm: study_pb2.WarmStart) -> WarmStart:
+        return cls(
+            configurations=tuple(
+                KnownConfiguration(
+                    MappingProxyType(params_to_dict(known.params)),
+                    known.value if known.has_value else None,
+                )
+                for known in warm.configurations
+            ),
+            from_study_id=warm.from_study_id,
+        )
+
+
+@dataclass(frozen=True)
 class StudySpec:
     metric: str
     direction: Direction
     algorithm: Algorithm
     partitions: int
     max_trials: int  # 0 = unbounded
+    seed: int
     space: Space
     scheduler: SchedulerSpec
+    warm_start: WarmStart
+    labels: Mapping[str, str]
     _proto: study_pb2.StudyConfig = field(repr=False, compare=False)
 
     @property
@@ -109,8 +150,12 @@ class StudySpec:
             algorithm=algorithm,
             partitions=proto.partitions,
             max_trials=config.max_trials,
+            seed=config.seed,
             space=space,
             scheduler=scheduler,
+            warm_start=WarmStart.from_proto(config.warm_start),
+            # Read-only: the spec is shared by every request of the study.
+            labels=MappingProxyType(dict(config.labels)),
             _proto=proto,
         )
 

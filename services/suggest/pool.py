@@ -1,8 +1,9 @@
 """The suggestion policies this suggest process holds: one per (study, partition).
 
-Studies are immutable once created, so their encoded space is cached. Each
-study has one ``ObservationStore`` (keyed by trial id and resource, so a
-replayed event changes nothing), shared by its partitions' policies:
+Each policy is built from the study's ``StudySpec`` (its space, algorithm, seed
+and warm start; the caller holds one per study). Each study has one
+``ObservationStore`` (keyed by trial id and resource, so a replayed event changes
+nothing), shared by its partitions' policies:
 
 * a COMPLETED trial from the trials topic: its final value, ``resource=None``;
 * an early-stop ``Decision`` from the decisions topic: the smoothed value the
@@ -33,20 +34,24 @@ from ladder.samplers import (
     Observation,
     ObservationStore,
     Proposal,
+    QuasiRandomSampler,
     Refit,
+    SamplerContext,
     SuggestionPolicy,
     make_sampler,
 )
 from ladder.samplers.policy import Pending
-from ladder.space import Space, SpaceError
+from ladder.space import SpaceError
 from ladder.state import StudyStore, TrialStore
-from ladder.v1 import study_pb2, trial_pb2
+from ladder.study import Algorithm, StudySpec
+from ladder.v1 import trial_pb2
 
 from services.suggest.refit import RefitProcess
 
 log = logging.getLogger("ladder.suggest.pool")
 
-PendingOf = Callable[[study_pb2.Study], Sequence[Mapping[str, PlainValue]]]
+# The params of a study's pending trials, by study id.
+PendingOf = Callable[[str], Sequence[Mapping[str, PlainValue]]]
 
 
 # Draws the quasi-random fallback reserves from Redis at a time: a buffer miss is
@@ -97,18 +102,10 @@ class PolicyPool:
         self.buffer_capacity = buffer_capacity
         self.pending_of = pending_of
         self._policies: dict[tuple[str, int], SuggestionPolicy] = {}
-        self._spaces: dict[str, Space] = {}
         self._observations: dict[str, ObservationStore] = {}
         self._warm_loaded: set[str] = set()
         self._lock = threading.Lock()
         self._stopped = False
-
-    def space(self, study: study_pb2.Study) -> Space:
-        with self._lock:
-            space = self._spaces.get(study.study_id)
-            if space is None:
-                space = self._spaces[study.study_id] = Space.from_proto(study.config.space)
-            return space
 
     def observations(self, study_id: str) -> ObservationStore:
         with self._lock:
@@ -121,22 +118,24 @@ class PolicyPool:
         """The partition's draw counter in Redis (shared by every sampler of it)."""
         return lambda n: self.trials.reserve_draws(study_id, partition, n)
 
-    def policy(self, study: study_pb2.Study, partition: int) -> SuggestionPolicy:
-        key = (study.study_id, partition)
+    def policy(self, study_id: str, spec: StudySpec, partition: int) -> SuggestionPolicy:
+        key = (study_id, partition)
         with self._lock:
             policy = self._policies.get(key)
         if policy is not None:
             return policy
-        space = self.space(study)
-        observations = self.observations(study.study_id)
-        reserve = self.reserver(study.study_id, partition)
+        observations = self.observations(study_id)
+        reserve = self.reserver(study_id, partition)
         # Quasi-random studies answer in microseconds: no refit, the quasi-random
-        # sampler serves every request. Deciding by config keeps the model-based
+        # sampler serves every request. Deciding by the spec keeps the model-based
         # samplers (torch import) off the request path entirely.
-        instant = study.config.algorithm in (study_pb2.RANDOM, study_pb2.ALGORITHM_UNSPECIFIED)
-        quasi_random = study_pb2.StudyConfig(seed=study.config.seed, algorithm=study_pb2.RANDOM)
+        instant = spec.algorithm is Algorithm.RANDOM
         fallback_draws = reserve if instant else BlockReserver(reserve, FALLBACK_DRAW_BLOCK)
-        fallback = make_sampler(quasi_random, space, partition, fallback_draws)
+        fallback = QuasiRandomSampler(
+            SamplerContext(
+                space=spec.space, seed=spec.seed, partition=partition, reserve=fallback_draws
+            )
+        )
         with self._lock:
             policy = self._policies.get(key)
             if policy is not None:  # another request built it meanwhile
@@ -144,10 +143,10 @@ class PolicyPool:
             policy = SuggestionPolicy(
                 observations,
                 fallback,
-                refit=None if instant else self._refit(study, partition, observations),
+                refit=None if instant else self._refit(study_id, spec, partition, observations),
                 capacity=self.buffer_capacity,
-                pending=lambda: self.pending_of(study),
-                name=f"{study.study_id}/{partition}",
+                pending=lambda: self.pending_of(study_id),
+                name=f"{study_id}/{partition}",
             )
             self._policies[key] = policy
             if not self._stopped:
@@ -155,22 +154,19 @@ class PolicyPool:
         return policy
 
     def _refit(
-        self, study: study_pb2.Study, partition: int, observations: ObservationStore
+        self, study_id: str, spec: StudySpec, partition: int, observations: ObservationStore
     ) -> Refit:
         """The partition's refit; it loads the study's warm start first (on the
         refit thread: it may read many trials from Redis)."""
         refit: Refit
         if self.refit_process is not None:
-            refit = self.refit_process.refit(study, partition, observations)
+            refit = self.refit_process.refit(study_id, spec, partition, observations)
         else:
-            reserve = self.reserver(study.study_id, partition)
-            refit = LocalRefit(
-                lambda: make_sampler(study.config, self.space(study), partition, reserve),
-                observations,
-            )
+            reserve = self.reserver(study_id, partition)
+            refit = LocalRefit(lambda: make_sampler(spec, partition, reserve), observations)
 
         def warm_refit(count: int, pending: Pending) -> list[Proposal]:
-            self._load_warm_start(study)
+            self._load_warm_start(study_id, spec)
             return refit(count, pending)
 
         return warm_refit
@@ -191,30 +187,27 @@ class PolicyPool:
         )
         return self.observe(trial.study_id, [observation]) == 1
 
-    def _load_warm_start(self, study: study_pb2.Study) -> None:
+    def _load_warm_start(self, study_id: str, spec: StudySpec) -> None:
         """Once per study and process: known results and an earlier study's
         completed trials become observations (invalid points skipped, counted)."""
         with self._lock:
-            if study.study_id in self._warm_loaded:
+            if study_id in self._warm_loaded:
                 return
-            self._warm_loaded.add(study.study_id)
-        space = self.space(study)
-        warm = study.config.warm_start
+            self._warm_loaded.add(study_id)
+        warm = spec.warm_start
         observations = [
             Observation(
-                trial_id=f"{study.study_id}-warm{i}",
-                params=params_to_dict(known.params),
-                value=known.value,
+                trial_id=f"{study_id}-warm{i}", params=dict(known.params), value=known.value
             )
             for i, known in enumerate(warm.configurations)
-            if known.has_value and math.isfinite(known.value)
+            if known.value is not None and math.isfinite(known.value)
         ]
         taken = skipped = 0
         if warm.from_study_id:
             for trial in self.completed_trials(warm.from_study_id):
                 params = params_to_dict(trial.params)
                 try:
-                    space.check_params(params)
+                    spec.space.check_params(params)
                 except SpaceError:
                     skipped += 1
                     continue
@@ -225,14 +218,14 @@ class PolicyPool:
             log.info(
                 "warm start of %s from study %s: %d completed trials taken, "
                 "%d skipped (not valid in this space)",
-                study.study_id,
+                study_id,
                 warm.from_study_id,
                 taken,
                 skipped,
-                extra={"study_id": study.study_id},
+                extra={"study_id": study_id},
             )
         if observations:
-            self.observe(study.study_id, observations)
+            self.observe(study_id, observations)
 
     def completed_trials(self, study_id: str) -> list[trial_pb2.Trial]:
         """The COMPLETED trials (finite value) of a study, read from Redis.

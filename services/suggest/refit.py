@@ -9,8 +9,9 @@ live in one child process (started lazily, at a lower CPU priority: ``nice``
 ``LADDER_REFIT_NICE``, default 5): the buffers' refit threads only wait on a
 pipe, and the request path runs with the GIL to itself.
 
-``RefitProcess.refit(study, partition, observations)`` is a policy's ``Refit``
-whose sampler runs in the child. The child mirrors each study's observations:
+``RefitProcess.refit(study_id, spec, partition, observations)`` is a policy's
+``Refit`` whose sampler runs in the child (which rebuilds the ``StudySpec`` from
+its defaulted config once per study). The child mirrors each study's observations:
 every call sends only the changes of the study's ``ObservationStore`` the child
 has not seen yet (a fresh child gets them all). The child reserves draws from
 the same Redis counters (``TrialStore.reserve_draws``) as the fallback sampler
@@ -34,7 +35,7 @@ from ladder.config import Settings, Topics
 from ladder.samplers import Observation, ObservationStore, Proposal, Refit, Sampler, make_sampler
 from ladder.samplers.base import ObservationKey
 from ladder.samplers.policy import Pending
-from ladder.space import Space
+from ladder.study import StudySpec
 from ladder.v1 import study_pb2
 
 log = logging.getLogger("ladder.suggest.refit")
@@ -78,13 +79,15 @@ class RefitProcess:
         log.info("refit process started (pid %d, nice +%d)", self._proc.pid, self.nice)
 
     def refit(
-        self, study: study_pb2.Study, partition: int, observations: ObservationStore
+        self, study_id: str, spec: StudySpec, partition: int, observations: ObservationStore
     ) -> Refit:
         """The ``Refit`` of one (study, partition), computed in the child."""
-        config = study.SerializeToString()
+        # The spec travels as its defaulted config (protobuf bytes pickle cheaply);
+        # the child rebuilds the spec from it once per study.
+        config = study_pb2.Study(study_id=study_id, config=spec.to_proto()).SerializeToString()
 
         def refit(count: int, pending: Pending) -> list[Proposal]:
-            return self._suggest(config, study.study_id, partition, observations, count, pending)
+            return self._suggest(config, study_id, partition, observations, count, pending)
 
         return refit
 
@@ -140,6 +143,7 @@ def _child_main(conn: Connection, settings: tuple[str, str], nice: int) -> None:
     redis_url, prefix = settings
     state = open_state(Settings(kafka_bootstrap="", redis_url=redis_url, topics=Topics(prefix)))
     samplers: dict[tuple[str, int], Sampler] = {}
+    specs: dict[str, StudySpec] = {}
     mirrors: dict[str, dict[ObservationKey, Observation]] = {}
     while True:
         try:
@@ -156,9 +160,11 @@ def _child_main(conn: Connection, settings: tuple[str, str], nice: int) -> None:
             key = (study.study_id, partition)
             sampler = samplers.get(key)
             if sampler is None:
+                spec = specs.get(study.study_id)
+                if spec is None:
+                    spec = specs[study.study_id] = StudySpec.from_proto(study.config)
                 sampler = samplers[key] = make_sampler(
-                    study.config,
-                    Space.from_proto(study.config.space),
+                    spec,
                     partition,
                     lambda n, s=study.study_id, p=partition: state.trials.reserve_draws(s, p, n),
                 )

@@ -6,12 +6,11 @@ from ladder.samplers import (
     Proposal,
     QuasiRandomSampler,
     SamplerContext,
-    make_sampler,
 )
 from ladder.samplers.gp import ENCODING, GPSampler, initial_points
 from ladder.space import Kind, ParamSpec, Space
+from ladder.study import Algorithm
 from ladder.testing.samplers import random_observations
-from ladder.v1 import study_pb2
 
 PLANE = Space(
     [ParamSpec("x", Kind.FLOAT, low=0, high=1), ParamSpec("y", Kind.FLOAT, low=-2, high=2)]
@@ -40,8 +39,7 @@ def test_initial_design_is_the_quasi_random_stream() -> None:
     expected = [p.params for p in QuasiRandomSampler(ctx).suggest((), initial_points(PLANE))]
     got = [p.params for p in GPSampler(ctx).suggest((), initial_points(PLANE))]
     assert got == expected
-    assert isinstance(make_sampler(study_pb2.StudyConfig(algorithm=study_pb2.GP), PLANE), GPSampler)
-    assert study_pb2.GP in FACTORIES
+    assert isinstance(FACTORIES[Algorithm.GP](ctx), GPSampler)
 
 
 def test_model_based_suggestion_is_deterministic_and_predicts() -> None:

@@ -26,6 +26,7 @@ from ladder.samplers import (
 from ladder.samplers.quasirandom import QuasiRandomSampler
 from ladder.samplers.tpe import TPESampler
 from ladder.space import Space
+from ladder.study import StudySpec
 from ladder.testing import FakeDraws, wait_for
 from ladder.v1 import space_pb2 as S
 from ladder.v1 import study_pb2
@@ -48,7 +49,6 @@ class Scripted(Sampler):
     """Proposes x = number of observations given; can be held inside ``suggest``."""
 
     algorithm = "scripted"
-    uses_pending = True
 
     def __init__(self, context: SamplerContext) -> None:
         super().__init__(context)
@@ -267,12 +267,18 @@ def test_the_store_keeps_one_observation_per_trial_and_resource() -> None:
 # ------------------------------------------------------------- the suggest service's pool
 
 
-def _study(algorithm: int) -> study_pb2.Study:
-    config = study_pb2.StudyConfig(seed=5, partitions=4, algorithm=algorithm)
+def _study(algorithm: int) -> tuple[str, StudySpec]:
+    config = study_pb2.StudyConfig(
+        metric="loss",
+        seed=5,
+        partitions=4,
+        algorithm=algorithm,
+        scheduler=study_pb2.SchedulerConfig(kind=study_pb2.NONE),
+    )
     config.space.CopyFrom(
         S.SearchSpace(parameters=[S.Parameter(name="x", float_range=S.FloatRange(low=0, high=1))])
     )
-    return study_pb2.Study(study_id=f"st-{algorithm}", config=config)
+    return f"st-{algorithm}", StudySpec.from_proto(config)
 
 
 def test_pool_refits_model_studies_and_feeds_every_fidelity_once() -> None:
@@ -282,27 +288,27 @@ def test_pool_refits_model_studies_and_feeds_every_fidelity_once() -> None:
     from services.suggest.pool import PolicyPool
 
     store = FakeDraws()
-    pool = PolicyPool(store, None, 2, lambda study: ())  # type: ignore[arg-type]
-    random = pool.policy(_study(study_pb2.RANDOM), 0)
+    pool = PolicyPool(store, None, 2, lambda study_id: ())  # type: ignore[arg-type]
+    random = pool.policy(*_study(study_pb2.RANDOM), 0)
     assert random.refit is None and [s.algorithm for s in random.take(2)] == ["quasi-random"] * 2
 
-    study = _study(study_pb2.TPE)
-    early = pool.policy(study, 0)
+    study_id, spec = _study(study_pb2.TPE)
+    early = pool.policy(study_id, spec, 0)
     assert early.refit is not None
-    trial = trial_pb2.Trial(trial_id="t1", study_id=study.study_id, has_final_value=True)
+    trial = trial_pb2.Trial(trial_id="t1", study_id=study_id, has_final_value=True)
     trial.final_value = 0.3
     fill_params(trial.params, {"x": 0.5})
     assert pool.observe_completed(trial) and not pool.observe_completed(trial)
     rung = Observation("t1", {"x": 0.5}, 0.6, resource=3.0)
-    assert pool.observe(study.study_id, [rung, rung]) == 1  # another fidelity, once
-    assert pool.observe(study.study_id, [rung]) == 0
-    late = pool.policy(study, 1)  # built after the observations: starts with them
+    assert pool.observe(study_id, [rung, rung]) == 1  # another fidelity, once
+    assert pool.observe(study_id, [rung]) == 0
+    late = pool.policy(study_id, spec, 1)  # built after the observations: starts with them
     try:
         for policy in (early, late):
             until(lambda p=policy: p.stats.observations == 2 and p.stats.buffered)
-        assert len(pool.observations(study.study_id)) == 2
+        assert len(pool.observations(study_id)) == 2
         assert early.take(1)[0].algorithm == "tpe"
-        assert store.next[(study.study_id, 0)] >= 2 and store.next[(study.study_id, 1)] >= 2
+        assert store.next[(study_id, 0)] >= 2 and store.next[(study_id, 1)] >= 2
     finally:
         pool.stop(5)
     assert not early._thread.is_alive() and not late._thread.is_alive()

@@ -11,26 +11,34 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ladder import study
 from ladder.samplers import FACTORIES, LocalDraws, Observation, Sampler, make_sampler
-from ladder.space import Kind, ParamSpec, Space
+from ladder.space import Space
+from ladder.study import Algorithm, StudySpec
 from ladder.testing.samplers import random_observations
+from ladder.v1 import space_pb2 as S
 from ladder.v1 import study_pb2
 
-SPACE = Space(
-    [
-        ParamSpec("x", Kind.FLOAT, low=0, high=1),
-        ParamSpec("opt", Kind.CATEGORICAL, values=("a", "b")),
-        ParamSpec("mom", Kind.FLOAT, low=0, high=1, parent="opt", parent_indexes=frozenset({0})),
-        ParamSpec("n", Kind.INT, low=1, high=4),
+SPACE_CONFIG = S.SearchSpace(
+    parameters=[
+        S.Parameter(name="x", float_range=S.FloatRange(low=0, high=1)),
+        S.Parameter(name="opt", categorical=S.Categorical(choices=["a", "b"])),
+        S.Parameter(
+            name="mom",
+            float_range=S.FloatRange(low=0, high=1),
+            condition=S.Condition(parent="opt", parent_values=["a"]),
+        ),
+        S.Parameter(name="n", int_range=S.IntRange(low=1, high=4)),
     ]
 )
+SPACE = Space.from_proto(SPACE_CONFIG)
 # Enough for every model-based sampler to leave its quasi-random start.
 OBSERVED = 12
 # Samplers that never suggest an observed or pending point again (README, "gp").
-NO_REPEATS = {study_pb2.GP, study_pb2.AUTO}
+NO_REPEATS = {Algorithm.GP, Algorithm.AUTO}
 MIN_DISTANCE = 1e-4
 
-ALGORITHMS = [pytest.param(a, id=study_pb2.Algorithm.Name(a)) for a in sorted(FACTORIES)]
+ALGORITHMS = [pytest.param(a, id=a.name) for a in sorted(FACTORIES)]
 
 
 def value(p: dict) -> float:
@@ -41,9 +49,15 @@ def observations(seed: int = 0) -> list[Observation]:
     return random_observations(SPACE, OBSERVED, value, seed)
 
 
-def sampler(algorithm: int, seed: int = 7) -> Sampler:
-    config = study_pb2.StudyConfig(seed=seed, algorithm=algorithm)
-    return make_sampler(config, SPACE, reserve=LocalDraws())
+def sampler(algorithm: Algorithm, seed: int = 7) -> Sampler:
+    config = study_pb2.StudyConfig(
+        metric="loss",
+        space=SPACE_CONFIG,
+        seed=seed,
+        algorithm=study.ALGORITHMS.number(algorithm),
+        scheduler=study_pb2.SchedulerConfig(kind=study_pb2.NONE),
+    )
+    return make_sampler(StudySpec.from_proto(config), reserve=LocalDraws())
 
 
 def distance(a: dict, b: dict) -> float:
@@ -51,7 +65,7 @@ def distance(a: dict, b: dict) -> float:
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_zero_observations_give_valid_points_with_unique_draws(algorithm: int) -> None:
+def test_zero_observations_give_valid_points_with_unique_draws(algorithm: Algorithm) -> None:
     s = sampler(algorithm)
     proposals = s.suggest((), 4) + s.suggest((), 2)
     assert len(proposals) == 6
@@ -63,7 +77,7 @@ def test_zero_observations_give_valid_points_with_unique_draws(algorithm: int) -
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_observed_points_give_valid_points_of_the_conditional_space(algorithm: int) -> None:
+def test_observed_points_give_valid_points_of_the_conditional_space(algorithm: Algorithm) -> None:
     data = observations()
     pending = [data[0].params, SPACE.sample_to_params(np.full(SPACE.dim(), 0.5))]
     proposals = sampler(algorithm).suggest(data, 2, pending)
@@ -79,7 +93,7 @@ def test_observed_points_give_valid_points_of_the_conditional_space(algorithm: i
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_same_seed_same_inputs_same_points(algorithm: int) -> None:
+def test_same_seed_same_inputs_same_points(algorithm: Algorithm) -> None:
     data = observations()
     a, b = sampler(algorithm).suggest(data, 2), sampler(algorithm).suggest(data, 2)
     assert [p.params for p in a] == [p.params for p in b]
@@ -89,7 +103,7 @@ def test_same_seed_same_inputs_same_points(algorithm: int) -> None:
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_the_sampler_keeps_no_observations(algorithm: int) -> None:
+def test_the_sampler_keeps_no_observations(algorithm: Algorithm) -> None:
     """Observations are the caller's: what one call was given does not leak
     into the next (the next call starts from the quasi-random design again)."""
     s, fresh = sampler(algorithm), sampler(algorithm)

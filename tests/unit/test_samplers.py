@@ -12,20 +12,31 @@ from ladder.samplers import (
     quasirandom,
 )
 from ladder.space import Space
+from ladder.study import Algorithm, StudySpec
 from ladder.testing import FakeDraws
 from ladder.v1 import space_pb2 as S
 from ladder.v1 import study_pb2
 from scipy.stats import qmc
 
-SPACE = Space.from_proto(
-    S.SearchSpace(
-        parameters=[
-            S.Parameter(name="x", float_range=S.FloatRange(low=0, high=1)),
-            S.Parameter(name="lr", float_range=S.FloatRange(low=1e-5, high=1, scale=S.SCALE_LOG)),
-            S.Parameter(name="opt", categorical=S.Categorical(choices=["adam", "sgd", "rms"])),
-        ]
-    )
+SPACE_CONFIG = S.SearchSpace(
+    parameters=[
+        S.Parameter(name="x", float_range=S.FloatRange(low=0, high=1)),
+        S.Parameter(name="lr", float_range=S.FloatRange(low=1e-5, high=1, scale=S.SCALE_LOG)),
+        S.Parameter(name="opt", categorical=S.Categorical(choices=["adam", "sgd", "rms"])),
+    ]
 )
+SPACE = Space.from_proto(SPACE_CONFIG)
+
+
+def spec(**kw: object) -> StudySpec:
+    """A valid study over ``SPACE`` without early stopping."""
+    config = study_pb2.StudyConfig(
+        metric="loss",
+        space=SPACE_CONFIG,
+        scheduler=study_pb2.SchedulerConfig(kind=study_pb2.NONE),
+        **kw,  # type: ignore[arg-type]
+    )
+    return StudySpec.from_proto(config)
 
 
 def sampler(seed: int = 7, partition: int = 0, start: int = 0) -> QuasiRandomSampler:
@@ -93,7 +104,9 @@ def test_observations_are_idempotent_per_trial() -> None:
 
 
 def test_every_algorithm_has_a_sampler() -> None:
-    assert set(FACTORIES) == set(study_pb2.Algorithm.values())
+    # An unspecified algorithm is RANDOM in the StudySpec: no factory of its own.
+    assert set(FACTORIES) == set(Algorithm)
+    assert isinstance(make_sampler(spec()), QuasiRandomSampler)
 
 
 def test_make_sampler_uses_the_reserver() -> None:
@@ -103,9 +116,16 @@ def test_make_sampler_uses_the_reserver() -> None:
         calls.append(n)
         return 100
 
-    config = study_pb2.StudyConfig(seed=3, algorithm=study_pb2.RANDOM)
-    proposals = make_sampler(config, SPACE, partition=2, reserve=reserve).suggest((), 2)
+    proposals = make_sampler(spec(seed=3), partition=2, reserve=reserve).suggest((), 2)
     assert calls == [2] and [p.draw for p in proposals] == [100, 101]
+
+
+def test_make_sampler_reads_the_study_spec() -> None:
+    study = spec(seed=3, direction=study_pb2.MAXIMIZE, partitions=4)
+    made = make_sampler(study, partition=2)
+    assert made.context == SamplerContext(study.space, seed=3, partition=2, maximize=True)
+    same = sampler(seed=3, partition=2).suggest((), 4)
+    assert [p.params for p in made.suggest((), 4)] == [p.params for p in same]
 
 
 def test_derive_seed_is_deterministic_and_distinct() -> None:
@@ -117,12 +137,8 @@ def test_derive_seed_is_deterministic_and_distinct() -> None:
 # ------------------------------------------------------------- the suggest service's pool
 
 
-def _study() -> study_pb2.Study:
-    config = study_pb2.StudyConfig(seed=5, partitions=4, algorithm=study_pb2.RANDOM)
-    config.space.CopyFrom(
-        S.SearchSpace(parameters=[S.Parameter(name="x", float_range=S.FloatRange(low=0, high=1))])
-    )
-    return study_pb2.Study(study_id="st-p", config=config)
+def _study() -> StudySpec:
+    return spec(seed=5, partitions=4, algorithm=study_pb2.RANDOM)
 
 
 def test_pool_feeds_observations_once_and_to_late_samplers() -> None:
@@ -132,15 +148,15 @@ def test_pool_feeds_observations_once_and_to_late_samplers() -> None:
     from services.suggest.pool import PolicyPool
 
     draws = FakeDraws()
-    pool = PolicyPool(draws, None, 2, lambda study: ())  # type: ignore[arg-type]
-    early = pool.policy(_study(), 0)
+    pool = PolicyPool(draws, None, 2, lambda study_id: ())  # type: ignore[arg-type]
+    early = pool.policy("st-p", _study(), 0)
     trial = trial_pb2.Trial(
         trial_id="st-p-t1", study_id="st-p", has_final_value=True, final_value=0.3
     )
     fill_params(trial.params, {"x": 0.5})
     # A replayed event changes nothing (model studies: tests/unit/test_policy.py).
     assert pool.observe_completed(trial) and not pool.observe_completed(trial)
-    late = pool.policy(_study(), 1)
+    late = pool.policy("st-p", _study(), 1)
     assert len(pool.observations("st-p")) == 1
     early.take(2)
     late.take(1)
@@ -154,3 +170,23 @@ def test_worker_routing_is_stable_and_spread() -> None:
     assert partition_of("anything", 1) == 0
     used = {partition_of(f"worker-{i}", 8) for i in range(200)}
     assert used == set(range(8))
+
+
+def test_the_pool_builds_a_policy_from_the_study_spec() -> None:
+    from services.suggest.pool import PolicyPool
+
+    pool = PolicyPool(FakeDraws(), None, 2, lambda study_id: ())  # type: ignore[arg-type]
+    # An unspecified algorithm is RANDOM in the spec: served at once, no refit.
+    instant = pool.policy("st-r", spec(seed=5, partitions=4), 1)
+    assert instant.refit is None
+    study = spec(seed=5, partitions=4, algorithm=study_pb2.TPE)
+    model = pool.policy("st-m", study, 1)
+    try:
+        assert model.refit is not None
+        # The fallback is the partition's quasi-random stream of the study seed.
+        assert isinstance(model.fallback, QuasiRandomSampler)
+        assert model.fallback.space is study.space
+        expected = sampler(seed=5, partition=1).points(0, 4)
+        assert np.array_equal(model.fallback.points(0, 4), expected)
+    finally:
+        pool.stop(5)

@@ -196,3 +196,29 @@ def test_a_warm_start_outside_the_space_names_the_configuration() -> None:
     cfg.warm_start.configurations.add().params["lr"].float_value = 5.0
     with pytest.raises(SpaceError, match=r"warm_start.configurations\[0\]: params: 'lr'=5.0"):
         StudySpec.from_proto(cfg)
+
+
+def test_the_spec_holds_seed_warm_start_and_labels_read_only() -> None:
+    known = study_pb2.KnownConfiguration(has_value=True, value=0.5)
+    known.params["lr"].float_value = 0.01
+    seed_point = study_pb2.KnownConfiguration()
+    seed_point.params["lr"].float_value = 0.001
+    cfg = config(
+        seed=42,
+        labels={"team": "vision"},
+        warm_start=study_pb2.WarmStart(configurations=[known, seed_point], from_study_id="st-a"),
+    )
+    spec = StudySpec.from_proto(cfg)
+    assert spec.seed == 42 and dict(spec.labels) == {"team": "vision"}
+    assert spec.warm_start.from_study_id == "st-a"
+    assert [(dict(c.params), c.value) for c in spec.warm_start.configurations] == [
+        ({"lr": 0.01}, 0.5),
+        ({"lr": 0.001}, None),
+    ]
+    assert [dict(c.params) for c in spec.warm_start.seeds] == [{"lr": 0.001}]
+    with pytest.raises(TypeError):
+        spec.labels["team"] = "other"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        spec.warm_start.configurations[0].params["lr"] = 1.0  # type: ignore[index]
+    defaults = StudySpec.from_proto(config())
+    assert (defaults.seed, dict(defaults.labels), defaults.warm_start.configurations) == (0, {}, ())

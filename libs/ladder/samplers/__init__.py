@@ -6,11 +6,12 @@ observations it is given — final values of completed trials and, with
 early; each model-based sampler fits one fidelity at a time
 (``base.select_fidelity``). A sampler stores no observations: the
 ``SuggestionPolicy`` of a (study, partition) holds them (``policy.py``).
-``make_sampler`` picks the implementation from ``StudyConfig.algorithm``:
+``make_sampler`` picks the implementation from ``StudySpec.algorithm`` (an
+unspecified algorithm is already RANDOM there):
 
 | algorithm            | sampler                                               |
 |----------------------|-------------------------------------------------------|
-| RANDOM / unspecified | ``QuasiRandomSampler`` (scrambled Sobol')             |
+| RANDOM               | ``QuasiRandomSampler`` (scrambled Sobol')             |
 | GP                   | ``GPSampler`` (BoTorch GP, qLogEI with pending points)  |
 | TPE                  | ``TPESampler`` (multivariate TPE, constant liar)      |
 | AUTO                 | ``AutoSampler`` (GP or TPE by space shape, see auto.py) |
@@ -48,8 +49,7 @@ from ladder.samplers.policy import (
 )
 from ladder.samplers.quasirandom import QuasiRandomSampler
 from ladder.samplers.tpe import TPESampler
-from ladder.space import Space
-from ladder.v1 import study_pb2
+from ladder.study import Algorithm, StudySpec
 
 SamplerFactory = Callable[[SamplerContext], Sampler]
 
@@ -68,31 +68,26 @@ def _auto(context: SamplerContext) -> Sampler:
     return AutoSampler(context)
 
 
-FACTORIES: dict[int, SamplerFactory] = {
-    study_pb2.ALGORITHM_UNSPECIFIED: QuasiRandomSampler,
-    study_pb2.RANDOM: QuasiRandomSampler,
-    study_pb2.GP: _gp,
-    study_pb2.TPE: TPESampler,
-    study_pb2.AUTO: _auto,
+FACTORIES: dict[Algorithm, SamplerFactory] = {
+    Algorithm.RANDOM: QuasiRandomSampler,
+    Algorithm.GP: _gp,
+    Algorithm.TPE: TPESampler,
+    Algorithm.AUTO: _auto,
 }
 
 
 def make_sampler(
-    config: study_pb2.StudyConfig,
-    space: Space,
-    partition: int = 0,
-    reserve: DrawReserver | None = None,
+    spec: StudySpec, partition: int = 0, reserve: DrawReserver | None = None
 ) -> Sampler:
-    """The sampler for one partition of a study (``config`` with defaults filled)."""
+    """The sampler for one partition of a study."""
     context = SamplerContext(
-        space=space,
-        seed=config.seed,
+        space=spec.space,
+        seed=spec.seed,
         partition=partition,
-        partitions=max(1, config.partitions),
-        maximize=config.direction == study_pb2.MAXIMIZE,
+        maximize=spec.maximize,
         reserve=reserve,
     )
-    return FACTORIES[config.algorithm](context)
+    return FACTORIES[spec.algorithm](context)
 
 
 __all__ = [

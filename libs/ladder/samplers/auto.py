@@ -47,14 +47,13 @@ def prefers_gp(space: Space) -> bool:
 
 
 class AutoSampler(Sampler):
-    uses_pending = True
+    algorithm = "auto"  # each proposal names the delegate: "auto:gp" or "auto:tpe"
 
     def __init__(self, context: SamplerContext) -> None:
         super().__init__(context)
         shared = dataclasses.replace(context, reserve=self.reserve)
         self._gp = GPSampler(shared) if prefers_gp(context.space) else None
         self._tpe = TPESampler(shared)
-        self.algorithm = "auto:gp" if self._gp is not None else "auto:tpe"
 
     def _suggest(
         self, observations: Sequence[Observation], count: int, pending: Pending
@@ -63,8 +62,8 @@ class AutoSampler(Sampler):
             self._gp is not None
             and len(self._gp.training_set(observations).observations) <= MAX_GP_OBSERVATIONS
         ):
-            self.algorithm, delegate = "auto:gp", self._gp
+            name, delegate = "auto:gp", self._gp
         else:
-            self.algorithm, delegate = "auto:tpe", self._tpe
+            name, delegate = "auto:tpe", self._tpe
         proposals = delegate.suggest(observations, count, pending)
-        return [dataclasses.replace(p, algorithm=self.algorithm) for p in proposals]
+        return [dataclasses.replace(p, algorithm=name) for p in proposals]

@@ -115,7 +115,6 @@ class SamplerContext:
     space: Space
     seed: int
     partition: int = 0
-    partitions: int = 1
     maximize: bool = False
     reserve: DrawReserver | None = None
 
@@ -140,8 +139,6 @@ class Sampler(ABC):
     ``suggest`` is the one entry point; a subclass implements ``_suggest``, which
     is only called for ``count >= 1``."""
 
-    # Whether ``suggest`` uses ``pending``; lets the caller skip fetching it.
-    uses_pending = False
     algorithm = "abstract"
 
     def __init__(self, context: SamplerContext) -> None:

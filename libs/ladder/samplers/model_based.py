@@ -28,8 +28,6 @@ from ladder.samplers.quasirandom import QuasiRandomSampler
 class ModelBasedSampler(Sampler):
     """A sampler whose model needs ``startup`` observations of one fidelity."""
 
-    uses_pending = True
-
     def __init__(self, context: SamplerContext, startup: int) -> None:
         super().__init__(context)
         self.startup = startup
