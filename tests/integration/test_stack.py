@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,6 +184,22 @@ FAKE_SERVICE = textwrap.dedent(
     server.add_insecure_port("127.0.0.1:" + port)
     server.start()
     stop = threading.Event()
+    if behaviour == "needs-redis":
+        # Like a real service whose consumer waits on Redis: NOT_SERVING while it is down.
+        import redis, time
+
+        def watch_redis():
+            client = redis.Redis.from_url(os.environ["LADDER_REDIS_URL"], socket_timeout=0.5)
+            while True:
+                try:
+                    client.ping()
+                    status = health_pb2.HealthCheckResponse.SERVING
+                except redis.RedisError:
+                    status = health_pb2.HealthCheckResponse.NOT_SERVING
+                servicer.set("", status)
+                time.sleep(0.1)
+
+        threading.Thread(target=watch_redis, daemon=True).start()
     if behaviour == "ignore-term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
@@ -298,3 +315,23 @@ def test_the_supervisor_restarts_a_killed_component_and_down_stops_it(
         stopped = launcher.down(tmp_path, grace=2.0)
     assert stopped[0] == "supervisor"
     assert pid_gone(recs["supervisor"])
+
+
+@pytest.mark.usefixtures("fake_services")
+def test_a_service_waiting_on_a_dead_redis_is_not_restarted_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_EVALUATE", "needs-redis")
+    with launcher.Stack(tmp_path, services=True) as first:
+        recs = {r.name: r for r in records(first)}
+        procs.stop_all([recs["redis"]], grace=5)
+        wait_for(
+            lambda: not probes.serving(first["evaluate_addr"]), 10, "evaluate NOT_SERVING"
+        )
+        started = time.monotonic()
+        second = launcher.up(tmp_path, services=True)
+        # Redis first; evaluate, serving again once Redis is back, is kept.
+        assert second["restarted"] == ["redis"]
+        assert time.monotonic() - started < launcher.UNHEALTHY_GRACE
+        assert procs.is_running(recs["evaluate"])
+        assert probes.serving(second["evaluate_addr"])

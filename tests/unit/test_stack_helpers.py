@@ -189,3 +189,54 @@ def test_a_new_embedded_broker_archives_state_bound_to_the_old_log(tmp_path) -> 
     assert archived is not None and (archived / "lineage.sqlite3").read_text() == "db"
     assert (archived / "earlystop").is_dir()
     assert not (tmp_path / "lineage.sqlite3").exists() and (tmp_path / "redis").is_dir()
+
+
+def _stack_with(names: list[str]) -> dict[str, object]:
+    pids = {n: ProcRecord(n, 10 + i, 1).to_json() for i, n in enumerate(names)}
+    return _info(evaluate_addr="127.0.0.1:3", pids=pids)
+
+
+def test_a_dead_redis_is_restarted_before_the_services_are_judged(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL",
+                "LADDER_BROKER_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    layout = launcher.Layout.of(tmp_path)
+    launcher._write_stack(layout, _stack_with(["kafka", "redis", "evaluate", "supervisor"]))
+    alive = {"kafka", "evaluate", "supervisor"}  # Redis was killed
+    monkeypatch.setattr(launcher.procs, "is_running", lambda rec: rec.name in alive)
+    monkeypatch.setattr(launcher.probes, "kafka_reachable", lambda _addr: True)
+    monkeypatch.setattr(launcher.probes, "redis_ping", lambda _url: "redis" in alive)
+    # evaluate's consumer waits on Redis: NOT_SERVING until Redis is back.
+    monkeypatch.setattr(launcher.probes, "serving", lambda _addr: "redis" in alive)
+    monkeypatch.setattr(launcher, "UNHEALTHY_GRACE", 1.0)
+    repairs: list[list[str]] = []
+
+    def repair(self: object, info: dict[str, object], names: list[str]) -> dict[str, object]:
+        repairs.append(list(names))
+        alive.update(names)
+        self.started.update({n: ProcRecord(n, 99, 1) for n in names})  # type: ignore[attr-defined]
+        return info
+
+    monkeypatch.setattr(launcher._Starter, "repair", repair)
+    result = launcher._repair_or_start(
+        layout, True, launcher.Asked.from_env(), float("inf"), lambda _m: None
+    )
+    assert repairs == [["redis"]]
+    assert result["restarted"] == ["redis"] and result["reused"] is False
+
+
+def test_the_supervisor_repairs_only_when_a_component_died(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ladder.stack import supervisor
+
+    info = _stack_with(["kafka", "redis", "evaluate", "supervisor"])
+    alive = {"kafka", "redis", "evaluate"}
+    monkeypatch.setattr(launcher.procs, "is_running", lambda rec: rec.name in alive)
+    assert not supervisor.needs_repair(info)  # its own record is not a component
+    alive.discard("evaluate")
+    assert supervisor.needs_repair(info)
+    assert launcher.dead_components(info) == ["evaluate"]
+    assert not supervisor.needs_repair({"pids": "torn"})

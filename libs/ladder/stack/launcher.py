@@ -211,6 +211,18 @@ def _unhealthy(info: dict[str, Any]) -> list[str] | None:
         return None  # A stack.json we cannot read describes nothing we can trust.
 
 
+def dead_components(info: dict[str, Any]) -> list[str] | None:
+    """The stack's components whose recorded process has died, infra first (no network
+    probe, so cheap enough to poll); None when stack.json is unreadable."""
+    try:
+        records = _records(info)
+        return [
+            n for n in _components(info) if n in records and not procs.is_running(records[n])
+        ]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _to_restart(info: dict[str, Any], deadline: float) -> list[str] | None:
     """What a repair must start again: the dead components, and the running ones still
     unhealthy after a grace period (a component just restarted may be starting up)."""
@@ -218,7 +230,7 @@ def _to_restart(info: dict[str, Any], deadline: float) -> list[str] | None:
     if not bad:
         return bad
     records = _records(info)
-    dead = [n for n in bad if n in records and not procs.is_running(records[n])]
+    dead = dead_components(info) or []
     starting = [n for n in bad if n not in dead]
     grace = min(deadline, time.monotonic() + UNHEALTHY_GRACE)
     while starting and time.monotonic() < grace:
@@ -271,13 +283,21 @@ def _repair_or_start(
 ) -> dict[str, Any]:
     existing = read_stack(layout.root)
     if existing and _matches(existing, services, asked):
-        restart = _to_restart(existing, deadline)
-        if restart == []:
+        starter = _Starter(layout, services, asked, deadline, say)
+        info = existing
+        # A service whose consumer waits on a dead Redis or broker is NOT_SERVING only
+        # because of it: start those first, then judge the services, or each such
+        # service waits out the grace period and is restarted for nothing.
+        infra = [n for n in dead_components(existing) or [] if n in INFRA]
+        if infra:
+            info = starter.repair(existing, infra)
+        restart = _to_restart(info, deadline)
+        if restart == [] and not starter.started:
             say(f"stack in {layout.root} is already up")
             return {**existing, "reused": True}
         if restart is not None:
-            starter = _Starter(layout, services, asked, deadline, say)
-            info = starter.repair(existing, restart)
+            if restart:
+                info = starter.repair(info, restart)
             return {**info, "reused": False, "restarted": sorted(starter.started)}
     if existing or procs.read_pid_files(layout.pids):
         say("stopping the leftovers of a previous stack")

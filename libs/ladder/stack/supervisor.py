@@ -26,9 +26,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ladder.retry import backoff_delay
-from ladder.stack import launcher, procs
+from ladder.stack import launcher
 
 DEFAULT_INTERVAL_S = 2.0
 
@@ -37,17 +38,13 @@ def _say(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} supervisor: {message}", flush=True)
 
 
-def needs_repair(state_dir: Path) -> bool:
-    """True when a recorded component's process has died (cheap: no network probe).
+def needs_repair(info: dict[str, Any]) -> bool:
+    """True when a component of the stack ``info`` describes has died (cheap: no
+    network probe).
 
     A component alive but unhealthy is left to its own recovery; ``launcher.up`` gives
     such a component a grace period anyway when it repairs the others."""
-    info = launcher.read_stack(state_dir) or {}
-    records = launcher._records(info)
-    return any(
-        not procs.is_running(rec) for name, rec in records.items()
-        if name != launcher.SUPERVISOR
-    )
+    return bool(launcher.dead_components(info))
 
 
 def supervise(
@@ -64,7 +61,7 @@ def supervise(
         if info is None:
             log(f"no stack in {state_dir} any more; exiting")
             return
-        if not needs_repair(state_dir):
+        if not needs_repair(info):
             failures = 0
             continue
         try:
