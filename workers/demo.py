@@ -344,9 +344,9 @@ def demo_problems(summary: lineage_pb2.StudySummary, exit_codes: dict[str, int |
 def report(client: LadderClient, study_id: str, summary: lineage_pb2.StudySummary,
            pool: WorkerPool, wall: float, total: float, state_dir: Path,
            config: study_pb2.StudyConfig, args: argparse.Namespace) -> int:
-    from ladder.schedulers import SchedulerSpec
+    from ladder.study import StudySpec
 
-    milestones = SchedulerSpec.from_study(config).decision_rungs(
+    milestones = StudySpec.from_proto(config).scheduler.decision_rungs(
         config.scheduler.max_resource) + [config.scheduler.max_resource]
     trials = finished(summary)
     pruned_fraction = summary.pruned / trials if trials else 0.0

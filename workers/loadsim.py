@@ -55,6 +55,7 @@ from typing import Any
 from ladder.client import LadderClient, study_config
 from ladder.config import Settings
 from ladder.schedulers import SchedulerSpec
+from ladder.study import StudySpec
 from ladder.v1 import events_pb2
 
 from workers.loadsim_observe import (
@@ -167,7 +168,7 @@ def study_scheduler(
     unbounded scheduler's rungs stop at ``--max-resource``."""
     with LadderClient(settings) as client:
         study = client.get_study(study_id)
-    spec = SchedulerSpec.from_study(study.config)
+    spec = StudySpec.from_proto(study.config).scheduler
     rungs = spec.rungs() if spec.bounded else spec.rungs(up_to=options.max_resource)
     return spec, rungs, int(spec.max_resource or options.max_resource)
 

@@ -58,6 +58,7 @@ import grpc
 from ladder.errors import BudgetExhausted
 from ladder.params import PlainValue, params_to_dict
 from ladder.schedulers import SchedulerSpec
+from ladder.study import StudySpec
 from ladder.v1 import evaluate_pb2, events_pb2, study_pb2, suggest_pb2, trial_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -293,7 +294,7 @@ class Worker:
     @property
     def scheduler(self) -> SchedulerSpec:
         if self._scheduler is None:
-            self._scheduler = SchedulerSpec.from_study(self.study.config)
+            self._scheduler = StudySpec.from_proto(self.study.config).scheduler
         return self._scheduler
 
     @property
