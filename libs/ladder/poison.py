@@ -7,9 +7,10 @@ A failure is one of three kinds (``classify``):
 
 - ``BadRecord`` and the errors a retry cannot change (a value out of range for its
   protobuf field, a number too large for a float, text that is not UTF-8, a record
-  too large for the broker): the record goes to dead-letter at once;
-- an outage (the broker or Redis away, a timeout, a retriable Kafka error): retried
-  with back-off for as long as it lasts, since skipping would lose a good record;
+  too large or malformed for the broker): the record goes to dead-letter at once;
+- an outage (the broker or Redis away, a timeout, any other Kafka error, Redis out of
+  memory, loading, busy with a script or without a master): retried with back-off
+  for as long as it lasts, since skipping would lose a good record;
 - anything else (a bug met by one record): tried ``PoisonPolicy.max_attempts`` times,
   then dead-lettered, so one record never holds its partition for ever.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import enum
 import heapq
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -34,19 +36,58 @@ from ladder.codec import BadRecord
 # Failures that say a dependency is away, not that the record is bad: the record is
 # retried until it is back, never dropped.
 OUTAGES: tuple[type[BaseException], ...] = (
-    redis.ConnectionError,
+    redis.ConnectionError,  # includes BusyLoadingError: LOADING, a restart reading its data
     redis.TimeoutError,
     redis.ReadOnlyError,  # a replica while a failover promotes it
+    redis.exceptions.OutOfMemoryError,  # OOM: maxmemory reached, until memory is freed
+    redis.exceptions.ClusterDownError,  # includes MasterDownError: MASTERDOWN
+    redis.exceptions.TryAgainError,
     errors.Unavailable,
-    confluent_kafka.KafkaException,
+    confluent_kafka.KafkaException,  # but not the record-specific codes below
     ConnectionError,
     TimeoutError,  # SendResult.get: the broker did not acknowledge in time
     BufferError,
 )
 
+# Redis error codes that say the server cannot serve now, as the message of a plain
+# ResponseError: BUSY (a script running past its time limit) has no class of its own,
+# and a Lua script's redis.call failing with one comes back as "... -OOM command ...".
+_REDIS_BUSY = re.compile(r"(?:^|-)(?:OOM|BUSY|LOADING|MASTERDOWN) ")
+
+# librdkafka errors that a retry of the same record cannot change: the record (or what
+# the handler made of it) is too large or malformed for the broker. Matched by code,
+# since confluent-kafka's delivery reports do not set KafkaError.retriable(): a
+# timed-out record and an oversize one alike say False there.
+_KAFKA_RECORD_ERRORS = frozenset(
+    {
+        confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
+        confluent_kafka.KafkaError.INVALID_MSG,
+        confluent_kafka.KafkaError.INVALID_MSG_SIZE,
+        confluent_kafka.KafkaError.INVALID_RECORD,
+        confluent_kafka.KafkaError.INVALID_TIMESTAMP,
+        confluent_kafka.KafkaError.RECORD_LIST_TOO_LARGE,
+        confluent_kafka.KafkaError._BAD_MSG,
+        confluent_kafka.KafkaError._INVALID_ARG,
+        confluent_kafka.KafkaError._KEY_SERIALIZATION,
+        confluent_kafka.KafkaError._VALUE_SERIALIZATION,
+    }
+)
+
+
+def _kafka_record_error(exc: BaseException) -> bool:
+    """A confluent-kafka error about the record itself, not about the broker."""
+    if not isinstance(exc, confluent_kafka.KafkaException) or not exc.args:
+        return False
+    error = exc.args[0]
+    if not isinstance(error, confluent_kafka.KafkaError) or error.retriable():
+        return False
+    return error.code() in _KAFKA_RECORD_ERRORS
+
 
 def is_outage(exc: BaseException) -> bool:
-    return isinstance(exc, OUTAGES)
+    if isinstance(exc, redis.ResponseError) and not isinstance(exc, OUTAGES):
+        return _REDIS_BUSY.search(str(exc)) is not None
+    return isinstance(exc, OUTAGES) and not _kafka_record_error(exc)
 
 
 @dataclass(frozen=True)
@@ -100,7 +141,7 @@ class Failure(enum.Enum):
 def classify(exc: BaseException) -> Failure:
     if is_outage(exc) or isinstance(exc, _KAFKA_TRANSIENT):
         return Failure.TRANSIENT
-    if isinstance(exc, _PERMANENT):
+    if isinstance(exc, _PERMANENT) or _kafka_record_error(exc):
         return Failure.PERMANENT
     if isinstance(exc, kafka_errors.KafkaError):
         return Failure.TRANSIENT if exc.retriable else Failure.PERMANENT

@@ -8,7 +8,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import confluent_kafka
 import pytest
+import redis
 from aiokafka import errors as kafka_errors
 from ladder import poison
 from ladder.poison import Failure, ParkingLot, PoisonPolicy
@@ -68,6 +70,66 @@ def test_an_error_of_unknown_kind_is_tried_a_bounded_number_of_times() -> None:
     assert poison.classify(exc) is Failure.UNKNOWN
     assert [poison.gives_up(exc, n, max_attempts=3) for n in (1, 2, 3)] == [False, False, True]
     assert poison.classify(kafka_errors.MessageSizeTooLargeError()) is Failure.PERMANENT
+
+
+def _kafka(code: int) -> confluent_kafka.KafkaException:
+    # As a delivery report or produce() raises it: retriable() is False for every code.
+    return confluent_kafka.KafkaException(confluent_kafka.KafkaError(code))
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
+        confluent_kafka.KafkaError.INVALID_RECORD,
+        confluent_kafka.KafkaError.INVALID_MSG,
+    ],
+    ids=["size", "invalid-record", "corrupt"],
+)
+def test_a_record_the_broker_refuses_is_given_up_at_once(code: int) -> None:
+    assert poison.classify(_kafka(code)) is Failure.PERMANENT
+    assert not poison.is_outage(_kafka(code))
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        _kafka(confluent_kafka.KafkaError._MSG_TIMED_OUT),
+        _kafka(confluent_kafka.KafkaError._TRANSPORT),
+        _kafka(confluent_kafka.KafkaError._ALL_BROKERS_DOWN),
+        # An operator's fix, not the record's: retried (health says stuck meanwhile)
+        # rather than every good record dead-lettered.
+        _kafka(confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED),
+        confluent_kafka.KafkaException(
+            confluent_kafka.KafkaError(confluent_kafka.KafkaError.INVALID_RECORD, retriable=True)
+        ),
+    ],
+    ids=["timed-out", "transport", "brokers-down", "authorization", "retriable"],
+)
+def test_a_kafka_error_about_the_broker_is_an_outage(exc: Exception) -> None:
+    assert poison.classify(exc) is Failure.TRANSIENT
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+        redis.ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL"),
+        redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
+        redis.exceptions.MasterDownError("Link with MASTER is down"),
+        # Older servers wrap a script's failed redis.call in a plain ERR.
+        redis.ResponseError("Error running script (call to f_1): @user_script:1: -OOM command not"),
+    ],
+    ids=["oom", "busy", "loading", "masterdown", "oom-in-script"],
+)
+def test_redis_full_loading_or_busy_is_an_outage(exc: Exception) -> None:
+    assert poison.classify(exc) is Failure.TRANSIENT
+    assert poison.is_outage(exc)
+
+
+def test_another_redis_error_is_of_unknown_kind() -> None:
+    for exc in (redis.ResponseError("WRONGTYPE Operation"), redis.ResponseError("BUSYGROUP x")):
+        assert poison.classify(exc) is Failure.UNKNOWN
 
 
 def test_parked_items_leave_in_order_when_their_key_is_known_or_its_wait_is_over() -> None:
