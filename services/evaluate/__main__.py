@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     telemetry.setup("ladder-evaluate")
     settings = Settings.from_env()
     state = open_state(settings)
+    # The store keeps an old TRIAL_SUGGESTED ahead of the next event after this long,
+    # the age at which the relay re-publishes it too.
+    state.trials.outbox_retry_seconds = args.outbox_retry_seconds
     state.client.ping()  # fail fast (and visibly) when Redis is unreachable
     producer = EventProducer(settings, "evaluate")
     publisher = TransitionPublisher(settings, producer, state.trials)
