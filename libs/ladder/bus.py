@@ -260,9 +260,15 @@ class RecordRetries:
         return due
 
     def unpause_all(self) -> None:
-        """A new consumer (or assignment) fetches from the committed offsets, unpaused."""
+        """A new consumer fetches from the stored offsets, unpaused."""
         for held in self._held.values():
             held.paused = False
+
+    def forget_all(self) -> None:
+        """A group rebalance: every partition restarts from its committed offset, which
+        no held record was committed past, so whoever owns it now reads it again; a
+        record kept here for a partition that moved away would block commits for good."""
+        self._held.clear()
 
     @property
     def holding(self) -> bool:
@@ -605,7 +611,7 @@ class ConsumerLoop:
 
     def _reassigned(self) -> None:
         self._gaps.forget()
-        self._retries.unpause_all()
+        self._retries.forget_all()
 
     def _run(self) -> None:
         consumer = None

@@ -152,3 +152,14 @@ def test_a_record_given_up_on_is_not_handled_again_while_its_dead_letter_fails()
     assert loop._process(_Raw(5))  # on_done alone again
     assert calls == [1] and producer.letters == ["undecodable"] and done == [1]
     assert loop.dead_lettered == 1 and not loop._retries.holding
+
+
+def test_a_rebalance_forgets_held_records_so_commits_go_on() -> None:
+    # The partition restarts from its committed offset (never past a held record) in
+    # whichever member owns it now; a record held here for a partition that moved away
+    # would keep `holding` true and stop every commit of this member.
+    retries = RecordRetries(PoisonPolicy(max_attempts=3))
+    retries.failed(TP, 5, KeyError("bug"), now=0.0)
+    assert retries.holding
+    retries.forget_all()
+    assert not retries.holding and not retries.paused(TP) and retries.stuck(now=1e9) is None
