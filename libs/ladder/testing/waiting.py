@@ -3,11 +3,12 @@ either wastes time or, on a busy machine, is too short)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+
+from ladder.client import wait_until
 
 T = TypeVar("T")
 
@@ -17,14 +18,10 @@ def wait_for(
 ) -> Any:
     """Poll ``condition`` until it returns something truthy (returned) or fail with
     an AssertionError naming ``what`` once ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
+    value = wait_until(condition, timeout, every)
+    if not value:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return value
 
 
 def unless_not_found(call: Callable[[], T]) -> T | None:
