@@ -62,8 +62,10 @@ def stack_file(base: Path | None = None) -> Path:
     return (base or state_dir()) / "stack.json"
 
 
-def _stack_values() -> dict[str, Any]:
-    path = stack_file()
+def stack_values(base: Path | None = None) -> dict[str, Any]:
+    """The ``stack.json`` of the state folder ``base`` (default LADDER_STATE_DIR) as a
+    dict; empty when there is none or it cannot be read."""
+    path = stack_file(base)
     if path.exists():
         try:
             values = json.loads(path.read_text())
@@ -266,7 +268,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        stack = _stack_values()
+        stack = stack_values()
         bootstrap = _pick("LADDER_KAFKA_BOOTSTRAP", stack, "kafka_bootstrap", "127.0.0.1:9092")
         broker = chosen_broker_profile(bootstrap, stack)
         return cls(
