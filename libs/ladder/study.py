@@ -15,6 +15,7 @@ service stores and publishes, so every consumer reads the same numbers.
 | seed       | 0                                                   |
 | warm_start | none (no known configurations, no source study)     |
 | scheduler  | see ``ladder.schedulers.spec`` (``SchedulerSpec``)  |
+| trial_policy | see ``TrialPolicySpec`` below                     |
 
 Pure code (no I/O).
 """
@@ -86,6 +87,117 @@ class WarmStart:
         )
 
 
+class OomPolicy(StrEnum):
+    RETRY_ONCE = "retry_once"  # one more attempt, then FAILED
+    INFEASIBLE = "infeasible"  # FAILED at once
+
+
+OOM_POLICIES = ProtoEnum(
+    "trial_policy.on_out_of_memory",
+    OomPolicy,
+    study_pb2.OomPolicy,
+    unset=OomPolicy.RETRY_ONCE,
+)
+
+CHECKPOINT_INTERVAL_SECONDS = 300.0
+CHECKPOINTS_KEPT = 2
+PREEMPTION_NOTICE_SECONDS = 25.0
+STALL_TIMEOUT_SECONDS = 1800.0
+
+
+@dataclass(frozen=True)
+class TrialPolicySpec:
+    """How a study's trials are checkpointed, watched and retried.
+
+    | field                       | default                                          |
+    |-----------------------------|--------------------------------------------------|
+    | checkpoint_interval_seconds | 300 (0 when only checkpoint_interval_steps given) |
+    | checkpoint_interval_steps   | 0 (by time only)                                 |
+    | checkpoints_kept            | 2 per trial, plus those a PAUSE or result pins   |
+    | preemption_notice_seconds   | 25                                               |
+    | stall_timeout_seconds       | 1800 (None: off, from a negative value)          |
+    | max_trial_seconds           | None (unlimited, from 0)                         |
+    | on_out_of_memory            | RETRY_ONCE                                       |
+    | max_failures                | 0 = the evaluate service's --max-attempts        |
+    """
+
+    checkpoint_interval_seconds: float = CHECKPOINT_INTERVAL_SECONDS
+    checkpoint_interval_steps: int = 0
+    checkpoints_kept: int = CHECKPOINTS_KEPT
+    preemption_notice_seconds: float = PREEMPTION_NOTICE_SECONDS
+    stall_timeout_seconds: float | None = STALL_TIMEOUT_SECONDS
+    max_trial_seconds: float | None = None
+    on_out_of_memory: OomPolicy = OomPolicy.RETRY_ONCE
+    max_failures: int = 0
+
+    @classmethod
+    def from_proto(cls, policy: study_pb2.TrialPolicy) -> TrialPolicySpec:
+        """Validate and default ``policy``; raises StudyConfigError naming the field."""
+        where = "trial_policy"
+        for name in (
+            "checkpoint_interval_seconds",
+            "preemption_notice_seconds",
+            "max_trial_seconds",
+        ):
+            value = getattr(policy, name)
+            if not math.isfinite(value) or value < 0:
+                raise StudyConfigError(f"{where}.{name} must be finite and >= 0 (got {value})")
+        if not math.isfinite(policy.stall_timeout_seconds):
+            raise StudyConfigError(
+                f"{where}.stall_timeout_seconds must be finite "
+                f"(negative = off; got {policy.stall_timeout_seconds})"
+            )
+        for name in ("checkpoint_interval_steps", "checkpoints_kept", "max_failures"):
+            value = getattr(policy, name)
+            if value < 0:
+                raise StudyConfigError(f"{where}.{name} must be >= 0 (got {value})")
+        by_steps_only = (
+            policy.checkpoint_interval_steps > 0 and not policy.checkpoint_interval_seconds
+        )
+        stall = policy.stall_timeout_seconds
+        return cls(
+            checkpoint_interval_seconds=(
+                0.0
+                if by_steps_only
+                else policy.checkpoint_interval_seconds or CHECKPOINT_INTERVAL_SECONDS
+            ),
+            checkpoint_interval_steps=policy.checkpoint_interval_steps,
+            checkpoints_kept=policy.checkpoints_kept or CHECKPOINTS_KEPT,
+            preemption_notice_seconds=(
+                policy.preemption_notice_seconds or PREEMPTION_NOTICE_SECONDS
+            ),
+            stall_timeout_seconds=(None if stall < 0 else stall or STALL_TIMEOUT_SECONDS),
+            max_trial_seconds=policy.max_trial_seconds or None,
+            on_out_of_memory=OOM_POLICIES.parse(policy.on_out_of_memory, StudyConfigError),
+            max_failures=policy.max_failures,
+        )
+
+    def fill_proto(self, out: study_pb2.TrialPolicy) -> None:
+        """Write every default into ``out`` (what the suggest service publishes)."""
+        out.checkpoint_interval_seconds = self.checkpoint_interval_seconds
+        out.checkpoint_interval_steps = self.checkpoint_interval_steps
+        out.checkpoints_kept = self.checkpoints_kept
+        out.preemption_notice_seconds = self.preemption_notice_seconds
+        out.stall_timeout_seconds = (
+            -1.0 if self.stall_timeout_seconds is None else self.stall_timeout_seconds
+        )
+        out.max_trial_seconds = self.max_trial_seconds or 0.0
+        out.on_out_of_memory = OOM_POLICIES.number(self.on_out_of_memory)
+        out.max_failures = self.max_failures
+
+    def checkpoint_due(self, seconds_since: float, steps_since: int) -> bool:
+        """Is a checkpoint due after this much training time and these many steps since
+        the last one?"""
+        by_time = (
+            self.checkpoint_interval_seconds > 0
+            and seconds_since >= self.checkpoint_interval_seconds
+        )
+        by_steps = (
+            self.checkpoint_interval_steps > 0 and steps_since >= self.checkpoint_interval_steps
+        )
+        return by_time or by_steps
+
+
 @dataclass(frozen=True)
 class StudySpec:
     metric: str
@@ -98,6 +210,7 @@ class StudySpec:
     scheduler: SchedulerSpec
     warm_start: WarmStart
     labels: Mapping[str, str]
+    trial_policy: TrialPolicySpec
     _proto: study_pb2.StudyConfig = field(repr=False, compare=False)
 
     @property
@@ -138,12 +251,14 @@ class StudySpec:
                 "scheduler.max_resource is required when scheduler.kind is "
                 f"{scheduler.kind.name} (or set scheduler.kind NONE to disable early stopping)"
             )
+        trial_policy = TrialPolicySpec.from_proto(config.trial_policy)
         proto = study_pb2.StudyConfig()
         proto.CopyFrom(config)
         proto.direction = DIRECTIONS.number(direction)
         proto.algorithm = ALGORITHMS.number(algorithm)
         proto.partitions = config.partitions or 1
         scheduler.fill_proto(proto.scheduler)
+        trial_policy.fill_proto(proto.trial_policy)
         return cls(
             metric=config.metric,
             direction=direction,
@@ -156,6 +271,7 @@ class StudySpec:
             warm_start=WarmStart.from_proto(config.warm_start),
             # Read-only: the spec is shared by every request of the study.
             labels=MappingProxyType(dict(config.labels)),
+            trial_policy=trial_policy,
             _proto=proto,
         )
 
