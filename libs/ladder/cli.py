@@ -42,6 +42,9 @@ def _progress(message: str) -> None:
 # --- up / down / status ----------------------------------------------------------------
 
 _SUMMARY_KEYS = (
+    "s3_endpoint",
+    "broker_storage",
+    "checkpoint_url",
     "kafka_bootstrap",
     "redis_url",
     "suggest_addr",
@@ -57,7 +60,7 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-services",
         action="store_true",
-        help="start only the broker and Redis (for testing one service by hand)",
+        help="start only the object store, the broker and Redis (for testing one service by hand)",
     )
     parser.add_argument(
         "--timeout",
@@ -70,6 +73,14 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also leave a supervisor process that restarts a component that dies, on "
         "its address, with back-off (`ladder down` stops it)",
+    )
+    parser.add_argument(
+        "--broker-storage",
+        choices=("s3", "memory"),
+        default=None,
+        help="where the embedded broker keeps its log: s3 (an embedded SeaweedFS object "
+        "store: `ladder down && ladder up` keeps every topic) or memory (lost with the "
+        "broker; no object store). Default: $LADDER_BROKER_STORAGE, else s3",
     )
     parser.add_argument("--json", action="store_true", help="print stack.json instead")
 
@@ -84,8 +95,9 @@ def _run_up(args: argparse.Namespace) -> int:
             timeout=args.timeout or launcher.DEFAULT_TIMEOUT,
             log=_progress,
             supervise=args.supervise,
+            broker_storage=args.broker_storage,
         )
-    except (launcher.StackError, launcher.components.MissingBinary) as exc:
+    except (launcher.StackError, launcher.components.MissingBinary, ValueError) as exc:
         print(f"ladder up: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -8,10 +8,14 @@ way, with no configuration beside the embedded stack:
 | env var                 | default                                                |
 |-------------------------|--------------------------------------------------------|
 | LADDER_S3_ENDPOINT      | stack.json ``s3_endpoint``; neither: no object store   |
-| AWS_ACCESS_KEY_ID       | the stack's credentials file (``s3_credentials_file``) |
-| AWS_SECRET_ACCESS_KEY   | the stack's credentials file                           |
-| AWS_DEFAULT_REGION      | AWS_REGION, else stack.json ``s3_region``, else us-east-1 |
+| AWS_ACCESS_KEY_ID       | (with LADDER_S3_ENDPOINT) none: boto3's own lookup      |
+| AWS_SECRET_ACCESS_KEY   | (with LADDER_S3_ENDPOINT) none: boto3's own lookup      |
+| AWS_DEFAULT_REGION      | (with LADDER_S3_ENDPOINT) AWS_REGION, else us-east-1    |
 | LADDER_CHECKPOINT_URL   | stack.json ``checkpoint_url`` (``s3://ladder-checkpoints/``) |
+
+Without LADDER_S3_ENDPOINT the whole of stack.json's store is used: its endpoint,
+region and the keys in its credentials file (``s3_credentials_file``, mode 0600), so
+AWS_* variables meant for another S3 never mix with the embedded store's endpoint.
 
 ::
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,27 +87,33 @@ def settings(state_dir: Path | None = None) -> S3Settings | None:
 
 def _configured(state_dir: Path | None) -> S3Settings | None:
     stack = config.stack_values(state_dir)
-    endpoint = os.environ.get("LADDER_S3_ENDPOINT") or stack.get("s3_endpoint")
+    endpoint = os.environ.get("LADDER_S3_ENDPOINT")
     if not endpoint:
-        return None
+        return stack_settings(stack)
     access = os.environ.get("AWS_ACCESS_KEY_ID", "")
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    return S3Settings(endpoint, access, secret, region or DEFAULT_REGION)
+
+
+def stack_settings(stack: Mapping[str, Any]) -> S3Settings | None:
+    """The object store a stack.json records (None: that stack runs none), ignoring the
+    environment: what the stack itself and its broker use."""
+    endpoint = stack.get("s3_endpoint")
     credentials_file = stack.get("s3_credentials_file")
-    if not (access and secret) and credentials_file:
-        access, secret = read_identity(Path(credentials_file))
-    region = (
-        os.environ.get("AWS_DEFAULT_REGION")
-        or os.environ.get("AWS_REGION")
-        or stack.get("s3_region")
-        or DEFAULT_REGION
-    )
-    return S3Settings(endpoint, access, secret, region)
+    if not endpoint or not credentials_file:
+        return None
+    access, secret = read_identity(Path(credentials_file))
+    return S3Settings(endpoint, access, secret, stack.get("s3_region") or DEFAULT_REGION)
 
 
-def client(settings: S3Settings | None = None, *, timeout: float = 10.0) -> Any:
+def client(
+    settings: S3Settings | None = None, *, timeout: float = 10.0, attempts: int = 3
+) -> Any:
     """A boto3 S3 client for ``settings`` (default: :func:`settings`); path-style
-    addressing, which SeaweedFS and MinIO need. Raises :class:`NoObjectStore` when
-    nothing is configured."""
+    addressing, which SeaweedFS and MinIO need; ``timeout`` seconds to connect and per
+    read, ``attempts`` tries per call. Raises :class:`NoObjectStore` when nothing is
+    configured."""
     chosen = settings if settings is not None else _configured(None)
     if chosen is None:
         raise NoObjectStore(
@@ -121,7 +132,7 @@ def client(settings: S3Settings | None = None, *, timeout: float = 10.0) -> Any:
             s3={"addressing_style": "path"},
             connect_timeout=timeout,
             read_timeout=timeout,
-            retries={"max_attempts": 3, "mode": "standard"},
+            retries={"max_attempts": attempts, "mode": "standard"},
         ),
     )
 

@@ -1,23 +1,34 @@
-"""Bring the embedded stack up and down: tansu, Redis and the four services.
+"""Bring the embedded stack up and down: SeaweedFS, tansu, Redis and the four services.
 
 Layout of a state folder::
 
-    <state>/stack.json         addresses + pids of the running stack (read by ladder.config)
-    <state>/logs/<name>.log    stdout+stderr of every process
-    <state>/pids/<name>.pid    "<pid> <start time>" written the moment a process starts
-    <state>/redis/             Redis data (AOF)
-    <state>/.lock              serializes up/down on one state folder
+    <state>/stack.json           addresses + pids of the running stack (read by ladder.config)
+    <state>/logs/<name>.log      stdout+stderr of every process
+    <state>/pids/<name>.pid      "<pid> <start time>" written the moment a process starts
+    <state>/objectstore/         SeaweedFS data: the broker's log, the checkpoints bucket
+    <state>/objectstore-s3.json  its one S3 identity (random secret, mode 0600)
+    <state>/redis/               Redis data (AOF)
+    <state>/broker-log-id        the broker log lineage's and early-stop's state refers to
+    <state>/.lock                serializes up/down on one state folder
 
 The pid files, not ``stack.json``, are the record of what runs: they are written before
 anything is waited for, so ``down`` can clean up after an ``up`` that failed half way.
 
+The broker keeps its log in the object store (``LADDER_BROKER_STORAGE=s3``, the
+default): topics, records and committed offsets outlive the broker, so ``ladder down``
+then ``ladder up``, or a broker restarted alone, finds them again and every service
+resumes from its committed offsets, with lineage's SQLite and early-stop's tables kept.
+With ``LADDER_BROKER_STORAGE=memory`` no object store runs and each broker starts with
+an empty log: the state that refers to the previous log (lineage's SQLite, early-stop's
+folder) is archived under ``<state>/archive/`` and every service starts again with a
+new broker.
+
 ``up`` on a stack of which some components died starts only those again, on the
 addresses ``stack.json`` records and with the same state folder, so clients keep their
-addresses and Redis its data. A new embedded broker is the exception that widens the
-restart: it holds its log in memory, so every service (whose offsets and early-stop
-tables refer to the old log) is restarted with it. ``up(supervise=True)`` leaves a
+addresses and Redis its data; the object store first, then the broker, which depends on
+it (a restarted object store restarts the broker too). ``up(supervise=True)`` leaves a
 supervisor process (``ladder.stack.supervisor``) that does the same whenever a
-component dies; ``down`` stops it first.
+component dies; ``down`` stops it first, the object store last.
 """
 
 from __future__ import annotations
@@ -27,15 +38,27 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ladder import config
+from ladder import config, objectstore
+from ladder.objectstore import S3Settings
 from ladder.stack import components, ports, probes, procs
-from ladder.stack.components import INFRA, KAFKA, REDIS, SERVICES, SUPERVISOR
+from ladder.stack.components import (
+    INFRA,
+    KAFKA,
+    MEMORY_STORAGE,
+    OBJECTSTORE,
+    REDIS,
+    S3_STORAGE,
+    SERVICES,
+    SUPERVISOR,
+    ObjectStorePorts,
+)
 from ladder.stack.procs import ProcRecord
 
 DEFAULT_TIMEOUT = 120.0  # seconds for the whole `up`; services import torch, Faust, ...
@@ -47,6 +70,7 @@ _START_ATTEMPTS = 3  # a port chosen free can be taken before the child binds it
 UNHEALTHY_GRACE = 20.0
 
 Log = Callable[[str], None]
+_Port = TypeVar("_Port")  # one port, or the several one component listens on
 
 
 class StackError(RuntimeError):
@@ -78,6 +102,18 @@ class Layout:
         return self.root / "redis"
 
     @property
+    def objectstore_data(self) -> Path:
+        return self.root / "objectstore"
+
+    @property
+    def s3_identity(self) -> Path:
+        return self.root / "objectstore-s3.json"
+
+    @property
+    def broker_log_id(self) -> Path:
+        return self.root / "broker-log-id"
+
+    @property
     def stack_json(self) -> Path:
         return config.stack_file(self.root)
 
@@ -85,8 +121,8 @@ class Layout:
         return self.logs / f"{name}.log"
 
     # State whose Kafka offsets refer to one broker's log (lineage's stored offsets,
-    # Faust's table data). The embedded broker keeps its log in memory, so a new
-    # broker invalidates them: they are archived, not reused against a fresh log.
+    # Faust's table data): reused with the same log, archived when the log is another
+    # one (a broker in memory always starts a new log).
     def broker_bound_state(self) -> list[Path]:
         names = ("lineage.sqlite3", "lineage.sqlite3-wal", "lineage.sqlite3-shm", "earlystop")
         return [self.root / name for name in names if (self.root / name).exists()]
@@ -100,6 +136,15 @@ class Layout:
         for path in found:
             path.rename(target / path.name)
         return target
+
+    def adopt_broker_log(self, log_id: str) -> Path | None:
+        """Record that the broker-bound state now refers to the log ``log_id``; when
+        the state on disk refers to another log (or to an unrecorded one), archive it
+        first and return where."""
+        recorded = self.broker_log_id.read_text().strip() if self.broker_log_id.exists() else ""
+        archived = self.archive_broker_bound_state() if recorded != log_id else None
+        self.broker_log_id.write_text(log_id + "\n")
+        return archived
 
 
 @contextlib.contextmanager
@@ -139,16 +184,18 @@ def _records(info: dict[str, Any]) -> dict[str, ProcRecord]:
 @dataclass(frozen=True)
 class Asked:
     """What the environment asks of ``up``, read once: the external Kafka and Redis
-    ("" for the embedded ones), the topic prefix and the broker profile (given, else
-    tansu for the embedded broker and kafka for one the user gave)."""
+    ("" for the embedded ones), the topic prefix, the broker profile (given, else
+    tansu for the embedded broker and kafka for one the user gave) and where the
+    embedded broker keeps its log (``broker_storage``: s3 runs the object store)."""
 
     kafka: str
     redis: str
     prefix: str
     broker_profile: str
+    broker_storage: str = S3_STORAGE
 
     @classmethod
-    def from_env(cls) -> Asked:
+    def from_env(cls, broker_storage: str | None = None) -> Asked:
         kafka = os.environ.get("LADDER_KAFKA_BOOTSTRAP", "")
         return cls(
             kafka=kafka,
@@ -156,7 +203,13 @@ class Asked:
             prefix=os.environ.get("LADDER_TOPIC_PREFIX", config.Topics.prefix),
             # No stack.json yet: this stack is the one that will write it.
             broker_profile=config.chosen_broker_profile(kafka, stack={}).name,
+            broker_storage=components.broker_storage(broker_storage),
         )
+
+
+def _storage(info: Mapping[str, Any]) -> str:
+    # A stack.json written before the object store existed ran the broker in memory.
+    return info.get("broker_storage") or MEMORY_STORAGE
 
 
 def _matches(info: dict[str, Any], services: bool, asked: Asked) -> bool:
@@ -171,6 +224,8 @@ def _matches(info: dict[str, Any], services: bool, asked: Asked) -> bool:
         return False
     if config.recorded_broker_profile(info).name != asked.broker_profile:
         return False
+    if _storage(info) != asked.broker_storage:
+        return False
     # An embedded component must not silently stand in for a requested external one,
     # nor the reverse.
     external = info.get("external") or {}
@@ -183,16 +238,33 @@ def _healthy(info: dict[str, Any]) -> bool:
     return _unhealthy(info) == []
 
 
-def _components(info: dict[str, Any]) -> list[str]:
-    """The components a stack.json describes: infra, then its services."""
-    names = list(INFRA)
+def _components(info: Mapping[str, Any]) -> list[str]:
+    """The components a stack.json describes, in start order: infra (the object store
+    only when it runs one), then its services."""
+    names = [n for n in INFRA if n != OBJECTSTORE or "objectstore_ports" in info]
     return names + [s.name for s in SERVICES if s.addr_key in info]
+
+
+def restart_order(info: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    """What a repair of ``names`` starts again, in start order: a restarted object store
+    takes its broker along (the broker's log lives there), and a new broker in memory
+    takes every service along (their offsets and tables refer to the lost log)."""
+    restart = set(names)
+    embedded_broker = not (info.get("external") or {}).get(KAFKA)
+    if OBJECTSTORE in restart and embedded_broker:
+        restart.add(KAFKA)
+    if KAFKA in restart and embedded_broker and _storage(info) == MEMORY_STORAGE:
+        restart |= {s.name for s in SERVICES if s.addr_key in info}
+    return [n for n in _components(info) if n in restart]
 
 
 def _component_ok(info: dict[str, Any], records: dict[str, ProcRecord], name: str) -> bool:
     rec = records.get(name)
     if rec is not None and not procs.is_running(rec):
         return False
+    if name == OBJECTSTORE:
+        found = objectstore.stack_settings(info)
+        return found is not None and probes.s3_ready(found)
     if name == REDIS:
         return probes.redis_ping(info["redis_url"])
     if name == KAFKA:
@@ -207,7 +279,7 @@ def _unhealthy(info: dict[str, Any]) -> list[str] | None:
         records = _records(info)
         info["redis_url"], info["kafka_bootstrap"]  # noqa: B018 - both must be recorded
         return [n for n in _components(info) if not _component_ok(info, records, n)]
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OSError):
         return None  # A stack.json we cannot read describes nothing we can trust.
 
 
@@ -249,10 +321,13 @@ def up(
     timeout: float = DEFAULT_TIMEOUT,
     log: Log | None = None,
     supervise: bool = False,
+    broker_storage: str | None = None,
 ) -> dict[str, Any]:
     """Start the stack in ``state_dir``, or what is dead of the one there; return
     stack.json.
 
+    ``broker_storage`` ("s3" or "memory"; default LADDER_BROKER_STORAGE, else s3) is
+    where the embedded broker keeps its log.
     The returned dict has ``reused: True`` when nothing had to be started and
     ``restarted`` naming what a repair started again (neither is stored in
     ``stack.json``). A recorded stack that matches this call keeps its addresses: only
@@ -264,7 +339,7 @@ def up(
     """
     layout = Layout.of(state_dir)
     say = log or _quiet
-    asked = Asked.from_env()
+    asked = Asked.from_env(broker_storage)
     deadline = time.monotonic() + timeout
     with _locked(layout):
         info = _repair_or_start(layout, services, asked, deadline, say)
@@ -310,8 +385,10 @@ def _ensure_supervisor(layout: Layout, info: dict[str, Any], say: Log) -> dict[s
     recorded = _records(info).get(SUPERVISOR)
     if recorded is not None and procs.is_running(recorded):
         return info
+    # Its repairs must ask for the stack it watches.
+    env = {**os.environ, "LADDER_BROKER_STORAGE": _storage(info)}
     rec = procs.spawn(
-        SUPERVISOR, components.supervisor_argv(layout.root), env=dict(os.environ),
+        SUPERVISOR, components.supervisor_argv(layout.root), env=env,
         log_dir=layout.logs, pid_dir=layout.pids, cwd=layout.root,
     )
     say(f"supervisor started (pid {rec.pid}); `ladder down` stops it")
@@ -356,32 +433,31 @@ class _Starter:
 
     def _repair(self, info: dict[str, Any], names: list[str]) -> dict[str, Any]:
         external = info.get("external") or {}
-        restart = set(names)
-        if KAFKA in restart and external.get(KAFKA):
+        if KAFKA in names and external.get(KAFKA):
             raise StackError(f"kafka {info['kafka_bootstrap']} (external) is not reachable")
-        if REDIS in restart and external.get(REDIS):
+        if REDIS in names and external.get(REDIS):
             raise StackError(f"redis {info['redis_url']} (external) is not reachable")
-        if KAFKA in restart:
-            # The new broker's log is empty: the services' offsets and tables refer to
-            # the old one, so every service starts again with it (suggest republishes
-            # the studies it stores when it starts).
-            restart |= {s.name for s in SERVICES if s.addr_key in info}
+        # A new broker in memory has an empty log: suggest republishes the studies it
+        # stores when it starts again with the other services.
+        restart = restart_order(info, names)
         records = _records(info)
-        _stop(self.layout, [records[n] for n in sorted(restart) if n in records], STOP_GRACE)
-        self.say(f"restarting {', '.join(n for n in _components(info) if n in restart)}")
+        _stop(self.layout, [records[n] for n in restart if n in records], STOP_GRACE)
+        self.say(f"restarting {', '.join(restart)}")
         for d in (self.layout.logs, self.layout.pids, self.layout.redis_data):
             d.mkdir(parents=True, exist_ok=True)
+        if OBJECTSTORE in restart:
+            self._objectstore(ObjectStorePorts.from_json(info["objectstore_ports"]))
         if REDIS in restart:
             # Same port and data folder: Redis reloads its AOF, clients reconnect.
             self._redis(int(urlsplit(info["redis_url"]).port or 0))
         if KAFKA in restart:
-            self._kafka(ports.split_host_port(info["kafka_bootstrap"])[1])
+            self._kafka(objectstore.stack_settings(info),
+                        ports.split_host_port(info["kafka_bootstrap"])[1])
         wanted = [s for s in SERVICES if s.name in restart]
         if wanted:
             recorded = {s.name: ports.split_host_port(info[s.addr_key])[1] for s in SERVICES}
             web_port = info.get("earlystop_web_port") or ports.free_port()
-            self._services(info["kafka_bootstrap"], info["redis_url"], wanted, recorded,
-                           web_port)
+            self._services(info, wanted, recorded, web_port)
         pids = dict(info.get("pids") or {})
         pids.update({name: rec.to_json() for name, rec in self.started.items()})
         return {**info, "pids": pids}
@@ -389,11 +465,8 @@ class _Starter:
     def _run(self) -> dict[str, Any]:
         for d in (self.layout.logs, self.layout.pids, self.layout.redis_data):
             d.mkdir(parents=True, exist_ok=True)
-        redis_url = self._redis()
-        bootstrap = self._kafka()
         info: dict[str, Any] = {
-            "kafka_bootstrap": bootstrap,
-            "redis_url": redis_url,
+            "broker_storage": self.asked.broker_storage,
             "broker_profile": self.asked.broker_profile,
             "topic_prefix": self.topics.prefix,
             "state_dir": str(self.layout.root),
@@ -403,10 +476,14 @@ class _Starter:
                 REDIS: bool(self.asked.redis),
             },
         }
+        if self.asked.broker_storage == S3_STORAGE:
+            info.update(self._objectstore())
+        info["redis_url"] = self._redis()
+        info["kafka_bootstrap"] = self._kafka(objectstore.stack_settings(info))
         if self.services:
             *grpc_ports, web_port = ports.free_ports(len(SERVICES) + 1)
             recorded = {s.name: port for s, port in zip(SERVICES, grpc_ports, strict=True)}
-            info.update(self._services(bootstrap, redis_url, SERVICES, recorded, web_port))
+            info.update(self._services(info, SERVICES, recorded, web_port))
         info["pids"] = {name: rec.to_json() for name, rec in self.started.items()}
         info["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         return info
@@ -414,18 +491,21 @@ class _Starter:
     def _spawn_ready(
         self,
         name: str,
-        argv_for: Callable[[int], list[str]],
-        ready: Callable[[int, Callable[[], bool]], None],
-        port: int | None = None,
-    ) -> int:
-        """Start ``name`` on ``port`` (default: a fresh free port, retried if the child
-        dies at start) and wait for ``ready``."""
+        argv_for: Callable[[_Port], list[str]],
+        ready: Callable[[_Port, Callable[[], bool]], None],
+        port: _Port | None = None,
+        *,
+        fresh: Callable[[], _Port] = ports.free_port,  # type: ignore[assignment]
+        env: Mapping[str, str] | None = None,
+    ) -> _Port:
+        """Start ``name`` on ``port`` (default: ``fresh()`` free ports, chosen again if
+        the child dies at start) and wait for ``ready``."""
         fixed = port
         attempts = _START_ATTEMPTS if fixed is None else 1
         for attempt in range(1, attempts + 1):
-            port = fixed if fixed is not None else ports.free_port()
+            port = fixed if fixed is not None else fresh()
             rec = procs.spawn(
-                name, argv_for(port), env=dict(os.environ),
+                name, argv_for(port), env={**os.environ, **(env or {})},
                 log_dir=self.layout.logs, pid_dir=self.layout.pids, cwd=self.layout.root,
             )
             self.started[name] = rec
@@ -465,23 +545,66 @@ class _Starter:
             REDIS, lambda p: components.redis_argv(p, self.layout.redis_data), ready, port
         ))
 
-    def _kafka(self, port: int | None = None) -> str:
-        """Start the embedded broker (on ``port``, default a free one) with the topics;
-        its bootstrap address. An external one only gets the topics."""
+    def _objectstore(self, recorded: ObjectStorePorts | None = None) -> dict[str, Any]:
+        """Start SeaweedFS (on the ``recorded`` ports, default free ones) with the
+        broker's and the checkpoints' buckets; what stack.json records of it."""
+        self.layout.objectstore_data.mkdir(parents=True, exist_ok=True)
+        access, secret = objectstore.ensure_identity(self.layout.s3_identity)
+        self.say("starting the object store (SeaweedFS)"
+                 + (f" on port {recorded.s3}" if recorded else ""))
+
+        def settings(found: ObjectStorePorts) -> S3Settings:
+            return S3Settings(f"http://{ports.LOOPBACK}:{found.s3}", access, secret)
+
+        def ready(found: ObjectStorePorts, alive: Callable[[], bool]) -> None:
+            probes.wait_s3(settings(found), deadline=self.deadline, alive=alive)
+            probes.ensure_buckets(
+                settings(found),
+                [components.BROKER_BUCKET, components.CHECKPOINT_BUCKET],
+                deadline=self.deadline, alive=alive,
+            )
+            probes.s3_roundtrip(settings(found), components.CHECKPOINT_BUCKET,
+                                deadline=self.deadline, alive=alive)
+
+        found = self._spawn_ready(
+            OBJECTSTORE,
+            lambda found: components.objectstore_argv(
+                found, self.layout.objectstore_data, self.layout.s3_identity
+            ),
+            ready,
+            recorded,
+            fresh=lambda: ObjectStorePorts.of(ports.free_ports(ObjectStorePorts.count())),
+        )
+        chosen = settings(found)
+        return {
+            "s3_endpoint": chosen.endpoint_url,
+            "s3_region": chosen.region,
+            "s3_credentials_file": str(self.layout.s3_identity),
+            "objectstore_ports": found.to_json(),
+            "checkpoint_url": f"s3://{components.CHECKPOINT_BUCKET}/",
+        }
+
+    def _kafka(self, s3: S3Settings | None, port: int | None = None) -> str:
+        """Start the embedded broker (on ``port``, default a free one) with the topics,
+        its log in the object store ``s3`` (None: in memory); its bootstrap address.
+        An external one only gets the topics."""
         external = self.asked.kafka
         if external:
             self.say(f"using external kafka {external}")
             self._prepare_kafka(external, None)
             return external
-        archived = self.layout.archive_broker_bound_state()
+        storage_url = components.broker_storage_url(S3_STORAGE if s3 else MEMORY_STORAGE)
+        archived = self.layout.adopt_broker_log(_broker_log_id(s3))
         if archived:
-            self.say(f"new in-memory broker: archived the previous broker's lineage to {archived}")
-        self.say("starting the tansu broker" + (f" on port {port}" if port else ""))
+            self.say(f"new broker log: archived the previous log's lineage to {archived}")
+        self.say(f"starting the tansu broker on {storage_url}"
+                 + (f", port {port}" if port else ""))
         return ports.host_port(self._spawn_ready(
             KAFKA,
-            components.broker_argv,
+            lambda p: components.broker_argv(p, storage_url),
             lambda p, alive: self._prepare_kafka(ports.host_port(p), alive),
             port,
+            env=components.broker_env(s3),
         ))
 
     def _prepare_kafka(self, bootstrap: str, alive: Callable[[], bool] | None) -> None:
@@ -501,24 +624,26 @@ class _Starter:
 
     def _services(
         self,
-        bootstrap: str,
-        redis_url: str,
+        info: Mapping[str, Any],
         wanted: Iterable[components.ServiceSpec],
         service_ports: dict[str, int],
         web_port: int,
     ) -> dict[str, Any]:
-        """Start the ``wanted`` services on ``service_ports`` (every service's port: each
-        is told the others' addresses) and wait until they serve; the addresses to
-        record. ``web_port`` is earlystop's Faust web server's (one the others do not
-        use: the caller chose them in one ``free_ports`` call or recorded them)."""
+        """Start the ``wanted`` services of the stack ``info`` (its infra's addresses) on
+        ``service_ports`` (every service's port: each is told the others' addresses) and
+        wait until they serve; the addresses to record. ``web_port`` is earlystop's
+        Faust web server's (one the others do not use: the caller chose them in one
+        ``free_ports`` call or recorded them)."""
         wanted = list(wanted)
         addrs = {s.addr_key: ports.host_port(service_ports[s.name]) for s in SERVICES}
-        env = dict(os.environ)
+        # Named outright: stack.json, which records them, is written after they start.
+        env = {**os.environ, **components.objectstore_env(
+            objectstore.stack_settings(info), info.get("checkpoint_url"), os.environ
+        )}
         env.update(
-            LADDER_KAFKA_BOOTSTRAP=bootstrap,
-            # Named outright: stack.json, which records it, is written after they start.
+            LADDER_KAFKA_BOOTSTRAP=info["kafka_bootstrap"],
             LADDER_BROKER_PROFILE=self.asked.broker_profile,
-            LADDER_REDIS_URL=redis_url,
+            LADDER_REDIS_URL=info["redis_url"],
             LADDER_STATE_DIR=str(self.layout.root),
             LADDER_TOPIC_PREFIX=self.topics.prefix,
             PYTHONUNBUFFERED="1",
@@ -568,20 +693,43 @@ class _Starter:
                 time.sleep(0.1)
 
 
+def _broker_log_id(s3: S3Settings | None) -> str:
+    """The identity of the log a new broker will serve: the one its bucket records
+    (written when the bucket is new), or a new one for a broker in memory."""
+    if s3 is None:
+        return f"memory-{uuid.uuid4().hex}"
+    client = objectstore.client(s3)
+    try:
+        body = client.get_object(Bucket=components.BROKER_BUCKET, Key=_LOG_ID_KEY)["Body"]
+        return body.read().decode().strip()
+    except client.exceptions.NoSuchKey:
+        log_id = f"s3-{uuid.uuid4().hex}"
+        client.put_object(Bucket=components.BROKER_BUCKET, Key=_LOG_ID_KEY,
+                          Body=log_id.encode())
+        return log_id
+
+
+# An object beside tansu's own keys (they all sit under clusters/).
+_LOG_ID_KEY = "ladder-log-id"
+
+
 # --- down ----------------------------------------------------------------------------
 
 
 def _stop(layout: Layout, records: list[ProcRecord], grace: float) -> list[str]:
     # The supervisor first (it would start again what is being stopped), then the
-    # services (they may still flush to Kafka/Redis on SIGTERM), then the infra.
+    # services (they may still flush to Kafka/Redis on SIGTERM), then the broker and
+    # Redis, the object store last (the broker writes its log there until it exits).
     stopped: list[str] = []
     tiers = (
-        [r for r in records if r.name == SUPERVISOR],
-        [r for r in records if r.name not in (*INFRA, SUPERVISOR)],
-        [r for r in records if r.name in INFRA],
+        ([r for r in records if r.name == SUPERVISOR], grace),
+        ([r for r in records if r.name not in (*INFRA, SUPERVISOR)], grace),
+        ([r for r in records if r.name in (KAFKA, REDIS)], grace),
+        ([r for r in records if r.name == OBJECTSTORE],
+         max(grace, components.OBJECTSTORE_STOP_GRACE)),
     )
-    for tier in tiers:
-        stopped += [r.name for r in procs.stop_all(tier, grace=grace)]
+    for tier, tier_grace in tiers:
+        stopped += [r.name for r in procs.stop_all(tier, grace=tier_grace)]
         for rec in tier:
             procs.remove_pid_file(layout.pids, rec.name)
     return stopped
@@ -648,6 +796,9 @@ def status(state_dir: Path | str | None = None) -> list[ComponentStatus]:
 
     if SUPERVISOR in records:
         add(SUPERVISOR, "", lambda: (True, ""))
+    s3 = objectstore.stack_settings(info) if info.get("objectstore_ports") else None
+    if s3 is not None:
+        add(OBJECTSTORE, s3.endpoint_url, lambda: (probes.s3_ready(s3), ""))
     if info:
         add(KAFKA, info.get("kafka_bootstrap", ""),
             lambda: (probes.kafka_reachable(info["kafka_bootstrap"]), ""))
@@ -691,11 +842,13 @@ class Stack:
         services: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
         log: Log | None = None,
+        broker_storage: str | None = None,
     ) -> None:
         self.layout = Layout.of(state_dir)
         self.services = services
         self.timeout = timeout
         self.log = log
+        self.broker_storage = broker_storage
         self.info: dict[str, Any] | None = None
 
     @property
@@ -704,7 +857,7 @@ class Stack:
 
     def up(self) -> dict[str, Any]:
         self.info = up(self.layout.root, services=self.services, timeout=self.timeout,
-                       log=self.log)
+                       log=self.log, broker_storage=self.broker_storage)
         return self.info
 
     def down(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""Readiness and health probes: Kafka, Redis and the standard gRPC health service.
+"""Readiness and health probes: S3, Kafka, Redis and the standard gRPC health service.
 
 Every wait is a poll against a monotonic deadline, never a fixed sleep: the stack is
 ready as soon as it answers, and a dead process fails the wait at once (``alive``).
@@ -16,6 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError
+
+from ladder import objectstore
+from ladder.objectstore import S3Settings
 
 # Kafka error code for "topic already exists": creating topics is idempotent.
 _TOPIC_ALREADY_EXISTS = 36
@@ -171,6 +174,72 @@ def kafka_roundtrip(
             consumer.close()
 
     wait_until(attempt, deadline, f"kafka {bootstrap} produce/consume", alive=alive, interval=0.2)
+
+
+# --- S3 ------------------------------------------------------------------------------
+
+
+def s3_ready(settings: S3Settings, timeout: float = 2.0) -> bool:
+    """True if the endpoint answers an authenticated ListBuckets within ``timeout``."""
+    try:
+        objectstore.client(settings, timeout=timeout, attempts=1).list_buckets()
+        return True
+    except Exception:  # noqa: BLE001 - refused, timed out, 5xx while starting: not ready
+        return False
+
+
+def ensure_buckets(
+    settings: S3Settings,
+    names: Iterable[str],
+    *,
+    deadline: float,
+    alive: Callable[[], bool] | None = None,
+) -> list[str]:
+    """Create the buckets, tolerating ones that exist; the ones this call created. A
+    store that just started answers 5xx for a moment: retried until the deadline."""
+    created: list[str] = []
+
+    def create() -> bool:
+        s3 = objectstore.client(settings, timeout=2.0, attempts=1)
+        have = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+        for name in names:
+            if name not in have:
+                s3.create_bucket(Bucket=name)
+                created.append(name)
+        return True
+
+    wait_until(create, deadline, f"s3 {settings.endpoint_url} buckets", alive=alive,
+               interval=0.2)
+    return created
+
+
+def wait_s3(
+    settings: S3Settings, *, deadline: float, alive: Callable[[], bool] | None = None
+) -> None:
+    wait_until(lambda: s3_ready(settings), deadline, f"s3 {settings.endpoint_url}",
+               alive=alive, interval=0.1)
+
+
+def s3_roundtrip(
+    settings: S3Settings,
+    bucket: str,
+    *,
+    deadline: float,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Write one object to ``bucket`` and read it back. SeaweedFS answers bucket
+    listings from its filer before its volume server has reported in: until then reads
+    of stored objects fail, so answering is not the same as serving."""
+    key = "ladder-stack-probe"
+
+    def attempt() -> bool:
+        s3 = objectstore.client(settings, timeout=2.0, attempts=1)
+        token = uuid.uuid4().hex.encode()
+        s3.put_object(Bucket=bucket, Key=key, Body=token)
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read() == token
+
+    wait_until(attempt, deadline, f"s3 {settings.endpoint_url} write/read", alive=alive,
+               interval=0.2)
 
 
 # --- Redis ---------------------------------------------------------------------------
