@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from ladder import cli
+from ladder.objectstore import S3Settings
 from ladder.stack import components, launcher, ports, procs
 from ladder.stack.procs import ProcRecord
 
@@ -240,3 +243,214 @@ def test_the_supervisor_repairs_only_when_a_component_died(
     assert supervisor.needs_repair(info)
     assert launcher.dead_components(info) == ["evaluate"]
     assert not supervisor.needs_repair({"pids": "torn"})
+
+
+# --- the object store and the broker's storage -------------------------------------------
+
+
+def _objectstore_ports() -> components.ObjectStorePorts:
+    return components.ObjectStorePorts.of(range(41001, 41001 + components.ObjectStorePorts.count()))
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_objectstore_argv_names_every_port_and_disables_the_fixed_ones(tmp_path: Path) -> None:
+    found = _objectstore_ports()
+    argv = components.objectstore_argv(found, tmp_path / "data", tmp_path / "s3.json")
+    assert argv[1] == "server" and _flag(argv, "-dir") == str(tmp_path / "data")
+    assert _flag(argv, "-ip.bind") == "127.0.0.1" and _flag(argv, "-ip") == "127.0.0.1"
+    assert _flag(argv, "-s3.config") == str(tmp_path / "s3.json")
+    # Left to itself weed opens port+10000 gRPC ports and fixed Iceberg/Lance ports.
+    named = {
+        "-master.port": found.master, "-master.port.grpc": found.master_grpc,
+        "-volume.port": found.volume, "-volume.port.grpc": found.volume_grpc,
+        "-filer.port": found.filer, "-filer.port.grpc": found.filer_grpc,
+        "-s3.port": found.s3, "-s3.port.grpc": found.s3_grpc,
+    }
+    assert {flag: int(_flag(argv, flag)) for flag in named} == named
+    assert _flag(argv, "-s3.port.iceberg") == "0" and _flag(argv, "-s3.port.lance") == "0"
+    assert "-master.telemetry=false" in argv
+
+
+def test_objectstore_ports_round_trip_through_stack_json() -> None:
+    found = _objectstore_ports()
+    assert components.ObjectStorePorts.count() == 8
+    assert components.ObjectStorePorts.from_json(found.to_json()) == found
+    assert len(set(found.to_json().values())) == 8
+
+
+def test_the_weed_binary_is_found_beside_the_interpreter_or_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("LADDER_WEED_BIN", raising=False)
+    beside = Path(sys.executable).parent / "weed"
+    if beside.exists():
+        assert components.weed_binary() == beside
+    fake = tmp_path / "weed"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("LADDER_WEED_BIN", str(fake))
+    assert components.weed_binary() == fake
+    monkeypatch.setenv("LADDER_WEED_BIN", str(tmp_path / "missing"))
+    with pytest.raises(components.MissingBinary, match="LADDER_BROKER_STORAGE=memory"):
+        components.weed_binary()
+
+
+def test_broker_storage_defaults_to_s3_and_names_the_choices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LADDER_BROKER_STORAGE", raising=False)
+    assert components.broker_storage() == "s3"
+    monkeypatch.setenv("LADDER_BROKER_STORAGE", "Memory")
+    assert components.broker_storage() == "memory"
+    assert components.broker_storage("s3") == "s3"  # the flag beats the environment
+    with pytest.raises(ValueError, match="s3, memory"):
+        components.broker_storage("disk")
+
+
+def test_broker_argv_and_env_on_s3() -> None:
+    s3 = S3Settings("http://127.0.0.1:8333", "ladder", "secret")
+    argv = components.broker_argv(19092, components.broker_storage_url("s3"))
+    assert _flag(argv, "--storage-engine") == "s3://ladder-broker/"
+    assert _flag(components.broker_argv(19092), "--storage-engine") == "memory://tansu/"
+    env = components.broker_env(s3)
+    assert env["AWS_ENDPOINT"] == "http://127.0.0.1:8333"
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("ladder", "secret")
+    assert env["AWS_DEFAULT_REGION"] == "us-east-1" and env["AWS_ALLOW_HTTP"] == "true"
+    assert components.broker_env(None) == {}
+
+
+def test_services_learn_the_stacks_object_store_unless_given_their_own() -> None:
+    s3 = S3Settings("http://127.0.0.1:8333", "ladder", "secret")
+    env = components.objectstore_env(s3, "s3://ladder-checkpoints/", {})
+    assert env["LADDER_S3_ENDPOINT"] == "http://127.0.0.1:8333"
+    assert env["LADDER_CHECKPOINT_URL"] == "s3://ladder-checkpoints/"
+    kept = {"LADDER_CHECKPOINT_URL": "s3://mine/"}
+    assert "LADDER_CHECKPOINT_URL" not in components.objectstore_env(s3, "s3://x/", kept)
+    own = {"LADDER_S3_ENDPOINT": "https://s3.example"}
+    assert components.objectstore_env(s3, "s3://x/", own) == {}
+    assert components.objectstore_env(None, None, {}) == {}
+
+
+def _durable(**over: object) -> dict[str, object]:
+    recorded: dict[str, object] = {
+        "broker_storage": "s3",
+        "objectstore_ports": _objectstore_ports().to_json(),
+        "s3_endpoint": "http://127.0.0.1:41007",
+        "evaluate_addr": "127.0.0.1:3",
+        "lineage_addr": "127.0.0.1:4",
+    }
+    return _info(**{**recorded, **over})
+
+
+def test_the_object_store_is_a_component_only_of_a_stack_that_runs_one() -> None:
+    assert launcher._components(_durable()) == ["objectstore", "kafka", "redis", "lineage",
+                                                "evaluate"]
+    assert launcher._components(_info()) == ["kafka", "redis"]
+
+
+@pytest.mark.parametrize(
+    ("storage", "dead", "expected"),
+    [
+        # The broker's log is in the object store: a new store process means a new
+        # broker, started after it; the services keep their offsets.
+        ("s3", ["objectstore"], ["objectstore", "kafka"]),
+        ("s3", ["kafka"], ["kafka"]),
+        ("s3", ["redis", "objectstore"], ["objectstore", "kafka", "redis"]),
+        ("s3", ["evaluate"], ["evaluate"]),
+        # A new broker in memory has an empty log: every service starts again with it.
+        ("memory", ["kafka"], ["kafka", "lineage", "evaluate"]),
+        ("memory", ["redis"], ["redis"]),
+    ],
+)
+def test_restart_order(storage: str, dead: list[str], expected: list[str]) -> None:
+    info = _durable(broker_storage=storage)
+    if storage == "memory":
+        del info["objectstore_ports"]
+        dead = [n for n in dead if n != "objectstore"]
+    assert launcher.restart_order(info, dead) == expected
+
+
+def test_restart_order_leaves_an_external_broker_alone() -> None:
+    info = _durable(external={"kafka": True, "redis": False})
+    assert launcher.restart_order(info, ["objectstore"]) == ["objectstore"]
+
+
+def test_the_recorded_storage_must_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL",
+                "LADDER_BROKER_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    asked_s3 = launcher.Asked.from_env("s3")
+    assert launcher._matches(_durable(), True, asked_s3)
+    # A stack.json without broker_storage ran its broker in memory.
+    assert not launcher._matches(_info(), True, asked_s3)
+    assert launcher._matches(_info(), True, launcher.Asked.from_env("memory"))
+
+
+def test_a_dead_object_store_is_restarted_first_with_its_broker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL",
+                "LADDER_BROKER_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    layout = launcher.Layout.of(tmp_path)
+    names = ["objectstore", "kafka", "redis", "evaluate", "lineage"]
+    pids = {n: ProcRecord(n, 10 + i, 1).to_json() for i, n in enumerate(names)}
+    launcher._write_stack(layout, _durable(pids=pids))
+    alive = {"kafka", "redis", "evaluate", "lineage"}  # the object store was killed
+    monkeypatch.setattr(launcher.procs, "is_running", lambda rec: rec.name in alive)
+    monkeypatch.setattr(launcher.probes, "kafka_reachable", lambda _addr: True)
+    monkeypatch.setattr(launcher.probes, "redis_ping", lambda _url: True)
+    monkeypatch.setattr(launcher.probes, "s3_ready", lambda _s3: "objectstore" in alive)
+    monkeypatch.setattr(launcher.probes, "serving", lambda _addr: True)
+    monkeypatch.setattr(launcher.objectstore, "stack_settings",
+                        lambda info: S3Settings(info["s3_endpoint"], "a", "b"))
+    stopped: list[list[str]] = []
+    started: list[str] = []
+    monkeypatch.setattr(launcher, "_stop", lambda _layout, recs, _grace: stopped.append(
+        [r.name for r in recs]))
+
+    def start(name: str) -> Callable[..., object]:
+        def run(self: object, *args: object) -> dict[str, object]:
+            started.append(name)
+            alive.add(name)
+            self.started[name] = ProcRecord(name, 99, 1)  # type: ignore[attr-defined]
+            return {}
+        return run
+
+    monkeypatch.setattr(launcher._Starter, "_objectstore", start("objectstore"))
+    monkeypatch.setattr(launcher._Starter, "_kafka", start("kafka"))
+    result = launcher._repair_or_start(
+        layout, True, launcher.Asked.from_env("s3"), float("inf"), lambda _m: None
+    )
+    assert stopped == [["objectstore", "kafka"]]
+    assert started == ["objectstore", "kafka"]
+    assert result["restarted"] == ["kafka", "objectstore"]
+
+
+def test_the_object_store_stops_last_and_is_given_its_long_grace(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[tuple[list[str], float]] = []
+    monkeypatch.setattr(launcher.procs, "stop_all", lambda recs, grace: calls.append(
+        ([r.name for r in recs], grace)) or list(recs))
+    names = ["objectstore", "redis", "kafka", "evaluate", "supervisor"]
+    launcher._stop(launcher.Layout.of(tmp_path), [ProcRecord(n, 1, 1) for n in names], 1.0)
+    assert calls == [
+        (["supervisor"], 1.0), (["evaluate"], 1.0), (["redis", "kafka"], 1.0),
+        (["objectstore"], components.OBJECTSTORE_STOP_GRACE),
+    ]
+
+
+def test_broker_bound_state_is_kept_while_the_log_is_the_same(tmp_path: Path) -> None:
+    layout = launcher.Layout.of(tmp_path)
+    (tmp_path / "lineage.sqlite3").write_text("db")
+    # No log recorded yet (a state folder of an in-memory broker): archived.
+    assert layout.adopt_broker_log("s3-one") is not None
+    (tmp_path / "lineage.sqlite3").write_text("db")
+    assert layout.adopt_broker_log("s3-one") is None
+    assert (tmp_path / "lineage.sqlite3").exists()
+    archived = layout.adopt_broker_log("memory-two")
+    assert archived is not None and (archived / "lineage.sqlite3").read_text() == "db"
