@@ -10,10 +10,16 @@ RESUMABLE, so the next Suggest hands it out with its checkpoint.
 | ``--port`` / LADDER_EVALUATE_PORT  | 50052   | gRPC port (health service included)        |
 | ``--read-interval-ms`` /           | 100     | once caught up, read decisions at most     |
 | LADDER_EVALUATE_READ_INTERVAL_MS   |         | this often (0: as they arrive)             |
-| LADDER_LEASE_SECONDS               | 30      | lease granted by StartTrial / Heartbeat    |
-| LADDER_MAX_ATTEMPTS                | 3       | attempts before a retryable failure is     |
-|                                    |         | final (FAILED instead of RESUMABLE)        |
-| LADDER_SWEEP_SECONDS               | lease/4 | lease sweeper period (capped to 0.1..5 s)  |
+| LADDER_LEASE_SECONDS               | 10      | lease granted by StartTrial / Heartbeat;   |
+|                                    |         | workers renew it every lease/4, so a dead  |
+|                                    |         | worker's trial is RESUMABLE about one      |
+|                                    |         | lease + one sweep after its last beat      |
+| LADDER_MAX_ATTEMPTS                | 3       | counted failures before a trial is FAILED, |
+|                                    |         | for studies whose trial_policy does not    |
+|                                    |         | set max_failures (preemptions, lease       |
+|                                    |         | expiries, stalls and pauses never count)   |
+| LADDER_SWEEP_SECONDS               | lease/4 | sweeper period: leases, wall clocks and    |
+|                                    |         | the outbox (capped to 0.1..1 s)            |
 | LADDER_OUTBOX_RETRY_SECONDS        | 10      | re-publish events not acknowledged by then |
 | LADDER_LOG_LEVEL                   | INFO    | log level (JSON logs on stderr)            |
 | OTEL_EXPORTER_OTLP_ENDPOINT        | unset   | export spans over OTLP when set            |
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     env = os.environ.get
     parser = service_parser("evaluate", __doc__, 50052, read_interval_ms=100)
     parser.add_argument(
-        "--lease-seconds", type=float, default=float(env("LADDER_LEASE_SECONDS", 30))
+        "--lease-seconds", type=float, default=float(env("LADDER_LEASE_SECONDS", 10))
     )
     parser.add_argument("--max-attempts", type=int, default=int(env("LADDER_MAX_ATTEMPTS", 3)))
     parser.add_argument(
@@ -65,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("lease seconds must be > 0")
     if args.max_attempts < 1:
         parser.error("max attempts must be >= 1")
-    sweep = args.sweep_seconds or min(5.0, max(0.1, args.lease_seconds / 4))
+    # A short period: the time from a worker's death to its trial being handed out
+    # again is its lease plus up to one sweep.
+    sweep = args.sweep_seconds or min(1.0, max(0.1, args.lease_seconds / 4))
 
     telemetry.setup("ladder-evaluate")
     settings = Settings.from_env()
@@ -110,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         state.close()
 
     log.info(
-        "evaluate: lease %.1fs, max attempts %d, sweep every %.2fs, redis %s, kafka %s",
+        "evaluate: lease %.1fs, max failures %d (unless a study sets its own), sweep every "
+        "%.2fs, redis %s, kafka %s",
         args.lease_seconds,
         args.max_attempts,
         sweep,

@@ -1,6 +1,11 @@
 """EvaluateService: the trial lifecycle (gRPC). The only writer of trial state
 after the suggestion; every transition is an atomic, fenced Lua script in
-``ladder.state`` and is announced on the trials topic."""
+``ladder.state`` and is announced on the trials topic.
+
+Each study's ``trial_policy`` (``ladder.study.TrialPolicySpec``, read once per study from
+the config suggest stored) sets the progress watchdog, the wall clock, the OOM policy and
+max_failures (0: this service's ``--max-attempts``); what a failure does is
+``ladder.failures`` (preemption never counts)."""
 
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ import grpc
 from ladder.bus import Record
 from ladder.codec import BadRecord, decode
 from ladder.errors import InvalidArgument, NotFound, require
-from ladder.state import State, Transition
+from ladder.failures import kind_of_request
+from ladder.state import AttemptEnded, State, Transition
+from ladder.study import TrialPolicySpec
 from ladder.v1 import evaluate_pb2, evaluate_pb2_grpc, events_pb2, trial_pb2
 
 from services.evaluate.publisher import TransitionPublisher
@@ -36,10 +43,10 @@ class _AttemptCall(Protocol):
 
 def _step(name: str, value: float) -> float | None:
     """Steps are optional (0 = not given) but must be finite and >= 0."""
-    return _checked_step(name, value) or None
+    return _non_negative(name, value) or None
 
 
-def _checked_step(name: str, value: float) -> float:
+def _non_negative(name: str, value: float) -> float:
     """A step as given (a checkpoint at step 0 is one), once it is finite and >= 0."""
     if not math.isfinite(value) or value < 0:
         raise InvalidArgument(f"{name} must be finite and >= 0 (got {value})")
@@ -69,9 +76,14 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
         max_attempts: int,
     ) -> None:
         self.trials = state.trials
+        self.studies = state.studies
         self.publisher = publisher
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
+
+    def _policy(self, trial_id: str) -> TrialPolicySpec:
+        """The trial policy of the trial's study (both lookups cached)."""
+        return self.studies.spec(self.trials.study_of(trial_id)).trial_policy
 
     def _apply(self, request: _AttemptCall, move: Callable[[], Transition]) -> Transition:
         """A lifecycle call: refused first when it does not name its trial and attempt,
@@ -94,6 +106,7 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
                 self.lease_seconds,
                 hostname=request.hostname,
                 environment=request.environment,
+                max_trial_seconds=self._policy(request.trial_id).max_trial_seconds,
             ),
         ).trial
         return evaluate_pb2.StartTrialResponse(
@@ -107,9 +120,20 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
         self, request: evaluate_pb2.HeartbeatRequest, context: grpc.ServicerContext
     ) -> evaluate_pb2.HeartbeatResponse:
         _attempt(request.trial_id, request.attempt_id)
-        decision = self.trials.heartbeat(
-            request.trial_id, request.attempt_id, _step("step", request.step), self.lease_seconds
-        )
+        step = _step("step", request.step)
+        try:
+            decision = self.trials.heartbeat(
+                request.trial_id,
+                request.attempt_id,
+                step,
+                self.lease_seconds,
+                self._policy(request.trial_id).stall_timeout_seconds,
+            )
+        except AttemptEnded as ended:
+            # Stalled or out of wall clock: announce it, then tell the worker its
+            # attempt is over (FAILED_PRECONDITION, like any stale attempt).
+            self.publisher.publish(ended.transition)
+            raise
         reply = evaluate_pb2.HeartbeatResponse(
             action=events_pb2.CONTINUE, lease_seconds=self.lease_seconds
         )
@@ -130,8 +154,10 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
                 request.trial_id,
                 request.attempt_id,
                 require(request.uri, "uri"),
-                _checked_step("step", request.step),
+                _non_negative("step", request.step),
                 self.lease_seconds,
+                save_seconds=request.save_seconds,
+                train_seconds=request.train_seconds,
             ),
         ).trial
 
@@ -178,16 +204,18 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
     def FailTrial(
         self, request: evaluate_pb2.FailTrialRequest, context: grpc.ServicerContext
     ) -> trial_pb2.Trial:
-        return self._apply(
-            request,
-            lambda: self.trials.fail(
+        def fail() -> Transition:
+            policy = self._policy(request.trial_id)
+            return self.trials.fail(
                 request.trial_id,
                 request.attempt_id,
                 request.reason,
-                request.retryable,
-                self.max_attempts,
-            ),
-        ).trial
+                kind_of_request(request.kind, request.retryable),
+                oom=policy.on_out_of_memory,
+                max_failures=policy.max_failures or self.max_attempts,
+            )
+
+        return self._apply(request, fail).trial
 
     def GetTrial(
         self, request: evaluate_pb2.GetTrialRequest, context: grpc.ServicerContext

@@ -1,8 +1,11 @@
-"""Background sweeper: expires leases and re-publishes unacknowledged events.
+"""Background sweeper: expires leases, times trials out, re-publishes unacknowledged
+events.
 
 Every ``interval`` seconds it moves trials whose lease (RUNNING) or hand-out
 claim (suggested but never started) ran out to RESUMABLE, publishing
-TRIAL_LEASE_EXPIRED, and re-publishes the unacknowledged events of every trial
+TRIAL_LEASE_EXPIRED (never counted as a failure), FAILs (kind TIMEOUT) the unfinished
+trials whose wall clock (the study's max_trial_seconds since their first start) ran
+out, publishing TRIAL_FAILED, and re-publishes the unacknowledged events of every trial
 whose oldest one is older than ``outbox_retry_seconds`` (their first publish
 failed or the process died), each trial's in order.
 Several evaluate processes may sweep at once: each expiry is one Lua script, so
@@ -15,13 +18,18 @@ import logging
 import threading
 
 from ladder.state import TrialStore
+from ladder.v1 import trial_pb2
 from opentelemetry import metrics
 
 from services.evaluate.publisher import TransitionPublisher
 
 log = logging.getLogger("ladder.evaluate.sweeper")
-_expiries = metrics.get_meter("ladder.evaluate").create_counter(
+_meter = metrics.get_meter("ladder.evaluate")
+_expiries = _meter.create_counter(
     "ladder.lease.expiries", description="leases or claims that expired"
+)
+_timeouts = _meter.create_counter(
+    "ladder.trial.timeouts", description="trials FAILED because their wall clock ran out"
 )
 
 
@@ -49,13 +57,18 @@ class LeaseSweeper:
         self._thread.join(timeout)
 
     def sweep_once(self) -> int:
-        """One pass; returns the number of leases expired."""
+        """One pass; returns the number of leases expired and trials timed out."""
         expired = self.trials.expire_due()
-        for transition in expired:
-            _expiries.add(1, {"study_id": transition.trial.study_id})
+        timed_out = self.trials.time_out_due()
+        for counter, transition in [
+            *((_expiries, t) for t in expired),
+            *((_timeouts, t) for t in timed_out),
+        ]:
+            counter.add(1, {"study_id": transition.trial.study_id})
             log.warning(
-                "trial %s resumable: %s",
+                "trial %s %s: %s",
                 transition.trial.trial_id,
+                trial_pb2.TrialState.Name(transition.trial.state),
                 transition.reason,
                 extra={
                     "trial_id": transition.trial.trial_id,
@@ -72,7 +85,7 @@ class LeaseSweeper:
                 extra={"trial_id": transition.trial.trial_id},
             )
         self.publisher.publish_in_order(due)
-        return len(expired)
+        return len(expired) + len(timed_out)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 from kafka import KafkaProducer
+from ladder import failures
 from ladder.config import Settings
 from ladder.errors import BudgetExhausted, Conflict, NotFound, StaleAttempt
 from ladder.grpcserver import status_of
@@ -228,7 +229,9 @@ def test_stop_decision_reaches_heartbeat_and_complete_is_idempotent(
         study = clients.create(config())
         trial = clients.one(study.study_id).trial
         started = clients.start(trial.trial_id, "a-1")
-        assert started.trial.state == trial_pb2.RUNNING and started.lease_seconds == 30
+        # The default lease is short (10 s, renewed every lease/4) so a dead worker's
+        # trial is resumed within seconds.
+        assert started.trial.state == trial_pb2.RUNNING and started.lease_seconds == 10
         assert started.trial.attempt_number == 1 and started.checkpoint_uri == ""
         assert clients.start(trial.trial_id, "a-1").trial == started.trial  # idempotent
         assert clients.heartbeat(trial.trial_id, "a-1").action == events_pb2.CONTINUE
@@ -357,6 +360,190 @@ def test_lease_expiry_makes_trial_resumable_and_fences_the_old_attempt(
         clients.close()
 
 
+# ------------------------------------------ failure classes, watchdog, wall clock
+
+
+@pytest.fixture(scope="module")
+def evaluate(start_module_service: Callable[..., Any]) -> Any:
+    """One evaluate process (default lease) for the tests that leave it as it is."""
+    return start_module_service("services.evaluate")
+
+
+def _policy_study(clients: Clients, **policy: Any) -> str:
+    return clients.create(config(trial_policy=study_pb2.TrialPolicy(**policy))).study_id
+
+
+def _fail(clients: Clients, trial_id: str, attempt: str, **request: Any) -> trial_pb2.Trial:
+    return clients.evaluate.FailTrial(
+        evaluate_pb2.FailTrialRequest(trial_id=trial_id, attempt_id=attempt, **request),
+        timeout=30,
+    )
+
+
+def test_fail_trial_follows_the_kind_and_the_study_policy(
+    infra: Settings, suggest: Any, evaluate: Any
+) -> None:
+    clients = Clients(suggest.addr, evaluate.addr)
+    try:
+        # max_failures 2 (not evaluate's --max-attempts 3); out of memory is infeasible.
+        study_id = _policy_study(clients, max_failures=2, on_out_of_memory=study_pb2.OOM_INFEASIBLE)
+        flaky = clients.one(study_id).trial.trial_id
+        clients.start(flaky, "f1")
+        handed_back = _fail(clients, flaky, "f1", reason="SIGTERM", kind=trial_pb2.PREEMPTED)
+        assert handed_back.state == trial_pb2.RESUMABLE and handed_back.failures == 0
+        clients.start(flaky, "f2")
+        # An older client: no kind, retryable -> INFRASTRUCTURE.
+        once = _fail(clients, flaky, "f2", reason="disk", retryable=True)
+        assert (once.state, once.failures, once.failure_kind) == (
+            trial_pb2.RESUMABLE,
+            1,
+            trial_pb2.INFRASTRUCTURE,
+        )
+        clients.start(flaky, "f3")
+        twice = _fail(clients, flaky, "f3", reason="disk", kind=trial_pb2.INFRASTRUCTURE)
+        assert twice.state == trial_pb2.FAILED and twice.failures == 2
+
+        oom = clients.one(study_id).trial.trial_id
+        clients.start(oom, "o1")
+        infeasible = _fail(clients, oom, "o1", reason="CUDA OOM", kind=trial_pb2.OUT_OF_MEMORY)
+        assert infeasible.state == trial_pb2.FAILED
+        assert infeasible.last_attempt_end == trial_pb2.ATTEMPT_FAILED
+
+        buggy = clients.one(study_id).trial.trial_id
+        clients.start(buggy, "b1")
+        code, message = code_and_message(lambda: _fail(clients, buggy, "b1", kind=99))
+        assert (code, message) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "kind: unknown failure kind 99",
+        )
+        # An older client: no kind, not retryable -> USER_ERROR.
+        final = _fail(clients, buggy, "b1", reason="bad shape")
+        assert final.state == trial_pb2.FAILED and final.failure_kind == trial_pb2.USER_ERROR
+
+        events = wait_for_events(
+            infra,
+            flaky,
+            ["TRIAL_SUGGESTED", *["TRIAL_STARTED", "TRIAL_FAILED"] * 3],
+        )
+        ends = [(e.ended_attempt_id, e.attempt_end) for e in events if e.ended_attempt_id]
+        assert ends == [
+            ("f1", trial_pb2.ATTEMPT_PREEMPTED),
+            ("f2", trial_pb2.ATTEMPT_FAILED),
+            ("f3", trial_pb2.ATTEMPT_FAILED),
+        ]
+        assert events[2].reason == "preempted: SIGTERM; not counted (0 of 2 failures used)"
+        assert events[-1].reason == "attempt 3 failed (INFRASTRUCTURE; all 2 failures used): disk"
+    finally:
+        clients.close()
+
+
+def test_a_stalled_attempt_loses_its_lease_and_the_trial_resumes(
+    infra: Settings, suggest: Any, evaluate: Any
+) -> None:
+    clients = Clients(suggest.addr, evaluate.addr)
+    try:
+        study_id = _policy_study(clients, stall_timeout_seconds=1)
+        trial_id = clients.one(study_id, "w-hangs").trial.trial_id
+        clients.start(trial_id, "hung", "w-hangs")
+        clients.heartbeat(trial_id, "hung", step=2)
+        # The keep-alive beats on, but the step no longer advances.
+        code, message = wait_for(
+            lambda: _refused(lambda: clients.heartbeat(trial_id, "hung", step=2)),
+            15,
+            "the watchdog to end the attempt",
+            every=0.2,
+        )
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert message.startswith("stale attempt: 'hung' no longer holds trial")
+        assert "stalled: attempt hung made no step progress" in message
+        trial = clients.get(trial_id)
+        assert (trial.state, trial.failures) == (trial_pb2.RESUMABLE, 0)
+        assert trial.last_attempt_end == trial_pb2.ATTEMPT_STALLED
+        resumed = clients.one(study_id, "w-next")
+        assert resumed.resumed and resumed.trial.trial_id == trial_id
+        clients.start(trial_id, "next", "w-next")
+        assert clients.heartbeat(trial_id, "next", step=1).action == events_pb2.CONTINUE
+        events = wait_for_events(
+            infra,
+            trial_id,
+            ["TRIAL_SUGGESTED", "TRIAL_STARTED", "TRIAL_LEASE_EXPIRED", "TRIAL_STARTED"],
+        )
+        assert (events[2].ended_attempt_id, events[2].attempt_end) == (
+            "hung",
+            trial_pb2.ATTEMPT_STALLED,
+        )
+    finally:
+        clients.close()
+
+
+def _refused(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str] | None:
+    """The call's error code and message, or None when it succeeded."""
+    try:
+        call()
+    except grpc.RpcError as err:
+        return err.code(), err.details()
+    return None
+
+
+def test_the_wall_clock_fails_a_trial_that_runs_too_long(
+    infra: Settings, suggest: Any, evaluate: Any
+) -> None:
+    clients = Clients(suggest.addr, evaluate.addr)
+    try:
+        study_id = _policy_study(clients, max_trial_seconds=1)
+        trial_id = clients.one(study_id).trial.trial_id
+        started = clients.start(trial_id, "slow")
+        assert started.trial.first_started_unix_ms > 0
+        # The sweeper finds it (a heartbeat after the deadline would too).
+        trial = wait_for(
+            lambda: (t := clients.get(trial_id)).state == trial_pb2.FAILED and t,
+            15,
+            "the wall clock to run out",
+            every=0.2,
+        )
+        assert (trial.failure_kind, trial.last_attempt_end) == (
+            trial_pb2.TIMEOUT,
+            trial_pb2.ATTEMPT_TIMED_OUT,
+        )
+        code, _ = code_and_message(lambda: clients.heartbeat(trial_id, "slow"))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        events = wait_for_events(
+            infra, trial_id, ["TRIAL_SUGGESTED", "TRIAL_STARTED", "TRIAL_FAILED"]
+        )
+        assert events[-1].attempt_end == trial_pb2.ATTEMPT_TIMED_OUT
+        assert events[-1].reason.startswith("timed out: ")
+    finally:
+        clients.close()
+
+
+def test_report_checkpoint_adds_up_its_overhead_and_checks_it(
+    suggest: Any, evaluate: Any
+) -> None:
+    clients = Clients(suggest.addr, evaluate.addr)
+    try:
+        trial_id = clients.one(clients.create(config()).study_id).trial.trial_id
+        clients.start(trial_id, "a")
+
+        def report(step: float, **spent: float) -> trial_pb2.Trial:
+            return clients.evaluate.ReportCheckpoint(
+                evaluate_pb2.ReportCheckpointRequest(
+                    trial_id=trial_id, attempt_id="a", uri=f"file:///c/{step}", step=step, **spent
+                ),
+                timeout=30,
+            )
+
+        report(1, save_seconds=0.5, train_seconds=12)
+        trial = report(2, save_seconds=0.25, train_seconds=8)
+        assert (trial.checkpoint_seconds, trial.train_seconds) == (0.75, 20)
+        for name, value in (("save_seconds", -1.0), ("train_seconds", float("inf"))):
+            code, message = code_and_message(lambda n=name, v=value: report(3, **{n: v}))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            assert message == f"{name} must be finite and >= 0 (got {value})"
+        assert clients.get(trial_id).checkpoint_step == 2
+    finally:
+        clients.close()
+
+
 # ------------------------------------------------------------ state scripts directly
 
 
@@ -385,31 +572,35 @@ def _trials(state: State, study_id: str, n: int, claim: float = 60) -> list[str]
     return [t.trial.trial_id for t in made]
 
 
-def test_retryable_failures_are_resumable_until_max_attempts(state: State) -> None:
+def test_retryable_failures_are_resumable_until_max_failures(state: State) -> None:
     study_id = _study(state)
     (trial_id,) = _trials(state, study_id, 1)
+    infra = failures.INFRASTRUCTURE
     for n in (1, 2):
         state.trials.start(trial_id, f"a{n}", "w", 30)
-        failed = state.trials.fail(trial_id, f"a{n}", "CUDA OOM", retryable=True, max_attempts=3)
+        failed = state.trials.fail(trial_id, f"a{n}", "NCCL timeout", infra, max_failures=3)
         assert failed.changed and failed.trial.state == trial_pb2.RESUMABLE
-        assert f"attempt {n} failed (retryable" in failed.reason and "CUDA OOM" in failed.reason
-        repeat = state.trials.fail(trial_id, f"a{n}", "CUDA OOM", retryable=True, max_attempts=3)
+        assert failed.reason == (
+            f"attempt {n} failed (INFRASTRUCTURE, retried; {n} of 3 failures used): NCCL timeout"
+        )
+        repeat = state.trials.fail(trial_id, f"a{n}", "NCCL timeout", infra, max_failures=3)
         assert not repeat.changed
         assert trial_id in state.trials.resumable(study_id)
     state.trials.start(trial_id, "a3", "w", 30)
-    final = state.trials.fail(trial_id, "a3", "CUDA OOM", retryable=True, max_attempts=3)
-    assert final.trial.state == trial_pb2.FAILED and "all 3 attempts used" in final.reason
+    final = state.trials.fail(trial_id, "a3", "NCCL timeout", infra, max_failures=3)
+    assert final.trial.state == trial_pb2.FAILED and "all 3 failures used" in final.reason
     assert trial_id not in state.trials.pending(study_id)
     with pytest.raises(Conflict, match="it is FAILED"):
         state.trials.start(trial_id, "a4", "w", 30)
 
 
-def test_non_retryable_failure_is_final(state: State) -> None:
+def test_a_user_error_is_final(state: State) -> None:
     study_id = _study(state)
     (trial_id,) = _trials(state, study_id, 1)
     state.trials.start(trial_id, "a1", "w", 30)
-    failed = state.trials.fail(trial_id, "a1", "bad config", retryable=False, max_attempts=3)
-    assert failed.trial.state == trial_pb2.FAILED and "not retryable" in failed.reason
+    failed = state.trials.fail(trial_id, "a1", "bad config", failures.USER_ERROR)
+    assert failed.trial.state == trial_pb2.FAILED
+    assert failed.reason == "attempt 1 failed (USER_ERROR, not retried): bad config"
 
 
 def test_unstarted_suggestions_become_resumable_after_the_claim(state: State) -> None:

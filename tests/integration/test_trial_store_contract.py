@@ -11,16 +11,20 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from ladder import failures
 from ladder.config import Settings
 from ladder.errors import BudgetExhausted, Conflict, InvalidArgument, NotFound, StaleAttempt
 from ladder.params import fill_params
-from ladder.state import State, open_state
+from ladder.state import AttemptEnded, State, Transition, open_state, trial_event
+from ladder.study import OomPolicy
 from ladder.testing import wait_for
 from ladder.v1 import events_pb2, study_pb2, trial_pb2
 
 pytestmark = pytest.mark.integration
 
 BACKENDS: dict[str, Callable[[Settings], State]] = {"redis": open_state}
+
+INFRA = failures.INFRASTRUCTURE
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -116,14 +120,15 @@ def test_completion_is_idempotent_for_the_same_attempt_and_result(store: State) 
 
 def test_failures_retry_until_the_last_attempt_then_are_final(store: State) -> None:
     study_id, trial_id = running_trial(store)
-    failed = store.trials.fail(trial_id, "a1", "OOM", retryable=True, max_attempts=2)
+    failed = store.trials.fail(trial_id, "a1", "disk", INFRA, max_failures=2)
     assert failed.changed and failed.event_kind == events_pb2.TRIAL_FAILED
-    assert failed.trial.state == trial_pb2.RESUMABLE
-    assert not store.trials.fail(trial_id, "a1", "OOM", retryable=True, max_attempts=2).changed
+    assert failed.trial.state == trial_pb2.RESUMABLE and failed.trial.failures == 1
+    assert not store.trials.fail(trial_id, "a1", "disk", INFRA, max_failures=2).changed
     assert store.trials.resumable(study_id) == [trial_id]
     store.trials.start(trial_id, "a2", "w2", 30)
-    final = store.trials.fail(trial_id, "a2", "OOM", retryable=True, max_attempts=2)
-    assert final.trial.state == trial_pb2.FAILED
+    final = store.trials.fail(trial_id, "a2", "disk", INFRA, max_failures=2)
+    assert final.trial.state == trial_pb2.FAILED and final.trial.failures == 2
+    assert final.reason == "attempt 2 failed (INFRASTRUCTURE; all 2 failures used): disk"
     assert trial_id not in store.trials.pending(study_id)
     assert store.trials.resumable(study_id) == []
 
@@ -134,13 +139,13 @@ def test_a_stale_attempt_is_refused_by_every_call(store: State) -> None:
     with pytest.raises(StaleAttempt, match="was never started"):
         store.trials.complete(trial_id, "a1", 0.5)
     store.trials.start(trial_id, "a1", "w1", 30)
-    store.trials.fail(trial_id, "a1", "preempted", retryable=True, max_attempts=3)
+    store.trials.fail(trial_id, "a1", "SIGTERM", failures.PREEMPTED)
     store.trials.start(trial_id, "a2", "w2", 30)
     refused: list[Callable[[], object]] = [
         lambda: store.trials.heartbeat(trial_id, "a1", 1, 30),
         lambda: store.trials.checkpoint(trial_id, "a1", "file:///tmp/c", 1, 30),
         lambda: store.trials.complete(trial_id, "a1", 0.5),
-        lambda: store.trials.fail(trial_id, "a1", "late", retryable=True, max_attempts=3),
+        lambda: store.trials.fail(trial_id, "a1", "late", INFRA),
         lambda: store.trials.prune(trial_id, "a1"),
         lambda: store.trials.start(trial_id, "a1", "w1", 30),  # an attempt never comes back
     ]
@@ -301,3 +306,252 @@ def test_a_fresh_suggestion_is_left_to_suggest(store: State) -> None:
     study_id = new_study(store)
     (trial_id,) = new_trials(store, study_id, 1)
     assert store.trials.start(trial_id, "a1", "w1", 30).earlier == ()
+
+
+# ------------------------------------------- failure classes, watchdog, wall clock
+
+
+def _ends(transition: Transition) -> tuple[str, int]:
+    """What the transition's TrialEvent says it ended: (attempt id, AttemptEnd)."""
+    event = trial_event(transition, 0)
+    return event.ended_attempt_id, event.attempt_end
+
+
+@pytest.mark.parametrize(
+    ("kind", "state", "counted", "end", "reason"),
+    [
+        (
+            failures.INFRASTRUCTURE,
+            trial_pb2.RESUMABLE,
+            1,
+            trial_pb2.ATTEMPT_FAILED,
+            "attempt 1 failed (INFRASTRUCTURE, retried; 1 of 3 failures used): boom",
+        ),
+        (
+            failures.USER_ERROR,
+            trial_pb2.FAILED,
+            1,
+            trial_pb2.ATTEMPT_FAILED,
+            "attempt 1 failed (USER_ERROR, not retried): boom",
+        ),
+        (
+            failures.DIVERGED,
+            trial_pb2.FAILED,
+            1,
+            trial_pb2.ATTEMPT_FAILED,
+            "attempt 1 failed (DIVERGED, not retried): boom",
+        ),
+        (
+            failures.OUT_OF_MEMORY,
+            trial_pb2.RESUMABLE,
+            1,
+            trial_pb2.ATTEMPT_FAILED,
+            "attempt 1 failed (OUT_OF_MEMORY, retried; 1 of 3 failures used): boom",
+        ),
+        (
+            failures.TIMEOUT,
+            trial_pb2.FAILED,
+            1,
+            trial_pb2.ATTEMPT_TIMED_OUT,
+            "attempt 1 failed (TIMEOUT, not retried): boom",
+        ),
+        (
+            failures.PREEMPTED,
+            trial_pb2.RESUMABLE,
+            0,
+            trial_pb2.ATTEMPT_PREEMPTED,
+            "preempted: boom; not counted (0 of 3 failures used)",
+        ),
+    ],
+)
+def test_fail_trial_per_kind(
+    store: State, kind: int, state: int, counted: int, end: int, reason: str
+) -> None:
+    study_id, trial_id = running_trial(store)
+    failed = store.trials.fail(trial_id, "a1", "boom", kind, max_failures=3)
+    trial = failed.trial
+    assert (failed.reason, trial.state, trial.failures) == (reason, state, counted)
+    assert trial.failure_kind == (kind if counted else 0)
+    assert trial.last_attempt_end == end and _ends(failed) == ("a1", end)
+    queued = store.trials.resumable(study_id) == [trial_id]
+    assert queued == (state == trial_pb2.RESUMABLE)
+    assert (trial_id in store.trials.pending(study_id)) == queued
+    assert store.trials.lease_deadline_ms(trial_id) is None
+
+
+def test_a_trial_preempted_five_times_still_completes(store: State) -> None:
+    study_id, trial_id = running_trial(store)
+    for n in range(1, 6):
+        attempt = f"a{n}"
+        if n > 1:
+            (claimed,) = store.trials.claim_resumable(study_id, 1, 60)
+            assert claimed.trial_id == trial_id
+            store.trials.start(trial_id, attempt, f"w{n}", 30)
+        store.trials.checkpoint(trial_id, attempt, f"file:///c/{n}", n, 30)
+        # max_failures=1: a single counted failure would fail it for good.
+        handed_back = store.trials.fail(
+            trial_id, attempt, "SIGTERM", failures.PREEMPTED, max_failures=1
+        )
+        assert handed_back.trial.state == trial_pb2.RESUMABLE
+        assert handed_back.trial.failures == 0
+        assert handed_back.reason == "preempted: SIGTERM; not counted (0 of 1 failures used)"
+    store.trials.claim_resumable(study_id, 1, 60)
+    resumed = store.trials.start(trial_id, "a6", "w6", 30)
+    assert resumed.trial.attempt_number == 6 and resumed.trial.checkpoint_step == 5
+    done = store.trials.complete(trial_id, "a6", 0.125)
+    assert done.trial.state == trial_pb2.COMPLETED and done.trial.failures == 0
+    assert done.trial.last_attempt_end == trial_pb2.ATTEMPT_COMPLETED
+
+
+def test_out_of_memory_is_retried_once_or_infeasible(store: State) -> None:
+    oom = failures.OUT_OF_MEMORY
+    _, trial_id = running_trial(store)
+    first = store.trials.fail(trial_id, "a1", "CUDA OOM", oom, OomPolicy.RETRY_ONCE, 5)
+    assert first.trial.state == trial_pb2.RESUMABLE and first.trial.failure_kind == oom
+    store.trials.start(trial_id, "a2", "w2", 30)
+    second = store.trials.fail(trial_id, "a2", "CUDA OOM", oom, OomPolicy.RETRY_ONCE, 5)
+    assert second.trial.state == trial_pb2.FAILED and second.trial.failures == 2
+    assert second.reason == "attempt 2 failed (OUT_OF_MEMORY again, not retried): CUDA OOM"
+
+    _, infeasible = running_trial(store)
+    at_once = store.trials.fail(infeasible, "a1", "CUDA OOM", oom, OomPolicy.INFEASIBLE, 5)
+    assert at_once.trial.state == trial_pb2.FAILED and at_once.trial.failure_kind == oom
+    assert "OUT_OF_MEMORY: infeasible, not retried" in at_once.reason
+
+
+def test_lease_expiry_and_pause_end_the_attempt_without_counting(store: State) -> None:
+    _, trial_id = running_trial(store, lease_seconds=0.2)
+    (expired,) = wait_for(
+        lambda: [t for t in store.trials.expire_due() if t.trial.trial_id == trial_id],
+        10,
+        "the lease to expire",
+        every=0.05,
+    )
+    assert _ends(expired) == ("a1", trial_pb2.ATTEMPT_LEASE_EXPIRED)
+    assert expired.trial.failures == 0 and "not counted" in expired.reason
+    started = store.trials.start(trial_id, "a2", "w2", 30)
+    assert _ends(started) == ("", 0)  # a start ends no attempt
+    checkpointed = store.trials.checkpoint(trial_id, "a2", "file:///c/1", 1, 30)
+    assert _ends(checkpointed) == ("", 0)
+    store.trials.apply_decision(
+        events_pb2.Decision(trial_id=trial_id, action=events_pb2.PAUSE, rung=0)
+    )
+    paused = store.trials.pause(trial_id, "a2", 1, 0)
+    assert _ends(paused) == ("a2", trial_pb2.ATTEMPT_PAUSED) and paused.trial.failures == 0
+
+
+def test_complete_and_prune_end_their_attempt(store: State) -> None:
+    _, done_id = running_trial(store)
+    done = store.trials.complete(done_id, "a1", 0.5)
+    assert _ends(done) == ("a1", trial_pb2.ATTEMPT_COMPLETED)
+    _, pruned_id = running_trial(store)
+    pruned = store.trials.prune(pruned_id, "a1", step=3)
+    assert _ends(pruned) == ("a1", trial_pb2.ATTEMPT_PRUNED)
+    assert pruned.trial.last_attempt_end == trial_pb2.ATTEMPT_PRUNED
+
+
+def test_the_watchdog_ends_an_attempt_that_makes_no_progress(store: State) -> None:
+    study_id, trial_id = running_trial(store)
+    stall = 0.4
+    # Steps that advance keep the attempt alive however long it runs.
+    for step in (1, 2, 3):
+        store.trials.heartbeat(trial_id, "a1", step, 30, stall_timeout_seconds=stall)
+
+    def stalled() -> AttemptEnded | None:
+        try:
+            store.trials.heartbeat(trial_id, "a1", 3, 30, stall_timeout_seconds=stall)
+        except AttemptEnded as ended:
+            return ended
+        return None
+
+    ended = wait_for(stalled, 10, "the watchdog", every=0.05)
+    transition = ended.transition
+    assert transition.event_kind == events_pb2.TRIAL_LEASE_EXPIRED
+    assert _ends(transition) == ("a1", trial_pb2.ATTEMPT_STALLED)
+    assert transition.trial.state == trial_pb2.RESUMABLE and transition.trial.failures == 0
+    assert transition.reason.startswith("stalled: attempt a1 made no step progress for ")
+    assert "furthest step 3.0" in transition.reason and "not counted" in transition.reason
+    assert str(ended).startswith("stale attempt: 'a1' no longer holds trial")
+    assert store.trials.resumable(study_id) == [trial_id]
+    assert store.trials.lease_deadline_ms(trial_id) is None
+    with pytest.raises(StaleAttempt, match="its lease expired"):
+        store.trials.heartbeat(trial_id, "a1", 4, 30, stall_timeout_seconds=stall)
+    # The next attempt redoes steps from its checkpoint: any step it reports is progress.
+    store.trials.start(trial_id, "a2", "w2", 30)
+    assert store.trials.heartbeat(trial_id, "a2", 1, 30, stall_timeout_seconds=stall) is None
+    # No watchdog (None): however long without progress, the lease is renewed.
+    assert store.trials.heartbeat(trial_id, "a2", 1, 30, stall_timeout_seconds=None) is None
+
+
+def test_the_wall_clock_fails_a_running_trial_at_its_heartbeat(store: State) -> None:
+    study_id = new_study(store)
+    (trial_id,) = new_trials(store, study_id, 1)
+    started = store.trials.start(trial_id, "a1", "w1", 30, max_trial_seconds=0.3)
+    assert started.trial.first_started_unix_ms > 0
+
+    def timed_out() -> AttemptEnded | None:
+        try:
+            store.trials.heartbeat(trial_id, "a1", None, 30)
+        except AttemptEnded as ended:
+            return ended
+        return None
+
+    transition = wait_for(timed_out, 10, "the wall clock", every=0.05).transition
+    assert transition.event_kind == events_pb2.TRIAL_FAILED
+    assert _ends(transition) == ("a1", trial_pb2.ATTEMPT_TIMED_OUT)
+    trial = transition.trial
+    assert (trial.state, trial.failure_kind, trial.failures) == (
+        trial_pb2.FAILED,
+        failures.TIMEOUT,
+        1,
+    )
+    assert transition.reason.startswith("timed out: ")
+    assert trial_id not in store.trials.pending(study_id)
+    assert store.client.zscore(store.keys.deadlines, trial_id) is None
+
+
+def test_the_wall_clock_fails_a_waiting_trial_from_the_sweeper(store: State) -> None:
+    study_id = new_study(store)
+    (trial_id,) = new_trials(store, study_id, 1)
+    first = store.trials.start(trial_id, "a1", "w1", 30, max_trial_seconds=0.5)
+    store.trials.fail(trial_id, "a1", "SIGTERM", failures.PREEMPTED)
+    assert store.trials.resumable(study_id) == [trial_id]
+    store.trials.start(trial_id, "a2", "w2", 30, max_trial_seconds=60)  # counts from the first
+    assert store.trials.get(trial_id).first_started_unix_ms == (
+        first.trial.first_started_unix_ms
+    )
+    store.trials.fail(trial_id, "a2", "SIGTERM", failures.PREEMPTED)
+    (timed_out,) = wait_for(
+        lambda: [t for t in store.trials.time_out_due() if t.trial.trial_id == trial_id],
+        10,
+        "the sweeper's wall-clock check",
+        every=0.05,
+    )
+    assert timed_out.trial.state == trial_pb2.FAILED
+    assert timed_out.trial.failure_kind == failures.TIMEOUT
+    assert _ends(timed_out) == ("", 0)  # it was waiting, no attempt ran
+    assert store.trials.resumable(study_id) == [] and store.trials.pending(study_id) == []
+    with pytest.raises(Conflict, match="it is FAILED"):
+        store.trials.start(trial_id, "a3", "w3", 30)
+
+
+def test_checkpoint_overhead_adds_up_over_attempts(store: State) -> None:
+    study_id, trial_id = running_trial(store)
+    store.trials.checkpoint(trial_id, "a1", "file:///c/1", 1, 30, 0.5, 10.0)
+    store.trials.checkpoint(trial_id, "a1", "file:///c/1", 1, 30, 0.5, 10.0)  # a retry
+    store.trials.fail(trial_id, "a1", "SIGTERM", failures.PREEMPTED)
+    store.trials.start(trial_id, "a2", "w2", 30)
+    after = store.trials.checkpoint(trial_id, "a2", "file:///c/2", 2, 30, 0.25, 20.0).trial
+    assert (after.checkpoint_seconds, after.train_seconds) == (0.75, 30.0)
+    for name, value in (("save_seconds", -1.0), ("train_seconds", float("nan"))):
+        spent = {"save_seconds": 0.0, "train_seconds": 0.0, name: value}
+        with pytest.raises(InvalidArgument, match=f"{name} must be finite and >= 0"):
+            store.trials.checkpoint(trial_id, "a2", "file:///c/3", 3, 30, **spent)
+    assert store.trials.get(trial_id).checkpoint_step == 2
+
+
+def test_fail_refuses_an_unknown_kind(store: State) -> None:
+    _, trial_id = running_trial(store)
+    with pytest.raises(InvalidArgument, match="kind: unknown failure kind 99"):
+        store.trials.fail(trial_id, "a1", "?", 99)
+    assert store.trials.get(trial_id).state == trial_pb2.RUNNING

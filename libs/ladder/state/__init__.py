@@ -19,6 +19,7 @@ from ladder.state.offsets import ConsumerOffsets
 from ladder.state.studies import StudyStore
 from ladder.state.trials import (
     TERMINAL,
+    AttemptEnded,
     Transition,
     TrialStore,
     trial_event,
@@ -47,6 +48,7 @@ def open_state(settings: Settings, client: redis.Redis | None = None) -> State:
 
 __all__ = [
     "TERMINAL",
+    "AttemptEnded",
     "ConsumerOffsets",
     "Keys",
     "State",

@@ -17,6 +17,9 @@ stacks (or two test sessions) sharing one Redis never see each other's state.
 | ``{root}trial:{tid}:outbox``         | hash   | version → JSON {kind, ms, trial snapshot}  |
 |                                      |        | of each event not yet confirmed published  |
 | ``{root}leases``                     | zset   | trial id → lease / claim deadline ms       |
+| ``{root}deadlines``                  | zset   | trial id → wall-clock deadline ms (the     |
+|                                      |        | study's max_trial_seconds after its first  |
+|                                      |        | start; unfinished trials only)             |
 | ``{root}outbox``                     | zset   | trial id → ms of its oldest event not yet  |
 |                                      |        | confirmed published                        |
 | ``{root}offsets:{consumer}``         | hash   | "topic:partition" → next offset to read    |
@@ -37,6 +40,16 @@ TRIAL_FIELDS = {
     "state": "TrialState number",
     "attempt": "current (or last) attempt id",
     "attempt_no": "number of attempts started",
+    "failures": "failed attempts that counted toward max_failures (ladder.failures)",
+    "failure_kind": "FailureKind of the last counted failure (0 if none)",
+    "last_end": "AttemptEnd of the last attempt that ended",
+    "ended": "attempt id the latest event ended ('' if it ended none)",
+    "first_ms": "first StartTrial in ms (the wall clock counts from it)",
+    "deadline": "wall-clock deadline in ms ('' when the study sets no max_trial_seconds)",
+    "progress_ms": "when the current attempt's step last advanced (or it started), ms",
+    "progress_step": "the step that advance reached ('' until the attempt reports one)",
+    "ckpt_s": "seconds spent saving checkpoints, all attempts",
+    "train_s": "seconds spent training, all attempts (as reported with checkpoints)",
     "worker": "worker id of the current attempt",
     "hostname": "hostname of the current attempt",
     "environment": "environment string of the current attempt",
@@ -98,6 +111,10 @@ class Keys:
     @property
     def leases(self) -> str:
         return f"{self.root}leases"
+
+    @property
+    def deadlines(self) -> str:
+        return f"{self.root}deadlines"
 
     @property
     def outbox(self) -> str:

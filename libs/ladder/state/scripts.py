@@ -13,7 +13,9 @@ version order, and the relay re-publishes them.
 Status values: OK (changed), REPEAT (idempotent repeat, nothing changed),
 NOT_FOUND, STALE (attempt fenced), BUSY (another live attempt), STATE (wrong
 state for this call), CONFLICT (completed with a different value), BUDGET,
-STOPPED (PauseTrial on a trial whose latest decision is STOP), and for
+STOPPED (PauseTrial on a trial whose latest decision is STOP), RACE (FailTrial: the
+failure count it was computed from changed; compute again), STALLED / TIMED_OUT (a
+heartbeat found the attempt stalled or the trial out of wall clock, and ended it), and for
 STORE_DECISION: KEPT (a stronger decision stands), UNKNOWN, RESUMED (a PROMOTE
 made a PAUSED trial RESUMABLE).
 
@@ -48,6 +50,13 @@ _CONSTANTS = {
     "STOP": events_pb2.STOP,
     "PROMOTE": events_pb2.PROMOTE,
     "PAUSE": events_pb2.PAUSE,
+    "TIMEOUT": trial_pb2.TIMEOUT,
+    "END_COMPLETED": trial_pb2.ATTEMPT_COMPLETED,
+    "END_PRUNED": trial_pb2.ATTEMPT_PRUNED,
+    "END_PAUSED": trial_pb2.ATTEMPT_PAUSED,
+    "END_LEASE_EXPIRED": trial_pb2.ATTEMPT_LEASE_EXPIRED,
+    "END_STALLED": trial_pb2.ATTEMPT_STALLED,
+    "END_TIMED_OUT": trial_pb2.ATTEMPT_TIMED_OUT,
 }
 
 _HEADER = (
@@ -72,10 +81,11 @@ end
 local marked = false
 -- Record a transition whose TrialEvent must be published: the event keeps the
 -- trial as it is now (all but the immutable proto), so a re-publish after later
--- transitions still says what this one did. Mark last, after every change.
-local function mark(key, outbox, trial_id, kind, reason, now)
+-- transitions still says what this one did. Mark last, after every change. ``ended``
+-- is the attempt the event ends ('' for none; ``last_end`` then says how).
+local function mark(key, outbox, trial_id, kind, reason, now, ended)
   local v = redis.call('HINCRBY', key, 'version', 1)
-  redis.call('HSET', key, 'reason', reason)
+  redis.call('HSET', key, 'reason', reason, 'ended', ended)
   local flat = redis.call('HGETALL', key)
   local snapshot = {}
   for i = 1, #flat, 2 do
@@ -108,6 +118,31 @@ local function strength(action)
   if action == STOP then return 3 end
   return 0
 end
+-- The trial leaves every queue and set of unfinished trials (it is final).
+local function finish(t, trial_id, leases, deadlines, pending)
+  redis.call('HSET', t, 'lease_until', 0)
+  redis.call('ZREM', leases, trial_id)
+  redis.call('ZREM', deadlines, trial_id)
+  redis.call('SREM', pending, trial_id)
+end
+-- The trial's wall clock (the study's max_trial_seconds since its first start) ran
+-- out: FAILED with failure kind TIMEOUT, ending the running attempt if there is one.
+-- ``counts`` ('1'/'0') is ladder.failures' rule for TIMEOUT.
+local function time_out(t, outbox, trial_id, now, counts, k)
+  local state = num(t, 'state')
+  local ended = ''
+  if state == RUNNING then ended = field(t, 'attempt') end
+  finish(t, trial_id, k.leases, k.deadlines, k.pending)
+  redis.call('ZREM', k.queue, trial_id)
+  redis.call('ZREM', k.paused, trial_id)
+  if counts == '1' then redis.call('HINCRBY', t, 'failures', 1) end
+  redis.call('HSET', t, 'state', FAILED, 'failure_kind', TIMEOUT)
+  if ended ~= '' then redis.call('HSET', t, 'last_end', END_TIMED_OUT) end
+  local seconds = (now - num(t, 'first_ms')) / 1000
+  mark(t, outbox, trial_id, EV_FAILED, string.format(
+    'timed out: %.1f s since the first start, over max_trial_seconds (%d failures used)',
+    seconds, num(t, 'failures')), now, ended)
+end
 """
 )
 
@@ -132,11 +167,13 @@ local now = now_ms()
 local trial_id = field(t, 'id')
 """
 
-# KEYS: trial, outbox, attempts, leases, resumable, pending
-# ARGV: attempt, worker, lease_ms, hostname, environment
+# KEYS: trial, outbox, attempts, leases, resumable, pending, deadlines
+# ARGV: attempt, worker, lease_ms, hostname, environment, max_trial_ms (0: no limit)
+# The first start sets the trial's wall-clock deadline; every start restarts the
+# progress watchdog (a resumed attempt redoes steps up to where the last one got).
 START = _script("""
 local t, outbox, attempts = KEYS[1], KEYS[2], KEYS[3]
-local leases, queue, pending = KEYS[4], KEYS[5], KEYS[6]
+local leases, queue, pending, deadlines = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local attempt, worker, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if redis.call('EXISTS', t) == 0 then return {'NOT_FOUND', {}} end
 local state = num(t, 'state')
@@ -154,41 +191,95 @@ if state == RUNNING then return reply('BUSY', t) end
 local n = redis.call('HINCRBY', t, 'attempt_no', 1)
 redis.call('HSET', attempts, attempt, n)
 redis.call('HSET', t, 'state', RUNNING, 'attempt', attempt, 'worker', worker,
-  'lease_until', now + lease_ms, 'hostname', ARGV[4], 'environment', ARGV[5], 'closed', '')
+  'lease_until', now + lease_ms, 'hostname', ARGV[4], 'environment', ARGV[5], 'closed', '',
+  'progress_ms', now, 'progress_step', '')
+if field(t, 'first_ms') == '' then
+  redis.call('HSET', t, 'first_ms', now)
+  local max_ms = tonumber(ARGV[6]) or 0
+  if max_ms > 0 then
+    redis.call('HSET', t, 'deadline', now + max_ms)
+    redis.call('ZADD', deadlines, now + max_ms, trial_id)
+  end
+end
 redis.call('ZADD', leases, now + lease_ms, trial_id)
 redis.call('ZREM', queue, trial_id)
 redis.call('SADD', pending, trial_id)
 local reason = 'attempt ' .. n
 if state == RESUMABLE then reason = reason .. ' resumes the trial' end
-mark(t, outbox, trial_id, EV_STARTED, reason, now)
+mark(t, outbox, trial_id, EV_STARTED, reason, now, '')
 return reply('OK', t)
 """)
 
-# KEYS: trial, outbox, leases   ARGV: attempt, '', step, lease_ms
+# Progress of the current attempt: a step beyond the furthest it reported restarts the
+# watchdog (``progress_ms``).
+_ADVANCE = """
+local function advance(t, step, now)
+  if step == '' then return end
+  local furthest = tonumber(field(t, 'progress_step'))
+  if furthest == nil or tonumber(step) > furthest then
+    redis.call('HSET', t, 'progress_step', step, 'progress_ms', now)
+  end
+end
+"""
+
+# KEYS: trial, outbox, leases, resumable, pending, deadlines, paused
+# ARGV: attempt, '', step, lease_ms, stall_ms (0: watchdog off), timeout counts (1/0)
+# Renews the lease unless the trial's wall clock ran out (TIMED_OUT: FAILED) or the
+# attempt made no progress for stall_ms (STALLED: it loses the lease, the trial is
+# RESUMABLE and announced with TRIAL_LEASE_EXPIRED; a stall never counts as a failure).
 HEARTBEAT = _script(
     _FENCE
+    + _ADVANCE
     + """
-hold(t, KEYS[3], trial_id, now + tonumber(ARGV[4]))
+local leases, queue = KEYS[3], KEYS[4]
+local deadline = tonumber(field(t, 'deadline'))
+if deadline ~= nil and now >= deadline then
+  time_out(t, outbox, trial_id, now, ARGV[6], {leases = leases, deadlines = KEYS[6],
+    pending = KEYS[5], queue = queue, paused = KEYS[7]})
+  return reply('TIMED_OUT', t)
+end
 if ARGV[3] ~= '' then redis.call('HSET', t, 'last_step', ARGV[3]) end
+advance(t, ARGV[3], now)
+local stall_ms = tonumber(ARGV[5])
+local still_ms = now - num(t, 'progress_ms')
+if stall_ms > 0 and still_ms >= stall_ms then
+  redis.call('HSET', t, 'state', RESUMABLE, 'lease_until', 0, 'last_end', END_STALLED)
+  redis.call('ZREM', leases, trial_id)
+  redis.call('ZADD', queue, now, trial_id)
+  local at = field(t, 'progress_step')
+  if at == '' then at = 'none reported' end
+  mark(t, outbox, trial_id, EV_LEASE_EXPIRED, string.format(
+    'stalled: attempt %s made no step progress for %.1f s (stall_timeout_seconds %g; '
+    .. 'furthest step %s); resumable, not counted', attempt, still_ms / 1000,
+    stall_ms / 1000, at), now, attempt)
+  return reply('STALLED', t)
+end
+hold(t, leases, trial_id, now + tonumber(ARGV[4]))
 return reply('OK', t)
 """
 )
 
-# KEYS: trial, outbox, leases   ARGV: attempt, '', uri, step, lease_ms
+# KEYS: trial, outbox, leases
+# ARGV: attempt, '', uri, step, lease_ms, save_seconds, train_seconds
+# The overhead seconds add up over the trial's attempts (a repeated report adds none).
 CHECKPOINT = _script(
     _FENCE
+    + _ADVANCE
     + """
 hold(t, KEYS[3], trial_id, now + tonumber(ARGV[5]))
 if field(t, 'ckpt_uri') == ARGV[3] and field(t, 'ckpt_step') == ARGV[4] then
   return reply('REPEAT', t)
 end
 redis.call('HSET', t, 'ckpt_uri', ARGV[3], 'ckpt_step', ARGV[4])
-mark(t, outbox, trial_id, EV_CHECKPOINTED, 'checkpoint at step ' .. ARGV[4], now)
+redis.call('HINCRBYFLOAT', t, 'ckpt_s', ARGV[6])
+redis.call('HINCRBYFLOAT', t, 'train_s', ARGV[7])
+advance(t, ARGV[4], now)
+mark(t, outbox, trial_id, EV_CHECKPOINTED, 'checkpoint at step ' .. ARGV[4], now, '')
 return reply('OK', t)
 """
 )
 
-# KEYS: trial, outbox, leases, pending, study   ARGV: attempt, signature, value, step
+# KEYS: trial, outbox, leases, pending, study, deadlines   ARGV: attempt, signature, value, step
 COMPLETE = _script(
     """
 local t = KEYS[1]
@@ -200,28 +291,28 @@ end
     + _FENCE
     + """
 local leases, pending, study = KEYS[3], KEYS[4], KEYS[5]
-redis.call('HSET', t, 'state', COMPLETED, 'final', ARGV[3], 'lease_until', 0, 'closed', ARGV[2])
+redis.call('HSET', t, 'state', COMPLETED, 'final', ARGV[3], 'closed', ARGV[2],
+  'last_end', END_COMPLETED)
 if ARGV[4] ~= '' then redis.call('HSET', t, 'last_step', ARGV[4]) end
-redis.call('ZREM', leases, trial_id)
-redis.call('SREM', pending, trial_id)
+finish(t, trial_id, leases, KEYS[6], pending)
 redis.call('HINCRBY', study, 'completed', 1)
-mark(t, outbox, trial_id, EV_COMPLETED, 'completed with value ' .. ARGV[3], now)
+mark(t, outbox, trial_id, EV_COMPLETED, 'completed with value ' .. ARGV[3], now, attempt)
 return reply('OK', t)
 """
 )
 
-# KEYS: trial, outbox, leases, pending   ARGV: attempt, signature, step, last_value
+# KEYS: trial, outbox, leases, pending, deadlines   ARGV: attempt, signature, step, last_value
 PRUNE = _script(
     _FENCE
     + """
 local leases, pending = KEYS[3], KEYS[4]
-redis.call('HSET', t, 'state', PRUNED, 'lease_until', 0, 'closed', ARGV[2], 'last_value', ARGV[4])
+redis.call('HSET', t, 'state', PRUNED, 'closed', ARGV[2], 'last_value', ARGV[4],
+  'last_end', END_PRUNED)
 if ARGV[3] ~= '' then redis.call('HSET', t, 'last_step', ARGV[3]) end
-redis.call('ZREM', leases, trial_id)
-redis.call('SREM', pending, trial_id)
+finish(t, trial_id, leases, KEYS[5], pending)
 local reason = 'pruned'
 if ARGV[3] ~= '' then reason = reason .. ' at step ' .. ARGV[3] end
-mark(t, outbox, trial_id, EV_PRUNED, reason, now)
+mark(t, outbox, trial_id, EV_PRUNED, reason, now, attempt)
 return reply('OK', t)
 """
 )
@@ -240,51 +331,48 @@ local decided = tonumber(redis.call('HGET', d, 'action'))
 local decided_rung = tonumber(redis.call('HGET', d, 'rung')) or -1
 if decided == STOP then return reply('STOPPED', t) end
 if decided == PAUSE and decided_rung > rung then rung = decided_rung end
-redis.call('HSET', t, 'lease_until', 0, 'closed', ARGV[2])
+redis.call('HSET', t, 'lease_until', 0, 'closed', ARGV[2], 'last_end', END_PAUSED)
 if ARGV[3] ~= '' then redis.call('HSET', t, 'last_step', ARGV[3]) end
 redis.call('ZREM', leases, trial_id)
 if decided == PROMOTE and decided_rung >= rung then
   redis.call('HSET', t, 'state', RESUMABLE)
   redis.call('ZADD', queue, now, trial_id)
   mark(t, outbox, trial_id, EV_PROMOTED, 'paused at rung ' .. rung
-    .. ' but already promoted: resumable at once', now)
+    .. ' but already promoted: resumable at once', now, attempt)
   return reply('OK', t)
 end
 redis.call('HSET', t, 'state', PAUSED, 'paused_rung', rung)
 redis.call('SREM', pending, trial_id)
 redis.call('ZADD', paused, now, trial_id)
 mark(t, outbox, trial_id, EV_PAUSED, 'paused at rung ' .. rung .. ' (step ' .. ARGV[3]
-  .. ') until promoted', now)
+  .. ') until promoted', now, attempt)
 return reply('OK', t)
 """
 )
 
-# KEYS: trial, outbox, leases, pending, resumable
-# ARGV: attempt, signature, reason, retryable (0/1), max_attempts
+# KEYS: trial, outbox, leases, pending, resumable, deadlines
+# ARGV: attempt, signature, failures seen, failure_kind seen, failures after,
+#       failure_kind after, final (1/0), attempt end, reason
+# What the failure does is ladder.state.attempts.fail_outcome's, computed from the
+# failures and failure_kind the caller read: RACE when they changed meanwhile.
 FAIL = _script(
     _FENCE
     + """
 local leases, pending, queue = KEYS[3], KEYS[4], KEYS[5]
-local n = num(t, 'attempt_no')
-local retry = ARGV[4] == '1' and n < tonumber(ARGV[5])
-redis.call('HSET', t, 'lease_until', 0, 'closed', ARGV[2])
-redis.call('ZREM', leases, trial_id)
-local reason
-if retry then
-  redis.call('HSET', t, 'state', RESUMABLE)
-  redis.call('ZADD', queue, now, trial_id)
-  reason = 'attempt ' .. n .. ' failed (retryable, ' .. n .. ' of ' .. ARGV[5]
-    .. ' attempts used): '
-else
-  redis.call('HSET', t, 'state', FAILED)
-  redis.call('SREM', pending, trial_id)
-  if ARGV[4] == '1' then
-    reason = 'attempt ' .. n .. ' failed; all ' .. ARGV[5] .. ' attempts used: '
-  else
-    reason = 'attempt ' .. n .. ' failed (not retryable): '
-  end
+if field(t, 'failures') ~= ARGV[3] or field(t, 'failure_kind') ~= ARGV[4] then
+  return reply('RACE', t)
 end
-mark(t, outbox, trial_id, EV_FAILED, reason .. ARGV[3], now)
+redis.call('HSET', t, 'closed', ARGV[2], 'failures', ARGV[5], 'failure_kind', ARGV[6],
+  'last_end', ARGV[8])
+if ARGV[7] == '1' then
+  redis.call('HSET', t, 'state', FAILED)
+  finish(t, trial_id, leases, KEYS[6], pending)
+else
+  redis.call('HSET', t, 'state', RESUMABLE, 'lease_until', 0)
+  redis.call('ZREM', leases, trial_id)
+  redis.call('ZADD', queue, now, trial_id)
+end
+mark(t, outbox, trial_id, EV_FAILED, ARGV[9], now, attempt)
 return reply('OK', t)
 """
 )
@@ -303,15 +391,34 @@ if redis.call('EXISTS', t) == 0 then return {'SKIP', {}} end
 local state = num(t, 'state')
 if terminal(state) then return {'SKIP', {}} end
 local reason
+local ended = ''
 if state == RUNNING then
-  reason = 'lease of attempt ' .. field(t, 'attempt') .. ' (worker ' .. field(t, 'worker')
-    .. ') expired'
+  ended = field(t, 'attempt')
+  reason = 'lease of attempt ' .. ended .. ' (worker ' .. field(t, 'worker')
+    .. ') expired; resumable, not counted'
+  redis.call('HSET', t, 'last_end', END_LEASE_EXPIRED)
 else
   reason = 'handed out but not started before the claim expired'
 end
 redis.call('HSET', t, 'state', RESUMABLE, 'lease_until', 0)
 redis.call('ZADD', queue, now, trial_id)
-mark(t, outbox, trial_id, EV_LEASE_EXPIRED, reason, now)
+mark(t, outbox, trial_id, EV_LEASE_EXPIRED, reason, now, ended)
+return reply('OK', t)
+""")
+
+# KEYS: trial, outbox, deadlines, leases, resumable, paused, pending
+# ARGV: trial id, timeout counts (1/0)
+# The trial's wall-clock deadline passed (the sweeper's check; a heartbeat checks too).
+TIME_OUT = _script("""
+local t, outbox, deadlines = KEYS[1], KEYS[2], KEYS[3]
+local trial_id = ARGV[1]
+local now = now_ms()
+local deadline = tonumber(redis.call('ZSCORE', deadlines, trial_id))
+if deadline == nil or deadline > now then return {'SKIP', {}} end
+redis.call('ZREM', deadlines, trial_id)
+if redis.call('EXISTS', t) == 0 or terminal(num(t, 'state')) then return {'SKIP', {}} end
+time_out(t, outbox, trial_id, now, ARGV[2], {leases = KEYS[4], deadlines = deadlines,
+  queue = KEYS[5], paused = KEYS[6], pending = KEYS[7]})
 return reply('OK', t)
 """)
 
@@ -331,10 +438,11 @@ for i = 1, n do
   local trial_id = sid .. '-t' .. (first + i - 1)
   local t = root .. trial_id
   redis.call('HSET', t, 'id', trial_id, 'study', sid, 'proto', ARGV[5 + i],
-    'state', SUGGESTED, 'attempt_no', 0, 'algorithm', ARGV[5])
+    'state', SUGGESTED, 'attempt_no', 0, 'algorithm', ARGV[5], 'failures', 0,
+    'failure_kind', 0)
   redis.call('SADD', pending, trial_id)
   redis.call('ZADD', leases, now + claim_ms, trial_id)
-  mark(t, outbox, trial_id, EV_SUGGESTED, 'suggested by ' .. ARGV[5], now)
+  mark(t, outbox, trial_id, EV_SUGGESTED, 'suggested by ' .. ARGV[5], now, '')
 end
 return {'OK', first, n, now}
 """)
@@ -400,7 +508,7 @@ if action == PROMOTE and num(t, 'state') == PAUSED and num(t, 'paused_rung') == 
   redis.call('SADD', pending, trial_id)
   redis.call('ZADD', queue, now, trial_id)
   mark(t, outbox, trial_id, EV_PROMOTED, 'promoted at rung ' .. rung
-    .. ': resumable from step ' .. field(t, 'ckpt_step'), now)
+    .. ': resumable from step ' .. field(t, 'ckpt_step'), now, '')
   return reply('RESUMED', t)
 end
 return {'OK', {}}
@@ -437,6 +545,7 @@ TRIAL_SCRIPTS = (
     "FAIL",
     "PAUSE_TRIAL",
     "EXPIRE",
+    "TIME_OUT",
     "CREATE_TRIALS",
     "CLAIM_RESUMABLE",
     "STORE_DECISION",

@@ -3,10 +3,14 @@ live counters (``suggested`` is the max_trials budget, ``completed``)."""
 
 from __future__ import annotations
 
+import threading
+
 import redis
 
+from ladder.errors import NotFound
 from ladder.state import scripts
 from ladder.state.keys import Keys
+from ladder.study import StudySpec
 from ladder.v1 import study_pb2
 
 
@@ -22,6 +26,9 @@ class StudyStore:
         self.r = client
         self.keys = keys
         self._create = client.register_script(scripts.CREATE_STUDY)
+        # A study's config never changes, so its spec is read and validated once.
+        self._specs: dict[str, StudySpec] = {}
+        self._specs_lock = threading.Lock()
 
     def create(self, study: study_pb2.Study) -> tuple[study_pb2.Study, bool]:
         """Store ``study`` unless its id exists; returns (stored study, created)."""
@@ -37,6 +44,20 @@ class StudyStore:
     def get(self, study_id: str) -> study_pb2.Study | None:
         raw, suggested = self.r.hmget(self.keys.study(study_id), "study", "suggested")
         return _study(raw, suggested) if raw else None
+
+    def spec(self, study_id: str) -> StudySpec:
+        """The study's StudySpec (built from its stored config once, then cached);
+        NotFound when the study is unknown."""
+        with self._specs_lock:
+            cached = self._specs.get(study_id)
+        if cached is not None:
+            return cached
+        study = self.get(study_id)
+        if study is None:
+            raise NotFound(f"study {study_id!r} not found")
+        spec = StudySpec.from_proto(study.config)
+        with self._specs_lock:
+            return self._specs.setdefault(study_id, spec)
 
     def suggested(self, study_id: str) -> int:
         return int(self.r.hget(self.keys.study(study_id), "suggested") or 0)

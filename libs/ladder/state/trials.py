@@ -27,15 +27,18 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import redis
 from redis.exceptions import NoScriptError
 
 from ladder.errors import BudgetExhausted, Conflict, InvalidArgument, NotFound, StaleAttempt
+from ladder.failures import FailureKind
 from ladder.state import scripts
+from ladder.state.attempts import fail_outcome, kind_name, timeout_counts
 from ladder.state.keys import Keys
+from ladder.study import OomPolicy
 from ladder.v1 import events_pb2, trial_pb2
 
 TERMINAL = (trial_pb2.COMPLETED, trial_pb2.PRUNED, trial_pb2.FAILED)
@@ -59,6 +62,19 @@ class Transition:
     version: int = 0
     ts_ms: int = 0
     earlier: tuple[Transition, ...] = ()
+    # The attempt this transition ended ('' for none), and how (a trial_pb2.AttemptEnd).
+    ended_attempt_id: str = ""
+    attempt_end: int = 0
+
+
+class AttemptEnded(StaleAttempt):
+    """A heartbeat found its attempt over: it made no progress for the study's
+    stall_timeout_seconds, or the trial's wall clock ran out. The refusal carries the
+    transition that ended it (to publish before answering)."""
+
+    def __init__(self, message: str, transition: Transition) -> None:
+        super().__init__(message)
+        self.transition = transition
 
 
 def _text(raw: bytes | str | None) -> str:
@@ -102,9 +118,15 @@ def trial_event(transition: Transition, ts_ms: int, hostname: str = "") -> event
         algorithm=transition.algorithm,
         hostname=transition.hostname,
         environment=transition.environment,
+        ended_attempt_id=transition.ended_attempt_id,
+        attempt_end=transition.attempt_end,
     )
     event.trial.CopyFrom(transition.trial)
     return event
+
+
+def _int(raw: bytes | None) -> int:
+    return int(_float(raw))
 
 
 def trial_from_hash(fields: dict[str, bytes]) -> trial_pb2.Trial:
@@ -113,14 +135,20 @@ def trial_from_hash(fields: dict[str, bytes]) -> trial_pb2.Trial:
     trial.ParseFromString(fields.get("proto", b""))
     trial.trial_id = _text(fields.get("id"))
     trial.study_id = _text(fields.get("study")) or trial.study_id
-    trial.state = int(_text(fields.get("state")) or 0)
+    trial.state = _int(fields.get("state"))
     trial.attempt_id = _text(fields.get("attempt"))
-    trial.attempt_number = int(_text(fields.get("attempt_no")) or 0)
+    trial.attempt_number = _int(fields.get("attempt_no"))
     trial.worker_id = _text(fields.get("worker"))
     trial.last_step = _float(fields.get("last_step"))
     trial.checkpoint_uri = _text(fields.get("ckpt_uri"))
     trial.checkpoint_step = _float(fields.get("ckpt_step"))
-    trial.paused_rung = int(_text(fields.get("paused_rung")) or 0)
+    trial.paused_rung = _int(fields.get("paused_rung"))
+    trial.failures = _int(fields.get("failures"))
+    trial.failure_kind = _int(fields.get("failure_kind"))
+    trial.last_attempt_end = _int(fields.get("last_end"))
+    trial.checkpoint_seconds = _float(fields.get("ckpt_s"))
+    trial.train_seconds = _float(fields.get("train_s"))
+    trial.first_started_unix_ms = _int(fields.get("first_ms"))
     final = _text(fields.get("final"))
     if final:
         trial.has_final_value = True
@@ -145,6 +173,7 @@ def _outbox_events(fields: dict[str, bytes], box: dict[str, bytes]) -> list[Tran
         then = {name: value.encode() for name, value in entry["trial"].items()}
         then["proto"] = fields.get("proto", b"")
         kind, reason = int(entry["kind"]), _text(then.get("reason"))
+        ended = _text(then.get("ended"))
         out.append(
             Transition(
                 trial=trial_from_hash(then),
@@ -157,6 +186,8 @@ def _outbox_events(fields: dict[str, bytes], box: dict[str, bytes]) -> list[Tran
                 algorithm=_text(then.get("algorithm")),
                 version=int(version),
                 ts_ms=int(entry["ms"]),
+                ended_attempt_id=ended,
+                attempt_end=_int(then.get("last_end")) if ended else 0,
             )
         )
     return out
@@ -170,6 +201,17 @@ def _number(value: float) -> str:
 def _optional_step(step: float | None) -> str:
     """A step the scripts record only when given: '' for none (or 0)."""
     return "" if not step else _number(step)
+
+
+def _milliseconds(seconds: float | None) -> int:
+    """A duration for the scripts: 0 for none (off)."""
+    return int(seconds * 1000) if seconds else 0
+
+
+def _seconds_spent(name: str, value: float) -> str:
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgument(f"{name} must be finite and >= 0 (got {value})")
+    return _number(value)
 
 
 def _state_name(state: int) -> str:
@@ -446,7 +488,10 @@ class TrialStore:
         lease_seconds: float,
         hostname: str = "",
         environment: str = "",
+        max_trial_seconds: float | None = None,
     ) -> Transition:
+        """Lease the trial to a new attempt. The first start of a trial starts its wall
+        clock: ``max_trial_seconds`` later it is FAILED (TIMEOUT) wherever it is."""
         study = self.study_of(trial_id)
         k = self.keys
         status, fields, box = self._run(
@@ -458,46 +503,100 @@ class TrialStore:
                 k.leases,
                 k.resumable(study),
                 k.pending(study),
+                k.deadlines,
             ],
-            [attempt_id, worker_id, int(lease_seconds * 1000), hostname, environment],
+            [
+                attempt_id,
+                worker_id,
+                int(lease_seconds * 1000),
+                hostname,
+                environment,
+                _milliseconds(max_trial_seconds),
+            ],
         )
         return self._transition(trial_id, attempt_id, status, fields, "start", box)
 
     def heartbeat(
-        self, trial_id: str, attempt_id: str, step: float | None, lease_seconds: float
+        self,
+        trial_id: str,
+        attempt_id: str,
+        step: float | None,
+        lease_seconds: float,
+        stall_timeout_seconds: float | None = None,
     ) -> events_pb2.Decision | None:
         """Renew the attempt's lease (recording ``step``) and return the trial's latest
         decision, in one Redis round trip: the HEARTBEAT script and the decision read
-        are pipelined, and a refused heartbeat raises before the decision is used."""
-        keys = self._fence_keys(trial_id)
-        args = [attempt_id, "", "" if step is None else _number(step), int(lease_seconds * 1000)]
+        are pipelined, and a refused heartbeat raises before the decision is used.
+
+        Raises AttemptEnded (a StaleAttempt) when the attempt reported no step beyond
+        its furthest for ``stall_timeout_seconds`` (None: no watchdog) or the trial's
+        wall clock ran out; the heartbeat then ended the attempt."""
+        study = self.study_of(trial_id)
+        k = self.keys
+        keys = self._fence_keys(
+            trial_id, k.resumable(study), k.pending(study), k.deadlines, k.paused(study)
+        )
+        args = [
+            attempt_id,
+            "",
+            "" if step is None else _number(step),
+            int(lease_seconds * 1000),
+            _milliseconds(stall_timeout_seconds),
+            int(timeout_counts()),
+        ]
         script = self._scripts["HEARTBEAT"]
         for attempt in range(2):
             # EVALSHA directly: a Script called on a pipeline makes redis-py send
             # SCRIPT EXISTS before every execute, a second round trip per heartbeat.
             pipe = self.r.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-            pipe.hget(self.keys.decision(trial_id), "proto")
+            pipe.hget(k.decision(trial_id), "proto")
             try:
-                (status, flat), raw = pipe.execute()
+                (status, flat, *box), raw = pipe.execute()
                 break
             except NoScriptError:
                 if attempt:
                     raise
                 self.r.script_load(script.script)  # first use, or Redis restarted
-        self._transition(trial_id, attempt_id, _text(status), _pairs(flat), "heartbeat")
+        status = _text(status)
+        if status in ("STALLED", "TIMED_OUT"):
+            ended = self._transition(
+                trial_id, attempt_id, "OK", _pairs(flat), "heartbeat", box[0] if box else []
+            )
+            raise AttemptEnded(
+                f"stale attempt: {attempt_id!r} no longer holds trial {trial_id!r}: "
+                f"{ended.reason}",
+                ended,
+            )
+        self._transition(trial_id, attempt_id, status, _pairs(flat), "heartbeat")
         return _decision(raw)
 
     def checkpoint(
-        self, trial_id: str, attempt_id: str, uri: str, step: float, lease_seconds: float
+        self,
+        trial_id: str,
+        attempt_id: str,
+        uri: str,
+        step: float,
+        lease_seconds: float,
+        save_seconds: float = 0.0,
+        train_seconds: float = 0.0,
     ) -> Transition:
+        """Record the attempt's checkpoint at ``step``; ``save_seconds`` (the save) and
+        ``train_seconds`` (training since the attempt's previous checkpoint or its
+        start) add up into the trial's checkpoint_seconds / train_seconds."""
         return self._fenced(
             "CHECKPOINT",
             "checkpoint",
             trial_id,
             attempt_id,
             "",
-            [uri, _number(step), int(lease_seconds * 1000)],
+            [
+                uri,
+                _number(step),
+                int(lease_seconds * 1000),
+                _seconds_spent("save_seconds", save_seconds),
+                _seconds_spent("train_seconds", train_seconds),
+            ],
         )
 
     def complete(
@@ -513,7 +612,7 @@ class TrialStore:
             attempt_id,
             f"complete|{attempt_id}|{_number(value)}",
             [_number(value), _optional_step(step)],
-            [self.keys.pending(study), self.keys.study(study)],
+            [self.keys.pending(study), self.keys.study(study), self.keys.deadlines],
         )
 
     def prune(
@@ -531,7 +630,7 @@ class TrialStore:
             attempt_id,
             f"prune|{attempt_id}",
             [_optional_step(step), "" if last_value is None else _number(last_value)],
-            [self.keys.pending(study)],
+            [self.keys.pending(study), self.keys.deadlines],
         )
 
     def pause(self, trial_id: str, attempt_id: str, step: float | None, rung: int) -> Transition:
@@ -549,41 +648,125 @@ class TrialStore:
         )
 
     def fail(
-        self, trial_id: str, attempt_id: str, reason: str, retryable: bool, max_attempts: int
+        self,
+        trial_id: str,
+        attempt_id: str,
+        reason: str,
+        kind: FailureKind,
+        oom: OomPolicy = OomPolicy.RETRY_ONCE,
+        max_failures: int = 3,
     ) -> Transition:
+        """End the attempt with a failure of class ``kind``; what the trial becomes is
+        ``ladder.state.attempts.fail_outcome`` (preemption never counts; a trial is
+        FAILED when the failure is not retried or ``max_failures`` counted ones)."""
+        if not kind or kind not in trial_pb2.FailureKind.values():
+            raise InvalidArgument(f"kind: unknown failure kind {kind}")
+        if max_failures < 1:
+            raise InvalidArgument(f"max_failures must be >= 1 (got {max_failures})")
         study = self.study_of(trial_id)
-        return self._fenced(
-            "FAIL",
-            "fail",
-            trial_id,
-            attempt_id,
-            f"fail|{attempt_id}",
-            [reason or "no reason given", "1" if retryable else "0", max_attempts],
-            [self.keys.pending(study), self.keys.resumable(study)],
+        key = self.keys.trial(trial_id)
+        for _ in range(5):
+            # The outcome depends on the failures counted so far; the script applies it
+            # only if they are still what was read (else RACE, and it is computed again).
+            seen_failures, seen_kind, attempt_no = self.r.hmget(
+                key, "failures", "failure_kind", "attempt_no"
+            )
+            outcome = fail_outcome(
+                kind,
+                reason or "no reason given",
+                oom=oom,
+                failures=_int(seen_failures),
+                previous=_int(seen_kind),
+                max_failures=max_failures,
+                attempt_number=_int(attempt_no),
+            )
+            status, fields, box = self._run(
+                "FAIL",
+                self._fence_keys(
+                    trial_id,
+                    self.keys.pending(study),
+                    self.keys.resumable(study),
+                    self.keys.deadlines,
+                ),
+                [
+                    attempt_id,
+                    f"fail|{attempt_id}",
+                    _text(seen_failures),
+                    _text(seen_kind),
+                    outcome.failures,
+                    outcome.failure_kind,
+                    "1" if outcome.final else "0",
+                    outcome.attempt_end,
+                    outcome.reason,
+                ],
+            )
+            if status != "RACE":
+                return self._transition(trial_id, attempt_id, status, fields, "fail", box)
+        raise Conflict(
+            f"trial {trial_id!r}: its failure count kept changing during FailTrial "
+            f"({kind_name(kind)}); repeat the call"
         )
 
-    def expire_due(self, limit: int = 200) -> list[Transition]:
-        """Move trials whose lease (or hand-out claim) ran out to RESUMABLE."""
+    def _due(self, zset: str, limit: int) -> list[str]:
+        """Members of ``zset`` whose score (a deadline in ms) is now or past."""
         now_s, now_us = self.r.time()
         now_ms = now_s * 1000 + now_us // 1000
-        due = self.r.zrangebyscore(self.keys.leases, "-inf", now_ms, start=0, num=limit)
+        return [
+            _text(raw) for raw in self.r.zrangebyscore(zset, "-inf", now_ms, start=0, num=limit)
+        ]
+
+    def _sweep(
+        self,
+        zset: str,
+        limit: int,
+        script: str,
+        keys_for: Callable[[str, str], list[str]],
+        args: Sequence[object],
+    ) -> list[Transition]:
+        """Run ``script`` for every trial whose deadline in ``zset`` passed (KEYS from
+        ``keys_for(trial id, study id)``, ARGV the trial id then ``args``); the
+        transitions of those it changed."""
         out = []
-        for raw in due:
-            trial_id = _text(raw)
+        for trial_id in self._due(zset, limit):
             try:
                 study = self.study_of(trial_id)
             except NotFound:
-                self.r.zrem(self.keys.leases, trial_id)
+                self.r.zrem(zset, trial_id)
                 continue
-            k = self.keys
-            status, fields, box = self._run(
-                "EXPIRE",
-                [k.trial(trial_id), k.outbox, k.leases, k.resumable(study)],
-                [trial_id],
-            )
+            status, fields, box = self._run(script, keys_for(trial_id, study), [trial_id, *args])
             if status == "OK":
-                out.append(self._transition(trial_id, "", status, fields, "expire", box))
+                out.append(self._transition(trial_id, "", status, fields, script.lower(), box))
         return out
+
+    def expire_due(self, limit: int = 200) -> list[Transition]:
+        """Move trials whose lease (or hand-out claim) ran out to RESUMABLE."""
+        k = self.keys
+        return self._sweep(
+            k.leases,
+            limit,
+            "EXPIRE",
+            lambda trial_id, study: [k.trial(trial_id), k.outbox, k.leases, k.resumable(study)],
+            (),
+        )
+
+    def time_out_due(self, limit: int = 200) -> list[Transition]:
+        """FAIL (kind TIMEOUT) the unfinished trials whose wall clock ran out."""
+        k = self.keys
+        return self._sweep(
+            k.deadlines,
+            limit,
+            "TIME_OUT",
+            lambda trial_id, study: [
+                k.trial(trial_id),
+                k.outbox,
+                k.deadlines,
+                k.leases,
+                k.resumable(study),
+                k.paused(study),
+                k.pending(study),
+            ],
+            (int(timeout_counts()),),
+        )
 
     # ------------------------------------------------------------------ outbox
 
