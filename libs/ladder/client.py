@@ -56,14 +56,14 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ladder import limits, telemetry
+from ladder import failures, limits, telemetry
 from ladder.config import Settings
 from ladder.errors import BudgetExhausted
 from ladder.params import fill_params
 from ladder.proto_enum import ProtoEnum
 from ladder.schedulers.spec import ASHA_FORMS, BRACKET_ALLOCATIONS, SCHEDULER_KINDS, SMOOTHINGS
 from ladder.space import Space
-from ladder.study import ALGORITHMS, DIRECTIONS, StudySpec
+from ladder.study import ALGORITHMS, DIRECTIONS, OomPolicy, StudySpec
 from ladder.v1 import (
     evaluate_pb2,
     evaluate_pb2_grpc,
@@ -563,9 +563,21 @@ class LadderClient:
                                                 step=step)
         return self._call(self._evaluate, "Heartbeat", request, "Heartbeat")
 
-    def checkpoint(self, trial_id: str, attempt_id: str, uri: str, step: float) -> trial_pb2.Trial:
+    def checkpoint(
+        self,
+        trial_id: str,
+        attempt_id: str,
+        uri: str,
+        step: float,
+        save_seconds: float = 0.0,
+        train_seconds: float = 0.0,
+    ) -> trial_pb2.Trial:
+        """Record the checkpoint ``uri`` of ``step`` (the next attempt resumes after it).
+        ``save_seconds``: what writing and uploading it took; ``train_seconds``: training
+        since this attempt's previous checkpoint (or its start): the trial's overhead."""
         request = evaluate_pb2.ReportCheckpointRequest(
-            trial_id=trial_id, attempt_id=attempt_id, uri=uri, step=step
+            trial_id=trial_id, attempt_id=attempt_id, uri=uri, step=step,
+            save_seconds=save_seconds, train_seconds=train_seconds,
         )
         return self._call(self._evaluate, "ReportCheckpoint", request, "ReportCheckpoint")
 
@@ -593,11 +605,23 @@ class LadderClient:
         )
         return self._call(self._evaluate, "PauseTrial", request, "PauseTrial")
 
-    def fail(self, trial_id: str, attempt_id: str, reason: str, retryable: bool = True
-             ) -> trial_pb2.Trial:
-        """A retryable failure makes the trial RESUMABLE for the next worker."""
+    def fail(
+        self,
+        trial_id: str,
+        attempt_id: str,
+        reason: str,
+        retryable: bool | None = None,
+        kind: failures.FailureKind = 0,
+    ) -> trial_pb2.Trial:
+        """End the attempt as failed. ``kind`` (``ladder.failures``: INFRASTRUCTURE,
+        USER_ERROR, DIVERGED, OUT_OF_MEMORY, TIMEOUT, PREEMPTED) decides what the trial
+        becomes; ``retryable`` is what servers that predate kinds read (default: whether
+        the kind is retried; True without a kind)."""
+        if retryable is None:
+            retryable = failures.disposition(kind, OomPolicy.RETRY_ONCE, 0).retry if kind else True
         request = evaluate_pb2.FailTrialRequest(
-            trial_id=trial_id, attempt_id=attempt_id, reason=reason, retryable=retryable
+            trial_id=trial_id, attempt_id=attempt_id, reason=reason, retryable=retryable,
+            kind=kind,
         )
         return self._call(self._evaluate, "FailTrial", request, "FailTrial")
 

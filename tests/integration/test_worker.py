@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pytest
 from ladder.client import LadderClient, study_config
@@ -20,7 +21,7 @@ from ladder.testing import wait_for_found
 from ladder.v1 import trial_pb2
 
 from workers.digits import DATASET_ID, DigitsWorkload
-from workers.runtime import Worker, WorkerConfig, WorkerReport, path_from_uri
+from workers.runtime import Worker, WorkerConfig, WorkerReport
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +66,11 @@ def worker_env(services: Settings, state_dir: Path) -> dict[str, str]:
         "LADDER_LINEAGE_ADDR": services.lineage_addr,
     })
     return env
+
+
+def local(uri: str) -> Path:
+    """The file of a file:// checkpoint URI."""
+    return Path(unquote(urlparse(uri).path))
 
 
 def create_study(client: LadderClient, trials: int) -> str:
@@ -113,8 +119,8 @@ def test_one_worker_runs_a_study_end_to_end(services: Settings, tmp_path: Path) 
             assert [a.worker_id for a in lineage.attempts] == ["it-w0"]
             assert lineage.attempts[0].outcome == "completed"
             # The step-2 checkpoint was written and reported.
-            assert lineage.checkpoint_uri.endswith("-step2.pt")
-            assert path_from_uri(lineage.checkpoint_uri).exists()
+            assert lineage.checkpoint_uri.endswith("-step2.ckpt")
+            assert local(lineage.checkpoint_uri).exists()
 
         best = client.best(study_id)
         assert best is not None
@@ -185,7 +191,7 @@ def test_sigterm_hands_the_trial_back_and_the_next_worker_resumes(
         handed_back = client.get_trial(trial_id)
         assert handed_back.state == trial_pb2.RESUMABLE
         assert handed_back.checkpoint_step >= 3
-        assert path_from_uri(handed_back.checkpoint_uri).exists()
+        assert local(handed_back.checkpoint_uri).exists()
 
         worker = Worker(client, DigitsWorkload(), WorkerConfig(
             study_id=study_id, worker_id="it-b", state_dir=tmp_path, max_steps=27,

@@ -1,10 +1,6 @@
-from pathlib import Path
-
 import pytest
 from ladder.schedulers import SchedulerSpec
 from ladder.v1 import study_pb2
-
-from workers.runtime import checkpoint_path, path_from_uri
 
 
 def scheduler(**kwargs: object) -> study_pb2.SchedulerConfig:
@@ -41,15 +37,3 @@ def test_eta_two() -> None:
 @pytest.mark.parametrize("kind", [study_pb2.NONE, study_pb2.MEDIAN])
 def test_no_milestones_without_rungs(kind: int) -> None:
     assert rung_milestones(scheduler(kind=kind, max_resource=27), 27) == []
-
-
-def test_checkpoint_uri_round_trip(tmp_path: Path) -> None:
-    path = checkpoint_path(tmp_path / "state dir", "trial-1", "att", 9)
-    assert path.name == "att-step9.pt"
-    assert path.parent == tmp_path / "state dir" / "checkpoints" / "trial-1"
-    assert path_from_uri(path.as_uri()) == path
-
-
-def test_unsupported_checkpoint_scheme() -> None:
-    with pytest.raises(ValueError, match="s3"):
-        path_from_uri("s3://bucket/key")

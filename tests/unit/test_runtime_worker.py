@@ -7,15 +7,17 @@ import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import grpc
 import pytest
+from ladder import failures
 from ladder.client import BudgetExhausted, study_config
 from ladder.params import fill_params
 from ladder.testing import RpcStatus
 from ladder.v1 import evaluate_pb2, events_pb2, study_pb2, suggest_pb2, trial_pb2
 
-from workers.runtime import Worker, WorkerConfig, path_from_uri
+from workers.runtime import Worker, WorkerConfig
 
 MAX_STEPS = 9
 
@@ -23,7 +25,9 @@ MAX_STEPS = 9
 class FakeClient:
     """Records every call; scripted replies decide STOP / resume / lease loss."""
 
-    def __init__(self, trials: int = 1, scheduler: dict | None = None) -> None:
+    def __init__(
+        self, trials: int = 1, scheduler: dict | None = None, policy: dict | None = None
+    ) -> None:
         self.study = study_pb2.Study(
             study_id="s1",
             config=study_config(
@@ -38,6 +42,8 @@ class FakeClient:
                 },
             ),
         )
+        for name, value in (policy or {}).items():
+            setattr(self.study.config.trial_policy, name, value)
         self.remaining = trials
         self.calls: list[tuple[Any, ...]] = []
         self.metrics: list[tuple[str, float, float]] = []
@@ -45,6 +51,8 @@ class FakeClient:
         self.on_heartbeat: Callable[[str, float, int], evaluate_pb2.HeartbeatResponse] | None = None
         self.start_reply: dict[str, evaluate_pb2.StartTrialResponse] = {}
         self.heartbeats = 0
+        self.overheads: list[tuple[float, float]] = []  # (save_seconds, train_seconds)
+        self.on_fail: Callable[[], None] | None = None
 
     def names(self) -> list[str]:
         return [c[0] for c in self.calls]
@@ -97,8 +105,17 @@ class FakeClient:
         self.metrics.append((trial_id, step, value))
         return events_pb2.MetricReport()
 
-    def checkpoint(self, trial_id: str, attempt_id: str, uri: str, step: float) -> trial_pb2.Trial:
+    def checkpoint(
+        self,
+        trial_id: str,
+        attempt_id: str,
+        uri: str,
+        step: float,
+        save_seconds: float = 0.0,
+        train_seconds: float = 0.0,
+    ) -> trial_pb2.Trial:
         self.calls.append(("checkpoint", trial_id, uri, step))
+        self.overheads.append((save_seconds, train_seconds))
         return trial_pb2.Trial()
 
     def complete(
@@ -118,9 +135,16 @@ class FakeClient:
         return trial_pb2.Trial(trial_id=trial_id, state=trial_pb2.PAUSED, paused_rung=rung)
 
     def fail(
-        self, trial_id: str, attempt_id: str, reason: str, retryable: bool = True
+        self,
+        trial_id: str,
+        attempt_id: str,
+        reason: str,
+        retryable: bool | None = None,
+        kind: int = 0,
     ) -> trial_pb2.Trial:
-        self.calls.append(("fail", trial_id, reason, retryable))
+        self.calls.append(("fail", trial_id, reason, kind))
+        if self.on_fail:
+            self.on_fail()
         return trial_pb2.Trial()
 
     def flush(self, timeout: float = 10.0) -> None:
@@ -174,10 +198,15 @@ def make_worker(
         study_id="s1",
         worker_id="w0",
         state_dir=tmp_path,
-        heartbeat_interval=60,
-        **{"decision_wait": 0.02, **overrides},
+        **{"heartbeat_interval": 60, "decision_wait": 0.02, "checkpoint_every": 3,
+           **overrides},
     )
     return Worker(client, workload, config)  # type: ignore[arg-type]
+
+
+def local(uri: str) -> Path:
+    """The file of a file:// checkpoint URI."""
+    return Path(unquote(urlparse(uri).path))
 
 
 def decision_reply(action: int, rung: int, resource: float) -> evaluate_pb2.HeartbeatResponse:
@@ -208,9 +237,11 @@ def test_trials_run_to_completion_until_the_budget_is_exhausted(tmp_path: Path) 
     # Checkpoints every 3 steps, none at the final step (it is completed instead).
     steps = [c[3] for c in client.calls if c[0] == "checkpoint" and c[1] == "t1"]
     assert steps == [3, 6]
-    uri = next(c[2] for c in client.calls if c[0] == "checkpoint")
-    assert uri.startswith("file://") and path_from_uri(uri).exists()
-    assert path_from_uri(uri).parent == tmp_path / "checkpoints" / "t1"
+    uri = next(c[2] for c in client.calls if c[0] == "checkpoint" and c[1] == "t1")
+    # The default store: <state>/checkpoints/<study>/<trial>/<attempt>-step<N>.ckpt
+    assert uri.startswith("file://") and local(uri).exists()
+    assert local(uri).parent == tmp_path / "checkpoints" / "s1" / "t1"
+    assert local(uri).name.endswith("-step3.ckpt")
 
 
 def test_each_attempt_has_a_fresh_attempt_id(tmp_path: Path) -> None:
@@ -263,7 +294,7 @@ def test_a_continue_decision_for_the_rung_ends_the_wait(tmp_path: Path) -> None:
 
 def resume_from(client: FakeClient, tmp_path: Path, step: int) -> None:
     """StartTrial of t0 answers with a checkpoint of ``step`` trained steps."""
-    saved = tmp_path / "old" / f"a-step{step}.pt"
+    saved = tmp_path / "old" / f"a-step{step}.ckpt"
     saved.parent.mkdir()
     saved.write_text(json.dumps({"steps": step}))
     client.start_reply["t0"] = evaluate_pb2.StartTrialResponse(
@@ -282,23 +313,23 @@ def test_resume_starts_after_the_checkpointed_step(tmp_path: Path) -> None:
     assert ("complete", "t0", 1 / 9, 9) in client.calls
 
 
-def test_an_exception_fails_the_attempt_as_retryable_and_the_worker_goes_on(
+def test_an_exception_fails_the_attempt_with_its_class_and_the_worker_goes_on(
     tmp_path: Path,
 ) -> None:
     client = FakeClient(trials=2)
     report = make_worker(client, CountingWorkload(fail_at=2), tmp_path).run()
     assert report.outcomes == {"failed": 2}
     fails = [c for c in client.calls if c[0] == "fail"]
-    assert fails[0][1] == "t1" and fails[0][3] is True
-    assert "RuntimeError: CUDA out of memory" in fails[0][2]
+    assert fails[0][1] == "t1" and fails[0][3] == failures.OUT_OF_MEMORY
+    assert "OUT_OF_MEMORY: RuntimeError: CUDA out of memory" in fails[0][2]
 
 
 def test_divergence_without_a_stop_fails_for_good(tmp_path: Path) -> None:
     client = FakeClient(scheduler={"kind": "none"})
     report = make_worker(client, CountingWorkload(nan_at=2), tmp_path, max_steps=5).run()
     assert report.outcomes == {"failed": 1}
-    ((_, _, reason, retryable),) = [c for c in client.calls if c[0] == "fail"]
-    assert "diverged" in reason and retryable is False
+    ((_, _, reason, kind),) = [c for c in client.calls if c[0] == "fail"]
+    assert "diverged" in reason and kind == failures.DIVERGED
     assert math.isnan(client.metrics[-1][2])
 
 
@@ -317,8 +348,8 @@ def test_graceful_stop_checkpoints_and_hands_the_trial_back(tmp_path: Path) -> N
     assert workload.trained == [1, 2, 3, 4]  # the step in progress finishes
     checkpoints = [c[3] for c in client.calls if c[0] == "checkpoint"]
     assert checkpoints == [3, 4]
-    ((_, _, reason, retryable),) = [c for c in client.calls if c[0] == "fail"]
-    assert retryable is True and "after step 4" in reason
+    ((_, _, reason, kind),) = [c for c in client.calls if c[0] == "fail"]
+    assert kind == failures.PREEMPTED and "after step 4" in reason
     assert client.names().count("suggest") == 1  # no new trial after the stop
 
 
@@ -375,7 +406,9 @@ def test_pause_checkpoints_the_rung_step_and_hands_the_trial_back(tmp_path: Path
     assert report.outcomes == {"paused": 1}
     assert workload.trained == [1]
     checkpoint = next(c for c in client.calls if c[0] == "checkpoint")
-    assert checkpoint[3] == 1 and path_from_uri(checkpoint[2]).exists()
+    assert checkpoint[3] == 1 and local(checkpoint[2]).exists()
+    # The checkpoint a PAUSE refers to is pinned: retention keeps it.
+    assert local(checkpoint[2]).with_name(local(checkpoint[2]).name + ".pin").exists()
     # Checkpoint first, then PauseTrial with the rung of the decision obeyed.
     assert client.names()[-3:] == ["checkpoint", "pause", "suggest"]
     assert ("pause", "t0", 1, 0) in client.calls
