@@ -28,9 +28,11 @@ LADDER_TOPIC_PREFIX, ...; see ``ladder.config``).
 At start, every study stored in Redis is published to the studies topic again (a
 restarted embedded broker starts empty; the topic is compacted, so this is harmless).
 
-Consumes the trials topic (completed trials) and the decisions topic (rung
-values, lower fidelity) — every process reads all of both, no group — to feed
-observations to the samplers; publishes StudyEvents and TRIAL_SUGGESTED events.
+Consumes the trials topic (completed trials, and FAILED ones as failed
+observations: counted in ``ladder.suggest.failed_observations`` and logged with
+the study's totals) and the decisions topic (rung values, lower fidelity) —
+every process reads all of both, no group — to feed observations to the
+samplers; publishes StudyEvents and TRIAL_SUGGESTED events.
 
 Model-based studies (GP, TPE, AUTO) are answered from the ready buffer of a
 suggestion policy per (study, partition) that a background refit loop keeps

@@ -9,9 +9,13 @@ nothing), shared by its partitions' policies:
 * an early-stop ``Decision`` from the decisions topic: the smoothed value the
   trial had when it crossed a rung, ``resource`` = that rung's resource (the
   samplers decide which fidelity to model, BOHB-style);
+* a FAILED trial from the trials topic: a failed observation with its failure
+  kind (``Observation.of_failure``; the samplers decide which kinds make it
+  infeasible, ``ladder.samplers.INFEASIBLE_KINDS``). A RESUMABLE trial has not
+  failed: it runs again;
 * warm start: the study's known configurations with values, and the COMPLETED
-  trials of ``warm_start.from_study_id`` that are valid points of this space
-  (read once, on the first refit of the study).
+  and FAILED trials of ``warm_start.from_study_id`` that are valid points of
+  this space (read once, on the first refit of the study).
 
 Quasi-random studies are served directly (instant). Model-based studies get a
 refit loop per partition that keeps ready suggestions, so a request never waits
@@ -187,6 +191,11 @@ class PolicyPool:
         )
         return self.observe(trial.study_id, [observation]) == 1
 
+    def observe_failed(self, trial: trial_pb2.Trial) -> Observation | None:
+        """A FAILED trial becomes a failed observation of its kind; None if known."""
+        observation = failed_observation(trial)
+        return observation if self.observe(trial.study_id, [observation]) else None
+
     def _load_warm_start(self, study_id: str, spec: StudySpec) -> None:
         """Once per study and process: known results and an earlier study's
         completed trials become observations (invalid points skipped, counted)."""
@@ -204,12 +213,17 @@ class PolicyPool:
         ]
         taken = skipped = 0
         if warm.from_study_id:
-            for trial in self.completed_trials(warm.from_study_id):
+            failed = 0
+            for trial in self.finished_trials(warm.from_study_id):
                 params = params_to_dict(trial.params)
                 try:
                     spec.space.check_params(params)
                 except SpaceError:
                     skipped += 1
+                    continue
+                if trial.state == trial_pb2.FAILED:
+                    observations.append(failed_observation(trial))
+                    failed += 1
                     continue
                 observations.append(
                     Observation(trial_id=trial.trial_id, params=params, value=trial.final_value)
@@ -217,25 +231,31 @@ class PolicyPool:
                 taken += 1
             log.info(
                 "warm start of %s from study %s: %d completed trials taken, "
-                "%d skipped (not valid in this space)",
+                "%d skipped (not valid in this space), %d failed trials taken",
                 study_id,
                 warm.from_study_id,
                 taken,
                 skipped,
+                failed,
                 extra={"study_id": study_id},
             )
         if observations:
             self.observe(study_id, observations)
 
-    def completed_trials(self, study_id: str) -> list[trial_pb2.Trial]:
-        """The COMPLETED trials (finite value) of a study, read from Redis.
+    def finished_trials(self, study_id: str) -> list[trial_pb2.Trial]:
+        """The COMPLETED (finite value) and FAILED trials of a study, read from Redis.
         Trial ids are ``<study>-t<n>`` for n = 1 .. trials suggested."""
         count = self.studies.suggested(study_id)
         trials = self.trials.get_many([f"{study_id}-t{n}" for n in range(1, count + 1)])
         return [
             t
             for t in trials
-            if t.state == trial_pb2.COMPLETED and t.has_final_value and math.isfinite(t.final_value)
+            if t.state == trial_pb2.FAILED
+            or (
+                t.state == trial_pb2.COMPLETED
+                and t.has_final_value
+                and math.isfinite(t.final_value)
+            )
         ]
 
     # ------------------------------------------------------------------ shutdown
@@ -255,3 +275,8 @@ class PolicyPool:
         deadline = time.monotonic() + timeout
         for policy in policies:
             policy.stop(max(0.0, deadline - time.monotonic()))
+
+
+def failed_observation(trial: trial_pb2.Trial) -> Observation:
+    """The observation of a FAILED trial: its params and failure kind, no value."""
+    return Observation.of_failure(trial.trial_id, params_to_dict(trial.params), trial.failure_kind)

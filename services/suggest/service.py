@@ -49,6 +49,11 @@ _suggest_latency = _meter.create_histogram(
     "ladder.suggest.latency", unit="ms", description="Suggest request latency"
 )
 _suggested = _meter.create_counter("ladder.suggest.trials", description="trials handed out")
+_failed_observations = _meter.create_counter(
+    "ladder.suggest.failed_observations",
+    description="FAILED trials taken in as observations, by study, failure kind and whether "
+    "they are infeasible (inform the samplers)",
+)
 _buffer_lookups = _meter.create_counter(
     "ladder.suggest.buffer",
     description="model-based suggestions served from the ready buffer (hit) or by the "
@@ -363,6 +368,38 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                 event.trial.final_value,
                 extra={"study_id": event.trial.study_id, "trial_id": event.trial.trial_id},
             )
+        # Whatever event ends a trial FAILED (a RESUMABLE one runs again).
+        if event.trial.state == trial_pb2.FAILED:
+            self._observe_failed(event.trial)
+
+    def _observe_failed(self, trial: trial_pb2.Trial) -> None:
+        """A FAILED trial becomes a failed observation (a replay changes nothing),
+        counted and logged with the study's totals."""
+        observation = self.pool.observe_failed(trial)
+        if observation is None:
+            return
+        kind = failure_name(trial.failure_kind)
+        _failed_observations.add(
+            1,
+            {
+                "study_id": trial.study_id,
+                "failure_kind": kind,
+                "infeasible": observation.infeasible,
+            },
+        )
+        store = self.pool.observations(trial.study_id)
+        log.info(
+            "failed trial %s (%s) observed: %s; the study has %d failed trials, "
+            "%d infeasible observations",
+            trial.trial_id,
+            kind,
+            "infeasible, the samplers steer away from its region"
+            if observation.infeasible
+            else "not used by the samplers (a bug, not a property of the region)",
+            sum(store.failures().values()),
+            store.infeasible,
+            extra={"study_id": trial.study_id, "trial_id": trial.trial_id},
+        )
 
     def on_decision(self, decision: events_pb2.Decision) -> None:
         """A rung decision carries the trial's smoothed value at that resource: a
@@ -441,6 +478,13 @@ def _remember(table: OrderedDict, key: str, value: object, capacity: int) -> Non
     table[key] = value
     while len(table) > capacity:
         table.popitem(last=False)
+
+
+def failure_name(kind: int) -> str:
+    """The FailureKind's proto name (its number when this build does not know it)."""
+    if kind in trial_pb2.FailureKind.values():
+        return trial_pb2.FailureKind.Name(kind)
+    return str(kind)
 
 
 def _runs(served: list[Proposal]) -> list[tuple[str, list[Proposal]]]:

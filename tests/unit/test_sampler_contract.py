@@ -4,14 +4,16 @@ A new algorithm registered there is checked here without writing a test: its
 points are valid points of a conditional mixed space, reproducible for a seed,
 numbered by unique draws, stamped with their provenance, and it copes with no
 observations at all. Samplers that promise not to repeat a point (GP, and AUTO
-when it uses the GP) are held to it for observed and pending points.
+when it uses the GP) are held to it for observed and pending points. Model-based
+samplers steer away from a region where every trial failed; the others ignore
+failures.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from ladder import study
+from ladder import failures, study
 from ladder.samplers import FACTORIES, LocalDraws, Observation, Sampler, make_sampler
 from ladder.space import Space
 from ladder.study import Algorithm, StudySpec
@@ -110,3 +112,59 @@ def test_the_sampler_keeps_no_observations(algorithm: Algorithm) -> None:
     s.suggest(observations(), 1)
     fresh.suggest((), 1)  # the same draws consumed
     assert [p.params for p in s.suggest((), 2)] == [p.params for p in fresh.suggest((), 2)]
+
+
+# A block of the space where every trial ran out of memory, next to where the best
+# feasible values are (as for the largest model that still fits): the objective
+# improves towards the block, so a sampler that is not told about the failures
+# goes there.
+BLOCK = 0.7
+FEASIBLE, FAILED, ROUNDS, BATCH = 16, 8, 5, 4
+
+
+def towards_the_block(p: dict) -> float:
+    return (p["x"] - 0.85) ** 2 + (p["opt"] == "b") * 0.2 + abs(p["n"] - 2) / 20
+
+
+def feasible_and_failed(seed: int) -> tuple[list[Observation], list[Observation]]:
+    """FEASIBLE observations with x <= BLOCK and FAILED out-of-memory trials above."""
+    rng = np.random.default_rng(seed)
+    feasible: list[Observation] = []
+    failed: list[Observation] = []
+    while len(feasible) < FEASIBLE or len(failed) < FAILED:
+        p = SPACE.sample_to_params(rng.random(SPACE.dim()))
+        if p["x"] > BLOCK and len(failed) < FAILED:
+            failed.append(Observation.of_failure(f"f{len(failed)}", p, failures.OUT_OF_MEMORY))
+        elif p["x"] <= BLOCK and len(feasible) < FEASIBLE:
+            feasible.append(Observation(f"t{len(feasible)}", p, towards_the_block(p)))
+    return feasible, failed
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_failed_region_is_avoided_by_model_based_samplers(algorithm: Algorithm) -> None:
+    """ROUNDS fixed seeds, one batch each, with the failures given and withheld: a
+    model-based sampler puts at most half as many points in the failed block (a
+    quasi-random one proposes the same points either way)."""
+    inside = {"given": 0, "withheld": 0}
+    same = True
+    for seed in range(ROUNDS):
+        feasible, failed = feasible_and_failed(seed)
+        given = sampler(algorithm, seed).suggest(feasible + failed, BATCH)
+        withheld = sampler(algorithm, seed).suggest(feasible, BATCH)
+        same &= [p.params for p in given] == [p.params for p in withheld]
+        inside["given"] += sum(p.params["x"] > BLOCK for p in given)
+        inside["withheld"] += sum(p.params["x"] > BLOCK for p in withheld)
+    if not sampler(algorithm).model_based:
+        assert same
+        return
+    assert inside["withheld"] >= ROUNDS * BATCH // 4, inside  # the block is attractive
+    assert inside["given"] * 2 <= inside["withheld"], inside
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_failures_that_are_bugs_change_no_points(algorithm: Algorithm) -> None:
+    """USER_ERROR failures are not properties of their region (samplers.INFEASIBLE_KINDS)."""
+    feasible, failed = feasible_and_failed(0)
+    bugs = [Observation.of_failure(o.trial_id, o.params, failures.USER_ERROR) for o in failed]
+    given = sampler(algorithm).suggest(feasible + bugs, 2)
+    assert [p.params for p in given] == [p.params for p in sampler(algorithm).suggest(feasible, 2)]

@@ -4,7 +4,9 @@
 observations it is given — final values of completed trials and, with
 ``Observation.resource`` set, rung values of trials still running or stopped
 early; each model-based sampler fits one fidelity at a time
-(``base.select_fidelity``). A sampler stores no observations: the
+(``base.select_fidelity``) — and failed trials (``Observation.of_failure``), which
+inform the model-based samplers when their failure kind is one of
+``INFEASIBLE_KINDS``. A sampler stores no observations: the
 ``SuggestionPolicy`` of a (study, partition) holds them (``policy.py``).
 ``make_sampler`` picks the implementation from ``StudySpec.algorithm`` (an
 unspecified algorithm is already RANDOM there):
@@ -28,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ladder.samplers.base import (
+    INFEASIBLE_KINDS,
     DrawReserver,
     FidelitySet,
     LocalDraws,
@@ -93,6 +96,7 @@ def make_sampler(
 __all__ = [
     "FACTORIES",
     "FALLBACK_ALGORITHM",
+    "INFEASIBLE_KINDS",
     "LocalRefit",
     "ObservationStore",
     "Refit",

@@ -48,6 +48,7 @@ def prefers_gp(space: Space) -> bool:
 
 class AutoSampler(Sampler):
     algorithm = "auto"  # each proposal names the delegate: "auto:gp" or "auto:tpe"
+    model_based = True
 
     def __init__(self, context: SamplerContext) -> None:
         super().__init__(context)
@@ -60,7 +61,7 @@ class AutoSampler(Sampler):
     ) -> list[Proposal]:
         if (
             self._gp is not None
-            and len(self._gp.training_set(observations).observations) <= MAX_GP_OBSERVATIONS
+            and self._gp.training_set(observations).size <= MAX_GP_OBSERVATIONS
         ):
             name, delegate = "auto:gp", self._gp
         else:

@@ -6,6 +6,13 @@ Whoever calls it (``ladder.samplers.policy``, a benchmark) keeps the
 observations; everything durable (which draws were handed out, pending trials)
 lives outside, in Redis, and is passed in. A sampler may cache derived model
 state (the GP keeps its last hyperparameters as the next fit's start).
+
+Failed trials. A FAILED trial is an observation too (``Observation.failed``: no
+value, its ``failure`` kind), so a region that crashes is not invisible to the
+samplers. Whether a failure says something about its region of the space is the
+rule ``INFEASIBLE_KINDS`` below; the failures it names are *infeasible*
+observations, which every model-based sampler uses (GP: penalised value, TPE: bad
+group); the others are kept (counted, visible) but do not inform the models.
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from ladder import failures
+from ladder.failures import FailureKind
 from ladder.params import PlainValue
 from ladder.space import Space
 
@@ -29,7 +38,38 @@ DrawReserver = Callable[[int], int]
 Pending = Sequence[Mapping[str, PlainValue]]
 
 
-@dataclass(frozen=True)
+# Failure kinds that make a FAILED trial an infeasible observation: the failure is a
+# property of its region of the space, so the model-based samplers steer away from it.
+#
+# * OUT_OF_MEMORY, DIVERGED, TIMEOUT: the configuration does not fit, blows up, or
+#   runs too long; the same params fail the same way again.
+# * INFRASTRUCTURE (a FAILED trial only has it once every counted attempt failed):
+#   preemptions and lease expiries never count, so these are exceptions raised by
+#   the training process itself, several times, usually on different workers; and
+#   ``ladder.failures.classify`` files every unrecognised exception here, including
+#   the config-dependent crashes common in tuning (shape mismatches, cuDNN or NCCL
+#   errors at extreme sizes). A fleet-wide outage that fails every trial would mark
+#   scattered points, which the ``failed observations`` log and metric make visible.
+# * unset (an evaluate service older than failure kinds): as INFRASTRUCTURE; such a
+#   service FAILED a trial only once its retryable attempts were used up.
+#
+# USER_ERROR does not inform: it is a bug in the training code (TypeError, NameError,
+# ImportError, ...), which fails wherever the study samples and is fixed by a
+# redeploy, after which the region is fine; marking its points infeasible would
+# penalise random points of the space (a GP fitted on them learns noise). Optuna's
+# samplers likewise ignore FAIL trials and use only constraint violations.
+INFEASIBLE_KINDS: frozenset[FailureKind] = frozenset(
+    {
+        failures.OUT_OF_MEMORY,
+        failures.DIVERGED,
+        failures.TIMEOUT,
+        failures.INFRASTRUCTURE,
+        0,  # FAILURE_KIND_UNSPECIFIED
+    }
+)
+
+
+@dataclass(frozen=True, eq=False)
 class Observation:
     """One measured value of a trial, as the sampler sees it (``value`` as reported).
 
@@ -39,16 +79,54 @@ class Observation:
     One trial can contribute one observation per fidelity, keyed by ``key`` =
     (trial_id, resource); samplers never fit values of two fidelities together
     (see ``select_fidelity``).
+
+    ``failure`` is set (a ``FailureKind`` number, 0 when the evaluate service did
+    not say) for a trial that ended FAILED: ``value`` is NaN and ``resource``
+    ``None`` (``Observation.of_failure``). Equality treats two NaN values as equal,
+    so a replayed failure is the same observation.
     """
 
     trial_id: str
     params: Mapping[str, PlainValue]
     value: float
     resource: float | None = None
+    failure: FailureKind | None = None
+
+    @classmethod
+    def of_failure(
+        cls, trial_id: str, params: Mapping[str, PlainValue], kind: FailureKind
+    ) -> Observation:
+        """The observation of a trial that ended FAILED with ``kind``."""
+        return cls(trial_id, params, math.nan, None, int(kind))
 
     @property
     def key(self) -> ObservationKey:
         return (self.trial_id, self.resource)
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+    @property
+    def infeasible(self) -> bool:
+        """A failure the samplers learn from (``INFEASIBLE_KINDS``)."""
+        return self.failure is not None and self.failure in INFEASIBLE_KINDS
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Observation):
+            return NotImplemented
+        same_value = self.value == other.value or (
+            math.isnan(self.value) and math.isnan(other.value)
+        )
+        return (
+            same_value
+            and self.trial_id == other.trial_id
+            and self.resource == other.resource
+            and self.failure == other.failure
+            and self.params == other.params
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # params is a mapping: not hashable
 
 
 # (trial_id, resource): one observation per trial and fidelity.
@@ -58,10 +136,18 @@ ObservationKey = tuple[str, float | None]
 @dataclass(frozen=True)
 class FidelitySet:
     """The observations of one fidelity a model is fitted on. ``resource`` is
-    ``None`` for final values, else the rung resource they were measured at."""
+    ``None`` for final values, else the rung resource they were measured at.
+    ``infeasible`` are the infeasible observations (failed trials), which belong
+    to every fidelity."""
 
     resource: float | None
     observations: list[Observation]
+    infeasible: list[Observation] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """Points the model sees: feasible values and infeasible points."""
+        return len(self.observations) + len(self.infeasible)
 
 
 def select_fidelity(observations: Iterable[Observation], min_points: int) -> FidelitySet:
@@ -78,18 +164,27 @@ def select_fidelity(observations: Iterable[Observation], min_points: int) -> Fid
     support a fit; before that, the highest well-populated rung is the closest
     proxy (its ranking of configurations correlates best with final values), and
     early-stopped trials, which never complete, still inform the search.
+
+    Infeasible observations (``Observation.infeasible``) join whichever fidelity is
+    chosen: a configuration that runs out of memory or diverges fails at any
+    resource. They replace the rung values their trials reported before failing:
+    the rung is modelled as a proxy of the final outcome, and that outcome is known.
+    Other failures (``USER_ERROR``) are left out; their trials' rung values stay.
     """
+    observations = list(observations)
+    infeasible = [obs for obs in observations if obs.infeasible]
+    failed_trials = {obs.trial_id for obs in infeasible}
     levels: dict[float | None, list[Observation]] = {}
     for obs in observations:
-        if math.isfinite(obs.value):
+        if math.isfinite(obs.value) and obs.trial_id not in failed_trials:
             levels.setdefault(obs.resource, []).append(obs)
     finals = levels.pop(None, [])
     if len(finals) >= min_points:
-        return FidelitySet(None, finals)
+        return FidelitySet(None, finals, infeasible)
     for resource in sorted(levels, reverse=True):  # type: ignore[arg-type]
         if len(levels[resource]) >= min_points:
-            return FidelitySet(resource, levels[resource])
-    return FidelitySet(None, finals)
+            return FidelitySet(resource, levels[resource], infeasible)
+    return FidelitySet(None, finals, infeasible)
 
 
 @dataclass(frozen=True)
@@ -140,6 +235,8 @@ class Sampler(ABC):
     is only called for ``count >= 1``."""
 
     algorithm = "abstract"
+    # Whether its points depend on the observations (quasi-random ones do not).
+    model_based = False
 
     def __init__(self, context: SamplerContext) -> None:
         self.context = context

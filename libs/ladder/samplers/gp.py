@@ -80,9 +80,33 @@ others in arrival order (space-filling in practice: early trials are the
 Sobol' design, late ones cluster near the optimum). Exact GP cost is cubic in
 the training set, so this bounds a refit at any study size.
 
-Initial design. The first ``initial_points(space)`` suggestions (observed plus
-pending) come from the partition's scrambled Sobol' stream, as do all
-suggestions while fewer than ``MIN_FIT_POINTS`` trials have been observed.
+Initial design. The first ``initial_points(space)`` suggestions (observed,
+infeasible and pending) come from the partition's scrambled Sobol' stream, as do
+all suggestions while fewer than ``MIN_FIT_POINTS`` feasible values are known.
+
+Failed trials. An infeasible observation (``base.INFEASIBLE_KINDS``: the trial
+ran out of memory, diverged, timed out or kept crashing) is fitted with a
+penalised value: the worst feasible value of the fidelity being modelled, in the
+study's direction (``penalised``). Chosen over a feasibility model (a second GP
+or classifier whose probability of feasibility multiplies the acquisition, as
+Optuna's GPSampler does for constraints) because:
+
+* one model serves every use the sampler makes of it: qLogEI, the exploitation
+  draw (posterior-mean maximiser), the starts at the best observed points and the
+  predicted mean all steer away from a crashing region. A feasibility factor on
+  the acquisition alone would leave the exploitation draw free to land there;
+* one GP fit per refit, on the path whose cost is cubic in the observations; a
+  second model doubles it;
+* it is what Vizier's GP bandit does (its output warper imputes infeasible labels
+  below the worst feasible one).
+
+The worst value, not an arbitrary large penalty, keeps the standardised targets'
+scale: a huge constant would squash every difference between feasible values.
+The cost: next to a feasibility boundary the surrogate is pulled towards the
+worst value on the feasible side too, so the sampler approaches that edge
+cautiously (the largest batch that fits in memory is found more slowly); a crash
+costs a whole trial, so erring that way is the cheaper mistake. Failed points
+are also taken points: no suggestion repeats one (``MIN_DISTANCE``).
 
 Determinism: everything random is seeded from (study seed, partition, draw).
 """
@@ -161,6 +185,20 @@ def _limit_torch_threads() -> None:
             _threads_done = True
 
 
+def penalised(fidelity: FidelitySet, maximize: bool) -> list[Observation]:
+    """The fidelity's feasible observations plus its infeasible ones, each given
+    the worst feasible value (module docstring, "Failed trials"). Needs at least
+    one feasible observation when there are infeasible ones."""
+    if not fidelity.infeasible:
+        return list(fidelity.observations)
+    values = [o.value for o in fidelity.observations]
+    worst = min(values) if maximize else max(values)
+    return [
+        *fidelity.observations,
+        *(Observation(o.trial_id, o.params, worst, fidelity.resource) for o in fidelity.infeasible),
+    ]
+
+
 def fit_subset(
     observations: Sequence[Observation], limit: int, maximize: bool
 ) -> list[Observation]:
@@ -191,15 +229,19 @@ class GPSampler(ModelBasedSampler):
         self._discrete = [p for p in context.space.params if p.kind is not Kind.FLOAT]
         _limit_torch_threads()
 
-    def can_fit(self, training: Sequence[Observation], pending: Pending) -> bool:
-        # The initial design is counted in observed plus pending points (module
-        # docstring, "Initial design").
-        return len(training) >= MIN_FIT_POINTS and len(training) + len(pending) >= self.startup
+    def can_fit(self, training: FidelitySet, pending: Pending) -> bool:
+        # The initial design is counted in observed, infeasible and pending points
+        # (module docstring, "Initial design").
+        return (
+            len(training.observations) >= MIN_FIT_POINTS
+            and training.size + len(pending) >= self.startup
+        )
 
     def _from_model(
         self, fidelity: FidelitySet, count: int, pending: Pending, first: int
     ) -> list[Proposal]:
-        usable = fit_subset(fidelity.observations, MAX_FIT_POINTS, self.context.maximize)
+        maximize = self.context.maximize
+        usable = fit_subset(penalised(fidelity, maximize), MAX_FIT_POINTS, maximize)
         with self._lock:
             return self._model_based(usable, fidelity.resource, pending, count, first)
 

@@ -5,6 +5,11 @@ threshold) and, while that fidelity holds too little to fit, proposes the
 partition's quasi-random stream instead, under its own name. Both streams take
 their draws from the one counter of the partition, so draw indices (and the trial
 seeds derived from them) stay unique whichever of the two made a point.
+
+Infeasible observations (failed trials, ``base.INFEASIBLE_KINDS``) are points of
+the initial design like any other: the model is fitted once the chosen fidelity's
+feasible values plus the infeasible points reach ``startup``, with at least one
+feasible value to model. How each model uses them is its own (gp.py, tpe.py).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from ladder.samplers.quasirandom import QuasiRandomSampler
 class ModelBasedSampler(Sampler):
     """A sampler whose model needs ``startup`` observations of one fidelity."""
 
+    model_based = True
+
     def __init__(self, context: SamplerContext, startup: int) -> None:
         super().__init__(context)
         self.startup = startup
@@ -37,15 +44,15 @@ class ModelBasedSampler(Sampler):
         """The observations the model is fitted on (one fidelity)."""
         return select_fidelity(observations, self.startup)
 
-    def can_fit(self, training: Sequence[Observation], pending: Pending) -> bool:
+    def can_fit(self, training: FidelitySet, pending: Pending) -> bool:
         """Whether ``training`` is enough to leave the initial design."""
-        return len(training) >= self.startup
+        return bool(training.observations) and training.size >= self.startup
 
     def _suggest(
         self, observations: Sequence[Observation], count: int, pending: Pending
     ) -> list[Proposal]:
         fidelity = self.training_set(observations)
-        if not self.can_fit(fidelity.observations, pending):
+        if not self.can_fit(fidelity, pending):
             initial = self._initial.suggest((), count, pending)
             return [dataclasses.replace(p, algorithm=self.algorithm) for p in initial]
         return self._from_model(fidelity, count, pending, self.reserve(count))

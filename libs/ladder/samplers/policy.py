@@ -40,10 +40,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from ladder.failures import FailureKind
 from ladder.samplers.base import Observation, ObservationKey, Pending, Proposal, Sampler
 
 log = logging.getLogger("ladder.samplers.policy")
@@ -66,20 +67,31 @@ class ObservationStore:
     A replayed observation (same key and value) changes nothing; a different
     value for a known key replaces the old one. Every change is also appended
     to a change log, so a mirror (the refit process) can be fed only what it
-    has not seen (``changes_since``)."""
+    has not seen (``changes_since``).
+
+    Failed trials are observations too (``Observation.of_failure``), whatever
+    their failure kind: the store keeps them all and counts them per kind
+    (``failures``); which of them inform the samplers is the samplers' rule
+    (``base.INFEASIBLE_KINDS``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_key: dict[ObservationKey, Observation] = {}
         self._changes: list[Observation] = []
         self._listeners: list[Callable[[], None]] = []
+        self._failures: Counter[FailureKind] = Counter()
+        self._infeasible = 0
 
     def add(self, observations: Sequence[Observation]) -> int:
         """Record ``observations``; returns how many were new or changed."""
         with self._lock:
             changed = 0
             for obs in observations:
-                if self._by_key.get(obs.key) != obs:
+                old = self._by_key.get(obs.key)
+                if old != obs:
+                    if old is not None:
+                        self._count(old, -1)
+                    self._count(obs, 1)
                     self._by_key[obs.key] = obs
                     self._changes.append(obs)
                     changed += 1
@@ -87,6 +99,22 @@ class ObservationStore:
         for listener in listeners:
             listener()
         return changed
+
+    def _count(self, obs: Observation, sign: int) -> None:
+        if obs.failure is not None:
+            self._failures[obs.failure] += sign
+            self._infeasible += sign * obs.infeasible
+
+    def failures(self) -> dict[FailureKind, int]:
+        """How many failed trials the study has, by failure kind."""
+        with self._lock:
+            return {kind: n for kind, n in self._failures.items() if n}
+
+    @property
+    def infeasible(self) -> int:
+        """How many of them are infeasible observations (they inform the samplers)."""
+        with self._lock:
+            return self._infeasible
 
     def snapshot(self) -> list[Observation]:
         with self._lock:
@@ -131,6 +159,7 @@ class PolicyStats:
     failed_refits: int = 0
     dropped: int = 0
     observations: int = 0  # what the study had observed at the last refit
+    infeasible: int = 0  # of which infeasible (failed trials the samplers learn from)
     buffered: int = 0
     last_refit_seconds: float = 0.0
     refit_seconds_total: float = 0.0
@@ -265,6 +294,7 @@ class SuggestionPolicy:
         proposals = self.refit(want, pending)
         seconds = time.perf_counter() - started
         observed = len(self.observations)
+        infeasible = self.observations.infeasible
         with self._wake:
             dropped = 0
             if stale:  # new observations: what is buffered was computed without them
@@ -277,6 +307,7 @@ class SuggestionPolicy:
                 refits=self._stats.refits + 1,
                 dropped=self._stats.dropped + dropped,
                 observations=observed,
+                infeasible=infeasible,
                 buffered=len(self._ready),
                 last_refit_seconds=seconds,
                 refit_seconds_total=self._stats.refit_seconds_total + seconds,
@@ -292,11 +323,13 @@ class SuggestionPolicy:
                 extra={"buffer": self.name},
             )
         log.info(
-            "refit %s: %d observations, %d points in %.3f s (%d stale dropped)",
+            "refit %s: %d observations, %d points in %.3f s (%d stale dropped, "
+            "%d infeasible observations)",
             self.name,
             observed,
             len(proposals),
             seconds,
             dropped,
+            infeasible,
             extra={"buffer": self.name},
         )

@@ -7,6 +7,15 @@ already proposed in this call) are added to the bad set — the "constant liar"
 with the worst possible lie — so the density of good points is pushed away
 from where someone is already looking and parallel workers diverge.
 
+Failed trials. Infeasible observations (a trial that ran out of memory,
+diverged or timed out; ``base.INFEASIBLE_KINDS``) join the bad set, never the
+good one, and do not count in ``n``: ``g(x)`` grows over a region that crashes
+and ``l(x)``, fitted on the best feasible trials only, is not pulled into it.
+This is what Optuna's TPE does with constraint-violating trials (they rank after
+every feasible one, so they land in its "above" group). A failure carries no
+value to rank by, so unlike Optuna it never fills the good set even when there
+are few feasible trials: one feasible trial is enough (``ModelBasedSampler``).
+
 Densities. ``l(x)`` and ``g(x)`` are Parzen mixtures with one product kernel
 per trial plus a broad prior component. Per parameter, in the ``INDEX``
 unit-cube encoding of ``ladder.space`` (log scales, int/ordinal bins applied):
@@ -80,7 +89,9 @@ class TPESampler(ModelBasedSampler):
         order = sorted(fidelity.observations, key=lambda o: (sign * o.value, o.trial_id))
         n_good = min(max(1, math.ceil(GAMMA * len(order))), MAX_GOOD)
         good = [o.params for o in order[:n_good]]
-        bad = [o.params for o in order[n_good:]] + list(pending)
+        bad = [o.params for o in order[n_good:]]
+        bad += [o.params for o in fidelity.infeasible]
+        bad += pending
         proposals = []
         for i in range(count):
             rng = np.random.default_rng(
