@@ -14,6 +14,12 @@ lifecycle rather than the clock alone:
 4. then the event timestamp.
 
 So an old TRIAL_STARTED replayed after TRIAL_COMPLETED cannot regress the trial.
+
+An attempt's outcome is how it ended: the event that ended it names it
+(``ended_attempt_id``, ``attempt_end``: completed, pruned, paused, preempted,
+lease_expired, stalled, failed, timed_out), with that event's reason and the failure
+class. Events of an evaluate that did not record attempt ends are read by their kind.
+The trial's failure count and checkpoint overhead only grow, so the largest wins.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from ladder.state.attempts import end_name, failure_of_end
 from ladder.v1 import events_pb2, trial_pb2
 
 TS = trial_pb2.TrialState
@@ -53,8 +60,9 @@ _KIND_STATE = {
     KIND.Value("TRIAL_PROMOTED"): TS.Value("RESUMABLE"),
 }
 
-# What an event says about the attempt it belongs to; ended outcomes beat
-# "running", later ones beat earlier ones.
+# What an event without attempt_end says about the attempt it belongs to (events of an
+# evaluate that did not record attempt ends); ended outcomes beat "running", later ones
+# beat earlier ones.
 _KIND_OUTCOME = {
     KIND.Value("TRIAL_STARTED"): "running",
     KIND.Value("TRIAL_CHECKPOINTED"): "running",
@@ -106,6 +114,10 @@ class TrialRow:
     suggested_ts_ms: int | None
     first_ts_ms: int
     terminal_ts_ms: int
+    failures: int
+    failure_kind: int
+    checkpoint_seconds: float
+    train_seconds: float
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,9 @@ class AttemptRow:
     ended_ms: int
     checkpoint_uri: str
     checkpoint_key: str
+    attempt_end: int
+    end_reason: str
+    failure_kind: int
 
 
 def _params_pb(trial: trial_pb2.Trial) -> bytes | None:
@@ -150,6 +165,10 @@ def new_trial(trial_id: str, study_id: str) -> TrialRow:
         suggested_ts_ms=None,
         first_ts_ms=0,
         terminal_ts_ms=0,
+        failures=0,
+        failure_kind=0,
+        checkpoint_seconds=0.0,
+        train_seconds=0.0,
     )
 
 
@@ -178,6 +197,11 @@ def merge_trial(row: TrialRow | None, event: events_pb2.TrialEvent) -> TrialRow:
             changes.update(checkpoint_uri=trial.checkpoint_uri, checkpoint_key=checkpoint_key)
     if trial.last_step > current.last_step:
         changes["last_step"] = trial.last_step
+    if trial.failures > current.failures:
+        changes.update(failures=trial.failures, failure_kind=trial.failure_kind)
+    for name in ("checkpoint_seconds", "train_seconds"):
+        if getattr(trial, name) > getattr(current, name):
+            changes[name] = getattr(trial, name)
     if event.kind == KIND.Value("TRIAL_SUGGESTED") and (
         current.suggested_ts_ms is None or event.ts_ms < current.suggested_ts_ms
     ):
@@ -194,10 +218,24 @@ def merge_trial(row: TrialRow | None, event: events_pb2.TrialEvent) -> TrialRow:
     return replace(current, **changes) if changes else current
 
 
+def _outcome(event: events_pb2.TrialEvent) -> str | None:
+    """What ``event`` says about its trial's current attempt: ``running``, how it ended,
+    or None (nothing)."""
+    trial = event.trial
+    if event.ended_attempt_id:
+        return end_name(event.attempt_end) if event.ended_attempt_id == trial.attempt_id else None
+    outcome = _KIND_OUTCOME.get(event.kind)
+    if outcome != "running" and trial.last_attempt_end:
+        # Its evaluate records attempt ends, and this event ended none (a claim expired,
+        # a waiting trial ran out of wall clock): the last attempt ended earlier.
+        return None
+    return outcome
+
+
 def merge_attempt(row: AttemptRow | None, event: events_pb2.TrialEvent) -> AttemptRow | None:
     """Fold one trial event into its attempt's row; None if it has no attempt."""
     trial = event.trial
-    outcome = _KIND_OUTCOME.get(event.kind)
+    outcome = _outcome(event)
     if outcome is None or not trial.attempt_id:
         return None
     current = row or AttemptRow(
@@ -213,6 +251,9 @@ def merge_attempt(row: AttemptRow | None, event: events_pb2.TrialEvent) -> Attem
         ended_ms=0,
         checkpoint_uri="",
         checkpoint_key=EMPTY_KEY,
+        attempt_end=0,
+        end_reason="",
+        failure_kind=0,
     )
     changes: dict[str, object] = {}
     for name, value in (
@@ -228,7 +269,16 @@ def merge_attempt(row: AttemptRow | None, event: events_pb2.TrialEvent) -> Attem
     outcome_key = f"{int(ended)}{max(event.ts_ms, 0):020d}"
     if outcome_key > current.outcome_key:
         changes.update(
-            outcome=outcome, outcome_key=outcome_key, ended_ms=event.ts_ms if ended else 0
+            outcome=outcome,
+            outcome_key=outcome_key,
+            ended_ms=event.ts_ms if ended else 0,
+            attempt_end=event.attempt_end if event.ended_attempt_id else 0,
+            end_reason=event.reason if ended else "",
+            failure_kind=(
+                failure_of_end(event.attempt_end, trial.failure_kind)
+                if event.ended_attempt_id
+                else 0
+            ),
         )
     if event.kind == KIND.Value("TRIAL_STARTED") and (
         not current.started_ms or 0 < event.ts_ms < current.started_ms

@@ -98,6 +98,11 @@ class LineageQueries:
         summary.decisions = self._conn.execute(
             "SELECT COUNT(*) FROM decisions WHERE study_id = ?", (study_id,)
         ).fetchone()[0]
+        summary.checkpoint_seconds, summary.train_seconds = self._conn.execute(
+            "SELECT COALESCE(SUM(checkpoint_seconds), 0), COALESCE(SUM(train_seconds), 0) "
+            "FROM trials WHERE study_id = ?",
+            (study_id,),
+        ).fetchone()
         return summary
 
     # -- trials ------------------------------------------------------------
@@ -172,6 +177,10 @@ class LineageQueries:
         lineage.predicted_mean = _from_real(trial["predicted_mean"])
         lineage.predicted_std = _from_real(trial["predicted_std"])
         lineage.checkpoint_uri = trial["checkpoint_uri"]
+        lineage.failures = trial["failures"]
+        lineage.failure_kind = trial["failure_kind"]
+        lineage.checkpoint_seconds = trial["checkpoint_seconds"]
+        lineage.train_seconds = trial["train_seconds"]
 
     def _fill_attempts(self, lineage: lineage_pb2.TrialLineage) -> None:
         for row in self._conn.execute(
@@ -189,6 +198,9 @@ class LineageQueries:
                 started_ms=row["started_ms"],
                 ended_ms=row["ended_ms"],
                 checkpoint_uri=row["checkpoint_uri"],
+                attempt_end=row["attempt_end"],
+                end_reason=row["end_reason"],
+                failure_kind=row["failure_kind"],
             )
 
     def _fill_metrics(self, lineage: lineage_pb2.TrialLineage) -> None:

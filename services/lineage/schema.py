@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -93,7 +93,11 @@ CREATE TABLE IF NOT EXISTS trials (
     predicted_std   REAL,
     suggested_ts_ms INTEGER,           -- NULL until a TRIAL_SUGGESTED event is seen
     first_ts_ms     INTEGER NOT NULL,
-    terminal_ts_ms  INTEGER NOT NULL   -- ts of the newest event when terminal, else 0
+    terminal_ts_ms  INTEGER NOT NULL,  -- ts of the newest event when terminal, else 0
+    failures        INTEGER NOT NULL DEFAULT 0,  -- counted failures (max over events)
+    failure_kind    INTEGER NOT NULL DEFAULT 0,  -- ladder.v1.FailureKind of the last one
+    checkpoint_seconds REAL NOT NULL DEFAULT 0,  -- checkpoint overhead, all attempts
+    train_seconds   REAL    NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS trials_by_study ON trials (study_id, state);
 
@@ -105,12 +109,15 @@ CREATE TABLE IF NOT EXISTS attempts (
     worker_id      TEXT    NOT NULL,
     hostname       TEXT    NOT NULL,
     environment    TEXT    NOT NULL,
-    outcome        TEXT    NOT NULL,  -- running/completed/pruned/failed/lease_expired/paused
+    outcome        TEXT    NOT NULL,  -- running, or attempt_end in words (preempted, ...)
     outcome_key    TEXT    NOT NULL,
     started_ms     INTEGER NOT NULL,
     ended_ms       INTEGER NOT NULL,
     checkpoint_uri TEXT    NOT NULL,
     checkpoint_key TEXT    NOT NULL,
+    attempt_end    INTEGER NOT NULL DEFAULT 0,   -- ladder.v1.AttemptEnd (0: running)
+    end_reason     TEXT    NOT NULL DEFAULT '',  -- reason of the event that ended it
+    failure_kind   INTEGER NOT NULL DEFAULT 0,   -- ladder.v1.FailureKind that ended it
     PRIMARY KEY (trial_id, attempt_id)
 );
 
@@ -179,6 +186,22 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 
+# Upgrades of a database written by an older version, by the version they bring it to
+# (the tables above already have these columns when a database is created).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # Attempt ends and checkpoint overhead (preemption is not failure).
+    2: (
+        "ALTER TABLE trials ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE trials ADD COLUMN failure_kind INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE trials ADD COLUMN checkpoint_seconds REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE trials ADD COLUMN train_seconds REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE attempts ADD COLUMN attempt_end INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE attempts ADD COLUMN end_reason TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE attempts ADD COLUMN failure_kind INTEGER NOT NULL DEFAULT 0",
+    ),
+}
+
+
 class SchemaError(RuntimeError):
     """The database was written by a newer, incompatible version."""
 
@@ -220,7 +243,12 @@ def migrate(conn: sqlite3.Connection) -> int:
                 f"lineage database has schema version {current}, newer than this "
                 f"service's {SCHEMA_VERSION}"
             )
-        # Future upgrades go here: `if current < 2: ALTER ...; current = 2`.
+        for version, statements in MIGRATIONS.items():
+            if current < version:
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("UPDATE schema_version SET version = ?", (version,))
+                current = version
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -16,8 +16,15 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ladder.bus import EventProducer
 from ladder.config import Settings
 from ladder.params import fill_params
-from ladder.testing import unless_not_found, wait_for
-from ladder.v1 import events_pb2, lineage_pb2, lineage_pb2_grpc, study_pb2, trial_pb2
+from ladder.testing import Clients, unless_not_found, wait_for
+from ladder.v1 import (
+    evaluate_pb2,
+    events_pb2,
+    lineage_pb2,
+    lineage_pb2_grpc,
+    study_pb2,
+    trial_pb2,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -328,3 +335,80 @@ def test_lineage_records_a_trial_end_to_end_exactly_once(
         channel.close()
         producer.close()
         plain.close()
+
+
+def test_lineage_keeps_each_attempts_end_and_the_checkpoint_overhead(
+    infra: Settings, start_service: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Through the real services: a trial preempted once, failed once (counted), then
+    completed; lineage answers how each attempt ended and what checkpoints cost."""
+    lineage_service = start_service(
+        "services.lineage", {"LADDER_LINEAGE_DB": str(tmp_path / "lineage.sqlite3")}
+    )
+    suggest = start_service("services.suggest")
+    evaluate = start_service("services.evaluate")
+    clients = Clients(suggest.addr, evaluate.addr)
+    channel = grpc.insecure_channel(lineage_service.addr)
+    stub = lineage_pb2_grpc.LineageServiceStub(channel)
+    try:
+        config = study_pb2.StudyConfig(name="ends", metric="loss", max_trials=1)
+        config.space.parameters.add(name="x").float_range.high = 1.0
+        config.scheduler.kind = study_pb2.NONE
+        study_id = clients.create(config).study_id
+        trial_id = clients.one(study_id).trial.trial_id
+
+        def checkpoint(attempt: str, step: float, save: float, train: float) -> None:
+            clients.evaluate.ReportCheckpoint(
+                evaluate_pb2.ReportCheckpointRequest(
+                    trial_id=trial_id, attempt_id=attempt, uri=f"file:///c/{step}", step=step,
+                    save_seconds=save, train_seconds=train,
+                ),
+                timeout=30,
+            )
+
+        def fail(attempt: str, kind: int, reason: str) -> None:
+            clients.evaluate.FailTrial(
+                evaluate_pb2.FailTrialRequest(
+                    trial_id=trial_id, attempt_id=attempt, reason=reason, kind=kind
+                ),
+                timeout=30,
+            )
+
+        clients.start(trial_id, "a1")
+        checkpoint("a1", 1, 0.5, 20)
+        fail("a1", trial_pb2.PREEMPTED, "SIGTERM")
+        clients.start(trial_id, "a2")
+        checkpoint("a2", 2, 0.25, 10)
+        fail("a2", trial_pb2.INFRASTRUCTURE, "NCCL timeout")
+        clients.start(trial_id, "a3")
+        clients.complete(trial_id, "a3", 0.5)
+
+        lineage = wait_for(
+            lambda: (lin := lineage_or_none(stub, trial_id))
+            and lin.state == "COMPLETED"
+            and len(lin.attempts) == 3
+            and lin.attempts[-1].outcome == "completed"
+            and lin,
+            60,
+            "the lineage of the interrupted trial",
+        )
+        assert [
+            (a.attempt_id, a.outcome, a.attempt_end, a.failure_kind) for a in lineage.attempts
+        ] == [
+            ("a1", "preempted", trial_pb2.ATTEMPT_PREEMPTED, trial_pb2.PREEMPTED),
+            ("a2", "failed", trial_pb2.ATTEMPT_FAILED, trial_pb2.INFRASTRUCTURE),
+            ("a3", "completed", trial_pb2.ATTEMPT_COMPLETED, 0),
+        ]
+        assert [a.end_reason for a in lineage.attempts] == [
+            "preempted: SIGTERM; not counted (0 of 3 failures used)",
+            "attempt 2 failed (INFRASTRUCTURE, retried; 1 of 3 failures used): NCCL timeout",
+            "completed with value 0.5",
+        ]
+        assert all(a.ended_ms >= a.started_ms > 0 for a in lineage.attempts)
+        assert (lineage.failures, lineage.failure_kind) == (1, trial_pb2.INFRASTRUCTURE)
+        assert (lineage.checkpoint_seconds, lineage.train_seconds) == (0.75, 30)
+        summary = stub.GetStudySummary(lineage_pb2.GetStudySummaryRequest(study_id=study_id))
+        assert (summary.checkpoint_seconds, summary.train_seconds) == (0.75, 30)
+    finally:
+        channel.close()
+        clients.close()

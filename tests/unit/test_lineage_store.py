@@ -398,3 +398,131 @@ def test_ingestor_isolates_a_record_the_store_cannot_hold(store: LineageStore) -
     assert len(queries(store).trial_lineage("t1").metrics) == 2
     assert queries(store).offsets() == {("u.all", 0): 3}
     assert queries(store).counters() == {"unstorable:u.all": 1}
+
+
+# --------------------------------------------------- attempt ends, checkpoint overhead
+
+
+def ending(
+    trial_id: str,
+    kind: str,
+    ts_ms: int,
+    attempt: int,
+    end: int,
+    state: str,
+    reason: str,
+    failures: int = 0,
+    failure_kind: int = 0,
+    overhead: tuple[float, float] = (0.0, 0.0),
+) -> events_pb2.TrialEvent:
+    """An event of an evaluate that records attempt ends: it names the attempt it ends
+    (``end`` 0: it ends none) and the trial carries its failure count and overhead."""
+    event = trial_event(trial_id, kind, ts_ms, attempt=attempt, state=state, reason=reason)
+    if end:
+        event.ended_attempt_id, event.attempt_end = event.trial.attempt_id, end
+    event.trial.failures, event.trial.failure_kind = failures, failure_kind
+    event.trial.checkpoint_seconds, event.trial.train_seconds = overhead
+    event.trial.last_attempt_end = end or trial_pb2.ATTEMPT_STALLED
+    return event
+
+
+def interrupted_history() -> list[events_pb2.TrialEvent | events_pb2.StudyEvent]:
+    """t10: preempted, stalled, its hand-out claim expires (ends no attempt), fails once
+    (counted), then completes; t11 runs out of wall clock while it waits."""
+    infra, timeout = trial_pb2.INFRASTRUCTURE, trial_pb2.TIMEOUT
+    return [
+        study_event(),
+        trial_event("t10", "TRIAL_STARTED", 100, attempt=1, state="RUNNING"),
+        ending("t10", "TRIAL_FAILED", 200, 1, trial_pb2.ATTEMPT_PREEMPTED, "RESUMABLE",
+               "preempted: SIGTERM; not counted (0 of 3 failures used)", overhead=(0.5, 10)),
+        trial_event("t10", "TRIAL_STARTED", 300, attempt=2, state="RUNNING"),
+        ending("t10", "TRIAL_LEASE_EXPIRED", 400, 2, trial_pb2.ATTEMPT_STALLED, "RESUMABLE",
+               "stalled: attempt t10-a2 made no step progress", overhead=(0.5, 10)),
+        ending("t10", "TRIAL_LEASE_EXPIRED", 450, 2, 0, "RESUMABLE",
+               "handed out but not started before the claim expired", overhead=(0.5, 10)),
+        trial_event("t10", "TRIAL_STARTED", 500, attempt=3, state="RUNNING"),
+        ending("t10", "TRIAL_FAILED", 600, 3, trial_pb2.ATTEMPT_FAILED, "RESUMABLE",
+               "attempt 3 failed (INFRASTRUCTURE, retried; 1 of 3 failures used): disk",
+               failures=1, failure_kind=infra, overhead=(1.0, 30)),
+        trial_event("t10", "TRIAL_STARTED", 700, attempt=4, state="RUNNING"),
+        ending("t10", "TRIAL_COMPLETED", 800, 4, trial_pb2.ATTEMPT_COMPLETED, "COMPLETED",
+               "completed with value 0.5", failures=1, failure_kind=infra, overhead=(1.5, 50)),
+        trial_event("t11", "TRIAL_STARTED", 100, attempt=1, state="RUNNING"),
+        ending("t11", "TRIAL_FAILED", 150, 1, trial_pb2.ATTEMPT_PREEMPTED, "RESUMABLE",
+               "preempted: SIGTERM; not counted (0 of 3 failures used)"),
+        ending("t11", "TRIAL_FAILED", 900, 1, 0, "FAILED", "timed out: 60.0 s since the first "
+               "start", failures=1, failure_kind=timeout),
+    ]
+
+
+def test_each_attempt_keeps_how_it_ended(store: LineageStore) -> None:
+    store.apply(at_offsets(interrupted_history()))
+    t10 = queries(store).trial_lineage("t10")
+    assert [(a.attempt_number, a.outcome, a.attempt_end, a.failure_kind) for a in t10.attempts] == [
+        (1, "preempted", trial_pb2.ATTEMPT_PREEMPTED, trial_pb2.PREEMPTED),
+        (2, "stalled", trial_pb2.ATTEMPT_STALLED, 0),
+        (3, "failed", trial_pb2.ATTEMPT_FAILED, trial_pb2.INFRASTRUCTURE),
+        (4, "completed", trial_pb2.ATTEMPT_COMPLETED, 0),
+    ]
+    # The claim that expired later did not rewrite attempt 2's end.
+    assert t10.attempts[1].end_reason.startswith("stalled: attempt t10-a2")
+    assert t10.attempts[1].ended_ms == 400
+    assert t10.attempts[0].end_reason.startswith("preempted: SIGTERM; not counted")
+    assert (t10.failures, t10.failure_kind) == (1, trial_pb2.INFRASTRUCTURE)
+    assert (t10.checkpoint_seconds, t10.train_seconds) == (1.5, 50)
+    t11 = queries(store).trial_lineage("t11")
+    assert (t11.state, t11.failure_kind) == ("FAILED", trial_pb2.TIMEOUT)
+    # It waited when its wall clock ran out: its one attempt stays preempted.
+    assert [a.outcome for a in t11.attempts] == ["preempted"]
+    summary = queries(store).study_summary(STUDY)
+    assert (summary.checkpoint_seconds, summary.train_seconds) == (1.5, 50)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_attempt_ends_do_not_depend_on_arrival_order(seed: int) -> None:
+    items = [Ingest(Source("u.all", i, 0), e) for i, e in enumerate(interrupted_history())]
+    ordered = LineageStore(connect(":memory:"))
+    ordered.apply(items)
+    shuffled = LineageStore(connect(":memory:"))
+    random.Random(seed).shuffle(items)
+    for item in items:
+        shuffled.apply([item])
+    assert snapshot(shuffled.connection) == snapshot(ordered.connection)
+
+
+_V1_TABLES = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+INSERT INTO schema_version VALUES (1);
+CREATE TABLE trials (
+    trial_id TEXT PRIMARY KEY, study_id TEXT NOT NULL, params_pb BLOB, seed INTEGER NOT NULL,
+    state INTEGER NOT NULL, state_key TEXT NOT NULL, has_final_value INTEGER NOT NULL,
+    final_value REAL, final_key TEXT NOT NULL, checkpoint_uri TEXT NOT NULL,
+    checkpoint_key TEXT NOT NULL, last_step REAL NOT NULL, algorithm TEXT NOT NULL,
+    predicted_mean REAL, predicted_std REAL, suggested_ts_ms INTEGER,
+    first_ts_ms INTEGER NOT NULL, terminal_ts_ms INTEGER NOT NULL
+);
+CREATE TABLE attempts (
+    trial_id TEXT NOT NULL, attempt_id TEXT NOT NULL, attempt_number INTEGER NOT NULL,
+    worker_id TEXT NOT NULL, hostname TEXT NOT NULL, environment TEXT NOT NULL,
+    outcome TEXT NOT NULL, outcome_key TEXT NOT NULL, started_ms INTEGER NOT NULL,
+    ended_ms INTEGER NOT NULL, checkpoint_uri TEXT NOT NULL, checkpoint_key TEXT NOT NULL,
+    PRIMARY KEY (trial_id, attempt_id)
+);
+INSERT INTO trials VALUES ('old', 'study-1', NULL, 1, 6, '', 0, NULL, '', '', '', 3, 'gp',
+    NULL, NULL, NULL, 10, 20);
+INSERT INTO attempts VALUES ('old', 'old-a1', 1, 'w', 'h', 'e', 'failed', '1', 10, 20, '', '');
+"""
+
+
+def test_a_version_1_database_is_upgraded_in_place() -> None:
+    conn = connect(":memory:")
+    for statement in _V1_TABLES.strip().split(";\n"):
+        conn.execute(statement)
+    assert migrate(conn) == SCHEMA_VERSION == 2
+    assert [tuple(r) for r in conn.execute("SELECT version FROM schema_version")] == [(2,)]
+    store = LineageStore(conn)  # migrating again changes nothing
+    old = queries(store).trial_lineage("old")
+    assert (old.state, old.failures, old.checkpoint_seconds) == ("FAILED", 0, 0)
+    assert [(a.outcome, a.attempt_end, a.end_reason) for a in old.attempts] == [("failed", 0, "")]
+    store.apply(at_offsets(interrupted_history()))
+    assert queries(store).trial_lineage("t10").attempts[0].outcome == "preempted"

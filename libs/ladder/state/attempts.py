@@ -106,6 +106,17 @@ _ATTEMPT_END = {
 }
 
 
+def failure_of_end(end: AttemptEnd, trial_failure_kind: FailureKind) -> FailureKind:
+    """The failure class that ended an attempt, from the event that ended it: PREEMPTED
+    never counts (the trial keeps its last counted kind), a FAILED or TIMED_OUT attempt's
+    failure counted, so it is the trial's failure_kind then; other ends are no failure."""
+    if end == trial_pb2.ATTEMPT_PREEMPTED:
+        return trial_pb2.PREEMPTED
+    if end in (trial_pb2.ATTEMPT_FAILED, trial_pb2.ATTEMPT_TIMED_OUT):
+        return trial_failure_kind
+    return 0
+
+
 def _not_retried(kind: FailureKind, oom: OomPolicy, previous: FailureKind) -> str:
     name = kind_name(kind)
     if kind == trial_pb2.OUT_OF_MEMORY:
