@@ -495,15 +495,16 @@ class _Starter:
         ready: Callable[[_Port, Callable[[], bool]], None],
         port: _Port | None = None,
         *,
-        fresh: Callable[[], _Port] = ports.free_port,  # type: ignore[assignment]
+        fresh: Callable[[], _Port] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> _Port:
-        """Start ``name`` on ``port`` (default: ``fresh()`` free ports, chosen again if
-        the child dies at start) and wait for ``ready``."""
+        """Start ``name`` on ``port`` (default: ``fresh()`` free ports, else one free
+        port, chosen again if the child dies at start) and wait for ``ready``."""
         fixed = port
+        choose = fresh or ports.free_port
         attempts = _START_ATTEMPTS if fixed is None else 1
         for attempt in range(1, attempts + 1):
-            port = fixed if fixed is not None else fresh()
+            port = fixed if fixed is not None else choose()
             rec = procs.spawn(
                 name, argv_for(port), env={**os.environ, **(env or {})},
                 log_dir=self.layout.logs, pid_dir=self.layout.pids, cwd=self.layout.root,
