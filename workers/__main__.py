@@ -10,20 +10,39 @@ A worker rides through a restart of any component: its calls are retried for
 ``--retry-timeout`` seconds, and the addresses are read again (env, else stack.json)
 while they fail, so a stack started again on other ports is found too.
 
-| flag / env                | default       | meaning                                        |
-|---------------------------|---------------|------------------------------------------------|
-| --study                   | (required)    | study id                                       |
-| --count                   | 1             | worker processes to spawn                      |
-| --worker-prefix           | w             | worker ids are prefix + index                  |
-| --worker-id               | (none)        | run a single worker with this id in-process    |
-| --workload                | digits        | ``digits``, ``synthetic`` or ``module:Class``  |
-| --checkpoint-every        | 3             | steps between checkpoints (0 = never)          |
-| --decision-wait           | 3.0           | seconds to await the decision at a rung        |
+| flag / env                | default              | meaning                                 |
+|---------------------------|----------------------|-----------------------------------------|
+| --study                   | (required)           | study id                                |
+| --count                   | 1                    | worker processes to spawn               |
+| --worker-prefix           | w                    | worker ids are prefix + index           |
+| --worker-id               | (none)               | run a single worker in-process          |
+| --workload                | digits               | digits, synthetic or ``module:Class``   |
+| --checkpoint-every        | the study's policy   | checkpoint every N steps instead of the |
+|                           |                      | study's trial_policy (by time, default  |
+|                           |                      | 300 s, or steps); 0 = only at a PAUSE   |
+|                           |                      | or a hand-back                          |
+| --checkpoint-url /        | stack.json's         | where checkpoints go:                   |
+| LADDER_CHECKPOINT_URL     | checkpoint_url, else | ``s3://BUCKET/PREFIX`` or               |
+|                           | file://<state>/checkpoints | ``file:///ABS/PATH``              |
+| --decision-wait           | 3.0                  | seconds to await the decision at a rung |
 | --max-steps               | study's max_resource | cap on steps per trial                  |
-| --log-dir                 | (inherit)     | write each spawned worker's log to DIR/<id>.log |
-| --retry-timeout /         | 600           | seconds a call to a service that is down (being |
-| LADDER_WORKER_RETRY_S     |               | restarted) is retried before the worker gives up |
-| LADDER_STATE_DIR etc.     | see ladder.config | endpoints; checkpoints go to <state>/checkpoints |
+| --log-dir                 | (inherit)            | each spawned worker logs to DIR/<id>.log |
+| --retry-timeout /         | 600                  | seconds a call to a service that is     |
+| LADDER_WORKER_RETRY_S     |                      | down (being restarted) is retried       |
+| LADDER_STATE_DIR etc.     | see ladder.config    | endpoints; the object store's: see      |
+|                           |                      | ladder.objectstore                      |
+
+Checkpoints: the embedded stack (``ladder up``) records its SeaweedFS bucket as the
+default, so workers on any host of the stack share them; elsewhere give an S3 URL (the
+endpoint and keys from LADDER_S3_ENDPOINT / AWS_*, see ``ladder.objectstore``) or a
+folder every worker mounts. A resumed trial is fetched from whatever URI its checkpoint
+has. Retention keeps the study's ``checkpoints_kept`` newest per trial plus the ones a
+PAUSE or the final result refers to.
+
+SIGTERM / SIGINT is a preemption notice: the worker checkpoints and hands its trial
+back within the study's ``preemption_notice_seconds`` (default 25 s; mid-step for the
+digits and synthetic workloads), then exits 0. A second signal quits at once (the trial's
+lease then expires).
 """
 
 from __future__ import annotations
@@ -34,6 +53,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,7 +159,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker-prefix", default="w", help="worker ids: prefix + index")
     parser.add_argument("--worker-id", default=None, help="run one worker in this process")
     parser.add_argument("--workload", default="digits", help="digits or module:Class")
-    parser.add_argument("--checkpoint-every", type=int, default=3)
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=None,
+        help="checkpoint every N steps (default: the study's trial policy; 0: never)",
+    )
+    parser.add_argument(
+        "--checkpoint-url", default=os.environ.get("LADDER_CHECKPOINT_URL") or None,
+        help="s3://BUCKET/PREFIX or file:///ABS/PATH (default: the stack's object store, "
+        "else file://<state>/checkpoints)",
+    )
     parser.add_argument("--decision-wait", type=float, default=3.0)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--log-dir", type=Path, default=None)
@@ -152,9 +180,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _worker_args(args: argparse.Namespace) -> list[str]:
-    out = ["--workload", args.workload, "--checkpoint-every", str(args.checkpoint_every),
-           "--decision-wait", str(args.decision_wait),
+    out = ["--workload", args.workload, "--decision-wait", str(args.decision_wait),
            "--retry-timeout", str(args.retry_timeout)]
+    if args.checkpoint_every is not None:
+        out += ["--checkpoint-every", str(args.checkpoint_every)]
+    if args.checkpoint_url:
+        out += ["--checkpoint-url", args.checkpoint_url]
     if args.max_steps:
         out += ["--max-steps", str(args.max_steps)]
     return out
@@ -162,23 +193,29 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
 
 def run_single(args: argparse.Namespace) -> int:
     from ladder import telemetry
+    from ladder.checkpoints import CheckpointStoreError
     from ladder.client import LadderClient
     from ladder.config import Settings
 
-    from workers.runtime import Worker, WorkerConfig
+    from workers.runtime import Worker, WorkerConfig, WorkerReport
 
     telemetry.setup("ladder-worker")
     settings = Settings.from_env()
     workload = load_workload(args.workload)
     client = LadderClient(settings, retry_timeout=args.retry_timeout, readdress=True)
-    worker = Worker(client, workload, WorkerConfig(  # type: ignore[arg-type]
-        study_id=args.study,
-        worker_id=args.worker_id,
-        state_dir=settings.state_dir,
-        checkpoint_every=args.checkpoint_every,
-        decision_wait=args.decision_wait,
-        max_steps=args.max_steps,
-    ))
+    try:
+        worker = Worker(client, workload, WorkerConfig(  # type: ignore[arg-type]
+            study_id=args.study,
+            worker_id=args.worker_id,
+            state_dir=settings.state_dir,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_url=args.checkpoint_url,
+            decision_wait=args.decision_wait,
+            max_steps=args.max_steps,
+        ))
+    except CheckpointStoreError as exc:
+        client.close()
+        raise SystemExit(f"--checkpoint-url: {exc}") from None
     signals_seen = 0
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -190,12 +227,19 @@ def run_single(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # The worker trains in a thread of its own so that this one can leave when the
+    # trial was handed back while a step that cannot be interrupted still runs.
+    reports: list[WorkerReport] = []
+    training = threading.Thread(target=lambda: reports.append(worker.run()), daemon=True,
+                                name="worker")
+    training.start()
     try:
-        report = worker.run()
+        while training.is_alive() and not worker.handed_back_early.is_set():
+            training.join(0.2)
     finally:
         client.close()
         telemetry.shutdown()
-    return 1 if report.fatal_error else 0
+    return 1 if reports and reports[0].fatal_error else 0
 
 
 def run_pool(args: argparse.Namespace) -> int:

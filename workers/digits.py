@@ -9,11 +9,17 @@ is the validation log-loss (mean cross entropy), lower is better.
 torch runs on one thread: the demo shares two cores between eight workers and the
 services, and an epoch of even the largest configuration takes a few tens of
 milliseconds on one core.
+
+Interruptible (``workers.runtime.Workload``): the runtime's interrupt event is polled
+between mini-batches; once set, the epoch stops there and the state keeps the epoch's
+order and the next mini-batch (:class:`PartialEpoch`), which the checkpoint holds too,
+so a resumed attempt finishes that epoch exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,6 +29,8 @@ from typing import Any
 import torch
 from ladder.params import PlainValue
 from torch import nn
+
+from workers.runtime import StepInterrupted
 
 DATASET_ID = "sklearn-digits-1797-split-seed0"
 METRIC = "val_loss"
@@ -113,12 +121,22 @@ class DigitsConfig:
 
 
 @dataclass
+class PartialEpoch:
+    """An epoch stopped between two mini-batches."""
+
+    epoch: int
+    order: torch.Tensor  # the epoch's permutation of the training split
+    next_batch: int  # index of the first mini-batch not trained yet
+
+
+@dataclass
 class DigitsState:
     config: DigitsConfig
     model: nn.Module
     optimizer: torch.optim.Optimizer
     shuffle: torch.Generator
     epochs_done: int = 0
+    partial: PartialEpoch | None = None
 
 
 def build_model(config: DigitsConfig, n_features: int = 64, n_classes: int = 10) -> nn.Module:
@@ -164,20 +182,34 @@ class DigitsWorkload:
         shuffle = torch.Generator().manual_seed(seed)
         return DigitsState(config, model, build_optimizer(config, model), shuffle)
 
-    def train_step(self, state: DigitsState, step: int) -> float:
-        """Train one epoch; return the validation log-loss after it (NaN if it diverged)."""
+    interruptible = True
+
+    def train_step(
+        self, state: DigitsState, step: int, interrupt: threading.Event | None = None
+    ) -> float:
+        """Train one epoch; return the validation log-loss after it (NaN if it diverged).
+        Raises StepInterrupted between two mini-batches once ``interrupt`` is set."""
         split = load_split()
         model = state.model
         model.train()
-        order = torch.randperm(len(split.x_train), generator=state.shuffle)
+        partial = state.partial if state.partial and state.partial.epoch == step else None
+        if partial is not None:
+            order, first = partial.order, partial.next_batch
+        else:
+            order, first = torch.randperm(len(split.x_train), generator=state.shuffle), 0
+        size = state.config.batch_size
         loss_fn = nn.functional.cross_entropy
-        for start in range(0, len(order), state.config.batch_size):
-            batch = order[start:start + state.config.batch_size]
+        for index in range(first, math.ceil(len(order) / size)):
+            if interrupt is not None and interrupt.is_set():
+                state.partial = PartialEpoch(step, order, index)
+                raise StepInterrupted(f"epoch {step} stopped before mini-batch {index}")
+            batch = order[index * size:(index + 1) * size]
             state.optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(split.x_train[batch]), split.y_train[batch])
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
             state.optimizer.step()
+        state.partial = None
         state.epochs_done = step
         return self.evaluate(state)
 
@@ -198,6 +230,11 @@ class DigitsWorkload:
                 "shuffle_rng": state.shuffle.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "epochs_done": state.epochs_done,
+                "partial": None if state.partial is None else {
+                    "epoch": state.partial.epoch,
+                    "order": state.partial.order,
+                    "next_batch": state.partial.next_batch,
+                },
             },
             tmp,
         )
@@ -214,4 +251,9 @@ class DigitsWorkload:
         state.shuffle.set_state(saved["shuffle_rng"])
         torch.set_rng_state(saved["torch_rng"])
         state.epochs_done = int(saved["epochs_done"])
+        partial = saved.get("partial")
+        if partial is not None:
+            state.partial = PartialEpoch(
+                int(partial["epoch"]), partial["order"], int(partial["next_batch"])
+            )
         return state

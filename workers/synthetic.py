@@ -5,6 +5,10 @@
 (on its log scale when positive) from a fixed optimum, so the scheduler has worse and
 better trials to tell apart; each step sleeps LADDER_SYNTHETIC_STEP_S seconds
 (default 0.1) so a study lasts long enough to restart components during it.
+
+Interruptible (``workers.runtime.Workload``): a step waits on the runtime's interrupt
+event instead of sleeping; once it is set the step stops, the state keeps how much of
+the step was done (``partial_s``) and a resumed attempt waits only for the rest.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ladder.params import PlainValue
+
+from workers.runtime import StepInterrupted
 
 OPTIMUM_LOG10 = -2.5  # a float parameter's best value, log10 of it when positive
 
@@ -38,8 +45,22 @@ class SyntheticWorkload:
                 floor += 0.1 * (x - OPTIMUM_LOG10) ** 2
         return {"floor": floor, "step": 0}
 
-    def train_step(self, state: dict[str, Any], step: int) -> float:
-        time.sleep(self.step_s)
+    interruptible = True
+
+    def train_step(
+        self, state: dict[str, Any], step: int, interrupt: threading.Event | None = None
+    ) -> float:
+        done = state.get("partial_s", 0.0) if state.get("partial_step") == step else 0.0
+        started = time.monotonic() - done
+        while (done := time.monotonic() - started) < self.step_s:
+            left = self.step_s - done
+            if interrupt is None:
+                time.sleep(left)
+            elif interrupt.wait(left):
+                state.update(partial_step=step, partial_s=done)
+                raise StepInterrupted(f"step {step} stopped after {done:.3f} s")
+        state.pop("partial_step", None)
+        state.pop("partial_s", None)
         state["step"] = step
         return self.evaluate(state)
 
