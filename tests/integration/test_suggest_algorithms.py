@@ -1,6 +1,7 @@
 """Model-based suggestions through a real suggest process on the real broker and Redis:
 the ready buffer (misses answered by the quasi-random fallback, then GP / TPE points
-with the surrogate's prediction), the rung-decision feed, warm start, and shutdown."""
+with the surrogate's prediction), the rung-decision feed, failed trials as infeasible
+observations, warm start, and shutdown."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from typing import Any
 import grpc
 import pytest
 from kafka import KafkaProducer
+from ladder import failures
 from ladder.bus import EventProducer, now_ms
 from ladder.config import Settings
 from ladder.params import fill_params, params_to_dict
-from ladder.state import State, open_state, trial_event
+from ladder.state import State, Transition, open_state, trial_event
+from ladder.study import OomPolicy
 from ladder.testing import Clients, code_and_message, trial_events, wait_for
-from ladder.v1 import events_pb2, space_pb2, study_pb2, suggest_pb2
+from ladder.v1 import events_pb2, space_pb2, study_pb2, suggest_pb2, trial_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -61,10 +64,19 @@ class Rig:
     producer: EventProducer
 
     def complete(self, trial_id: str, attempt: str, value: float) -> None:
-        transition = self.state.trials.complete(trial_id, attempt, value)
+        self.publish(self.state.trials.complete(trial_id, attempt, value))
+
+    def fail(self, trial_id: str, attempt: str, kind: int) -> Transition:
+        """FailTrial as evaluate does it, for a study whose OOM policy is INFEASIBLE."""
+        reason = trial_pb2.FailureKind.Name(kind)
+        transition = self.state.trials.fail(trial_id, attempt, reason, kind, OomPolicy.INFEASIBLE)
+        self.publish(transition)
+        return transition
+
+    def publish(self, transition: Transition) -> None:
         event = trial_event(transition, now_ms())
         self.producer.send(self.settings.topics.trials, transition.trial.study_id, event, wait=True)
-        self.state.trials.ack(trial_id, transition.token)
+        self.state.trials.ack(transition.trial.trial_id, transition.token)
 
 
 @pytest.fixture
@@ -189,6 +201,53 @@ def test_tpe_study_learns_from_completions_and_rung_decisions(infra: Settings, r
     assert chosen.trial.trial_id.startswith(study.study_id)
     assert run_until(workers, "tpe", 15).algorithm == "tpe"
     assert suggest.log_text().count(line) == 1  # the replayed decision changed nothing
+
+
+def test_failed_trials_become_infeasible_observations_once(rig: Rig) -> None:
+    """Trials in x > 0.7 run out of memory (FAILED at once), one elsewhere fails with
+    a retryable infrastructure error (RESUMABLE: not an observation): the FAILED ones
+    reach the study's samplers once each, replays included, and TPE models with them."""
+    suggest, clients = rig.suggest, rig.clients
+    study = clients.create(study_config(study_pb2.TPE))
+    failed: list[Transition] = []
+    retried: list[str] = []
+    resumed: list[str] = []
+
+    def step(n: int) -> suggest_pb2.Suggestion:
+        suggestion = clients.one(study.study_id, f"w-{n}")
+        trial_id, params = suggestion.trial.trial_id, params_to_dict(suggestion.trial.params)
+        rig.state.trials.start(trial_id, f"a-{n}", f"w-{n}", 60)
+        if suggestion.resumed:
+            resumed.append(trial_id)
+        if params["x"] > 0.7:
+            failed.append(rig.fail(trial_id, f"a-{n}", failures.OUT_OF_MEMORY))
+        elif not retried:
+            retried.append(rig.fail(trial_id, f"a-{n}", failures.INFRASTRUCTURE).trial.trial_id)
+        else:
+            rig.complete(trial_id, f"a-{n}", (params["x"] - 0.85) ** 2 + params["y"] ** 2)
+        return suggestion
+
+    steps = itertools.count()
+    wait_for(
+        lambda: step(next(steps)).algorithm == "tpe" and len(failed) >= 2,
+        30,
+        "a tpe suggestion after two failed trials",
+        every=0.02,
+    )
+    assert all(t.trial.state == trial_pb2.FAILED for t in failed)
+    rig.publish(failed[0])  # evaluate's outbox relay publishes an event again
+    log_text = suggest.log_text
+    for transition in failed:
+        line = f"failed trial {transition.trial.trial_id} (OUT_OF_MEMORY) observed: infeasible"
+        wait_for(lambda line=line: line in log_text(), 15, line)
+    totals = f"the study has {len(failed)} failed trials, {len(failed)} infeasible observations"
+    wait_for(lambda: totals in log_text(), 15, totals)
+    refit = f"{len(failed)} infeasible observations)"
+    wait_for(lambda: refit in log_text(), 15, f"a refit with {refit!r}")
+    for transition in failed:
+        assert log_text().count(f"failed trial {transition.trial.trial_id} ") == 1
+    assert f"failed trial {retried[0]} " not in log_text()  # RESUMABLE: it ran again
+    assert resumed == retried
 
 
 def test_warm_start_seeds_and_earlier_study(rig: Rig) -> None:
