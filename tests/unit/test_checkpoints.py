@@ -124,3 +124,20 @@ def test_key_names_parse_back() -> None:
 def test_read_helper_reads_what_was_saved(tmp_path: Path) -> None:
     store = FileCheckpointStore(tmp_path)
     assert read(store, save_bytes(store, CheckpointKey("s", "t", "a", 1), b"ok")) == b"ok"
+
+
+class NoBucketClient:
+    """What boto3 raises on AWS for an upload into a bucket that does not exist
+    (SeaweedFS creates it instead, for an admin identity)."""
+
+    def upload_file(self, filename: str, bucket: str, key: str) -> None:
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "NoSuchBucket", "Message": "none"}}, "PutObject")
+
+
+def test_a_missing_bucket_is_a_clear_error(tmp_path: Path) -> None:
+    store = S3CheckpointStore("no-such-bucket", client=NoBucketClient(), staging_dir=tmp_path)
+    with pytest.raises(CheckpointStoreError, match="bucket 'no-such-bucket' does not exist"):
+        save_bytes(store, CheckpointKey("s", "t", "a", 1), b"x")
+    assert list(tmp_path.iterdir()) == []  # the staged file is gone either way
