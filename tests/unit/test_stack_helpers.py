@@ -387,6 +387,12 @@ def test_the_recorded_storage_must_match(monkeypatch: pytest.MonkeyPatch) -> Non
     # A stack.json without broker_storage ran its broker in memory.
     assert not launcher._matches(_info(), True, asked_s3)
     assert launcher._matches(_info(), True, launcher.Asked.from_env("memory"))
+    # Not asked (no flag, no LADDER_BROKER_STORAGE): a recorded stack keeps its own.
+    monkeypatch.delenv("LADDER_BROKER_STORAGE", raising=False)
+    implicit = launcher.Asked.from_env()
+    assert implicit.new_stack_storage == "s3"
+    assert launcher._matches(_info(), True, implicit)
+    assert launcher._matches(_durable(), True, implicit)
 
 
 def test_a_dead_object_store_is_restarted_first_with_its_broker(

@@ -186,25 +186,31 @@ class Asked:
     """What the environment asks of ``up``, read once: the external Kafka and Redis
     ("" for the embedded ones), the topic prefix, the broker profile (given, else
     tansu for the embedded broker and kafka for one the user gave) and where the
-    embedded broker keeps its log (``broker_storage``: s3 runs the object store)."""
+    embedded broker keeps its log (``broker_storage``: s3 runs the object store; ""
+    when not asked: a recorded stack keeps its own, a new one gets the default)."""
 
     kafka: str
     redis: str
     prefix: str
     broker_profile: str
-    broker_storage: str = S3_STORAGE
+    broker_storage: str = ""
 
     @classmethod
     def from_env(cls, broker_storage: str | None = None) -> Asked:
         kafka = os.environ.get("LADDER_KAFKA_BOOTSTRAP", "")
+        storage = broker_storage or os.environ.get("LADDER_BROKER_STORAGE")
         return cls(
             kafka=kafka,
             redis=os.environ.get("LADDER_REDIS_URL", ""),
             prefix=os.environ.get("LADDER_TOPIC_PREFIX", config.Topics.prefix),
             # No stack.json yet: this stack is the one that will write it.
             broker_profile=config.chosen_broker_profile(kafka, stack={}).name,
-            broker_storage=components.broker_storage(broker_storage),
+            broker_storage=components.broker_storage(storage) if storage else "",
         )
+
+    @property
+    def new_stack_storage(self) -> str:
+        return self.broker_storage or components.DEFAULT_BROKER_STORAGE
 
 
 def _storage(info: Mapping[str, Any]) -> str:
@@ -224,7 +230,7 @@ def _matches(info: dict[str, Any], services: bool, asked: Asked) -> bool:
         return False
     if config.recorded_broker_profile(info).name != asked.broker_profile:
         return False
-    if _storage(info) != asked.broker_storage:
+    if asked.broker_storage and _storage(info) != asked.broker_storage:
         return False
     # An embedded component must not silently stand in for a requested external one,
     # nor the reverse.
@@ -326,8 +332,9 @@ def up(
     """Start the stack in ``state_dir``, or what is dead of the one there; return
     stack.json.
 
-    ``broker_storage`` ("s3" or "memory"; default LADDER_BROKER_STORAGE, else s3) is
-    where the embedded broker keeps its log.
+    ``broker_storage`` ("s3" or "memory"; default LADDER_BROKER_STORAGE) is where the
+    embedded broker keeps its log; when neither names one, a recorded stack keeps its
+    own and a new one gets s3.
     The returned dict has ``reused: True`` when nothing had to be started and
     ``restarted`` naming what a repair started again (neither is stored in
     ``stack.json``). A recorded stack that matches this call keeps its addresses: only
@@ -466,7 +473,7 @@ class _Starter:
         for d in (self.layout.logs, self.layout.pids, self.layout.redis_data):
             d.mkdir(parents=True, exist_ok=True)
         info: dict[str, Any] = {
-            "broker_storage": self.asked.broker_storage,
+            "broker_storage": self.asked.new_stack_storage,
             "broker_profile": self.asked.broker_profile,
             "topic_prefix": self.topics.prefix,
             "state_dir": str(self.layout.root),
@@ -476,7 +483,7 @@ class _Starter:
                 REDIS: bool(self.asked.redis),
             },
         }
-        if self.asked.broker_storage == S3_STORAGE:
+        if self.asked.new_stack_storage == S3_STORAGE:
             info.update(self._objectstore())
         info["redis_url"] = self._redis()
         info["kafka_bootstrap"] = self._kafka(objectstore.stack_settings(info))
