@@ -1,4 +1,5 @@
-"""The embedded default stack: tansu broker, Redis and the four services on loopback.
+"""The embedded default stack: SeaweedFS (S3), the tansu broker on it, Redis and the four
+services on loopback.
 
 ``ladder up`` / ``ladder down`` / ``ladder status`` are thin wrappers over
 :mod:`ladder.stack.launcher`; tests and the demo use the same API::
