@@ -23,6 +23,7 @@ def test_keys_are_namespaced_by_topic_prefix() -> None:
         a.attempts("t"),
         a.decision("t"),
         a.leases,
+        a.deadlines,
         a.outbox,
     ]
     assert len(set(every)) == len(every)
