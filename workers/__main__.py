@@ -196,6 +196,7 @@ def run_single(args: argparse.Namespace) -> int:
     from ladder.checkpoints import CheckpointStoreError
     from ladder.client import LadderClient
     from ladder.config import Settings
+    from ladder.objectstore import NoObjectStore
 
     from workers.runtime import Worker, WorkerConfig, WorkerReport
 
@@ -213,9 +214,9 @@ def run_single(args: argparse.Namespace) -> int:
             decision_wait=args.decision_wait,
             max_steps=args.max_steps,
         ))
-    except CheckpointStoreError as exc:
+    except (CheckpointStoreError, NoObjectStore) as exc:
         client.close()
-        raise SystemExit(f"--checkpoint-url: {exc}") from None
+        raise SystemExit(f"checkpoint store: {exc}") from None
     signals_seen = 0
 
     def on_signal(signum: int, _frame: object) -> None:

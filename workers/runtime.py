@@ -356,10 +356,11 @@ class Worker:
         self.client = client
         self.workload = workload
         self.config = config
-        # Opened now: a checkpoint URL no backend serves fails before any trial starts.
+        # Opened now: a checkpoint store that cannot be used fails before any trial.
         self.store = store or checkpoints.open_store(
             config.checkpoint_url, state_dir=config.state_dir
         )
+        self.store.connect()
         self.hostname = socket.gethostname()
         self.environment = environment_description(workload)
         self.stats = CheckpointStats()

@@ -124,6 +124,10 @@ class CheckpointStore(abc.ABC):
     #: The URL this store was opened with (``file:///...`` or ``s3://bucket/prefix``).
     url: str
 
+    def connect(self) -> None:  # noqa: B027 - optional: most stores need nothing
+        """Set up the client now (no request is sent), so that the first save's time is
+        the save's alone and a store that cannot be used fails before any training."""
+
     @abc.abstractmethod
     def staging_path(self, key: CheckpointKey) -> Path:
         """A fresh local path for the workload to write ``key``'s checkpoint to (its
@@ -273,6 +277,9 @@ class S3CheckpointStore(CheckpointStore):
         if self._client is None:
             self._client = objectstore.client()
         return self._client
+
+    def connect(self) -> None:
+        _ = self.client
 
     def _key(self, *parts: str) -> str:
         return "/".join(p for p in (self.prefix, *parts) if p)

@@ -8,16 +8,22 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pytest
+from ladder import checkpoints, objectstore
 from ladder.client import LadderClient, study_config
 from ladder.config import Settings
+from ladder.objectstore import S3Settings
 from ladder.params import params_to_dict
-from ladder.testing import wait_for_found
+from ladder.stack.components import CHECKPOINT_BUCKET
+from ladder.testing import wait_for, wait_for_found
+from ladder.testing.objectstore import seaweedfs
 from ladder.v1 import trial_pb2
 
 from workers.digits import DATASET_ID, DigitsWorkload
@@ -155,21 +161,37 @@ def test_worker_processes_share_a_study(services: Settings, tmp_path: Path) -> N
         assert workers <= {"it-p0", "it-p1"} and workers
 
 
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Settings]:
+    """An object store for the checkpoints (the session's broker keeps its log in
+    memory, so the stack runs none)."""
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as settings:
+        yield settings
+
+
+CHECKPOINT_STEPS = 3
+
+
 def test_sigterm_hands_the_trial_back_and_the_next_worker_resumes(
-    services: Settings, tmp_path: Path
+    services: Settings, s3: S3Settings, tmp_path: Path
 ) -> None:
-    # The largest network: ~0.2 s per epoch, so the signal lands mid-trial.
+    # The largest network: ~0.2 s per epoch, so the signal lands mid-trial, most likely
+    # in the middle of an epoch (digits stops between two mini-batches).
     big = {"hidden_units": {"type": "int", "low": 255, "high": 256},
            "batch_size": {"type": "ordinal", "values": [16]},
            "layers": {"type": "int", "low": 2, "high": 3},
            "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
-    env = worker_env(services, tmp_path)
+    checkpoint_url = f"s3://{CHECKPOINT_BUCKET}/it-{uuid.uuid4().hex[:8]}"
+    env = {**worker_env(services, tmp_path), **s3.env(), "LADDER_CHECKPOINT_URL": checkpoint_url}
     with LadderClient(services) as client:
         config = study_config(big, metric="val_loss", max_trials=1, seed=2)
+        config.trial_policy.checkpoint_interval_steps = CHECKPOINT_STEPS
         study_id = client.create_study(config).study_id
+        notice = client.get_study(study_id).config.trial_policy.preemption_notice_seconds
+        assert notice == 25  # the default
         first = subprocess.Popen(
             [sys.executable, "-m", "workers", "--study", study_id, "--worker-id", "it-a",
-             "--max-steps", "27", "--checkpoint-every", "2"],
+             "--max-steps", "27"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         try:
@@ -177,36 +199,65 @@ def test_sigterm_hands_the_trial_back_and_the_next_worker_resumes(
                 lambda: next(iter(client.list_trials(study_id)), None), 60,
                 "the trial to be suggested",
             ).trial_id
-            wait_for_found(
-                lambda: (lin := client.lineage(trial_id)) and len(lin.metrics) >= 3, 60,
-                "3 metric points",
+            wait_for(
+                lambda: client.get_trial(trial_id).checkpoint_step >= CHECKPOINT_STEPS, 60,
+                "the first checkpoint by the study's policy",
             )
+            wait_for_found(  # then into the next interval
+                lambda: len(client.lineage(trial_id).metrics) > CHECKPOINT_STEPS, 30,
+                "a metric point after the first checkpoint",
+            )
+            signalled = time.monotonic()
             first.send_signal(signal.SIGTERM)
-            _, stderr = first.communicate(timeout=60)
+            _, stderr = first.communicate(timeout=notice + 30)
+            exited_after = time.monotonic() - signalled
         finally:
             if first.poll() is None:
                 first.kill()
         assert first.returncode == 0, stderr[-4000:]
+        # Checkpointed, reported and handed back, then gone, within the notice.
+        assert exited_after < notice, f"hand-back took {exited_after:.1f} s"
 
         handed_back = client.get_trial(trial_id)
         assert handed_back.state == trial_pb2.RESUMABLE
-        assert handed_back.checkpoint_step >= 3
-        assert local(handed_back.checkpoint_uri).exists()
+        assert handed_back.checkpoint_uri.startswith(checkpoint_url + "/")
+        assert handed_back.last_attempt_end == trial_pb2.ATTEMPT_PREEMPTED
+        assert handed_back.failures == 0  # a preemption is no failure
+        assert handed_back.checkpoint_seconds > 0 and handed_back.train_seconds > 0
+        first_attempt = wait_for_found(
+            lambda: (lin := client.lineage(trial_id)) and lin.attempts
+            and lin.attempts[0].attempt_end and lin.attempts[0], 30,
+            "the first attempt's end in the lineage",
+        )
+        assert first_attempt.attempt_end == trial_pb2.ATTEMPT_PREEMPTED
 
+        store = checkpoints.open_store(checkpoint_url, client=objectstore.client(s3))
         worker = Worker(client, DigitsWorkload(), WorkerConfig(
             study_id=study_id, worker_id="it-b", state_dir=tmp_path, max_steps=27,
             decision_wait=0,
-        ))
+        ), store=store)
         report = worker.run()
         assert report.outcomes == {"completed": 1}
 
         lineage = wait_for_found(
-            lambda: (lin := client.lineage(trial_id)) and lin.has_final_value and lin, 30,
-            "the final value in the lineage",
+            lambda: (lin := client.lineage(trial_id)) and lin.has_final_value
+            and len(lin.attempts) == 2 and lin, 30, "the final value in the lineage",
         )
         assert [a.worker_id for a in lineage.attempts] == ["it-a", "it-b"]
-        second = lineage.attempts[1].attempt_id
-        resumed_steps = sorted(p.step for p in lineage.metrics if p.attempt_id == second)
-        # The second attempt continued after the checkpoint instead of starting over.
+        first_id, second_id = (a.attempt_id for a in lineage.attempts)
+        trained_first = max(p.step for p in lineage.metrics if p.attempt_id == first_id)
+        resumed_steps = sorted(p.step for p in lineage.metrics if p.attempt_id == second_id)
+        # The second attempt continued after the hand-back's checkpoint: at most one
+        # checkpoint interval redone (none when the notice's checkpoint was saved).
         assert resumed_steps[0] == handed_back.checkpoint_step + 1
+        assert trained_first - handed_back.checkpoint_step <= CHECKPOINT_STEPS
         assert resumed_steps[-1] == 27
+        print(f"hand-back: process gone {exited_after:.2f} s after SIGTERM; checkpoint "
+              f"{handed_back.checkpoint_uri.rsplit('/', 1)[-1]}; steps trained by the first "
+              f"attempt {trained_first:g}, redone {trained_first - handed_back.checkpoint_step:g}")
+        done = client.get_trial(trial_id)
+        assert done.failures == 0 and done.state == trial_pb2.COMPLETED
+        # Retention: the newest checkpoints_kept (2) of the trial, the final one pinned.
+        kept = store.list(study_id, trial_id)
+        assert 1 <= len(kept) <= 2, [c.uri for c in kept]
+        assert any(c.pinned for c in kept)
