@@ -104,17 +104,31 @@ class Tail:
         await self.consumer.stop()
 
 
-async def read_all(bootstrap: str) -> list[int]:
+async def reach(tails: list[Tail], end: int, timeout: float = 60.0) -> None:
+    """Poll the tails until each one's position is ``end`` (or the timeout passed: what
+    a tail did not read by then counts as skipped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        positions = [await tail.consumer.position(tail.tp) for tail in tails]
+        if all(position >= end for position in positions):
+            return
+        await asyncio.gather(*(tail.poll() for tail in tails))
+
+
+async def read_all(bootstrap: str, timeout: float = 120.0) -> list[int]:
+    """Every offset stored in partition 0, read up to the high watermark its fetches
+    report (an empty fetch is no proof of the end: on S3 storage one can take longer
+    than the poll's timeout)."""
     tail = Tail(bootstrap, None)
     await tail.start()
+    deadline = time.monotonic() + timeout
     try:
-        while True:
-            before = len(tail.seen)
+        while time.monotonic() < deadline:
             await tail.poll()
-            if len(tail.seen) == before:
-                await tail.poll()  # one more empty poll: the end
-                if len(tail.seen) == before:
-                    return tail.seen
+            end = tail.consumer.highwater(tail.tp)
+            if end is not None and (end == 0 or (tail.seen and tail.seen[-1] + 1 >= end)):
+                return tail.seen
+        raise TimeoutError(f"partition 0 not read to its end in {timeout:.0f} s")
     finally:
         await tail.stop()
 
@@ -198,8 +212,7 @@ async def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
                 raise RuntimeError(f"producer exited with {p.returncode}")
         produced = [json.loads(stdout) for stdout, _ in outputs.result()]
         stored = await read_all(bootstrap)
-        for _ in range(20):  # let both tails reach the end
-            await asyncio.gather(*(tail.poll() for tail in tails.values()))
+        await reach(list(tails.values()), stored[-1] + 1 if stored else 0)
         out: dict[str, Any] = {
             "sync_produce_ms": percentiles(sync),
             "producer_ack_ms": percentiles([a for r in produced for a in r["ack_ms"]]),
