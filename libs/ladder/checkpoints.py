@@ -264,18 +264,25 @@ class S3CheckpointStore(CheckpointStore):
     """Checkpoints as objects under ``s3://bucket/prefix``; a save is one upload (S3
     objects appear whole), staged in a local temporary folder."""
 
-    def __init__(self, bucket: str, prefix: str = "", client: Any = None,
-                 staging_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        client: Any = None,
+        staging_dir: Path | None = None,
+        settings: objectstore.S3Settings | None = None,
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}/"
         self._client = client
+        self._settings = settings  # for the client made on first use (None: the default)
         self._staging = staging_dir
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = objectstore.client()
+            self._client = objectstore.client(self._settings)
         return self._client
 
     def connect(self) -> None:
@@ -383,8 +390,9 @@ def open_store(
     url: str | None = None, *, state_dir: Path | None = None, client: Any = None
 ) -> CheckpointStore:
     """The store for ``url`` (default :func:`default_url`). ``client`` is the boto3
-    client of an ``s3://`` store (default: ``ladder.objectstore.client()``, made when
-    first needed). Raises :class:`CheckpointStoreError` for a URL no backend serves."""
+    client of an ``s3://`` store (default: one for ``ladder.objectstore.settings`` of
+    ``state_dir``, made when first needed). Raises :class:`CheckpointStoreError` for a
+    URL no backend serves."""
     url = url or default_url(state_dir)
     parsed = urlparse(url)
     if parsed.scheme == "file":
@@ -394,7 +402,10 @@ def open_store(
             raise CheckpointStoreError(f"checkpoint URL {url!r} names no bucket (s3://BUCKET/)")
         if parsed.query or parsed.fragment:
             raise CheckpointStoreError(f"checkpoint URL {url!r}: no query or fragment allowed")
-        return S3CheckpointStore(parsed.netloc, parsed.path, client=client)
+        return S3CheckpointStore(
+            parsed.netloc, parsed.path, client=client,
+            settings=None if client is not None else objectstore.settings(state_dir),
+        )
     raise CheckpointStoreError(
         f"checkpoint URL {url!r}: expected file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX"
     )

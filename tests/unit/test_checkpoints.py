@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from ladder import checkpoints
+from ladder import checkpoints, objectstore
 from ladder.checkpoints import (
     Checkpoint,
     CheckpointKey,
@@ -141,3 +141,23 @@ def test_a_missing_bucket_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointStoreError, match="bucket 'no-such-bucket' does not exist"):
         save_bytes(store, CheckpointKey("s", "t", "a", 1), b"x")
     assert list(tmp_path.iterdir()) == []  # the staged file is gone either way
+
+
+def test_the_stack_of_the_given_state_folder_names_the_s3_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker's state folder, not LADDER_STATE_DIR, decides (as for its endpoints).
+    for name in ("LADDER_CHECKPOINT_URL", "LADDER_S3_ENDPOINT", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    identity = tmp_path / "objectstore-s3.json"
+    access, _ = objectstore.ensure_identity(identity)
+    (tmp_path / "stack.json").write_text(json.dumps({
+        "s3_endpoint": "http://127.0.0.1:9", "s3_credentials_file": str(identity),
+        "checkpoint_url": "s3://ladder-checkpoints/",
+    }))
+    store = open_store(state_dir=tmp_path)
+    store.connect()
+    assert isinstance(store, S3CheckpointStore) and store.url == "s3://ladder-checkpoints/"
+    assert store.client.meta.endpoint_url == "http://127.0.0.1:9"
+    assert store.client._request_signer._credentials.access_key == access
