@@ -117,10 +117,10 @@ def test_tpe_models_as_soon_as_feasible_and_infeasible_points_fill_its_startup()
 
 @pytest.fixture
 def servicer() -> SuggestServicer:
-    state = SimpleNamespace(studies=SimpleNamespace(), trials=SimpleNamespace())
-    producer = SimpleNamespace(send=lambda *a, **kw: None)
+    """Only the trials-topic handler is used: no Redis, no broker."""
     settings = Settings(kafka_bootstrap="", redis_url="", topics=Topics("t."))
-    return SuggestServicer(settings, state, producer, 60.0)  # type: ignore[arg-type]
+    nothing = SimpleNamespace(studies=None, trials=None)
+    return SuggestServicer(settings, nothing, None, 60.0)  # type: ignore[arg-type]
 
 
 def _record(servicer: SuggestServicer, trial_id: str, state: int, kind: int) -> SimpleNamespace:
