@@ -264,13 +264,20 @@ def restart_order(info: Mapping[str, Any], names: Iterable[str]) -> list[str]:
     return [n for n in _components(info) if n in restart]
 
 
+def _objectstore_ok(info: Mapping[str, Any]) -> bool:
+    try:
+        found = objectstore.stack_settings(info)
+    except (OSError, ValueError, KeyError, IndexError):
+        return False  # its credentials file is gone or torn: nothing can authenticate
+    return found is not None and probes.s3_ready(found)
+
+
 def _component_ok(info: dict[str, Any], records: dict[str, ProcRecord], name: str) -> bool:
     rec = records.get(name)
     if rec is not None and not procs.is_running(rec):
         return False
     if name == OBJECTSTORE:
-        found = objectstore.stack_settings(info)
-        return found is not None and probes.s3_ready(found)
+        return _objectstore_ok(info)
     if name == REDIS:
         return probes.redis_ping(info["redis_url"])
     if name == KAFKA:
@@ -285,7 +292,7 @@ def _unhealthy(info: dict[str, Any]) -> list[str] | None:
         records = _records(info)
         info["redis_url"], info["kafka_bootstrap"]  # noqa: B018 - both must be recorded
         return [n for n in _components(info) if not _component_ok(info, records, n)]
-    except (KeyError, TypeError, ValueError, OSError):
+    except (KeyError, TypeError, ValueError):
         return None  # A stack.json we cannot read describes nothing we can trust.
 
 
@@ -335,6 +342,7 @@ def up(
     ``broker_storage`` ("s3" or "memory"; default LADDER_BROKER_STORAGE) is where the
     embedded broker keeps its log; when neither names one, a recorded stack keeps its
     own and a new one gets s3.
+
     The returned dict has ``reused: True`` when nothing had to be started and
     ``restarted`` naming what a repair started again (neither is stored in
     ``stack.json``). A recorded stack that matches this call keeps its addresses: only
@@ -804,9 +812,8 @@ def status(state_dir: Path | str | None = None) -> list[ComponentStatus]:
 
     if SUPERVISOR in records:
         add(SUPERVISOR, "", lambda: (True, ""))
-    s3 = objectstore.stack_settings(info) if info.get("objectstore_ports") else None
-    if s3 is not None:
-        add(OBJECTSTORE, s3.endpoint_url, lambda: (probes.s3_ready(s3), ""))
+    if info.get("objectstore_ports"):
+        add(OBJECTSTORE, info.get("s3_endpoint", ""), lambda: (_objectstore_ok(info), ""))
     if info:
         add(KAFKA, info.get("kafka_bootstrap", ""),
             lambda: (probes.kafka_reachable(info["kafka_bootstrap"]), ""))
