@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup proto up down status demo test test-unit test-integration lint clean \
   bench bench-earlystop bench-curves bench-scale bench-broker bench-quality bench-suggest \
-  bench-evaluate-kills bench-unknown-studies bench-restarts \
+  bench-evaluate-kills bench-unknown-studies bench-restarts bench-checkpoints \
   loadsim
 
 setup: $(STAMP) $(PROTO_OUT)
@@ -62,7 +62,7 @@ test-integration: setup
 
 # Benchmarks write JSON and PNG under bench/results/ (see bench/README.md).
 bench: bench-earlystop bench-broker bench-scale bench-quality bench-suggest bench-evaluate-kills \
-  bench-unknown-studies bench-restarts
+  bench-unknown-studies bench-restarts bench-checkpoints
 
 # Replays the committed real-curve table and synthetic families through Ladder's
 # schedulers (stopping and promotion forms) and Optuna's pruners (~3 min).
@@ -126,6 +126,12 @@ bench-unknown-studies: setup
 # on throughout, the same pruned fraction (~5 min).
 bench-restarts: setup
 	$(PY) bench/restarts.py
+
+# Checkpoint overhead of the digits workload on a fresh embedded stack: a checkpoint
+# every epoch to its SeaweedFS and to a local folder, save time per checkpoint and
+# overhead at every step and at the default 300 s interval, plus upload bandwidth (~4 min).
+bench-checkpoints: setup
+	$(PY) bench/checkpoint_overhead.py
 
 lint: setup
 	$(VENV)/bin/ruff check libs services workers tests bench
