@@ -9,6 +9,8 @@ better trials to tell apart; each step sleeps LADDER_SYNTHETIC_STEP_S seconds
 Interruptible (``workers.runtime.Workload``): a step waits on the runtime's interrupt
 event instead of sleeping; once it is set the step stops, the state keeps how much of
 the step was done (``partial_s``) and a resumed attempt waits only for the rest.
+LADDER_SYNTHETIC_INTERRUPTIBLE=0 makes it a workload without the hook (its steps cannot
+be cut short), to exercise the runtime's other path.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class SyntheticWorkload:
 
     def __init__(self) -> None:
         self.step_s = float(os.environ.get("LADDER_SYNTHETIC_STEP_S", 0.1))
+        self.interruptible = os.environ.get("LADDER_SYNTHETIC_INTERRUPTIBLE", "1") != "0"
 
     def init(self, params: Mapping[str, PlainValue], seed: int) -> dict[str, Any]:
         floor = 0.0
@@ -44,8 +47,6 @@ class SyntheticWorkload:
                 x = math.log10(value) if value > 0 else float(value)
                 floor += 0.1 * (x - OPTIMUM_LOG10) ** 2
         return {"floor": floor, "step": 0}
-
-    interruptible = True
 
     def train_step(
         self, state: dict[str, Any], step: int, interrupt: threading.Event | None = None

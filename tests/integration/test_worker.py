@@ -261,3 +261,49 @@ def test_sigterm_hands_the_trial_back_and_the_next_worker_resumes(
         kept = store.list(study_id, trial_id)
         assert 1 <= len(kept) <= 2, [c.uri for c in kept]
         assert any(c.pinned for c in kept)
+
+
+def test_a_step_longer_than_the_notice_is_handed_back_without_waiting_for_it(
+    services: Settings, tmp_path: Path
+) -> None:
+    # A workload without the interrupt hook, whose steps (20 s) outlast the notice (4 s):
+    # the worker hands the trial back from its last checkpoint (none: the first step
+    # runs) before the notice ends, and its process exits without finishing the step.
+    notice = 4.0
+    env = {**worker_env(services, tmp_path), "LADDER_SYNTHETIC_STEP_S": "20",
+           "LADDER_SYNTHETIC_INTERRUPTIBLE": "0"}
+    with LadderClient(services) as client:
+        config = study_config({"x": {"type": "float", "low": 1e-3, "high": 1.0, "log": True}},
+                              metric="val_loss", max_trials=1, seed=3)
+        config.trial_policy.preemption_notice_seconds = notice
+        study_id = client.create_study(config).study_id
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "workers", "--study", study_id, "--worker-id", "it-slow",
+             "--workload", "synthetic"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            trial_id = wait_for_found(
+                lambda: next(iter(client.list_trials(study_id)), None), 60,
+                "the trial to be suggested",
+            ).trial_id
+            wait_for(lambda: client.get_trial(trial_id).state == trial_pb2.RUNNING, 30,
+                     "the trial to start")
+            signalled = time.monotonic()
+            worker.send_signal(signal.SIGTERM)
+            wait_for(lambda: client.get_trial(trial_id).state == trial_pb2.RESUMABLE, notice,
+                     "the hand-back within the notice")
+            handed_back_after = time.monotonic() - signalled
+            _, stderr = worker.communicate(timeout=30)
+            exited_after = time.monotonic() - signalled
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        assert worker.returncode == 0, stderr[-4000:]
+        assert exited_after < 20, "the worker waited for the step"  # the step lasts 20 s
+        trial = client.get_trial(trial_id)
+        assert trial.last_attempt_end == trial_pb2.ATTEMPT_PREEMPTED and trial.failures == 0
+        assert trial.checkpoint_uri == ""  # nothing to resume from: the first step ran
+        assert "handed back from the checkpoint of step 0 while step 1 runs" in stderr
+        print(f"long step: handed back {handed_back_after:.2f} s after SIGTERM, "
+              f"process gone after {exited_after:.2f} s")
