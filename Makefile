@@ -88,7 +88,8 @@ bench-scale: setup
 
 # Whether a consumer tailing the embedded broker sees every record while several
 # producers append to the partition, with and without early-stop's re-read of skipped
-# offsets (3 runs of 45 s, ~3 min).
+# offsets, and the produce latency of the broker's log on S3 vs in memory (3 runs of
+# 45 s per storage, alternately, each on a fresh stack; ~10 min).
 bench-broker: setup
 	$(PY) bench/tansu_skip.py
 
