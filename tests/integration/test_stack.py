@@ -7,6 +7,7 @@ No sleeps for synchronization: every wait polls a condition against a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
-from ladder import config
+from ladder import config, objectstore
 from ladder.stack import launcher, ports, probes, procs
 from ladder.stack.components import SERVICES, ServiceSpec
 from ladder.stack.procs import ProcRecord
@@ -335,3 +336,57 @@ def test_a_service_waiting_on_a_dead_redis_is_not_restarted_with_it(
         assert time.monotonic() - started < launcher.UNHEALTHY_GRACE
         assert procs.is_running(recs["evaluate"])
         assert probes.serving(second["evaluate_addr"])
+
+
+def test_cli_up_on_s3_records_a_private_object_store_and_down_stops_it(
+    tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    state = tmp_path / "state"
+    env = {**clean_env, "LADDER_BROKER_STORAGE": "memory"}  # the flag must win
+    up = ladder_cli("up", "--no-services", "--broker-storage", "s3", "--state-dir", str(state),
+                    env=env)
+    assert up.returncode == 0, up.stderr
+    info = json.loads((state / "stack.json").read_text())
+    try:
+        assert {r.name for r in records(info)} == {"objectstore", "kafka", "redis"}
+        assert info["broker_storage"] == "s3"
+        assert info["checkpoint_url"] == "s3://ladder-checkpoints/"
+        identity = Path(info["s3_credentials_file"])
+        assert identity.stat().st_mode & 0o777 == 0o600
+        secret = json.loads(identity.read_text())["identities"][0]["credentials"][0]
+        assert secret["secretKey"] not in (state / "stack.json").read_text()
+        # Every port weed opens is one `up` chose; none of its fixed defaults.
+        chosen = set(info["objectstore_ports"].values())
+        assert len(chosen) == 8
+        listening = _listening_ports(ProcRecord.from_json("objectstore",
+                                                          info["pids"]["objectstore"]).pid)
+        assert listening <= chosen, listening - chosen
+        s3 = objectstore.client(objectstore.stack_settings(info))
+        names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+        assert {"ladder-broker", "ladder-checkpoints"} <= names
+        status = ladder_cli("status", "--state-dir", str(state), env=env)
+        assert status.returncode == 0 and "objectstore" in status.stdout, status.stdout
+    finally:
+        down = ladder_cli("down", "--state-dir", str(state), env=env)
+    assert down.returncode == 0, down.stderr
+    assert "objectstore" in down.stdout
+    for rec in records(info):
+        assert pid_gone(rec), rec.name
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """TCP ports a process listens on (its sockets' inodes matched in /proc/net/tcp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    found.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return found
