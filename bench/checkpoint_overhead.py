@@ -37,7 +37,6 @@ The machine is shared (2 cores): the load average at start and end is recorded.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import logging
 import os
@@ -55,6 +54,7 @@ from ladder.config import Settings
 from ladder.params import params_to_dict
 from ladder.stack import Stack
 from ladder.study import CHECKPOINT_INTERVAL_SECONDS
+from suggest_latency import package_version
 
 from workers.digits import DATASET_ID, SEARCH_SPACE, DigitsWorkload
 from workers.runtime import Worker, WorkerConfig
@@ -171,14 +171,9 @@ def bandwidth(store: CheckpointStore, sizes_mb: list[int], repeats: int = 3
 
 
 def machine() -> dict[str, Any]:
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
     return {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "versions": versions}
+            "python": platform.python_version(),
+            "versions": {name: package_version(name) for name in PACKAGES}}
 
 
 def main(argv: list[str] | None = None) -> int:

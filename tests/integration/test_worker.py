@@ -172,6 +172,22 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Settings]:
 CHECKPOINT_STEPS = 3
 
 
+def worker_process(study_id: str, worker_id: str, env: dict[str, str], *args: str
+                   ) -> subprocess.Popen[str]:
+    """``python -m workers`` for one worker; its log (stderr) is read at the end."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers", "--study", study_id, "--worker-id", worker_id, *args],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def the_trial(client: LadderClient, study_id: str) -> str:
+    """The id of a one-trial study's trial, once lineage lists it."""
+    return wait_for_found(
+        lambda: next(iter(client.list_trials(study_id)), None), 60, "the trial to be suggested"
+    ).trial_id
+
+
 def test_sigterm_hands_the_trial_back_and_the_next_worker_resumes(
     services: Settings, s3: S3Settings, tmp_path: Path
 ) -> None:
@@ -189,16 +205,9 @@ def test_sigterm_hands_the_trial_back_and_the_next_worker_resumes(
         study_id = client.create_study(config).study_id
         notice = client.get_study(study_id).config.trial_policy.preemption_notice_seconds
         assert notice == 25  # the default
-        first = subprocess.Popen(
-            [sys.executable, "-m", "workers", "--study", study_id, "--worker-id", "it-a",
-             "--max-steps", "27"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        first = worker_process(study_id, "it-a", env, "--max-steps", "27")
         try:
-            trial_id = wait_for_found(
-                lambda: next(iter(client.list_trials(study_id)), None), 60,
-                "the trial to be suggested",
-            ).trial_id
+            trial_id = the_trial(client, study_id)
             wait_for(
                 lambda: client.get_trial(trial_id).checkpoint_step >= CHECKPOINT_STEPS, 60,
                 "the first checkpoint by the study's policy",
@@ -277,16 +286,9 @@ def test_a_step_longer_than_the_notice_is_handed_back_without_waiting_for_it(
                               metric="val_loss", max_trials=1, seed=3)
         config.trial_policy.preemption_notice_seconds = notice
         study_id = client.create_study(config).study_id
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "workers", "--study", study_id, "--worker-id", "it-slow",
-             "--workload", "synthetic"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        worker = worker_process(study_id, "it-slow", env, "--workload", "synthetic")
         try:
-            trial_id = wait_for_found(
-                lambda: next(iter(client.list_trials(study_id)), None), 60,
-                "the trial to be suggested",
-            ).trial_id
+            trial_id = the_trial(client, study_id)
             wait_for(lambda: client.get_trial(trial_id).state == trial_pb2.RUNNING, 30,
                      "the trial to start")
             signalled = time.monotonic()
