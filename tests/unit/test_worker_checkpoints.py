@@ -254,3 +254,37 @@ def test_hand_back_now_once_step_and_save_would_miss_the_deadline() -> None:
     assert not must_hand_back_now(now=0, deadline=25, step_remaining=10, save_estimate=2)
     assert must_hand_back_now(now=0, deadline=25, step_remaining=23, save_estimate=2)
     assert must_hand_back_now(now=24.5, deadline=25, step_remaining=0, save_estimate=0)
+
+
+class RecordingStub:
+    """The evaluate stub of a LadderClient: keeps each request."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+
+    def FailTrial(self, request: Any, timeout: float) -> Any:  # noqa: N802 - gRPC's name
+        self.requests.append(request)
+        return failures.trial_pb2.Trial()
+
+    ReportCheckpoint = FailTrial
+
+
+def test_the_client_sends_the_kind_and_the_overhead() -> None:
+    from ladder.client import LadderClient
+    from ladder.config import Settings
+
+    settings = Settings(kafka_bootstrap="127.0.0.1:9", redis_url="redis://127.0.0.1:9/0",
+                        evaluate_addr="127.0.0.1:9")
+    client = LadderClient(settings, retry_timeout=0)
+    stub = client._evaluate.stub = RecordingStub()
+    client.fail("t", "a", "preempted", kind=failures.PREEMPTED)
+    client.fail("t", "a", "bug", kind=failures.USER_ERROR)
+    client.fail("t", "a", "old style", retryable=False)
+    client.checkpoint("t", "a", "s3://b/k", 3, save_seconds=0.25, train_seconds=300.0)
+    client.close()
+    preempted, bug, old, checkpoint = stub.requests
+    # retryable follows the kind, for a server that predates kinds
+    assert (preempted.kind, preempted.retryable) == (failures.PREEMPTED, True)
+    assert (bug.kind, bug.retryable) == (failures.USER_ERROR, False)
+    assert (old.kind, old.retryable) == (0, False)
+    assert (checkpoint.save_seconds, checkpoint.train_seconds) == (0.25, 300.0)
