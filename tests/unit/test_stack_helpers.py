@@ -126,14 +126,20 @@ def _info(**over: object) -> dict[str, object]:
     return info
 
 
+@pytest.fixture
+def plain_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No external endpoint, prefix or broker profile asked for by the environment."""
+    for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL",
+                "LADDER_BROKER_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+
+
 def matches(info: dict[str, object], services: bool = True) -> bool:
     return launcher._matches(info, services, launcher.Asked.from_env())
 
 
+@pytest.mark.usefixtures("plain_env")
 def test_matches(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL",
-                "LADDER_BROKER_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
     assert matches(_info(), services=True)
     assert matches(_info(), services=False)
     assert not matches(_info(services=False), services=True)
@@ -146,10 +152,8 @@ def test_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     assert matches(_info(external={"kafka": True, "redis": False}), services=True)
 
 
+@pytest.mark.usefixtures("plain_env")
 def test_the_stack_records_its_broker_profile(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL",
-                "LADDER_BROKER_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
     assert launcher.Asked.from_env().broker_profile == "tansu"
     assert matches(_info(broker_profile="tansu"))
     monkeypatch.setenv("LADDER_KAFKA_BOOTSTRAP", "127.0.0.1:1")
@@ -199,12 +203,10 @@ def _stack_with(names: list[str]) -> dict[str, object]:
     return _info(evaluate_addr="127.0.0.1:3", pids=pids)
 
 
+@pytest.mark.usefixtures("plain_env")
 def test_a_dead_redis_is_restarted_before_the_services_are_judged(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL",
-                "LADDER_BROKER_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
     layout = launcher.Layout.of(tmp_path)
     launcher._write_stack(layout, _stack_with(["kafka", "redis", "evaluate", "supervisor"]))
     alive = {"kafka", "evaluate", "supervisor"}  # Redis was killed
@@ -378,10 +380,8 @@ def test_restart_order_leaves_an_external_broker_alone() -> None:
     assert launcher.restart_order(info, ["objectstore"]) == ["objectstore"]
 
 
+@pytest.mark.usefixtures("plain_env")
 def test_the_recorded_storage_must_match(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL",
-                "LADDER_BROKER_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
     asked_s3 = launcher.Asked.from_env("s3")
     assert launcher._matches(_durable(), True, asked_s3)
     # A stack.json without broker_storage ran its broker in memory.
@@ -395,12 +395,10 @@ def test_the_recorded_storage_must_match(monkeypatch: pytest.MonkeyPatch) -> Non
     assert launcher._matches(_durable(), True, implicit)
 
 
+@pytest.mark.usefixtures("plain_env")
 def test_a_dead_object_store_is_restarted_first_with_its_broker(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    for var in ("LADDER_TOPIC_PREFIX", "LADDER_KAFKA_BOOTSTRAP", "LADDER_REDIS_URL",
-                "LADDER_BROKER_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
     layout = launcher.Layout.of(tmp_path)
     names = ["objectstore", "kafka", "redis", "evaluate", "lineage"]
     pids = {n: ProcRecord(n, 10 + i, 1).to_json() for i, n in enumerate(names)}
