@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup proto up down status demo test test-unit test-integration lint clean \
   bench bench-earlystop bench-curves bench-scale bench-broker bench-quality bench-suggest \
-  bench-evaluate-kills bench-unknown-studies bench-restarts bench-checkpoints \
+  bench-evaluate-kills bench-unknown-studies bench-restarts bench-checkpoints bench-chaos \
   loadsim
 
 setup: $(STAMP) $(PROTO_OUT)
@@ -62,7 +62,7 @@ test-integration: setup
 
 # Benchmarks write JSON and PNG under bench/results/ (see bench/README.md).
 bench: bench-earlystop bench-broker bench-scale bench-quality bench-suggest bench-evaluate-kills \
-  bench-unknown-studies bench-restarts bench-checkpoints
+  bench-unknown-studies bench-restarts bench-checkpoints bench-chaos
 
 # Replays the committed real-curve table and synthetic families through Ladder's
 # schedulers (stopping and promotion forms) and Optuna's pruners (~3 min).
@@ -133,6 +133,15 @@ bench-restarts: setup
 # overhead at every step and at the default 300 s interval, plus upload bandwidth (~4 min).
 bench-checkpoints: setup
 	$(PY) bench/checkpoint_overhead.py
+
+# Chaos on the durable stack (issue 14): a 300-trial study worked by 10 worker processes
+# while 3 waves preempt 60% of them (half SIGKILL, half SIGTERM; replaced), every
+# component gets kill -9 then `ladder up`, and a plain Kafka client puts malformed records
+# between valid JSON reports; then 1,000 simulated workers with a simulator process,
+# evaluate and early-stop killed; then `ladder down && ladder up` (~10 min). Not niced:
+# it measures death-to-resume.
+bench-chaos: setup
+	$(PY) bench/chaos.py
 
 lint: setup
 	$(VENV)/bin/ruff check libs services workers tests bench

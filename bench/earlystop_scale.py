@@ -3,7 +3,7 @@
 ::
 
     .venv/bin/python bench/earlystop_scale.py [--duration 60] [--scenarios 1es,2es]
-        [--ramp 10] [--merge]
+        [--ramp 10] [--merge] [--storage s3|memory]
 
 Scenarios, in this order (each a fresh ASHA study; the loadsim ones are run by
 ``python -m workers.loadsim``):
@@ -37,6 +37,8 @@ Scenarios, in this order (each a fresh ASHA study; the loadsim ones are run by
    recovers the decision state from the changelogs. Decisions lost must be 0; the
    recovery gap is how long the reports of the killed partitions waited.
 
+The broker keeps its log where ``--storage`` says (``s3``: in the embedded object store,
+the stack's default; ``memory``); ``bench/durability_cost.py`` runs one scenario on both.
 Each scenario first waits (bounded) until the early-stop group has no metrics backlog.
 The simulator runs ``LOADSIM_NICE`` steps nicer than the stack, in its own session
 whose autogroup gets the same nice value (the load generator should not take the CPU
@@ -851,8 +853,15 @@ def main() -> None:
         default=1,
         help="run the scenarios this many times, each time on a fresh stack (name@2, ...)",
     )
+    parser.add_argument(
+        "--storage",
+        choices=("s3", "memory"),
+        default=os.environ.get("LADDER_BROKER_STORAGE") or "s3",
+        help="where the embedded broker keeps its log (LADDER_BROKER_STORAGE; default s3)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "earlystop-scale.json")
     args = parser.parse_args()
+    os.environ["LADDER_BROKER_STORAGE"] = args.storage  # every fresh stack of this run
     wanted = set(args.scenarios.split(","))
     report: dict[str, Any] = {
         "seed": 7,
@@ -864,7 +873,12 @@ def main() -> None:
     if args.merge and args.out.exists():
         report = json.loads(args.out.read_text())
     report.setdefault("runs", []).append(
-        {"machine": machine(), "duration_s": args.duration, "scenarios": sorted(wanted)}
+        {
+            "machine": machine(),
+            "duration_s": args.duration,
+            "scenarios": sorted(wanted),
+            "broker_storage": args.storage,
+        }
     )
     scenarios = report["scenarios"]
     outside_env = dict(os.environ)
