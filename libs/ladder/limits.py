@@ -32,6 +32,8 @@ field or map has a count limit and a limit per element (map keys too).
 | labels                                                           | 64; key 256, value 1024 chars |
 | warm_start.configurations                                        | 1000                |
 | payload (of a dead letter)                                       | 64 KiB              |
+| packages (of a run environment: "name==version")                 | 2048; each 128 chars|
+| python, os, cpu_model, gpu_model, packages_hash                  | 256 chars (`NAME`)  |
 | a whole StudyConfig, serialized                                  | 256 KiB             |
 
 Beyond what the fields allow, the servers refuse a request over
@@ -63,6 +65,8 @@ PARAMETERS = 128
 CHOICES = 1024
 LABELS = 64
 KNOWN_CONFIGURATIONS = 1000
+PACKAGES = 2048
+PACKAGE = 128
 DEAD_LETTER_PAYLOAD = 64 * 1024
 STUDY_CONFIG_BYTES = 256 * 1024
 DEFAULT_TEXT = TEXT
@@ -91,7 +95,9 @@ RULES: Mapping[str, Limit] = {
     **{f: Limit(size=ID) for f in ("study_id", "trial_id", "attempt_id", "worker_id",
                                     "from_study_id", "ended_attempt_id")},
     **{f: Limit(size=NAME) for f in ("name", "metric", "parent", "scheduler", "algorithm",
-                                      "hostname", "code_commit", "source_topic", "service")},
+                                      "hostname", "code_commit", "source_topic", "service",
+                                      "python", "os", "cpu_model", "gpu_model",
+                                      "packages_hash")},
     "dataset_id": Limit(size=TEXT),
     "environment": Limit(size=TEXT),
     "reason": Limit(size=REASON),
@@ -106,6 +112,7 @@ RULES: Mapping[str, Limit] = {
     "labels": Limit(count=LABELS, key=NAME, size=TEXT),
     "configurations": Limit(count=KNOWN_CONFIGURATIONS),
     "payload": Limit(size=DEAD_LETTER_PAYLOAD),
+    "packages": Limit(count=PACKAGES, size=PACKAGE),
 }
 
 # Whole messages whose serialized size is bounded: the product of their field limits
