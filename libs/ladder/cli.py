@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ladder import cli_query, config
+from ladder import cli_query, cli_run, config
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,7 @@ COMMANDS: dict[str, Command] = {
                       _run_status),
 }
 cli_query.register(COMMANDS, Command)
+cli_run.register(COMMANDS, Command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ field or map has a count limit and a limit per element (map keys too).
 | ended_attempt_id                                                 |                     |
 | name, metric, parent, scheduler, algorithm, hostname,            | 256 chars (`NAME`)  |
 | code_commit, source_topic, service                               |                     |
-| dataset_id, environment                                          | 1024 chars (`TEXT`) |
+| dataset_id, environment, entry_point                             | 1024 chars (`TEXT`) |
 | reason (FailTrial, trial events, decisions, dead letters)        | 4096 chars          |
 | uri, checkpoint_uri                                              | 2048 chars          |
 | space.parameters; params (of a trial, of a known configuration)  | 128; keys 256 chars |
@@ -100,6 +100,7 @@ RULES: Mapping[str, Limit] = {
                                       "packages_hash")},
     "dataset_id": Limit(size=TEXT),
     "environment": Limit(size=TEXT),
+    "entry_point": Limit(size=TEXT),
     "reason": Limit(size=REASON),
     "uri": Limit(size=URI),
     "checkpoint_uri": Limit(size=URI),
