@@ -19,6 +19,7 @@ Pure code (no I/O).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ladder.study import OomPolicy
@@ -59,7 +60,8 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     ArithmeticError,
 )
 
-_OOM_MARKERS = ("out of memory", "outofmemory", "cuda error: out of memory", "oom")
+# Whole words only: "room" or "zoom" in a message is not out-of-memory.
+_OOM_MESSAGE = re.compile(r"out of memory|outofmemory|\boom\b")
 
 
 def classify(exc: BaseException) -> FailureKind:
@@ -74,7 +76,7 @@ def classify(exc: BaseException) -> FailureKind:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return OUT_OF_MEMORY
     text = str(exc).lower()
-    if isinstance(exc, RuntimeError) and any(marker in text for marker in _OOM_MARKERS):
+    if isinstance(exc, RuntimeError) and _OOM_MESSAGE.search(text):
         return OUT_OF_MEMORY
     if isinstance(exc, FloatingPointError):
         return DIVERGED

@@ -22,6 +22,8 @@ class OutOfMemoryError(RuntimeError):  # the name torch.cuda uses
         (OSError("disk gone"), failures.INFRASTRUCTURE),
         (ConnectionError("reset"), failures.INFRASTRUCTURE),
         (RuntimeError("NCCL timeout"), failures.INFRASTRUCTURE),
+        (RuntimeError("OOM when allocating tensor"), failures.OUT_OF_MEMORY),
+        (RuntimeError("not enough room in the zoom buffer"), failures.INFRASTRUCTURE),
         (TrialFailed(failures.TIMEOUT, "too slow"), failures.TIMEOUT),
     ],
 )
