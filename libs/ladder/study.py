@@ -103,6 +103,7 @@ CHECKPOINT_INTERVAL_SECONDS = 300.0
 CHECKPOINTS_KEPT = 2
 PREEMPTION_NOTICE_SECONDS = 25.0
 STALL_TIMEOUT_SECONDS = 1800.0
+MAX_INTERRUPTIONS = 25
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class TrialPolicySpec:
     | max_trial_seconds           | None (unlimited, from 0)                         |
     | on_out_of_memory            | RETRY_ONCE                                       |
     | max_failures                | 0 = the evaluate service's --max-attempts        |
+    | max_interruptions           | 25 (None: unlimited, from a negative value)      |
     """
 
     checkpoint_interval_seconds: float = CHECKPOINT_INTERVAL_SECONDS
@@ -129,6 +131,7 @@ class TrialPolicySpec:
     max_trial_seconds: float | None = None
     on_out_of_memory: OomPolicy = OomPolicy.RETRY_ONCE
     max_failures: int = 0
+    max_interruptions: int | None = MAX_INTERRUPTIONS
 
     @classmethod
     def from_proto(cls, policy: study_pb2.TrialPolicy) -> TrialPolicySpec:
@@ -170,6 +173,11 @@ class TrialPolicySpec:
             max_trial_seconds=policy.max_trial_seconds or None,
             on_out_of_memory=OOM_POLICIES.parse(policy.on_out_of_memory, StudyConfigError),
             max_failures=policy.max_failures,
+            max_interruptions=(
+                None
+                if policy.max_interruptions < 0
+                else policy.max_interruptions or MAX_INTERRUPTIONS
+            ),
         )
 
     def fill_proto(self, out: study_pb2.TrialPolicy) -> None:
@@ -184,6 +192,7 @@ class TrialPolicySpec:
         out.max_trial_seconds = self.max_trial_seconds or 0.0
         out.on_out_of_memory = OOM_POLICIES.number(self.on_out_of_memory)
         out.max_failures = self.max_failures
+        out.max_interruptions = -1 if self.max_interruptions is None else self.max_interruptions
 
     def checkpoint_due(self, seconds_since: float, steps_since: int) -> bool:
         """Is a checkpoint due after this much training time and these many steps since
