@@ -548,10 +548,13 @@ class LadderClient:
         attempt_id: str,
         hostname: str = "",
         environment: str = "",
+        run_environment: trial_pb2.RunEnvironment | None = None,
     ) -> evaluate_pb2.StartTrialResponse:
+        """Start an attempt; ``run_environment`` (``ladder.runenv.capture``) is what
+        lineage records of it."""
         request = evaluate_pb2.StartTrialRequest(
             trial_id=trial_id, worker_id=worker_id, attempt_id=attempt_id,
-            hostname=hostname, environment=environment,
+            hostname=hostname, environment=environment, run_environment=run_environment,
         )
         return self._call(self._evaluate, "StartTrial", request, "StartTrial")
 

@@ -143,6 +143,11 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
             reply.decision.CopyFrom(decision)
             if decision.action in (events_pb2.STOP, events_pb2.PROMOTE, events_pb2.PAUSE):
                 reply.action = decision.action
+        if step is not None and reply.action != events_pb2.STOP:
+            scheduler = self.studies.spec(self.trials.study_of(request.trial_id)).scheduler
+            reply.decision_pending = scheduler.verdict_pending(
+                request.trial_id, step, decision.resource if decision is not None else None
+            )
         return reply
 
     def ReportCheckpoint(

@@ -8,7 +8,7 @@ def scheduler(**kwargs: object) -> study_pb2.SchedulerConfig:
 
 
 def rung_milestones(config: study_pb2.SchedulerConfig, max_steps: float) -> list[float]:
-    """Where a worker waits for a decision (``Worker.scheduler.decision_rungs``)."""
+    """Where ASHA or Hyperband may decide (``SchedulerSpec.decision_rungs``)."""
     return SchedulerSpec.from_proto(config).decision_rungs(max_steps)
 
 
@@ -37,3 +37,37 @@ def test_eta_two() -> None:
 @pytest.mark.parametrize("kind", [study_pb2.NONE, study_pb2.MEDIAN])
 def test_no_milestones_without_rungs(kind: int) -> None:
     assert rung_milestones(scheduler(kind=kind, max_resource=27), 27) == []
+
+
+# Where evaluate holds a trial for its verdict (HeartbeatResponse.decision_pending).
+
+
+def promotion(**kwargs: object) -> SchedulerSpec:
+    return SchedulerSpec.from_proto(scheduler(
+        kind=kwargs.pop("kind", study_pb2.ASHA), min_resource=1, max_resource=27,
+        reduction_factor=3, form=study_pb2.ASHA_PROMOTION, **kwargs,
+    ))
+
+
+def test_the_stopping_form_never_holds_a_trial() -> None:
+    spec = SchedulerSpec.from_proto(scheduler(min_resource=1, max_resource=27))
+    assert not any(spec.verdict_pending("t", step, None) for step in range(1, 28))
+
+
+def test_the_promotion_form_holds_a_trial_at_each_rung_until_its_verdict() -> None:
+    spec = promotion()
+    assert not spec.verdict_pending("t", 0, None)
+    assert spec.verdict_pending("t", 1, None)
+    assert not spec.verdict_pending("t", 1, 1.0)  # PROMOTE of rung 0 arrived
+    assert not spec.verdict_pending("t", 2, 1.0)
+    assert spec.verdict_pending("t", 3, 1.0)  # rung 1's verdict is still to come
+    assert not spec.verdict_pending("t", 4, 3.0)
+    assert not spec.verdict_pending("t", 27, 9.0)  # the full budget is no rung
+
+
+def test_the_grace_period_and_the_bracket_skip_the_early_rungs() -> None:
+    assert not promotion(grace_period=3).verdict_pending("t", 1, None)
+    hyperband = promotion(kind=study_pb2.HYPERBAND)
+    late = next(f"t{i}" for i in range(1000) if hyperband.bracket_of(f"t{i}") == 2)
+    assert not hyperband.verdict_pending(late, 3, None)
+    assert hyperband.verdict_pending(late, 9, None)

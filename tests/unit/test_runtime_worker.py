@@ -78,8 +78,10 @@ class FakeClient:
         attempt_id: str,
         hostname: str = "",
         environment: str = "",
+        run_environment: trial_pb2.RunEnvironment | None = None,
     ) -> evaluate_pb2.StartTrialResponse:
         self.calls.append(("start", trial_id, attempt_id))
+        self.run_environment = run_environment
         return self.start_reply.get(trial_id, evaluate_pb2.StartTrialResponse(lease_seconds=30))
 
     def heartbeat(
@@ -264,8 +266,9 @@ def test_stop_in_a_heartbeat_prunes_the_trial(tmp_path: Path) -> None:
     assert "complete" not in client.names()
 
 
-def test_at_a_rung_the_worker_waits_for_the_decision(tmp_path: Path) -> None:
-    # The STOP for rung 0 (resource 1) arrives a few heartbeats after step 1 was reported.
+def test_the_stopping_form_never_waits_at_a_rung(tmp_path: Path) -> None:
+    # The STOP for rung 0 (resource 1) arrives a few heartbeats after step 1 was reported:
+    # the worker trains on meanwhile and is pruned where the STOP reaches it.
     client = FakeClient()
     client.on_heartbeat = lambda trial, step, n: (
         stop_reply(0, 1) if n >= 4 else evaluate_pb2.HeartbeatResponse(action=1)
@@ -273,23 +276,36 @@ def test_at_a_rung_the_worker_waits_for_the_decision(tmp_path: Path) -> None:
     workload = CountingWorkload()
     report = make_worker(client, workload, tmp_path, decision_wait=5).run()
     assert report.outcomes == {"pruned": 1}
-    assert workload.trained == [1]
+    assert workload.trained == [1, 2, 3, 4]
+    assert ("prune", "t0", 4, 1 / 4) in client.calls
 
 
-def test_a_continue_decision_for_the_rung_ends_the_wait(tmp_path: Path) -> None:
+def pending_reply() -> evaluate_pb2.HeartbeatResponse:
+    return evaluate_pb2.HeartbeatResponse(action=events_pb2.CONTINUE, decision_pending=True)
+
+
+def test_a_pending_verdict_holds_the_trial_until_it_arrives(tmp_path: Path) -> None:
+    # Promotion form: evaluate says the verdict of step 1 is due; it is a PAUSE from the
+    # 4th heartbeat on.
     client = FakeClient()
+    client.on_heartbeat = lambda trial, step, n: pause_reply(0, 1) if n >= 4 else pending_reply()
+    workload = CountingWorkload()
+    report = make_worker(client, workload, tmp_path, decision_wait=30).run()
+    assert report.outcomes == {"paused": 1}
+    assert workload.trained == [1] and client.heartbeats == 4
+    assert ("pause", "t0", 1, 0) in client.calls
 
-    def beat(trial: str, step: float, n: int) -> evaluate_pb2.HeartbeatResponse:
-        decided = {1: 1.0, 3: 3.0}.get(int(step))
-        decision = events_pb2.Decision(
-            trial_id="t0", action=events_pb2.CONTINUE, resource=decided or 0.0
-        )
-        return evaluate_pb2.HeartbeatResponse(action=events_pb2.CONTINUE, decision=decision)
 
-    client.on_heartbeat = beat
-    worker = make_worker(client, CountingWorkload(), tmp_path)
-    worker.config.decision_wait = 30  # would time the test out if the wait did not end
+def test_a_verdict_that_does_not_come_holds_the_trial_only_for_decision_wait(
+    tmp_path: Path,
+) -> None:
+    client = FakeClient()
+    client.on_heartbeat = lambda trial, step, n: (
+        pending_reply() if step == 1 else evaluate_pb2.HeartbeatResponse(action=1)
+    )
+    worker = make_worker(client, CountingWorkload(), tmp_path, decision_wait=0.3)
     assert worker.run().outcomes == {"completed": 1}
+    assert client.heartbeats > MAX_STEPS  # it asked again while held at step 1
 
 
 def resume_from(client: FakeClient, tmp_path: Path, step: int) -> None:
@@ -426,22 +442,3 @@ def test_a_pause_for_a_rung_not_reached_yet_waits_for_that_rung(tmp_path: Path) 
     assert report.outcomes == {"paused": 1}
     assert workload.trained == [3]
     assert ("pause", "t0", 3, 1) in client.calls
-
-
-def test_a_promote_for_an_earlier_rung_does_not_end_the_wait_at_this_one(
-    tmp_path: Path,
-) -> None:
-    # Promotion form: the stored decision is the PROMOTE of rung 0 until rung 1's verdict
-    # (a PAUSE, from the 6th heartbeat on) arrives; the worker waits for it at step 3.
-    client = FakeClient()
-
-    def beat(trial: str, step: float, n: int) -> evaluate_pb2.HeartbeatResponse:
-        if step >= 3 and n >= 6:
-            return pause_reply(1, 3)
-        return decision_reply(events_pb2.PROMOTE, 0, 1)
-
-    client.on_heartbeat = beat
-    workload = CountingWorkload()
-    report = make_worker(client, workload, tmp_path, decision_wait=30).run()
-    assert report.outcomes == {"paused": 1}
-    assert workload.trained == [1, 2, 3]

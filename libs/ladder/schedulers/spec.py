@@ -264,6 +264,22 @@ class SchedulerSpec:
             return []
         return [r for r in self.rungs(up_to=up_to) if reached(r, self.grace_period)]
 
+    def verdict_pending(self, trial_id: str, step: float, decided: float | None) -> bool:
+        """Whether a trial at ``step`` must wait before training on: in the promotion
+        form every trial is paused or promoted at each rung of its bracket from the grace
+        period on, so it waits at the highest such rung ``step`` reached until a verdict
+        about it arrives (``decided``: the resource of the latest verdict, None before
+        any). The stopping form never holds a trial: a STOP comes when it comes."""
+        if not self.promotion:
+            return False
+        first = self.bracket_of(trial_id)
+        held = [
+            resource
+            for index, resource in enumerate(self.rungs(up_to=step))
+            if index >= first and reached(resource, self.grace_period)
+        ]
+        return bool(held) and (decided is None or not reached(decided, held[-1]))
+
     @property
     def promotion(self) -> bool:
         """ASHA's promotion form: losers pause instead of stopping."""

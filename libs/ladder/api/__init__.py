@@ -1,0 +1,1 @@
+"""The Python API: tune your own training loop (see ``ladder.api.study``)."""
