@@ -523,12 +523,24 @@ class LadderClient:
         )
         return list(reply.studies)
 
+    def stop_study(self, study_id: str) -> study_pb2.Study:
+        """Hand out no new trials of the study (running trials finish, resumable ones
+        may); repeating it changes nothing. FAILED_PRECONDITION for a COMPLETED study."""
+        request = suggest_pb2.StopStudyRequest(study_id=study_id)
+        return self._call(self._suggest, "StopStudy", request, "StopStudy")
+
+    def resume_study(self, study_id: str) -> study_pb2.Study:
+        """Undo :meth:`stop_study`: Suggest hands out new trials again."""
+        request = suggest_pb2.ResumeStudyRequest(study_id=study_id)
+        return self._call(self._suggest, "ResumeStudy", request, "ResumeStudy")
+
     def suggest(
         self, study_id: str, worker_id: str, count: int = 1
     ) -> list[suggest_pb2.Suggestion]:
         """Trials to run: a resumable one (lease expired) first, else new ones.
 
-        Raises :class:`BudgetExhausted` when the study hands out no more trials.
+        Raises :class:`BudgetExhausted` when the study hands out no more trials (its
+        budget is spent, or it is stopped: the message says which).
         """
         request = suggest_pb2.SuggestRequest(study_id=study_id, worker_id=worker_id, count=count)
         try:

@@ -18,6 +18,10 @@ Creates studies and answers Suggest with resumable or new trials.
 |                                |         | child process (refits never hold this process' |
 |                                |         | GIL); ``thread``: on the refit threads here    |
 | LADDER_REFIT_NICE              | 5       | CPU niceness added to the refit process        |
+| ``--settle-seconds`` /         | 10      | a study whose budget is spent, with nothing    |
+| LADDER_STUDY_SETTLE_S          |         | left to run but PAUSED trials, completes once  |
+|                                |         | no trial event of it came for this long (a     |
+|                                |         | PROMOTE may be under way; ``ladder.lifecycle``)|
 | LADDER_SWITCH_INTERVAL_MS      | 1       | Python GIL switch interval (``thread`` mode)   |
 | LADDER_LOG_LEVEL               | INFO    | log level (JSON logs on stderr)                |
 | OTEL_EXPORTER_OTLP_ENDPOINT    | unset   | export spans over OTLP when set                |
@@ -27,6 +31,11 @@ LADDER_TOPIC_PREFIX, ...; see ``ladder.config``).
 
 At start, every study stored in Redis is published to the studies topic again (a
 restarted embedded broker starts empty; the topic is compacted, so this is harmless).
+
+Study lifecycle (``ladder.lifecycle``): StopStudy / ResumeStudy switch a study between
+ACTIVE and STOPPED (a stopped study hands out resumable trials only); a study whose
+``max_trials`` are handed out and all ended becomes COMPLETED, checked every second by
+a sweep thread (``completion.py``); each change is published as a StudyEvent.
 
 Consumes the trials topic (completed trials, and FAILED ones as failed
 observations: counted in ``ladder.suggest.failed_observations`` and logged with
@@ -47,7 +56,7 @@ import logging
 import os
 import sys
 
-from ladder import telemetry
+from ladder import lifecycle, telemetry
 from ladder.bus import ConsumerLoop, EventProducer, health_of
 from ladder.config import Settings, service_parser
 from ladder.grpcserver import ServiceHost
@@ -67,6 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--buffer", type=int, default=int(os.environ.get("LADDER_SUGGEST_BUFFER", 8))
+    )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=float(
+            os.environ.get("LADDER_STUDY_SETTLE_S", lifecycle.DEFAULT_SETTLE_SECONDS)
+        ),
     )
     parser.add_argument(
         "--refit",
@@ -98,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         claim_seconds=args.claim_seconds,
         buffer_capacity=args.buffer,
         refit_process=refit,
+        settle_seconds=args.settle_seconds,
     )
     try:
         count = servicer.republish_studies()
@@ -118,8 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     ).start()
 
     suggest_pb2_grpc.add_SuggestServiceServicer_to_server(servicer, host.server)
+    servicer.completion.start()
 
     def on_stop() -> None:
+        servicer.completion.stop()
         consumer.stop()
         servicer.pool.stop()
         producer.close()  # flushes: the last deliveries queue their outbox acks

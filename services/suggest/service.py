@@ -1,4 +1,5 @@
-"""SuggestService: studies and suggestions (gRPC), backed by Redis and the samplers.
+"""SuggestService: studies, their lifecycle (stop, resume, completion) and suggestions
+(gRPC), backed by Redis and the samplers.
 
 Thin by design: validation lives in ``ladder.study``, algorithms in
 ``ladder.samplers``, state transitions in ``ladder.state``; this module turns
@@ -16,6 +17,7 @@ import uuid
 from collections import OrderedDict
 
 import grpc
+from ladder import lifecycle
 from ladder.bus import EventProducer, now_ms
 from ladder.codec import decode
 from ladder.config import Settings
@@ -34,6 +36,7 @@ from ladder.study import StudySpec
 from ladder.v1 import events_pb2, study_pb2, suggest_pb2, suggest_pb2_grpc, trial_pb2
 from opentelemetry import metrics, trace
 
+from services.suggest.completion import StudyCompletion
 from services.suggest.pool import PolicyPool, partition_of
 from services.suggest.publisher import SuggestedPublisher
 from services.suggest.refit import RefitProcess
@@ -72,6 +75,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         claim_seconds: float,
         buffer_capacity: int = 8,
         refit_process: RefitProcess | None = None,
+        settle_seconds: float = lifecycle.DEFAULT_SETTLE_SECONDS,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -92,6 +96,11 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         # Params of the trials not yet finished, from the trials topic: a rung
         # decision becomes an observation without reading the trial from Redis.
         self._running_params = RunningParams()
+        # Marks studies COMPLETED; its sweep thread is started by ``start``.
+        self.completion = StudyCompletion(
+            state.studies, self._announce, settle_seconds,
+            sweep_seconds=max(0.5, min(5.0, settle_seconds / 4)),
+        )
 
     # ------------------------------------------------------------ studies
 
@@ -122,18 +131,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         # Published (again, on a repeated create) before answering so downstream
         # consumers know the study before any trial event of it; the topic is
         # compacted and keyed by study id, so a repeat is harmless.
-        try:
-            self.producer.send(
-                self.settings.topics.studies,
-                stored.study_id,
-                events_pb2.StudyEvent(study=stored, ts_ms=now_ms()),
-                wait=True,
-            )
-        except Exception as exc:  # noqa: BLE001 - any broker failure
-            raise Unavailable(
-                f"study {stored.study_id!r} stored but its event was not published ({exc}); "
-                "repeat CreateStudy with this study_id",
-            ) from exc
+        self._announce_or_refuse(stored, "stored", "repeat CreateStudy with this study_id")
         log.info(
             "study %s %s (%d parameters, algorithm %s, partitions %d)",
             stored.study_id,
@@ -144,6 +142,49 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             extra={"study_id": stored.study_id},
         )
         return stored
+
+    def _announce(self, study: study_pb2.Study) -> None:
+        """Publish the study's StudyEvent and wait for the broker's acknowledgement."""
+        self.producer.send(
+            self.settings.topics.studies,
+            study.study_id,
+            events_pb2.StudyEvent(study=study, ts_ms=now_ms()),
+            wait=True,
+        )
+
+    def _announce_or_refuse(self, study: study_pb2.Study, done: str, repeat: str) -> None:
+        try:
+            self._announce(study)
+        except Exception as exc:  # noqa: BLE001 - any broker failure
+            raise Unavailable(
+                f"study {study.study_id!r} {done} but its event was not published ({exc}); "
+                f"{repeat}",
+            ) from exc
+
+    def StopStudy(
+        self, request: suggest_pb2.StopStudyRequest, context: grpc.ServicerContext
+    ) -> study_pb2.Study:
+        return self._apply(request.study_id, lifecycle.Action.STOP, "stopped")
+
+    def ResumeStudy(
+        self, request: suggest_pb2.ResumeStudyRequest, context: grpc.ServicerContext
+    ) -> study_pb2.Study:
+        study = self._apply(request.study_id, lifecycle.Action.RESUME, "resumed")
+        # Its budget may have been spent while it was stopped.
+        if self.completion.check(study.study_id):
+            study = self.state.studies.get(study.study_id) or study
+        return study
+
+    def _apply(self, study_id: str, action: lifecycle.Action, done: str) -> study_pb2.Study:
+        require(study_id, "study_id")
+        study, changed = self.state.studies.transition(study_id, action)
+        # Published on a repeat too: a repeated call delivers an event a failed one lost.
+        self._announce_or_refuse(study, done, f"repeat {action.value} for this study")
+        log.info(
+            "study %s %s%s", study_id, done, "" if changed else " (already)",
+            extra={"study_id": study_id},
+        )
+        return study
 
     def republish_studies(self, timeout: float = 30.0) -> int:
         """Publish every stored study to the studies topic again; how many.
@@ -233,6 +274,11 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                 },
             )
         remaining = count - len(response.suggestions)
+        if remaining and self.state.studies.state(study_id) == lifecycle.STOPPED:
+            # Resumable trials finish; new ones wait for ResumeStudy.
+            if not response.suggestions:
+                raise lifecycle.stopped(study_id)
+            remaining = 0
         if remaining:
             try:
                 for transition, proposal in self._new_trials(
@@ -361,6 +407,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             return
         event = decode(events_pb2.TrialEvent, record.value)  # type: ignore[attr-defined]
         self._running_params.on_event(event)
+        self.completion.on_trial_event(event)
         if event.kind == events_pb2.TRIAL_COMPLETED and self.pool.observe_completed(event.trial):
             log.debug(
                 "observation %s = %g",

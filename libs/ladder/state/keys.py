@@ -4,7 +4,8 @@ stacks (or two test sessions) sharing one Redis never see each other's state.
 | key                                  | type   | contents                                   |
 |--------------------------------------|--------|--------------------------------------------|
 | ``{root}studies``                    | zset   | study id → created ms (ListStudies order)  |
-| ``{root}study:{sid}``                | hash   | study (Study proto), suggested, completed  |
+| ``{root}study:{sid}``                | hash   | study (Study proto), suggested, completed, |
+|                                      |        | state (lifecycle, once it changed)         |
 | ``{root}study:{sid}:pending``        | set    | trial ids suggested / running / resumable  |
 | ``{root}study:{sid}:resumable``      | zset   | resumable trial ids → queued ms (FIFO)     |
 | ``{root}study:{sid}:paused``         | zset   | PAUSED trial ids → paused ms (promotion    |

@@ -477,6 +477,24 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return {'OK', ARGV[2]}
 """)
 
+# KEYS: study   ARGV: target StudyState, state when none is stored, allowed states...
+# A study's lifecycle state (``ladder.lifecycle``) lives in the hash's ``state`` field,
+# beside the Study proto it overrides. Returns {OK | SAME | REFUSED | NOT_FOUND, state
+# before}.
+SET_STUDY_STATE = _script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND', 0} end
+local current = tonumber(redis.call('HGET', KEYS[1], 'state') or ARGV[2])
+local target = tonumber(ARGV[1])
+if current == target then return {'SAME', current} end
+for i = 3, #ARGV do
+  if tonumber(ARGV[i]) == current then
+    redis.call('HSET', KEYS[1], 'state', target)
+    return {'OK', current}
+  end
+end
+return {'REFUSED', current}
+""")
+
 # KEYS: trial, decision, outbox, resumable, paused, pending
 # ARGV: action, Decision proto, rung
 # Keeps the trial's latest verdict. A STOP is final; otherwise a decision about a lower

@@ -1,5 +1,6 @@
 """Study records in Redis: the Study proto (config with defaults filled) plus
-live counters (``suggested`` is the max_trials budget, ``completed``)."""
+live counters (``suggested`` is the max_trials budget, ``completed``) and the
+lifecycle ``state`` (``ladder.lifecycle``; absent until the first change)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,22 @@ import threading
 
 import redis
 
+from ladder import lifecycle
 from ladder.errors import NotFound
 from ladder.state import scripts
 from ladder.state.keys import Keys
 from ladder.study import StudySpec
 from ladder.v1 import study_pb2
 
+_FIELDS = ("study", "suggested", "state")
 
-def _study(raw: bytes, suggested: bytes | None) -> study_pb2.Study:
+
+def _study(raw: bytes, suggested: bytes | None, state: bytes | None = None) -> study_pb2.Study:
     study = study_pb2.Study()
     study.ParseFromString(raw)
     study.trials_suggested = int(suggested or 0)
+    if state is not None:
+        study.state = int(state)
     return study
 
 
@@ -26,6 +32,7 @@ class StudyStore:
         self.r = client
         self.keys = keys
         self._create = client.register_script(scripts.CREATE_STUDY)
+        self._set_state = client.register_script(scripts.SET_STUDY_STATE)
         # A study's config never changes, so its spec is read and validated once.
         self._specs: dict[str, StudySpec] = {}
         self._specs_lock = threading.Lock()
@@ -42,8 +49,48 @@ class StudyStore:
         return self.get(study.study_id) or _study(raw, b"0"), False
 
     def get(self, study_id: str) -> study_pb2.Study | None:
-        raw, suggested = self.r.hmget(self.keys.study(study_id), "study", "suggested")
-        return _study(raw, suggested) if raw else None
+        raw, suggested, state = self.r.hmget(self.keys.study(study_id), *_FIELDS)
+        return _study(raw, suggested, state) if raw else None
+
+    def state(self, study_id: str) -> int:
+        """The study's lifecycle state (ACTIVE for an unknown study: callers check
+        existence first)."""
+        return int(self.r.hget(self.keys.study(study_id), "state") or lifecycle.INITIAL)
+
+    def transition(
+        self, study_id: str, action: lifecycle.Action
+    ) -> tuple[study_pb2.Study, bool]:
+        """Apply ``action`` atomically: (the study after it, whether it changed).
+        NotFound for an unknown study; ``lifecycle.refusal`` when its state refuses."""
+        rule = lifecycle.RULES[action]
+        status, before = self._set_state(
+            keys=[self.keys.study(study_id)],
+            args=[rule.target, lifecycle.INITIAL, *sorted(rule.allowed_from)],
+        )
+        status = status.decode() if isinstance(status, bytes) else status
+        if status == "NOT_FOUND":
+            raise NotFound(f"study {study_id!r} not found")
+        if status == "REFUSED":
+            raise lifecycle.refusal(action, study_id, int(before))
+        study = self.get(study_id)
+        if study is None:  # only a hand-deleted key: Ladder never deletes a study
+            raise NotFound(f"study {study_id!r} not found")
+        return study, status == "OK"
+
+    def progress(self, study_id: str, max_trials: int) -> lifecycle.Progress:
+        """What ``lifecycle.finished`` decides from, read in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(self.keys.study(study_id), "suggested", "state")
+        pipe.scard(self.keys.pending(study_id))
+        pipe.zcard(self.keys.paused(study_id))
+        (suggested, state), unfinished, paused = pipe.execute()
+        return lifecycle.Progress(
+            state=int(state or lifecycle.INITIAL),
+            max_trials=max_trials,
+            suggested=int(suggested or 0),
+            unfinished=int(unfinished),
+            paused=int(paused),
+        )
 
     def spec(self, study_id: str) -> StudySpec:
         """The study's StudySpec (built from its stored config once, then cached);
@@ -69,5 +116,5 @@ class StudyStore:
         ids = self.r.zrange(self.keys.studies, 0, -1)
         pipe = self.r.pipeline(transaction=False)
         for sid in ids:
-            pipe.hmget(self.keys.study(sid.decode()), "study", "suggested")
-        return [_study(raw, suggested) for raw, suggested in pipe.execute() if raw]
+            pipe.hmget(self.keys.study(sid.decode()), *_FIELDS)
+        return [_study(*fields) for fields in pipe.execute() if fields[0]]
