@@ -1,6 +1,6 @@
 # Ladder: `make demo` runs the main job, `make test` passes the tests.
 # Both set up whatever a fresh machine lacks first (venv, pinned deps,
-# redis-server, generated protobuf code).
+# redis-server, postgresql, generated protobuf code).
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -23,6 +23,10 @@ $(STAMP): requirements.lock pyproject.toml
 	  echo "installing redis-server (Debian package)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }
+	@command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || { \
+	  echo "installing postgresql (Debian package; the lineage store's tests run on it)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 resolves to the local CPU build; never let pip pick a CUDA build.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 import grpc
@@ -99,14 +100,20 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
     ) -> evaluate_pb2.StartTrialResponse:
         trial = self._apply(
             request,
-            lambda: self.trials.start(
-                request.trial_id,
-                request.attempt_id,
-                request.worker_id,
-                self.lease_seconds,
-                hostname=request.hostname,
-                environment=request.environment,
-                max_trial_seconds=self._policy(request.trial_id).max_trial_seconds,
+            lambda: replace(
+                self.trials.start(
+                    request.trial_id,
+                    request.attempt_id,
+                    request.worker_id,
+                    self.lease_seconds,
+                    hostname=request.hostname,
+                    environment=request.environment,
+                    max_trial_seconds=self._policy(request.trial_id).max_trial_seconds,
+                ),
+                # Carried by the TRIAL_STARTED event, for lineage.
+                run_environment=(
+                    request.run_environment if request.HasField("run_environment") else None
+                ),
             ),
         ).trial
         return evaluate_pb2.StartTrialResponse(

@@ -1,6 +1,7 @@
-"""The lineage service: records every event into SQLite and answers lineage queries.
+"""The lineage service: records every event into its store (SQLite or PostgreSQL) and
+answers lineage queries.
 
-    python -m services.lineage [--port N] [--db PATH]
+    python -m services.lineage [--port N] [--db PATH_OR_URL]
 
 | env var               | flag   | default                               |
 |-----------------------|--------|---------------------------------------|
@@ -10,9 +11,15 @@
 | LADDER_LINEAGE_READ_INTERVAL_MS | --read-interval-ms | 500 (0: read as records arrive) |
 | LADDER_KAFKA_BOOTSTRAP, LADDER_TOPIC_PREFIX, LADDER_STATE_DIR | | see ladder.config |
 
+The store (LADDER_LINEAGE_DB / --db): a file path or ``sqlite:///PATH`` is an embedded
+SQLite database (the default); ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE``
+(libpq URL, query parameters such as ``sslmode`` allowed) is a PostgreSQL database,
+whose tables the service creates or upgrades at start-up. Anything else stops the
+service at start-up with an error naming these forms (exit status 2).
+
 One group-less consumer reads every topic (studies, trials, metrics, rungs,
-decisions, dead-letter) and resumes from the offsets stored in SQLite with the
-data, so ingestion is exactly-once across restarts (see store.py). gRPC health
+decisions, dead-letter) and resumes from the offsets stored with the data, in the
+same transactions, so ingestion is exactly-once across restarts (see store.py). gRPC health
 "" is SERVING once the server listens, NOT_SERVING while the consumer is stuck on a
 record (ladder.bus); SIGTERM stops gRPC, the consumer, then
 the writer after it committed what it had queued.
@@ -25,7 +32,6 @@ import logging
 import os
 from collections.abc import Sequence
 from contextlib import closing
-from pathlib import Path
 
 from ladder import telemetry
 from ladder.bus import ConsumerLoop, EventProducer, health_of
@@ -33,9 +39,15 @@ from ladder.config import Settings, service_parser
 from ladder.grpcserver import ServiceHost
 from ladder.v1 import lineage_pb2, lineage_pb2_grpc
 
+from services.lineage.db import (
+    TRANSIENT,
+    Location,
+    LocationError,
+    open_database,
+    parse_location,
+)
 from services.lineage.ingest import Ingestor, RecordHandler, dead_letter_unstorable
 from services.lineage.queries import LineageQueries
-from services.lineage.schema import connect
 from services.lineage.service import LineageServicer
 from services.lineage.store import LineageStore
 
@@ -51,22 +63,33 @@ def parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Names
     )
     parser.add_argument(
         "--db",
-        type=Path,
-        default=Path(os.environ.get("LADDER_LINEAGE_DB") or settings.state_dir / "lineage.sqlite3"),
+        default=os.environ.get("LADDER_LINEAGE_DB") or str(settings.state_dir / "lineage.sqlite3"),
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.db = parse_location(args.db)
+    except LocationError as exc:
+        parser.error(f"LADDER_LINEAGE_DB / --db: {exc}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     telemetry.setup("ladder-lineage")
     settings = Settings.from_env()
     args = parse_args(argv, settings)
-    args.db.parent.mkdir(parents=True, exist_ok=True)
+    location: Location = args.db
 
-    store = LineageStore(connect(args.db))  # creates / migrates the schema
+    try:
+        store = LineageStore(open_database(location))  # creates / migrates the schema
+    except TRANSIENT as exc:
+        log.error("cannot open the lineage store at %s: %s", location, exc)
+        return 1
+
+    def read_only() -> LineageQueries:
+        return LineageQueries(open_database(location, readonly=True))
 
     def stored_offsets() -> dict[tuple[str, int], int]:
-        with closing(LineageQueries(connect(args.db, readonly=True))) as queries:
+        with closing(read_only()) as queries:
             return queries.offsets()
 
     producer = EventProducer(settings, "lineage")
@@ -86,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pace_s=args.read_interval_ms / 1000,
         on_health=health_of(host),
     )
-    servicer = LineageServicer(lambda: LineageQueries(connect(args.db, readonly=True)))
+    servicer = LineageServicer(read_only)
     lineage_pb2_grpc.add_LineageServiceServicer_to_server(servicer, host.server)
 
     def on_stop() -> None:
@@ -94,14 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         ingestor.stop()
         producer.close()
         servicer.close()
-        with closing(LineageQueries(connect(args.db, readonly=True))) as queries:
+        with closing(read_only()) as queries:
             counters = queries.counters()
-        store.connection.close()
+        store.database.close()
         log.info(
             "lineage stopped; %d records applied this run; counters %s", ingestor.applied, counters
         )
 
-    log.info("lineage store at %s; consuming %s", args.db, ", ".join(settings.topics.all()))
+    log.info(
+        "lineage store at %s (%s); consuming %s",
+        location, location.engine, ", ".join(settings.topics.all()),
+    )
     consumer.start()
     host.run(on_stop=on_stop)
     return 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -29,6 +28,7 @@ from ladder.config import Topics
 from ladder.v1 import events_pb2
 from opentelemetry import context as otel_context
 
+from services.lineage.db import TRANSIENT
 from services.lineage.store import Event, Ingest, LineageStore, Skipped, Source
 
 log = logging.getLogger("ladder.lineage.ingest")
@@ -102,8 +102,10 @@ def to_ingest(topics: Topics, record: Record) -> Ingest:
 class Ingestor:
     """The writer thread: applies submitted records in batched transactions.
 
-    Transient SQLite errors (locked, I/O) retry the batch after a back-off. A
-    record that fails on its own (a bug or a value SQLite cannot hold) would
+    Transient store errors (SQLite locked or I/O; PostgreSQL unreachable, restarted,
+    a serialization failure) retry the batch after a back-off, on a new connection
+    when the old one broke. A record that fails on its own (a bug or a value the
+    store cannot hold, e.g. a NUL character in a PostgreSQL text) would
     block ingestion forever, so it is handed to ``on_poison`` (dead-letter)
     and counted instead; the rest of its batch is applied normally.
     """
@@ -162,7 +164,7 @@ class Ingestor:
             try:
                 self.applied += self._store.apply(batch)
                 return
-            except sqlite3.OperationalError:
+            except TRANSIENT:
                 attempt += 1
                 log.exception("lineage store busy or failing (attempt %d); retrying", attempt)
                 if self._stop.wait(min(5.0, 0.2 * 2**attempt)) and attempt >= 3:

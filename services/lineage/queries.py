@@ -2,17 +2,19 @@
 
 Each gRPC worker thread owns one read connection; ``snapshot()`` wraps the
 several SELECTs of one reply in a read transaction so they see one consistent
-state even while the ingest thread commits (WAL).
+state even while the ingest thread commits (SQLite WAL, PostgreSQL REPEATABLE READ).
 """
 
 from __future__ import annotations
 
+import json
 import math
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ladder.v1 import events_pb2, lineage_pb2, study_pb2, trial_pb2
+
+from services.lineage.db import Database, Row
 
 TS = trial_pb2.TrialState
 _MAXIMIZE = study_pb2.Direction.Value("MAXIMIZE")
@@ -29,32 +31,29 @@ def _from_real(value: float | None) -> float:
 
 
 class LineageQueries:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     @contextmanager
     def snapshot(self) -> Iterator[LineageQueries]:
-        self._conn.execute("BEGIN")
-        try:
+        with self._db.snapshot():
             yield self
-        finally:
-            self._conn.execute("COMMIT")
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()
 
     # -- studies -----------------------------------------------------------
 
     def study_known(self, study_id: str) -> bool:
-        row = self._conn.execute(
+        row = self._db.execute(
             "SELECT 1 FROM studies WHERE study_id = ? "
             "UNION ALL SELECT 1 FROM trials WHERE study_id = ? LIMIT 1",
             (study_id, study_id),
         ).fetchone()
         return row is not None
 
-    def _study(self, study_id: str) -> sqlite3.Row | None:
-        return self._conn.execute(
+    def _study(self, study_id: str) -> Row | None:
+        return self._db.execute(
             "SELECT direction, metric, dataset_id, code_commit FROM studies WHERE study_id = ?",
             (study_id,),
         ).fetchone()
@@ -65,7 +64,7 @@ class LineageQueries:
         study = self._study(study_id)
         maximize = study is not None and study["direction"] == _MAXIMIZE
         order = "DESC" if maximize else "ASC"
-        row = self._conn.execute(
+        row = self._db.execute(
             f"SELECT trial_id, final_value FROM trials WHERE study_id = ? AND {_FINITE_FINAL} "
             f"ORDER BY final_value {order}, terminal_ts_ms ASC, trial_id ASC LIMIT 1",
             (study_id,),
@@ -77,7 +76,7 @@ class LineageQueries:
             return None
         summary = lineage_pb2.StudySummary(study_id=study_id)
         counts = dict(
-            self._conn.execute(
+            self._db.execute(
                 "SELECT state, COUNT(*) FROM trials WHERE study_id = ? GROUP BY state",
                 (study_id,),
             ).fetchall()
@@ -92,13 +91,13 @@ class LineageQueries:
         if best is not None:
             summary.has_best = True
             summary.best_trial_id, summary.best_value = best
-        summary.metric_points = self._conn.execute(
+        summary.metric_points = self._db.execute(
             "SELECT COUNT(*) FROM metric_points WHERE study_id = ?", (study_id,)
         ).fetchone()[0]
-        summary.decisions = self._conn.execute(
+        summary.decisions = self._db.execute(
             "SELECT COUNT(*) FROM decisions WHERE study_id = ?", (study_id,)
         ).fetchone()[0]
-        summary.checkpoint_seconds, summary.train_seconds = self._conn.execute(
+        summary.checkpoint_seconds, summary.train_seconds = self._db.execute(
             "SELECT COALESCE(SUM(checkpoint_seconds), 0), COALESCE(SUM(train_seconds), 0) "
             "FROM trials WHERE study_id = ?",
             (study_id,),
@@ -110,10 +109,10 @@ class LineageQueries:
     def list_trials(self, study_id: str) -> list[lineage_pb2.TrialSummary] | None:
         if not self.study_known(study_id):
             return None
-        rows = self._conn.execute(
-            "SELECT t.trial_id, t.state, t.has_final_value, t.final_value, "
-            "MAX(t.last_step, COALESCE((SELECT MAX(m.step) FROM metric_points m "
-            "WHERE m.trial_id = t.trial_id), 0)) AS last_step "
+        rows = self._db.execute(
+            "SELECT t.trial_id, t.state, t.has_final_value, t.final_value, t.last_step, "
+            "COALESCE((SELECT MAX(m.step) FROM metric_points m "
+            "WHERE m.trial_id = t.trial_id), 0) AS last_reported "
             "FROM trials t WHERE t.study_id = ? ORDER BY t.first_ts_ms, t.trial_id",
             (study_id,),
         ).fetchall()
@@ -123,14 +122,14 @@ class LineageQueries:
                 state=TS.Name(row["state"]),
                 has_final_value=bool(row["has_final_value"]),
                 final_value=_from_real(row["final_value"]) if row["has_final_value"] else 0.0,
-                last_step=row["last_step"],
+                last_step=max(row["last_step"], row["last_reported"]),
             )
             for row in rows
         ]
 
     def trial_lineage(self, trial_id: str) -> lineage_pb2.TrialLineage | None:
         """Everything recorded about one trial; None if no record mentions it."""
-        trial = self._conn.execute(
+        trial = self._db.execute(
             "SELECT * FROM trials WHERE trial_id = ?", (trial_id,)
         ).fetchone()
         lineage = lineage_pb2.TrialLineage(trial_id=trial_id)
@@ -138,7 +137,7 @@ class LineageQueries:
             self._fill_from_trial(lineage, trial)
         else:
             # Metrics or decisions can arrive before the first trial event.
-            row = self._conn.execute(
+            row = self._db.execute(
                 "SELECT study_id FROM metric_points WHERE trial_id = ? "
                 "UNION ALL SELECT study_id FROM decisions WHERE trial_id = ? LIMIT 1",
                 (trial_id, trial_id),
@@ -153,7 +152,7 @@ class LineageQueries:
             lineage.code_commit = study["code_commit"]
             lineage.metric = study["metric"]
         if not lineage.metric:
-            row = self._conn.execute(
+            row = self._db.execute(
                 "SELECT metric FROM metric_points WHERE trial_id = ? AND metric != '' LIMIT 1",
                 (trial_id,),
             ).fetchone()
@@ -163,7 +162,7 @@ class LineageQueries:
         self._fill_decisions(lineage)
         return lineage
 
-    def _fill_from_trial(self, lineage: lineage_pb2.TrialLineage, trial: sqlite3.Row) -> None:
+    def _fill_from_trial(self, lineage: lineage_pb2.TrialLineage, trial: Row) -> None:
         lineage.study_id = trial["study_id"]
         if trial["params_pb"]:
             for name, value in trial_pb2.Trial.FromString(trial["params_pb"]).params.items():
@@ -183,12 +182,13 @@ class LineageQueries:
         lineage.train_seconds = trial["train_seconds"]
 
     def _fill_attempts(self, lineage: lineage_pb2.TrialLineage) -> None:
-        for row in self._conn.execute(
+        environments = self._run_environments(lineage.trial_id)
+        for row in self._db.execute(
             "SELECT * FROM attempts WHERE trial_id = ? "
             "ORDER BY attempt_number, started_ms, attempt_id",
             (lineage.trial_id,),
         ):
-            lineage.attempts.add(
+            attempt = lineage.attempts.add(
                 attempt_id=row["attempt_id"],
                 attempt_number=row["attempt_number"],
                 worker_id=row["worker_id"],
@@ -202,9 +202,37 @@ class LineageQueries:
                 end_reason=row["end_reason"],
                 failure_kind=row["failure_kind"],
             )
+            if row["attempt_id"] in environments:
+                attempt.run_environment.CopyFrom(environments[row["attempt_id"]])
+
+    def _run_environments(self, trial_id: str) -> dict[str, trial_pb2.RunEnvironment]:
+        """The trial's run environments by attempt id."""
+        found = {}
+        for row in self._db.execute(
+            "SELECT e.*, p.packages FROM attempt_environments e "
+            "LEFT JOIN run_packages p ON p.packages_hash = e.packages_hash "
+            "WHERE e.trial_id = ?",
+            (trial_id,),
+        ):
+            found[row["attempt_id"]] = trial_pb2.RunEnvironment(
+                python=row["python"],
+                os=row["os"],
+                hostname=row["hostname"],
+                cpu_model=row["cpu_model"],
+                cpu_count=row["cpu_count"],
+                gpu_model=row["gpu_model"],
+                gpu_count=row["gpu_count"],
+                code_commit=row["code_commit"],
+                code_dirty=bool(row["code_dirty"]),
+                packages_hash=row["packages_hash"],
+                packages=json.loads(row["packages"]) if row["packages"] else [],
+                dataset_id=row["dataset_id"],
+                entry_point=row["entry_point"],
+            )
+        return found
 
     def _fill_metrics(self, lineage: lineage_pb2.TrialLineage) -> None:
-        for row in self._conn.execute(
+        for row in self._db.execute(
             "SELECT attempt_id, step, value, ts_ms FROM metric_points WHERE trial_id = ? "
             "ORDER BY step, ts_ms, attempt_id",
             (lineage.trial_id,),
@@ -217,7 +245,7 @@ class LineageQueries:
             )
 
     def _fill_decisions(self, lineage: lineage_pb2.TrialLineage) -> None:
-        for row in self._conn.execute(
+        for row in self._db.execute(
             "SELECT decision_pb FROM decisions WHERE trial_id = ? ORDER BY ts_ms, rung, id",
             (lineage.trial_id,),
         ):
@@ -229,14 +257,14 @@ class LineageQueries:
         """Where ingestion resumes: {(topic, partition): next offset}."""
         return {
             (row["topic"], row["partition"]): row["next_offset"]
-            for row in self._conn.execute(
+            for row in self._db.execute(
                 "SELECT topic, partition, next_offset FROM consumer_offsets"
             )
         }
 
     def counters(self) -> dict[str, int]:
-        counts = dict(self._conn.execute("SELECT name, value FROM ingest_counters").fetchall())
-        for topic, count in self._conn.execute(
+        counts = dict(self._db.execute("SELECT name, value FROM ingest_counters").fetchall())
+        for topic, count in self._db.execute(
             "SELECT source_topic, COUNT(*) FROM dead_letters GROUP BY source_topic"
         ).fetchall():
             counts[f"dead_letters:{topic}"] = count

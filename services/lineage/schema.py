@@ -1,27 +1,36 @@
-"""The lineage store's SQLite schema, connections and migrations.
+"""The lineage store's schema and its migrations, one path for SQLite and PostgreSQL.
 
-One writer connection (the ingest thread) and any number of read connections
-(one per gRPC worker thread). WAL mode lets readers see a consistent snapshot
-while the writer commits.
+The schema is a list of numbered steps (``MIGRATIONS``); ``schema_version`` holds the
+last step applied. ``migrate`` applies the missing steps in order, each with its
+version bump, in one transaction (DDL is transactional on both engines), under the
+writer lock, so two services starting at once migrate once. An empty database goes
+through every step, a database written by an older version through the steps it
+lacks: there is no second "create the latest schema" path to keep in line with the
+upgrades. Statements are written in SQLite's words; ``Database.ddl`` renders them for
+PostgreSQL (``services.lineage.db``).
 
-Idempotency lives in the schema: every table that records history has a
-natural key, so a record that is delivered twice, or published twice by its
-producer, is ignored by ``INSERT OR IGNORE``; ``consumer_offsets`` is written in
-the same transaction as the rows, so Kafka redelivery is skipped before that.
+Idempotency lives in the schema: every table that records history has a natural key,
+so a record that is delivered twice, or published twice by its producer, is ignored
+by ``INSERT ... ON CONFLICT DO NOTHING``; ``consumer_offsets`` is written in the same
+transaction as the rows, so Kafka redelivery is skipped before that.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
+from dataclasses import dataclass
 
-SCHEMA_VERSION = 2
+from services.lineage.db import Database
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (
-    version INTEGER NOT NULL
-);
 
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    why: str
+    statements: str  # SQL statements separated by ';', SQLite's type words
+
+
+_TABLES = """
 -- Next offset to read per partition, committed together with the rows the
 -- records before it produced (exactly-once ingestion across restarts).
 CREATE TABLE IF NOT EXISTS consumer_offsets (
@@ -93,11 +102,8 @@ CREATE TABLE IF NOT EXISTS trials (
     predicted_std   REAL,
     suggested_ts_ms INTEGER,           -- NULL until a TRIAL_SUGGESTED event is seen
     first_ts_ms     INTEGER NOT NULL,
-    terminal_ts_ms  INTEGER NOT NULL,  -- ts of the newest event when terminal, else 0
-    failures        INTEGER NOT NULL DEFAULT 0,  -- counted failures (max over events)
-    failure_kind    INTEGER NOT NULL DEFAULT 0,  -- ladder.v1.FailureKind of the last one
-    checkpoint_seconds REAL NOT NULL DEFAULT 0,  -- checkpoint overhead, all attempts
-    train_seconds   REAL    NOT NULL DEFAULT 0
+    terminal_ts_ms  INTEGER NOT NULL   -- ts of the newest event when terminal, else 0
+    -- (step 2 adds failures, failure_kind, checkpoint_seconds, train_seconds)
 );
 CREATE INDEX IF NOT EXISTS trials_by_study ON trials (study_id, state);
 
@@ -115,9 +121,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     ended_ms       INTEGER NOT NULL,
     checkpoint_uri TEXT    NOT NULL,
     checkpoint_key TEXT    NOT NULL,
-    attempt_end    INTEGER NOT NULL DEFAULT 0,   -- ladder.v1.AttemptEnd (0: running)
-    end_reason     TEXT    NOT NULL DEFAULT '',  -- reason of the event that ended it
-    failure_kind   INTEGER NOT NULL DEFAULT 0,   -- ladder.v1.FailureKind that ended it
+    -- (step 2 adds attempt_end, end_reason, failure_kind)
     PRIMARY KEY (trial_id, attempt_id)
 );
 
@@ -168,7 +172,7 @@ CREATE TABLE IF NOT EXISTS rung_crossings (
 );
 
 -- Dead-letter records seen on the dead-letter topic. source_key is NULL when
--- the source offset is unknown (SQLite treats NULLs as distinct), otherwise a
+-- the source offset is unknown (NULLs are distinct in a UNIQUE key), otherwise a
 -- re-sent dead letter for the same source record is stored once.
 CREATE TABLE IF NOT EXISTS dead_letters (
     id           INTEGER PRIMARY KEY,
@@ -185,85 +189,100 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 
+# Where each attempt ran and with what (ladder.v1.RunEnvironment, from its TRIAL_STARTED
+# event). The package list is the large part and is the same for most attempts of a
+# study: it is kept once per packages_hash.
+_RUN_ENVIRONMENTS = """
+CREATE TABLE run_packages (
+    packages_hash TEXT PRIMARY KEY,
+    packages      TEXT NOT NULL     -- JSON array of "name==version", sorted
+);
 
-# Upgrades of a database written by an older version, by the version they bring it to
-# (the tables above already have these columns when a database is created).
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    # Attempt ends and checkpoint overhead (preemption is not failure).
-    2: (
-        "ALTER TABLE trials ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE trials ADD COLUMN failure_kind INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE trials ADD COLUMN checkpoint_seconds REAL NOT NULL DEFAULT 0",
-        "ALTER TABLE trials ADD COLUMN train_seconds REAL NOT NULL DEFAULT 0",
-        "ALTER TABLE attempts ADD COLUMN attempt_end INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE attempts ADD COLUMN end_reason TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE attempts ADD COLUMN failure_kind INTEGER NOT NULL DEFAULT 0",
+-- First environment recorded per attempt wins (one StartTrial per attempt).
+CREATE TABLE attempt_environments (
+    trial_id      TEXT    NOT NULL,
+    attempt_id    TEXT    NOT NULL,
+    python        TEXT    NOT NULL,
+    os            TEXT    NOT NULL,
+    hostname      TEXT    NOT NULL,
+    cpu_model     TEXT    NOT NULL,
+    cpu_count     INTEGER NOT NULL,
+    gpu_model     TEXT    NOT NULL,
+    gpu_count     INTEGER NOT NULL,
+    code_commit   TEXT    NOT NULL,
+    code_dirty    INTEGER NOT NULL,
+    packages_hash TEXT    NOT NULL,  -- run_packages row ('' for none)
+    dataset_id    TEXT    NOT NULL,
+    entry_point   TEXT    NOT NULL,
+    PRIMARY KEY (trial_id, attempt_id)
+);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "every topic into the store, exactly once", _TABLES),
+    Migration(
+        2,
+        "attempt ends and checkpoint overhead (preemption is not failure)",
+        """
+        ALTER TABLE trials ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE trials ADD COLUMN failure_kind INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE trials ADD COLUMN checkpoint_seconds REAL NOT NULL DEFAULT 0;
+        ALTER TABLE trials ADD COLUMN train_seconds REAL NOT NULL DEFAULT 0;
+        ALTER TABLE attempts ADD COLUMN attempt_end INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE attempts ADD COLUMN end_reason TEXT NOT NULL DEFAULT '';
+        ALTER TABLE attempts ADD COLUMN failure_kind INTEGER NOT NULL DEFAULT 0;
+        """,
     ),
-}
+    Migration(3, "run environments per attempt, package lists once per hash", _RUN_ENVIRONMENTS),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 class SchemaError(RuntimeError):
     """The database was written by a newer, incompatible version."""
 
 
-def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
-    """Open the store. ``:memory:`` gives a private in-memory database (tests).
-
-    Connections are in autocommit mode; the store opens transactions itself.
-    """
-    if str(path) == ":memory:":
-        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-    else:
-        mode = "ro" if readonly else "rwc"
-        uri = f"{Path(path).resolve().as_uri()}?mode={mode}"
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        if not readonly:
-            conn.execute("PRAGMA journal_mode = WAL")
-            # WAL + NORMAL: a commit survives a process crash; only an OS crash
-            # can lose the last commits, and then their offsets go with them.
-            conn.execute("PRAGMA synchronous = NORMAL")
-    conn.row_factory = sqlite3.Row
-    return conn
+def schema_version(db: Database) -> int:
+    """The last step applied (0: an empty database)."""
+    row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return row[0] or 0
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Create or upgrade the schema; returns the version now in place."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in _statements(SCHEMA):
-            conn.execute(statement)
-        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        current = row[0]
-        if current is None:
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            current = SCHEMA_VERSION
-        elif current > SCHEMA_VERSION:
+def migrate(db: Database, target: int = SCHEMA_VERSION) -> int:
+    """Apply the steps up to ``target`` that ``db`` lacks; returns the version now in place."""
+    with db.write():
+        db.execute(db.ddl("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
+        current = schema_version(db)
+        if current > SCHEMA_VERSION:
             raise SchemaError(
                 f"lineage database has schema version {current}, newer than this "
                 f"service's {SCHEMA_VERSION}"
             )
-        for version, statements in MIGRATIONS.items():
-            if current < version:
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute("UPDATE schema_version SET version = ?", (version,))
-                current = version
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+        for step in MIGRATIONS:
+            if current < step.version <= target:
+                for statement in statements(step.statements):
+                    db.execute(db.ddl(statement))
+                if current == 0:
+                    db.execute("INSERT INTO schema_version (version) VALUES (?)", (step.version,))
+                else:
+                    db.execute("UPDATE schema_version SET version = ?", (step.version,))
+                current = step.version
     return current
 
 
-def _statements(script: str) -> list[str]:
-    """Split the schema script (executescript would commit our transaction)."""
-    statements, buffer = [], []
+def statements(script: str) -> list[str]:
+    """Split a script into statements, comments dropped (the schema's strings hold no
+    ``--``; a script run whole would commit the migration's transaction on SQLite)."""
+    found, buffer = [], []
     for line in script.splitlines():
-        if line.strip().startswith("--"):
+        code = line.split("--", 1)[0].rstrip()
+        if not code.strip():
             continue
-        buffer.append(line)
-        if line.rstrip().endswith(";") and sqlite3.complete_statement("\n".join(buffer)):
-            statements.append("\n".join(buffer))
+        buffer.append(code)
+        if code.endswith(";") and sqlite3.complete_statement("\n".join(buffer)):
+            found.append("\n".join(buffer).strip().rstrip(";"))
             buffer = []
-    return [s for s in statements if s.strip()]
+    if buffer:
+        found.append("\n".join(buffer).strip().rstrip(";"))
+    return found

@@ -1,20 +1,23 @@
 """LineageService over gRPC: thin handlers over ``LineageQueries``.
 
-Each gRPC worker thread opens its own read connection on first use (SQLite
-connections must not be shared across concurrent threads); WAL lets them read
-while the ingest thread writes.
+Each gRPC worker thread opens its own read connection on first use (a connection
+is never shared across concurrent threads); SQLite's WAL and PostgreSQL's snapshots
+let them read while the ingest thread writes. A store that cannot be reached
+answers UNAVAILABLE (clients retry), not a bug's INTERNAL.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import grpc
-from ladder.errors import NotFound, require
+from ladder.errors import NotFound, Unavailable, require
 from ladder.v1 import lineage_pb2, lineage_pb2_grpc
 
+from services.lineage.db import TRANSIENT
 from services.lineage.queries import LineageQueries
 
 _T = TypeVar("_T")
@@ -42,9 +45,18 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
                 queries.close()
             self._opened.clear()
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[LineageQueries]:
+        """This thread's queries in one consistent read."""
+        try:
+            with self._queries().snapshot() as queries:
+                yield queries
+        except TRANSIENT as exc:
+            raise Unavailable(f"lineage store unreachable: {exc}") from exc
+
     def _read(self, query: Callable[[LineageQueries], _T | None], missing: str) -> _T:
         """``query``'s answer, read in one snapshot; NotFound(``missing``) when None."""
-        with self._queries().snapshot() as queries:
+        with self._snapshot() as queries:
             found = query(queries)
         if found is None:
             raise NotFound(missing)
@@ -67,7 +79,7 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
         self, request: lineage_pb2.GetBestTrialRequest, context: grpc.ServicerContext
     ) -> lineage_pb2.TrialLineage:
         study_id = require(request.study_id, "study_id")
-        with self._queries().snapshot() as queries:
+        with self._snapshot() as queries:
             known = queries.study_known(study_id)
             best = queries.best_trial_id(study_id) if known else None
             lineage = queries.trial_lineage(best[0]) if best else None

@@ -1,16 +1,25 @@
 """Fixtures for integration tests: a real tansu broker and redis-server (started
 by the project's own ``ladder up --no-services``) once per session, and real service
 processes, per test (``start_service``) or shared by a module's tests
-(``start_module_service``; a test that stops or kills a service keeps its own)."""
+(``start_module_service``; a test that stops or kills a service keeps its own).
+A PostgreSQL server (``postgres``) is started once per session by the first test that
+asks for it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from ladder.config import Settings, Topics
 from ladder.testing import ServiceGroup, ServiceProcess, embedded_infra
+from ladder.testing.postgres import (
+    PostgresMissing,
+    PostgresServer,
+    check_available,
+    postgres_server,
+)
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +36,21 @@ def infra(infra_env: dict[str, str]) -> Settings:
         topics=Topics(infra_env["LADDER_TOPIC_PREFIX"]),
         state_dir=Path(infra_env["LADDER_STATE_DIR"]),
     )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server on loopback for the whole session. Without PostgreSQL the
+    tests that need it fail (CI installs it: .ci/run); a developer may set
+    LADDER_ALLOW_SKIP_PG=1 to skip them instead, never in CI."""
+    try:
+        check_available()
+    except PostgresMissing as missing:
+        if os.environ.get("LADDER_ALLOW_SKIP_PG") == "1" and not os.environ.get("CI"):
+            pytest.skip(f"PostgreSQL tests skipped (LADDER_ALLOW_SKIP_PG=1): {missing}")
+        pytest.fail(f"PostgreSQL is needed by this test: {missing}", pytrace=False)
+    with postgres_server() as server:
+        yield server
 
 
 @pytest.fixture

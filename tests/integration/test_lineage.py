@@ -1,10 +1,15 @@
-"""The lineage service as a real process against the real broker: it records a
-trial's whole history from every topic, answers the lineage queries, ignores
-replayed records, and resumes exactly where it stopped after a restart."""
+"""The lineage service as a real process against the real broker, on each store engine
+(SQLite file, PostgreSQL URL): it records a trial's whole history from every topic,
+answers the lineage queries, ignores replayed records, resumes exactly where it
+stopped after a restart, and keeps each attempt's run environment from the real
+evaluate's TRIAL_STARTED events. A store URL it cannot use stops it at start-up."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -216,10 +221,18 @@ def find_dead_letter(settings: Settings, source_topic: str, offset: int) -> even
         consumer.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def lineage_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """LADDER_LINEAGE_DB for one test: a SQLite file, or an empty PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "lineage.sqlite3")
+    return request.getfixturevalue("postgres").fresh_url("lineage_it")
+
+
 def test_lineage_records_a_trial_end_to_end_exactly_once(
-    infra: Settings, start_service: Callable[..., Any], tmp_path: Path
+    infra: Settings, start_service: Callable[..., Any], lineage_db: str
 ) -> None:
-    env = {"LADDER_LINEAGE_DB": str(tmp_path / "lineage.sqlite3")}
+    env = {"LADDER_LINEAGE_DB": lineage_db}
     service = start_service("services.lineage", env)
     scenario = Scenario(infra)
     producer = EventProducer(infra, "lineage-test")
@@ -337,14 +350,13 @@ def test_lineage_records_a_trial_end_to_end_exactly_once(
         plain.close()
 
 
-def test_lineage_keeps_each_attempts_end_and_the_checkpoint_overhead(
-    infra: Settings, start_service: Callable[..., Any], tmp_path: Path
+def test_lineage_keeps_each_attempts_end_environment_and_checkpoint_overhead(
+    infra: Settings, start_service: Callable[..., Any], lineage_db: str
 ) -> None:
     """Through the real services: a trial preempted once, failed once (counted), then
-    completed; lineage answers how each attempt ended and what checkpoints cost."""
-    lineage_service = start_service(
-        "services.lineage", {"LADDER_LINEAGE_DB": str(tmp_path / "lineage.sqlite3")}
-    )
+    completed; lineage answers how each attempt ended, what it ran with (the run
+    environment its StartTrial sent) and what checkpoints cost."""
+    lineage_service = start_service("services.lineage", {"LADDER_LINEAGE_DB": lineage_db})
     suggest = start_service("services.suggest")
     evaluate = start_service("services.evaluate")
     clients = Clients(suggest.addr, evaluate.addr)
@@ -374,10 +386,29 @@ def test_lineage_keeps_each_attempts_end_and_the_checkpoint_overhead(
                 timeout=30,
             )
 
-        clients.start(trial_id, "a1")
+        def start(attempt: str, environment: trial_pb2.RunEnvironment) -> None:
+            clients.evaluate.StartTrial(
+                evaluate_pb2.StartTrialRequest(
+                    trial_id=trial_id, attempt_id=attempt, worker_id="w-1",
+                    hostname=environment.hostname, run_environment=environment,
+                ),
+                timeout=30,
+            )
+
+        packages = ["numpy==2.4.6", "torch==2.13.0"]
+        environments = [
+            trial_pb2.RunEnvironment(
+                python="3.11.7", os="linux-6.1.0-x86_64", hostname=host, cpu_model="EPYC",
+                cpu_count=8, gpu_model="NVIDIA L4", gpu_count=1, code_commit="0123abcd",
+                packages_hash="sha256-of-the-list", packages=packages, dataset_id="digits@1",
+                entry_point="python train.py",
+            )
+            for host in ("gpu-host-1", "gpu-host-2")
+        ]
+        start("a1", environments[0])
         checkpoint("a1", 1, 0.5, 20)
         fail("a1", trial_pb2.PREEMPTED, "SIGTERM")
-        clients.start(trial_id, "a2")
+        start("a2", environments[1])
         checkpoint("a2", 2, 0.25, 10)
         fail("a2", trial_pb2.INFRASTRUCTURE, "NCCL timeout")
         clients.start(trial_id, "a3")
@@ -405,6 +436,10 @@ def test_lineage_keeps_each_attempts_end_and_the_checkpoint_overhead(
             "completed with value 0.5",
         ]
         assert all(a.ended_ms >= a.started_ms > 0 for a in lineage.attempts)
+        # clients.start sends no run environment: a3 has none.
+        assert [a.run_environment for a in lineage.attempts[:2]] == environments
+        assert [a.hostname for a in lineage.attempts] == ["gpu-host-1", "gpu-host-2", "it-host"]
+        assert not lineage.attempts[2].HasField("run_environment")
         assert (lineage.failures, lineage.failure_kind) == (1, trial_pb2.INFRASTRUCTURE)
         assert (lineage.checkpoint_seconds, lineage.train_seconds) == (0.75, 30)
         summary = stub.GetStudySummary(lineage_pb2.GetStudySummaryRequest(study_id=study_id))
@@ -412,3 +447,28 @@ def test_lineage_keeps_each_attempts_end_and_the_checkpoint_overhead(
     finally:
         channel.close()
         clients.close()
+
+
+@pytest.mark.parametrize(
+    ("store", "status", "message"),
+    [
+        # Once silently a SQLite file under a folder named "postgresql:".
+        ("postgresql:/lineage", 2, "use a file path or sqlite:///PATH (SQLite), or postgresql://"),
+        ("mysql://ladder@127.0.0.1/lineage", 2, "unsupported lineage store 'mysql://"),
+        # A PostgreSQL URL nobody answers: a clear error, no retry loop at start-up.
+        ("postgresql://ladder:pw@127.0.0.1:1/lineage?connect_timeout=2", 1,
+         "cannot open the lineage store at postgresql://ladder:***@127.0.0.1:1/lineage"),
+    ],
+)
+def test_a_store_it_cannot_use_stops_it_at_start_up(
+    tmp_path: Path, store: str, status: int, message: str
+) -> None:
+    env = {**os.environ, "LADDER_LINEAGE_DB": store, "LADDER_STATE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.lineage", "--port", "0"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == status, done.stderr
+    assert message in done.stderr + done.stdout
+    assert "pw@" not in done.stderr + done.stdout
+    assert list(tmp_path.iterdir()) == []  # no file, no folder named after the URL

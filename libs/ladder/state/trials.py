@@ -28,7 +28,7 @@ import json
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import redis
 from redis.exceptions import NoScriptError
@@ -65,6 +65,9 @@ class Transition:
     # The attempt this transition ended ('' for none), and how (a trial_pb2.AttemptEnd).
     ended_attempt_id: str = ""
     attempt_end: int = 0
+    # StartTrial's run environment, for its TRIAL_STARTED event (not kept in Redis: a
+    # re-publish from the outbox goes without it).
+    run_environment: trial_pb2.RunEnvironment | None = field(default=None, compare=False)
 
 
 class AttemptEnded(StaleAttempt):
@@ -122,6 +125,8 @@ def trial_event(transition: Transition, ts_ms: int, hostname: str = "") -> event
         attempt_end=transition.attempt_end,
     )
     event.trial.CopyFrom(transition.trial)
+    if transition.run_environment is not None:
+        event.run_environment.CopyFrom(transition.run_environment)
     return event
 
 
