@@ -3,6 +3,8 @@
 Subcommands live in the ``COMMANDS`` table: each entry names its help text, a function
 adding its arguments and a function running it (returning the exit code). To add one,
 write the two functions and add a ``Command`` to the table; ``main`` needs no change.
+The stack's lifecycle (up, down, status) is here; studies, trials and lineage are in
+``cli_query``, ``watch`` in ``cli_watch``, training scripts in ``cli_run``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ladder import cli_query, cli_run, config
+from ladder import cli_query, cli_run, cli_watch, config
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ COMMANDS: dict[str, Command] = {
                       _run_status),
 }
 cli_query.register(COMMANDS, Command)
+cli_watch.register(COMMANDS, Command)
 cli_run.register(COMMANDS, Command)
 
 

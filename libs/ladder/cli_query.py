@@ -1,85 +1,360 @@
-"""Query subcommands of the ``ladder`` CLI: studies, summaries, lineage.
+"""The ``ladder`` commands that talk to a running stack: studies, trials, lineage.
 
-Each prints JSON (protobuf's canonical JSON mapping) so the output can be piped
-into ``jq``; a gRPC error prints its status and message and exits 1. Addresses come
-from the usual config (env vars, else the state folder's ``stack.json``).
+| command                          | prints                                              |
+|----------------------------------|-----------------------------------------------------|
+| ``study create FILE.yaml``       | the new study (``ladder.cli_study_file``: the file) |
+| ``study list`` (``studies``)     | one line per study                                  |
+| ``study show ID`` / ``study ID``-less views: ``summary ID`` | the config / the counts  |
+| ``study stop ID`` / ``resume ID``| the study's new state                               |
+| ``trials ID --format table|csv|json`` | every trial with its value and params          |
+| ``best ID``                      | the best completed trial with its lineage           |
+| ``lineage TRIAL``                | params, seed, attempts, curve, decisions            |
+| ``watch ID`` (``cli_watch``)     | live progress until the study is completed          |
+
+Tables for people by default; ``--json`` prints plain JSON for scripts
+(``ladder.cli_format.plain``). Addresses come from the usual config (env vars, else the
+state folder's ``stack.json``); before any call, the services a command needs are
+probed for at most ``PROBE_SECONDS``, so a missing stack is reported at once, naming
+the address and the fix, instead of after the SDK's retries.
+
+Exit codes: 0 done, 1 refused or failed (message on stderr), 2 an unknown study or
+trial (NOT_FOUND), 3 no stack at the configured address.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
 
+from ladder import cli_format as fmt
 
-def _client(args: argparse.Namespace):  # noqa: ANN202 - LadderClient, imported lazily
-    if args.state_dir:
-        os.environ["LADDER_STATE_DIR"] = str(args.state_dir)
+if TYPE_CHECKING:
     from ladder.client import LadderClient
+    from ladder.v1 import lineage_pb2, study_pb2
 
-    return LadderClient(retry_timeout=2.0)
+EXIT_ERROR = 1
+EXIT_NOT_FOUND = 2
+EXIT_NO_STACK = 3
+PROBE_SECONDS = 1.0
+# What a call may spend retrying UNAVAILABLE once the probe found the service: a person
+# waits at a prompt, unlike a worker (LADDER_CLIENT_RETRY_S).
+CALL_RETRY_SECONDS = 2.0
+LINEAGE_FETCHERS = 8
+
+SUGGEST = "suggest_addr"
+LINEAGE = "lineage_addr"
+ADDRESS_ENV = {SUGGEST: "LADDER_SUGGEST_ADDR", LINEAGE: "LADDER_LINEAGE_ADDR"}
 
 
-def _print(message: Message | list[Message]) -> None:
-    if isinstance(message, list):
-        data: object = [MessageToDict(m, preserving_proto_field_name=True) for m in message]
-    else:
-        data = MessageToDict(message, preserving_proto_field_name=True)
-    print(json.dumps(data, indent=2, sort_keys=True))
+class CommandFailed(Exception):
+    """Ends a command with ``exit_code``, its message on stderr."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
-def _query(run: Callable[[object, argparse.Namespace], Message | list[Message]]):
-    def command(args: argparse.Namespace) -> int:
-        client = _client(args)
+# --- reaching the stack ----------------------------------------------------------------
+
+
+def answers(addr: str, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether a gRPC server answers at ``addr`` within ``timeout`` seconds (the
+    standard health check; any answer, even an error status, is a server)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(addr) as channel:
         try:
-            _print(run(client, args))
+            health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
         except grpc.RpcError as err:
-            print(f"ladder: {err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
-        finally:
-            client.close()
-        return 0
-
-    return command
+            return err.code() not in (
+                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED
+            )
+    return True
 
 
-def _arguments(positional: str | None) -> Callable[[argparse.ArgumentParser], None]:
-    def add(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--state-dir", type=Path, default=None,
-            help="state folder of the stack to query (default: LADDER_STATE_DIR or ./.ladder)",
+def no_stack(addr: str, field: str) -> CommandFailed:
+    return CommandFailed(
+        f"no Ladder stack at {addr}: run `ladder up` or set {ADDRESS_ENV[field]}",
+        EXIT_NO_STACK,
+    )
+
+
+@contextmanager
+def connected(args: argparse.Namespace, needs: Sequence[str]) -> Iterator[LadderClient]:
+    """A client of the stack ``args`` point at, once every service in ``needs``
+    (Settings fields) answers; ``no_stack`` otherwise."""
+    if getattr(args, "state_dir", None):
+        os.environ["LADDER_STATE_DIR"] = str(args.state_dir)
+    from ladder.client import LadderClient  # imported here: `ladder --help` stays instant
+
+    client = LadderClient(retry_timeout=CALL_RETRY_SECONDS)
+    try:
+        for field in needs:
+            addr = getattr(client.settings, field)
+            if not answers(addr):
+                raise no_stack(addr, field)
+        yield client
+    finally:
+        client.close()
+
+
+def existing_study(client: LadderClient, study_id: str) -> study_pb2.Study:
+    try:
+        return client.get_study(study_id)
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.NOT_FOUND:
+            raise CommandFailed(
+                f"NOT_FOUND: study {study_id!r} does not exist (`ladder study list` shows "
+                "the studies)",
+                EXIT_NOT_FOUND,
+            ) from err
+        raise
+
+
+def unless_not_found(call: Callable[[], Any], default: Any) -> Any:
+    """``call()``, or ``default`` when lineage has not recorded the object yet (it
+    reads the topics, so it trails the suggest service by up to a second)."""
+    try:
+        return call()
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.NOT_FOUND:
+            return default
+        raise
+
+
+def runs(action: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
+    """``action`` with its failures turned into a message on stderr and an exit code."""
+
+    def run(args: argparse.Namespace) -> int:
+        from ladder.cli_study_file import StudyFileError
+
+        try:
+            return action(args) or 0
+        except CommandFailed as exc:
+            message, code = str(exc), exc.exit_code
+        except StudyFileError as exc:
+            message, code = str(exc), EXIT_ERROR
+        except grpc.RpcError as err:
+            message = f"{err.code().name}: {err.details()}"
+            code = EXIT_NOT_FOUND if err.code() == grpc.StatusCode.NOT_FOUND else EXIT_ERROR
+        except KeyboardInterrupt:
+            return 130
+        print(f"ladder: {message}", file=sys.stderr)
+        return code
+
+    return run
+
+
+def emit(text: str) -> None:
+    print(text, flush=True)
+
+
+def emit_json(data: Any) -> None:
+    emit(fmt.dumps(data))
+
+
+# --- studies ---------------------------------------------------------------------------
+
+
+def study_create(args: argparse.Namespace) -> None:
+    from ladder import cli_study_file
+
+    config, file_id = cli_study_file.load(args.file)  # before connecting: no stack needed
+    study_id = args.id or file_id
+    with connected(args, (SUGGEST,)) as client:
+        existed = bool(study_id) and unless_not_found(
+            lambda: client.get_study(study_id), None
+        ) is not None
+        study = client.create_study(config, study_id or None)
+    if args.json:
+        emit_json(fmt.plain(study))
+        return
+    emit(f"study {study.study_id} {'already existed' if existed else 'created'}\n\n"
+         + fmt.study_view(study))
+
+
+def study_list(args: argparse.Namespace) -> None:
+    with connected(args, (SUGGEST,)) as client:
+        studies = client.list_studies()
+    if args.json:
+        emit_json([fmt.plain(s) for s in studies])
+    else:
+        emit(fmt.studies_table(studies))
+
+
+def study_show(args: argparse.Namespace) -> None:
+    with connected(args, (SUGGEST,)) as client:
+        study = existing_study(client, args.study_id)
+    emit_json(fmt.plain(study)) if args.json else emit(fmt.study_view(study))
+
+
+def _lifecycle(stop: bool) -> Callable[[argparse.Namespace], None]:
+    def change(args: argparse.Namespace) -> None:
+        with connected(args, (SUGGEST,)) as client:
+            existing_study(client, args.study_id)
+            study = (client.stop_study if stop else client.resume_study)(args.study_id)
+        if args.json:
+            emit_json(fmt.plain(study))
+        elif stop:
+            emit(f"study {study.study_id} stopped: no new trials are handed out (running "
+                 f"trials finish); `ladder study resume {study.study_id}` undoes it")
+        else:
+            emit(f"study {study.study_id} resumed: new trials are handed out again "
+                 f"({fmt.budget(study)} suggested)")
+
+    return change
+
+
+def summary(args: argparse.Namespace) -> None:
+    from ladder.v1 import lineage_pb2
+
+    with connected(args, (SUGGEST, LINEAGE)) as client:
+        study = existing_study(client, args.study_id)
+        counts = unless_not_found(
+            lambda: client.summary(args.study_id),
+            lineage_pb2.StudySummary(study_id=args.study_id),
         )
-        if positional:
-            parser.add_argument(positional)
+    if args.json:
+        emit_json(fmt.plain(counts))
+    else:
+        emit(fmt.summary_view(study, counts))
+
+
+# --- trials ----------------------------------------------------------------------------
+
+
+def trial_params(
+    client: LadderClient, summaries: Sequence[lineage_pb2.TrialSummary]
+) -> dict[str, Mapping[str, Any]]:
+    """Each trial's params: from its summary when the lineage service sends them
+    there, else from each trial's lineage, fetched ``LINEAGE_FETCHERS`` at a time."""
+    from ladder.params import params_to_dict
+
+    if summaries and "params" in summaries[0].DESCRIPTOR.fields_by_name:
+        return {s.trial_id: params_to_dict(s.params) for s in summaries}  # type: ignore[attr-defined]
+
+    def fetch(trial_id: str) -> Mapping[str, Any]:
+        lineage = unless_not_found(lambda: client.lineage(trial_id), None)
+        return params_to_dict(lineage.params) if lineage is not None else {}
+
+    with ThreadPoolExecutor(LINEAGE_FETCHERS) as pool:
+        ids = [s.trial_id for s in summaries]
+        return dict(zip(ids, pool.map(fetch, ids), strict=True))
+
+
+def trials(args: argparse.Namespace) -> None:
+    form = "json" if args.json else args.format
+    with connected(args, (SUGGEST, LINEAGE)) as client:
+        study = existing_study(client, args.study_id)
+        summaries = unless_not_found(lambda: client.list_trials(args.study_id), [])
+        params = trial_params(client, summaries)
+    rows = fmt.sorted_rows(fmt.trial_row(s, params[s.trial_id]) for s in summaries)
+    order = [p.name for p in study.config.space.parameters]
+    if form == "json":
+        emit_json([row.as_dict() for row in rows])
+    elif form == "csv":
+        emit(fmt.trials_csv(rows, order))
+    else:
+        emit(fmt.trials_table(rows, order))
+
+
+def best(args: argparse.Namespace) -> None:
+    with connected(args, (SUGGEST, LINEAGE)) as client:
+        existing_study(client, args.study_id)
+        found = client.best(args.study_id)
+    if found is None:
+        raise CommandFailed(f"study {args.study_id!r} has no completed trial yet")
+    emit_json(fmt.plain(found)) if args.json else emit(fmt.best_view(found))
+
+
+def lineage(args: argparse.Namespace) -> None:
+    with connected(args, (LINEAGE,)) as client:
+        record = client.lineage(args.trial_id)
+    emit_json(fmt.plain(record)) if args.json else emit(fmt.lineage_view(record))
+
+
+# --- arguments -------------------------------------------------------------------------
+
+
+def common_arguments(parser: argparse.ArgumentParser, json_help: str = "plain JSON") -> None:
+    parser.add_argument(
+        "--state-dir", type=Path, default=None,
+        help="state folder of the stack to query (default: LADDER_STATE_DIR or ./.ladder)",
+    )
+    parser.add_argument("--json", action="store_true", help=f"print {json_help} instead")
+
+
+def _with(*positionals: tuple[str, str]) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        for name, help_text in positionals:
+            parser.add_argument(name, help=help_text)
+        common_arguments(parser)
 
     return add
 
 
-def _best(client, args: argparse.Namespace) -> Message:  # noqa: ANN001
-    best = client.best(args.study_id)
-    if best is None:
-        raise SystemExit(f"ladder: study {args.study_id!r} has no completed trial yet")
-    return best
+def _create_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="study file (YAML or JSON; see README \"CLI\")")
+    parser.add_argument("--id", default="", help="study id (default: the file's study_id, "
+                        "else one chosen by the service)")
+    common_arguments(parser)
 
 
-QUERIES = {
-    "studies": ("list the studies", None, lambda c, a: c.list_studies()),
-    "study": ("show one study's config", "study_id", lambda c, a: c.get_study(a.study_id)),
-    "summary": ("a study's trial counts and best value", "study_id",
-                lambda c, a: c.summary(a.study_id)),
-    "trials": ("list a study's trials", "study_id", lambda c, a: c.list_trials(a.study_id)),
-    "best": ("the best trial of a study with its lineage", "study_id", _best),
-    "lineage": ("a trial's full lineage", "trial_id", lambda c, a: c.lineage(a.trial_id)),
+def _trials_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study_id", help="study id")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    common_arguments(parser, "plain JSON (same as --format json)")
+
+
+STUDY = ("study_id", "study id")
+# ``ladder study ACTION``: (help, arguments, action).
+STUDY_ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {
+    "create": ("create a study from a YAML/JSON study file", _create_arguments, study_create),
+    "list": ("list the studies", _with(), study_list),
+    "show": ("show a study's config and state", _with(STUDY), study_show),
+    "stop": ("hand out no new trials (running trials finish)", _with(STUDY),
+             _lifecycle(stop=True)),
+    "resume": ("hand out new trials again after `ladder study stop`", _with(STUDY),
+               _lifecycle(stop=False)),
 }
 
 
-def register(commands: dict, command_type: type) -> None:
-    for name, (help_text, positional, run) in QUERIES.items():
-        commands[name] = command_type(help_text, _arguments(positional), _query(run))
+def _study_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="study_action", metavar="ACTION", required=True)
+    for name, (help_text, add, action) in STUDY_ACTIONS.items():
+        sub = actions.add_parser(name, help=help_text, description=help_text)
+        add(sub)
+        sub.set_defaults(study_run=action)
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    return runs(args.study_run)(args)
+
+
+# name: (help, arguments, action)
+QUERIES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {
+    "studies": ("list the studies (same as `ladder study list`)", _with(), study_list),
+    "summary": ("a study's trial counts and best value", _with(STUDY), summary),
+    "trials": ("a study's trials with their values and params", _trials_arguments, trials),
+    "best": ("the best trial of a study with its lineage", _with(STUDY), best),
+    "lineage": ("a trial's full lineage", _with(("trial_id", "trial id")), lineage),
+}
+
+
+def register(commands: dict[str, Any], command_type: type) -> None:
+    """Add this module's commands to the CLI's table."""
+    commands["study"] = command_type(
+        "create, list, show, stop and resume studies", _study_arguments, _run_study
+    )
+    for name, (help_text, add, action) in QUERIES.items():
+        commands[name] = command_type(help_text, add, runs(action))
