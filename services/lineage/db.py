@@ -34,7 +34,7 @@ import functools
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -211,46 +211,42 @@ class Database:
 
     # -- transactions --------------------------------------------------------
 
-    @contextmanager
-    def write(self) -> Iterator[Database]:
+    def write(self) -> AbstractContextManager[Database]:
         """One write transaction, serialized against other writers; rolled back on error."""
-        self._reopen_if_broken()
         if self.engine == SQLITE:
-            self._conn.execute("BEGIN IMMEDIATE")
-        else:
-            self._conn.execute("BEGIN")
-            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_WRITER_LOCK,))
-        with self._ending():
-            yield self
+            return self._transaction(("BEGIN IMMEDIATE", ()))
+        return self._transaction(
+            ("BEGIN", ()), ("SELECT pg_advisory_xact_lock(%s)", (_PG_WRITER_LOCK,))
+        )
 
-    @contextmanager
-    def snapshot(self) -> Iterator[Database]:
+    def snapshot(self) -> AbstractContextManager[Database]:
         """One consistent read of several statements."""
-        self._reopen_if_broken()
         if self.engine == SQLITE:
-            self._conn.execute("BEGIN")
-        else:
-            self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        with self._ending():
-            yield self
+            return self._transaction(("BEGIN", ()))
+        return self._transaction(("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", ()))
 
     @contextmanager
-    def _ending(self) -> Iterator[None]:
+    def _transaction(self, *begin: tuple[str, tuple[Any, ...]]) -> Iterator[Database]:
+        self._reopen_if_broken()
         try:
-            yield
+            for statement, params in begin:
+                self._conn.execute(statement, params)
+            yield self
+            self._conn.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
-        self._conn.execute("COMMIT")
 
     def _rollback(self) -> None:
+        """End a failed transaction, if one is open; the caller raises what failed."""
+        if self.engine == SQLITE:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            return
         try:
             self._conn.execute("ROLLBACK")
-        except (sqlite3.Error, psycopg.Error):
-            # The connection is gone (PostgreSQL): so is its transaction. The next
-            # transaction reconnects; the caller sees the error that caused this.
-            if self.engine == SQLITE:
-                raise
+        except psycopg.Error:
+            pass  # the connection is gone, and its transaction with it: reopened next time
 
 
 def _sqlite_connect(path: str, readonly: bool) -> sqlite3.Connection:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 
 from google.protobuf.message import Message
+from ladder.runenv import packages_hash as packages_hash_of
 from ladder.v1 import events_pb2, study_pb2, trial_pb2
 from opentelemetry import context as otel_context
 
@@ -81,13 +82,6 @@ def _real(value: float) -> float | None:
     """NaN is stored as NULL (SQLite would turn it into NULL anyway; both engines
     then agree)."""
     return None if math.isnan(value) else value
-
-
-def _packages_hash(packages: Sequence[str]) -> str:
-    """The key of a package list sent without its hash ('' for no list)."""
-    if not packages:
-        return ""
-    return hashlib.sha256("\n".join(packages).encode()).hexdigest()
 
 
 def _column(value: object) -> object:
@@ -314,7 +308,10 @@ class LineageStore:
     def _run_environment(
         self, trial_id: str, attempt_id: str, environment: trial_pb2.RunEnvironment
     ) -> None:
-        packages_hash = environment.packages_hash or _packages_hash(environment.packages)
+        # A list sent without its hash is keyed as the worker would have keyed it.
+        packages_hash = environment.packages_hash or (
+            packages_hash_of(environment.packages) if environment.packages else ""
+        )
         if environment.packages:
             self._db.execute(
                 "INSERT INTO run_packages (packages_hash, packages) VALUES (?, ?) "
