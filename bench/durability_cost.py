@@ -5,19 +5,24 @@ stack's default) and in memory, and their ratio.
 ::
 
     .venv/bin/python bench/durability_cost.py [--duration 60] [--scenarios 1es,cap]
+        [--rounds 2]
 
-Runs ``bench/earlystop_scale.py --scenarios SCENARIOS --duration D --repeat 1
---storage X`` for X = memory, then s3 (each on fresh stacks), writing
-``results/durability-cost-<X>.json`` (+ .png), then ``results/durability-cost.json``:
-per storage the 1,000-worker run's committed reports/s and report-to-decision p50 / p99
-(on the topic, and after the warm-up), the capacity backlog's reports/s, and the ratios
-s3 / memory. A few minutes (``make bench-scale`` is the full 45-minute bench).
+Each round runs ``bench/earlystop_scale.py --scenarios SCENARIOS --duration D --repeat 1
+--storage X`` for X = memory, then s3 (each on fresh stacks; alternating, so that load
+from elsewhere on the host falls on both), writing
+``results/durability-cost-<X>-<round>.json`` (+ .png); then
+``results/durability-cost.json``: per storage and round the 1,000-worker run's
+acknowledged and committed reports/s and report-to-decision p50 / p99 (on the topic, and
+after the warm-up) and the capacity backlog's reports/s; per storage the median over
+the rounds, and the ratios s3 / memory of the medians. About 5 minutes a round
+(``make bench-scale`` is the full 45-minute bench).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +51,15 @@ def figures(path: Path) -> dict[str, Any]:
     }
 
 
+FIGURES = ("reports_acked_per_s", "processed_per_s_steady", "p50_ms", "p99_ms",
+           "steady_p99_ms", "capacity_reports_per_s")
+
+
+def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
 def ratio(durable: float | None, memory: float | None) -> float | None:
     return round(durable / memory, 3) if durable and memory else None
 
@@ -54,26 +68,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--scenarios", default="1es,cap")
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     started = time.time()
     report: dict[str, Any] = {"machine": machine(), "args": vars(args), "seed": 7,
-                              "storages": {}}
-    for storage in STORAGES:
-        out = RESULTS / f"durability-cost-{storage}.json"
-        log(f"{storage}: earlystop_scale --scenarios {args.scenarios}")
-        subprocess.run(
-            [sys.executable, str(Path(__file__).with_name("earlystop_scale.py")),
-             "--scenarios", args.scenarios, "--duration", str(args.duration), "--repeat", "1",
-             "--storage", storage, "--out", str(out)],
-            check=True,
-        )
-        report["storages"][storage] = {"file": out.name, **figures(out)}
-    memory, durable = report["storages"]["memory"], report["storages"]["s3"]
-    report["ratio_s3_over_memory"] = {
-        key: ratio(durable[key], memory[key])
-        for key in ("capacity_reports_per_s", "processed_per_s_steady", "p50_ms", "p99_ms",
-                    "steady_p99_ms")
+                              "rounds": {s: [] for s in STORAGES}}
+    for round_ in range(1, args.rounds + 1):
+        for storage in STORAGES:
+            out = RESULTS / f"durability-cost-{storage}-{round_}.json"
+            log(f"round {round_}, {storage}: earlystop_scale --scenarios {args.scenarios}")
+            subprocess.run(
+                [sys.executable, str(Path(__file__).with_name("earlystop_scale.py")),
+                 "--scenarios", args.scenarios, "--duration", str(args.duration),
+                 "--repeat", "1", "--storage", storage, "--out", str(out)],
+                check=True,
+            )
+            report["rounds"][storage].append({"file": out.name, **figures(out)})
+    report["median"] = {
+        storage: {key: median_of(runs, key) for key in FIGURES}
+        for storage, runs in report["rounds"].items()
     }
+    memory, durable = report["median"]["memory"], report["median"]["s3"]
+    report["ratio_s3_over_memory"] = {key: ratio(durable[key], memory[key]) for key in FIGURES}
     report["wall_s"] = round(time.time() - started, 1)
     path = RESULTS / "durability-cost.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
