@@ -24,8 +24,8 @@ writer of the same database (SQLite ``BEGIN IMMEDIATE``; PostgreSQL a transactio
 advisory lock), so the store's read-check-write of its offsets stays atomic.
 ``snapshot()`` is one consistent read (SQLite WAL snapshot; PostgreSQL REPEATABLE READ,
 READ ONLY). A PostgreSQL connection that broke (server restarted, network) is opened
-again by the next transaction; the failed one raised an error in ``transient`` and its
-caller retries it (``TRANSIENT``).
+again by the next transaction; the failed one raised one of ``TRANSIENT`` and its
+caller retries it. Schemas in one PostgreSQL database share the writer lock.
 """
 
 from __future__ import annotations
@@ -132,9 +132,6 @@ class _PgRow:
 
     def __len__(self) -> int:
         return len(self._values)
-
-    def keys(self) -> list[str]:
-        return list(self._index)
 
 
 def _pg_rows(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], _PgRow]:
