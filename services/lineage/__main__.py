@@ -6,7 +6,7 @@ answers lineage queries.
 | env var               | flag   | default                               |
 |-----------------------|--------|---------------------------------------|
 | LADDER_LINEAGE_PORT   | --port | 50053                                 |
-| LADDER_LINEAGE_DB     | --db   | <LADDER_STATE_DIR>/lineage.sqlite3    |
+| LADDER_LINEAGE_DB     | --db   | <LADDER_STATE_DIR>/lineage.sqlite3 (path or URL: below) |
 | LADDER_LINEAGE_HOST   | --host | LADDER_BIND_HOST, else 127.0.0.1      |
 | LADDER_LINEAGE_READ_INTERVAL_MS | --read-interval-ms | 500 (0: read as records arrive) |
 | LADDER_KAFKA_BOOTSTRAP, LADDER_TOPIC_PREFIX, LADDER_STATE_DIR | | see ladder.config |
