@@ -3,9 +3,10 @@ study, its trials, a trial's lineage and a study's progress for people.
 
 ``plain(message)`` is a protobuf message as plain JSON data: numbers as numbers (int64
 too, unlike protobuf's JSON mapping), every field kept even when zero, enums by name,
-parameter maps as ``{"lr": 0.01}``, unset members of a oneof left out, and NaN or
-infinite values as null (JSON has none). The views turn messages into text; nothing
-here does I/O, so every format is unit-tested (tests/unit/test_cli_format.py).
+parameter maps as ``{"lr": 0.01}``, a message field never set as null (unset members
+of a oneof left out), and NaN or infinite values as null (JSON has none). The views
+turn messages into text; nothing here does I/O, so every format is unit-tested
+(tests/unit/test_cli_format.py).
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ def plain(message: Message) -> dict[str, Any]:
             out[fd.name] = {str(k): _scalar(value_fd, value[k]) for k in sorted(value)}
         elif fd.is_repeated:
             out[fd.name] = [_scalar(fd, item) for item in value]
-        elif fd.containing_oneof is not None and not message.HasField(fd.name):
-            continue
+        elif fd.message_type is not None and not message.HasField(fd.name):
+            if fd.containing_oneof is None:  # a oneof's other members are left out
+                out[fd.name] = None
         else:
             out[fd.name] = _scalar(fd, value)
     return out
@@ -284,7 +286,7 @@ def summary_view(study: study_pb2.Study, summary: lineage_pb2.StudySummary) -> s
     limit = study.config.max_trials
     return fields([
         ("study", f"{study.study_id} ({state_name(study.state)})"),
-        ("trials", f"{summary.suggested} suggested{f' of {limit}' if limit else ''}: "
+        ("trials", f"{study.trials_suggested} suggested{f' of {limit}' if limit else ''}: "
                    f"{summary.running} running, {summary.completed} completed, "
                    f"{summary.pruned} pruned, {summary.failed} failed"),
         ("best", best),

@@ -1,15 +1,16 @@
 """The ``ladder`` commands that talk to a running stack: studies, trials, lineage.
 
-| command                          | prints                                              |
-|----------------------------------|-----------------------------------------------------|
-| ``study create FILE.yaml``       | the new study (``ladder.cli_study_file``: the file) |
-| ``study list`` (``studies``)     | one line per study                                  |
-| ``study show ID`` / ``study ID``-less views: ``summary ID`` | the config / the counts  |
-| ``study stop ID`` / ``resume ID``| the study's new state                               |
+| command                            | prints                                            |
+|------------------------------------|---------------------------------------------------|
+| ``study create FILE.yaml``         | the new study (the file: ``ladder.cli_study_file``) |
+| ``study list`` (or ``studies``)    | one line per study                                |
+| ``study show ID``                  | the study's config and state                      |
+| ``study stop ID`` / ``resume ID``  | what the study does now                           |
+| ``summary ID``                     | its trial counts and best value                   |
 | ``trials ID --format table|csv|json`` | every trial with its value and params          |
-| ``best ID``                      | the best completed trial with its lineage           |
-| ``lineage TRIAL``                | params, seed, attempts, curve, decisions            |
-| ``watch ID`` (``cli_watch``)     | live progress until the study is completed          |
+| ``best ID``                        | the best completed trial with its lineage         |
+| ``lineage TRIAL``                  | params, seed, attempts, curve, decisions          |
+| ``watch ID`` (``ladder.cli_watch``) | live progress until the study is completed       |
 
 Tables for people by default; ``--json`` prints plain JSON for scripts
 (``ladder.cli_format.plain``). Addresses come from the usual config (env vars, else the

@@ -165,7 +165,7 @@ def test_plain_json_metrics_drive_decisions_heartbeats_and_lineage(system: dict)
     for proc in system["procs"].values():
         assert proc.proc.poll() is None, f"{proc.module} died"
 
-    # The CLI answers the same lineage query as JSON.
+    # The CLI answers the same lineage query as plain JSON (--json; a table without it).
     env = {
         **os.environ,
         "LADDER_SUGGEST_ADDR": settings.suggest_addr,
@@ -174,7 +174,8 @@ def test_plain_json_metrics_drive_decisions_heartbeats_and_lineage(system: dict)
     }
     cli = [sys.executable, "-m", "ladder.cli"]
     shown = subprocess.run(
-        [*cli, "lineage", worst_tid], env=env, capture_output=True, text=True, timeout=60
+        [*cli, "lineage", worst_tid, "--json"], env=env, capture_output=True, text=True,
+        timeout=60,
     )
     assert shown.returncode == 0, shown.stderr
     record = json.loads(shown.stdout)
@@ -182,7 +183,8 @@ def test_plain_json_metrics_drive_decisions_heartbeats_and_lineage(system: dict)
     missing = subprocess.run(
         [*cli, "lineage", "no-such-trial"], env=env, capture_output=True, text=True, timeout=60
     )
-    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr
+    assert "'no-such-trial'" in missing.stderr
     client.close()
     producer.close()
     decisions.close()

@@ -52,6 +52,7 @@ def test_plain_json_leaves_out_the_unset_members_of_a_oneof() -> None:
     ]
     assert params[0]["float_range"] == {"low": 0.0001, "high": 0.1, "scale": "SCALE_LOG"}
     assert params[3]["condition"] == {"parent": "optimizer", "parent_values": ["sgd"]}
+    assert params[0]["condition"] is None  # a message never set
 
 
 # --- cells, tables, CSV ----------------------------------------------------------------
