@@ -1,10 +1,12 @@
 """A study's lifecycle through the real suggest and evaluate processes: it becomes
 COMPLETED once its max_trials ended (GetStudy, the studies topic, Suggest's answer),
 StopStudy makes Suggest refuse new trials while running and resumable ones finish,
-ResumeStudy undoes it, and a completed study can be neither stopped nor resumed."""
+ResumeStudy undoes it, and a completed study can be neither stopped nor resumed; with
+PAUSED trials the study completes once the settle window passed, and they stay paused."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,7 +15,7 @@ import grpc
 import pytest
 from ladder.config import Settings
 from ladder.testing import Clients, code_and_message, decoded, read_topic, wait_for
-from ladder.v1 import events_pb2, space_pb2, study_pb2, suggest_pb2, trial_pb2
+from ladder.v1 import evaluate_pb2, events_pb2, space_pb2, study_pb2, suggest_pb2, trial_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +137,28 @@ def test_stop_refuses_new_trials_and_resume_hands_them_out(
     for call in (stop, resume):
         code, message = code_and_message(lambda c=call: c(clients, "no-such-study"))
         assert (code, message) == (grpc.StatusCode.NOT_FOUND, "study 'no-such-study' not found")
+
+
+def test_paused_trials_settle_then_stay_paused_in_a_completed_study(
+    start_service: Callable[..., Any],
+) -> None:
+    suggest = start_service("services.suggest", {"LADDER_STUDY_SETTLE_S": "2"})
+    evaluate = start_service("services.evaluate")
+    own = Clients(suggest.addr, evaluate.addr)
+    try:
+        study_id = create(own, max_trials=2)
+        paused, done = (own.one(study_id, f"w{i}").trial.trial_id for i in range(2))
+        own.start(paused, "p")
+        own.evaluate.PauseTrial(
+            evaluate_pb2.PauseTrialRequest(trial_id=paused, attempt_id="p", step=1, rung=0),
+            timeout=30,
+        )
+        run(own, done, 0.2)
+        # Nothing runs, but a PROMOTE for the paused trial could still be under way.
+        started = time.monotonic()
+        wait_for(lambda: state_of(own, study_id) == study_pb2.STUDY_COMPLETED, 30,
+                 "COMPLETED after the settle window")
+        assert time.monotonic() - started >= 1.0
+        assert own.get(paused).state == trial_pb2.PAUSED
+    finally:
+        own.close()
