@@ -196,7 +196,10 @@ def study_list(args: argparse.Namespace) -> None:
 def study_show(args: argparse.Namespace) -> None:
     with connected(args, (SUGGEST,)) as client:
         study = existing_study(client, args.study_id)
-    emit_json(fmt.plain(study)) if args.json else emit(fmt.study_view(study))
+    if args.json:
+        emit_json(fmt.plain(study))
+    else:
+        emit(fmt.study_view(study))
 
 
 def _lifecycle(stop: bool) -> Callable[[argparse.Namespace], None]:
@@ -275,13 +278,19 @@ def best(args: argparse.Namespace) -> None:
         found = client.best(args.study_id)
     if found is None:
         raise CommandFailed(f"study {args.study_id!r} has no completed trial yet")
-    emit_json(fmt.plain(found)) if args.json else emit(fmt.best_view(found))
+    if args.json:
+        emit_json(fmt.plain(found))
+    else:
+        emit(fmt.best_view(found))
 
 
 def lineage(args: argparse.Namespace) -> None:
     with connected(args, (LINEAGE,)) as client:
         record = client.lineage(args.trial_id)
-    emit_json(fmt.plain(record)) if args.json else emit(fmt.lineage_view(record))
+    if args.json:
+        emit_json(fmt.plain(record))
+    else:
+        emit(fmt.lineage_view(record))
 
 
 # --- arguments -------------------------------------------------------------------------

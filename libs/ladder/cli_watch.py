@@ -22,6 +22,7 @@ from ladder import cli_query
 from ladder.lifecycle import COMPLETED, state_name
 
 DEFAULT_INTERVAL = 2.0
+MIN_INTERVAL = 0.1  # a smaller --interval would only load the services
 BAR_WIDTH = 30
 
 
@@ -93,7 +94,7 @@ def watch(args: argparse.Namespace) -> int:
                 screen.show(progress)
             if args.once or study.state == COMPLETED:
                 return 0
-            time.sleep(args.interval)
+            time.sleep(max(MIN_INTERVAL, args.interval))
             study = client.get_study(args.study_id)
 
 
