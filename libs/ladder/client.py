@@ -633,7 +633,9 @@ class LadderClient:
         becomes; ``retryable`` is what servers that predate kinds read (default: whether
         the kind is retried; True without a kind)."""
         if retryable is None:
-            retryable = failures.disposition(kind, OomPolicy.RETRY_ONCE, 0).retry if kind else True
+            retryable = (
+                failures.disposition(kind, OomPolicy.RETRY_ONCE, False).retry if kind else True
+            )
         request = evaluate_pb2.FailTrialRequest(
             trial_id=trial_id, attempt_id=attempt_id, reason=reason, retryable=retryable,
             kind=kind,

@@ -6,10 +6,16 @@ the trial becomes for each class. The one place both rules live.
 | INFRASTRUCTURE  | RESUMABLE, FAILED once max_failures counted        | yes    |
 | USER_ERROR      | FAILED                                             | yes    |
 | DIVERGED        | FAILED                                             | yes    |
-| OUT_OF_MEMORY   | RETRY_ONCE: RESUMABLE the first time, then FAILED; | yes    |
-|                 | INFEASIBLE: FAILED                                 |        |
+| OUT_OF_MEMORY   | RETRY_ONCE: RESUMABLE unless an OOM failed the     | yes    |
+|                 | trial before, then FAILED; INFEASIBLE: FAILED      |        |
 | TIMEOUT         | FAILED                                             | yes    |
-| PREEMPTED       | RESUMABLE                                          | no     |
+| PREEMPTED       | RESUMABLE (an interruption)                        | no     |
+
+Interruptions: an attempt preempted (SIGTERM hand-back), whose lease expired (the worker
+vanished) or that stalled (no step progress) never counts as a failure, so a spot fleet
+fails no trial; but each counts as an interruption, and one beyond the study's
+``max_interruptions`` fails the trial (kind INFRASTRUCTURE): a trial that kills its
+worker every time (OOM killer, segfault, a step that always hangs) must end.
 
 A FAILED trial is final and reaches the samplers (never silently dropped): a region
 that crashes, diverges or does not fit is one they learn to avoid.
@@ -92,6 +98,11 @@ def kind_of_request(kind: FailureKind, retryable: bool) -> FailureKind:
     return INFRASTRUCTURE if retryable else USER_ERROR
 
 
+# Counted failures before a trial is FAILED when its study sets no max_failures: the
+# default of evaluate's --max-attempts (LADDER_MAX_ATTEMPTS).
+MAX_FAILURES = 3
+
+
 @dataclass(frozen=True)
 class Disposition:
     """What one failed attempt does to its trial."""
@@ -100,14 +111,38 @@ class Disposition:
     retry: bool  # RESUMABLE (if failures left) rather than FAILED now
 
 
-def disposition(kind: FailureKind, oom: OomPolicy, previous: FailureKind) -> Disposition:
-    """The rule of the table above; ``previous`` is the kind of the trial's last counted
-    failure (0 if none). Whether failures are left (``max_failures``) is the caller's."""
+def disposition(kind: FailureKind, oom: OomPolicy, oom_before: bool) -> Disposition:
+    """The rule of the table above; ``oom_before``: an OUT_OF_MEMORY failure of the
+    trial counted before (whatever failed in between). Whether failures are left
+    (``max_failures``) is the caller's. A failure that does not count (PREEMPTED) is an
+    interruption (``interruption``)."""
     if kind == PREEMPTED:
         return Disposition(counts=False, retry=True)
     if kind == INFRASTRUCTURE:
         return Disposition(counts=True, retry=True)
     if kind == OUT_OF_MEMORY:
-        retry = oom is OomPolicy.RETRY_ONCE and previous != OUT_OF_MEMORY
+        retry = oom is OomPolicy.RETRY_ONCE and not oom_before
         return Disposition(counts=True, retry=retry)
     return Disposition(counts=True, retry=False)
+
+
+# The failure kind of a trial FAILED for its interruptions: whatever kills its worker
+# (the OOM killer, a segfault, a hung step) is no fault the worker could report.
+INTERRUPTED_TOO_OFTEN = INFRASTRUCTURE
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """What one interruption does to its trial."""
+
+    interruptions: int  # the trial's interruptions, this one included
+    final: bool  # beyond max_interruptions: FAILED with kind INTERRUPTED_TOO_OFTEN
+
+
+def interruption(before: int, max_interruptions: int | None) -> Interruption:
+    """The rule for an attempt preempted, whose lease expired or that stalled, on a trial
+    interrupted ``before`` times so far: never a failure (max_failures is untouched);
+    the trial is RESUMABLE unless this interruption is beyond ``max_interruptions``
+    (None: unlimited), which fails it."""
+    after = before + 1
+    return Interruption(after, max_interruptions is not None and after > max_interruptions)

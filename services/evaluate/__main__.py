@@ -18,8 +18,11 @@ RESUMABLE, so the next Suggest hands it out with its checkpoint.
 |                                    |         | for studies whose trial_policy does not    |
 |                                    |         | set max_failures (preemptions, lease       |
 |                                    |         | expiries, stalls and pauses never count)   |
-| LADDER_SWEEP_SECONDS               | lease/4 | sweeper period: leases, wall clocks and    |
-|                                    |         | the outbox (capped to 0.1..1 s)            |
+| LADDER_SWEEP_SECONDS               | lease/4 | sweeper period: leases, running-time       |
+|                                    |         | limits and the outbox (capped to 0.1..1 s);|
+|                                    |         | after no pass for over a lease (evaluate   |
+|                                    |         | was away) leases are extended by a lease   |
+|                                    |         | before any expires                         |
 | LADDER_OUTBOX_RETRY_SECONDS        | 10      | re-publish events not acknowledged by then |
 | LADDER_LOG_LEVEL                   | INFO    | log level (JSON logs on stderr)            |
 | OTEL_EXPORTER_OTLP_ENDPOINT        | unset   | export spans over OTLP when set            |
@@ -40,6 +43,7 @@ import os
 from ladder import telemetry
 from ladder.bus import ConsumerLoop, EventProducer, Record, health_of
 from ladder.config import Settings, service_parser
+from ladder.failures import MAX_FAILURES
 from ladder.grpcserver import ServiceHost
 from ladder.state import ConsumerOffsets, open_state
 from ladder.v1 import evaluate_pb2_grpc
@@ -57,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--lease-seconds", type=float, default=float(env("LADDER_LEASE_SECONDS", 10))
     )
-    parser.add_argument("--max-attempts", type=int, default=int(env("LADDER_MAX_ATTEMPTS", 3)))
+    parser.add_argument(
+        "--max-attempts", type=int, default=int(env("LADDER_MAX_ATTEMPTS", MAX_FAILURES))
+    )
     parser.add_argument(
         "--sweep-seconds", type=float, default=float(env("LADDER_SWEEP_SECONDS", 0))
     )
@@ -107,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
         on_done=passed,
         on_health=health_of(host),
     ).start()
-    sweeper = LeaseSweeper(state.trials, publisher, sweep, args.outbox_retry_seconds).start()
+    sweeper = LeaseSweeper(
+        state.trials, publisher, sweep, args.outbox_retry_seconds, args.lease_seconds
+    ).start()
 
     evaluate_pb2_grpc.add_EvaluateServiceServicer_to_server(servicer, host.server)
 

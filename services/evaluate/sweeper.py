@@ -1,13 +1,21 @@
-"""Background sweeper: expires leases, times trials out, re-publishes unacknowledged
+"""Background sweeper: expires leases, times attempts out, re-publishes unacknowledged
 events.
 
 Every ``interval`` seconds it moves trials whose lease (RUNNING) or hand-out
 claim (suggested but never started) ran out to RESUMABLE, publishing
-TRIAL_LEASE_EXPIRED (never counted as a failure), FAILs (kind TIMEOUT) the unfinished
-trials whose wall clock (the study's max_trial_seconds since their first start) ran
-out, publishing TRIAL_FAILED, and re-publishes the unacknowledged events of every trial
+TRIAL_LEASE_EXPIRED (never counted as a failure, but an interruption: past the study's
+max_interruptions the trial is FAILED, see ``ladder.failures``), ends (kind TIMEOUT) the
+running attempts whose trial used up its max_trial_seconds of running time, publishing
+TRIAL_FAILED, and re-publishes the unacknowledged events of every trial
 whose oldest one is older than ``outbox_retry_seconds`` (their first publish
 failed or the process died), each trial's in order.
+
+A pass first records itself in Redis. When the previous pass, by any evaluate process,
+is more than a lease ago, evaluate was away (killed, or cut off from Redis) and no worker
+could renew its lease meanwhile: every lease is extended to a lease from now before
+anything expires (``TrialStore.sweep_grace``), so a worker whose heartbeat gets through
+within it keeps its trial, and a dead worker's trial expires a lease after evaluate is
+back.
 Several evaluate processes may sweep at once: each expiry is one Lua script, so
 exactly one of them wins and publishes.
 """
@@ -40,10 +48,12 @@ class LeaseSweeper:
         publisher: TransitionPublisher,
         interval: float,
         outbox_retry_seconds: float,
+        lease_seconds: float,
     ) -> None:
         self.trials = trials
         self.publisher = publisher
         self.interval = interval
+        self.lease_seconds = lease_seconds
         self.outbox_retry_seconds = outbox_retry_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-sweeper", daemon=True)
@@ -58,6 +68,16 @@ class LeaseSweeper:
 
     def sweep_once(self) -> int:
         """One pass; returns the number of leases expired and trials timed out."""
+        since_s, extended = self.trials.sweep_grace(self.lease_seconds)
+        if extended:
+            log.warning(
+                "no sweep for %.1f s, longer than a lease (%.1f s): no worker could renew "
+                "its lease meanwhile, so %d leases were extended to %.1f s from now",
+                since_s,
+                self.lease_seconds,
+                extended,
+                self.lease_seconds,
+            )
         expired = self.trials.expire_due()
         timed_out = self.trials.time_out_due()
         for counter, transition in [

@@ -16,6 +16,7 @@ from ladder.config import Settings
 from ladder.errors import BudgetExhausted, Conflict, InvalidArgument, NotFound, StaleAttempt
 from ladder.params import fill_params
 from ladder.state import AttemptEnded, State, Transition, open_state, trial_event
+from ladder.state.attempts import Counts
 from ladder.study import OomPolicy
 from ladder.testing import wait_for
 from ladder.v1 import events_pb2, study_pb2, trial_pb2
@@ -34,9 +35,14 @@ def store(request: pytest.FixtureRequest, infra: Settings) -> Iterator[State]:
     state.close()
 
 
-def new_study(store: State, max_trials: int = 0) -> str:
+def new_study(store: State, max_trials: int = 0, **policy: object) -> str:
+    """A study with one parameter and ``policy`` as its trial_policy fields."""
     study_id = f"contract-{uuid.uuid4().hex[:8]}"
     config = study_pb2.StudyConfig(name="contract", metric="loss", max_trials=max_trials)
+    config.space.parameters.add(name="x").float_range.high = 1.0
+    config.scheduler.kind = study_pb2.NONE
+    for name, value in policy.items():
+        setattr(config.trial_policy, name, value)
     store.studies.create(study_pb2.Study(study_id=study_id, config=config, created_unix_ms=1))
     return study_id
 
@@ -158,13 +164,8 @@ def test_a_stale_attempt_is_refused_by_every_call(store: State) -> None:
 def test_an_expired_lease_makes_the_trial_resumable_from_its_checkpoint(store: State) -> None:
     study_id, trial_id = running_trial(store, lease_seconds=0.2)
     store.trials.checkpoint(trial_id, "a1", "file:///tmp/ckpt-3", 3, 0.2)
-    expired = wait_for(
-        lambda: [t for t in store.trials.expire_due() if t.trial.trial_id == trial_id],
-        10,
-        "the lease to expire",
-        every=0.05,
-    )
-    assert expired[0].event_kind == events_pb2.TRIAL_LEASE_EXPIRED
+    expired = _expire(store, trial_id)
+    assert expired.event_kind == events_pb2.TRIAL_LEASE_EXPIRED
     assert store.trials.get(trial_id).state == trial_pb2.RESUMABLE
     assert store.trials.lease_deadline_ms(trial_id) is None
     with pytest.raises(StaleAttempt, match="its lease expired"):
@@ -413,20 +414,126 @@ def test_out_of_memory_is_retried_once_or_infeasible(store: State) -> None:
     assert second.trial.state == trial_pb2.FAILED and second.trial.failures == 2
     assert second.reason == "attempt 2 failed (OUT_OF_MEMORY again, not retried): CUDA OOM"
 
+    # A failure of another kind in between does not make a second OOM worth a retry.
+    _, between = running_trial(store)
+    store.trials.fail(between, "a1", "CUDA OOM", oom, OomPolicy.RETRY_ONCE, 5)
+    store.trials.start(between, "a2", "w2", 30)
+    store.trials.fail(between, "a2", "NCCL", INFRA, OomPolicy.RETRY_ONCE, 5)
+    store.trials.start(between, "a3", "w3", 30)
+    third = store.trials.fail(between, "a3", "CUDA OOM", oom, OomPolicy.RETRY_ONCE, 5)
+    assert third.trial.state == trial_pb2.FAILED and third.trial.failures == 3
+    assert third.reason == "attempt 3 failed (OUT_OF_MEMORY again, not retried): CUDA OOM"
+    assert _counts(store, between).oom_failures == 2
+
     _, infeasible = running_trial(store)
     at_once = store.trials.fail(infeasible, "a1", "CUDA OOM", oom, OomPolicy.INFEASIBLE, 5)
     assert at_once.trial.state == trial_pb2.FAILED and at_once.trial.failure_kind == oom
     assert "OUT_OF_MEMORY: infeasible, not retried" in at_once.reason
 
 
+def _counts(store: State, trial_id: str) -> Counts:
+    """The trial's counts as its hash holds them."""
+    raw = store.client.hmget(
+        store.keys.trial(trial_id), "failures", "failure_kind", "oom_failures", "interruptions"
+    )
+    return Counts(*(int(value or 0) for value in raw))
+
+
+def test_the_default_max_failures_is_evaluates(store: State) -> None:
+    # TrialStore.fail without max_failures uses evaluate's --max-attempts default.
+    _, trial_id = running_trial(store)
+    for n in range(1, failures.MAX_FAILURES + 1):
+        if n > 1:
+            store.trials.start(trial_id, f"a{n}", "w", 30)
+        failed = store.trials.fail(trial_id, f"a{n}", "disk", INFRA)
+    assert failed.trial.state == trial_pb2.FAILED
+    assert failed.trial.failures == failures.MAX_FAILURES
+    assert f"all {failures.MAX_FAILURES} failures used" in failed.reason
+
+
+def _swept(sweep: Callable[[], list[Transition]], trial_id: str, what: str) -> Transition:
+    """The transition of ``trial_id`` a sweep (``expire_due``, ``time_out_due``) makes,
+    waited for."""
+    (found,) = wait_for(
+        lambda: [t for t in sweep() if t.trial.trial_id == trial_id], 10, what, every=0.05
+    )
+    return found
+
+
+def _expire(store: State, trial_id: str) -> Transition:
+    return _swept(store.trials.expire_due, trial_id, "the lease to expire")
+
+
+def _stall(store: State, trial_id: str, attempt: str) -> Transition:
+    """Heartbeats of ``attempt`` that never advance, until the watchdog (0.3 s) ends it."""
+
+    def stalled() -> AttemptEnded | None:
+        try:
+            store.trials.heartbeat(trial_id, attempt, 1, 30, stall_timeout_seconds=0.3)
+        except AttemptEnded as ended:
+            return ended
+        return None
+
+    return wait_for(stalled, 10, "the watchdog", every=0.05).transition
+
+
+# The ways an attempt is interrupted: each ends it and returns the transition.
+INTERRUPTIONS: dict[str, Callable[[State, str, str], Transition]] = {
+    "preempted": lambda store, trial_id, attempt: store.trials.fail(
+        trial_id, attempt, "SIGTERM", failures.PREEMPTED
+    ),
+    "lease expired": lambda store, trial_id, attempt: _expire(store, trial_id),
+    "stalled": _stall,
+}
+
+
+@pytest.mark.parametrize("last", sorted(INTERRUPTIONS))
+def test_interruptions_beyond_max_interruptions_fail_the_trial(store: State, last: str) -> None:
+    """A trial that loses its worker every time (preempted, lease expired, stalled:
+    never a failure) is FAILED as INFRASTRUCTURE once interrupted more than the
+    study's max_interruptions times, whichever way the last one happened."""
+    study_id = new_study(store, max_interruptions=2)
+    (trial_id,) = new_trials(store, study_id, 1)
+    ways = [name for name in sorted(INTERRUPTIONS) if name != last] + [last]
+    for n, way in enumerate(ways, start=1):
+        attempt = f"a{n}"
+        # A short lease only where the lease is meant to expire.
+        store.trials.start(trial_id, attempt, "w", 0.2 if way == "lease expired" else 30)
+        ended = INTERRUPTIONS[way](store, trial_id, attempt)
+        assert _counts(store, trial_id).interruptions == n
+        assert ended.trial.failures == 0
+        if n < 3:
+            assert ended.trial.state == trial_pb2.RESUMABLE, (way, ended.reason)
+            store.trials.claim_resumable(study_id, 1, 60)
+    assert ended.event_kind == events_pb2.TRIAL_FAILED
+    assert ended.trial.state == trial_pb2.FAILED
+    assert ended.trial.failure_kind == failures.INFRASTRUCTURE
+    assert ended.reason.endswith(
+        "FAILED (INFRASTRUCTURE): interrupted 3 times, more than max_interruptions (2)"
+    ), ended.reason
+    end = {
+        "preempted": trial_pb2.ATTEMPT_PREEMPTED,
+        "lease expired": trial_pb2.ATTEMPT_LEASE_EXPIRED,
+        "stalled": trial_pb2.ATTEMPT_STALLED,
+    }[last]
+    assert _ends(ended) == ("a3", end)
+    assert store.trials.pending(study_id) == [] and store.trials.resumable(study_id) == []
+    assert store.trials.lease_deadline_ms(trial_id) is None
+
+
+def test_unlimited_interruptions_never_fail_the_trial(store: State) -> None:
+    study_id = new_study(store, max_interruptions=-1)
+    (trial_id,) = new_trials(store, study_id, 1)
+    for n in range(1, 31):  # more than the default 25
+        store.trials.start(trial_id, f"a{n}", "w", 30)
+        handed_back = store.trials.fail(trial_id, f"a{n}", "SIGTERM", failures.PREEMPTED)
+        assert handed_back.trial.state == trial_pb2.RESUMABLE
+    assert _counts(store, trial_id).interruptions == 30
+
+
 def test_lease_expiry_and_pause_end_the_attempt_without_counting(store: State) -> None:
     _, trial_id = running_trial(store, lease_seconds=0.2)
-    (expired,) = wait_for(
-        lambda: [t for t in store.trials.expire_due() if t.trial.trial_id == trial_id],
-        10,
-        "the lease to expire",
-        every=0.05,
-    )
+    expired = _expire(store, trial_id)
     assert _ends(expired) == ("a1", trial_pb2.ATTEMPT_LEASE_EXPIRED)
     assert expired.trial.failures == 0 and "not counted" in expired.reason
     started = store.trials.start(trial_id, "a2", "w2", 30)
@@ -483,7 +590,12 @@ def test_the_watchdog_ends_an_attempt_that_makes_no_progress(store: State) -> No
     assert store.trials.heartbeat(trial_id, "a2", 1, 30, stall_timeout_seconds=None) is None
 
 
-def test_the_wall_clock_fails_a_running_trial_at_its_heartbeat(store: State) -> None:
+def _redis_ms(store: State) -> int:
+    seconds, micros = store.client.time()
+    return seconds * 1000 + micros // 1000
+
+
+def test_running_time_runs_out_at_a_heartbeat(store: State) -> None:
     study_id = new_study(store)
     (trial_id,) = new_trials(store, study_id, 1)
     started = store.trials.start(trial_id, "a1", "w1", 30, max_trial_seconds=0.3)
@@ -496,7 +608,7 @@ def test_the_wall_clock_fails_a_running_trial_at_its_heartbeat(store: State) -> 
             return ended
         return None
 
-    transition = wait_for(timed_out, 10, "the wall clock", every=0.05).transition
+    transition = wait_for(timed_out, 10, "the running time to run out", every=0.05).transition
     assert transition.event_kind == events_pb2.TRIAL_FAILED
     assert _ends(transition) == ("a1", trial_pb2.ATTEMPT_TIMED_OUT)
     trial = transition.trial
@@ -506,33 +618,89 @@ def test_the_wall_clock_fails_a_running_trial_at_its_heartbeat(store: State) -> 
         1,
     )
     assert transition.reason.startswith("timed out: ")
+    assert "of running time over 1 attempts" in transition.reason
     assert trial_id not in store.trials.pending(study_id)
     assert store.client.zscore(store.keys.deadlines, trial_id) is None
 
 
-def test_the_wall_clock_fails_a_waiting_trial_from_the_sweeper(store: State) -> None:
+def test_running_time_runs_out_from_the_sweeper(store: State) -> None:
     study_id = new_study(store)
     (trial_id,) = new_trials(store, study_id, 1)
-    first = store.trials.start(trial_id, "a1", "w1", 30, max_trial_seconds=0.5)
-    store.trials.fail(trial_id, "a1", "SIGTERM", failures.PREEMPTED)
-    assert store.trials.resumable(study_id) == [trial_id]
-    store.trials.start(trial_id, "a2", "w2", 30, max_trial_seconds=60)  # counts from the first
-    assert store.trials.get(trial_id).first_started_unix_ms == (
-        first.trial.first_started_unix_ms
-    )
-    store.trials.fail(trial_id, "a2", "SIGTERM", failures.PREEMPTED)
-    (timed_out,) = wait_for(
-        lambda: [t for t in store.trials.time_out_due() if t.trial.trial_id == trial_id],
-        10,
-        "the sweeper's wall-clock check",
-        every=0.05,
-    )
+    store.trials.start(trial_id, "a1", "w1", 30, max_trial_seconds=0.3)
+    timed_out = _swept(store.trials.time_out_due, trial_id, "the sweeper's running-time check")
     assert timed_out.trial.state == trial_pb2.FAILED
     assert timed_out.trial.failure_kind == failures.TIMEOUT
-    assert _ends(timed_out) == ("", 0)  # it was waiting, no attempt ran
+    assert _ends(timed_out) == ("a1", trial_pb2.ATTEMPT_TIMED_OUT)
     assert store.trials.resumable(study_id) == [] and store.trials.pending(study_id) == []
     with pytest.raises(Conflict, match="it is FAILED"):
-        store.trials.start(trial_id, "a3", "w3", 30)
+        store.trials.start(trial_id, "a2", "w2", 30)
+
+
+def test_only_running_time_counts_toward_max_trial_seconds(store: State) -> None:
+    """Time PAUSED or queued RESUMABLE never counts: an attempt's deadline is what
+    max_trial_seconds leaves after the running time of the trial's earlier attempts."""
+    limit = 0.8
+    study_id = new_study(store)
+    (trial_id,) = new_trials(store, study_id, 1)
+    store.trials.start(trial_id, "a1", "w1", 30, max_trial_seconds=limit)
+    store.trials.apply_decision(
+        events_pb2.Decision(trial_id=trial_id, action=events_pb2.PAUSE, rung=0)
+    )
+    store.trials.pause(trial_id, "a1", 1, 0)
+    assert store.client.zscore(store.keys.deadlines, trial_id) is None
+    first_ms = store.trials.get(trial_id).first_started_unix_ms
+    # PAUSED for longer than max_trial_seconds, then promoted and queued as long again.
+    wait_for(
+        lambda: _redis_ms(store) > first_ms + limit * 1000 + 100, 10, "time to pass", every=0.05
+    )
+    assert not [t for t in store.trials.time_out_due() if t.trial.trial_id == trial_id]
+    status, _ = store.trials.apply_decision(
+        events_pb2.Decision(trial_id=trial_id, action=events_pb2.PROMOTE, rung=0)
+    )
+    assert status == "RESUMED"
+    queued_ms = _redis_ms(store)
+    wait_for(
+        lambda: _redis_ms(store) > queued_ms + limit * 1000 + 100, 10, "time to pass", every=0.05
+    )
+    assert not [t for t in store.trials.time_out_due() if t.trial.trial_id == trial_id]
+    assert store.trials.get(trial_id).state == trial_pb2.RESUMABLE
+    # The second attempt gets what the first left.
+    store.trials.start(trial_id, "a2", "w2", 30, max_trial_seconds=limit)
+    attempt_ms, run_ms = (
+        int(v) for v in store.client.hmget(store.keys.trial(trial_id), "attempt_ms", "run_ms")
+    )
+    assert 0 < run_ms < limit * 1000
+    deadline = store.client.zscore(store.keys.deadlines, trial_id)
+    assert deadline == attempt_ms + limit * 1000 - run_ms
+    store.trials.heartbeat(trial_id, "a2", 2, 30)  # still within it: no AttemptEnded
+    timed_out = _swept(store.trials.time_out_due, trial_id, "the second attempt to use up the rest")
+    assert _ends(timed_out) == ("a2", trial_pb2.ATTEMPT_TIMED_OUT)
+    run_ms = int(store.client.hget(store.keys.trial(trial_id), "run_ms"))
+    assert limit * 1000 <= run_ms < limit * 1000 + 2000
+
+
+def test_a_sweep_after_a_gap_longer_than_a_lease_extends_the_leases_first(
+    store: State,
+) -> None:
+    """evaluate away for longer than a lease: no worker could renew, so the first pass
+    after it extends the leases (to a lease from now) before anything expires."""
+    _, trial_id = running_trial(store, lease_seconds=0.2)
+    lease_ms = store.trials.lease_deadline_ms(trial_id)
+    store.client.set(store.keys.last_sweep, _redis_ms(store) - 60_000)
+    wait_for(lambda: _redis_ms(store) > lease_ms, 10, "the lease to run out", every=0.05)
+    since, extended = store.trials.sweep_grace(lease_seconds=5)
+    assert since is not None and since >= 60 and extended >= 1
+    extended_ms = store.trials.lease_deadline_ms(trial_id)
+    assert extended_ms >= _redis_ms(store) + 4000
+    lease_until = store.client.hget(store.keys.trial(trial_id), "lease_until")
+    assert int(lease_until) == extended_ms
+    assert trial_id not in [t.trial.trial_id for t in store.trials.expire_due()]
+    # The worker's heartbeat within that grace keeps its trial.
+    store.trials.heartbeat(trial_id, "a1", 2, 30)
+    assert store.trials.get(trial_id).state == trial_pb2.RUNNING
+    # Passes a lease apart or closer extend nothing.
+    since, extended = store.trials.sweep_grace(lease_seconds=5)
+    assert since is not None and since < 5 and extended == 0
 
 
 def test_checkpoint_overhead_adds_up_over_attempts(store: State) -> None:

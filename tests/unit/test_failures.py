@@ -38,20 +38,29 @@ def test_a_request_without_kind_reads_retryable() -> None:
 
 
 def test_preemption_never_counts_and_user_errors_never_retry() -> None:
-    assert disposition(failures.PREEMPTED, OomPolicy.RETRY_ONCE, 0) == failures.Disposition(
+    assert disposition(failures.PREEMPTED, OomPolicy.RETRY_ONCE, False) == failures.Disposition(
         counts=False, retry=True
     )
     for kind in (failures.USER_ERROR, failures.DIVERGED, failures.TIMEOUT):
-        assert disposition(kind, OomPolicy.RETRY_ONCE, 0) == failures.Disposition(True, False)
-    assert disposition(failures.INFRASTRUCTURE, OomPolicy.INFEASIBLE, 0).retry
+        assert disposition(kind, OomPolicy.RETRY_ONCE, False) == failures.Disposition(True, False)
+    assert disposition(failures.INFRASTRUCTURE, OomPolicy.INFEASIBLE, False).retry
 
 
 def test_out_of_memory_retries_once_or_is_infeasible() -> None:
     oom = failures.OUT_OF_MEMORY
-    assert disposition(oom, OomPolicy.RETRY_ONCE, 0).retry
-    assert disposition(oom, OomPolicy.RETRY_ONCE, failures.INFRASTRUCTURE).retry
-    assert not disposition(oom, OomPolicy.RETRY_ONCE, oom).retry
-    assert not disposition(oom, OomPolicy.INFEASIBLE, 0).retry
+    assert disposition(oom, OomPolicy.RETRY_ONCE, oom_before=False).retry
+    # Once an OOM failed the trial, another is never retried, whatever failed between.
+    assert not disposition(oom, OomPolicy.RETRY_ONCE, oom_before=True).retry
+    assert not disposition(oom, OomPolicy.INFEASIBLE, oom_before=False).retry
+
+
+def test_interruptions_fail_the_trial_only_beyond_max_interruptions() -> None:
+    assert failures.interruption(0, 2) == failures.Interruption(interruptions=1, final=False)
+    assert failures.interruption(1, 2) == failures.Interruption(interruptions=2, final=False)
+    assert failures.interruption(2, 2) == failures.Interruption(interruptions=3, final=True)
+    assert failures.interruption(0, 0).final  # none allowed
+    assert not failures.interruption(10_000, None).final  # unlimited
+    assert failures.INTERRUPTED_TOO_OFTEN == failures.INFRASTRUCTURE
 
 
 def _config(**policy: object) -> study_pb2.StudyConfig:
@@ -73,6 +82,7 @@ def test_trial_policy_defaults_are_filled_and_round_trip() -> None:
     assert filled.preemption_notice_seconds == 25
     assert filled.stall_timeout_seconds == 1800
     assert filled.on_out_of_memory == study_pb2.OOM_RETRY_ONCE
+    assert filled.max_interruptions == 25
     # Reading the filled config again gives the same policy.
     assert StudySpec.from_proto(spec.to_proto()).trial_policy == spec.trial_policy
 
@@ -88,6 +98,15 @@ def test_trial_policy_by_steps_only_and_watchdog_off() -> None:
     assert policy.checkpoint_due(seconds_since=0, steps_since=3) is True
     again = StudySpec.from_proto(StudySpec.from_proto(_config(stall_timeout_seconds=-1)).to_proto())
     assert again.trial_policy.stall_timeout_seconds is None
+
+
+def test_max_interruptions_defaults_to_25_and_negative_is_unlimited() -> None:
+    assert StudySpec.from_proto(_config()).trial_policy.max_interruptions == 25
+    assert StudySpec.from_proto(_config(max_interruptions=4)).trial_policy.max_interruptions == 4
+    unlimited = StudySpec.from_proto(_config(max_interruptions=-1))
+    assert unlimited.trial_policy.max_interruptions is None
+    again = StudySpec.from_proto(unlimited.to_proto())
+    assert again.trial_policy.max_interruptions is None
 
 
 def test_trial_policy_checkpoint_due_by_time() -> None:

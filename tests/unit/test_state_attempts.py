@@ -1,23 +1,32 @@
-"""What a failed attempt does to its trial (``ladder.state.attempts``): the table of
-``ladder.failures`` applied to the trial's failure count, with the reason it gives."""
+"""What a failed or interrupted attempt does to its trial (``ladder.state.attempts``):
+the rules of ``ladder.failures`` applied to the trial's counts, with the reason it
+gives."""
 
 from __future__ import annotations
 
 import pytest
 from ladder import failures
 from ladder.state import Transition, trial_event, trial_from_hash
-from ladder.state.attempts import FailOutcome, end_name, fail_outcome
+from ladder.state.attempts import (
+    Counts,
+    FailOutcome,
+    end_name,
+    fail_outcome,
+    interrupt_outcome,
+    timeout_disposition,
+)
 from ladder.study import OomPolicy
 from ladder.v1 import events_pb2, trial_pb2
 
 
-def outcome(kind: int, failures_so_far: int = 0, previous: int = 0, **kw: object) -> FailOutcome:
+def outcome(kind: int, counted: Counts | None = None, **kw: object) -> FailOutcome:
+    counted = counted or Counts()
     args = {
         "oom": OomPolicy.RETRY_ONCE,
-        "failures": failures_so_far,
-        "previous": previous,
+        "counted": counted,
         "max_failures": 3,
-        "attempt_number": failures_so_far + 1,
+        "max_interruptions": 25,
+        "attempt_number": counted.failures + counted.interruptions + 1,
         **kw,
     }
     return fail_outcome(kind, "why", **args)
@@ -27,22 +36,46 @@ def test_preemption_never_counts_and_never_fails_the_trial() -> None:
     # Even with every failure used (evaluate's --max-attempts lowered since), a hand-back
     # after SIGTERM leaves the trial resumable.
     for so_far in (0, 2, 3, 7):
-        handed_back = outcome(failures.PREEMPTED, so_far, previous=failures.INFRASTRUCTURE)
+        counted = Counts(failures=so_far, failure_kind=failures.USER_ERROR, interruptions=4)
+        handed_back = outcome(failures.PREEMPTED, counted)
         assert not handed_back.counts and not handed_back.final
-        assert handed_back.failures == so_far
-        assert handed_back.failure_kind == failures.INFRASTRUCTURE  # the last counted one
+        # One more interruption; the failures and the last counted kind stay.
+        assert handed_back.after == Counts(so_far, failures.USER_ERROR, 0, 5)
         assert handed_back.attempt_end == trial_pb2.ATTEMPT_PREEMPTED
-    reason = outcome(failures.PREEMPTED, 1).reason
+    reason = outcome(failures.PREEMPTED, Counts(failures=1)).reason
     assert reason == "preempted: why; not counted (1 of 3 failures used)"
+
+
+def test_interruptions_beyond_max_interruptions_fail_the_trial() -> None:
+    # The trial was interrupted twice and allows two: a third preemption fails it.
+    twice = Counts(failures=1, failure_kind=failures.OUT_OF_MEMORY, interruptions=2)
+    third = outcome(failures.PREEMPTED, twice, max_interruptions=2)
+    assert third.final and not third.counts
+    assert third.after == Counts(1, failures.INFRASTRUCTURE, 0, 3)
+    assert third.reason == (
+        "preempted: why; FAILED (INFRASTRUCTURE): interrupted 3 times, more than "
+        "max_interruptions (2)"
+    )
+    assert not outcome(failures.PREEMPTED, twice, max_interruptions=3).final
+    assert not outcome(failures.PREEMPTED, twice, max_interruptions=None).final
+    # A lease expiry or a stall: the same rule, the script words the rest of the reason.
+    expired = interrupt_outcome(twice, 2)
+    assert expired.final and expired.after == third.after
+    assert expired.note.startswith("FAILED (INFRASTRUCTURE): interrupted 3 times")
+    kept = interrupt_outcome(twice, 25)
+    assert not kept.final and kept.note == "resumable, not counted"
+    assert kept.after == Counts(1, failures.OUT_OF_MEMORY, 0, 3)
 
 
 def test_retried_failures_count_until_max_failures() -> None:
     first = outcome(failures.INFRASTRUCTURE)
-    assert (first.counts, first.final, first.failures) == (True, False, 1)
+    assert (first.counts, first.final, first.after.failures) == (True, False, 1)
     assert first.reason == "attempt 1 failed (INFRASTRUCTURE, retried; 1 of 3 failures used): why"
-    last = outcome(failures.INFRASTRUCTURE, 2)
-    assert (last.final, last.failures, last.attempt_end) == (True, 3, trial_pb2.ATTEMPT_FAILED)
-    assert last.reason == "attempt 3 failed (INFRASTRUCTURE; all 3 failures used): why"
+    last = outcome(failures.INFRASTRUCTURE, Counts(failures=2, interruptions=7))
+    assert (last.final, last.attempt_end) == (True, trial_pb2.ATTEMPT_FAILED)
+    assert last.after == Counts(3, failures.INFRASTRUCTURE, 0, 7)
+    # Attempt 10: seven interruptions and two failures came before it.
+    assert last.reason == "attempt 10 failed (INFRASTRUCTURE; all 3 failures used): why"
 
 
 @pytest.mark.parametrize(
@@ -55,25 +88,31 @@ def test_retried_failures_count_until_max_failures() -> None:
 )
 def test_failures_that_are_not_retried_are_final_at_once(kind: int, end: int, says: str) -> None:
     failed = outcome(kind)
-    assert (failed.counts, failed.final, failed.failures, failed.failure_kind) == (
-        True,
-        True,
-        1,
-        kind,
-    )
+    assert (failed.counts, failed.final, failed.after) == (True, True, Counts(1, kind))
     assert failed.attempt_end == end and failed.reason == f"attempt 1 failed ({says}): why"
 
 
 def test_out_of_memory_retries_once_then_is_infeasible() -> None:
     oom = failures.OUT_OF_MEMORY
-    assert not outcome(oom).final
-    again = outcome(oom, 1, previous=oom)
-    assert again.final
+    first = outcome(oom)
+    assert not first.final and first.after == Counts(1, oom, oom_failures=1)
+    again = outcome(oom, first.after)
+    assert again.final and again.after.oom_failures == 2
     assert again.reason == "attempt 2 failed (OUT_OF_MEMORY again, not retried): why"
-    # Another class in between: the next out-of-memory is retried again.
-    assert not outcome(oom, 2, previous=failures.INFRASTRUCTURE, max_failures=5).final
+    # Another class in between does not make a second out-of-memory worth a retry.
+    between = outcome(failures.INFRASTRUCTURE, first.after, max_failures=5)
+    assert between.after == Counts(2, failures.INFRASTRUCTURE, oom_failures=1)
+    third = outcome(oom, between.after, max_failures=5)
+    assert third.final
+    assert third.reason == "attempt 3 failed (OUT_OF_MEMORY again, not retried): why"
     infeasible = outcome(oom, oom=OomPolicy.INFEASIBLE)
     assert infeasible.final and "OUT_OF_MEMORY: infeasible, not retried" in infeasible.reason
+
+
+def test_running_out_of_time_is_ladder_failures_timeout() -> None:
+    rule = failures.disposition(failures.TIMEOUT, OomPolicy.RETRY_ONCE, oom_before=False)
+    assert timeout_disposition() == rule
+    assert timeout_disposition() == failures.Disposition(counts=True, retry=False)
 
 
 def test_attempt_end_names_are_lineage_outcomes() -> None:

@@ -43,7 +43,11 @@ def open_state(settings: Settings, client: redis.Redis | None = None) -> State:
         settings.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
     )
     keys = Keys.for_prefix(settings.topics.prefix)
-    return State(client, keys, StudyStore(client, keys), TrialStore(client, keys))
+    studies = StudyStore(client, keys)
+    trials = TrialStore(
+        client, keys, policy_of=lambda study_id: studies.spec(study_id).trial_policy
+    )
+    return State(client, keys, studies, trials)
 
 
 __all__ = [

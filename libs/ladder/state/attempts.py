@@ -1,31 +1,61 @@
-"""What ending an attempt with a failure does to its trial: ``ladder.failures.disposition``
-(does the failure count? is the trial retried?) applied to the trial's failure count and
-the study's ``max_failures``, with the reason the TrialEvent carries. The Lua scripts only
-write the result (``ladder.state.scripts``), so the rule lives in one place.
+"""What ending an attempt does to its trial: ``ladder.failures`` (does a failure count?
+is the trial retried? is an interruption one too many?) applied to what the trial
+counted so far (``Counts``) and the study's ``max_failures`` / ``max_interruptions``,
+with the reason the TrialEvent carries. The Lua scripts only check that the counts are
+still what was read and write the result (``ladder.state.scripts``), so the rules live
+in one place.
 
-| the failure                        | the trial          | failures | attempt end         |
-|------------------------------------|--------------------|----------|---------------------|
-| PREEMPTED (SIGTERM hand-back)      | RESUMABLE          | same     | ATTEMPT_PREEMPTED   |
-| counts, retried, failures left     | RESUMABLE          | +1       | ATTEMPT_FAILED      |
-| counts, retried, none left         | FAILED             | +1       | ATTEMPT_FAILED      |
-| counts, not retried                | FAILED             | +1       | ATTEMPT_FAILED      |
-| TIMEOUT (wall clock ran out)       | FAILED             | +1       | ATTEMPT_TIMED_OUT   |
+| the attempt                       | the trial           | failures | interrupts | attempt end   |
+|-----------------------------------|---------------------|----------|------------|---------------|
+| PREEMPTED (SIGTERM hand-back)     | RESUMABLE           | same     | +1         | PREEMPTED     |
+| lease expired                     | RESUMABLE           | same     | +1         | LEASE_EXPIRED |
+| stalled (no step progress)        | RESUMABLE           | same     | +1         | STALLED       |
+| one of these three, interrupts    | FAILED (kind        | same     | +1         | as above      |
+| now beyond max_interruptions      | INFRASTRUCTURE)     |          |            |               |
+| counts, retried, failures left    | RESUMABLE           | +1       | same       | FAILED        |
+| counts, retried, none left        | FAILED              | +1       | same       | FAILED        |
+| counts, not retried               | FAILED              | +1       | same       | FAILED        |
+| TIMEOUT (running time ran out)    | FAILED              | +1       | same       | TIMED_OUT     |
 
-Lease expiries, stalls, pauses and promotions are no failures: they never reach this
-module and never count.
+(attempt ends are ``trial_pb2.AttemptEnd`` names without ``ATTEMPT_``.)
+Pauses and promotions are neither failures nor interruptions.
 
 Pure code (no I/O).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ladder.failures import FailureKind, disposition
+from ladder.failures import (
+    INTERRUPTED_TOO_OFTEN,
+    Disposition,
+    FailureKind,
+    disposition,
+    interruption,
+)
 from ladder.study import OomPolicy
 from ladder.v1 import trial_pb2
 
 AttemptEnd = int  # a trial_pb2.AttemptEnd number
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a trial counted over its attempts (its hash fields ``COUNT_FIELDS``)."""
+
+    failures: int = 0  # failures that counted toward max_failures
+    failure_kind: FailureKind = 0  # of the last counted failure (or why it is FAILED)
+    oom_failures: int = 0  # counted OUT_OF_MEMORY failures
+    interruptions: int = 0  # attempts preempted, lease expired or stalled
+
+    def values(self) -> list[int]:
+        """The counts in ``COUNT_FIELDS`` order."""
+        return [self.failures, self.failure_kind, self.oom_failures, self.interruptions]
+
+
+# The trial hash fields of ``Counts``, in its order (the scripts check and write them).
+COUNT_FIELDS = ("failures", "failure_kind", "oom_failures", "interruptions")
 
 
 def kind_name(kind: FailureKind) -> str:
@@ -42,12 +72,11 @@ def end_name(end: AttemptEnd) -> str:
 @dataclass(frozen=True)
 class FailOutcome:
     """What one failed attempt does: the trial is FAILED (``final``) or RESUMABLE, with
-    ``failures`` counted failures and ``failure_kind`` as its last counted one."""
+    ``after`` as its counts."""
 
-    counts: bool
+    counts: bool  # the failure used up one of max_failures
     final: bool
-    failures: int
-    failure_kind: FailureKind
+    after: Counts
     attempt_end: AttemptEnd
     reason: str
 
@@ -57,26 +86,38 @@ def fail_outcome(
     reason: str,
     *,
     oom: OomPolicy,
-    failures: int,
-    previous: FailureKind,
+    counted: Counts,
     max_failures: int,
+    max_interruptions: int | None,
     attempt_number: int,
 ) -> FailOutcome:
     """The outcome of attempt ``attempt_number`` failing with ``kind`` on a trial that
-    counted ``failures`` failures so far, the last of kind ``previous`` (0 if none).
+    counted ``counted`` so far.
 
     A failure that does not count (preemption) never makes the trial FAILED, whatever
-    ``max_failures`` says: no trial is FAILED by preemption alone."""
-    rule = disposition(kind, oom, previous)
-    used = failures + int(rule.counts)
-    exhausted = rule.counts and used >= max_failures
-    final = not rule.retry or exhausted
+    ``max_failures`` says: no trial is FAILED by preemption alone, only by being
+    interrupted more than ``max_interruptions`` times."""
+    rule = disposition(kind, oom, counted.oom_failures > 0)
     end = _ATTEMPT_END.get(kind, trial_pb2.ATTEMPT_FAILED)
-    tally = f"{used} of {max_failures} failures used"
     if not rule.counts:
-        text = f"{end_name(end)}: {reason}; not counted ({tally})"
-    elif not rule.retry:
-        text = f"attempt {attempt_number} failed ({_not_retried(kind, oom, previous)}): {reason}"
+        interrupted = interrupt_outcome(counted, max_interruptions)
+        note = (
+            interrupted.note
+            if interrupted.final
+            else f"not counted ({counted.failures} of {max_failures} failures used)"
+        )
+        return FailOutcome(
+            counts=False,
+            final=interrupted.final,
+            after=interrupted.after,
+            attempt_end=end,
+            reason=f"{end_name(end)}: {reason}; {note}",
+        )
+    used = counted.failures + 1
+    exhausted = used >= max_failures
+    tally = f"{used} of {max_failures} failures used"
+    if not rule.retry:
+        text = f"attempt {attempt_number} failed ({_not_retried(kind, oom, counted)}): {reason}"
     elif exhausted:
         text = (
             f"attempt {attempt_number} failed ({kind_name(kind)}; all {max_failures} "
@@ -84,20 +125,52 @@ def fail_outcome(
         )
     else:
         text = f"attempt {attempt_number} failed ({kind_name(kind)}, retried; {tally}): {reason}"
+    oom_failed = int(kind == trial_pb2.OUT_OF_MEMORY)
     return FailOutcome(
-        counts=rule.counts,
-        final=final,
-        failures=used,
-        failure_kind=kind if rule.counts else previous,
+        counts=True,
+        final=not rule.retry or exhausted,
+        after=replace(
+            counted,
+            failures=used,
+            failure_kind=kind,
+            oom_failures=counted.oom_failures + oom_failed,
+        ),
         attempt_end=end,
         reason=text,
     )
 
 
-def timeout_counts() -> bool:
-    """Does running out of the wall clock count toward max_failures (the scripts time a
-    trial out themselves, so they are told)?"""
-    return disposition(trial_pb2.TIMEOUT, OomPolicy.RETRY_ONCE, 0).counts
+@dataclass(frozen=True)
+class InterruptOutcome:
+    """What one interruption does: the trial is FAILED (``final``) or RESUMABLE, with
+    ``after`` as its counts; ``note`` ends the reason its event gives."""
+
+    final: bool
+    after: Counts
+    note: str
+
+
+def interrupt_outcome(counted: Counts, max_interruptions: int | None) -> InterruptOutcome:
+    """The outcome of one more interruption (preempted, lease expired, stalled) of a
+    trial that counted ``counted`` so far (``ladder.failures.interruption``)."""
+    rule = interruption(counted.interruptions, max_interruptions)
+    after = replace(counted, interruptions=rule.interruptions)
+    if not rule.final:
+        return InterruptOutcome(final=False, after=after, note="resumable, not counted")
+    return InterruptOutcome(
+        final=True,
+        after=replace(after, failure_kind=INTERRUPTED_TOO_OFTEN),
+        note=(
+            f"FAILED ({kind_name(INTERRUPTED_TOO_OFTEN)}): interrupted {rule.interruptions} "
+            f"times, more than max_interruptions ({max_interruptions})"
+        ),
+    )
+
+
+def timeout_disposition() -> Disposition:
+    """What running out of max_trial_seconds does (the scripts time a trial out
+    themselves, so they are told whether it counts and whether it is retried)."""
+    return disposition(trial_pb2.TIMEOUT, OomPolicy.RETRY_ONCE, oom_before=False)
 
 
 _ATTEMPT_END = {
@@ -117,11 +190,11 @@ def failure_of_end(end: AttemptEnd, trial_failure_kind: FailureKind) -> FailureK
     return 0
 
 
-def _not_retried(kind: FailureKind, oom: OomPolicy, previous: FailureKind) -> str:
+def _not_retried(kind: FailureKind, oom: OomPolicy, counted: Counts) -> str:
     name = kind_name(kind)
     if kind == trial_pb2.OUT_OF_MEMORY:
         if oom is OomPolicy.INFEASIBLE:
             return f"{name}: infeasible, not retried"
-        if previous == trial_pb2.OUT_OF_MEMORY:
+        if counted.oom_failures:
             return f"{name} again, not retried"
     return f"{name}, not retried"

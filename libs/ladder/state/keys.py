@@ -18,9 +18,12 @@ stacks (or two test sessions) sharing one Redis never see each other's state.
 | ``{root}trial:{tid}:outbox``         | hash   | version → JSON {kind, ms, trial snapshot}  |
 |                                      |        | of each event not yet confirmed published  |
 | ``{root}leases``                     | zset   | trial id → lease / claim deadline ms       |
-| ``{root}deadlines``                  | zset   | trial id → wall-clock deadline ms (the     |
-|                                      |        | study's max_trial_seconds after its first  |
-|                                      |        | start; unfinished trials only)             |
+| ``{root}deadlines``                  | zset   | trial id → running-time deadline ms of its |
+|                                      |        | running attempt (what the study's          |
+|                                      |        | max_trial_seconds leaves after run_ms)     |
+| ``{root}last_sweep``                 | string | ms of the last sweeper pass (any evaluate  |
+|                                      |        | process): a longer gap than a lease means  |
+|                                      |        | no worker could renew, leases are extended |
 | ``{root}outbox``                     | zset   | trial id → ms of its oldest event not yet  |
 |                                      |        | confirmed published                        |
 | ``{root}offsets:{consumer}``         | hash   | "topic:partition" → next offset to read    |
@@ -43,10 +46,14 @@ TRIAL_FIELDS = {
     "attempt_no": "number of attempts started",
     "failures": "failed attempts that counted toward max_failures (ladder.failures)",
     "failure_kind": "FailureKind of the last counted failure (0 if none)",
+    "oom_failures": "counted OUT_OF_MEMORY failures (RETRY_ONCE retries the first only)",
+    "interruptions": "attempts preempted, lease expired or stalled (max_interruptions)",
     "last_end": "AttemptEnd of the last attempt that ended",
     "ended": "attempt id the latest event ended ('' if it ended none)",
-    "first_ms": "first StartTrial in ms (the wall clock counts from it)",
-    "deadline": "wall-clock deadline in ms ('' when the study sets no max_trial_seconds)",
+    "first_ms": "first StartTrial in ms",
+    "attempt_ms": "when the running attempt started, ms ('' when none runs)",
+    "run_ms": "running time of the attempts that ended, ms (max_trial_seconds)",
+    "deadline": "running-time deadline of the running attempt, ms ('' when none)",
     "progress_ms": "when the current attempt's step last advanced (or it started), ms",
     "progress_step": "the step that advance reached ('' until the attempt reports one)",
     "ckpt_s": "seconds spent saving checkpoints, all attempts",
@@ -116,6 +123,10 @@ class Keys:
     @property
     def deadlines(self) -> str:
         return f"{self.root}deadlines"
+
+    @property
+    def last_sweep(self) -> str:
+        return f"{self.root}last_sweep"
 
     @property
     def outbox(self) -> str:

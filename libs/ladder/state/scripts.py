@@ -13,9 +13,11 @@ version order, and the relay re-publishes them.
 Status values: OK (changed), REPEAT (idempotent repeat, nothing changed),
 NOT_FOUND, STALE (attempt fenced), BUSY (another live attempt), STATE (wrong
 state for this call), CONFLICT (completed with a different value), BUDGET,
-STOPPED (PauseTrial on a trial whose latest decision is STOP), RACE (FailTrial: the
-failure count it was computed from changed; compute again), STALLED / TIMED_OUT (a
-heartbeat found the attempt stalled or the trial out of wall clock, and ended it), and for
+STOPPED (PauseTrial on a trial whose latest decision is STOP), RACE (FailTrial, an
+expiry or a stall: the trial's counts it was computed from changed; compute again),
+STALLED (a heartbeat found the attempt stalled: the caller ends it with STALL, which
+answers STALLED once it did), TIMED_OUT (a heartbeat found the attempt out of running
+time and ended it), and for
 STORE_DECISION: KEPT (a stronger decision stands), UNKNOWN, RESUMED (a PROMOTE
 made a PAUSED trial RESUMABLE).
 
@@ -23,10 +25,16 @@ CREATE_TRIALS and CLAIM_RESUMABLE touch trial keys they only learn while running
 (the next sequence numbers, the popped queue entries); they receive the key root
 instead, and every script derives a trial's outbox key from its trial key
 (``Keys.trial_outbox``). That is fine on one Redis server; Redis Cluster would need hash tags.
+
+What a failure, an interruption or a timeout does to a trial is never decided here: the
+caller computes it with ``ladder.state.attempts`` (``ladder.failures``' rules) from the
+counts it read and passes the outcome; a script checks the counts are unchanged
+(``counts_seen``) and writes it.
 """
 
 from __future__ import annotations
 
+from ladder.state.attempts import COUNT_FIELDS
 from ladder.v1 import events_pb2, trial_pb2
 
 _CONSTANTS = {
@@ -59,8 +67,12 @@ _CONSTANTS = {
     "END_TIMED_OUT": trial_pb2.ATTEMPT_TIMED_OUT,
 }
 
+# The trial hash fields of ladder.state.attempts.Counts, as a Lua list.
+_COUNTS = ", ".join(f"'{name}'" for name in COUNT_FIELDS)
+
 _HEADER = (
     "\n".join(f"local {name} = {value}" for name, value in _CONSTANTS.items())
+    + f"\nlocal COUNTS = {{{_COUNTS}}}"
     + """
 local function now_ms()
   local t = redis.call('TIME')
@@ -118,30 +130,81 @@ local function strength(action)
   if action == STOP then return 3 end
   return 0
 end
--- The trial leaves every queue and set of unfinished trials (it is final).
-local function finish(t, trial_id, leases, deadlines, pending)
+-- The trial's counts (ladder.state.attempts.Counts, in COUNTS order) are in ARGV from
+-- ``from``: as the caller read them, then as it computed them after this transition.
+-- Are they still what it read (else RACE: it computes again)?
+local function counts_seen(t, from)
+  for i, name in ipairs(COUNTS) do
+    if field(t, name) ~= ARGV[from + i - 1] then return false end
+  end
+  return true
+end
+local function write_counts(t, from)
+  for i, name in ipairs(COUNTS) do
+    redis.call('HSET', t, name, ARGV[from + #COUNTS + i - 1])
+  end
+end
+-- The running attempt ended: its running time adds up into run_ms, and the trial has
+-- no running-time deadline until its next start.
+local function stop_clock(t, trial_id, deadlines, now)
+  local started = tonumber(field(t, 'attempt_ms'))
+  if started ~= nil then
+    redis.call('HINCRBY', t, 'run_ms', math.max(0, now - started))
+  end
+  redis.call('HSET', t, 'attempt_ms', '', 'deadline', '')
+  redis.call('ZREM', deadlines, trial_id)
+end
+-- The running attempt ended and the trial leaves every queue and set of unfinished
+-- trials (it is final).
+local function finish(t, trial_id, leases, deadlines, pending, now)
+  stop_clock(t, trial_id, deadlines, now)
   redis.call('HSET', t, 'lease_until', 0)
   redis.call('ZREM', leases, trial_id)
-  redis.call('ZREM', deadlines, trial_id)
   redis.call('SREM', pending, trial_id)
 end
--- The trial's wall clock (the study's max_trial_seconds since its first start) ran
--- out: FAILED with failure kind TIMEOUT, ending the running attempt if there is one.
--- ``counts`` ('1'/'0') is ladder.failures' rule for TIMEOUT.
-local function time_out(t, outbox, trial_id, now, counts, k)
-  local state = num(t, 'state')
-  local ended = ''
-  if state == RUNNING then ended = field(t, 'attempt') end
-  finish(t, trial_id, k.leases, k.deadlines, k.pending)
-  redis.call('ZREM', k.queue, trial_id)
-  redis.call('ZREM', k.paused, trial_id)
+-- The running attempt used up the trial's running time (max_trial_seconds over all its
+-- attempts) and ends TIMED_OUT. What that does is TIMEOUT's disposition in
+-- ladder.failures: ``counts`` ('1'/'0') and ``final`` ('1': FAILED, '0': RESUMABLE).
+local function time_out(t, outbox, trial_id, now, counts, final, k)
+  local attempt = field(t, 'attempt')
   if counts == '1' then redis.call('HINCRBY', t, 'failures', 1) end
-  redis.call('HSET', t, 'state', FAILED, 'failure_kind', TIMEOUT)
-  if ended ~= '' then redis.call('HSET', t, 'last_end', END_TIMED_OUT) end
-  local seconds = (now - num(t, 'first_ms')) / 1000
+  redis.call('HSET', t, 'failure_kind', TIMEOUT, 'last_end', END_TIMED_OUT, 'lease_until', 0)
+  redis.call('ZREM', k.leases, trial_id)
+  if final == '1' then
+    redis.call('HSET', t, 'state', FAILED)
+    finish(t, trial_id, k.leases, k.deadlines, k.pending, now)
+  else
+    stop_clock(t, trial_id, k.deadlines, now)
+    redis.call('HSET', t, 'state', RESUMABLE)
+    redis.call('ZADD', k.queue, now, trial_id)
+  end
   mark(t, outbox, trial_id, EV_FAILED, string.format(
-    'timed out: %.1f s since the first start, over max_trial_seconds (%d failures used)',
-    seconds, num(t, 'failures')), now, ended)
+    'timed out: %.1f s of running time over %d attempts, over max_trial_seconds '
+    .. '(%d failures used)', num(t, 'run_ms') / 1000, num(t, 'attempt_no'),
+    num(t, 'failures')), now, attempt)
+end
+-- The running attempt ended without a failure of its own (its lease expired, it
+-- stalled): an interruption, whose outcome the caller computed
+-- (ladder.state.attempts.interrupt_outcome; ARGV from ``from``: the counts seen and
+-- after, final '1'/'0', how the reason ends). The trial is RESUMABLE, or FAILED when
+-- interrupted more than max_interruptions times.
+local function interrupt(t, outbox, trial_id, now, k, how, reason, from)
+  local after = from + 2 * #COUNTS
+  local attempt = field(t, 'attempt')
+  write_counts(t, from)
+  reason = reason .. '; ' .. ARGV[after + 1]
+  redis.call('HSET', t, 'last_end', how, 'lease_until', 0)
+  redis.call('ZREM', k.leases, trial_id)
+  if ARGV[after] == '1' then
+    redis.call('HSET', t, 'state', FAILED)
+    finish(t, trial_id, k.leases, k.deadlines, k.pending, now)
+    mark(t, outbox, trial_id, EV_FAILED, reason, now, attempt)
+  else
+    stop_clock(t, trial_id, k.deadlines, now)
+    redis.call('HSET', t, 'state', RESUMABLE)
+    redis.call('ZADD', k.queue, now, trial_id)
+    mark(t, outbox, trial_id, EV_LEASE_EXPIRED, reason, now, attempt)
+  end
 end
 """
 )
@@ -169,8 +232,9 @@ local trial_id = field(t, 'id')
 
 # KEYS: trial, outbox, attempts, leases, resumable, pending, deadlines
 # ARGV: attempt, worker, lease_ms, hostname, environment, max_trial_ms (0: no limit)
-# The first start sets the trial's wall-clock deadline; every start restarts the
-# progress watchdog (a resumed attempt redoes steps up to where the last one got).
+# Every start sets the attempt's running-time deadline (what max_trial_ms leaves after
+# the trial's earlier attempts ran run_ms) and restarts the progress watchdog (a
+# resumed attempt redoes steps up to where the last one got).
 START = _script("""
 local t, outbox, attempts = KEYS[1], KEYS[2], KEYS[3]
 local leases, queue, pending, deadlines = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -192,14 +256,13 @@ local n = redis.call('HINCRBY', t, 'attempt_no', 1)
 redis.call('HSET', attempts, attempt, n)
 redis.call('HSET', t, 'state', RUNNING, 'attempt', attempt, 'worker', worker,
   'lease_until', now + lease_ms, 'hostname', ARGV[4], 'environment', ARGV[5], 'closed', '',
-  'progress_ms', now, 'progress_step', '')
-if field(t, 'first_ms') == '' then
-  redis.call('HSET', t, 'first_ms', now)
-  local max_ms = tonumber(ARGV[6]) or 0
-  if max_ms > 0 then
-    redis.call('HSET', t, 'deadline', now + max_ms)
-    redis.call('ZADD', deadlines, now + max_ms, trial_id)
-  end
+  'progress_ms', now, 'progress_step', '', 'attempt_ms', now)
+if field(t, 'first_ms') == '' then redis.call('HSET', t, 'first_ms', now) end
+local max_ms = tonumber(ARGV[6]) or 0
+if max_ms > 0 then
+  local deadline = now + math.max(0, max_ms - num(t, 'run_ms'))
+  redis.call('HSET', t, 'deadline', deadline)
+  redis.call('ZADD', deadlines, deadline, trial_id)
 end
 redis.call('ZADD', leases, now + lease_ms, trial_id)
 redis.call('ZREM', queue, trial_id)
@@ -222,40 +285,56 @@ local function advance(t, step, now)
 end
 """
 
-# KEYS: trial, outbox, leases, resumable, pending, deadlines, paused
-# ARGV: attempt, '', step, lease_ms, stall_ms (0: watchdog off), timeout counts (1/0)
-# Renews the lease unless the trial's wall clock ran out (TIMED_OUT: FAILED) or the
-# attempt made no progress for stall_ms (STALLED: it loses the lease, the trial is
-# RESUMABLE and announced with TRIAL_LEASE_EXPIRED; a stall never counts as a failure).
+# KEYS: trial, outbox, leases, resumable, pending, deadlines
+# ARGV: attempt, '', step, lease_ms, stall_ms (0: watchdog off), TIMEOUT's disposition:
+#       counts (1/0), final (1/0)
+# Renews the lease unless the attempt ran out of running time (TIMED_OUT: see
+# ``time_out``) or made no progress for stall_ms (STALLED, nothing changed: the caller
+# computes the interruption's outcome and ends the attempt with STALL).
 HEARTBEAT = _script(
     _FENCE
     + _ADVANCE
     + """
-local leases, queue = KEYS[3], KEYS[4]
+local leases = KEYS[3]
 local deadline = tonumber(field(t, 'deadline'))
 if deadline ~= nil and now >= deadline then
-  time_out(t, outbox, trial_id, now, ARGV[6], {leases = leases, deadlines = KEYS[6],
-    pending = KEYS[5], queue = queue, paused = KEYS[7]})
+  time_out(t, outbox, trial_id, now, ARGV[6], ARGV[7], {leases = leases, deadlines = KEYS[6],
+    pending = KEYS[5], queue = KEYS[4]})
   return reply('TIMED_OUT', t)
 end
 if ARGV[3] ~= '' then redis.call('HSET', t, 'last_step', ARGV[3]) end
 advance(t, ARGV[3], now)
 local stall_ms = tonumber(ARGV[5])
-local still_ms = now - num(t, 'progress_ms')
-if stall_ms > 0 and still_ms >= stall_ms then
-  redis.call('HSET', t, 'state', RESUMABLE, 'lease_until', 0, 'last_end', END_STALLED)
-  redis.call('ZREM', leases, trial_id)
-  redis.call('ZADD', queue, now, trial_id)
-  local at = field(t, 'progress_step')
-  if at == '' then at = 'none reported' end
-  mark(t, outbox, trial_id, EV_LEASE_EXPIRED, string.format(
-    'stalled: attempt %s made no step progress for %.1f s (stall_timeout_seconds %g; '
-    .. 'furthest step %s); resumable, not counted', attempt, still_ms / 1000,
-    stall_ms / 1000, at), now, attempt)
-  return reply('STALLED', t)
-end
+if stall_ms > 0 and now - num(t, 'progress_ms') >= stall_ms then return reply('STALLED', t) end
 hold(t, leases, trial_id, now + tonumber(ARGV[4]))
 return reply('OK', t)
+"""
+)
+
+# KEYS: trial, outbox, leases, resumable, pending, deadlines
+# ARGV: attempt, '', stall_ms, lease_ms, counts seen..., counts after..., final (1/0),
+#       how the reason ends
+# The attempt a heartbeat found stalled loses its lease (an interruption, never a
+# failure: see ``interrupt``), announced with TRIAL_LEASE_EXPIRED (TRIAL_FAILED past
+# max_interruptions). If it progressed meanwhile, the lease is renewed instead (OK).
+STALL = _script(
+    _FENCE
+    + """
+local stall_ms = tonumber(ARGV[3])
+local still_ms = now - num(t, 'progress_ms')
+if still_ms < stall_ms then
+  hold(t, KEYS[3], trial_id, now + tonumber(ARGV[4]))
+  return reply('OK', t)
+end
+if not counts_seen(t, 5) then return reply('RACE', t) end
+local at = field(t, 'progress_step')
+if at == '' then at = 'none reported' end
+interrupt(t, outbox, trial_id, now,
+  {leases = KEYS[3], queue = KEYS[4], pending = KEYS[5], deadlines = KEYS[6]}, END_STALLED,
+  string.format('stalled: attempt %s made no step progress for %.1f s '
+    .. '(stall_timeout_seconds %g; furthest step %s)', attempt, still_ms / 1000,
+    stall_ms / 1000, at), 5)
+return reply('STALLED', t)
 """
 )
 
@@ -294,7 +373,7 @@ local leases, pending, study = KEYS[3], KEYS[4], KEYS[5]
 redis.call('HSET', t, 'state', COMPLETED, 'final', ARGV[3], 'closed', ARGV[2],
   'last_end', END_COMPLETED)
 if ARGV[4] ~= '' then redis.call('HSET', t, 'last_step', ARGV[4]) end
-finish(t, trial_id, leases, KEYS[6], pending)
+finish(t, trial_id, leases, KEYS[6], pending, now)
 redis.call('HINCRBY', study, 'completed', 1)
 mark(t, outbox, trial_id, EV_COMPLETED, 'completed with value ' .. ARGV[3], now, attempt)
 return reply('OK', t)
@@ -309,7 +388,7 @@ local leases, pending = KEYS[3], KEYS[4]
 redis.call('HSET', t, 'state', PRUNED, 'closed', ARGV[2], 'last_value', ARGV[4],
   'last_end', END_PRUNED)
 if ARGV[3] ~= '' then redis.call('HSET', t, 'last_step', ARGV[3]) end
-finish(t, trial_id, leases, KEYS[5], pending)
+finish(t, trial_id, leases, KEYS[5], pending, now)
 local reason = 'pruned'
 if ARGV[3] ~= '' then reason = reason .. ' at step ' .. ARGV[3] end
 mark(t, outbox, trial_id, EV_PRUNED, reason, now, attempt)
@@ -317,7 +396,7 @@ return reply('OK', t)
 """
 )
 
-# KEYS: trial, outbox, leases, pending, resumable, paused, decision
+# KEYS: trial, outbox, leases, pending, resumable, paused, decision, deadlines
 # ARGV: attempt, signature, step, rung
 # ASHA promotion form: the attempt obeyed a PAUSE and checkpointed. The trial waits
 # PAUSED (no lease, not pending) at the rung of the latest PAUSE; when the PROMOTE for
@@ -334,6 +413,7 @@ if decided == PAUSE and decided_rung > rung then rung = decided_rung end
 redis.call('HSET', t, 'lease_until', 0, 'closed', ARGV[2], 'last_end', END_PAUSED)
 if ARGV[3] ~= '' then redis.call('HSET', t, 'last_step', ARGV[3]) end
 redis.call('ZREM', leases, trial_id)
+stop_clock(t, trial_id, KEYS[8], now)
 if decided == PROMOTE and decided_rung >= rung then
   redis.call('HSET', t, 'state', RESUMABLE)
   redis.call('ZADD', queue, now, trial_id)
@@ -351,75 +431,105 @@ return reply('OK', t)
 )
 
 # KEYS: trial, outbox, leases, pending, resumable, deadlines
-# ARGV: attempt, signature, failures seen, failure_kind seen, failures after,
-#       failure_kind after, final (1/0), attempt end, reason
+# ARGV: attempt, signature, final (1/0), attempt end, reason, counts seen..., counts after...
 # What the failure does is ladder.state.attempts.fail_outcome's, computed from the
-# failures and failure_kind the caller read: RACE when they changed meanwhile.
+# counts the caller read: RACE when they changed meanwhile.
 FAIL = _script(
     _FENCE
     + """
 local leases, pending, queue = KEYS[3], KEYS[4], KEYS[5]
-if field(t, 'failures') ~= ARGV[3] or field(t, 'failure_kind') ~= ARGV[4] then
-  return reply('RACE', t)
-end
-redis.call('HSET', t, 'closed', ARGV[2], 'failures', ARGV[5], 'failure_kind', ARGV[6],
-  'last_end', ARGV[8])
-if ARGV[7] == '1' then
+if not counts_seen(t, 6) then return reply('RACE', t) end
+write_counts(t, 6)
+redis.call('HSET', t, 'closed', ARGV[2], 'last_end', ARGV[4])
+if ARGV[3] == '1' then
   redis.call('HSET', t, 'state', FAILED)
-  finish(t, trial_id, leases, KEYS[6], pending)
+  finish(t, trial_id, leases, KEYS[6], pending, now)
 else
+  stop_clock(t, trial_id, KEYS[6], now)
   redis.call('HSET', t, 'state', RESUMABLE, 'lease_until', 0)
   redis.call('ZREM', leases, trial_id)
   redis.call('ZADD', queue, now, trial_id)
 end
-mark(t, outbox, trial_id, EV_FAILED, ARGV[9], now, attempt)
+mark(t, outbox, trial_id, EV_FAILED, ARGV[5], now, attempt)
 return reply('OK', t)
 """
 )
 
-# KEYS: trial, outbox, leases, resumable   ARGV: trial id
-# A lease (RUNNING) or a hand-out claim (SUGGESTED / RESUMABLE never started)
-# ran out: the trial becomes RESUMABLE and is queued for the next Suggest.
+# KEYS: trial, outbox, leases, resumable, pending, deadlines
+# ARGV: trial id, then for a RUNNING trial: counts seen..., counts after..., final (1/0),
+#       how the reason ends
+# A lease (RUNNING) or a hand-out claim (SUGGESTED / RESUMABLE never started) ran out:
+# the trial becomes RESUMABLE and is queued for the next Suggest. An expired lease is an
+# interruption (see ``interrupt``) whose outcome the caller computed for a RUNNING
+# trial (RACE when it was not RUNNING then, or its counts changed).
 EXPIRE = _script("""
 local t, outbox, leases, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local trial_id = ARGV[1]
 local now = now_ms()
 local deadline = tonumber(redis.call('ZSCORE', leases, trial_id))
 if deadline == nil or deadline > now then return {'SKIP', {}} end
-redis.call('ZREM', leases, trial_id)
-if redis.call('EXISTS', t) == 0 then return {'SKIP', {}} end
 local state = num(t, 'state')
-if terminal(state) then return {'SKIP', {}} end
-local reason
-local ended = ''
-if state == RUNNING then
-  ended = field(t, 'attempt')
-  reason = 'lease of attempt ' .. ended .. ' (worker ' .. field(t, 'worker')
-    .. ') expired; resumable, not counted'
-  redis.call('HSET', t, 'last_end', END_LEASE_EXPIRED)
-else
-  reason = 'handed out but not started before the claim expired'
+if redis.call('EXISTS', t) == 0 or terminal(state) then
+  redis.call('ZREM', leases, trial_id)
+  return {'SKIP', {}}
 end
+if state == RUNNING then
+  if not counts_seen(t, 2) then return {'RACE', {}} end
+  interrupt(t, outbox, trial_id, now,
+    {leases = leases, queue = queue, pending = KEYS[5], deadlines = KEYS[6]},
+    END_LEASE_EXPIRED, 'lease of attempt ' .. field(t, 'attempt') .. ' (worker '
+    .. field(t, 'worker') .. ') expired', 2)
+  return reply('OK', t)
+end
+redis.call('ZREM', leases, trial_id)
 redis.call('HSET', t, 'state', RESUMABLE, 'lease_until', 0)
 redis.call('ZADD', queue, now, trial_id)
-mark(t, outbox, trial_id, EV_LEASE_EXPIRED, reason, now, ended)
+mark(t, outbox, trial_id, EV_LEASE_EXPIRED,
+  'handed out but not started before the claim expired', now, '')
 return reply('OK', t)
 """)
 
-# KEYS: trial, outbox, deadlines, leases, resumable, paused, pending
-# ARGV: trial id, timeout counts (1/0)
-# The trial's wall-clock deadline passed (the sweeper's check; a heartbeat checks too).
+# KEYS: trial, outbox, deadlines, leases, resumable, pending
+# ARGV: trial id, TIMEOUT's disposition: counts (1/0), final (1/0)
+# The running attempt's deadline passed (the sweeper's check; a heartbeat checks too).
 TIME_OUT = _script("""
 local t, outbox, deadlines = KEYS[1], KEYS[2], KEYS[3]
 local trial_id = ARGV[1]
 local now = now_ms()
 local deadline = tonumber(redis.call('ZSCORE', deadlines, trial_id))
 if deadline == nil or deadline > now then return {'SKIP', {}} end
-redis.call('ZREM', deadlines, trial_id)
-if redis.call('EXISTS', t) == 0 or terminal(num(t, 'state')) then return {'SKIP', {}} end
-time_out(t, outbox, trial_id, now, ARGV[2], {leases = KEYS[4], deadlines = deadlines,
-  queue = KEYS[5], paused = KEYS[6], pending = KEYS[7]})
+if redis.call('EXISTS', t) == 0 or num(t, 'state') ~= RUNNING then
+  redis.call('ZREM', deadlines, trial_id)
+  return {'SKIP', {}}
+end
+time_out(t, outbox, trial_id, now, ARGV[2], ARGV[3], {leases = KEYS[4],
+  deadlines = deadlines, queue = KEYS[5], pending = KEYS[6]})
 return reply('OK', t)
+""")
+
+# KEYS: last sweep, leases   ARGV: lease_ms, trial key root
+# A sweeper pass starts and records itself. When the previous pass (by any evaluate
+# process) is more than a lease ago, evaluate was away (killed, stopped, cut off from
+# Redis) and no worker could renew its lease meanwhile: every lease or claim that runs
+# out within a lease is extended to now + lease before anything expires, so a worker
+# that heartbeats within it keeps its trial. Returns {ms since the previous pass (-1:
+# none), leases extended}.
+SWEEP_GRACE = _script("""
+local last_sweep, leases = KEYS[1], KEYS[2]
+local lease_ms, root = tonumber(ARGV[1]), ARGV[2]
+local now = now_ms()
+local last = tonumber(redis.call('GET', last_sweep))
+redis.call('SET', last_sweep, now)
+if last == nil then return {-1, 0} end
+if now - last <= lease_ms then return {now - last, 0} end
+local until_ms = now + lease_ms
+local due = redis.call('ZRANGEBYSCORE', leases, '-inf', '(' .. until_ms)
+for _, trial_id in ipairs(due) do
+  redis.call('ZADD', leases, until_ms, trial_id)
+  local t = root .. trial_id
+  if num(t, 'state') == RUNNING then redis.call('HSET', t, 'lease_until', until_ms) end
+end
+return {now - last, #due}
 """)
 
 # KEYS: study, pending, leases, outbox
@@ -557,6 +667,7 @@ return #left
 TRIAL_SCRIPTS = (
     "START",
     "HEARTBEAT",
+    "STALL",
     "CHECKPOINT",
     "COMPLETE",
     "PRUNE",
@@ -564,6 +675,7 @@ TRIAL_SCRIPTS = (
     "PAUSE_TRIAL",
     "EXPIRE",
     "TIME_OUT",
+    "SWEEP_GRACE",
     "CREATE_TRIALS",
     "CLAIM_RESUMABLE",
     "STORE_DECISION",

@@ -34,11 +34,18 @@ import redis
 from redis.exceptions import NoScriptError
 
 from ladder.errors import BudgetExhausted, Conflict, InvalidArgument, NotFound, StaleAttempt
-from ladder.failures import FailureKind
+from ladder.failures import MAX_FAILURES, FailureKind
 from ladder.state import scripts
-from ladder.state.attempts import fail_outcome, kind_name, timeout_counts
+from ladder.state.attempts import (
+    COUNT_FIELDS,
+    Counts,
+    fail_outcome,
+    interrupt_outcome,
+    kind_name,
+    timeout_disposition,
+)
 from ladder.state.keys import Keys
-from ladder.study import OomPolicy
+from ladder.study import OomPolicy, TrialPolicySpec
 from ladder.v1 import events_pb2, trial_pb2
 
 TERMINAL = (trial_pb2.COMPLETED, trial_pb2.PRUNED, trial_pb2.FAILED)
@@ -219,6 +226,23 @@ def _seconds_spent(name: str, value: float) -> str:
     return _number(value)
 
 
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def _timeout_args() -> list[str]:
+    """What running out of max_trial_seconds does, for the scripts' ``time_out``."""
+    rule = timeout_disposition()
+    return [_flag(rule.counts), _flag(not rule.retry)]
+
+
+def _counts(raw: Sequence[bytes | None]) -> tuple[list[str], Counts]:
+    """The trial's counts as read (``COUNT_FIELDS`` order): as the scripts compare
+    them, and as numbers."""
+    seen = [_text(value) for value in raw]
+    return seen, Counts(*(_int(value) for value in raw))
+
+
 def _state_name(state: int) -> str:
     return trial_pb2.TrialState.Name(state) if state in trial_pb2.TrialState.values() else "?"
 
@@ -229,10 +253,17 @@ OUTBOX_RETRY_SECONDS = 10.0
 
 class TrialStore:
     def __init__(
-        self, client: redis.Redis, keys: Keys, outbox_retry_seconds: float = OUTBOX_RETRY_SECONDS
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        policy_of: Callable[[str], TrialPolicySpec],
+        outbox_retry_seconds: float = OUTBOX_RETRY_SECONDS,
     ) -> None:
         self.r = client
         self.keys = keys
+        # A study id -> its trial policy (max_interruptions for an interruption found by
+        # a heartbeat or the sweeper).
+        self.policy_of = policy_of
         # How long suggest gets to publish a TRIAL_SUGGESTED itself; set it to the
         # relay's age (evaluate's --outbox-retry-seconds).
         self.outbox_retry_seconds = outbox_retry_seconds
@@ -495,8 +526,9 @@ class TrialStore:
         environment: str = "",
         max_trial_seconds: float | None = None,
     ) -> Transition:
-        """Lease the trial to a new attempt. The first start of a trial starts its wall
-        clock: ``max_trial_seconds`` later it is FAILED (TIMEOUT) wherever it is."""
+        """Lease the trial to a new attempt. ``max_trial_seconds`` limits the trial's
+        running time over all its attempts: this attempt times out (TIMEOUT) once it
+        ran what the earlier ones left (queued and PAUSED time never counts)."""
         study = self.study_of(trial_id)
         k = self.keys
         status, fields, box = self._run(
@@ -534,20 +566,19 @@ class TrialStore:
         are pipelined, and a refused heartbeat raises before the decision is used.
 
         Raises AttemptEnded (a StaleAttempt) when the attempt reported no step beyond
-        its furthest for ``stall_timeout_seconds`` (None: no watchdog) or the trial's
-        wall clock ran out; the heartbeat then ended the attempt."""
+        its furthest for ``stall_timeout_seconds`` (None: no watchdog), an interruption
+        (``ladder.failures.interruption``), or ran out of running time; the heartbeat
+        then ended the attempt."""
         study = self.study_of(trial_id)
         k = self.keys
-        keys = self._fence_keys(
-            trial_id, k.resumable(study), k.pending(study), k.deadlines, k.paused(study)
-        )
+        keys = self._fence_keys(trial_id, k.resumable(study), k.pending(study), k.deadlines)
         args = [
             attempt_id,
             "",
             "" if step is None else _number(step),
             int(lease_seconds * 1000),
             _milliseconds(stall_timeout_seconds),
-            int(timeout_counts()),
+            *_timeout_args(),
         ]
         script = self._scripts["HEARTBEAT"]
         for attempt in range(2):
@@ -563,18 +594,54 @@ class TrialStore:
                 if attempt:
                     raise
                 self.r.script_load(script.script)  # first use, or Redis restarted
-        status = _text(status)
-        if status in ("STALLED", "TIMED_OUT"):
-            ended = self._transition(
-                trial_id, attempt_id, "OK", _pairs(flat), "heartbeat", box[0] if box else []
+        status, fields, box = _text(status), _pairs(flat), box[0] if box else []
+        if status == "STALLED":
+            status, fields, box = self._stall(
+                trial_id, study, attempt_id, stall_timeout_seconds, lease_seconds
             )
+        if status in ("STALLED", "TIMED_OUT"):
+            ended = self._transition(trial_id, attempt_id, "OK", fields, "heartbeat", box)
             raise AttemptEnded(
                 f"stale attempt: {attempt_id!r} no longer holds trial {trial_id!r}: "
                 f"{ended.reason}",
                 ended,
             )
-        self._transition(trial_id, attempt_id, status, _pairs(flat), "heartbeat")
+        self._transition(trial_id, attempt_id, status, fields, "heartbeat")
         return _decision(raw)
+
+    def _stall(
+        self,
+        trial_id: str,
+        study_id: str,
+        attempt_id: str,
+        stall_timeout_seconds: float | None,
+        lease_seconds: float,
+    ) -> tuple[str, dict[str, bytes], list[bytes]]:
+        """End the attempt a heartbeat found stalled: an interruption, whose outcome
+        depends on the trial's counts (read, then checked by the script: RACE when
+        they changed meanwhile, and it is computed again)."""
+        k = self.keys
+        max_interruptions = self.policy_of(study_id).max_interruptions
+        for _ in range(5):
+            seen, counted = _counts(self.r.hmget(k.trial(trial_id), *COUNT_FIELDS))
+            outcome = interrupt_outcome(counted, max_interruptions)
+            status, fields, box = self._run(
+                "STALL",
+                self._fence_keys(trial_id, k.resumable(study_id), k.pending(study_id), k.deadlines),
+                [
+                    attempt_id,
+                    "",
+                    _milliseconds(stall_timeout_seconds),
+                    int(lease_seconds * 1000),
+                    *seen,
+                    *outcome.after.values(),
+                    _flag(outcome.final),
+                    outcome.note,
+                ],
+            )
+            if status != "RACE":
+                return status, fields, box
+        raise Conflict(f"trial {trial_id!r}: its counts kept changing while it stalled")
 
     def checkpoint(
         self,
@@ -649,7 +716,13 @@ class TrialStore:
             attempt_id,
             f"pause|{attempt_id}",
             [_optional_step(step), rung],
-            [k.pending(study), k.resumable(study), k.paused(study), k.decision(trial_id)],
+            [
+                k.pending(study),
+                k.resumable(study),
+                k.paused(study),
+                k.decision(trial_id),
+                k.deadlines,
+            ],
         )
 
     def fail(
@@ -659,30 +732,31 @@ class TrialStore:
         reason: str,
         kind: FailureKind,
         oom: OomPolicy = OomPolicy.RETRY_ONCE,
-        max_failures: int = 3,
+        max_failures: int = MAX_FAILURES,
     ) -> Transition:
         """End the attempt with a failure of class ``kind``; what the trial becomes is
-        ``ladder.state.attempts.fail_outcome`` (preemption never counts; a trial is
-        FAILED when the failure is not retried or ``max_failures`` counted ones)."""
+        ``ladder.state.attempts.fail_outcome`` (preemption never counts, but is an
+        interruption: past the study's max_interruptions the trial is FAILED; a trial
+        is FAILED when the failure is not retried or ``max_failures`` counted ones)."""
         if not kind or kind not in trial_pb2.FailureKind.values():
             raise InvalidArgument(f"kind: unknown failure kind {kind}")
         if max_failures < 1:
             raise InvalidArgument(f"max_failures must be >= 1 (got {max_failures})")
         study = self.study_of(trial_id)
         key = self.keys.trial(trial_id)
+        max_interruptions = self.policy_of(study).max_interruptions
         for _ in range(5):
-            # The outcome depends on the failures counted so far; the script applies it
+            # The outcome depends on the trial's counts so far; the script applies it
             # only if they are still what was read (else RACE, and it is computed again).
-            seen_failures, seen_kind, attempt_no = self.r.hmget(
-                key, "failures", "failure_kind", "attempt_no"
-            )
+            attempt_no, *raw = self.r.hmget(key, "attempt_no", *COUNT_FIELDS)
+            seen, counted = _counts(raw)
             outcome = fail_outcome(
                 kind,
                 reason or "no reason given",
                 oom=oom,
-                failures=_int(seen_failures),
-                previous=_int(seen_kind),
+                counted=counted,
                 max_failures=max_failures,
+                max_interruptions=max_interruptions,
                 attempt_number=_int(attempt_no),
             )
             status, fields, box = self._run(
@@ -696,13 +770,11 @@ class TrialStore:
                 [
                     attempt_id,
                     f"fail|{attempt_id}",
-                    _text(seen_failures),
-                    _text(seen_kind),
-                    outcome.failures,
-                    outcome.failure_kind,
-                    "1" if outcome.final else "0",
+                    _flag(outcome.final),
                     outcome.attempt_end,
                     outcome.reason,
+                    *seen,
+                    *outcome.after.values(),
                 ],
             )
             if status != "RACE":
@@ -726,11 +798,11 @@ class TrialStore:
         limit: int,
         script: str,
         keys_for: Callable[[str, str], list[str]],
-        args: Sequence[object],
+        args_for: Callable[[str, str], list[object]],
     ) -> list[Transition]:
         """Run ``script`` for every trial whose deadline in ``zset`` passed (KEYS from
-        ``keys_for(trial id, study id)``, ARGV the trial id then ``args``); the
-        transitions of those it changed."""
+        ``keys_for(trial id, study id)``, ARGV from ``args_for``, computed again while
+        the script answers RACE); the transitions of those it changed."""
         out = []
         for trial_id in self._due(zset, limit):
             try:
@@ -738,24 +810,47 @@ class TrialStore:
             except NotFound:
                 self.r.zrem(zset, trial_id)
                 continue
-            status, fields, box = self._run(script, keys_for(trial_id, study), [trial_id, *args])
+            keys = keys_for(trial_id, study)
+            for _ in range(5):
+                status, fields, box = self._run(script, keys, args_for(trial_id, study))
+                if status != "RACE":
+                    break
             if status == "OK":
                 out.append(self._transition(trial_id, "", status, fields, script.lower(), box))
         return out
 
     def expire_due(self, limit: int = 200) -> list[Transition]:
-        """Move trials whose lease (or hand-out claim) ran out to RESUMABLE."""
+        """Move trials whose lease (or hand-out claim) ran out to RESUMABLE; an expired
+        lease is an interruption (FAILED past the study's max_interruptions)."""
         k = self.keys
         return self._sweep(
             k.leases,
             limit,
             "EXPIRE",
-            lambda trial_id, study: [k.trial(trial_id), k.outbox, k.leases, k.resumable(study)],
-            (),
+            lambda trial_id, study: [
+                k.trial(trial_id),
+                k.outbox,
+                k.leases,
+                k.resumable(study),
+                k.pending(study),
+                k.deadlines,
+            ],
+            self._expiry_args,
         )
 
+    def _expiry_args(self, trial_id: str, study_id: str) -> list[object]:
+        """EXPIRE's ARGV: for a RUNNING trial, the outcome of the interruption an expiry
+        would be, computed from the counts read now (the script checks them)."""
+        state, *raw = self.r.hmget(self.keys.trial(trial_id), "state", *COUNT_FIELDS)
+        if _int(state) != trial_pb2.RUNNING:
+            return [trial_id]  # a claim ran out: no attempt is interrupted
+        seen, counted = _counts(raw)
+        outcome = interrupt_outcome(counted, self.policy_of(study_id).max_interruptions)
+        return [trial_id, *seen, *outcome.after.values(), _flag(outcome.final), outcome.note]
+
     def time_out_due(self, limit: int = 200) -> list[Transition]:
-        """FAIL (kind TIMEOUT) the unfinished trials whose wall clock ran out."""
+        """End (kind TIMEOUT) the running attempts that used up their trial's
+        max_trial_seconds of running time."""
         k = self.keys
         return self._sweep(
             k.deadlines,
@@ -767,11 +862,22 @@ class TrialStore:
                 k.deadlines,
                 k.leases,
                 k.resumable(study),
-                k.paused(study),
                 k.pending(study),
             ],
-            (int(timeout_counts()),),
+            lambda trial_id, _study: [trial_id, *_timeout_args()],
         )
+
+    def sweep_grace(self, lease_seconds: float) -> tuple[float | None, int]:
+        """Start a sweeper pass: record it and, when the previous pass by any process is
+        more than ``lease_seconds`` ago (evaluate was away, so no worker could renew),
+        extend every lease or claim that runs out within a lease to now + lease before
+        anything expires. Returns (seconds since the previous pass, None for the first
+        ever; leases extended)."""
+        gap_ms, extended = self._scripts["SWEEP_GRACE"](
+            keys=[self.keys.last_sweep, self.keys.leases],
+            args=[int(lease_seconds * 1000), self.keys.trial("")],
+        )
+        return (None if int(gap_ms) < 0 else int(gap_ms) / 1000), int(extended)
 
     # ------------------------------------------------------------------ outbox
 
