@@ -24,7 +24,10 @@ while they fail, so a stack started again on other ports is found too.
 | --checkpoint-url /        | stack.json's         | where checkpoints go:                   |
 | LADDER_CHECKPOINT_URL     | checkpoint_url, else | ``s3://BUCKET/PREFIX`` or               |
 |                           | file://<state>/checkpoints | ``file:///ABS/PATH``              |
-| --decision-wait           | 3.0                  | seconds to await the decision at a rung |
+| --decision-wait           | 3.0                  | seconds a trial waits at a rung where   |
+|                           |                      | evaluate holds it for its verdict       |
+|                           |                      | (promotion form; the stopping form      |
+|                           |                      | never waits)                            |
 | --max-steps               | study's max_resource | cap on steps per trial                  |
 | --log-dir                 | (inherit)            | each spawned worker logs to DIR/<id>.log |
 | --retry-timeout /         | 600                  | seconds a call to a service that is     |
@@ -54,9 +57,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from ladder.api.pool import ProcessPool, forwarding_signals
 
 WORKLOADS = {
     "digits": "workers.digits:DigitsWorkload",
@@ -75,8 +79,9 @@ def load_workload(spec: str) -> object:
     return getattr(importlib.import_module(module_name), class_name)()
 
 
-class WorkerPool:
-    """``count`` worker processes for one study; stops exactly the processes it started."""
+class WorkerPool(ProcessPool):
+    """``count`` worker processes for one study; stops exactly the processes it started
+    (``ladder.api.pool``: own process groups, SIGTERM then SIGKILL)."""
 
     def __init__(
         self,
@@ -87,69 +92,26 @@ class WorkerPool:
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
     ) -> None:
+        super().__init__()
         self.study_id = study_id
         self.count = count
         self.prefix = prefix
         self.worker_args = list(worker_args)
         self.env = env
         self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def procs(self) -> dict[str, subprocess.Popen[bytes]]:
+        return self.children  # type: ignore[return-value] - commands only
 
     def start(self) -> WorkerPool:
-        if self.log_dir:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
         for index in range(self.count):
             worker_id = f"{self.prefix}{index}"
             argv = [sys.executable, "-m", "workers", "--study", self.study_id,
                     "--worker-id", worker_id, *self.worker_args]
-            output = None
-            if self.log_dir:
-                output = open(self.log_dir / f"{worker_id}.log", "ab")  # noqa: SIM115
-            try:
-                # Own process group: a Ctrl-C in the terminal reaches only the parent,
-                # which forwards one SIGTERM (a second signal would make a worker quit
-                # without handing its trial back).
-                self.procs[worker_id] = subprocess.Popen(
-                    argv, env=self.env, stdout=output,
-                    stderr=subprocess.STDOUT if output else None, process_group=0,
-                )
-            finally:
-                if output:
-                    output.close()  # the child holds its own descriptor
+            log_path = self.log_dir / f"{worker_id}.log" if self.log_dir else None
+            self.spawn_command(worker_id, argv, env=self.env, log_path=log_path)
         return self
-
-    def running(self) -> int:
-        return sum(1 for proc in self.procs.values() if proc.poll() is None)
-
-    def exit_codes(self) -> dict[str, int | None]:
-        return {wid: proc.poll() for wid, proc in self.procs.items()}
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """True once every worker has exited (False if ``timeout`` passed first)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.running():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.2)
-        return True
-
-    def signal_all(self, signum: int = signal.SIGTERM) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    def stop(self, grace: float = 30.0) -> None:
-        """SIGTERM (workers hand their trial back), then SIGKILL after ``grace``."""
-        self.signal_all(signal.SIGTERM)
-        if not self.wait(grace):
-            for proc in self.procs.values():
-                if proc.poll() is None:
-                    proc.kill()
-            self.wait(10)
-
-    @property
-    def ok(self) -> bool:
-        return all(code == 0 for code in self.exit_codes().values())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -246,14 +208,12 @@ def run_single(args: argparse.Namespace) -> int:
 def run_pool(args: argparse.Namespace) -> int:
     pool = WorkerPool(args.study, args.count, args.worker_prefix, _worker_args(args),
                       env=dict(os.environ), log_dir=args.log_dir)
-
-    def forward(signum: int, _frame: object) -> None:
-        pool.signal_all(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    pool.start()
-    pool.wait()
+    with forwarding_signals(pool):
+        pool.start()
+        try:
+            pool.wait()
+        except KeyboardInterrupt:  # a second signal: no more waiting for hand-backs
+            pool.stop()
     failed = {wid: code for wid, code in pool.exit_codes().items() if code != 0}
     if failed:
         print(f"workers failed: {failed}", file=sys.stderr)

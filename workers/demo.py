@@ -1,11 +1,13 @@
-"""The main job (``make demo``): tune a digits MLP with 8 workers on the embedded stack.
+"""The main job (``make demo``): tune a digits MLP with 8 workers on the embedded stack,
+through the Python API (``ladder.optimize`` of ``workers.digits.train``).
 
 1. start the embedded stack (broker, Redis, the four services) in the state folder;
-2. create a study: the digits space, quasi-random suggestions, ASHA (rungs 1, 3, 9, 27
-   epochs, eta 3, at least 3 trials at a rung before any stop), 64 trials;
-3. run 8 worker processes and print the study's progress from the lineage service;
-4. print the best trial's full lineage and the totals, write ``<state>/demo-summary.json``;
-5. stop exactly what step 1 started (also on Ctrl-C or an error).
+2. ``ladder.optimize``: a study of the digits space, quasi-random suggestions, ASHA
+   (rungs 1, 3, 9, 27 epochs, eta 3, at least 3 trials at a rung before any stop),
+   64 trials, a checkpoint every 3 epochs, run by 8 worker processes, with its
+   progress from the lineage service;
+3. print the best trial's full lineage and the totals, write ``<state>/demo-summary.json``;
+4. stop exactly what step 1 started (also on Ctrl-C or an error).
 
 Exit status 0 when at least ``--min-finished`` trials (default 60) completed or were
 pruned and nothing failed; 1 otherwise.
@@ -30,7 +32,6 @@ import logging
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -38,127 +39,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
+import ladder
 from google.protobuf.json_format import MessageToDict
 from ladder import telemetry
-from ladder.client import LadderClient, study_config, wait_until
-from ladder.config import Settings, Topics
+from ladder.api.optimize import WorkerFailed
+from ladder.api.progress import finished, seen
+from ladder.client import LadderClient, wait_until
 from ladder.params import params_to_dict
 from ladder.v1 import events_pb2, lineage_pb2, study_pb2
 
 from workers import digits
-from workers.__main__ import WorkerPool
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ASHA = {"kind": "asha", "min_resource": 1, "max_resource": digits.MAX_EPOCHS,
         "reduction_factor": 3, "min_population": 3}
-
-
-def code_commit() -> str:
-    """``git rev-parse HEAD`` of this checkout ("-dirty" if tracked files changed)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO_ROOT,
-                               capture_output=True, timeout=10).returncode != 0
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head}-dirty" if dirty else head
-
-
-def demo_study(max_trials: int, algorithm: str, partitions: int, seed: int
-               ) -> study_pb2.StudyConfig:
-    return study_config(
-        digits.SEARCH_SPACE,
-        name="digits-mlp",
-        metric=digits.METRIC,
-        direction="minimize",
-        algorithm=algorithm,
-        scheduler=ASHA,
-        max_trials=max_trials,
-        seed=seed,
-        dataset_id=digits.DATASET_ID,
-        code_commit=code_commit(),
-        partitions=partitions,
-        labels={"job": "demo", "workload": "digits", "resource_unit": "epochs"},
-    )
-
-
-def settings_for(info: dict[str, Any], state_dir: Path) -> Settings:
-    return Settings(
-        kafka_bootstrap=info["kafka_bootstrap"],
-        redis_url=info["redis_url"],
-        topics=Topics(info.get("topic_prefix", "ladder.")),
-        suggest_addr=info["suggest_addr"],
-        evaluate_addr=info["evaluate_addr"],
-        lineage_addr=info["lineage_addr"],
-        state_dir=state_dir,
-    )
-
-
-# --- progress ------------------------------------------------------------------------------
-
-
-def finished(summary: lineage_pb2.StudySummary) -> int:
-    return summary.completed + summary.pruned + summary.failed
-
-
-def seen(summary: lineage_pb2.StudySummary) -> int:
-    """Trials the lineage store knows of (``suggested`` counts those not started yet)."""
-    return summary.suggested + summary.running + finished(summary)
-
-
-def study_summary(client: LadderClient, study_id: str) -> lineage_pb2.StudySummary:
-    """The lineage summary; empty while the lineage store has not seen the study yet
-    (it learns about studies from Kafka, a moment after CreateStudy)."""
-    try:
-        return client.summary(study_id)
-    except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.NOT_FOUND:
-            raise
-        return lineage_pb2.StudySummary(study_id=study_id)
-
-
-def progress_line(summary: lineage_pb2.StudySummary, elapsed: float, max_trials: int,
-                  workers: int) -> str:
-    best = f"{summary.best_value:.4f} ({summary.best_trial_id})" if summary.has_best else "-"
-    return (
-        f"[{elapsed:6.1f}s] trials {seen(summary):>3}/{max_trials}  "
-        f"running {summary.running:>2}  completed {summary.completed:>3}  "
-        f"pruned {summary.pruned:>3}  failed {summary.failed:>2}  "
-        f"workers {workers}  best val_loss {best}"
-    )
-
-
-class Progress:
-    """One updating line on a terminal; a line every ``every`` seconds otherwise."""
-
-    def __init__(self, stream: Any = sys.stdout) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.every = 1.0 if self.tty else 2.0
-        self._last = 0.0
-        self._width = 0
-
-    def due(self) -> bool:
-        return time.monotonic() - self._last >= self.every
-
-    def show(self, line: str, force: bool = False) -> None:
-        if not force and not self.due():
-            return
-        self._last = time.monotonic()
-        if self.tty:
-            pad = max(0, self._width - len(line))
-            self.stream.write("\r" + line + " " * pad)
-            self._width = len(line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def end(self) -> None:
-        if self.tty and self._width:
-            self.stream.write("\n")
-            self.stream.flush()
+CHECKPOINT_EVERY_EPOCHS = 3
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -225,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
     stack = Stack(state_dir, services=True, log=lambda msg: print(f"stack: {msg}", flush=True))
     started_stack = False
-    pool: WorkerPool | None = None
-    client: LadderClient | None = None
+    study: ladder.Study | None = None
     try:
         print(f"Starting the embedded stack in {state_dir} ...", flush=True)
         try:
@@ -236,73 +129,41 @@ def run(args: argparse.Namespace) -> int:
             return 1
         started_stack = not info.get("reused")
         print(f"Stack up in {time.monotonic() - t_start:.1f}s", flush=True)
-        settings = settings_for(info, state_dir)
-        client = LadderClient(settings)
-        config = demo_study(args.max_trials, args.algorithm, args.partitions, args.seed)
+        os.environ.update(stack.env())  # ladder.optimize and its workers use this stack
         study_id = f"digits-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-        study = client.create_study(config, study_id=study_id)
-        study_id = study.study_id
-        print(f"Created study {study_id}: {args.max_trials} trials, "
-              f"{config.scheduler.max_resource:g} epochs max, ASHA eta 3, "
-              f"algorithm {args.algorithm}, code {config.code_commit[:12]}", flush=True)
-
+        print(f"Study {study_id}: {args.max_trials} trials, {digits.MAX_EPOCHS} epochs max, "
+              f"ASHA eta 3, algorithm {args.algorithm}, {args.workers} workers (their "
+              "logs: stderr)", flush=True)
         t_study = time.monotonic()
-        worker_env = {**os.environ, **stack.env()}
-        pool = WorkerPool(
-            study_id, args.workers, "w",
-            ["--decision-wait", str(args.decision_wait), "--checkpoint-every", "3"],
-            env=worker_env, log_dir=state_dir / "logs" / "workers",
-        ).start()
-        print(f"Started {args.workers} workers (logs in {state_dir / 'logs' / 'workers'})",
-              flush=True)
-        summary = watch(client, study_id, pool, args, t_study)
+        exit_codes: dict[str, int | None] = {}
+        try:
+            study = ladder.optimize(
+                digits.train, digits.SEARCH_SPACE, n_trials=args.max_trials,
+                n_workers=args.workers, study_id=study_id, name="digits-mlp",
+                metric=digits.METRIC, scheduler=ASHA, algorithm=args.algorithm,
+                seed=args.seed, dataset_id=digits.DATASET_ID, partitions=args.partitions,
+                labels={"job": "demo", "workload": "digits", "resource_unit": "epochs"},
+                trial_policy={"checkpoint_interval_steps": CHECKPOINT_EVERY_EPOCHS},
+                timeout=args.timeout, progress=True,
+            )
+        except WorkerFailed as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            exit_codes = exc.exit_codes
+            study = ladder.load_study(study_id)
         wall = time.monotonic() - t_study
-        return report(client, study_id, summary, pool, wall, time.monotonic() - t_start,
-                      state_dir, config, args)
+        return report(study, study.settled(), exit_codes, wall, time.monotonic() - t_start,
+                      state_dir, args)
     except KeyboardInterrupt:
         print("\ndemo: interrupted", file=sys.stderr)
         return 130
     finally:
-        if pool is not None and pool.running():
-            print("Stopping workers ...", flush=True)
-            pool.stop(grace=30)
-        if client is not None:
-            client.close()
+        if study is not None:
+            study.close()
         if started_stack and not args.keep_stack:
             print("Stopping the stack ...", flush=True)
             stack.down()
         elif started_stack:
             print(f"Stack left running (ladder down --state-dir {state_dir})")
-
-
-def watch(client: LadderClient, study_id: str, pool: WorkerPool, args: argparse.Namespace,
-          t_study: float) -> lineage_pb2.StudySummary:
-    """Show progress until the workers are done and the lineage has every outcome."""
-    progress = Progress()
-    summary = study_summary(client, study_id)
-    deadline = t_study + args.timeout
-    while pool.running() and time.monotonic() < deadline:
-        if progress.due():
-            summary = study_summary(client, study_id)
-            progress.show(progress_line(summary, time.monotonic() - t_study, args.max_trials,
-                                        pool.running()))
-        time.sleep(0.2)
-    if pool.running():
-        progress.end()
-        print(f"demo: study not finished after {args.timeout:.0f}s", file=sys.stderr)
-        return summary
-
-    # Outcomes reach the lineage store through Kafka; give the last ones a moment.
-    def settled() -> lineage_pb2.StudySummary | None:
-        current = study_summary(client, study_id)
-        idle = current.running == 0 and current.suggested == 0
-        return current if idle and finished(current) else None
-
-    summary = wait_until(settled, timeout=30, every=0.25) or study_summary(client, study_id)
-    progress.show(progress_line(summary, time.monotonic() - t_study, args.max_trials, 0),
-                  force=True)
-    progress.end()
-    return summary
 
 
 def curve_steps(lineage: lineage_pb2.TrialLineage) -> set[float]:
@@ -341,11 +202,12 @@ def demo_problems(summary: lineage_pb2.StudySummary, exit_codes: dict[str, int |
     return problems
 
 
-def report(client: LadderClient, study_id: str, summary: lineage_pb2.StudySummary,
-           pool: WorkerPool, wall: float, total: float, state_dir: Path,
-           config: study_pb2.StudyConfig, args: argparse.Namespace) -> int:
+def report(study: ladder.Study, summary: lineage_pb2.StudySummary,
+           exit_codes: dict[str, int | None], wall: float, total: float, state_dir: Path,
+           args: argparse.Namespace) -> int:
     from ladder.study import StudySpec
 
+    client, study_id, config = study.client, study.study_id, study.config
     milestones = StudySpec.from_proto(config).scheduler.decision_rungs(
         config.scheduler.max_resource) + [config.scheduler.max_resource]
     trials = finished(summary)
@@ -365,7 +227,7 @@ def report(client: LadderClient, study_id: str, summary: lineage_pb2.StudySummar
     print(f"  best val_loss:    {best.final_value:.5f}" if best else "  best val_loss:    -")
     print(f"  metric points:    {summary.metric_points}   decisions: {summary.decisions}")
 
-    problems = demo_problems(summary, pool.exit_codes(), best, config, args.min_finished)
+    problems = demo_problems(summary, exit_codes, best, config, args.min_finished)
     out = {
         "study_id": study_id,
         "ok": not problems,
@@ -388,7 +250,7 @@ def report(client: LadderClient, study_id: str, summary: lineage_pb2.StudySummar
         "best_curve": curve_summary(best, milestones) if best else None,
         "best_lineage": MessageToDict(best, preserving_proto_field_name=True) if best else None,
         "study_config": MessageToDict(config, preserving_proto_field_name=True),
-        "worker_exit_codes": pool.exit_codes(),
+        "worker_exit_codes": exit_codes,
     }
     path = state_dir / "demo-summary.json"
     path.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
@@ -410,7 +272,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--algorithm", default="random")
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--decision-wait", type=float, default=3.0)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--keep-stack", action="store_true")
     return parser

@@ -10,10 +10,13 @@ torch runs on one thread: the demo shares two cores between eight workers and th
 services, and an epoch of even the largest configuration takes a few tens of
 milliseconds on one core.
 
-Interruptible (``workers.runtime.Workload``): the runtime's interrupt event is polled
-between mini-batches; once set, the epoch stops there and the state keeps the epoch's
-order and the next mini-batch (:class:`PartialEpoch`), which the checkpoint holds too,
-so a resumed attempt finishes that epoch exactly as the uninterrupted run would have.
+Two ways to run it: :func:`train`, an objective written with the Python API (what
+``make demo`` runs through ``ladder.optimize``), and :class:`DigitsWorkload`, the
+``workers.runtime.Workload`` of ``python -m workers``. Interruptible as a Workload: the
+runtime's interrupt event is polled between mini-batches; once set, the epoch stops
+there and the state keeps the epoch's order and the next mini-batch
+(:class:`PartialEpoch`), which the checkpoint holds too, so a resumed attempt finishes
+that epoch exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -158,6 +161,22 @@ def build_optimizer(config: DigitsConfig, model: nn.Module) -> torch.optim.Optim
             weight_decay=config.weight_decay,
         )
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train(trial: Any) -> float:
+    """The digits MLP as a ``ladder.Trial`` objective: an epoch a step, the validation
+    log-loss reported after each; model, optimizer and shuffling stream checkpointed
+    when the study's policy says."""
+    workload = DigitsWorkload()
+    state = workload.init(trial.params, trial.seed)
+    loss = math.nan
+    last = trial.max_steps or MAX_EPOCHS
+    for epoch in range(trial.restore(state.model, state.optimizer, state.shuffle), last + 1):
+        loss = workload.train_step(state, epoch)
+        trial.report(loss, step=epoch)
+        if trial.should_stop():
+            break
+    return loss
 
 
 class DigitsWorkload:

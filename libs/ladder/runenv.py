@@ -181,7 +181,9 @@ def entry_point(argv: Sequence[str] | None = None, main_module: str | None = Non
         spec = getattr(sys.modules.get("__main__"), "__spec__", None)
         main_module = spec.name if spec is not None else ""
     args = [shlex.quote(a) for a in argv[1:]]
-    if main_module and main_module != "__main__":
+    # A script's __main__ (also as multiprocessing's "__mp_main__" in a spawned worker)
+    # has no module name to run it by.
+    if main_module and main_module not in ("__main__", "__mp_main__"):
         return " ".join(["python", "-m", main_module.removesuffix(".__main__"), *args])
     if not argv or not argv[0] or argv[0] == "-c":
         return " ".join(["python", *([argv[0]] if argv and argv[0] else []), *args])

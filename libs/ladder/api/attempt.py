@@ -58,14 +58,15 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
 from ladder import checkpoints, failures, runenv
 from ladder.checkpoints import CheckpointKey, CheckpointStore
 from ladder.errors import BudgetExhausted
 from ladder.params import PlainValue, params_to_dict
 from ladder.study import StudySpec, TrialPolicySpec
 from ladder.v1 import evaluate_pb2, events_pb2, study_pb2, suggest_pb2, trial_pb2
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 
 log = logging.getLogger("ladder.worker")
 _tracer = trace.get_tracer("ladder.worker")
@@ -478,6 +479,7 @@ class Attempt:
         self.checkpoint_uri = start.checkpoint_uri  # the trial's current checkpoint
         self.train_since_checkpoint = 0.0
         self.step = self.resume_step  # the step in progress, or the last one reported
+        self.reported_step = self.resume_step
         self.last_value = math.nan
         self.step_started: float | None = None  # set while a step trains
         self.step_times: deque[float] = deque(maxlen=_STEP_TIMES_KEPT)
@@ -554,7 +556,7 @@ class Attempt:
         """Publish the metric of ``step`` and heartbeat; the verdict to obey now (a STOP,
         or a PAUSE about a rung reached), waiting for it first when evaluate says one is
         due at this step (promotion form). None: train on."""
-        self.step = step
+        self.step = self.reported_step = step
         self.last_value = value
         self.guard.step = step
         self.client.report_metric(
@@ -569,9 +571,20 @@ class Attempt:
 
     def _verdict(self, reply: evaluate_pb2.HeartbeatResponse, step: float
                  ) -> evaluate_pb2.HeartbeatResponse | None:
+        if self._finished_budget(step):
+            return None
         if reply.action == events_pb2.STOP or pause_due(reply, step):
             return reply
         return self.guard.stop_reply
+
+    def _finished_budget(self, step: float) -> bool:
+        # The full budget is trained: a verdict about an earlier rung that arrives now
+        # would throw a complete result away.
+        return 0 < self.session.max_steps <= step
+
+    def standing_stop(self) -> evaluate_pb2.HeartbeatResponse | None:
+        """A STOP the guard's heartbeats brought since (no call of its own)."""
+        return None if self._finished_budget(self.reported_step) else self.guard.stop_reply
 
     def _await_verdict(self, step: int) -> evaluate_pb2.HeartbeatResponse | None:
         """At a rung where evaluate holds the trial: the metric must reach the scheduler,
