@@ -274,7 +274,7 @@ class _WorkloadRun:
             if not math.isfinite(value):
                 # Diverged and not stopped by the scheduler: more steps cannot recover it.
                 return attempt.diverged(f"diverged: {session.metric}={value} at step {step}")
-            if step < max_steps and not session.stopping and attempt.checkpoint_due(step):
+            if not session.stopping and attempt.checkpoint_due(step):
                 attempt.save_periodic(step, write)
         return attempt.complete(value, max_steps)
 

@@ -269,7 +269,7 @@ def _report(args: argparse.Namespace, lineage: lineage_pb2.TrialLineage,
         return
     for warning in warnings:
         emit(f"warning: {warning}")
-    emit(f"trial {lineage.trial_id} ({lineage.state}) re-ran as `{shlex.join(command)}` "
+    emit(f"trial {lineage.trial_id} ({lineage.state}) re-ran as `{environment.entry_point}` "
          f"in {seconds:.1f} s (exit {returncode}, {end.get('outcome', 'no outcome')})")
     tolerance = f"rtol {args.rtol:g}, atol {args.atol:g}"
     if check.matches and returncode == 0:

@@ -229,3 +229,39 @@ def test_steps_must_increase(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="not after"):
             trial.report(0.4, step=3)
         trial.complete()
+
+
+def test_objects_given_to_restore_are_checkpointed_by_report_when_due(tmp_path: Path) -> None:
+    client = FakeClient(policy={"checkpoint_interval_steps": 3})
+    for trial in trials(client, tmp_path):
+        state: dict[str, Any] = {}
+        for step in range(trial.restore(state), STEPS + 1):
+            state["steps"] = step
+            trial.report(1.0 / step, step=step)
+            if trial.should_stop():
+                break
+    uris = [c[2] for c in names(client, "checkpoint")]
+    assert [c[3] for c in names(client, "checkpoint")] == [3, 6]
+    restored: dict[str, Any] = {}
+    snapshots.read(local(uris[-1]), [restored])
+    assert restored == {"steps": 6}
+
+
+def test_parameters_read_by_name(tmp_path: Path) -> None:
+    client = FakeClient()
+    for trial in trials(client, tmp_path):
+        assert trial["x"] == 0.5
+        with pytest.raises(KeyError):
+            trial["momentum"]
+        trial.complete(1.0)
+
+
+def test_a_verdict_that_arrives_after_the_last_step_does_not_undo_it(tmp_path: Path) -> None:
+    client = FakeClient()
+    client.on_heartbeat = lambda trial, step, n: (
+        stop_reply(0, 1) if step >= STEPS else evaluate_pb2.HeartbeatResponse(action=1)
+    )
+    for trial in trials(client, tmp_path):
+        with trial:
+            train(trial, {})
+    assert trial.outcome == "completed" and names(client, "prune") == []

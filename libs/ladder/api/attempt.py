@@ -606,6 +606,11 @@ class Attempt:
     # -- checkpoints
 
     def checkpoint_due(self, step: int) -> bool:
+        """Whether a scheduled checkpoint of ``step`` is due: by the config's fixed
+        interval, else by the study's trial policy; never at the final step (the trial
+        completes instead)."""
+        if self._finished_budget(step):
+            return False
         every = self.config.checkpoint_every
         if every is not None:
             return every > 0 and step % every == 0

@@ -63,6 +63,7 @@ log = logging.getLogger("ladder.api")
 STUDY_ID_ENV = "LADDER_STUDY_ID"
 WORKER_ID_ENV = "LADDER_WORKER_ID"
 DEFAULT_ALGORITHM = "auto"
+BEST_WAIT_S = 10.0
 
 
 # --- the stack ---------------------------------------------------------------------------
@@ -306,8 +307,15 @@ class Study:
 
     @property
     def best_trial(self) -> lineage_pb2.TrialLineage | None:
-        """The best completed trial's full lineage (None while there is none)."""
-        return self.client.best(self.study_id)  # type: ignore[union-attr]
+        """The best completed trial's full lineage; None while there is none. Lineage
+        learns of results through Kafka, a moment after the worker's call: right after
+        a trials() loop it is waited for (``BEST_WAIT_S`` at most)."""
+        client = self.client
+        best = client.best(self.study_id)  # type: ignore[union-attr]
+        if best is None and self.report.outcomes.get(Outcome.COMPLETED.value):
+            best = wait_until(lambda: client.best(self.study_id),  # type: ignore[union-attr]
+                              BEST_WAIT_S, every=0.25)
+        return best
 
     @property
     def best_params(self) -> dict[str, PlainValue]:
