@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pytest
-from ladder import checkpoints, objectstore
+from ladder import checkpoints, objectstore, runenv
 from ladder.client import LadderClient, study_config
 from ladder.config import Settings
 from ladder.objectstore import S3Settings
@@ -124,6 +124,11 @@ def test_one_worker_runs_a_study_end_to_end(services: Settings, tmp_path: Path) 
             assert lineage.code_commit == "integration-test"
             assert [a.worker_id for a in lineage.attempts] == ["it-w0"]
             assert lineage.attempts[0].outcome == "completed"
+            # Captured by the worker, not typed: the digits workload's dataset, this
+            # checkout's commit, the packages.
+            env = lineage.attempts[0].run_environment
+            assert env.dataset_id == DATASET_ID and env.packages_hash and env.python
+            assert env.code_commit == runenv.code_state(Path(__file__).parent).commit
             # The step-2 checkpoint was written and reported.
             assert lineage.checkpoint_uri.endswith("-step2.ckpt")
             assert local(lineage.checkpoint_uri).exists()
