@@ -70,6 +70,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -102,6 +103,7 @@ from workers.__main__ import WorkerPool
 from workers.loadsim_observe import SeenDecision, counts_check, expected_crossings
 
 RESULTS = Path(__file__).resolve().parent / "results"
+KEPT = Path(tempfile.gettempdir()) / "ladder-chaos-failures"  # logs of a run that failed
 PREFIX = "bench-chaos."
 TS = trial_pb2.TrialState
 KIND = events_pb2.TrialEventKind
@@ -674,6 +676,8 @@ def audit_study(client: LadderClient, settings: Settings, topics: Topics, study_
     }
     if per_trial_lineage:
         out.update(_lineage_per_trial(client, topics, study_id, trial_ids, by_trial))
+    if counts["missing"]:
+        out["missing_traced"] = trace_missing(settings, topics, counts["missing_sample"])
     checks = {
         "exactly one terminal event per terminal trial, none for an open one"
         if open_allowed else "exactly one terminal event per trial": not event_count_wrong,
@@ -700,6 +704,36 @@ def audit_study(client: LadderClient, settings: Settings, topics: Topics, study_
         checks["every metric point on the topic in lineage"] = out["metric_points_missing"] == 0
     out["checks"] = checks
     return out
+
+
+def trace_missing(settings: Settings, topics: Topics, missing: list[Any]) -> dict[str, Any]:
+    """Where each missing (trial, rung) decision stopped: the trial's reports (step,
+    ts_ms, attempt), its rung crossings on the rungs topic, its decisions, its events
+    and any dead letter naming it; read while the stack is still up."""
+    trials = {str(trial) for trial, _ in missing}
+    crossings = []
+    for record in read_topic(settings.kafka_bootstrap, settings.topics.rungs, quiet_s=3.0):
+        try:
+            crossing = decode(events_pb2.RungCrossing, record.value())
+        except BadRecord:
+            continue
+        if crossing.trial_id in trials:
+            crossings.append([crossing.trial_id, crossing.rung, crossing.ts_ms,
+                              f"{record.partition()}:{record.offset()}"])
+    return {
+        trial: {
+            "reports": sorted([r.step, r.ts_ms, r.attempt_id[:8]] for r in topics.reports
+                              if r.trial_id == trial),
+            "crossings": [c[1:] for c in crossings if c[0] == trial],
+            "decisions": [[d.rung, d.action, d.ts_ms] for d in topics.decisions
+                          if d.trial_id == trial],
+            "events": [[KIND.Name(e.kind), e.ts_ms, e.trial.attempt_id[:8], e.reason[:80]]
+                       for e in topics.events if e.trial.trial_id == trial],
+            "dead_letters": [[d.source_topic, d.service, d.reason[:120]]
+                             for d in topics.dead_letters if trial.encode() in d.payload],
+        }
+        for trial in sorted(trials)
+    }
 
 
 def _lineage_per_trial(client: LadderClient, topics: Topics, study_id: str,
@@ -887,6 +921,9 @@ def run_real(stack: ChaosStack, client: LadderClient, args: argparse.Namespace
     schedule = build_schedule(args, stack.components())
     log(f"real study {study_id}: {args.trials} trials, {args.workers} workers; "
         f"schedule {[item for _, item in schedule]}")
+    with contextlib.suppress(AssertionError):  # a slow host: the schedule starts anyway
+        wait_for(lambda: sum(s == trial_pb2.RUNNING for s in trial_states(
+            settings, study_id).values()) >= args.workers, 60, "every worker training", 0.5)
     preemptions: list[dict[str, Any]] = []
     skipped: list[Any] = []
     wait = args.warmup
@@ -1230,7 +1267,8 @@ def parse_args() -> argparse.Namespace:
                         help="trial_policy.checkpoint_interval_steps")
     parser.add_argument("--waves", type=int, default=3)
     parser.add_argument("--wave-fraction", type=float, default=0.6)
-    parser.add_argument("--warmup", type=float, default=15.0, help="seconds before wave 1")
+    parser.add_argument("--warmup", type=float, default=10.0,
+                        help="seconds from every worker training to wave 1")
     parser.add_argument("--settle", type=float, default=16.0,
                         help="seconds after a wave before the next event")
     parser.add_argument("--gap", type=float, default=6.0,
@@ -1379,9 +1417,15 @@ def main() -> None:
             results["restart"] = restart_check(stack, study_ids, lineage_of)
         finally:
             stack.down()
+        results["checks"] = checks = all_checks(results, args)
+        results["ok"] = all(checks.values())
+        if not results["ok"]:  # the services' and workers' logs go with the state folder
+            keep = KEPT / time.strftime("%Y%m%d-%H%M%S")
+            for folder in ("logs", "worker-logs"):
+                if (state / folder).exists():
+                    shutil.copytree(state / folder, keep / folder)
+            results["logs_kept_in"] = str(keep)
     results["wall_s"] = round(time.time() - started, 1)
-    results["checks"] = checks = all_checks(results, args)
-    results["ok"] = all(checks.values())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=_jsonable) + "\n")
     plot(results, curves, args.out.with_suffix(".png"))
