@@ -746,7 +746,18 @@ class Attempt:
         return Outcome.FAILED
 
     def fail_with(self, exc: BaseException) -> Outcome:
-        """The training code raised: FailTrial with its failure class."""
+        """The training code raised: FailTrial with its failure class. After a stop
+        request the trial is handed back from its last checkpoint instead (PREEMPTED):
+        a step often dies of the shutdown itself (its DataLoader workers killed first),
+        which is no fault of the trial; a :class:`~ladder.failures.TrialFailed` is still
+        the failure it names."""
+        if self.session.stopping and not isinstance(exc, failures.TrialFailed):
+            log.warning("step failed while the worker stops (%s: %s); handing the trial "
+                        "back", type(exc).__name__, exc, extra=self.extra)
+            try:
+                return self.hand_back(self.reported_step, None)
+            except LostLease:
+                return Outcome.LOST
         kind = failures.classify(exc)
         reason = f"{trial_pb2.FailureKind.Name(kind)}: {type(exc).__name__}: {exc}"[:500]
         log.error("trial failed: %s", reason, exc_info=exc, extra=self.extra)

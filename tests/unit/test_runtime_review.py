@@ -1,0 +1,51 @@
+"""The worker's answers to what review found: a step that dies of the shutdown, a
+checkpoint that vanished, retention and the checkpoint the server hands out, a PAUSE
+that lost to a STOP, object-store outages, the keep-alive fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ladder import failures
+from ladder.v1 import trial_pb2
+from test_runtime_worker import CountingWorkload, FakeClient, make_worker
+
+from workers.runtime import Worker
+
+
+def test_a_step_that_fails_after_a_stop_request_hands_the_trial_back(tmp_path: Path) -> None:
+    # On a real preemption the step often throws because of the shutdown itself (its
+    # DataLoader children die first): that is a preemption, never a counted failure.
+    client = FakeClient(trials=3)
+    holder: dict[str, Worker] = {}
+
+    class DyingWithTheShutdown(CountingWorkload):
+        def train_step(self, state: dict, step: int) -> float:
+            if step == 5:
+                holder["worker"].request_stop()
+                raise RuntimeError("DataLoader worker (pid 4242) is killed by signal")
+            return super().train_step(state, step)
+
+    workload = DyingWithTheShutdown()
+    holder["worker"] = make_worker(client, workload, tmp_path)
+    report = holder["worker"].run()
+    assert report.outcomes == {"interrupted": 1}
+    ((_, _, reason, kind),) = [c for c in client.calls if c[0] == "fail"]
+    assert kind == failures.PREEMPTED
+    assert "after step 4" in reason and "checkpoint holds step 3" in reason
+    assert client.names().count("suggest") == 1
+
+
+def test_an_explicit_trial_failure_during_a_stop_is_still_that_failure(tmp_path: Path) -> None:
+    client = FakeClient()
+    holder: dict[str, Worker] = {}
+
+    class GivingUp(CountingWorkload):
+        def train_step(self, state: dict, step: int) -> float:
+            holder["worker"].request_stop()
+            raise failures.TrialFailed(failures.USER_ERROR, "bad batch size")
+
+    holder["worker"] = make_worker(client, GivingUp(), tmp_path)
+    assert holder["worker"].run().outcomes == {"failed": 1}
+    ((_, _, _, kind),) = [c for c in client.calls if c[0] == "fail"]
+    assert kind == trial_pb2.USER_ERROR
