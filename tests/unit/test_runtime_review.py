@@ -4,11 +4,13 @@ that lost to a STOP, object-store outages, the keep-alive fallback."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from ladder import failures
 from ladder.v1 import trial_pb2
-from test_runtime_worker import CountingWorkload, FakeClient, make_worker
+from test_runtime_worker import CountingWorkload, FakeClient, local, make_worker
 
 from workers.runtime import Worker
 
@@ -49,3 +51,30 @@ def test_an_explicit_trial_failure_during_a_stop_is_still_that_failure(tmp_path:
     assert holder["worker"].run().outcomes == {"failed": 1}
     ((_, _, _, kind),) = [c for c in client.calls if c[0] == "fail"]
     assert kind == trial_pb2.USER_ERROR
+
+
+def test_retention_never_deletes_the_checkpoint_the_server_hands_out(tmp_path: Path) -> None:
+    # An attempt that lost its lease saved a later step it never reported (a newer file):
+    # with checkpoints_kept=1 it must not push the reported checkpoint out.
+    client = FakeClient(policy={"checkpoints_kept": 1})
+    reported: list[str] = []
+    present_at_next_report: list[bool] = []
+    record = client.checkpoint
+
+    def checkpoint(trial_id: str, attempt_id: str, uri: str, step: float, **kw: float
+                   ) -> trial_pb2.Trial:
+        if reported:
+            present_at_next_report.append(local(reported[-1]).exists())
+        reported.append(uri)
+        orphan = local(uri).with_name(f"orphan-step{int(step) + 5}.ckpt")
+        orphan.write_text("{}")
+        later = time.time() + 100
+        os.utime(orphan, (later, later))
+        return record(trial_id, attempt_id, uri, step, **kw)
+
+    client.checkpoint = checkpoint  # type: ignore[method-assign]
+    report = make_worker(client, CountingWorkload(), tmp_path).run()
+    assert report.outcomes == {"completed": 1}
+    assert len(reported) == 2  # steps 3 and 6
+    assert present_at_next_report == [True]
+    assert local(reported[-1]).exists()

@@ -677,8 +677,11 @@ class Attempt:
     def _retain(self) -> None:
         started = time.monotonic()
         try:
+            # The checkpoint the server hands the next attempt is never deleted, even
+            # when newer ones (an orphan of an attempt that lost its lease) outnumber it.
             deleted = self.store.retain(
-                self.study_id, self.trial_id, self.session.policy.checkpoints_kept
+                self.study_id, self.trial_id, self.session.policy.checkpoints_kept,
+                pinned={self.checkpoint_uri} - {""},
             )
         except Exception as exc:  # noqa: BLE001 - retention is housekeeping, never fatal
             log.warning("checkpoint retention failed: %s", exc, extra=self.extra)
