@@ -108,13 +108,18 @@ def _parse_name(name: str) -> tuple[str, int, bool] | None:
 
 
 def expired(
-    checkpoints: Sequence[Checkpoint], keep: int, pinned: Collection[str] = ()
+    checkpoints: Sequence[Checkpoint], keep: int, pinned: Collection[str] = (),
+    current: str = "",
 ) -> list[Checkpoint]:
     """Which checkpoints retention deletes: every unpinned one but the ``keep`` (at least
-    one) most recently saved. ``pinned`` adds URIs to those marked pinned in the store."""
+    one) most recently saved. ``pinned`` adds URIs to those marked pinned in the store.
+    ``current`` (the checkpoint the trial's record names, which the next attempt is
+    handed) is always one of the ``keep``, however many were saved after it (an attempt
+    that lost its lease may have saved more, never reported)."""
     unpinned = [c for c in checkpoints if not c.pinned and c.uri not in pinned]
     # Newest first by save time; equal times (S3 has 1 s resolution) by step.
-    unpinned.sort(key=lambda c: (c.saved_at, c.step, c.interrupted), reverse=True)
+    unpinned.sort(key=lambda c: (c.uri == current, c.saved_at, c.step, c.interrupted),
+                  reverse=True)
     return unpinned[max(1, keep):]
 
 
@@ -156,10 +161,10 @@ class CheckpointStore(abc.ABC):
     def list(self, study_id: str, trial_id: str) -> list[Checkpoint]:
         """Every checkpoint of a trial, in no particular order."""
 
-    def retain(self, study_id: str, trial_id: str, keep: int, pinned: Collection[str] = ()
-               ) -> list[str]:
+    def retain(self, study_id: str, trial_id: str, keep: int, pinned: Collection[str] = (),
+               current: str = "") -> list[str]:
         """Delete what :func:`expired` says for this trial; the URIs deleted."""
-        doomed = expired(self.list(study_id, trial_id), keep, pinned)
+        doomed = expired(self.list(study_id, trial_id), keep, pinned, current)
         for checkpoint in doomed:
             self.delete(checkpoint.uri)
         return [c.uri for c in doomed]

@@ -77,6 +77,13 @@ def test_retention_never_deletes_pinned_and_keeps_at_least_one() -> None:
     assert expired(rest, keep=0) == [rest[0]]  # keep 0 still keeps the newest
 
 
+def test_retention_always_keeps_the_current_checkpoint_within_keep() -> None:
+    # An attempt that lost its lease saved steps 6 and 7 after the reported step 4.
+    reported, orphans = ckpt(4, 40.0), [ckpt(6, 60.0), ckpt(7, 70.0)]
+    assert expired([reported, *orphans], keep=1, current=reported.uri) == orphans[::-1]
+    assert expired([reported, *orphans], keep=2, current=reported.uri) == [orphans[0]]
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

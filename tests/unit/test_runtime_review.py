@@ -4,12 +4,13 @@ that lost to a STOP, object-store outages, the keep-alive fallback."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
 from ladder import failures
-from ladder.v1 import trial_pb2
+from ladder.v1 import evaluate_pb2, trial_pb2
 from test_runtime_worker import CountingWorkload, FakeClient, local, make_worker
 
 from workers.runtime import Worker
@@ -78,3 +79,42 @@ def test_retention_never_deletes_the_checkpoint_the_server_hands_out(tmp_path: P
     assert len(reported) == 2  # steps 3 and 6
     assert present_at_next_report == [True]
     assert local(reported[-1]).exists()
+
+
+def missing_checkpoint(client: FakeClient, tmp_path: Path, step: int) -> Path:
+    """StartTrial of t0 hands out a checkpoint of ``step`` that the store lost; the
+    folder of the trial's checkpoints."""
+    folder = tmp_path / "checkpoints" / "s1" / "t0"
+    folder.mkdir(parents=True)
+    client.start_reply["t0"] = evaluate_pb2.StartTrialResponse(
+        lease_seconds=30, checkpoint_uri=(folder / f"gone-step{step}.ckpt").as_uri(),
+        checkpoint_step=step,
+    )
+    return folder
+
+
+def test_a_missing_checkpoint_resumes_from_the_newest_one_left(tmp_path: Path) -> None:
+    client = FakeClient()
+    folder = missing_checkpoint(client, tmp_path, 7)
+    older = folder / "earlier-step4.ckpt"
+    older.write_text(json.dumps({"steps": 4}))
+    oldest = folder / "earliest-step2.ckpt"
+    oldest.write_text(json.dumps({"steps": 2}))
+    os.utime(oldest, (time.time() - 100, time.time() - 100))
+    workload = CountingWorkload()
+    report = make_worker(client, workload, tmp_path, checkpoint_every=0).run()
+    assert report.outcomes == {"completed": 1}
+    assert workload.trained == [5, 6, 7, 8, 9]
+    # The server is told where the trial now stands: no attempt gets the lost one again.
+    assert ("checkpoint", "t0", older.as_uri(), 4) in client.calls
+    assert ("complete", "t0", 1 / 9, 9) in client.calls
+
+
+def test_a_missing_checkpoint_without_another_starts_the_trial_again(tmp_path: Path) -> None:
+    client = FakeClient()
+    missing_checkpoint(client, tmp_path, 7)
+    workload = CountingWorkload()
+    report = make_worker(client, workload, tmp_path, checkpoint_every=0).run()
+    assert report.outcomes == {"completed": 1}  # not FAILED: nothing was wrong with it
+    assert workload.trained == list(range(1, 10))
+    assert "fail" not in client.names()

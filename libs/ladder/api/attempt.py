@@ -477,6 +477,7 @@ class Attempt:
         self.resume_step = int(start.checkpoint_step) if start.checkpoint_uri else 0
         self.last_checkpoint_step = self.resume_step
         self.checkpoint_uri = start.checkpoint_uri  # the trial's current checkpoint
+        self._tried: set[str] = set()  # checkpoints found missing while resuming
         self.train_since_checkpoint = 0.0
         self.step = self.resume_step  # the step in progress, or the last one reported
         self.reported_step = self.resume_step
@@ -621,13 +622,55 @@ class Attempt:
     def restore(self, read: Callable[[Path], T]) -> T | None:
         """``read(local path)`` of the checkpoint this attempt resumes from; None for a
         trial that starts afresh."""
-        if not self.resume_uri:
+        missing = ""
+        while self.resume_uri:
+            try:
+                with checkpoints.fetched(self.resume_uri, self.store) as path:
+                    value = read(path)
+            except checkpoints.CheckpointMissing:
+                missing = missing or self.resume_uri
+                self._resume_from(self._older_checkpoint(self.resume_uri))
+                continue
+            log.info("resuming from %s (step %d)", self.resume_uri, self.resume_step,
+                     extra=self.extra)
+            if missing:
+                self._report_fallback(missing)
+            return value
+        if missing:
+            log.warning("checkpoint %s is missing and the trial has no other: it starts "
+                        "again from step 1", missing, extra=self.extra)
+        return None
+
+    def _older_checkpoint(self, gone: str) -> checkpoints.Checkpoint | None:
+        """The newest checkpoint of this trial the store still has, other than ``gone``
+        (a missing checkpoint costs the steps since an older one, not the trial)."""
+        try:
+            found = checkpoints.store_for(gone, self.store).list(self.study_id, self.trial_id)
+        except Exception as exc:  # noqa: BLE001 - no listing: start afresh rather than fail
+            log.warning("could not list the trial's checkpoints: %s", exc, extra=self.extra)
             return None
-        with checkpoints.fetched(self.resume_uri, self.store) as path:
-            value = read(path)
-        log.info("resuming from %s (step %d)", self.resume_uri, self.resume_step,
-                 extra=self.extra)
-        return value
+        candidates = [c for c in found if c.uri != gone and c.uri not in self._tried]
+        self._tried.add(gone)
+        return max(candidates, key=lambda c: (c.saved_at, c.step, c.interrupted),
+                   default=None)
+
+    def _resume_from(self, found: checkpoints.Checkpoint | None) -> None:
+        uri, step = (found.uri, found.step) if found is not None else ("", 0)
+        self.resume_uri = self.checkpoint_uri = uri
+        self.resume_step = self.last_checkpoint_step = self.step = self.reported_step = step
+        self.guard.step = step
+
+    def _report_fallback(self, missing: str) -> None:
+        """Tell the server the checkpoint this attempt resumes from, so that no later
+        attempt is handed the missing one again; the reason goes to the log."""
+        log.warning("checkpoint %s is missing: resuming from %s (step %d) instead", missing,
+                    self.resume_uri, self.resume_step, extra=self.extra)
+        try:
+            self._rpc(self.client.checkpoint, self.trial_id, self.attempt_id,
+                      self.resume_uri, self.resume_step)
+        except grpc.RpcError as exc:  # the next save reports a checkpoint anyway
+            log.warning("ReportCheckpoint of %s failed: %s", self.resume_uri, exc.code(),
+                        extra=self.extra)
 
     def save(self, step: int, write: Writer, interrupted: bool = False) -> str:
         """Save (``write`` a local file, store it) and report a checkpoint of ``step``;
@@ -677,11 +720,9 @@ class Attempt:
     def _retain(self) -> None:
         started = time.monotonic()
         try:
-            # The checkpoint the server hands the next attempt is never deleted, even
-            # when newer ones (an orphan of an attempt that lost its lease) outnumber it.
             deleted = self.store.retain(
                 self.study_id, self.trial_id, self.session.policy.checkpoints_kept,
-                pinned={self.checkpoint_uri} - {""},
+                current=self.checkpoint_uri,
             )
         except Exception as exc:  # noqa: BLE001 - retention is housekeeping, never fatal
             log.warning("checkpoint retention failed: %s", exc, extra=self.extra)
