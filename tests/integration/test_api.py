@@ -5,7 +5,6 @@ resuming them, and ``ladder reproduce``."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import platform
@@ -23,25 +22,18 @@ import pytest
 from ladder.client import LadderClient
 from ladder.config import Settings
 from ladder.testing import wait_for, wait_for_found
+from ladder.testing.services import process_env, start_services
 from ladder.v1 import trial_pb2
 
 pytestmark = pytest.mark.integration
 
-SERVICES = ("services.suggest", "services.evaluate", "services.lineage", "services.earlystop")
 SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0}}
 
 
 @pytest.fixture(scope="module")
 def system(infra: Settings, start_module_service: Callable[..., Any],
            tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    procs = {module: start_module_service(module) for module in SERVICES}
-    return dataclasses.replace(
-        infra,
-        suggest_addr=procs["services.suggest"].addr,
-        evaluate_addr=procs["services.evaluate"].addr,
-        lineage_addr=procs["services.lineage"].addr,
-        state_dir=tmp_path_factory.mktemp("api-state"),
-    )
+    return start_services(start_module_service, infra, tmp_path_factory.mktemp("api-state"))
 
 
 @pytest.fixture
@@ -52,18 +44,7 @@ def client(system: Settings) -> Any:
 
 def script_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
     """What a script (or `ladder`) started from a test needs to reach the services."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LADDER_")}
-    env.update({
-        "LADDER_STATE_DIR": str(settings.state_dir),
-        "LADDER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "LADDER_REDIS_URL": settings.redis_url,
-        "LADDER_TOPIC_PREFIX": settings.topics.prefix,
-        "LADDER_SUGGEST_ADDR": settings.suggest_addr,
-        "LADDER_EVALUATE_ADDR": settings.evaluate_addr,
-        "LADDER_LINEAGE_ADDR": settings.lineage_addr,
-        "LADDER_CHECKPOINT_URL": (tmp_path / "checkpoints").as_uri(),
-    })
-    return env
+    return process_env(settings, LADDER_CHECKPOINT_URL=(tmp_path / "checkpoints").as_uri())
 
 
 def test_a_training_loop_runs_a_study_with_early_stopping_and_captured_lineage(

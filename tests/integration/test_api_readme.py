@@ -3,8 +3,6 @@ train.py and run by ``ladder run -n 2 train.py`` against real service processes.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import re
 import subprocess
 import sys
@@ -16,11 +14,11 @@ import pytest
 from ladder.client import LadderClient
 from ladder.config import Settings
 from ladder.testing import wait_for_found
+from ladder.testing.services import process_env, start_services
 
 pytestmark = pytest.mark.integration
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-SERVICES = ("services.suggest", "services.evaluate", "services.lineage", "services.earlystop")
 
 
 def example() -> str:
@@ -39,28 +37,12 @@ def test_the_example_is_about_25_lines() -> None:
 
 @pytest.fixture
 def system(infra: Settings, start_service: Callable[..., Any], tmp_path: Path) -> Settings:
-    procs = {module: start_service(module) for module in SERVICES}
-    return dataclasses.replace(
-        infra,
-        suggest_addr=procs["services.suggest"].addr,
-        evaluate_addr=procs["services.evaluate"].addr,
-        lineage_addr=procs["services.lineage"].addr,
-        state_dir=tmp_path,
-    )
+    return start_services(start_service, infra, tmp_path)
 
 
 def test_the_example_runs_as_written(system: Settings, tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(example())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LADDER_")}
-    env.update({
-        "LADDER_STATE_DIR": str(system.state_dir),
-        "LADDER_KAFKA_BOOTSTRAP": system.kafka_bootstrap,
-        "LADDER_REDIS_URL": system.redis_url,
-        "LADDER_TOPIC_PREFIX": system.topics.prefix,
-        "LADDER_SUGGEST_ADDR": system.suggest_addr,
-        "LADDER_EVALUATE_ADDR": system.evaluate_addr,
-        "LADDER_LINEAGE_ADDR": system.lineage_addr,
-    })
+    env = process_env(system)
     done = subprocess.run(
         [sys.executable, "-m", "ladder.cli", "run", "-n", "2", "--study", "readme",
          "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,

@@ -6,7 +6,6 @@ longer than Optuna's in lines of user code."""
 from __future__ import annotations
 
 import ast
-import dataclasses
 import os
 import subprocess
 import sys
@@ -16,11 +15,11 @@ from typing import Any
 
 import pytest
 from ladder.config import Settings
+from ladder.testing.services import process_env, start_services
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-SERVICES = ("services.suggest", "services.evaluate", "services.lineage", "services.earlystop")
 
 
 def code_lines(path: Path) -> int:
@@ -58,28 +57,11 @@ def run_main(example: str, env: dict[str, str], trials: int, epochs: int
 @pytest.fixture(scope="module")
 def system(infra: Settings, start_module_service: Callable[..., Any],
            tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    procs = {module: start_module_service(module) for module in SERVICES}
-    return dataclasses.replace(
-        infra,
-        suggest_addr=procs["services.suggest"].addr,
-        evaluate_addr=procs["services.evaluate"].addr,
-        lineage_addr=procs["services.lineage"].addr,
-        state_dir=tmp_path_factory.mktemp("examples-state"),
-    )
+    return start_services(start_module_service, infra, tmp_path_factory.mktemp("examples"))
 
 
 def test_the_ladder_twin_runs_its_study(system: Settings, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LADDER_")}
-    env.update({
-        "LADDER_STATE_DIR": str(system.state_dir),
-        "LADDER_KAFKA_BOOTSTRAP": system.kafka_bootstrap,
-        "LADDER_REDIS_URL": system.redis_url,
-        "LADDER_TOPIC_PREFIX": system.topics.prefix,
-        "LADDER_SUGGEST_ADDR": system.suggest_addr,
-        "LADDER_EVALUATE_ADDR": system.evaluate_addr,
-        "LADDER_LINEAGE_ADDR": system.lineage_addr,
-        "LADDER_CHECKPOINT_URL": (tmp_path / "checkpoints").as_uri(),
-    })
+    env = process_env(system, LADDER_CHECKPOINT_URL=(tmp_path / "checkpoints").as_uri())
     done = run_main("ladder_digits", env, trials=8, epochs=3)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "best val_loss" in done.stdout
