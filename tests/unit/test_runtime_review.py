@@ -9,9 +9,11 @@ import os
 import time
 from pathlib import Path
 
+import grpc
 from ladder import failures
+from ladder.testing import RpcStatus
 from ladder.v1 import evaluate_pb2, trial_pb2
-from test_runtime_worker import CountingWorkload, FakeClient, local, make_worker
+from test_runtime_worker import CountingWorkload, FakeClient, local, make_worker, pause_reply
 
 from workers.runtime import Worker
 
@@ -118,3 +120,32 @@ def test_a_missing_checkpoint_without_another_starts_the_trial_again(tmp_path: P
     assert report.outcomes == {"completed": 1}  # not FAILED: nothing was wrong with it
     assert workload.trained == list(range(1, 10))
     assert "fail" not in client.names()
+
+
+def test_a_pause_refused_because_a_stop_won_prunes_the_trial(tmp_path: Path) -> None:
+    client = FakeClient()
+    client.on_heartbeat = lambda trial, step, n: pause_reply(0, 1)
+
+    def refuse(trial_id: str, attempt_id: str, step: float, rung: int) -> trial_pb2.Trial:
+        client.calls.append(("pause", trial_id, step, rung))
+        raise RpcStatus(grpc.StatusCode.FAILED_PRECONDITION, f"trial {trial_id!r} was stopped "
+                        "(latest decision STOP): prune it, not pause")
+
+    client.pause = refuse  # type: ignore[method-assign]
+    report = make_worker(client, CountingWorkload(), tmp_path).run()
+    assert report.outcomes == {"pruned": 1}
+    assert client.names()[-3:] == ["pause", "prune", "suggest"]
+    assert ("prune", "t0", 1, 1.0) in client.calls
+
+
+def test_a_pause_refused_as_stale_is_still_a_lost_lease(tmp_path: Path) -> None:
+    client = FakeClient()
+    client.on_heartbeat = lambda trial, step, n: pause_reply(0, 1)
+
+    def refuse(trial_id: str, attempt_id: str, step: float, rung: int) -> trial_pb2.Trial:
+        raise RpcStatus(grpc.StatusCode.FAILED_PRECONDITION, "stale attempt")
+
+    client.pause = refuse  # type: ignore[method-assign]
+    report = make_worker(client, CountingWorkload(), tmp_path).run()
+    assert report.outcomes == {"lost": 1}
+    assert "prune" not in client.names()

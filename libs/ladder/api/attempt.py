@@ -222,6 +222,11 @@ def _stale(exc: grpc.RpcError) -> bool:
     return exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
 
 
+# What PauseTrial answers (FAILED_PRECONDITION, as for a stale attempt) when the trial's
+# latest decision is a STOP: ladder.state.trials' "STOPPED" refusal.
+_STOPPED_NOT_PAUSED = "(latest decision STOP)"
+
+
 class LostLease(Exception):
     """The attempt no longer holds its trial; nothing more is sent for it."""
 
@@ -759,10 +764,22 @@ class Attempt:
         if write is not None and step > self.last_checkpoint_step:
             self.save(step, write)
         self._pin(self.checkpoint_uri)
-        trial = self._end(
-            Outcome.PAUSED, self.client.pause, self.trial_id, self.attempt_id,
-            self.last_checkpoint_step if write is None else step, reply.decision.rung,
-        )
+        try:
+            trial = self._end(
+                Outcome.PAUSED, self.client.pause, self.trial_id, self.attempt_id,
+                self.last_checkpoint_step if write is None else step, reply.decision.rung,
+            )
+        except LostLease as exc:
+            if _STOPPED_NOT_PAUSED not in str(exc):
+                raise
+            # A STOP decided after the PAUSE won: the attempt still holds the trial, and
+            # ends it as the STOP says (else it stays RUNNING until the lease expires).
+            self._rpc(self.client.prune, self.trial_id, self.attempt_id, step,
+                      self.last_value)
+            self.outcome = Outcome.PRUNED
+            log.info("trial pruned at step %d: a STOP overtook the PAUSE", step,
+                     extra=self.extra)
+            return Outcome.PRUNED
         log.info(
             "trial paused at step %d (%s)%s",
             step,
