@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from ladder import failures
 from ladder.api import Study, Trial, snapshots
-from ladder.v1 import evaluate_pb2, events_pb2
-from test_runtime_worker import FakeClient, local, pause_reply, stop_reply
+from ladder.v1 import evaluate_pb2
+from test_runtime_worker import FakeClient, local, pause_reply, stale_from, stop_reply
 
 STEPS = 9
 
@@ -204,17 +204,8 @@ def test_a_nan_fails_the_trial_as_diverged(tmp_path: Path) -> None:
 
 
 def test_a_lost_lease_ends_the_trial_quietly(tmp_path: Path) -> None:
-    import grpc
-    from ladder.testing import RpcStatus
-
     client = FakeClient()
-
-    def beat(trial: str, step: float, n: int) -> evaluate_pb2.HeartbeatResponse:
-        if step >= 2:
-            raise RpcStatus(grpc.StatusCode.FAILED_PRECONDITION, "stale attempt")
-        return evaluate_pb2.HeartbeatResponse(action=events_pb2.CONTINUE)
-
-    client.on_heartbeat = beat
+    client.on_heartbeat = stale_from(2)
     for trial in trials(client, tmp_path):
         with trial:
             trial.complete(train(trial, {}))

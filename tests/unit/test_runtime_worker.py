@@ -369,15 +369,20 @@ def test_graceful_stop_checkpoints_and_hands_the_trial_back(tmp_path: Path) -> N
     assert client.names().count("suggest") == 1  # no new trial after the stop
 
 
-def test_a_lost_lease_abandons_the_trial_silently(tmp_path: Path) -> None:
-    client = FakeClient()
+def stale_from(first: float) -> Callable[[str, float, int], evaluate_pb2.HeartbeatResponse]:
+    """Heartbeats refused as a stale attempt from step ``first`` on (the lease is lost)."""
 
     def beat(trial: str, step: float, n: int) -> evaluate_pb2.HeartbeatResponse:
-        if step >= 2:
+        if step >= first:
             raise RpcStatus(grpc.StatusCode.FAILED_PRECONDITION, "stale attempt")
         return evaluate_pb2.HeartbeatResponse(action=events_pb2.CONTINUE)
 
-    client.on_heartbeat = beat
+    return beat
+
+
+def test_a_lost_lease_abandons_the_trial_silently(tmp_path: Path) -> None:
+    client = FakeClient()
+    client.on_heartbeat = stale_from(2)
     report = make_worker(client, CountingWorkload(), tmp_path).run()
     assert report.outcomes == {"lost": 1}
     assert not {"complete", "fail", "prune"} & set(client.names())
