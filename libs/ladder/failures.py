@@ -86,6 +86,8 @@ def classify(exc: BaseException) -> FailureKind:
         return OUT_OF_MEMORY
     if isinstance(exc, FloatingPointError):
         return DIVERGED
+    if type(exc).__name__ == "CheckpointStoreError":  # the object store, not the code
+        return INFRASTRUCTURE
     if isinstance(exc, _USER_ERRORS):
         return USER_ERROR
     return INFRASTRUCTURE
