@@ -256,3 +256,20 @@ def test_a_verdict_that_arrives_after_the_last_step_does_not_undo_it(tmp_path: P
         with trial:
             train(trial, {})
     assert trial.outcome == "completed" and names(client, "prune") == []
+
+
+def test_a_second_ctrl_c_hands_the_trial_back_from_its_last_checkpoint(tmp_path: Path) -> None:
+    client = FakeClient(trials=2, policy={"checkpoint_interval_steps": 2})
+    with pytest.raises(KeyboardInterrupt):
+        for trial in trials(client, tmp_path):
+            with trial:
+                state: dict[str, Any] = {}
+                for step in range(trial.restore(state), STEPS + 1):
+                    state["steps"] = step
+                    trial.report(1.0 / step, step=step)
+                    if step == 3:
+                        raise KeyboardInterrupt  # mid-step: nothing more is saved
+    assert [c[3] for c in names(client, "checkpoint")] == [2]
+    ((_, _, reason, kind),) = names(client, "fail")
+    assert kind == failures.PREEMPTED and "checkpoint holds step 2" in reason
+    assert client.names().count("start") == 1
