@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 from ladder import failures
+from ladder.checkpoints import CheckpointKey, CheckpointStoreError
 from ladder.testing import RpcStatus
 from ladder.v1 import evaluate_pb2, trial_pb2
 from test_runtime_worker import CountingWorkload, FakeClient, local, make_worker, pause_reply
@@ -149,3 +150,52 @@ def test_a_pause_refused_as_stale_is_still_a_lost_lease(tmp_path: Path) -> None:
     report = make_worker(client, CountingWorkload(), tmp_path).run()
     assert report.outcomes == {"lost": 1}
     assert "prune" not in client.names()
+
+
+def failing_first_saves(worker: Worker, error: Exception, times: int = 1) -> None:
+    """The worker's store raises ``error`` on its first ``times`` saves."""
+    save = worker.store.save
+    left = [times]
+
+    def flaky(local_path: Path, key: CheckpointKey) -> str:
+        if left[0] > 0:
+            left[0] -= 1
+            local_path.unlink(missing_ok=True)
+            raise error
+        return save(local_path, key)
+
+    worker.store.save = flaky  # type: ignore[method-assign]
+
+
+def test_a_failed_periodic_save_is_counted_and_retried_at_the_next_due_step(
+    tmp_path: Path,
+) -> None:
+    client = FakeClient()
+    worker = make_worker(client, CountingWorkload(), tmp_path)
+    failing_first_saves(worker, CheckpointStoreError("bucket 'ckpt' does not exist"))
+    report = worker.run()
+    assert report.outcomes == {"completed": 1}
+    assert [c[3] for c in client.calls if c[0] == "checkpoint"] == [6]
+    assert worker.stats.failed_saves == 1 and len(worker.stats.save_seconds) == 1
+
+
+def test_a_store_outage_at_a_pause_pauses_from_the_last_checkpoint(tmp_path: Path) -> None:
+    client = FakeClient()
+    client.on_heartbeat = lambda trial, step, n: pause_reply(1, 4)
+    worker = make_worker(client, CountingWorkload(), tmp_path)
+    # The save of step 3 works; that of step 4 at the PAUSE finds the store down.
+    save = worker.store.save
+
+    def down_at_step_4(local_path: Path, key: CheckpointKey) -> str:
+        if key.step == 4:
+            local_path.unlink(missing_ok=True)
+            raise ConnectionError("object store unreachable")
+        return save(local_path, key)
+
+    worker.store.save = down_at_step_4  # type: ignore[method-assign]
+    report = worker.run()
+    assert report.outcomes == {"paused": 1}
+    assert ("pause", "t0", 3, 1) in client.calls and "fail" not in client.names()
+    (uri,) = [c[2] for c in client.calls if c[0] == "checkpoint"]
+    assert local(uri).with_name(local(uri).name + ".pin").exists()
+    assert worker.stats.failed_saves == 1

@@ -186,6 +186,7 @@ class CheckpointStats:
 
     save_seconds: list[float] = field(default_factory=list)
     retain_seconds: list[float] = field(default_factory=list)  # list + delete, after a save
+    failed_saves: int = 0  # the store was down: no checkpoint, the trial trained on
     train_seconds: float = 0.0
 
     @property
@@ -394,9 +395,10 @@ class Session:
 
     def log_totals(self, report: WorkerReport) -> None:
         log.info(
-            "worker stopped: %s; checkpoints: %d saves, %.3f s saving / %.1f s training "
-            "(%.2f%%)", report.outcomes, len(self.stats.save_seconds),
-            sum(self.stats.save_seconds), self.stats.train_seconds, 100 * self.stats.overhead,
+            "worker stopped: %s; checkpoints: %d saves (%d failed), %.3f s saving / %.1f s "
+            "training (%.2f%%)", report.outcomes, len(self.stats.save_seconds),
+            self.stats.failed_saves, sum(self.stats.save_seconds), self.stats.train_seconds,
+            100 * self.stats.overhead,
             extra=self.log_extra(),
         )
 
@@ -710,6 +712,11 @@ class Attempt:
     def save_periodic(self, step: int, write: Writer) -> bool:
         """A scheduled checkpoint: a store that is down costs durability, not the trial
         (the next due step tries again); a bug in the save still fails it. True if saved."""
+        return self._save_unless_store_down(step, write, "training goes on")
+
+    def _save_unless_store_down(self, step: int, write: Writer, then: str) -> bool:
+        """:meth:`save`, except that an infrastructure failure (the object store is down,
+        its bucket gone) is logged and counted in ``stats.failed_saves``, and False."""
         try:
             self.save(step, write)
         except (LostLease, grpc.RpcError):
@@ -717,8 +724,9 @@ class Attempt:
         except Exception as exc:
             if failures.classify(exc) != failures.INFRASTRUCTURE:
                 raise
-            log.warning("checkpoint of step %d failed (%s: %s); training goes on",
-                        step, type(exc).__name__, exc, extra=self.extra)
+            self.session.stats.failed_saves += 1
+            log.warning("checkpoint of step %d failed (%s: %s); %s",
+                        step, type(exc).__name__, exc, then, extra=self.extra)
             return False
         return True
 
@@ -761,13 +769,14 @@ class Attempt:
         it, then hand the trial back; the scheduler promotes it later, or never. Without
         ``write`` the trial resumes from its last checkpoint (or from the start)."""
         self.client.flush()
-        if write is not None and step > self.last_checkpoint_step:
-            self.save(step, write)
+        saved = write is not None and (step <= self.last_checkpoint_step
+                                       or self._save_unless_store_down(
+                                           step, write, "pausing from the last one"))
         self._pin(self.checkpoint_uri)
         try:
             trial = self._end(
                 Outcome.PAUSED, self.client.pause, self.trial_id, self.attempt_id,
-                self.last_checkpoint_step if write is None else step, reply.decision.rung,
+                step if saved else self.last_checkpoint_step, reply.decision.rung,
             )
         except LostLease as exc:
             if _STOPPED_NOT_PAUSED not in str(exc):
