@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 TOPIC_NAMES = ("metrics", "rungs", "decisions", "trials", "studies", "dead-letter")
+# The lease evaluate grants (its --lease-seconds / LADDER_LEASE_SECONDS default); a worker
+# whose StartTrial names none keeps alive for this one.
+LEASE_SECONDS = 10.0
 
 
 def state_dir() -> Path:

@@ -42,7 +42,7 @@ import os
 
 from ladder import telemetry
 from ladder.bus import ConsumerLoop, EventProducer, Record, health_of
-from ladder.config import Settings, service_parser
+from ladder.config import LEASE_SECONDS, Settings, service_parser
 from ladder.failures import MAX_FAILURES
 from ladder.grpcserver import ServiceHost
 from ladder.state import ConsumerOffsets, open_state
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     env = os.environ.get
     parser = service_parser("evaluate", __doc__, 50052, read_interval_ms=100)
     parser.add_argument(
-        "--lease-seconds", type=float, default=float(env("LADDER_LEASE_SECONDS", 10))
+        "--lease-seconds", type=float, default=float(env("LADDER_LEASE_SECONDS", LEASE_SECONDS))
     )
     parser.add_argument(
         "--max-attempts", type=int, default=int(env("LADDER_MAX_ATTEMPTS", MAX_FAILURES))

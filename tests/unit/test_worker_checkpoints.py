@@ -246,7 +246,7 @@ def test_a_lost_lease_interrupts_the_step_and_abandons_the_trial(tmp_path: Path)
 
 def test_keepalive_beats_every_quarter_lease() -> None:
     assert keepalive_interval(10) == 2.5
-    assert keepalive_interval(0) == 7.5  # no lease in the reply: the old 30 s default
+    assert keepalive_interval(0) == 2.5  # no lease in the reply: evaluate's default (10 s)
     assert keepalive_interval(0.4) == 0.25
 
 

@@ -63,6 +63,7 @@ from opentelemetry import trace
 
 from ladder import checkpoints, failures, runenv
 from ladder.checkpoints import CheckpointKey, CheckpointStore
+from ladder.config import LEASE_SECONDS
 from ladder.errors import BudgetExhausted
 from ladder.params import PlainValue, params_to_dict
 from ladder.study import StudySpec, TrialPolicySpec
@@ -197,7 +198,7 @@ class CheckpointStats:
 def keepalive_interval(lease_seconds: float) -> float:
     """Heartbeats every quarter of the lease: a short lease (~10 s, so a dead worker's
     trial runs again soon) survives a missed beat or two."""
-    return max(0.25, (lease_seconds or 30.0) / 4)
+    return max(0.25, (lease_seconds or LEASE_SECONDS) / 4)
 
 
 def must_hand_back_now(
