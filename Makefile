@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: setup proto up down status demo test test-unit test-integration lint clean \
   bench bench-earlystop bench-curves bench-scale bench-broker bench-quality bench-suggest \
   bench-evaluate-kills bench-unknown-studies bench-restarts bench-checkpoints bench-chaos \
-  loadsim
+  loadsim docs
 
 setup: $(STAMP) $(PROTO_OUT)
 
@@ -149,6 +149,10 @@ bench-chaos: setup
 
 lint: setup
 	$(VENV)/bin/ruff check libs services workers tests bench
+
+# The generated reference pages (CLI, configuration); tests/unit/test_docs.py checks them.
+docs: setup
+	$(PY) -m ladder.docs
 
 clean:
 	rm -rf libs/ladder/v1 .ladder .pytest_cache
