@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.descriptor import Descriptor
-
 from ladder import docs
 from ladder.v1 import (
     evaluate_pb2,
