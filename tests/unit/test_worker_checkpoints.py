@@ -7,11 +7,13 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import pytest
 from ladder import failures
+from ladder.api import attempt as attempt_module
 from ladder.checkpoints import FileCheckpointStore
 from ladder.failures import TrialFailed
 from ladder.testing import RpcStatus
@@ -37,19 +39,40 @@ def test_the_study_policy_decides_by_steps(tmp_path: Path) -> None:
     assert [c[3] for c in checkpoint_calls(client)] == [2, 4, 6, 8]
 
 
-def test_the_study_policy_decides_by_training_time(tmp_path: Path) -> None:
-    # Each step "trains" 30 ms; a checkpoint is due once 70 ms of training passed.
+class FakeClock:
+    """The attempt engine's clock: each reading moves it on by a microsecond (so that a
+    save takes time), a step by what ``advance`` says."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        self.now += 1e-6
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_study_policy_decides_by_training_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each step trains 30 ms; a checkpoint is due once 70 ms of training passed: after
+    # every 3rd step (two are not enough), and never at the final one (step 9).
+    clock = FakeClock()
+    monkeypatch.setattr(attempt_module, "time", SimpleNamespace(
+        monotonic=clock.monotonic, sleep=time.sleep, time=time.time))
     client = FakeClient(policy={"checkpoint_interval_seconds": 0.07})
-    workload = CountingWorkload(on_step=lambda step: time.sleep(0.03))
+    workload = CountingWorkload(on_step=lambda step: clock.advance(0.03))
     worker = make_worker(client, workload, tmp_path, checkpoint_every=None)
     worker.run()
-    steps = [c[3] for c in checkpoint_calls(client)]
-    assert steps and len(steps) <= 4  # about every 3rd step (a step alone is not enough)
+    assert [c[3] for c in checkpoint_calls(client)] == [3, 6]
     # Each report carries its save time and the training since the previous one.
     for save_seconds, train_seconds in client.overheads:
-        assert 0 < save_seconds < 1 and train_seconds >= 0.07
+        assert 0 < save_seconds < 1e-3 and train_seconds == pytest.approx(0.09, abs=1e-3)
     assert worker.stats.save_seconds == pytest.approx([s for s, _ in client.overheads])
-    assert worker.stats.train_seconds >= 9 * 0.03 and 0 < worker.stats.overhead < 1
+    assert worker.stats.train_seconds == pytest.approx(9 * 0.03, abs=1e-3)
+    assert 0 < worker.stats.overhead < 0.01
 
 
 def test_the_default_interval_of_300_s_means_no_checkpoint_in_a_short_trial(
@@ -139,12 +162,14 @@ class InterruptibleWorkload(CountingWorkload):
         super().__init__()
         self.on_batch = on_batch
         self.batches: list[tuple[int, int]] = []
+        self.interrupt: threading.Event | None = None  # the attempt's, once training
 
     def init(self, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
         return {"steps": 0, "partial": None}
 
     def train_step(self, state: dict[str, Any], step: int, interrupt: threading.Event
                    ) -> float:
+        self.interrupt = interrupt
         first = state["partial"][1] if state["partial"] and state["partial"][0] == step else 0
         for batch in range(first, BATCHES):
             if interrupt.is_set():
@@ -223,8 +248,10 @@ def test_a_lost_lease_interrupts_the_step_and_abandons_the_trial(tmp_path: Path)
     client = FakeClient()
     lease_lost = threading.Event()
 
+    in_step_3 = threading.Event()
+
     def beat(trial: str, step: float, n: int) -> evaluate_pb2.HeartbeatResponse:
-        if step >= 2:  # the progress watchdog revoked the lease
+        if in_step_3.is_set():  # the progress watchdog revoked the lease
             lease_lost.set()
             raise RpcStatus(grpc.StatusCode.FAILED_PRECONDITION, "stale attempt")
         return evaluate_pb2.HeartbeatResponse(action=events_pb2.CONTINUE)
@@ -233,14 +260,17 @@ def test_a_lost_lease_interrupts_the_step_and_abandons_the_trial(tmp_path: Path)
 
     def on_batch(step: int, batch: int) -> None:
         if step == 3:
-            assert lease_lost.wait(10)
-            time.sleep(0.5)  # training on; the guard's refused beat sets the interrupt
+            in_step_3.set()  # the guard's next keep-alive beat is refused
+            assert workload.interrupt is not None and workload.interrupt.wait(10), (
+                "the refused beat did not set the interrupt")
 
     workload = InterruptibleWorkload(on_batch)
     worker = make_worker(client, workload, tmp_path, heartbeat_interval=0.05,
                          checkpoint_every=0)
     assert worker.run().outcomes == {"lost": 1}
-    assert len(workload.batches) < 2 * BATCHES + BATCHES  # step 3 did not run to its end
+    assert lease_lost.is_set()
+    # Step 3 stopped at the batch boundary after the refusal: its first batch only.
+    assert workload.batches == [(s, b) for s in (1, 2) for b in range(BATCHES)] + [(3, 0)]
     assert not {"checkpoint", "fail", "complete"} & set(client.names())
 
 
