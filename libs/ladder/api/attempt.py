@@ -28,8 +28,12 @@ Checkpoints (``ladder.checkpoints``) go to the session's store when the study's 
 policy says (``TrialPolicySpec.checkpoint_due``: training time or steps since the last
 one; ``WorkerConfig.checkpoint_every`` overrides it with a fixed number of steps). Each
 ReportCheckpoint carries its save seconds and the training seconds since the previous
-one; retention then keeps the newest ``checkpoints_kept`` plus the pinned ones (those
-a PAUSE or the final result refers to).
+one; retention then keeps the newest ``checkpoints_kept``, always counting the one last
+reported (the one StartTrial hands out next), plus the pinned ones (those a PAUSE or the
+final result refers to). A store that is down skips a scheduled checkpoint (counted in
+``CheckpointStats.failed_saves``) and a PAUSE's (it pauses from the last one). A resume
+checkpoint that is missing falls back to the newest one the store still has for the
+trial, else to step 1.
 
 Preemption notice (:meth:`Session.request_stop`, from SIGTERM / SIGINT): the caller
 checkpoints and hands the trial back (:meth:`Attempt.hand_back`: FailTrial PREEMPTED,
@@ -38,8 +42,9 @@ thread cannot make that deadline (a step longer than the notice), the guard hand
 trial back itself from its last checkpoint and sets ``Session.handed_back_early``.
 
 Failures: :meth:`Attempt.fail_with` fails the attempt with the class
-``ladder.failures.classify`` gives the exception; :meth:`Attempt.diverged` with
-DIVERGED; a hand-back with PREEMPTED (which never counts as a failure).
+``ladder.failures.classify`` gives the exception (after a stop request it hands the trial
+back instead: the step died of the shutdown); :meth:`Attempt.diverged` with DIVERGED; a
+hand-back with PREEMPTED (which never counts as a failure).
 """
 
 from __future__ import annotations
