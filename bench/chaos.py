@@ -1113,6 +1113,22 @@ def simulator_summary(index: int, code: int | None, out: str) -> dict[str, Any]:
     }
 
 
+def expiry_delays(attempts: dict[str, Attempt], kills: list[dict[str, Any]]
+                  ) -> dict[str, Any]:
+    """Seconds from a simulator's kill -9 to the lease expiry of each attempt it held
+    (started before the kill, silent from then on): when its trials became resumable."""
+    delays = []
+    for kill in kills:
+        at_ms = kill["at"] * 1000
+        for attempt in attempts.values():
+            last = max((ts for _, ts in attempt.reports), default=attempt.started_ms)
+            if (attempt.end_kind == events_pb2.TRIAL_LEASE_EXPIRED
+                    and (attempt.end_ms or 0) >= at_ms
+                    and attempt.started_ms <= at_ms and last <= at_ms + 1000):
+                delays.append((attempt.end_ms - at_ms) / 1000)
+    return {"kill_to_resumable_s": spread(delays)}
+
+
 # --- part 3: down && up ---------------------------------------------------------------
 
 
@@ -1334,6 +1350,7 @@ def sim_part(stack: ChaosStack, client: LadderClient, args: argparse.Namespace
     events = distinct_events(topics.events, sim["study_id"])
     attempts = attempts_of(events, (r for r in topics.reports if r.study_id == sim["study_id"]))
     sim["lease_expiries"] = lease_expiries(events, attempts)
+    sim["killed_simulator_expiries"] = expiry_delays(attempts, sim["simulator_kills"])
     return sim, timeline(events, attempts, sim["started_at"], sim["ended_at"])
 
 
@@ -1369,6 +1386,9 @@ def all_checks(results: dict[str, Any], args: argparse.Namespace) -> dict[str, b
             checks[f"sim study: {name}"] = ok
         checks["sim study: no spurious lease expiry"] = (
             results["sim"]["lease_expiries"]["spurious"] == 0)
+        delays = results["sim"]["killed_simulator_expiries"]["kill_to_resumable_s"]
+        checks[f"sim study: the killed simulator's trials resumable < {RESUME_LIMIT_S:g} s"] = (
+            delays.get("max", 0) < RESUME_LIMIT_S)
     return checks
 
 
