@@ -49,6 +49,7 @@ from ladder.api.study import (
     WORKER_ID_ENV,
     LocalStudy,
     Study,
+    connect,
     create_study,
     ensure_stack,
 )
@@ -170,7 +171,7 @@ def optimize(
     if os.environ.get(WORKER_ID_ENV) and os.environ.get(STUDY_ID_ENV):
         n_workers = 1  # one of `ladder run`'s workers: `-n` says how many there are
     env = {**os.environ, **ensure_stack(state_dir)}
-    client = LadderClient()
+    client = connect(start_stack=False)
     study = create_study(
         space, metric=metric, direction=direction, scheduler=scheduler, max_steps=max_steps,
         max_trials=n_trials, algorithm=algorithm, name=name, study_id=study_id, seed=seed,

@@ -35,6 +35,7 @@ dirty), the installed packages, the dataset id (``dataset_id``, else a hash of
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -96,10 +97,14 @@ def ensure_stack(state_dir: Path | str | None = None) -> dict[str, str]:
 
 
 def connect(start_stack: bool = True) -> LadderClient:
-    """A client of the configured stack, started first when ``start_stack`` and none runs."""
+    """A client of the configured stack, started first when ``start_stack`` and none runs.
+    It is closed at exit: a Kafka producer left to the interpreter's teardown holds the
+    process up for seconds."""
     if start_stack:
         ensure_stack()
-    return LadderClient()
+    client = LadderClient()
+    atexit.register(client.close)
+    return client
 
 
 # --- creating and loading ------------------------------------------------------------------
