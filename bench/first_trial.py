@@ -104,7 +104,7 @@ def first_trial_seconds(clone: Path, python: Path) -> float:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
-def run(mode: str, workdir: Path) -> dict[str, float]:
+def run(mode: str, workdir: Path) -> dict[str, float | str]:
     clone = workdir / f"clone-{mode}"
     phases = {"clone_s": _timed(["git", "clone", "-q", str(REPO), str(clone)], workdir)}
     if mode == "excluded":
@@ -115,7 +115,9 @@ def run(mode: str, workdir: Path) -> dict[str, float]:
         phases["setup_s"] = _timed(["make", "setup"], clone)
     phases["first_trial_s"] = first_trial_seconds(clone, clone / ".venv" / "bin" / "python")
     phases["total_s"] = sum(phases.values())
-    return {k: round(v, 1) for k, v in phases.items()}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone,
+                            capture_output=True, text=True, check=True).stdout.strip()
+    return {**{k: round(v, 1) for k, v in phases.items()}, "commit": commit}
 
 
 def _versions() -> dict[str, str]:
