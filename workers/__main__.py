@@ -61,14 +61,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ladder.api.pool import ProcessPool, forwarding_signals
+from ladder.api.study import worker_retry_seconds
 
 WORKLOADS = {
     "digits": "workers.digits:DigitsWorkload",
     "synthetic": "workers.synthetic:SyntheticWorkload",
 }
-# Minutes, not the SDK's 30 s: an operator restarting a component (`ladder up`) or a
-# supervisor's back-off must not cost every worker its process.
-DEFAULT_RETRY_S = 600.0
 
 
 def load_workload(spec: str) -> object:
@@ -135,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-dir", type=Path, default=None)
     parser.add_argument(
         "--retry-timeout", type=float,
-        default=float(os.environ.get("LADDER_WORKER_RETRY_S", DEFAULT_RETRY_S)),
+        default=worker_retry_seconds(),
         help="seconds to retry a call while a service is down (default %(default)s)",
     )
     return parser

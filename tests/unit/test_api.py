@@ -273,3 +273,17 @@ def test_a_second_ctrl_c_hands_the_trial_back_from_its_last_checkpoint(tmp_path:
     ((_, _, reason, kind),) = names(client, "fail")
     assert kind == failures.PREEMPTED and "checkpoint holds step 2" in reason
     assert client.names().count("start") == 1
+
+
+def test_no_stack_at_the_configured_address_is_named_within_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    import ladder
+
+    monkeypatch.setenv("LADDER_SUGGEST_ADDR", "127.0.0.1:1")
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="no Ladder stack at 127.0.0.1:1: run `ladder up`"):
+        ladder.create_study({"x": {"type": "float", "low": 0, "high": 1}})
+    assert time.monotonic() - started < 5

@@ -56,6 +56,7 @@ from ladder.api.trial import Trial
 from ladder.client import LadderClient, study_config, wait_until
 from ladder.config import state_dir as default_state_dir
 from ladder.params import PlainValue, fill_params, params_to_dict
+from ladder.stack import probes
 from ladder.study import StudySpec
 from ladder.v1 import lineage_pb2, study_pb2
 
@@ -65,6 +66,9 @@ STUDY_ID_ENV = "LADDER_STUDY_ID"
 WORKER_ID_ENV = "LADDER_WORKER_ID"
 DEFAULT_ALGORITHM = "auto"
 BEST_WAIT_S = 10.0
+WORKER_RETRY_ENV = "LADDER_WORKER_RETRY_S"
+DEFAULT_WORKER_RETRY_S = 600.0
+PROBE_S = 2.0
 
 
 # --- the stack ---------------------------------------------------------------------------
@@ -96,13 +100,27 @@ def ensure_stack(state_dir: Path | str | None = None) -> dict[str, str]:
     return env
 
 
+def worker_retry_seconds() -> float:
+    """How long a worker's call to a service that is down is retried: LADDER_WORKER_RETRY_S,
+    else minutes (an operator restarting a component must not cost every worker its
+    process; the SDK's default is 30 s)."""
+    return float(os.environ.get(WORKER_RETRY_ENV) or DEFAULT_WORKER_RETRY_S)
+
+
 def connect(start_stack: bool = True) -> LadderClient:
-    """A client of the configured stack, started first when ``start_stack`` and none runs.
-    It is closed at exit: a Kafka producer left to the interpreter's teardown holds the
-    process up for seconds."""
+    """A client of the configured stack, started first when ``start_stack`` and none runs
+    (ConnectionError within seconds when the configured address answers nothing). Its
+    calls ride through a service restart (``worker_retry_seconds``); it is closed at
+    exit, so the metrics sent are flushed."""
     if start_stack:
         ensure_stack()
-    client = LadderClient()
+    client = LadderClient(retry_timeout=worker_retry_seconds(), readdress=True)
+    addr = client.settings.suggest_addr
+    if not probes.serving(addr, timeout=PROBE_S):
+        client.close()
+        raise ConnectionError(
+            f"no Ladder stack at {addr}: run `ladder up` or set LADDER_SUGGEST_ADDR"
+        )
     atexit.register(client.close)
     return client
 
