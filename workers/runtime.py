@@ -39,6 +39,7 @@ import inspect
 import logging
 import math
 import platform
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,8 +59,7 @@ from ladder.api.attempt import (
 )
 from ladder.checkpoints import CheckpointStore
 from ladder.params import PlainValue
-from ladder.study import StudySpec, TrialPolicySpec
-from ladder.v1 import events_pb2, study_pb2, suggest_pb2
+from ladder.v1 import events_pb2, suggest_pb2
 
 __all__ = [
     "CheckpointStats", "Outcome", "StepInterrupted", "Worker", "WorkerConfig", "WorkerReport",
@@ -143,10 +143,6 @@ class Worker:
     # -- what the session holds, under the names callers know
 
     @property
-    def client(self) -> TrialClient:
-        return self.session.client
-
-    @property
     def config(self) -> WorkerConfig:
         return self.session.config
 
@@ -163,46 +159,19 @@ class Worker:
         return self.session.stats
 
     @property
-    def handed_back_early(self) -> Any:
+    def handed_back_early(self) -> threading.Event:
         return self.session.handed_back_early
-
-    @property
-    def environment(self) -> str:
-        return self.session.environment
-
-    @property
-    def study(self) -> study_pb2.Study:
-        return self.session.study
-
-    @property
-    def spec(self) -> StudySpec:
-        return self.session.spec
-
-    @property
-    def policy(self) -> TrialPolicySpec:
-        return self.session.policy
-
-    @property
-    def metric(self) -> str:
-        return self.session.metric
-
-    @property
-    def max_steps(self) -> int:
-        return self.session.max_steps
 
     def request_stop(self) -> None:
         """The preemption notice starts (signal-safe); see ``Session.request_stop``."""
         self.session.request_stop()
 
-    @property
-    def stopping(self) -> bool:
-        return self.session.stopping
-
     # -- the loop
 
     def run(self) -> WorkerReport:
         report = WorkerReport()
-        log.info("worker started (%s), checkpoints to %s", self.environment, self.store.url,
+        log.info("worker started (%s), checkpoints to %s", self.session.environment,
+                 self.store.url,
                  extra=self.session.log_extra())
         for suggestion in self.session.suggestions(report):
             report.add(self.run_trial(suggestion))
