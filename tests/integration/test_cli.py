@@ -67,7 +67,7 @@ def run_trials(client: LadderClient, study_id: str, count: int) -> None:
         client.complete(trial.trial_id, f"a{i}", 0.5 + i, 1)
 
 
-def test_no_stack_is_named_with_the_fix_within_two_seconds(tmp_path: Path) -> None:
+def test_no_stack_is_named_with_the_fix_without_the_retry_wait(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "LADDER_STATE_DIR": str(tmp_path)}
     for variable, args in (("LADDER_SUGGEST_ADDR", ("study", "list")),
                            ("LADDER_LINEAGE_ADDR", ("lineage", "st-t1"))):
@@ -80,7 +80,10 @@ def test_no_stack_is_named_with_the_fix_within_two_seconds(tmp_path: Path) -> No
             f"ladder: no Ladder stack at {addr}: run `ladder up` or set {variable}\n"
         )
         assert result.stdout == ""
-        assert took < 2.0, f"{args}: {took:.2f}s"
+        # The bound tells the fast check from the SDK's 30 s retry budget; interpreter
+        # start-up alone can take seconds on a loaded host (0.6 s end to end measured
+        # on this one: README "CLI").
+        assert took < 10.0, f"{args}: {took:.2f}s"
 
 
 @pytest.mark.parametrize(
