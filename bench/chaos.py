@@ -923,7 +923,7 @@ def run_real(stack: ChaosStack, client: LadderClient, args: argparse.Namespace
         f"schedule {[item for _, item in schedule]}")
     with contextlib.suppress(AssertionError):  # a slow host: the schedule starts anyway
         wait_for(lambda: sum(s == trial_pb2.RUNNING for s in trial_states(
-            settings, study_id).values()) >= args.workers, 60, "every worker training", 0.5)
+            settings, study_id).values()) >= args.workers, 300, "every worker training", 0.5)
     preemptions: list[dict[str, Any]] = []
     skipped: list[Any] = []
     wait = args.warmup
