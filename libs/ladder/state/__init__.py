@@ -44,9 +44,7 @@ def open_state(settings: Settings, client: redis.Redis | None = None) -> State:
     )
     keys = Keys.for_prefix(settings.topics.prefix)
     studies = StudyStore(client, keys)
-    trials = TrialStore(
-        client, keys, policy_of=lambda study_id: studies.spec(study_id).trial_policy
-    )
+    trials = TrialStore(client, keys, policy_of=studies.trial_policy)
     return State(client, keys, studies, trials)
 
 

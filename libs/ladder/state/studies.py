@@ -10,9 +10,10 @@ import redis
 
 from ladder import lifecycle
 from ladder.errors import NotFound
+from ladder.space import StudyConfigError
 from ladder.state import scripts
 from ladder.state.keys import Keys
-from ladder.study import StudySpec
+from ladder.study import StudySpec, TrialPolicySpec
 from ladder.v1 import study_pb2
 
 _FIELDS = ("study", "suggested", "state")
@@ -105,6 +106,22 @@ class StudyStore:
         spec = StudySpec.from_proto(study.config)
         with self._specs_lock:
             return self._specs.setdefault(study_id, spec)
+
+    def trial_policy(self, study_id: str) -> TrialPolicySpec:
+        """The study's trial policy for the lease sweeper and the heartbeat: never raises,
+        so one study whose stored config no longer validates (or that is gone) cannot stop
+        the expiry of every other study's leases; such a study gets its own policy field
+        if that validates, else the defaults."""
+        try:
+            return self.spec(study_id).trial_policy
+        except (NotFound, StudyConfigError):
+            study = self.get(study_id)
+            if study is None:
+                return TrialPolicySpec()
+            try:
+                return TrialPolicySpec.from_proto(study.config.trial_policy)
+            except StudyConfigError:
+                return TrialPolicySpec()
 
     def suggested(self, study_id: str) -> int:
         return int(self.r.hget(self.keys.study(study_id), "suggested") or 0)
