@@ -36,6 +36,7 @@ class StudyStore:
         self._set_state = client.register_script(scripts.SET_STUDY_STATE)
         # A study's config never changes, so its spec is read and validated once.
         self._specs: dict[str, StudySpec] = {}
+        self._fallback_policies: dict[str, TrialPolicySpec] = {}
         self._specs_lock = threading.Lock()
 
     def create(self, study: study_pb2.Study) -> tuple[study_pb2.Study, bool]:
@@ -114,14 +115,22 @@ class StudyStore:
         if that validates, else the defaults."""
         try:
             return self.spec(study_id).trial_policy
-        except (NotFound, StudyConfigError):
-            study = self.get(study_id)
-            if study is None:
-                return TrialPolicySpec()
-            try:
-                return TrialPolicySpec.from_proto(study.config.trial_policy)
-            except StudyConfigError:
-                return TrialPolicySpec()
+        except NotFound:
+            return TrialPolicySpec()
+        except StudyConfigError:
+            pass
+        with self._specs_lock:
+            cached = self._fallback_policies.get(study_id)
+        if cached is not None:
+            return cached
+        # Read once: the sweeper asks for every expiry of the study.
+        study = self.get(study_id)
+        try:
+            policy = TrialPolicySpec.from_proto(study.config.trial_policy) if study else None
+        except StudyConfigError:
+            policy = None
+        with self._specs_lock:
+            return self._fallback_policies.setdefault(study_id, policy or TrialPolicySpec())
 
     def suggested(self, study_id: str) -> int:
         return int(self.r.hget(self.keys.study(study_id), "suggested") or 0)
