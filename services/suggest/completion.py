@@ -18,8 +18,10 @@ import threading
 import time
 from collections.abc import Callable
 
+import redis
 from ladder import lifecycle
 from ladder.errors import NotFound
+from ladder.space import StudyConfigError
 from ladder.state import StudyStore
 from ladder.v1 import events_pb2, study_pb2, trial_pb2
 
@@ -72,6 +74,10 @@ class StudyCompletion:
             max_trials = self.studies.spec(study_id).max_trials
         except NotFound:
             return False
+        except StudyConfigError:
+            # A stored config that no longer validates still says its budget.
+            stored = self.studies.get(study_id)
+            max_trials = stored.config.max_trials if stored is not None else 0
         if not max_trials:
             with self._lock:
                 self._waiting.discard(study_id)
@@ -137,7 +143,13 @@ class StudyCompletion:
         with self._lock:
             candidates = sorted(self._waiting)
         for study_id in candidates:
-            self.check(study_id)
+            try:
+                self.check(study_id)
+            except redis.RedisError:
+                raise  # Redis away: every study would fail alike; the next sweep retries
+            except Exception:  # noqa: BLE001 - one study's fault must not stall the others
+                log.exception("study %s: completion check failed", study_id,
+                              extra={"study_id": study_id})
         with self._lock:
             unannounced = list(self._unannounced.values())
         for study in unannounced:

@@ -192,7 +192,11 @@ def sentinel_seen(stub: lineage_pb2_grpc.LineageServiceStub, sentinel: str) -> b
     )
 
 
-def find_dead_letter(settings: Settings, source_topic: str, offset: int) -> events_pb2.DeadLetter:
+def find_dead_letter(
+    settings: Settings, source_topic: str, partition: int, offset: int
+) -> events_pb2.DeadLetter:
+    """Lineage's dead letter for one source record (topic, partition and offset: an
+    offset alone names a record on each partition)."""
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap.split(","), enable_auto_commit=False
     )
@@ -209,13 +213,13 @@ def find_dead_letter(settings: Settings, source_topic: str, offset: int) -> even
             for records in consumer.poll(timeout_ms=200).values():
                 for record in records:
                     letter = events_pb2.DeadLetter.FromString(record.value)
-                    if (letter.source_topic, letter.source_offset, letter.service) == (
-                        source_topic, offset, "lineage",
-                    ):
+                    source = (letter.source_topic, letter.source_partition, letter.source_offset)
+                    if source == (source_topic, partition, offset) and letter.service == "lineage":
                         found.append(letter)
             return bool(found)
 
-        wait_for(poll, 30, f"lineage's dead letter for {source_topic}@{offset}", every=0)
+        wanted = f"lineage's dead letter for {source_topic}[{partition}]@{offset}"
+        wait_for(poll, 30, wanted, every=0)
         return found[0]
     finally:
         consumer.close()
@@ -250,7 +254,7 @@ def test_lineage_records_a_trial_end_to_end_exactly_once(
         # A record lineage cannot decode: dead-lettered with its reason, the
         # service keeps going. (A bad metric is only skipped: early-stop owns it.)
         bad = plain.send(infra.topics.trials, key=b"x", value=b"\xff\xfe garbage")
-        bad_offset = bad.get(timeout=30).offset
+        bad_record = bad.get(timeout=30)
         plain.send(infra.topics.metrics, key=b"x", value=b"{not json").get(timeout=30)
 
         scenario.publish_all(producer, plain)
@@ -313,7 +317,9 @@ def test_lineage_records_a_trial_end_to_end_exactly_once(
         assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "study_id" in empty.value.details()
 
-        letter = find_dead_letter(infra, infra.topics.trials, bad_offset)
+        letter = find_dead_letter(
+            infra, infra.topics.trials, bad_record.partition, bad_record.offset
+        )
         assert "TrialEvent" in letter.reason and letter.payload == b"\xff\xfe garbage"
 
         # Every record published again: nothing changes.

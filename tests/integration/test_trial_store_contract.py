@@ -643,6 +643,10 @@ def test_only_running_time_counts_toward_max_trial_seconds(store: State) -> None
     study_id = new_study(store)
     (trial_id,) = new_trials(store, study_id, 1)
     store.trials.start(trial_id, "a1", "w1", 30, max_trial_seconds=limit)
+    # The first attempt runs a measurable while (a local Redis answers within the same
+    # millisecond): the second must be left less than the whole limit.
+    started_ms = _redis_ms(store)
+    wait_for(lambda: _redis_ms(store) > started_ms + 20, 10, "the first attempt to run", every=0.01)
     store.trials.apply_decision(
         events_pb2.Decision(trial_id=trial_id, action=events_pb2.PAUSE, rung=0)
     )

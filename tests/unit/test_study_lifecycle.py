@@ -9,6 +9,7 @@ import pytest
 from ladder import lifecycle
 from ladder.errors import Conflict, NotFound
 from ladder.lifecycle import ACTIVE, COMPLETED, STOPPED, Action, Progress
+from ladder.space import StudyConfigError
 from ladder.v1 import events_pb2, study_pb2, trial_pb2
 
 from services.suggest.completion import StudyCompletion
@@ -57,14 +58,26 @@ class FakeStudies:
     max_trials: dict[str, int]
     progress_of: dict[str, Progress] = field(default_factory=dict)
     reads: list[str] = field(default_factory=list)
+    invalid: set[str] = field(default_factory=set)  # stored configs that no longer validate
+    broken: set[str] = field(default_factory=set)  # studies whose progress read raises
 
     def spec(self, study_id: str) -> object:
         if study_id not in self.max_trials:
             raise NotFound(study_id)
+        if study_id in self.invalid:
+            raise StudyConfigError(f"study {study_id!r}: max_resource must be positive")
         return type("Spec", (), {"max_trials": self.max_trials[study_id]})
+
+    def get(self, study_id: str) -> study_pb2.Study | None:
+        if study_id not in self.max_trials:
+            return None
+        config = study_pb2.StudyConfig(max_trials=self.max_trials[study_id])
+        return study_pb2.Study(study_id=study_id, config=config)
 
     def progress(self, study_id: str, max_trials: int) -> Progress:
         self.reads.append(study_id)
+        if study_id in self.broken:
+            raise ValueError(f"study {study_id!r}: a stored field is not a number")
         return self.progress_of[study_id]
 
     def transition(self, study_id: str, action: Action) -> tuple[study_pb2.Study, bool]:
@@ -169,3 +182,25 @@ def test_events_without_a_budget_spent_do_not_keep_the_study_waiting() -> None:
     completion.sweep()
     completion.sweep()
     assert studies.reads == ["s", "s"]  # the start, then one read for both events
+
+
+def test_one_faulty_study_stalls_no_other() -> None:
+    """A study whose stored config no longer validates still completes by its stored
+    budget; one whose check raises is logged and the others are still checked."""
+    studies = FakeStudies(
+        {"a-broken": 1, "b-invalid": 2, "c-fine": 1},
+        {
+            "a-broken": progress(max_trials=1, suggested=1),
+            "b-invalid": progress(max_trials=2, suggested=2),
+            "c-fine": progress(max_trials=1, suggested=1),
+        },
+        invalid={"b-invalid"},
+        broken={"a-broken"},
+    )
+    announced: list[str] = []
+    completion = StudyCompletion(studies, lambda s: announced.append(s.study_id), 10.0)
+    completion.sweep()
+    assert announced == ["b-invalid", "c-fine"]
+    studies.broken.clear()
+    completion.sweep()  # the faulty one is still waiting, and completes once it reads
+    assert announced == ["b-invalid", "c-fine", "a-broken"]
