@@ -10,7 +10,7 @@ RESUMABLE, so the next Suggest hands it out with its checkpoint.
 | ``--port`` / LADDER_EVALUATE_PORT  | 50052   | gRPC port (health service included)        |
 | ``--read-interval-ms`` /           | 100     | once caught up, read decisions at most     |
 | LADDER_EVALUATE_READ_INTERVAL_MS   |         | this often (0: as they arrive)             |
-| LADDER_LEASE_SECONDS               | 10      | lease granted by StartTrial / Heartbeat;   |
+| LADDER_LEASE_SECONDS               | 8       | lease granted by StartTrial / Heartbeat;   |
 |                                    |         | workers renew it every lease/4, so a dead  |
 |                                    |         | worker's trial is RESUMABLE about one      |
 |                                    |         | lease + one sweep after its last beat      |
@@ -24,6 +24,11 @@ RESUMABLE, so the next Suggest hands it out with its checkpoint.
 |                                    |         | was away) leases are extended by a lease   |
 |                                    |         | before any expires                         |
 | LADDER_OUTBOX_RETRY_SECONDS        | 10      | re-publish events not acknowledged by then |
+| LADDER_PUBLISH_WAIT_SECONDS        | 1       | a request waits this long at most for the  |
+|                                    |         | broker to acknowledge its event (it is in  |
+|                                    |         | the outbox already; the sweeper never      |
+|                                    |         | waits), so a restarting broker never makes |
+|                                    |         | an answer outlive the lease it grants      |
 | LADDER_LOG_LEVEL                   | INFO    | log level (JSON logs on stderr)            |
 | OTEL_EXPORTER_OTLP_ENDPOINT        | unset   | export spans over OTLP when set            |
 
@@ -48,7 +53,7 @@ from ladder.grpcserver import ServiceHost
 from ladder.state import ConsumerOffsets, open_state
 from ladder.v1 import evaluate_pb2_grpc
 
-from services.evaluate.publisher import TransitionPublisher
+from services.evaluate.publisher import PUBLISH_WAIT_SECONDS, TransitionPublisher
 from services.evaluate.service import EvaluateServicer
 from services.evaluate.sweeper import LeaseSweeper
 
@@ -72,7 +77,14 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=float(env("LADDER_OUTBOX_RETRY_SECONDS", 10)),
     )
+    parser.add_argument(
+        "--publish-wait-seconds",
+        type=float,
+        default=float(env("LADDER_PUBLISH_WAIT_SECONDS", PUBLISH_WAIT_SECONDS)),
+    )
     args = parser.parse_args(argv)
+    if args.publish_wait_seconds < 0:
+        parser.error("publish wait seconds must be >= 0")
     if args.lease_seconds <= 0:
         parser.error("lease seconds must be > 0")
     if args.max_attempts < 1:
@@ -89,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     state.trials.outbox_retry_seconds = args.outbox_retry_seconds
     state.client.ping()  # fail fast (and visibly) when Redis is unreachable
     producer = EventProducer(settings, "evaluate")
-    publisher = TransitionPublisher(settings, producer, state.trials)
+    publisher = TransitionPublisher(
+        settings, producer, state.trials, args.publish_wait_seconds
+    )
     servicer = EvaluateServicer(state, publisher, args.lease_seconds, args.max_attempts)
     # Every evaluate process reads every decisions partition (decisions are few: one
     # per rung crossing) and applies them idempotently to the shared Redis, so there

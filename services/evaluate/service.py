@@ -249,7 +249,7 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
             raise BadRecord("decision has no trial_id")
         result, transition = self.trials.apply_decision(decision)
         if transition is not None:
-            self.publisher.publish(transition)
+            self.publisher.publish(transition, wait=0)  # the consumer goes on meanwhile
         log.info(
             "decision %s for %s: %s (%s)",
             events_pb2.Action.Name(decision.action)

@@ -95,7 +95,7 @@ class LeaseSweeper:
                     "study_id": transition.trial.study_id,
                 },
             )
-            self.publisher.publish(transition)
+            self.publisher.publish(transition, wait=0)  # never held up by the broker
         due = self.trials.outbox_due(self.outbox_retry_seconds)
         for transition in due:
             log.info(

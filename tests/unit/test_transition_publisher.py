@@ -1,11 +1,14 @@
-"""evaluate's publisher: a trial's earlier unacknowledged events go out first, and an
-event this process already sent (the sweeper's, say) is not sent again."""
+"""evaluate's publisher: a trial's earlier unacknowledged events go out first, at most
+one of a trial's events is in flight (so they reach the topic in order), an event
+this process already sent is not sent again, a request waits for the broker only so
+long, and a failed delivery leaves the trial's events in the outbox for the sweeper."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
 
+from ladder.bus import SendResult
 from ladder.config import Settings
 from ladder.state import Transition
 from ladder.v1 import events_pb2, trial_pb2
@@ -14,11 +17,24 @@ from services.evaluate.publisher import TransitionPublisher
 
 
 class Producer:
-    def __init__(self) -> None:
-        self.sent: list[int] = []
+    """Acknowledges every record at once, or (``manual``) when the test says."""
 
-    def send(self, topic: str, key: str, event: events_pb2.TrialEvent, wait: bool) -> None:
+    def __init__(self, manual: bool = False) -> None:
+        self.manual = manual
+        self.sent: list[int] = []
+        self.pending: list[SendResult] = []
+
+    def send(self, topic: str, key: str, event: events_pb2.TrialEvent) -> SendResult:
         self.sent.append(event.kind)
+        result = SendResult()
+        if self.manual:
+            self.pending.append(result)
+        else:
+            result.resolve(None, "metadata")
+        return result
+
+    def deliver(self, error: BaseException | None = None) -> None:
+        self.pending.pop(0).resolve(error, None if error else "metadata")
 
 
 class Trials:
@@ -29,15 +45,18 @@ class Trials:
         self.acked.append(token)
 
 
-def transition(kind: int, version: int, **more: Any) -> Transition:
-    trial = trial_pb2.Trial(trial_id="s-t1", study_id="s")
+def transition(kind: int, version: int, trial_id: str = "s-t1", **more: Any) -> Transition:
+    trial = trial_pb2.Trial(trial_id=trial_id, study_id="s")
     token = f"{kind}|{version}|why"
     return Transition(trial, True, kind, "why", token, version=version, **more)
 
 
-def publisher() -> tuple[TransitionPublisher, Producer, Trials]:
-    producer, trials = Producer(), Trials()
-    return TransitionPublisher(Settings("k:9092", "redis://r"), producer, trials), producer, trials  # type: ignore[arg-type]
+def publisher(
+    producer: Producer | None = None, trials: Trials | None = None, wait: float = 1.0
+) -> tuple[TransitionPublisher, Producer, Trials]:
+    producer, trials = producer or Producer(), trials or Trials()
+    settings = Settings("k:9092", "redis://r")
+    return TransitionPublisher(settings, producer, trials, wait), producer, trials  # type: ignore[arg-type]
 
 
 def test_earlier_events_first_and_none_sent_twice() -> None:
@@ -60,6 +79,55 @@ def test_an_unsent_earlier_event_is_sent_before_the_new_one() -> None:
     assert producer.sent == [events_pb2.TRIAL_CHECKPOINTED, events_pb2.TRIAL_COMPLETED]
 
 
+def test_a_trials_next_event_waits_for_the_one_in_flight() -> None:
+    pub, producer, trials = publisher(Producer(manual=True))
+    started = transition(events_pb2.TRIAL_STARTED, 2)
+    completed = transition(events_pb2.TRIAL_COMPLETED, 3)
+    other = transition(events_pb2.TRIAL_STARTED, 2, trial_id="s-t2")
+    assert not pub.publish(started, wait=0)
+    assert not pub.publish(completed, wait=0)
+    assert not pub.publish(other, wait=0)
+    # Another trial's event does not wait; this trial's second one does.
+    assert producer.sent == [events_pb2.TRIAL_STARTED, events_pb2.TRIAL_STARTED]
+    # The sweeper finding both in the outbox sends neither again.
+    assert not pub.publish_in_order([started, completed])
+    assert len(producer.sent) == 2
+    producer.deliver()  # TRIAL_STARTED of t1: its ack, then COMPLETED goes out
+    assert producer.sent[-1] == events_pb2.TRIAL_COMPLETED
+    assert trials.acked == [started.token]
+    producer.deliver()  # t2's
+    producer.deliver()  # t1's COMPLETED
+    assert trials.acked == [started.token, other.token, completed.token]
+    assert pub.publish_in_order([completed])  # on the topic: acknowledged, not re-sent
+    assert len(producer.sent) == 3
+
+
+def test_a_request_waits_for_the_broker_at_most_its_budget() -> None:
+    pub, producer, trials = publisher(Producer(manual=True), wait=0.05)
+    started = transition(events_pb2.TRIAL_STARTED, 2)
+    assert not pub.publish(started)  # the broker never answered within 50 ms
+    assert trials.acked == []  # still in the outbox
+    producer.deliver()  # it answers later: the delivery report acknowledges it
+    assert trials.acked == [started.token]
+
+
+def test_a_failed_delivery_leaves_the_trials_events_for_the_sweeper() -> None:
+    pub, producer, trials = publisher(Producer(manual=True))
+    started = transition(events_pb2.TRIAL_STARTED, 2)
+    completed = transition(events_pb2.TRIAL_COMPLETED, 3)
+    pub.publish(started, wait=0)
+    pub.publish(completed, wait=0)
+    producer.deliver(RuntimeError("broker away"))
+    assert trials.acked == []
+    assert producer.sent == [events_pb2.TRIAL_STARTED]  # COMPLETED not sent out of order
+    # The sweeper re-sends both, in order.
+    assert not pub.publish_in_order([started, completed])
+    producer.deliver()
+    producer.deliver()
+    assert producer.sent[1:] == [events_pb2.TRIAL_STARTED, events_pb2.TRIAL_COMPLETED]
+    assert trials.acked == [started.token, completed.token]
+
+
 class FlakyTrials(Trials):
     """An outbox whose Redis fails the first ``failures`` acks."""
 
@@ -75,8 +143,7 @@ class FlakyTrials(Trials):
 
 
 def test_a_failed_ack_is_not_an_error_and_the_next_pass_acknowledges_it() -> None:
-    producer, trials = Producer(), FlakyTrials(failures=1)
-    pub = TransitionPublisher(Settings("k:9092", "redis://r"), producer, trials)  # type: ignore[arg-type]
+    pub, producer, trials = publisher(trials=FlakyTrials(failures=1))
     completed = transition(events_pb2.TRIAL_COMPLETED, 4)
     # Sent: the transition was applied and published, whatever the ack did.
     assert pub.publish(completed)
