@@ -41,6 +41,25 @@ from ladder.v1 import (
 )
 
 CALL_TIMEOUT_S = 30.0  # per RPC; a saturated service answers late, not never
+# A call refused because its service is restarting is tried again with the same request
+# (every evaluate call is idempotent for its attempt id), as the worker runtime does,
+# for at most this long: a simulated worker must not give up a trial it holds.
+RETRY_FOR_S = 60.0
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+async def call(method: Any, request: Any) -> Any:
+    """``method(request)``, retried with backoff while the service is unavailable."""
+    give_up = time.monotonic() + RETRY_FOR_S
+    pause = 0.2
+    while True:
+        try:
+            return await method(request, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            if exc.code() not in _TRANSIENT or time.monotonic() + pause > give_up:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(2.0, pause * 2)
 # Width of the uniform report noise: standard deviation 0.01 (width = 0.01 * sqrt(12)).
 NOISE_WIDTH = 0.01 * math.sqrt(12)
 
@@ -283,11 +302,11 @@ class Simulator:
                     continue
                 trial_id = reply.suggestions[0].trial.trial_id
                 attempt_id = uuid.uuid4().hex
-                await evaluate.StartTrial(
+                await call(
+                    evaluate.StartTrial,
                     evaluate_pb2.StartTrialRequest(
                         trial_id=trial_id, worker_id=worker_id, attempt_id=attempt_id
                     ),
-                    timeout=CALL_TIMEOUT_S,
                 )
             except grpc.RpcError as exc:
                 self._rpc_error("start", exc)
@@ -350,11 +369,11 @@ class Simulator:
             self.result.reports_sent += 1
             future.add_done_callback(functools.partial(self._on_sent, trial.trial_id, step))
             if step % cfg.heartbeat_every == 0 and not trial.stopped:
-                reply = await evaluate.Heartbeat(
+                reply = await call(
+                    evaluate.Heartbeat,
                     evaluate_pb2.HeartbeatRequest(
                         trial_id=trial.trial_id, attempt_id=trial.attempt_id, step=step
                     ),
-                    timeout=CALL_TIMEOUT_S,
                 )
                 self.result.heartbeats += 1
                 if reply.action == events_pb2.STOP:
@@ -366,22 +385,22 @@ class Simulator:
                 self.result.stop_latency_fast_ms.append(latency)
             else:
                 self.result.stop_latency_heartbeat_ms.append(latency)
-            await evaluate.PruneTrial(
+            await call(
+                evaluate.PruneTrial,
                 evaluate_pb2.PruneTrialRequest(
                     trial_id=trial.trial_id,
                     attempt_id=trial.attempt_id,
                     step=step,
                     last_value=value,
                 ),
-                timeout=CALL_TIMEOUT_S,
             )
             self.result.trials_pruned += 1
         else:
-            await evaluate.CompleteTrial(
+            await call(
+                evaluate.CompleteTrial,
                 evaluate_pb2.CompleteTrialRequest(
                     trial_id=trial.trial_id, attempt_id=trial.attempt_id, value=value, step=step
                 ),
-                timeout=CALL_TIMEOUT_S,
             )
             self.result.trials_completed += 1
 
