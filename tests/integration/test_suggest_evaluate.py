@@ -11,7 +11,7 @@ import grpc
 import pytest
 from kafka import KafkaProducer
 from ladder import failures
-from ladder.config import Settings
+from ladder.config import LEASE_SECONDS, Settings
 from ladder.errors import BudgetExhausted, Conflict, NotFound, StaleAttempt
 from ladder.grpcserver import status_of
 from ladder.params import fill_params
@@ -229,9 +229,10 @@ def test_stop_decision_reaches_heartbeat_and_complete_is_idempotent(
         study = clients.create(config())
         trial = clients.one(study.study_id).trial
         started = clients.start(trial.trial_id, "a-1")
-        # The default lease is short (10 s, renewed every lease/4) so a dead worker's
-        # trial is resumed within seconds.
-        assert started.trial.state == trial_pb2.RUNNING and started.lease_seconds == 10
+        # The default lease is short (renewed every lease/4) so a dead worker's trial is
+        # resumed within seconds.
+        assert started.trial.state == trial_pb2.RUNNING
+        assert started.lease_seconds == LEASE_SECONDS
         assert started.trial.attempt_number == 1 and started.checkpoint_uri == ""
         assert clients.start(trial.trial_id, "a-1").trial == started.trial  # idempotent
         assert clients.heartbeat(trial.trial_id, "a-1").action == events_pb2.CONTINUE

@@ -15,6 +15,7 @@ import pytest
 from ladder import failures
 from ladder.api import attempt as attempt_module
 from ladder.checkpoints import FileCheckpointStore
+from ladder.config import LEASE_SECONDS
 from ladder.failures import TrialFailed
 from ladder.testing import RpcStatus
 from ladder.v1 import evaluate_pb2, events_pb2
@@ -276,7 +277,7 @@ def test_a_lost_lease_interrupts_the_step_and_abandons_the_trial(tmp_path: Path)
 
 def test_keepalive_beats_every_quarter_lease() -> None:
     assert keepalive_interval(10) == 2.5
-    assert keepalive_interval(0) == 2.5  # no lease in the reply: evaluate's default (10 s)
+    assert keepalive_interval(0) == LEASE_SECONDS / 4  # no lease in the reply: the default
     assert keepalive_interval(0.4) == 0.25
 
 
