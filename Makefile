@@ -1,6 +1,6 @@
 # Ladder: `make demo` runs the main job, `make test` passes the tests.
 # Both set up whatever a fresh machine lacks first (venv, pinned deps,
-# redis-server, postgresql, generated protobuf code).
+# redis-server, postgresql, chromium, generated protobuf code).
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -27,6 +27,10 @@ $(STAMP): requirements.lock pyproject.toml
 	  echo "installing postgresql (Debian package; the lineage store's tests run on it)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql; }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium + chromium-driver (Debian packages; the dashboard's browser tests)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 resolves to the local CPU build; never let pip pick a CUDA build.
