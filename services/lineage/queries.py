@@ -8,26 +8,16 @@ state even while the ingest thread commits (SQLite WAL, PostgreSQL REPEATABLE RE
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from ladder.v1 import events_pb2, lineage_pb2, study_pb2, trial_pb2
+from ladder.v1 import events_pb2, lineage_pb2, trial_pb2
 
+from services.lineage import study_reads
 from services.lineage.db import Database, Row
+from services.lineage.study_reads import from_real as _from_real
 
 TS = trial_pb2.TrialState
-_MAXIMIZE = study_pb2.Direction.Value("MAXIMIZE")
-# Best-trial candidates: completed with a finite final value (NaN is stored as
-# NULL, and +-inf fall outside this range).
-_FINITE_FINAL = (
-    "state = {completed} AND has_final_value = 1 AND final_value IS NOT NULL "
-    "AND final_value BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308"
-).format(completed=TS.Value("COMPLETED"))
-
-
-def _from_real(value: float | None) -> float:
-    return math.nan if value is None else value
 
 
 class LineageQueries:
@@ -61,71 +51,40 @@ class LineageQueries:
     def best_trial_id(self, study_id: str) -> tuple[str, float] | None:
         """The completed trial with the best final value, direction aware (ties:
         the one that completed first)."""
-        study = self._study(study_id)
-        maximize = study is not None and study["direction"] == _MAXIMIZE
-        order = "DESC" if maximize else "ASC"
-        row = self._db.execute(
-            f"SELECT trial_id, final_value FROM trials WHERE study_id = ? AND {_FINITE_FINAL} "
-            f"ORDER BY final_value {order}, terminal_ts_ms ASC, trial_id ASC LIMIT 1",
-            (study_id,),
-        ).fetchone()
-        return (row["trial_id"], row["final_value"]) if row else None
+        return study_reads.best_trials(self._db, study_id).get(study_id)
 
     def study_summary(self, study_id: str) -> lineage_pb2.StudySummary | None:
         if not self.study_known(study_id):
             return None
-        summary = lineage_pb2.StudySummary(study_id=study_id)
-        counts = dict(
-            self._db.execute(
-                "SELECT state, COUNT(*) FROM trials WHERE study_id = ? GROUP BY state",
-                (study_id,),
-            ).fetchall()
-        )
-        summary.suggested = counts.get(TS.Value("SUGGESTED"), 0)
-        # A resumable trial is still in flight: it has run and will run again.
-        summary.running = counts.get(TS.Value("RUNNING"), 0) + counts.get(TS.Value("RESUMABLE"), 0)
-        summary.completed = counts.get(TS.Value("COMPLETED"), 0)
-        summary.pruned = counts.get(TS.Value("PRUNED"), 0)
-        summary.failed = counts.get(TS.Value("FAILED"), 0)
-        best = self.best_trial_id(study_id)
-        if best is not None:
-            summary.has_best = True
-            summary.best_trial_id, summary.best_value = best
-        summary.metric_points = self._db.execute(
-            "SELECT COUNT(*) FROM metric_points WHERE study_id = ?", (study_id,)
-        ).fetchone()[0]
-        summary.decisions = self._db.execute(
-            "SELECT COUNT(*) FROM decisions WHERE study_id = ?", (study_id,)
-        ).fetchone()[0]
-        summary.checkpoint_seconds, summary.train_seconds = self._db.execute(
-            "SELECT COALESCE(SUM(checkpoint_seconds), 0), COALESCE(SUM(train_seconds), 0) "
-            "FROM trials WHERE study_id = ?",
-            (study_id,),
-        ).fetchone()
-        return summary
+        found = study_reads.summaries(self._db, study_id).get(study_id)
+        return found or lineage_pb2.StudySummary(study_id=study_id)
+
+    def study_listings(self) -> list[lineage_pb2.StudyListing]:
+        """Every study of the studies table with its summary, newest first."""
+        return study_reads.listings(self._db)
+
+    def study_curves(
+        self, study_id: str, max_points: int, max_trials: int
+    ) -> lineage_pb2.StudyCurves | None:
+        if not self.study_known(study_id):
+            return None
+        return study_reads.study_curves(self._db, study_id, max_points, max_trials)
+
+    def study_rungs(self, study_id: str) -> lineage_pb2.StudyRungs | None:
+        if not self.study_known(study_id):
+            return None
+        return study_reads.study_rungs(self._db, study_id)
 
     # -- trials ------------------------------------------------------------
 
-    def list_trials(self, study_id: str) -> list[lineage_pb2.TrialSummary] | None:
+    def list_trials(self, study_id: str) -> Sequence[lineage_pb2.TrialSummary] | None:
+        found = self.list_trials_response(study_id)
+        return None if found is None else found.trials
+
+    def list_trials_response(self, study_id: str) -> lineage_pb2.ListTrialsResponse | None:
         if not self.study_known(study_id):
             return None
-        rows = self._db.execute(
-            "SELECT t.trial_id, t.state, t.has_final_value, t.final_value, t.last_step, "
-            "COALESCE((SELECT MAX(m.step) FROM metric_points m "
-            "WHERE m.trial_id = t.trial_id), 0) AS last_reported "
-            "FROM trials t WHERE t.study_id = ? ORDER BY t.first_ts_ms, t.trial_id",
-            (study_id,),
-        ).fetchall()
-        return [
-            lineage_pb2.TrialSummary(
-                trial_id=row["trial_id"],
-                state=TS.Name(row["state"]),
-                has_final_value=bool(row["has_final_value"]),
-                final_value=_from_real(row["final_value"]) if row["has_final_value"] else 0.0,
-                last_step=max(row["last_step"], row["last_reported"]),
-            )
-            for row in rows
-        ]
+        return study_reads.trial_summaries(self._db, study_id)
 
     def trial_lineage(self, trial_id: str) -> lineage_pb2.TrialLineage | None:
         """Everything recorded about one trial; None if no record mentions it."""

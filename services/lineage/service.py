@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import grpc
-from ladder.errors import NotFound, Unavailable, require
+from ladder.errors import InvalidArgument, NotFound, Unavailable, require
 from ladder.v1 import lineage_pb2, lineage_pb2_grpc
 
 from services.lineage.db import TRANSIENT
 from services.lineage.queries import LineageQueries
+from services.lineage.study_reads import CURVE_POINTS, CURVE_TRIALS
 
 _T = TypeVar("_T")
 
@@ -72,8 +73,9 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
         self, request: lineage_pb2.ListTrialsRequest, context: grpc.ServicerContext
     ) -> lineage_pb2.ListTrialsResponse:
         study_id = require(request.study_id, "study_id")
-        trials = self._read(lambda q: q.list_trials(study_id), f"study {study_id!r} not found")
-        return lineage_pb2.ListTrialsResponse(trials=trials)
+        return self._read(
+            lambda q: q.list_trials_response(study_id), f"study {study_id!r} not found"
+        )
 
     def GetBestTrial(
         self, request: lineage_pb2.GetBestTrialRequest, context: grpc.ServicerContext
@@ -94,3 +96,35 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
     ) -> lineage_pb2.StudySummary:
         study_id = require(request.study_id, "study_id")
         return self._read(lambda q: q.study_summary(study_id), f"study {study_id!r} not found")
+
+    def ListStudyListings(
+        self, request: lineage_pb2.ListStudyListingsRequest, context: grpc.ServicerContext
+    ) -> lineage_pb2.StudyListings:
+        with self._snapshot() as queries:
+            return lineage_pb2.StudyListings(studies=queries.study_listings())
+
+    def GetStudyCurves(
+        self, request: lineage_pb2.GetStudyCurvesRequest, context: grpc.ServicerContext
+    ) -> lineage_pb2.StudyCurves:
+        study_id = require(request.study_id, "study_id")
+        max_points = _at_least_zero(request.max_points_per_trial, "max_points_per_trial")
+        max_trials = _at_least_zero(request.max_trials, "max_trials")
+        return self._read(
+            lambda q: q.study_curves(
+                study_id, max_points or CURVE_POINTS, max_trials or CURVE_TRIALS
+            ),
+            f"study {study_id!r} not found",
+        )
+
+    def GetStudyRungs(
+        self, request: lineage_pb2.GetStudyRungsRequest, context: grpc.ServicerContext
+    ) -> lineage_pb2.StudyRungs:
+        study_id = require(request.study_id, "study_id")
+        return self._read(lambda q: q.study_rungs(study_id), f"study {study_id!r} not found")
+
+
+def _at_least_zero(value: int, field: str) -> int:
+    """``value``, or InvalidArgument naming ``field`` when it is negative (0: the default)."""
+    if value < 0:
+        raise InvalidArgument(f"{field} must be 0 (the default) or positive, got {value}")
+    return value
