@@ -1,0 +1,185 @@
+"""What the dashboard knows, read from lineage's gRPC query API only, and kept for a
+moment: every viewer of a study shares one read of it per ``STUDY_TTL`` (a study of
+20,000 trials is several megabytes of answers), the importances are refitted at most
+every ``IMPORTANCE_TTL`` while the study changes.
+
+gRPC failures become :class:`SourceError` with the HTTP status and message the page
+shows: NOT_FOUND is 404, a lineage that does not answer 503, one that lacks an RPC
+(an older lineage service) 502.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from ladder import limits
+from ladder.dashboard.importance import Importances, importances
+from ladder.dashboard.study import StudyData
+from ladder.params import PlainValue
+from ladder.v1 import lineage_pb2, lineage_pb2_grpc, study_pb2
+
+T = TypeVar("T")
+
+LISTINGS_TTL = 2.0
+SUMMARY_TTL = 0.5
+STUDY_TTL = 2.0
+IMPORTANCE_TTL = 15.0
+CALL_TIMEOUT = 20.0
+
+# ListTrials of a study of 20,000 trials is well over gRPC's default 4 MB: the answer
+# size every Ladder client accepts (ladder.limits).
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", limits.MAX_RESPONSE_BYTES),
+    ("grpc.max_send_message_length", limits.MAX_REQUEST_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+class SourceError(Exception):
+    """A failed read, as the HTTP status and message the page shows."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _Entry(Generic[T]):
+    value: T
+    at: float
+
+
+class TtlCache(Generic[T]):
+    """Values by key, each kept ``ttl`` seconds; concurrent misses of one key wait for
+    one fetch."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._entries: dict[str, _Entry[T]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, key: str, fetch: Callable[[], Awaitable[T]]) -> T:
+        entry = self._entries.get(key)
+        if entry is not None and self.clock() - entry.at < self.ttl:
+            return entry.value
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            entry = self._entries.get(key)
+            if entry is not None and self.clock() - entry.at < self.ttl:
+                return entry.value
+            value = await fetch()
+            self._entries[key] = _Entry(value, self.clock())
+            return value
+
+
+class LineageSource:
+    def __init__(self, addr: str, timeout: float = CALL_TIMEOUT,
+                 interceptors: list[Any] | None = None) -> None:
+        self.addr = addr
+        self.timeout = timeout
+        self.channel = grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS,
+                                                 interceptors=interceptors)
+        self.stub = lineage_pb2_grpc.LineageServiceStub(self.channel)
+        self._listings: TtlCache[lineage_pb2.StudyListings] = TtlCache(LISTINGS_TTL)
+        self._summaries: TtlCache[lineage_pb2.StudySummary] = TtlCache(SUMMARY_TTL)
+        self._studies: TtlCache[StudyData] = TtlCache(STUDY_TTL)
+        self._importances: dict[str, tuple[float, int, Importances]] = {}
+        # Params by trial id per study, kept across reads: they never change, and
+        # converting 20,000 protobuf maps is most of the cost of reading a big study.
+        self._params: dict[str, dict[str, dict[str, PlainValue]]] = {}
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _call(self, method: str, request: Any) -> Any:
+        try:
+            return await getattr(self.stub, method)(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as err:
+            raise self._error(method, err) from err
+
+    def _error(self, method: str, err: grpc.aio.AioRpcError) -> SourceError:
+        code = err.code()
+        if code == grpc.StatusCode.NOT_FOUND:
+            return SourceError(404, err.details() or "not found")
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return SourceError(502, f"lineage at {self.addr} does not answer {method}: it "
+                               "is older than this dashboard; restart it from this version")
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return SourceError(503, f"lineage at {self.addr} is unreachable ({code.name}: "
+                               f"{err.details()}); is the stack up (`ladder status`)?")
+        return SourceError(502, f"lineage {method} failed: {code.name}: {err.details()}")
+
+    async def health(self, timeout: float = 0.5) -> str:
+        """Lineage's gRPC health ("SERVING", ...), "UNREACHABLE" when it does not answer."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return "UNREACHABLE"
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    async def listings(self) -> lineage_pb2.StudyListings:
+        return await self._listings.get("", lambda: self._call(
+            "ListStudyListings", lineage_pb2.ListStudyListingsRequest()))
+
+    async def study(self, study_id: str) -> study_pb2.Study:
+        """The study as lineage recorded it; 404 when lineage knows no such study."""
+        for listing in (await self.listings()).studies:
+            if listing.study.study_id == study_id:
+                return listing.study
+        # Created since the listings were read? GetStudySummary answers NOT_FOUND if not.
+        await self.summary(study_id)
+        fresh = await self._call("ListStudyListings", lineage_pb2.ListStudyListingsRequest())
+        for listing in fresh.studies:
+            if listing.study.study_id == study_id:
+                return listing.study
+        raise SourceError(404, f"study {study_id!r} not found")
+
+    async def summary(self, study_id: str) -> lineage_pb2.StudySummary:
+        return await self._summaries.get(study_id, lambda: self._call(
+            "GetStudySummary", lineage_pb2.GetStudySummaryRequest(study_id=study_id)))
+
+    async def study_data(self, study_id: str) -> StudyData:
+        return await self._studies.get(study_id, lambda: self._read_study(study_id))
+
+    async def _read_study(self, study_id: str) -> StudyData:
+        answers = await asyncio.gather(
+            self.study(study_id),
+            self._call("GetStudySummary", lineage_pb2.GetStudySummaryRequest(study_id=study_id)),
+            self._call("ListTrials", lineage_pb2.ListTrialsRequest(study_id=study_id)),
+            self._call("GetStudyCurves", lineage_pb2.GetStudyCurvesRequest(study_id=study_id)),
+            self._call("GetStudyRungs", lineage_pb2.GetStudyRungsRequest(study_id=study_id)),
+            return_exceptions=True,
+        )
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        study, summary, trials, curves, rungs = answers
+        known = self._params.setdefault(study_id, {})
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: StudyData(study, summary, list(trials.trials), curves, rungs, known))
+
+    def importances(self, data: StudyData) -> Importances:
+        """The study's importances: refitted when its completed trials changed, at
+        most every IMPORTANCE_TTL seconds (blocking: call it off the event loop)."""
+        study_id = data.study.study_id
+        completed = sum(t.has_value for t in data.trials)
+        kept = self._importances.get(study_id)
+        now = time.monotonic()
+        if kept is not None and (kept[1] == completed or now - kept[0] < IMPORTANCE_TTL):
+            return kept[2]
+        found = importances(data.trials, data.axes, data.maximize)
+        self._importances[study_id] = (now, completed, found)
+        return found
+
+    async def trial(self, trial_id: str) -> lineage_pb2.TrialLineage:
+        return await self._call(
+            "GetTrialLineage", lineage_pb2.GetTrialLineageRequest(trial_id=trial_id))

@@ -1,0 +1,312 @@
+// The pages' script: draws the server's Plotly figures, the trial table (sorted,
+// filtered and paged here: the server sends it as columns + rows) and keeps the study
+// page live (server-sent events, else polling). When everything is drawn, <body> gets
+// data-ready="true" (browser tests and the render benchmark wait for it).
+"use strict";
+
+const PLOT_CONFIG = { responsive: true, displaylogo: false };
+const PAGE_SIZE = 50;
+const FIGURE_REFRESH_MS = 5000;
+const POLL_MS = 2000;
+function ready() { document.body.dataset.ready = "true"; }
+
+function fmt(value) {
+  if (value === null || value === undefined || value === "") return "-";
+  if (typeof value === "number") {
+    if (Number.isInteger(value)) return String(value);
+    return Number(value.toPrecision(6)).toString();
+  }
+  return String(value);
+}
+
+// How long each plot took to draw, in ms (window.LADDER.timings): for the benchmark.
+function draw(id, figure) {
+  const el = document.getElementById(id);
+  if (!el || !figure) return Promise.resolve();
+  el.textContent = "";
+  const start = performance.now();
+  return Plotly.react(el, figure.data, figure.layout, PLOT_CONFIG).then(() => {
+    window.LADDER = window.LADDER || {};
+    (window.LADDER.timings = window.LADDER.timings || {})[id] = performance.now() - start;
+  });
+}
+
+// --- the trial table -------------------------------------------------------------------
+
+class TrialTable {
+  constructor(studyId) {
+    this.table = document.getElementById("trial-table");
+    this.filterInput = document.getElementById("trial-filter");
+    this.count = document.getElementById("trial-count");
+    this.pageInfo = document.getElementById("page-info");
+    this.sortColumn = null;
+    this.sortDir = 1;
+    this.page = 0;
+    this.rows = [];
+    this.view = [];
+    this.filterInput.addEventListener("input", () => { this.page = 0; this.apply(); });
+    document.getElementById("page-prev").addEventListener("click", () => this.turn(-1));
+    document.getElementById("page-next").addEventListener("click", () => this.turn(1));
+  }
+
+  // data: {columns: [names], data: [[one column's values], ...], count: rows}
+  load(data) {
+    const columns = data.columns;
+    this.shown = columns;
+    this.index = Object.fromEntries(columns.map((c, i) => [c, i]));
+    this.numeric = new Set(columns.filter((c, i) =>
+      data.data[i].some(v => typeof v === "number")));
+    this.rows = new Array(data.count);
+    for (let r = 0; r < data.count; r++) {
+      this.rows[r] = columns.map((c, i) => data.data[i][r]);
+    }
+    this.text = this.rows.map(r => r.map(fmt).join(" ").toLowerCase());
+    this.head();
+    this.apply();
+  }
+
+  head() {
+    const tr = document.createElement("tr");
+    for (const c of this.shown) {
+      const th = document.createElement("th");
+      th.textContent = c.startsWith("params.") ? c.slice(7) : c;
+      th.dataset.column = c;
+      th.className = "sortable" + (this.numeric.has(c) ? " num" : "");
+      if (c === this.sortColumn) th.classList.add(this.sortDir > 0 ? "sorted-asc" : "sorted-desc");
+      th.addEventListener("click", () => this.sortBy(c));
+      tr.appendChild(th);
+    }
+    const thead = this.table.tHead;
+    thead.replaceChildren(tr);
+  }
+
+  // "lr>0.01", "state=pruned", or plain text matched anywhere in the row.
+  matcher(query) {
+    const terms = query.trim().toLowerCase().split(/\s+/).filter(Boolean);
+    const tests = terms.map(term => {
+      const m = term.match(/^([\w.]+)(<=|>=|=|<|>)(.+)$/);
+      if (m) {
+        const name = this.index[m[1]] !== undefined ? m[1] : "params." + m[1];
+        const col = this.index[name];
+        if (col !== undefined) {
+          const want = m[3];
+          const num = Number(want);
+          return (row) => {
+            const v = row[col];
+            if (v === null || v === undefined) return false;
+            if (m[2] === "=") return String(v).toLowerCase() === want;
+            if (Number.isNaN(num) || typeof v !== "number") return false;
+            return { "<": v < num, ">": v > num, "<=": v <= num, ">=": v >= num }[m[2]];
+          };
+        }
+      }
+      return (row, text) => text.includes(term);
+    });
+    return (row, text) => tests.every(t => t(row, text));
+  }
+
+  apply() {
+    const match = this.matcher(this.filterInput.value);
+    this.view = [];
+    for (let i = 0; i < this.rows.length; i++) {
+      if (match(this.rows[i], this.text[i])) this.view.push(i);
+    }
+    if (this.sortColumn !== null) {
+      const col = this.index[this.sortColumn];
+      const dir = this.sortDir;
+      this.view.sort((a, b) => {
+        const x = this.rows[a][col], y = this.rows[b][col];
+        if (x === y) return a - b;
+        if (x === null || x === undefined) return 1;  // missing values last either way
+        if (y === null || y === undefined) return -1;
+        return (x < y ? -1 : 1) * dir;
+      });
+    }
+    this.render();
+  }
+
+  sortBy(column) {
+    this.sortDir = this.sortColumn === column ? -this.sortDir : 1;
+    this.sortColumn = column;
+    this.head();
+    this.apply();
+  }
+
+  turn(step) {
+    const pages = Math.max(1, Math.ceil(this.view.length / PAGE_SIZE));
+    this.page = Math.min(pages - 1, Math.max(0, this.page + step));
+    this.render();
+  }
+
+  render() {
+    const start = this.page * PAGE_SIZE;
+    const body = document.createDocumentFragment();
+    for (const i of this.view.slice(start, start + PAGE_SIZE)) {
+      const row = this.rows[i];
+      const tr = document.createElement("tr");
+      tr.dataset.trialId = row[this.index.trial_id];
+      tr.dataset.testid = "trial-row";
+      for (const c of this.shown) {
+        const td = document.createElement("td");
+        const v = row[this.index[c]];
+        if (c === "trial_id") {
+          const a = document.createElement("a");
+          a.href = "/trials/" + encodeURIComponent(v);
+          a.textContent = v;
+          td.appendChild(a);
+        } else {
+          td.textContent = fmt(v);
+        }
+        if (typeof v === "number") td.className = "num";
+        if (c === "stop_reason") td.dataset.testid = "stop-reason";
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+    this.table.tBodies[0].replaceChildren(body);
+    const pages = Math.max(1, Math.ceil(this.view.length / PAGE_SIZE));
+    this.count.textContent = `${this.view.length} of ${this.rows.length} trials`;
+    this.pageInfo.textContent = `page ${this.page + 1} of ${pages}`;
+  }
+}
+
+// --- the study page --------------------------------------------------------------------
+
+function showProgress(p) {
+  for (const k of ["suggested", "running", "pruned", "completed", "failed"]) {
+    const el = document.getElementById("progress-" + k);
+    if (el) el.textContent = p[k];
+  }
+  const best = document.getElementById("progress-best");
+  if (best) best.textContent = fmt(p.best_value);
+  const state = document.getElementById("progress-state");
+  if (state) { state.textContent = p.state; state.className = "state state-" + p.state; }
+  for (const k of Object.keys(p.percent || {})) {
+    const seg = document.getElementById("bar-" + k);
+    if (seg) seg.style.width = p.percent[k].toFixed(2) + "%";
+  }
+  const points = document.getElementById("progress-points");
+  if (points) points.textContent = p.metric_points;
+  const decisions = document.getElementById("progress-decisions");
+  if (decisions) decisions.textContent = p.decisions;
+}
+
+async function studyPage() {
+  const L = window.LADDER;
+  const table = new TrialTable(L.studyId);
+  const status = document.getElementById("live-status");
+  let lastRefresh = Date.now();
+  let refreshing = false;
+
+  async function drawAll(figuresJson, tableJson) {
+    const figs = figuresJson.figures;
+    // One after another: each shows as soon as it is drawn, and its timing is its own.
+    for (const name of L.figures) await draw("plot-" + name, figs[name]);
+    showProgress(figuresJson.progress);
+    table.load(tableJson);
+  }
+
+  async function refresh() {
+    if (refreshing || Date.now() - lastRefresh < FIGURE_REFRESH_MS) return;
+    refreshing = true;
+    lastRefresh = Date.now();
+    try {
+      const [f, t] = await Promise.all([fetch(L.urls.figures).then(r => r.json()),
+                                        fetch(L.urls.trials).then(r => r.json())]);
+      if (!f.error && !t.error) await drawAll(f, t);
+    } finally { refreshing = false; }
+  }
+
+  let last = null;
+  function onProgress(p) {
+    showProgress(p);
+    const key = JSON.stringify(p);
+    if (last !== null && key !== last) refresh();
+    last = key;
+  }
+
+  function poll() {
+    status.textContent = "live (polling)";
+    setInterval(() => fetch(L.urls.progress).then(r => r.json()).then(p => {
+      if (!p.error) onProgress(p);
+    }).catch(() => { status.textContent = "disconnected, retrying"; }), POLL_MS);
+  }
+
+  if (window.EventSource) {
+    const source = new EventSource(L.urls.events);
+    source.addEventListener("progress", (e) => {
+      status.textContent = "live";
+      onProgress(JSON.parse(e.data));
+    });
+    source.addEventListener("failure", (e) => {
+      status.textContent = "lineage: " + JSON.parse(e.data).error;
+    });
+    source.onerror = () => { status.textContent = "reconnecting…"; };
+  } else {
+    poll();
+  }
+
+  const [figuresJson, tableJson] = await Promise.all([L.fetched.figures, L.fetched.trials]);
+  if (figuresJson.error || tableJson.error) {
+    for (const name of L.figures) {
+      document.getElementById("plot-" + name).textContent = figuresJson.error || tableJson.error;
+    }
+  } else {
+    await drawAll(figuresJson, tableJson);
+  }
+  ready();
+}
+
+// --- the studies page ------------------------------------------------------------------
+
+function studiesPage() {
+  const filter = document.getElementById("study-filter");
+  const rows = Array.from(document.querySelectorAll("tr[data-study-id]"));
+  filter.addEventListener("input", () => {
+    const terms = filter.value.toLowerCase().split(/\s+/).filter(Boolean);
+    for (const tr of rows) {
+      const text = tr.textContent.toLowerCase();
+      tr.hidden = !terms.every(t => text.includes(t));
+    }
+  });
+  // Counts, state and best value change in place; a new or vanished study reloads
+  // the (server-rendered) page.
+  const ids = rows.map(tr => tr.dataset.studyId).join(" ");
+  setInterval(() => fetch("/api/studies").then(r => r.json()).then(data => {
+    const studies = data.studies || [];
+    if (studies.map(s => s.study_id).join(" ") !== ids) {
+      if (!filter.value) location.reload();
+      return;
+    }
+    studies.forEach((s, i) => updateStudyRow(rows[i], s));
+  }).catch(() => {}), 5000);
+  ready();
+}
+
+function updateStudyRow(tr, s) {
+  const p = s.progress;
+  for (const k of ["running", "pruned", "completed", "failed"]) {
+    const el = tr.querySelector(`[data-testid="count-${k}"]`);
+    if (el) el.textContent = p[k];
+    const seg = tr.querySelector(".seg-" + k);
+    if (seg) seg.style.width = p.percent[k].toFixed(2) + "%";
+  }
+  const state = tr.querySelector('[data-testid="study-state"]');
+  if (state) { state.textContent = s.state; state.className = "state state-" + s.state; }
+  const best = tr.querySelector('[data-testid="study-best"]');
+  if (best && best.firstChild) best.firstChild.textContent = fmt(s.best_value);
+}
+
+// --- the trial page --------------------------------------------------------------------
+
+async function trialPage() {
+  await draw("plot-trial-curve", window.LADDER.curve);
+  ready();
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  const page = document.body.dataset.page;
+  const run = { study: studyPage, studies: studiesPage, trial: trialPage }[page];
+  if (!run) { ready(); return; }
+  Promise.resolve().then(run).catch(err => { console.error(err); ready(); });
+});

@@ -1,0 +1,236 @@
+"""The dashboard's HTTP layer against a lineage gRPC server answering from made-up
+studies (``ladder.testing.dashboard.FakeLineage``) in this process: every route, the
+elements tests and people rely on, the errors a viewer sees, the live stream, caching.
+The real lineage service and process are tests/integration/test_dashboard_service.py's."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from grpc_health.v1 import health, health_pb2_grpc
+from ladder.dashboard.study import FIGURES
+from ladder.stack.ports import free_port
+from ladder.testing.dashboard import FakeLineage, synthetic_study
+from ladder.v1 import lineage_pb2_grpc
+
+from services.dashboard.app import build_app
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[FakeLineage, str]]:
+    lineage = FakeLineage([synthetic_study("s-big", trials=300, seed=1),
+                           synthetic_study("s-small", trials=20, seed=2)])
+    server, addr = _serve(lineage)
+    yield lineage, addr
+    server.stop(0)
+
+
+def _serve(servicer: lineage_pb2_grpc.LineageServiceServicer) -> tuple[grpc.Server, str]:
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    lineage_pb2_grpc.add_LineageServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def run(addr: str, scenario: Callable[[TestClient], Awaitable[Any]], **app: Any) -> Any:
+    async def main() -> Any:
+        client = TestClient(TestServer(build_app(addr, **app)))
+        await client.start_server()
+        try:
+            return await scenario(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+async def text(client: TestClient, path: str, status: int = 200) -> str:
+    response = await client.get(path)
+    body = await response.text()
+    assert response.status == status, body
+    return body
+
+
+def test_studies_page_lists_every_study_with_state_progress_and_best(fake) -> None:
+    lineage, addr = fake
+    big = lineage.studies["s-big"]
+    page = run(addr, lambda c: text(c, "/studies"))
+    assert page.count('data-testid="study-row"') == 2
+    assert 'href="/studies/s-big"' in page and 'href="/studies/s-small"' in page
+    assert f'data-testid="count-pruned">{big.summary.pruned}<' in page
+    assert f"{big.summary.best_value:.6g}" in page
+    assert "asha" in page and "tpe" in page and "active" in page
+
+
+def test_study_page_has_progress_counts_plot_containers_table_and_csv_link(fake) -> None:
+    lineage, addr = fake
+    summary = lineage.studies["s-big"].summary
+    page = run(addr, lambda c: text(c, "/studies/s-big"))
+    for count in ("running", "pruned", "completed", "failed"):
+        assert f'data-testid="progress-{count}">{getattr(summary, count)}<' in page
+    for name in FIGURES:
+        assert f'id="plot-{name}" data-testid="plot-{name}"' in page
+    assert 'data-testid="trial-table"' in page
+    assert 'data-testid="csv-link" href="/studies/s-big/trials.csv"' in page
+    # plotly.js from the wheel, never a CDN.
+    assert 'src="/static/plotly-' in page and "cdn" not in page.lower()
+
+
+def test_figures_and_table_json(fake) -> None:
+    lineage, addr = fake
+
+    async def scenario(client: TestClient) -> tuple[dict, dict]:
+        figures = await (await client.get("/api/studies/s-big/figures")).json()
+        trials = await (await client.get("/api/studies/s-big/trials")).json()
+        return figures, trials
+
+    figures, trials = run(addr, scenario)
+    assert set(figures["figures"]) == set(FIGURES)
+    for figure in figures["figures"].values():
+        assert {"data", "layout"} <= set(figure)
+    assert figures["progress"]["completed"] == lineage.studies["s-big"].summary.completed
+    assert trials["count"] == 300
+    ids = trials["data"][trials["columns"].index("trial_id")]
+    assert ids == [t.trial_id for t in lineage.studies["s-big"].trials]
+
+
+def test_csv_download_matches_listtrials(fake) -> None:
+    lineage, addr = fake
+
+    async def scenario(client: TestClient) -> tuple[str, str]:
+        response = await client.get("/studies/s-big/trials.csv")
+        assert response.status == 200
+        return response.headers["Content-Disposition"], await response.text()
+
+    disposition, body = run(addr, scenario)
+    assert 'filename="s-big-trials.csv"' in disposition
+    rows = list(csv.DictReader(io.StringIO(body)))
+    expected = lineage.studies["s-big"].trials
+    assert [(r["trial_id"], r["state"]) for r in rows] == [(t.trial_id, t.state) for t in expected]
+    assert [r["value"] for r in rows] == [repr(t.final_value) if t.has_final_value else ""
+                                         for t in expected]
+
+
+def test_trial_page_shows_a_pruned_trials_stop_reason_params_and_trace(fake) -> None:
+    lineage, addr = fake
+    pruned = next(t for t in lineage.studies["s-big"].trials if t.state == "PRUNED")
+    page = run(addr, lambda c: text(c, f"/trials/{pruned.trial_id}"))
+    assert f'data-testid="stop-reason">{pruned.stop_reason}<' in page
+    assert 'data-testid="trial-params"' in page and "optimizer" in page
+    assert f"ladder.trial_id={pruned.trial_id}" in page
+    assert 'data-testid="plot-trial-curve"' in page
+
+
+def test_unknown_study_or_trial_is_404_with_a_clear_message(fake) -> None:
+    _, addr = fake
+
+    async def scenario(client: TestClient) -> list[Any]:
+        page = await text(client, "/studies/nope", 404)
+        api = await client.get("/api/studies/nope/figures")
+        csv_answer = await client.get("/studies/nope/trials.csv")
+        trial = await text(client, "/trials/nope-t1", 404)
+        events = await client.get("/api/studies/nope/events")
+        return [page, api.status, await api.json(), csv_answer.status, trial, events.status]
+
+    page, api_status, api, csv_status, trial, events_status = run(addr, scenario)
+    assert "study &#x27;nope&#x27; not found" in page and 'data-testid="error-message"' in page
+    assert api_status == 404 and api == {"error": "study 'nope' not found", "status": 404}
+    assert csv_status == 404 and events_status == 404
+    assert "trial &#x27;nope-t1&#x27; not found" in trial
+
+
+def test_lineage_down_is_503_naming_its_address_and_healthz_still_answers() -> None:
+    addr = f"127.0.0.1:{free_port()}"
+
+    async def scenario(client: TestClient) -> tuple[str, dict]:
+        page = await text(client, "/studies", 503)
+        return page, await (await client.get("/healthz")).json()
+
+    page, healthz = run(addr, scenario)
+    assert f"lineage at {addr} is unreachable" in page
+    assert healthz == {"status": "ok", "lineage": "UNREACHABLE", "lineage_addr": addr}
+
+
+def test_an_older_lineage_without_the_dashboard_reads_is_named(fake) -> None:
+    server, addr = _serve(lineage_pb2_grpc.LineageServiceServicer())  # every RPC UNIMPLEMENTED
+    try:
+        page = run(addr, lambda c: text(c, "/studies", 502))
+    finally:
+        server.stop(0)
+    assert "does not answer ListStudyListings" in page
+
+
+def test_live_stream_sends_progress_and_again_when_it_changes(fake) -> None:
+    lineage, addr = fake
+    summary = lineage.studies["s-small"].summary
+
+    async def scenario(client: TestClient) -> list[dict]:
+        response = await client.get("/api/studies/s-small/events")
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        seen: list[dict] = []
+        async for line in response.content:
+            if line.startswith(b"data: "):
+                seen.append(json.loads(line[6:]))
+                if len(seen) == 1:
+                    summary.completed += 1  # the study moves on
+                    summary.running -= 1
+                else:
+                    break
+        response.close()
+        return seen
+
+    first, second = run(addr, scenario, live_interval=0.05)
+    assert second["completed"] == first["completed"] + 1
+    assert second["running"] == first["running"] - 1
+
+
+def test_progress_endpoint_for_polling(fake) -> None:
+    lineage, addr = fake
+
+    async def scenario(client: TestClient) -> dict:
+        return await (await client.get("/api/studies/s-small/progress")).json()
+
+    found = run(addr, scenario)
+    assert found["study_id"] == "s-small" and found["max_trials"] == 20
+    assert found["pruned"] == lineage.studies["s-small"].summary.pruned
+
+
+def test_viewers_of_one_study_share_one_read_of_it(fake) -> None:
+    lineage, addr = fake
+
+    async def scenario(client: TestClient) -> None:
+        await asyncio.gather(*(client.get(path) for path in (
+            "/api/studies/s-big/figures", "/api/studies/s-big/trials",
+            "/studies/s-big/trials.csv", "/api/studies/s-big/figures")))
+
+    run(addr, scenario)
+    assert lineage.calls.count("ListTrials") == 1
+    assert lineage.calls.count("GetStudyCurves") == 1
+
+
+def test_static_assets_come_from_this_package_and_the_plotly_wheel(fake) -> None:
+    _, addr = fake
+
+    async def scenario(client: TestClient) -> list[Any]:
+        page = await text(client, "/studies/s-small")
+        url = page.split('src="/static/plotly-', 1)[1].split('"', 1)[0]
+        bundle = await client.get(f"/static/plotly-{url}")
+        script = await client.get("/static/dashboard.js")
+        missing = await client.get("/static/other.js")
+        return [bundle.status, (await bundle.read())[:200], bundle.headers["Cache-Control"],
+                script.status, missing.status]
+
+    status, head, cache, script, missing = run(addr, scenario)
+    assert status == 200 and b"plotly.js v" in head and "immutable" in cache
+    assert script == 200 and missing == 404
