@@ -120,15 +120,18 @@ class PoisonPolicy:
             )
         return policy
 
-# Kafka errors aiokafka does not mark retriable but that a broker coming back cures.
-_KAFKA_TRANSIENT = (kafka_errors.KafkaConnectionError, kafka_errors.KafkaTimeoutError)
+
 _PERMANENT = (
     BadRecord,
     ValueError,  # includes protobuf's "Value out of range" and UnicodeError
     OverflowError,
     TypeError,
+    # aiokafka's refusals of the record itself: the cases of _KAFKA_RECORD_ERRORS.
     kafka_errors.MessageSizeTooLargeError,
     kafka_errors.RecordTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.CorruptRecordException,
+    kafka_errors.InvalidTimestampError,
 )
 
 
@@ -139,12 +142,16 @@ class Failure(enum.Enum):
 
 
 def classify(exc: BaseException) -> Failure:
-    if is_outage(exc) or isinstance(exc, _KAFKA_TRANSIENT):
+    if is_outage(exc):
         return Failure.TRANSIENT
     if isinstance(exc, _PERMANENT) or _kafka_record_error(exc):
         return Failure.PERMANENT
     if isinstance(exc, kafka_errors.KafkaError):
-        return Failure.TRANSIENT if exc.retriable else Failure.PERMANENT
+        # Any other aiokafka error is the broker's, whatever its ``retriable`` says:
+        # tansu answers a produce it cannot store (its object store away) with
+        # UNKNOWN_SERVER_ERROR, which aiokafka raises as an UnknownError it does not
+        # call retriable; the record was good and must wait, not be dead-lettered.
+        return Failure.TRANSIENT
     return Failure.UNKNOWN
 
 

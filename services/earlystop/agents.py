@@ -26,9 +26,10 @@ cannot fix (a number out of range for its protobuf field, a record too large for
 broker) goes to the dead-letter topic (key = source topic) at once, with source
 topic, partition, offset, the exception and the payload (its first 64 KiB:
 ``ladder.bus.dead_letter_record``); an error of unknown kind after
-``PoisonPolicy.max_attempts`` attempts; the broker away is retried with back-off for
-as long as it lasts (nothing is skipped), and ``StageHealth`` reports the stage stuck.
-The rest of the batch goes on either way.
+``PoisonPolicy.max_attempts`` attempts; the broker away, or refusing a record for a
+reason not the record's (tansu's UNKNOWN_SERVER_ERROR while its object store is away),
+is retried with back-off for as long as it lasts (nothing is skipped), and
+``StageHealth`` reports the stage stuck. The rest of the batch goes on either way.
 
 A record of a study not known yet is parked (``ParkingLot``, at most
 ``PARKED_PER_STUDY`` per study and stage), not waited for: the records behind it are
@@ -56,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import faust
+from faust.exceptions import ProducerSendError
 from google.protobuf.message import Message
 from ladder import poison, telemetry
 from ladder.bus import dead_letter_record
@@ -191,6 +193,14 @@ class BatchWork:
     parked: list[tuple[int, str, float]] = field(default_factory=list)
     # study id -> how many of ``parked`` are its records
     parked_per_study: Counter[str] = field(default_factory=Counter)
+
+
+def producer_cause(exc: BaseException) -> BaseException:
+    """The error to judge a failed send by: Faust wraps the Kafka error aiokafka's send
+    raised (the broker's refusal, a record too large) in a ProducerSendError, which on
+    its own does not say whether a retry can help."""
+    cause = exc.__cause__
+    return cause if isinstance(exc, ProducerSendError) and cause is not None else exc
 
 
 def consumer_span(event: faust.types.EventT) -> AbstractContextManager[trace.Span]:
@@ -704,7 +714,7 @@ class EarlyStopAgents:
     # ------------------------------------------------------------------ helpers
 
     def _gives_up(self, exc: BaseException, attempts: int) -> bool:
-        return poison.gives_up(exc, attempts, self.policy.max_attempts)
+        return poison.gives_up(producer_cause(exc), attempts, self.policy.max_attempts)
 
     async def _study_spec(
         self, stage: str, study_id: str, event: faust.types.EventT, work: BatchWork
