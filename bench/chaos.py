@@ -1009,10 +1009,21 @@ def dead_letter_audit(topics: Topics, sent: list[Sent]) -> dict[str, Any]:
         for letter in found:
             kind["letters_per_service"][letter.service] += 1
             kind["reasons"][letter.reason.split("'")[0].split(":")[0][:60]] += 1
+    # A dead letter of a record nobody sent malformed: a valid record refused (what
+    # lost the 09:48 run's decision: early-stop took a broker storage outage for the
+    # record's fault).
+    malformed = {record.payload for record in sent}
+    valid_refused = [
+        {"service": d.service, "source": f"{d.source_topic}[{d.source_partition}]"
+         f"@{d.source_offset}", "reason": d.reason[:160]}
+        for d in topics.dead_letters if d.payload not in malformed
+    ]
     return {
         "sent": len(sent),
         "dead_lettered": len(sent) - len(missing),
         "missing": missing[:20],
+        "valid_records_dead_lettered": len(valid_refused),
+        "valid_records_dead_lettered_sample": valid_refused[:20],
         "by_kind": by_kind,
         "dead_letter_topic_records": topics.records["dead_letter"],
     }
@@ -1391,6 +1402,8 @@ def all_checks(results: dict[str, Any], args: argparse.Namespace) -> dict[str, b
         checks.update({
             "every scheduled event done": not real["skipped_events"],
             "every malformed record dead-lettered": not real["malformed"]["missing"],
+            "no valid record dead-lettered":
+                real["malformed"]["valid_records_dead_lettered"] == 0,
             "every valid external report delivered":
                 not real["external_publisher"]["undelivered"]
                 and not real["external_publisher"]["errors"],
