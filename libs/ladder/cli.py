@@ -4,7 +4,8 @@ Subcommands live in the ``COMMANDS`` table: each entry names its help text, a fu
 adding its arguments and a function running it (returning the exit code). To add one,
 write the two functions and add a ``Command`` to the table; ``main`` needs no change.
 The stack's lifecycle (up, down, status) is here; studies, trials and lineage are in
-``cli_query``, ``watch`` in ``cli_watch``, training scripts in ``cli_run``.
+``cli_query``, ``watch`` in ``cli_watch``, training scripts in ``cli_run``, ``dashboard``
+in ``cli_dashboard``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ladder import cli_query, cli_run, cli_watch, config
+from ladder import cli_dashboard, cli_query, cli_run, cli_watch, config
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ _SUMMARY_KEYS = (
     "evaluate_addr",
     "lineage_addr",
     "earlystop_health_addr",
+    "dashboard_addr",
     "topic_prefix",
 )
 
@@ -113,6 +115,8 @@ def _run_up(args: argparse.Namespace) -> int:
         if key in info:
             print(f"  {key:<22} {info[key]}")
     print(f"  {'logs':<22} {state / 'logs'}")
+    if "dashboard_addr" in info:
+        print(f"Dashboard: http://{info['dashboard_addr']}/ (`ladder dashboard` opens it)")
     if state != config.state_dir():
         # Clients find the stack through stack.json in their state folder.
         print(f"Point clients at it with: export LADDER_STATE_DIR={state}")
@@ -168,6 +172,7 @@ COMMANDS: dict[str, Command] = {
 cli_query.register(COMMANDS, Command)
 cli_watch.register(COMMANDS, Command)
 cli_run.register(COMMANDS, Command)
+cli_dashboard.register(COMMANDS, Command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ CONFIG_SOURCES: tuple[tuple[str, str, str | None], ...] = (
     ("Early-stop service (`python -m services.earlystop`)", "services/earlystop/__main__.py",
      None),
     ("Lineage service (`python -m services.lineage`)", "services/lineage/__main__.py", None),
+    ("Dashboard (`python -m services.dashboard`)", "services/dashboard/__main__.py", None),
 )
 
 

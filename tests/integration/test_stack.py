@@ -237,7 +237,7 @@ def test_services_are_health_checked_and_stopped(
     info = launcher.up(state, services=True, timeout=60)
     try:
         assert {r.name for r in records(info)} == {
-            "kafka", "redis", "lineage", "evaluate", "suggest", "earlystop",
+            "kafka", "redis", "lineage", "evaluate", "suggest", "earlystop", "dashboard",
         }
         rows = {row.name: row for row in launcher.status(state)}
         assert all(row.running and row.healthy for row in rows.values()), rows

@@ -94,8 +94,10 @@ def test_tail(tmp_path: Path) -> None:
 def test_service_table_matches_config_keys() -> None:
     # ladder.config reads these stack.json keys; the launcher must write them.
     keys = {s.addr_key for s in components.SERVICES}
-    assert {"suggest_addr", "evaluate_addr", "lineage_addr", "earlystop_health_addr"} == keys
-    assert components.SERVICE_NAMES == ("lineage", "evaluate", "suggest", "earlystop")
+    assert {"suggest_addr", "evaluate_addr", "lineage_addr", "earlystop_health_addr",
+            "dashboard_addr"} == keys
+    assert components.SERVICE_NAMES == ("lineage", "evaluate", "suggest", "earlystop",
+                                        "dashboard")
     assert all(s.argv()[1:] == ["-m", s.module] for s in components.SERVICES)
 
 

@@ -1,4 +1,5 @@
-"""What the embedded stack runs: the object store, the broker, Redis and the four services.
+"""What the embedded stack runs: the object store, the broker, Redis, the four services
+and the dashboard.
 
 Only command lines and environment live here; starting, waiting and stopping are in
 ``launcher``. Service modules are addressed by name so the launcher does not import
@@ -36,12 +37,19 @@ OBJECTSTORE_STOP_GRACE = 25.0
 SUPERVISOR = "supervisor"
 
 
+# How a service's health is checked: the standard gRPC health service, or an HTTP
+# GET of /healthz answering 200 (the dashboard).
+GRPC_HEALTH = "grpc"
+HTTP_HEALTH = "http"
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """One service process of the stack.
 
-    ``port_env`` carries the port its gRPC server (for earlystop: only the gRPC health
-    server) must listen on; ``addr_key`` is its address in ``stack.json``.
+    ``port_env`` carries the port its server (for earlystop: only the gRPC health
+    server; for the dashboard: its HTTP server) must listen on; ``addr_key`` is its
+    address in ``stack.json``; ``health`` how it is checked.
     """
 
     name: str
@@ -49,10 +57,15 @@ class ServiceSpec:
     port_env: str
     addr_key: str
     addr_env: str | None
+    health: str = GRPC_HEALTH
 
     def argv(self) -> list[str]:
         # The same interpreter as the launcher, so the venv's packages are used.
         return [sys.executable, "-m", self.module]
+
+    def shown_address(self, addr: str) -> str:
+        """How people reach it: ``host:port``, or the URL of an HTTP service."""
+        return f"http://{addr}/" if self.health == HTTP_HEALTH else addr
 
 
 SERVICES: tuple[ServiceSpec, ...] = (
@@ -64,6 +77,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
                 "LADDER_SUGGEST_ADDR"),
     ServiceSpec("earlystop", "services.earlystop", "LADDER_EARLYSTOP_HEALTH_PORT",
                 "earlystop_health_addr", None),
+    ServiceSpec("dashboard", "services.dashboard", "LADDER_DASHBOARD_PORT", "dashboard_addr",
+                None, health=HTTP_HEALTH),
 )
 
 SERVICE_NAMES = tuple(s.name for s in SERVICES)

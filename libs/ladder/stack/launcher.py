@@ -1,4 +1,5 @@
-"""Bring the embedded stack up and down: SeaweedFS, tansu, Redis and the four services.
+"""Bring the embedded stack up and down: SeaweedFS, tansu, Redis, the four services and
+the dashboard.
 
 Layout of a state folder::
 
@@ -283,7 +284,15 @@ def _component_ok(info: dict[str, Any], records: dict[str, ProcRecord], name: st
     if name == KAFKA:
         return probes.kafka_reachable(info["kafka_bootstrap"])
     spec = next(s for s in SERVICES if s.name == name)
-    return probes.serving(info[spec.addr_key])
+    return _serving(spec, info[spec.addr_key])
+
+
+def _serving(spec: components.ServiceSpec, addr: str, timeout: float | None = None) -> bool:
+    """Whether the service answers its health check (within ``timeout``, else the
+    probe's default)."""
+    if spec.health == components.HTTP_HEALTH:
+        return probes.http_ok(addr) if timeout is None else probes.http_ok(addr, timeout)
+    return probes.serving(addr) if timeout is None else probes.serving(addr, timeout=timeout)
 
 
 def _unhealthy(info: dict[str, Any]) -> list[str] | None:
@@ -684,25 +693,26 @@ class _Starter:
                 spec.name, spec.argv(), env=spec_env,
                 log_dir=self.layout.logs, pid_dir=self.layout.pids, cwd=self.layout.root,
             )
-        self._wait_services({s.name: addrs[s.addr_key] for s in wanted})
+        self._wait_services({s: addrs[s.addr_key] for s in wanted})
         return {**addrs, "earlystop_web_port": web_port}
 
-    def _wait_services(self, addrs: dict[str, str]) -> None:
-        """Poll every service's gRPC health until all are SERVING, one dies, or time's up."""
+    def _wait_services(self, addrs: dict[components.ServiceSpec, str]) -> None:
+        """Poll every service's health (gRPC, or HTTP /healthz) until all serve, one
+        dies, or time's up."""
         pending = dict(addrs)
         while pending:
-            for name, addr in list(pending.items()):
-                if not procs.is_running(self.started[name]):
-                    raise self._failure(name, probes.ProbeFailed("process exited"))
-                if probes.serving(addr, timeout=0.5):
-                    self.say(f"{name} is serving")
-                    del pending[name]
+            for spec, addr in list(pending.items()):
+                if not procs.is_running(self.started[spec.name]):
+                    raise self._failure(spec.name, probes.ProbeFailed("process exited"))
+                if _serving(spec, addr, timeout=0.5):
+                    self.say(f"{spec.name} is serving")
+                    del pending[spec]
             if pending and time.monotonic() >= self.deadline:
-                name = next(iter(pending))
+                names = [spec.name for spec in pending]
                 raise self._failure(
-                    name,
+                    names[0],
                     probes.ProbeFailed(
-                        f"gRPC health of {', '.join(pending)} not SERVING before the deadline"
+                        f"health of {', '.join(names)} not SERVING before the deadline"
                     ),
                 )
             if pending:
@@ -821,7 +831,8 @@ def status(state_dir: Path | str | None = None) -> list[ComponentStatus]:
             lambda: (probes.redis_ping(info["redis_url"]), ""))
         for spec in SERVICES:
             if spec.addr_key in info:
-                add(spec.name, info[spec.addr_key], _grpc_check(info[spec.addr_key]))
+                addr = info[spec.addr_key]
+                add(spec.name, spec.shown_address(addr), _health_check(spec, addr))
     # Processes with a pid file but no stack.json entry: a failed or interrupted `up`.
     for name, rec in records.items():
         result.append(ComponentStatus(name, "", rec.pid, procs.is_running(rec), False,
@@ -829,8 +840,11 @@ def status(state_dir: Path | str | None = None) -> list[ComponentStatus]:
     return result
 
 
-def _grpc_check(addr: str) -> Callable[[], tuple[bool, str]]:
+def _health_check(spec: components.ServiceSpec, addr: str) -> Callable[[], tuple[bool, str]]:
     def check() -> tuple[bool, str]:
+        if spec.health == components.HTTP_HEALTH:
+            state = probes.http_health(addr)
+            return state == "HTTP 200", state
         state = probes.grpc_health(addr)
         return state == "SERVING", state
 

@@ -1,4 +1,5 @@
-"""Readiness and health probes: S3, Kafka, Redis and the standard gRPC health service.
+"""Readiness and health probes: S3, Kafka, Redis, the standard gRPC health service and
+an HTTP service's ``/healthz``.
 
 Every wait is a poll against a monotonic deadline, never a fixed sleep: the stack is
 ready as soon as it answers, and a dead process fails the wait at once (``alive``).
@@ -275,3 +276,25 @@ def grpc_health(addr: str, timeout: float = 1.0, service: str = "") -> str:
 
 def serving(addr: str, timeout: float = 1.0) -> bool:
     return grpc_health(addr, timeout) == "SERVING"
+
+
+# --- HTTP health ---------------------------------------------------------------------
+
+
+def http_health(addr: str, timeout: float = 1.0) -> str:
+    """``HTTP 200`` (or the status an HTTP server at ``addr`` answers ``GET /healthz``
+    with), "UNREACHABLE" when none answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{addr}/healthz", timeout=timeout) as reply:
+            return f"HTTP {reply.status}"
+    except urllib.error.HTTPError as err:
+        return f"HTTP {err.code}"
+    except (OSError, ValueError):
+        return "UNREACHABLE"
+
+
+def http_ok(addr: str, timeout: float = 1.0) -> bool:
+    return http_health(addr, timeout) == "HTTP 200"
