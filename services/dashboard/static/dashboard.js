@@ -196,7 +196,6 @@ async function studyPage() {
   const table = new TrialTable(L.studyId);
   const status = document.getElementById("live-status");
   let lastRefresh = Date.now();
-  let refreshing = false;
 
   async function drawAll(figuresJson, tableJson) {
     const figs = figuresJson.figures;
@@ -206,15 +205,26 @@ async function studyPage() {
     table.load(tableJson);
   }
 
-  async function refresh() {
-    if (refreshing || Date.now() - lastRefresh < FIGURE_REFRESH_MS) return;
-    refreshing = true;
-    lastRefresh = Date.now();
-    try {
-      const [f, t] = await Promise.all([fetch(L.urls.figures).then(r => r.json()),
-                                        fetch(L.urls.trials).then(r => r.json())]);
-      if (!f.error && !t.error) await drawAll(f, t);
-    } finally { refreshing = false; }
+  // Redraw at most every FIGURE_REFRESH_MS (or five times as long as the last redraw
+  // took: a big study is not redrawn back to back); a change sooner is drawn when that
+  // time has passed, one pending redraw at a time, so the last change is always drawn.
+  let pending = null;
+  let lastCost = 0;
+  function refresh() {
+    if (pending !== null) return;
+    const every = Math.max(FIGURE_REFRESH_MS, 5 * lastCost);
+    const wait = Math.max(0, lastRefresh + every - Date.now());
+    pending = setTimeout(async () => {
+      lastRefresh = Date.now();
+      try {
+        const [f, t] = await Promise.all([fetch(L.urls.figures).then(r => r.json()),
+                                          fetch(L.urls.trials).then(r => r.json())]);
+        if (!f.error && !t.error) await drawAll(f, t);
+      } finally {
+        lastCost = Date.now() - lastRefresh;
+        pending = null;
+      }
+    }, wait);
   }
 
   let last = null;
