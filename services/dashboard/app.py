@@ -97,8 +97,8 @@ async def errors(request: web.Request,
         log.warning("%s %s: %s", request.method, request.path, message)
     if _wants_json(request):
         return json_response({"error": message, "status": status}, status)
-    return web.Response(text=pages.error_page(status, message, request.app[PLOTLY].url),
-                        status=status, content_type="text/html")
+    return web.Response(text=pages.error_page(status, message), status=status,
+                        content_type="text/html")
 
 
 def _source(request: web.Request) -> LineageSource:
@@ -162,8 +162,7 @@ async def _study_rows(source: LineageSource) -> list[dict[str, Any]]:
 
 async def studies_page(request: web.Request) -> web.Response:
     rows = await _study_rows(_source(request))
-    return web.Response(text=pages.studies_page(rows, request.app[PLOTLY].url),
-                        content_type="text/html")
+    return web.Response(text=pages.studies_page(rows), content_type="text/html")
 
 
 async def study_page(request: web.Request) -> web.Response:

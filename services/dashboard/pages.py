@@ -55,7 +55,10 @@ def trial_url(trial_id: str) -> str:
     return f"/trials/{quote(trial_id, safe='')}"
 
 
-def page(title: str, kind: str, body: str, plotly_url: str, head: str = "") -> str:
+def page(title: str, kind: str, body: str, plotly_url: str | None, head: str = "") -> str:
+    """A whole page; ``plotly_url``: the plotly.js to load (None: the page draws no
+    plot, and skips parsing 4.8 MB of script)."""
+    plotly = f'<script src="{h(plotly_url)}" defer></script>\n' if plotly_url else ""
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -65,8 +68,7 @@ def page(title: str, kind: str, body: str, plotly_url: str, head: str = "") -> s
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="/static/dashboard.css">
 {head}
-<script src="{h(plotly_url)}" defer></script>
-<script src="/static/dashboard.js" defer></script>
+{plotly}<script src="/static/dashboard.js" defer></script>
 </head>
 <body data-page="{h(kind)}">
 <header class="top"><a class="brand" href="/studies">Ladder</a>
@@ -79,10 +81,10 @@ def page(title: str, kind: str, body: str, plotly_url: str, head: str = "") -> s
 """
 
 
-def error_page(status: int, message: str, plotly_url: str) -> str:
+def error_page(status: int, message: str) -> str:
     body = (f'<h1>{status}</h1><p class="error" data-testid="error-message">{h(message)}</p>'
             '<p><a href="/studies">All studies</a></p>')
-    return page(f"{status}", "error", body, plotly_url)
+    return page(f"{status}", "error", body, None)
 
 
 def progress_bar(progress: Mapping[str, Any], ids: bool = False) -> str:
@@ -129,7 +131,7 @@ def study_rows(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def studies_page(rows: Sequence[Mapping[str, Any]], plotly_url: str) -> str:
+def studies_page(rows: Sequence[Mapping[str, Any]]) -> str:
     if rows:
         table = f"""<table class="grid" id="studies-table" data-testid="studies-table">
 <thead><tr><th>study</th><th>state</th><th>algorithm</th><th>scheduler</th>
@@ -141,7 +143,7 @@ def studies_page(rows: Sequence[Mapping[str, Any]], plotly_url: str) -> str:
     filters = ('<input id="study-filter" data-testid="study-filter" type="search" '
                'placeholder="filter by id, name, state, label">')
     body = f"<h1>Studies</h1>{filters}\n{table}"
-    return page("Studies", "studies", body, plotly_url)
+    return page("Studies", "studies", body, None)
 
 
 # --- a study ---------------------------------------------------------------------------

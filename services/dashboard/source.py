@@ -76,7 +76,13 @@ class TtlCache(Generic[T]):
             if entry is not None and self.clock() - entry.at < self.ttl:
                 return entry.value
             value = await fetch()
-            self._entries[key] = _Entry(value, self.clock())
+            now = self.clock()
+            # Drop what has expired (a study viewed once must not be held for good).
+            for stale in [k for k, e in self._entries.items() if now - e.at >= self.ttl]:
+                del self._entries[stale]
+                if not self._locks[stale].locked():
+                    del self._locks[stale]
+            self._entries[key] = _Entry(value, now)
             return value
 
 

@@ -234,3 +234,28 @@ def test_static_assets_come_from_this_package_and_the_plotly_wheel(fake) -> None
     status, head, cache, script, missing = run(addr, scenario)
     assert status == 200 and b"plotly.js v" in head and "immutable" in cache
     assert script == 200 and missing == 404
+
+
+def test_cache_shares_a_fetch_keeps_it_its_ttl_and_drops_what_expired() -> None:
+    from services.dashboard.source import TtlCache
+
+    now = [0.0]
+    cache: TtlCache[str] = TtlCache(2.0, clock=lambda: now[0])
+    fetched: list[str] = []
+
+    async def fetch(key: str) -> str:
+        fetched.append(key)
+        await asyncio.sleep(0)
+        return f"{key}@{now[0]}"
+
+    async def scenario() -> None:
+        first = await asyncio.gather(*(cache.get("a", lambda: fetch("a")) for _ in range(3)))
+        assert first == ["a@0.0"] * 3 and fetched == ["a"]
+        now[0] = 1.9
+        assert await cache.get("a", lambda: fetch("a")) == "a@0.0"
+        now[0] = 2.5
+        await cache.get("b", lambda: fetch("b"))
+        assert "a" not in cache._entries  # expired, dropped by the next fetch
+        assert await cache.get("a", lambda: fetch("a")) == "a@2.5"
+
+    asyncio.run(scenario())
