@@ -36,6 +36,7 @@ from ladder.dashboard import jsonout
 from ladder.dashboard.listing import progress, study_row
 from ladder.dashboard.study import StudyData, study_figures, study_overview, trial_csv, trial_table
 from ladder.dashboard.trialview import trial_view
+from ladder.v1 import lineage_pb2
 
 from services.dashboard import live, pages
 from services.dashboard.source import STUDY_TTL, LineageSource, SourceError, TtlCache
@@ -166,15 +167,13 @@ async def studies_page(request: web.Request) -> web.Response:
 
 
 async def study_page(request: web.Request) -> web.Response:
-    from ladder.cli_format import plain, scheduler_text
-
     study_id = request.match_info["study_id"]
     source = _source(request)
     study = await source.study(study_id)
-    found = progress(study, await source.summary(study_id))
-    text = pages.study_page(plain(study), found, scheduler_text(study.config.scheduler),
-                            request.app[PLOTLY].url)
-    return web.Response(text=text, content_type="text/html")
+    listed = lineage_pb2.StudyListing(study=study, summary=await source.summary(study_id))
+    row = study_row(listed, int(time.time() * 1000))
+    return web.Response(text=pages.study_page(row, request.app[PLOTLY].url),
+                        content_type="text/html")
 
 
 async def trial_page(request: web.Request) -> web.Response:

@@ -171,10 +171,10 @@ progress.get('metric_points', 0)}</span> metric points,
 </section>"""
 
 
-def study_page(study: Mapping[str, Any], progress: Mapping[str, Any], scheduler: str,
-               plotly_url: str) -> str:
-    study_id = study["study_id"]
-    config = study["config"] or {}
+def study_page(row: Mapping[str, Any], plotly_url: str) -> str:
+    """``row``: the study as the studies page lists it (``listing.study_row``)."""
+    study_id = row["study_id"]
+    progress = row["progress"]
     base = study_url(study_id)
     plots = "\n".join(
         f'<div class="plot plot-{name}" id="plot-{name}" data-testid="plot-{name}" '
@@ -191,9 +191,9 @@ LADDER.fetched = {{figures: fetch(LADDER.urls.figures).then(r => r.json()),
     body = f"""<h1>Study <span data-testid="study-id">{h(study_id)}</span>
 <span class="state state-{h(progress['state'])}" id="progress-state"
  data-testid="progress-state">{h(progress['state'])}</span></h1>
-<p class="sub">{h(config.get('name') or '')} · metric <b>{h(config.get('metric'))}</b>
-({h(str(config.get('direction', '')).lower())}) · algorithm {h(config.get('algorithm'))} ·
-scheduler {h(scheduler)} · created {h(when(study.get('created_unix_ms') or 0))}</p>
+<p class="sub">{h(row['name'])} · metric <b>{h(row['metric'])}</b> ({h(row['direction'])})
+· algorithm {h(row['algorithm'])} · scheduler {h(row['scheduler_detail'])}
+· created {h(when(row['created_ms']))} ({h(row['age'])} ago)</p>
 {progress_section(progress)}
 <section class="plots">
 {plots}
@@ -308,6 +308,6 @@ def trial_page(view: Mapping[str, Any], plotly_url: str) -> str:
 <section><h2>Decisions</h2>{_decisions(view['decisions'])}</section>
 <section><h2>Attempts</h2>{_attempts(view['attempts'])}</section>
 <section><h2>Lineage</h2>{pairs_table(lineage_pairs, 'trial-lineage')}</section>
-<section><h2>Trace</h2><p data-testid="trace">{h(trace['note'])}
-(<code>{h(trace['attribute'])}={h(trace['value'])}</code>)</p></section>"""
+<section><h2>Trace</h2><p data-testid="trace">{h(trace['note'])}:
+<code>{h(trace['attribute'])}={h(trace['value'])}</code></p></section>"""
     return page(f"Trial {trial_id}", "trial", body, plotly_url, head)

@@ -87,7 +87,7 @@ def study_curves(curves: lineage_pb2.StudyCurves) -> Figure:
         data.append({
             "type": "scatter", "mode": "markers", "name": "stopped here",
             "x": [c.stop_step for c in stopped],
-            "y": [value_at(c.points, c.stop_step) for c in stopped],
+            "y": rounded([value_at(c.points, c.stop_step) for c in stopped]),
             "customdata": [[c.trial_id, c.stop_reason] for c in stopped],
             "marker": {"symbol": "x", "size": 8, "color": "#d62728"},
             "hovertemplate": "%{customdata[0]} stopped at step %{x}<br>%{customdata[1]}"
@@ -128,8 +128,8 @@ def trial_curve(lineage: lineage_pb2.TrialLineage) -> Figure:
         data.append({
             "type": "scatter", "mode": "markers", "name": action.lower(),
             "x": [d.resource for d in chosen],
-            "y": [d.smoothed_value if d.smoothed_value else value_at(ordered, d.resource)
-                  for d in chosen],
+            "y": rounded([d.smoothed_value if d.smoothed_value
+                          else value_at(ordered, d.resource) for d in chosen]),
             "customdata": [[d.rung, d.reason] for d in chosen],
             "marker": {"symbol": "diamond", "size": 10, "color": ACTION_COLORS[action]},
             "hovertemplate": f"{action} at rung %{{customdata[0]}} (step %{{x}})<br>"

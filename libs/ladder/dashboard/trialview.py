@@ -89,9 +89,8 @@ def trial_view(lineage: lineage_pb2.TrialLineage) -> dict[str, Any]:
             "trace_id": None,
             "attribute": TRACE_ATTRIBUTE,
             "value": lineage.trial_id,
-            "note": "lineage records no trace id: every span of this trial carries "
-                    f"the attribute {TRACE_ATTRIBUTE}={lineage.trial_id}; search your "
-                    "tracing backend for it",
+            "note": "lineage records no trace id: every span of this trial carries this "
+                    "attribute; search your tracing backend for it",
         },
         "metric_points": len(lineage.metrics),
         "curve": trial_curve(lineage),
