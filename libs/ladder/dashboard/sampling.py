@@ -64,4 +64,6 @@ def rounded(values: Sequence[float | None], digits: int = 6) -> list[float | Non
     magnitude = np.floor(np.log10(np.abs(array[finite])))
     scale = 10.0 ** (digits - 1 - magnitude)
     array[finite] = np.round(array[finite] * scale) / scale
-    return [None if v != v or v in (math.inf, -math.inf) else v for v in array.tolist()]
+    out = array.astype(object)
+    out[~np.isfinite(array)] = None
+    return out.tolist()
