@@ -46,11 +46,6 @@ def _newness(point: Point) -> tuple[int, int, str]:
     return (point.attempt_number, point.ts_ms, point.attempt_id)
 
 
-def newer(point: Point, other: Point) -> Point:
-    """Of two reports of one step, the one to keep: the newer attempt's."""
-    return point if _newness(point) > _newness(other) else other
-
-
 def merge_attempts(points: Iterable[Point]) -> list[Point]:
     """One point per step (the newest attempt's), sorted by step."""
     points = list(points)

@@ -180,7 +180,7 @@ class Database:
             self._conn = _sqlite_connect(self.location.target, self.readonly)
             # Bound once: the SQLite ingest path pays no wrapper per statement.
             self.execute = self._conn.execute
-            self.executemany = self._conn.executemany
+            self.executemany = self._sqlite_executemany
         else:
             self._conn = _pg_connect(self.location.target, self.readonly)
 
@@ -198,9 +198,15 @@ class Database:
         """Run one statement; returns a cursor (rowcount, fetchone, fetchall, iteration)."""
         return self._conn.execute(_pg_sql(sql), params)
 
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        """Run one statement per row; returns how many rows they changed (an insert that
+        ON CONFLICT DO NOTHING skipped changed none)."""
         with self._conn.cursor() as cursor:
             cursor.executemany(_pg_sql(sql), list(rows))
+            return cursor.rowcount
+
+    def _sqlite_executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        return self._conn.executemany(sql, rows).rowcount
 
     def ddl(self, statement: str) -> str:
         """A schema statement written in SQLite's words, for this engine."""

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 
 from ladder.v1 import events_pb2, lineage_pb2, trial_pb2
 
-from services.lineage import study_reads
+from services.lineage import curve_reads, study_reads
+from services.lineage.curve_reads import CurveCache
 from services.lineage.db import Database, Row
 from services.lineage.study_reads import from_real as _from_real
 
@@ -64,11 +65,11 @@ class LineageQueries:
         return study_reads.listings(self._db)
 
     def study_curves(
-        self, study_id: str, max_points: int, max_trials: int
+        self, study_id: str, max_points: int, max_trials: int, cache: CurveCache
     ) -> lineage_pb2.StudyCurves | None:
         if not self.study_known(study_id):
             return None
-        return study_reads.study_curves(self._db, study_id, max_points, max_trials)
+        return curve_reads.study_curves(self._db, study_id, max_points, max_trials, cache)
 
     def study_rungs(self, study_id: str) -> lineage_pb2.StudyRungs | None:
         if not self.study_known(study_id):

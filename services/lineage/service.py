@@ -17,9 +17,9 @@ import grpc
 from ladder.errors import InvalidArgument, NotFound, Unavailable, require
 from ladder.v1 import lineage_pb2, lineage_pb2_grpc
 
+from services.lineage.curve_reads import CURVE_POINTS, CURVE_TRIALS, CurveCache
 from services.lineage.db import TRANSIENT
 from services.lineage.queries import LineageQueries
-from services.lineage.study_reads import CURVE_POINTS, CURVE_TRIALS
 
 _T = TypeVar("_T")
 
@@ -30,6 +30,7 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
         self._local = threading.local()
         self._opened: list[LineageQueries] = []
         self._lock = threading.Lock()
+        self._curves = CurveCache()
 
     def _queries(self) -> LineageQueries:
         queries = getattr(self._local, "queries", None)
@@ -111,7 +112,7 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
         max_trials = _at_least_zero(request.max_trials, "max_trials")
         return self._read(
             lambda q: q.study_curves(
-                study_id, max_points or CURVE_POINTS, max_trials or CURVE_TRIALS
+                study_id, max_points or CURVE_POINTS, max_trials or CURVE_TRIALS, self._curves
             ),
             f"study {study_id!r} not found",
         )

@@ -6,7 +6,8 @@ ONE transaction, skips those at or behind the stored offset of their partition
 (a record published twice changes nothing) and advances the offsets. Metric points,
 most of the traffic, depend on no other row: a batch's points go in one
 ``executemany`` (one round trip on PostgreSQL, in pipeline mode), in arrival order
-so the first write of a point still wins. A crash
+so the first write of a point still wins, and each touched trial's curve end
+(``curve_ends``: its point count and last point) is updated with them. A crash
 before the commit loses both the rows and the offsets, so the records are read
 again; after the commit, never.
 
@@ -28,7 +29,7 @@ from ladder.runenv import packages_hash as packages_hash_of
 from ladder.v1 import events_pb2, study_pb2, trial_pb2
 from opentelemetry import context as otel_context
 
-from services.lineage import projection
+from services.lineage import curve_ends, projection
 from services.lineage.db import Database
 from services.lineage.projection import AttemptRow, TrialRow
 from services.lineage.schema import migrate
@@ -159,7 +160,8 @@ class LineageStore:
                 next_offsets[position] = item.source.offset + 1
                 applied += 1
             if self._metric_rows:
-                db.executemany(_INSERT_METRIC, self._metric_rows)
+                inserted = db.executemany(_INSERT_METRIC, self._metric_rows)
+                curve_ends.record(db, self._metric_rows, inserted)
             db.executemany(
                 "INSERT INTO consumer_offsets (topic, partition, next_offset) VALUES (?, ?, ?) "
                 "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",

@@ -1,6 +1,6 @@
 """The study-wide reads of the lineage store (what the dashboard shows): every study with its
-summary, every trial of a study with its stopping decision, its learning curves
-down-sampled, its rung statistics.
+summary, every trial of a study with its stopping decision, its rung statistics (its
+learning curves: ``curve_reads``).
 
 Each reply is a fixed number of statements, one per table and grouped in SQL (never one
 per trial or per study), joined here by id; what only Python can do (decoding a decision,
@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
-from ladder.curves import Candidate, Point, display_curve, newer, pick_trials
 from ladder.v1 import events_pb2, lineage_pb2, study_pb2, trial_pb2
 from psycopg.rows import tuple_row
 
@@ -27,8 +25,6 @@ MAXIMIZE = study_pb2.Direction.Value("MAXIMIZE")
 STOP, PAUSE = events_pb2.Action.Value("STOP"), events_pb2.Action.Value("PAUSE")
 CONTINUE, PROMOTE = events_pb2.Action.Value("CONTINUE"), events_pb2.Action.Value("PROMOTE")
 _COMPLETED = TS.Value("COMPLETED")
-CURVE_POINTS = 64  # GetStudyCurves' defaults
-CURVE_TRIALS = 500
 _IN_CHUNK = 500  # ids per IN (...) list: far below either engine's parameter limit
 
 
@@ -45,6 +41,17 @@ def rows(cursor: Any) -> list[tuple[Any, ...]]:
     else:
         cursor.row_factory = tuple_row
     return cursor.fetchall()
+
+
+def chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
+    """``ids`` in slices short enough for one ``IN (...)`` list each."""
+    for start in range(0, len(ids), _IN_CHUNK):
+        yield ids[start:start + _IN_CHUNK]
+
+
+def in_list(ids: Sequence[str]) -> str:
+    """``(?, ?, ...)``: one placeholder per id."""
+    return f"({', '.join('?' for _ in ids)})"
 
 
 def _finite_final(table: str) -> str:
@@ -114,11 +121,14 @@ def summaries(db: Database, study_id: str | None = None) -> dict[str, lineage_pb
             setattr(row, states[state], getattr(row, states[state]) + count)
         row.checkpoint_seconds += checkpoint
         row.train_seconds += train
-    for table, field in (("metric_points", "metric_points"), ("decisions", "decisions")):
-        for sid, count in db.execute(
-            f"SELECT study_id, COUNT(*) FROM {table} {where} GROUP BY study_id", params
-        ).fetchall():
-            setattr(summary(sid), field, count)
+    for sid, count in db.execute(
+        f"SELECT study_id, SUM(points) FROM trial_curves {where} GROUP BY study_id", params
+    ).fetchall():
+        summary(sid).metric_points = int(count)  # PostgreSQL sums a BIGINT as a NUMERIC
+    for sid, count in db.execute(
+        f"SELECT study_id, COUNT(*) FROM decisions {where} GROUP BY study_id", params
+    ).fetchall():
+        summary(sid).decisions = count
     for sid, (trial_id, value) in best_trials(db, study_id).items():
         row = summary(sid)
         row.has_best, row.best_trial_id, row.best_value = True, trial_id, value
@@ -159,9 +169,9 @@ def stop_decisions(
     else:
         found = [
             row
-            for chunk in _chunks(trial_ids)
+            for chunk in chunks(trial_ids)
             for row in rows(db.execute(
-                f"{sql} AND trial_id IN {_in_list(chunk)}", (study_id, *chunk)
+                f"{sql} AND trial_id IN {in_list(chunk)}", (study_id, *chunk)
             ))
         ]
     newest: dict[str, tuple[int, int, bytes]] = {}
@@ -180,12 +190,9 @@ def trial_summaries(db: Database, study_id: str) -> lineage_pb2.ListTrialsRespon
     trials = rows(db.execute(
         "SELECT t.trial_id, t.state, t.has_final_value, t.final_value, t.last_step, "
         "t.params_pb, t.algorithm, t.first_ts_ms, t.terminal_ts_ms, t.train_seconds, "
-        "t.failure_kind, t.predicted_mean, t.predicted_std, "
-        # The largest step reported: one descent of the (study, trial, step) index per
-        # trial, where grouping every point of the study would read them all.
-        "(SELECT MAX(m.step) FROM metric_points m "
-        " WHERE m.study_id = t.study_id AND m.trial_id = t.trial_id) "
-        "FROM trials t WHERE t.study_id = ? ORDER BY t.first_ts_ms, t.trial_id",
+        "t.failure_kind, t.predicted_mean, t.predicted_std, c.last_step "
+        "FROM trials t LEFT JOIN trial_curves c ON c.trial_id = t.trial_id "
+        "WHERE t.study_id = ? ORDER BY t.first_ts_ms, t.trial_id",
         (study_id,),
     ))
     attempts = dict(rows(db.execute(
@@ -268,131 +275,6 @@ def _summary_params_slowly(params_pb: bytes) -> bytes:
     for name, value in trial_pb2.Trial.FromString(params_pb).params.items():
         summary.params[name].CopyFrom(value)
     return summary.SerializeToString()
-
-
-# -- curves ----------------------------------------------------------------------------
-
-
-def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(ids), _IN_CHUNK):
-        yield ids[start:start + _IN_CHUNK]
-
-
-def _in_list(ids: Sequence[str]) -> str:
-    return f"({', '.join('?' for _ in ids)})"
-
-
-def _resumed_attempts(db: Database, study_id: str) -> dict[tuple[str, str], int]:
-    """Attempt numbers of the study's trials that ran more than once, by (trial, attempt):
-    only their points can share a step with another attempt's."""
-    return {
-        (trial_id, attempt_id): number
-        for trial_id, attempt_id, number in rows(db.execute(
-            "SELECT a.trial_id, a.attempt_id, a.attempt_number FROM attempts a WHERE "
-            "a.trial_id IN (SELECT b.trial_id FROM attempts b JOIN trials t "
-            "ON t.trial_id = b.trial_id WHERE t.study_id = ? AND b.attempt_number > 1)",
-            (study_id,),
-        ))
-    }
-
-
-class _CurveEnd(NamedTuple):
-    points: int
-    last: Point  # the point at the largest step (the newest attempt's there)
-
-
-def _curve_ends(
-    db: Database, study_id: str, numbers: dict[tuple[str, str], int]
-) -> dict[str, _CurveEnd]:
-    """Per trial with points: how many, and the last one (the index on (study, trial,
-    step, value) answers this without reading a table row but the last points')."""
-    found: dict[str, _CurveEnd] = {}
-    for trial_id, count, step, attempt_id, value, ts_ms in rows(db.execute(
-        # CROSS JOIN: SQLite keeps this order (the 20,000 ends, then one index probe
-        # each) even without table statistics; PostgreSQL plans it as any join.
-        "SELECT m.trial_id, ends.points, m.step, m.attempt_id, m.value, m.ts_ms FROM ("
-        " SELECT trial_id, COUNT(*) AS points, MAX(step) AS step FROM metric_points"
-        " WHERE study_id = ? GROUP BY trial_id"
-        ") ends CROSS JOIN metric_points m WHERE m.study_id = ? AND m.trial_id = ends.trial_id"
-        " AND m.step = ends.step",
-        (study_id, study_id),
-    )):
-        point = Point(step, from_real(value), ts_ms, attempt_id,
-                      numbers.get((trial_id, attempt_id), 0))
-        kept = found.get(trial_id)
-        if kept is None or newer(point, kept.last) is point:
-            found[trial_id] = _CurveEnd(count, point)
-    return found
-
-
-def study_curves(
-    db: Database, study_id: str, max_points: int, max_trials: int
-) -> lineage_pb2.StudyCurves:
-    """The study's learning curves: at most ``max_trials`` (see ``ladder.curves.
-    pick_trials``), each down-sampled to ``max_points`` finite points."""
-    study = db.execute(
-        "SELECT direction, metric FROM studies WHERE study_id = ?", (study_id,)
-    ).fetchone()
-    maximize = study is not None and study[0] == MAXIMIZE
-    reply = lineage_pb2.StudyCurves(study_id=study_id, metric=study[1] if study else "")
-    numbers = _resumed_attempts(db, study_id)
-    ends = _curve_ends(db, study_id, numbers)
-    reply.total_trials = len(ends)
-    reply.total_points = sum(end.points for end in ends.values())
-    if not ends:
-        return reply
-    trials = {
-        row[0]: row[1:]
-        for row in rows(db.execute(
-            "SELECT trial_id, state, has_final_value, final_value FROM trials "
-            "WHERE study_id = ?",
-            (study_id,),
-        ))
-    }
-    unknown = (TS.Value("TRIAL_STATE_UNSPECIFIED"), 0, None)
-
-    def candidate(trial_id: str, end: _CurveEnd) -> Candidate:
-        _, has_final, final = trials.get(trial_id, unknown)
-        value = final if has_final and final is not None else end.last.value
-        return Candidate(trial_id, value, end.last.ts_ms)
-
-    picked = pick_trials(
-        (candidate(trial_id, end) for trial_id, end in ends.items()), max_trials, maximize
-    )
-    points = _points(db, study_id, [c.trial_id for c in picked], numbers)
-    stops = stop_decisions(db, study_id, [c.trial_id for c in picked])
-    for chosen in picked:
-        curve = reply.curves.add(
-            trial_id=chosen.trial_id,
-            state=TS.Name(trials.get(chosen.trial_id, unknown)[0]),
-            total_points=ends[chosen.trial_id].points,
-        )
-        add = curve.points.add
-        for point in display_curve(points.get(chosen.trial_id, ()), max_points):
-            add(step=point.step, value=point.value, ts_ms=point.ts_ms,
-                attempt_id=point.attempt_id)
-        stop = stops.get(chosen.trial_id)
-        if stop is not None:
-            curve.stop_reason, curve.stop_step = stop.reason, stop.resource
-    return reply
-
-
-def _points(
-    db: Database, study_id: str, trial_ids: Sequence[str], numbers: dict[tuple[str, str], int]
-) -> dict[str, list[Point]]:
-    found: dict[str, list[Point]] = defaultdict(list)
-    resumed = {trial_id for trial_id, _ in numbers}
-    for chunk in _chunks(trial_ids):
-        for trial_id, attempt_id, step, value, ts_ms in rows(db.execute(
-            "SELECT trial_id, attempt_id, step, value, ts_ms FROM metric_points "
-            f"WHERE study_id = ? AND trial_id IN {_in_list(chunk)}",
-            (study_id, *chunk),
-        )):
-            number = numbers.get((trial_id, attempt_id), 0) if trial_id in resumed else 0
-            found[trial_id].append(
-                Point(step, math.nan if value is None else value, ts_ms, attempt_id, number)
-            )
-    return found
 
 
 # -- rungs -----------------------------------------------------------------------------

@@ -272,7 +272,7 @@ def test_an_empty_database_gets_every_step_and_migrating_again_changes_nothing(
     assert set(_tables(db)) == {
         "schema_version", "consumer_offsets", "ingest_counters", "studies", "trial_events",
         "trials", "attempts", "metric_points", "decisions", "rung_crossings", "dead_letters",
-        "run_packages", "attempt_environments",
+        "run_packages", "attempt_environments", "trial_curves",
     }
     before = snapshot(db)
     assert migrate(db) == SCHEMA_VERSION
