@@ -39,7 +39,13 @@ from ladder.dashboard.trialview import trial_view
 from ladder.v1 import lineage_pb2
 
 from services.dashboard import live, pages
-from services.dashboard.source import STUDY_TTL, LineageSource, SourceError, TtlCache
+from services.dashboard.source import (
+    STUDY_STALE,
+    STUDY_TTL,
+    LineageSource,
+    SourceError,
+    TtlCache,
+)
 
 log = logging.getLogger("ladder.dashboard")
 
@@ -120,6 +126,11 @@ class StudyProducts:
         self._done: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
+    @property
+    def made(self) -> list[str]:
+        """The products computed so far."""
+        return list(self._done)
+
     async def get(self, name: str) -> Any:
         async with self._locks.setdefault(name, asyncio.Lock()):
             if name not in self._done:
@@ -139,14 +150,23 @@ class StudyProducts:
 
 
 async def _products(request: web.Request) -> StudyProducts:
+    """The products of a study's latest read. A page load may get the previous read
+    (at most STUDY_STALE old) while a new one is made in the background with what was
+    asked of the previous one; ``?fresh=1`` (the live page's redraws, the CSV) waits
+    for a read at most STUDY_TTL old."""
     study_id = request.match_info["study_id"]
     source = _source(request)
+    cache = request.app[PRODUCTS]
 
     async def read() -> StudyProducts:
-        return StudyProducts(source, await source.study_data(study_id))
+        made = StudyProducts(source, await source.study_data(study_id))
+        previous = cache.peek(study_id)
+        for name in previous.made if previous is not None else ():
+            await made.get(name)
+        return made
 
-    # The same TTL as the data: a newer read makes new products.
-    return await request.app[PRODUCTS].get(study_id, read)
+    fresh = request.query.get("fresh") == "1" or request.path.endswith(".csv")
+    return await cache.get(study_id, read, fresh=fresh)
 
 
 # --- pages -----------------------------------------------------------------------------
@@ -286,7 +306,7 @@ def build_app(lineage_addr: str, live_interval: float = live.INTERVAL,
     app[PLOTLY] = PlotlyBundle()
     app[STOPPING] = asyncio.Event()
     app[LIVE_INTERVAL] = live_interval
-    app[PRODUCTS] = TtlCache(STUDY_TTL)
+    app[PRODUCTS] = TtlCache(STUDY_TTL, stale=STUDY_STALE)
 
     async def open_source(app: web.Application) -> Any:
         app[SOURCE] = LineageSource(lineage_addr, interceptors=interceptors)

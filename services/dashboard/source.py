@@ -11,6 +11,7 @@ shows: NOT_FOUND is 404, a lineage that does not answer 503, one that lacks an R
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,10 +26,13 @@ from ladder.params import PlainValue
 from ladder.v1 import lineage_pb2, lineage_pb2_grpc, study_pb2
 
 T = TypeVar("T")
+log = logging.getLogger("ladder.dashboard")
 
 LISTINGS_TTL = 2.0
 SUMMARY_TTL = 0.5
 STUDY_TTL = 2.0
+# How long an expired read of a study may still open its page while a new read runs.
+STUDY_STALE = 60.0
 IMPORTANCE_TTL = 15.0
 CALL_TIMEOUT = 20.0
 
@@ -57,33 +61,69 @@ class _Entry(Generic[T]):
 
 
 class TtlCache(Generic[T]):
-    """Values by key, each kept ``ttl`` seconds; concurrent misses of one key wait for
-    one fetch."""
+    """Values by key, fresh for ``ttl`` seconds; concurrent misses of one key wait for
+    one fetch. With ``stale`` seconds, an expired value younger than ``ttl + stale`` is
+    answered at once while one fetch renews it in the background (a big study takes
+    lineage seconds to read: a viewer gets the last read instead of waiting for the
+    next); ``get(..., fresh=True)`` never answers an expired value. Entries past
+    ``ttl + stale`` are dropped (a study viewed once is not held for good)."""
 
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ttl: float, stale: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
+        self.stale = stale
         self.clock = clock
         self._entries: dict[str, _Entry[T]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._renewing: dict[str, asyncio.Task[None]] = {}
 
-    async def get(self, key: str, fetch: Callable[[], Awaitable[T]]) -> T:
+    def peek(self, key: str) -> T | None:
+        """The value held for ``key``, however old; None when there is none."""
         entry = self._entries.get(key)
-        if entry is not None and self.clock() - entry.at < self.ttl:
-            return entry.value
+        return entry.value if entry is not None else None
+
+    async def get(self, key: str, fetch: Callable[[], Awaitable[T]], fresh: bool = False) -> T:
+        entry = self._entries.get(key)
+        if entry is not None:
+            age = self.clock() - entry.at
+            if age < self.ttl:
+                return entry.value
+            if not fresh and age < self.ttl + self.stale:
+                self._renew(key, fetch)
+                return entry.value
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             entry = self._entries.get(key)
             if entry is not None and self.clock() - entry.at < self.ttl:
                 return entry.value
-            value = await fetch()
-            now = self.clock()
-            # Drop what has expired (a study viewed once must not be held for good).
-            for stale in [k for k, e in self._entries.items() if now - e.at >= self.ttl]:
-                del self._entries[stale]
-                if not self._locks[stale].locked():
-                    del self._locks[stale]
-            self._entries[key] = _Entry(value, now)
-            return value
+            return await self._fetch(key, fetch)
+
+    async def _fetch(self, key: str, fetch: Callable[[], Awaitable[T]]) -> T:
+        """Fetch and keep ``key``'s value (its lock held)."""
+        value = await fetch()
+        now = self.clock()
+        for old in [k for k, e in self._entries.items() if now - e.at >= self.ttl + self.stale]:
+            del self._entries[old]
+            if not self._locks[old].locked():
+                del self._locks[old]
+        self._entries[key] = _Entry(value, now)
+        return value
+
+    def _renew(self, key: str, fetch: Callable[[], Awaitable[T]]) -> None:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        if lock.locked() or key in self._renewing:
+            return  # a fetch of it is under way
+
+        async def renew() -> None:
+            try:
+                async with lock:
+                    await self._fetch(key, fetch)
+            except Exception as exc:  # noqa: BLE001 - the next get fetches again
+                log.warning("renewing %s failed: %s", key, exc)
+            finally:
+                self._renewing.pop(key, None)
+
+        self._renewing[key] = asyncio.ensure_future(renew())
 
 
 class LineageSource:

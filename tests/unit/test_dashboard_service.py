@@ -9,6 +9,7 @@ import asyncio
 import csv
 import io
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -259,3 +260,51 @@ def test_cache_shares_a_fetch_keeps_it_its_ttl_and_drops_what_expired() -> None:
         assert await cache.get("a", lambda: fetch("a")) == "a@2.5"
 
     asyncio.run(scenario())
+
+
+def test_cache_answers_an_expired_value_while_it_renews_it_unless_asked_fresh() -> None:
+    from services.dashboard.source import TtlCache
+
+    now = [0.0]
+    cache: TtlCache[str] = TtlCache(2.0, stale=10.0, clock=lambda: now[0])
+    release = asyncio.Event()
+
+    async def slow(tag: str) -> str:
+        await release.wait()
+        return tag
+
+    async def scenario() -> None:
+        release.set()
+        assert await cache.get("k", lambda: slow("first")) == "first"
+        release.clear()
+        now[0] = 5.0  # expired, within the stale window
+        assert await cache.get("k", lambda: slow("second")) == "first"  # at once
+        waiting = asyncio.ensure_future(cache.get("k", lambda: slow("third"), fresh=True))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # fresh: waits for the renewal under way
+        release.set()
+        assert await waiting == "second"
+        now[0] = 20.0  # past ttl + stale: fetched again, not answered
+        assert await cache.get("k", lambda: slow("fourth")) == "fourth"
+
+    asyncio.run(scenario())
+
+
+def test_a_page_load_gets_the_last_read_of_a_big_study_while_a_new_one_is_made(fake) -> None:
+    lineage, addr = fake
+
+    async def scenario(client: TestClient) -> None:
+        app = client.server.app
+        from services.dashboard import app as dashboard_app
+
+        first = await (await client.get("/api/studies/s-small/figures")).json()
+        # The read expires; the study moves on.
+        for cache in (app[dashboard_app.PRODUCTS], app[dashboard_app.SOURCE]._studies):
+            cache.clock = lambda: time.monotonic() + 30
+        lineage.studies["s-small"].summary.completed += 5
+        stale = await (await client.get("/api/studies/s-small/figures")).json()
+        assert stale["progress"]["completed"] == first["progress"]["completed"]
+        fresh = await (await client.get("/api/studies/s-small/figures?fresh=1")).json()
+        assert fresh["progress"]["completed"] == first["progress"]["completed"] + 5
+
+    run(addr, scenario)

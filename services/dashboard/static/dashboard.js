@@ -26,8 +26,7 @@ function draw(id, figure) {
   el.textContent = "";
   const start = performance.now();
   return Plotly.react(el, figure.data, figure.layout, PLOT_CONFIG).then(() => {
-    window.LADDER = window.LADDER || {};
-    (window.LADDER.timings = window.LADDER.timings || {})[id] = performance.now() - start;
+    window.LADDER.timings[id] = performance.now() - start;
   });
 }
 
@@ -197,12 +196,18 @@ async function studyPage() {
   const status = document.getElementById("live-status");
   let lastRefresh = Date.now();
 
+  // The progress the drawn plots show: the live stream's differs when they are from
+  // an earlier read (or the study moved on), and the plots are drawn again.
+  let drawn = null;
   async function drawAll(figuresJson, tableJson) {
     const figs = figuresJson.figures;
     // One after another: each shows as soon as it is drawn, and its timing is its own.
     for (const name of L.figures) await draw("plot-" + name, figs[name]);
-    showProgress(figuresJson.progress);
+    const start = performance.now();
     table.load(tableJson);
+    L.timings["trial-table"] = performance.now() - start;
+    drawn = JSON.stringify(figuresJson.progress);
+    if (latest !== null && latest !== drawn) refresh();
   }
 
   // Redraw at most every FIGURE_REFRESH_MS (or five times as long as the last redraw
@@ -217,8 +222,9 @@ async function studyPage() {
     pending = setTimeout(async () => {
       lastRefresh = Date.now();
       try {
-        const [f, t] = await Promise.all([fetch(L.urls.figures).then(r => r.json()),
-                                          fetch(L.urls.trials).then(r => r.json())]);
+        // fresh=1: not the read the page opened with, a new one.
+        const [f, t] = await Promise.all([fetch(L.urls.figures + "?fresh=1").then(r => r.json()),
+                                          fetch(L.urls.trials + "?fresh=1").then(r => r.json())]);
         if (!f.error && !t.error) await drawAll(f, t);
       } finally {
         lastCost = Date.now() - lastRefresh;
@@ -227,12 +233,11 @@ async function studyPage() {
     }, wait);
   }
 
-  let last = null;
+  let latest = null;
   function onProgress(p) {
     showProgress(p);
-    const key = JSON.stringify(p);
-    if (last !== null && key !== last) refresh();
-    last = key;
+    latest = JSON.stringify(p);
+    if (drawn !== null && latest !== drawn) refresh();
   }
 
   function poll() {
@@ -315,6 +320,8 @@ async function trialPage() {
 }
 
 window.addEventListener("DOMContentLoaded", () => {
+  window.LADDER = window.LADDER || {};
+  window.LADDER.timings = {};
   const page = document.body.dataset.page;
   const run = { study: studyPage, studies: studiesPage, trial: trialPage }[page];
   if (!run) { ready(); return; }
