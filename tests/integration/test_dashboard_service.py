@@ -253,7 +253,7 @@ def test_study_page_and_its_figures(stack) -> None:
     assert answer["best"]["trial_id"] == published.t1
 
     table = json.loads(ok(f"{dashboard.url}/api/studies/{published.study_id}/trials"))
-    columns = dict(zip(table["columns"], table["data"], strict=True))
+    columns = dict(zip(table["columns"], table["data"], strict=True))  # 3 rows: not packed
     assert sorted(columns["trial_id"]) == sorted([published.t1, published.t2, published.t3])
     reasons = dict(zip(columns["trial_id"], columns["stop_reason"], strict=True))
     assert reasons[published.t2] == STOP_REASON

@@ -65,6 +65,18 @@ def test_table_json_is_columns_of_rounded_values() -> None:
     assert all(len(values) == 2 for values in data["data"])
 
 
+def test_big_columns_of_few_strings_or_a_shared_prefix_are_packed() -> None:
+    states = ["PRUNED", "COMPLETED", None, "PRUNED"] * 50
+    assert table.packed(states) == {"values": ["PRUNED", "COMPLETED"],
+                                    "codes": [0, 1, None, 0] * 50}
+    ids = [f"study-abc-t{i}" for i in range(200)]
+    assert table.packed(ids) == {"prefix": "study-abc-t", "rest": [str(i) for i in range(200)]}
+    reasons = [f"rung {i}: rank {i} of {i + 1}" for i in range(200)]
+    assert table.packed(reasons) == reasons  # distinct, no long prefix: as they are
+    assert table.packed([0.5] * 200) == [0.5] * 200  # numbers are never packed
+    assert table.packed(["a", "b"]) == ["a", "b"]  # nor short columns
+
+
 def test_json_for_the_browser_has_no_nan() -> None:
     assert jsonout.dumps({"a": [1.5, math.nan], "b": (math.inf,)}) == '{"a":[1.5,null],"b":[null]}'
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,8 @@ COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 # What the page's table shows (the rung and step are in the reason's text).
 SHOWN = ("trial_id", "state", "value", "last_step", "attempts", "train_seconds",
          "stop_reason", "failure_kind", "algorithm", "predicted_mean", "predicted_std")
+# Columns of fewer rows are sent as they are.
+PACK_ROWS = 64
 _DECIMAL = frozenset({"value", "last_step", "train_seconds", "predicted_mean",
                       "predicted_std"})
 
@@ -64,14 +67,32 @@ def _param_column(trials: Sequence[Trial], name: str) -> list[Any]:
     return values
 
 
+def packed(values: list[Any]) -> list[Any] | dict[str, Any]:
+    """A column as the page receives it: its values, or, when that is much shorter, a
+    column of few distinct strings as ``{"values": [distinct], "codes": [index per row,
+    null where missing]}`` (states, samplers, choices) and ids sharing a prefix as
+    ``{"prefix": p, "rest": [...]}`` (every trial id starts with its study's)."""
+    if len(values) < PACK_ROWS or not all(v is None or isinstance(v, str) for v in values):
+        return values
+    distinct = list(dict.fromkeys(v for v in values if v is not None))
+    if len(distinct) * 4 <= len(values):
+        index: dict[str | None, int | None] = {v: i for i, v in enumerate(distinct)}
+        index[None] = None
+        return {"values": distinct, "codes": [index[v] for v in values]}
+    prefix = os.path.commonprefix(values) if None not in values else ""
+    if len(prefix) >= 8:
+        return {"prefix": prefix, "rest": [v[len(prefix):] for v in values]}
+    return values
+
+
 def table_json(trials: Sequence[Trial], order: Sequence[str] = ()) -> dict[str, Any]:
-    """``{"columns": [names], "data": [[one column's values], ...], "count": rows}``,
-    missing values as null."""
+    """``{"columns": [names], "data": [one column each], "count": rows}``: a column is
+    a list of values (null where missing), or packed (``packed``)."""
     params = param_columns(trials, order)
+    columns = [_column(trials, c) for c in SHOWN] + [_param_column(trials, p) for p in params]
     return {
         "columns": [*SHOWN, *(PARAM_PREFIX + p for p in params)],
-        "data": [_column(trials, c) for c in SHOWN] + [_param_column(trials, p)
-                                                       for p in params],
+        "data": [packed(c) for c in columns],
         "count": len(trials),
     }
 

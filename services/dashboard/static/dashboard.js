@@ -32,6 +32,12 @@ function draw(id, figure) {
 
 // --- the trial table -------------------------------------------------------------------
 
+function unpack(column) {
+  if (Array.isArray(column)) return column;
+  if (column.codes) return column.codes.map(i => (i === null ? null : column.values[i]));
+  return column.rest.map(rest => column.prefix + rest);
+}
+
 class TrialTable {
   constructor(studyId) {
     this.table = document.getElementById("trial-table");
@@ -48,16 +54,17 @@ class TrialTable {
     document.getElementById("page-next").addEventListener("click", () => this.turn(1));
   }
 
-  // data: {columns: [names], data: [[one column's values], ...], count: rows}
+  // data: {columns: [names], data: [one column each], count: rows}; a column is its
+  // values, or packed by the server (ladder.dashboard.table.packed).
   load(data) {
     const columns = data.columns;
+    const values = data.data.map(unpack);
     this.shown = columns;
     this.index = Object.fromEntries(columns.map((c, i) => [c, i]));
-    this.numeric = new Set(columns.filter((c, i) =>
-      data.data[i].some(v => typeof v === "number")));
+    this.numeric = new Set(columns.filter((c, i) => values[i].some(v => typeof v === "number")));
     this.rows = new Array(data.count);
     for (let r = 0; r < data.count; r++) {
-      this.rows[r] = columns.map((c, i) => data.data[i][r]);
+      this.rows[r] = values.map(column => column[r]);
     }
     this.text = this.rows.map(r => r.map(fmt).join(" ").toLowerCase());
     this.head();
