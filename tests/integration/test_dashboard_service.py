@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from ladder.config import Settings
 from ladder.dashboard.study import FIGURES
 from ladder.params import fill_params
 from ladder.stack.ports import free_port
-from ladder.testing import wait_for
+from ladder.testing import ServiceProcess, wait_for
 from ladder.v1 import (
     events_pb2,
     lineage_pb2,
@@ -130,24 +128,13 @@ class Published:
                    final=0.75)
 
 
-@dataclass
-class Dashboard:
-    url: str
-    proc: subprocess.Popen
-    log: Path
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+def base(dashboard: ServiceProcess) -> str:
+    return f"http://{dashboard.addr}"
 
 
-def start_dashboard(env: dict[str, str], lineage_addr: str, log_dir: Path) -> Dashboard:
+def start_dashboard(env: dict[str, str], lineage_addr: str, log_dir: Path) -> ServiceProcess:
+    """``python -m services.dashboard`` on a free port, once its /healthz says lineage is
+    SERVING."""
     port = free_port()
     log = log_dir / f"dashboard-{port}.log"
     child_env = {**env, "LADDER_LINEAGE_ADDR": lineage_addr,
@@ -155,12 +142,12 @@ def start_dashboard(env: dict[str, str], lineage_addr: str, log_dir: Path) -> Da
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "services.dashboard"], env=child_env,
                                 stdout=out, stderr=subprocess.STDOUT)
-    dashboard = Dashboard(f"http://127.0.0.1:{port}", proc, log)
+    dashboard = ServiceProcess("services.dashboard", f"127.0.0.1:{port}", proc, log)
 
     def serving() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"dashboard exited {proc.returncode}:\n{log.read_text()}")
-        status, body = get(dashboard.url + "/healthz")
+            raise AssertionError(f"dashboard exited {proc.returncode}:\n{dashboard.log_text()}")
+        status, body = get(base(dashboard) + "/healthz")
         return status == 200 and json.loads(body)["lineage"] == "SERVING"
 
     wait_for(serving, 60, "the dashboard's /healthz with lineage SERVING", every=0.2)
@@ -187,7 +174,7 @@ def ok(url: str) -> str:
 def stack(
     infra_env: dict[str, str], infra: Settings, start_module_service: Callable[..., Any],
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[Published, Dashboard, lineage_pb2_grpc.LineageServiceStub]]:
+) -> Iterator[tuple[Published, ServiceProcess, lineage_pb2_grpc.LineageServiceStub]]:
     lineage = start_module_service("services.lineage")
     published = Published(infra)
     published.publish()
@@ -213,9 +200,9 @@ def stack(
 
 def test_studies_page_lists_the_study_with_its_progress(stack) -> None:
     published, dashboard, _ = stack
-    page = ok(dashboard.url + "/studies")
+    page = ok(base(dashboard) + "/studies")
     assert f'href="/studies/{published.study_id}"' in page
-    rows = json.loads(ok(dashboard.url + "/api/studies"))["studies"]
+    rows = json.loads(ok(base(dashboard) + "/api/studies"))["studies"]
     [row] = [r for r in rows if r["study_id"] == published.study_id]
     assert (row["state"], row["algorithm"], row["scheduler"]) == ("active", "gp", "asha")
     assert row["best_value"] == 0.91 and row["best_trial_id"] == published.t1
@@ -228,7 +215,7 @@ def test_study_page_and_its_figures(stack) -> None:
     published, dashboard, stub = stack
     summary = stub.GetStudySummary(lineage_pb2.GetStudySummaryRequest(
         study_id=published.study_id))
-    page = ok(f"{dashboard.url}/studies/{published.study_id}")
+    page = ok(f"{base(dashboard)}/studies/{published.study_id}")
     for count in ("running", "pruned", "completed", "failed"):
         assert f'data-testid="progress-{count}">{getattr(summary, count)}<' in page
     for name in FIGURES:
@@ -237,9 +224,9 @@ def test_study_page_and_its_figures(stack) -> None:
     # plotly.js comes from this dashboard (the wheel), not a CDN.
     script = page.split('src="/static/plotly-', 1)[1].split('"', 1)[0]
     assert b"plotly.js" in urllib.request.urlopen(
-        f"{dashboard.url}/static/plotly-{script}", timeout=30).read(300)
+        f"{base(dashboard)}/static/plotly-{script}", timeout=30).read(300)
 
-    answer = json.loads(ok(f"{dashboard.url}/api/studies/{published.study_id}/figures"))
+    answer = json.loads(ok(f"{base(dashboard)}/api/studies/{published.study_id}/figures"))
     figures = answer["figures"]
     assert set(figures) == set(FIGURES)
     history = figures["history"]["data"][0]
@@ -252,7 +239,7 @@ def test_study_page_and_its_figures(stack) -> None:
     assert rungs["promoted"]["rung 0 (step 1)"] == 1
     assert answer["best"]["trial_id"] == published.t1
 
-    table = json.loads(ok(f"{dashboard.url}/api/studies/{published.study_id}/trials"))
+    table = json.loads(ok(f"{base(dashboard)}/api/studies/{published.study_id}/trials"))
     columns = dict(zip(table["columns"], table["data"], strict=True))  # 3 rows: not packed
     assert sorted(columns["trial_id"]) == sorted([published.t1, published.t2, published.t3])
     reasons = dict(zip(columns["trial_id"], columns["stop_reason"], strict=True))
@@ -261,7 +248,7 @@ def test_study_page_and_its_figures(stack) -> None:
 
 def test_csv_download_matches_listtrials(stack) -> None:
     published, dashboard, stub = stack
-    body = ok(f"{dashboard.url}/studies/{published.study_id}/trials.csv")
+    body = ok(f"{base(dashboard)}/studies/{published.study_id}/trials.csv")
     rows = list(csv.DictReader(io.StringIO(body)))
     listed = stub.ListTrials(lineage_pb2.ListTrialsRequest(study_id=published.study_id)).trials
     assert [r["trial_id"] for r in rows] == [t.trial_id for t in listed]
@@ -277,11 +264,11 @@ def test_csv_download_matches_listtrials(stack) -> None:
 
 def test_trial_page_shows_why_a_pruned_trial_was_stopped(stack) -> None:
     published, dashboard, _ = stack
-    page = ok(f"{dashboard.url}/trials/{published.t2}")
+    page = ok(f"{base(dashboard)}/trials/{published.t2}")
     assert f'data-testid="stop-reason">{STOP_REASON}<' in page
     assert "digits@1" in page and "abc123" in page  # lineage: dataset, code commit
     assert f"ladder.trial_id={published.t2}" in page  # how to find its trace
-    view = json.loads(ok(f"{dashboard.url}/api/trials/{published.t2}"))
+    view = json.loads(ok(f"{base(dashboard)}/api/trials/{published.t2}"))
     assert view["stop"]["reason"] == STOP_REASON and view["stop"]["rung"] == 1
     assert view["predicted"] == {"mean": 0.8, "std": 0.05}
     assert view["attempts"][0]["outcome"] == "pruned"
@@ -290,13 +277,13 @@ def test_trial_page_shows_why_a_pruned_trial_was_stopped(stack) -> None:
 
 def test_unknown_study_and_trial_are_404_with_a_clear_message(stack) -> None:
     _, dashboard, _ = stack
-    status, page = get(dashboard.url + "/studies/no-such-study")
+    status, page = get(base(dashboard) + "/studies/no-such-study")
     assert status == 404 and "study &#x27;no-such-study&#x27; not found" in page
-    status, body = get(dashboard.url + "/api/studies/no-such-study/figures")
+    status, body = get(base(dashboard) + "/api/studies/no-such-study/figures")
     assert status == 404 and json.loads(body)["error"] == "study 'no-such-study' not found"
-    status, _ = get(dashboard.url + "/studies/no-such-study/trials.csv")
+    status, _ = get(base(dashboard) + "/studies/no-such-study/trials.csv")
     assert status == 404
-    status, page = get(dashboard.url + "/trials/no-such-trial")
+    status, page = get(base(dashboard) + "/trials/no-such-trial")
     assert status == 404 and "no-such-trial" in page
 
 
@@ -317,13 +304,13 @@ def read_events(url: str, until: Callable[[dict], bool], timeout: float) -> list
 
 def test_live_progress_changes_while_the_study_runs(stack) -> None:
     published, dashboard, _ = stack
-    url = f"{dashboard.url}/api/studies/{published.study_id}/events"
+    url = f"{base(dashboard)}/api/studies/{published.study_id}/events"
     first = read_events(url, lambda p: True, 30)[0]
     assert (first["completed"], first["running"]) == (1, 1)
     published.finish_t3()
     events = read_events(url, lambda p: p["completed"] == 2, 60)
     assert events[-1]["running"] == 0
-    polled = json.loads(ok(f"{dashboard.url}/api/studies/{published.study_id}/progress"))
+    polled = json.loads(ok(f"{base(dashboard)}/api/studies/{published.study_id}/progress"))
     assert polled["completed"] == 2
 
 
@@ -331,10 +318,10 @@ def test_sigterm_stops_the_dashboard_with_a_stream_open(
     stack, infra_env: dict[str, str], tmp_path: Path
 ) -> None:
     published, running, _ = stack
-    lineage_addr = json.loads(ok(running.url + "/healthz"))["lineage_addr"]
+    lineage_addr = json.loads(ok(base(running) + "/healthz"))["lineage_addr"]
     dashboard = start_dashboard(infra_env, lineage_addr, tmp_path)
     stream = urllib.request.urlopen(
-        f"{dashboard.url}/api/studies/{published.study_id}/events", timeout=30)
+        f"{base(dashboard)}/api/studies/{published.study_id}/events", timeout=30)
     try:
         assert stream.readline()  # the stream is open
         started = time.monotonic()
@@ -342,5 +329,5 @@ def test_sigterm_stops_the_dashboard_with_a_stream_open(
         assert time.monotonic() - started < 10
     finally:
         stream.close()
-    assert "dashboard stopped" in dashboard.log.read_text()
+    assert "dashboard stopped" in dashboard.log_text()
 
