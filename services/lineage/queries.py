@@ -13,10 +13,11 @@ from contextlib import contextmanager
 
 from ladder.v1 import events_pb2, lineage_pb2, trial_pb2
 
-from services.lineage import curve_reads, study_reads
+from services.lineage import curve_reads, study_reads, trial_table
 from services.lineage.curve_reads import CurveCache
 from services.lineage.db import Database, Row
 from services.lineage.study_reads import from_real as _from_real
+from services.lineage.trial_table import SummaryCache
 
 TS = trial_pb2.TrialState
 
@@ -82,10 +83,13 @@ class LineageQueries:
         found = self.list_trials_response(study_id)
         return None if found is None else found.trials
 
-    def list_trials_response(self, study_id: str) -> lineage_pb2.ListTrialsResponse | None:
+    def list_trials_response(
+        self, study_id: str, cache: SummaryCache | None = None
+    ) -> lineage_pb2.ListTrialsResponse | None:
+        """ListTrials' answer; ``cache`` keeps the summaries for the next request."""
         if not self.study_known(study_id):
             return None
-        return study_reads.trial_summaries(self._db, study_id)
+        return trial_table.trial_summaries(self._db, study_id, cache or SummaryCache())
 
     def trial_lineage(self, trial_id: str) -> lineage_pb2.TrialLineage | None:
         """Everything recorded about one trial; None if no record mentions it."""

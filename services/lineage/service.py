@@ -20,6 +20,7 @@ from ladder.v1 import lineage_pb2, lineage_pb2_grpc
 from services.lineage.curve_reads import CURVE_POINTS, CURVE_TRIALS, CurveCache
 from services.lineage.db import TRANSIENT
 from services.lineage.queries import LineageQueries
+from services.lineage.trial_table import SummaryCache
 
 _T = TypeVar("_T")
 
@@ -30,7 +31,10 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
         self._local = threading.local()
         self._opened: list[LineageQueries] = []
         self._lock = threading.Lock()
+        # What the dashboard's reads made, for its next poll (each entry checked
+        # against the rows it was made from).
         self._curves = CurveCache()
+        self._summaries = SummaryCache()
 
     def _queries(self) -> LineageQueries:
         queries = getattr(self._local, "queries", None)
@@ -75,7 +79,8 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
     ) -> lineage_pb2.ListTrialsResponse:
         study_id = require(request.study_id, "study_id")
         return self._read(
-            lambda q: q.list_trials_response(study_id), f"study {study_id!r} not found"
+            lambda q: q.list_trials_response(study_id, self._summaries),
+            f"study {study_id!r} not found",
         )
 
     def GetBestTrial(

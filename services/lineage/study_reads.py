@@ -1,6 +1,6 @@
 """The study-wide reads of the lineage store (what the dashboard shows): every study with its
-summary, every trial of a study with its stopping decision, its rung statistics (its
-learning curves: ``curve_reads``).
+summary, and a study's rung statistics (its trial table: ``trial_table``; its learning
+curves: ``curve_reads``), and what those share.
 
 Each reply is a fixed number of statements, one per table and grouped in SQL (never one
 per trial or per study), joined here by id; what only Python can do (decoding a decision,
@@ -43,13 +43,13 @@ def rows(cursor: Any) -> list[tuple[Any, ...]]:
     return cursor.fetchall()
 
 
-def chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
+def chunks(ids: Sequence[Any]) -> Iterable[Sequence[Any]]:
     """``ids`` in slices short enough for one ``IN (...)`` list each."""
     for start in range(0, len(ids), _IN_CHUNK):
         yield ids[start:start + _IN_CHUNK]
 
 
-def in_list(ids: Sequence[str]) -> str:
+def in_list(ids: Sequence[Any]) -> str:
     """``(?, ?, ...)``: one placeholder per id."""
     return f"({', '.join('?' for _ in ids)})"
 
@@ -155,13 +155,13 @@ def listings(db: Database) -> list[lineage_pb2.StudyListing]:
 # -- trials ----------------------------------------------------------------------------
 
 
-def stop_decisions(
+def newest_stops(
     db: Database, study_id: str, trial_ids: Sequence[str] | None = None
-) -> dict[str, events_pb2.Decision]:
-    """Per trial of the study (of ``trial_ids`` only, if given): its newest STOP or PAUSE
-    decision (by ts, then arrival)."""
+) -> dict[str, tuple[int, int]]:
+    """Per trial of the study (of ``trial_ids`` only, if given): the (ts, id) of its
+    newest STOP or PAUSE decision (by ts, then arrival)."""
     sql = (
-        "SELECT trial_id, ts_ms, id, decision_pb FROM decisions "
+        "SELECT trial_id, ts_ms, id FROM decisions "
         f"WHERE study_id = ? AND action IN ({STOP}, {PAUSE})"
     )
     if trial_ids is None:
@@ -174,111 +174,32 @@ def stop_decisions(
                 f"{sql} AND trial_id IN {in_list(chunk)}", (study_id, *chunk)
             ))
         ]
-    newest: dict[str, tuple[int, int, bytes]] = {}
-    for trial_id, ts_ms, ident, blob in found:
+    newest: dict[str, tuple[int, int]] = {}
+    for trial_id, ts_ms, ident in found:
         kept = newest.get(trial_id)
-        if kept is None or (ts_ms, ident) > kept[:2]:
-            newest[trial_id] = (ts_ms, ident, blob)
-    return {
-        trial_id: events_pb2.Decision.FromString(bytes(blob))
-        for trial_id, (_, _, blob) in newest.items()
-    }
+        if kept is None or (ts_ms, ident) > kept:
+            newest[trial_id] = (ts_ms, ident)
+    return newest
 
 
-def trial_summaries(db: Database, study_id: str) -> lineage_pb2.ListTrialsResponse:
-    """Every trial of the study, oldest first, with what a trial table shows."""
-    trials = rows(db.execute(
-        "SELECT t.trial_id, t.state, t.has_final_value, t.final_value, t.last_step, "
-        "t.params_pb, t.algorithm, t.first_ts_ms, t.terminal_ts_ms, t.train_seconds, "
-        "t.failure_kind, t.predicted_mean, t.predicted_std, c.last_step "
-        "FROM trials t LEFT JOIN trial_curves c ON c.trial_id = t.trial_id "
-        "WHERE t.study_id = ?",
-        (study_id,),
-    ))
-    # Oldest first. Sorted here: PostgreSQL would sort these wide rows on disk
-    # (4 MB at 20,000 trials, over its default work_mem). Python orders str by code
-    # point, as SQLite's BINARY and PostgreSQL's "C" collation order UTF-8 bytes.
-    trials.sort(key=lambda row: (row[7], row[0]))
-    attempts = dict(rows(db.execute(
-        "SELECT a.trial_id, COUNT(*) FROM attempts a JOIN trials t "
-        "ON t.trial_id = a.trial_id WHERE t.study_id = ? GROUP BY a.trial_id",
-        (study_id,),
-    )))
-    stops = stop_decisions(db, study_id)
-    reply = lineage_pb2.ListTrialsResponse()
-    add = reply.trials.add
-    state_names = {value: TS.Name(value) for value in TS.values()}
-    for (trial_id, state, has_final, final, last_step, params_pb, algorithm, first_ts,
-         terminal_ts, train_seconds, failure_kind, mean, std, last_reported) in trials:
-        summary = add(
-            trial_id=trial_id,
-            state=state_names.get(state) or TS.Name(state),
-            has_final_value=bool(has_final),
-            final_value=(math.nan if final is None else final) if has_final else 0.0,
-            last_step=max(last_step, last_reported or 0.0),
-            algorithm=algorithm,
-            first_ts_ms=first_ts,
-            terminal_ts_ms=terminal_ts,
-            attempts=attempts.get(trial_id, 0),
-            train_seconds=train_seconds,
-            failure_kind=failure_kind,
-            predicted_mean=math.nan if mean is None else mean,
-            predicted_std=math.nan if std is None else std,
-        )
-        if params_pb:
-            summary.MergeFromString(summary_params(bytes(params_pb)))
-        stop = stops.get(trial_id)
-        if stop is not None:
-            summary.stop_reason, summary.stop_rung = stop.reason, stop.rung
-            summary.stop_step = stop.resource
-    return reply
+def decisions_by_id(db: Database, ids: Sequence[int]) -> dict[int, events_pb2.Decision]:
+    found = {}
+    for chunk in chunks(ids):
+        for ident, blob in rows(db.execute(
+            f"SELECT id, decision_pb FROM decisions WHERE id IN {in_list(chunk)}", tuple(chunk)
+        )):
+            found[ident] = events_pb2.Decision.FromString(bytes(blob))
+    return found
 
 
-# Where TrialSummary keeps its params: field 6, length-delimited.
-_SUMMARY_PARAMS_TAG = (
-    lineage_pb2.TrialSummary.DESCRIPTOR.fields_by_name["params"].number << 3 | 2
-)
-# The stored params_pb: a Trial holding only its params (field 3, length-delimited).
-_TRIAL_PARAMS_TAG = trial_pb2.Trial.DESCRIPTOR.fields_by_name["params"].number << 3 | 2
-
-
-def summary_params(params_pb: bytes) -> bytes:
-    """The stored params (a serialized Trial holding only params) as serialized
-    TrialSummary params: the same map entries under TrialSummary's field number.
-
-    Parsing 20,000 Trials and copying their params entry by entry was most of the
-    time of a big ListTrials; this rewrites the tag byte of each entry in a copy. Both
-    maps have one entry type (string -> ParamValue), so only the tags differ. Anything
-    else in ``params_pb`` (another field: not written by this store) is decoded the
-    slow way instead."""
-    out = bytearray(params_pb)
-    at, end = 0, len(params_pb)
-    while at < end:
-        if params_pb[at] != _TRIAL_PARAMS_TAG:
-            return _summary_params_slowly(params_pb)
-        out[at] = _SUMMARY_PARAMS_TAG
-        at += 1
-        length = shift = 0
-        while True:  # the entry's length: a varint
-            if at >= end:
-                return _summary_params_slowly(params_pb)
-            byte = params_pb[at]
-            at += 1
-            length |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-        at += length
-    if at != end:
-        return _summary_params_slowly(params_pb)
-    return bytes(out)
-
-
-def _summary_params_slowly(params_pb: bytes) -> bytes:
-    summary = lineage_pb2.TrialSummary()
-    for name, value in trial_pb2.Trial.FromString(params_pb).params.items():
-        summary.params[name].CopyFrom(value)
-    return summary.SerializeToString()
+def stop_decisions(
+    db: Database, study_id: str, trial_ids: Sequence[str] | None = None
+) -> dict[str, events_pb2.Decision]:
+    """Per trial of the study (of ``trial_ids`` only, if given): its newest STOP or PAUSE
+    decision."""
+    newest = newest_stops(db, study_id, trial_ids)
+    found = decisions_by_id(db, [ident for _, ident in newest.values()])
+    return {trial_id: found[ident] for trial_id, (_, ident) in newest.items()}
 
 
 # -- rungs -----------------------------------------------------------------------------

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -40,6 +41,10 @@ class Published:
         self.other = f"dash-max-{tag}"  # MAXIMIZE acc, created later
         self.points: dict[str, list[tuple[str, float, float]]] = {}  # (attempt, step, value)
         self.decisions: dict[str, int] = {}
+        # Records held back by ``later()`` until ``release()``: the service answers once
+        # without them, then must answer with them (nothing it keeps may be stale).
+        self.late: list[tuple[str, str, Any]] = []
+        self.holding = False
 
     def t(self, name: str) -> str:
         return f"{self.study}-{name}"
@@ -48,7 +53,23 @@ class Published:
         self.producer.close()
 
     def send(self, topic: str, key: str, message: Any) -> None:
-        self.producer.send(topic, key, message, wait=True)
+        if self.holding:
+            self.late.append((topic, key, message))
+        else:
+            self.producer.send(topic, key, message, wait=True)
+
+    @contextmanager
+    def later(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+
+    def release(self) -> None:
+        for topic, key, message in self.late:
+            self.producer.send(topic, key, message, wait=True)
+        self.late = []
 
     def study_event(self, study_id: str, direction: int, metric: str, created: int) -> None:
         config = study_pb2.StudyConfig(
@@ -115,13 +136,15 @@ class Published:
         # t1: completed, the best.
         self.suggested(t1, 100, algorithm="gp", predicted_mean=0.3, predicted_std=0.05)
         self.started(t1, 110)
-        self.metrics(t1, [1.0, 0.8, 0.9, 0.5, 0.4, 0.6, 0.3, 0.25, 0.2, 0.1])
+        self.metrics(t1, [1.0, 0.8, 0.9, 0.5, 0.4])
         self.decision(t1, "CONTINUE", 0, 200)
-        self.decision(t1, "CONTINUE", 1, 300)
-        self.event(t1, "TRIAL_COMPLETED", "COMPLETED", 500, 1,
-                   trial={"has_final_value": True, "final_value": 0.1, "train_seconds": 40.0,
-                          "last_step": 10},
-                   ended_attempt_id="a1", attempt_end=trial_pb2.ATTEMPT_COMPLETED)
+        with self.later():  # 5 points, 1 decision
+            self.metrics(t1, [0.6, 0.3, 0.25, 0.2, 0.1], first_step=6)
+            self.decision(t1, "CONTINUE", 1, 300)
+            self.event(t1, "TRIAL_COMPLETED", "COMPLETED", 500, 1,
+                       trial={"has_final_value": True, "final_value": 0.1,
+                              "train_seconds": 40.0, "last_step": 10},
+                       ended_attempt_id="a1", attempt_end=trial_pb2.ATTEMPT_COMPLETED)
         # t2: stopped at rung 1.
         self.suggested(t2, 120, algorithm="random")
         self.started(t2, 130)
@@ -139,8 +162,9 @@ class Published:
         self.decision(t3, "CONTINUE", 0, 215)
         self.event(t3, "TRIAL_FAILED", "RESUMABLE", 400, 1, reason="preempted: SIGTERM",
                    ended_attempt_id="a1", attempt_end=trial_pb2.ATTEMPT_PREEMPTED)
-        self.started(t3, 410, attempt=2)
-        self.metrics(t3, [0.75, 0.65, 0.6, 0.55], first_step=3, attempt=2, ts_ms=2_000)
+        with self.later():  # 4 points
+            self.started(t3, 410, attempt=2)
+            self.metrics(t3, [0.75, 0.65, 0.6, 0.55], first_step=3, attempt=2, ts_ms=2_000)
         # t4: diverged (NaN), stopped at rung 0.
         self.suggested(t4, 160)
         self.started(t4, 165)
@@ -153,10 +177,11 @@ class Published:
         self.started(t5, 175)
         self.metrics(t5, [0.9, 0.85, 0.8, 0.7, 0.65, 0.6, 0.58, 0.57, 0.56])
         self.decision(t5, "PAUSE", 0, 230, reason="rung 0: paused until promoted")
-        self.decision(t5, "PROMOTE", 0, 600, cutoff=0.8)
-        self.decision(t5, "STOP", 1, 700, cutoff=0.55, reason="rung 1: rank 2/3, stopped")
-        self.event(t5, "TRIAL_PRUNED", "PRUNED", 710, 1, ended_attempt_id="a1",
-                   attempt_end=trial_pb2.ATTEMPT_PRUNED)
+        with self.later():  # 2 decisions
+            self.decision(t5, "PROMOTE", 0, 600, cutoff=0.8)
+            self.decision(t5, "STOP", 1, 700, cutoff=0.55, reason="rung 1: rank 2/3, stopped")
+            self.event(t5, "TRIAL_PRUNED", "PRUNED", 710, 1, ended_attempt_id="a1",
+                       attempt_end=trial_pb2.ATTEMPT_PRUNED)
         # t6: failed; t7: not started yet.
         self.suggested(t6, 180)
         self.started(t6, 185)
@@ -191,16 +216,21 @@ def summary_of(
         raise
 
 
-def all_ingested(stub: lineage_pb2_grpc.LineageServiceStub, published: Published) -> bool:
+def ingested(
+    stub: lineage_pb2_grpc.LineageServiceStub, published: Published, late: bool
+) -> bool:
+    """Every record published so far is in the store (``late``: the held-back ones too)."""
     main, other = summary_of(stub, published.study), summary_of(stub, published.other)
     expected_points = sum(
         len(p) for t, p in published.points.items() if t.startswith(f"{published.study}-")
     )
+    counts = (
+        (expected_points, 9, 1, 3, 1, 1, 1) if late else (expected_points - 9, 6, 0, 2, 1, 3, 1)
+    )
     return bool(
         main and other
-        and (main.metric_points, main.decisions) == (expected_points, 9)
-        and (main.completed, main.pruned, main.failed, main.running, main.suggested)
-        == (1, 3, 1, 1, 1)
+        and (main.metric_points, main.decisions, main.completed, main.pruned, main.failed,
+             main.running, main.suggested) == counts
         and (other.completed, other.metric_points) == (2, 4)
     )
 
@@ -239,7 +269,10 @@ def test_the_dashboard_reads_of_published_studies(
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_points_per_trial" in details
 
         published.publish()
-        wait_for(lambda: all_ingested(stub, published), 60, "every published record")
+        wait_for(lambda: ingested(stub, published, late=False), 60, "the first records")
+        check_before_the_late_records(stub, published)
+        published.release()
+        wait_for(lambda: ingested(stub, published, late=True), 60, "every published record")
 
         check_trial_table(stub, published)
         check_curves(stub, published)
@@ -248,6 +281,29 @@ def test_the_dashboard_reads_of_published_studies(
     finally:
         published.close()
         channel.close()
+
+
+def check_before_the_late_records(
+    stub: lineage_pb2_grpc.LineageServiceStub, published: Published
+) -> None:
+    """What the service answers (and may keep for the next request) before t1 completed,
+    t3 resumed and t5 was promoted and stopped."""
+    t = published.t
+    for _ in range(2):
+        listed = stub.ListTrials(lineage_pb2.ListTrialsRequest(study_id=published.study))
+        rows = {row.trial_id: row for row in listed.trials}
+        assert (rows[t("t1")].state, rows[t("t1")].last_step) == ("RUNNING", 5)
+        assert (rows[t("t3")].state, rows[t("t3")].attempts) == ("RESUMABLE", 1)
+        assert (rows[t("t5")].stop_reason, rows[t("t5")].stop_rung) == (
+            "rung 0: paused until promoted", 0
+        )
+        curves = stub.GetStudyCurves(
+            lineage_pb2.GetStudyCurvesRequest(study_id=published.study)
+        ).curves
+        by_id = {c.trial_id: c for c in curves}
+        assert [p.step for p in by_id[t("t1")].points] == [1, 2, 3, 4, 5]
+        assert [p.value for p in by_id[t("t3")].points] == [1.0, 0.9, 0.8, 0.7]
+        assert by_id[t("t5")].stop_reason == "rung 0: paused until promoted"
 
 
 def check_trial_table(stub: lineage_pb2_grpc.LineageServiceStub, published: Published) -> None:
