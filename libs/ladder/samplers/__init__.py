@@ -20,6 +20,10 @@ unspecified algorithm is already RANDOM there):
 
 GP and AUTO import torch lazily, on the first such study.
 
+On a finite or discrete space no sampler suggests a configuration already
+evaluated or in flight, nor one twice in a call, until every configuration is
+taken (``distinct.py``; ``SamplerContext.repeats`` turns the rule off).
+
 Adding an algorithm means writing a ``Sampler`` subclass (a ``ModelBasedSampler``
 for one that fits a model after a quasi-random start, see model_based.py) and
 registering its factory in ``FACTORIES``; callers do not change.

@@ -205,13 +205,18 @@ class Proposal:
 
 @dataclass(frozen=True)
 class SamplerContext:
-    """Everything a sampler factory may need to build a sampler."""
+    """Everything a sampler factory may need to build a sampler.
+
+    ``repeats``: the study accepts suggestions of configurations already evaluated or
+    in flight (e.g. to confirm finalists over seeds). Off, samplers keep the rule of
+    ``distinct.py`` (no wasted evaluations); no study setting turns it on yet."""
 
     space: Space
     seed: int
     partition: int = 0
     maximize: bool = False
     reserve: DrawReserver | None = None
+    repeats: bool = False
 
 
 class LocalDraws:
@@ -235,7 +240,8 @@ class Sampler(ABC):
     is only called for ``count >= 1``."""
 
     algorithm = "abstract"
-    # Whether its points depend on the observations (quasi-random ones do not).
+    # Whether a model of the observations chooses its points (quasi-random ones only
+    # skip configurations already taken, see distinct.py).
     model_based = False
 
     def __init__(self, context: SamplerContext) -> None:
@@ -256,7 +262,9 @@ class Sampler(ABC):
     ) -> list[Proposal]:
         """``count`` new points, each stamped with its ``algorithm``.
         ``observations`` hold at most one per ``key`` (final and rung values
-        mixed); ``pending`` are points being evaluated right now."""
+        mixed); ``pending`` are points being evaluated right now. On a finite or
+        discrete space no point repeats an observed or pending configuration, nor
+        another point of the call, until the space is exhausted (``distinct.py``)."""
         if count <= 0:
             return []
         return self._suggest(observations, count, pending)

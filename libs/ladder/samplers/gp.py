@@ -50,8 +50,17 @@ Repeats. qLogEI's smoothed maximum scores a batch that repeats a pending point a
 little higher than the pending point alone, so on flat acquisitions the optimiser
 could return a point being evaluated right now (0.2 % of Hartmann-6 asks, 21 % on
 the conditional space, whose decoding maps many relaxed points onto one). Every
-candidate closer than ``MIN_DISTANCE`` to an observed or pending point (or to
-another point of its batch) is passed over for the best-scoring one that is not.
+candidate that repeats a taken configuration (observed, pending or another point
+of its batch; ``distinct.py``) or, on a space with floats, lies closer than
+``MIN_DISTANCE`` to an observed or pending point is passed over for the
+best-scoring one that is not. On a discrete space the best candidates often all
+repeat (the acquisition's maximum sits on an evaluated configuration once the
+good region is known: 46-53 distinct configurations of 100 on the finite spaces
+of bench/quality/distinct_configs.py), so when every refined candidate is taken,
+each taken point of the batch is replaced by the best, by the acquisition with the
+rest of the batch fixed, of its discrete neighbours and ``UNSEEN_CANDIDATES``
+unseen configurations that are not taken. Once every configuration of the space
+is taken, repeats are allowed again.
 
 Optimisation of the acquisition, in three steps:
 
@@ -131,11 +140,12 @@ from ladder.samplers.base import (
     SamplerContext,
     derive_seed,
 )
+from ladder.samplers.distinct import Taken, unseen
 from ladder.samplers.model_based import ModelBasedSampler
 from ladder.space import CategoricalEncoding, Kind, Space
 
 # Bumped whenever suggestions change for the same inputs (bench cache key).
-VERSION = "4"
+VERSION = "5"
 ENCODING = CategoricalEncoding.ONE_HOT
 MIN_FIT_POINTS = 3
 MAX_FIT_POINTS = int(os.environ.get("LADDER_GP_MAX_FIT_POINTS", "512"))
@@ -158,6 +168,8 @@ EXPLOIT_EVERY = 8
 # No suggestion lies closer than this (unit cube) to an observed or pending point or
 # to another point of its batch (module docstring, "Repeats").
 MIN_DISTANCE = 1e-4
+# Unseen configurations scored when every candidate repeats (module docstring).
+UNSEEN_CANDIDATES = 64
 REFINE_TRIES = 3
 FIT_ITERATIONS = 60
 # torch grabs every core by default; the suggest process shares its host.
@@ -227,6 +239,7 @@ class GPSampler(ModelBasedSampler):
         # there, so it converges in a few L-BFGS steps instead of from the prior.
         self._hyperparameters: dict[float | None, dict[str, torch.Tensor]] = {}
         self._discrete = [p for p in context.space.params if p.kind is not Kind.FLOAT]
+        self._has_floats = len(self._discrete) < len(context.space.params)
         _limit_torch_threads()
 
     def can_fit(self, training: FidelitySet, pending: Pending) -> bool:
@@ -238,12 +251,12 @@ class GPSampler(ModelBasedSampler):
         )
 
     def _from_model(
-        self, fidelity: FidelitySet, count: int, pending: Pending, first: int
+        self, fidelity: FidelitySet, count: int, pending: Pending, first: int, taken: Taken
     ) -> list[Proposal]:
         maximize = self.context.maximize
         usable = fit_subset(penalised(fidelity, maximize), MAX_FIT_POINTS, maximize)
         with self._lock:
-            return self._model_based(usable, fidelity.resource, pending, count, first)
+            return self._model_based(usable, fidelity.resource, pending, count, first, taken)
 
     def _model_based(
         self,
@@ -252,6 +265,7 @@ class GPSampler(ModelBasedSampler):
         pending: Pending,
         count: int,
         first: int,
+        configs: Taken,
     ) -> list[Proposal]:
         from botorch.acquisition.logei import qLogExpectedImprovement
         from botorch.sampling import SobolQMCNormalSampler
@@ -277,10 +291,11 @@ class GPSampler(ModelBasedSampler):
             decoded: list[dict[str, PlainValue]] = []
             if any(is_exploitation_draw(first + i) for i in range(count)):
                 point = self._exploitation_point(
-                    model, train_x, train_y, in_flight, bounds, options
+                    model, train_x, train_y, in_flight, bounds, options, configs
                 )
                 if point is not None:
                     decoded.append(point)
+                    configs.add(point)
                     in_flight = torch.cat([in_flight, self._encode([point])])
             if len(decoded) < count:
                 acquisition = qLogExpectedImprovement(
@@ -293,7 +308,7 @@ class GPSampler(ModelBasedSampler):
                     acquisition, train_x, train_y, count - len(decoded), options["seed"]
                 )
                 taken = torch.cat([train_x, in_flight])
-                decoded += self._maximise(acquisition, starts, bounds, options, taken)
+                decoded += self._maximise(acquisition, starts, bounds, options, taken, configs)
             return self._predicted(model, decoded, first)
 
     def _predicted(
@@ -324,6 +339,7 @@ class GPSampler(ModelBasedSampler):
         bounds: torch.Tensor,
         options: dict,
         taken: torch.Tensor | None = None,
+        configs: Taken | None = None,
     ) -> list[dict[str, PlainValue]]:
         """The three-step optimisation of the module docstring from ``starts``
         (restarts x q x dim). Every restart's result and every start is decoded
@@ -331,8 +347,11 @@ class GPSampler(ModelBasedSampler):
         to a poor point (a one-hot vector between two categories, scored where
         the model extrapolates, becomes one of them), and then a start (e.g.
         the incumbent) whose continuous part step 3 polishes is the better
-        candidate."""
+        candidate. ``taken`` (encoded) and ``configs`` are the observed and pending
+        points, which no point of the batch may repeat (module docstring, "Repeats")."""
         from botorch.optim import optimize_acqf
+
+        configs = configs if configs is not None else Taken(self.space)
 
         relaxed, _ = optimize_acqf(
             acquisition,
@@ -362,13 +381,25 @@ class GPSampler(ModelBasedSampler):
                 candidate = self._refine_discrete(acquisition, candidate, bounds, options)
             if first is None:
                 first = candidate
-            if not self._repeats(candidate, taken):
+            if not self._repeats(candidate, taken, configs):
                 return candidate
-        return first if first is not None else batches[0]
+        best = first if first is not None else batches[0]
+        return self._replace_taken(acquisition, best, configs, options["seed"])
 
-    def _repeats(self, batch: list[dict[str, PlainValue]], taken: torch.Tensor | None) -> bool:
-        """Whether a point of ``batch`` lies within ``MIN_DISTANCE`` of a point of
-        ``taken`` (encoded observed and pending points) or of another of its batch."""
+    def _repeats(
+        self, batch: list[dict[str, PlainValue]], taken: torch.Tensor | None, configs: Taken
+    ) -> bool:
+        """Whether a point of ``batch`` repeats a configuration of ``configs`` or
+        another of its batch, or, on a space with floats, lies within
+        ``MIN_DISTANCE`` of a point of ``taken`` (encoded observed and pending
+        points) or of another of its batch."""
+        seen = configs.copy()
+        for params in batch:
+            if seen.blocks(params):
+                return True
+            seen.add(params)
+        if not self._has_floats:
+            return False  # configurations are exact: nothing is "near" another
         encoded = self._encode(batch)
         if len(batch) > 1:
             inside = torch.cdist(encoded, encoded)
@@ -378,6 +409,32 @@ class GPSampler(ModelBasedSampler):
         if taken is None or not len(taken):
             return False
         return torch.cdist(encoded, taken).min().item() < MIN_DISTANCE
+
+    def _replace_taken(
+        self,
+        acquisition: torch.nn.Module,
+        batch: list[dict[str, PlainValue]],
+        configs: Taken,
+        seed: int,
+    ) -> list[dict[str, PlainValue]]:
+        """``batch`` with each point whose configuration is taken (by ``configs`` or
+        an earlier point of the batch) replaced by the best, by the acquisition with
+        the other points fixed, of its discrete neighbours and ``UNSEEN_CANDIDATES``
+        unseen configurations that are not taken (module docstring, "Repeats")."""
+        seen = configs.copy()
+        rng = np.random.default_rng(seed)
+        batch = list(batch)
+        for row, params in enumerate(batch):
+            if seen.blocks(params):
+                options = [n for n in self._neighbours(params) if not seen.blocks(n)]
+                options += unseen(self.space, seen, rng, UNSEEN_CANDIDATES)
+                if options:
+                    batches = [[*batch[:row], o, *batch[row + 1 :]] for o in options]
+                    with torch.no_grad():
+                        values = acquisition(torch.stack([self._encode(b) for b in batches]))
+                    batch[row] = options[int(torch.argmax(values))]
+            seen.add(batch[row])
+        return batch
 
     def _starts(
         self,
@@ -424,18 +481,19 @@ class GPSampler(ModelBasedSampler):
         in_flight: torch.Tensor,
         bounds: torch.Tensor,
         options: dict,
+        configs: Taken,
     ) -> dict[str, PlainValue] | None:
         """The maximiser of the posterior mean, found by L-BFGS from the best
         observed points (then the same discrete search as the acquisition), or
-        None when it lies within ``MIN_DISTANCE`` of an observed or
-        pending point: evaluating it would then teach the model nothing."""
+        None when it repeats an observed or pending point (``_repeats``):
+        evaluating it would then teach the model nothing."""
         from botorch.acquisition.analytic import PosteriorMean
 
         best = train_x[torch.argsort(train_y.squeeze(-1), descending=True)[:INCUMBENT_STARTS]]
         taken = torch.cat([train_x, in_flight])
-        point = self._maximise(PosteriorMean(model), best.unsqueeze(1), bounds, options, taken)
-        distance = torch.cdist(self._encode(point), taken).min().item()
-        return point[0] if distance >= MIN_DISTANCE else None
+        mean = PosteriorMean(model)
+        point = self._maximise(mean, best.unsqueeze(1), bounds, options, taken, configs)
+        return None if self._repeats(point, taken, configs) else point[0]
 
     def _refine_discrete(
         self,

@@ -10,6 +10,10 @@ Infeasible observations (failed trials, ``base.INFEASIBLE_KINDS``) are points of
 the initial design like any other: the model is fitted once the chosen fidelity's
 feasible values plus the infeasible points reach ``startup``, with at least one
 feasible value to model. How each model uses them is its own (gp.py, tpe.py).
+
+No wasted evaluations (``distinct.py``): the configurations taken by every
+observation (any fidelity) and pending point reach the model as a ``Taken``, and
+the quasi-random start skips them too.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ladder.samplers.base import (
     SamplerContext,
     select_fidelity,
 )
+from ladder.samplers.distinct import Taken
 from ladder.samplers.quasirandom import QuasiRandomSampler
 
 
@@ -53,13 +58,15 @@ class ModelBasedSampler(Sampler):
     ) -> list[Proposal]:
         fidelity = self.training_set(observations)
         if not self.can_fit(fidelity, pending):
-            initial = self._initial.suggest((), count, pending)
+            initial = self._initial.suggest(observations, count, pending)
             return [dataclasses.replace(p, algorithm=self.algorithm) for p in initial]
-        return self._from_model(fidelity, count, pending, self.reserve(count))
+        taken = Taken.of(self.space, observations, pending, self.context.repeats)
+        return self._from_model(fidelity, count, pending, self.reserve(count), taken)
 
     @abstractmethod
     def _from_model(
-        self, fidelity: FidelitySet, count: int, pending: Pending, first: int
+        self, fidelity: FidelitySet, count: int, pending: Pending, first: int, taken: Taken
     ) -> list[Proposal]:
         """``count`` proposals from the model fitted on ``fidelity``, numbered
-        from draw ``first`` (already reserved)."""
+        from draw ``first`` (already reserved), none of them ``taken`` (nor two
+        the same) unless ``taken`` says the space is exhausted."""

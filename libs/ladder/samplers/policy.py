@@ -33,6 +33,17 @@ Refit loop (the only caller of the ``Refit``, so a sampler needs no locking):
 Provenance: every proposal names what chose it (``Proposal.algorithm``); a miss
 is answered by the fallback under ``FALLBACK_ALGORITHM``, so it is visible per
 suggestion.
+
+No wasted evaluations (``distinct.py``), on a space whose configurations can
+repeat: the refit gets the buffered points as pending (above); the fallback gets
+the study's observations and every point pending, buffered or recently handed out
+(misses are serialised, so two concurrent misses see each other's points; the
+pending read is a Redis read on that path); and a refit's points whose
+configuration was handed out while it ran (a stale buffer keeps serving during a
+refit, and a point handed out reaches the pending set a moment later) are dropped
+when it lands, the next top-up replacing them. "Recently" is the last
+``HANDED_WINDOW`` points (at least four buffers) this policy handed out, which
+covers what was handed out during any refit short of a burst of that many misses.
 """
 
 from __future__ import annotations
@@ -41,16 +52,20 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ladder.failures import FailureKind
+from ladder.params import PlainValue
 from ladder.samplers.base import Observation, ObservationKey, Pending, Proposal, Sampler
+from ladder.samplers.distinct import Taken, config_key
 
 log = logging.getLogger("ladder.samplers.policy")
 
 FALLBACK_ALGORITHM = "sobol-fallback"
 RETRY_SECONDS = 1.0
+# Points handed out that stay "in flight" for this policy (module docstring).
+HANDED_WINDOW = 256
 
 PendingProvider = Callable[[], Pending]
 # refit(count, pending) -> ``count`` proposals from the study's current observations.
@@ -190,6 +205,13 @@ class SuggestionPolicy:
         self.pending = pending
         self.name = name
         self._ready: deque[Proposal] = deque()
+        self._handed: deque[Mapping[str, PlainValue]] = deque(
+            maxlen=max(HANDED_WINDOW, 4 * capacity)
+        )
+        # Whether the no-repeat rule applies: the space can repeat a configuration
+        # and the study wants no repeats (distinct.py).
+        self._distinct = Taken(fallback.space, fallback.context.repeats).active
+        self._fallback_lock = threading.Lock()
         self._stale = False
         self._wake = threading.Condition()
         self._stopping = False
@@ -221,9 +243,10 @@ class SuggestionPolicy:
         if count <= 0:
             return []
         if self.refit is None:
-            return self.fallback.suggest((), count)
+            return self._from_fallback(count)
         with self._wake:
             ready = [self._ready.popleft() for _ in range(min(count, len(self._ready)))]
+            self._handed.extend(p.params for p in ready)
             self._stats = replace(
                 self._stats,
                 hits=self._stats.hits + len(ready),
@@ -235,9 +258,24 @@ class SuggestionPolicy:
         if len(ready) < count:
             ready.extend(
                 replace(p, algorithm=FALLBACK_ALGORITHM)
-                for p in self.fallback.suggest((), count - len(ready))
+                for p in self._from_fallback(count - len(ready))
             )
         return ready
+
+    def _from_fallback(self, count: int) -> list[Proposal]:
+        """``count`` points of the fallback, none of them a configuration observed,
+        pending, buffered or recently handed out (module docstring)."""
+        if not self._distinct:
+            return self.fallback.suggest((), count)
+        observations = self.observations.snapshot()
+        pending = list(self.pending())
+        with self._fallback_lock:
+            with self._wake:
+                in_flight = [*pending, *(p.params for p in self._ready), *self._handed]
+            proposals = self.fallback.suggest(observations, count, in_flight)
+            with self._wake:
+                self._handed.extend(p.params for p in proposals)
+        return proposals
 
     @property
     def stats(self) -> PolicyStats:
@@ -284,6 +322,18 @@ class SuggestionPolicy:
                     # The buffer still predates the observations that made it stale.
                     self._stale = self._stale or stale
 
+    def _not_handed(self, proposals: list[Proposal], pending: Pending) -> list[Proposal]:
+        """``proposals`` without those whose configuration was handed out meanwhile
+        (module docstring), unless the space is exhausted. Called holding ``_wake``."""
+        if not self._distinct or not self._handed:
+            return proposals
+        space = self.fallback.space
+        handed = {config_key(space, params) for params in self._handed}
+        if all(config_key(space, p.params) not in handed for p in proposals):
+            return proposals
+        taken = Taken.of(space, self.observations.snapshot(), [*pending, *self._handed])
+        return [p for p in proposals if not taken.blocks(p.params)]
+
     def _refit(self, stale: bool, keep: list[Proposal]) -> None:
         assert self.refit is not None
         want = self.capacity - len(keep)
@@ -296,6 +346,7 @@ class SuggestionPolicy:
         observed = len(self.observations)
         infeasible = self.observations.infeasible
         with self._wake:
+            proposals = self._not_handed(proposals, pending)
             dropped = 0
             if stale:  # new observations: what is buffered was computed without them
                 dropped = len(self._ready)

@@ -32,7 +32,14 @@ each child's density is in effect fitted on the trials where it was active.
 Proposal. ``N_CANDIDATES`` candidates are sampled from ``l`` (pick a good
 trial or the prior, then perturb each parameter with that trial's kernel,
 parents first so children appear only when active) and the one with the
-largest ``log l - log g`` wins.
+largest ``log l - log g`` wins, unless its configuration is taken (observed,
+pending or earlier in the batch; ``distinct.py``): then the next candidate by
+``log l - log g`` wins, and when every candidate is taken (a finite space whose
+good region has been evaluated), the best of ``N_CANDIDATES`` more from ``l`` and
+as many unseen configurations. Without that rule TPE re-evaluates its best
+configurations on a small discrete space: ``l`` concentrates on them and the
+constant liar only lowers, never zeroes, their score (36 distinct configurations
+of 100 on six 5-way categoricals, bench/quality/distinct_configs.py).
 
 Training set: ``select_fidelity`` (base.py) with ``N_STARTUP`` as the threshold —
 final values once there are ``N_STARTUP`` of them, else the highest rung
@@ -52,11 +59,12 @@ from scipy.special import ndtr, ndtri
 
 from ladder.params import PlainValue
 from ladder.samplers.base import FidelitySet, Pending, Proposal, SamplerContext, derive_seed
+from ladder.samplers.distinct import Taken, parents_first, unseen
 from ladder.samplers.model_based import ModelBasedSampler
-from ladder.space import CategoricalEncoding, Kind, ParamSpec, Space
+from ladder.space import CategoricalEncoding, Kind, Space
 
 # Bumped whenever suggestions change for the same inputs (bench cache key).
-VERSION = "1"
+VERSION = "2"
 GAMMA = 0.15
 MAX_GOOD = 25
 N_STARTUP = 10
@@ -83,7 +91,7 @@ class TPESampler(ModelBasedSampler):
         super().__init__(context, startup=N_STARTUP)
 
     def _from_model(
-        self, fidelity: FidelitySet, count: int, pending: Pending, first: int
+        self, fidelity: FidelitySet, count: int, pending: Pending, first: int, taken: Taken
     ) -> list[Proposal]:
         sign = -1.0 if self.context.maximize else 1.0
         order = sorted(fidelity.observations, key=lambda o: (sign * o.value, o.trial_id))
@@ -97,9 +105,10 @@ class TPESampler(ModelBasedSampler):
             rng = np.random.default_rng(
                 derive_seed(self.context.seed, self.context.partition, first + i)
             )
-            params = propose(self.space, good, bad, rng)
+            params = propose(self.space, good, bad, rng, taken=taken)
             proposals.append(Proposal(params=params, draw=first + i, algorithm=self.algorithm))
             bad.append(params)  # later points of this batch diverge from it
+            taken.add(params)
         return proposals
 
 
@@ -109,17 +118,40 @@ def propose(
     bad: Sequence[Mapping[str, PlainValue]],
     rng: np.random.Generator,
     n_candidates: int = N_CANDIDATES,
+    taken: Taken | None = None,
 ) -> dict[str, PlainValue]:
-    """The candidate (sampled from l) with the best ``log l(x) - log g(x)``."""
+    """The candidate (sampled from l) with the best ``log l(x) - log g(x)`` among those
+    ``taken`` does not block (module docstring, "Proposal")."""
     good_enc, bad_enc = _encode(space, good), _encode(space, bad)
     n_total = len(good) + len(bad)
     bandwidth = max(BANDWIDTH * max(n_total, 1) ** (-1.0 / (len(space) + 4)), MIN_BANDWIDTH)
-    candidates = _sample(space, good_enc, bandwidth, rng, n_candidates)
-    score = _log_density(space, candidates, good_enc, bandwidth) - _log_density(
-        space, candidates, bad_enc, bandwidth
+
+    def ranked(candidates: _Encoded) -> list[dict[str, PlainValue]]:
+        """Decoded candidates, best first, up to the first one not blocked."""
+        score = _log_density(space, candidates, good_enc, bandwidth) - _log_density(
+            space, candidates, bad_enc, bandwidth
+        )
+        out = []
+        for index in np.argsort(-score, kind="stable"):
+            out.append(_decode(space, candidates.values[index], candidates.active[index]))
+            if taken is None or not taken.blocks(out[-1]):
+                break
+        return out
+
+    first = ranked(_sample(space, good_enc, bandwidth, rng, n_candidates))
+    if taken is None or not taken.blocks(first[-1]):
+        return first[-1]
+    more = _sample(space, good_enc, bandwidth, rng, n_candidates)
+    fresh = _encode(space, unseen(space, taken, rng, n_candidates))
+    second = ranked(
+        _Encoded(
+            np.concatenate([more.values, fresh.values]),
+            np.concatenate([more.active, fresh.active]),
+        )
     )
-    best = int(np.argmax(score))
-    return _decode(space, candidates.values[best], candidates.active[best])
+    # Every candidate taken yet the space not exhausted (unseen configurations too
+    # rare to draw): the best one, a repeat.
+    return second[-1] if not taken.blocks(second[-1]) else first[0]
 
 
 def _encode(space: Space, points: Sequence[Mapping[str, PlainValue]]) -> _Encoded:
@@ -156,7 +188,7 @@ def _sample(
     for row in range(count):
         k = component[row]
         chosen: dict[str, PlainValue] = {}
-        for p in _parents_first(space):
+        for p in parents_first(space):
             j = index[p.name]
             if not space.is_active(p.name, chosen):
                 continue
@@ -226,16 +258,3 @@ def _decode(space: Space, values: np.ndarray, active: np.ndarray) -> dict[str, P
         else:
             out[p.name] = p.decode([float(values[j])])
     return out
-
-
-def _parents_first(space: Space) -> list[ParamSpec]:
-    done: list[ParamSpec] = []
-    names: set[str] = set()
-    remaining = list(space.params)
-    while remaining:
-        for p in list(remaining):
-            if p.parent is None or p.parent in names:
-                done.append(p)
-                names.add(p.name)
-                remaining.remove(p)
-    return done
