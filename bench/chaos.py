@@ -57,7 +57,7 @@ lineage store through its gRPC API):
   TRIAL_STARTED (death-to-resume; median, p95, max), split into what Ladder controls,
   kill -> the trial resumable (its attempt's end event: lease expiry or hand-back;
   must be < 15 s), and the wait for a free worker after it; no resumable trial may be
-  overtaken by a fresh one (a first attempt started over a second after the trial
+  overtaken by a fresh one (a first attempt started over 2 s after the trial
   became resumable and before it ran again): the first free worker takes it;
 - no trial FAILED (preemption alone must never fail one); no spurious lease expiry (an
   attempt whose worker still reported a step after its lease expired).
@@ -123,7 +123,7 @@ ENDING_KINDS = (
 # Components killed in this order (those stack.json records); the broker last.
 KILL_ORDER = ("evaluate", "earlystop", "suggest", "lineage", "redis", "objectstore", "kafka")
 RESUME_LIMIT_S = 15.0
-OVERTAKE_GRACE_MS = 1000
+OVERTAKE_GRACE_MS = 2000
 SPACE = {
     "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
     "wd": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
