@@ -432,6 +432,9 @@ def _copy_rows(source: Database, target_url: str) -> None:
             with cursor.copy(f"COPY {table} ({quoted}) FROM STDIN") as copy:
                 for row in source.execute(f"SELECT {quoted} FROM {table}{order}"):
                     copy.write_row(tuple(row))
+        target.commit()
+        # What autovacuum does soon after a bulk load: the planner's statistics.
+        cursor.execute("ANALYZE")
 
 
 # -- measurement ------------------------------------------------------------------------

@@ -5,24 +5,24 @@ bucket's extremes).
 
 Which trials, and how many points each has, comes from ``trial_curves`` (a row per
 trial, kept by the writer: ``curve_ends``). The points themselves are read only for
-curves not already in the ``CurveCache``: a down-sampled curve depends on nothing but
+curves not already made for an earlier request: a down-sampled curve depends on nothing but
 the trial's stored points (insert-only: the first write of a point wins) and its
 attempts' numbers, so one made from the same point count and attempt numbers is the
-same curve. A dashboard polling a big study reads the points of the trials that
-moved, not of the 500 it shows.
+same curve (``answer_cache``). A dashboard polling a big study reads the points of the
+trials that moved, not of the 500 it shows.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from ladder.curves import Candidate, Point, display_curve, pick_trials
 from ladder.v1 import lineage_pb2, trial_pb2
 
+from services.lineage.answer_cache import AnswerCache
 from services.lineage.db import Database
 from services.lineage.study_reads import (
     MAXIMIZE,
@@ -36,7 +36,7 @@ TS = trial_pb2.TrialState
 UNKNOWN = TS.Value("TRIAL_STATE_UNSPECIFIED")
 CURVE_POINTS = 64  # GetStudyCurves' defaults
 CURVE_TRIALS = 500
-CACHED_CURVES = 10_000  # about 2 kB each at 64 points
+CURVE_CACHE_BYTES = 32 << 20  # about 15,000 curves of 64 points
 
 
 class _Stamp(NamedTuple):
@@ -44,35 +44,6 @@ class _Stamp(NamedTuple):
 
     points: int
     attempts: tuple[tuple[str, int], ...]  # (attempt id, number) of a resumed trial
-
-
-class CurveCache:
-    """Down-sampled curves (serialized ``TrialCurve.points``) by (trial, max_points),
-    with the stamp they were made from; the least recently used go first. Shared by the
-    service's threads."""
-
-    def __init__(self, capacity: int = CACHED_CURVES) -> None:
-        self._capacity = capacity
-        self._curves: OrderedDict[tuple[str, int], tuple[_Stamp, bytes]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, int], stamp: _Stamp) -> bytes | None:
-        with self._lock:
-            found = self._curves.get(key)
-            if found is None or found[0] != stamp:
-                return None
-            self._curves.move_to_end(key)
-            return found[1]
-
-    def put(self, key: tuple[str, int], stamp: _Stamp, curve: bytes) -> None:
-        with self._lock:
-            self._curves[key] = (stamp, curve)
-            self._curves.move_to_end(key)
-            while len(self._curves) > self._capacity:
-                self._curves.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._curves)
 
 
 def _resumed_attempts(db: Database, study_id: str) -> dict[str, dict[str, int]]:
@@ -116,7 +87,7 @@ def _curve_points(points: list[Point], max_points: int) -> bytes:
 
 
 def study_curves(
-    db: Database, study_id: str, max_points: int, max_trials: int, cache: CurveCache
+    db: Database, study_id: str, max_points: int, max_trials: int, cache: AnswerCache
 ) -> lineage_pb2.StudyCurves:
     """The study's learning curves (see the module doc)."""
     study = db.execute(
@@ -153,11 +124,13 @@ def study_curves(
         trial_id: _Stamp(ends[trial_id][1], tuple(sorted(numbers.get(trial_id, {}).items())))
         for trial_id in picked
     }
-    made = {trial_id: cache.get((trial_id, max_points), stamps[trial_id]) for trial_id in picked}
+    made = dict(zip(
+        picked, cache.get([((t, max_points), stamps[t]) for t in picked]), strict=True
+    ))
     missing = [trial_id for trial_id, curve in made.items() if curve is None]
     for trial_id, points in _points(db, missing, numbers).items():
         made[trial_id] = _curve_points(points, max_points)
-        cache.put((trial_id, max_points), stamps[trial_id], made[trial_id])
+    cache.put([((t, max_points), stamps[t], made[t] or b"") for t in missing])
     stops = stop_decisions(db, study_id, picked)
     for trial_id in picked:
         _, points, _, _, state, _, _ = ends[trial_id]

@@ -14,10 +14,9 @@ from contextlib import contextmanager
 from ladder.v1 import events_pb2, lineage_pb2, trial_pb2
 
 from services.lineage import curve_reads, study_reads, trial_table
-from services.lineage.curve_reads import CurveCache
+from services.lineage.answer_cache import AnswerCache
 from services.lineage.db import Database, Row
 from services.lineage.study_reads import from_real as _from_real
-from services.lineage.trial_table import SummaryCache
 
 TS = trial_pb2.TrialState
 
@@ -66,7 +65,7 @@ class LineageQueries:
         return study_reads.listings(self._db)
 
     def study_curves(
-        self, study_id: str, max_points: int, max_trials: int, cache: CurveCache
+        self, study_id: str, max_points: int, max_trials: int, cache: AnswerCache
     ) -> lineage_pb2.StudyCurves | None:
         if not self.study_known(study_id):
             return None
@@ -84,12 +83,14 @@ class LineageQueries:
         return None if found is None else found.trials
 
     def list_trials_response(
-        self, study_id: str, cache: SummaryCache | None = None
+        self, study_id: str, cache: AnswerCache | None = None
     ) -> lineage_pb2.ListTrialsResponse | None:
         """ListTrials' answer; ``cache`` keeps the summaries for the next request."""
         if not self.study_known(study_id):
             return None
-        return trial_table.trial_summaries(self._db, study_id, cache or SummaryCache())
+        if cache is None:
+            cache = AnswerCache(0)  # keeps nothing
+        return trial_table.trial_summaries(self._db, study_id, cache)
 
     def trial_lineage(self, trial_id: str) -> lineage_pb2.TrialLineage | None:
         """Everything recorded about one trial; None if no record mentions it."""

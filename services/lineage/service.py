@@ -17,10 +17,11 @@ import grpc
 from ladder.errors import InvalidArgument, NotFound, Unavailable, require
 from ladder.v1 import lineage_pb2, lineage_pb2_grpc
 
-from services.lineage.curve_reads import CURVE_POINTS, CURVE_TRIALS, CurveCache
+from services.lineage.answer_cache import AnswerCache
+from services.lineage.curve_reads import CURVE_CACHE_BYTES, CURVE_POINTS, CURVE_TRIALS
 from services.lineage.db import TRANSIENT
 from services.lineage.queries import LineageQueries
-from services.lineage.trial_table import SummaryCache
+from services.lineage.trial_table import SUMMARY_CACHE_BYTES
 
 _T = TypeVar("_T")
 
@@ -33,8 +34,8 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
         self._lock = threading.Lock()
         # What the dashboard's reads made, for its next poll (each entry checked
         # against the rows it was made from).
-        self._curves = CurveCache()
-        self._summaries = SummaryCache()
+        self._curves = AnswerCache(CURVE_CACHE_BYTES)
+        self._summaries = AnswerCache(SUMMARY_CACHE_BYTES)
 
     def _queries(self) -> LineageQueries:
         queries = getattr(self._local, "queries", None)

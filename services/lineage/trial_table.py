@@ -5,8 +5,8 @@ paused it).
 Three statements whatever the number of trials: the trials with their curve end
 (``trial_curves``), attempt counts, the newest STOP / PAUSE decision's position per
 trial. A summary is a function of those rows (and of the params and decision they
-point to, which never change once stored), so the ``SummaryCache`` keeps each trial's
-serialized summary with the row it was made from: a big study's table is rebuilt
+point to, which never change once stored), so each trial's serialized summary is kept
+with the row it was made from (``answer_cache``): a big study's table is rebuilt
 only for the trials that moved since the last request, and only their params and
 decisions are read. The rows are still read each time: nothing stale is ever sent.
 """
@@ -14,55 +14,30 @@ decisions are read. The rows are still read each time: nothing stale is ever sen
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from ladder.v1 import events_pb2, lineage_pb2, trial_pb2
 
+from services.lineage.answer_cache import AnswerCache
 from services.lineage.db import Database
-from services.lineage.study_reads import chunks, decisions_by_id, in_list, newest_stops, rows
+from services.lineage.study_reads import (
+    PAUSE,
+    STOP,
+    chunks,
+    decisions_by_id,
+    in_list,
+    newest_stops,
+    rows,
+)
 
 TS = trial_pb2.TrialState
 _STATE_NAMES = {value: TS.Name(value) for value in TS.values()}
-CACHED_SUMMARIES = 40_000  # about 0.7 kB each with its row
-
-
-class SummaryCache:
-    """Serialized TrialSummary by trial id, with the row it was made from; the least
-    recently used go first. Shared by the service's threads."""
-
-    def __init__(self, capacity: int = CACHED_SUMMARIES) -> None:
-        self._capacity = capacity
-        self._summaries: OrderedDict[str, tuple[tuple[Any, ...], bytes]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, made_from: Sequence[tuple[Any, ...]]) -> list[bytes | None]:
-        """Per row (whose first item is the trial id): the summary made from it, or None."""
-        found: list[bytes | None] = []
-        with self._lock:
-            for row in made_from:
-                kept = self._summaries.get(row[0])
-                if kept is None or kept[0] != row:
-                    found.append(None)
-                    continue
-                self._summaries.move_to_end(row[0])
-                found.append(kept[1])
-        return found
-
-    def put(self, made: Sequence[tuple[tuple[Any, ...], bytes]]) -> None:
-        """Keep each (row, summary made from it)."""
-        with self._lock:
-            for row, summary in made:
-                self._summaries[row[0]] = (row, summary)
-                self._summaries.move_to_end(row[0])
-            while len(self._summaries) > self._capacity:
-                self._summaries.popitem(last=False)
+SUMMARY_CACHE_BYTES = 64 << 20  # about 80,000 trials of a few params
 
 
 def trial_summaries(
-    db: Database, study_id: str, cache: SummaryCache
+    db: Database, study_id: str, cache: AnswerCache
 ) -> lineage_pb2.ListTrialsResponse:
     """Every trial of the study, oldest first (see the module doc)."""
     trials = rows(db.execute(
@@ -84,12 +59,18 @@ def trial_summaries(
     )))
     stops = newest_stops(db, study_id)
     made_from = [(*row, attempts.get(row[0], 0), stops.get(row[0])) for row in trials]
-    made = cache.get(made_from)
+    made = cache.get([(row[0], row) for row in made_from])
     missing = [at for at, summary in enumerate(made) if summary is None]
-    built = _summaries(db, [made_from[at] for at in missing])
+    # A first request (or one after most trials moved) reads by study, not by id.
+    built = _summaries(
+        db, [made_from[at] for at in missing], study_id if len(missing) > len(made) // 4 else None
+    )
     for at, summary in zip(missing, built, strict=True):
         made[at] = summary
-    cache.put([(made_from[at], summary) for at, summary in zip(missing, built, strict=True)])
+    cache.put([
+        (made_from[at][0], made_from[at], summary)
+        for at, summary in zip(missing, built, strict=True)
+    ])
     reply = lineage_pb2.ListTrialsResponse()
     add = reply.trials.add
     for summary in made:
@@ -97,19 +78,43 @@ def trial_summaries(
     return reply
 
 
-def _summaries(db: Database, made_from: Sequence[tuple[Any, ...]]) -> list[bytes]:
-    """Serialized summaries of these trials, from their rows (``trial_summaries``)."""
-    ids = [row[0] for row in made_from]
-    params = {
-        trial_id: bytes(blob)
-        for chunk in chunks(ids)
-        for trial_id, blob in rows(db.execute(
+def _summaries(
+    db: Database, made_from: Sequence[tuple[Any, ...]], study_id: str | None
+) -> list[bytes]:
+    """Serialized summaries of these trials, from their rows (``trial_summaries``); their
+    params and decisions read by id, or by ``study_id`` when given."""
+    if not made_from:
+        return []
+    if study_id is not None:
+        params = dict(rows(db.execute(
             "SELECT trial_id, params_pb FROM trials "
-            f"WHERE params_pb IS NOT NULL AND trial_id IN {in_list(chunk)}",
-            tuple(chunk),
-        ))
-    }
-    decisions = decisions_by_id(db, [row[-1][1] for row in made_from if row[-1] is not None])
+            "WHERE study_id = ? AND params_pb IS NOT NULL",
+            (study_id,),
+        )))
+        blobs = dict(rows(db.execute(
+            f"SELECT id, decision_pb FROM decisions WHERE study_id = ? "
+            f"AND action IN ({STOP}, {PAUSE})",
+            (study_id,),
+        )))
+        decisions = {
+            stop[1]: events_pb2.Decision.FromString(bytes(blobs[stop[1]]))
+            for *_, stop in made_from
+            if stop is not None
+        }
+    else:
+        ids = [row[0] for row in made_from]
+        params = {
+            trial_id: blob
+            for chunk in chunks(ids)
+            for trial_id, blob in rows(db.execute(
+                "SELECT trial_id, params_pb FROM trials "
+                f"WHERE params_pb IS NOT NULL AND trial_id IN {in_list(chunk)}",
+                tuple(chunk),
+            ))
+        }
+        decisions = decisions_by_id(
+            db, [row[-1][1] for row in made_from if row[-1] is not None]
+        )
     found = []
     for (trial_id, state, has_final, final, last_step, _, algorithm, first_ts, terminal_ts,
          train_seconds, failure_kind, mean, std, last_reported, attempts, stop) in made_from:
@@ -129,7 +134,7 @@ def _summaries(db: Database, made_from: Sequence[tuple[Any, ...]]) -> list[bytes
             predicted_std=math.nan if std is None else std,
         )
         if trial_id in params:
-            summary.MergeFromString(summary_params(params[trial_id]))
+            summary.MergeFromString(summary_params(bytes(params[trial_id])))
         if stop is not None:
             decision: events_pb2.Decision = decisions[stop[1]]
             summary.stop_reason, summary.stop_rung = decision.reason, decision.rung
