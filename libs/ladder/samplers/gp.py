@@ -36,9 +36,10 @@ point.
 Exploitation draws. Every ``EXPLOIT_EVERY``-th draw number (deterministic; a
 batch that spans one or more such numbers gets one such point, first) is the
 maximiser of the posterior mean instead, found from the best observed points
-by the same optimisation as the acquisition's, unless it lies
-within ``MIN_DISTANCE`` (unit cube) of an observed or pending point,
-where evaluating it would teach nothing; then the draw is an ordinary
+by the same optimisation as the acquisition's, unless it repeats an
+observed or pending point (see "Repeats": the same configuration, or within
+``MIN_DISTANCE`` on a space with floats), where evaluating it would teach
+nothing; then the draw is an ordinary
 acquisition draw. A design choice: EI alone keeps trading a sure small gain
 for variance, so near the end of a 100-evaluation budget it refines the
 incumbent slowly; one draw in eight spent on the model's best guess buys the
@@ -55,8 +56,9 @@ of its batch; ``distinct.py``) or, on a space with floats, lies closer than
 ``MIN_DISTANCE`` to an observed or pending point is passed over for the
 best-scoring one that is not. On a discrete space the best candidates often all
 repeat (the acquisition's maximum sits on an evaluated configuration once the
-good region is known: 46-53 distinct configurations of 100 on the finite spaces
-of bench/quality/distinct_configs.py), so when every refined candidate is taken,
+good region is known: without the rule, 46-53 distinct configurations of 100 on
+three of the finite spaces of bench/quality/distinct_configs.py), so when every
+refined candidate is taken,
 each taken point of the batch is replaced by the best, by the acquisition with the
 rest of the batch fixed, of its discrete neighbours and ``UNSEEN_CANDIDATES``
 unseen configurations that are not taken. Once every configuration of the space

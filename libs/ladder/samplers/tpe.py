@@ -38,8 +38,8 @@ pending or earlier in the batch; ``distinct.py``): then the next candidate by
 good region has been evaluated), the best of ``N_CANDIDATES`` more from ``l`` and
 as many unseen configurations. Without that rule TPE re-evaluates its best
 configurations on a small discrete space: ``l`` concentrates on them and the
-constant liar only lowers, never zeroes, their score (36 distinct configurations
-of 100 on six 5-way categoricals, bench/quality/distinct_configs.py).
+constant liar only lowers, never zeroes, their score (a median of 32 distinct
+configurations of 100 on six 5-way categoricals, bench/quality/distinct_configs.py).
 
 Training set: ``select_fidelity`` (base.py) with ``N_STARTUP`` as the threshold —
 final values once there are ``N_STARTUP`` of them, else the highest rung
