@@ -705,6 +705,7 @@ def audit_study(client: LadderClient, settings: Settings, topics: Topics, study_
         checks["summary has no running or suggested trial"] = (
             summary.running == 0 and summary.suggested == 0)
     if per_trial_lineage:
+        checks["every trial in lineage"] = out["trials_not_in_lineage_count"] == 0
         checks["lineage decisions == topic decisions"] = not out["lineage_decisions_differ"]
         checks["every metric point on the topic in lineage"] = out["metric_points_missing"] == 0
     out["checks"] = checks
@@ -750,8 +751,16 @@ def _lineage_per_trial(client: LadderClient, topics: Topics, study_id: str,
         if report.study_id == study_id:
             points[report.trial_id].add((report.attempt_id, report.step))
     decisions_differ, missing_points, attempt_ends = [], 0, Counter()
+    not_in_lineage: list[str] = []
     for trial_id in trial_ids:
-        lineage = client.lineage(trial_id)
+        try:
+            lineage = client.lineage(trial_id)
+        except grpc.RpcError as exc:
+            # A finding (lineage behind, or a trial lost), not a reason to stop auditing.
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            not_in_lineage.append(trial_id)
+            continue
         got = {(d.rung, d.action) for d in lineage.decisions}
         want = {(d.rung, d.action) for d in by_trial.get(trial_id, [])}
         if got != want:
@@ -761,6 +770,8 @@ def _lineage_per_trial(client: LadderClient, topics: Topics, study_id: str,
         for attempt in lineage.attempts:
             attempt_ends[attempt.outcome] += 1
     return {
+        "trials_not_in_lineage": not_in_lineage[:20],
+        "trials_not_in_lineage_count": len(not_in_lineage),
         "lineage_decisions_differ": decisions_differ[:20],
         "metric_points_on_topic": sum(len(v) for v in points.values()),
         "metric_points_missing": missing_points,
