@@ -12,7 +12,8 @@ curves of a few dozen points each instead of every point.
   step order), so every local extreme that matters (the curve's minimum and maximum
   always) survives, unlike plain striding.
 - ``display_curve``: both, after leaving out non-finite values. A NaN (a diverged
-  trial; the store keeps it as NULL) or an infinity has no place on a plot axis: the
+  trial; the store keeps it as NULL, read as None) or an infinity has no place on a
+  plot axis: the
   curve simply has no point at that step. The caller's ``total_points`` still counts
   them, and the trial's stop mark (its decision's step) still shows where it ended.
 - ``pick_trials``: which curves to send when there are more than ``max_trials``: those
@@ -25,15 +26,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Point(NamedTuple):
+    """A reported point. The functions below take any tuple laid out like this one
+    (extra items after these five are ignored), so rows read from a store need not be
+    copied into Points first; ``value`` None is a missing value, like NaN."""
+
     step: float
-    value: float
+    value: float | None
     ts_ms: int = 0
     attempt_id: str = ""
     attempt_number: int = 0  # 0: unknown (ranks below any numbered attempt)
+
+
+STEP, VALUE, TS_MS, ATTEMPT_ID, ATTEMPT_NUMBER = range(5)
+PointLike = tuple[Any, ...]
 
 
 class Candidate(NamedTuple):
@@ -42,24 +51,24 @@ class Candidate(NamedTuple):
     recent_ms: int  # when it last reported (or changed state)
 
 
-def _newness(point: Point) -> tuple[int, int, str]:
-    return (point.attempt_number, point.ts_ms, point.attempt_id)
+def _newness(point: PointLike) -> tuple[int, int, str]:
+    return (point[ATTEMPT_NUMBER], point[TS_MS], point[ATTEMPT_ID])
 
 
-def merge_attempts(points: Iterable[Point]) -> list[Point]:
+def merge_attempts(points: Iterable[PointLike]) -> list[PointLike]:
     """One point per step (the newest attempt's), sorted by step."""
     points = list(points)
-    if all(a.step < b.step for a, b in zip(points, points[1:], strict=False)):
+    if all(a[STEP] < b[STEP] for a, b in zip(points, points[1:], strict=False)):
         return points  # already one point per step, in order: most trials' curves
-    by_step: dict[float, Point] = {}
+    by_step: dict[float, PointLike] = {}
     for point in points:
-        kept = by_step.get(point.step)
+        kept = by_step.get(point[STEP])
         if kept is None or _newness(point) > _newness(kept):
-            by_step[point.step] = point
+            by_step[point[STEP]] = point
     return [by_step[step] for step in sorted(by_step)]
 
 
-def downsample(points: Sequence[Point], max_points: int) -> list[Point]:
+def downsample(points: Sequence[PointLike], max_points: int) -> list[PointLike]:
     """At most ``max_points`` of ``points`` (sorted by step, finite values): the first and
     the last, and per interior bucket its minimum and maximum."""
     if max_points < 1:
@@ -76,8 +85,8 @@ def downsample(points: Sequence[Point], max_points: int) -> list[Point]:
     if slots == 1:
         return [first, _farthest_from_chord(first, last, interior), last]
     buckets = slots // 2
-    values = [p.value for p in interior]
-    kept: list[Point] = [first]
+    values = [p[VALUE] for p in interior]
+    kept: list[PointLike] = [first]
     for b in range(buckets):
         start, stop = b * len(interior) // buckets, (b + 1) * len(interior) // buckets
         bucket = values[start:stop]
@@ -87,30 +96,27 @@ def downsample(points: Sequence[Point], max_points: int) -> list[Point]:
     return kept
 
 
-def _farthest_from_chord(first: Point, last: Point, interior: Sequence[Point]) -> Point:
+def _farthest_from_chord(
+    first: PointLike, last: PointLike, interior: Sequence[PointLike]
+) -> PointLike:
     """The interior point farthest (vertically) from the line from ``first`` to ``last``."""
-    span = last.step - first.step
+    span = last[STEP] - first[STEP]
 
-    def distance(point: Point) -> float:
-        along = (point.step - first.step) / span if span else 0.0
-        return abs(point.value - (first.value + along * (last.value - first.value)))
+    def distance(point: PointLike) -> float:
+        along = (point[STEP] - first[STEP]) / span if span else 0.0
+        return abs(point[VALUE] - (first[VALUE] + along * (last[VALUE] - first[VALUE])))
 
     return max(interior, key=distance)
 
 
-def display_curve(points: Iterable[Point], max_points: int) -> list[Point]:
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def display_curve(points: Iterable[PointLike], max_points: int) -> list[PointLike]:
     """The curve to plot: newest attempt per step, finite values only, down-sampled."""
     merged = merge_attempts(points)
-    return downsample([p for p in merged if math.isfinite(p.value)], max_points)
-
-
-def last_value(points: Iterable[Point]) -> float | None:
-    """The value at the curve's largest step (newest attempt); None when there is no
-    point or that value is not finite."""
-    merged = merge_attempts(points)
-    if not merged or not math.isfinite(merged[-1].value):
-        return None
-    return merged[-1].value
+    return downsample([p for p in merged if _finite(p[VALUE])], max_points)
 
 
 def pick_trials(

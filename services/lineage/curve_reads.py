@@ -14,12 +14,13 @@ trials that moved, not of the 500 it shows.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Sequence
+from itertools import groupby
+from operator import itemgetter
 from typing import NamedTuple
 
-from ladder.curves import Candidate, Point, display_curve, pick_trials
+from ladder.curves import Candidate, Point, PointLike, display_curve, pick_trials
 from ladder.v1 import lineage_pb2, trial_pb2
 
 from services.lineage.answer_cache import AnswerCache
@@ -62,27 +63,33 @@ def _resumed_attempts(db: Database, study_id: str) -> dict[str, dict[str, int]]:
 
 def _points(
     db: Database, trial_ids: Sequence[str], numbers: dict[str, dict[str, int]]
-) -> dict[str, list[Point]]:
-    found: dict[str, list[Point]] = defaultdict(list)
+) -> dict[str, list[PointLike]]:
+    """Per trial: its points as read, laid out as ``ladder.curves.Point`` (with the trial
+    id after), by step. Only a resumed trial's points are copied, to carry their
+    attempt numbers: a big curve read is mostly making row objects."""
+    found: dict[str, list[PointLike]] = {}
     for chunk in chunks(trial_ids):
-        for trial_id, attempt_id, step, value, ts_ms in rows(db.execute(
-            "SELECT trial_id, attempt_id, step, value, ts_ms FROM metric_points "
-            f"WHERE trial_id IN {in_list(chunk)}",
-            tuple(chunk),
-        )):
+        for trial_id, group in groupby(
+            rows(db.execute(
+                "SELECT step, value, ts_ms, attempt_id, 0, trial_id FROM metric_points "
+                f"WHERE trial_id IN {in_list(chunk)} ORDER BY trial_id, step",
+                tuple(chunk),
+            )),
+            key=itemgetter(5),
+        ):
+            points = list(group)
             attempts = numbers.get(trial_id)
-            found[trial_id].append(Point(
-                step, math.nan if value is None else value, ts_ms, attempt_id,
-                attempts.get(attempt_id, 0) if attempts else 0,
-            ))
+            if attempts:
+                points = [Point(*p[:4], attempts.get(p[3], 0)) for p in points]
+            found[trial_id] = points
     return found
 
 
-def _curve_points(points: list[Point], max_points: int) -> bytes:
+def _curve_points(points: list[PointLike], max_points: int) -> bytes:
     curve = lineage_pb2.TrialCurve()
     add = curve.points.add
-    for point in display_curve(points, max_points):
-        add(step=point.step, value=point.value, ts_ms=point.ts_ms, attempt_id=point.attempt_id)
+    for step, value, ts_ms, attempt_id, *_ in display_curve(points, max_points):
+        add(step=step, value=value, ts_ms=ts_ms, attempt_id=attempt_id)
     return curve.SerializeToString()
 
 

@@ -14,7 +14,6 @@ from ladder.curves import (
     Point,
     display_curve,
     downsample,
-    last_value,
     merge_attempts,
     pick_trials,
 )
@@ -107,10 +106,15 @@ def test_non_finite_values_are_left_out_of_the_displayed_curve() -> None:
     shown = display_curve(points, 64)
     assert [(p.step, p.value) for p in shown] == [(0, 1.0), (2, 0.5), (4, 0.25)]
     assert display_curve(curve([math.nan]), 64) == []
-    # A diverged last report leaves the trial without a last value.
-    assert last_value(points) is None
-    assert last_value(points[:5]) == 0.25
-    assert last_value([]) is None
+
+
+def test_store_rows_go_in_as_they_are_read() -> None:
+    # (step, value, ts, attempt, number, trial): a missing value (NULL) is left out,
+    # items after the fifth are ignored.
+    rows = [(1.0, 0.5, 10, "a1", 0, "t"), (2.0, None, 20, "a1", 0, "t"),
+            (3.0, 0.25, 30, "a1", 0, "t")]
+    assert display_curve(rows, 64) == [rows[0], rows[2]]
+    assert downsample(rows[:1] + rows[2:], 1) == [rows[2]]
 
 
 def test_a_newer_attempts_nan_hides_the_older_value_at_that_step() -> None:
