@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: setup proto up down status demo test test-unit test-integration lint clean \
   bench bench-earlystop bench-curves bench-scale bench-broker bench-quality bench-suggest \
   bench-evaluate-kills bench-unknown-studies bench-restarts bench-checkpoints bench-chaos \
-  loadsim docs
+  bench-dashboard screenshots loadsim docs
 
 setup: $(STAMP) $(PROTO_OUT)
 
@@ -70,7 +70,7 @@ test-integration: setup
 
 # Benchmarks write JSON and PNG under bench/results/ (see bench/README.md).
 bench: bench-earlystop bench-broker bench-scale bench-quality bench-suggest bench-evaluate-kills \
-  bench-unknown-studies bench-restarts bench-checkpoints bench-chaos
+  bench-unknown-studies bench-restarts bench-checkpoints bench-chaos bench-dashboard
 
 # Replays the committed real-curve table and synthetic families through Ladder's
 # schedulers (stopping and promotion forms) and Optuna's pruners (~3 min).
@@ -150,6 +150,18 @@ bench-checkpoints: setup
 # it measures death-to-resume.
 bench-chaos: setup
 	$(PY) bench/chaos.py
+
+# The dashboard's study page of a 20,000-trial / 500,000-point study (bench/dashboard_data.py
+# fills a lineage store) drawn in headless Chromium, from a fresh dashboard and browser and
+# reloaded in a warm one; the studies page and a trial page too (~10 min, most of it filling
+# the store). Not niced: it measures latency.
+bench-dashboard: setup
+	$(PY) bench/dashboard_render.py
+
+# Screenshots of the dashboard's pages (docs/images/dashboard-*.png) from a fresh stack
+# running two real studies (~5 min).
+screenshots: setup
+	$(PY) bench/dashboard_screenshots.py
 
 lint: setup
 	$(VENV)/bin/ruff check libs services workers tests bench

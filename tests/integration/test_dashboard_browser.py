@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -36,6 +34,7 @@ from ladder.testing.browser import (
     wait_drawn,
 )
 from ladder.testing.services import start_services
+from ladder.testing.workers import WorkerThreads
 from ladder.v1 import lineage_pb2
 
 pytestmark = pytest.mark.integration
@@ -99,27 +98,9 @@ class Watched:
     errors: list[str] = field(default_factory=list)
 
 
-def _objective_loop(stack: Settings, study_id: str, worker: str, checkpoints: Path,
-                    failures: list[BaseException]) -> None:
-    """One worker: trials of ``study_id`` until the budget is spent; value = x + 1/step,
-    so ASHA stops the trials with a large x."""
-    pause = threading.Event()  # never set: waiting on it is the step's "training"
-    try:
-        with LadderClient(stack) as client:
-            study = ladder.load_study(study_id, client=client)
-            for trial in study.trials(worker_id=worker, checkpoint_url=checkpoints.as_uri(),
-                                      handle_signals=False):
-                with trial:
-                    value = math.nan
-                    for step in range(trial.restore({}), trial.max_steps + 1):
-                        pause.wait(STEP_SECONDS)
-                        value = trial["x"] + 1 / step
-                        trial.report(value, step=step)
-                        if trial.should_stop():
-                            break
-                    trial.complete(value)
-    except BaseException as exc:  # noqa: B036 - handed to the test thread
-        failures.append(exc)
+def _curve(trial: Any, step: int) -> float:
+    """x + 1/step: ASHA stops the trials with a large x."""
+    return trial["x"] + 1 / step
 
 
 def _api(dashboard: DashboardProcess, path: str) -> Any:
@@ -153,24 +134,16 @@ def watched(stack: Settings, dashboard: DashboardProcess, browser: Any, client: 
         page.evaluate("window.__sameDocument = true")
         before = page.evaluate(SHOWN_COUNTS, COUNTS)
 
-        failures: list[BaseException] = []
-        checkpoints = tmp_path_factory.mktemp("checkpoints")
-        workers = [threading.Thread(target=_objective_loop, daemon=True,
-                                    args=(stack, sid, f"browser-w{i}", checkpoints, failures))
-                   for i in range(WORKERS)]
-        for worker in workers:
-            worker.start()
+        checkpoints = tmp_path_factory.mktemp("checkpoints").as_uri()
+        workers = WorkerThreads(WORKERS, stack, sid, _curve, STEP_SECONDS, checkpoints,
+                                prefix="browser-w").start()
         page.wait_for_function(
             "() => ['completed', 'pruned'].some("
             "n => document.getElementById('progress-' + n).textContent !== '0')",
             timeout=90_000)
         during = page.evaluate(SHOWN_COUNTS, COUNTS)
-        workers_running = any(w.is_alive() for w in workers)
-
-        for worker in workers:
-            worker.join(120)
-        assert not any(w.is_alive() for w in workers), "workers still running after 120 s"
-        assert not failures, f"a worker failed: {failures!r}"
+        workers_running = workers.alive()
+        workers.join(120)
         summary = wait_for(
             lambda: (s := client.summary(sid)).completed + s.pruned + s.failed == BUDGET
             and s.running == 0 and s,
