@@ -9,7 +9,7 @@ points in a real browser (issue 16: the study page in under 2 s).
 **The study**: ``bench/dashboard_data.make_study`` fills a SQLite lineage store through
 the store's own write path (an ASHA study: most trials stopped at the first rungs with
 their reasons, 1 % still running; see that module). ``--store PATH`` keeps the store
-in PATH and reuses it when it exists (filling takes minutes).
+in PATH and reuses the studies a run made there (filling takes minutes).
 
 **The stack**: a real lineage service process on that store (with an embedded broker
 and Redis, as ``ladder up --no-services`` starts them) and a real dashboard process
@@ -27,15 +27,18 @@ in the page's own clock). Each page is loaded
 - *warm*: the same dashboard and browser profile, reloaded ``--warm`` times after two
   untimed loads, as a person's browser reloads it: plotly.js comes from the HTTP cache
   and its compiled code from V8's code cache (made on the second load). The dashboard
-  keeps a study's answers ``STUDY_TTL`` (2 s), so a reload later than that reads
-  lineage again.
+  opens a study page on its last read of the study (``STUDY_STALE``, 60 s) while it
+  reads lineage again in the background, as it does for any viewer.
 
-Pages: the study page, the studies page and a trial page (the completed trial with the
-longest curve). Each load records where its time went: the HTML's response, the
-figures' and the table's JSON (requested by the page's first inline script, in
-parallel), plotly.js, each plot's ``Plotly.react`` (``window.LADDER.timings``), and the
-CPU seconds the dashboard and lineage processes used meanwhile. Payload sizes come
-from the same requests. Writes ``bench/results/dashboard-render-<date>.json``.
+Pages: the study page, the studies page, a trial page (the completed trial with the
+longest curve), and the page of a small study (``--small`` trials of 25 points) in the
+same store: what drawing any study page costs, whatever its size. Each load records
+where its time went: the HTML's response, the figures' and the table's JSON (requested
+by the page's first inline script, in parallel), plotly.js, each plot's
+``Plotly.react`` (``window.LADDER.timings``), the CPU seconds the dashboard and
+lineage processes used meanwhile, and the page's renderer's script, task and layout
+seconds (Chrome DevTools' Performance metrics). Payload sizes come from the same
+requests. Writes ``bench/results/dashboard-render-<date>.json``.
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ LOAD_TIMEOUT = 300.0
 # third load on, plotly.js (4.8 MB) is not compiled again, as in a person's browser.
 WARM_UP_LOADS = 2
 PACKAGES = ("playwright", "plotly", "aiohttp", "grpcio", "protobuf", "scikit-learn", "numpy")
+# Chrome DevTools' Performance metrics of a page's renderer, by the name recorded.
+RENDERER = {"script": "ScriptDuration", "tasks": "TaskDuration", "layout": "LayoutDuration",
+            "style": "RecalcStyleDuration", "process_cpu": "ProcessTime"}
 # Where a load's time went, read from the page once it is drawn.
 TIMINGS = """() => {
   const nav = performance.getEntriesByType("navigation")[0];
@@ -123,6 +129,8 @@ class Loader:
 
     def load(self, context: Any, url: str, pids: dict[str, int]) -> dict[str, Any]:
         page = self.errors.watch(context.new_page())
+        devtools = context.new_cdp_session(page)
+        devtools.send("Performance.enable")
         cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.perf_counter()
         try:
@@ -130,6 +138,8 @@ class Loader:
             ready_ms = wait_drawn(page, LOAD_TIMEOUT)
             wall_ms = (time.perf_counter() - started) * 1000
             found = page.evaluate(TIMINGS)
+            metrics = {m["name"]: m["value"]
+                       for m in devtools.send("Performance.getMetrics")["metrics"]}
         finally:
             page.close()
         resources = {
@@ -146,6 +156,8 @@ class Loader:
             "plots_ms": {k.removeprefix("plot-"): round(v) for k, v in found["plots"].items()},
             "cpu_seconds": {name: round(cpu_seconds(pid) - cpu[name], 2)
                             for name, pid in pids.items()},
+            # The page's renderer: seconds running scripts, in all tasks, laying out.
+            "renderer_seconds": {k: round(metrics.get(v, 0.0), 2) for k, v in RENDERER.items()},
             "load_average": round(os.getloadavg()[0], 2),
         }
 
@@ -234,17 +246,26 @@ def lineage_answers(addr: str, study_id: str) -> dict[str, Any]:
     }
 
 
+def _filled(store: Path, trials: int, points: int, seed: int) -> tuple[str, float | None]:
+    """The study's id in ``store``, made first unless the store has it; the seconds
+    that took (None: it was there)."""
+    study_id = f"dashboard-bench-s{seed}-{trials}x{points}"
+    marker = store.with_name(f"{store.name}.{study_id}")  # made by an earlier run
+    if marker.exists():
+        return study_id, None
+    started = time.perf_counter()
+    made = make_study(str(store), trials, points, seed)
+    seconds = round(time.perf_counter() - started, 1)
+    assert made == study_id, made
+    marker.touch()
+    print(f"filled {store}: {trials} trials / {points} points in {seconds} s", flush=True)
+    return study_id, seconds
+
+
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     store = args.store or folder / "lineage.sqlite3"
-    study_id = f"dashboard-bench-s{args.seed}-{args.trials}x{args.points}"
-    fill_seconds = None
-    if not store.exists():
-        started = time.perf_counter()
-        made = make_study(str(store), args.trials, args.points, args.seed)
-        fill_seconds = round(time.perf_counter() - started, 1)
-        assert made == study_id, made
-        print(f"filled {store}: {args.trials} trials / {args.points} points in "
-              f"{fill_seconds} s", flush=True)
+    study_id, fill_seconds = _filled(store, args.trials, args.points, args.seed)
+    small_id, _ = _filled(store, args.small, args.small * 25, args.seed)
     pages: dict[str, Any] = {}
     with embedded_infra(folder / "state") as infra:
         group = ServiceGroup(infra, folder)
@@ -261,13 +282,14 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
             loader = Loader(folder, errors)
             for name, path in (("study", f"/studies/{study_id}"), ("studies", "/studies"),
-                               ("trial", f"/trials/{study['trial_page_trial']}")):
+                               ("trial", f"/trials/{study['trial_page_trial']}"),
+                               ("small_study", f"/studies/{small_id}")):
                 pages[name] = measure_page(name, path, loader, dashboard,
                                            lineage.proc.pid, args.cold, args.warm)
         finally:
             group.stop_all()
-    return {"study_id": study_id, "fill_seconds": fill_seconds, "study": study,
-            "pages": pages, "console_errors": errors.found}
+    return {"study_id": study_id, "small_study_id": small_id, "fill_seconds": fill_seconds,
+            "study": study, "pages": pages, "console_errors": errors.found}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cold", type=int, default=3)
     parser.add_argument("--warm", type=int, default=5)
+    parser.add_argument("--small", type=int, default=200,
+                        help="trials of a small study (25 points each) whose page is "
+                             "measured too: what any study page costs")
     parser.add_argument("--store", type=Path, default=None,
                         help="the SQLite lineage store to fill (or reuse when it exists)")
     parser.add_argument("--out", type=Path, default=None)
@@ -293,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                     "under 2 s)?",
         "machine": info,
         "seed": args.seed,
-        "settings": {"trials": args.trials, "points": args.points, "cold": args.cold,
+        "settings": {"trials": args.trials, "points": args.points, "small": args.small,
+                     "cold": args.cold,
                      "warm": args.warm, "viewport": VIEWPORT, "target_ms": TARGET_MS},
     }
     with tempfile.TemporaryDirectory(prefix="ladder-dashboard-render-") as tmp:
