@@ -92,11 +92,17 @@ class TtlCache(Generic[T]):
                 self._renew(key, fetch)
                 return entry.value
         lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            entry = self._entries.get(key)
-            if entry is not None and self.clock() - entry.at < self.ttl:
-                return entry.value
-            return await self._fetch(key, fetch)
+        try:
+            async with lock:
+                entry = self._entries.get(key)
+                if entry is not None and self.clock() - entry.at < self.ttl:
+                    return entry.value
+                return await self._fetch(key, fetch)
+        finally:
+            # A failed fetch (an unknown study id, say) keeps no lock: ids from URLs must
+            # not grow the cache.
+            if key not in self._entries and not lock.locked() and self._locks.get(key) is lock:
+                del self._locks[key]
 
     async def _fetch(self, key: str, fetch: Callable[[], Awaitable[T]]) -> T:
         """Fetch and keep ``key``'s value (its lock held)."""

@@ -37,6 +37,10 @@ TS = trial_pb2.TrialState
 UNKNOWN = TS.Value("TRIAL_STATE_UNSPECIFIED")
 CURVE_POINTS = 64  # GetStudyCurves' defaults
 CURVE_TRIALS = 500
+# The most a request may ask for: an answer stays well under ladder.limits'
+# MAX_RESPONSE_BYTES (a point is ~24 bytes) and its reading bounded.
+MAX_CURVE_POINTS = 1_000
+MAX_CURVE_TRIALS = 2_000
 CURVE_CACHE_BYTES = 32 << 20  # about 15,000 curves of 64 points
 
 

@@ -18,7 +18,13 @@ from ladder.errors import InvalidArgument, NotFound, Unavailable, require
 from ladder.v1 import lineage_pb2, lineage_pb2_grpc
 
 from services.lineage.answer_cache import AnswerCache
-from services.lineage.curve_reads import CURVE_CACHE_BYTES, CURVE_POINTS, CURVE_TRIALS
+from services.lineage.curve_reads import (
+    CURVE_CACHE_BYTES,
+    CURVE_POINTS,
+    CURVE_TRIALS,
+    MAX_CURVE_POINTS,
+    MAX_CURVE_TRIALS,
+)
 from services.lineage.db import TRANSIENT
 from services.lineage.queries import LineageQueries
 from services.lineage.trial_table import SUMMARY_CACHE_BYTES
@@ -114,8 +120,9 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
         self, request: lineage_pb2.GetStudyCurvesRequest, context: grpc.ServicerContext
     ) -> lineage_pb2.StudyCurves:
         study_id = require(request.study_id, "study_id")
-        max_points = _at_least_zero(request.max_points_per_trial, "max_points_per_trial")
-        max_trials = _at_least_zero(request.max_trials, "max_trials")
+        max_points = _within(request.max_points_per_trial, "max_points_per_trial",
+                             MAX_CURVE_POINTS)
+        max_trials = _within(request.max_trials, "max_trials", MAX_CURVE_TRIALS)
         return self._read(
             lambda q: q.study_curves(
                 study_id, max_points or CURVE_POINTS, max_trials or CURVE_TRIALS, self._curves
@@ -130,8 +137,11 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
         return self._read(lambda q: q.study_rungs(study_id), f"study {study_id!r} not found")
 
 
-def _at_least_zero(value: int, field: str) -> int:
-    """``value``, or InvalidArgument naming ``field`` when it is negative (0: the default)."""
-    if value < 0:
-        raise InvalidArgument(f"{field} must be 0 (the default) or positive, got {value}")
+def _within(value: int, field: str, most: int) -> int:
+    """``value``, or InvalidArgument naming ``field`` when it is negative (0: the default)
+    or above ``most``."""
+    if not 0 <= value <= most:
+        raise InvalidArgument(
+            f"{field} must be 0 (the default) or 1..{most}, got {value}"
+        )
     return value

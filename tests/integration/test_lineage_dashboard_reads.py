@@ -267,6 +267,12 @@ def test_the_dashboard_reads_of_published_studies(
             lineage_pb2.GetStudyCurvesRequest(study_id=missing, max_points_per_trial=-1)
         ))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_points_per_trial" in details
+        # Bounded: no request may ask for an answer past the response size limit.
+        code, details = code_and_details(lambda: stub.GetStudyCurves(
+            lineage_pb2.GetStudyCurvesRequest(study_id=missing, max_trials=2**31 - 1)
+        ))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details == "max_trials must be 0 (the default) or 1..2000, got 2147483647"
 
         published.publish()
         wait_for(lambda: ingested(stub, published, late=False), 60, "the first records")

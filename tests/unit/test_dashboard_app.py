@@ -273,6 +273,23 @@ def test_cache_shares_a_fetch_keeps_it_its_ttl_and_drops_what_expired() -> None:
     asyncio.run(scenario())
 
 
+def test_a_failed_fetch_leaves_nothing_in_the_cache() -> None:
+    from services.dashboard.source import TtlCache
+
+    cache: TtlCache[str] = TtlCache(2.0)
+
+    async def unknown() -> str:
+        raise LookupError("study 'x' not found")
+
+    async def scenario() -> None:
+        for n in range(50):
+            with pytest.raises(LookupError):
+                await cache.get(f"no-such-study-{n}", unknown)
+        assert cache._locks == {} and cache._entries == {}
+
+    asyncio.run(scenario())
+
+
 def test_cache_answers_an_expired_value_while_it_renews_it_unless_asked_fresh() -> None:
     from services.dashboard.source import TtlCache
 
