@@ -16,10 +16,12 @@ and Redis, as ``ladder up --no-services`` starts them) and a real dashboard proc
 (``python -m services.dashboard``) reading it over gRPC; the machine's headless
 Chromium driven by Playwright (``ladder.testing.browser``).
 
-**A load** is timed from the navigation's start to the moment the page says it is
-drawn: ``<body data-ready="true">``, set by the page's script once every plot's
-``Plotly.react`` promise resolved and the trial table was rendered (the time is read
-in the page's own clock). Each page is loaded
+**A load** is timed from the navigation's start to two moments the page marks (read
+in the page's own clock): *shown*, ``<body data-shown="true">``, once the plots on the
+first screen (``VIEWPORT``) are drawn, what a person sees of the page; and *drawn*,
+``<body data-ready="true">``, once every plot's ``Plotly.react`` promise resolved and
+the trial table was rendered (the plots below the first screen are drawn after it is
+shown, one per task). Each page is loaded
 
 - *cold*: a fresh dashboard process (nothing read from lineage yet, no importances
   fitted) and a browser with a fresh profile (plotly.js neither cached nor compiled),
@@ -69,6 +71,7 @@ from ladder.testing.browser import (
     chromium_path,
     chromium_profile,
     chromium_version,
+    shown_at,
     start_dashboard,
     wait_drawn,
 )
@@ -136,6 +139,7 @@ class Loader:
         try:
             page.goto(url, wait_until="commit", timeout=LOAD_TIMEOUT * 1000)
             ready_ms = wait_drawn(page, LOAD_TIMEOUT)
+            shown_ms = shown_at(page)
             wall_ms = (time.perf_counter() - started) * 1000
             found = page.evaluate(TIMINGS)
             metrics = {m["name"]: m["value"]
@@ -149,7 +153,8 @@ class Loader:
             for r in found["resources"]
         }
         return {
-            "ready_ms": round(ready_ms), "wall_ms": round(wall_ms),
+            "shown_ms": round(shown_ms), "ready_ms": round(ready_ms),
+            "wall_ms": round(wall_ms),
             "html_ms": round(found["html_ms"]),
             "dom_content_loaded_ms": round(found["dom_content_loaded_ms"]),
             "resources": resources,
@@ -163,9 +168,12 @@ class Loader:
 
 
 def summary(loads: list[dict[str, Any]]) -> dict[str, Any]:
-    ready = [x["ready_ms"] for x in loads]
-    return {"median_ms": round(statistics.median(ready)), "min_ms": min(ready),
-            "max_ms": max(ready), "runs_ms": ready}
+    """Drawn (``median_ms``...) and shown (``shown``) times of ``loads``."""
+    def of(key: str) -> dict[str, Any]:
+        times = [x[key] for x in loads]
+        return {"median_ms": round(statistics.median(times)), "min_ms": min(times),
+                "max_ms": max(times), "runs_ms": times}
+    return {**of("ready_ms"), "shown": of("shown_ms")}
 
 
 def measure_page(
@@ -183,7 +191,8 @@ def measure_page(
                 result["cold"].append(loader.load(context, process.url + path, pids))
         finally:
             process.stop()
-        print(f"  {name} cold: {result['cold'][-1]['ready_ms']} ms", flush=True)
+        print(f"  {name} cold: shown {result['cold'][-1]['shown_ms']} ms, "
+              f"drawn {result['cold'][-1]['ready_ms']} ms", flush=True)
     process = dashboard()
     try:
         with loader.context() as context:
@@ -192,7 +201,9 @@ def measure_page(
                 loader.load(context, process.url + path, pids)
             for _ in range(warm):
                 result["warm"].append(loader.load(context, process.url + path, pids))
-                print(f"  {name} warm: {result['warm'][-1]['ready_ms']} ms", flush=True)
+                last = result["warm"][-1]
+                print(f"  {name} warm: shown {last['shown_ms']} ms, "
+                      f"drawn {last['ready_ms']} ms", flush=True)
         result["payload_bytes"] = payloads(process.url, path)
     finally:
         process.stop()
@@ -327,8 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     study = result["pages"]["study"]
     result["study_page_under_target"] = {
-        mode: study[f"{mode}_summary"]["median_ms"] < TARGET_MS
+        f"{mode}_{moment}": median < TARGET_MS
         for mode in ("cold", "warm") if f"{mode}_summary" in study
+        for moment, median in (("shown", study[f"{mode}_summary"]["shown"]["median_ms"]),
+                               ("drawn", study[f"{mode}_summary"]["median_ms"]))
     }
     out = args.out or RESULTS / f"dashboard-render-{datetime.now(UTC):%Y%m%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -337,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("cold", "warm"):
             if f"{mode}_summary" in page:
                 s = page[f"{mode}_summary"]
-                print(f"{name:8} {mode}: median {s['median_ms']} ms "
+                print(f"{name:8} {mode}: shown median {s['shown']['median_ms']} ms "
+                      f"(min {s['shown']['min_ms']}, max {s['shown']['max_ms']}); "
+                      f"drawn median {s['median_ms']} ms "
                       f"(min {s['min_ms']}, max {s['max_ms']})")
     if result["console_errors"]:
         print("console errors:", *result["console_errors"], sep="\n  ")

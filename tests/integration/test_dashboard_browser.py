@@ -25,6 +25,7 @@ from ladder.client import LadderClient
 from ladder.config import Settings
 from ladder.testing import wait_for
 from ladder.testing.browser import (
+    READY_AT,
     ChromiumMissing,
     DashboardProcess,
     PageErrors,
@@ -180,6 +181,7 @@ class Viewer:
 def viewer(watched: Watched, dashboard: DashboardProcess, browser: Any) -> Iterator[Viewer]:
     errors = PageErrors()
     page = errors.watch(browser.new_page())
+    page.add_init_script(READY_AT)
     try:
         yield Viewer(page, errors, dashboard.url, watched.study_id)
     finally:
@@ -233,6 +235,11 @@ def test_every_page_loads_and_draws_without_console_errors(
     for name in ("history", "curves", "rungs", "compute", "parallel", "importance", "slices"):
         plot = page.locator(f'[data-testid="plot-{name}"]')
         assert plot.locator(".main-svg").count() >= 1, f"plot {name} not drawn"
+    # The first screen's plots are drawn before the page says it is shown, the ones far
+    # below it after.
+    first_screen = page.evaluate("window.__ladderShownPlots")
+    assert "plot-history" in first_screen and "plot-slices" not in first_screen, first_screen
+    assert 0 < page.evaluate("window.__ladderShownAt") <= page.evaluate("window.__ladderReadyAt")
     _wait_for_every_trial(page)
     assert page.locator('[data-testid="trial-row"]').count() == BUDGET
 

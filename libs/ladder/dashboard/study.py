@@ -16,8 +16,9 @@ from ladder.params import PlainValue
 from ladder.v1 import lineage_pb2, study_pb2
 
 # The figures of the study page, in page order (the element ids the page gives them:
-# ``plot-<name>``).
-FIGURES = ("history", "curves", "rungs", "compute", "parallel", "importance", "slices")
+# ``plot-<name>``). The page's grid has two columns and curves, parallel and slices take
+# a whole row, so the half-width ones come in pairs: no cell is left empty.
+FIGURES = ("history", "rungs", "curves", "compute", "importance", "parallel", "slices")
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,12 @@ def study_figures(data: StudyData, found: Importances | None = None) -> dict[str
     shown = sampled_completed(data.trials, maximize)
     return {
         "history": figures.history(data.trials, metric, maximize),
-        "curves": curves.study_curves(data.curves),
         "rungs": rungs.rungs_figure(data.rungs, metric),
+        "curves": curves.study_curves(data.curves),
         "compute": figures.compute_spent(data.trials,
                                          data.study.config.scheduler.max_resource),
-        "parallel": parallel.parallel_coordinates(data.trials, axes, metric, maximize, shown),
         "importance": paramplots.importance_figure(found),
+        "parallel": parallel.parallel_coordinates(data.trials, axes, metric, maximize, shown),
         "slices": paramplots.slices(data.trials, axes, metric, maximize, shown),
     }
 

@@ -5,7 +5,9 @@ and what a page logs as errors.
 
 A page is drawn when ``<body data-ready="true">`` (services/dashboard/static/
 dashboard.js sets it once every plot's ``Plotly.react`` promise resolved and the trial
-table was rendered); ``READY_AT`` records that moment in the page's own clock.
+table was rendered), and shown when ``<body data-shown="true">``: the plots on the first
+screen are drawn (the rest follow). ``READY_AT`` records both moments in the page's own
+clock.
 """
 
 from __future__ import annotations
@@ -33,15 +35,24 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser")
 # (SVG ones too) draw about twice as slowly.
 CHROMIUM_ARGS: tuple[str, ...] = ()
 READY = 'body[data-ready="true"]'
-# Runs before the page's scripts: window.__ladderReadyAt is performance.now() (ms since
-# the navigation started) when <body> got data-ready="true".
+# Runs before the page's scripts: window.__ladderShownAt and __ladderReadyAt are
+# performance.now() (ms since the navigation started) when <body> first got
+# data-shown="true" and data-ready="true"; __ladderShownPlots the ids of the plots drawn
+# by the first.
 READY_AT = """
 new MutationObserver((changes, observer) => {
-  if (document.body && document.body.dataset.ready === "true") {
+  const marks = document.body ? document.body.dataset : {};
+  if (marks.shown === "true" && window.__ladderShownAt === undefined) {
+    window.__ladderShownAt = performance.now();
+    window.__ladderShownPlots = [...document.querySelectorAll(".plot")]
+      .filter(plot => plot.querySelector(".main-svg")).map(plot => plot.id);
+  }
+  if (marks.ready === "true") {
     window.__ladderReadyAt = performance.now();
     observer.disconnect();
   }
-}).observe(document, {attributes: true, subtree: true, attributeFilter: ["data-ready"]});
+}).observe(document, {attributes: true, subtree: true,
+                      attributeFilter: ["data-shown", "data-ready"]});
 """
 
 
@@ -133,6 +144,12 @@ def wait_drawn(page: Any, timeout: float = 30.0) -> float:
     start) when ``READY_AT`` was added to its context, else 0."""
     page.wait_for_selector(READY, state="attached", timeout=timeout * 1000)
     return float(page.evaluate("window.__ladderReadyAt || 0"))
+
+
+def shown_at(page: Any) -> float:
+    """When a drawn page was shown (its first screen drawn), ms since navigation start;
+    0 without ``READY_AT``."""
+    return float(page.evaluate("window.__ladderShownAt || 0"))
 
 
 # --- the dashboard as a process ------------------------------------------------------
