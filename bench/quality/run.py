@@ -126,6 +126,10 @@ def make_driver(kind: str, problem: Problem, seed: int, use_pending: bool) -> An
         return LadderDriver(kind, problem, seed, use_pending)
     if kind.startswith("optuna-"):
         return OptunaDriver(kind, problem, seed)
+    if kind == "ax-bo":  # a peer of the broad suite (bench/quality/suite.py)
+        from bench.quality.suite_peers import AxDriver
+
+        return AxDriver(problem, seed)
     return RandomDriver(problem, seed)
 
 
@@ -137,12 +141,19 @@ def simulate(
     workers: int,
     use_pending: bool = True,
     before_ask: Callable[[Any, list[dict]], None] | None = None,
+    problem: Problem | None = None,
 ) -> dict[str, Any]:
     """One asynchronous run; regret after each completed evaluation (completion order).
     ``before_ask(driver, pending)`` is called before every ask (ask_cost.py uses it
-    to capture a mid-run state)."""
+    to capture a mid-run state). ``problem`` replaces ``PROBLEMS[problem_name]`` (the
+    broad suite's problems). A problem with ``noisy = True`` reports
+    ``observe(params, rng)`` to the sampler (one noise stream per seed) while
+    ``objective`` is its true value: the regret is then the true value of the
+    configuration the study recommends (the best observed one)."""
     warnings.simplefilter("ignore")
-    problem = PROBLEMS[problem_name]
+    problem = problem if problem is not None else PROBLEMS[problem_name]
+    noisy = bool(getattr(problem, "noisy", False))
+    noise = np.random.default_rng([seed, 2])
     driver = make_driver(kind, problem, seed, use_pending)
     durations = np.random.default_rng([seed, 1]).exponential(1.0, size=budget)
     running: list[tuple[float, int, object, dict]] = []  # (finish time, order, key, params)
@@ -150,6 +161,7 @@ def simulate(
     spreads: list[tuple[int, float]] = []
     ask_seconds: list[tuple[int, float]] = []
     best = math.inf
+    recommended: Mapping[str, PlainValue] = {}
     suggested, now = 0, 0.0
 
     def launch() -> None:
@@ -171,10 +183,11 @@ def simulate(
         launch()
     while running:
         now, _, key, params = heapq.heappop(running)
-        value = problem.objective(params)
+        value = problem.observe(params, noise) if noisy else problem.objective(params)  # type: ignore[attr-defined]
         driver.tell(key, params, value)
-        best = min(best, value)
-        regrets.append(problem.regret(best))
+        if value < best:
+            best, recommended = value, params
+        regrets.append(problem.regret(problem.objective(recommended) if noisy else best))
         if suggested < budget:
             launch()
     return {
@@ -205,6 +218,10 @@ def sampler_version(kind: str) -> str:
         import optuna
 
         return f"optuna-{optuna.__version__}"
+    if kind == "ax-bo":
+        from bench.quality.suite_peers import ax_version
+
+        return ax_version()
     return "random-1"
 
 
@@ -236,7 +253,9 @@ def _cached_version(run: Mapping[str, Any]) -> str:
     return sampler_version(run["sampler"])
 
 
-def auto_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def auto_runs(
+    runs: list[dict[str, Any]], problems: Mapping[str, Problem] = PROBLEMS
+) -> list[dict[str, Any]]:
     """AUTO delegates to GP or TPE with the same seed and draw stream, so its run is
     exactly the delegate's run (the budget here stays below MAX_GP_OBSERVATIONS);
     relabel instead of recomputing it."""
@@ -244,17 +263,17 @@ def auto_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     out = []
     for run in runs:
-        delegate = "ladder-gp" if prefers_gp(PROBLEMS[run["problem"]].space) else "ladder-tpe"
+        delegate = "ladder-gp" if prefers_gp(problems[run["problem"]].space) else "ladder-tpe"
         if run["sampler"] == delegate and run["pending"]:
             out.append({**run, "sampler": "ladder-auto", "delegate": delegate})
     return out
 
 
-def is_secondary(problem_name: str, kind: str) -> bool:
+def is_secondary(problem_name: str, kind: str, problems: Mapping[str, Problem] = PROBLEMS) -> bool:
     """GP on a space where AUTO picks TPE: a reference row, not Ladder's best mode."""
     from ladder.samplers.auto import prefers_gp
 
-    return kind == "ladder-gp" and not prefers_gp(PROBLEMS[problem_name].space)
+    return kind == "ladder-gp" and not prefers_gp(problems[problem_name].space)
 
 
 def random_reference(problem_name: str, seeds: Sequence[int]) -> float:

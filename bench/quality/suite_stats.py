@@ -1,0 +1,127 @@
+"""The quality suite's statistics over finished runs (pure: no sampling, no I/O).
+
+A run is a dict with ``problem``, ``sampler``, ``seed`` and ``regret`` (the simple
+regret after each completed evaluation); its final regret is the last entry.
+
+- per problem and sampler: median and quartiles of the final regret over seeds;
+- per problem, per pair of samplers: the two-sided Mann-Whitney U p-value of their
+  final regrets, and which one has the lower median;
+- average rank: per problem the samplers are ranked by median final regret (1 = best,
+  ties share the mean rank), then the ranks are averaged over the problems where every
+  sampler has a run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+
+def finals(runs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict[int, float]]]:
+    """problem -> sampler -> seed -> final regret."""
+    out: dict[str, dict[str, dict[int, float]]] = {}
+    for run in runs:
+        cell = out.setdefault(run["problem"], {}).setdefault(run["sampler"], {})
+        cell[int(run["seed"])] = float(run["regret"][-1])
+    return out
+
+
+def quartiles(values: Sequence[float]) -> dict[str, float]:
+    q1, median, q3 = np.percentile(np.asarray(values, dtype=float), [25, 50, 75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3)}
+
+
+def mann_whitney(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided p-value; None with fewer than two values a side, 1.0 when every
+    value is equal (scipy's statistic is undefined there: no evidence of a difference)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if len(set(a) | set(b)) == 1:
+        return 1.0
+    return float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+
+
+def pairwise(cells: Mapping[str, Mapping[int, float]]) -> dict[str, dict[str, Any]]:
+    """``"a vs b"`` -> p-value and the sampler with the lower median (None if equal)."""
+    out: dict[str, dict[str, Any]] = {}
+    for a, b in itertools.combinations(sorted(cells), 2):
+        va, vb = list(cells[a].values()), list(cells[b].values())
+        ma, mb = float(np.median(va)), float(np.median(vb))
+        out[f"{a} vs {b}"] = {
+            "p_value": mann_whitney(va, vb),
+            "lower_median": a if ma < mb else b if mb < ma else None,
+        }
+    return out
+
+
+def ranks(medians: Mapping[str, float]) -> dict[str, float]:
+    """1 = lowest median regret; ties share the mean of their ranks."""
+    names = sorted(medians)
+    ranked = stats.rankdata([medians[n] for n in names], method="average")
+    return {n: float(r) for n, r in zip(names, ranked, strict=True)}
+
+
+def average_ranks(
+    per_problem: Mapping[str, Mapping[str, float]], samplers: Sequence[str]
+) -> dict[str, Any]:
+    """Mean rank over the problems where every one of ``samplers`` has a median."""
+    complete = [p for p, m in per_problem.items() if all(s in m for s in samplers)]
+    if not complete:
+        return {"problems": [], "ranks": {}}
+    table = [ranks({s: per_problem[p][s] for s in samplers}) for p in complete]
+    return {
+        "problems": complete,
+        "ranks": {s: float(np.mean([row[s] for row in table])) for s in samplers},
+    }
+
+
+def summarize(runs: Sequence[Mapping[str, Any]], samplers: Sequence[str]) -> dict[str, Any]:
+    """Per problem the samplers' quartiles and pairwise tests; the average ranks."""
+    table = finals(runs)
+    problems: dict[str, Any] = {}
+    medians: dict[str, dict[str, float]] = {}
+    for problem, cells in table.items():
+        cells = {s: cells[s] for s in samplers if s in cells}
+        problems[problem] = {
+            "samplers": {
+                s: {"seeds": sorted(seeds), **quartiles(list(seeds.values()))}
+                for s, seeds in cells.items()
+            },
+            "pairwise_mann_whitney": pairwise(cells),
+        }
+        medians[problem] = {s: problems[problem]["samplers"][s]["median"] for s in cells}
+    return {
+        "problems": problems,
+        "average_rank": average_ranks(medians, samplers),
+        "ranks_per_problem": {
+            p: ranks(m) for p, m in medians.items() if all(s in m for s in samplers)
+        },
+    }
+
+
+def versus(
+    summary: Mapping[str, Any], sampler: str, peers: Sequence[str], alpha: float = 0.05
+) -> dict[str, Any]:
+    """Per problem, ``sampler`` against the peer with the lower median among ``peers``:
+    "win"/"loss" when the medians differ and Mann-Whitney's p < ``alpha``, else "tie"."""
+    outcomes: dict[str, dict[str, Any]] = {}
+    for problem, entry in summary["problems"].items():
+        cells = entry["samplers"]
+        present = [p for p in peers if p in cells]
+        if sampler not in cells or not present:
+            continue
+        peer = min(present, key=lambda p: cells[p]["median"])
+        pair = " vs ".join(sorted([sampler, peer]))
+        test = entry["pairwise_mann_whitney"][pair]
+        p_value = test["p_value"]
+        if p_value is None or p_value >= alpha or test["lower_median"] is None:
+            outcome = "tie"
+        else:
+            outcome = "win" if test["lower_median"] == sampler else "loss"
+        outcomes[problem] = {"peer": peer, "p_value": p_value, "outcome": outcome}
+    counts = {k: sum(o["outcome"] == k for o in outcomes.values()) for k in ("win", "loss", "tie")}
+    return {"alpha": alpha, "counts": counts, "problems": outcomes}

@@ -1,0 +1,216 @@
+"""The quality suite's pure parts: each problem's optimum is its minimum, a noisy
+problem is scored on the true value of its recommendation, and the statistics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+from ladder.params import PlainValue
+from ladder.space import Kind, ParamSpec, Space
+
+from bench.quality import suite_stats
+from bench.quality.distinct_configs import _configurations
+from bench.quality.run import simulate
+from bench.quality.suite import PROBLEM_NAMES, PROBLEMS, plan
+from bench.quality.suite_problems import (
+    HARTMANN3_ARGMIN,
+    INT_BOWL_TARGET,
+    RELEVANT_OF_20,
+    SYNTHETIC,
+    SuiteProblem,
+)
+from bench.quality.tabular import TABLES, config_key, table
+
+_H6_ARGMIN = (0.20169, 0.150011, 0.476874, 0.275332, 0.311652, 0.6573)
+
+# A minimiser of each continuous / conditional problem (finite ones are enumerated).
+ARGMIN: dict[str, dict[str, PlainValue]] = {
+    "branin": {"x1": math.pi, "x2": 2.275},
+    "hartmann6": {f"x{i}": v for i, v in enumerate(_H6_ARGMIN)},
+    "hartmann6_noisy": {f"x{i}": v for i, v in enumerate(_H6_ARGMIN)},
+    "mixed": {"x": 0.2, "y": 0.7, "lr": 10**-2.5, "layers": 6, "kind": "a"},
+    "conditional": {"optimizer": "adam", "width": 0.3, "adam_lr": 1e-3, "beta": 0.95},
+    "hartmann3": {f"x{i}": v for i, v in enumerate(HARTMANN3_ARGMIN)},
+    "rosenbrock4": {f"x{i}": 1.0 for i in range(4)},
+    "ackley10": {f"x{i}": 0.0 for i in range(10)},
+    "hartmann6_in_20d": {
+        **{f"x{j}": 0.9 for j in range(20)},
+        **{f"x{j}": _H6_ARGMIN[i] for i, j in enumerate(RELEVANT_OF_20)},
+    },
+    "int_bowl": {f"n{i}": t for i, t in enumerate(INT_BOWL_TARGET)},
+    "conditional_model": {
+        "model": "mlp",
+        "dropout": 0.1,
+        "mlp_layers": 3,
+        "mlp_width": 256,
+        "mlp_lr": 1e-3,
+    },
+}
+
+
+def _is_finite(space: Space) -> bool:
+    return all(p.kind is not Kind.FLOAT and p.parent is None for p in space.params)
+
+
+def test_the_suite_covers_the_issues_kinds_of_problem() -> None:
+    groups = {PROBLEMS[name].group for name in PROBLEM_NAMES}
+    assert len(PROBLEM_NAMES) >= 15
+    assert {
+        "continuous",
+        "irrelevant",
+        "integer",
+        "ordinal",
+        "categorical",
+        "mixed",
+        "conditional",
+        "noisy",
+        "tabular",
+    } <= groups
+
+
+@pytest.mark.parametrize("name", sorted(SYNTHETIC))
+def test_each_synthetic_optimum_is_the_minimum(name: str) -> None:
+    problem = SYNTHETIC[name]
+    if name not in ARGMIN:
+        assert _is_finite(problem.space)
+        values = [problem.objective(c) for c in _configurations(problem.space)]
+        assert problem.optimum == pytest.approx(min(values), abs=1e-12)
+        return
+    assert problem.objective(ARGMIN[name]) == pytest.approx(problem.optimum, abs=1e-4)
+    rng = np.random.default_rng(0)
+    sample = [
+        problem.objective(problem.space.sample_to_params(rng.random(problem.space.dim())))
+        for _ in range(5000)
+    ]
+    assert min(sample) >= problem.optimum - 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_each_table_optimum_is_its_best_mean_over_the_whole_grid(name: str) -> None:
+    problem = PROBLEMS[name]
+    grid = _configurations(problem.space)
+    keys = {config_key(problem.space, c) for c in grid}
+    assert keys == set(table(name))  # every configuration of the space is in the table
+    means = [problem.objective(c) for c in grid]
+    assert problem.optimum == min(means)
+    best = grid[int(np.argmin(means))]
+    results = problem.results(best)
+    assert len(results) >= 2 and problem.objective(best) == pytest.approx(np.mean(results))
+    rng = np.random.default_rng(1)
+    assert {problem.observe(best, rng) for _ in range(50)} <= set(results.tolist())
+
+
+def _noisy_line(sd: float) -> SuiteProblem:
+    def objective(params: Mapping[str, PlainValue]) -> float:
+        return float(params["x"])
+
+    space = Space([ParamSpec("x", Kind.FLOAT, low=0.0, high=1.0)])
+    return SuiteProblem("line", space, objective, 0.0, group="noisy", noise_sd=sd)
+
+
+def test_a_noisy_run_is_scored_on_the_true_value_of_the_best_observed_point() -> None:
+    problem = _noisy_line(sd=0.5)
+    run = simulate("line", "random", 3, 30, 4, problem=problem)
+    # Replay the run: the same random points in launch order, the same noise stream
+    # in completion order.
+    rng = np.random.default_rng([3, 7])
+    points = [problem.space.sample_to_params(rng.random(1)) for _ in range(30)]
+    durations = np.random.default_rng([3, 1]).exponential(1.0, size=30)
+    noise = np.random.default_rng([3, 2])
+    launched = 0
+    running: list[tuple[float, int]] = []
+    now, best, chosen, expected = 0.0, math.inf, None, []
+    while launched < 4:
+        running.append((durations[launched], launched))
+        launched += 1
+    while running:
+        running.sort()
+        now, index = running.pop(0)
+        observed = problem.observe(points[index], noise)
+        if observed < best:
+            best, chosen = observed, points[index]
+        expected.append(problem.objective(chosen))
+        if launched < 30:
+            running.append((now + durations[launched], launched))
+            launched += 1
+    assert run["regret"] == pytest.approx(expected)
+    # With this much noise the recommendation is sometimes not the best true point.
+    truths = [float(p["x"]) for p in points]
+    assert run["regret"][-1] >= min(truths)
+
+
+def test_a_noiseless_run_is_scored_on_the_best_value() -> None:
+    problem = _noisy_line(sd=0.0)
+    run = simulate("line", "random", 0, 20, 4, problem=problem)
+    assert run["regret"] == sorted(run["regret"], reverse=True)
+    rng = np.random.default_rng([0, 7])
+    assert run["regret"][-1] == pytest.approx(min(float(rng.random()) for _ in range(20)))
+
+
+def test_the_plan_puts_a_seeds_headline_runs_first_and_covers_autos_delegate() -> None:
+    tasks = plan(["hartmann3", "categorical6x5"], ["ladder-auto", "random"], [0, 1], 100, 8)
+    # AUTO is not run itself: its delegate is (GP on hartmann3, TPE on categoricals).
+    assert ("hartmann3", "ladder-gp", 0, 100, 8) in tasks
+    assert ("categorical6x5", "ladder-tpe", 1, 100, 8) in tasks
+    assert not any(kind == "ladder-auto" for _, kind, *_ in tasks)
+    assert tasks[0] == ("hartmann3", "random", 0, 100, 8)
+
+
+def _fake_runs() -> list[dict]:
+    finals = {
+        ("p", "a"): [0.0, 0.1, 0.2],
+        ("p", "b"): [1.0, 1.1, 1.2],
+        ("p", "c"): [1.0, 1.1, 1.2],
+        ("q", "a"): [0.5, 0.5, 0.5],
+        ("q", "b"): [0.5, 0.5, 0.5],
+        ("q", "c"): [0.0, 0.0, 0.1],
+    }
+    return [
+        {"problem": p, "sampler": s, "seed": seed, "regret": [9.0, value]}
+        for (p, s), values in finals.items()
+        for seed, value in enumerate(values)
+    ]
+
+
+def test_quartiles_p_values_and_average_ranks_on_a_tiny_result_set() -> None:
+    summary = suite_stats.summarize(_fake_runs(), ["a", "b", "c"])
+    cell = summary["problems"]["p"]["samplers"]["a"]
+    assert (cell["q1"], cell["median"], cell["q3"]) == pytest.approx((0.05, 0.1, 0.15))
+    assert cell["seeds"] == [0, 1, 2]
+    tests = summary["problems"]["p"]["pairwise_mann_whitney"]
+    # 3 vs 3 fully separated: the exact two-sided p-value is 2 / C(6, 3) = 0.1.
+    assert tests["a vs b"] == {"p_value": pytest.approx(0.1), "lower_median": "a"}
+    assert tests["b vs c"] == {"p_value": pytest.approx(1.0), "lower_median": None}
+    assert summary["problems"]["q"]["pairwise_mann_whitney"]["a vs b"]["p_value"] == 1.0
+    # p: a 1, b and c tie for 2-3 (2.5 each); q: c 1, a and b tie (2.5 each).
+    assert summary["ranks_per_problem"]["p"] == {"a": 1.0, "b": 2.5, "c": 2.5}
+    assert summary["average_rank"]["ranks"] == pytest.approx({"a": 1.75, "b": 2.5, "c": 1.75})
+    assert summary["average_rank"]["problems"] == ["p", "q"]
+
+
+def test_average_ranks_skip_problems_a_sampler_has_no_run_on() -> None:
+    runs = [r for r in _fake_runs() if not (r["problem"] == "q" and r["sampler"] == "c")]
+    summary = suite_stats.summarize(runs, ["a", "b", "c"])
+    assert summary["average_rank"]["problems"] == ["p"]
+    assert summary["average_rank"]["ranks"] == {"a": 1.0, "b": 2.5, "c": 2.5}
+
+
+def test_versus_counts_only_significant_differences_as_wins_or_losses() -> None:
+    runs = _fake_runs()
+    runs += [{"problem": "p", "sampler": "a", "seed": s, "regret": [0.0]} for s in range(3, 8)] + [
+        {"problem": "p", "sampler": "b", "seed": s, "regret": [2.0]} for s in range(3, 8)
+    ]
+    summary = suite_stats.summarize(runs, ["a", "b", "c"])
+    result = suite_stats.versus(summary, "a", ["b", "c"])
+    # p: a's 8 values all below c's 3 (c: the lower median of b and c) -> p < 0.05,
+    # a win; q: c is lower but 3 vs 3 cannot reach p < 0.05 -> a tie, not a loss.
+    assert result["problems"]["p"]["outcome"] == "win"
+    assert result["problems"]["p"]["peer"] == "c"
+    assert result["problems"]["p"]["p_value"] < 0.05
+    assert result["problems"]["q"]["peer"] == "c"
+    assert result["problems"]["q"]["outcome"] == "tie"
+    assert result["problems"]["q"]["p_value"] > 0.05
+    assert result["counts"] == {"win": 1, "loss": 0, "tie": 1}
