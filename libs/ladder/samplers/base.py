@@ -194,13 +194,22 @@ class Proposal:
 
     Provenance: ``algorithm`` names what chose the point (a sampler's name, the
     policy's quasi-random fallback, a warm-start seed); ``predicted_mean`` and
-    ``predicted_std`` are the surrogate's view of it (0 without a model)."""
+    ``predicted_std`` are the surrogate's view of it (0 without a model).
+
+    The model behind it: ``model_observations`` are the observations its model was
+    fitted on (0: no model, e.g. an initial design or a quasi-random point); the
+    ``SuggestionPolicy`` that buffered it stamps ``study_observations`` (what the
+    study had observed when the refit began) and ``fitted_unix`` (when), from which
+    its staleness at hand-out time follows (``policy.staleness``)."""
 
     params: dict[str, PlainValue]
     draw: int
     predicted_mean: float = 0.0
     predicted_std: float = 0.0
     algorithm: str = ""
+    model_observations: int = 0
+    study_observations: int = 0
+    fitted_unix: float = 0.0
 
 
 @dataclass(frozen=True)

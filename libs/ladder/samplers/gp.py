@@ -33,6 +33,19 @@ cost; the observed best is a sound incumbent when the fitted noise is small,
 and on a noisy objective it errs towards exploration, not towards a wrong
 point.
 
+Large batches. qLogEI's joint batch costs grow steeply with its size (each MC
+evaluation samples the joint posterior of the batch and every pending point, and
+the optimiser works in ``q x dim`` dimensions), and at fleet rates the suggestion
+policy asks for hundreds of points per refit with hundreds pending. Above
+``JOINT_MAX`` points asked, or ``JOINT_PENDING_MAX`` pending, the batch is drawn by
+Thompson sampling instead: a candidate set (Sobol' points plus perturbations of the best
+observed ones, decoded, none taken) gets one joint posterior sample per point and
+each sample's maximiser is taken, without replacement (BoTorch's
+``MaxPosteriorSampling``). The samples' randomness spreads a batch the way the
+pending points do for qLogEI; its cost is one Cholesky factor of the candidates'
+covariance (bounded by ``TS_MAX_CANDIDATES``) plus a matrix product per point.
+Pending points enter as taken points (no candidate repeats or lies next to one).
+
 Exploitation draws. Every ``EXPLOIT_EVERY``-th draw number (deterministic; a
 batch that spans one or more such numbers gets one such point, first) is the
 maximiser of the posterior mean instead, found from the best observed points
@@ -142,12 +155,12 @@ from ladder.samplers.base import (
     SamplerContext,
     derive_seed,
 )
-from ladder.samplers.distinct import Taken, unseen
+from ladder.samplers.distinct import ConfigKey, Taken, config_key, unseen
 from ladder.samplers.model_based import ModelBasedSampler
 from ladder.space import CategoricalEncoding, Kind, Space
 
 # Bumped whenever suggestions change for the same inputs (bench cache key).
-VERSION = "5"
+VERSION = "6"
 ENCODING = CategoricalEncoding.ONE_HOT
 MIN_FIT_POINTS = 3
 MAX_FIT_POINTS = int(os.environ.get("LADDER_GP_MAX_FIT_POINTS", "512"))
@@ -170,6 +183,19 @@ EXPLOIT_EVERY = 8
 # No suggestion lies closer than this (unit cube) to an observed or pending point or
 # to another point of its batch (module docstring, "Repeats").
 MIN_DISTANCE = 1e-4
+# Large batches (module docstring): above JOINT_MAX points asked, or with more than
+# JOINT_PENDING_MAX pending, a batch is drawn by Thompson sampling over
+# TS_CANDIDATES_PER_POINT candidates per point, between TS_MIN_CANDIDATES and
+# TS_MAX_CANDIDATES (a Cholesky factor of the candidates' joint posterior: cubic in
+# their number), a quarter of them Gaussian perturbations (TS_PERTURBATION) of the
+# TS_INCUMBENTS best observed points.
+JOINT_MAX = 16
+JOINT_PENDING_MAX = 64
+TS_CANDIDATES_PER_POINT = 4
+TS_MIN_CANDIDATES = 512
+TS_MAX_CANDIDATES = 2048
+TS_INCUMBENTS = 16
+TS_PERTURBATION = 0.05
 # Unseen configurations scored when every candidate repeats (module docstring).
 UNSEEN_CANDIDATES = 64
 REFINE_TRIES = 3
@@ -299,7 +325,11 @@ class GPSampler(ModelBasedSampler):
                     decoded.append(point)
                     configs.add(point)
                     in_flight = torch.cat([in_flight, self._encode([point])])
-            if len(decoded) < count:
+            if len(decoded) < count and (count > JOINT_MAX or len(in_flight) > JOINT_PENDING_MAX):
+                decoded += self._thompson(
+                    model, train_x, train_y, in_flight, count - len(decoded), seed, configs
+                )
+            elif len(decoded) < count:
                 acquisition = qLogExpectedImprovement(
                     model,
                     best_f=train_y.max(),
@@ -311,10 +341,82 @@ class GPSampler(ModelBasedSampler):
                 )
                 taken = torch.cat([train_x, in_flight])
                 decoded += self._maximise(acquisition, starts, bounds, options, taken, configs)
-            return self._predicted(model, decoded, first)
+            return self._predicted(model, decoded, first, len(usable))
+
+    def _thompson(
+        self,
+        model: torch.nn.Module,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        in_flight: torch.Tensor,
+        count: int,
+        seed: int,
+        configs: Taken,
+    ) -> list[dict[str, PlainValue]]:
+        """``count`` points by Thompson sampling (module docstring, "Large
+        batches"): one joint posterior sample over the candidate set per point, its
+        maximiser taken without replacement (BoTorch's ``MaxPosteriorSampling``)."""
+        from botorch.generation.sampling import MaxPosteriorSampling
+
+        best = train_x[torch.argsort(train_y.squeeze(-1), descending=True)[:TS_INCUMBENTS]]
+        taken = torch.cat([train_x, in_flight])
+        candidates = self._thompson_candidates(best, taken, count, seed, configs)
+        if not candidates:
+            return []
+        encoded = self._encode(candidates)
+        with torch.no_grad():
+            posterior = model.posterior(encoded)
+            mean = posterior.mean.squeeze(-1)
+            factor = _sampling_factor(posterior.distribution.covariance_matrix)
+            generator = torch.Generator().manual_seed(seed % 2**63)
+            k = min(count, len(candidates))
+            normal = torch.randn(len(candidates), k, generator=generator, dtype=mean.dtype)
+            samples = (mean.unsqueeze(-1) + factor @ normal).T.unsqueeze(-1)  # k x N x 1
+            picked = MaxPosteriorSampling(model, replacement=False).maximize_samples(
+                encoded, samples, k
+            )
+            rows = torch.cdist(picked, encoded).argmin(dim=-1).tolist()
+        return [candidates[row] for row in rows]
+
+    def _thompson_candidates(
+        self, best: torch.Tensor, taken: torch.Tensor, count: int, seed: int, configs: Taken
+    ) -> list[dict[str, PlainValue]]:
+        """Decoded candidates for Thompson sampling, none in ``configs`` nor within
+        ``MIN_DISTANCE`` of a point of ``taken`` (encoded observed and pending
+        points), no two the same: Sobol' points and, for a quarter, Gaussian
+        perturbations of ``best`` (the best observed points, encoded).
+        ``TS_CANDIDATES_PER_POINT`` per point wanted, within the bounds."""
+        from botorch.utils.sampling import draw_sobol_samples
+
+        n = min(TS_MAX_CANDIDATES, max(TS_MIN_CANDIDATES, TS_CANDIDATES_PER_POINT * count))
+        dim = best.shape[1]
+        unit_cube = torch.stack([torch.zeros(dim), torch.ones(dim)]).to(best)
+        sobol = draw_sobol_samples(unit_cube, n=n - n // 4, q=1, seed=seed % 2**31).squeeze(1)
+        generator = torch.Generator().manual_seed(seed % 2**63)
+        around = best[torch.randint(len(best), (n // 4,), generator=generator)]
+        around = around + TS_PERTURBATION * torch.randn(around.shape, generator=generator)
+        raw = torch.cat([sobol, around.clamp(0, 1)])
+        # Distinct among themselves by their own keys: ``configs`` grown with them
+        # would call the space exhausted once they cover it, and block nothing.
+        keys: set[ConfigKey] = set()
+        decoded = []
+        for row in raw.tolist():
+            params = self.space.sample_to_params(row, ENCODING)
+            key = config_key(self.space, params)
+            if key not in keys and not configs.blocks(params):
+                keys.add(key)
+                decoded.append(params)
+        if not decoded or not self._has_floats:
+            return decoded
+        distance = torch.cdist(self._encode(decoded), taken).min(dim=-1).values
+        return [p for p, d in zip(decoded, distance.tolist(), strict=True) if d >= MIN_DISTANCE]
 
     def _predicted(
-        self, model: torch.nn.Module, decoded: list[dict[str, PlainValue]], first: int
+        self,
+        model: torch.nn.Module,
+        decoded: list[dict[str, PlainValue]],
+        first: int,
+        fitted_on: int,
     ) -> list[Proposal]:
         """``decoded`` as proposals numbered from draw ``first``, with the model's
         mean and standard deviation at each (in the metric's direction)."""
@@ -330,6 +432,7 @@ class GPSampler(ModelBasedSampler):
                 predicted_mean=sign * float(mean[i]),
                 predicted_std=float(std[i]),
                 algorithm=self.algorithm,
+                model_observations=fitted_on,
             )
             for i, params in enumerate(decoded)
         ]
@@ -586,6 +689,21 @@ class GPSampler(ModelBasedSampler):
     def _encode(self, points: Sequence[Mapping[str, PlainValue]]) -> torch.Tensor:
         rows = [self.space.params_to_unit(p, ENCODING) for p in points]
         return torch.tensor(np.stack(rows), dtype=torch.float64)
+
+
+def _sampling_factor(covariance: torch.Tensor) -> torch.Tensor:
+    """A matrix F with F F^T = ``covariance`` (to draw joint samples): its Cholesky
+    factor (jitter added as needed), else, for a numerically singular covariance
+    (candidates almost on top of each other), the symmetric square root from an
+    eigendecomposition with negative eigenvalues clipped to zero."""
+    from linear_operator.utils.cholesky import psd_safe_cholesky
+    from linear_operator.utils.errors import NotPSDError
+
+    try:
+        return psd_safe_cholesky(covariance, max_tries=4)
+    except NotPSDError:
+        values, vectors = torch.linalg.eigh(covariance)
+        return vectors * values.clamp_min(0).sqrt().unsqueeze(-2)
 
 
 def matern52(a: torch.Tensor, b: torch.Tensor, lengthscale: torch.Tensor) -> torch.Tensor:

@@ -7,48 +7,77 @@ the one object the suggest service holds per (study, partition) around it:
   partitions (the only copy in the service process);
 * a ready buffer of proposals and the refit loop (one thread) that keeps it
   full by calling the ``Refit``: the sampler in this process (``LocalRefit``)
-  or in the suggest service's refit process;
-* the quasi-random ``fallback`` that answers a miss at once.
+  or in the suggest service's refit processes;
+* the fallbacks that answer a miss at once: a ``model_fallback`` (TPE, which
+  answers in milliseconds) once it can fit, the quasi-random ``fallback`` before.
 
 Model-based samplers (GP, TPE) need from tens of milliseconds to seconds per
-call, growing with the number of observations, so ``take`` never calls them: it
-pops points the refit loop computed earlier. A policy without a ``Refit`` (a
-quasi-random study) serves every request from its ``fallback`` directly, under
-the fallback's own name: that sampler answers in microseconds.
+call, growing with the number of observations, so ``take`` never calls the
+study's sampler: it pops points the refit loop computed earlier. A policy without
+a ``Refit`` (a quasi-random study) serves every request from its ``fallback``
+directly, under the fallback's own name: that sampler answers in microseconds.
+
+Stale while revalidate. New observations do not throw the buffer away: its points
+are still the model's choices, made a few observations ago, and a fleet reports
+faster than any refit lands, so a buffer cleared on every observation is always
+empty. The buffer keeps serving until the refit that includes the new
+observations lands, and that refit's batch replaces what is left of it (counted
+in ``stats.dropped``; their draw indices are simply never used). Every buffered
+point carries its model's provenance (``Proposal.model_observations``,
+``study_observations``, ``fitted_unix``): ``staleness`` says, at hand-out time, how
+many observations the study has that its model had not seen and how many seconds
+ago its refit began.
+
+Buffer sized to the request rate. A refit must land before the buffer runs dry,
+so the batch a refit asks for is the measured take rate (points taken per second
+over the last ``RATE_WINDOW`` seconds) times the expected refit duration times
+``HEADROOM``, bounded by ``capacity`` (the least) and ``max_capacity`` (the most;
+equal by default: a fixed size). Refit durations (as this policy sees them: waiting
+for a refit process included) vary two- to threefold from one refit to the next on
+a shared host, and the first fit of a model follows instant initial-design refits,
+so the expected duration is a decaying maximum: the last refit's duration or, if
+longer, the previous estimate times ``ESTIMATE_DECAY``. Requests also come in
+bursts, hence a headroom of three. The sampler must make a large batch cheaply: the GP switches to
+Thompson sampling above a few points (gp.py, "Large batches").
 
 Refit loop (the only caller of the ``Refit``, so a sampler needs no locking):
 
 * It wakes when the study's observations change or the buffer runs low (at
-  most ``low_water`` points left after a ``take``).
-* New observations make every buffered point stale: the loop asks for a fresh
-  joint batch of ``capacity`` points and replaces the buffer with it (the
-  dropped points are counted in ``stats.dropped``; their draw indices are
-  simply never used).
-* Without new observations it tops the buffer up to ``capacity``; the points
+  most ``low_water`` points left after a ``take``; by default half the current
+  target size).
+* After new observations it asks for a fresh batch of the target size, which
+  replaces the buffer when it lands (above).
+* Without new observations it tops the buffer up to the target size; the points
   still buffered are passed as pending next to the caller's pending points, so
   the new ones do not duplicate them.
 * A failing refit is logged and retried after ``RETRY_SECONDS`` (or on the next
   observation); the loop never dies while the policy is running.
 
 Provenance: every proposal names what chose it (``Proposal.algorithm``); a miss
-is answered by the fallback under ``FALLBACK_ALGORITHM``, so it is visible per
-suggestion.
+is answered under ``MODEL_FALLBACK_ALGORITHM`` ("tpe-fallback") when the model
+fallback could fit, else under ``FALLBACK_ALGORITHM`` ("sobol-fallback"), so it
+is visible per suggestion. The model fallback sees the study's observations and,
+as pending, the last ``FALLBACK_PENDING`` points this policy handed out (its
+constant liar spreads consecutive misses; reading every running trial from Redis
+per miss would cost more than the answer).
 
 No wasted evaluations (``distinct.py``), on a space whose configurations can
-repeat: the refit gets the buffered points as pending (above); the fallback gets
+repeat: the refit gets the buffered points as pending (above); the fallbacks get
 the study's observations and every point pending, buffered or recently handed out
 (misses are serialised, so two concurrent misses see each other's points; the
 pending read is a Redis read on that path); and a refit's points whose
 configuration was handed out while it ran (a stale buffer keeps serving during a
 refit, and a point handed out reaches the pending set a moment later) are dropped
 when it lands, the next top-up replacing them. "Recently" is the last
-``HANDED_WINDOW`` points (at least four buffers) this policy handed out, which
-covers what was handed out during any refit short of a burst of that many misses.
+``HANDED_WINDOW`` points (at least four of the largest buffers) this policy
+handed out, which covers what was handed out during any refit short of a burst of
+that many misses.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -59,13 +88,23 @@ from ladder.failures import FailureKind
 from ladder.params import PlainValue
 from ladder.samplers.base import Observation, ObservationKey, Pending, Proposal, Sampler
 from ladder.samplers.distinct import Taken, config_key
+from ladder.samplers.model_based import ModelBasedSampler
 
 log = logging.getLogger("ladder.samplers.policy")
 
 FALLBACK_ALGORITHM = "sobol-fallback"
+MODEL_FALLBACK_ALGORITHM = "tpe-fallback"
 RETRY_SECONDS = 1.0
 # Points handed out that stay "in flight" for this policy (module docstring).
 HANDED_WINDOW = 256
+# Of which the model fallback sees the last FALLBACK_PENDING as pending.
+FALLBACK_PENDING = 64
+# Buffer sizing (module docstring): the take rate over RATE_WINDOW seconds times
+# the refit duration estimate times HEADROOM; the estimate is the last refit's
+# duration or, if longer, the previous estimate times ESTIMATE_DECAY.
+RATE_WINDOW = 10.0
+HEADROOM = 3.0
+ESTIMATE_DECAY = 0.8
 
 PendingProvider = Callable[[], Pending]
 # refit(count, pending) -> ``count`` proposals from the study's current observations.
@@ -170,14 +209,31 @@ class LocalRefit:
 class PolicyStats:
     hits: int = 0
     misses: int = 0
+    model_fallbacks: int = 0  # of the misses, answered by the model fallback
     refits: int = 0
     failed_refits: int = 0
     dropped: int = 0
     observations: int = 0  # what the study had observed at the last refit
     infeasible: int = 0  # of which infeasible (failed trials the samplers learn from)
     buffered: int = 0
+    target: int = 0  # the batch size the last refit asked for (module docstring)
+    take_rate: float = 0.0  # points taken per second when the last refit began
     last_refit_seconds: float = 0.0
+    refit_estimate: float = 0.0  # the expected refit duration (module docstring)
     refit_seconds_total: float = 0.0
+
+
+def staleness(proposal: Proposal, observed: int, now: float | None = None) -> tuple[int, float]:
+    """How stale the model behind ``proposal`` is when handed out, the study having
+    ``observed`` observations: (observations its model had not seen, seconds since
+    its refit began); (0, 0.0) for a point no policy stamped (module docstring)."""
+    if not proposal.fitted_unix:
+        return 0, 0.0
+    now = time.time() if now is None else now
+    return (
+        max(0, observed - proposal.study_observations),
+        max(0.0, now - proposal.fitted_unix),
+    )
 
 
 class SuggestionPolicy:
@@ -192,22 +248,31 @@ class SuggestionPolicy:
         pending: PendingProvider = _no_pending,
         low_water: int | None = None,
         name: str = "",
+        max_capacity: int | None = None,
+        model_fallback: ModelBasedSampler | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1 (got {capacity})")
+        if max_capacity is not None and max_capacity < capacity:
+            raise ValueError(f"max_capacity must be >= capacity (got {max_capacity} < {capacity})")
         self.observations = observations
         self.fallback = fallback
+        self.model_fallback = model_fallback
         self.refit = refit
         self.capacity = capacity
+        self.max_capacity = capacity if max_capacity is None else max_capacity
         # Default: refill once half the buffer is gone, so a burst of requests
         # finds points while the top-up runs.
-        self.low_water = capacity // 2 if low_water is None else low_water
+        self._low_water = low_water
         self.pending = pending
         self.name = name
         self._ready: deque[Proposal] = deque()
         self._handed: deque[Mapping[str, PlainValue]] = deque(
-            maxlen=max(HANDED_WINDOW, 4 * capacity)
+            maxlen=max(HANDED_WINDOW, 4 * self.max_capacity)
         )
+        self._takes: deque[tuple[float, int]] = deque()  # (monotonic time, points)
+        self._first_take = 0.0
+        self._target = capacity
         # Whether the no-repeat rule applies: the space can repeat a configuration
         # and the study wants no repeats (distinct.py).
         self._distinct = Taken(fallback.space, fallback.context.repeats).active
@@ -215,9 +280,13 @@ class SuggestionPolicy:
         self._stale = False
         self._wake = threading.Condition()
         self._stopping = False
-        self._stats = PolicyStats()
+        self._stats = PolicyStats(target=capacity)
         self._retry_at = 0.0
         self._thread = threading.Thread(target=self._run, name=f"refit-{name}", daemon=True)
+
+    @property
+    def low_water(self) -> int:
+        return self._target // 2 if self._low_water is None else self._low_water
 
     # ---------------------------------------------------------------- callers
 
@@ -239,12 +308,13 @@ class SuggestionPolicy:
         return not self._thread.is_alive()
 
     def take(self, count: int) -> list[Proposal]:
-        """``count`` points: buffered ones first, the rest from the fallback."""
+        """``count`` points: buffered ones first, the rest from the fallbacks."""
         if count <= 0:
             return []
         if self.refit is None:
             return self._from_fallback(count)
         with self._wake:
+            self._count_take(count)
             ready = [self._ready.popleft() for _ in range(min(count, len(self._ready)))]
             self._handed.extend(p.params for p in ready)
             self._stats = replace(
@@ -256,11 +326,82 @@ class SuggestionPolicy:
             if len(self._ready) <= self.low_water:
                 self._wake.notify_all()
         if len(ready) < count:
-            ready.extend(
-                replace(p, algorithm=FALLBACK_ALGORITHM)
-                for p in self._from_fallback(count - len(ready))
-            )
+            ready.extend(self._miss(count - len(ready)))
         return ready
+
+    def staleness(self, proposal: Proposal) -> tuple[int, float]:
+        """``staleness`` of a point this policy handed out, against its study now."""
+        return staleness(proposal, len(self.observations))
+
+    def _count_take(self, count: int) -> None:
+        """Record ``count`` points taken now (for the take rate). Holding ``_wake``."""
+        now = time.monotonic()
+        if not self._takes:
+            self._first_take = self._first_take or now
+        self._takes.append((now, count))
+        while self._takes and self._takes[0][0] < now - RATE_WINDOW:
+            self._takes.popleft()
+
+    def take_rate(self) -> float:
+        """Points taken per second over the last ``RATE_WINDOW`` seconds."""
+        with self._wake:
+            return self._take_rate()
+
+    def _take_rate(self) -> float:
+        if not self._takes:
+            return 0.0
+        now = time.monotonic()
+        span = min(RATE_WINDOW, max(1.0, now - self._first_take))
+        return sum(n for t, n in self._takes if t >= now - RATE_WINDOW) / span
+
+    def _target_capacity(self) -> int:
+        """The batch a refit asks for now (module docstring). Holding ``_wake``."""
+        if self.max_capacity == self.capacity:
+            return self.capacity
+        want = math.ceil(self._take_rate() * self._stats.refit_estimate * HEADROOM)
+        return min(self.max_capacity, max(self.capacity, want))
+
+    def _miss(self, count: int) -> list[Proposal]:
+        """A miss of a model-based policy: the model fallback's points once it can
+        fit, else the quasi-random fallback's (module docstring, "Provenance")."""
+        if self.model_fallback is not None:
+            proposals = self._from_model_fallback(count)
+            if proposals:
+                return proposals
+        return [replace(p, algorithm=FALLBACK_ALGORITHM) for p in self._from_fallback(count)]
+
+    def _from_model_fallback(self, count: int) -> list[Proposal]:
+        """``count`` points of the model fallback, stamped as fitted now; [] while it
+        cannot fit (its own quasi-random start would answer: the caller's job)."""
+        assert self.model_fallback is not None
+        observations = self.observations.snapshot()
+        pending = list(self.pending()) if self._distinct else []
+        with self._fallback_lock:
+            with self._wake:
+                if self._distinct:
+                    in_flight = [*pending, *(p.params for p in self._ready), *self._handed]
+                else:
+                    recent = min(FALLBACK_PENDING, len(self._handed))
+                    in_flight = [self._handed[-1 - i] for i in range(recent)]
+            training = self.model_fallback.training_set(observations)
+            if not self.model_fallback.can_fit(training, in_flight):
+                return []
+            proposals = self.model_fallback.suggest(observations, count, in_flight)
+            with self._wake:
+                self._handed.extend(p.params for p in proposals)
+                self._stats = replace(
+                    self._stats, model_fallbacks=self._stats.model_fallbacks + len(proposals)
+                )
+        now = time.time()
+        return [
+            replace(
+                p,
+                algorithm=MODEL_FALLBACK_ALGORITHM,
+                study_observations=len(observations),
+                fitted_unix=now,
+            )
+            for p in proposals
+        ]
 
     def _from_fallback(self, count: int) -> list[Proposal]:
         """``count`` points of the fallback, none of them a configuration observed,
@@ -309,9 +450,12 @@ class SuggestionPolicy:
                 if not self._wait_for_work():
                     return
                 stale, self._stale = self._stale, False
+                # A stale buffer keeps serving; the refit's batch replaces it.
                 keep = [] if stale else list(self._ready)
+                self._target = target = self._target_capacity()
+                rate = self._take_rate()
             try:
-                self._refit(stale, keep)
+                self._refit(stale, keep, target, rate)
             except Exception:  # noqa: BLE001 - the loop must outlive a bad refit
                 if self._stopping:  # e.g. the refit process was stopped with us
                     return
@@ -334,21 +478,25 @@ class SuggestionPolicy:
         taken = Taken.of(space, self.observations.snapshot(), [*pending, *self._handed])
         return [p for p in proposals if not taken.blocks(p.params)]
 
-    def _refit(self, stale: bool, keep: list[Proposal]) -> None:
+    def _refit(self, stale: bool, keep: list[Proposal], target: int, rate: float) -> None:
         assert self.refit is not None
-        want = self.capacity - len(keep)
+        want = target - len(keep)
         if want <= 0:
             return
         pending = [*self.pending(), *(p.params for p in keep)]
+        basis, began = len(self.observations), time.time()
         started = time.perf_counter()
-        proposals = self.refit(want, pending)
+        proposals = [
+            replace(p, study_observations=basis, fitted_unix=began)
+            for p in self.refit(want, pending)
+        ]
         seconds = time.perf_counter() - started
         observed = len(self.observations)
         infeasible = self.observations.infeasible
         with self._wake:
             proposals = self._not_handed(proposals, pending)
             dropped = 0
-            if stale:  # new observations: what is buffered was computed without them
+            if stale:  # new observations: what is left of the buffer predates them
                 dropped = len(self._ready)
                 self._ready.clear()
             self._ready.extend(proposals)
@@ -360,7 +508,10 @@ class SuggestionPolicy:
                 observations=observed,
                 infeasible=infeasible,
                 buffered=len(self._ready),
+                target=target,
+                take_rate=rate,
                 last_refit_seconds=seconds,
+                refit_estimate=max(seconds, self._stats.refit_estimate * ESTIMATE_DECAY),
                 refit_seconds_total=self._stats.refit_seconds_total + seconds,
             )
             if not proposals:  # nothing to add: do not spin until something changes
@@ -375,12 +526,14 @@ class SuggestionPolicy:
             )
         log.info(
             "refit %s: %d observations, %d points in %.3f s (%d stale dropped, "
-            "%d infeasible observations)",
+            "%d infeasible observations, target %d at %.1f points/s)",
             self.name,
             observed,
             len(proposals),
             seconds,
             dropped,
             infeasible,
+            target,
+            rate,
             extra={"buffer": self.name},
         )
