@@ -29,6 +29,12 @@ Creates studies and answers Suggest with resumable or new trials.
 plus the shared ``Settings`` (LADDER_KAFKA_BOOTSTRAP, LADDER_REDIS_URL,
 LADDER_TOPIC_PREFIX, ...; see ``ladder.config``).
 
+Buffer sizing: ``--buffer`` is the least a refit asks for; ``--buffer-max`` /
+LADDER_SUGGEST_BUFFER_MAX (default 1024) the most; between the two a refit asks for
+the partition's request rate x its expected refit duration x 3
+(``ladder.samplers.policy``). LADDER_REFIT_PROCESSES (default 2): the refit child
+processes at most, so refits of different partitions run in parallel (``refit.py``).
+
 At start, every study stored in Redis is published to the studies topic again (a
 restarted embedded broker starts empty; the topic is compacted, so this is harmless).
 
@@ -45,8 +51,13 @@ samplers; publishes StudyEvents and TRIAL_SUGGESTED events.
 
 Model-based studies (GP, TPE, AUTO) are answered from the ready buffer of a
 suggestion policy per (study, partition) that a background refit loop keeps
-full (``ladder.samplers.policy``); a request never waits for a refit, a miss is
-answered by the quasi-random fallback (algorithm "sobol-fallback") and counted.
+full (``ladder.samplers.policy``); new observations do not empty the buffer (its
+points serve until the refit with them lands), and each suggestion says which
+model chose it and how stale it was (``Suggestion.model_observations``,
+``unseen_observations``, ``model_age_seconds``; metric ``ladder.suggest.served_by``).
+A request never waits for a refit: a miss is answered by TPE in this process
+("tpe-fallback") once it can fit, by the quasi-random fallback ("sobol-fallback")
+before, and counted.
 On SIGTERM the gRPC server drains, then the refit loops are stopped.
 """
 
@@ -78,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         "--buffer", type=int, default=int(os.environ.get("LADDER_SUGGEST_BUFFER", 8))
     )
     parser.add_argument(
+        "--buffer-max", type=int, default=int(os.environ.get("LADDER_SUGGEST_BUFFER_MAX", 1024))
+    )
+    parser.add_argument(
         "--settle-seconds",
         type=float,
         default=float(
@@ -92,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.buffer < 1:
         parser.error(f"--buffer must be >= 1 (got {args.buffer})")
+    if args.buffer_max < args.buffer:
+        parser.error(f"--buffer-max must be >= --buffer (got {args.buffer_max} < {args.buffer})")
     # A refit thread holds the GIL for long stretches of Python (BoTorch); the
     # default 5 ms switch interval would add up to 5 ms to every blocking call a
     # request makes. 1 ms keeps the request threads' waits short.
@@ -106,13 +122,18 @@ def main(argv: list[str] | None = None) -> None:
     producer = EventProducer(settings, "suggest", linger_ms=min(10, settings.kafka_linger_ms))
     refit = None
     if args.refit == "process":
-        refit = RefitProcess(settings, nice=int(os.environ.get("LADDER_REFIT_NICE", 5)))
+        refit = RefitProcess(
+            settings,
+            nice=int(os.environ.get("LADDER_REFIT_NICE", 5)),
+            processes=int(os.environ.get("LADDER_REFIT_PROCESSES", 2)),
+        )
     servicer = SuggestServicer(
         settings,
         state,
         producer,
         claim_seconds=args.claim_seconds,
         buffer_capacity=args.buffer,
+        buffer_max=args.buffer_max,
         refit_process=refit,
         settle_seconds=args.settle_seconds,
     )

@@ -20,7 +20,11 @@ nothing), shared by its partitions' policies:
 Quasi-random studies are served directly (instant). Model-based studies get a
 refit loop per partition that keeps ready suggestions, so a request never waits
 for a model fit (see ``ladder.samplers.policy``); the sampler runs in the refit
-process (``refit.py``) or, without one, on the policy's refit thread.
+processes (``refit.py``) or, without them, on the policy's refit thread. The
+buffer holds between ``buffer_capacity`` and ``buffer_max`` points, sized to the
+partition's request rate; a miss is answered by a TPE sampler in this process (it
+answers in milliseconds) once it can fit the study's observations, by the
+quasi-random sampler before.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from ladder.samplers import (
     Refit,
     SamplerContext,
     SuggestionPolicy,
+    TPESampler,
     make_sampler,
 )
 from ladder.samplers.policy import Pending
@@ -97,6 +102,7 @@ class PolicyPool:
         buffer_capacity: int,
         pending_of: PendingOf,
         refit_process: RefitProcess | None = None,
+        buffer_max: int | None = None,
     ) -> None:
         self.trials = trials
         # Set: model-based samplers live in that child process (see refit.py);
@@ -104,6 +110,7 @@ class PolicyPool:
         self.refit_process = refit_process
         self.studies = studies
         self.buffer_capacity = buffer_capacity
+        self.buffer_max = max(buffer_capacity, buffer_max or buffer_capacity)
         self.pending_of = pending_of
         self._policies: dict[tuple[str, int], SuggestionPolicy] = {}
         self._observations: dict[str, ObservationStore] = {}
@@ -140,6 +147,18 @@ class PolicyPool:
                 space=spec.space, seed=spec.seed, partition=partition, reserve=fallback_draws
             )
         )
+        # Misses of a model-based study: TPE on the same draw counter (no torch here).
+        model_fallback = None
+        if not instant:
+            model_fallback = TPESampler(
+                SamplerContext(
+                    space=spec.space,
+                    seed=spec.seed,
+                    partition=partition,
+                    maximize=spec.maximize,
+                    reserve=fallback_draws,
+                )
+            )
         with self._lock:
             policy = self._policies.get(key)
             if policy is not None:  # another request built it meanwhile
@@ -151,6 +170,8 @@ class PolicyPool:
                 capacity=self.buffer_capacity,
                 pending=lambda: self.pending_of(study_id),
                 name=f"{study_id}/{partition}",
+                max_capacity=self.buffer_max,
+                model_fallback=model_fallback,
             )
             self._policies[key] = policy
             if not self._stopped:

@@ -31,6 +31,7 @@ from ladder.errors import (
 )
 from ladder.params import PlainValue, fill_params, params_to_dict
 from ladder.samplers import FALLBACK_ALGORITHM, Observation, Proposal, derive_seed
+from ladder.samplers.policy import MODEL_FALLBACK_ALGORITHM, staleness
 from ladder.state import State, Transition
 from ladder.study import StudySpec
 from ladder.v1 import events_pb2, study_pb2, suggest_pb2, suggest_pb2_grpc, trial_pb2
@@ -59,8 +60,21 @@ _failed_observations = _meter.create_counter(
 )
 _buffer_lookups = _meter.create_counter(
     "ladder.suggest.buffer",
-    description="model-based suggestions served from the ready buffer (hit) or by the "
-    "quasi-random fallback (miss)",
+    description="model-based suggestions served from the ready buffer (hit) or by a "
+    "fallback (miss)",
+)
+_served_by = _meter.create_counter(
+    "ladder.suggest.served_by",
+    description="new suggestions by what chose them (served_by): 'model' (a fitted model "
+    "of the study's sampler), 'tpe-fallback', 'sobol-fallback', 'no-model' (an initial "
+    "design, a quasi-random study, a seed); the model-served fraction is model / all",
+)
+_model_unseen = _meter.create_histogram(
+    "ladder.suggest.model_unseen_observations",
+    description="observations of the study the model behind a suggestion had not seen",
+)
+_model_age = _meter.create_histogram(
+    "ladder.suggest.model_age", unit="s", description="seconds since the suggestion's refit began"
 )
 
 STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -76,13 +90,19 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         buffer_capacity: int = 8,
         refit_process: RefitProcess | None = None,
         settle_seconds: float = lifecycle.DEFAULT_SETTLE_SECONDS,
+        buffer_max: int | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
         self.producer = producer
         self.claim_seconds = claim_seconds
         self.pool = PolicyPool(
-            state.trials, state.studies, buffer_capacity, self._pending_params, refit_process
+            state.trials,
+            state.studies,
+            buffer_capacity,
+            self._pending_params,
+            refit_process,
+            buffer_max=buffer_max,
         )
         self.hostname = socket.gethostname()
         self.publisher = SuggestedPublisher(
@@ -281,16 +301,21 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             remaining = 0
         if remaining:
             try:
-                for transition, proposal in self._new_trials(
-                    study_id, spec, request.worker_id, remaining
-                ):
+                new = self._new_trials(study_id, spec, request.worker_id, remaining)
+                observed = len(self.pool.observations(study_id)) if new else 0
+                for transition, proposal in new:
+                    unseen, age = staleness(proposal, observed)
                     response.suggestions.add(
                         trial=transition.trial,
                         resumed=False,
                         predicted_mean=proposal.predicted_mean,
                         predicted_std=proposal.predicted_std,
                         algorithm=transition.algorithm,
+                        model_observations=proposal.model_observations,
+                        unseen_observations=unseen,
+                        model_age_seconds=age,
                     )
+                    self._count_served(study_id, proposal, unseen, age)
             except BudgetExhausted:
                 if not response.suggestions:
                     raise
@@ -380,14 +405,24 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             for i, seed in enumerate(chosen)
         ]
 
+    def _count_served(self, study_id: str, proposal: Proposal, unseen: int, age: float) -> None:
+        """The suggestion in the served_by metric; its model's staleness if it had one."""
+        source = served_by(proposal)
+        _served_by.add(1, {"study_id": study_id, "served_by": source})
+        if source == "model":
+            _model_unseen.record(unseen, {"study_id": study_id})
+            _model_age.record(age, {"study_id": study_id})
+
     def _count_buffer_lookups(self, study_id: str, served: list[Proposal]) -> None:
-        misses = sum(p.algorithm == FALLBACK_ALGORITHM for p in served)
+        fallbacks = (FALLBACK_ALGORITHM, MODEL_FALLBACK_ALGORITHM)
+        misses = sum(p.algorithm in fallbacks for p in served)
         if misses:
             _buffer_lookups.add(misses, {"study_id": study_id, "result": "miss"})
             log.info(
-                "suggestion buffer miss: %d of %d points from the quasi-random fallback",
+                "suggestion buffer miss: %d of %d points from a fallback (%s)",
                 misses,
                 len(served),
+                ", ".join(sorted({p.algorithm for p in served if p.algorithm in fallbacks})),
                 extra={"study_id": study_id},
             )
         hits = len(served) - misses
@@ -532,6 +567,14 @@ def failure_name(kind: int) -> str:
     if kind in trial_pb2.FailureKind.values():
         return trial_pb2.FailureKind.Name(kind)
     return str(kind)
+
+
+def served_by(proposal: Proposal) -> str:
+    """What chose a new suggestion, for the served_by metric: a fallback by name,
+    "model" for a fitted model of the study's sampler, "no-model" otherwise."""
+    if proposal.algorithm in (FALLBACK_ALGORITHM, MODEL_FALLBACK_ALGORITHM):
+        return proposal.algorithm
+    return "model" if proposal.model_observations > 0 else "no-model"
 
 
 def _runs(served: list[Proposal]) -> list[tuple[str, list[Proposal]]]:

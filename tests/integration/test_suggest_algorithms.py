@@ -146,7 +146,11 @@ def test_gp_study_is_served_from_the_buffer(infra: Settings, rig: Rig) -> None:
         timeout=10,
     ).suggestions
     assert len(batch) == 2 and batch[0].trial.params != batch[1].trial.params
-    assert {s.algorithm for s in batch} <= {"gp", "sobol-fallback"}
+    assert {s.algorithm for s in batch} <= {"gp", "tpe-fallback", "sobol-fallback"}
+    # Provenance: the model behind the point, and how stale it was when handed out.
+    assert chosen.model_observations >= 3
+    assert chosen.unseen_observations >= 0 and chosen.model_age_seconds > 0
+    assert workers.seen[0].model_observations == 0  # the fallback's point: no model
 
     # The TRIAL_SUGGESTED event (what lineage stores) carries the prediction.
     def suggested_event() -> events_pb2.TrialEvent | None:
@@ -160,7 +164,7 @@ def test_gp_study_is_served_from_the_buffer(infra: Settings, rig: Rig) -> None:
     assert "suggestion buffer miss" in suggest.log_text()
 
     # SIGTERM: the server drains, the refit loop and the refit process stop.
-    child = int(re.search(r"refit process started \(pid (\d+)", suggest.log_text())[1])
+    child = int(re.search(r"refit process \d+ started \(pid (\d+)", suggest.log_text())[1])
     assert suggest.stop() == 0
     assert f"refit process {child} stopped" in suggest.log_text()
     assert not Path(f"/proc/{child}").exists()  # reaped, not orphaned
