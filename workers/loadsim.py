@@ -18,7 +18,17 @@ offsets, then prints one JSON summary on stdout:
   topic by the observer, and as obeyed by the simulated workers (fast path: the
   worker's process tails the decisions topic; heartbeat path: a Heartbeat said STOP);
 - ``counts``: the rung crossings implied by the acknowledged reports against the
-  decisions on the topic: none missing, none twice (``ok``).
+  decisions on the topic: none missing, none twice (``ok``);
+- ``suggestions``: every new suggestion counted by algorithm and by what served it
+  (``served_by``: "model", "tpe-fallback", "sobol-fallback", "no-model"), the
+  model-served fraction (overall and after ``--warmup`` seconds: no model can serve
+  before the first rung values exist), the staleness of the models behind them (observations
+  unseen, age), the Suggest latency and the workers' idle fraction (time waiting for
+  Suggest, StartTrial, Heartbeat, PruneTrial, CompleteTrial over time in the run).
+
+A model-based study (``--algorithm gp|tpe|auto``) wants something to model:
+``--dims`` float params x0.. and ``--objective bowl`` (the curves' floor rises with
+the params' distance from an optimum, ``loadsim_sim.bowl_shift``).
 
 | flag                 | default | meaning                                             |
 |----------------------|---------|-----------------------------------------------------|
@@ -34,6 +44,11 @@ offsets, then prints one JSON summary on stdout:
 | --linger-ms          | 50      | producer linger of a simulator process              |
 | --drain              | 60      | seconds to wait after the run for late decisions    |
 | --seed               | 7       | seeds the curves and the workers' start offsets     |
+| --algorithm          | random  | the created study's algorithm (random, tpe, gp, auto) |
+| --dims               | 1       | float params of the created study (1: "x", else x0..) |
+| --objective          | none    | ``bowl``: the curves depend on the params too        |
+| --partitions         | 1       | suggestion partitions of the created study          |
+| --warmup             | 20      | suggestions after this many seconds also counted apart |
 | --timeline FILE      | unset   | also write the per-decision timeline (JSON lines)   |
 
 Endpoints come from ``Settings.from_env()`` (LADDER_* env vars or stack.json).
@@ -54,7 +69,7 @@ from typing import Any
 
 from ladder.client import LadderClient, study_config
 from ladder.config import Settings
-from ladder.schedulers import SchedulerSpec
+from ladder.space import Kind
 from ladder.study import StudySpec
 from ladder.v1 import events_pb2
 
@@ -67,7 +82,7 @@ from workers.loadsim_observe import (
     merge_acked_steps,
     percentiles,
 )
-from workers.loadsim_sim import SimConfig, run_process
+from workers.loadsim_sim import SimConfig, run_process, served_by_fraction
 
 METRIC = "loss"
 START_DELAY_S = 3.0  # every process imports, connects, then all start together
@@ -88,14 +103,27 @@ class LoadOptions:
     drain: float = 60.0
     seed: int = 7
     timeline: Path | None = None
+    algorithm: str = "random"
+    dims: int = 1
+    objective: str = "none"
+    partitions: int = 1
+    warmup: float = 20.0
+
+
+def space_of(dims: int) -> dict[str, dict[str, Any]]:
+    """The created study's space: ``x`` in [0, 1], or ``x0``.. ``x{dims-1}``."""
+    if dims == 1:
+        return {"x": {"type": "float", "low": 0.0, "high": 1.0}}
+    return {f"x{i}": {"type": "float", "low": 0.0, "high": 1.0} for i in range(dims)}
 
 
 def create_study(settings: Settings, options: LoadOptions) -> str:
     config = study_config(
-        {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        space_of(options.dims),
         name=f"loadsim-{options.workers}w",
         metric=METRIC,
-        algorithm="random",
+        algorithm=options.algorithm,
+        partitions=options.partitions,
         scheduler={
             "kind": "asha",
             "min_resource": options.min_resource,
@@ -126,7 +154,8 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
     decisions = DecisionLog(settings, study_id)
     progress = GroupProgress(settings, settings.topics.earlystop_group)
     start_at = time.time() + START_DELAY_S
-    configs = sim_configs(options, study_id, spec.metric or METRIC, max_resource, start_at)
+    metric = spec.scheduler.metric or METRIC
+    configs = sim_configs(options, study_id, metric, max_resource, start_at, float_bounds(spec))
     results = run_simulators(settings, configs, timeout=options.duration + 300)
     acked = merge_acked_steps(result["acked_max_step"] for result in results)
     expected = expected_crossings(acked, rungs)
@@ -140,6 +169,10 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
         "rate_per_worker": options.rate,
         "duration_s": options.duration,
         "seed": options.seed,
+        "algorithm": options.algorithm,
+        "dims": options.dims,
+        "objective": options.objective,
+        "partitions": spec.partitions,
         "rungs": rungs,
         "max_resource": max_resource,
         "heartbeat_every": options.heartbeat_every,
@@ -163,18 +196,31 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
 
 def study_scheduler(
     settings: Settings, study_id: str, options: LoadOptions
-) -> tuple[SchedulerSpec, list[int], int]:
-    """The study's scheduler, its rungs and the steps of an unstopped trial; an
+) -> tuple[StudySpec, list[int], int]:
+    """The study, its scheduler's rungs and the steps of an unstopped trial; an
     unbounded scheduler's rungs stop at ``--max-resource``."""
     with LadderClient(settings) as client:
         study = client.get_study(study_id)
-    spec = StudySpec.from_proto(study.config).scheduler
-    rungs = spec.rungs() if spec.bounded else spec.rungs(up_to=options.max_resource)
-    return spec, rungs, int(spec.max_resource or options.max_resource)
+    spec = StudySpec.from_proto(study.config)
+    scheduler = spec.scheduler
+    rungs = scheduler.rungs() if scheduler.bounded else scheduler.rungs(up_to=options.max_resource)
+    return spec, rungs, int(scheduler.max_resource or options.max_resource)
+
+
+def float_bounds(spec: StudySpec) -> tuple[tuple[str, float, float], ...]:
+    """(name, low, high) of the study's float params (the bowl objective's inputs)."""
+    return tuple(
+        (p.name, float(p.low), float(p.high)) for p in spec.space.params if p.kind is Kind.FLOAT
+    )
 
 
 def sim_configs(
-    options: LoadOptions, study_id: str, metric: str, max_resource: int, start_at: float
+    options: LoadOptions,
+    study_id: str,
+    metric: str,
+    max_resource: int,
+    start_at: float,
+    bounds: tuple[tuple[str, float, float], ...] = (),
 ) -> list[SimConfig]:
     """One config per simulator process, the workers split evenly between them."""
     return [
@@ -191,6 +237,9 @@ def sim_configs(
             ramp=options.ramp,
             seed=options.seed,
             start_at=start_at,
+            objective=options.objective,
+            bounds=bounds,
+            warmup=options.warmup,
         )
         for first, count in split(options.workers, options.processes)
         if count
@@ -244,6 +293,35 @@ def results_summary(results: list[dict[str, Any]], options: LoadOptions) -> dict
         "heartbeats": _total(results, "heartbeats"),
         "rpc_errors": _merge([r["rpc_errors"] for r in results]),
         "simulator_loop_lag_ms_max": round(max(r["loop_lag_ms_max"] for r in results), 1),
+        "suggestions": {"warmup_s": options.warmup, **suggestions_summary(results)},
+    }
+
+
+def suggestions_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """New suggestions by provenance (exact counts), the model-served fraction, the
+    staleness of the models, Suggest latency and the workers' idle fraction."""
+    served = _merge([r["served_by"] for r in results])
+    late = _merge([r["served_by_after_warmup"] for r in results])
+    worker_s = sum(r["worker_s"] for r in results)
+    return {
+        "total": sum(served.values()),
+        "by_algorithm": _merge([r["algorithms"] for r in results]),
+        "served_by": served,
+        "model_served_fraction": served_by_fraction(served, "model"),
+        "served_by_after_warmup": late,
+        "by_algorithm_after_warmup": _merge([r["algorithms_after_warmup"] for r in results]),
+        "model_served_fraction_after_warmup": served_by_fraction(late, "model"),
+        "model_unseen_observations": percentiles(
+            v for r in results for v in r["unseen_observations"]
+        ),
+        "model_age_ms": percentiles(v for r in results for v in r["model_age_ms"]),
+        "suggest_latency_ms": percentiles(v for r in results for v in r["suggest_latency_ms"]),
+        "worker_idle_seconds_by_call": {
+            k: round(v, 1) for k, v in _merge_float([r["idle_by_call"] for r in results]).items()
+        },
+        "worker_idle_fraction": (
+            round(sum(r["idle_s"] for r in results) / worker_s, 4) if worker_s else None
+        ),
     }
 
 
@@ -312,6 +390,14 @@ def write_timeline(path: Path, seen: list[SeenDecision], start_at: float) -> Non
             )
 
 
+def _merge_float(dicts: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for d in dicts:
+        for key, seconds in d.items():
+            out[key] = out.get(key, 0.0) + seconds
+    return out
+
+
 def _merge(dicts: list[dict[str, int]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for d in dicts:
@@ -349,8 +435,27 @@ def parse_args(argv: list[str] | None) -> LoadOptions:
     parser.add_argument("--drain", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeline", type=Path, default=None)
+    parser.add_argument("--algorithm", default="random", choices=("random", "tpe", "gp", "auto"))
+    parser.add_argument("--dims", type=int, default=1)
+    parser.add_argument("--objective", default="none", choices=("none", "bowl"))
+    parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=20.0,
+        help="suggestions after this many seconds are also counted apart (no model can "
+        "serve before the first rung values exist)",
+    )
     args = parser.parse_args(argv)
-    for name in ("workers", "processes", "heartbeat_every", "min_resource", "max_resource"):
+    for name in (
+        "workers",
+        "processes",
+        "heartbeat_every",
+        "min_resource",
+        "max_resource",
+        "dims",
+        "partitions",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.rate <= 0 or args.duration <= 0 or args.drain < 0:
@@ -369,6 +474,11 @@ def parse_args(argv: list[str] | None) -> LoadOptions:
         drain=args.drain,
         seed=args.seed,
         timeline=args.timeline,
+        algorithm=args.algorithm,
+        dims=args.dims,
+        objective=args.objective,
+        partitions=args.partitions,
+        warmup=args.warmup,
     )
 
 

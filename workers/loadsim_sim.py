@@ -11,7 +11,17 @@ A STOP reaches a worker on two paths, and the first one wins:
   topic (all partitions) and wakes the worker whose trial was stopped;
 - the heartbeat path: the evaluate service answers a Heartbeat with STOP.
 
-What the process measures is returned as a :class:`ProcessResult` (plain dict).
+What the process measures is returned as a :class:`ProcessResult` (plain dict): the
+reports, trials and decisions seen, every suggestion's provenance (its algorithm,
+whether a fitted model chose it and how stale that model was), the Suggest latency,
+and the workers' idle time: waiting for Suggest, StartTrial, Heartbeat, PruneTrial and
+CompleteTrial answers (and pausing after an empty or failed Suggest), against their
+time in the run.
+
+With ``objective="bowl"`` a trial's curve also depends on its params (its floor
+rises with the squared distance of each float param from ``BOWL_CENTRE``, scaled to
+the parameter's range), so a model of the observations has something to learn;
+without it (the default) the curves depend on the trial id only.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import confluent_kafka
 import grpc
 from ladder.config import Settings
 from ladder.gaps import GapGuard
+from ladder.params import params_to_dict
 from ladder.v1 import (
     evaluate_pb2,
     evaluate_pb2_grpc,
@@ -60,8 +71,12 @@ async def call(method: Any, request: Any) -> Any:
                 raise
         await asyncio.sleep(pause)
         pause = min(2.0, pause * 2)
+
+
 # Width of the uniform report noise: standard deviation 0.01 (width = 0.01 * sqrt(12)).
 NOISE_WIDTH = 0.01 * math.sqrt(12)
+# The "bowl" objective's optimum, per float param, as a fraction of its range.
+BOWL_CENTRE = 0.3
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,9 @@ class SimConfig:
     ramp: float  # seconds over which the workers start (at least one report interval)
     seed: int
     start_at: float  # wall-clock time (time.time()) at which every process starts
+    objective: str = "none"  # "bowl": the curves' floor depends on the params
+    warmup: float = 20.0  # suggestions after this many seconds are also counted apart
+    bounds: tuple[tuple[str, float, float], ...] = ()  # (name, low, high) of float params
 
 
 @dataclass
@@ -98,6 +116,36 @@ class ProcessResult:
     stop_latency_heartbeat_ms: list[float] = field(default_factory=list)
     acked_max_step: dict[str, int] = field(default_factory=dict)  # trial -> last acked step
     loop_lag_ms_max: float = 0.0  # how late the event loop ran timers (saturation)
+    # New suggestions by algorithm ("gp", "tpe-fallback", ...) and by served_by (see
+    # ``served_by``); the staleness of those a fitted model chose.
+    algorithms: dict[str, int] = field(default_factory=dict)
+    served_by: dict[str, int] = field(default_factory=dict)
+    served_by_after_warmup: dict[str, int] = field(default_factory=dict)
+    algorithms_after_warmup: dict[str, int] = field(default_factory=dict)
+    unseen_observations: list[int] = field(default_factory=list)
+    model_age_ms: list[float] = field(default_factory=list)
+    suggest_latency_ms: list[float] = field(default_factory=list)
+    idle_s: float = 0.0  # workers' time waiting for answers (module docstring)
+    idle_by_call: dict[str, float] = field(default_factory=dict)  # of which, per RPC
+    worker_s: float = 0.0  # workers' time in the run
+
+
+FALLBACKS = ("sobol-fallback", "tpe-fallback")
+
+
+def served_by_fraction(counts: dict[str, int], source: str) -> float | None:
+    """The fraction of the suggestions in ``counts`` (by served_by) that ``source`` served."""
+    total = sum(counts.values())
+    return round(counts.get(source, 0) / total, 4) if total else None
+
+
+def served_by(suggestion: suggest_pb2.Suggestion) -> str:
+    """What chose a new suggestion: a fallback by name, "model" for a fitted model of
+    the study's sampler, "no-model" otherwise (initial design, quasi-random study,
+    seed), as the suggest service's ``ladder.suggest.served_by`` metric counts."""
+    if suggestion.algorithm in FALLBACKS:
+        return suggestion.algorithm
+    return "model" if suggestion.model_observations > 0 else "no-model"
 
 
 @functools.lru_cache(maxsize=65536)
@@ -106,18 +154,30 @@ def _curve_family(seed: int, trial_id: str) -> tuple[float, float, float]:
     return rng.uniform(0.05, 0.6), rng.uniform(0.3, 1.5), rng.uniform(0.05, 0.5)
 
 
-def curve_value(seed: int, trial_id: str, step: int) -> float:
-    """A seeded learning curve: loss = floor + span * exp(-speed * step) + noise.
+def curve_value(seed: int, trial_id: str, step: int, shift: float = 0.0) -> float:
+    """A seeded learning curve: loss = floor + shift + span * exp(-speed * step) + noise.
 
     The family parameters come from a hash of (seed, trial id), so trials differ in
     quality and ASHA has something to rank; the same trial always gives the same curve.
     The noise is uniform with standard deviation 0.01, from a hash of the step: a
     seeded ``random.Random`` per report would cost more than the rest of a report.
+    ``shift`` is what the trial's params add (``bowl_shift``; 0 without an objective).
     """
     floor, span, speed = _curve_family(seed, trial_id)
     unit = zlib.crc32(f"{seed}:{trial_id}:{step}".encode()) / 2**32
     noise = (unit - 0.5) * NOISE_WIDTH
-    return round(floor + span * math.exp(-speed * step) + noise, 6)
+    return round(floor + shift + span * math.exp(-speed * step) + noise, 6)
+
+
+def bowl_shift(params: dict[str, Any], bounds: tuple[tuple[str, float, float], ...]) -> float:
+    """The "bowl" objective's part of a trial's floor: the squared distance of each
+    float param from ``BOWL_CENTRE`` of its range, summed."""
+    total = 0.0
+    for name, low, high in bounds:
+        value = params.get(name)
+        if isinstance(value, int | float) and high > low:
+            total += ((float(value) - low) / (high - low) - BOWL_CENTRE) ** 2
+    return total
 
 
 class _Trial:
@@ -290,39 +350,94 @@ class Simulator:
         # Spread the workers' starts over the ramp (at least one interval) so reports
         # arrive evenly, not in bursts.
         await asyncio.sleep(rng.uniform(0, max(interval, cfg.ramp)))
+        began = time.monotonic()
         topic = self.settings.topics.metrics
-        while time.monotonic() < deadline:
-            try:
-                reply = await suggest.Suggest(
-                    suggest_pb2.SuggestRequest(study_id=cfg.study_id, worker_id=worker_id, count=1),
-                    timeout=CALL_TIMEOUT_S,
-                )
-                if not reply.suggestions:
+        try:
+            while time.monotonic() < deadline:
+                waiting = time.monotonic()
+                answered = 0.0
+                try:
+                    reply = await suggest.Suggest(
+                        suggest_pb2.SuggestRequest(
+                            study_id=cfg.study_id, worker_id=worker_id, count=1
+                        ),
+                        timeout=CALL_TIMEOUT_S,
+                    )
+                    answered = time.monotonic()
+                    self.result.suggest_latency_ms.append((answered - waiting) * 1000)
+                    self._count_idle("Suggest", answered - waiting)
+                    if not reply.suggestions:
+                        await asyncio.sleep(interval)
+                        self._count_idle("pause", time.monotonic() - answered)
+                        continue
+                    suggestion = reply.suggestions[0]
+                    self._count_suggestion(suggestion)
+                    trial_id = suggestion.trial.trial_id
+                    attempt_id = uuid.uuid4().hex
+                    await self._idle(
+                        "StartTrial",
+                        call(
+                            evaluate.StartTrial,
+                            evaluate_pb2.StartTrialRequest(
+                                trial_id=trial_id, worker_id=worker_id, attempt_id=attempt_id
+                            ),
+                        ),
+                    )
+                except grpc.RpcError as exc:
+                    failed = time.monotonic()
+                    if not answered:  # Suggest itself failed (StartTrial counts its own)
+                        self._count_idle("Suggest", failed - waiting)
+                    self._rpc_error("start", exc)
+                    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                        return  # budget exhausted
                     await asyncio.sleep(interval)
+                    self._count_idle("pause", time.monotonic() - failed)
                     continue
-                trial_id = reply.suggestions[0].trial.trial_id
-                attempt_id = uuid.uuid4().hex
-                await call(
-                    evaluate.StartTrial,
-                    evaluate_pb2.StartTrialRequest(
-                        trial_id=trial_id, worker_id=worker_id, attempt_id=attempt_id
-                    ),
-                )
-            except grpc.RpcError as exc:
-                self._rpc_error("start", exc)
-                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    return  # budget exhausted
-                await asyncio.sleep(interval)
-                continue
-            self.result.trials_started += 1
-            trial = _Trial(trial_id, attempt_id)
-            self.live[trial_id] = trial
-            try:
-                await self._run_trial(trial, producer, evaluate, topic, interval, deadline)
-            except grpc.RpcError as exc:
-                self._rpc_error("trial", exc)
-            finally:
-                self.live.pop(trial_id, None)
+                self.result.trials_started += 1
+                trial = _Trial(trial_id, attempt_id)
+                self.live[trial_id] = trial
+                shift = 0.0
+                if cfg.objective == "bowl":
+                    shift = bowl_shift(params_to_dict(suggestion.trial.params), cfg.bounds)
+                try:
+                    await self._run_trial(
+                        trial, producer, evaluate, topic, interval, deadline, shift
+                    )
+                except grpc.RpcError as exc:
+                    self._rpc_error("trial", exc)
+                finally:
+                    self.live.pop(trial_id, None)
+        finally:
+            self.result.worker_s += time.monotonic() - began
+
+    def _count_suggestion(self, suggestion: suggest_pb2.Suggestion) -> None:
+        """A new trial's provenance in the result (a resumed one is not new)."""
+        if suggestion.resumed:
+            return
+        counts = self.result.algorithms
+        counts[suggestion.algorithm] = counts.get(suggestion.algorithm, 0) + 1
+        source = served_by(suggestion)
+        self.result.served_by[source] = self.result.served_by.get(source, 0) + 1
+        if time.time() - self.config.start_at >= self.config.warmup:
+            late = self.result.served_by_after_warmup
+            late[source] = late.get(source, 0) + 1
+            named = self.result.algorithms_after_warmup
+            named[suggestion.algorithm] = named.get(suggestion.algorithm, 0) + 1
+        if source == "model":
+            self.result.unseen_observations.append(suggestion.unseen_observations)
+            self.result.model_age_ms.append(suggestion.model_age_seconds * 1000)
+
+    async def _idle(self, what: str, waited: Any) -> Any:
+        """``await waited``, its duration counted as the worker's idle time."""
+        started = time.monotonic()
+        try:
+            return await waited
+        finally:
+            self._count_idle(what, time.monotonic() - started)
+
+    def _count_idle(self, what: str, seconds: float) -> None:
+        self.result.idle_s += seconds
+        self.result.idle_by_call[what] = self.result.idle_by_call.get(what, 0.0) + seconds
 
     async def _run_trial(
         self,
@@ -332,6 +447,7 @@ class Simulator:
         topic: str,
         interval: float,
         deadline: float,
+        shift: float = 0.0,
     ) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
@@ -351,7 +467,7 @@ class Simulator:
                 self.result.trials_unfinished += 1
                 return
             step += 1
-            value = curve_value(cfg.seed, trial.trial_id, step)
+            value = curve_value(cfg.seed, trial.trial_id, step, shift)
             ts_ms = int(time.time() * 1000)
             report = events_pb2.MetricReport(
                 study_id=cfg.study_id,
@@ -369,10 +485,13 @@ class Simulator:
             self.result.reports_sent += 1
             future.add_done_callback(functools.partial(self._on_sent, trial.trial_id, step))
             if step % cfg.heartbeat_every == 0 and not trial.stopped:
-                reply = await call(
-                    evaluate.Heartbeat,
-                    evaluate_pb2.HeartbeatRequest(
-                        trial_id=trial.trial_id, attempt_id=trial.attempt_id, step=step
+                reply = await self._idle(
+                    "Heartbeat",
+                    call(
+                        evaluate.Heartbeat,
+                        evaluate_pb2.HeartbeatRequest(
+                            trial_id=trial.trial_id, attempt_id=trial.attempt_id, step=step
+                        ),
                     ),
                 )
                 self.result.heartbeats += 1
@@ -385,21 +504,27 @@ class Simulator:
                 self.result.stop_latency_fast_ms.append(latency)
             else:
                 self.result.stop_latency_heartbeat_ms.append(latency)
-            await call(
-                evaluate.PruneTrial,
-                evaluate_pb2.PruneTrialRequest(
-                    trial_id=trial.trial_id,
-                    attempt_id=trial.attempt_id,
-                    step=step,
-                    last_value=value,
+            await self._idle(
+                "PruneTrial",
+                call(
+                    evaluate.PruneTrial,
+                    evaluate_pb2.PruneTrialRequest(
+                        trial_id=trial.trial_id,
+                        attempt_id=trial.attempt_id,
+                        step=step,
+                        last_value=value,
+                    ),
                 ),
             )
             self.result.trials_pruned += 1
         else:
-            await call(
-                evaluate.CompleteTrial,
-                evaluate_pb2.CompleteTrialRequest(
-                    trial_id=trial.trial_id, attempt_id=trial.attempt_id, value=value, step=step
+            await self._idle(
+                "CompleteTrial",
+                call(
+                    evaluate.CompleteTrial,
+                    evaluate_pb2.CompleteTrialRequest(
+                        trial_id=trial.trial_id, attempt_id=trial.attempt_id, value=value, step=step
+                    ),
                 ),
             )
             self.result.trials_completed += 1

@@ -1,0 +1,396 @@
+"""Model-served suggestions at fleet rates (issue 17): simulated workers, GP and TPE studies.
+
+::
+
+    .venv/bin/python bench/fleet_bo.py [--duration 60] [--scenarios 100:gp,100:tpe,1000:gp,1000:tpe]
+        [--label after] [--code DIR] [--batch-cost]
+
+Setup: a fresh embedded stack (``ladder.stack``: broker, Redis, suggest, evaluate,
+early-stop, lineage); per scenario a fresh ASHA study (first rung 4 steps, rungs 4,
+12, 36, 108) of ``--dims`` float params with the load simulator's "bowl" objective
+(the curves' floor depends on the params, so the models have something to learn),
+run by ``python -m workers.loadsim`` with N workers paced at 1 report/s. The
+simulator runs in its own session (``earlystop_scale.start_loadsim``), ``--sim-nice``
+steps nicer than the stack (default 0: at 1,000 workers on a shared host a niced
+simulator fell behind its pace, missed heartbeats and let its leases expire).
+
+Per scenario: trials finished per second (pruned + completed, over the run), the
+suggestions by provenance (exact counts from the simulated workers: "model",
+"tpe-fallback", "sobol-fallback", "no-model") and the model-served fraction, the
+staleness of the models behind them, the workers' idle fraction, Suggest latency
+p50 / p99, report-to-decision latency p50 / p99 (as seen on the topic), the pruned
+fraction, and the CPU seconds per finished trial of each process (the stack's
+services, the suggest service's refit children, the simulator), with the load
+average before and after.
+
+``--code DIR`` runs the stack's services from another source tree (e.g. ``git
+archive`` of the commit before a change, with the generated ``libs/ladder/v1``
+copied in) for "before" figures; the simulator always runs from this tree (an older
+suggest service leaves the new Suggestion fields at 0, so its points count as
+"no-model" unless they are a fallback's).
+
+``--batch-cost`` also times, in this process, a GP refit and a TPE batch of 1 to 1,024
+points with 2,000 observations and 1,000 pending, and one TPE fallback point.
+
+Writes bench/results/fleet-bo-<date>[-<label>].json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from earlystop_scale import LOADSIM_NICE, cpu_seconds, load_average, read_topic, start_loadsim
+from earlystop_scale import machine as base_machine
+from ladder.stack import Stack
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+SEED = 17
+SERVICES = ("kafka", "redis", "suggest", "evaluate", "lineage", "earlystop")
+
+
+def machine() -> dict[str, Any]:
+    """``earlystop_scale.machine`` plus the model libraries' versions."""
+    out = base_machine()
+    for package in ("torch", "botorch", "gpytorch", "numpy", "scipy"):
+        try:
+            out["versions"][package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out["versions"][package] = None
+    return out
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def children_of(pid: int) -> list[int]:
+    """The direct children of ``pid`` (the suggest service's refit processes)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def process_cpu(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of the stack's processes and of the suggest refit children."""
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    for child in children_of(pids["suggest"]):
+        cpu[f"suggest-refit-{child}"] = cpu_seconds(child)
+    return cpu
+
+
+def suggested_on_topic(env: dict[str, str], study_id: str) -> dict[str, int]:
+    """The study's TRIAL_SUGGESTED events on the trials topic, by algorithm: what the
+    suggest service handed out, to check the simulator's counts against."""
+    from ladder.config import Topics
+    from ladder.v1 import events_pb2
+
+    topic = Topics(env.get("LADDER_TOPIC_PREFIX", Topics().prefix)).trials
+    counts: dict[str, int] = {}
+    for record in read_topic(env["LADDER_KAFKA_BOOTSTRAP"], topic):
+        event = events_pb2.TrialEvent()
+        try:
+            event.ParseFromString(record.value())
+        except Exception:  # noqa: BLE001 - not a trial event
+            continue
+        if event.kind == events_pb2.TRIAL_SUGGESTED and event.trial.study_id == study_id:
+            counts[event.algorithm] = counts.get(event.algorithm, 0) + 1
+    return counts
+
+
+def named_fraction(counts: dict[str, int], algorithm: str) -> float | None:
+    total = sum(counts.values())
+    return round(counts.get(algorithm, 0) / total, 4) if total else None
+
+
+def run_scenario(
+    env: dict[str, str],
+    pids: dict[str, int],
+    workers: int,
+    algorithm: str,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    argv = [
+        sys.executable,
+        "-m",
+        "workers.loadsim",
+        "--workers",
+        str(workers),
+        "--processes",
+        "2" if workers > 200 else "1",
+        "--rate",
+        "1.0",
+        "--duration",
+        str(args.duration),
+        "--ramp",
+        str(args.ramp),
+        "--drain",
+        "30",
+        "--algorithm",
+        algorithm,
+        "--dims",
+        str(args.dims),
+        "--objective",
+        "bowl",
+        "--seed",
+        str(SEED),
+    ]
+    name = f"{workers}w-{algorithm}"
+    load_before = load_average()
+    log(f"{name}: {workers} workers for {args.duration:g}s (load {load_before})")
+    before = process_cpu(pids)
+    started = time.monotonic()
+    sim_env = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT / "libs"), str(ROOT)])}
+    proc = start_loadsim(argv, sim_env, args.sim_nice)
+    out, _ = proc.communicate(timeout=args.duration + 900)
+    elapsed = time.monotonic() - started
+    after = process_cpu(pids)
+    summary = json.loads(out)
+    trials = summary["trials"]
+    finished = trials["pruned"] + trials["completed"]
+    cpu = {n: round(after[n] - before.get(n, 0.0), 2) for n in after}
+    cpu["loadsim (all processes)"] = summary["cpu_seconds_self_and_children"]
+    suggestions = summary["suggestions"]
+    on_topic = suggested_on_topic(env, summary["study_id"])
+    result = {
+        "workers": workers,
+        "algorithm": algorithm,
+        "study_id": summary["study_id"],
+        "duration_s": args.duration,
+        "elapsed_s": round(elapsed, 1),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "trials": trials,
+        "trials_finished_per_s": round(finished / args.duration, 2),
+        "pruned_fraction": round(trials["pruned"] / finished, 4) if finished else None,
+        "suggestions": suggestions,
+        "model_served_fraction": suggestions["model_served_fraction"],
+        "model_served_fraction_after_warmup": suggestions["model_served_fraction_after_warmup"],
+        # The points named after the study's sampler (its initial design included): what
+        # a service without the provenance fields ("before") can be compared on.
+        "study_sampler_fraction": named_fraction(suggestions["by_algorithm"], algorithm),
+        "study_sampler_fraction_after_warmup": named_fraction(
+            suggestions["by_algorithm_after_warmup"], algorithm
+        ),
+        "worker_idle_fraction": suggestions["worker_idle_fraction"],
+        "suggest_latency_ms": suggestions["suggest_latency_ms"],
+        "report_to_decision_ms": summary["latency_ms"]["report_to_decision_on_topic"],
+        "cpu_seconds": cpu,
+        "cpu_seconds_per_finished_trial": {
+            n: round(v / finished, 4) for n, v in cpu.items() if finished and v > 0
+        },
+        "suggested_on_topic": on_topic,
+        # Every suggestion the service handed out reached a simulated worker and was
+        # counted there once (a reply lost to a timeout would make these differ).
+        "provenance_counts_match": on_topic == suggestions["by_algorithm"],
+        "counts_ok": summary["counts"]["ok"],
+        "counts": summary["counts"],
+        "rpc_errors": summary["rpc_errors"],
+        "simulator_loop_lag_ms_max": summary["simulator_loop_lag_ms_max"],
+        "reports": summary["reports"],
+    }
+    log(
+        f"{name}: model-served {result['model_served_fraction']}, after warm-up "
+        f"{result['model_served_fraction_after_warmup']} (named {algorithm}: "
+        f"{result['study_sampler_fraction']} / {result['study_sampler_fraction_after_warmup']}),"
+        f" served_by "
+        f"{suggestions['served_by']}, {result['trials_finished_per_s']} trials/s, idle "
+        f"{result['worker_idle_fraction']}, Suggest p50/p99 "
+        f"{suggestions['suggest_latency_ms'].get('p50')}/"
+        f"{suggestions['suggest_latency_ms'].get('p99')} ms, counts ok {result['counts_ok']}, "
+        f"provenance counts match the topic {result['provenance_counts_match']}"
+    )
+    return result
+
+
+def batch_costs(dims: int, observations: int, pending: int) -> list[dict[str, Any]]:
+    """Seconds per batch (and per point) of the samplers at fleet sizes, in this process:
+    a GP refit (fit + Thompson batch, ``observations`` fitted up to its cap) and a TPE
+    batch (pooled above 16 points), with ``pending`` points running, and one TPE
+    fallback point (the suggest service's miss path)."""
+    from ladder.samplers import LocalDraws, QuasiRandomSampler, SamplerContext
+    from ladder.samplers.gp import GPSampler
+    from ladder.samplers.tpe import TPESampler
+    from ladder.space import Kind, ParamSpec, Space
+    from ladder.testing.samplers import random_observations
+
+    space = Space([ParamSpec(f"x{i}", Kind.FLOAT, low=0, high=1) for i in range(dims)])
+
+    def bowl(p: dict[str, Any]) -> float:
+        return sum((p[f"x{i}"] - 0.3) ** 2 for i in range(dims))
+
+    data = random_observations(space, observations, bowl, seed=SEED)
+    running = [
+        p.params for p in QuasiRandomSampler(SamplerContext(space, seed=SEED)).suggest((), pending)
+    ]
+    out = []
+    for name, make in (("gp", GPSampler), ("tpe", TPESampler)):
+        for q in (1, 16, 64, 256, 1024):
+            sampler = make(SamplerContext(space, seed=SEED, reserve=LocalDraws()))
+            sampler.suggest(data[:50], 1)  # imports, first fit: not what is measured
+            started = time.perf_counter()
+            got = sampler.suggest(data, q, running)
+            seconds = time.perf_counter() - started
+            out.append(
+                {
+                    "sampler": name,
+                    "observations": observations,
+                    "pending": pending,
+                    "q": q,
+                    "points": len(got),
+                    "seconds": round(seconds, 3),
+                    "ms_per_point": round(1000 * seconds / max(1, len(got)), 2),
+                }
+            )
+            log(f"batch cost: {out[-1]}")
+    fallback = TPESampler(SamplerContext(space, seed=SEED, reserve=LocalDraws()))
+    fallback.suggest(data, 1, running[:64])  # rows encoded once, as in the service
+    started = time.perf_counter()
+    for _ in range(20):
+        fallback.suggest(data, 1, running[:64])
+    out.append(
+        {
+            "sampler": "tpe-fallback (one miss)",
+            "observations": observations,
+            "pending": 64,
+            "q": 1,
+            "points": 1,
+            "seconds": round((time.perf_counter() - started) / 20, 4),
+            "ms_per_point": round(1000 * (time.perf_counter() - started) / 20, 2),
+        }
+    )
+    log(f"batch cost: {out[-1]}")
+    return out
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["scenarios"])
+    served = results["scenarios"]
+    sources = ("model", "tpe-fallback", "sobol-fallback", "no-model")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    bottom = [0.0] * len(names)
+    for source in sources:
+        values = []
+        for name in names:
+            counts = served[name]["suggestions"]["served_by"]
+            total = sum(counts.values()) or 1
+            values.append(counts.get(source, 0) / total)
+        left.bar(names, values, bottom=bottom, label=source)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    left.set_ylabel("fraction of new suggestions")
+    left.set_title(f"what served the suggestions ({results['label'] or 'this tree'})")
+    left.legend(fontsize=8)
+    p50 = [served[n]["suggest_latency_ms"].get("p50", 0) for n in names]
+    p99 = [served[n]["suggest_latency_ms"].get("p99", 0) for n in names]
+    x = range(len(names))
+    right.bar([i - 0.2 for i in x], p50, width=0.4, label="Suggest p50")
+    right.bar([i + 0.2 for i in x], p99, width=0.4, label="Suggest p99")
+    right.set_xticks(list(x), names)
+    right.set_ylabel("ms")
+    right.set_yscale("log")
+    right.legend(fontsize=8)
+    right.set_title("Suggest latency (simulated workers)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run_stack(
+    results: dict[str, Any], scenarios: list[tuple[int, str]], args: argparse.Namespace
+) -> None:
+    """The scenarios, in order, on one fresh embedded stack."""
+    with tempfile.TemporaryDirectory(prefix="ladder-fleet-bo-") as tmp:
+        stack = Stack(Path(tmp), services=True)
+        info = stack.up()
+        env = {**os.environ, **stack.env()}
+        pids = {name: info["pids"][name]["pid"] for name in SERVICES}
+        try:
+            for workers, algorithm in scenarios:
+                results["scenarios"][f"{workers}w-{algorithm}"] = run_scenario(
+                    env, pids, workers, algorithm, args
+                )
+        finally:
+            stack.down()
+            if args.keep_logs is not None:
+                shutil.copytree(Path(tmp) / "logs", args.keep_logs, dirs_exist_ok=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--ramp", type=float, default=10.0)
+    parser.add_argument("--dims", type=int, default=6)
+    parser.add_argument("--scenarios", default="100:gp,100:tpe,1000:gp,1000:tpe")
+    parser.add_argument("--label", default="")
+    parser.add_argument("--code", type=Path, default=None, help="source tree of the services")
+    parser.add_argument(
+        "--sim-nice",
+        type=int,
+        default=0,
+        help="niceness of the simulator over the stack (earlystop_scale uses "
+        f"{LOADSIM_NICE}; on a host shared with other work, 0 lets 1,000 workers keep "
+        "their pace: a starved simulator misses heartbeats and its leases expire)",
+    )
+    parser.add_argument(
+        "--keep-logs", type=Path, default=None, help="copy the stack's logs there at the end"
+    )
+    parser.add_argument(
+        "--batch-cost",
+        action="store_true",
+        help="also time the samplers' batches at fleet sizes in this process (this tree)",
+    )
+    args = parser.parse_args()
+    scenarios = [
+        (int(w), a) for w, a in (item.split(":") for item in args.scenarios.split(",") if item)
+    ]
+    if args.code is not None:
+        code = args.code.resolve()
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(code / "libs"), str(code)])
+    results: dict[str, Any] = {
+        "benchmark": "fleet-bo",
+        "label": args.label,
+        "services_code": str(args.code.resolve()) if args.code else str(ROOT),
+        "machine": machine(),
+        "seed": SEED,
+        "dims": args.dims,
+        "objective": "bowl",
+        "rate_per_worker": 1.0,
+        "ramp_s": args.ramp,
+        "simulator_nice": args.sim_nice,
+        "suggest_env": {k: v for k, v in os.environ.items() if k.startswith("LADDER_SUGGEST")},
+        "scenarios": {},
+    }
+    if args.batch_cost:
+        results["batch_cost"] = batch_costs(args.dims, observations=2000, pending=1000)
+    if scenarios:
+        run_stack(results, scenarios, args)
+    results["machine"]["load_average_end"] = load_average()
+    RESULTS.mkdir(exist_ok=True)
+    stem = f"fleet-bo-{time.strftime('%Y-%m-%d')}" + (f"-{args.label}" if args.label else "")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    if results["scenarios"]:
+        plot(results, RESULTS / f"{stem}.png")
+    log(f"wrote {RESULTS / stem}.json and .png")
+
+
+if __name__ == "__main__":
+    main()
