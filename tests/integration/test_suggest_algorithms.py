@@ -246,7 +246,7 @@ def test_failed_trials_become_infeasible_observations_once(rig: Rig) -> None:
         wait_for(lambda line=line: line in log_text(), 15, line)
     totals = f"the study has {len(failed)} failed trials, {len(failed)} infeasible observations"
     wait_for(lambda: totals in log_text(), 15, totals)
-    refit = f"{len(failed)} infeasible observations)"
+    refit = f"{len(failed)} infeasible observations, target"
     wait_for(lambda: refit in log_text(), 15, f"a refit with {refit!r}")
     for transition in failed:
         assert log_text().count(f"failed trial {transition.trial.trial_id} ") == 1
