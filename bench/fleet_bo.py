@@ -362,6 +362,10 @@ def main() -> None:
     scenarios = [
         (int(w), a) for w, a in (item.split(":") for item in args.scenarios.split(",") if item)
     ]
+    # Evaluate's lease: at 1,000 workers on a host shared with other work, heartbeats
+    # (every 5 s) came more than the default 8 s apart and most leases expired, which
+    # measures the host, not the suggestion path.
+    os.environ.setdefault("LADDER_LEASE_SECONDS", "30")
     if args.code is not None:
         code = args.code.resolve()
         os.environ["PYTHONPATH"] = os.pathsep.join([str(code / "libs"), str(code)])
@@ -376,7 +380,11 @@ def main() -> None:
         "rate_per_worker": 1.0,
         "ramp_s": args.ramp,
         "simulator_nice": args.sim_nice,
-        "suggest_env": {k: v for k, v in os.environ.items() if k.startswith("LADDER_SUGGEST")},
+        "stack_env": {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(("LADDER_SUGGEST", "LADDER_REFIT", "LADDER_LEASE", "LADDER_GP"))
+        },
         "scenarios": {},
     }
     if args.batch_cost:
