@@ -93,13 +93,15 @@ def process_cpu(pids: dict[str, int]) -> dict[str, float]:
 
 
 def suggested_on_topic(env: dict[str, str], study_id: str) -> dict[str, int]:
-    """The study's TRIAL_SUGGESTED events on the trials topic, by algorithm: what the
-    suggest service handed out, to check the simulator's counts against."""
+    """The study's trials suggested, by the algorithm of their TRIAL_SUGGESTED event on
+    the trials topic: what the suggest service handed out, to check the simulator's
+    counts against. By trial id: the topic is at least once (the outbox relay may
+    publish an event again)."""
     from ladder.config import Topics
     from ladder.v1 import events_pb2
 
     topic = Topics(env.get("LADDER_TOPIC_PREFIX", Topics().prefix)).trials
-    counts: dict[str, int] = {}
+    algorithm_of: dict[str, str] = {}
     for record in read_topic(env["LADDER_KAFKA_BOOTSTRAP"], topic):
         event = events_pb2.TrialEvent()
         try:
@@ -107,7 +109,10 @@ def suggested_on_topic(env: dict[str, str], study_id: str) -> dict[str, int]:
         except Exception:  # noqa: BLE001 - not a trial event
             continue
         if event.kind == events_pb2.TRIAL_SUGGESTED and event.trial.study_id == study_id:
-            counts[event.algorithm] = counts.get(event.algorithm, 0) + 1
+            algorithm_of[event.trial.trial_id] = event.algorithm
+    counts: dict[str, int] = {}
+    for algorithm in algorithm_of.values():
+        counts[algorithm] = counts.get(algorithm, 0) + 1
     return counts
 
 
