@@ -152,6 +152,8 @@ def run_scenario(
         "bowl",
         "--seed",
         str(SEED),
+        "--warmup",
+        str(args.warmup),
     ]
     name = f"{workers}w-{algorithm}"
     load_before = load_average()
@@ -343,6 +345,12 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--ramp", type=float, default=10.0)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=20.0,
+        help="suggestions after this many seconds are also counted apart (workers.loadsim)",
+    )
     parser.add_argument("--dims", type=int, default=6)
     parser.add_argument("--scenarios", default="100:gp,100:tpe,1000:gp,1000:tpe")
     parser.add_argument("--label", default="")
@@ -384,6 +392,7 @@ def main() -> None:
         "objective": "bowl",
         "rate_per_worker": 1.0,
         "ramp_s": args.ramp,
+        "warmup_s": args.warmup,
         "simulator_nice": args.sim_nice,
         "stack_env": {
             k: v
