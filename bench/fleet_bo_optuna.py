@@ -4,7 +4,7 @@ PostgreSQL, driven by simulated workers written as Optuna users write them.
 ::
 
     .venv/bin/python bench/fleet_bo_optuna.py [--duration 60] [--scenarios 100:tpe,100:gp,...]
-        [--rate 1] [--processes 4] [--server-threads 10] [--label L]
+        [--rate 1] [--processes 4] [--server-threads 10] [--client-per-worker] [--label L]
 
 Setup: a throwaway PostgreSQL server (``ladder.testing.postgres``), a fresh database
 per scenario, and ``optuna.storages.run_grpc_proxy_server`` in a process of its own on
@@ -16,7 +16,8 @@ study minimises, with ``SuccessiveHalvingPruner(min_resource=4, reduction_factor
 
 The fleet: ``--processes`` worker processes (a fleet's machines; one process per
 simulated worker would not fit 1,000 workers on two cores), each with one
-``GrpcStorageProxy`` and one study object shared by its simulated workers, one
+``GrpcStorageProxy`` and one study object shared by its simulated workers
+(``--client-per-worker``: one each, as on a fleet of one-worker machines), one
 thread each (Optuna's API is synchronous; ``study.optimize(n_jobs=...)`` shares a
 study between threads the same way). A simulated worker loops, from a start spread
 over ``--ramp`` seconds until ``--duration`` is up:
@@ -56,7 +57,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,6 +102,7 @@ class WorkerConfig:
     max_resource: int = 108
     reduction_factor: int = 3
     process_index: int = 0
+    client_per_worker: bool = False  # one GrpcStorageProxy and study per simulated worker
 
 
 def rungs(min_resource: int, reduction_factor: int, max_resource: int) -> list[int]:
@@ -326,7 +328,11 @@ def _quiet_optuna() -> None:
 
 
 def _simulated_worker(
-    study: Any, config: WorkerConfig, index: int, stats: WorkerStats, deadline: float
+    study_of: Callable[[int], Any],
+    config: WorkerConfig,
+    index: int,
+    stats: WorkerStats,
+    deadline: float,
 ) -> None:
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
@@ -337,6 +343,7 @@ def _simulated_worker(
     decide_at = set(rungs(config.min_resource, config.reduction_factor, config.max_resource))
     interval = 1.0 / config.rate if config.rate > 0 else 0.0
     rng = random.Random(config.seed * 1_000_003 + index)
+    study = study_of(index)
     start = time.monotonic() + max(0.0, config.start_at - time.time())
     time.sleep(max(0.0, start - time.monotonic()) + rng.uniform(0, max(interval, config.ramp)))
     stats.began = time.monotonic()
@@ -420,29 +427,44 @@ def _run_trial(
     return TrialState.COMPLETE, value
 
 
-def worker_process(config: WorkerConfig) -> dict[str, Any]:
-    """One worker process: its simulated workers on threads, sharing one study."""
+def load_study(config: WorkerConfig, seed: int) -> Any:
+    """The study through a new ``GrpcStorageProxy`` client, with the scenario's sampler
+    and pruner."""
     import optuna
     from optuna.storages import GrpcStorageProxy
 
-    _quiet_optuna()
     storage = GrpcStorageProxy(host=HOST, port=config.port)
     storage.wait_server_ready(timeout=60)
-    study = optuna.load_study(
+    return optuna.load_study(
         study_name=config.study_name,
         storage=storage,
-        sampler=_make_sampler(config.sampler, config.seed * 1000 + config.process_index),
+        sampler=_make_sampler(config.sampler, seed),
         pruner=optuna.pruners.SuccessiveHalvingPruner(
             min_resource=config.min_resource, reduction_factor=config.reduction_factor
         ),
     )
+
+
+def worker_process(config: WorkerConfig) -> dict[str, Any]:
+    """One worker process: its simulated workers on threads, sharing one study (or each
+    with its own client and study: ``client_per_worker``)."""
+    _quiet_optuna()
+    shared = (
+        None
+        if config.client_per_worker
+        else load_study(config, config.seed * 1000 + config.process_index)
+    )
+
+    def study_of(index: int) -> Any:
+        return shared if shared is not None else load_study(config, config.seed * 1000 + index)
+
     start_in = max(0.0, config.start_at - time.time())
     deadline = time.monotonic() + start_in + config.duration
     stats = [WorkerStats() for _ in range(config.workers)]
     threads = [
         threading.Thread(
             target=_simulated_worker,
-            args=(study, config, config.first_worker + i, stats[i], deadline),
+            args=(study_of, config, config.first_worker + i, stats[i], deadline),
             name=f"sim-{config.first_worker + i}",
             daemon=True,  # a worker stuck in a call must not keep the process alive
         )
@@ -551,10 +573,12 @@ def run_optuna(
     ramp: float = 10.0,
     warmup: float = 20.0,
     dims: int = 6,
+    client_per_worker: bool = False,
     server: PostgresServer | None = None,
 ) -> dict[str, Any]:
     """One scenario against Optuna's gRPC proxy on PostgreSQL: ``workers`` simulated
-    workers in ``processes`` processes for ``duration`` s. ``server``: a running
+    workers in ``processes`` processes for ``duration`` s, a client and study per
+    process (``client_per_worker``: per worker). ``server``: a running
     ``ladder.testing.postgres.PostgresServer`` (else one is started for this call)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
@@ -573,6 +597,7 @@ def run_optuna(
                 ramp=ramp,
                 warmup=warmup,
                 dims=dims,
+                client_per_worker=client_per_worker,
                 server=started,
             )
     import optuna
@@ -606,6 +631,7 @@ def run_optuna(
                 seed=seed,
                 dims=dims,
                 process_index=i,
+                client_per_worker=client_per_worker,
             )
             for i, (first, count) in enumerate(parts)
         ]
@@ -654,6 +680,7 @@ def run_optuna(
         "elapsed_s": round(elapsed, 1),
         "processes": len(configs),
         "proxy_threads": server_threads,
+        "clients": "one per worker" if client_per_worker else "one per process",
         "ramp_s": ramp,
         "warmup_s": warmup,
         "dims": dims,
@@ -663,6 +690,12 @@ def run_optuna(
         "cpu_seconds": cpu,
         "cpu_seconds_per_finished_trial": {
             n: round(v / finished, 4) for n, v in cpu.items() if finished and v > 0
+        },
+        # Where hardly any trial finishes, the cost of what the proxy did answer.
+        "cpu_seconds_per_answered_ask": {
+            n: round(v / summary["trials"]["started"], 4)
+            for n, v in cpu.items()
+            if summary["trials"]["started"] and v > 0
         },
         "worker_processes_cpu_seconds_total": [r["cpu_seconds_total"] for r in results],
         "threads_still_running_at_end": sum(r["threads_still_running"] for r in results),
@@ -731,6 +764,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenarios", default="100:tpe,100:gp,1000:tpe,1000:gp")
     parser.add_argument("--processes", type=int, default=4, help="worker processes")
     parser.add_argument("--server-threads", type=int, default=10, help="the proxy's threads")
+    parser.add_argument(
+        "--client-per-worker",
+        action="store_true",
+        help="a GrpcStorageProxy and study per simulated worker (default: per process)",
+    )
     parser.add_argument("--ramp", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=SEED)
@@ -760,6 +798,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.seed,
                 processes=args.processes,
                 server_threads=args.server_threads,
+                client_per_worker=args.client_per_worker,
                 ramp=args.ramp,
                 warmup=args.warmup,
                 server=server,
