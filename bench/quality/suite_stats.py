@@ -7,8 +7,9 @@ regret after each completed evaluation); its final regret is the last entry.
 - per problem, per pair of samplers: the two-sided Mann-Whitney U p-value of their
   final regrets, and which one has the lower median;
 - average rank: per problem the samplers are ranked by median final regret (1 = best,
-  ties share the mean rank), then the ranks are averaged over the problems where every
-  sampler has a run.
+  ties share the mean rank), then the ranks are averaged over the problems. Twice: the
+  samplers with a run on every problem over all problems (the others are named as
+  left out), and every sampler over the problems where all of them have runs.
 """
 
 from __future__ import annotations
@@ -79,8 +80,23 @@ def average_ranks(
     }
 
 
-def summarize(runs: Sequence[Mapping[str, Any]], samplers: Sequence[str]) -> dict[str, Any]:
-    """Per problem the samplers' quartiles and pairwise tests; the average ranks."""
+def covering_ranks(
+    per_problem: Mapping[str, Mapping[str, float]], samplers: Sequence[str]
+) -> dict[str, Any]:
+    """Mean rank over every problem, of the samplers that have a median on each."""
+    covering = [s for s in samplers if all(s in m for m in per_problem.values())]
+    left_out = [s for s in samplers if s not in covering]
+    return {**average_ranks(per_problem, covering), "left_out": left_out}
+
+
+def summarize(
+    runs: Sequence[Mapping[str, Any]],
+    samplers: Sequence[str],
+    headline: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Per problem the samplers' quartiles and pairwise tests; the average ranks of the
+    ``headline`` samplers (default: all), and of all ``samplers``."""
+    headline = [s for s in (headline or samplers) if s in samplers]
     table = finals(runs)
     problems: dict[str, Any] = {}
     medians: dict[str, dict[str, float]] = {}
@@ -94,12 +110,16 @@ def summarize(runs: Sequence[Mapping[str, Any]], samplers: Sequence[str]) -> dic
             "pairwise_mann_whitney": pairwise(cells),
         }
         medians[problem] = {s: problems[problem]["samplers"][s]["median"] for s in cells}
+
+    def among(names: Sequence[str]) -> dict[str, dict[str, float]]:
+        return {p: {s: m[s] for s in names if s in m} for p, m in medians.items()}
+
     return {
         "problems": problems,
-        "average_rank": average_ranks(medians, samplers),
-        "ranks_per_problem": {
-            p: ranks(m) for p, m in medians.items() if all(s in m for s in samplers)
-        },
+        "average_rank": covering_ranks(among(headline), headline),
+        "average_rank_common_problems": average_ranks(among(headline), headline),
+        "average_rank_all_samplers": covering_ranks(medians, samplers),
+        "ranks_per_problem": {p: ranks(m) for p, m in among(headline).items() if m},
     }
 
 

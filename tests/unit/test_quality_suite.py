@@ -191,11 +191,23 @@ def test_quartiles_p_values_and_average_ranks_on_a_tiny_result_set() -> None:
     assert summary["average_rank"]["problems"] == ["p", "q"]
 
 
-def test_average_ranks_skip_problems_a_sampler_has_no_run_on() -> None:
+def test_a_sampler_missing_on_a_problem_is_left_out_of_the_overall_ranking() -> None:
     runs = [r for r in _fake_runs() if not (r["problem"] == "q" and r["sampler"] == "c")]
     summary = suite_stats.summarize(runs, ["a", "b", "c"])
-    assert summary["average_rank"]["problems"] == ["p"]
-    assert summary["average_rank"]["ranks"] == {"a": 1.0, "b": 2.5, "c": 2.5}
+    # a and b over both problems: p a 1, b 2; q a tie (1.5 each).
+    assert summary["average_rank"]["ranks"] == {"a": 1.25, "b": 1.75}
+    assert summary["average_rank"]["left_out"] == ["c"]
+    # All three over the problems where all three ran.
+    assert summary["average_rank_common_problems"]["problems"] == ["p"]
+    assert summary["average_rank_common_problems"]["ranks"] == {"a": 1.0, "b": 2.5, "c": 2.5}
+
+
+def test_the_headline_ranking_leaves_the_other_samplers_out() -> None:
+    summary = suite_stats.summarize(_fake_runs(), ["a", "b", "c"], headline=["a", "b"])
+    assert summary["average_rank"]["ranks"] == {"a": 1.25, "b": 1.75}
+    assert summary["average_rank_all_samplers"]["ranks"] == pytest.approx(
+        {"a": 1.75, "b": 2.5, "c": 1.75}
+    )
 
 
 def test_versus_counts_only_significant_differences_as_wins_or_losses() -> None:
