@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: setup proto up down status demo test test-unit test-integration lint clean \
   bench bench-earlystop bench-curves bench-scale bench-broker bench-quality bench-suggest \
   bench-evaluate-kills bench-unknown-studies bench-restarts bench-checkpoints bench-chaos \
-  bench-dashboard screenshots loadsim docs
+  bench-dashboard bench-fleet-bo bench-quality-suite screenshots loadsim docs
 
 setup: $(STAMP) $(PROTO_OUT)
 
@@ -70,7 +70,8 @@ test-integration: setup
 
 # Benchmarks write JSON and PNG under bench/results/ (see bench/README.md).
 bench: bench-earlystop bench-broker bench-scale bench-quality bench-suggest bench-evaluate-kills \
-  bench-unknown-studies bench-restarts bench-checkpoints bench-chaos bench-dashboard
+  bench-unknown-studies bench-restarts bench-checkpoints bench-chaos bench-dashboard \
+  bench-fleet-bo
 
 # Replays the committed real-curve table and synthetic families through Ladder's
 # schedulers (stopping and promotion forms) and Optuna's pruners (~3 min).
@@ -157,6 +158,13 @@ bench-chaos: setup
 # the store). Not niced: it measures latency.
 bench-dashboard: setup
 	$(PY) bench/dashboard_render.py
+
+# Model-served suggestions at fleet rates (issue 17): 100 and 1,000 simulated workers at 1
+# report/s on GP and TPE studies, each on a fresh stack; every suggestion's provenance
+# (model, fallback, staleness), Suggest latency, the workers' idle time, CPU per finished
+# trial, checked against the trials topic; plus the samplers' batch costs (~12 min).
+bench-fleet-bo: setup
+	nice -n 10 $(PY) bench/fleet_bo.py --duration 60 --batch-cost
 
 # Screenshots of the dashboard's pages (docs/images/dashboard-*.png) from a fresh stack
 # running two real studies (~5 min).

@@ -19,7 +19,7 @@ Per size, a fresh GP study (6 continuous parameters, a noisy quadratic bowl):
    the background while requests are measured.
 
 Recorded: client-side Suggest latency (p50 / p90 / p99 / max), the buffer hit
-rate (suggestions with algorithm "gp" vs "sobol-fallback"), the refit times the
+rate (suggestions with algorithm "gp" against the fallbacks), the refit times the
 suggest process logged during the measurement, and, for comparison in the same
 run, the latency of a synchronous model-based suggestion (what the request path
 cost before the buffer: one refit) and Optuna's ``study.ask()`` with its
