@@ -115,6 +115,17 @@ bench-quality: setup
 	nice -n 10 $(PY) -m bench.quality.run --seeds $(QUALITY_SEEDS) --jobs $(QUALITY_JOBS)
 	nice -n 10 $(PY) -m bench.quality.gp_scale --observations 100 1000 5000
 
+# Broad quality suite (issue 18): 23 problems (continuous, irrelevant dimensions, ints,
+# ordinal, categorical, mixed, conditional, noisy; NAS-Bench-201 / HPOBench / FCNet tables)
+# x Ladder gp/tpe/auto, Optuna TPE/GP, random and Ax BO; 8 asynchronous workers, 100
+# evaluations; runs cached in bench/results/quality-suite-runs.jsonl, so it resumes
+# (~2 CPU-hours a seed: SUITE_MINUTES bounds one sitting).
+SUITE_SEEDS ?= 20
+SUITE_JOBS ?= 1
+SUITE_MINUTES ?=
+bench-quality-suite: setup
+	nice -n 10 $(PY) -m bench.quality.suite --seeds $(SUITE_SEEDS) --jobs $(SUITE_JOBS) $(if $(SUITE_MINUTES),--budget-minutes $(SUITE_MINUTES))
+
 # Suggest latency of a GP study with 100 / 1,000 / 5,000 completed trials: a real
 # suggest + evaluate process, loopback gRPC, refits running meanwhile (~6 min). Not
 # niced: it measures latency.
