@@ -9,14 +9,16 @@ Creates studies and answers Suggest with resumable or new trials.
 | LADDER_SUGGEST_READ_INTERVAL_MS |        | most this often (0: as they arrive)            |
 | LADDER_CLAIM_SECONDS           | 120     | a handed-out trial not started within this     |
 |                                |         | becomes resumable again (evaluate's sweeper)   |
-| ``--buffer`` / LADDER_SUGGEST_BUFFER | 8 | ready model-based suggestions kept per       |
-|                                |         | (study, partition): size it to the requests a  |
-|                                |         | partition gets during one refit (request rate  |
-|                                |         | x refit time; a GP q-batch of 16 costs ~2x one |
-|                                |         | point, see bench/results/suggest-latency.json) |
-| LADDER_SUGGEST_REFIT           | process | ``process``: model-based samplers run in one   |
-|                                |         | child process (refits never hold this process' |
+| ``--buffer`` / LADDER_SUGGEST_BUFFER | 8 | the fewest ready model-based suggestions a   |
+|                                |         | refit asks for per (study, partition)          |
+| ``--buffer-max`` /             | 1024    | the most; between the two a refit asks for the |
+| LADDER_SUGGEST_BUFFER_MAX      |         | partition's request rate x its expected refit  |
+|                                |         | time x 3 (``ladder.samplers.policy``)          |
+| LADDER_SUGGEST_REFIT           | process | ``process``: model-based samplers run in child |
+|                                |         | processes (refits never hold this process'     |
 |                                |         | GIL); ``thread``: on the refit threads here    |
+| LADDER_REFIT_PROCESSES         | 2       | refit child processes at most: refits of       |
+|                                |         | different partitions run in parallel           |
 | LADDER_REFIT_NICE              | 5       | CPU niceness added to the refit process        |
 | ``--settle-seconds`` /         | 10      | a study whose budget is spent, with nothing    |
 | LADDER_STUDY_SETTLE_S          |         | left to run but PAUSED trials, completes once  |
@@ -28,12 +30,6 @@ Creates studies and answers Suggest with resumable or new trials.
 
 plus the shared ``Settings`` (LADDER_KAFKA_BOOTSTRAP, LADDER_REDIS_URL,
 LADDER_TOPIC_PREFIX, ...; see ``ladder.config``).
-
-Buffer sizing: ``--buffer`` is the least a refit asks for; ``--buffer-max`` /
-LADDER_SUGGEST_BUFFER_MAX (default 1024) the most; between the two a refit asks for
-the partition's request rate x its expected refit duration x 3
-(``ladder.samplers.policy``). LADDER_REFIT_PROCESSES (default 2): the refit child
-processes at most, so refits of different partitions run in parallel (``refit.py``).
 
 At start, every study stored in Redis is published to the studies topic again (a
 restarted embedded broker starts empty; the topic is compacted, so this is harmless).
