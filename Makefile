@@ -171,11 +171,12 @@ bench-dashboard: setup
 	$(PY) bench/dashboard_render.py
 
 # Model-served suggestions at fleet rates (issue 17): 100 and 1,000 simulated workers at 1
-# report/s on GP and TPE studies, each on a fresh stack; every suggestion's provenance
+# report/s on GP and TPE studies on a fresh stack; every suggestion's provenance
 # (model, fallback, staleness), Suggest latency, the workers' idle time, CPU per finished
-# trial, checked against the trials topic; plus the samplers' batch costs (~12 min).
+# trial, checked against the trials topic; each scenario then against Optuna's gRPC
+# storage proxy on PostgreSQL, alternating; plus the samplers' batch costs (~20 min).
 bench-fleet-bo: setup
-	nice -n 10 $(PY) bench/fleet_bo.py --duration 60 --batch-cost
+	nice -n 10 $(PY) bench/fleet_bo.py --duration 60 --batch-cost --peer optuna
 
 # Screenshots of the dashboard's pages (docs/images/dashboard-*.png) from a fresh stack
 # running two real studies (~5 min).

@@ -3,7 +3,7 @@
 ::
 
     .venv/bin/python bench/fleet_bo.py [--duration 60] [--scenarios 100:gp,100:tpe,1000:gp,1000:tpe]
-        [--label after] [--code DIR] [--batch-cost]
+        [--label after] [--code DIR] [--batch-cost] [--peer optuna]
 
 Setup: a fresh embedded stack (``ladder.stack``: broker, Redis, suggest, evaluate,
 early-stop, lineage); per scenario a fresh ASHA study (first rung 4 steps, rungs 4,
@@ -29,6 +29,11 @@ copied in) for "before" figures; the simulator always runs from this tree (an ol
 suggest service leaves the new Suggestion fields at 0, so its points count as
 "no-model" unless they are a fallback's).
 
+``--peer optuna`` follows each scenario with the same one against Optuna's gRPC
+storage proxy on PostgreSQL (``bench/fleet_bo_optuna.run_optuna``: same curves, same
+pace, same rungs; the Ladder stack idle meanwhile) and records Ladder's ratios over it
+(``ratios``: trials/s, and trials/s x model-served fraction on both sides).
+
 ``--batch-cost`` also times, in this process, a GP refit and a TPE batch of 1 to 1,024
 points with 2,000 observations and 1,000 pending, and one TPE fallback point.
 
@@ -38,6 +43,7 @@ Writes bench/results/fleet-bo-<date>[-<label>].json and .png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -319,20 +325,61 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def served_trials_per_s(result: dict[str, Any]) -> float:
+    """Finished trials per second times the share of suggestions the model chose: the
+    same estimate of model-served trials/s for Ladder and its peer."""
+    return result["trials_finished_per_s"] * (result.get("model_served_fraction") or 0.0)
+
+
+def ratios(ladder: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | None]:
+    """Ladder over its peer, in one run; None where the peer's figure is 0."""
+    def over(a: float, b: float) -> float | None:
+        return round(a / b, 2) if b else None
+    return {
+        "trials_per_s": over(ladder["trials_finished_per_s"], peer["trials_finished_per_s"]),
+        "model_served_trials_per_s": over(served_trials_per_s(ladder),
+                                          served_trials_per_s(peer)),
+    }
+
+
+def run_peer(results: dict[str, Any], name: str, workers: int, algorithm: str,
+             args: argparse.Namespace, server: Any) -> None:
+    """The scenario against Optuna's gRPC proxy, right after Ladder's (alternating)."""
+    from fleet_bo_optuna import run_optuna
+
+    log(f"{name}: Optuna's gRPC proxy on PostgreSQL, {workers} workers")
+    peer = run_optuna(workers, duration=args.duration, sampler=algorithm,
+                      warmup=args.warmup, dims=args.dims, ramp=args.ramp, server=server)
+    results["peers"].setdefault("optuna", {})[name] = peer
+    results["ratios"][name] = ratios(results["scenarios"][name], peer)
+    log(f"{name}: Optuna {peer['trials_finished_per_s']} trials/s; Ladder over Optuna "
+        f"{results['ratios'][name]}")
+
+
 def run_stack(
     results: dict[str, Any], scenarios: list[tuple[int, str]], args: argparse.Namespace
 ) -> None:
-    """The scenarios, in order, on one fresh embedded stack."""
-    with tempfile.TemporaryDirectory(prefix="ladder-fleet-bo-") as tmp:
+    """The scenarios, in order, on one fresh embedded stack; with ``--peer optuna`` each
+    followed by the same scenario against Optuna (the stack idle meanwhile)."""
+    with tempfile.TemporaryDirectory(prefix="ladder-fleet-bo-") as tmp, \
+            contextlib.ExitStack() as peers:
+        server = None
+        if args.peer == "optuna":
+            from ladder.testing.postgres import postgres_server
+
+            server = peers.enter_context(postgres_server())
+            results["peers"] = {}
+            results["ratios"] = {}
         stack = Stack(Path(tmp), services=True)
         info = stack.up()
         env = {**os.environ, **stack.env()}
         pids = {name: info["pids"][name]["pid"] for name in SERVICES}
         try:
             for workers, algorithm in scenarios:
-                results["scenarios"][f"{workers}w-{algorithm}"] = run_scenario(
-                    env, pids, workers, algorithm, args
-                )
+                name = f"{workers}w-{algorithm}"
+                results["scenarios"][name] = run_scenario(env, pids, workers, algorithm, args)
+                if server is not None:
+                    run_peer(results, name, workers, algorithm, args, server)
         finally:
             stack.down()
             if args.keep_logs is not None:
@@ -365,6 +412,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--keep-logs", type=Path, default=None, help="copy the stack's logs there at the end"
+    )
+    parser.add_argument(
+        "--peer", choices=("", "optuna"), default="",
+        help="after each scenario, run it against Optuna's gRPC storage proxy on PostgreSQL "
+             "(bench/fleet_bo_optuna.py) and record Ladder's ratios over it",
     )
     parser.add_argument(
         "--batch-cost",

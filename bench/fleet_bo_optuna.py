@@ -525,10 +525,11 @@ def postmaster_pid(server: PostgresServer) -> int:
     """PostgreSQL's postmaster: the parent of a backend serving us."""
     import psycopg
 
+    # Read while connected: the backend exits with the connection.
     with psycopg.connect(server.url()) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    got = _read_stat(row[0])
+        assert row is not None
+        got = _read_stat(row[0])
     if got is None:
         raise RuntimeError("cannot read the backend's /proc entry (another PID namespace?)")
     return got[2]
