@@ -375,6 +375,11 @@ class SuggestionPolicy:
         cannot fit (its own quasi-random start would answer: the caller's job)."""
         assert self.model_fallback is not None
         observations = self.observations.snapshot()
+        # Whether it can fit depends on the observations alone: decided before the
+        # pending read (a Redis round trip on the request path) it would not need.
+        training = self.model_fallback.training_set(observations)
+        if not self.model_fallback.can_fit(training, ()):
+            return []
         pending = list(self.pending()) if self._distinct else []
         with self._fallback_lock:
             with self._wake:
@@ -383,9 +388,6 @@ class SuggestionPolicy:
                 else:
                     recent = min(FALLBACK_PENDING, len(self._handed))
                     in_flight = [self._handed[-1 - i] for i in range(recent)]
-            training = self.model_fallback.training_set(observations)
-            if not self.model_fallback.can_fit(training, in_flight):
-                return []
             proposals = self.model_fallback.suggest(observations, count, in_flight)
             with self._wake:
                 self._handed.extend(p.params for p in proposals)
