@@ -24,6 +24,18 @@ Creates studies and answers Suggest with resumable or new trials.
 | LADDER_STUDY_SETTLE_S          |         | left to run but PAUSED trials, completes once  |
 |                                |         | no trial event of it came for this long (a     |
 |                                |         | PROMOTE may be under way; ``ladder.lifecycle``)|
+| LADDER_SUGGEST_LEASES          | 0       | 1: owned partitions, for several replicas: each|
+|                                |         | model-based (study, partition) is fitted by the|
+|                                |         | one replica holding its Redis lease, its ready |
+|                                |         | suggestions kept in Redis for every replica    |
+|                                |         | (``ownership.py``); 0: this process fits and   |
+|                                |         | holds every partition (one replica)            |
+| LADDER_SUGGEST_LEASE_TTL_S     | 3       | a partition lease not renewed for this long is |
+|                                |         | taken by another replica (keep it under 4: a   |
+|                                |         | dead owner's partitions move within ttl + renew|
+|                                |         | interval, under 5 s)                           |
+| LADDER_SUGGEST_LEASE_RENEW_S   | 1       | how often leases are renewed and partitions    |
+|                                |         | rebalanced (< ttl)                             |
 | LADDER_SWITCH_INTERVAL_MS      | 1       | Python GIL switch interval (``thread`` mode)   |
 | LADDER_LOG_LEVEL               | INFO    | log level (JSON logs on stderr)                |
 | OTEL_EXPORTER_OTLP_ENDPOINT    | unset   | export spans over OTLP when set                |
@@ -54,22 +66,32 @@ model chose it and how stale it was (``Suggestion.model_observations``,
 A request never waits for a refit: a miss is answered by TPE in this process
 ("tpe-fallback") once it can fit, by the quasi-random fallback ("sobol-fallback")
 before, and counted.
-On SIGTERM the gRPC server drains, then the refit loops are stopped.
+Several replicas (LADDER_SUGGEST_LEASES=1, ``ladder.state.leases``): each process
+owns a fair share of the partitions (leases with fencing tokens, renewed every
+second); the owner refits and pushes ready suggestions to the partition's Redis list,
+and every replica pops from it (a miss is answered by the fallbacks, as above). A
+dead owner's partitions are owned by a survivor within about ttl + renew seconds.
+On SIGTERM the gRPC server drains, then the leases are handed back and the refit
+loops are stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
+import uuid
 
 from ladder import lifecycle, telemetry
 from ladder.bus import ConsumerLoop, EventProducer, health_of
 from ladder.config import Settings, service_parser
 from ladder.grpcserver import ServiceHost
-from ladder.state import open_state
+from ladder.state import State, open_state
+from ladder.state.leases import LeaseSettings, PartitionLeases
 from ladder.v1 import suggest_pb2_grpc
 
+from services.suggest.ownership import PartitionOwnership
 from services.suggest.refit import RefitProcess
 from services.suggest.service import SuggestServicer
 
@@ -151,10 +173,15 @@ def main(argv: list[str] | None = None) -> None:
         on_health=health_of(host),
     ).start()
 
+    ownership = None
+    if os.environ.get("LADDER_SUGGEST_LEASES", "0") == "1":
+        ownership = owned_partitions(state, servicer)
     suggest_pb2_grpc.add_SuggestServiceServicer_to_server(servicer, host.server)
     servicer.completion.start()
 
     def on_stop() -> None:
+        if ownership is not None:
+            ownership.stop()
         servicer.completion.stop()
         consumer.stop()
         servicer.pool.stop()
@@ -169,6 +196,21 @@ def main(argv: list[str] | None = None) -> None:
         settings.topics.prefix,
     )
     host.run(on_stop)
+
+
+def owned_partitions(state: State, servicer: SuggestServicer) -> PartitionOwnership:
+    """Owned partitions (module docstring): leases taken now, before serving."""
+    lease_settings = LeaseSettings(
+        ttl=float(os.environ.get("LADDER_SUGGEST_LEASE_TTL_S", 3)),
+        renew=float(os.environ.get("LADDER_SUGGEST_LEASE_RENEW_S", 1)),
+    )
+    member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    leases = PartitionLeases(state.client, state.keys, member, lease_settings)
+    ownership = PartitionOwnership(leases, state.studies, servicer.pool.policy)
+    servicer.pool.share(ownership.buffer)
+    log.info("owned partitions: member %s, lease ttl %.1f s, renewed every %.1f s",
+             member, lease_settings.ttl, lease_settings.renew)
+    return ownership.start()
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from ladder.samplers import (
     make_sampler,
 )
 from ladder.samplers.policy import Pending
+from ladder.samplers.ready import ReadyBuffer
 from ladder.space import SpaceError
 from ladder.state import StudyStore, TrialStore
 from ladder.study import Algorithm, StudySpec
@@ -113,6 +114,8 @@ class PolicyPool:
         self.buffer_max = max(buffer_capacity, buffer_max or buffer_capacity)
         self.pending_of = pending_of
         self._policies: dict[tuple[str, int], SuggestionPolicy] = {}
+        # Set by ``share``: the ready buffer of a model-based (study, partition).
+        self._shared: Callable[[tuple[str, int]], ReadyBuffer] | None = None
         self._observations: dict[str, ObservationStore] = {}
         self._warm_loaded: set[str] = set()
         self._lock = threading.Lock()
@@ -124,6 +127,12 @@ class PolicyPool:
             if store is None:
                 store = self._observations[study_id] = ObservationStore()
             return store
+
+    def share(self, buffers: Callable[[tuple[str, int]], ReadyBuffer]) -> None:
+        """Keep the ready suggestions of model-based partitions in ``buffers(key)``
+        (owned partitions, ``ownership.py``) instead of this process; before any
+        policy is built."""
+        self._shared = buffers
 
     def reserver(self, study_id: str, partition: int) -> Callable[[int], int]:
         """The partition's draw counter in Redis (shared by every sampler of it)."""
@@ -172,6 +181,7 @@ class PolicyPool:
                 name=f"{study_id}/{partition}",
                 max_capacity=self.buffer_max,
                 model_fallback=model_fallback,
+                ready=None if instant or self._shared is None else self._shared(key),
             )
             self._policies[key] = policy
             if not self._stopped:

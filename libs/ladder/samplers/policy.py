@@ -53,6 +53,14 @@ Refit loop (the only caller of the ``Refit``, so a sampler needs no locking):
 * A failing refit is logged and retried after ``RETRY_SECONDS`` (or on the next
   observation); the loop never dies while the policy is running.
 
+Shared buffers (``ready.py``). With several suggest replicas the buffer of a
+(study, partition) lives in Redis: every replica takes from it, and only the
+replica owning the partition runs refits (its loop idles otherwise). The owner does
+not see the other replicas' takes, so it polls the buffer every
+``SHARED_POLL_SECONDS`` for its fill level and the points asked of it (the take
+rate); gaining a partition makes its buffer stale, so the new owner's first refit
+replaces what the previous owner left.
+
 Provenance: every proposal names what chose it (``Proposal.algorithm``); a miss
 is answered under ``MODEL_FALLBACK_ALGORITHM`` ("tpe-fallback") when the model
 fallback could fit, else under ``FALLBACK_ALGORITHM`` ("sobol-fallback"), so it
@@ -89,6 +97,7 @@ from ladder.params import PlainValue
 from ladder.samplers.base import Observation, ObservationKey, Pending, Proposal, Sampler
 from ladder.samplers.distinct import Taken, config_key
 from ladder.samplers.model_based import ModelBasedSampler
+from ladder.samplers.ready import LocalBuffer, ReadyBuffer
 
 log = logging.getLogger("ladder.samplers.policy")
 
@@ -105,6 +114,9 @@ FALLBACK_PENDING = 64
 RATE_WINDOW = 10.0
 HEADROOM = 3.0
 ESTIMATE_DECAY = 0.8
+# A shared buffer (ready.py) is emptied by other processes too: its owner's refit loop
+# looks at its fill level and request count this often.
+SHARED_POLL_SECONDS = 0.25
 
 PendingProvider = Callable[[], Pending]
 # refit(count, pending) -> ``count`` proposals from the study's current observations.
@@ -250,6 +262,7 @@ class SuggestionPolicy:
         name: str = "",
         max_capacity: int | None = None,
         model_fallback: ModelBasedSampler | None = None,
+        ready: ReadyBuffer | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1 (got {capacity})")
@@ -266,7 +279,10 @@ class SuggestionPolicy:
         self._low_water = low_water
         self.pending = pending
         self.name = name
-        self._ready: deque[Proposal] = deque()
+        self._ready: ReadyBuffer = LocalBuffer() if ready is None else ready
+        # Points asked of a shared buffer (all processes) when its owner last polled;
+        # None while this process does not own it.
+        self._asked_seen: int | None = None
         self._handed: deque[Mapping[str, PlainValue]] = deque(
             maxlen=max(HANDED_WINDOW, 4 * self.max_capacity)
         )
@@ -314,16 +330,17 @@ class SuggestionPolicy:
         if self.refit is None:
             return self._from_fallback(count)
         with self._wake:
-            self._count_take(count)
-            ready = [self._ready.popleft() for _ in range(min(count, len(self._ready)))]
+            if not self._ready.shared:  # a shared buffer's owner polls the rate
+                self._count_take(count)
+            ready, left = self._ready.take(count)
             self._handed.extend(p.params for p in ready)
             self._stats = replace(
                 self._stats,
                 hits=self._stats.hits + len(ready),
                 misses=self._stats.misses + count - len(ready),
-                buffered=len(self._ready),
+                buffered=left,
             )
-            if len(self._ready) <= self.low_water:
+            if left <= self.low_water:
                 self._wake.notify_all()
         if len(ready) < count:
             ready.extend(self._miss(count - len(ready)))
@@ -384,7 +401,7 @@ class SuggestionPolicy:
         with self._fallback_lock:
             with self._wake:
                 if self._distinct:
-                    in_flight = [*pending, *(p.params for p in self._ready), *self._handed]
+                    in_flight = self._in_flight(pending)
                 else:
                     recent = min(FALLBACK_PENDING, len(self._handed))
                     in_flight = [self._handed[-1 - i] for i in range(recent)]
@@ -414,11 +431,15 @@ class SuggestionPolicy:
         pending = list(self.pending())
         with self._fallback_lock:
             with self._wake:
-                in_flight = [*pending, *(p.params for p in self._ready), *self._handed]
+                in_flight = self._in_flight(pending)
             proposals = self.fallback.suggest(observations, count, in_flight)
             with self._wake:
                 self._handed.extend(p.params for p in proposals)
         return proposals
+
+    def _in_flight(self, pending: Pending) -> list[Mapping[str, PlainValue]]:
+        """Every point pending, buffered or recently handed out. Holding ``_wake``."""
+        return [*pending, *(p.params for p in self._ready.proposals()), *self._handed]
 
     @property
     def stats(self) -> PolicyStats:
@@ -441,10 +462,37 @@ class SuggestionPolicy:
                 self._wake.wait(self._retry_at - now)
                 continue
             self._retry_at = 0.0
-            if self._stale or len(self._ready) <= self.low_water:
+            if not self._ready.shared:
+                if self._stale or self._ready.size() <= self.low_water:
+                    return True
+                self._wake.wait()
+                continue
+            size = self._poll_shared()
+            if size is not None and (self._stale or size <= self.low_water):
                 return True
-            self._wake.wait()
+            self._wake.wait(SHARED_POLL_SECONDS)
         return False
+
+    def _poll_shared(self) -> int | None:
+        """A shared buffer's size, its requests since the last poll counted as takes;
+        None when this process does not own it (another process refits). Gaining it
+        makes the buffer stale: the new owner's first refit replaces what is there.
+        Holding ``_wake``."""
+        try:
+            owned = self._ready.owned()
+            size, asked = self._ready.poll() if owned else (0, 0)
+        except Exception:  # noqa: BLE001 - Redis away: poll again, the loop lives on
+            log.warning("shared buffer poll failed", exc_info=True, extra={"buffer": self.name})
+            owned = False
+        if not owned:
+            self._asked_seen = None
+            return None
+        if self._asked_seen is None:
+            self._stale = True
+        elif asked > self._asked_seen:
+            self._count_take(asked - self._asked_seen)
+        self._asked_seen = asked
+        return size
 
     def _run(self) -> None:
         while True:
@@ -453,7 +501,7 @@ class SuggestionPolicy:
                     return
                 stale, self._stale = self._stale, False
                 # A stale buffer keeps serving; the refit's batch replaces it.
-                keep = [] if stale else list(self._ready)
+                keep = [] if stale else self._ready.proposals()
                 self._target = target = self._target_capacity()
                 rate = self._take_rate()
             try:
@@ -497,11 +545,11 @@ class SuggestionPolicy:
         infeasible = self.observations.infeasible
         with self._wake:
             proposals = self._not_handed(proposals, pending)
-            dropped = 0
-            if stale:  # new observations: what is left of the buffer predates them
-                dropped = len(self._ready)
-                self._ready.clear()
-            self._ready.extend(proposals)
+            # New observations (stale): what is left of the buffer predates them.
+            dropped = self._ready.size() if stale else 0
+            buffered = self._ready.fill(proposals, replace=stale)
+            if buffered < 0:  # a shared buffer whose lease this process lost
+                dropped, buffered, proposals = 0, 0, []
             first = self._stats.refits == 0
             self._stats = replace(
                 self._stats,
@@ -509,7 +557,7 @@ class SuggestionPolicy:
                 dropped=self._stats.dropped + dropped,
                 observations=observed,
                 infeasible=infeasible,
-                buffered=len(self._ready),
+                buffered=buffered,
                 target=target,
                 take_rate=rate,
                 last_refit_seconds=seconds,

@@ -28,6 +28,14 @@ stacks (or two test sessions) sharing one Redis never see each other's state.
 |                                      |        | confirmed published                        |
 | ``{root}offsets:{consumer}``         | hash   | "topic:partition" → next offset to read    |
 |                                      |        | (group-less consumers, shared progress)    |
+| ``{root}suggest:members``            | zset   | suggest process id → ms of its last lease  |
+|                                      |        | heartbeat (``ladder.state.leases``)        |
+| ``{root}suggest:lease:{sid}:{p}``    | string | "member|fencing token" of partition p's    |
+|                                      |        | owner (PX: the lease ttl)                  |
+| ``{root}suggest:fence:{sid}:{p}``    | string | partition p's last fencing token (INCR)    |
+| ``{root}suggest:ready:{sid}:{p}``    | list   | ready suggestions of partition p (JSON),   |
+|                                      |        | pushed by its owner, popped by any replica |
+| ``{root}suggest:taken:{sid}:{p}``    | string | points ever asked of it (request rate)     |
 """
 
 from __future__ import annotations
@@ -134,3 +142,19 @@ class Keys:
 
     def offsets(self, consumer: str) -> str:
         return f"{self.root}offsets:{consumer}"
+
+    @property
+    def suggest_members(self) -> str:
+        return f"{self.root}suggest:members"
+
+    def partition_lease(self, study_id: str, partition: int) -> str:
+        return f"{self.root}suggest:lease:{study_id}:{partition}"
+
+    def partition_fence(self, study_id: str, partition: int) -> str:
+        return f"{self.root}suggest:fence:{study_id}:{partition}"
+
+    def partition_ready(self, study_id: str, partition: int) -> str:
+        return f"{self.root}suggest:ready:{study_id}:{partition}"
+
+    def partition_taken(self, study_id: str, partition: int) -> str:
+        return f"{self.root}suggest:taken:{study_id}:{partition}"
