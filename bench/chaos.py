@@ -1152,8 +1152,8 @@ def simulator_summary(index: int, code: int | None, out: str) -> dict[str, Any]:
         "simulator": index, "exit": code, "reports": summary["reports"],
         "trials": summary["trials"], "rpc_errors": summary["rpc_errors"],
         "report_to_decision_on_topic_ms": summary["latency_ms"]["report_to_decision_on_topic"],
-        "report_to_stop_obeyed_fast_path_ms":
-            summary["latency_ms"]["report_to_stop_obeyed_fast_path"],
+        "report_to_stop_obeyed_ms":
+            summary["latency_ms"]["report_to_stop_obeyed"],
     }
 
 

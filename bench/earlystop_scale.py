@@ -649,7 +649,7 @@ def repeat_summary(scenarios: dict[str, Any]) -> dict[str, Any]:
         if len(results) < 2:
             continue
         on_topic = [r["latency_ms"]["report_to_decision_on_topic"]["p99"] for r in results]
-        obeyed = [r["latency_ms"]["report_to_stop_obeyed_fast_path"]["p99"] for r in results]
+        obeyed = [r["latency_ms"]["report_to_stop_obeyed"]["p99"] for r in results]
         out[base] = {
             "runs": len(results),
             "p99_report_to_decision_on_topic_ms": on_topic,

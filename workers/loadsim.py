@@ -6,8 +6,10 @@
 
 Each simulated worker runs the trial protocol (Suggest, StartTrial, a synthetic metric
 report every ``1/rate`` s on the metrics topic, Heartbeat every few reports, PruneTrial
-on STOP, CompleteTrial at ``max_resource``) on one asyncio loop per process; see
-:mod:`workers.loadsim_sim`. Without ``--study`` a study with ASHA is created.
+on STOP, CompleteTrial at ``max_resource``) on one asyncio loop per process, obeying
+each Heartbeat's reply by the attempt engine's rule (``ladder.api.attempt.move_after``:
+the stopping form never waits for a decision); see :mod:`workers.loadsim_sim`.
+Without ``--study`` a study with ASHA is created.
 
 The parent process tails the decisions topic and the early-stop group's committed
 offsets, then prints one JSON summary on stdout:
@@ -15,8 +17,8 @@ offsets, then prints one JSON summary on stdout:
 - ``reports``: metric reports sent and acknowledged by the broker;
 - ``earlystop``: metric events/s committed by the early-stop group and its lag;
 - ``latency_ms``: report-to-decision as produced (``Decision.ts_ms``), as seen on the
-  topic by the observer, and as obeyed by the simulated workers (fast path: the
-  worker's process tails the decisions topic; heartbeat path: a Heartbeat said STOP);
+  topic by the observer, and report-to-STOP as obeyed by the simulated workers (on
+  the Heartbeat that brought it);
 - ``counts``: the rung crossings implied by the acknowledged reports against the
   decisions on the topic: none missing, none twice (``ok``);
 - ``suggestions``: every new suggestion counted by algorithm and by what served it
@@ -24,7 +26,8 @@ offsets, then prints one JSON summary on stdout:
   model-served fraction (overall and after ``--warmup`` seconds: no model can serve
   before the first rung values exist), the staleness of the models behind them (observations
   unseen, age), the Suggest latency and the workers' idle fraction (time waiting for
-  Suggest, StartTrial, Heartbeat, PruneTrial, CompleteTrial over time in the run).
+  Suggest, StartTrial, Heartbeat, PruneTrial, PauseTrial, CompleteTrial, or held at a
+  rung, over time in the run).
 
 A model-based study (``--algorithm gp|tpe|auto``) wants something to model:
 ``--dims`` float params x0.. and ``--objective bowl`` (the curves' floor rises with
@@ -58,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import resource
 import sys
@@ -155,7 +159,10 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
     progress = GroupProgress(settings, settings.topics.earlystop_group)
     start_at = time.time() + START_DELAY_S
     metric = spec.scheduler.metric or METRIC
-    configs = sim_configs(options, study_id, metric, max_resource, start_at, float_bounds(spec))
+    configs = sim_configs(
+        options, study_id, metric, max_resource, start_at, float_bounds(spec),
+        hold_at=hold_steps(spec, max_resource),
+    )
     results = run_simulators(settings, configs, timeout=options.duration + 300)
     acked = merge_acked_steps(result["acked_max_step"] for result in results)
     expected = expected_crossings(acked, rungs)
@@ -182,9 +189,9 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
         "latency_ms": latency_summary(results, seen),
         "stops": {
             "on_topic": sum(d.action == events_pb2.STOP for d in seen),
-            "observed_fast_path": _total(results, "stops_fast_path"),
-            "observed_heartbeat": _total(results, "stops_heartbeat"),
+            "obeyed": _total(results, "stops_seen"),
         },
+        "holds": _total(results, "holds"),
         "counts": counts_check(expected, seen),
         # This process and its simulator processes (reaped when the pool closed).
         "cpu_seconds_self_and_children": cpu_seconds_with_children(),
@@ -214,6 +221,15 @@ def float_bounds(spec: StudySpec) -> tuple[tuple[str, float, float], ...]:
     )
 
 
+def hold_steps(spec: StudySpec, max_resource: int) -> tuple[int, ...]:
+    """The steps at which the promotion form may hold a trial for its verdict (a
+    simulated worker heartbeats there); none in the stopping form."""
+    scheduler = spec.scheduler
+    if not scheduler.promotion:
+        return ()
+    return tuple(sorted({math.ceil(r) for r in scheduler.decision_rungs(max_resource)}))
+
+
 def sim_configs(
     options: LoadOptions,
     study_id: str,
@@ -221,6 +237,7 @@ def sim_configs(
     max_resource: int,
     start_at: float,
     bounds: tuple[tuple[str, float, float], ...] = (),
+    hold_at: tuple[int, ...] = (),
 ) -> list[SimConfig]:
     """One config per simulator process, the workers split evenly between them."""
     return [
@@ -239,6 +256,7 @@ def sim_configs(
             start_at=start_at,
             objective=options.objective,
             bounds=bounds,
+            hold_at=hold_at,
             warmup=options.warmup,
         )
         for first, count in split(options.workers, options.processes)
@@ -288,7 +306,7 @@ def results_summary(results: list[dict[str, Any]], options: LoadOptions) -> dict
         },
         "trials": {
             k: _total(results, f"trials_{k}")
-            for k in ("started", "pruned", "completed", "unfinished")
+            for k in ("started", "pruned", "completed", "paused", "unfinished")
         },
         "heartbeats": _total(results, "heartbeats"),
         "rpc_errors": _merge([r["rpc_errors"] for r in results]),
@@ -350,12 +368,7 @@ def latency_summary(results: list[dict[str, Any]], seen: list[SeenDecision]) -> 
         "report_to_decision_on_topic": percentiles(
             d.seen_ms - d.report_ts_ms for d in seen if d.report_ts_ms
         ),
-        "report_to_stop_obeyed_fast_path": percentiles(
-            v for r in results for v in r["stop_latency_fast_ms"]
-        ),
-        "report_to_stop_obeyed_heartbeat": percentiles(
-            v for r in results for v in r["stop_latency_heartbeat_ms"]
-        ),
+        "report_to_stop_obeyed": percentiles(v for r in results for v in r["stop_latency_ms"]),
     }
 
 

@@ -2,21 +2,23 @@
 
 Each simulated worker runs the real trial protocol against the real services:
 Suggest -> StartTrial -> one synthetic metric report every ``1/rate`` seconds to the
-metrics topic -> a Heartbeat every ``heartbeat_every`` reports -> PruneTrial as soon as
-a STOP is seen, CompleteTrial at ``max_resource``; then the next trial.
+metrics topic -> a Heartbeat every ``heartbeat_every`` reports (and at each rung where
+the promotion form holds a trial) -> PruneTrial on STOP, PauseTrial on PAUSE,
+CompleteTrial at ``max_resource``; then the next trial.
 
-A STOP reaches a worker on two paths, and the first one wins:
-
-- the fast path: a librdkafka consumer thread in this process tails the decisions
-  topic (all partitions) and wakes the worker whose trial was stopped;
-- the heartbeat path: the evaluate service answers a Heartbeat with STOP.
+What a worker does with a Heartbeat's reply is the attempt engine's rule
+(``ladder.api.attempt.move_after``, the one real workers obey): a STOP reaches the
+worker on the Heartbeat after its decision, and only the promotion form holds a trial
+at a rung (``decision_pending``: heartbeats paced by ``attempt.hold_pauses`` until the
+verdict or ``decision_wait``). The stopping form never waits: a worker trains on
+while its rung decision is pending.
 
 What the process measures is returned as a :class:`ProcessResult` (plain dict): the
 reports, trials and decisions seen, every suggestion's provenance (its algorithm,
 whether a fitted model chose it and how stale that model was), the Suggest latency,
-and the workers' idle time: waiting for Suggest, StartTrial, Heartbeat, PruneTrial and
-CompleteTrial answers (and pausing after an empty or failed Suggest), against their
-time in the run.
+and the workers' idle time: waiting for Suggest, StartTrial, Heartbeat, PruneTrial,
+PauseTrial and CompleteTrial answers, held at a rung, and pausing after an empty or
+failed Suggest, against their time in the run.
 
 With ``objective="bowl"`` a trial's curve also depends on its params (its floor
 rises with the squared distance of each float param from ``BOWL_CENTRE``, scaled to
@@ -30,7 +32,6 @@ import asyncio
 import functools
 import math
 import random
-import threading
 import time
 import uuid
 import zlib
@@ -38,10 +39,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiokafka
-import confluent_kafka
 import grpc
+from ladder.api.attempt import STOPPED_NOT_PAUSED, Move, hold_pauses, move_after
 from ladder.config import Settings
-from ladder.gaps import GapGuard
 from ladder.params import params_to_dict
 from ladder.v1 import (
     evaluate_pb2,
@@ -96,6 +96,10 @@ class SimConfig:
     objective: str = "none"  # "bowl": the curves' floor depends on the params
     warmup: float = 20.0  # suggestions after this many seconds are also counted apart
     bounds: tuple[tuple[str, float, float], ...] = ()  # (name, low, high) of float params
+    # Steps at which the promotion form holds a trial (a Heartbeat is due there); none
+    # in the stopping form.
+    hold_at: tuple[int, ...] = ()
+    decision_wait: float = 3.0  # WorkerConfig.decision_wait of the simulated workers
 
 
 @dataclass
@@ -107,13 +111,13 @@ class ProcessResult:
     trials_started: int = 0
     trials_pruned: int = 0
     trials_completed: int = 0
+    trials_paused: int = 0
     trials_unfinished: int = 0
     rpc_errors: dict[str, int] = field(default_factory=dict)
-    stops_fast_path: int = 0  # STOPs first seen on the decisions topic
-    stops_heartbeat: int = 0  # STOPs first seen in a Heartbeat reply
+    stops_seen: int = 0  # STOPs obeyed (each from a Heartbeat reply)
+    holds: int = 0  # reports at which evaluate held the trial (promotion form)
     # ms from the report that crossed the rung to the worker obeying the STOP
-    stop_latency_fast_ms: list[float] = field(default_factory=list)
-    stop_latency_heartbeat_ms: list[float] = field(default_factory=list)
+    stop_latency_ms: list[float] = field(default_factory=list)
     acked_max_step: dict[str, int] = field(default_factory=dict)  # trial -> last acked step
     loop_lag_ms_max: float = 0.0  # how late the event loop ran timers (saturation)
     # New suggestions by algorithm ("gp", "tpe-fallback", ...) and by served_by (see
@@ -180,49 +184,58 @@ def bowl_shift(params: dict[str, Any], bounds: tuple[tuple[str, float, float], .
     return total
 
 
-class _Trial:
-    __slots__ = (
-        "attempt_id",
-        "decision",
-        "seen_ms",
-        "stopped",
-        "trial_id",
-        "via_fast_path",
-        "waiter",
-    )
+class _Attempt:
+    """One attempt of a simulated worker: the evaluate calls of ``ladder.api.attempt``'s
+    Attempt on the process's asyncio channel (``call``: retried while evaluate is
+    unavailable, as the worker runtime's client does)."""
 
-    def __init__(self, trial_id: str, attempt_id: str) -> None:
+    __slots__ = ("attempt_id", "evaluate", "producer", "topic", "trial_id")
+
+    def __init__(
+        self,
+        trial_id: str,
+        attempt_id: str,
+        producer: aiokafka.AIOKafkaProducer,
+        evaluate: Any,
+        topic: str,
+    ) -> None:
         self.trial_id = trial_id
         self.attempt_id = attempt_id
-        self.stopped = False
-        self.waiter: asyncio.Future[None] | None = None
-        self.decision: events_pb2.Decision | None = None
-        self.seen_ms = 0.0
-        self.via_fast_path = False
+        self.producer = producer
+        self.evaluate = evaluate
+        self.topic = topic
 
-    def stop(self) -> None:
-        self.stopped = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+    def heartbeat(self, step: int) -> Any:
+        return call(
+            self.evaluate.Heartbeat,
+            evaluate_pb2.HeartbeatRequest(
+                trial_id=self.trial_id, attempt_id=self.attempt_id, step=step
+            ),
+        )
 
-    async def sleep_unless_stopped(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
-        """Sleep ``delay`` seconds, or less when a STOP comes in. One future and one
-        timer per report (``asyncio.wait_for`` on an Event made a task per report)."""
-        if self.stopped:
-            return
-        waiter = loop.create_future()
-        timer = loop.call_later(max(0.0, delay), _resolve, waiter)
-        self.waiter = waiter
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self.waiter = None
+    def prune(self, step: int, value: float) -> Any:
+        return call(
+            self.evaluate.PruneTrial,
+            evaluate_pb2.PruneTrialRequest(
+                trial_id=self.trial_id, attempt_id=self.attempt_id, step=step, last_value=value
+            ),
+        )
 
+    def pause(self, step: int, rung: int) -> Any:
+        return call(
+            self.evaluate.PauseTrial,
+            evaluate_pb2.PauseTrialRequest(
+                trial_id=self.trial_id, attempt_id=self.attempt_id, step=step, rung=rung
+            ),
+        )
 
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    def complete(self, step: int, value: float) -> Any:
+        return call(
+            self.evaluate.CompleteTrial,
+            evaluate_pb2.CompleteTrialRequest(
+                trial_id=self.trial_id, attempt_id=self.attempt_id, value=value, step=step
+            ),
+        )
 
 
 class Simulator:
@@ -230,9 +243,6 @@ class Simulator:
         self.settings = settings
         self.config = config
         self.result = ProcessResult()
-        self.live: dict[str, _Trial] = {}  # trial id -> running trial of this process
-        self._closing = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ kafka side
 
@@ -257,76 +267,6 @@ class Simulator:
         self.result.reports_acked += 1
         if step > self.result.acked_max_step.get(trial_id, 0):
             self.result.acked_max_step[trial_id] = step
-
-    def _decisions_consumer(self) -> confluent_kafka.Consumer:
-        """librdkafka consumer of every decisions partition, from its current end (the
-        end is resolved now, before any worker reports). kafka-python decoded records
-        in Python under the GIL the simulated workers need."""
-        consumer = confluent_kafka.Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": "ladder-loadsim-observer",  # never joined: partitions assigned
-                "client.id": "ladder-loadsim-observer",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": self.settings.broker.fetch_max_wait_ms,
-            }
-        )
-        topic = self.settings.topics.decisions
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        partitions = []
-        for p in sorted(metadata.partitions):
-            _, high = consumer.get_watermark_offsets(
-                confluent_kafka.TopicPartition(topic, p), timeout=10
-            )
-            partitions.append(confluent_kafka.TopicPartition(topic, p, high))
-        consumer.assign(partitions)
-        return consumer
-
-    def _observe_decisions(self, consumer: confluent_kafka.Consumer) -> None:
-        """Fast path (thread): hand STOPs of this process's trials to their workers."""
-        assert self.loop is not None
-        gaps = GapGuard()
-        guarded = self.settings.gap_guarded_topics
-        try:
-            while not self._closing.is_set():
-                first = consumer.poll(0.2)
-                if first is None:
-                    continue
-                seen_ms = time.time() * 1000
-                for record in [first, *consumer.consume(499, 0)]:
-                    if record.error() is not None:
-                        continue
-                    tp = (record.topic(), record.partition())
-                    if tp[0] in guarded and not gaps.admit(tp, record.offset()):
-                        continue  # the fetch skipped offsets before it (ladder.gaps)
-                    decision = events_pb2.Decision()
-                    try:
-                        decision.ParseFromString(record.value())
-                    except Exception:  # noqa: BLE001 - not ours to judge
-                        continue
-                    if (
-                        decision.action == events_pb2.STOP
-                        and decision.study_id == self.config.study_id
-                        and decision.trial_id in self.live
-                    ):
-                        self.loop.call_soon_threadsafe(self._stop_seen, decision, seen_ms, True)
-                for (topic, partition), offset in gaps.end_batch():
-                    consumer.seek(confluent_kafka.TopicPartition(topic, partition, offset))
-        finally:
-            consumer.close()
-
-    def _stop_seen(self, decision: events_pb2.Decision, seen_ms: float, fast: bool) -> None:
-        trial = self.live.get(decision.trial_id)
-        if trial is None or trial.stopped:
-            return
-        trial.decision = decision
-        trial.seen_ms = seen_ms
-        trial.via_fast_path = fast
-        trial.stop()
-        if fast:
-            self.result.stops_fast_path += 1
-        else:
-            self.result.stops_heartbeat += 1
 
     # ------------------------------------------------------------------ workers
 
@@ -394,19 +334,14 @@ class Simulator:
                     self._count_idle("pause", time.monotonic() - failed)
                     continue
                 self.result.trials_started += 1
-                trial = _Trial(trial_id, attempt_id)
-                self.live[trial_id] = trial
                 shift = 0.0
                 if cfg.objective == "bowl":
                     shift = bowl_shift(params_to_dict(suggestion.trial.params), cfg.bounds)
+                attempt = _Attempt(trial_id, attempt_id, producer, evaluate, topic)
                 try:
-                    await self._run_trial(
-                        trial, producer, evaluate, topic, interval, deadline, shift
-                    )
+                    await self._run_trial(attempt, interval, deadline, shift)
                 except grpc.RpcError as exc:
                     self._rpc_error("trial", exc)
-                finally:
-                    self.live.pop(trial_id, None)
         finally:
             self.result.worker_s += time.monotonic() - began
 
@@ -440,103 +375,107 @@ class Simulator:
         self.result.idle_by_call[what] = self.result.idle_by_call.get(what, 0.0) + seconds
 
     async def _run_trial(
-        self,
-        trial: _Trial,
-        producer: aiokafka.AIOKafkaProducer,
-        evaluate: Any,
-        topic: str,
-        interval: float,
-        deadline: float,
-        shift: float = 0.0,
+        self, attempt: _Attempt, interval: float, deadline: float, shift: float = 0.0
     ) -> None:
+        """Report every ``interval`` seconds, heartbeat when due and do what the reply
+        says (``move_after``); end the attempt as the last move says."""
         cfg = self.config
-        loop = asyncio.get_running_loop()
         step = 0
         value = math.nan
+        move = Move.TRAIN
+        reply = evaluate_pb2.HeartbeatResponse()
         next_tick = time.monotonic()
-        while step < cfg.max_resource:
+        while step < cfg.max_resource and move is Move.TRAIN:
             next_tick += interval
-            # Wait for the next report time, or for a STOP: obeyed the moment it is seen.
-            await trial.sleep_unless_stopped(loop, next_tick - time.monotonic())
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
             lag_ms = (time.monotonic() - next_tick) * 1000
             if lag_ms > self.result.loop_lag_ms_max:
                 self.result.loop_lag_ms_max = lag_ms
-            if trial.stopped:
-                break
             if time.monotonic() >= deadline:
                 self.result.trials_unfinished += 1
                 return
             step += 1
-            value = curve_value(cfg.seed, trial.trial_id, step, shift)
-            ts_ms = int(time.time() * 1000)
-            report = events_pb2.MetricReport(
-                study_id=cfg.study_id,
-                trial_id=trial.trial_id,
-                attempt_id=trial.attempt_id,
-                metric=cfg.metric,
-                step=step,
-                value=value,
-                ts_ms=ts_ms,
-                worker_id=f"sim-{trial.trial_id}",
-            )
-            future = await producer.send(
-                topic, key=trial.trial_id.encode(), value=report.SerializeToString()
-            )
-            self.result.reports_sent += 1
-            future.add_done_callback(functools.partial(self._on_sent, trial.trial_id, step))
-            if step % cfg.heartbeat_every == 0 and not trial.stopped:
-                reply = await self._idle(
-                    "Heartbeat",
-                    call(
-                        evaluate.Heartbeat,
-                        evaluate_pb2.HeartbeatRequest(
-                            trial_id=trial.trial_id, attempt_id=trial.attempt_id, step=step
-                        ),
-                    ),
+            value = curve_value(cfg.seed, attempt.trial_id, step, shift)
+            await self._report(attempt, step, value)
+            if step % cfg.heartbeat_every and step not in cfg.hold_at:
+                continue
+            reply = await self._idle("Heartbeat", attempt.heartbeat(step))
+            self.result.heartbeats += 1
+            move = move_after(reply, step, cfg.max_resource)
+            if move is Move.HOLD:
+                move, reply = await self._idle("hold", self._hold(attempt, step))
+        await self._end(attempt, move, reply, step, value)
+
+    async def _report(self, attempt: _Attempt, step: int, value: float) -> None:
+        report = events_pb2.MetricReport(
+            study_id=self.config.study_id,
+            trial_id=attempt.trial_id,
+            attempt_id=attempt.attempt_id,
+            metric=self.config.metric,
+            step=step,
+            value=value,
+            ts_ms=int(time.time() * 1000),
+            worker_id=f"sim-{attempt.trial_id}",
+        )
+        future = await attempt.producer.send(
+            attempt.topic, key=attempt.trial_id.encode(), value=report.SerializeToString()
+        )
+        self.result.reports_sent += 1
+        future.add_done_callback(functools.partial(self._on_sent, attempt.trial_id, step))
+
+    async def _hold(
+        self, attempt: _Attempt, step: int
+    ) -> tuple[Move, evaluate_pb2.HeartbeatResponse]:
+        """Promotion form, held at a rung (as ``Attempt._await_verdict``): the metric
+        must reach the scheduler, then heartbeat until the verdict arrives or
+        ``decision_wait`` passes (then train on)."""
+        self.result.holds += 1
+        await attempt.producer.flush()
+        reply = evaluate_pb2.HeartbeatResponse()
+        for pause in hold_pauses(self.config.decision_wait):
+            await asyncio.sleep(pause)
+            reply = await attempt.heartbeat(step)
+            self.result.heartbeats += 1
+            move = move_after(reply, step, self.config.max_resource)
+            if move is not Move.HOLD:
+                return move, reply
+        return Move.TRAIN, reply
+
+    async def _end(
+        self,
+        attempt: _Attempt,
+        move: Move,
+        reply: evaluate_pb2.HeartbeatResponse,
+        step: int,
+        value: float,
+    ) -> None:
+        """PruneTrial on STOP, PauseTrial on PAUSE (PruneTrial if a STOP overtook it),
+        else CompleteTrial."""
+        if move is Move.STOP:
+            self.result.stops_seen += 1
+            if reply.decision.report_ts_ms:
+                self.result.stop_latency_ms.append(
+                    time.time() * 1000 - reply.decision.report_ts_ms
                 )
-                self.result.heartbeats += 1
-                if reply.action == events_pb2.STOP:
-                    self._stop_seen(reply.decision, time.time() * 1000, fast=False)
-        if trial.stopped and trial.decision is not None:
-            obeyed_ms = time.time() * 1000
-            latency = obeyed_ms - trial.decision.report_ts_ms
-            if trial.via_fast_path:
-                self.result.stop_latency_fast_ms.append(latency)
-            else:
-                self.result.stop_latency_heartbeat_ms.append(latency)
-            await self._idle(
-                "PruneTrial",
-                call(
-                    evaluate.PruneTrial,
-                    evaluate_pb2.PruneTrialRequest(
-                        trial_id=trial.trial_id,
-                        attempt_id=trial.attempt_id,
-                        step=step,
-                        last_value=value,
-                    ),
-                ),
-            )
+            await self._idle("PruneTrial", attempt.prune(step, value))
             self.result.trials_pruned += 1
-        else:
-            await self._idle(
-                "CompleteTrial",
-                call(
-                    evaluate.CompleteTrial,
-                    evaluate_pb2.CompleteTrialRequest(
-                        trial_id=trial.trial_id, attempt_id=trial.attempt_id, value=value, step=step
-                    ),
-                ),
-            )
-            self.result.trials_completed += 1
+            return
+        if move is Move.PAUSE:
+            try:
+                await self._idle("PauseTrial", attempt.pause(step, reply.decision.rung))
+            except grpc.RpcError as exc:
+                if STOPPED_NOT_PAUSED not in (exc.details() or ""):
+                    raise
+                await self._idle("PruneTrial", attempt.prune(step, value))
+                self.result.trials_pruned += 1
+                return
+            self.result.trials_paused += 1
+            return
+        await self._idle("CompleteTrial", attempt.complete(step, value))
+        self.result.trials_completed += 1
 
     async def run(self) -> ProcessResult:
         cfg = self.config
-        self.loop = asyncio.get_running_loop()
-        consumer = self._decisions_consumer()
-        observer = threading.Thread(
-            target=self._observe_decisions, args=(consumer,), name="decisions-observer", daemon=True
-        )
-        observer.start()
         producer = self._producer()
         await producer.start()
         options = [("grpc.max_concurrent_streams", 10000)]
@@ -556,8 +495,6 @@ class Simulator:
             )
         await asyncio.wait_for(producer.flush(), 60)
         await producer.stop()
-        self._closing.set()
-        observer.join(5)
         return self.result
 
 

@@ -24,11 +24,12 @@ RESUMABLE, so the next Suggest hands it out with its checkpoint.
 |                                    |         | was away) leases are extended by a lease   |
 |                                    |         | before any expires                         |
 | LADDER_OUTBOX_RETRY_SECONDS        | 10      | re-publish events not acknowledged by then |
-| LADDER_PUBLISH_WAIT_SECONDS        | 1       | a request waits this long at most for the  |
+| LADDER_PUBLISH_WAIT_SECONDS        | 0       | a request waits this long at most for the  |
 |                                    |         | broker to acknowledge its event (it is in  |
 |                                    |         | the outbox already; the sweeper never      |
-|                                    |         | waits), so a restarting broker never makes |
-|                                    |         | an answer outlive the lease it grants      |
+|                                    |         | waits); keep it a fraction of the lease.   |
+|                                    |         | A waiting answer holds a gRPC thread: at   |
+|                                    |         | 1,000 workers 1 s queued calls for seconds |
 | LADDER_LOG_LEVEL                   | INFO    | log level (JSON logs on stderr)            |
 | OTEL_EXPORTER_OTLP_ENDPOINT        | unset   | export spans over OTLP when set            |
 

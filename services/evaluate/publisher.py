@@ -1,11 +1,13 @@
 """Publish trial transitions on the trials topic, then clear them from the outbox.
 
 A transition is already stored (state and outbox, in one Redis script) when it is
-published, so no answer waits on the broker for long: a request waits at most
-``wait_seconds`` for the acknowledgement (milliseconds on a healthy broker, so a
-client that reads the topic next finds the event), the sweeper not at all. While the
-broker is away the event stays in the outbox and is acknowledged by its delivery
-report once the broker took it, or re-published by the sweeper once it failed.
+published, so by default no answer waits on the broker: a request waits at most
+``wait_seconds`` (LADDER_PUBLISH_WAIT_SECONDS, default 0) for the acknowledgement, the
+sweeper never. A waiting answer holds one of the service's gRPC threads for the
+broker's acknowledgement (tens to hundreds of ms under load): at 1,000 workers every
+call queued behind them for seconds. While the broker is away the event stays in the
+outbox and is acknowledged by its delivery report once the broker took it, or
+re-published by the sweeper once it failed.
 
 A trial's events reach the topic in order without idempotent producers: each trial
 has at most one event in flight; a later one waits behind it in this process and is
@@ -33,9 +35,11 @@ log = logging.getLogger("ladder.evaluate.publish")
 # Events this process published lately: a request's transition lists the trial's
 # earlier unacknowledged events, and one already on the topic is not sent again.
 _REMEMBERED = 10_000
-# How long a request waits for the broker's acknowledgement of its event by default: a
-# fraction of any lease, so an answer never comes after the lease it grants ran out.
-PUBLISH_WAIT_SECONDS = 1.0
+# How long a request waits for the broker's acknowledgement of its event by default:
+# not at all (the event is in the outbox already; a worker's next step needs nothing
+# from the topic). A wait set must stay a fraction of any lease, so an answer never
+# comes after the lease it grants ran out.
+PUBLISH_WAIT_SECONDS = 0.0
 
 
 def _key(transition: Transition) -> tuple[str, str]:

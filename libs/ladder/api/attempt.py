@@ -224,6 +224,48 @@ def pause_due(reply: evaluate_pb2.HeartbeatResponse, step: float) -> bool:
     return reply.action == events_pb2.PAUSE and step >= reply.decision.resource - 1e-9
 
 
+class Move(enum.Enum):
+    """What a worker does after the Heartbeat of a report (:func:`move_after`)."""
+
+    TRAIN = "train"  # nothing to obey: the next step
+    HOLD = "hold"  # promotion form: evaluate holds the trial at this rung
+    STOP = "stop"  # prune
+    PAUSE = "pause"  # checkpoint, PauseTrial
+
+
+def move_after(
+    reply: evaluate_pb2.HeartbeatResponse, step: float, max_steps: int,
+    standing_stop: bool = False,
+) -> Move:
+    """The one rule for a Heartbeat's reply to the report of ``step``, shared by the
+    attempt engine and the load simulator (``workers.loadsim_sim``): a STOP (or one an
+    earlier heartbeat brought, ``standing_stop``) prunes, a PAUSE about a rung reached
+    pauses, ``decision_pending`` holds the trial (evaluate sets it in the promotion form
+    only: the stopping form trains on, and its STOP comes on whichever Heartbeat
+    follows the decision). Once the full budget (``max_steps``; 0: unknown) is
+    trained nothing is obeyed: a verdict about an earlier rung arriving now would
+    throw a complete result away."""
+    if 0 < max_steps <= step:
+        return Move.TRAIN
+    if reply.action == events_pb2.STOP:
+        return Move.STOP
+    if pause_due(reply, step):
+        return Move.PAUSE
+    if standing_stop:
+        return Move.STOP
+    return Move.HOLD if reply.decision_pending else Move.TRAIN
+
+
+def hold_pauses(decision_wait: float) -> Iterator[float]:
+    """The pauses before each Heartbeat of a trial held at a rung (:attr:`Move.HOLD`):
+    50 ms growing to 250 ms, while ``decision_wait`` seconds have not passed."""
+    deadline = time.monotonic() + decision_wait
+    pause = 0.05
+    while time.monotonic() < deadline:
+        yield pause
+        pause = min(0.25, pause * 1.5)
+
+
 def _stale(exc: grpc.RpcError) -> bool:
     """This attempt no longer owns the trial (lease lost or trial already finished)."""
     return exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
@@ -231,7 +273,7 @@ def _stale(exc: grpc.RpcError) -> bool:
 
 # What PauseTrial answers (FAILED_PRECONDITION, as for a stale attempt) when the trial's
 # latest decision is a STOP: ladder.state.trials' "STOPPED" refusal.
-_STOPPED_NOT_PAUSED = "(latest decision STOP)"
+STOPPED_NOT_PAUSED = "(latest decision STOP)"
 
 
 class LostLease(Exception):
@@ -353,6 +395,11 @@ class Session:
                 report.budget_exhausted = True
                 return
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    # The study's max_parallel_trials are all out: one will end.
+                    log.info("waiting for room: %s", exc.details(), extra=base)
+                    self._stop_requested.wait(self.config.idle_wait)
+                    continue
                 report.fatal_error = f"Suggest failed: {exc.code()}: {exc.details()}"
                 log.error(report.fatal_error, extra=base)
                 return
@@ -578,18 +625,20 @@ class Attempt:
             metric=self.session.metric, worker_id=self.config.worker_id,
         )
         reply = self._rpc(self.guard.beat)
-        verdict = self._verdict(reply, step)
-        if verdict is None and reply.decision_pending:
-            verdict = self._await_verdict(step)
-        return verdict
+        move = self._move(reply, step)
+        if move is Move.HOLD:
+            return self._await_verdict(step)
+        return self._verdict(move, reply)
 
-    def _verdict(self, reply: evaluate_pb2.HeartbeatResponse, step: float
+    def _move(self, reply: evaluate_pb2.HeartbeatResponse, step: float) -> Move:
+        return move_after(reply, step, self.session.max_steps, self.guard.stop_reply is not None)
+
+    def _verdict(self, move: Move, reply: evaluate_pb2.HeartbeatResponse
                  ) -> evaluate_pb2.HeartbeatResponse | None:
-        if self._finished_budget(step):
-            return None
-        if reply.action == events_pb2.STOP or pause_due(reply, step):
+        """The reply a STOP or PAUSE is obeyed from (a standing STOP's own), or None."""
+        if move is Move.PAUSE or (move is Move.STOP and reply.action == events_pb2.STOP):
             return reply
-        return self.guard.stop_reply
+        return self.guard.stop_reply if move is Move.STOP else None
 
     def _finished_budget(self, step: float) -> bool:
         # The full budget is trained: a verdict about an earlier rung that arrives now
@@ -604,15 +653,14 @@ class Attempt:
         """At a rung where evaluate holds the trial: the metric must reach the scheduler,
         then heartbeat until the verdict arrives (or ``decision_wait`` passes)."""
         self.client.flush()
-        deadline = time.monotonic() + self.config.decision_wait
-        pause = 0.05
-        while time.monotonic() < deadline and not self.session.stopping:
+        for pause in hold_pauses(self.config.decision_wait):
+            if self.session.stopping:
+                break
             time.sleep(pause)
-            pause = min(0.25, pause * 1.5)
             reply = self._rpc(self.guard.beat)
-            verdict = self._verdict(reply, step)
-            if verdict is not None or not reply.decision_pending:
-                return verdict
+            move = self._move(reply, step)
+            if move is not Move.HOLD:
+                return self._verdict(move, reply)
         log.info("no verdict for step %d within %.1f s; training on", step,
                  self.config.decision_wait, extra=self.extra)
         return None
@@ -785,7 +833,7 @@ class Attempt:
                 step if saved else self.last_checkpoint_step, reply.decision.rung,
             )
         except LostLease as exc:
-            if _STOPPED_NOT_PAUSED not in str(exc):
+            if STOPPED_NOT_PAUSED not in str(exc):
                 raise
             # A STOP decided after the PAUSE won: the attempt still holds the trial, and
             # ends it as the STOP says (else it stays RUNNING until the lease expires).
