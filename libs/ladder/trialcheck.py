@@ -1,0 +1,126 @@
+"""Whether a metric report may move early stopping: its trial must exist, belong to
+the study the report names, and be in a state in which its reports arrive.
+
+Metrics are the one topic anyone may publish to (other teams' services do, with plain
+Kafka clients), so they are not signed (``ladder.signing``); a report for a trial id
+nobody created ("phantom" trials reporting good values) would otherwise take places
+on the rung leaderboards and push real trials out of their rung.
+
+The trial store in Redis (owned by evaluate, ``ladder.state.trials``) is the truth:
+StartTrial makes a trial RUNNING there before the worker is told to train, so a
+valid report can never precede its trial's state (reading the trials topic instead
+would race the report against the trial's own RUNNING event). States:
+
+- RUNNING: accepted;
+- PAUSED, RESUMABLE: accepted: reports of the attempt that just checkpointed to
+  pause, or whose lease just expired, are still in flight, and they are true;
+- COMPLETED, PRUNED, FAILED: ``IGNORE``: a late report of a finished trial (its
+  worker reported, then completed before early-stop read the report) is valid, so
+  it is not dead-lettered, but it no longer moves any leaderboard;
+- SUGGESTED: "trial not running": no worker has started it, no report can be true;
+- no trial: "unknown trial"; another study: "trial belongs to another study".
+
+``TrialCheck`` keeps what it read for ``ttl_s`` (a finished trial for good: that
+state is final), so a trial costs one Redis read per ``ttl_s``, not one per report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ladder.v1 import trial_pb2
+
+ACCEPT = "accept"
+IGNORE = "ignore"
+REPORTING_STATES = frozenset({trial_pb2.RUNNING, trial_pb2.PAUSED, trial_pb2.RESUMABLE})
+FINISHED_STATES = frozenset({trial_pb2.COMPLETED, trial_pb2.PRUNED, trial_pb2.FAILED})
+# How long a trial's study and state are trusted before they are read again.
+TTL_S = 2.0
+# Most trials remembered; past it the memory starts over (a flood of phantom ids must
+# not grow it without bound).
+CACHE_MAX = 200_000
+
+
+@dataclass(frozen=True)
+class Known:
+    """A trial's study and state as the store holds them (None: no such trial)."""
+
+    study_id: str
+    state: int
+
+
+def verdict(report_study: str, trial_id: str, known: Known | None) -> str:
+    """``ACCEPT``, ``IGNORE`` or the reason to dead-letter a report of ``trial_id``
+    that names ``report_study``."""
+    if known is None:
+        return f"unknown trial {trial_id!r}: no such trial in the trial store"
+    if known.study_id != report_study:
+        return (
+            f"trial belongs to another study: trial {trial_id!r} is not in study "
+            f"{report_study!r}"
+        )
+    if known.state in REPORTING_STATES:
+        return ACCEPT
+    if known.state in FINISHED_STATES:
+        return IGNORE
+    values = trial_pb2.TrialState.values()
+    name = trial_pb2.TrialState.Name(known.state) if known.state in values else str(known.state)
+    return f"trial not running: trial {trial_id!r} is {name}"
+
+
+Lookup = Callable[[str], Awaitable[Known | None]]
+
+
+class TrialCheck:
+    """``verdict`` on the trial store's view, remembered for ``ttl_s``."""
+
+    def __init__(
+        self,
+        lookup: Lookup,
+        ttl_s: float = TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+        cache_max: int = CACHE_MAX,
+    ) -> None:
+        self.lookup = lookup
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.cache_max = cache_max
+        self._seen: dict[str, tuple[Known | None, float]] = {}
+        self.reads = 0
+
+    async def __call__(self, study_id: str, trial_id: str) -> str:
+        now = self.clock()
+        seen = self._seen.get(trial_id)
+        if seen is None or seen[1] <= now:
+            known = await self.lookup(trial_id)
+            self.reads += 1
+            if len(self._seen) >= self.cache_max:
+                self._seen.clear()
+            seen = (known, now + self._keep_for(known))
+            self._seen[trial_id] = seen
+        return verdict(study_id, trial_id, seen[0])
+
+    def _keep_for(self, known: Known | None) -> float:
+        if known is not None and known.state in FINISHED_STATES:
+            return float("inf")  # final
+        if known is not None and known.state not in REPORTING_STATES:
+            return 0.0  # SUGGESTED: StartTrial may make it RUNNING any moment
+        return self.ttl_s
+
+
+def redis_lookup(redis_url: str, trial_key: Callable[[str], str]) -> Lookup:
+    """A ``Lookup`` reading the trial hash (fields ``study``, ``state``) with
+    redis.asyncio, so the stream processor's event loop is never blocked."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+
+    async def lookup(trial_id: str) -> Known | None:
+        study, state = await client.hmget(trial_key(trial_id), ["study", "state"])
+        if not study:
+            return None
+        return Known(study.decode(), int(state or 0))
+
+    return lookup
