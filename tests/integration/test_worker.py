@@ -17,14 +17,16 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 from ladder import checkpoints, objectstore, runenv
+from ladder.bus import EventProducer
 from ladder.client import LadderClient, study_config
 from ladder.config import Settings
 from ladder.objectstore import S3Settings
 from ladder.params import params_to_dict
 from ladder.stack.components import CHECKPOINT_BUCKET
+from ladder.state import open_state
 from ladder.testing import wait_for, wait_for_found
 from ladder.testing.objectstore import seaweedfs
-from ladder.v1 import trial_pb2
+from ladder.v1 import events_pb2, trial_pb2
 
 from workers.digits import DATASET_ID, DigitsWorkload
 from workers.runtime import Worker, WorkerConfig, WorkerReport
@@ -314,3 +316,118 @@ def test_a_step_longer_than_the_notice_is_handed_back_without_waiting_for_it(
         assert "handed back from the checkpoint of step 0 while step 1 runs" in stderr
         print(f"long step: handed back {handed_back_after:.2f} s after SIGTERM, "
               f"process gone after {exited_after:.2f} s")
+
+
+# -- ASHA's stopping form: a worker never waits for its rung's decision
+
+
+class SteppingWorkload:
+    """loss = 1 / step, instant steps; ``on_step(step)`` runs after each one."""
+
+    name = "stepping"
+    metric = "loss"
+    max_steps = 27
+
+    def __init__(self, on_step: Callable[[int], None]) -> None:
+        self.on_step = on_step
+        self.trained: list[int] = []
+
+    def init(self, params: Any, seed: int) -> dict[str, int]:
+        return {"step": 0}
+
+    def train_step(self, state: dict[str, int], step: int) -> float:
+        state["step"] = step
+        self.trained.append(step)
+        self.on_step(step)
+        return 1.0 / step
+
+    def evaluate(self, state: dict[str, int]) -> float:
+        return 1.0 / max(1, state["step"])
+
+    def save_checkpoint(self, state: dict[str, int], path: Path) -> None:
+        path.write_text(str(state["step"]))
+
+    def load_checkpoint(self, path: Path, params: Any, seed: int) -> dict[str, int]:
+        return {"step": int(path.read_text())}
+
+
+class StartRecorder:
+    """The real client; remembers the trial of every StartTrial (the workload's hook
+    needs the running trial's id)."""
+
+    def __init__(self, client: LadderClient) -> None:
+        self.client = client
+        self.started: list[str] = []
+
+    def start_trial(self, trial_id: str, *args: Any, **kwargs: Any) -> Any:
+        self.started.append(trial_id)
+        return self.client.start_trial(trial_id, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_stopping_form_worker_trains_past_its_rung_and_stops_when_the_stop_comes(
+    services: Settings, tmp_path: Path
+) -> None:
+    # Rung 0 is step 1. Its STOP is only published while step 3 trains (as a slow
+    # early-stop would); a worker that waited at the rung would sit there for
+    # decision_wait (60 s). Step 4 trains once evaluate holds the STOP, so the
+    # Heartbeat of step 4's report brings it.
+    state = open_state(services)
+    producer = EventProducer(services, "test-worker")
+    config = study_config(
+        {"x": {"type": "float", "low": 0.0, "high": 1.0}}, name="stopping-form", metric="loss",
+        max_trials=2, seed=3,
+        scheduler={"kind": "asha", "min_resource": 1, "max_resource": 27,
+                   "reduction_factor": 3},
+    )
+    try:
+        with LadderClient(services) as client:
+            study_id = client.create_study(config).study_id
+            recorder = StartRecorder(client)
+
+            def stop(trial_id: str) -> events_pb2.Decision:
+                return events_pb2.Decision(
+                    study_id=study_id, trial_id=trial_id, action=events_pb2.STOP, rung=0,
+                    resource=1, reason="below rung cutoff (test)", scheduler="asha",
+                )
+
+            def on_step(step: int) -> None:
+                trial_id = recorder.started[-1]
+                if len(recorder.started) > 1:
+                    return  # the second trial trains to the end
+                if step == 3:
+                    producer.send(services.topics.decisions, trial_id, stop(trial_id), wait=True)
+                if step == 4:
+                    wait_for(lambda: state.trials.decision(trial_id) is not None, 30,
+                             "evaluate holds the STOP")
+
+            workload = SteppingWorkload(on_step)
+            worker = Worker(recorder, workload, WorkerConfig(
+                study_id=study_id, worker_id="it-stopping", state_dir=tmp_path,
+                checkpoint_every=0, decision_wait=60,
+            ))
+            started = time.monotonic()
+            report = worker.run()
+            assert time.monotonic() - started < 30, "the worker waited at a rung"
+            assert report.outcomes == {"pruned": 1, "completed": 1}
+            first, second = recorder.started
+            assert workload.trained == [1, 2, 3, 4, *range(1, 28)]
+            pruned = client.get_trial(first)
+            assert pruned.state == trial_pb2.PRUNED and pruned.last_step == 4
+
+            # A STOP that reaches a completed trial changes nothing.
+            producer.send(services.topics.decisions, second, stop(second), wait=True)
+            wait_for(lambda: state.trials.decision(second) is not None, 30,
+                     "evaluate holds the late STOP")
+            done = client.get_trial(second)
+            assert done.state == trial_pb2.COMPLETED and done.final_value == 1.0 / 27
+            summary = wait_for_found(
+                lambda: (s := client.summary(study_id)).completed == 1 and s, 30,
+                "the study's summary",
+            )
+            assert summary.pruned == 1 and summary.completed == 1
+    finally:
+        producer.close()
+        state.close()
