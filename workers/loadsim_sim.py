@@ -40,6 +40,7 @@ from typing import Any
 
 import aiokafka
 import grpc
+from ladder import channels
 from ladder.api.attempt import STOPPED_NOT_PAUSED, Move, hold_pauses, move_after
 from ladder.config import Settings
 from ladder.params import params_to_dict
@@ -480,8 +481,8 @@ class Simulator:
         await producer.start()
         options = [("grpc.max_concurrent_streams", 10000)]
         async with (
-            grpc.aio.insecure_channel(self.settings.suggest_addr, options=options) as sc,
-            grpc.aio.insecure_channel(self.settings.evaluate_addr, options=options) as ec,
+            channels.aio_channel(self.settings.suggest_addr, self.settings, options) as sc,
+            channels.aio_channel(self.settings.evaluate_addr, self.settings, options) as ec,
         ):
             suggest = suggest_pb2_grpc.SuggestServiceStub(sc)
             evaluate = evaluate_pb2_grpc.EvaluateServiceStub(ec)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ladder import cli_dashboard, cli_query, cli_run, cli_watch, config
+from ladder import cli_dashboard, cli_query, cli_run, cli_tenant, cli_watch, config
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,7 @@ cli_query.register(COMMANDS, Command)
 cli_watch.register(COMMANDS, Command)
 cli_run.register(COMMANDS, Command)
 cli_dashboard.register(COMMANDS, Command)
+cli_tenant.register(COMMANDS, Command)
 
 
 def build_parser() -> argparse.ArgumentParser:

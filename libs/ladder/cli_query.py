@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from ladder import channels
 from ladder import cli_format as fmt
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def answers(addr: str, timeout: float = PROBE_SECONDS) -> bool:
     standard health check; any answer, even an error status, is a server)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(addr) as channel:
+    with channels.probe_channel(addr) as channel:
         try:
             health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout

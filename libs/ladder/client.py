@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ladder import failures, limits, telemetry
+from ladder import channels, failures, limits, telemetry
 from ladder.config import Settings
 from ladder.errors import BudgetExhausted
 from ladder.params import fill_params
@@ -379,7 +379,7 @@ class _Endpoint:
             return None
         old = self.channel
         self.addr = addr
-        self.channel = grpc.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+        self.channel = channels.channel(addr, settings, _CHANNEL_OPTIONS)
         self.stub = self.stub_class(self.channel)
         return old
 

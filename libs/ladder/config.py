@@ -68,6 +68,70 @@ def stack_file(base: Path | None = None) -> Path:
     return (base or state_dir()) / "stack.json"
 
 
+def token_file(base: Path | None = None) -> Path:
+    """Where the embedded stack writes the default tenant's API token (mode 0600)."""
+    return (base or state_dir()) / "token"
+
+
+def _token(base: Path) -> str:
+    """LADDER_TOKEN, else the state folder's token file, else none."""
+    value = os.environ.get("LADDER_TOKEN", "").strip()
+    if value:
+        return value
+    try:
+        return token_file(base).read_text().strip()
+    except OSError:
+        return ""
+
+
+_ON = frozenset({"1", "on", "true", "yes"})
+_OFF = frozenset({"0", "off", "false", "no"})
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """An on/off variable (1/on/true/yes, 0/off/false/no); ValueError names it."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in _ON | _OFF:
+        return value in _ON
+    raise ValueError(f"{name}={value!r}: expected on or off")
+
+
+@dataclass(frozen=True)
+class Tls:
+    """PEM files of the gRPC services' TLS (``ladder.channels``); empty: not used.
+
+    A server with ``cert`` and ``key`` serves TLS only; with ``client_ca`` too it also
+    requires a client certificate signed by it (mutual TLS). A client with ``ca`` (or a
+    ``cert``/``key`` pair and no ``ca``: the system roots) connects with TLS, presenting
+    ``client_cert``/``client_key`` when given; ``server_name`` overrides the name the
+    server's certificate must carry (default: the address's host)."""
+
+    cert: str = ""
+    key: str = ""
+    client_ca: str = ""
+    ca: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    server_name: str = ""
+
+    @property
+    def serves(self) -> bool:
+        return bool(self.cert and self.key)
+
+    @property
+    def connects(self) -> bool:
+        return bool(self.ca or self.client_cert)
+
+    @classmethod
+    def from_env(cls) -> Tls:
+        return cls(**{
+            name: os.environ.get(f"LADDER_TLS_{name.upper()}", "")
+            for name in cls.__dataclass_fields__
+        })
+
+
 def stack_values(base: Path | None = None) -> dict[str, Any]:
     """The ``stack.json`` of the state folder ``base`` (default LADDER_STATE_DIR) as a
     dict; empty when there is none or it cannot be read."""
@@ -250,6 +314,14 @@ class Settings:
     | LADDER_BROKER_PROFILE      | see ``chosen_broker_profile``   |
     | LADDER_KAFKA_LINGER_MS     | the profile's (tansu 20, kafka 5) |
     | LADDER_BIND_HOST           | 127.0.0.1                       |
+    | LADDER_AUTH                | off (`ladder up`'s services: on): on, RPCs need a token |
+    | LADDER_AUTH_CACHE_S        | 2 (a revoked token works at most this much longer) |
+    | LADDER_TOKEN               | the state folder's `token` file (written by `ladder up`) |
+    | LADDER_TLS_CERT, LADDER_TLS_KEY | none; set: the services serve TLS only (PEM paths) |
+    | LADDER_TLS_CLIENT_CA       | none; set: services require client certs it signed |
+    | LADDER_TLS_CA              | none; set: clients connect with TLS, trusting this CA |
+    | LADDER_TLS_CLIENT_CERT, LADDER_TLS_CLIENT_KEY | none; the cert clients present (mTLS) |
+    | LADDER_TLS_SERVER_NAME     | the address's host; the name the services' certificate carries |
     """
 
     kafka_bootstrap: str
@@ -265,6 +337,11 @@ class Settings:
     broker: BrokerProfile = TANSU_PROFILE
     # Interface the services' servers listen on.
     bind_host: str = "127.0.0.1"
+    # Authentication and authorisation of every RPC (ladder.auth), TLS (ladder.channels).
+    auth: bool = False
+    auth_cache_s: float = 2.0
+    token: str = ""
+    tls: Tls = field(default_factory=Tls)
 
     @property
     def gap_guarded_topics(self) -> frozenset[str]:
@@ -290,4 +367,8 @@ class Settings:
             ),
             broker=broker,
             bind_host=os.environ.get("LADDER_BIND_HOST", "127.0.0.1"),
+            auth=env_flag("LADDER_AUTH", False),
+            auth_cache_s=float(os.environ.get("LADDER_AUTH_CACHE_S", 2.0)),
+            token=_token(state_dir()),
+            tls=Tls.from_env(),
         )

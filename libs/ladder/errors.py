@@ -47,6 +47,10 @@ class Unavailable(LadderError):
     """A dependency the request needs did not answer; repeating it may succeed."""
 
 
+class Unauthenticated(LadderError):
+    """The call carries no token, or one that is malformed, unknown or revoked."""
+
+
 def require(value: str, field: str) -> str:
     """``value``, or InvalidArgument naming ``field`` when it is empty."""
     if not value:

@@ -3,7 +3,8 @@ size limits (``ladder.limits``) before its handler runs, domain errors answered
 with their status code (``STATUS_OF``), maximum message sizes set on purpose, the
 standard health service, and a graceful stop on SIGTERM / SIGINT (health flips to
 NOT_SERVING, in-flight calls get ``grace`` seconds, then ``on_stop`` releases the
-rest)."""
+rest). With LADDER_AUTH on, every call but health's is authenticated and authorised
+(``ladder.auth``); with LADDER_TLS_CERT / LADDER_TLS_KEY set it is served over TLS."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
 
 from ladder import errors, limits, telemetry
+from ladder.auth import server_interceptor
+from ladder.channels import server_credentials
+from ladder.config import Settings
 
 log = logging.getLogger("ladder.grpc")
 
@@ -34,6 +38,7 @@ STATUS_OF: Mapping[type[BaseException], grpc.StatusCode] = {
     errors.StaleAttempt: grpc.StatusCode.FAILED_PRECONDITION,
     errors.BudgetExhausted: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     redis.RedisError: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -117,19 +122,37 @@ MESSAGE_SIZE_OPTIONS = (
 
 class ServiceHost:
     def __init__(
-        self, name: str, port: int, host: str = "127.0.0.1", workers: int = 16
+        self,
+        name: str,
+        port: int,
+        host: str = "127.0.0.1",
+        workers: int = 16,
+        settings: Settings | None = None,
     ) -> None:
         # The services pass Settings.bind_host (LADDER_BIND_HOST; containers: 0.0.0.0).
+        # ``settings`` (default: from the environment) set authentication and TLS.
         self.name = name
+        settings = settings or Settings.from_env()
+        auth = server_interceptor(settings)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name),
-            # OTel outermost, so a refusal is recorded on the call's span.
-            interceptors=[*telemetry.grpc_server_interceptors(), RefusalInterceptor()],
+            # OTel outermost, so a refusal is recorded on the call's span; the auth
+            # checks inside RefusalInterceptor, which answers their refusals.
+            interceptors=[
+                *telemetry.grpc_server_interceptors(),
+                RefusalInterceptor(),
+                *([auth] if auth else []),
+            ],
             options=[("grpc.so_reuseport", 0), *MESSAGE_SIZE_OPTIONS],
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if settings.tls.serves:
+            self.port = self.server.add_secure_port(
+                f"{host}:{port}", server_credentials(settings.tls)
+            )
+        else:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise SystemExit(f"{name}: cannot bind {host}:{port}")
         self.stopped = threading.Event()

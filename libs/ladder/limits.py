@@ -19,7 +19,7 @@ field or map has a count limit and a limit per element (map keys too).
 | fields (by plain name, in any message)                           | limit               |
 |------------------------------------------------------------------|---------------------|
 | ids: study_id, trial_id, attempt_id, worker_id, from_study_id,   | 128 chars (`ID`)    |
-| ended_attempt_id                                                 |                     |
+| ended_attempt_id, tenant                                         |                     |
 | name, metric, parent, scheduler, algorithm, hostname,            | 256 chars (`NAME`)  |
 | code_commit, source_topic, service                               |                     |
 | dataset_id, environment, entry_point                             | 1024 chars (`TEXT`) |
@@ -93,7 +93,7 @@ class Limit:
 # By plain field name, then overridden by full name (``ladder.v1.Message.field``).
 RULES: Mapping[str, Limit] = {
     **{f: Limit(size=ID) for f in ("study_id", "trial_id", "attempt_id", "worker_id",
-                                    "from_study_id", "ended_attempt_id")},
+                                    "from_study_id", "ended_attempt_id", "tenant")},
     **{f: Limit(size=NAME) for f in ("name", "metric", "parent", "scheduler", "algorithm",
                                       "hostname", "code_commit", "source_topic", "service",
                                       "python", "os", "cpu_model", "gpu_model",

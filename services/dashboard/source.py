@@ -19,7 +19,8 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from ladder import limits
+from ladder import channels, limits
+from ladder.config import Settings
 from ladder.dashboard.importance import Importances, importances
 from ladder.dashboard.study import StudyData
 from ladder.params import PlainValue
@@ -137,8 +138,9 @@ class LineageSource:
                  interceptors: list[Any] | None = None) -> None:
         self.addr = addr
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS,
-                                                 interceptors=interceptors)
+        # TLS and the API token as the environment says (ladder.channels).
+        self.channel = channels.aio_channel(addr, Settings.from_env(), CHANNEL_OPTIONS,
+                                            interceptors or ())
         self.stub = lineage_pb2_grpc.LineageServiceStub(self.channel)
         self._listings: TtlCache[lineage_pb2.StudyListings] = TtlCache(LISTINGS_TTL)
         self._summaries: TtlCache[lineage_pb2.StudySummary] = TtlCache(SUMMARY_TTL)

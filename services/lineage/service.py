@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import grpc
+from ladder import auth
 from ladder.errors import InvalidArgument, NotFound, Unavailable, require
 from ladder.v1 import lineage_pb2, lineage_pb2_grpc
 
@@ -114,7 +115,10 @@ class LineageServicer(lineage_pb2_grpc.LineageServiceServicer):
         self, request: lineage_pb2.ListStudyListingsRequest, context: grpc.ServicerContext
     ) -> lineage_pb2.StudyListings:
         with self._snapshot() as queries:
-            return lineage_pb2.StudyListings(studies=queries.study_listings())
+            listings = queries.study_listings()
+        return lineage_pb2.StudyListings(
+            studies=[listing for listing in listings if auth.may_see(listing.study.tenant)]
+        )
 
     def GetStudyCurves(
         self, request: lineage_pb2.GetStudyCurvesRequest, context: grpc.ServicerContext

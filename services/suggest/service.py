@@ -17,7 +17,7 @@ import uuid
 from collections import OrderedDict
 
 import grpc
-from ladder import lifecycle
+from ladder import auth, lifecycle
 from ladder.bus import EventProducer, now_ms
 from ladder.codec import decode
 from ladder.config import Settings
@@ -140,6 +140,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             config=config,
             state=study_pb2.STUDY_ACTIVE,
             created_unix_ms=now_ms(),
+            tenant=auth.owner_for_new(),
         )
         stored, created = self.state.studies.create(study)
         if not created and stored.config != config:
@@ -260,7 +261,8 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
     def ListStudies(
         self, request: suggest_pb2.ListStudiesRequest, context: grpc.ServicerContext
     ) -> suggest_pb2.ListStudiesResponse:
-        return suggest_pb2.ListStudiesResponse(studies=self.state.studies.list())
+        studies = [s for s in self.state.studies.list() if auth.may_see(s.tenant)]
+        return suggest_pb2.ListStudiesResponse(studies=studies)
 
     # ------------------------------------------------------------ suggest
 

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ladder import config, objectstore
+from ladder import config, objectstore, tenancy
 from ladder.objectstore import S3Settings
 from ladder.stack import components, ports, probes, procs
 from ladder.stack.components import (
@@ -61,6 +61,7 @@ from ladder.stack.components import (
     ObjectStorePorts,
 )
 from ladder.stack.procs import ProcRecord
+from ladder.state.keys import Keys
 
 DEFAULT_TIMEOUT = 120.0  # seconds for the whole `up`; services import torch, Faust, ...
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
@@ -673,6 +674,11 @@ class _Starter:
             LADDER_TOPIC_PREFIX=self.topics.prefix,
             PYTHONUNBUFFERED="1",
         )
+        # Authentication on unless LADDER_AUTH says otherwise; the default tenant's token
+        # in <state>/token lets clients beside the stack call it with no setup.
+        env.setdefault("LADDER_AUTH", "on")
+        if config.env_flag("LADDER_AUTH", True):
+            self._provision_tenant(info)
         for spec in SERVICES:
             env[spec.port_env] = str(service_ports[spec.name])
             if spec.addr_env:
@@ -695,6 +701,19 @@ class _Starter:
             )
         self._wait_services({s: addrs[s.addr_key] for s in wanted})
         return {**addrs, "earlystop_web_port": web_port}
+
+    def _provision_tenant(self, info: Mapping[str, Any]) -> None:
+        """The default tenant and a valid token of it in ``<state>/token``."""
+        import redis
+
+        client = redis.Redis.from_url(info["redis_url"], socket_connect_timeout=5)
+        try:
+            store = tenancy.TenantStore(client, Keys.for_prefix(self.topics.prefix).root)
+            if tenancy.provision(store, config.token_file(self.layout.root)):
+                self.say(f"token of tenant {tenancy.DEFAULT_TENANT!r} written to "
+                         f"{config.token_file(self.layout.root)}")
+        finally:
+            client.close()
 
     def _wait_services(self, addrs: dict[components.ServiceSpec, str]) -> None:
         """Poll every service's health (gRPC, or HTTP /healthz) until all serve, one

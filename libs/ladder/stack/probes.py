@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError
 
-from ladder import objectstore
+from ladder import channels, objectstore
 from ladder.objectstore import S3Settings
 
 # Kafka error code for "topic already exists": creating topics is idempotent.
@@ -265,7 +265,7 @@ def wait_redis(url: str, *, deadline: float, alive: Callable[[], bool] | None = 
 
 def grpc_health(addr: str, timeout: float = 1.0, service: str = "") -> str:
     """Status name from ``grpc.health.v1.Health/Check`` (e.g. "SERVING"), or "UNREACHABLE"."""
-    with grpc.insecure_channel(addr) as channel:
+    with channels.probe_channel(addr) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
