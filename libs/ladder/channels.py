@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from ladder import addresses
 from ladder.auth import AUTHORIZATION
 from ladder.config import Settings, Tls
 
@@ -100,7 +101,9 @@ class _AioTokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 
 
 def channel(addr: str, settings: Settings, options: Options = ()) -> grpc.Channel:
-    """A channel to ``addr``: TLS and the token as ``settings`` say."""
+    """A channel to ``addr``: TLS and the token as ``settings`` say. ``addr`` may list
+    replicas ("h1:p1,h2:p2"): the channel balances over them (``ladder.addresses``)."""
+    addr, options = addresses.target(addr), addresses.channel_options(options)
     tls = settings.tls
     if tls.connects:
         raw = grpc.secure_channel(addr, channel_credentials(tls), _tls_options(tls, options))
@@ -112,7 +115,8 @@ def channel(addr: str, settings: Settings, options: Options = ()) -> grpc.Channe
 
 def probe_channel(addr: str) -> grpc.Channel:
     """A channel for health probes (exempt from auth, so no token): TLS as LADDER_TLS_*
-    say, so a probe reaches a TLS service."""
+    say, so a probe reaches a TLS service. Of a list of replicas, the first."""
+    addr = addresses.first(addr)
     tls = Tls.from_env()
     if tls.connects:
         return grpc.secure_channel(addr, channel_credentials(tls), _tls_options(tls, ()))
@@ -123,6 +127,7 @@ def aio_channel(
     addr: str, settings: Settings, options: Options = (), interceptors: Sequence[Any] = ()
 ) -> grpc.aio.Channel:
     """``channel`` for asyncio clients (``interceptors`` run before the token's)."""
+    addr, options = addresses.target(addr), addresses.channel_options(options)
     tls = settings.tls
     metadata = token_metadata(settings)
     interceptors = [*interceptors, *([_AioTokenInterceptor(metadata)] if metadata else [])]

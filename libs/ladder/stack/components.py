@@ -83,6 +83,27 @@ SERVICES: tuple[ServiceSpec, ...] = (
 
 SERVICE_NAMES = tuple(s.name for s in SERVICES)
 
+# Services that run as several processes when LADDER_REPLICAS > 1: suggest (owned
+# partitions, services/suggest/ownership.py) and evaluate (stateless over Redis).
+REPLICATED = ("suggest", "evaluate")
+REPLICAS_ENV = "LADDER_REPLICAS"
+
+
+def replica_count(value: str | None = None) -> int:
+    """How many processes of each replicated service a stack runs (``value``, default
+    LADDER_REPLICAS, else 1); ValueError names the setting."""
+    raw = (value if value is not None else os.environ.get(REPLICAS_ENV) or "1").strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{REPLICAS_ENV}={raw!r}: expected a whole number >= 1")
+    return int(raw)
+
+
+def replica_env(name: str, replicas: int) -> dict[str, str]:
+    """What service ``name`` needs to run as one of ``replicas`` processes."""
+    if name == "suggest" and replicas > 1:
+        return {"LADDER_SUGGEST_LEASES": "1"}
+    return {}
+
 
 class MissingBinary(RuntimeError):
     pass

@@ -24,6 +24,13 @@ an empty log: the state that refers to the previous log (lineage's SQLite, early
 folder) is archived under ``<state>/archive/`` and every service starts again with a
 new broker.
 
+``LADDER_REPLICAS=N`` (``ladder up`` reads it) runs N processes each of suggest (with
+owned partitions) and evaluate: the first on the address the stack records for the
+service as usual, the others beside it (``<name>-2`` ...); ``stack.json`` then records
+the service's address as the list of all of them ("h:p1,h:p2"), which clients balance
+over (``ladder.addresses``). A repair starts the first of each again; the others are
+not watched.
+
 ``up`` on a stack of which some components died starts only those again, on the
 addresses ``stack.json`` records and with the same state folder, so clients keep their
 addresses and Redis its data; the object store first, then the broker, which depends on
@@ -35,6 +42,7 @@ component dies; ``down`` stops it first, the object store last.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -46,7 +54,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ladder import config, objectstore, tenancy
+from ladder import addresses, config, objectstore, tenancy
 from ladder.objectstore import S3Settings
 from ladder.stack import components, ports, probes, procs
 from ladder.stack.components import (
@@ -196,6 +204,7 @@ class Asked:
     prefix: str
     broker_profile: str
     broker_storage: str = ""
+    replicas: int = 1  # processes of each replicated service (LADDER_REPLICAS)
 
     @classmethod
     def from_env(cls, broker_storage: str | None = None) -> Asked:
@@ -208,6 +217,7 @@ class Asked:
             # No stack.json yet: this stack is the one that will write it.
             broker_profile=config.chosen_broker_profile(kafka, stack={}).name,
             broker_storage=components.broker_storage(storage) if storage else "",
+            replicas=components.replica_count(),
         )
 
     @property
@@ -223,6 +233,8 @@ def _storage(info: Mapping[str, Any]) -> str:
 def _matches(info: dict[str, Any], services: bool, asked: Asked) -> bool:
     """Is the recorded stack what this `up` asks for (endpoints, prefix, services)?"""
     if services and not info.get("services"):
+        return False
+    if services and int(info.get("replicas") or 1) != asked.replicas:
         return False
     if info.get("topic_prefix") != asked.prefix:
         return False
@@ -285,7 +297,7 @@ def _component_ok(info: dict[str, Any], records: dict[str, ProcRecord], name: st
     if name == KAFKA:
         return probes.kafka_reachable(info["kafka_bootstrap"])
     spec = next(s for s in SERVICES if s.name == name)
-    return _serving(spec, info[spec.addr_key])
+    return _serving(spec, addresses.first(info[spec.addr_key]))
 
 
 def _serving(spec: components.ServiceSpec, addr: str, timeout: float | None = None) -> bool:
@@ -480,7 +492,10 @@ class _Starter:
                         ports.split_host_port(info["kafka_bootstrap"])[1])
         wanted = [s for s in SERVICES if s.name in restart]
         if wanted:
-            recorded = {s.name: ports.split_host_port(info[s.addr_key])[1] for s in SERVICES}
+            recorded = {
+                s.name: ports.split_host_port(addresses.first(info[s.addr_key]))[1]
+                for s in SERVICES
+            }
             web_port = info.get("earlystop_web_port") or ports.free_port()
             self._services(info, wanted, recorded, web_port)
         pids = dict(info.get("pids") or {})
@@ -508,7 +523,7 @@ class _Starter:
         if self.services:
             *grpc_ports, web_port = ports.free_ports(len(SERVICES) + 1)
             recorded = {s.name: port for s, port in zip(SERVICES, grpc_ports, strict=True)}
-            info.update(self._services(info, SERVICES, recorded, web_port))
+            info.update(self._services(info, SERVICES, recorded, web_port, replicas=True))
         info["pids"] = {name: rec.to_json() for name, rec in self.started.items()}
         info["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         return info
@@ -654,6 +669,7 @@ class _Starter:
         wanted: Iterable[components.ServiceSpec],
         service_ports: dict[str, int],
         web_port: int,
+        replicas: bool = False,
     ) -> dict[str, Any]:
         """Start the ``wanted`` services of the stack ``info`` (its infra's addresses) on
         ``service_ports`` (every service's port: each is told the others' addresses) and
@@ -686,7 +702,8 @@ class _Starter:
         for spec in wanted:
             self.say(f"starting {spec.name} on {addrs[spec.addr_key]}")
             # LADDER_SERVICE names the process (logs, telemetry service.name).
-            spec_env = {**env, "LADDER_SERVICE": spec.name}
+            spec_env = {**env, "LADDER_SERVICE": spec.name,
+                        **components.replica_env(spec.name, self.asked.replicas)}
             if spec.name == "earlystop":
                 # Faust starts a web server (default port 6066, shared by every app on the
                 # host); give it a free loopback port of its own.
@@ -700,7 +717,38 @@ class _Starter:
                 log_dir=self.layout.logs, pid_dir=self.layout.pids, cwd=self.layout.root,
             )
         self._wait_services({s: addrs[s.addr_key] for s in wanted})
-        return {**addrs, "earlystop_web_port": web_port}
+        started = {**addrs, "earlystop_web_port": web_port}
+        if replicas and self.asked.replicas > 1:
+            started.update(self._replicas(env, addrs))
+        return started
+
+    def _replicas(self, env: Mapping[str, str], addrs: dict[str, str]) -> dict[str, Any]:
+        """Processes 2..N of each replicated service (module docstring): what to record
+        (their addresses by process name; each service's address becomes the list)."""
+        count = self.asked.replicas
+        extra: dict[components.ServiceSpec, str] = {}
+        lists: dict[str, str] = {}
+        for spec in SERVICES:
+            if spec.name not in components.REPLICATED:
+                continue
+            found = [addrs[spec.addr_key]]
+            for n in range(2, count + 1):
+                replica = dataclasses.replace(spec, name=f"{spec.name}-{n}")
+                addr = ports.host_port(ports.free_port())
+                self.say(f"starting {replica.name} on {addr}")
+                self.started[replica.name] = procs.spawn(
+                    replica.name, spec.argv(),
+                    env={**env, "LADDER_SERVICE": replica.name,
+                         spec.port_env: str(ports.split_host_port(addr)[1]),
+                         **components.replica_env(spec.name, count)},
+                    log_dir=self.layout.logs, pid_dir=self.layout.pids, cwd=self.layout.root,
+                )
+                extra[replica] = addr
+                found.append(addr)
+            lists[spec.addr_key] = ",".join(found)
+        self._wait_services(extra)
+        return {**lists, "replicas": count,
+                "replica_addrs": {spec.name: addr for spec, addr in extra.items()}}
 
     def _provision_tenant(self, info: Mapping[str, Any]) -> None:
         """The default tenant and a valid token of it in ``<state>/token``."""
@@ -851,7 +899,11 @@ def status(state_dir: Path | str | None = None) -> list[ComponentStatus]:
         for spec in SERVICES:
             if spec.addr_key in info:
                 addr = info[spec.addr_key]
-                add(spec.name, spec.shown_address(addr), _health_check(spec, addr))
+                add(spec.name, spec.shown_address(addr),
+                    _health_check(spec, addresses.first(addr)))
+        for name, addr in (info.get("replica_addrs") or {}).items():
+            spec = next(s for s in SERVICES if name.startswith(f"{s.name}-"))
+            add(name, spec.shown_address(addr), _health_check(spec, addr))
     # Processes with a pid file but no stack.json entry: a failed or interrupted `up`.
     for name, rec in records.items():
         result.append(ComponentStatus(name, "", rec.pid, procs.is_running(rec), False,
