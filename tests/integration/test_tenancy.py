@@ -24,7 +24,7 @@ from ladder import auth, channels
 from ladder.client import LadderClient, study_config
 from ladder.config import Settings, Tls
 from ladder.state.keys import Keys
-from ladder.tenancy import TenantStore
+from ladder.tenancy import TenantStore, provision
 from ladder.testing import wait_for, wait_for_found
 from ladder.v1 import evaluate_pb2, lineage_pb2, suggest_pb2
 
@@ -185,6 +185,21 @@ def test_no_wrong_or_revoked_token_is_unauthenticated(stack: Stack) -> None:
              "the revoked token refused")
     # The bound the setting documents (plus a call's round trip).
     assert time.monotonic() - revoked_at < CACHE_S + 1.0
+
+
+def test_the_stack_provisions_a_default_token_file_once(stack: Stack, tmp_path: Path) -> None:
+    """What `ladder up` does before starting the services: the file holds a valid token of
+    the tenant (0600), kept while it authenticates, replaced once revoked."""
+    name, path = f"default-{uuid.uuid4().hex[:6]}", tmp_path / "token"
+    assert provision(stack.store, path, name)
+    token = path.read_text().strip()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert stack.store.authenticate(token).tenant == name
+    assert not provision(stack.store, path, name)
+    assert path.read_text().strip() == token
+    stack.store.revoke(name)
+    assert provision(stack.store, path, name)
+    assert stack.store.authenticate(path.read_text().strip()).tenant == name
 
 
 def _ladder(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
