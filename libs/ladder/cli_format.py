@@ -28,7 +28,7 @@ from ladder.lifecycle import state_name
 from ladder.params import PlainValue, to_plain
 from ladder.schedulers.spec import ASHA_FORMS, SCHEDULER_KINDS, SMOOTHINGS, SchedulerKind
 from ladder.study import ALGORITHMS, DIRECTIONS
-from ladder.v1 import events_pb2, lineage_pb2, space_pb2, study_pb2
+from ladder.v1 import events_pb2, lineage_pb2, space_pb2, study_pb2, trial_pb2
 
 MISSING = "-"  # a table cell with no value
 
@@ -266,6 +266,8 @@ def study_view(study: study_pb2.Study) -> str:
         ("scheduler", scheduler_text(config.scheduler)),
         ("budget", f"{study.trials_suggested} of {limit} trials suggested" if limit
          else f"{study.trials_suggested} trials suggested, no max_trials"),
+        ("parallel", f"at most {config.max_parallel_trials} trials at once"
+         if config.max_parallel_trials else "unbounded"),
         ("seed", str(config.seed)),
         ("partitions", str(config.partitions)),
         ("dataset", config.dataset_id or MISSING),
@@ -423,6 +425,35 @@ def lineage_view(lineage: lineage_pb2.TrialLineage) -> str:
             ],
         ))
     return "\n\n".join(out)
+
+
+def trial_state_name(state: int) -> str:
+    if state in trial_pb2.TrialState.values():
+        return trial_pb2.TrialState.Name(state).lower()
+    return str(state)
+
+
+def trial_view(trial: trial_pb2.Trial) -> str:
+    """A trial as the evaluate service holds it now (``ladder trial show``)."""
+    pairs = [
+        ("trial", trial.trial_id),
+        ("study", trial.study_id),
+        ("state", trial_state_name(trial.state)),
+        ("value", number(trial.final_value) if trial.has_final_value else MISSING),
+        ("attempts", str(trial.attempt_number)),
+        ("worker", trial.worker_id or MISSING),
+        ("last step", number(trial.last_step)),
+        ("checkpoint", trial.checkpoint_uri or MISSING),
+        ("stop reason", trial.stop_reason or MISSING),
+    ]
+    return fields(pairs)
+
+
+def stop_outcome(trial: trial_pb2.Trial) -> str:
+    """What StopTrial did: pruned now, or the running trial's next heartbeat stops it."""
+    if trial.state == trial_pb2.RUNNING:
+        return "its next heartbeat answers STOP"
+    return f"it is {trial_state_name(trial.state)}"
 
 
 def best_view(lineage: lineage_pb2.TrialLineage) -> str:

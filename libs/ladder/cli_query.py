@@ -5,7 +5,9 @@
 | ``study create FILE.yaml``         | the new study (the file: ``ladder.cli_study_file``) |
 | ``study list`` (or ``studies``)    | one line per study                                |
 | ``study show ID``                  | the study's config and state                      |
-| ``study stop ID`` / ``resume ID``  | what the study does now                           |
+| ``study stop|pause|resume|cancel ID`` | what the study does now                        |
+| ``study update ID --parallelism N --max-trials N`` | the study's new limits           |
+| ``trial show ID`` / ``trial stop ID --reason WHY`` | the trial (state, stop reason)   |
 | ``summary ID``                     | its trial counts and best value                   |
 | ``trials ID --format table|csv|json`` | every trial with its value and params          |
 | ``best ID``                        | the best completed trial with its lineage         |
@@ -52,8 +54,13 @@ CALL_RETRY_SECONDS = 2.0
 LINEAGE_FETCHERS = 8
 
 SUGGEST = "suggest_addr"
+EVALUATE = "evaluate_addr"
 LINEAGE = "lineage_addr"
-ADDRESS_ENV = {SUGGEST: "LADDER_SUGGEST_ADDR", LINEAGE: "LADDER_LINEAGE_ADDR"}
+ADDRESS_ENV = {
+    SUGGEST: "LADDER_SUGGEST_ADDR",
+    EVALUATE: "LADDER_EVALUATE_ADDR",
+    LINEAGE: "LADDER_LINEAGE_ADDR",
+}
 
 
 class CommandFailed(Exception):
@@ -203,19 +210,56 @@ def study_show(args: argparse.Namespace) -> None:
         emit(fmt.study_view(study))
 
 
-def _lifecycle(stop: bool) -> Callable[[argparse.Namespace], None]:
+def _stop_text(study: study_pb2.Study, args: argparse.Namespace) -> str:
+    running = ("running trials are told to STOP" if args.stop_running
+               else "running trials finish")
+    return (f"study {study.study_id} stopped: no new trials are handed out ({running}); "
+            f"`ladder study resume {study.study_id}` undoes it")
+
+
+# ``ladder study ACTION ID``: (the client call, what it prints).
+_LIFECYCLE: dict[str, tuple[Callable[[LadderClient, argparse.Namespace], study_pb2.Study],
+                            Callable[[study_pb2.Study, argparse.Namespace], str]]] = {
+    "stop": (
+        lambda client, args: client.stop_study(args.study_id, args.stop_running, args.reason),
+        _stop_text,
+    ),
+    "resume": (
+        lambda client, args: client.resume_study(args.study_id),
+        lambda study, _args: (f"study {study.study_id} resumed: trials are handed out again "
+                              f"({fmt.budget(study)} suggested)"),
+    ),
+    "pause": (
+        lambda client, args: client.pause_study(args.study_id),
+        lambda study, _args: (f"study {study.study_id} paused: no trial is handed out, "
+                              "running trials checkpoint and wait; `ladder study resume "
+                              f"{study.study_id}` resumes them"),
+    ),
+    "cancel": (
+        lambda client, args: client.cancel_study(args.study_id, args.reason),
+        lambda study, _args: (f"study {study.study_id} cancelled: no trial is handed out, "
+                              "unfinished trials are stopped"),
+    ),
+    "update": (
+        lambda client, args: client.update_study(args.study_id, args.max_trials,
+                                                 args.parallelism),
+        lambda study, _args: (
+            f"study {study.study_id} updated: max_trials "
+            f"{study.config.max_trials or 'unbounded'}, max_parallel_trials "
+            f"{study.config.max_parallel_trials or 'unbounded'} ({fmt.budget(study)} "
+            "suggested)"),
+    ),
+}
+
+
+def _lifecycle(action: str) -> Callable[[argparse.Namespace], None]:
+    call, text = _LIFECYCLE[action]
+
     def change(args: argparse.Namespace) -> None:
         with connected(args, (SUGGEST,)) as client:
             existing_study(client, args.study_id)
-            study = (client.stop_study if stop else client.resume_study)(args.study_id)
-        if args.json:
-            emit_json(fmt.plain(study))
-        elif stop:
-            emit(f"study {study.study_id} stopped: no new trials are handed out (running "
-                 f"trials finish); `ladder study resume {study.study_id}` undoes it")
-        else:
-            emit(f"study {study.study_id} resumed: new trials are handed out again "
-                 f"({fmt.budget(study)} suggested)")
+            study = call(client, args)
+        emit_json(fmt.plain(study)) if args.json else emit(text(study, args))
 
     return change
 
@@ -294,6 +338,22 @@ def lineage(args: argparse.Namespace) -> None:
         emit(fmt.lineage_view(record))
 
 
+def trial_show(args: argparse.Namespace) -> None:
+    with connected(args, (EVALUATE,)) as client:
+        trial = client.get_trial(args.trial_id)
+    emit_json(fmt.plain(trial)) if args.json else emit(fmt.trial_view(trial))
+
+
+def trial_stop(args: argparse.Namespace) -> None:
+    with connected(args, (EVALUATE,)) as client:
+        trial = client.stop_trial(args.trial_id, args.reason)
+    if args.json:
+        emit_json(fmt.plain(trial))
+    else:
+        emit(f"trial {trial.trial_id} stopped ({trial.stop_reason}): "
+             + fmt.stop_outcome(trial))
+
+
 # --- arguments -------------------------------------------------------------------------
 
 
@@ -327,29 +387,74 @@ def _trials_arguments(parser: argparse.ArgumentParser) -> None:
     common_arguments(parser, "plain JSON (same as --format json)")
 
 
+def _stop_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study_id", help="study id")
+    parser.add_argument("--stop-running", action="store_true",
+                        help="tell running trials to STOP (default: they finish)")
+    parser.add_argument("--reason", default="", help="recorded with each trial stopped")
+    common_arguments(parser)
+
+
+def _cancel_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study_id", help="study id")
+    parser.add_argument("--reason", default="", help="recorded with each trial stopped")
+    common_arguments(parser)
+
+
+def _update_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study_id", help="study id")
+    parser.add_argument("--parallelism", type=int, default=None,
+                        help="max parallel trials (0: unbounded)")
+    parser.add_argument("--max-trials", type=int, default=None,
+                        help="the budget in trials (0: unbounded; not below those handed out)")
+    common_arguments(parser)
+
+
+def _trial_stop_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("trial_id", help="trial id")
+    parser.add_argument("--reason", required=True, help="why (recorded in lineage)")
+    common_arguments(parser)
+
+
 STUDY = ("study_id", "study id")
 # ``ladder study ACTION``: (help, arguments, action).
 STUDY_ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {
     "create": ("create a study from a YAML/JSON study file", _create_arguments, study_create),
     "list": ("list the studies", _with(), study_list),
     "show": ("show a study's config and state", _with(STUDY), study_show),
-    "stop": ("hand out no new trials (running trials finish)", _with(STUDY),
-             _lifecycle(stop=True)),
-    "resume": ("hand out new trials again after `ladder study stop`", _with(STUDY),
-               _lifecycle(stop=False)),
+    "stop": ("hand out no new trials (running trials finish, or STOP with --stop-running)",
+             _stop_arguments, _lifecycle("stop")),
+    "pause": ("hand out no trial; running trials checkpoint and wait until resumed",
+              _with(STUDY), _lifecycle("pause")),
+    "resume": ("hand out trials again after `ladder study stop` or `pause`", _with(STUDY),
+               _lifecycle("resume")),
+    "cancel": ("end the study for good, stopping its unfinished trials", _cancel_arguments,
+               _lifecycle("cancel")),
+    "update": ("change a running study's parallelism and / or budget", _update_arguments,
+               _lifecycle("update")),
+}
+# ``ladder trial ACTION``: (help, arguments, action).
+TRIAL_ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {
+    "show": ("show a trial's state (and why it was stopped)", _with(("trial_id", "trial id")),
+             trial_show),
+    "stop": ("stop one trial, saying why", _trial_stop_arguments, trial_stop),
 }
 
 
-def _study_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="study_action", metavar="ACTION", required=True)
-    for name, (help_text, add, action) in STUDY_ACTIONS.items():
-        sub = actions.add_parser(name, help=help_text, description=help_text)
-        add(sub)
-        sub.set_defaults(study_run=action)
+def _actions(table: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]]
+             ) -> Callable[[argparse.ArgumentParser], None]:
+    def add_actions(parser: argparse.ArgumentParser) -> None:
+        actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+        for name, (help_text, add, action) in table.items():
+            sub = actions.add_parser(name, help=help_text, description=help_text)
+            add(sub)
+            sub.set_defaults(action_run=action)
+
+    return add_actions
 
 
-def _run_study(args: argparse.Namespace) -> int:
-    return runs(args.study_run)(args)
+def _run_action(args: argparse.Namespace) -> int:
+    return runs(args.action_run)(args)
 
 
 # name: (help, arguments, action)
@@ -365,7 +470,11 @@ QUERIES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callabl
 def register(commands: dict[str, Any], command_type: type) -> None:
     """Add this module's commands to the CLI's table."""
     commands["study"] = command_type(
-        "create, list, show, stop and resume studies", _study_arguments, _run_study
+        "create, list, show, stop, pause, resume, cancel and update studies",
+        _actions(STUDY_ACTIONS), _run_action,
+    )
+    commands["trial"] = command_type(
+        "show or stop one trial", _actions(TRIAL_ACTIONS), _run_action
     )
     for name, (help_text, add, action) in QUERIES.items():
         commands[name] = command_type(help_text, add, runs(action))

@@ -523,16 +523,46 @@ class LadderClient:
         )
         return list(reply.studies)
 
-    def stop_study(self, study_id: str) -> study_pb2.Study:
-        """Hand out no new trials of the study (running trials finish, resumable ones
-        may); repeating it changes nothing. FAILED_PRECONDITION for a COMPLETED study."""
-        request = suggest_pb2.StopStudyRequest(study_id=study_id)
+    def stop_study(
+        self, study_id: str, stop_running_trials: bool = False, reason: str = ""
+    ) -> study_pb2.Study:
+        """Hand out no new trials of the study: running trials finish (resumable ones
+        may), or with ``stop_running_trials`` they are told to STOP and end PRUNED with
+        ``reason``. Repeating it changes nothing. FAILED_PRECONDITION for a COMPLETED or
+        CANCELLED study."""
+        request = suggest_pb2.StopStudyRequest(
+            study_id=study_id, stop_running_trials=stop_running_trials, reason=reason
+        )
         return self._call(self._suggest, "StopStudy", request, "StopStudy")
 
     def resume_study(self, study_id: str) -> study_pb2.Study:
-        """Undo :meth:`stop_study`: Suggest hands out new trials again."""
+        """Undo :meth:`stop_study` or :meth:`pause_study`: Suggest hands out trials
+        again, those the pause parked first."""
         request = suggest_pb2.ResumeStudyRequest(study_id=study_id)
         return self._call(self._suggest, "ResumeStudy", request, "ResumeStudy")
+
+    def pause_study(self, study_id: str) -> study_pb2.Study:
+        """Hand out nothing (not even resumable trials); running trials checkpoint and
+        wait PAUSED until :meth:`resume_study`."""
+        request = suggest_pb2.PauseStudyRequest(study_id=study_id)
+        return self._call(self._suggest, "PauseStudy", request, "PauseStudy")
+
+    def cancel_study(self, study_id: str, reason: str = "") -> study_pb2.Study:
+        """End the study for good (CANCELLED): no trial is handed out, every unfinished
+        one is stopped with ``reason``."""
+        request = suggest_pb2.CancelStudyRequest(study_id=study_id, reason=reason)
+        return self._call(self._suggest, "CancelStudy", request, "CancelStudy")
+
+    def update_study(
+        self, study_id: str, max_trials: int | None = None,
+        max_parallel_trials: int | None = None,
+    ) -> study_pb2.Study:
+        """Change the running study's budget and / or parallelism (None: unchanged; 0:
+        unbounded). INVALID_ARGUMENT for a budget below the trials already handed out."""
+        request = suggest_pb2.UpdateStudyRequest(
+            study_id=study_id, max_trials=max_trials, max_parallel_trials=max_parallel_trials
+        )
+        return self._call(self._suggest, "UpdateStudy", request, "UpdateStudy")
 
     def suggest(
         self, study_id: str, worker_id: str, count: int = 1
@@ -646,6 +676,13 @@ class LadderClient:
         return self._call(
             self._evaluate, "GetTrial", evaluate_pb2.GetTrialRequest(trial_id=trial_id), "GetTrial"
         )
+
+    def stop_trial(self, trial_id: str, reason: str) -> trial_pb2.Trial:
+        """An operator's stop: a running trial's next heartbeat answers STOP, any other
+        unfinished one is PRUNED now; ``reason`` is recorded (``Trial.stop_reason``,
+        lineage)."""
+        request = evaluate_pb2.StopTrialRequest(trial_id=trial_id, reason=reason)
+        return self._call(self._evaluate, "StopTrial", request, "StopTrial")
 
     # -- metrics (Kafka)
 

@@ -47,6 +47,11 @@ class Unavailable(LadderError):
     """A dependency the request needs did not answer; repeating it may succeed."""
 
 
+class AtCapacity(LadderError):
+    """The study has as many trials out as it allows at once (max_parallel_trials);
+    repeating the request once one of them ended may succeed."""
+
+
 class Unauthenticated(LadderError):
     """The call carries no token, or one that is malformed, unknown or revoked."""
 

@@ -38,6 +38,7 @@ STATUS_OF: Mapping[type[BaseException], grpc.StatusCode] = {
     errors.StaleAttempt: grpc.StatusCode.FAILED_PRECONDITION,
     errors.BudgetExhausted: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.AtCapacity: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     redis.RedisError: grpc.StatusCode.UNAVAILABLE,
 }

@@ -1,20 +1,32 @@
-"""A study's lifecycle: ACTIVE, STOPPED, COMPLETED, and when a study is finished.
+"""A study's lifecycle: ACTIVE, STOPPED, PAUSED, CANCELLED, COMPLETED, and when a study
+is finished.
 
-| action   | from              | to        | refused (FAILED_PRECONDITION) |
-|----------|-------------------|-----------|-------------------------------|
-| stop     | ACTIVE, STOPPED   | STOPPED   | COMPLETED                     |
-| resume   | ACTIVE, STOPPED   | ACTIVE    | COMPLETED                     |
-| complete | ACTIVE, STOPPED   | COMPLETED | (never asked twice)           |
+| action   | from                      | to        | refused (FAILED_PRECONDITION) |
+|----------|---------------------------|-----------|-------------------------------|
+| stop     | ACTIVE, STOPPED, PAUSED   | STOPPED   | COMPLETED, CANCELLED          |
+| resume   | ACTIVE, STOPPED, PAUSED   | ACTIVE    | COMPLETED, CANCELLED          |
+| pause    | ACTIVE, STOPPED, PAUSED   | PAUSED    | COMPLETED, CANCELLED          |
+| cancel   | all but COMPLETED         | CANCELLED | COMPLETED                     |
+| complete | ACTIVE, STOPPED           | COMPLETED | (never asked twice)           |
 
-Stop and resume are idempotent (the target state answers unchanged). COMPLETED is
-final: the budget is spent and nothing is left to run. A study is *finished*
-(``finished``) when its ``max_trials`` are all handed out and none of them is
-unfinished (suggested, running or resumable: the pending set). A PAUSED trial (ASHA's
-promotion form) is promoted only by a decision about another trial's rung crossing,
-which travels on another partition of the decisions topic than that trial's own; so
-while the study has paused trials it is finished only once no trial event of it was
-seen for ``settle_seconds`` (a PROMOTE under way would have arrived). Trials still
-paused then stay at their rung.
+Every action but complete is idempotent (the target state answers unchanged).
+COMPLETED and CANCELLED are final. What a state hands out (``refusal_to_suggest``):
+ACTIVE everything; STOPPED resumable trials only; PAUSED, CANCELLED and COMPLETED
+nothing. What it tells a running trial's heartbeat (``verdict``): PAUSED answers PAUSE
+(the trial checkpoints and waits PAUSED, *held*, until the study leaves PAUSED, then is
+RESUMABLE); a stop with ``stop_running_trials`` and a cancel store a STOP for each
+unfinished trial instead (``stop_reason``), which a heartbeat answers like any STOP.
+
+A study is *finished* (``finished``) when its ``max_trials`` are all handed out and
+none of them is unfinished (suggested, running or resumable: the pending set). A
+PAUSED trial (ASHA's promotion form) is promoted only by a decision about another
+trial's rung crossing, which travels on another partition of the decisions topic than
+that trial's own; so while the study has paused trials it is finished only once no
+trial event of it was seen for ``settle_seconds`` (a PROMOTE under way would have
+arrived). Trials still paused then stay at their rung.
+
+The live limits (``max_trials``, ``max_parallel_trials``) may change while the study
+runs (UpdateStudy); ``check_update`` is the one rule for new values.
 
 Pure code (no I/O): the suggest service reads the counts from Redis and applies the
 state change atomically (``ladder.state.StudyStore.transition``).
@@ -25,12 +37,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ladder.errors import Conflict
-from ladder.v1 import study_pb2
+from ladder.errors import AtCapacity, Conflict, InvalidArgument
+from ladder.v1 import events_pb2, study_pb2
 
 ACTIVE = study_pb2.STUDY_ACTIVE
 STOPPED = study_pb2.STUDY_STOPPED
 COMPLETED = study_pb2.STUDY_COMPLETED
+PAUSED = study_pb2.STUDY_PAUSED
+CANCELLED = study_pb2.STUDY_CANCELLED
 # A study stored without the lifecycle field was created ACTIVE and never changed.
 INITIAL = ACTIVE
 DEFAULT_SETTLE_SECONDS = 10.0
@@ -39,7 +53,19 @@ DEFAULT_SETTLE_SECONDS = 10.0
 class Action(StrEnum):
     STOP = "stop"
     RESUME = "resume"
+    PAUSE = "pause"
+    CANCEL = "cancel"
     COMPLETE = "complete"
+
+
+# What each action makes of a study, in the refusal's words.
+_DONE = {
+    Action.STOP: "stopped",
+    Action.RESUME: "resumed",
+    Action.PAUSE: "paused",
+    Action.CANCEL: "cancelled",
+    Action.COMPLETE: "completed",
+}
 
 
 @dataclass(frozen=True)
@@ -48,11 +74,16 @@ class Rule:
     allowed_from: frozenset[int]
 
 
+_LIVE = frozenset({ACTIVE, STOPPED, PAUSED})
 RULES: dict[Action, Rule] = {
-    Action.STOP: Rule(STOPPED, frozenset({ACTIVE, STOPPED})),
-    Action.RESUME: Rule(ACTIVE, frozenset({ACTIVE, STOPPED})),
+    Action.STOP: Rule(STOPPED, _LIVE),
+    Action.RESUME: Rule(ACTIVE, _LIVE),
+    Action.PAUSE: Rule(PAUSED, _LIVE),
+    Action.CANCEL: Rule(CANCELLED, _LIVE | {CANCELLED}),
     Action.COMPLETE: Rule(COMPLETED, frozenset({ACTIVE, STOPPED})),
 }
+# States whose limits (max_trials, max_parallel_trials) may still change.
+UPDATABLE = _LIVE
 
 
 def state_name(state: int) -> str:
@@ -65,10 +96,15 @@ def state_name(state: int) -> str:
 def refusal(action: Action, study_id: str, current: int) -> Conflict:
     """The error a refused ``action`` answers with."""
     return Conflict(
-        f"study {study_id!r} is {state_name(current)}: it cannot be "
-        f"{'stopped' if action is Action.STOP else 'resumed'}"
-        + (" (its budget is spent and every trial ended)" if current == COMPLETED else "")
+        f"study {study_id!r} is {state_name(current)}: it cannot be {_DONE[action]}"
+        + _FINAL.get(current, "")
     )
+
+
+_FINAL = {
+    COMPLETED: " (its budget is spent and every trial ended)",
+    CANCELLED: " (cancelled for good)",
+}
 
 
 def stopped(study_id: str) -> Conflict:
@@ -76,6 +112,83 @@ def stopped(study_id: str) -> Conflict:
     return Conflict(
         f"study {study_id!r} is stopped: it hands out no new trials until "
         f"`ladder study resume {study_id}` (ResumeStudy)"
+    )
+
+
+def refusal_to_suggest(study_id: str, state: int) -> Conflict | None:
+    """What Suggest answers before handing out anything, by the study's state: None
+    when it may hand out trials (ACTIVE; STOPPED hands out resumable ones, then
+    ``stopped``). COMPLETED is the budget's refusal (BudgetExhausted), not this one."""
+    if state == PAUSED:
+        return Conflict(
+            f"study {study_id!r} is paused: it hands out no trials until "
+            f"`ladder study resume {study_id}` (ResumeStudy)"
+        )
+    if state == CANCELLED:
+        return Conflict(f"study {study_id!r} is cancelled: it hands out no trials (for good)")
+    return None
+
+
+def at_capacity(study_id: str, in_flight: int, max_parallel: int) -> AtCapacity:
+    """What Suggest answers when the study's max_parallel_trials are all out."""
+    return AtCapacity(
+        f"study {study_id!r} has {in_flight} trials out (suggested or running), its "
+        f"max_parallel_trials is {max_parallel}: retry once one ends, or raise it with "
+        f"`ladder study update {study_id} --parallelism N` (UpdateStudy)"
+    )
+
+
+def can_update(study_id: str, state: int) -> None:
+    """Conflict when the study's limits may no longer change (COMPLETED, CANCELLED)."""
+    if state not in UPDATABLE:
+        raise Conflict(
+            f"study {study_id!r} is {state_name(state)}: its limits cannot change"
+            + _FINAL.get(state, "")
+        )
+
+
+def check_limit(name: str, value: int, error: type[InvalidArgument] = InvalidArgument) -> int:
+    """A study limit (max_trials, max_parallel_trials): 0 = unbounded, never negative."""
+    if value < 0:
+        raise error(f"{name} must be >= 0 (0 = unbounded; got {value})")
+    return value
+
+
+def check_update(max_trials: int | None, max_parallel: int | None, suggested: int) -> None:
+    """UpdateStudy's values (None: unchanged), against the trials already handed out."""
+    if max_trials is None and max_parallel is None:
+        raise InvalidArgument("set max_trials and / or max_parallel_trials to change")
+    if max_parallel is not None:
+        check_limit("max_parallel_trials", max_parallel)
+    if max_trials is not None and check_limit("max_trials", max_trials):
+        if max_trials < suggested:
+            raise InvalidArgument(
+                f"max_trials {max_trials} is below the {suggested} trials already handed "
+                f"out (at least {suggested}, or 0 = unbounded)"
+            )
+
+
+def stop_reason(action: Action, given: str) -> str:
+    """The reason recorded with each trial a stop or a cancel ends."""
+    return given.strip() or f"study {_DONE[action]}"
+
+
+def verdict(
+    study_id: str, trial_id: str, state: int, decision: events_pb2.Decision | None
+) -> events_pb2.Decision | None:
+    """The decision a running trial's heartbeat answers with: the stored one, or while
+    its study is PAUSED a PAUSE (due at once: resource 0) unless a STOP stands. The
+    PAUSE names the stored decision's rung, so a scheduler PAUSE the trial was about to
+    obey stays the scheduler's (it waits for its PROMOTE, not for the study)."""
+    if state != PAUSED or (decision is not None and decision.action == events_pb2.STOP):
+        return decision
+    return events_pb2.Decision(
+        study_id=study_id,
+        trial_id=trial_id,
+        action=events_pb2.PAUSE,
+        rung=decision.rung if decision is not None else 0,
+        reason=f"study {study_id} paused: checkpoint and wait until it resumes",
+        scheduler="lifecycle",
     )
 
 

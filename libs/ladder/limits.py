@@ -24,6 +24,8 @@ field or map has a count limit and a limit per element (map keys too).
 | code_commit, source_topic, service                               |                     |
 | dataset_id, environment, entry_point                             | 1024 chars (`TEXT`) |
 | reason (FailTrial, trial events, decisions, dead letters)        | 4096 chars          |
+| stop_reason; the reason of StopTrial, StopStudy, CancelStudy     | 1024 chars (`TEXT`) |
+|   (it is quoted inside event reasons, which must stay in theirs) |                     |
 | uri, checkpoint_uri                                              | 2048 chars          |
 | space.parameters; params (of a trial, of a known configuration)  | 128; keys 256 chars |
 | categorical.choices, condition.parent_values                     | 1024; each 256 chars|
@@ -102,6 +104,9 @@ RULES: Mapping[str, Limit] = {
     "environment": Limit(size=TEXT),
     "entry_point": Limit(size=TEXT),
     "reason": Limit(size=REASON),
+    "stop_reason": Limit(size=TEXT),
+    **{f"ladder.v1.{m}.reason": Limit(size=TEXT)
+       for m in ("StopTrialRequest", "StopStudyRequest", "CancelStudyRequest")},
     "uri": Limit(size=URI),
     "checkpoint_uri": Limit(size=URI),
     "parameters": Limit(count=PARAMETERS),

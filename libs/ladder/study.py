@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
+from ladder.lifecycle import check_limit
 from ladder.params import PlainValue, params_to_dict, to_plain
 from ladder.proto_enum import ProtoEnum
 from ladder.schedulers.spec import SchedulerSpec
@@ -213,7 +214,7 @@ class StudySpec:
     direction: Direction
     algorithm: Algorithm
     partitions: int
-    max_trials: int  # 0 = unbounded
+    max_trials: int  # 0 = unbounded; UpdateStudy's live value overrides it (StudyStore.gate)
     seed: int
     space: Space
     scheduler: SchedulerSpec
@@ -221,6 +222,7 @@ class StudySpec:
     labels: Mapping[str, str]
     trial_policy: TrialPolicySpec
     _proto: study_pb2.StudyConfig = field(repr=False, compare=False)
+    max_parallel_trials: int = 0  # 0 = unbounded; overridden like max_trials
 
     @property
     def maximize(self) -> bool:
@@ -241,10 +243,8 @@ class StudySpec:
         if not config.space.parameters:
             raise SpaceError("space.parameters must not be empty")
         _check_warm_start(config.warm_start, space)
-        if config.max_trials < 0:
-            raise StudyConfigError(
-                f"max_trials must be >= 0 (0 = unbounded; got {config.max_trials})"
-            )
+        check_limit("max_trials", config.max_trials, StudyConfigError)
+        check_limit("max_parallel_trials", config.max_parallel_trials, StudyConfigError)
         if not 0 <= config.partitions <= MAX_PARTITIONS:
             raise StudyConfigError(
                 f"partitions must be between 0 and {MAX_PARTITIONS} "
@@ -282,6 +282,7 @@ class StudySpec:
             labels=MappingProxyType(dict(config.labels)),
             trial_policy=trial_policy,
             _proto=proto,
+            max_parallel_trials=config.max_parallel_trials,
         )
 
     def to_proto(self) -> study_pb2.StudyConfig:

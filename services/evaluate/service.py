@@ -16,7 +16,8 @@ from dataclasses import replace
 from typing import Protocol
 
 import grpc
-from ladder.bus import Record
+from ladder import lifecycle
+from ladder.bus import Record, now_ms
 from ladder.codec import BadRecord, decode
 from ladder.errors import InvalidArgument, NotFound, require
 from ladder.failures import kind_of_request
@@ -129,7 +130,7 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
         _attempt(request.trial_id, request.attempt_id)
         step = _step("step", request.step)
         try:
-            decision = self.trials.heartbeat(
+            stored, study_state = self.trials.heartbeat_verdict(
                 request.trial_id,
                 request.attempt_id,
                 step,
@@ -141,6 +142,10 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
             # attempt is over (FAILED_PRECONDITION, like any stale attempt).
             self.publisher.publish(ended.transition)
             raise
+        # While the study is PAUSED: a PAUSE, unless a STOP stands.
+        decision = lifecycle.verdict(
+            self.trials.study_of(request.trial_id), request.trial_id, study_state, stored
+        )
         reply = evaluate_pb2.HeartbeatResponse(
             action=events_pb2.CONTINUE, lease_seconds=self.lease_seconds
         )
@@ -228,6 +233,30 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
             )
 
         return self._apply(request, fail).trial
+
+    def StopTrial(
+        self, request: evaluate_pb2.StopTrialRequest, context: grpc.ServicerContext
+    ) -> trial_pb2.Trial:
+        trial_id = require(request.trial_id, "trial_id")
+        reason = require(request.reason.strip(), "reason")
+        decision = events_pb2.Decision(
+            study_id=self.trials.study_of(trial_id),
+            trial_id=trial_id,
+            action=events_pb2.STOP,
+            reason=f"stopped by an operator: {reason}",
+            scheduler="operator",
+            ts_ms=now_ms(),
+        )
+        transition = self.trials.stop(trial_id, reason, decision)
+        if transition.event_kind:
+            self.publisher.publish(transition)
+        log.info(
+            "trial %s stopped by an operator (%s): %s", trial_id, reason,
+            "PRUNED" if transition.trial.state == trial_pb2.PRUNED
+            else "its next heartbeat answers STOP",
+            extra={"trial_id": trial_id, "study_id": decision.study_id},
+        )
+        return transition.trial
 
     def GetTrial(
         self, request: evaluate_pb2.GetTrialRequest, context: grpc.ServicerContext

@@ -78,11 +78,13 @@ class StudyCompletion:
             # A stored config that no longer validates still says its budget.
             stored = self.studies.get(study_id)
             max_trials = stored.config.max_trials if stored is not None else 0
+        # The budget UpdateStudy set overrides the config's.
+        progress = self.studies.progress(study_id, max_trials)
+        max_trials = progress.max_trials
         if not max_trials:
             with self._lock:
                 self._waiting.discard(study_id)
             return False
-        progress = self.studies.progress(study_id, max_trials)
         with self._lock:
             quiet = self.clock() - self._last_event.get(study_id, self._started)
         if progress.state == lifecycle.COMPLETED:

@@ -23,7 +23,9 @@ from ladder.codec import decode
 from ladder.config import Settings
 from ladder.errors import (
     AlreadyExists,
+    AtCapacity,
     BudgetExhausted,
+    Conflict,
     InvalidArgument,
     NotFound,
     Unavailable,
@@ -33,6 +35,7 @@ from ladder.params import PlainValue, fill_params, params_to_dict
 from ladder.samplers import FALLBACK_ALGORITHM, Observation, Proposal, derive_seed
 from ladder.samplers.policy import MODEL_FALLBACK_ALGORITHM, staleness
 from ladder.state import State, Transition
+from ladder.state.studies import Gate
 from ladder.study import StudySpec
 from ladder.v1 import events_pb2, study_pb2, suggest_pb2, suggest_pb2_grpc, trial_pb2
 from opentelemetry import metrics, trace
@@ -185,16 +188,88 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
     def StopStudy(
         self, request: suggest_pb2.StopStudyRequest, context: grpc.ServicerContext
     ) -> study_pb2.Study:
-        return self._apply(request.study_id, lifecycle.Action.STOP, "stopped")
+        study = self._apply(request.study_id, lifecycle.Action.STOP, "stopped")
+        if request.stop_running_trials:
+            self._stop_trials(study.study_id, lifecycle.Action.STOP, request.reason)
+        self._release_held(study.study_id, "study stopped")
+        return study
 
     def ResumeStudy(
         self, request: suggest_pb2.ResumeStudyRequest, context: grpc.ServicerContext
     ) -> study_pb2.Study:
         study = self._apply(request.study_id, lifecycle.Action.RESUME, "resumed")
-        # Its budget may have been spent while it was stopped.
-        if self.completion.check(study.study_id):
-            study = self.state.studies.get(study.study_id) or study
+        self._release_held(study.study_id, "study resumed")
+        return self._completed_if_finished(study)
+
+    def PauseStudy(
+        self, request: suggest_pb2.PauseStudyRequest, context: grpc.ServicerContext
+    ) -> study_pb2.Study:
+        return self._apply(request.study_id, lifecycle.Action.PAUSE, "paused")
+
+    def CancelStudy(
+        self, request: suggest_pb2.CancelStudyRequest, context: grpc.ServicerContext
+    ) -> study_pb2.Study:
+        study = self._apply(request.study_id, lifecycle.Action.CANCEL, "cancelled")
+        self._stop_trials(study.study_id, lifecycle.Action.CANCEL, request.reason)
         return study
+
+    def UpdateStudy(
+        self, request: suggest_pb2.UpdateStudyRequest, context: grpc.ServicerContext
+    ) -> study_pb2.Study:
+        study_id = require(request.study_id, "study_id")
+        study = self.state.studies.update_limits(
+            study_id,
+            request.max_trials if request.HasField("max_trials") else None,
+            request.max_parallel_trials if request.HasField("max_parallel_trials") else None,
+        )
+        self._announce_or_refuse(study, "updated", "repeat UpdateStudy for this study")
+        log.info(
+            "study %s limits: max_trials %d, max_parallel_trials %d (%d handed out)",
+            study_id, study.config.max_trials, study.config.max_parallel_trials,
+            study.trials_suggested, extra={"study_id": study_id},
+        )
+        return self._completed_if_finished(study)
+
+    def _completed_if_finished(self, study: study_pb2.Study) -> study_pb2.Study:
+        """The study, COMPLETED first if its budget is spent and nothing is left (it may
+        have been while it was stopped, or a lowered budget may be reached)."""
+        if self.completion.check(study.study_id):
+            return self.state.studies.get(study.study_id) or study
+        return study
+
+    def _stop_trials(self, study_id: str, action: lifecycle.Action, given: str) -> None:
+        """Stop every unfinished trial of the study (StopStudy's stop_running_trials,
+        CancelStudy): running ones by the STOP their next heartbeat answers, the others
+        PRUNED now; each records the reason."""
+        reason = lifecycle.stop_reason(action, given)
+        trials = self.state.trials
+        stopped = 0
+        for trial_id in [*trials.pending(study_id), *trials.paused(study_id)]:
+            decision = events_pb2.Decision(
+                study_id=study_id, trial_id=trial_id, action=events_pb2.STOP,
+                reason=reason, scheduler="lifecycle", ts_ms=now_ms(),
+            )
+            try:
+                transition = trials.stop(trial_id, reason, decision)
+            except Conflict:  # it ended meanwhile
+                continue
+            stopped += 1
+            self._publish_transition(transition)
+        log.info("study %s: %d unfinished trials stopped (%s)", study_id, stopped, reason,
+                 extra={"study_id": study_id})
+
+    def _release_held(self, study_id: str, reason: str) -> None:
+        """The study left PAUSED: the trials its pause held are RESUMABLE, handed out
+        first by the next Suggest."""
+        for transition in self.state.trials.release_held(study_id, reason):
+            self._publish_transition(transition)
+
+    def _publish_transition(self, transition: Transition) -> None:
+        """A trial transition made here, after the trial's events still unpublished (the
+        outbox relay re-publishes any that fail)."""
+        if transition.event_kind:
+            for event in (*transition.earlier, transition):
+                self.publisher.publish(event, 0.0, 0.0)
 
     def _apply(self, study_id: str, action: lifecycle.Action, done: str) -> study_pb2.Study:
         require(study_id, "study_id")
@@ -279,9 +354,17 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         span = trace.get_current_span()
         span.set_attribute("ladder.study_id", study_id)
         response = suggest_pb2.SuggestResponse()
+        gate = self.state.studies.gate(study_id)
+        refused = lifecycle.refusal_to_suggest(study_id, gate.state)
+        if refused is not None:
+            raise refused
+        max_parallel = _live(gate.max_parallel, spec.max_parallel_trials)
 
         # Resumable trials first: their work so far is not wasted.
-        for trial in self.state.trials.claim_resumable(study_id, count, self.claim_seconds):
+        claimed = self.state.trials.claim_resumable(
+            study_id, count, self.claim_seconds, max_parallel
+        )
+        for trial in claimed:
             response.suggestions.add(trial=trial, resumed=True, algorithm="resume")
             log.info(
                 "resumable trial %s handed to %s (checkpoint %r at step %g)",
@@ -296,14 +379,14 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                 },
             )
         remaining = count - len(response.suggestions)
-        if remaining and self.state.studies.state(study_id) == lifecycle.STOPPED:
+        if remaining and gate.state == lifecycle.STOPPED:
             # Resumable trials finish; new ones wait for ResumeStudy.
             if not response.suggestions:
                 raise lifecycle.stopped(study_id)
             remaining = 0
         if remaining:
             try:
-                new = self._new_trials(study_id, spec, request.worker_id, remaining)
+                new = self._new_trials(study_id, spec, request.worker_id, remaining, gate)
                 observed = len(self.pool.observations(study_id)) if new else 0
                 for transition, proposal in new:
                     unseen, age = staleness(proposal, observed)
@@ -318,7 +401,9 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                         model_age_seconds=age,
                     )
                     self._count_served(study_id, proposal, unseen, age)
-            except BudgetExhausted:
+            except (BudgetExhausted, AtCapacity, Conflict):
+                # Limits reached meanwhile (or the study left ACTIVE): what was claimed
+                # is handed out.
                 if not response.suggestions:
                     raise
         _suggested.add(len(response.suggestions), {"study_id": study_id})
@@ -326,14 +411,19 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         return response
 
     def _new_trials(
-        self, study_id: str, spec: StudySpec, worker_id: str, count: int
+        self, study_id: str, spec: StudySpec, worker_id: str, count: int, gate: Gate
     ) -> list[tuple[Transition, Proposal]]:
-        # Cheap pre-check so an exhausted study does not burn sampler draws; the
-        # budget itself is enforced atomically by CREATE_TRIALS.
-        if spec.max_trials:
-            suggested = self.state.studies.suggested(study_id)
-            if suggested >= spec.max_trials:
-                raise BudgetExhausted(suggested)
+        # Cheap pre-checks (read before the resumable trials were claimed) so an
+        # exhausted or full study does not burn sampler draws; the limits themselves are
+        # enforced atomically by CREATE_TRIALS.
+        max_trials = _live(gate.max_trials, spec.max_trials)
+        max_parallel = _live(gate.max_parallel, spec.max_parallel_trials)
+        if max_trials and gate.suggested >= max_trials:
+            raise BudgetExhausted(gate.suggested)
+        if max_parallel:
+            if gate.in_flight >= max_parallel:
+                raise lifecycle.at_capacity(study_id, gate.in_flight, max_parallel)
+            count = min(count, max_parallel - gate.in_flight)
         partition = partition_of(worker_id, spec.partitions)
         proposals = self._seed_configurations(study_id, spec, partition, count)
         if len(proposals) < count:
@@ -355,9 +445,10 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                 protos.append(trial)
             try:
                 created = self.state.trials.create_trials(
-                    study_id, protos, spec.max_trials, self.claim_seconds, algorithm
+                    study_id, protos, max_trials, self.claim_seconds, algorithm,
+                    max_parallel=max_parallel,
                 )
-            except BudgetExhausted:
+            except (BudgetExhausted, AtCapacity, Conflict):
                 if not out:
                     raise
                 break
@@ -556,6 +647,11 @@ class RunningParams:
         _remember(
             self._params, trial_id, (trial.study_id, params_to_dict(trial.params)), self.capacity
         )
+
+
+def _live(updated: int | None, configured: int) -> int:
+    """A study limit: UpdateStudy's value when it set one, else the config's."""
+    return configured if updated is None else updated
 
 
 def _remember(table: OrderedDict, key: str, value: object, capacity: int) -> None:

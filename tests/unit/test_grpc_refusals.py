@@ -23,6 +23,7 @@ EXPECTED = [
     (errors.StaleAttempt("stale attempt: 'a1'"), Code.FAILED_PRECONDITION),
     (errors.BudgetExhausted(8), Code.FAILED_PRECONDITION),
     (errors.Unavailable("event not published"), Code.UNAVAILABLE),
+    (errors.AtCapacity("study 's' has 2 trials out"), Code.RESOURCE_EXHAUSTED),
     (errors.Unauthenticated("invalid or revoked token"), Code.UNAUTHENTICATED),
     (StudyConfigError("max_trials must be >= 0"), Code.INVALID_ARGUMENT),
     (SpaceError("lr: low must be < high"), Code.INVALID_ARGUMENT),

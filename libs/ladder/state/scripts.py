@@ -35,7 +35,7 @@ counts it read and passes the outcome; a script checks the counts are unchanged
 from __future__ import annotations
 
 from ladder.state.attempts import COUNT_FIELDS
-from ladder.v1 import events_pb2, trial_pb2
+from ladder.v1 import events_pb2, study_pb2, trial_pb2
 
 _CONSTANTS = {
     "SUGGESTED": trial_pb2.SUGGESTED,
@@ -65,6 +65,9 @@ _CONSTANTS = {
     "END_LEASE_EXPIRED": trial_pb2.ATTEMPT_LEASE_EXPIRED,
     "END_STALLED": trial_pb2.ATTEMPT_STALLED,
     "END_TIMED_OUT": trial_pb2.ATTEMPT_TIMED_OUT,
+    "STUDY_ACTIVE": study_pb2.STUDY_ACTIVE,
+    "STUDY_PAUSED": study_pb2.STUDY_PAUSED,
+    "STUDY_CANCELLED": study_pb2.STUDY_CANCELLED,
 }
 
 # The trial hash fields of ladder.state.attempts.Counts, as a Lua list.
@@ -88,6 +91,20 @@ local function num(key, name)
 end
 local function terminal(state)
   return state == COMPLETED or state == PRUNED or state == FAILED
+end
+-- A study's lifecycle state (ladder.lifecycle; ACTIVE until it first changed).
+local function study_state(study)
+  return tonumber(redis.call('HGET', study, 'state')) or STUDY_ACTIVE
+end
+-- A study limit UpdateStudy stored in the study hash ('max_trials', 'max_parallel'),
+-- else the config's (``given``).
+local function limit(study, name, given)
+  return tonumber(redis.call('HGET', study, name)) or tonumber(given)
+end
+-- The study's trials handed out and neither ended nor handed back (SUGGESTED or
+-- RUNNING): its unfinished trials less those queued to resume.
+local function in_flight(pending, queue)
+  return redis.call('SCARD', pending) - redis.call('ZCARD', queue)
 end
 -- The trial's outbox (see Keys.trial_outbox) once this script recorded an event.
 local marked = false
@@ -391,16 +408,21 @@ if ARGV[3] ~= '' then redis.call('HSET', t, 'last_step', ARGV[3]) end
 finish(t, trial_id, leases, KEYS[5], pending, now)
 local reason = 'pruned'
 if ARGV[3] ~= '' then reason = reason .. ' at step ' .. ARGV[3] end
+-- StopTrial, or the study's stop / cancel, stored why (STOP_TRIAL).
+local why = field(t, 'stop_reason')
+if why ~= '' then reason = reason .. ': stopped: ' .. why end
 mark(t, outbox, trial_id, EV_PRUNED, reason, now, attempt)
 return reply('OK', t)
 """
 )
 
-# KEYS: trial, outbox, leases, pending, resumable, paused, decision, deadlines
+# KEYS: trial, outbox, leases, pending, resumable, paused, decision, deadlines, study
 # ARGV: attempt, signature, step, rung
-# ASHA promotion form: the attempt obeyed a PAUSE and checkpointed. The trial waits
-# PAUSED (no lease, not pending) at the rung of the latest PAUSE; when the PROMOTE for
-# that rung is already stored (it overtook the worker) it is RESUMABLE at once instead.
+# The attempt obeyed a PAUSE and checkpointed. The trial waits PAUSED (no lease, not
+# pending). While its study is PAUSED and the scheduler did not pause it, it is *held*:
+# it waits for the study to resume (RELEASE_HELD). Otherwise (ASHA promotion form) it
+# waits at the rung of the latest PAUSE; when the PROMOTE for that rung is already
+# stored (it overtook the worker) it is RESUMABLE at once instead.
 PAUSE_TRIAL = _script(
     _FENCE
     + """
@@ -409,11 +431,21 @@ local rung = tonumber(ARGV[4])
 local decided = tonumber(redis.call('HGET', d, 'action'))
 local decided_rung = tonumber(redis.call('HGET', d, 'rung')) or -1
 if decided == STOP then return reply('STOPPED', t) end
+local by_scheduler = decided == PAUSE and decided_rung >= rung
 if decided == PAUSE and decided_rung > rung then rung = decided_rung end
 redis.call('HSET', t, 'lease_until', 0, 'closed', ARGV[2], 'last_end', END_PAUSED)
 if ARGV[3] ~= '' then redis.call('HSET', t, 'last_step', ARGV[3]) end
 redis.call('ZREM', leases, trial_id)
 stop_clock(t, trial_id, KEYS[8], now)
+redis.call('HDEL', t, 'held')
+if study_state(KEYS[9]) == STUDY_PAUSED and not by_scheduler then
+  redis.call('HSET', t, 'state', PAUSED, 'paused_rung', rung, 'held', '1')
+  redis.call('SREM', pending, trial_id)
+  redis.call('ZADD', paused, now, trial_id)
+  mark(t, outbox, trial_id, EV_PAUSED, 'paused with its study (step ' .. ARGV[3]
+    .. ') until the study resumes', now, attempt)
+  return reply('OK', t)
+end
 if decided == PROMOTE and decided_rung >= rung then
   redis.call('HSET', t, 'state', RESUMABLE)
   redis.call('ZADD', queue, now, trial_id)
@@ -532,22 +564,33 @@ end
 return {now - last, #due}
 """)
 
-# KEYS: study, pending, leases, outbox
-# ARGV: trial key root, study id, max_trials, claim_ms, algorithm, proto...
+# KEYS: study, pending, leases, outbox, resumable
+# ARGV: trial key root, study id, max_trials, claim_ms, algorithm, max_parallel, proto...
+# The limits are the study's live ones when UpdateStudy changed them. Returns {OK,
+# first sequence number, count, ms} or {BUDGET, suggested, 0}, {STATE, study state, 0}
+# (not ACTIVE), {PARALLEL, in flight, max_parallel}.
 CREATE_TRIALS = _script("""
 local study, pending, leases, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local root, sid, max_trials, claim_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local root, sid, claim_ms = ARGV[1], ARGV[2], tonumber(ARGV[4])
 if redis.call('EXISTS', study) == 0 then return {'NOT_FOUND', 0, 0} end
+local max_trials = limit(study, 'max_trials', ARGV[3])
+local max_parallel = limit(study, 'max_parallel', ARGV[6])
 local suggested = num(study, 'suggested')
-local n = #ARGV - 5
+local n = #ARGV - 6
 if max_trials > 0 then n = math.min(n, max_trials - suggested) end
 if n <= 0 then return {'BUDGET', suggested, 0} end
+if study_state(study) ~= STUDY_ACTIVE then return {'STATE', study_state(study), 0} end
+if max_parallel > 0 then
+  local out = in_flight(pending, KEYS[5])
+  n = math.min(n, max_parallel - out)
+  if n <= 0 then return {'PARALLEL', out, max_parallel} end
+end
 local first = redis.call('HINCRBY', study, 'suggested', n) - n + 1
 local now = now_ms()
 for i = 1, n do
   local trial_id = sid .. '-t' .. (first + i - 1)
   local t = root .. trial_id
-  redis.call('HSET', t, 'id', trial_id, 'study', sid, 'proto', ARGV[5 + i],
+  redis.call('HSET', t, 'id', trial_id, 'study', sid, 'proto', ARGV[6 + i],
     'state', SUGGESTED, 'attempt_no', 0, 'algorithm', ARGV[5], 'failures', 0,
     'failure_kind', 0)
   redis.call('SADD', pending, trial_id)
@@ -557,12 +600,18 @@ end
 return {'OK', first, n, now}
 """)
 
-# KEYS: resumable, leases   ARGV: trial key root, count, claim_ms
+# KEYS: resumable, leases, pending, study   ARGV: trial key root, count, claim_ms,
+# max_parallel (the config's; the live one when UpdateStudy changed it)
 # Pops queued trials that are still RESUMABLE (entries for trials started or
-# finished meanwhile are dropped) and gives each a claim deadline.
+# finished meanwhile are dropped) and gives each a claim deadline; none while the
+# study is PAUSED or CANCELLED, and no more than max_parallel_trials leaves room for.
 CLAIM_RESUMABLE = _script("""
-local queue, leases = KEYS[1], KEYS[2]
+local queue, leases, study = KEYS[1], KEYS[2], KEYS[4]
 local root, count, claim_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = study_state(study)
+if state == STUDY_PAUSED or state == STUDY_CANCELLED then return {} end
+local max_parallel = limit(study, 'max_parallel', ARGV[4])
+if max_parallel > 0 then count = math.min(count, max_parallel - in_flight(KEYS[3], queue)) end
 local now = now_ms()
 local out = {}
 while #out < count do
@@ -642,6 +691,77 @@ end
 return {'OK', {}}
 """)
 
+# KEYS: trial, outbox, leases, pending, resumable, paused, decision, deadlines
+# ARGV: reason, Decision proto (a STOP)
+# An operator (StopTrial) or the study's stop / cancel stops the trial, saying why
+# (``stop_reason``; the first reason stays). A RUNNING trial keeps running until its
+# next heartbeat answers the stored STOP and PruneTrial ends it (OK, no event yet); any
+# other unfinished trial is PRUNED at once. STATE for a trial that ended otherwise,
+# REPEAT for one this stop already ended.
+STOP_TRIAL = _script("""
+local t, outbox, leases, pending, queue, paused, d = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
+  KEYS[5], KEYS[6], KEYS[7]
+if redis.call('EXISTS', t) == 0 then return {'NOT_FOUND', {}} end
+local state = num(t, 'state')
+if terminal(state) then
+  if field(t, 'stop_reason') ~= '' then return reply('REPEAT', t) end
+  return reply('STATE', t)
+end
+if field(t, 'stop_reason') == '' then redis.call('HSET', t, 'stop_reason', ARGV[1]) end
+local rung = tonumber(redis.call('HGET', d, 'rung')) or 0
+redis.call('HSET', d, 'action', STOP, 'proto', ARGV[2], 'rung', rung)
+if state == RUNNING then return reply('OK', t) end
+local now = now_ms()
+local trial_id = field(t, 'id')
+redis.call('HSET', t, 'state', PRUNED, 'closed', 'stop')
+redis.call('HDEL', t, 'held', 'paused_rung')
+finish(t, trial_id, leases, KEYS[8], pending, now)
+redis.call('ZREM', queue, trial_id)
+redis.call('ZREM', paused, trial_id)
+mark(t, outbox, trial_id, EV_PRUNED, 'stopped: ' .. field(t, 'stop_reason'), now, '')
+return reply('OK', t)
+""")
+
+# KEYS: trial, outbox, resumable, paused, pending   ARGV: reason
+# The study left PAUSED: a trial its pause held (PAUSED with ``held``) is RESUMABLE
+# again, queued for Suggest, announced as promoted. SKIP for any other trial.
+RELEASE_HELD = _script("""
+local t, outbox, queue, paused, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+if num(t, 'state') ~= PAUSED or field(t, 'held') ~= '1' then return {'SKIP', {}} end
+local now = now_ms()
+local trial_id = field(t, 'id')
+redis.call('HSET', t, 'state', RESUMABLE)
+redis.call('HDEL', t, 'held', 'paused_rung')
+redis.call('ZREM', paused, trial_id)
+redis.call('SADD', pending, trial_id)
+redis.call('ZADD', queue, now, trial_id)
+mark(t, outbox, trial_id, EV_PROMOTED, ARGV[1] .. ': resumable from step '
+  .. field(t, 'ckpt_step'), now, '')
+return reply('OK', t)
+""")
+
+# KEYS: study   ARGV: set max_trials (1/0), max_trials, set max_parallel (1/0),
+# max_parallel, states that refuse...
+# UpdateStudy's change of the live limits, checked against the trials handed out in
+# the same step: {OK | NOT_FOUND | REFUSED (state) | BELOW (suggested), study state or
+# suggested}. The values themselves are checked before (ladder.lifecycle.check_update).
+UPDATE_LIMITS = _script("""
+local study = KEYS[1]
+if redis.call('EXISTS', study) == 0 then return {'NOT_FOUND', 0} end
+local state = study_state(study)
+for i = 5, #ARGV do
+  if tonumber(ARGV[i]) == state then return {'REFUSED', state} end
+end
+local suggested = num(study, 'suggested')
+local max_trials = tonumber(ARGV[2])
+if ARGV[1] == '1' and max_trials > 0 and max_trials < suggested then
+  return {'BELOW', suggested}
+end
+if ARGV[1] == '1' then redis.call('HSET', study, 'max_trials', max_trials) end
+if ARGV[3] == '1' then redis.call('HSET', study, 'max_parallel', ARGV[4]) end
+return {'OK', suggested}
+""")
+
 # KEYS: trial, outbox   ARGV: trial id, version
 # Forgets one published event; the trial leaves the outbox zset with its last
 # pending event, else its score becomes the time of the oldest one left (the relay
@@ -680,4 +800,6 @@ TRIAL_SCRIPTS = (
     "CLAIM_RESUMABLE",
     "STORE_DECISION",
     "ACK_OUTBOX",
+    "STOP_TRIAL",
+    "RELEASE_HELD",
 )

@@ -1,10 +1,13 @@
 """Study records in Redis: the Study proto (config with defaults filled) plus
-live counters (``suggested`` is the max_trials budget, ``completed``) and the
-lifecycle ``state`` (``ladder.lifecycle``; absent until the first change)."""
+live counters (``suggested`` is the max_trials budget, ``completed``), the
+lifecycle ``state`` (``ladder.lifecycle``; absent until the first change) and the
+live limits ``max_trials`` / ``max_parallel`` (absent until UpdateStudy changed them;
+they override the config's in every Study read here)."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import redis
 
@@ -16,16 +19,46 @@ from ladder.state.keys import Keys
 from ladder.study import StudySpec, TrialPolicySpec
 from ladder.v1 import study_pb2
 
-_FIELDS = ("study", "suggested", "state")
+# States in which a study's limits no longer change.
+_FINAL_STATES = frozenset(
+    state for state in study_pb2.StudyState.values() if state not in lifecycle.UPDATABLE
+) - {study_pb2.STUDY_STATE_UNSPECIFIED}
+_FIELDS = ("study", "suggested", "state", "max_trials", "max_parallel")
 
 
-def _study(raw: bytes, suggested: bytes | None, state: bytes | None = None) -> study_pb2.Study:
+def _study(
+    raw: bytes,
+    suggested: bytes | None,
+    state: bytes | None = None,
+    max_trials: bytes | None = None,
+    max_parallel: bytes | None = None,
+) -> study_pb2.Study:
     study = study_pb2.Study()
     study.ParseFromString(raw)
     study.trials_suggested = int(suggested or 0)
     if state is not None:
         study.state = int(state)
+    if max_trials is not None:
+        study.config.max_trials = int(max_trials)
+    if max_parallel is not None:
+        study.config.max_parallel_trials = int(max_parallel)
     return study
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What Suggest checks before handing out trials, read in one round trip: the
+    lifecycle state, the trials handed out and the live limits (None: the config's)."""
+
+    state: int
+    suggested: int
+    max_trials: int | None
+    max_parallel: int | None
+    in_flight: int  # handed out, neither ended nor handed back (SUGGESTED or RUNNING)
+
+
+def _optional_int(raw: bytes | None) -> int | None:
+    return None if raw is None else int(raw)
 
 
 class StudyStore:
@@ -34,6 +67,7 @@ class StudyStore:
         self.keys = keys
         self._create = client.register_script(scripts.CREATE_STUDY)
         self._set_state = client.register_script(scripts.SET_STUDY_STATE)
+        self._update_limits = client.register_script(scripts.UPDATE_LIMITS)
         # A study's config never changes, so its spec is read and validated once.
         self._specs: dict[str, StudySpec] = {}
         self._fallback_policies: dict[str, TrialPolicySpec] = {}
@@ -51,8 +85,51 @@ class StudyStore:
         return self.get(study.study_id) or _study(raw, b"0"), False
 
     def get(self, study_id: str) -> study_pb2.Study | None:
-        raw, suggested, state = self.r.hmget(self.keys.study(study_id), *_FIELDS)
-        return _study(raw, suggested, state) if raw else None
+        fields = self.r.hmget(self.keys.study(study_id), *_FIELDS)
+        return _study(*fields) if fields[0] else None
+
+    def gate(self, study_id: str) -> Gate:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(self.keys.study(study_id), "state", "suggested", "max_trials", "max_parallel")
+        pipe.scard(self.keys.pending(study_id))
+        pipe.zcard(self.keys.resumable(study_id))
+        (state, suggested, max_trials, max_parallel), pending, queued = pipe.execute()
+        return Gate(
+            state=int(state or lifecycle.INITIAL),
+            suggested=int(suggested or 0),
+            max_trials=_optional_int(max_trials),
+            max_parallel=_optional_int(max_parallel),
+            in_flight=max(0, int(pending) - int(queued)),
+        )
+
+    def update_limits(
+        self, study_id: str, max_trials: int | None, max_parallel: int | None
+    ) -> study_pb2.Study:
+        """UpdateStudy: the live limits (None: unchanged), checked by
+        ``lifecycle.check_update`` against the trials handed out, atomically (a Suggest
+        between the check and the change cannot slip under a lowered budget)."""
+        lifecycle.check_update(max_trials, max_parallel, 0)
+        status, value = self._update_limits(
+            keys=[self.keys.study(study_id)],
+            args=[
+                "1" if max_trials is not None else "0",
+                max_trials or 0,
+                "1" if max_parallel is not None else "0",
+                max_parallel or 0,
+                *sorted(_FINAL_STATES),
+            ],
+        )
+        status = status.decode() if isinstance(status, bytes) else status
+        if status == "NOT_FOUND":
+            raise NotFound(f"study {study_id!r} not found")
+        if status == "REFUSED":
+            lifecycle.can_update(study_id, int(value))
+        if status == "BELOW":
+            lifecycle.check_update(max_trials, max_parallel, int(value))
+        study = self.get(study_id)
+        if study is None:  # only a hand-deleted key: Ladder never deletes a study
+            raise NotFound(f"study {study_id!r} not found")
+        return study
 
     def state(self, study_id: str) -> int:
         """The study's lifecycle state (ACTIVE for an unknown study: callers check
@@ -82,13 +159,14 @@ class StudyStore:
     def progress(self, study_id: str, max_trials: int) -> lifecycle.Progress:
         """What ``lifecycle.finished`` decides from, read in one round trip."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.hmget(self.keys.study(study_id), "suggested", "state")
+        pipe.hmget(self.keys.study(study_id), "suggested", "state", "max_trials")
         pipe.scard(self.keys.pending(study_id))
         pipe.zcard(self.keys.paused(study_id))
-        (suggested, state), unfinished, paused = pipe.execute()
+        (suggested, state, live_max), unfinished, paused = pipe.execute()
         return lifecycle.Progress(
             state=int(state or lifecycle.INITIAL),
-            max_trials=max_trials,
+            # UpdateStudy's budget, else the config's (``max_trials``).
+            max_trials=max_trials if live_max is None else int(live_max),
             suggested=int(suggested or 0),
             unfinished=int(unfinished),
             paused=int(paused),

@@ -29,10 +29,12 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import redis
 from redis.exceptions import NoScriptError
 
+from ladder import lifecycle
 from ladder.errors import BudgetExhausted, Conflict, InvalidArgument, NotFound, StaleAttempt
 from ladder.failures import MAX_FAILURES, FailureKind
 from ladder.state import scripts
@@ -161,6 +163,7 @@ def trial_from_hash(fields: dict[str, bytes]) -> trial_pb2.Trial:
     trial.checkpoint_seconds = _float(fields.get("ckpt_s"))
     trial.train_seconds = _float(fields.get("train_s"))
     trial.first_started_unix_ms = _int(fields.get("first_ms"))
+    trial.stop_reason = _text(fields.get("stop_reason"))
     final = _text(fields.get("final"))
     if final:
         trial.has_final_value = True
@@ -333,17 +336,21 @@ class TrialStore:
         max_trials: int,
         claim_seconds: float,
         algorithm: str,
+        max_parallel: int = 0,
     ) -> list[Transition]:
-        """Create SUGGESTED trials ``<study>-t<seq>`` within the study's budget.
+        """Create SUGGESTED trials ``<study>-t<seq>`` within the study's budget and
+        its max_parallel_trials (the limits UpdateStudy stored override those given).
 
-        Returns fewer than asked when the budget only allows part;
-        raises BudgetExhausted when it allows none."""
+        Returns fewer than asked when the limits only allow part; raises
+        BudgetExhausted when the budget allows none, AtCapacity when max_parallel does,
+        Conflict when the study is not ACTIVE."""
         status, first, count, *when = self._scripts["CREATE_TRIALS"](
             keys=[
                 self.keys.study(study_id),
                 self.keys.pending(study_id),
                 self.keys.leases,
                 self.keys.outbox,
+                self.keys.resumable(study_id),
             ],
             args=[
                 self.keys.trial(""),
@@ -351,6 +358,7 @@ class TrialStore:
                 max_trials,
                 int(claim_seconds * 1000),
                 algorithm,
+                max_parallel,
                 *(p.SerializeToString() for p in protos),
             ],
         )
@@ -359,6 +367,11 @@ class TrialStore:
             raise NotFound(f"study {study_id!r} not found")
         if status == "BUDGET":
             raise BudgetExhausted(int(first))
+        if status == "STATE":
+            state = int(first)
+            raise lifecycle.refusal_to_suggest(study_id, state) or lifecycle.stopped(study_id)
+        if status == "PARALLEL":
+            raise lifecycle.at_capacity(study_id, int(first), int(count))
         created = []
         reason = f"suggested by {algorithm}"
         for i in range(int(count)):
@@ -383,14 +396,56 @@ class TrialStore:
         return created
 
     def claim_resumable(
-        self, study_id: str, count: int, claim_seconds: float
+        self, study_id: str, count: int, claim_seconds: float, max_parallel: int = 0
     ) -> list[trial_pb2.Trial]:
-        """Pop up to ``count`` RESUMABLE trials of the study, oldest first."""
+        """Pop up to ``count`` RESUMABLE trials of the study, oldest first, as many as
+        its max_parallel_trials leaves room for; none while it is PAUSED or CANCELLED."""
+        k = self.keys
         rows = self._scripts["CLAIM_RESUMABLE"](
-            keys=[self.keys.resumable(study_id), self.keys.leases],
-            args=[self.keys.trial(""), count, int(claim_seconds * 1000)],
+            keys=[k.resumable(study_id), k.leases, k.pending(study_id), k.study(study_id)],
+            args=[k.trial(""), count, int(claim_seconds * 1000), max_parallel],
         )
         return [trial_from_hash(_pairs(row)) for row in rows]
+
+    def stop(self, trial_id: str, reason: str, decision: events_pb2.Decision) -> Transition:
+        """Stop the trial, saying why (``decision``: the STOP its heartbeat answers while
+        it runs). A RUNNING trial is unchanged until its worker obeys (``changed`` False,
+        nothing to publish); another unfinished one is PRUNED now. Conflict for a trial
+        that ended otherwise; a trial this stop already ended answers unchanged."""
+        study = self.study_of(trial_id)
+        k = self.keys
+        status, fields, box = self._run(
+            "STOP_TRIAL",
+            self._fence_keys(
+                trial_id, k.pending(study), k.resumable(study), k.paused(study),
+                k.decision(trial_id), k.deadlines,
+            ),
+            [reason, decision.SerializeToString()],
+        )
+        if status == "STATE":
+            trial = trial_from_hash(fields)
+            raise Conflict(
+                f"trial {trial_id!r} is {_state_name(trial.state)}: it cannot be stopped"
+            )
+        if status == "OK" and not box:  # RUNNING: its heartbeat carries the STOP
+            return Transition(trial=trial_from_hash(fields), changed=False)
+        return self._transition(trial_id, "", status, fields, "stop", box)
+
+    def release_held(self, study_id: str, reason: str) -> list[Transition]:
+        """The study left PAUSED: the trials its pause held are RESUMABLE again (those
+        the scheduler paused stay PAUSED); their transitions, to publish."""
+        k = self.keys
+        out = []
+        for trial_id in self.paused(study_id):
+            status, fields, box = self._run(
+                "RELEASE_HELD",
+                [k.trial(trial_id), k.outbox, k.resumable(study_id), k.paused(study_id),
+                 k.pending(study_id)],
+                [reason],
+            )
+            if status == "OK":
+                out.append(self._transition(trial_id, "", status, fields, "release", box))
+        return out
 
     def apply_decision(self, decision: events_pb2.Decision) -> tuple[str, Transition | None]:
         """Keep the trial's latest decision: a STOP is never overridden, and an older
@@ -553,17 +608,22 @@ class TrialStore:
         )
         return self._transition(trial_id, attempt_id, status, fields, "start", box)
 
-    def heartbeat(
+    def heartbeat(self, *args: Any, **kwargs: Any) -> events_pb2.Decision | None:
+        """``heartbeat_verdict``'s decision alone (the study's state left out)."""
+        return self.heartbeat_verdict(*args, **kwargs)[0]
+
+    def heartbeat_verdict(
         self,
         trial_id: str,
         attempt_id: str,
         step: float | None,
         lease_seconds: float,
         stall_timeout_seconds: float | None = None,
-    ) -> events_pb2.Decision | None:
+    ) -> tuple[events_pb2.Decision | None, int]:
         """Renew the attempt's lease (recording ``step``) and return the trial's latest
-        decision, in one Redis round trip: the HEARTBEAT script and the decision read
-        are pipelined, and a refused heartbeat raises before the decision is used.
+        decision and its study's lifecycle state, in one Redis round trip: the HEARTBEAT
+        script and the two reads are pipelined, and a refused heartbeat raises before
+        the decision is used.
 
         Raises AttemptEnded (a StaleAttempt) when the attempt reported no step beyond
         its furthest for ``stall_timeout_seconds`` (None: no watchdog), an interruption
@@ -587,8 +647,9 @@ class TrialStore:
             pipe = self.r.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
             pipe.hget(k.decision(trial_id), "proto")
+            pipe.hget(k.study(study), "state")
             try:
-                (status, flat, *box), raw = pipe.execute()
+                (status, flat, *box), raw, study_state = pipe.execute()
                 break
             except NoScriptError:
                 if attempt:
@@ -607,7 +668,7 @@ class TrialStore:
                 ended,
             )
         self._transition(trial_id, attempt_id, status, fields, "heartbeat")
-        return _decision(raw)
+        return _decision(raw), int(study_state or lifecycle.INITIAL)
 
     def _stall(
         self,
@@ -706,7 +767,8 @@ class TrialStore:
         )
 
     def pause(self, trial_id: str, attempt_id: str, step: float | None, rung: int) -> Transition:
-        """The attempt obeyed a PAUSE (promotion form) after checkpointing ``step``."""
+        """The attempt obeyed a PAUSE (promotion form, or its study paused) after
+        checkpointing ``step``."""
         study = self.study_of(trial_id)
         k = self.keys
         return self._fenced(
@@ -722,6 +784,7 @@ class TrialStore:
                 k.paused(study),
                 k.decision(trial_id),
                 k.deadlines,
+                k.study(study),
             ],
         )
 
