@@ -226,7 +226,7 @@ _LIFECYCLE: dict[str, tuple[Callable[[LadderClient, argparse.Namespace], study_p
     ),
     "resume": (
         lambda client, args: client.resume_study(args.study_id),
-        lambda study, _args: (f"study {study.study_id} resumed: trials are handed out again "
+        lambda study, _args: (f"study {study.study_id} resumed: new trials are handed out again "
                               f"({fmt.budget(study)} suggested)"),
     ),
     "pause": (
