@@ -86,6 +86,13 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
         "store: `ladder down && ladder up` keeps every topic) or memory (lost with the "
         "broker; no object store). Default: $LADDER_BROKER_STORAGE, else s3",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="processes of suggest (owned partitions) and of evaluate; clients balance over "
+        "them and fail over. Default: $LADDER_REPLICAS, else the running stack's, else 1",
+    )
     parser.add_argument("--json", action="store_true", help="print stack.json instead")
 
 
@@ -100,6 +107,7 @@ def _run_up(args: argparse.Namespace) -> int:
             log=_progress,
             supervise=args.supervise,
             broker_storage=args.broker_storage,
+            replicas=args.replicas,
         )
     except (launcher.StackError, launcher.components.MissingBinary, ValueError) as exc:
         print(f"ladder up: {exc}", file=sys.stderr)

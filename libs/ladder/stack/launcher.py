@@ -204,10 +204,13 @@ class Asked:
     prefix: str
     broker_profile: str
     broker_storage: str = ""
-    replicas: int = 1  # processes of each replicated service (LADDER_REPLICAS)
+    # Processes of each replicated service (LADDER_REPLICAS); 0 when not asked: a
+    # recorded stack keeps its own, a new one runs 1.
+    replicas: int = 0
 
     @classmethod
-    def from_env(cls, broker_storage: str | None = None) -> Asked:
+    def from_env(cls, broker_storage: str | None = None, replicas: int | None = None
+                 ) -> Asked:
         kafka = os.environ.get("LADDER_KAFKA_BOOTSTRAP", "")
         storage = broker_storage or os.environ.get("LADDER_BROKER_STORAGE")
         return cls(
@@ -217,7 +220,11 @@ class Asked:
             # No stack.json yet: this stack is the one that will write it.
             broker_profile=config.chosen_broker_profile(kafka, stack={}).name,
             broker_storage=components.broker_storage(storage) if storage else "",
-            replicas=components.replica_count(),
+            replicas=(
+                components.replica_count(str(replicas)) if replicas is not None
+                else components.replica_count() if os.environ.get(components.REPLICAS_ENV)
+                else 0
+            ),
         )
 
     @property
@@ -234,7 +241,7 @@ def _matches(info: dict[str, Any], services: bool, asked: Asked) -> bool:
     """Is the recorded stack what this `up` asks for (endpoints, prefix, services)?"""
     if services and not info.get("services"):
         return False
-    if services and int(info.get("replicas") or 1) != asked.replicas:
+    if services and asked.replicas and _replica_count(info) != asked.replicas:
         return False
     if info.get("topic_prefix") != asked.prefix:
         return False
@@ -252,6 +259,10 @@ def _matches(info: dict[str, Any], services: bool, asked: Asked) -> bool:
     return bool(asked.kafka) == bool(external.get(KAFKA)) and bool(asked.redis) == bool(
         external.get(REDIS)
     )
+
+
+def _replica_count(info: Mapping[str, Any]) -> int:
+    return int(info.get("replicas") or 1)
 
 
 def _healthy(info: dict[str, Any]) -> bool:
@@ -357,9 +368,14 @@ def up(
     log: Log | None = None,
     supervise: bool = False,
     broker_storage: str | None = None,
+    replicas: int | None = None,
 ) -> dict[str, Any]:
     """Start the stack in ``state_dir``, or what is dead of the one there; return
     stack.json.
+
+    ``replicas`` (default LADDER_REPLICAS) is how many processes of suggest and
+    evaluate it runs (module docstring); when neither says, a recorded stack keeps its
+    count and a new one runs 1.
 
     ``broker_storage`` ("s3" or "memory"; default LADDER_BROKER_STORAGE) is where the
     embedded broker keeps its log; when neither names one, a recorded stack keeps its
@@ -376,7 +392,7 @@ def up(
     """
     layout = Layout.of(state_dir)
     say = log or _quiet
-    asked = Asked.from_env(broker_storage)
+    asked = Asked.from_env(broker_storage, replicas)
     deadline = time.monotonic() + timeout
     with _locked(layout):
         info = _repair_or_start(layout, services, asked, deadline, say)
@@ -423,7 +439,8 @@ def _ensure_supervisor(layout: Layout, info: dict[str, Any], say: Log) -> dict[s
     if recorded is not None and procs.is_running(recorded):
         return info
     # Its repairs must ask for the stack it watches.
-    env = {**os.environ, "LADDER_BROKER_STORAGE": _storage(info)}
+    env = {**os.environ, "LADDER_BROKER_STORAGE": _storage(info),
+           components.REPLICAS_ENV: str(_replica_count(info))}
     rec = procs.spawn(
         SUPERVISOR, components.supervisor_argv(layout.root), env=env,
         log_dir=layout.logs, pid_dir=layout.pids, cwd=layout.root,
@@ -703,7 +720,7 @@ class _Starter:
             self.say(f"starting {spec.name} on {addrs[spec.addr_key]}")
             # LADDER_SERVICE names the process (logs, telemetry service.name).
             spec_env = {**env, "LADDER_SERVICE": spec.name,
-                        **components.replica_env(spec.name, self.asked.replicas)}
+                        **components.replica_env(spec.name, self._replicas_of(info))}
             if spec.name == "earlystop":
                 # Faust starts a web server (default port 6066, shared by every app on the
                 # host); give it a free loopback port of its own.
@@ -718,14 +735,19 @@ class _Starter:
             )
         self._wait_services({s: addrs[s.addr_key] for s in wanted})
         started = {**addrs, "earlystop_web_port": web_port}
-        if replicas and self.asked.replicas > 1:
-            started.update(self._replicas(env, addrs))
+        if replicas and self._replicas_of(info) > 1:
+            started.update(self._replicas(env, addrs, self._replicas_of(info)))
         return started
 
-    def _replicas(self, env: Mapping[str, str], addrs: dict[str, str]) -> dict[str, Any]:
-        """Processes 2..N of each replicated service (module docstring): what to record
-        (their addresses by process name; each service's address becomes the list)."""
-        count = self.asked.replicas
+    def _replicas_of(self, info: Mapping[str, Any]) -> int:
+        """The replica count asked, else the recorded stack's (a repair)."""
+        return self.asked.replicas or _replica_count(info)
+
+    def _replicas(
+        self, env: Mapping[str, str], addrs: dict[str, str], count: int
+    ) -> dict[str, Any]:
+        """Processes 2..``count`` of each replicated service (module docstring): what to
+        record (their addresses by process name; each service's address, the list)."""
         extra: dict[components.ServiceSpec, str] = {}
         lists: dict[str, str] = {}
         for spec in SERVICES:

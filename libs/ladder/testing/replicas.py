@@ -39,6 +39,7 @@ class TrialLoop:
     client: LadderClient
     study_id: str
     workers: int
+    pace: float = 0.0  # seconds a worker waits after each trial (the load it offers)
     handed: list[Handed] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -78,6 +79,7 @@ class TrialLoop:
                     self.client.start_trial(s.trial.trial_id, worker_id, attempt)
                     x = s.trial.params["x"].float_value if "x" in s.trial.params else 0.5
                     self.client.complete(s.trial.trial_id, attempt, math.sin(6 * x), 1)
+                self._stop.wait(self.pace)
             except Exception as exc:  # noqa: BLE001 - reported to the caller, not lost
                 with self._lock:
                     self.errors.append(f"{worker_id}: {exc!r}")
