@@ -298,11 +298,13 @@ class Simulator:
                 waiting = time.monotonic()
                 answered = 0.0
                 try:
-                    reply = await suggest.Suggest(
+                    # Retried while suggest is unavailable (a replica restarting), as
+                    # the worker runtime's client does.
+                    reply = await call(
+                        suggest.Suggest,
                         suggest_pb2.SuggestRequest(
                             study_id=cfg.study_id, worker_id=worker_id, count=1
                         ),
-                        timeout=CALL_TIMEOUT_S,
                     )
                     answered = time.monotonic()
                     self.result.suggest_latency_ms.append((answered - waiting) * 1000)
