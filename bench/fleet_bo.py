@@ -149,7 +149,7 @@ def run_scenario(
         "--ramp",
         str(args.ramp),
         "--drain",
-        "30",
+        str(args.drain),
         "--algorithm",
         algorithm,
         "--dims",
@@ -398,6 +398,12 @@ def main() -> None:
         default=20.0,
         help="suggestions after this many seconds are also counted apart (workers.loadsim)",
     )
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=30.0,
+        help="seconds the simulator waits after the run for the last decisions (workers.loadsim)",
+    )
     parser.add_argument("--dims", type=int, default=6)
     parser.add_argument("--scenarios", default="100:gp,100:tpe,1000:gp,1000:tpe")
     parser.add_argument("--label", default="")
@@ -445,6 +451,7 @@ def main() -> None:
         "rate_per_worker": 1.0,
         "ramp_s": args.ramp,
         "warmup_s": args.warmup,
+        "drain_s": args.drain,
         "simulator_nice": args.sim_nice,
         "stack_env": {
             k: v
