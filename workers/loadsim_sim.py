@@ -41,7 +41,13 @@ from typing import Any
 import aiokafka
 import grpc
 from ladder import channels
-from ladder.api.attempt import STOPPED_NOT_PAUSED, Move, hold_pauses, move_after
+from ladder.api.attempt import (
+    STOPPED_NOT_PAUSED,
+    Move,
+    WorkerConfig,
+    hold_pauses,
+    move_after,
+)
 from ladder.config import Settings
 from ladder.params import params_to_dict
 from ladder.v1 import (
@@ -100,7 +106,7 @@ class SimConfig:
     # Steps at which the promotion form holds a trial (a Heartbeat is due there); none
     # in the stopping form.
     hold_at: tuple[int, ...] = ()
-    decision_wait: float = 3.0  # WorkerConfig.decision_wait of the simulated workers
+    decision_wait: float = WorkerConfig.decision_wait  # the worker runtime's default
 
 
 @dataclass
