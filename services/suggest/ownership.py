@@ -51,6 +51,7 @@ class PartitionOwnership:
         self._specs: dict[str, StudySpec] = {}  # a study's config never changes
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._nudged = threading.Event()
         self._thread = threading.Thread(target=self._run, name="partition-leases", daemon=True)
 
     @property
@@ -58,6 +59,10 @@ class PartitionOwnership:
         return self.leases.member
 
     def buffer(self, key: PartitionKey) -> SharedBuffer:
+        """The shared buffer of ``key`` (called when this process builds its policy: the
+        partition's first request here, so the next scan runs now, not up to a renewal
+        interval later: a new study's partitions get owners at once)."""
+        self._nudged.set()
         return SharedBuffer(self.leases, key, self)
 
     def token(self, key: PartitionKey) -> int | None:
@@ -91,6 +96,7 @@ class PartitionOwnership:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop scanning and hand every partition back (the others take them at once)."""
         self._stop.set()
+        self._nudged.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
         with self._lock:
@@ -107,7 +113,11 @@ class PartitionOwnership:
             log.warning("could not leave the suggest members")
 
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.renew):
+        while True:
+            self._nudged.wait(self.settings.renew)
+            self._nudged.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.scan_once()
             except Exception:  # noqa: BLE001 - keep scanning through Redis blips

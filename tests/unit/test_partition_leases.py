@@ -183,6 +183,8 @@ class FakeMemberLeases:
 
 
 class FakeStudies:
+    active = True
+
     def __init__(self, partitions: int) -> None:
         config = study_pb2.StudyConfig(name="s", metric="loss", partitions=partitions)
         config.space.parameters.add(name="x").float_range.high = 1.0
@@ -191,6 +193,8 @@ class FakeStudies:
         self.spec = StudySpec.from_proto(config)
 
     def list(self) -> list[study_pb2.Study]:
+        if not self.active:
+            return []
         config = self.spec.to_proto()
         return [study_pb2.Study(study_id="s", state=study_pb2.STUDY_ACTIVE, config=config)]
 
@@ -350,3 +354,18 @@ def test_shared_buffer_encodes_into_the_leases() -> None:
     taken, left = buffer.take(3)
     assert [p.params for p in taken] == [{"x": 0.3}] and left == 0
     assert buffer.poll() == (0, 3)
+
+
+def test_a_partitions_first_request_here_takes_its_lease_without_waiting_a_renewal() -> None:
+    redis = FakeRedisLeases(settings=LeaseSettings(ttl=60, renew=30))
+    studies = FakeStudies(partitions=2)
+    studies.active = False  # no study yet when the process starts
+    a = ownership_of(redis, "a", studies, [])
+    a.start()
+    try:
+        assert a.owned() == []
+        studies.active = True  # created; its first Suggest here builds the policy
+        a.buffer(("s", 0))
+        wait_for(lambda: len(a.owned()) == 2, 5, "the nudged scan")
+    finally:
+        a.stop()
