@@ -329,10 +329,13 @@ class SuggestionPolicy:
             return []
         if self.refit is None:
             return self._from_fallback(count)
-        with self._wake:
-            if not self._ready.shared:  # a shared buffer's owner polls the rate
-                self._count_take(count)
+        shared = self._ready.shared
+        if shared:  # atomic in Redis: taken without the lock the refit thread shares
             ready, left = self._ready.take(count)
+        with self._wake:
+            if not shared:  # a shared buffer's owner polls the rate instead
+                self._count_take(count)
+                ready, left = self._ready.take(count)
             self._handed.extend(p.params for p in ready)
             self._stats = replace(
                 self._stats,
