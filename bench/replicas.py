@@ -4,7 +4,8 @@ clients saw and the errors they saw (must be 0).
 
 Each replica count gets its own embedded stack (``LADDER_REPLICAS=N ladder up``,
 broker in memory: N suggest processes with owned partitions and N evaluate processes;
-one replica is today's single process, no leases). On it ``python -m workers.loadsim``
+one replica is today's single process, no leases, and then the same with leases on,
+every suggestion through Redis). On it ``python -m workers.loadsim``
 runs ``--workers`` simulated workers for ``--duration`` seconds on a fresh TPE study
 with ``--partitions`` partitions (ASHA, early stopping running), while a probe (a few
 threads of the real ``LadderClient``: Suggest, StartTrial, CompleteTrial in a loop,
@@ -168,8 +169,13 @@ def run_scenario(
     return result
 
 
-def with_stack(replicas: int, args: argparse.Namespace, kills: list[bool]) -> list[dict[str, Any]]:
+def with_stack(
+    replicas: int, args: argparse.Namespace, kills: list[bool], leases: bool
+) -> list[dict[str, Any]]:
     os.environ["LADDER_REPLICAS"] = str(replicas)
+    # One replica runs without leases (today's single process) unless asked; the stack's
+    # services inherit this environment.
+    os.environ["LADDER_SUGGEST_LEASES"] = "1" if leases else "0"
     with tempfile.TemporaryDirectory(prefix=f"ladder-replicas-{replicas}-") as tmp:
         state = Path(tmp)
         os.environ["LADDER_STATE_DIR"] = str(state)
@@ -181,6 +187,7 @@ def with_stack(replicas: int, args: argparse.Namespace, kills: list[bool]) -> li
             for kill in kills:
                 scenario = run_scenario(state, replicas, args, kill)
                 scenario["stack_up_s"] = up_s
+                scenario["leases"] = leases
                 out.append(scenario)
                 print(json.dumps({k: scenario[k] for k in ("replicas", "killed")}),
                       json.dumps(scenario["loadsim"].get("suggest_latency_ms")), file=sys.stderr)
@@ -199,6 +206,9 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, default=30.0,
                         help="seconds into the kill run (on the largest count) to kill suggest-2")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-leased-single", action="store_true",
+                        help="skip the run of one replica with leases on (the shared-buffer "
+                        "path against the single process's own)")
     parser.add_argument(
         "--out", type=Path,
         default=Path(f"bench/results/replicas-{time.strftime('%Y-%m-%d')}.json"),
@@ -211,7 +221,9 @@ def main() -> None:
     scenarios = []
     for n in counts:
         kills = [False, True] if n == max(counts) and n > 1 else [False]
-        scenarios.extend(with_stack(n, args, kills))
+        scenarios.extend(with_stack(n, args, kills, leases=n > 1))
+        if n == 1 and not args.no_leased_single:
+            scenarios.extend(with_stack(1, args, [False], leases=True))
     report = {
         "bench": "replicas",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
