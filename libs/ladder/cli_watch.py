@@ -3,9 +3,10 @@
 Every ``--interval`` seconds it reads the study (suggest: state, budget) and its counts
 (lineage: running, pruned, completed, failed, best). On a terminal the headline and a
 bar per count are redrawn in place; otherwise (a pipe, a log, CI) one line per refresh.
-``--json`` prints one JSON object per refresh. It exits 0 once the study is COMPLETED,
-or after one refresh with ``--once``. The rate is finished trials per minute since the
-watch began (the first refresh, or ``--once``: since the study was created).
+``--json`` prints one JSON object per refresh. It exits 0 once the study is COMPLETED
+(or CANCELLED), or after one refresh with ``--once``. The rate is finished trials per
+minute since the watch began (the first refresh, or ``--once``: since the study was
+created).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import IO, Any
 
 from ladder import cli_format as fmt
 from ladder import cli_query
-from ladder.lifecycle import COMPLETED, state_name
+from ladder.lifecycle import CANCELLED, COMPLETED, state_name
 
 DEFAULT_INTERVAL = 2.0
 MIN_INTERVAL = 0.1  # a smaller --interval would only load the services
@@ -92,7 +93,7 @@ def watch(args: argparse.Namespace) -> int:
                 cli_query.emit(json.dumps(progress.as_dict(), allow_nan=False))
             else:
                 screen.show(progress)
-            if args.once or study.state == COMPLETED:
+            if args.once or study.state in (COMPLETED, CANCELLED):
                 return 0
             time.sleep(max(MIN_INTERVAL, args.interval))
             study = client.get_study(args.study_id)

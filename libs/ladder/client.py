@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ladder import channels, failures, limits, telemetry
+from ladder import channels, errors, failures, lifecycle, limits, telemetry
 from ladder.config import Settings
 from ladder.errors import BudgetExhausted
 from ladder.params import fill_params
@@ -570,14 +570,18 @@ class LadderClient:
         """Trials to run: a resumable one (lease expired) first, else new ones.
 
         Raises :class:`BudgetExhausted` when the study hands out no more trials (its
-        budget is spent, or it is stopped: the message says which).
+        budget is spent, or it is stopped or cancelled: the message says which); its
+        :class:`StudyPaused` while the study is paused (a worker waits for the resume).
         """
         request = suggest_pb2.SuggestRequest(study_id=study_id, worker_id=worker_id, count=count)
         try:
             reply = self._call(self._suggest, "Suggest", request, "Suggest")
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                raise BudgetExhausted(None, exc.details() or "budget exhausted") from exc
+                details = exc.details() or "budget exhausted"
+                if lifecycle.paused_refusal(details):
+                    raise errors.StudyPaused(None, details) from exc
+                raise BudgetExhausted(None, details) from exc
             raise
         return list(reply.suggestions)
 

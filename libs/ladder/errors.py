@@ -43,6 +43,11 @@ class BudgetExhausted(LadderError):
         self.suggested = suggested
 
 
+class StudyPaused(BudgetExhausted):
+    """Suggest hands out nothing while the study is paused; once it is resumed it does
+    again (a worker waits; a caller that only knows BudgetExhausted stops)."""
+
+
 class Unavailable(LadderError):
     """A dependency the request needs did not answer; repeating it may succeed."""
 

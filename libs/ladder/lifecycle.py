@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ladder.errors import AtCapacity, Conflict, InvalidArgument
+from ladder.errors import AtCapacity, Conflict, InvalidArgument, LadderError, StudyPaused
 from ladder.v1 import events_pb2, study_pb2
 
 ACTIVE = study_pb2.STUDY_ACTIVE
@@ -115,14 +115,16 @@ def stopped(study_id: str) -> Conflict:
     )
 
 
-def refusal_to_suggest(study_id: str, state: int) -> Conflict | None:
+_PAUSED = "is paused: it hands out no trials until"
+
+
+def refusal_to_suggest(study_id: str, state: int) -> LadderError | None:
     """What Suggest answers before handing out anything, by the study's state: None
     when it may hand out trials (ACTIVE; STOPPED hands out resumable ones, then
     ``stopped``). COMPLETED is the budget's refusal (BudgetExhausted), not this one."""
     if state == PAUSED:
-        return Conflict(
-            f"study {study_id!r} is paused: it hands out no trials until "
-            f"`ladder study resume {study_id}` (ResumeStudy)"
+        return StudyPaused(
+            None, f"study {study_id!r} {_PAUSED} `ladder study resume {study_id}` (ResumeStudy)"
         )
     if state == CANCELLED:
         return Conflict(f"study {study_id!r} is cancelled: it hands out no trials (for good)")
@@ -136,6 +138,12 @@ def at_capacity(study_id: str, in_flight: int, max_parallel: int) -> AtCapacity:
         f"max_parallel_trials is {max_parallel}: retry once one ends, or raise it with "
         f"`ladder study update {study_id} --parallelism N` (UpdateStudy)"
     )
+
+
+def paused_refusal(message: str) -> bool:
+    """Whether Suggest's refusal (its message: the client sees no more) says the study
+    is paused: a worker waits for it to resume instead of quitting."""
+    return _PAUSED in message
 
 
 def can_update(study_id: str, state: int) -> None:

@@ -188,6 +188,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
     def StopStudy(
         self, request: suggest_pb2.StopStudyRequest, context: grpc.ServicerContext
     ) -> study_pb2.Study:
+        self._release_held(request.study_id, "study stopped")
         study = self._apply(request.study_id, lifecycle.Action.STOP, "stopped")
         if request.stop_running_trials:
             self._stop_trials(study.study_id, lifecycle.Action.STOP, request.reason)
@@ -197,6 +198,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
     def ResumeStudy(
         self, request: suggest_pb2.ResumeStudyRequest, context: grpc.ServicerContext
     ) -> study_pb2.Study:
+        self._release_held(request.study_id, "study resumed")
         study = self._apply(request.study_id, lifecycle.Action.RESUME, "resumed")
         self._release_held(study.study_id, "study resumed")
         return self._completed_if_finished(study)
@@ -259,8 +261,10 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                  extra={"study_id": study_id})
 
     def _release_held(self, study_id: str, reason: str) -> None:
-        """The study left PAUSED: the trials its pause held are RESUMABLE, handed out
-        first by the next Suggest."""
+        """The study leaves PAUSED: the trials its pause held are RESUMABLE, handed out
+        first by the next Suggest. Called before the state changes (while paused, no
+        Suggest claims them, and none can find the study resumed with its trials still
+        held) and after it (a trial that paused meanwhile)."""
         for transition in self.state.trials.release_held(study_id, reason):
             self._publish_transition(transition)
 

@@ -11,12 +11,23 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from ladder.client import LadderClient
 from ladder.config import Settings
-from ladder.testing import Clients, code_and_message, decoded, read_topic, wait_for
+from ladder.errors import StudyPaused
+from ladder.testing import (
+    Clients,
+    code_and_message,
+    decoded,
+    read_topic,
+    wait_for,
+    wait_for_found,
+)
 from ladder.v1 import (
     evaluate_pb2,
     events_pb2,
@@ -27,6 +38,8 @@ from ladder.v1 import (
     suggest_pb2,
     trial_pb2,
 )
+
+from workers.runtime import Worker, WorkerConfig
 
 pytestmark = pytest.mark.integration
 
@@ -166,6 +179,11 @@ def test_pause_parks_running_trials_and_resume_hands_them_out_first(
     assert code == FAILED_PRECONDITION
     assert message == (f"study {study_id!r} is paused: it hands out no trials until "
                        f"`ladder study resume {study_id}` (ResumeStudy)")
+    # The SDK tells a pause (a worker waits for the resume) from an exhausted budget.
+    settings = Settings(kafka_bootstrap=infra.kafka_bootstrap, redis_url=infra.redis_url,
+                        topics=infra.topics, suggest_addr=stack.env["LADDER_SUGGEST_ADDR"])
+    with LadderClient(settings) as client, pytest.raises(StudyPaused):
+        client.suggest(study_id, "w-sdk")
     assert stack.clients.get(failed).state == trial_pb2.RESUMABLE
 
     beat = stack.clients.heartbeat(parked, attempt, step=3)
@@ -218,6 +236,13 @@ def test_cancel_is_final_and_stops_every_unfinished_trial(
         study_pb2.STUDY_CANCELLED)
     wait_for(lambda: study_states(infra, study_id)[-1:] == [study_pb2.STUDY_CANCELLED], 30,
              "the CANCELLED study event")
+
+    def listed_state() -> int:
+        listings = stack.lineage.ListStudyListings(lineage_pb2.ListStudyListingsRequest())
+        return next((s.study.state for s in listings.studies
+                     if s.study.study_id == study_id), 0)
+
+    wait_for(lambda: listed_state() == study_pb2.STUDY_CANCELLED, 30, "lineage's listing")
 
 
 def test_parallelism_changes_while_the_study_runs(stack: Stack) -> None:
@@ -328,3 +353,66 @@ def test_the_cli_controls_studies_and_trials(stack: Stack) -> None:
         result = ladder(stack, "study", action, study_id, "--json")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["state"] == f"STUDY_{state}"
+
+
+class PausingWorkload:
+    """loss = 1 / step over 6 instant steps; the study is paused while the first
+    attempt trains ``pause_at`` (by ``pause``)."""
+
+    name = "pausing"
+    metric = "loss"
+    max_steps = 6
+
+    def __init__(self, pause: Callable[[], Any], pause_at: int = 3) -> None:
+        self.pause, self.pause_at = pause, pause_at
+        self.trained: list[int] = []
+
+    def init(self, params: Any, seed: int) -> list[int]:
+        return [0]
+
+    def train_step(self, state: list[int], step: int) -> float:
+        state[0] = step
+        self.trained.append(step)
+        if step == self.pause_at and len(self.trained) == step:
+            self.pause()
+        return 1.0 / step
+
+    def evaluate(self, state: list[int]) -> float:
+        return 1.0 / max(1, state[0])
+
+    def save_checkpoint(self, state: list[int], path: Path) -> None:
+        path.write_text(json.dumps(state))
+
+    def load_checkpoint(self, path: Path, params: Any, seed: int) -> list[int]:
+        return json.loads(path.read_text())
+
+
+def test_a_worker_parks_its_trial_while_the_study_is_paused_and_resumes_it(
+    infra: Settings, stack: Stack, tmp_path: Path
+) -> None:
+    settings = Settings(kafka_bootstrap=infra.kafka_bootstrap, redis_url=infra.redis_url,
+                        topics=infra.topics, suggest_addr=stack.env["LADDER_SUGGEST_ADDR"],
+                        evaluate_addr=stack.env["LADDER_EVALUATE_ADDR"])
+    study_id = create(stack, max_trials=1)
+    trial_id = f"{study_id}-t1"
+    with LadderClient(settings) as client:
+        workload = PausingWorkload(lambda: client.pause_study(study_id))
+        worker = Worker(client, workload, WorkerConfig(
+            study_id=study_id, worker_id="w-pause", state_dir=tmp_path, checkpoint_every=0,
+            idle_wait=0.1,
+        ))
+        runs = ThreadPoolExecutor(1)
+        report = runs.submit(worker.run)
+        # Parked with its checkpoint; the worker waits for the study instead of quitting.
+        wait_for_found(lambda: client.get_trial(trial_id).state == trial_pb2.PAUSED, 30,
+                       "the trial parked")
+        assert client.get_trial(trial_id).checkpoint_step == 3
+        assert not report.done()
+        client.resume_study(study_id)
+        outcome = report.result(timeout=60)
+        runs.shutdown()
+    assert outcome.outcomes == {"paused": 1, "completed": 1}
+    assert workload.trained == [1, 2, 3, 4, 5, 6]  # resumed after its checkpoint
+    done = stack.clients.get(trial_id)
+    assert (done.state, done.attempt_number, done.final_value) == (
+        trial_pb2.COMPLETED, 2, 1.0 / 6)

@@ -22,6 +22,7 @@ EXPECTED = [
     (errors.Conflict("cannot start trial 't': it is FAILED"), Code.FAILED_PRECONDITION),
     (errors.StaleAttempt("stale attempt: 'a1'"), Code.FAILED_PRECONDITION),
     (errors.BudgetExhausted(8), Code.FAILED_PRECONDITION),
+    (errors.StudyPaused(None, "study 's' is paused"), Code.FAILED_PRECONDITION),
     (errors.Unavailable("event not published"), Code.UNAVAILABLE),
     (errors.AtCapacity("study 's' has 2 trials out"), Code.RESOURCE_EXHAUSTED),
     (errors.Unauthenticated("invalid or revoked token"), Code.UNAUTHENTICATED),

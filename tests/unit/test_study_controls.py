@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from ladder import lifecycle
-from ladder.errors import AtCapacity, Conflict, InvalidArgument
+from ladder.errors import AtCapacity, Conflict, InvalidArgument, StudyPaused
 from ladder.lifecycle import (
     ACTIVE,
     CANCELLED,
@@ -51,8 +51,10 @@ def test_what_suggest_refuses_by_state() -> None:
     # ACTIVE hands out; STOPPED hands out resumable trials first; COMPLETED is the
     # budget's refusal.
     assert refusals[ACTIVE] is refusals[STOPPED] is refusals[COMPLETED] is None
-    assert isinstance(refusals[PAUSED], Conflict)
+    assert isinstance(refusals[PAUSED], StudyPaused)
     assert "`ladder study resume s`" in str(refusals[PAUSED])
+    assert lifecycle.paused_refusal(str(refusals[PAUSED]))
+    assert not lifecycle.paused_refusal(str(refusals[CANCELLED]))
     assert str(refusals[CANCELLED]) == "study 's' is cancelled: it hands out no trials (for good)"
 
 

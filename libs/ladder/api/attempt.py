@@ -69,7 +69,7 @@ from opentelemetry import trace
 from ladder import checkpoints, failures, runenv
 from ladder.checkpoints import CheckpointKey, CheckpointStore
 from ladder.config import LEASE_SECONDS
-from ladder.errors import BudgetExhausted
+from ladder.errors import BudgetExhausted, StudyPaused
 from ladder.params import PlainValue, params_to_dict
 from ladder.study import StudySpec, TrialPolicySpec
 from ladder.v1 import evaluate_pb2, events_pb2, study_pb2, suggest_pb2, trial_pb2
@@ -390,6 +390,10 @@ class Session:
                 return
             try:
                 found = self.client.suggest(self.config.study_id, self.config.worker_id)
+            except StudyPaused as exc:
+                log.info("waiting for the study to resume: %s", exc, extra=base)
+                self._stop_requested.wait(self.config.idle_wait)
+                continue
             except BudgetExhausted as exc:
                 log.info("no more trials: %s", exc, extra=base)
                 report.budget_exhausted = True
