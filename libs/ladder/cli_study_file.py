@@ -8,6 +8,7 @@
     direction: minimize         # or maximize
     algorithm: random           # random, gp, tpe, auto
     max_trials: 4               # without it the study runs until stopped
+    max_parallel_trials: 2      # optional: trials out at once (`ladder study update`)
     seed: 7
     space:                      # the SDK's plain-dict form (ladder.client.search_space)
       lr: {type: float, low: 0.0001, high: 0.1, log: true}

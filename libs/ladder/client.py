@@ -317,12 +317,15 @@ def study_config(
     warm_start: Iterable[Mapping[str, Any]] = (),
     known_results: Iterable[tuple[Mapping[str, Any], float]] = (),
     warm_start_from: str = "",
+    max_parallel_trials: int = 0,
 ) -> study_pb2.StudyConfig:
     """A validated StudyConfig from plain values.
 
     ``scheduler`` takes :func:`scheduler_config`'s keyword arguments as a dict (e.g.
     ``{"kind": "asha", "max_resource": 27}``); without one the study has no early
-    stopping. Zero values mean the defaults (``ladder.study.StudySpec``).
+    stopping. Zero values mean the defaults (``ladder.study.StudySpec``);
+    ``max_trials`` and ``max_parallel_trials`` (0: unbounded) may change later
+    (:meth:`LadderClient.update_study`).
     Warm start: ``warm_start`` configurations are handed out first; ``known_results``
     ((params, value) pairs) and the completed trials of study ``warm_start_from`` are
     observations the samplers learn from before the first trial.
@@ -342,6 +345,7 @@ def study_config(
         algorithm=_enum(ALGORITHMS, algorithm, "algorithm"),
         scheduler=sched,
         max_trials=max_trials,
+        max_parallel_trials=max_parallel_trials,
         seed=seed,
         dataset_id=dataset_id,
         code_commit=code_commit,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from ladder import lifecycle
+from ladder.cli_study_file import StudyFileError, parse
 from ladder.errors import AtCapacity, Conflict, InvalidArgument, StudyPaused
 from ladder.lifecycle import (
     ACTIVE,
@@ -124,3 +125,11 @@ def test_stop_reasons_default_to_what_happened_to_the_study() -> None:
     assert lifecycle.stop_reason(Action.CANCEL, "") == "study cancelled"
     assert lifecycle.stop_reason(Action.STOP, "  ") == "study stopped"
     assert lifecycle.stop_reason(Action.STOP, " bad region ") == "bad region"
+
+
+def test_a_study_file_and_the_sdk_set_max_parallel_trials() -> None:
+    space = {"x": {"type": "float", "low": 0.0, "high": 1.0}}
+    config, _ = parse({"space": space, "max_parallel_trials": 2})
+    assert config.max_parallel_trials == 2
+    with pytest.raises(StudyFileError, match="max_parallel_trials must be >= 0"):
+        parse({"space": space, "max_parallel_trials": -1})
