@@ -42,6 +42,25 @@ def test_initial_design_is_the_quasi_random_stream() -> None:
     assert isinstance(FACTORIES[Algorithm.GP](ctx), GPSampler)
 
 
+def test_initial_design_is_twice_the_columns_between_its_bounds() -> None:
+    def floats(n: int) -> Space:
+        return Space([ParamSpec(f"x{i}", Kind.FLOAT, low=0, high=1) for i in range(n)])
+
+    assert initial_points(PLANE) == 8  # 2 x 2 columns, raised to the minimum
+    assert initial_points(floats(5)) == 10
+    # Capped: 20 columns (or six five-way categoricals, 30 one-hot columns) would
+    # otherwise spend 40 or 60 of a 100-evaluation study on the Sobol' design.
+    assert initial_points(floats(20)) == 12
+    six_categoricals = Space(
+        [ParamSpec(f"c{i}", Kind.CATEGORICAL, values=tuple("abcde")) for i in range(6)]
+    )
+    assert initial_points(six_categoricals) == 12
+    # The sampler leaves its Sobol' design after that many points.
+    data = random_observations(floats(20), 12, lambda p: sum(v for v in p.values()))
+    assert gp(floats(20)).suggest(data[:11], 1)[0].model_observations == 0
+    assert gp(floats(20)).suggest(data, 1)[0].model_observations == 12
+
+
 def test_model_based_suggestion_is_deterministic_and_predicts() -> None:
     data = random_observations(PLANE, 14, bowl)
     a, b = gp(PLANE), gp(PLANE)

@@ -90,6 +90,12 @@ Optimisation of the acquisition, in three steps:
 3. if the space has discrete parameters, one more L-BFGS run over the
    continuous columns with the discrete ones fixed at the search's result.
 
+The acquisition's L-BFGS-B stops at a projected gradient below ``ACQ_PGTOL``
+(Optuna's optimiser stops there too): the last digits of an acquisition's
+maximiser change which point is evaluated by less than the model's own error,
+and converging further was half an ask's cost. The exploitation draw's optimiser
+keeps the tight default: its precision is the point of that draw.
+
 Step 2 is what Optuna's mixed optimiser does; without it a categorical would be
 the argmax of a relaxed one-hot vector and an int the rounding of a relaxed
 coordinate, points the acquisition never scored.
@@ -107,6 +113,13 @@ the training set, so this bounds a refit at any study size.
 Initial design. The first ``initial_points(space)`` suggestions (observed,
 infeasible and pending) come from the partition's scrambled Sobol' stream, as do
 all suggestions while fewer than ``MIN_FIT_POINTS`` feasible values are known.
+Its size is twice the unit-cube columns, between ``INITIAL_MIN`` and
+``INITIAL_MAX``. Not more: the dimension-scaled lengthscale prior already lets a
+fit on a dozen points in 20 columns tell the relevant ones apart, and every
+Sobol' point beyond that is one the model does not choose. Uncapped (2 x 20 =
+40 of 100 evaluations) it was what made the GP trail Optuna's (10 startup
+trials) on Hartmann-6 embedded in 20-D (bench/quality/suite.py); on one-hot
+spaces it spent up to 60 of 100 evaluations (six categoricals of five values).
 
 Failed trials. An infeasible observation (``base.INFEASIBLE_KINDS``: the trial
 ran out of memory, diverged, timed out or kept crashing) is fitted with a
@@ -160,9 +173,11 @@ from ladder.samplers.model_based import ModelBasedSampler
 from ladder.space import CategoricalEncoding, Kind, Space
 
 # Bumped whenever suggestions change for the same inputs (bench cache key).
-VERSION = "6"
+VERSION = "7"
 ENCODING = CategoricalEncoding.ONE_HOT
 MIN_FIT_POINTS = 3
+INITIAL_MIN = 8
+INITIAL_MAX = 12
 MAX_FIT_POINTS = int(os.environ.get("LADDER_GP_MAX_FIT_POINTS", "512"))
 MIN_NOISE = 1e-6
 NOISE_PRIOR = (1.1, 30.0)  # Gamma(concentration, rate) on the standardised noise variance
@@ -171,6 +186,7 @@ NOISE_PRIOR = (1.1, 30.0)  # Gamma(concentration, rate) on the standardised nois
 RAW_SAMPLES = 256
 NUM_RESTARTS = 4
 MAX_ITERATIONS = 60
+ACQ_PGTOL = 1e-2
 LOCAL_SEARCH_ROUNDS = 8
 MC_SAMPLES = 64
 # Starts of the acquisition optimiser at the best observed points, and the
@@ -208,8 +224,9 @@ _threads_done = False
 
 
 def initial_points(space: Space) -> int:
-    """Size of the quasi-random initial design: max(2 * dim, 8)."""
-    return max(2 * space.dim(ENCODING), 8)
+    """Size of the quasi-random initial design: 2 x the unit-cube columns, between
+    ``INITIAL_MIN`` and ``INITIAL_MAX`` (module docstring, "Initial design")."""
+    return min(max(2 * space.dim(ENCODING), INITIAL_MIN), INITIAL_MAX)
 
 
 def is_exploitation_draw(draw: int) -> bool:
@@ -340,7 +357,8 @@ class GPSampler(ModelBasedSampler):
                     acquisition, train_x, train_y, count - len(decoded), options["seed"]
                 )
                 taken = torch.cat([train_x, in_flight])
-                decoded += self._maximise(acquisition, starts, bounds, options, taken, configs)
+                loose = {**options, "pgtol": ACQ_PGTOL}  # module docstring, step 1
+                decoded += self._maximise(acquisition, starts, bounds, loose, taken, configs)
             return self._predicted(model, decoded, first, len(usable))
 
     def _thompson(
