@@ -6,21 +6,29 @@ are pending; late in a run observations cluster near the optimum, which is
 what makes a GP ask expensive (random points would flatter it).
 
 At that state, in one process, Ladder and Optuna asks alternate (so both see
-the same machine load):
+the same machine load), first one suggestion per ask, then a batch of
+``--batch`` suggestions (its time divided by the batch size: the cost per point):
 
 - Ladder: a new ``GPSampler`` given the observations, one untimed ask (its
   first fit starts from the prior, as a service's first refit does), then
   ``--repeats`` timed asks with the 7 pending points (hyperparameters
   warm-started from the previous fit, as in a running study). Eight
   consecutive draws include one exploitation draw (gp.py), so the median
-  covers the mix a study pays.
+  covers the mix a study pays. A batch is one ``suggest`` call (one fit, a
+  joint batch).
 - Optuna: a study holding the same completed trials (enqueued, then told) and
   the 7 pending ones asked and never told (RUNNING), then ``--repeats`` timed
   asks (the ask's time includes Optuna's trial bookkeeping), each failed
-  afterwards so every ask sees the same state.
+  afterwards so every ask sees the same state. A batch is ``--batch``
+  consecutive asks, each seeing the previous ones RUNNING (Optuna has no batch
+  ask), all failed afterwards.
 
-Writes bench/results/ask-cost-<UTC date>.json (seconds per ask: median, mean,
-max; machine, versions, load average).
+Problems: any of the broad suite's (``suite.PROBLEMS``, which holds the four of
+``problems.py``).
+
+Writes bench/results/gp-ask-cost-<UTC date>.json (seconds per ask and per
+batched point: median, mean, max, Ladder / Optuna ratios of the medians;
+machine, versions, seeds, load average).
 
 Run: ``nice -n 19 .venv/bin/python -m bench.quality.ask_cost``.
 """
@@ -28,7 +36,6 @@ Run: ``nice -n 19 .venv/bin/python -m bench.quality.ask_cost``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 import warnings
@@ -43,8 +50,9 @@ import numpy as np  # noqa: E402
 from ladder.params import PlainValue  # noqa: E402
 from ladder.samplers.base import LocalDraws, Observation, SamplerContext  # noqa: E402
 
-from bench.quality.problems import PROBLEMS, Problem  # noqa: E402
+from bench.quality.problems import Problem  # noqa: E402
 from bench.quality.run import machine_info, simulate, versions, write_report  # noqa: E402
+from bench.quality.suite import PROBLEMS  # noqa: E402
 
 PENDING = 7
 
@@ -69,7 +77,14 @@ def mid_run_state(
 
     try:
         simulate(
-            problem_name, "ladder-gp", seed, observations + 2 * PENDING, PENDING + 1, True, capture
+            problem_name,
+            "ladder-gp",
+            seed,
+            observations + 2 * PENDING,
+            PENDING + 1,
+            True,
+            capture,
+            problem=PROBLEMS[problem_name],
         )
     except _Captured as state:
         return state.observations, state.pending
@@ -85,22 +100,24 @@ def summary(seconds: Sequence[float]) -> dict[str, float]:
 
 
 def ladder_ask(
-    problem: Problem, observations: list[Observation], pending: list[dict]
+    problem: Problem, observations: list[Observation], pending: list[dict], count: int = 1
 ) -> Callable[[], None]:
+    """One ``suggest`` of ``count`` points (a fit and a joint batch)."""
     from ladder.samplers.gp import GPSampler
 
     sampler = GPSampler(SamplerContext(problem.space, seed=0, reserve=LocalDraws()))
     sampler.suggest(observations, 1, pending)  # first fit, from the prior
 
     def ask() -> None:
-        sampler.suggest(observations, 1, pending)
+        sampler.suggest(observations, count, pending)
 
     return ask
 
 
 def optuna_ask(
-    problem: Problem, observations: list[Observation], pending: list[dict]
+    problem: Problem, observations: list[Observation], pending: list[dict], count: int = 1
 ) -> Callable[[], None]:
+    """``count`` consecutive asks, each seeing the earlier ones RUNNING."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -118,9 +135,12 @@ def optuna_ask(
         ask_at(params)  # RUNNING: asked, never told
 
     def ask() -> None:
-        trial = study.ask()
-        problem.optuna_params(trial)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # next ask, same state
+        trials = []
+        for _ in range(count):
+            trials.append(study.ask())
+            problem.optuna_params(trials[-1])
+        for trial in trials:  # the next ask sees the same state
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     return ask
 
@@ -131,37 +151,61 @@ def timed(ask: Callable[[], None]) -> float:
     return time.perf_counter() - started
 
 
+def compare(
+    ladder: Callable[[], None], optuna: Callable[[], None], repeats: int, points: int
+) -> dict[str, Any]:
+    """Seconds per point of ``repeats`` interleaved calls of each (so both see the
+    same machine load): summaries, the ratio of the medians, every figure."""
+    pairs = [(timed(ladder) / points, timed(optuna) / points) for _ in range(repeats)]
+    ours, peer = [a for a, _ in pairs], [b for _, b in pairs]
+    return {
+        "ladder_gp_seconds": summary(ours),
+        "optuna_gp_seconds": summary(peer),
+        "ladder_over_optuna_median": float(np.median(ours) / np.median(peer)),
+        "ladder_gp_all": ours,
+        "optuna_gp_all": peer,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--problems", default="branin,mixed,hartmann6")
-    parser.add_argument("--observations", type=int, default=90)
+    parser.add_argument("--problems", default="branin,mixed,hartmann6,hartmann6_in_20d")
+    parser.add_argument("--observations", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
-    out = args.out or Path(f"bench/results/ask-cost-{datetime.now(UTC):%Y%m%d}.json")
+    out = args.out or Path(f"bench/results/gp-ask-cost-{datetime.now(UTC):%Y%m%d}.json")
     results: dict[str, Any] = {}
     for name in args.problems.split(","):
         problem = PROBLEMS[name]
         observations, pending = mid_run_state(name, args.seed, args.observations)
-        asks = (
+        one = compare(
             ladder_ask(problem, observations, pending),
             optuna_ask(problem, observations, pending),
+            args.repeats,
+            1,
         )
-        # Interleaved, so both see the same machine load.
-        pairs = [(timed(asks[0]), timed(asks[1])) for _ in range(args.repeats)]
-        ladder, peer = [a for a, _ in pairs], [b for _, b in pairs]
+        batch = compare(
+            ladder_ask(problem, observations, pending, args.batch),
+            optuna_ask(problem, observations, pending, args.batch),
+            max(1, args.repeats // 2),
+            args.batch,
+        )
         results[name] = {
             "observations": len(observations),
             "pending": len(pending),
-            "ladder_gp_seconds": summary(ladder),
-            "optuna_gp_seconds": summary(peer),
-            "ladder_over_optuna_median": float(np.median(ladder) / np.median(peer)),
-            "ladder_gp_all": ladder,
-            "optuna_gp_all": peer,
+            "one_suggestion": one,
+            f"batch_of_{args.batch}_per_point": batch,
         }
-        print(name, json.dumps({k: v for k, v in results[name].items() if "all" not in k}))
+        print(
+            name,
+            f"one: x{one['ladder_over_optuna_median']:.2f}",
+            f"batch per point: x{batch['ladder_over_optuna_median']:.2f}",
+            flush=True,
+        )
     from ladder.samplers import gp
 
     report = {
@@ -171,8 +215,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "settings": {
             "seed": args.seed,
             "repeats": args.repeats,
+            "batch": args.batch,
+            "batch_repeats": max(1, args.repeats // 2),
             "state": "Ladder GP benchmark run (8 workers) at >= observations, 7 pending",
             "gp_version": gp.VERSION,
+            "ratio": "Ladder / Optuna, medians of seconds per point, same process, "
+            "asks interleaved",
         },
         "problems": results,
     }
