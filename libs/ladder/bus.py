@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import confluent_kafka
 from google.protobuf.message import Message
 
-from ladder import limits, telemetry
+from ladder import limits, signing, telemetry
 from ladder.codec import BadRecord
 from ladder.config import BrokerProfile, Settings
 from ladder.gaps import GapGuard
@@ -386,6 +386,9 @@ class EventProducer:
         self.settings = settings
         self.service = service
         self.delivery_timeout_s = delivery_timeout_s
+        # Records of the signed topics carry the service's HMAC (ladder.signing).
+        self._keyring = signing.keyring(settings.state_dir)
+        self._signed = signing.signed_topics(settings.topics)
         self._producer = confluent_kafka.Producer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -424,13 +427,16 @@ class EventProducer:
         def delivered(error: object, record: object) -> None:
             result.resolve(confluent_kafka.KafkaException(error) if error else None, record)
 
+        key_bytes = key.encode()
         with telemetry.kafka_producer_span(topic, key):
             record_headers = telemetry.inject_headers(headers)
+            if topic in self._signed:
+                record_headers.extend(self._keyring.sign(topic, key_bytes, value))
             while True:
                 try:
                     self._producer.produce(
                         topic,
-                        key=key.encode(),
+                        key=key_bytes,
                         value=value,
                         headers=record_headers,
                         on_delivery=delivered,
@@ -543,6 +549,10 @@ class ConsumerLoop:
         self._contiguous = settings.gap_guarded_topics
         self._gaps = GapGuard()
         self._retries = RecordRetries(policy or PoisonPolicy.from_env())
+        # Records of the signed topics change nothing unless their producer signed
+        # them (ladder.signing): anyone reaching the broker can publish.
+        self._keyring = signing.keyring(settings.state_dir)
+        self._signed = signing.signed_topics(settings.topics)
         self.on_done = on_done
         self.on_health = on_health
         self._stuck: str | None = None  # what on_health was last told
@@ -704,6 +714,10 @@ class ConsumerLoop:
         finishing = self._retries.finishing((record.topic, record.partition), record.offset)
         if finishing is not None:  # given up on before: the handler does not run again
             return self._finish(record, *finishing)
+        if record.topic in self._signed:
+            forged = self._keyring.problem(record.topic, record.key, record.value, record.headers)
+            if forged is not None:
+                return self._finish(record, forged, lettered=False)
         traced = record.topic not in self.untraced_topics
         parent = telemetry.extract_context(record.headers) if traced else None
         with (

@@ -322,6 +322,8 @@ class Settings:
     | LADDER_TLS_CA              | none; set: clients connect with TLS, trusting this CA |
     | LADDER_TLS_CLIENT_CERT, LADDER_TLS_CLIENT_KEY | none; the cert clients present (mTLS) |
     | LADDER_TLS_SERVER_NAME     | the address's host; the name the services' certificate carries |
+    | LADDER_BUS_SIGNING_KEYS    | `<state>/bus-signing-keys.json`; `kid:hex,...` (bus-security) |
+    | LADDER_BUS_SIGNING_KEY     | none; one hex secret (key id `default`) |
     """
 
     kafka_bootstrap: str

@@ -15,7 +15,9 @@ A Faust stream processor in two stages (README.md, "Architecture"):
   study directory (``studies.StudyFeed``); agent ``earlystop-studies`` only validates
   it, so a malformed StudyEvent gets one dead letter.
 
-Undecodable records, records a retry cannot fix (``ladder.poison``), metrics of a
+Undecodable records, records a retry cannot fix (``ladder.poison``), rung crossings
+and StudyEvents their producer did not sign (``ladder.signing``), metrics of a trial
+that is unknown, of another study or not running (``--trial-check``), metrics of a
 study that has no StudyEvent after ``--unknown-study-wait`` seconds (parked meanwhile,
 not waited for: agents.py), and studies whose scheduler config is unusable go to
 ``<prefix>dead-letter`` with the reason and the payload (its first 64 KiB). Trace
@@ -53,6 +55,12 @@ every record produced.
 |   LADDER_EARLYSTOP_CURVE_FLUSH_MS                    |                   | coalesces curve-table|
 |                                                      |                   | writes (0: per batch;|
 |                                                      |                   | CurveWriteBehind)    |
+| --trial-check / LADDER_EARLYSTOP_TRIAL_CHECK         | on                | a report counts only |
+|                                                      |                   | for a real, reporting|
+|                                                      |                   | trial of its study   |
+|                                                      |                   | (Redis trial store;  |
+|                                                      |                   | ladder.trialcheck);  |
+|                                                      |                   | off: every report    |
 | LADDER_LOG_LEVEL                                     | INFO              | JSON logs on stderr  |
 | OTEL_EXPORTER_OTLP_ENDPOINT                          | unset             | OTLP span export     |
 
@@ -81,9 +89,11 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from ladder import telemetry
+from ladder import signing, telemetry
 from ladder.config import Settings, service_parser
 from ladder.poison import PoisonPolicy
+from ladder.state.keys import Keys
+from ladder.trialcheck import TrialCheck, redis_lookup
 
 from services.earlystop.agents import EarlyStopAgents
 from services.earlystop.app import (
@@ -206,6 +216,11 @@ def parse_options(argv: list[str] | None, settings: Settings) -> EarlyStopOption
     for flag, env_var, default, _lowest in INT_OPTIONS:
         fallback = settings.broker.fetch_max_wait_ms if default is None else default
         parser.add_argument(flag, type=int, default=int(env(env_var, fallback)))
+    parser.add_argument(
+        "--trial-check",
+        choices=("on", "off"),
+        default=env("LADDER_EARLYSTOP_TRIAL_CHECK", "on").strip().lower(),
+    )
     args = parser.parse_args(argv)
     if args.unknown_study_wait < 0:
         parser.error("--unknown-study-wait must be >= 0")
@@ -224,6 +239,7 @@ def parse_options(argv: list[str] | None, settings: Settings) -> EarlyStopOption
         replication_factor=args.replication_factor,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
         curve_flush_ms=args.curve_flush_ms,
+        trial_check=args.trial_check == "on",
     )
 
 
@@ -233,12 +249,14 @@ def build(settings: Settings, options: EarlyStopOptions) -> tuple[faust.App, Ear
     app = create_app(settings, options)
     tables = declare_tables(app, partitions[topics.metrics], partitions[topics.rungs])
     directory = StudyDirectory(options.unknown_study_wait)
+    keyring = signing.keyring(settings.state_dir)
     feed = StudyFeed(
         settings.kafka_bootstrap,
         topics.studies,
         directory,
         end_offsets_reader(settings.broker),
         options.fetch_max_wait_ms,
+        keyring,
     )
     app.task(feed.run)
     leaderboards = LeaderboardView(tables.entries)
@@ -250,6 +268,10 @@ def build(settings: Settings, options: EarlyStopOptions) -> tuple[faust.App, Ear
         leaderboards,
         options.curve_flush_ms / 1000.0,
         PoisonPolicy.from_env(),
+        TrialCheck(redis_lookup(settings.redis_url, Keys.for_prefix(topics.prefix).trial))
+        if options.trial_check
+        else None,
+        keyring,
     )
 
     async def forget_index(*_args: Any, **_kwargs: Any) -> None:

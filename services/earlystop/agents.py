@@ -59,7 +59,7 @@ from typing import Any, Generic, TypeVar
 import faust
 from faust.exceptions import ProducerSendError
 from google.protobuf.message import Message
-from ladder import poison, telemetry
+from ladder import poison, signing, telemetry
 from ladder.bus import dead_letter_record
 from ladder.codec import BadRecord, decode, parse_metric_report
 from ladder.config import Settings
@@ -67,6 +67,7 @@ from ladder.poison import ParkingLot, PoisonPolicy
 from ladder.retry import backoff_delay, retry_forever
 from ladder.schedulers import Action, CurveState, RungDecision, SchedulerSpec
 from ladder.schedulers.engine import Crossing, EarlyStopEngine
+from ladder.trialcheck import ACCEPT, IGNORE, TrialCheck
 from ladder.v1 import events_pb2
 from opentelemetry import metrics, trace
 
@@ -290,8 +291,13 @@ class EarlyStopAgents:
         leaderboards: LeaderboardView,
         curve_flush_s: float = 0.0,
         policy: PoisonPolicy | None = None,
+        trial_check: TrialCheck | None = None,
+        keyring: signing.Keyring | None = None,
     ) -> None:
         self.app = app
+        # A report moves early stopping only for a real trial of its study that is
+        # reporting (ladder.trialcheck); None: every report counts (no trial store).
+        self.trial_check = trial_check
         self.policy = policy or PoisonPolicy()
         self.health = StageHealth(self.policy.stuck_after_s)
         self.parked: dict[str, ParkingLot[str, faust.types.EventT]] = {
@@ -308,6 +314,10 @@ class EarlyStopAgents:
         self.leaderboards = leaderboards
         self.engine = EarlyStopEngine(leaderboards)
         topics = settings.topics
+        # Crossings and decisions are signed; a crossing or study event that is not
+        # changes nothing (ladder.signing).
+        self.keyring = keyring or signing.Keyring()
+        self.signed = signing.signed_topics(topics) if self.keyring.enabled else frozenset()
 
         def raw_topic(name: str) -> faust.TopicT:
             return app.topic(name, key_type=bytes, value_type=bytes)
@@ -610,9 +620,21 @@ class EarlyStopAgents:
 
     async def on_study(self, event: faust.types.EventT) -> None:
         """Validation only: the directory is fed by every process's own ``StudyFeed``;
-        consumed in the group, a malformed StudyEvent gets one dead letter."""
+        consumed in the group, a malformed or unsigned StudyEvent gets one dead letter."""
         if event.value:
+            self._check_signed(event)
             study_id_of(event.value)  # BadRecord -> dead-letter
+
+    def _check_signed(self, event: faust.types.EventT) -> None:
+        """``BadRecord`` when the record's producer did not sign it."""
+        if not self.keyring.enabled:
+            return
+        message = event.message
+        forged = self.keyring.problem(
+            message.topic, message.key, event.value, record_headers(event)
+        )
+        if forged is not None:
+            raise BadRecord(forged)
 
     async def on_metric(self, event: faust.types.EventT, work: BatchWork) -> None:
         report = parse_metric_report(event.value)
@@ -622,6 +644,12 @@ class EarlyStopAgents:
             return
         if report.metric and spec.metric and report.metric != spec.metric:
             return  # not the objective: lineage records it, early stopping ignores it
+        if self.trial_check is not None:
+            verdict = await self.trial_check(study_id, trial_id)
+            if verdict == IGNORE:
+                return  # a finished trial's late report: true, but it moves nothing
+            if verdict != ACCEPT:
+                raise BadRecord(verdict)
         # The batch's own newer state first: a trial can report twice in one batch.
         pending = work.curves.get(trial_id)
         state = CurveState.from_dict(pending[1] if pending else self.curves.get(trial_id))
@@ -660,6 +688,7 @@ class EarlyStopAgents:
             )
 
     async def on_rung(self, event: faust.types.EventT, work: BatchWork) -> None:
+        self._check_signed(event)
         crossing = decode(events_pb2.RungCrossing, event.value)
         study_id, trial_id = crossing.study_id, crossing.trial_id
         if not study_id or not trial_id:
@@ -742,11 +771,15 @@ class EarlyStopAgents:
     async def _send(self, topic: faust.TopicT, key: str, message: Message) -> Awaitable[Any]:
         """Produce inside a PRODUCER span with W3C trace headers; returns the ack future."""
         name = topic.get_topic_name()
+        raw_key, value = key.encode(), message.SerializeToString()
         with telemetry.kafka_producer_span(name, key):
+            headers = telemetry.inject_headers()
+            if name in self.signed:
+                headers.extend(self.keyring.sign(name, raw_key, value))
             return await topic.send(
-                key=key.encode(),
-                value=message.SerializeToString(),
-                headers=telemetry.inject_headers(),
+                key=raw_key,
+                value=value,
+                headers=headers,
                 force=True,  # send now, not at commit: the handler awaits the ack
             )
 

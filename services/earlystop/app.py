@@ -76,6 +76,8 @@ class EarlyStopOptions:
     store: str = "memory://"
     fetch_max_wait_ms: int = 100
     curve_flush_ms: int = 5000
+    # Reports count only for real, reporting trials of their study (ladder.trialcheck).
+    trial_check: bool = True
 
 
 def broker_urls(bootstrap: str) -> list[str]:

@@ -28,6 +28,7 @@ import aiokafka
 from ladder.codec import BadRecord, decode
 from ladder.retry import retry_forever
 from ladder.schedulers import SchedulerConfigError, SchedulerSpec
+from ladder.signing import Headers, Keyring
 from ladder.v1 import events_pb2
 
 log = logging.getLogger("ladder.earlystop")
@@ -198,8 +199,13 @@ class StudyFeed:
         directory: StudyDirectory,
         end_offsets: EndOffsets,
         fetch_max_wait_ms: int = 100,
+        keyring: Keyring | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        # A StudyEvent its owner (suggest) did not sign is not read: a forged one
+        # would rename a study or turn its early stopping off (the studies agent
+        # dead-letters it, once).
+        self.keyring = keyring or Keyring()
         self.topic = topic
         self.directory = directory
         # tansu answers ListOffsets short of the end (app.fetched_end_offsets).
@@ -230,7 +236,7 @@ class StudyFeed:
                 batches = await consumer.getmany(timeout_ms=1000)
                 for records in batches.values():
                     for record in records:
-                        self.apply(record.key, record.value)
+                        self.apply(record.key, record.value, record.headers)
                 if not self.directory.caught_up and await self._reached(consumer, ends):
                     self.directory.mark_caught_up()
                     log.info(
@@ -256,7 +262,11 @@ class StudyFeed:
                 return False
         return True
 
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
+    def apply(
+        self, key: bytes | None, value: bytes | None, headers: Headers | None = None
+    ) -> None:
+        if self.keyring.problem(self.topic, key, value, headers) is not None:
+            return  # the studies agent dead-letters it (once, in the group)
         if not value:
             # Tombstone on the compacted topic: the study is gone.
             if key:

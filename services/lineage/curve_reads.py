@@ -106,12 +106,15 @@ def study_curves(
     ).fetchone()
     maximize = study is not None and study[0] == MAXIMIZE
     reply = lineage_pb2.StudyCurves(study_id=study_id, metric=study[1] if study else "")
-    # Per trial with points: its count and last point (trial_curves), state and final
-    # value; a trial known only from its points has no state yet.
+    # Per trial of the study with points: its count and last point (trial_curves),
+    # state and final value. Only trials the study's trial events made: anyone may
+    # publish metrics, and points of a trial id nobody created ("phantom" trials with
+    # good values) must not take the places of real curves (docs/bus-security.md).
     found = rows(db.execute(
         "SELECT c.trial_id, c.points, c.last_value, c.last_ts_ms, t.state, "
         "t.has_final_value, t.final_value FROM trial_curves c "
-        "LEFT JOIN trials t ON t.trial_id = c.trial_id WHERE c.study_id = ?",
+        "JOIN trials t ON t.trial_id = c.trial_id AND t.study_id = c.study_id "
+        "WHERE c.study_id = ?",
         (study_id,),
     ))
     reply.total_trials = len(found)

@@ -24,7 +24,11 @@ from ladder.testing.postgres import (
 
 @pytest.fixture(scope="session")
 def infra_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with embedded_infra(tmp_path_factory.mktemp("ladder-state")) as env:
+    state = tmp_path_factory.mktemp("ladder-state")
+    with embedded_infra(state) as env, pytest.MonkeyPatch.context() as mp:
+        # The test's own producers of decisions, study and trial events sign them as
+        # the services do (ladder.signing), whatever state folder their Settings name.
+        mp.setenv("LADDER_BUS_SIGNING_KEYS", env["LADDER_BUS_SIGNING_KEYS"])
         yield env
 
 

@@ -16,11 +16,15 @@ import pytest
 from google.protobuf.message import DecodeError
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ladder.config import Settings
+from ladder.testing import signed_headers
 from ladder.v1 import events_pb2, study_pb2
 
 pytestmark = pytest.mark.integration
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+# These tests' trials exist only in their reports (no evaluate, no trial store): the
+# trial check is off here; test_bus_attacks.py runs it against real trials.
+SYNTHETIC_TRIALS = {"LADDER_EARLYSTOP_TRIAL_CHECK": "off"}
 
 
 class Tail:
@@ -99,7 +103,11 @@ def publish_study(settings: Settings, study_id: str) -> None:
         ts_ms=int(time.time() * 1000),
     )
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    producer.send(settings.topics.studies, key=study_id.encode(), value=event.SerializeToString())
+    value, topic = event.SerializeToString(), settings.topics.studies
+    producer.send(
+        topic, key=study_id.encode(), value=value,
+        headers=signed_headers(topic, study_id.encode(), value),  # as suggest signs it
+    )
     producer.flush(10)
     producer.close()
 
@@ -108,7 +116,7 @@ def test_asha_stops_the_worse_trials_and_survives_garbage(
     infra: Settings, start_service: Callable
 ) -> None:
     service = start_service(
-        "services.earlystop", {"LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT": "2"}
+        "services.earlystop", {"LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT": "2", **SYNTHETIC_TRIALS}
     )
     topics = infra.topics
     study_id = f"es-{uuid.uuid4().hex[:8]}"
@@ -225,6 +233,7 @@ def test_every_process_knows_a_study_published_after_a_second_one_joined(
         return start_service(
             "services.earlystop",
             {
+                **SYNTHETIC_TRIALS,
                 "LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT": "5",
                 "LADDER_EARLYSTOP_DATA_DIR": str(tmp_path / name),
             },

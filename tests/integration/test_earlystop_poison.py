@@ -18,7 +18,7 @@ import pytest
 from kafka import KafkaProducer
 from ladder.config import Settings
 from ladder.testing import ServiceProcess
-from test_earlystop import Tail, dead_letters, decisions_of, publish_study
+from test_earlystop import SYNTHETIC_TRIALS, Tail, dead_letters, decisions_of, publish_study
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ DECIDED_WITHIN = 4.0
 def earlystop(start_module_service: Callable[..., ServiceProcess]) -> ServiceProcess:
     return start_module_service(
         "services.earlystop",
-        {"LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT": str(UNKNOWN_STUDY_WAIT)},
+        {"LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT": str(UNKNOWN_STUDY_WAIT), **SYNTHETIC_TRIALS},
     )
 
 

@@ -29,7 +29,7 @@ from ladder.stack import launcher, procs
 from ladder.stack.procs import ProcRecord
 from ladder.testing import ServiceGroup, TopicReader, decoded, read_topic, wait_for
 from ladder.v1 import events_pb2
-from test_earlystop import publish_study
+from test_earlystop import SYNTHETIC_TRIALS, publish_study
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,9 @@ def test_no_decision_is_lost_when_the_object_store_dies_under_early_stop(
     env = {**os.environ, "LADDER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
            "LADDER_REDIS_URL": settings.redis_url}
     group = ServiceGroup(env, tmp_path)
-    earlystop = group.start("services.earlystop", {"LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT": "60"})
+    earlystop = group.start(
+        "services.earlystop", {"LADDER_EARLYSTOP_UNKNOWN_STUDY_WAIT": "60", **SYNTHETIC_TRIALS}
+    )
     study_id = f"so-{uuid.uuid4().hex[:8]}"
     trials = [f"{study_id}-t{i}" for i in range(TRIALS)]
     try:

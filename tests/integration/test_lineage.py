@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ladder.bus import EventProducer
 from ladder.config import Settings
 from ladder.params import fill_params
-from ladder.testing import Clients, unless_not_found, wait_for
+from ladder.testing import Clients, signed_headers, unless_not_found, wait_for
 from ladder.v1 import (
     evaluate_pb2,
     events_pb2,
@@ -251,9 +251,12 @@ def test_lineage_records_a_trial_end_to_end_exactly_once(
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
         assert missing.value.details() == f"trial {scenario.trial_id!r} not found"
 
-        # A record lineage cannot decode: dead-lettered with its reason, the
-        # service keeps going. (A bad metric is only skipped: early-stop owns it.)
-        bad = plain.send(infra.topics.trials, key=b"x", value=b"\xff\xfe garbage")
+        # A record lineage cannot decode (signed: its producer is a trusted one):
+        # dead-lettered with its reason, the service keeps going. (A bad metric is only
+        # skipped: early-stop owns it.)
+        garbage = b"\xff\xfe garbage"
+        bad = plain.send(infra.topics.trials, key=b"x", value=garbage,
+                         headers=signed_headers(infra.topics.trials, b"x", garbage))
         bad_record = bad.get(timeout=30)
         plain.send(infra.topics.metrics, key=b"x", value=b"{not json").get(timeout=30)
 

@@ -21,7 +21,7 @@ from ladder.config import Settings
 from ladder.params import fill_params, params_to_dict
 from ladder.state import State, Transition, open_state, trial_event
 from ladder.study import OomPolicy
-from ladder.testing import Clients, code_and_message, trial_events, wait_for
+from ladder.testing import Clients, code_and_message, signed_headers, trial_events, wait_for
 from ladder.v1 import events_pb2, space_pb2, study_pb2, suggest_pb2, trial_pb2
 
 pytestmark = pytest.mark.integration
@@ -193,10 +193,12 @@ def test_tpe_study_learns_from_completions_and_rung_decisions(infra: Settings, r
     producer = KafkaProducer(bootstrap_servers=infra.kafka_bootstrap.split(","))
     try:
         for _ in range(2):  # a replay changes nothing
+            key, value = pending.trial.trial_id.encode(), decision.SerializeToString()
             producer.send(
                 infra.topics.decisions,
-                key=pending.trial.trial_id.encode(),
-                value=decision.SerializeToString(),
+                key=key,
+                value=value,
+                headers=signed_headers(infra.topics.decisions, key, value),  # as early-stop
             ).get(timeout=30)
     finally:
         producer.close()

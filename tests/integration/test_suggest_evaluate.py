@@ -21,6 +21,7 @@ from ladder.testing import (
     code_and_message,
     decoded_records,
     read_topic,
+    signed_headers,
     trial_events,
     wait_for,
 )
@@ -252,8 +253,10 @@ def test_stop_decision_reaches_heartbeat_and_complete_is_idempotent(
             reason="below rung cutoff",
             scheduler="asha",
         )
-        producer.send(
-            infra.topics.decisions, key=trial.trial_id.encode(), value=stop.SerializeToString()
+        key, value = trial.trial_id.encode(), stop.SerializeToString()
+        producer.send(  # signed as early-stop signs its decisions
+            infra.topics.decisions, key=key, value=value,
+            headers=signed_headers(infra.topics.decisions, key, value),
         ).get(timeout=30)
         reply = wait_for(
             lambda: (r := clients.heartbeat(trial.trial_id, "a-1")).action == events_pb2.STOP and r,

@@ -97,3 +97,17 @@ def test_signed_topics_are_the_owned_ones() -> None:
     assert signing.signed_topics(topics) == {
         topics.decisions, topics.rungs, topics.studies, topics.trials
     }
+
+
+def test_the_embedded_redis_password_is_in_its_url_and_a_file_not_on_the_command_line(
+    tmp_path: Path,
+) -> None:
+    from ladder.stack import components, ports
+
+    assert ports.redis_url(6380, password="pw") == "redis://:pw@127.0.0.1:6380/0"
+    conf = tmp_path / "redis-auth.conf"
+    secret = signing.ensure_secret_file(conf, lambda: "requirepass s3cret\n")
+    assert secret == "requirepass s3cret" and stat.S_IMODE(os.stat(conf).st_mode) == 0o600
+    assert signing.ensure_secret_file(conf, lambda: "requirepass other\n") == secret
+    argv = components.redis_argv(6399, tmp_path, config_file=conf)
+    assert argv[1] == str(conf) and not any("s3cret" in arg for arg in argv)

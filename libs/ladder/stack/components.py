@@ -261,11 +261,16 @@ def supervisor_argv(state_dir: Path) -> list[str]:
     return [sys.executable, "-m", "ladder.stack.supervisor", "--state-dir", str(state_dir)]
 
 
-def redis_argv(port: int, data_dir: Path, host: str = "127.0.0.1") -> list[str]:
+def redis_argv(
+    port: int, data_dir: Path, host: str = "127.0.0.1", config_file: Path | None = None
+) -> list[str]:
     # AOF on (as in production), RDB snapshots off; foreground so the pid we record is
-    # the server itself and its log goes to our log file.
+    # the server itself and its log goes to our log file. ``config_file`` holds the
+    # ``requirepass`` line (a file, owner-only: on the command line the password would
+    # show in every user's ``ps``).
     return [
         str(redis_binary()),
+        *([str(config_file)] if config_file else []),
         "--port", str(port),
         "--bind", host,
         "--dir", str(data_dir),

@@ -46,6 +46,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -54,7 +55,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ladder import addresses, config, objectstore, tenancy
+from ladder import addresses, config, objectstore, signing, tenancy
 from ladder.objectstore import S3Settings
 from ladder.stack import components, ports, probes, procs
 from ladder.stack.components import (
@@ -110,6 +111,18 @@ class Layout:
     @property
     def redis_data(self) -> Path:
         return self.root / "redis"
+
+    @property
+    def redis_config(self) -> Path:
+        """Its ``requirepass`` line (owner-only; ``redis_password``)."""
+        return self.root / "redis-auth.conf"
+
+    def redis_password(self) -> str:
+        """The embedded Redis's password, made at its first start."""
+        line = signing.ensure_secret_file(
+            self.redis_config, lambda: f"requirepass {secrets.token_hex(24)}\n"
+        )
+        return line.split()[-1]
 
     @property
     def objectstore_data(self) -> Path:
@@ -596,11 +609,21 @@ class _Starter:
             return external
         self.say("starting redis" + (f" on port {port}" if port else ""))
 
-        def ready(port: int, alive: Callable[[], bool]) -> None:
-            probes.wait_redis(ports.redis_url(port), deadline=self.deadline, alive=alive)
+        password = self.layout.redis_password()
 
-        return ports.redis_url(self._spawn_ready(
-            REDIS, lambda p: components.redis_argv(p, self.layout.redis_data), ready, port
+        def url(port: int) -> str:
+            return ports.redis_url(port, password=password)
+
+        def ready(port: int, alive: Callable[[], bool]) -> None:
+            probes.wait_redis(url(port), deadline=self.deadline, alive=alive)
+
+        return url(self._spawn_ready(
+            REDIS,
+            lambda p: components.redis_argv(
+                p, self.layout.redis_data, config_file=self.layout.redis_config
+            ),
+            ready,
+            port,
         ))
 
     def _objectstore(self, recorded: ObjectStorePorts | None = None) -> dict[str, Any]:
@@ -705,6 +728,7 @@ class _Starter:
             LADDER_REDIS_URL=info["redis_url"],
             LADDER_STATE_DIR=str(self.layout.root),
             LADDER_TOPIC_PREFIX=self.topics.prefix,
+            LADDER_BUS_SIGNING_KEYS=signing.ensure_keyring(self.layout.root),
             PYTHONUNBUFFERED="1",
         )
         # Authentication on unless LADDER_AUTH says otherwise; the default tenant's token
@@ -998,6 +1022,7 @@ class Stack:
             "LADDER_BROKER_PROFILE": info.get("broker_profile", ""),
             "LADDER_REDIS_URL": info.get("redis_url", ""),
             "LADDER_TOPIC_PREFIX": info.get("topic_prefix", Asked.from_env().prefix),
+            "LADDER_BUS_SIGNING_KEYS": signing.ensure_keyring(self.layout.root),
         }
         for spec in SERVICES:
             if spec.addr_env and spec.addr_key in info:

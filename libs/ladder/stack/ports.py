@@ -45,5 +45,6 @@ def split_host_port(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def redis_url(port: int, host: str = LOOPBACK, db: int = 0) -> str:
-    return f"redis://{host}:{port}/{db}"
+def redis_url(port: int, host: str = LOOPBACK, db: int = 0, password: str = "") -> str:
+    auth = f":{password}@" if password else ""
+    return f"redis://{auth}{host}:{port}/{db}"

@@ -27,6 +27,7 @@ from ladder.testing.topics import (
     decoded,
     decoded_records,
     read_topic,
+    signed_headers,
     trial_events,
 )
 from ladder.testing.waiting import unless_not_found, wait_for, wait_for_found
@@ -49,6 +50,7 @@ __all__ = [
     "embedded_infra",
     "fake_event",
     "read_topic",
+    "signed_headers",
     "trial_events",
     "unless_not_found",
     "wait_for",

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ladder import signing
 from ladder.stack.ports import free_port
 from ladder.stack.probes import serving
 from ladder.testing.waiting import wait_for
@@ -49,7 +50,9 @@ def embedded_infra(state_dir: Path) -> Iterator[dict[str, str]]:
         raise RuntimeError(f"ladder up failed:\n{up.stdout}\n{up.stderr}")
     stack = json.loads((state_dir / "stack.json").read_text())
     env["LADDER_KAFKA_BOOTSTRAP"] = stack["kafka_bootstrap"]
-    env["LADDER_REDIS_URL"] = stack["redis_url"]
+    env["LADDER_REDIS_URL"] = stack["redis_url"]  # with the stack's Redis password
+    # The services a test starts sign and check events with the stack's keys.
+    env["LADDER_BUS_SIGNING_KEYS"] = signing.ensure_keyring(state_dir)
     try:
         yield env
     finally:

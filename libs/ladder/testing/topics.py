@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 from kafka import KafkaConsumer, TopicPartition
 
+from ladder import signing
 from ladder.codec import BadRecord, decode
 from ladder.config import Settings
 from ladder.testing.waiting import wait_for
@@ -82,3 +83,10 @@ def trial_events(settings: Settings, trial_id: str) -> list[events_pb2.TrialEven
     """The events of ``trial_id`` on the trials topic, in topic order."""
     events = decoded(events_pb2.TrialEvent, read_topic(settings, settings.topics.trials))
     return [event for event in events if event.trial.trial_id == trial_id]
+
+
+def signed_headers(topic: str, key: bytes, value: bytes) -> list[tuple[str, bytes]]:
+    """The headers that sign a record as the stack's services sign theirs (the keys
+    of LADDER_BUS_SIGNING_KEYS, which the integration tests' ``infra_env`` sets): for
+    a test that publishes a study event, trial event or decision as its owner would."""
+    return signing.keyring().sign(topic, key, value)
