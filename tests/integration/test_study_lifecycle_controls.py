@@ -77,13 +77,16 @@ def stack(
     clients.close()
 
 
-def create(stack: Stack, max_trials: int = 0, max_parallel: int = 0) -> str:
-    config = study_pb2.StudyConfig(
+def config_of(max_trials: int = 0, max_parallel: int = 0) -> study_pb2.StudyConfig:
+    return study_pb2.StudyConfig(
         name="controls", space=SPACE, metric="val_loss", max_trials=max_trials,
         max_parallel_trials=max_parallel,
         scheduler=study_pb2.SchedulerConfig(kind=study_pb2.NONE),
     )
-    return stack.clients.create(config).study_id
+
+
+def create(stack: Stack, max_trials: int = 0, max_parallel: int = 0) -> str:
+    return stack.clients.create(config_of(max_trials, max_parallel)).study_id
 
 
 def running(stack: Stack, study_id: str, worker: str = "w-1") -> tuple[str, str]:
@@ -280,6 +283,8 @@ def test_the_budget_changes_while_the_study_runs(stack: Stack) -> None:
                        "(at least 2, or 0 = unbounded)")
 
     assert update(stack, study_id, max_trials=3).config.max_trials == 3
+    # Repeating the create with the config it was created with still answers the study.
+    assert stack.clients.create(config_of(max_trials=2), study_id).config.max_trials == 3
     trials.append(running(stack, study_id, "w2"))
     assert refusal(stack, study_id)[0] == FAILED_PRECONDITION
     for value, (trial_id, attempt) in enumerate(trials):

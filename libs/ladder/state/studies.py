@@ -88,6 +88,11 @@ class StudyStore:
         fields = self.r.hmget(self.keys.study(study_id), *_FIELDS)
         return _study(*fields) if fields[0] else None
 
+    def created_config(self, study_id: str) -> study_pb2.StudyConfig | None:
+        """The study's config as CreateStudy stored it (without UpdateStudy's limits)."""
+        raw = self.r.hget(self.keys.study(study_id), "study")
+        return _study(raw, None).config if raw else None
+
     def gate(self, study_id: str) -> Gate:
         pipe = self.r.pipeline(transaction=False)
         pipe.hmget(self.keys.study(study_id), "state", "suggested", "max_trials", "max_parallel")
