@@ -498,6 +498,13 @@ class EarlyStopAgents:
             owners: list[int] = []  # the position of the record behind each ack
             culprit: int | None = None
             try:
+                if stage == STAGE1 and self.trial_check is not None:
+                    # The batch's trials in one Redis round trip, not one per trial.
+                    await self.trial_check.prefetch(
+                        e.message.key.decode("utf-8", "replace")
+                        for e in events
+                        if isinstance(e.message.key, bytes)
+                    )
                 for culprit, event in enumerate(events):
                     before = len(work.acks)
                     await self._handle_one(stage, culprit, event, poisoned, handler, work, traced)

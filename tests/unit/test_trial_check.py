@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 from ladder.trialcheck import ACCEPT, IGNORE, Known, TrialCheck, verdict
@@ -31,8 +32,8 @@ def test_reads_are_remembered_for_the_ttl_and_finished_trials_for_good() -> None
     now = [0.0]
     store = {"a": Known("s", trial_pb2.RUNNING), "b": Known("s", trial_pb2.COMPLETED)}
 
-    async def lookup(trial_id: str) -> Known | None:
-        return store.get(trial_id)
+    async def lookup(trial_ids: Sequence[str]) -> list[Known | None]:
+        return [store.get(t) for t in trial_ids]
 
     check = TrialCheck(lookup, ttl_s=2.0, clock=lambda: now[0])
 
@@ -53,8 +54,8 @@ def test_reads_are_remembered_for_the_ttl_and_finished_trials_for_good() -> None
 def test_a_suggested_trial_is_read_again_at_once() -> None:
     store = {"a": Known("s", trial_pb2.SUGGESTED)}
 
-    async def lookup(trial_id: str) -> Known | None:
-        return store.get(trial_id)
+    async def lookup(trial_ids: Sequence[str]) -> list[Known | None]:
+        return [store.get(t) for t in trial_ids]
 
     check = TrialCheck(lookup, clock=lambda: 0.0)
 
@@ -67,8 +68,8 @@ def test_a_suggested_trial_is_read_again_at_once() -> None:
 
 
 def test_the_memory_is_bounded() -> None:
-    async def lookup(trial_id: str) -> Known | None:
-        return None
+    async def lookup(trial_ids: Sequence[str]) -> list[Known | None]:
+        return [None] * len(trial_ids)
 
     check = TrialCheck(lookup, clock=lambda: 0.0, cache_max=10)
 
@@ -78,3 +79,28 @@ def test_the_memory_is_bounded() -> None:
 
     asyncio.run(run())
     assert len(check._seen) <= 10
+
+
+def test_a_batch_is_read_in_one_round_trip_and_only_what_is_due() -> None:
+    now = [0.0]
+    asked: list[list[str]] = []
+    store = {t: Known("s", trial_pb2.RUNNING) for t in ("a", "b", "c")}
+
+    async def lookup(trial_ids: Sequence[str]) -> list[Known | None]:
+        asked.append(list(trial_ids))
+        return [store.get(t) for t in trial_ids]
+
+    check = TrialCheck(lookup, ttl_s=2.0, clock=lambda: now[0])
+
+    async def run() -> None:
+        await check.prefetch(["a", "b", "a", "phantom"])
+        assert [await check("s", t) for t in ("a", "b")] == [ACCEPT, ACCEPT]
+        assert (await check("s", "phantom")).startswith("unknown trial")
+        now[0] = 1.0
+        await check.prefetch(["a", "c"])  # a is fresh: only c is read
+        now[0] = 2.5
+        await check.prefetch(["a", "b", "c"])  # a and b are due again, c is not
+        await check.prefetch([])
+
+    asyncio.run(run())
+    assert asked == [["a", "b", "phantom"], ["c"], ["a", "b"]]
