@@ -121,7 +121,8 @@ def _run_up(args: argparse.Namespace) -> int:
         print(f"  restarted: {', '.join(info['restarted'])} (on their recorded addresses)")
     for key in _SUMMARY_KEYS:
         if key in info:
-            print(f"  {key:<22} {info[key]}")
+            shown = launcher.ports.redacted_url(info[key]) if key == "redis_url" else info[key]
+            print(f"  {key:<22} {shown}")
     print(f"  {'logs':<22} {state / 'logs'}")
     if "dashboard_addr" in info:
         print(f"Dashboard: http://{info['dashboard_addr']}/ (`ladder dashboard` opens it)")

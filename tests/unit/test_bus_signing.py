@@ -105,6 +105,8 @@ def test_the_embedded_redis_password_is_in_its_url_and_a_file_not_on_the_command
     from ladder.stack import components, ports
 
     assert ports.redis_url(6380, password="pw") == "redis://:pw@127.0.0.1:6380/0"
+    assert ports.redacted_url("redis://:pw@127.0.0.1:6380/0") == "redis://:***@127.0.0.1:6380/0"
+    assert ports.redacted_url("redis://127.0.0.1:6380/0") == "redis://127.0.0.1:6380/0"
     conf = tmp_path / "redis-auth.conf"
     secret = signing.ensure_secret_file(conf, lambda: "requirepass s3cret\n")
     assert secret == "requirepass s3cret" and stat.S_IMODE(os.stat(conf).st_mode) == 0o600

@@ -940,7 +940,7 @@ def status(state_dir: Path | str | None = None) -> list[ComponentStatus]:
     if info:
         add(KAFKA, info.get("kafka_bootstrap", ""),
             lambda: (probes.kafka_reachable(info["kafka_bootstrap"]), ""))
-        add(REDIS, info.get("redis_url", ""),
+        add(REDIS, ports.redacted_url(info.get("redis_url", "")),
             lambda: (probes.redis_ping(info["redis_url"]), ""))
         for spec in SERVICES:
             if spec.addr_key in info:

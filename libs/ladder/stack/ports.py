@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from contextlib import ExitStack
+from urllib.parse import urlsplit, urlunsplit
 
 LOOPBACK = "127.0.0.1"
 
@@ -48,3 +49,13 @@ def split_host_port(addr: str) -> tuple[str, int]:
 def redis_url(port: int, host: str = LOOPBACK, db: int = 0, password: str = "") -> str:
     auth = f":{password}@" if password else ""
     return f"redis://{auth}{host}:{port}/{db}"
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***`` (for what is printed)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
