@@ -50,15 +50,15 @@ def test_initial_design_is_twice_the_columns_between_its_bounds() -> None:
     assert initial_points(floats(5)) == 10
     # Capped: 20 columns (or six five-way categoricals, 30 one-hot columns) would
     # otherwise spend 40 or 60 of a 100-evaluation study on the Sobol' design.
-    assert initial_points(floats(20)) == 12
+    assert initial_points(floats(20)) == 16
     six_categoricals = Space(
         [ParamSpec(f"c{i}", Kind.CATEGORICAL, values=tuple("abcde")) for i in range(6)]
     )
-    assert initial_points(six_categoricals) == 12
+    assert initial_points(six_categoricals) == 16
     # The sampler leaves its Sobol' design after that many points.
-    data = random_observations(floats(20), 12, lambda p: sum(v for v in p.values()))
-    assert gp(floats(20)).suggest(data[:11], 1)[0].model_observations == 0
-    assert gp(floats(20)).suggest(data, 1)[0].model_observations == 12
+    data = random_observations(floats(20), 16, lambda p: sum(v for v in p.values()))
+    assert gp(floats(20)).suggest(data[:15], 1)[0].model_observations == 0
+    assert gp(floats(20)).suggest(data, 1)[0].model_observations == 16
 
 
 def test_model_based_suggestion_is_deterministic_and_predicts() -> None:
