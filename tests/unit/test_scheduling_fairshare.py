@@ -98,13 +98,15 @@ def test_the_poorest_tenant_by_weight_goes_first() -> None:
     assert [t.trial_id for t, _ in decided.placements] == ["a1", "b1"]
 
 
-def test_a_higher_priority_trial_goes_before_fair_share() -> None:
+def test_priority_orders_a_tenants_own_studies_not_the_fair_share() -> None:
     ledger = Ledger(TOTAL)
     ledger.add("rich", Resources(40))
-    pending = [trial("poor", "poor", 8, 0), trial("urgent", "rich", 8, 1, priority=5)]
-    decided = schedule(pending, nodes(1), ledger)
-    assert [t.trial_id for t, _ in decided.placements] == ["urgent"]
-    assert [t.trial_id for t in decided.blocked] == ["poor"]
+    pending = [trial("rich-low", "rich", 8, 0), trial("rich-urgent", "rich", 8, 1, priority=5),
+               trial("poor", "poor", 8, 2)]
+    decided = schedule(pending, nodes(2), ledger)
+    # poor goes first (smaller share); rich's urgent trial beats rich's older one.
+    assert [t.trial_id for t, _ in decided.placements] == ["poor", "rich-urgent"]
+    assert [t.trial_id for t in decided.blocked] == ["rich-low"]
 
 
 def test_dominant_share_takes_the_scarcest_resource() -> None:

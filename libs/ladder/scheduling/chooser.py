@@ -1,11 +1,14 @@
 """A scheduling round: which pending trials start now, and where.
 
-Order. Each step takes, among tenants with work left, the tenant whose head trial has
-the highest priority, and among equal priorities the tenant with the smallest weighted
-dominant share (``fairshare``); ties by tenant name. Within a tenant, trials go by
-priority then arrival (``seq``). So priority ranks studies first, and fair share splits
-the cluster between tenants at equal priority. The chosen trial goes to the best-fit
-node (``placement``); the ledger is updated, and the next step sees the new shares.
+Order. Each step takes the tenant with work left whose weighted dominant share
+(``fairshare``) is smallest, ties by tenant name; within that tenant, trials go by
+priority then arrival (``seq``). Priority ranks a tenant's own studies and does not
+jump the fair share: were it global, any tenant could take the cluster by declaring
+its studies urgent (DRF's strategy-proofness would be lost). A high-priority study
+still gets its tenant's share at once: its trials are first in its tenant's queue, and
+``preemption`` pauses its tenant's lower-priority work for it. The chosen trial goes to
+the best-fit node (``placement``); the ledger is updated, and the next step sees the
+new shares.
 
 Quotas. A trial that would take its tenant past ``max_gpus`` is skipped this round (a
 smaller trial of the same tenant may still go): the chooser never exceeds a quota.
@@ -96,11 +99,11 @@ def schedule(pending: Iterable[Trial], nodes: Iterable[Node], ledger: Ledger, *,
     reserving: set[str] = set()  # tenants that hold a reservation this round
     most_free = _most_free(free, decided.reserved)
     while True:
-        heads = [(-q[-1].priority, ledger.share(t), t) for t, q in queues.items()
+        heads = [(ledger.share(t), t) for t, q in queues.items()
                  if q and len(skipped[t]) < scan_limit]
         if not heads:
             break
-        tenant = min(heads)[2]
+        tenant = min(heads)[1]
         trial = queues[tenant].pop()
         if not ledger.within_quota(tenant, trial.demand.resources):
             skipped[tenant].append(trial)
