@@ -26,7 +26,7 @@ Policies, on the same arrivals and reclaims (pre-drawn from the seed):
 
 A scheduling round runs every 30 s of simulated time for both. Measures after a 2 h
 warm-up: GPU utilisation over time, each tenant's share of busy GPUs against its weight
-and the weighted Jain index, quota violations (samples where a tenant held more GPUs
+and the weighted Jain index, quota violations (rounds after which a tenant held more GPUs
 than its quota), the time from the high-priority study's arrival until it holds 50/75/90%
 of 400 GPUs (its share, or less once some of its trials ended), fragmentation (GPU-seconds
 idle while a waiting trial needs no more GPUs than are idle in total), and the queueing
@@ -376,7 +376,7 @@ def summarise(policy: str, samples: list[dict[str, Any]], fleet: Fleet, frag_gpu
         "share_over_target_worst": round(max(abs(shares[t] / targets[t] - 1)
                                              for t in TENANTS), 4),
         "jain_weighted": round(jain_index(shares[t] / weights[t] for t in TENANTS), 4),
-        "quota_violation_samples": violations,
+        "quota_violation_rounds": violations,
         "quota_gpus": {t: p.max_gpus for t, p in TENANTS.items()},
         "max_gpus_held": {t: max(s[f"gpus_{t}"] for s in after) for t in TENANTS},
         "hp_time_to_share_fraction_s": {f"{level:.0%}": hp_reached.get(level)
