@@ -90,13 +90,6 @@ Optimisation of the acquisition, in three steps:
 3. if the space has discrete parameters, one more L-BFGS run over the
    continuous columns with the discrete ones fixed at the search's result.
 
-Step 1's L-BFGS-B stops at a projected gradient below ``ACQ_PGTOL`` (Optuna's
-optimiser stops there too): the last digits of a start's relaxed optimum change
-which point is evaluated by less than the model's own error, and converging
-further was half an ask's cost. Step 3 and the exploitation draw keep the tight
-default: they set the continuous values that are evaluated (loose in step 3
-too, the mixed problem of bench/quality ended 3-15x further from its optimum).
-
 Step 2 is what Optuna's mixed optimiser does; without it a categorical would be
 the argmax of a relaxed one-hot vector and an int the rounding of a relaxed
 coordinate, points the acquisition never scored.
@@ -116,7 +109,7 @@ infeasible and pending) come from the partition's scrambled Sobol' stream, as do
 all suggestions while fewer than ``MIN_FIT_POINTS`` feasible values are known.
 Its size is twice the unit-cube columns, between ``INITIAL_MIN`` and
 ``INITIAL_MAX``. Not more: the dimension-scaled lengthscale prior already lets a
-fit on a dozen points in 20 columns tell the relevant ones apart, and every
+fit on 16 points in 20 columns tell the relevant ones apart, and every
 Sobol' point beyond that is one the model does not choose. Uncapped (2 x 20 =
 40 of 100 evaluations) it was what made the GP trail Optuna's (10 startup
 trials) on Hartmann-6 embedded in 20-D (bench/quality/suite.py); on one-hot
@@ -177,7 +170,7 @@ from ladder.samplers.model_based import ModelBasedSampler
 from ladder.space import CategoricalEncoding, Kind, Space
 
 # Bumped whenever suggestions change for the same inputs (bench cache key).
-VERSION = "9"
+VERSION = "10"
 ENCODING = CategoricalEncoding.ONE_HOT
 MIN_FIT_POINTS = 3
 INITIAL_MIN = 8
@@ -190,7 +183,6 @@ NOISE_PRIOR = (1.1, 30.0)  # Gamma(concentration, rate) on the standardised nois
 RAW_SAMPLES = 256
 NUM_RESTARTS = 4
 MAX_ITERATIONS = 60
-ACQ_PGTOL = 1e-2
 LOCAL_SEARCH_ROUNDS = 8
 MC_SAMPLES = 64
 # Starts of the acquisition optimiser at the best observed points, and the
@@ -361,8 +353,7 @@ class GPSampler(ModelBasedSampler):
                     acquisition, train_x, train_y, count - len(decoded), options["seed"]
                 )
                 taken = torch.cat([train_x, in_flight])
-                loose = {**options, "pgtol": ACQ_PGTOL}  # step 1 only (module docstring)
-                decoded += self._maximise(acquisition, starts, bounds, loose, taken, configs)
+                decoded += self._maximise(acquisition, starts, bounds, options, taken, configs)
             return self._predicted(model, decoded, first, len(usable))
 
     def _thompson(
@@ -654,7 +645,7 @@ class GPSampler(ModelBasedSampler):
             raw_samples=1,
             fixed_features=fixed,
             batch_initial_conditions=current.unsqueeze(0),
-            options={k: v for k, v in options.items() if k not in ("sample_around_best", "pgtol")},
+            options={k: v for k, v in options.items() if k != "sample_around_best"},
         )
         candidate = self.space.sample_to_params(polished[0].tolist(), ENCODING)
         with torch.no_grad():
