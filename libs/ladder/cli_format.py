@@ -260,7 +260,8 @@ def study_view(study: study_pb2.Study) -> str:
     pairs = [
         ("study", study.study_id),
         ("name", config.name or MISSING),
-        ("state", state_name(study.state)),
+        ("state", state_name(study.state)
+         + (f" ({study.state_reason})" if study.state_reason else "")),
         ("metric", f"{config.metric} ({direction})"),
         ("algorithm", ALGORITHMS.parse(config.algorithm).value),
         ("scheduler", scheduler_text(config.scheduler)),
@@ -268,6 +269,10 @@ def study_view(study: study_pb2.Study) -> str:
          else f"{study.trials_suggested} trials suggested, no max_trials"),
         ("parallel", f"at most {config.max_parallel_trials} trials at once"
          if config.max_parallel_trials else "unbounded"),
+        ("wall clock", f"at most {config.max_wall_clock_seconds:g} s"
+         if config.max_wall_clock_seconds else "unbounded"),
+        ("trial-hours", f"{study.trial_hours_used:.4g} used" + (
+            f" of {config.max_trial_hours:g}" if config.max_trial_hours else ", unbounded")),
         ("seed", str(config.seed)),
         ("partitions", str(config.partitions)),
         ("dataset", config.dataset_id or MISSING),

@@ -3,7 +3,9 @@
     ladder tenant create NAME [--admin]   a tenant and its first token
     ladder tenant token NAME              another token for NAME
     ladder tenant revoke NAME [--token ID]  one token of NAME, or all of them
-    ladder tenant list                    tenants, admin flag, token ids
+    ladder tenant quota NAME [--max-studies N] [--max-trials-running N]
+                                          NAME's quotas (0 = unbounded; ladder.quotas)
+    ladder tenant list                    tenants, admin flag, quotas and use, token ids
 
 They write the stack's Redis directly (``ladder.tenancy.TenantStore``; reaching that
 Redis is the admin's privilege): a token is printed once, alone on stdout (so
@@ -18,9 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ladder import cli_query
+from ladder import cli_query, quotas
 from ladder.cli_query import CommandFailed
 from ladder.errors import LadderError
+from ladder.state.keys import Keys
 
 
 def _store() -> Any:
@@ -48,6 +51,11 @@ def _issued(issued: Any, what: str) -> None:
     print(issued.token, flush=True)
 
 
+def _used(used: int, quota: int) -> str:
+    """``2/5``: in use / quota (``-``: unbounded)."""
+    return f"{used}/{quota or '-'}"
+
+
 def run_tenant(args: argparse.Namespace) -> int:
     if args.state_dir:
         os.environ["LADDER_STATE_DIR"] = str(args.state_dir)
@@ -57,13 +65,21 @@ def run_tenant(args: argparse.Namespace) -> int:
             _issued(store.create(args.name, admin=args.admin), "created; its")
         elif args.action == "token":
             _issued(store.issue(args.name), "new")
+        elif args.action == "quota":
+            quota = store.set_quota(args.name, args.max_studies, args.max_trials_running)
+            print(f"tenant {args.name!r}: max_studies {quota.max_studies or 'unbounded'}, "
+                  f"max_trials_running {quota.max_trials_running or 'unbounded'}")
         elif args.action == "revoke":
             revoked = store.revoke(args.name, args.token)
             print(f"revoked {len(revoked)} token(s) of {args.name!r}: {' '.join(revoked)}")
         else:
-            print(f"{'TENANT':<24} {'ADMIN':<6} TOKENS")
+            # STUDIES / TRIALS: in use / quota ('-': unbounded).
+            print(f"{'TENANT':<24} {'ADMIN':<6} {'STUDIES':<9} {'TRIALS':<9} TOKENS")
             for tenant in store.list():
+                use = quotas.usage(store.r, Keys(store.root), tenant.name)
                 print(f"{tenant.name:<24} {'yes' if tenant.admin else 'no':<6} "
+                      f"{_used(use.live_studies, tenant.quota.max_studies):<9} "
+                      f"{_used(use.trials_out, tenant.quota.max_trials_running):<9} "
                       f"{' '.join(tenant.token_ids) or '-'}")
     except LadderError as exc:
         raise CommandFailed(str(exc)) from exc
@@ -86,7 +102,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     revoke.add_argument("name")
     revoke.add_argument("--token", default=None, metavar="ID",
                         help="the token id to revoke (as `ladder tenant list` shows)")
-    actions.add_parser("list", help="list tenants and their token ids")
+    quota = actions.add_parser("quota", help="set a tenant's quotas (0 = unbounded)")
+    quota.add_argument("name")
+    quota.add_argument("--max-studies", type=int, default=None, metavar="N",
+                       help="live studies (neither completed nor cancelled) at most")
+    quota.add_argument("--max-trials-running", type=int, default=None, metavar="N",
+                       help="trials out (suggested or running) across its studies at most")
+    actions.add_parser("list", help="list tenants, their quotas and use, and token ids")
 
 
 def register(commands: dict[str, Any], command_type: type) -> None:

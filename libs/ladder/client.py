@@ -318,14 +318,17 @@ def study_config(
     known_results: Iterable[tuple[Mapping[str, Any], float]] = (),
     warm_start_from: str = "",
     max_parallel_trials: int = 0,
+    max_wall_clock_seconds: float = 0.0,
+    max_trial_hours: float = 0.0,
 ) -> study_pb2.StudyConfig:
     """A validated StudyConfig from plain values.
 
     ``scheduler`` takes :func:`scheduler_config`'s keyword arguments as a dict (e.g.
     ``{"kind": "asha", "max_resource": 27}``); without one the study has no early
     stopping. Zero values mean the defaults (``ladder.study.StudySpec``);
-    ``max_trials`` and ``max_parallel_trials`` (0: unbounded) may change later
-    (:meth:`LadderClient.update_study`).
+    ``max_trials``, ``max_parallel_trials`` and the budgets ``max_wall_clock_seconds``
+    and ``max_trial_hours`` (0: unbounded; a spent budget stops the study) may change
+    later (:meth:`LadderClient.update_study`).
     Warm start: ``warm_start`` configurations are handed out first; ``known_results``
     ((params, value) pairs) and the completed trials of study ``warm_start_from`` are
     observations the samplers learn from before the first trial.
@@ -346,6 +349,8 @@ def study_config(
         scheduler=sched,
         max_trials=max_trials,
         max_parallel_trials=max_parallel_trials,
+        max_wall_clock_seconds=max_wall_clock_seconds,
+        max_trial_hours=max_trial_hours,
         seed=seed,
         dataset_id=dataset_id,
         code_commit=code_commit,
@@ -560,11 +565,14 @@ class LadderClient:
     def update_study(
         self, study_id: str, max_trials: int | None = None,
         max_parallel_trials: int | None = None,
+        max_wall_clock_seconds: float | None = None,
+        max_trial_hours: float | None = None,
     ) -> study_pb2.Study:
-        """Change the running study's budget and / or parallelism (None: unchanged; 0:
+        """Change the running study's budgets and / or parallelism (None: unchanged; 0:
         unbounded). INVALID_ARGUMENT for a budget below the trials already handed out."""
         request = suggest_pb2.UpdateStudyRequest(
-            study_id=study_id, max_trials=max_trials, max_parallel_trials=max_parallel_trials
+            study_id=study_id, max_trials=max_trials, max_parallel_trials=max_parallel_trials,
+            max_wall_clock_seconds=max_wall_clock_seconds, max_trial_hours=max_trial_hours,
         )
         return self._call(self._suggest, "UpdateStudy", request, "UpdateStudy")
 

@@ -8,6 +8,7 @@ is finished.
 | pause    | ACTIVE, STOPPED, PAUSED   | PAUSED    | COMPLETED, CANCELLED          |
 | cancel   | all but COMPLETED         | CANCELLED | COMPLETED                     |
 | complete | ACTIVE, STOPPED           | COMPLETED | (never asked twice)           |
+| breaker  | ACTIVE                    | STOPPED   | (nothing to do otherwise)     |
 
 Every action but complete is idempotent (the target state answers unchanged).
 COMPLETED and CANCELLED are final. What a state hands out (``refusal_to_suggest``):
@@ -25,8 +26,19 @@ that trial's own; so while the study has paused trials it is finished only once 
 trial event of it was seen for ``settle_seconds`` (a PROMOTE under way would have
 arrived). Trials still paused then stay at their rung.
 
-The live limits (``max_trials``, ``max_parallel_trials``) may change while the study
-runs (UpdateStudy); ``check_update`` is the one rule for new values.
+The live limits (``max_trials``, ``max_parallel_trials``) and budgets may change while
+the study runs (UpdateStudy); ``check_update`` is the one rule for new values.
+
+Budgets beyond max_trials (``Budgets``; 0 = unbounded): ``max_wall_clock_seconds``
+since CreateStudy and ``max_trial_hours``, the running time of all the study's attempts
+(ended and running; GPU-hours once trials declare GPUs: each attempt's time times its
+GPUs). When one is spent (``budget_exceeded``) the circuit breaker STOPS an ACTIVE
+study (Action.BREAK) and records why in ``Study.state_reason`` (also in its StudyEvent,
+so lineage shows it). STOPPED, not a final state: the operator may raise the budget
+(UpdateStudy) and resume it, and the trials still running finish and report (their
+results are already paid for). Suggest checks the budgets before handing out anything
+(a spent budget hands out nothing, not even a resumable trial) and a sweep of the
+suggest service trips studies nobody asks trials of.
 
 Pure code (no I/O): the suggest service reads the counts from Redis and applies the
 state change atomically (``ladder.state.StudyStore.transition``).
@@ -34,6 +46,7 @@ state change atomically (``ladder.state.StudyStore.transition``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -56,6 +69,7 @@ class Action(StrEnum):
     PAUSE = "pause"
     CANCEL = "cancel"
     COMPLETE = "complete"
+    BREAK = "break"  # the circuit breaker: a budget is spent
 
 
 # What each action makes of a study, in the refusal's words.
@@ -65,6 +79,7 @@ _DONE = {
     Action.PAUSE: "paused",
     Action.CANCEL: "cancelled",
     Action.COMPLETE: "completed",
+    Action.BREAK: "stopped by its budget",
 }
 
 
@@ -81,6 +96,7 @@ RULES: dict[Action, Rule] = {
     Action.PAUSE: Rule(PAUSED, _LIVE),
     Action.CANCEL: Rule(CANCELLED, _LIVE | {CANCELLED}),
     Action.COMPLETE: Rule(COMPLETED, frozenset({ACTIVE, STOPPED})),
+    Action.BREAK: Rule(STOPPED, frozenset({ACTIVE})),
 }
 # States whose limits (max_trials, max_parallel_trials) may still change.
 UPDATABLE = _LIVE
@@ -162,10 +178,73 @@ def check_limit(name: str, value: int, error: type[InvalidArgument] = InvalidArg
     return value
 
 
-def check_update(max_trials: int | None, max_parallel: int | None, suggested: int) -> None:
+@dataclass(frozen=True)
+class Budgets:
+    """A study's budgets beyond max_trials (0 = unbounded; None in an update:
+    unchanged)."""
+
+    wall_clock_seconds: float | None = None
+    trial_hours: float | None = None
+
+    @classmethod
+    def of(cls, config: study_pb2.StudyConfig) -> Budgets:
+        return cls(config.max_wall_clock_seconds, config.max_trial_hours)
+
+
+UNCHANGED = Budgets()
+
+
+def check_budget(
+    name: str, value: float, error: type[InvalidArgument] = InvalidArgument
+) -> float:
+    """A budget (max_wall_clock_seconds, max_trial_hours): finite, 0 = unbounded."""
+    if not math.isfinite(value) or value < 0:
+        raise error(f"{name} must be a finite number >= 0 (0 = unbounded; got {value})")
+    return value
+
+
+def check_budgets(budgets: Budgets, error: type[InvalidArgument] = InvalidArgument) -> None:
+    if budgets.wall_clock_seconds is not None:
+        check_budget("max_wall_clock_seconds", budgets.wall_clock_seconds, error)
+    if budgets.trial_hours is not None:
+        check_budget("max_trial_hours", budgets.trial_hours, error)
+
+
+def budget_exceeded(
+    max_wall_clock_seconds: float, max_trial_hours: float, age_seconds: float,
+    trial_hours: float,
+) -> str | None:
+    """Why the circuit breaker stops the study (Study.state_reason), or None while
+    every budget holds. ``age_seconds``: since CreateStudy; ``trial_hours``: the running
+    time of its attempts, ended and running."""
+    if max_wall_clock_seconds and age_seconds >= max_wall_clock_seconds:
+        return (f"budget exceeded: {age_seconds:.1f} s since the study was created, "
+                f"max_wall_clock_seconds is {max_wall_clock_seconds:g}")
+    if max_trial_hours and trial_hours >= max_trial_hours:
+        return (f"budget exceeded: its trials ran {trial_hours:.4g} trial-hours, "
+                f"max_trial_hours is {max_trial_hours:g}")
+    return None
+
+
+def budget_refusal(study_id: str, reason: str) -> Conflict:
+    """What Suggest answers for a study whose budget is spent."""
+    return Conflict(
+        f"study {study_id!r} is stopped: {reason}; raise it with `ladder study update "
+        f"{study_id}` (UpdateStudy), then `ladder study resume {study_id}`"
+    )
+
+
+def check_update(
+    max_trials: int | None, max_parallel: int | None, suggested: int,
+    budgets: Budgets = UNCHANGED,
+) -> None:
     """UpdateStudy's values (None: unchanged), against the trials already handed out."""
-    if max_trials is None and max_parallel is None:
-        raise InvalidArgument("set max_trials and / or max_parallel_trials to change")
+    if max_trials is None and max_parallel is None and budgets == UNCHANGED:
+        raise InvalidArgument(
+            "set max_trials, max_parallel_trials, max_wall_clock_seconds and / or "
+            "max_trial_hours to change"
+        )
+    check_budgets(budgets)
     if max_parallel is not None:
         check_limit("max_parallel_trials", max_parallel)
     if max_trials is not None and check_limit("max_trials", max_trials):

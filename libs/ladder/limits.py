@@ -24,7 +24,8 @@ field or map has a count limit and a limit per element (map keys too).
 | code_commit, source_topic, service                               |                     |
 | dataset_id, environment, entry_point                             | 1024 chars (`TEXT`) |
 | reason (FailTrial, trial events, decisions, dead letters)        | 4096 chars          |
-| stop_reason; the reason of StopTrial, StopStudy, CancelStudy     | 1024 chars (`TEXT`) |
+| stop_reason, state_reason; the reason of StopTrial, StopStudy,   | 1024 chars (`TEXT`) |
+|   CancelStudy                                                    |                     |
 |   (it is quoted inside event reasons, which must stay in theirs) |                     |
 | uri, checkpoint_uri                                              | 2048 chars          |
 | space.parameters; params (of a trial, of a known configuration)  | 128; keys 256 chars |
@@ -105,6 +106,7 @@ RULES: Mapping[str, Limit] = {
     "entry_point": Limit(size=TEXT),
     "reason": Limit(size=REASON),
     "stop_reason": Limit(size=TEXT),
+    "state_reason": Limit(size=TEXT),
     **{f"ladder.v1.{m}.reason": Limit(size=TEXT)
        for m in ("StopTrialRequest", "StopStudyRequest", "CancelStudyRequest")},
     "uri": Limit(size=URI),

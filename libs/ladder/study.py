@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from ladder.lifecycle import check_limit
+from ladder.lifecycle import Budgets, check_budgets, check_limit
 from ladder.params import PlainValue, params_to_dict, to_plain
 from ladder.proto_enum import ProtoEnum
 from ladder.schedulers.spec import SchedulerSpec
@@ -245,6 +245,7 @@ class StudySpec:
         _check_warm_start(config.warm_start, space)
         check_limit("max_trials", config.max_trials, StudyConfigError)
         check_limit("max_parallel_trials", config.max_parallel_trials, StudyConfigError)
+        check_budgets(Budgets.of(config), StudyConfigError)
         if not 0 <= config.partitions <= MAX_PARTITIONS:
             raise StudyConfigError(
                 f"partitions must be between 0 and {MAX_PARTITIONS} "

@@ -11,7 +11,7 @@ The store is Redis, under the stack's key root (``ladder:<topic prefix>:``):
 
 | key                     | type | contents                                        |
 |-------------------------|------|-------------------------------------------------|
-| ``{root}tenants``       | hash | tenant name -> JSON {admin, created_ms}         |
+| ``{root}tenants``       | hash | tenant name -> JSON {admin, created_ms, quotas} |
 | ``{root}tokens``        | hash | token id -> JSON {tenant, sha256, created_ms}   |
 
 Why Redis: it is already the shared hot state every gRPC service reaches (suggest and
@@ -38,7 +38,9 @@ from pathlib import Path
 
 import redis
 
+from ladder import quotas
 from ladder.errors import AlreadyExists, InvalidArgument, NotFound
+from ladder.state.keys import Keys
 
 TOKEN_PREFIX = "ladder_"
 # Tenant names: what a study records as its owner and what the CLI takes.
@@ -64,6 +66,7 @@ class Tenant:
     admin: bool
     created_ms: int
     token_ids: tuple[str, ...] = ()
+    quota: quotas.Quota = quotas.Quota()
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class TenantStore:
 
     def __init__(self, client: redis.Redis, root: str) -> None:
         self.r = client
+        self.root = root
         self.tenants_key = f"{root}tenants"
         self.tokens_key = f"{root}tokens"
 
@@ -160,8 +164,35 @@ class TenantStore:
             name = key.decode()
             record = json.loads(value)
             ids = tuple(sorted(t for t, rec in tokens.items() if rec.get("tenant") == name))
-            out.append(Tenant(name, bool(record.get("admin")), int(record["created_ms"]), ids))
+            out.append(Tenant(name, bool(record.get("admin")), int(record["created_ms"]), ids,
+                              quotas.Quota.from_record(record)))
         return out
+
+    def set_quota(
+        self, name: str, max_studies: int | None, max_trials_running: int | None
+    ) -> quotas.Quota:
+        """Change the tenant's quotas (None: unchanged; 0: unbounded; ``ladder.quotas``)
+        in its record, atomically with any other change to it; the quota now. The
+        stored studies are indexed by tenant first, so studies created before count."""
+        quotas.index_studies(self.r, Keys(self.root))
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self.tenants_key)
+                    raw = pipe.hget(self.tenants_key, name)
+                    if raw is None:
+                        raise NotFound(f"tenant {name!r} not found")
+                    record = json.loads(raw)
+                    quota = quotas.updated(
+                        quotas.Quota.from_record(record), max_studies, max_trials_running
+                    )
+                    record.update(vars(quota))
+                    pipe.multi()
+                    pipe.hset(self.tenants_key, name, json.dumps(record))
+                    pipe.execute()
+                    return quota
+                except redis.WatchError:
+                    continue
 
     def get(self, name: str) -> Tenant | None:
         return next((t for t in self.list() if t.name == name), None)

@@ -39,12 +39,15 @@ class StudyCompletion:
         settle_seconds: float = lifecycle.DEFAULT_SETTLE_SECONDS,
         sweep_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        also: Callable[[], None] | None = None,
     ) -> None:
         self.studies = studies
         self.announce = announce  # publishes the StudyEvent; raises when it cannot
         self.settle_seconds = settle_seconds
         self.sweep_seconds = sweep_seconds
         self.clock = clock
+        # Run at every sweep too (the budgets' circuit breaker).
+        self.also = also
         self._lock = threading.Lock()
         # Before any event is seen, the settle window counts from this process' start:
         # a PROMOTE may have been under way while no suggest process ran.
@@ -104,7 +107,7 @@ class StudyCompletion:
                 study_id, progress.suggested, max_trials, progress.paused,
                 extra={"study_id": study_id},
             )
-            self._publish(study)
+            self.publish(study)
         return changed
 
     def _forget(self, study_id: str) -> None:
@@ -114,7 +117,7 @@ class StudyCompletion:
             self._last_event.pop(study_id, None)
             self._completed.add(study_id)
 
-    def _publish(self, study: study_pb2.Study) -> None:
+    def publish(self, study: study_pb2.Study) -> None:
         try:
             self.announce(study)
         except Exception as exc:  # noqa: BLE001 - any broker failure: the sweep retries
@@ -152,10 +155,12 @@ class StudyCompletion:
             except Exception:  # noqa: BLE001 - one study's fault must not stall the others
                 log.exception("study %s: completion check failed", study_id,
                               extra={"study_id": study_id})
+        if self.also is not None:
+            self.also()
         with self._lock:
             unannounced = list(self._unannounced.values())
         for study in unannounced:
-            self._publish(study)
+            self.publish(study)
 
     def start(self) -> StudyCompletion:
         self._thread = threading.Thread(target=self._run, name="study-completion", daemon=True)

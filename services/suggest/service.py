@@ -123,6 +123,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         self.completion = StudyCompletion(
             state.studies, self._announce, settle_seconds,
             sweep_seconds=max(0.5, min(5.0, settle_seconds / 4)),
+            also=self.trip_spent_budgets,
         )
 
     # ------------------------------------------------------------ studies
@@ -190,7 +191,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         self, request: suggest_pb2.StopStudyRequest, context: grpc.ServicerContext
     ) -> study_pb2.Study:
         self._release_held(request.study_id, "study stopped")
-        study = self._apply(request.study_id, lifecycle.Action.STOP, "stopped")
+        study = self._apply(request.study_id, lifecycle.Action.STOP, "stopped", request.reason)
         if request.stop_running_trials:
             self._stop_trials(study.study_id, lifecycle.Action.STOP, request.reason)
         self._release_held(study.study_id, "study stopped")
@@ -212,7 +213,8 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
     def CancelStudy(
         self, request: suggest_pb2.CancelStudyRequest, context: grpc.ServicerContext
     ) -> study_pb2.Study:
-        study = self._apply(request.study_id, lifecycle.Action.CANCEL, "cancelled")
+        study = self._apply(request.study_id, lifecycle.Action.CANCEL, "cancelled",
+                            request.reason)
         self._stop_trials(study.study_id, lifecycle.Action.CANCEL, request.reason)
         return study
 
@@ -224,6 +226,10 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             study_id,
             request.max_trials if request.HasField("max_trials") else None,
             request.max_parallel_trials if request.HasField("max_parallel_trials") else None,
+            lifecycle.Budgets(*(
+                getattr(request, name) if request.HasField(name) else None
+                for name in ("max_wall_clock_seconds", "max_trial_hours")
+            )),
         )
         self._announce_or_refuse(study, "updated", "repeat UpdateStudy for this study")
         log.info(
@@ -232,6 +238,29 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             study.trials_suggested, extra={"study_id": study_id},
         )
         return self._completed_if_finished(study)
+
+    def trip_breaker(self, study_id: str, reason: str) -> None:
+        """A budget of the study is spent: STOPPED if it is ACTIVE, with the reason in
+        Study.state_reason and its StudyEvent (the sweep publishes what fails here)."""
+        study, changed = self.state.studies.transition(study_id, lifecycle.Action.BREAK, reason)
+        if changed:
+            log.warning("study %s stopped by its circuit breaker: %s", study_id, reason,
+                        extra={"study_id": study_id})
+            self.completion.publish(study)
+
+    def trip_spent_budgets(self) -> None:
+        """The breaker for every ACTIVE study whose budget is spent (a study nobody asks
+        trials of is stopped too); run by the completion sweep."""
+        now = now_ms()
+        for study in self.state.studies.list():
+            if study.state != lifecycle.ACTIVE:
+                continue
+            reason = lifecycle.budget_exceeded(
+                study.config.max_wall_clock_seconds, study.config.max_trial_hours,
+                (now - study.created_unix_ms) / 1000, study.trial_hours_used,
+            )
+            if reason is not None:
+                self.trip_breaker(study.study_id, reason)
 
     def _completed_if_finished(self, study: study_pb2.Study) -> study_pb2.Study:
         """The study, COMPLETED first if its budget is spent and nothing is left (it may
@@ -276,9 +305,11 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             for event in (*transition.earlier, transition):
                 self.publisher.publish(event, 0.0, 0.0)
 
-    def _apply(self, study_id: str, action: lifecycle.Action, done: str) -> study_pb2.Study:
+    def _apply(
+        self, study_id: str, action: lifecycle.Action, done: str, reason: str = ""
+    ) -> study_pb2.Study:
         require(study_id, "study_id")
-        study, changed = self.state.studies.transition(study_id, action)
+        study, changed = self.state.studies.transition(study_id, action, reason.strip())
         # Published on a repeat too: a repeated call delivers an event a failed one lost.
         self._announce_or_refuse(study, done, f"repeat {action.value} for this study")
         log.info(
@@ -363,6 +394,10 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         refused = lifecycle.refusal_to_suggest(study_id, gate.state)
         if refused is not None:
             raise refused
+        spent = gate.budget_exceeded(spec.to_proto())
+        if spent is not None:
+            self.trip_breaker(study_id, spent)
+            raise lifecycle.budget_refusal(study_id, spent)
         max_parallel = _live(gate.max_parallel, spec.max_parallel_trials)
 
         # Resumable trials first: their work so far is not wasted.

@@ -267,7 +267,7 @@ def test_parallelism_changes_while_the_study_runs(stack: Stack) -> None:
     update(stack, study_id, max_parallel_trials=0)  # unbounded
     assert len(suggest(stack, study_id, count=2)) == 2
     for fields, text in (({"max_parallel_trials": -1}, "max_parallel_trials must be >= 0"),
-                         ({}, "set max_trials and / or max_parallel_trials")):
+                         ({}, "set max_trials, max_parallel_trials, max_wall_clock")):
         code, message = code_and_message(lambda f=fields: update(stack, study_id, **f))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith(text)
 

@@ -5,7 +5,10 @@ stacks (or two test sessions) sharing one Redis never see each other's state.
 |--------------------------------------|--------|--------------------------------------------|
 | ``{root}studies``                    | zset   | study id → created ms (ListStudies order)  |
 | ``{root}study:{sid}``                | hash   | study (Study proto), suggested, completed, |
-|                                      |        | state (lifecycle, once it changed)         |
+|                                      |        | state (lifecycle, once it changed), reason,|
+|                                      |        | tenant, created_ms, live limits, run_ms /  |
+|                                      |        | running / running_since (trial-hours)      |
+| ``{root}tenant:{name}:studies``      | set    | the tenant's study ids (ladder.quotas)     |
 | ``{root}study:{sid}:pending``        | set    | trial ids suggested / running / resumable  |
 | ``{root}study:{sid}:resumable``      | zset   | resumable trial ids → queued ms (FIFO)     |
 | ``{root}study:{sid}:paused``         | zset   | PAUSED trial ids → paused ms (promotion    |
@@ -98,6 +101,9 @@ class Keys:
 
     def study(self, study_id: str) -> str:
         return f"{self.root}study:{study_id}"
+
+    def tenant_studies(self, tenant: str) -> str:
+        return f"{self.root}tenant:{tenant}:studies"
 
     def pending(self, study_id: str) -> str:
         return f"{self.root}study:{study_id}:pending"

@@ -68,6 +68,7 @@ _CONSTANTS = {
     "STUDY_ACTIVE": study_pb2.STUDY_ACTIVE,
     "STUDY_PAUSED": study_pb2.STUDY_PAUSED,
     "STUDY_CANCELLED": study_pb2.STUDY_CANCELLED,
+    "STUDY_COMPLETED": study_pb2.STUDY_COMPLETED,
 }
 
 # The trial hash fields of ladder.state.attempts.Counts, as a Lua list.
@@ -105,6 +106,34 @@ end
 -- RUNNING): its unfinished trials less those queued to resume.
 local function in_flight(pending, queue)
   return redis.call('SCARD', pending) - redis.call('ZCARD', queue)
+end
+-- A tenant's quota ``name`` (ladder.quotas; its JSON record in {root}tenants): 0 when
+-- the study has no tenant (authentication off), the tenant is gone or sets none.
+local function quota(root, tenant, name)
+  if tenant == '' then return 0 end
+  local record = redis.call('HGET', root .. 'tenants', tenant)
+  if not record then return 0 end
+  return tonumber(cjson.decode(record)[name]) or 0
+end
+-- The trials a tenant has out (SUGGESTED or RUNNING) across its studies, summed from
+-- each study's in_flight in the calling script: exact by construction (no counter to
+-- drift when a trial ends, expires, resumes or its process is killed). Returns {room
+-- left, out, max_trials_running}, or nil when the tenant has no such quota. Hook for
+-- max_gpus_in_use: weigh each trial by its GPUs here once trials declare resources.
+local function tenant_room(root, tenant)
+  local max = quota(root, tenant, 'max_trials_running')
+  if max <= 0 then return nil end
+  local out = 0
+  for _, sid in ipairs(redis.call('SMEMBERS', root .. 'tenant:' .. tenant .. ':studies')) do
+    out = out + in_flight(root .. 'study:' .. sid .. ':pending', root .. 'study:' .. sid
+      .. ':resumable')
+  end
+  return {max - out, out, max}
+end
+-- The study hash of a trial (its key is {root}trial:<id>, the study's {root}study:<sid>).
+local function study_of(t)
+  local id = field(t, 'id')
+  return string.sub(t, 1, #t - #id - 6) .. 'study:' .. field(t, 'study')
 end
 -- The trial's outbox (see Keys.trial_outbox) once this script recorded an event.
 local marked = false
@@ -161,12 +190,19 @@ local function write_counts(t, from)
     redis.call('HSET', t, name, ARGV[from + #COUNTS + i - 1])
   end
 end
--- The running attempt ended: its running time adds up into run_ms, and the trial has
--- no running-time deadline until its next start.
+-- The running attempt ended: its running time adds up into run_ms (the trial's and its
+-- study's: max_trial_hours; GPU-hours would add the time times the trial's GPUs), the
+-- study has one running attempt less (``running``, ``running_since``: the sum of their
+-- start times, so its running attempts' time is running * now - running_since), and the
+-- trial has no running-time deadline until its next start.
 local function stop_clock(t, trial_id, deadlines, now)
   local started = tonumber(field(t, 'attempt_ms'))
   if started ~= nil then
+    local study = study_of(t)
     redis.call('HINCRBY', t, 'run_ms', math.max(0, now - started))
+    redis.call('HINCRBY', study, 'run_ms', math.max(0, now - started))
+    redis.call('HINCRBY', study, 'running', -1)
+    redis.call('HINCRBY', study, 'running_since', -started)
   end
   redis.call('HSET', t, 'attempt_ms', '', 'deadline', '')
   redis.call('ZREM', deadlines, trial_id)
@@ -275,6 +311,8 @@ redis.call('HSET', t, 'state', RUNNING, 'attempt', attempt, 'worker', worker,
   'lease_until', now + lease_ms, 'hostname', ARGV[4], 'environment', ARGV[5], 'closed', '',
   'progress_ms', now, 'progress_step', '', 'attempt_ms', now)
 if field(t, 'first_ms') == '' then redis.call('HSET', t, 'first_ms', now) end
+redis.call('HINCRBY', study_of(t), 'running', 1)
+redis.call('HINCRBY', study_of(t), 'running_since', now)
 local max_ms = tonumber(ARGV[6]) or 0
 if max_ms > 0 then
   local deadline = now + math.max(0, max_ms - num(t, 'run_ms'))
@@ -565,10 +603,11 @@ return {now - last, #due}
 """)
 
 # KEYS: study, pending, leases, outbox, resumable
-# ARGV: trial key root, study id, max_trials, claim_ms, algorithm, max_parallel, proto...
+# ARGV: key root, study id, max_trials, claim_ms, algorithm, max_parallel, proto...
 # The limits are the study's live ones when UpdateStudy changed them. Returns {OK,
 # first sequence number, count, ms} or {BUDGET, suggested, 0}, {STATE, study state, 0}
-# (not ACTIVE), {PARALLEL, in flight, max_parallel}.
+# (not ACTIVE), {PARALLEL, in flight, max_parallel}, {TENANT, out, max_trials_running,
+# tenant} (the study's tenant has its quota of trials out: ``tenant_room``).
 CREATE_TRIALS = _script("""
 local study, pending, leases, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local root, sid, claim_ms = ARGV[1], ARGV[2], tonumber(ARGV[4])
@@ -585,11 +624,17 @@ if max_parallel > 0 then
   n = math.min(n, max_parallel - out)
   if n <= 0 then return {'PARALLEL', out, max_parallel} end
 end
+local tenant = field(study, 'tenant')
+local room = tenant_room(root, tenant)
+if room then
+  n = math.min(n, room[1])
+  if n <= 0 then return {'TENANT', room[2], room[3], tenant} end
+end
 local first = redis.call('HINCRBY', study, 'suggested', n) - n + 1
 local now = now_ms()
 for i = 1, n do
   local trial_id = sid .. '-t' .. (first + i - 1)
-  local t = root .. trial_id
+  local t = root .. 'trial:' .. trial_id
   redis.call('HSET', t, 'id', trial_id, 'study', sid, 'proto', ARGV[6 + i],
     'state', SUGGESTED, 'attempt_no', 0, 'algorithm', ARGV[5], 'failures', 0,
     'failure_kind', 0)
@@ -600,11 +645,12 @@ end
 return {'OK', first, n, now}
 """)
 
-# KEYS: resumable, leases, pending, study   ARGV: trial key root, count, claim_ms,
+# KEYS: resumable, leases, pending, study   ARGV: key root, count, claim_ms,
 # max_parallel (the config's; the live one when UpdateStudy changed it)
 # Pops queued trials that are still RESUMABLE (entries for trials started or
 # finished meanwhile are dropped) and gives each a claim deadline; none while the
-# study is PAUSED or CANCELLED, and no more than max_parallel_trials leaves room for.
+# study is PAUSED or CANCELLED, and no more than max_parallel_trials and the tenant's
+# max_trials_running (``tenant_room``) leave room for.
 CLAIM_RESUMABLE = _script("""
 local queue, leases, study = KEYS[1], KEYS[2], KEYS[4]
 local root, count, claim_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -612,13 +658,15 @@ local state = study_state(study)
 if state == STUDY_PAUSED or state == STUDY_CANCELLED then return {} end
 local max_parallel = limit(study, 'max_parallel', ARGV[4])
 if max_parallel > 0 then count = math.min(count, max_parallel - in_flight(KEYS[3], queue)) end
+local room = tenant_room(root, field(study, 'tenant'))
+if room then count = math.min(count, room[1]) end
 local now = now_ms()
 local out = {}
 while #out < count do
   local popped = redis.call('ZPOPMIN', queue)
   if #popped == 0 then break end
   local trial_id = popped[1]
-  local t = root .. trial_id
+  local t = root .. 'trial:' .. trial_id
   if num(t, 'state') == RESUMABLE then
     redis.call('ZADD', leases, now + claim_ms, trial_id)
     table.insert(out, redis.call('HGETALL', t))
@@ -627,27 +675,44 @@ end
 return out
 """)
 
-# KEYS: study, studies   ARGV: study id, Study proto, created ms
+# KEYS: study, studies, tenant's studies   ARGV: study id, Study proto, created ms,
+# tenant ('' with authentication off), key root
+# A tenant with a max_studies quota (ladder.quotas) may hold that many live studies
+# (neither COMPLETED nor CANCELLED): {QUOTA, live, max_studies} beyond it. The study
+# hash keeps its tenant and creation time beside the proto for the other scripts.
 CREATE_STUDY = _script("""
 local existing = redis.call('HGET', KEYS[1], 'study')
 if existing then return {'EXISTS', existing} end
-redis.call('HSET', KEYS[1], 'study', ARGV[2], 'suggested', 0, 'completed', 0)
+local tenant, root = ARGV[4], ARGV[5]
+local max = quota(root, tenant, 'max_studies')
+if max > 0 then
+  local live = 0
+  for _, sid in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    local state = study_state(root .. 'study:' .. sid)
+    if state ~= STUDY_COMPLETED and state ~= STUDY_CANCELLED then live = live + 1 end
+  end
+  if live >= max then return {'QUOTA', live, max} end
+end
+if tenant ~= '' then redis.call('SADD', KEYS[3], ARGV[1]) end
+redis.call('HSET', KEYS[1], 'study', ARGV[2], 'suggested', 0, 'completed', 0,
+  'tenant', tenant, 'created_ms', ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return {'OK', ARGV[2]}
 """)
 
-# KEYS: study   ARGV: target StudyState, state when none is stored, allowed states...
+# KEYS: study   ARGV: target StudyState, state when none is stored, reason, allowed
+# states...
 # A study's lifecycle state (``ladder.lifecycle``) lives in the hash's ``state`` field,
-# beside the Study proto it overrides. Returns {OK | SAME | REFUSED | NOT_FOUND, state
-# before}.
+# beside the Study proto it overrides, with why it changed (``reason``: Study.state_reason).
+# Returns {OK | SAME | REFUSED | NOT_FOUND, state before}.
 SET_STUDY_STATE = _script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND', 0} end
 local current = tonumber(redis.call('HGET', KEYS[1], 'state') or ARGV[2])
 local target = tonumber(ARGV[1])
 if current == target then return {'SAME', current} end
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   if tonumber(ARGV[i]) == current then
-    redis.call('HSET', KEYS[1], 'state', target)
+    redis.call('HSET', KEYS[1], 'state', target, 'reason', ARGV[3])
     return {'OK', current}
   end
 end
@@ -741,7 +806,8 @@ return reply('OK', t)
 """)
 
 # KEYS: study   ARGV: set max_trials (1/0), max_trials, set max_parallel (1/0),
-# max_parallel, states that refuse...
+# max_parallel, set max_wall (1/0), max_wall_clock_seconds, set max_hours (1/0),
+# max_trial_hours, states that refuse...
 # UpdateStudy's change of the live limits, checked against the trials handed out in
 # the same step: {OK | NOT_FOUND | REFUSED (state) | BELOW (suggested), study state or
 # suggested}. The values themselves are checked before (ladder.lifecycle.check_update).
@@ -749,7 +815,7 @@ UPDATE_LIMITS = _script("""
 local study = KEYS[1]
 if redis.call('EXISTS', study) == 0 then return {'NOT_FOUND', 0} end
 local state = study_state(study)
-for i = 5, #ARGV do
+for i = 9, #ARGV do
   if tonumber(ARGV[i]) == state then return {'REFUSED', state} end
 end
 local suggested = num(study, 'suggested')
@@ -759,6 +825,8 @@ if ARGV[1] == '1' and max_trials > 0 and max_trials < suggested then
 end
 if ARGV[1] == '1' then redis.call('HSET', study, 'max_trials', max_trials) end
 if ARGV[3] == '1' then redis.call('HSET', study, 'max_parallel', ARGV[4]) end
+if ARGV[5] == '1' then redis.call('HSET', study, 'max_wall', ARGV[6]) end
+if ARGV[7] == '1' then redis.call('HSET', study, 'max_hours', ARGV[8]) end
 return {'OK', suggested}
 """)
 

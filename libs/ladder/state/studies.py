@@ -1,17 +1,21 @@
 """Study records in Redis: the Study proto (config with defaults filled) plus
 live counters (``suggested`` is the max_trials budget, ``completed``), the
-lifecycle ``state`` (``ladder.lifecycle``; absent until the first change) and the
-live limits ``max_trials`` / ``max_parallel`` (absent until UpdateStudy changed them;
-they override the config's in every Study read here)."""
+lifecycle ``state`` (``ladder.lifecycle``; absent until the first change) with its
+``reason``, the live limits ``max_trials`` / ``max_parallel`` / ``max_wall`` /
+``max_hours`` (absent until UpdateStudy changed them; they override the config's in
+every Study read here), the owner ``tenant`` and ``created_ms`` (quotas, wall clock),
+and the running time of its attempts (``run_ms`` of those that ended, ``running`` /
+``running_since`` of those running: the trial-hours budget)."""
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import redis
 
-from ladder import lifecycle
+from ladder import lifecycle, quotas
 from ladder.errors import NotFound
 from ladder.space import StudyConfigError
 from ladder.state import scripts
@@ -23,7 +27,16 @@ from ladder.v1 import study_pb2
 _FINAL_STATES = frozenset(
     state for state in study_pb2.StudyState.values() if state not in lifecycle.UPDATABLE
 ) - {study_pb2.STUDY_STATE_UNSPECIFIED}
-_FIELDS = ("study", "suggested", "state", "max_trials", "max_parallel")
+_FIELDS = ("study", "suggested", "state", "max_trials", "max_parallel", "reason",
+           "max_wall", "max_hours", "run_ms", "running", "running_since")
+# The hash fields ``trial_ms`` reads, in its order.
+_CLOCK = ("run_ms", "running", "running_since")
+
+
+def trial_ms(run_ms: bytes | None, running: bytes | None, since: bytes | None,
+             now_ms: float) -> float:
+    """The running time of a study's attempts, ended and running, at ``now_ms``."""
+    return float(run_ms or 0) + max(0.0, int(running or 0) * now_ms - int(since or 0))
 
 
 def _study(
@@ -32,6 +45,10 @@ def _study(
     state: bytes | None = None,
     max_trials: bytes | None = None,
     max_parallel: bytes | None = None,
+    reason: bytes | None = None,
+    max_wall: bytes | None = None,
+    max_hours: bytes | None = None,
+    *clock: bytes | None,
 ) -> study_pb2.Study:
     study = study_pb2.Study()
     study.ParseFromString(raw)
@@ -42,6 +59,13 @@ def _study(
         study.config.max_trials = int(max_trials)
     if max_parallel is not None:
         study.config.max_parallel_trials = int(max_parallel)
+    if max_wall is not None:
+        study.config.max_wall_clock_seconds = float(max_wall)
+    if max_hours is not None:
+        study.config.max_trial_hours = float(max_hours)
+    study.state_reason = (reason or b"").decode()
+    if clock:
+        study.trial_hours_used = trial_ms(*clock, time.time() * 1000) / 3_600_000
     return study
 
 
@@ -55,10 +79,26 @@ class Gate:
     max_trials: int | None
     max_parallel: int | None
     in_flight: int  # handed out, neither ended nor handed back (SUGGESTED or RUNNING)
+    max_wall: float | None = None  # UpdateStudy's budgets (None: the config's)
+    max_hours: float | None = None
+    age_seconds: float = 0.0  # since CreateStudy (0 when the study predates created_ms)
+    trial_hours: float = 0.0  # its attempts' running time, ended and running
+
+    def budget_exceeded(self, config: study_pb2.StudyConfig) -> str | None:
+        """The circuit breaker's reason when a budget (live, else ``config``'s) is spent."""
+        return lifecycle.budget_exceeded(
+            config.max_wall_clock_seconds if self.max_wall is None else self.max_wall,
+            config.max_trial_hours if self.max_hours is None else self.max_hours,
+            self.age_seconds, self.trial_hours,
+        )
 
 
 def _optional_int(raw: bytes | None) -> int | None:
     return None if raw is None else int(raw)
+
+
+def _optional_float(raw: bytes | None) -> float | None:
+    return None if raw is None else float(raw)
 
 
 class StudyStore:
@@ -75,11 +115,16 @@ class StudyStore:
 
     def create(self, study: study_pb2.Study) -> tuple[study_pb2.Study, bool]:
         """Store ``study`` unless its id exists; returns (stored study, created)."""
-        status, raw = self._create(
-            keys=[self.keys.study(study.study_id), self.keys.studies],
-            args=[study.study_id, study.SerializeToString(), study.created_unix_ms],
+        status, raw, *quota = self._create(
+            keys=[self.keys.study(study.study_id), self.keys.studies,
+                  self.keys.tenant_studies(study.tenant)],
+            args=[study.study_id, study.SerializeToString(), study.created_unix_ms,
+                  study.tenant, self.keys.root],
         )
-        created = (status.decode() if isinstance(status, bytes) else status) == "OK"
+        status = status.decode() if isinstance(status, bytes) else status
+        if status == "QUOTA":
+            raise quotas.too_many_studies(study.tenant, int(raw), int(quota[0]))
+        created = status == "OK"
         if created:
             return study, True
         return self.get(study.study_id) or _study(raw, b"0"), False
@@ -95,32 +140,38 @@ class StudyStore:
 
     def gate(self, study_id: str) -> Gate:
         pipe = self.r.pipeline(transaction=False)
-        pipe.hmget(self.keys.study(study_id), "state", "suggested", "max_trials", "max_parallel")
+        pipe.hmget(self.keys.study(study_id), "state", "suggested", "max_trials",
+                   "max_parallel", "max_wall", "max_hours", "created_ms", *_CLOCK)
         pipe.scard(self.keys.pending(study_id))
         pipe.zcard(self.keys.resumable(study_id))
-        (state, suggested, max_trials, max_parallel), pending, queued = pipe.execute()
+        (state, suggested, max_trials, max_parallel, max_wall, max_hours, created,
+         *clock), pending, queued = pipe.execute()
+        now = time.time() * 1000
         return Gate(
             state=int(state or lifecycle.INITIAL),
             suggested=int(suggested or 0),
             max_trials=_optional_int(max_trials),
             max_parallel=_optional_int(max_parallel),
             in_flight=max(0, int(pending) - int(queued)),
+            max_wall=_optional_float(max_wall),
+            max_hours=_optional_float(max_hours),
+            age_seconds=(now - int(created)) / 1000 if created else 0.0,
+            trial_hours=trial_ms(*clock, now) / 3_600_000,
         )
 
     def update_limits(
-        self, study_id: str, max_trials: int | None, max_parallel: int | None
+        self, study_id: str, max_trials: int | None, max_parallel: int | None,
+        budgets: lifecycle.Budgets = lifecycle.UNCHANGED,
     ) -> study_pb2.Study:
-        """UpdateStudy: the live limits (None: unchanged), checked by
+        """UpdateStudy: the live limits and budgets (None: unchanged), checked by
         ``lifecycle.check_update`` against the trials handed out, atomically (a Suggest
         between the check and the change cannot slip under a lowered budget)."""
-        lifecycle.check_update(max_trials, max_parallel, 0)
+        lifecycle.check_update(max_trials, max_parallel, 0, budgets)
+        given = (max_trials, max_parallel, budgets.wall_clock_seconds, budgets.trial_hours)
         status, value = self._update_limits(
             keys=[self.keys.study(study_id)],
             args=[
-                "1" if max_trials is not None else "0",
-                max_trials or 0,
-                "1" if max_parallel is not None else "0",
-                max_parallel or 0,
+                *(item for v in given for item in ("0" if v is None else "1", v or 0)),
                 *sorted(_FINAL_STATES),
             ],
         )
@@ -130,7 +181,7 @@ class StudyStore:
         if status == "REFUSED":
             lifecycle.can_update(study_id, int(value))
         if status == "BELOW":
-            lifecycle.check_update(max_trials, max_parallel, int(value))
+            lifecycle.check_update(max_trials, max_parallel, int(value), budgets)
         study = self.get(study_id)
         if study is None:  # only a hand-deleted key: Ladder never deletes a study
             raise NotFound(f"study {study_id!r} not found")
@@ -142,14 +193,15 @@ class StudyStore:
         return int(self.r.hget(self.keys.study(study_id), "state") or lifecycle.INITIAL)
 
     def transition(
-        self, study_id: str, action: lifecycle.Action
+        self, study_id: str, action: lifecycle.Action, reason: str = ""
     ) -> tuple[study_pb2.Study, bool]:
-        """Apply ``action`` atomically: (the study after it, whether it changed).
-        NotFound for an unknown study; ``lifecycle.refusal`` when its state refuses."""
+        """Apply ``action`` atomically, recording ``reason`` (Study.state_reason) when
+        the state changes: (the study after it, whether it changed). NotFound for an
+        unknown study; ``lifecycle.refusal`` when its state refuses."""
         rule = lifecycle.RULES[action]
         status, before = self._set_state(
             keys=[self.keys.study(study_id)],
-            args=[rule.target, lifecycle.INITIAL, *sorted(rule.allowed_from)],
+            args=[rule.target, lifecycle.INITIAL, reason, *sorted(rule.allowed_from)],
         )
         status = status.decode() if isinstance(status, bytes) else status
         if status == "NOT_FOUND":

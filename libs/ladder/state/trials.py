@@ -34,7 +34,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from ladder import lifecycle
+from ladder import lifecycle, quotas
 from ladder.errors import BudgetExhausted, Conflict, InvalidArgument, NotFound, StaleAttempt
 from ladder.failures import MAX_FAILURES, FailureKind
 from ladder.state import scripts
@@ -353,7 +353,7 @@ class TrialStore:
                 self.keys.resumable(study_id),
             ],
             args=[
-                self.keys.trial(""),
+                self.keys.root,
                 study_id,
                 max_trials,
                 int(claim_seconds * 1000),
@@ -372,6 +372,8 @@ class TrialStore:
             raise lifecycle.refusal_to_suggest(study_id, state) or lifecycle.stopped(study_id)
         if status == "PARALLEL":
             raise lifecycle.at_capacity(study_id, int(first), int(count))
+        if status == "TENANT":
+            raise quotas.trials_at_quota(_text(when[0]), int(first), int(count))
         created = []
         reason = f"suggested by {algorithm}"
         for i in range(int(count)):
@@ -403,7 +405,7 @@ class TrialStore:
         k = self.keys
         rows = self._scripts["CLAIM_RESUMABLE"](
             keys=[k.resumable(study_id), k.leases, k.pending(study_id), k.study(study_id)],
-            args=[k.trial(""), count, int(claim_seconds * 1000), max_parallel],
+            args=[k.root, count, int(claim_seconds * 1000), max_parallel],
         )
         return [trial_from_hash(_pairs(row)) for row in rows]
 

@@ -1,0 +1,188 @@
+"""Tenant quotas and study budgets (issue 19 item 4) through real suggest and evaluate
+processes with LADDER_AUTH on: max_studies refuses CreateStudy, max_trials_running
+refuses Suggest across two studies until a trial ends and stays exact through a lease
+expiry and a resume; the wall-clock and trial-hours budgets trip the circuit breaker,
+which STOPS the study and says why (GetStudy, the StudyEvent, `ladder study show`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from ladder import quotas
+from ladder.client import LadderClient, study_config
+from ladder.config import Settings
+from ladder.errors import BudgetExhausted
+from ladder.state.keys import Keys
+from ladder.tenancy import TenantStore
+from ladder.testing import decoded, read_topic, wait_for
+from ladder.v1 import events_pb2, study_pb2, trial_pb2
+
+pytestmark = pytest.mark.integration
+
+SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0}}
+LEASE_S = 1.0
+
+
+@dataclasses.dataclass
+class Stack:
+    infra: Settings
+    settings: Settings
+    store: TenantStore
+    keys: Keys
+    env: dict[str, str]
+
+    def tenant(self, **quota: int) -> tuple[str, LadderClient]:
+        """A new tenant with ``quota`` and a client holding its token."""
+        name = f"q-{uuid.uuid4().hex[:8]}"
+        token = self.store.create(name).token
+        if quota:
+            self.store.set_quota(name, quota.get("max_studies"), quota.get("max_trials_running"))
+        client = LadderClient(dataclasses.replace(self.settings, token=token), retry_timeout=5)
+        return name, client
+
+
+@pytest.fixture(scope="module")
+def stack(infra: Settings, infra_env: dict[str, str],
+          start_module_service: Callable[..., Any]) -> Stack:
+    auth = {"LADDER_AUTH": "on", "LADDER_AUTH_CACHE_S": "0.5"}
+    # Settle 2 s: the completion sweep (and with it the breaker) runs every 0.5 s.
+    suggest = start_module_service("services.suggest", {**auth, "LADDER_STUDY_SETTLE_S": "2"})
+    evaluate = start_module_service("services.evaluate",
+                                    {**auth, "LADDER_LEASE_SECONDS": str(LEASE_S)})
+    keys = Keys.for_prefix(infra.topics.prefix)
+    store = TenantStore(redis.Redis.from_url(infra.redis_url), keys.root)
+    settings = dataclasses.replace(infra, suggest_addr=suggest.addr, evaluate_addr=evaluate.addr)
+    env = {**infra_env, "LADDER_SUGGEST_ADDR": suggest.addr,
+           "LADDER_EVALUATE_ADDR": evaluate.addr}
+    return Stack(infra, settings, store, keys, env)
+
+
+def _config(**extra: Any) -> study_pb2.StudyConfig:
+    return study_config(space=SPACE, metric="loss", **extra)
+
+
+def _refusal(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), err.value.details()
+
+
+def _cli(stack: Stack, *args: str, token: str = "") -> subprocess.CompletedProcess:
+    env = {**stack.env, "LADDER_TOKEN": token} if token else stack.env
+    return subprocess.run([sys.executable, "-m", "ladder.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def _started(client: LadderClient, study_id: str, worker: str = "w") -> tuple[str, str]:
+    """(trial id, attempt id) of a new trial of the study, started."""
+    trial = client.suggest(study_id, worker)[0].trial
+    attempt = f"att-{uuid.uuid4().hex[:8]}"
+    client.start_trial(trial.trial_id, worker, attempt)
+    return trial.trial_id, attempt
+
+
+def test_max_studies_refuses_create_until_one_is_cancelled(stack: Stack) -> None:
+    name, client = stack.tenant(max_studies=2)
+    first = client.create_study(_config()).study_id
+    client.create_study(_config())
+    code, details = _refusal(lambda: client.create_study(_config()))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"tenant {name!r} has 2 live studies" in details and "max_studies is 2" in details
+    # Repeating a create that succeeded is no new study: never refused.
+    assert client.create_study(_config(), study_id=first).study_id == first
+    client.cancel_study(first)
+    client.create_study(_config())
+    assert quotas.usage(stack.store.r, stack.keys, name).live_studies == 2
+    # The admin CLI raises the quota and lists it with the use.
+    raised = _cli(stack, "tenant", "quota", name, "--max-studies", "3")
+    assert raised.returncode == 0, raised.stderr
+    assert "max_studies 3, max_trials_running unbounded" in raised.stdout
+    client.create_study(_config())
+    listed = _cli(stack, "tenant", "list")
+    row = next(line.split() for line in listed.stdout.splitlines() if line.startswith(name))
+    assert row[2:4] == ["3/3", "0/-"]
+
+
+def test_max_trials_running_across_two_studies_stays_exact_through_expiry(
+    stack: Stack,
+) -> None:
+    name, client = stack.tenant(max_trials_running=2)
+    a = client.create_study(_config()).study_id
+    b = client.create_study(_config()).study_id
+    running, attempt = _started(client, a)
+    started, _ = _started(client, b)
+    code, details = _refusal(lambda: client.suggest(b, "w2"))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_trials_running is 2" in details and f"tenant {name!r} has 2 trials out" in details
+    # A trial that ends makes room, in either study.
+    client.complete(running, attempt, 0.5, 1.0)
+    expiring, _ = _started(client, b)
+    # No heartbeats: both of b's leases expire, the trials are RESUMABLE (queued, not out).
+    wait_for(lambda: all(client.get_trial(t).state == trial_pb2.RESUMABLE
+                         for t in (started, expiring)),
+             10 * LEASE_S + 10, "both leases to expire")
+    assert quotas.usage(stack.store.r, stack.keys, name).trials_out == 0
+    # Handed out again: the resumed trials count once more, and the limit holds.
+    resumed = client.suggest(b, "w4", count=3)
+    assert sorted(s.trial.trial_id for s in resumed) == sorted([started, expiring])
+    assert all(s.resumed for s in resumed)
+    assert quotas.usage(stack.store.r, stack.keys, name).trials_out == 2
+    assert _refusal(lambda: client.suggest(a, "w5"))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _stopped_by_breaker(client: LadderClient, study_id: str, budget: str) -> study_pb2.Study:
+    study = wait_for(
+        lambda: (s := client.get_study(study_id)).state == study_pb2.STUDY_STOPPED and s,
+        15, f"the breaker to stop {study_id} ({budget})")
+    assert study.state_reason.startswith("budget exceeded") and budget in study.state_reason
+    return study
+
+
+def test_wall_clock_budget_stops_the_study_with_its_reason(stack: Stack) -> None:
+    _, client = stack.tenant()
+    study_id = client.create_study(_config(max_wall_clock_seconds=3)).study_id
+    client.suggest(study_id, "w")
+    # Nobody asks for trials: the suggest service's sweep trips the breaker.
+    study = _stopped_by_breaker(client, study_id, "max_wall_clock_seconds is 3")
+    # The SDK's word for a study that hands out nothing more, with the service's reason.
+    with pytest.raises(BudgetExhausted, match="budget exceeded"):
+        client.suggest(study_id, "w")
+    events = [e.study for e in decoded(events_pb2.StudyEvent,
+                                       read_topic(stack.infra, stack.infra.topics.studies))
+              if e.study.study_id == study_id]
+    assert events[-1].state == study_pb2.STUDY_STOPPED
+    assert events[-1].state_reason == study.state_reason
+    shown = _cli(stack, "study", "show", study_id, token=client.settings.token)
+    assert shown.returncode == 0, shown.stderr
+    assert "stopped (budget exceeded" in shown.stdout
+    # A raised budget and a resume: trials are handed out again, the reason is gone.
+    client.update_study(study_id, max_wall_clock_seconds=0)
+    resumed = client.resume_study(study_id)
+    assert resumed.state == study_pb2.STUDY_ACTIVE and resumed.state_reason == ""
+    assert client.suggest(study_id, "w2")
+
+
+def test_trial_hours_budget_stops_the_study_while_its_trial_runs(stack: Stack) -> None:
+    _, client = stack.tenant()
+    # 2 s of trial time: one running trial spends it.
+    study_id = client.create_study(_config(max_trial_hours=2 / 3600)).study_id
+    trial_id, attempt = _started(client, study_id)
+
+    def beat() -> bool:
+        client.heartbeat(trial_id, attempt, 1.0)  # keep the lease while it runs
+        return client.get_study(study_id).state == study_pb2.STUDY_STOPPED
+
+    wait_for(beat, 15, "the trial-hours breaker", every=0.2)
+    study = _stopped_by_breaker(client, study_id, "max_trial_hours is 0.000555")
+    assert study.trial_hours_used >= 2 / 3600
+    # STOPPED, not final: the running trial finishes and reports.
+    client.complete(trial_id, attempt, 0.1, 1.0)
+    assert client.get_trial(trial_id).state == trial_pb2.COMPLETED
