@@ -2,7 +2,8 @@
 processes with LADDER_AUTH on: max_studies refuses CreateStudy, max_trials_running
 refuses Suggest across two studies until a trial ends and stays exact through a lease
 expiry and a resume; the wall-clock and trial-hours budgets trip the circuit breaker,
-which STOPS the study and says why (GetStudy, the StudyEvent, `ladder study show`)."""
+which STOPS the study and says why (GetStudy, the StudyEvent, lineage's listing,
+`ladder study show`)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from ladder import quotas
+from ladder import channels, quotas
 from ladder.client import LadderClient, study_config
 from ladder.config import Settings
 from ladder.errors import BudgetExhausted
 from ladder.state.keys import Keys
 from ladder.tenancy import TenantStore
 from ladder.testing import decoded, read_topic, wait_for
-from ladder.v1 import events_pb2, study_pb2, trial_pb2
+from ladder.v1 import events_pb2, lineage_pb2, lineage_pb2_grpc, study_pb2, trial_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -57,9 +58,11 @@ def stack(infra: Settings, infra_env: dict[str, str],
     suggest = start_module_service("services.suggest", {**auth, "LADDER_STUDY_SETTLE_S": "2"})
     evaluate = start_module_service("services.evaluate",
                                     {**auth, "LADDER_LEASE_SECONDS": str(LEASE_S)})
+    lineage = start_module_service("services.lineage", auth)
     keys = Keys.for_prefix(infra.topics.prefix)
     store = TenantStore(redis.Redis.from_url(infra.redis_url), keys.root)
-    settings = dataclasses.replace(infra, suggest_addr=suggest.addr, evaluate_addr=evaluate.addr)
+    settings = dataclasses.replace(infra, suggest_addr=suggest.addr, evaluate_addr=evaluate.addr,
+                                   lineage_addr=lineage.addr)
     env = {**infra_env, "LADDER_SUGGEST_ADDR": suggest.addr,
            "LADDER_EVALUATE_ADDR": evaluate.addr}
     return Stack(infra, settings, store, keys, env)
@@ -160,6 +163,18 @@ def test_wall_clock_budget_stops_the_study_with_its_reason(stack: Stack) -> None
               if e.study.study_id == study_id]
     assert events[-1].state == study_pb2.STUDY_STOPPED
     assert events[-1].state_reason == study.state_reason
+    # Lineage lists the study as its newest StudyEvent carried it: stopped, and why.
+    channel = channels.channel(stack.settings.lineage_addr, client.settings)
+    listings = lineage_pb2_grpc.LineageServiceStub(channel).ListStudyListings
+
+    def listed() -> study_pb2.Study | None:
+        found = [item.study for item in
+                 listings(lineage_pb2.ListStudyListingsRequest(), timeout=10).studies
+                 if item.study.study_id == study_id]
+        return found[0] if found and found[0].state_reason else None
+
+    assert wait_for(listed, 15, "lineage's listing").state_reason == study.state_reason
+    channel.close()
     shown = _cli(stack, "study", "show", study_id, token=client.settings.token)
     assert shown.returncode == 0, shown.stderr
     assert "stopped (budget exceeded" in shown.stdout
