@@ -14,9 +14,10 @@ would race the report against the trial's own RUNNING event). States:
 - RUNNING: accepted;
 - PAUSED, RESUMABLE: accepted: reports of the attempt that just checkpointed to
   pause, or whose lease just expired, are still in flight, and they are true;
-- COMPLETED, PRUNED, FAILED: ``IGNORE``: a late report of a finished trial (its
-  worker reported, then completed before early-stop read the report) is valid, so
-  it is not dead-lettered, but it no longer moves any leaderboard;
+- COMPLETED, PRUNED, FAILED: accepted: a worker's last reports race its Complete, or
+  the STOP its heartbeat just got, so early-stop can read them after the trial ended;
+  they are true, and every rung crossing the metrics topic implies gets its decision
+  (bench/chaos.py checks that none is lost);
 - SUGGESTED: "trial not running": no worker has started it, no report can be true;
 - no trial: "unknown trial"; another study: "trial belongs to another study".
 
@@ -35,9 +36,10 @@ from dataclasses import dataclass
 from ladder.v1 import trial_pb2
 
 ACCEPT = "accept"
-IGNORE = "ignore"
-REPORTING_STATES = frozenset({trial_pb2.RUNNING, trial_pb2.PAUSED, trial_pb2.RESUMABLE})
 FINISHED_STATES = frozenset({trial_pb2.COMPLETED, trial_pb2.PRUNED, trial_pb2.FAILED})
+REPORTING_STATES = frozenset({trial_pb2.RUNNING, trial_pb2.PAUSED, trial_pb2.RESUMABLE})
+# States whose reports count: those whose attempt is, or just was, running.
+ACCEPTED_STATES = REPORTING_STATES | FINISHED_STATES
 # How long a trial's study and state are trusted before they are read again.
 TTL_S = 2.0
 # Most trials remembered; past it the memory starts over (a flood of phantom ids must
@@ -54,8 +56,8 @@ class Known:
 
 
 def verdict(report_study: str, trial_id: str, known: Known | None) -> str:
-    """``ACCEPT``, ``IGNORE`` or the reason to dead-letter a report of ``trial_id``
-    that names ``report_study``."""
+    """``ACCEPT`` or the reason to dead-letter a report of ``trial_id`` that names
+    ``report_study``."""
     if known is None:
         return f"unknown trial {trial_id!r}: no such trial in the trial store"
     if known.study_id != report_study:
@@ -63,10 +65,8 @@ def verdict(report_study: str, trial_id: str, known: Known | None) -> str:
             f"trial belongs to another study: trial {trial_id!r} is not in study "
             f"{report_study!r}"
         )
-    if known.state in REPORTING_STATES:
+    if known.state in ACCEPTED_STATES:
         return ACCEPT
-    if known.state in FINISHED_STATES:
-        return IGNORE
     values = trial_pb2.TrialState.values()
     name = trial_pb2.TrialState.Name(known.state) if known.state in values else str(known.state)
     return f"trial not running: trial {trial_id!r} is {name}"
@@ -122,7 +122,7 @@ class TrialCheck:
     def _keep_for(self, known: Known | None) -> float:
         if known is not None and known.state in FINISHED_STATES:
             return float("inf")  # final
-        if known is not None and known.state not in REPORTING_STATES:
+        if known is not None and known.state not in ACCEPTED_STATES:
             return 0.0  # SUGGESTED: StartTrial may make it RUNNING any moment
         return self.ttl_s
 

@@ -67,7 +67,7 @@ from ladder.poison import ParkingLot, PoisonPolicy
 from ladder.retry import backoff_delay, retry_forever
 from ladder.schedulers import Action, CurveState, RungDecision, SchedulerSpec
 from ladder.schedulers.engine import Crossing, EarlyStopEngine
-from ladder.trialcheck import ACCEPT, IGNORE, TrialCheck
+from ladder.trialcheck import ACCEPT, TrialCheck
 from ladder.v1 import events_pb2
 from opentelemetry import metrics, trace
 
@@ -653,8 +653,6 @@ class EarlyStopAgents:
             return  # not the objective: lineage records it, early stopping ignores it
         if self.trial_check is not None:
             verdict = await self.trial_check(study_id, trial_id)
-            if verdict == IGNORE:
-                return  # a finished trial's late report: true, but it moves nothing
             if verdict != ACCEPT:
                 raise BadRecord(verdict)
         # The batch's own newer state first: a trial can report twice in one batch.

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-from ladder.trialcheck import ACCEPT, IGNORE, Known, TrialCheck, verdict
+from ladder.trialcheck import ACCEPT, Known, TrialCheck, verdict
 from ladder.v1 import trial_pb2
 
 
@@ -19,9 +19,9 @@ from ladder.v1 import trial_pb2
         (Known("s", trial_pb2.RUNNING), ACCEPT),
         (Known("s", trial_pb2.PAUSED), ACCEPT),
         (Known("s", trial_pb2.RESUMABLE), ACCEPT),
-        (Known("s", trial_pb2.COMPLETED), IGNORE),
-        (Known("s", trial_pb2.PRUNED), IGNORE),
-        (Known("s", trial_pb2.FAILED), IGNORE),
+        (Known("s", trial_pb2.COMPLETED), ACCEPT),
+        (Known("s", trial_pb2.PRUNED), ACCEPT),
+        (Known("s", trial_pb2.FAILED), ACCEPT),
     ],
 )
 def test_verdict(known: Known | None, expected: str) -> None:
@@ -39,14 +39,15 @@ def test_reads_are_remembered_for_the_ttl_and_finished_trials_for_good() -> None
 
     async def run() -> None:
         assert await check("s", "a") == ACCEPT
-        assert await check("s", "b") == IGNORE
-        store["a"] = Known("s", trial_pb2.PRUNED)
+        assert await check("s", "b") == ACCEPT
+        store["a"] = Known("s", trial_pb2.SUGGESTED)  # (not a real transition: a marker)
+        del store["b"]
         assert await check("s", "a") == ACCEPT  # within the ttl: not read again
         assert check.reads == 2
         now[0] = 2.5
-        assert await check("s", "a") == IGNORE  # read again: finished
-        assert await check("s", "b") == IGNORE
-        assert check.reads == 3  # b was finished: never read again
+        assert (await check("s", "a")).startswith("trial not running")  # read again
+        assert await check("s", "b") == ACCEPT  # finished: never read again
+        assert check.reads == 3
 
     asyncio.run(run())
 
