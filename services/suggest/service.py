@@ -17,7 +17,7 @@ import uuid
 from collections import OrderedDict
 
 import grpc
-from ladder import auth, lifecycle
+from ladder import auth, lifecycle, quotas
 from ladder.bus import EventProducer, now_ms
 from ladder.codec import decode
 from ladder.config import Settings
@@ -464,6 +464,11 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             if gate.in_flight >= max_parallel:
                 raise lifecycle.at_capacity(study_id, gate.in_flight, max_parallel)
             count = min(count, max_parallel - gate.in_flight)
+        if gate.tenant_room is not None:
+            room, out, quota, tenant = gate.tenant_room
+            if room <= 0:
+                raise quotas.trials_at_quota(tenant, out, quota)
+            count = min(count, room)
         partition = partition_of(worker_id, spec.partitions)
         proposals = self._seed_configurations(study_id, spec, partition, count)
         if len(proposals) < count:

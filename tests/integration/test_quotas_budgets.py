@@ -20,8 +20,10 @@ import redis
 from ladder import channels, quotas
 from ladder.client import LadderClient, study_config
 from ladder.config import Settings
-from ladder.errors import BudgetExhausted
+from ladder.errors import AtCapacity, BudgetExhausted
 from ladder.state.keys import Keys
+from ladder.state.trials import TrialStore
+from ladder.study import TrialPolicySpec
 from ladder.tenancy import TenantStore
 from ladder.testing import decoded, read_topic, wait_for
 from ladder.v1 import events_pb2, lineage_pb2, lineage_pb2_grpc, study_pb2, trial_pb2
@@ -139,6 +141,20 @@ def test_max_trials_running_across_two_studies_stays_exact_through_expiry(
     assert all(s.resumed for s in resumed)
     assert quotas.usage(stack.store.r, stack.keys, name).trials_out == 2
     assert _refusal(lambda: client.suggest(a, "w5"))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_the_scripts_enforce_the_tenant_quota_without_the_gate(stack: Stack) -> None:
+    """CREATE_TRIALS holds the quota itself (the gate's check is
+    only Suggest's early exit): a race past it cannot overshoot."""
+    name, client = stack.tenant(max_trials_running=1)
+    a = client.create_study(_config()).study_id
+    b = client.create_study(_config()).study_id
+    trials = TrialStore(stack.store.r, stack.keys, lambda _sid: TrialPolicySpec())
+    protos = [trial_pb2.Trial(study_id=b), trial_pb2.Trial(study_id=b)]
+    created = trials.create_trials(b, protos, 0, 60.0, "test")
+    assert len(created) == 1  # two asked, room for one
+    with pytest.raises(AtCapacity, match="max_trials_running is 1"):
+        trials.create_trials(a, protos[:1], 0, 60.0, "test")
 
 
 def _stopped_by_breaker(client: LadderClient, study_id: str, budget: str) -> study_pb2.Study:

@@ -675,6 +675,17 @@ end
 return out
 """)
 
+# KEYS: study   ARGV: key root
+# Read only: the study's tenant's {room left, out, max_trials_running, tenant}, {} when it
+# has no such quota. Suggest's cheap pre-check (StudyStore.gate), so a tenant at its
+# quota burns no sampler draws; CREATE_TRIALS enforces it.
+TENANT_ROOM = _script("""
+local tenant = field(KEYS[1], 'tenant')
+local room = tenant_room(ARGV[1], tenant)
+if not room then return {} end
+return {room[1], room[2], room[3], tenant}
+""")
+
 # KEYS: study, studies, tenant's studies   ARGV: study id, Study proto, created ms,
 # tenant ('' with authentication off), key root
 # A tenant with a max_studies quota (ladder.quotas) may hold that many live studies

@@ -83,6 +83,8 @@ class Gate:
     max_hours: float | None = None
     age_seconds: float = 0.0  # since CreateStudy (0 when the study predates created_ms)
     trial_hours: float = 0.0  # its attempts' running time, ended and running
+    # The tenant's max_trials_running: (room left, out, quota, tenant); None: no quota.
+    tenant_room: tuple[int, int, int, str] | None = None
 
     def budget_exceeded(self, config: study_pb2.StudyConfig) -> str | None:
         """The circuit breaker's reason when a budget (live, else ``config``'s) is spent."""
@@ -108,6 +110,7 @@ class StudyStore:
         self._create = client.register_script(scripts.CREATE_STUDY)
         self._set_state = client.register_script(scripts.SET_STUDY_STATE)
         self._update_limits = client.register_script(scripts.UPDATE_LIMITS)
+        self._tenant_room = client.register_script(scripts.TENANT_ROOM)
         # A study's config never changes, so its spec is read and validated once.
         self._specs: dict[str, StudySpec] = {}
         self._fallback_policies: dict[str, TrialPolicySpec] = {}
@@ -144,8 +147,9 @@ class StudyStore:
                    "max_parallel", "max_wall", "max_hours", "created_ms", *_CLOCK)
         pipe.scard(self.keys.pending(study_id))
         pipe.zcard(self.keys.resumable(study_id))
+        self._tenant_room(keys=[self.keys.study(study_id)], args=[self.keys.root], client=pipe)
         (state, suggested, max_trials, max_parallel, max_wall, max_hours, created,
-         *clock), pending, queued = pipe.execute()
+         *clock), pending, queued, room = pipe.execute()
         now = time.time() * 1000
         return Gate(
             state=int(state or lifecycle.INITIAL),
@@ -157,6 +161,8 @@ class StudyStore:
             max_hours=_optional_float(max_hours),
             age_seconds=(now - int(created)) / 1000 if created else 0.0,
             trial_hours=trial_ms(*clock, now) / 3_600_000,
+            tenant_room=(int(room[0]), int(room[1]), int(room[2]), room[3].decode())
+            if room else None,
         )
 
     def update_limits(
