@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import platform
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
 from google.protobuf.message import Message
+from ladder import runenv
 from ladder.signing import KID_HEADER, SIG_HEADER, Keyring
 from ladder.trialcheck import Known, TrialCheck
 from ladder.v1 import events_pb2, trial_pb2
@@ -116,7 +118,13 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     args = parser.parse_args()
     ring = Keyring({"k1": bytes(range(32))}, "k1")
-    out = {}
+    code = runenv.code_state(Path(__file__).parent)
+    out: dict[str, object] = {
+        "machine": {"cpu": runenv.cpu_model(), "python": platform.python_version(),
+                    "os": platform.platform()},
+        "code": {"commit": code.commit, "dirty": code.dirty},
+        "records": args.records,
+    }
     for name, (topic, message) in samples().items():
         out[name] = measure(ring, topic, message, args.records)
         print(name, json.dumps(out[name]))
