@@ -271,7 +271,7 @@ def study_view(study: study_pb2.Study) -> str:
          if config.max_parallel_trials else "unbounded"),
         ("wall clock", f"at most {config.max_wall_clock_seconds:g} s"
          if config.max_wall_clock_seconds else "unbounded"),
-        ("trial-hours", f"{study.trial_hours_used:.4g} used" + (
+        ("trial time", f"{study.trial_hours_used:.4g} trial-hours" + (
             f" of {config.max_trial_hours:g}" if config.max_trial_hours else ", unbounded")),
         ("seed", str(config.seed)),
         ("partitions", str(config.partitions)),
