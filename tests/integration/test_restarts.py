@@ -110,7 +110,10 @@ def test_after_a_full_restart_a_study_keeps_early_stopping(stack_env: Path) -> N
         # The client finds the new addresses; the study is still stored in Redis.
         assert client.get_study(study.study_id).study_id == study.study_id
         assert client.settings.suggest_addr == second["suggest_addr"]
-        trial = f"{study.study_id}-after"
+        # A real trial, suggested and started after the restart (early-stop only
+        # counts reports of its study's running trials).
+        trial = client.suggest(study.study_id, "w1")[0].trial.trial_id
+        client.start_trial(trial, "w1", "a1")
         client.report_metric(study.study_id, trial, "a1", 1, 0.5, wait=True)
         decision = decision_for(client.settings, study.study_id, trial)
         assert decision.action == events_pb2.CONTINUE
