@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: setup proto up down status demo test test-unit test-integration lint clean \
   bench bench-earlystop bench-curves bench-scale bench-broker bench-quality bench-suggest \
   bench-evaluate-kills bench-unknown-studies bench-restarts bench-checkpoints bench-chaos \
-  bench-dashboard bench-fleet-bo bench-quality-suite bench-fleet-sim screenshots loadsim docs
+  bench-dashboard bench-fleet-bo bench-quality-suite bench-fleet-sim bench-replicas screenshots loadsim docs
 
 setup: $(STAMP) $(PROTO_OUT)
 
@@ -71,7 +71,7 @@ test-integration: setup
 # Benchmarks write JSON and PNG under bench/results/ (see bench/README.md).
 bench: bench-earlystop bench-broker bench-scale bench-quality bench-suggest bench-evaluate-kills \
   bench-unknown-studies bench-restarts bench-checkpoints bench-chaos bench-dashboard \
-  bench-fleet-bo bench-fleet-sim
+  bench-fleet-bo bench-fleet-sim bench-replicas
 
 # Replays the committed real-curve table and synthetic families through Ladder's
 # schedulers (stopping and promotion forms) and Optuna's pruners (~3 min).
@@ -177,6 +177,10 @@ bench-dashboard: setup
 # storage proxy on PostgreSQL, alternating; plus the samplers' batch costs (~20 min).
 bench-fleet-bo: setup
 	nice -n 10 $(PY) bench/fleet_bo.py --duration 60 --batch-cost --peer optuna
+
+# 1, 2 and 3 suggest replicas under the load simulator, and a kill -9 of one (~7 min).
+bench-replicas: setup
+	nice -n 19 $(PY) bench/replicas.py
 
 # Library-level fleet simulation (no services): ladder.scheduling vs FIFO first-fit on
 # 200 x 8 GPUs, tenants 2:1:1, spot reclaims, a high-priority study at 10 h (~1 min).
