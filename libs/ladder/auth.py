@@ -10,10 +10,12 @@ name a study or a trial. A study belongs to the tenant that created it (``Study.
 a trial to its study's tenant. A non-admin caller naming a study or trial of another
 tenant gets NOT_FOUND with the same message as an unknown id, so ids do not leak; one
 naming an unknown study or trial gets NOT_FOUND too (the owner cannot be established).
-An admin passes every check. RPCs that list (ListStudies, ListStudyListings) name
-nothing: their handlers keep only what ``caller()`` may see. An RPC missing from the
-table is refused (PERMISSION_DENIED): a new RPC is closed until its rule is written, and
-``tests/unit/test_auth_rules.py`` fails until then.
+An admin passes every check; RequestWork (a node agent asking for any tenant's work) is
+for admins only (``ADMIN_ONLY``: PERMISSION_DENIED for other tenants). RPCs that list
+(ListStudies, ListStudyListings) name nothing: their handlers keep only what
+``caller()`` may see. An RPC missing from the table is refused (PERMISSION_DENIED): a
+new RPC is closed until its rule is written, and ``tests/unit/test_auth_rules.py`` fails
+until then.
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ class Names:
 STUDY = "study"
 TRIAL = "trial"
 NEW_STUDY = "new study"  # an id the call creates: taken by another tenant -> ALREADY_EXISTS
+# Admins only, whatever the field holds: RequestWork hands out any tenant's trials to a
+# node, so only a node agent may call it, and a node agent authenticates with an admin
+# token (or runs with auth off). Others get PERMISSION_DENIED.
+ADMIN_ONLY = "admin only"
 
 
 def study(field: str = "study_id") -> Names:
@@ -94,6 +100,7 @@ RPC_RULES: Mapping[str, tuple[Names, ...]] = {
     _S + "PauseStudy": (study(),),
     _S + "CancelStudy": (study(),),
     _S + "UpdateStudy": (study(),),
+    _S + "RequestWork": (Names(ADMIN_ONLY, "node.node_id"),),
     _E + "StartTrial": (trial(),),
     _E + "Heartbeat": (trial(),),
     _E + "ReportCheckpoint": (trial(),),
@@ -201,6 +208,9 @@ class Authorizer:
         if principal.admin:
             return
         for name in names:
+            if name.kind == ADMIN_ONLY:
+                raise PermissionError(f"{method.rsplit('/', 1)[-1]} is for node agents: "
+                                      "call it with an admin token")
             value = field_value(request, name.field)
             if value:
                 self._check(name.kind, value, principal)

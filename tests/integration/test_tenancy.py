@@ -130,6 +130,8 @@ def test_a_tenant_sees_and_touches_only_its_own(stack: Stack) -> None:
     }
     expected = {method: grpc.StatusCode.NOT_FOUND for method in answers}
     expected["/ladder.v1.SuggestService/CreateStudy"] = grpc.StatusCode.ALREADY_EXISTS
+    # RequestWork hands out any tenant's trials: node agents (admin tokens) only.
+    expected["/ladder.v1.SuggestService/RequestWork"] = grpc.StatusCode.PERMISSION_DENIED
     assert answers == expected
     # ... and changed nothing of B's.
     assert b.get_study(sb).state == a.get_study(sa).state

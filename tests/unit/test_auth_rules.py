@@ -157,3 +157,15 @@ def test_token_cache_forgets_after_its_ttl() -> None:
     now[0] = 2.1
     assert cache("t") is None
     assert len(calls) == 2
+
+
+def test_request_work_is_for_admins_only() -> None:
+    """RequestWork hands out any tenant's trials: a tenant token is refused even with
+    no node named, an admin (node agent) passes."""
+    checks = _authorizer()
+    method = _S + "RequestWork"
+    for request in (suggest_pb2.RequestWorkRequest(),
+                    suggest_pb2.RequestWorkRequest(node=suggest_pb2.NodeOffer(node_id="n1"))):
+        with pytest.raises(PermissionError, match="admin token"):
+            checks.authorise(method, request, A)
+        checks.authorise(method, request, ADMIN)
