@@ -53,14 +53,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from ladder.api.pool import ProcessPool, forwarding_signals
+from ladder.api.pool import ProcessPool, forwarding_signals, notice_on_signals
 from ladder.api.study import worker_retry_seconds
 
 WORKLOADS = {
@@ -177,17 +176,7 @@ def run_single(args: argparse.Namespace) -> int:
     except (CheckpointStoreError, NoObjectStore) as exc:
         client.close()
         raise SystemExit(f"checkpoint store: {exc}") from None
-    signals_seen = 0
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            raise SystemExit(128 + signum)  # a second Ctrl-C: quit now, the lease expires
-        worker.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    notice_on_signals(worker.request_stop)
     # The worker trains in a thread of its own so that this one can leave when the
     # trial was handed back while a step that cannot be interrupted still runs.
     reports: list[WorkerReport] = []

@@ -141,3 +141,19 @@ def forwarding_signals(pool: ProcessPool) -> Iterator[list[int]]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def notice_on_signals(request_stop: Callable[[], None]) -> None:
+    """SIGTERM / SIGINT start the preemption notice (``request_stop``: checkpoint, hand
+    the trial back, exit); a second signal quits at once (the lease then expires)."""
+    seen = 0
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal seen
+        seen += 1
+        if seen > 1:
+            raise SystemExit(128 + signum)
+        request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
