@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 from ladder.lifecycle import state_name
 from ladder.params import PlainValue, to_plain
 from ladder.schedulers.spec import ASHA_FORMS, SCHEDULER_KINDS, SMOOTHINGS, SchedulerKind
-from ladder.study import ALGORITHMS, DIRECTIONS
+from ladder.study import ALGORITHMS, DIRECTIONS, trial_demand
 from ladder.v1 import events_pb2, lineage_pb2, space_pb2, study_pb2, trial_pb2
 
 MISSING = "-"  # a table cell with no value
@@ -252,6 +252,16 @@ def parameter_row(param: space_pb2.Parameter) -> list[str]:
     return [param.name, *shape, active]
 
 
+def resources_text(config: study_pb2.StudyConfig) -> str:
+    """What each trial of the study needs on one node, as ``ladder study show`` says it."""
+    demand = trial_demand(config)
+    wanted = demand.resources
+    gpus = f"{wanted.gpus} GPU" + ("s" if wanted.gpus != 1 else "") + (
+        f" ({demand.gpu_type})" if demand.gpu_type and wanted.gpus else "")
+    text = f"{gpus}, {wanted.cpu:g} CPU, {wanted.memory_gb:g} GB per trial"
+    return text if config.HasField("trial_resources") else text + " (default)"
+
+
 def study_view(study: study_pb2.Study) -> str:
     config = study.config
     direction = DIRECTIONS.parse(config.direction).value
@@ -273,6 +283,9 @@ def study_view(study: study_pb2.Study) -> str:
          if config.max_wall_clock_seconds else "unbounded"),
         ("trial time", f"{study.trial_hours_used:.4g} trial-hours" + (
             f" of {config.max_trial_hours:g}" if config.max_trial_hours else ", unbounded")),
+        ("resources", resources_text(config)),
+        ("priority", str(config.priority) + (
+            ", promoted trials on stable nodes" if config.stable_for_promoted else "")),
         ("seed", str(config.seed)),
         ("partitions", str(config.partitions)),
         ("dataset", config.dataset_id or MISSING),

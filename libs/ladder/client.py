@@ -320,6 +320,9 @@ def study_config(
     max_parallel_trials: int = 0,
     max_wall_clock_seconds: float = 0.0,
     max_trial_hours: float = 0.0,
+    trial_resources: Mapping[str, Any] | study_pb2.TrialResources | None = None,
+    priority: int = 0,
+    stable_for_promoted: bool = False,
 ) -> study_pb2.StudyConfig:
     """A validated StudyConfig from plain values.
 
@@ -332,6 +335,11 @@ def study_config(
     Warm start: ``warm_start`` configurations are handed out first; ``known_results``
     ((params, value) pairs) and the completed trials of study ``warm_start_from`` are
     observations the samplers learn from before the first trial.
+    Scheduling (RequestWork, docs/scheduling.md): ``trial_resources`` what each trial
+    needs on one node (``{"gpus": 8, "gpu_type": "a100", "cpu": 16, "memory_gb": 200}``;
+    default 1 CPU, no GPU), ``priority`` among the tenant's studies (higher first, may
+    preempt lower ones on spot nodes), ``stable_for_promoted`` (promoted trials only on
+    non-spot nodes).
     Raises ``ValueError`` (``ladder.space.StudyConfigError``) naming the bad field.
     """
     if scheduler is None:
@@ -356,7 +364,14 @@ def study_config(
         code_commit=code_commit,
         partitions=partitions,
         labels=dict(labels or {}),
+        priority=priority,
+        stable_for_promoted=stable_for_promoted,
     )
+    if trial_resources is not None:
+        if isinstance(trial_resources, study_pb2.TrialResources):
+            config.trial_resources.CopyFrom(trial_resources)
+        else:
+            config.trial_resources.CopyFrom(study_pb2.TrialResources(**trial_resources))
     config.warm_start.from_study_id = warm_start_from
     for params in warm_start:
         fill_params(config.warm_start.configurations.add().params, params)
@@ -577,15 +592,27 @@ class LadderClient:
         return self._call(self._suggest, "UpdateStudy", request, "UpdateStudy")
 
     def suggest(
-        self, study_id: str, worker_id: str, count: int = 1
+        self,
+        study_id: str,
+        worker_id: str,
+        count: int = 1,
+        start: evaluate_pb2.StartTrialRequest | None = None,
     ) -> list[suggest_pb2.Suggestion]:
         """Trials to run: a resumable one (lease expired) first, else new ones.
+
+        With ``start`` (StartTrial's fields but the trial: an attempt id, the hostname,
+        the run environment; count 1) the suggestion is started in the same call, one
+        round trip instead of two: its ``started`` is what :meth:`start_trial` would
+        have answered. A suggestion without ``started`` (an older server, or the trial
+        was taken meanwhile) is started with :meth:`start_trial` as before.
 
         Raises :class:`BudgetExhausted` when the study hands out no more trials (its
         budget is spent, or it is stopped or cancelled: the message says which); its
         :class:`StudyPaused` while the study is paused (a worker waits for the resume).
         """
-        request = suggest_pb2.SuggestRequest(study_id=study_id, worker_id=worker_id, count=count)
+        request = suggest_pb2.SuggestRequest(
+            study_id=study_id, worker_id=worker_id, count=count, start=start
+        )
         try:
             reply = self._call(self._suggest, "Suggest", request, "Suggest")
         except grpc.RpcError as exc:
@@ -596,6 +623,15 @@ class LadderClient:
                 raise BudgetExhausted(None, details) from exc
             raise
         return list(reply.suggestions)
+
+    def request_work(
+        self, node: suggest_pb2.NodeOffer, worker_id: str = ""
+    ) -> suggest_pb2.RequestWorkResponse:
+        """A node agent's request: trials of any tenant's studies that the scheduler
+        places on ``node``'s free resources, and the trials running there to pause
+        (admin token, or auth off)."""
+        request = suggest_pb2.RequestWorkRequest(node=node, worker_id=worker_id)
+        return self._call(self._suggest, "RequestWork", request, "RequestWork")
 
     # -- the trial lifecycle (evaluate service)
 

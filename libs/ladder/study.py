@@ -16,6 +16,8 @@ service stores and publishes, so every consumer reads the same numbers.
 | warm_start | none (no known configurations, no source study)     |
 | scheduler  | see ``ladder.schedulers.spec`` (``SchedulerSpec``)  |
 | trial_policy | see ``TrialPolicySpec`` below                     |
+| trial_resources | 1 CPU, no GPU (``ladder.scheduling.resources``; not written back) |
+| priority   | 0 (within +-1000)                                   |
 
 Pure code (no I/O).
 """
@@ -28,10 +30,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
+from ladder.errors import InvalidArgument
 from ladder.lifecycle import Budgets, check_budgets, check_limit
 from ladder.params import PlainValue, params_to_dict, to_plain
 from ladder.proto_enum import ProtoEnum
 from ladder.schedulers.spec import SchedulerSpec
+from ladder.scheduling import resources
 from ladder.space import Space, SpaceError, StudyConfigError
 from ladder.v1 import study_pb2
 
@@ -223,6 +227,10 @@ class StudySpec:
     trial_policy: TrialPolicySpec
     _proto: study_pb2.StudyConfig = field(repr=False, compare=False)
     max_parallel_trials: int = 0  # 0 = unbounded; overridden like max_trials
+    # What each trial needs on one node (RequestWork's placement; the default when unset).
+    demand: resources.Demand = resources.DEFAULT_DEMAND
+    priority: int = 0  # higher first among the tenant's studies (ladder.scheduling)
+    stable_for_promoted: bool = False  # promoted trials only on non-spot nodes
 
     @property
     def maximize(self) -> bool:
@@ -262,6 +270,11 @@ class StudySpec:
                 f"{scheduler.kind.name} (or set scheduler.kind NONE to disable early stopping)"
             )
         trial_policy = TrialPolicySpec.from_proto(config.trial_policy)
+        try:
+            demand = trial_demand(config)
+            priority = resources.priority(config.priority)
+        except InvalidArgument as exc:
+            raise StudyConfigError(str(exc)) from None
         proto = study_pb2.StudyConfig()
         proto.CopyFrom(config)
         proto.direction = DIRECTIONS.number(direction)
@@ -284,6 +297,9 @@ class StudySpec:
             trial_policy=trial_policy,
             _proto=proto,
             max_parallel_trials=config.max_parallel_trials,
+            demand=demand,
+            priority=priority,
+            stable_for_promoted=config.stable_for_promoted,
         )
 
     def to_proto(self) -> study_pb2.StudyConfig:
@@ -291,6 +307,15 @@ class StudySpec:
         out = study_pb2.StudyConfig()
         out.CopyFrom(self._proto)
         return out
+
+
+def trial_demand(config: study_pb2.StudyConfig) -> resources.Demand:
+    """The study's trial_resources as a validated demand (the default when unset: it is
+    not written into the config, so a study created before resources keeps its config)."""
+    if not config.HasField("trial_resources"):
+        return resources.DEFAULT_DEMAND
+    r = config.trial_resources
+    return resources.demand(r.gpus, r.gpu_type, r.cpu, r.memory_gb, field="trial_resources")
 
 
 def _check_warm_start(warm: study_pb2.WarmStart, space: Space) -> None:

@@ -155,6 +155,13 @@ def test_study_views() -> None:
     assert "scheduler   asha stopping: resource 1..9, eta 3, grace 1, min population 3, " \
            "ema 0.5" in view
     assert "budget      3 of 4 trials suggested" in view
+    assert "resources   0 GPUs, 1 CPU, 0 GB per trial (default)" in view
+    assert "priority    0\n" in view
+    config.trial_resources.CopyFrom(study_pb2.TrialResources(gpus=8, gpu_type="a100", cpu=16))
+    config.priority = 5
+    view = fmt.study_view(study_pb2.Study(study_id="st-2", config=config))
+    assert "resources   8 GPUs (a100), 16 CPU, 0 GB per trial\n" in view
+    assert "priority    5\n" in view
     assert "momentum   float        0 .. 0.99      optimizer in sgd" in view
     row = fmt.studies_table([study]).splitlines()[1].split()
     assert row[:7] == ["st-1", "demo", "stopped", "val_loss", "(min)", "random", "asha"]

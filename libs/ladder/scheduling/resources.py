@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from ladder.errors import InvalidArgument
 
 ANY_GPU = ""  # a demand with this gpu_type fits any node's GPUs
+MAX_GPUS = 64  # per trial: a trial never spans nodes, and no node has more
+# Priorities rank a tenant's own studies; the bound keeps them a small ordinal scale.
+MAX_PRIORITY = 1000
 
 
 @dataclass(frozen=True, order=True)
@@ -142,15 +145,32 @@ def resources(gpus: int = 0, cpu: float = 0.0, memory_gb: float = 0.0,
 
 
 def demand(gpus: int = 0, gpu_type: str = ANY_GPU, cpu: float = 0.0,
-           memory_gb: float = 0.0) -> Demand:
-    """A trial's validated demand. An empty demand is refused: a trial that needs
-    nothing would never be held back by any quota or node."""
-    vector = resources(gpus, cpu, memory_gb, "demand.")
+           memory_gb: float = 0.0, field: str = "demand") -> Demand:
+    """A trial's validated demand (``field`` names it in errors: ``trial_resources``
+    for a study's). An empty demand is refused: a trial that needs nothing would never
+    be held back by any quota or node."""
+    vector = resources(gpus, cpu, memory_gb, field + ".")
     if vector == NOTHING:
-        raise InvalidArgument("demand must ask for at least one of gpus, cpu, memory_gb")
+        raise InvalidArgument(f"{field} must ask for at least one of gpus, cpu, memory_gb")
+    if vector.gpus > MAX_GPUS:
+        raise InvalidArgument(f"{field}.gpus must be <= {MAX_GPUS}, got {vector.gpus}")
     if not isinstance(gpu_type, str):
-        raise InvalidArgument(f"demand.gpu_type must be a string, got {gpu_type!r}")
+        raise InvalidArgument(f"{field}.gpu_type must be a string, got {gpu_type!r}")
     return Demand(vector, gpu_type)
+
+
+# What a study's trial needs when its config declares nothing: one CPU core, no GPU.
+DEFAULT_DEMAND = Demand(Resources(cpu=1.0))
+
+
+def priority(value: int, field: str = "priority") -> int:
+    """A validated study priority: a whole number within +-MAX_PRIORITY."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(f"{field} must be a whole number, got {value!r}")
+    if abs(value) > MAX_PRIORITY:
+        raise InvalidArgument(
+            f"{field} must be between {-MAX_PRIORITY} and {MAX_PRIORITY}, got {value}")
+    return value
 
 
 def node(node_id: str, gpus: int, gpu_type: str = ANY_GPU, cpu: float = 0.0,
