@@ -49,6 +49,7 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,13 +117,21 @@ def workload(seed: int, hours: float) -> tuple[list[Job], list[tuple[float, int]
     numbered = [Job(Trial(f"t{i}", j.trial.tenant, j.trial.study, j.trial.demand,
                           j.trial.priority, seq=i), j.arrival, j.work)
                 for i, j in enumerate(jobs)]
+    return numbered, spot_reclaims(rng, range(NODES), horizon)
+
+
+def spot_reclaims(rng: random.Random, nodes: Iterable[int], horizon: float,
+                  mean_s: float = RECLAIM_MEAN_S, down_s: float = RECLAIM_DOWN_S
+                  ) -> list[tuple[float, int]]:
+    """(time, node index) of every spot reclaim before ``horizon``: each node is taken
+    at a Poisson rate of once per ``mean_s`` and is back ``down_s`` later."""
     reclaims = []
-    for index in range(NODES):
-        now = rng.expovariate(1 / RECLAIM_MEAN_S)
+    for index in nodes:
+        now = rng.expovariate(1 / mean_s)
         while now < horizon:
             reclaims.append((now, index))
-            now += RECLAIM_DOWN_S + rng.expovariate(1 / RECLAIM_MEAN_S)
-    return numbered, sorted(reclaims)
+            now += down_s + rng.expovariate(1 / mean_s)
+    return sorted(reclaims)
 
 
 @dataclass
@@ -358,27 +367,13 @@ def summarise(policy: str, samples: list[dict[str, Any]], fleet: Fleet, frag_gpu
               completed: int) -> dict[str, Any]:
     after = [s for s in samples if s["t_h"] * 3600 >= WARMUP_S]
     capacity = NODES * GPUS_PER_NODE
-    per_hour = int(3600 / SAMPLE_S)
-    busy = sum(s["busy"] for s in after)
-    weights = {t: p.weight for t, p in TENANTS.items()}
-    shares = {t: sum(s[f"gpus_{t}"] for s in after) / busy for t in TENANTS}
-    targets = {t: w / sum(weights.values()) for t, w in weights.items()}
     gpu_seconds = len(after) * SAMPLE_S * capacity
     return {
         "policy": policy,
-        "utilisation_after_warmup": round(busy / (len(after) * capacity), 4),
-        "utilisation_of_up_gpus": round(busy / sum(s["up_gpus"] for s in after), 4),
-        "utilisation_min_hourly": round(min(
-            sum(s["busy"] for s in after[i:i + per_hour]) / (per_hour * capacity)
-            for i in range(0, len(after) - per_hour + 1, per_hour)), 4),
-        "share_of_busy_gpus": {t: round(v, 4) for t, v in shares.items()},
-        "share_target": targets,
-        "share_over_target_worst": round(max(abs(shares[t] / targets[t] - 1)
-                                             for t in TENANTS), 4),
-        "jain_weighted": round(jain_index(shares[t] / weights[t] for t in TENANTS), 4),
+        **share_metrics(after, capacity, {t: p.weight for t, p in TENANTS.items()},
+                        int(3600 / SAMPLE_S), "utilisation_min_hourly"),
         "quota_violation_rounds": violations,
         "quota_gpus": {t: p.max_gpus for t, p in TENANTS.items()},
-        "max_gpus_held": {t: max(s[f"gpus_{t}"] for s in after) for t in TENANTS},
         "hp_time_to_share_fraction_s": {f"{level:.0%}": hp_reached.get(level)
                                         for level in HP_LEVELS},
         "hp_peak_gpus": max(s["hp"] for s in samples),
@@ -393,7 +388,37 @@ def summarise(policy: str, samples: list[dict[str, Any]], fleet: Fleet, frag_gpu
     }
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> bool:
+def share_metrics(after: list[dict[str, Any]], capacity: int, weights: dict[str, float],
+                  window: int, window_name: str) -> dict[str, Any]:
+    """Utilisation and each tenant's share of busy GPUs against its weight over the
+    samples ``after`` warm-up (keys ``busy``, ``up_gpus``, ``gpus_<tenant>``): the lowest
+    utilisation over ``window`` consecutive samples, shares, weighted Jain index."""
+    busy = sum(s["busy"] for s in after)
+    shares = {t: sum(s[f"gpus_{t}"] for s in after) / max(1, busy) for t in weights}
+    targets = {t: w / sum(weights.values()) for t, w in weights.items()}
+    window = max(1, min(window, len(after)))
+    return {
+        "utilisation_after_warmup": round(busy / (len(after) * capacity), 4),
+        "utilisation_of_up_gpus": round(busy / max(1, sum(s["up_gpus"] for s in after)), 4),
+        window_name: round(min(
+            sum(s["busy"] for s in after[i:i + window]) / (window * capacity)
+            for i in range(0, len(after) - window + 1, window)), 4),
+        "share_of_busy_gpus": {t: round(v, 4) for t, v in shares.items()},
+        "share_target": targets,
+        "share_over_target_worst": round(max(abs(shares[t] / targets[t] - 1)
+                                             for t in weights), 4),
+        "jain_weighted": round(jain_index(shares[t] / weights[t] for t in weights), 4),
+        "max_gpus_held": {t: max(s[f"gpus_{t}"] for s in after) for t in weights},
+    }
+
+
+def plot(results: list[dict[str, Any]], path: Path, capacity: int = NODES * GPUS_PER_NODE,
+         marks: tuple[float, float] = (WARMUP_S / 3600, HP_AT_S / 3600),
+         xlabel: str = "simulated hours",
+         title: str = "Library-level fleet simulation (no services): ladder.scheduling vs "
+                      "FIFO first-fit, weights 2:1:1") -> bool:
+    """Utilisation (top) and tenant shares (bottom) of each policy's ``samples`` over
+    ``t_h``; ``marks``: the warm-up's end and the high-priority study's arrival."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -406,7 +431,6 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
         if result["policy"] == "ladder-no-reservation":
             continue
         hours = [s["t_h"] for s in result["samples"]]
-        capacity = NODES * GPUS_PER_NODE
         ax_u.plot(hours, [s["busy"] / capacity for s in result["samples"]], style,
                   label=f"{result['policy']} utilisation")
         for tenant, colour in colours.items():
@@ -417,16 +441,15 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
     for target in (0.5, 0.25):
         ax_s.axhline(target, color="grey", linewidth=0.5)
     for ax in (ax_u, ax_s):
-        ax.axvline(WARMUP_S / 3600, color="grey", linestyle="--", linewidth=0.8)
-        ax.axvline(HP_AT_S / 3600, color="tab:red", linestyle="--", linewidth=0.8)
-    ax_u.set_ylabel("busy GPUs / 1,600")
+        ax.axvline(marks[0], color="grey", linestyle="--", linewidth=0.8)
+        ax.axvline(marks[1], color="tab:red", linestyle="--", linewidth=0.8)
+    ax_u.set_ylabel(f"busy GPUs / {capacity:,}")
     ax_u.set_ylim(0, 1.02)
     ax_s.set_ylabel("share of busy GPUs")
-    ax_s.set_xlabel("simulated hours")
+    ax_s.set_xlabel(xlabel)
     ax_u.legend(loc="lower right", fontsize=8)
     ax_s.legend(loc="upper right", fontsize=7, ncol=2)
-    fig.suptitle("Library-level fleet simulation (no services): ladder.scheduling vs FIFO "
-                 "first-fit, weights 2:1:1")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
