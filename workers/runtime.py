@@ -179,7 +179,7 @@ class Worker:
         return report
 
     def run_trial(self, suggestion: suggest_pb2.Suggestion) -> Outcome:
-        attempt = self.session.start(suggestion.trial)
+        attempt = self.session.begin(suggestion)
         if attempt is None:
             return Outcome.LOST
         attempt.interruptible = interruptible(self.workload)

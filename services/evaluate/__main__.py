@@ -52,9 +52,9 @@ from ladder.config import LEASE_SECONDS, Settings, service_parser
 from ladder.failures import MAX_FAILURES
 from ladder.grpcserver import ServiceHost
 from ladder.state import ConsumerOffsets, open_state
+from ladder.transitions import PUBLISH_WAIT_SECONDS, TransitionPublisher
 from ladder.v1 import evaluate_pb2_grpc
 
-from services.evaluate.publisher import PUBLISH_WAIT_SECONDS, TransitionPublisher
 from services.evaluate.service import EvaluateServicer
 from services.evaluate.sweeper import LeaseSweeper
 

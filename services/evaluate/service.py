@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Protocol
 
 import grpc
@@ -21,19 +20,14 @@ from ladder.bus import Record, now_ms
 from ladder.codec import BadRecord, decode
 from ladder.errors import InvalidArgument, NotFound, require
 from ladder.failures import kind_of_request
+from ladder.starting import require_attempt as _attempt
+from ladder.starting import start_attempt
 from ladder.state import AttemptEnded, State, Transition
 from ladder.study import TrialPolicySpec
+from ladder.transitions import TransitionPublisher
 from ladder.v1 import evaluate_pb2, evaluate_pb2_grpc, events_pb2, trial_pb2
 
-from services.evaluate.publisher import TransitionPublisher
-
 log = logging.getLogger("ladder.evaluate")
-
-
-def _attempt(trial_id: str, attempt_id: str) -> None:
-    """Every lifecycle call names the trial and the attempt acting on it."""
-    require(trial_id, "trial_id")
-    require(attempt_id, "attempt_id")
 
 
 class _AttemptCall(Protocol):
@@ -99,29 +93,8 @@ class EvaluateServicer(evaluate_pb2_grpc.EvaluateServiceServicer):
     def StartTrial(
         self, request: evaluate_pb2.StartTrialRequest, context: grpc.ServicerContext
     ) -> evaluate_pb2.StartTrialResponse:
-        trial = self._apply(
-            request,
-            lambda: replace(
-                self.trials.start(
-                    request.trial_id,
-                    request.attempt_id,
-                    request.worker_id,
-                    self.lease_seconds,
-                    hostname=request.hostname,
-                    environment=request.environment,
-                    max_trial_seconds=self._policy(request.trial_id).max_trial_seconds,
-                ),
-                # Carried by the TRIAL_STARTED event, for lineage.
-                run_environment=(
-                    request.run_environment if request.HasField("run_environment") else None
-                ),
-            ),
-        ).trial
-        return evaluate_pb2.StartTrialResponse(
-            trial=trial,
-            lease_seconds=self.lease_seconds,
-            checkpoint_uri=trial.checkpoint_uri,
-            checkpoint_step=trial.checkpoint_step,
+        return start_attempt(
+            self.trials, self.studies, self.publisher, request, self.lease_seconds
         )
 
     def Heartbeat(

@@ -26,10 +26,9 @@ import logging
 import threading
 
 from ladder.state import TrialStore
+from ladder.transitions import TransitionPublisher
 from ladder.v1 import trial_pb2
 from opentelemetry import metrics
-
-from services.evaluate.publisher import TransitionPublisher
 
 log = logging.getLogger("ladder.evaluate.sweeper")
 _meter = metrics.get_meter("ladder.evaluate")

@@ -9,6 +9,9 @@ Creates studies and answers Suggest with resumable or new trials.
 | LADDER_SUGGEST_READ_INTERVAL_MS |        | most this often (0: as they arrive)            |
 | LADDER_CLAIM_SECONDS           | 120     | a handed-out trial not started within this     |
 |                                |         | becomes resumable again (evaluate's sweeper)   |
+| LADDER_LEASE_SECONDS           | 8       | the lease of an attempt Suggest starts (its    |
+|                                |         | ``start``): set it as for evaluate, whose      |
+|                                |         | StartTrial grants the same                     |
 | ``--buffer`` / LADDER_SUGGEST_BUFFER | 8 | the fewest ready model-based suggestions a   |
 |                                |         | refit asks for per (study, partition)          |
 | ``--buffer-max`` /             | 1024    | the most; between the two a refit asks for the |
@@ -85,7 +88,7 @@ import uuid
 
 from ladder import lifecycle, telemetry
 from ladder.bus import ConsumerLoop, EventProducer, health_of
-from ladder.config import Settings, service_parser
+from ladder.config import LEASE_SECONDS, Settings, service_parser
 from ladder.grpcserver import ServiceHost
 from ladder.state import State, open_state
 from ladder.state.leases import LeaseSettings, PartitionLeases
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         buffer_max=args.buffer_max,
         refit_process=refit,
         settle_seconds=args.settle_seconds,
+        lease_seconds=float(os.environ.get("LADDER_LEASE_SECONDS", LEASE_SECONDS)),
     )
     try:
         count = servicer.republish_studies()

@@ -20,13 +20,14 @@ import grpc
 from ladder import auth, lifecycle, quotas
 from ladder.bus import EventProducer, now_ms
 from ladder.codec import decode
-from ladder.config import Settings
+from ladder.config import LEASE_SECONDS, Settings
 from ladder.errors import (
     AlreadyExists,
     AtCapacity,
     BudgetExhausted,
     Conflict,
     InvalidArgument,
+    LadderError,
     NotFound,
     Unavailable,
     require,
@@ -34,10 +35,19 @@ from ladder.errors import (
 from ladder.params import PlainValue, fill_params, params_to_dict
 from ladder.samplers import FALLBACK_ALGORITHM, Observation, Proposal, derive_seed
 from ladder.samplers.policy import MODEL_FALLBACK_ALGORITHM, staleness
+from ladder.starting import start_attempt
 from ladder.state import State, Transition
 from ladder.state.studies import Gate
 from ladder.study import StudySpec
-from ladder.v1 import events_pb2, study_pb2, suggest_pb2, suggest_pb2_grpc, trial_pb2
+from ladder.transitions import TransitionPublisher
+from ladder.v1 import (
+    evaluate_pb2,
+    events_pb2,
+    study_pb2,
+    suggest_pb2,
+    suggest_pb2_grpc,
+    trial_pb2,
+)
 from opentelemetry import metrics, trace
 
 from services.suggest.completion import StudyCompletion
@@ -94,6 +104,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         refit_process: RefitProcess | None = None,
         settle_seconds: float = lifecycle.DEFAULT_SETTLE_SECONDS,
         buffer_max: int | None = None,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -111,6 +122,10 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         self.publisher = SuggestedPublisher(
             producer, state.trials, settings.topics.trials, self.hostname
         )
+        # Suggest's ``start``: attempts started here, their TRIAL_STARTED published as
+        # evaluate publishes it, with the lease evaluate grants.
+        self.starts = TransitionPublisher(settings, producer, state.trials)
+        self.lease_seconds = lease_seconds
         # One StudySpec per study (its config is immutable), built once, when the
         # study is created here or first read from Redis.
         self._specs: dict[str, StudySpec] = {}
@@ -386,6 +401,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
         require(request.worker_id, "worker_id")
         if request.count < 0 or request.count > MAX_COUNT:
             raise InvalidArgument(f"count must be between 0 and {MAX_COUNT} (got {request.count})")
+        start = _start_request(request)
         count = request.count or 1
         span = trace.get_current_span()
         span.set_attribute("ladder.study_id", study_id)
@@ -446,9 +462,34 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                 # is handed out.
                 if not response.suggestions:
                     raise
+        if start is not None:
+            for suggestion in response.suggestions:
+                self._start(suggestion, start)
         _suggested.add(len(response.suggestions), {"study_id": study_id})
         _suggest_latency.record((time.perf_counter() - started) * 1000)
         return response
+
+    def _start(
+        self, suggestion: suggest_pb2.Suggestion, start: evaluate_pb2.StartTrialRequest
+    ) -> None:
+        """Start the suggestion's trial as StartTrial would (``ladder.starting``). A
+        trial that ended or that another attempt took meanwhile is handed out without
+        ``started``: the worker's own StartTrial then gets the precise refusal."""
+        request = evaluate_pb2.StartTrialRequest()
+        request.CopyFrom(start)
+        request.trial_id = suggestion.trial.trial_id
+        try:
+            suggestion.started.CopyFrom(
+                start_attempt(
+                    self.state.trials, self.state.studies, self.starts, request,
+                    self.lease_seconds,
+                )
+            )
+        except LadderError as exc:
+            log.warning(
+                "trial %s handed out unstarted: %s", request.trial_id, exc,
+                extra={"trial_id": request.trial_id, "worker_id": request.worker_id},
+            )
 
     def _new_trials(
         self, study_id: str, spec: StudySpec, worker_id: str, count: int, gate: Gate
@@ -692,6 +733,30 @@ class RunningParams:
         _remember(
             self._params, trial_id, (trial.study_id, params_to_dict(trial.params)), self.capacity
         )
+
+
+def _start_request(request: suggest_pb2.SuggestRequest) -> evaluate_pb2.StartTrialRequest | None:
+    """SuggestRequest.start checked (None when not set), its worker the request's when it
+    names none."""
+    if not request.HasField("start"):
+        return None
+    start = request.start
+    if start.trial_id:
+        raise InvalidArgument(
+            f"start.trial_id must be empty: the trial is the one suggested (got {start.trial_id!r})"
+        )
+    require(start.attempt_id, "start.attempt_id")
+    if request.count > 1:
+        raise InvalidArgument(f"start needs count 1 (got {request.count})")
+    if start.worker_id and start.worker_id != request.worker_id:
+        raise InvalidArgument(
+            f"start.worker_id {start.worker_id!r} is not the request's worker_id "
+            f"{request.worker_id!r}"
+        )
+    out = evaluate_pb2.StartTrialRequest()
+    out.CopyFrom(start)
+    out.worker_id = request.worker_id
+    return out
 
 
 def _live(updated: int | None, configured: int) -> int:

@@ -74,13 +74,19 @@ def kinds(events: list[events_pb2.TrialEvent]) -> list[str]:
 
 
 def wait_for_events(
-    settings: Settings, trial_id: str, expected: list[str], timeout: float = 20
+    settings: Settings,
+    trial_id: str,
+    expected: list[str],
+    timeout: float = 20,
+    distinct: bool = False,
 ) -> list[events_pb2.TrialEvent]:
     def seen() -> list[events_pb2.TrialEvent] | None:
         # In causal (timestamp) order: suggest publishes TRIAL_SUGGESTED without
         # waiting for the broker, so the worker's TRIAL_STARTED, from evaluate's
         # producer, can land on the topic first (consumers go by trial version).
         events = sorted(trial_events(settings, trial_id), key=lambda e: e.ts_ms)
+        if distinct:  # each transition once: two processes may both publish one
+            events = list({(e.kind, e.ts_ms): e for e in events}.values())
         return events if kinds(events) == expected else None
 
     try:
@@ -477,6 +483,95 @@ def test_a_stalled_attempt_loses_its_lease_and_the_trial_resumes(
             trial_pb2.ATTEMPT_STALLED,
         )
     finally:
+        clients.close()
+
+
+def _suggest_started(
+    clients: Clients, study_id: str, worker: str, attempt: str, **more: Any
+) -> suggest_pb2.SuggestResponse:
+    return clients.suggest.Suggest(
+        suggest_pb2.SuggestRequest(
+            study_id=study_id, worker_id=worker,
+            start=evaluate_pb2.StartTrialRequest(attempt_id=attempt, hostname="one-trip"),
+            **more,
+        ),
+        timeout=30,
+    )
+
+
+def test_suggest_starts_the_suggestion_in_the_same_round_trip(
+    infra: Settings, suggest: Any, evaluate: Any
+) -> None:
+    clients = Clients(suggest.addr, evaluate.addr)
+    state = open_state(infra)
+    try:
+        study_id = clients.create(config()).study_id
+        (one,) = _suggest_started(clients, study_id, "w-one", "a-one").suggestions
+        trial_id = one.trial.trial_id
+        started = one.started
+        # What StartTrial answers: RUNNING under the attempt, evaluate's lease.
+        assert (started.trial.trial_id, started.trial.attempt_id) == (trial_id, "a-one")
+        assert started.trial.state == trial_pb2.RUNNING and started.trial.attempt_number == 1
+        assert started.trial.worker_id == "w-one" and started.lease_seconds == LEASE_SECONDS
+        # evaluate knows the attempt: it heartbeats, and StartTrial repeats as a no-op.
+        assert clients.start(trial_id, "a-one", "w-one").trial == started.trial
+        assert clients.heartbeat(trial_id, "a-one").action == events_pb2.CONTINUE
+        clients.evaluate.ReportCheckpoint(
+            evaluate_pb2.ReportCheckpointRequest(
+                trial_id=trial_id, attempt_id="a-one", uri="file:///ckpt/2", step=2
+            ),
+            timeout=30,
+        )
+        # Handed back: RESUMABLE, and the next Suggest resumes and starts it at once.
+        clients.evaluate.FailTrial(
+            evaluate_pb2.FailTrialRequest(
+                trial_id=trial_id, attempt_id="a-one", kind=trial_pb2.PREEMPTED
+            ),
+            timeout=30,
+        )
+        (again,) = _suggest_started(clients, study_id, "w-two", "a-two").suggestions
+        assert again.resumed and again.trial.trial_id == trial_id
+        assert (again.started.checkpoint_uri, again.started.checkpoint_step) == (
+            "file:///ckpt/2", 2
+        )
+        assert again.started.trial.attempt_number == 2
+        assert clients.complete(trial_id, "a-two", 0.5).state == trial_pb2.COMPLETED
+        # TRIAL_STARTED as evaluate publishes it (from suggest's outbox entry, acked).
+        events = wait_for_events(
+            infra,
+            trial_id,
+            ["TRIAL_SUGGESTED", "TRIAL_STARTED", "TRIAL_CHECKPOINTED", "TRIAL_FAILED",
+             "TRIAL_STARTED", "TRIAL_COMPLETED"],
+            # Suggest and evaluate publish in turn, each an event the other had not
+            # acknowledged yet when its own came: a duplicate consumers ignore.
+            distinct=True,
+        )
+        assert events[1].hostname == "one-trip" and events[1].trial.attempt_id == "a-one"
+        wait_for(
+            lambda: trial_id not in {t.trial.trial_id for t in state.trials.outbox_due(0)},
+            10,
+            "outbox entries acknowledged",
+        )
+
+        # Refusals, before anything is handed out.
+        code, message = code_and_message(
+            lambda: _suggest_started(clients, study_id, "w-x", "a-x", count=2)
+        )
+        assert (code, message) == (grpc.StatusCode.INVALID_ARGUMENT, "start needs count 1 (got 2)")
+        for start, expected in (
+            (evaluate_pb2.StartTrialRequest(), "start.attempt_id is required"),
+            (evaluate_pb2.StartTrialRequest(attempt_id="a", trial_id="t"),
+             "start.trial_id must be empty: the trial is the one suggested (got 't')"),
+        ):
+            code, message = code_and_message(
+                lambda start=start: clients.suggest.Suggest(
+                    suggest_pb2.SuggestRequest(study_id=study_id, worker_id="w-x", start=start)
+                )
+            )
+            assert (code, message) == (grpc.StatusCode.INVALID_ARGUMENT, expected)
+        assert state.studies.get(study_id).trials_suggested == 1
+    finally:
+        state.close()
         clients.close()
 
 

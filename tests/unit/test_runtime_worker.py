@@ -53,6 +53,11 @@ class FakeClient:
         self.heartbeats = 0
         self.overheads: list[tuple[float, float]] = []  # (save_seconds, train_seconds)
         self.on_fail: Callable[[], None] | None = None
+        # True: Suggest starts the suggestion itself (SuggestRequest.start), as the
+        # suggest service does; False: an older server that ignores ``start``.
+        self.starts_in_suggest = False
+        self.start_requests: list[evaluate_pb2.StartTrialRequest] = []
+        self.completed_by: list[str] = []
 
     def names(self) -> list[str]:
         return [c[0] for c in self.calls]
@@ -61,15 +66,31 @@ class FakeClient:
         return self.study
 
     def suggest(
-        self, study_id: str, worker_id: str, count: int = 1
+        self,
+        study_id: str,
+        worker_id: str,
+        count: int = 1,
+        start: evaluate_pb2.StartTrialRequest | None = None,
     ) -> list[suggest_pb2.Suggestion]:
         self.calls.append(("suggest",))
+        if start is not None:
+            self.start_requests.append(start)
         if self.remaining == 0:
             raise BudgetExhausted("budget exhausted")
         self.remaining -= 1
         trial = trial_pb2.Trial(trial_id=f"t{self.remaining}", study_id="s1", seed=42)
         fill_params(trial.params, {"x": 0.5})
-        return [suggest_pb2.Suggestion(trial=trial)]
+        suggestion = suggest_pb2.Suggestion(trial=trial)
+        if start is not None and self.starts_in_suggest:
+            started = suggestion.started
+            started.CopyFrom(
+                self.start_reply.get(trial.trial_id, evaluate_pb2.StartTrialResponse(
+                    lease_seconds=30))
+            )
+            started.trial.CopyFrom(trial)
+            started.trial.attempt_id = start.attempt_id
+            started.trial.state = trial_pb2.RUNNING
+        return [suggestion]
 
     def start_trial(
         self,
@@ -124,6 +145,7 @@ class FakeClient:
         self, trial_id: str, attempt_id: str, value: float, step: float
     ) -> trial_pb2.Trial:
         self.calls.append(("complete", trial_id, value, step))
+        self.completed_by.append(attempt_id)
         return trial_pb2.Trial()
 
     def prune(
@@ -251,6 +273,35 @@ def test_each_attempt_has_a_fresh_attempt_id(tmp_path: Path) -> None:
     make_worker(client, CountingWorkload(), tmp_path).run()
     attempt_ids = [c[2] for c in client.calls if c[0] == "start"]
     assert len(set(attempt_ids)) == 2 and all(len(a) == 32 for a in attempt_ids)
+
+
+def test_suggest_starts_the_attempt_in_the_same_round_trip(tmp_path: Path) -> None:
+    client = FakeClient(trials=2)
+    client.starts_in_suggest = True
+    resume_from(client, tmp_path, 6)  # t0: a resumed trial, started by Suggest too
+    workload = CountingWorkload()
+    report = make_worker(client, workload, tmp_path).run()
+    assert report.outcomes == {"completed": 2}
+    assert "start" not in client.names()  # no StartTrial round trip
+    # Each Suggest asked for a fresh attempt with this worker's environment, and the
+    # attempt reported under the id Suggest started.
+    requests = client.start_requests
+    assert len({r.attempt_id for r in requests}) == 3 and all(r.hostname for r in requests)
+    assert all(r.HasField("run_environment") and not r.trial_id for r in requests)
+    completes = [c for c in client.calls if c[0] == "complete"]
+    assert completes == [("complete", "t1", 1 / 9, 9), ("complete", "t0", 1 / 9, 9)]
+    assert client.completed_by == [requests[0].attempt_id, requests[1].attempt_id]
+    assert workload.trained[-3:] == [7, 8, 9]  # t0 resumed from Suggest's checkpoint
+
+
+def test_a_suggestion_not_started_by_suggest_is_started_by_start_trial(
+    tmp_path: Path,
+) -> None:
+    client = FakeClient(trials=1)  # a server that ignores SuggestRequest.start
+    report = make_worker(client, CountingWorkload(), tmp_path).run()
+    assert report.outcomes == {"completed": 1}
+    (start,) = [c for c in client.calls if c[0] == "start"]
+    assert start[2] != client.start_requests[0].attempt_id  # a fresh attempt id
 
 
 def test_stop_in_a_heartbeat_prunes_the_trial(tmp_path: Path) -> None:

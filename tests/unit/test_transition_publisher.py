@@ -11,9 +11,8 @@ from typing import Any
 from ladder.bus import SendResult
 from ladder.config import Settings
 from ladder.state import Transition
+from ladder.transitions import TransitionPublisher
 from ladder.v1 import events_pb2, trial_pb2
-
-from services.evaluate.publisher import TransitionPublisher
 
 
 class Producer:

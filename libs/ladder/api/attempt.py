@@ -4,8 +4,9 @@ own loop) and the Workload worker (``workers.runtime``).
 
 ::
 
-    Session.suggestions() ──► Session.start(suggestion) = Attempt (StartTrial with the
-      RunEnvironment, a guard thread heartbeating) ──► per step:
+    Session.suggestions() ──► Session.begin(suggestion) = Attempt (started by Suggest
+      itself: one round trip, else StartTrial; with the RunEnvironment; a guard thread
+      heartbeating) ──► per step:
         report(step, value): metric to Kafka, Heartbeat; its reply is the verdict
         (STOP, or a PAUSE about a rung reached); decision_pending (promotion form at a
         rung): flush the metrics and heartbeat again until the verdict comes
@@ -92,7 +93,11 @@ class TrialClient(Protocol):
 
     def get_study(self, study_id: str) -> study_pb2.Study: ...
     def suggest(
-        self, study_id: str, worker_id: str, count: int = 1
+        self,
+        study_id: str,
+        worker_id: str,
+        count: int = 1,
+        start: evaluate_pb2.StartTrialRequest | None = None,
     ) -> list[suggest_pb2.Suggestion]: ...
     def start_trial(
         self,
@@ -389,7 +394,9 @@ class Session:
             if self.config.max_trials is not None and report.trials >= self.config.max_trials:
                 return
             try:
-                found = self.client.suggest(self.config.study_id, self.config.worker_id)
+                found = self.client.suggest(
+                    self.config.study_id, self.config.worker_id, start=self._start_request()
+                )
             except StudyPaused as exc:
                 log.info("waiting for the study to resume: %s", exc, extra=base)
                 self._stop_requested.wait(self.config.idle_wait)
@@ -423,15 +430,33 @@ class Session:
                 if self.stopping:
                     return
 
-    def start(self, trial: trial_pb2.Trial) -> Attempt | None:
-        """StartTrial with a fresh attempt id and the guard thread started; None when
-        StartTrial is refused (another attempt holds it, it ended meanwhile)."""
-        attempt_id = uuid.uuid4().hex
+    def _start_request(self) -> evaluate_pb2.StartTrialRequest:
+        """What Suggest needs to start the suggestion too (one round trip instead of
+        Suggest then StartTrial): a fresh attempt id and this worker's environment."""
+        return evaluate_pb2.StartTrialRequest(
+            attempt_id=uuid.uuid4().hex, hostname=self.hostname,
+            environment=self.environment, run_environment=self.run_environment,
+        )
+
+    def begin(self, suggestion: suggest_pb2.Suggestion) -> Attempt | None:
+        """The attempt of a suggestion from :meth:`suggestions`: the one Suggest started
+        when it did (``started``), else :meth:`start`'s."""
+        if suggestion.HasField("started"):
+            return self.start(suggestion.trial, suggestion.started)
+        return self.start(suggestion.trial)
+
+    def start(
+        self, trial: trial_pb2.Trial, started: evaluate_pb2.StartTrialResponse | None = None
+    ) -> Attempt | None:
+        """StartTrial with a fresh attempt id (or the attempt Suggest ``started``) and the
+        guard thread started; None when StartTrial is refused (another attempt holds it,
+        it ended meanwhile)."""
+        attempt_id = started.trial.attempt_id if started is not None else uuid.uuid4().hex
         extra = {**self.log_extra(), "trial_id": trial.trial_id, "attempt_id": attempt_id}
         if trial.study_id:
             extra["study_id"] = trial.study_id
         try:
-            start = self.client.start_trial(
+            start = started or self.client.start_trial(
                 trial.trial_id, self.config.worker_id, attempt_id, self.hostname,
                 self.environment, run_environment=self.run_environment,
             )

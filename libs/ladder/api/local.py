@@ -85,7 +85,8 @@ class LocalClient:
         config.scheduler.max_resource = float(self.plan.max_steps)
         return study_pb2.Study(study_id=self.plan.study_id, config=config)
 
-    def suggest(self, study_id: str, worker_id: str, count: int = 1
+    def suggest(self, study_id: str, worker_id: str, count: int = 1,
+                start: evaluate_pb2.StartTrialRequest | None = None,
                 ) -> list[suggest_pb2.Suggestion]:
         if self._handed_out:
             raise BudgetExhausted(None, "reproduce runs one trial")

@@ -305,7 +305,7 @@ class Study:
         session = self._session(config, dataset_files)
         with stop_signals(session, enabled=handle_signals):
             for suggestion in session.suggestions(self.report):
-                attempt = session.start(suggestion.trial)
+                attempt = session.begin(suggestion)
                 if attempt is None:
                     self.report.add(Outcome.LOST)
                     continue

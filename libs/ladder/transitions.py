@@ -1,4 +1,5 @@
-"""Publish trial transitions on the trials topic, then clear them from the outbox.
+"""Publish trial transitions on the trials topic, then clear them from the outbox
+(evaluate's transitions, and the attempts Suggest starts: ``ladder.starting``).
 
 A transition is already stored (state and outbox, in one Redis script) when it is
 published, so by default no answer waits on the broker: a request waits at most
