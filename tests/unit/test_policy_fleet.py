@@ -23,7 +23,7 @@ from ladder.samplers import (
     SamplerContext,
     SuggestionPolicy,
 )
-from ladder.samplers.policy import MODEL_FALLBACK_ALGORITHM, staleness
+from ladder.samplers.policy import MODEL_FALLBACK_ALGORITHM, WARM_MAX, WARM_MIN, staleness
 from ladder.samplers.quasirandom import QuasiRandomSampler
 from ladder.samplers.tpe import TPESampler
 from test_policy import SPACE, until
@@ -175,6 +175,51 @@ def test_a_miss_is_answered_by_tpe_once_it_can_fit(stoppers: list[SuggestionPoli
     assert len({s.draw for s in first + served}) == 5
     for s in served:
         SPACE.check_params(s.params)
+    model.gate.set()
+
+
+def test_a_miss_pops_tpe_points_fitted_in_the_background(
+    stoppers: list[SuggestionPolicy],
+) -> None:
+    policy, model, store = make(capacity=2, model_fallback=True)
+    model.gate.clear()  # the buffer never fills: every request misses
+    stoppers.append(policy.start())
+    store.add([obs(i, value=float(i)) for i in range(20)])
+    until(lambda: policy.stats.warm == WARM_MIN)
+    fallback = policy.model_fallback
+    assert fallback is not None
+    fits: list[int] = []
+    fit = fallback.suggest
+    fallback.suggest = lambda *a, **k: fits.append(1) or fit(*a, **k)  # type: ignore[method-assign]
+
+    served = policy.take(3)
+    assert fits == []  # no TPE fit on the request path
+    assert [s.algorithm for s in served] == [MODEL_FALLBACK_ALGORITHM] * 3
+    assert all(s.model_observations == 20 and policy.staleness(s)[0] == 0 for s in served)
+    assert policy.stats.model_fallbacks == 3 and policy.stats.warm == WARM_MIN - 3
+
+    # New observations: the warm points still serve, saying what their model missed;
+    # once half are gone the refill replaces the rest with points fitted on all 30.
+    store.add([obs(i, value=float(i)) for i in range(20, 30)])
+    stale = policy.take(1)[0]
+    assert stale.algorithm == MODEL_FALLBACK_ALGORITHM and policy.staleness(stale)[0] == 10
+    until(lambda: policy.stats.warm >= WARM_MIN and fits)
+    fresh = policy.take(1)[0]
+    assert fresh.model_observations == 30 and policy.staleness(fresh)[0] == 0
+    # Drained faster than it refills: the rest is fitted on the request path at once.
+    many = policy.take(3 * WARM_MAX)
+    assert [s.algorithm for s in many] == [MODEL_FALLBACK_ALGORITHM] * (3 * WARM_MAX)
+    assert len({s.draw for s in served + [stale, fresh] + many}) == 5 + 3 * WARM_MAX
+    model.gate.set()
+
+
+def test_no_warm_fallback_without_a_model_fallback(stoppers: list[SuggestionPolicy]) -> None:
+    policy, model, store = make(capacity=2)
+    model.gate.clear()
+    stoppers.append(policy.start())
+    store.add([obs(i, value=float(i)) for i in range(20)])
+    assert [s.algorithm for s in policy.take(2)] == [FALLBACK_ALGORITHM] * 2
+    assert policy.stats.warm == 0
     model.gate.set()
 
 

@@ -61,6 +61,16 @@ not see the other replicas' takes, so it polls the buffer every
 rate); gaining a partition makes its buffer stale, so the new owner's first refit
 replaces what the previous owner left.
 
+Warm fallback. A TPE fit costs 10-30 ms, too much for the request path at fleet rates
+with many misses (and the misses were serialised). Once TPE can fit, a second thread
+keeps a small buffer of TPE points ready (``WARM_MIN`` to ``WARM_MAX``: twice the points
+popped since its last fill), fitted with the buffered, recently handed out and warm
+points as pending; a miss pops them, and fits on the request path only what the warm
+buffer lacks. It refills once half of it is gone; after new observations its points
+keep serving (stale while revalidate, as the ready buffer) and the next fill replaces
+them. Each warm point is stamped with the observations and time of its fit, so its
+staleness is as honest as a model point's.
+
 Provenance: every proposal names what chose it (``Proposal.algorithm``); a miss
 is answered under ``MODEL_FALLBACK_ALGORITHM`` ("tpe-fallback") when the model
 fallback could fit, else under ``FALLBACK_ALGORITHM`` ("sobol-fallback"), so it
@@ -117,6 +127,9 @@ ESTIMATE_DECAY = 0.8
 # A shared buffer (ready.py) is emptied by other processes too: its owner's refit loop
 # looks at its fill level and request count this often.
 SHARED_POLL_SECONDS = 0.25
+# The warm fallback buffer (module docstring): its least and most points.
+WARM_MIN = 8
+WARM_MAX = 64
 
 PendingProvider = Callable[[], Pending]
 # refit(count, pending) -> ``count`` proposals from the study's current observations.
@@ -233,6 +246,7 @@ class PolicyStats:
     last_refit_seconds: float = 0.0
     refit_estimate: float = 0.0  # the expected refit duration (module docstring)
     refit_seconds_total: float = 0.0
+    warm: int = 0  # warm fallback points ready (module docstring)
 
 
 def staleness(proposal: Proposal, observed: int, now: float | None = None) -> tuple[int, float]:
@@ -299,6 +313,16 @@ class SuggestionPolicy:
         self._stats = PolicyStats(target=capacity)
         self._retry_at = 0.0
         self._thread = threading.Thread(target=self._run, name=f"refit-{name}", daemon=True)
+        # The warm fallback (module docstring): its points, guarded by ``_warm_cv``.
+        self._warm: deque[Proposal] = deque()
+        self._warm_cv = threading.Condition()
+        self._warm_stale = False  # observations came since its points were fitted
+        self._warm_idle = False  # TPE could not fit: wait for observations
+        self._warm_popped = 0  # points popped since the last fill
+        self._warm_target = WARM_MIN
+        self._warm_thread = threading.Thread(
+            target=self._keep_warm, name=f"warm-{name}", daemon=True
+        )
 
     @property
     def low_water(self) -> int:
@@ -311,6 +335,8 @@ class SuggestionPolicy:
         if self.refit is not None:
             self.observations.subscribe(self._observed)
             self._thread.start()
+            if self.model_fallback is not None:
+                self._warm_thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> bool:
@@ -319,9 +345,13 @@ class SuggestionPolicy:
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
+        with self._warm_cv:
+            self._warm_cv.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if self._warm_thread.is_alive():
+            self._warm_thread.join(timeout)
+        return not self._thread.is_alive() and not self._warm_thread.is_alive()
 
     def take(self, count: int) -> list[Proposal]:
         """``count`` points: buffered ones first, the rest from the fallbacks."""
@@ -384,15 +414,50 @@ class SuggestionPolicy:
     def _miss(self, count: int) -> list[Proposal]:
         """A miss of a model-based policy: the model fallback's points once it can
         fit, else the quasi-random fallback's (module docstring, "Provenance")."""
-        if self.model_fallback is not None:
-            proposals = self._from_model_fallback(count)
-            if proposals:
-                return proposals
-        return [replace(p, algorithm=FALLBACK_ALGORITHM) for p in self._from_fallback(count)]
+        proposals = self._from_model_fallback(count) if self.model_fallback is not None else []
+        if len(proposals) < count:
+            proposals.extend(
+                replace(p, algorithm=FALLBACK_ALGORITHM)
+                for p in self._from_fallback(count - len(proposals))
+            )
+        return proposals
 
     def _from_model_fallback(self, count: int) -> list[Proposal]:
-        """``count`` points of the model fallback, stamped as fitted now; [] while it
-        cannot fit (its own quasi-random start would answer: the caller's job)."""
+        """``count`` points of the model fallback: the warm ones first, the rest fitted
+        now; [] while it cannot fit (its own quasi-random start would answer: the
+        caller's job)."""
+        proposals = self._pop_warm(count)
+        if len(proposals) < count:
+            with self._fallback_lock:
+                proposals.extend(self._fit_model_fallback(count - len(proposals)))
+        with self._wake:
+            self._handed.extend(p.params for p in proposals)
+            self._stats = replace(
+                self._stats, model_fallbacks=self._stats.model_fallbacks + len(proposals)
+            )
+        return proposals
+
+    def _pop_warm(self, count: int) -> list[Proposal]:
+        """Up to ``count`` warm points (module docstring), without any whose
+        configuration is taken meanwhile (distinct spaces)."""
+        with self._warm_cv:
+            popped = [self._warm.popleft() for _ in range(min(count, len(self._warm)))]
+            self._warm_popped += len(popped)
+            if len(self._warm) <= self._warm_target // 2:
+                self._warm_cv.notify_all()
+        if popped and self._distinct:
+            with self._wake:
+                in_flight = self._in_flight(list(self.pending()))
+            taken = Taken.of(self.fallback.space, self.observations.snapshot(), in_flight)
+            popped = [p for p in popped if not taken.blocks(p.params)]
+        return popped
+
+    def _fit_model_fallback(
+        self, count: int, also_pending: Sequence[Mapping[str, PlainValue]] = ()
+    ) -> list[Proposal]:
+        """``count`` points of the model fallback, stamped as fitted now, with
+        ``also_pending`` as pending too; [] while it cannot fit. Not recorded as
+        handed out (the caller's job)."""
         assert self.model_fallback is not None
         observations = self.observations.snapshot()
         # Whether it can fit depends on the observations alone: decided before the
@@ -401,19 +466,14 @@ class SuggestionPolicy:
         if not self.model_fallback.can_fit(training, ()):
             return []
         pending = list(self.pending()) if self._distinct else []
-        with self._fallback_lock:
-            with self._wake:
-                if self._distinct:
-                    in_flight = self._in_flight(pending)
-                else:
-                    recent = min(FALLBACK_PENDING, len(self._handed))
-                    in_flight = [self._handed[-1 - i] for i in range(recent)]
-            proposals = self.model_fallback.suggest(observations, count, in_flight)
-            with self._wake:
-                self._handed.extend(p.params for p in proposals)
-                self._stats = replace(
-                    self._stats, model_fallbacks=self._stats.model_fallbacks + len(proposals)
-                )
+        with self._wake:
+            if self._distinct:
+                in_flight = self._in_flight(pending)
+            else:
+                recent = min(FALLBACK_PENDING, len(self._handed))
+                in_flight = [self._handed[-1 - i] for i in range(recent)]
+        in_flight.extend(also_pending)
+        proposals = self.model_fallback.suggest(observations, count, in_flight)
         now = time.time()
         return [
             replace(
@@ -446,8 +506,10 @@ class SuggestionPolicy:
 
     @property
     def stats(self) -> PolicyStats:
+        with self._warm_cv:
+            warm = len(self._warm)
         with self._wake:
-            return self._stats
+            return replace(self._stats, warm=warm)
 
     # ------------------------------------------------------------- refit loop
 
@@ -456,6 +518,42 @@ class SuggestionPolicy:
             self._stale = True
             self._retry_at = 0.0
             self._wake.notify_all()
+        with self._warm_cv:
+            self._warm_stale = True
+            self._warm_idle = False
+            self._warm_cv.notify_all()
+
+    def _keep_warm(self) -> None:
+        """The warm fallback's thread (module docstring): refill once half is gone."""
+        while True:
+            with self._warm_cv:
+                while not self._stopping and (
+                    self._warm_idle or len(self._warm) > self._warm_target // 2
+                ):
+                    self._warm_cv.wait()
+                if self._stopping:
+                    return
+                stale, self._warm_stale = self._warm_stale, False
+                keep = [] if stale else list(self._warm)
+                self._warm_target = target = min(
+                    WARM_MAX, max(WARM_MIN, 2 * self._warm_popped)
+                )
+                self._warm_popped = 0
+            try:
+                # Serialised with the request path's fits: the sampler is not reentrant.
+                with self._fallback_lock:
+                    fresh = self._fit_model_fallback(
+                        max(0, target - len(keep)), [p.params for p in keep]
+                    )
+            except Exception:  # noqa: BLE001 - a miss fits on the request path meanwhile
+                log.exception("warm fallback fill failed", extra={"buffer": self.name})
+                fresh = []
+            with self._warm_cv:
+                if stale:  # what is left predates the observations: replaced
+                    self._warm.clear()
+                self._warm.extend(fresh)
+                if not fresh:  # cannot fit (yet), or failed: wait for observations
+                    self._warm_idle = True
 
     def _wait_for_work(self) -> bool:
         """Block (holding ``_wake``) until there is work; False when stopping."""
