@@ -3,7 +3,8 @@
     ladder tenant create NAME [--admin]   a tenant and its first token
     ladder tenant token NAME              another token for NAME
     ladder tenant revoke NAME [--token ID]  one token of NAME, or all of them
-    ladder tenant quota NAME [--max-studies N] [--max-trials-running N]
+    ladder tenant quota NAME [--max-studies N] [--max-trials-running N] [--max-gpus N]
+                             [--weight W]
                                           NAME's quotas (0 = unbounded; ladder.quotas)
     ladder tenant list                    tenants, admin flag, quotas and use, token ids
 
@@ -66,9 +67,11 @@ def run_tenant(args: argparse.Namespace) -> int:
         elif args.action == "token":
             _issued(store.issue(args.name), "new")
         elif args.action == "quota":
-            quota = store.set_quota(args.name, args.max_studies, args.max_trials_running)
+            quota = store.set_quota(args.name, args.max_studies, args.max_trials_running,
+                                    args.max_gpus, args.weight)
             print(f"tenant {args.name!r}: max_studies {quota.max_studies or 'unbounded'}, "
-                  f"max_trials_running {quota.max_trials_running or 'unbounded'}")
+                  f"max_trials_running {quota.max_trials_running or 'unbounded'}, "
+                  f"max_gpus {quota.max_gpus or 'unbounded'}, weight {quota.weight:g}")
         elif args.action == "revoke":
             revoked = store.revoke(args.name, args.token)
             print(f"revoked {len(revoked)} token(s) of {args.name!r}: {' '.join(revoked)}")
@@ -108,6 +111,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                        help="live studies (neither completed nor cancelled) at most")
     quota.add_argument("--max-trials-running", type=int, default=None, metavar="N",
                        help="trials out (suggested or running) across its studies at most")
+    quota.add_argument("--max-gpus", type=int, default=None, metavar="N",
+                       help="GPUs its RequestWork trials hold at once at most")
+    quota.add_argument("--weight", type=float, default=None, metavar="W",
+                       help="its weight in the scheduler's fair share (default 1)")
     actions.add_parser("list", help="list tenants, their quotas and use, and token ids")
 
 

@@ -316,6 +316,7 @@ class Settings:
     | LADDER_BIND_HOST           | 127.0.0.1                       |
     | LADDER_AUTH                | off (`ladder up`'s services: on): on, RPCs need a token |
     | LADDER_AUTH_CACHE_S        | 2 (a revoked token works at most this much longer) |
+    | LADDER_SCHEDULER_POLICY    | fair (RequestWork by fair share); fifo: study order (baseline) |
     | LADDER_TOKEN               | the state folder's `token` file (written by `ladder up`) |
     | LADDER_TLS_CERT, LADDER_TLS_KEY | none; set: the services serve TLS only (PEM paths) |
     | LADDER_TLS_CLIENT_CA       | none; set: services require client certs it signed |
@@ -343,6 +344,8 @@ class Settings:
     auth: bool = False
     auth_cache_s: float = 2.0
     token: str = ""
+    # RequestWork's policy (ladder.scheduling.work.Policy): "fair" or "fifo".
+    scheduler_policy: str = "fair"
     tls: Tls = field(default_factory=Tls)
 
     @property
@@ -371,6 +374,7 @@ class Settings:
             bind_host=os.environ.get("LADDER_BIND_HOST", "127.0.0.1"),
             auth=env_flag("LADDER_AUTH", False),
             auth_cache_s=float(os.environ.get("LADDER_AUTH_CACHE_S", 2.0)),
+            scheduler_policy=os.environ.get("LADDER_SCHEDULER_POLICY", "fair").strip().lower(),
             token=_token(state_dir()),
             tls=Tls.from_env(),
         )

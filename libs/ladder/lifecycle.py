@@ -267,15 +267,37 @@ def verdict(
     its study is PAUSED a PAUSE (due at once: resource 0) unless a STOP stands. The
     PAUSE names the stored decision's rung, so a scheduler PAUSE the trial was about to
     obey stays the scheduler's (it waits for its PROMOTE, not for the study)."""
-    if state != PAUSED or (decision is not None and decision.action == events_pb2.STOP):
+    if state != PAUSED:
+        return decision
+    return _pause_now(study_id, trial_id, decision,
+                      f"study {study_id} paused: checkpoint and wait until it resumes",
+                      "lifecycle")
+
+
+def preempted(
+    study_id: str, trial_id: str, decision: events_pb2.Decision | None
+) -> events_pb2.Decision | None:
+    """The heartbeat's answer for a trial a preemption plan picked (RequestWork): a
+    PAUSE due at once unless a STOP stands; the trial becomes RESUMABLE once it paused."""
+    return _pause_now(study_id, trial_id, decision,
+                      "preempted for a higher-priority study: checkpoint and hand back",
+                      "preemption")
+
+
+def _pause_now(study_id: str, trial_id: str, decision: events_pb2.Decision | None,
+               reason: str, scheduler: str) -> events_pb2.Decision | None:
+    """A PAUSE due at once (resource 0) unless a STOP stands. It names the stored
+    decision's rung, so a scheduler PAUSE the trial was about to obey stays the
+    scheduler's (it waits for its PROMOTE)."""
+    if decision is not None and decision.action == events_pb2.STOP:
         return decision
     return events_pb2.Decision(
         study_id=study_id,
         trial_id=trial_id,
         action=events_pb2.PAUSE,
         rung=decision.rung if decision is not None else 0,
-        reason=f"study {study_id} paused: checkpoint and wait until it resumes",
-        scheduler="lifecycle",
+        reason=reason,
+        scheduler=scheduler,
     )
 
 

@@ -23,8 +23,16 @@ O(1) reads per study of the tenant per Suggest, only for a tenant with that quot
 The tenant's studies are the set ``{root}tenant:<name>:studies`` (CREATE_STUDY adds
 each new one; ``index_studies`` adds those created before, when a quota is set).
 
-GPUs in use (issue 19's third quota) come with trial resources: ``Quota`` gains
-``max_gpus_in_use`` and ``tenant_room`` weighs each trial by its GPUs.
+Two more fields shape the scheduler (``ladder.scheduling``, RequestWork; set with
+``ladder tenant quota NAME --weight W --max-gpus N``):
+
+- ``max_gpus``: GPUs the tenant's trials hold at once on RequestWork's nodes (from
+  assignment until the attempt ends). RequestWork hands out nothing that would pass it;
+  the hold CREATE_TRIALS / CLAIM_RESUMABLE take is checked against it atomically, with the
+  tenant's tally (``ladder.state.holds``). Trials taken with Suggest hold no resources.
+- ``weight``: the tenant's weight in the weighted dominant-resource fair share
+  (default 1; relative: 2 against 1 gets twice the share under contention).
+
 Studies created with authentication off have no tenant and no quota.
 """
 
@@ -35,6 +43,7 @@ from dataclasses import dataclass
 import redis
 
 from ladder.errors import AtCapacity, InvalidArgument
+from ladder.scheduling import resources
 from ladder.state.keys import Keys
 from ladder.v1 import study_pb2
 
@@ -47,10 +56,17 @@ _FINISHED = frozenset({study_pb2.STUDY_COMPLETED, study_pb2.STUDY_CANCELLED})
 class Quota:
     max_studies: int = 0  # live studies; 0 = unbounded
     max_trials_running: int = 0  # trials out across the tenant's studies; 0 = unbounded
+    max_gpus: int = 0  # GPUs held by its RequestWork trials at once; 0 = unbounded
+    weight: float = 1.0  # its weight in the fair share
 
     @classmethod
     def from_record(cls, record: dict) -> Quota:
-        return cls(*(int(record.get(name) or 0) for name in FIELDS))
+        return cls(*(int(record.get(name) or 0) for name in FIELDS),
+                   int(record.get("max_gpus") or 0), float(record.get("weight") or 1.0))
+
+    def policy(self) -> resources.TenantPolicy:
+        """The scheduler's view: weight and GPU cap (None = unbounded)."""
+        return resources.TenantPolicy(self.weight, self.max_gpus or None)
 
 
 def check(name: str, value: int) -> int:
@@ -60,14 +76,28 @@ def check(name: str, value: int) -> int:
     return value
 
 
-def updated(current: Quota, max_studies: int | None, max_trials_running: int | None) -> Quota:
-    """``current`` with the values given (None: unchanged), each checked."""
-    if max_studies is None and max_trials_running is None:
-        raise InvalidArgument("set --max-studies and / or --max-trials-running")
+def updated(current: Quota, max_studies: int | None, max_trials_running: int | None,
+            max_gpus: int | None = None, weight: float | None = None) -> Quota:
+    """``current`` with the values given (None: unchanged), each checked (the weight by
+    ``ladder.scheduling.resources.tenant_policy``: > 0)."""
+    if all(v is None for v in (max_studies, max_trials_running, max_gpus, weight)):
+        raise InvalidArgument(
+            "set --max-studies, --max-trials-running, --max-gpus and / or --weight")
     return Quota(
         current.max_studies if max_studies is None else check("max_studies", max_studies),
         current.max_trials_running if max_trials_running is None
         else check("max_trials_running", max_trials_running),
+        current.max_gpus if max_gpus is None else check("max_gpus", max_gpus),
+        current.weight if weight is None else resources.tenant_policy(weight).weight,
+    )
+
+
+def gpus_at_quota(tenant: str, held: int, wanted: int, max_gpus: int) -> AtCapacity:
+    """A hold refused at the tenant's max_gpus (RequestWork then places other work)."""
+    return AtCapacity(
+        f"tenant {tenant!r} holds {held} GPUs, {wanted} more would pass its quota "
+        f"max_gpus {max_gpus}: ask an admin to raise it (`ladder tenant quota {tenant} "
+        "--max-gpus N`)"
     )
 
 

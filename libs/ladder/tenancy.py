@@ -113,8 +113,8 @@ class TenantStore:
     def __init__(self, client: redis.Redis, root: str) -> None:
         self.r = client
         self.root = root
-        self.tenants_key = f"{root}tenants"
-        self.tokens_key = f"{root}tokens"
+        self.tenants_key = Keys(root).tenants
+        self.tokens_key = Keys(root).tokens
 
     def create(self, name: str, admin: bool = False) -> IssuedToken:
         """A new tenant with its first token; AlreadyExists when the name is taken."""
@@ -169,7 +169,8 @@ class TenantStore:
         return out
 
     def set_quota(
-        self, name: str, max_studies: int | None, max_trials_running: int | None
+        self, name: str, max_studies: int | None, max_trials_running: int | None,
+        max_gpus: int | None = None, weight: float | None = None,
     ) -> quotas.Quota:
         """Change the tenant's quotas (None: unchanged; 0: unbounded; ``ladder.quotas``)
         in its record, atomically with any other change to it; the quota now. The
@@ -184,7 +185,8 @@ class TenantStore:
                         raise NotFound(f"tenant {name!r} not found")
                     record = json.loads(raw)
                     quota = quotas.updated(
-                        quotas.Quota.from_record(record), max_studies, max_trials_running
+                        quotas.Quota.from_record(record), max_studies, max_trials_running,
+                        max_gpus, weight,
                     )
                     record.update(vars(quota))
                     pipe.multi()

@@ -37,6 +37,7 @@ from ladder.samplers import FALLBACK_ALGORITHM, Observation, Proposal, derive_se
 from ladder.samplers.policy import MODEL_FALLBACK_ALGORITHM, staleness
 from ladder.starting import start_attempt
 from ladder.state import State, Transition
+from ladder.state.holds import Hold
 from ladder.state.studies import Gate
 from ladder.study import StudySpec
 from ladder.transitions import TransitionPublisher
@@ -54,6 +55,7 @@ from services.suggest.completion import StudyCompletion
 from services.suggest.pool import PolicyPool, partition_of
 from services.suggest.publisher import SuggestedPublisher
 from services.suggest.refit import RefitProcess
+from services.suggest.work import WorkScheduler
 
 WARM_START_ALGORITHM = "warm-start"
 # Pseudo-partition whose Redis draw counter numbers a study's seed configurations:
@@ -140,6 +142,8 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             sweep_seconds=max(0.5, min(5.0, settle_seconds / 4)),
             also=self.trip_spent_budgets,
         )
+        # RequestWork (node agents): LADDER_SCHEDULER_POLICY picks fair or fifo.
+        self.work = WorkScheduler(self, settings.scheduler_policy)
 
     # ------------------------------------------------------------ studies
 
@@ -232,6 +236,11 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
                             request.reason)
         self._stop_trials(study.study_id, lifecycle.Action.CANCEL, request.reason)
         return study
+
+    def RequestWork(
+        self, request: suggest_pb2.RequestWorkRequest, context: grpc.ServicerContext
+    ) -> suggest_pb2.RequestWorkResponse:
+        return self.work.request_work(request)
 
     def UpdateStudy(
         self, request: suggest_pb2.UpdateStudyRequest, context: grpc.ServicerContext
@@ -492,7 +501,8 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             )
 
     def _new_trials(
-        self, study_id: str, spec: StudySpec, worker_id: str, count: int, gate: Gate
+        self, study_id: str, spec: StudySpec, worker_id: str, count: int, gate: Gate,
+        hold: Hold | None = None,
     ) -> list[tuple[Transition, Proposal]]:
         # Cheap pre-checks (read before the resumable trials were claimed) so an
         # exhausted or full study does not burn sampler draws; the limits themselves are
@@ -532,7 +542,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             try:
                 created = self.state.trials.create_trials(
                     study_id, protos, max_trials, self.claim_seconds, algorithm,
-                    max_parallel=max_parallel,
+                    max_parallel=max_parallel, hold=hold,
                 )
             except (BudgetExhausted, AtCapacity, Conflict):
                 if not out:

@@ -8,6 +8,7 @@ import math
 import pytest
 from ladder import lifecycle, quotas
 from ladder.errors import AtCapacity, InvalidArgument
+from ladder.scheduling.resources import TenantPolicy
 from ladder.space import StudyConfigError
 from ladder.state.studies import Gate, trial_ms
 from ladder.study import StudySpec
@@ -96,3 +97,16 @@ def test_the_gate_prefers_updated_budgets_to_the_config() -> None:
     raised = Gate(state=lifecycle.ACTIVE, suggested=0, max_trials=None, max_parallel=None,
                   in_flight=0, max_wall=None, max_hours=0.25, age_seconds=0, trial_hours=0.5)
     assert "max_trial_hours is 0.25" in (raised.budget_exceeded(config) or "")
+
+
+def test_gpu_quota_and_weight_are_read_checked_and_become_the_schedulers_policy() -> None:
+    assert quotas.Quota.from_record({}).policy() == TenantPolicy(1.0, None)
+    quota = quotas.Quota.from_record({"max_gpus": 16, "weight": 2})
+    assert (quota.max_gpus, quota.weight) == (16, 2.0)
+    assert quota.policy() == TenantPolicy(2.0, 16)
+    assert quotas.updated(quota, None, None, max_gpus=0) == quotas.Quota(0, 0, 0, 2.0)
+    assert quotas.updated(quota, None, None, weight=0.5).weight == 0.5
+    with pytest.raises(InvalidArgument, match="tenant.weight must be > 0"):
+        quotas.updated(quota, None, None, weight=0)
+    with pytest.raises(InvalidArgument, match="max_gpus must be >= 0"):
+        quotas.updated(quota, None, None, max_gpus=-1)

@@ -1,5 +1,7 @@
 """Redis key layout. Every key starts with ``ladder:<topic prefix>:`` so that two
-stacks (or two test sessions) sharing one Redis never see each other's state.
+stacks (or two test sessions) sharing one Redis never see each other's state. Every
+key family is built here, once: ``ladder.redisacl`` grants each service's Redis user
+its families by these builders' names.
 
 | key                                  | type   | contents                                   |
 |--------------------------------------|--------|--------------------------------------------|
@@ -8,7 +10,14 @@ stacks (or two test sessions) sharing one Redis never see each other's state.
 |                                      |        | state (lifecycle, once it changed), reason,|
 |                                      |        | tenant, created_ms, live limits, run_ms /  |
 |                                      |        | running / running_since (trial-hours)      |
+| ``{root}tenants``                    | hash   | tenant name -> JSON record (ladder.tenancy)|
+| ``{root}tokens``                     | hash   | token id -> JSON {tenant, sha256, ...}     |
 | ``{root}tenant:{name}:studies``      | set    | the tenant's study ids (ladder.quotas)     |
+| ``{root}sched:tenant:{name}``        | hash   | g, c, m: GPUs, CPU and memory (thousandths)|
+|                                      |        | the tenant's RequestWork trials hold       |
+| ``{root}sched:node:{id}``            | hash   | the same, held on node id                  |
+| ``{root}sched:node:{id}:trials``     | set    | trial ids holding resources on node id     |
+| ``{root}sched:nodes``                | hash   | node id → JSON offer (capacity, spot, ms)  |
 | ``{root}study:{sid}:pending``        | set    | trial ids suggested / running / resumable  |
 | ``{root}study:{sid}:resumable``      | zset   | resumable trial ids → queued ms (FIFO)     |
 | ``{root}study:{sid}:paused``         | zset   | PAUSED trial ids → paused ms (promotion    |
@@ -83,6 +92,12 @@ TRIAL_FIELDS = {
     "reason": "reason of the last transition",
     "algorithm": "sampler that suggested the trial",
     "version": "bumped by every transition that publishes an event",
+    "hold_node": "node the trial holds resources on (RequestWork; '' / absent: none)",
+    "hold_tenant": "tenant the hold counts against",
+    "hold_g": "GPUs held", "hold_c": "CPU held, thousandths of a core",
+    "hold_m": "memory held, thousandths of a GB",
+    "hold_p": "its study's priority when placed", "hold_s": "1 on a spot node",
+    "preempt": "1: a preemption plan picked it; its heartbeats answer PAUSE",
 }
 
 
@@ -102,8 +117,31 @@ class Keys:
     def study(self, study_id: str) -> str:
         return f"{self.root}study:{study_id}"
 
+    @property
+    def tenants(self) -> str:
+        return f"{self.root}tenants"
+
+    @property
+    def tokens(self) -> str:
+        return f"{self.root}tokens"
+
     def tenant_studies(self, tenant: str) -> str:
         return f"{self.root}tenant:{tenant}:studies"
+
+    # RequestWork's resource holds (ladder.state.holds); the Lua scripts build the same
+    # names (``sched_key`` in ladder.state.scripts).
+    def sched_tenant(self, tenant: str) -> str:
+        return f"{self.root}sched:tenant:{tenant}"
+
+    def sched_node(self, node_id: str) -> str:
+        return f"{self.root}sched:node:{node_id}"
+
+    def sched_node_trials(self, node_id: str) -> str:
+        return f"{self.root}sched:node:{node_id}:trials"
+
+    @property
+    def sched_nodes(self) -> str:
+        return f"{self.root}sched:nodes"
 
     def pending(self, study_id: str) -> str:
         return f"{self.root}study:{study_id}:pending"

@@ -130,6 +130,60 @@ local function tenant_room(root, tenant)
   end
   return {max - out, out, max}
 end
+-- Resources a trial holds from RequestWork's assignment until its attempt ends
+-- (ladder.state.holds): node, tenant and amounts (g GPUs; c, m: CPU cores and memory GB
+-- in thousandths) in the trial hash as hold_*, summed per tenant (sched:tenant:<t>) and
+-- per node (sched:node:<n>, its trials in sched:node:<n>:trials). ``h`` is the hold
+-- RequestWork asks for (JSON: node, g, c, m, the node's capacity cap_g / cap_c / cap_m,
+-- p priority, s spot 1/0).
+local RESOURCES = {'g', 'c', 'm'}
+local function sched_key(root, kind, name)
+  return root .. 'sched:' .. kind .. ':' .. name
+end
+-- nil when the hold fits the tenant's max_gpus and the node's capacity, else the refusal:
+-- {GPUS, held, max_gpus, tenant} or {NODE, held, capacity, resource}.
+local function refuse_hold(root, tenant, h)
+  local max = quota(root, tenant, 'max_gpus')
+  if max > 0 and h.g > 0 then
+    local held = tonumber(redis.call('HGET', sched_key(root, 'tenant', tenant), 'g')) or 0
+    if held + h.g > max then return {'GPUS', held, max, tenant} end
+  end
+  local node = sched_key(root, 'node', h.node)
+  for _, r in ipairs(RESOURCES) do
+    local held = tonumber(redis.call('HGET', node, r)) or 0
+    if held + h[r] > h['cap_' .. r] then return {'NODE', held, h['cap_' .. r], r} end
+  end
+  return nil
+end
+local function take(t, root, tenant, h)
+  redis.call('HSET', t, 'hold_node', h.node, 'hold_tenant', tenant, 'hold_g', h.g,
+    'hold_c', h.c, 'hold_m', h.m, 'hold_p', h.p, 'hold_s', h.s)
+  for _, r in ipairs(RESOURCES) do
+    redis.call('HINCRBY', sched_key(root, 'tenant', tenant), r, h[r])
+    redis.call('HINCRBY', sched_key(root, 'node', h.node), r, h[r])
+  end
+  redis.call('SADD', sched_key(root, 'node', h.node) .. ':trials', field(t, 'id'))
+end
+-- The trial's attempt (or its claim) ended: what it held is free again, and a pending
+-- preemption of it is moot. Idempotent (nothing held: nothing done).
+local function release(t)
+  local node = field(t, 'hold_node')
+  if node == '' then return end
+  local id = field(t, 'id')
+  local root = string.sub(t, 1, #t - #id - 6)
+  local tenant = field(t, 'hold_tenant')
+  for _, r in ipairs(RESOURCES) do
+    -- Never "-0": HINCRBY refuses it, and a script that errors half-way stays half done.
+    local v = num(t, 'hold_' .. r)
+    if v ~= 0 then
+      redis.call('HINCRBY', sched_key(root, 'tenant', tenant), r, -v)
+      redis.call('HINCRBY', sched_key(root, 'node', node), r, -v)
+    end
+  end
+  redis.call('SREM', sched_key(root, 'node', node) .. ':trials', id)
+  redis.call('HDEL', t, 'hold_node', 'hold_tenant', 'hold_g', 'hold_c', 'hold_m', 'hold_p',
+    'hold_s', 'preempt')
+end
 -- The study hash of a trial (its key is {root}trial:<id>, the study's {root}study:<sid>).
 local function study_of(t)
   local id = field(t, 'id')
@@ -193,9 +247,11 @@ end
 -- The running attempt ended: its running time adds up into run_ms (the trial's and its
 -- study's: max_trial_hours; GPU-hours would add the time times the trial's GPUs), the
 -- study has one running attempt less (``running``, ``running_since``: the sum of their
--- start times, so its running attempts' time is running * now - running_since), and the
--- trial has no running-time deadline until its next start.
+-- start times, so its running attempts' time is running * now - running_since), the
+-- trial has no running-time deadline until its next start, and the resources it held
+-- are released (every way an attempt ends comes through here).
 local function stop_clock(t, trial_id, deadlines, now)
+  release(t)
   local started = tonumber(field(t, 'attempt_ms'))
   if started ~= nil then
     local study = study_of(t)
@@ -470,6 +526,7 @@ local decided = tonumber(redis.call('HGET', d, 'action'))
 local decided_rung = tonumber(redis.call('HGET', d, 'rung')) or -1
 if decided == STOP then return reply('STOPPED', t) end
 local by_scheduler = decided == PAUSE and decided_rung >= rung
+local preempted = field(t, 'preempt') == '1'
 if decided == PAUSE and decided_rung > rung then rung = decided_rung end
 redis.call('HSET', t, 'lease_until', 0, 'closed', ARGV[2], 'last_end', END_PAUSED)
 if ARGV[3] ~= '' then redis.call('HSET', t, 'last_step', ARGV[3]) end
@@ -482,6 +539,15 @@ if study_state(KEYS[9]) == STUDY_PAUSED and not by_scheduler then
   redis.call('ZADD', paused, now, trial_id)
   mark(t, outbox, trial_id, EV_PAUSED, 'paused with its study (step ' .. ARGV[3]
     .. ') until the study resumes', now, attempt)
+  return reply('OK', t)
+end
+if preempted and not by_scheduler then
+  -- Preempted for a higher-priority study (RequestWork): resumable at once, handed out
+  -- again before any new trial of its study when capacity frees.
+  redis.call('HSET', t, 'state', RESUMABLE)
+  redis.call('ZADD', queue, now, trial_id)
+  mark(t, outbox, trial_id, EV_PAUSED, 'preempted for a higher-priority study (step '
+    .. ARGV[3] .. '): resumable', now, attempt)
   return reply('OK', t)
 end
 if decided == PROMOTE and decided_rung >= rung then
@@ -552,6 +618,7 @@ if state == RUNNING then
   return reply('OK', t)
 end
 redis.call('ZREM', leases, trial_id)
+release(t)
 redis.call('HSET', t, 'state', RESUMABLE, 'lease_until', 0)
 redis.call('ZADD', queue, now, trial_id)
 mark(t, outbox, trial_id, EV_LEASE_EXPIRED,
@@ -603,11 +670,14 @@ return {now - last, #due}
 """)
 
 # KEYS: study, pending, leases, outbox, resumable
-# ARGV: key root, study id, max_trials, claim_ms, algorithm, max_parallel, proto...
+# ARGV: key root, study id, max_trials, claim_ms, algorithm, max_parallel, hold (JSON,
+# '' for none), proto...
 # The limits are the study's live ones when UpdateStudy changed them. Returns {OK,
 # first sequence number, count, ms} or {BUDGET, suggested, 0}, {STATE, study state, 0}
 # (not ACTIVE), {PARALLEL, in flight, max_parallel}, {TENANT, out, max_trials_running,
-# tenant} (the study's tenant has its quota of trials out: ``tenant_room``).
+# tenant} (the study's tenant has its quota of trials out: ``tenant_room``). With a
+# hold (RequestWork: one trial), the trial holds those resources on the node, or the
+# hold's refusal (``refuse_hold``: GPUS, NODE) and nothing is created.
 CREATE_TRIALS = _script("""
 local study, pending, leases, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local root, sid, claim_ms = ARGV[1], ARGV[2], tonumber(ARGV[4])
@@ -615,7 +685,12 @@ if redis.call('EXISTS', study) == 0 then return {'NOT_FOUND', 0, 0} end
 local max_trials = limit(study, 'max_trials', ARGV[3])
 local max_parallel = limit(study, 'max_parallel', ARGV[6])
 local suggested = num(study, 'suggested')
-local n = #ARGV - 6
+local n = #ARGV - 7
+local hold = nil
+if ARGV[7] ~= '' then
+  hold = cjson.decode(ARGV[7])
+  n = math.min(n, 1)
+end
 if max_trials > 0 then n = math.min(n, max_trials - suggested) end
 if n <= 0 then return {'BUDGET', suggested, 0} end
 if study_state(study) ~= STUDY_ACTIVE then return {'STATE', study_state(study), 0} end
@@ -630,14 +705,19 @@ if room then
   n = math.min(n, room[1])
   if n <= 0 then return {'TENANT', room[2], room[3], tenant} end
 end
+if hold then
+  local refused = refuse_hold(root, tenant, hold)
+  if refused then return refused end
+end
 local first = redis.call('HINCRBY', study, 'suggested', n) - n + 1
 local now = now_ms()
 for i = 1, n do
   local trial_id = sid .. '-t' .. (first + i - 1)
   local t = root .. 'trial:' .. trial_id
-  redis.call('HSET', t, 'id', trial_id, 'study', sid, 'proto', ARGV[6 + i],
+  redis.call('HSET', t, 'id', trial_id, 'study', sid, 'proto', ARGV[7 + i],
     'state', SUGGESTED, 'attempt_no', 0, 'algorithm', ARGV[5], 'failures', 0,
     'failure_kind', 0)
+  if hold then take(t, root, tenant, hold) end
   redis.call('SADD', pending, trial_id)
   redis.call('ZADD', leases, now + claim_ms, trial_id)
   mark(t, outbox, trial_id, EV_SUGGESTED, 'suggested by ' .. ARGV[5], now, '')
@@ -646,11 +726,13 @@ return {'OK', first, n, now}
 """)
 
 # KEYS: resumable, leases, pending, study   ARGV: key root, count, claim_ms,
-# max_parallel (the config's; the live one when UpdateStudy changed it)
+# max_parallel (the config's; the live one when UpdateStudy changed it), hold (JSON, ''
+# for none: see CREATE_TRIALS)
 # Pops queued trials that are still RESUMABLE (entries for trials started or
 # finished meanwhile are dropped) and gives each a claim deadline; none while the
 # study is PAUSED or CANCELLED, and no more than max_parallel_trials and the tenant's
-# max_trials_running (``tenant_room``) leave room for.
+# max_trials_running (``tenant_room``) leave room for. With a hold: at most one, and
+# none when the hold is refused (``refuse_hold``).
 CLAIM_RESUMABLE = _script("""
 local queue, leases, study = KEYS[1], KEYS[2], KEYS[4]
 local root, count, claim_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -658,8 +740,15 @@ local state = study_state(study)
 if state == STUDY_PAUSED or state == STUDY_CANCELLED then return {} end
 local max_parallel = limit(study, 'max_parallel', ARGV[4])
 if max_parallel > 0 then count = math.min(count, max_parallel - in_flight(KEYS[3], queue)) end
-local room = tenant_room(root, field(study, 'tenant'))
+local tenant = field(study, 'tenant')
+local room = tenant_room(root, tenant)
 if room then count = math.min(count, room[1]) end
+local hold = nil
+if (ARGV[5] or '') ~= '' then
+  hold = cjson.decode(ARGV[5])
+  count = math.min(count, 1)
+  if count > 0 and refuse_hold(root, tenant, hold) then return {} end
+end
 local now = now_ms()
 local out = {}
 while #out < count do
@@ -669,6 +758,7 @@ while #out < count do
   local t = root .. 'trial:' .. trial_id
   if num(t, 'state') == RESUMABLE then
     redis.call('ZADD', leases, now + claim_ms, trial_id)
+    if hold then take(t, root, tenant, hold) end
     table.insert(out, redis.call('HGETALL', t))
   end
 end
@@ -839,6 +929,17 @@ if ARGV[3] == '1' then redis.call('HSET', study, 'max_parallel', ARGV[4]) end
 if ARGV[5] == '1' then redis.call('HSET', study, 'max_wall', ARGV[6]) end
 if ARGV[7] == '1' then redis.call('HSET', study, 'max_hours', ARGV[8]) end
 return {'OK', suggested}
+""")
+
+# KEYS: trial   ARGV: node id
+# RequestWork's preemption plan picked this trial: while it still holds resources on
+# that node, its heartbeats answer PAUSE (``preempt``) and PAUSE_TRIAL makes it
+# RESUMABLE. {OK} or {SKIP} (it ended or moved meanwhile).
+PREEMPT = _script("""
+local t = KEYS[1]
+if field(t, 'hold_node') ~= ARGV[1] or terminal(num(t, 'state')) then return {'SKIP'} end
+redis.call('HSET', t, 'preempt', '1')
+return {'OK'}
 """)
 
 # KEYS: trial, outbox   ARGV: trial id, version

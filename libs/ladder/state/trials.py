@@ -46,6 +46,7 @@ from ladder.state.attempts import (
     kind_name,
     timeout_disposition,
 )
+from ladder.state.holds import Hold, refusal
 from ladder.state.keys import Keys
 from ladder.study import OomPolicy, TrialPolicySpec
 from ladder.v1 import events_pb2, trial_pb2
@@ -337,9 +338,12 @@ class TrialStore:
         claim_seconds: float,
         algorithm: str,
         max_parallel: int = 0,
+        hold: Hold | None = None,
     ) -> list[Transition]:
         """Create SUGGESTED trials ``<study>-t<seq>`` within the study's budget and
         its max_parallel_trials (the limits UpdateStudy stored override those given).
+        With ``hold`` (RequestWork) one trial, holding those resources on the node:
+        AtCapacity when the tenant's max_gpus or the node's capacity refuses it.
 
         Returns fewer than asked when the limits only allow part; raises
         BudgetExhausted when the budget allows none, AtCapacity when max_parallel does,
@@ -359,6 +363,7 @@ class TrialStore:
                 int(claim_seconds * 1000),
                 algorithm,
                 max_parallel,
+                hold.encode() if hold else "",
                 *(p.SerializeToString() for p in protos),
             ],
         )
@@ -374,6 +379,8 @@ class TrialStore:
             raise lifecycle.at_capacity(study_id, int(first), int(count))
         if status == "TENANT":
             raise quotas.trials_at_quota(_text(when[0]), int(first), int(count))
+        if status in ("GPUS", "NODE"):
+            raise refusal(status, [first, count, *when])
         created = []
         reason = f"suggested by {algorithm}"
         for i in range(int(count)):
@@ -398,14 +405,18 @@ class TrialStore:
         return created
 
     def claim_resumable(
-        self, study_id: str, count: int, claim_seconds: float, max_parallel: int = 0
+        self, study_id: str, count: int, claim_seconds: float, max_parallel: int = 0,
+        hold: Hold | None = None,
     ) -> list[trial_pb2.Trial]:
         """Pop up to ``count`` RESUMABLE trials of the study, oldest first, as many as
-        its max_parallel_trials leaves room for; none while it is PAUSED or CANCELLED."""
+        its max_parallel_trials leaves room for; none while it is PAUSED or CANCELLED.
+        With ``hold`` (RequestWork) at most one, holding those resources on the node;
+        none when the tenant's max_gpus or the node's capacity refuses the hold."""
         k = self.keys
         rows = self._scripts["CLAIM_RESUMABLE"](
             keys=[k.resumable(study_id), k.leases, k.pending(study_id), k.study(study_id)],
-            args=[k.root, count, int(claim_seconds * 1000), max_parallel],
+            args=[k.root, count, int(claim_seconds * 1000), max_parallel,
+                  hold.encode() if hold else ""],
         )
         return [trial_from_hash(_pairs(row)) for row in rows]
 
@@ -670,7 +681,11 @@ class TrialStore:
                 ended,
             )
         self._transition(trial_id, attempt_id, status, fields, "heartbeat")
-        return _decision(raw), int(study_state or lifecycle.INITIAL)
+        decision = _decision(raw)
+        if fields.get("preempt") == b"1":
+            # A preemption plan picked it (RequestWork): PAUSE, unless a STOP stands.
+            decision = lifecycle.preempted(study, trial_id, decision)
+        return decision, int(study_state or lifecycle.INITIAL)
 
     def _stall(
         self,

@@ -1,0 +1,133 @@
+"""One RequestWork answer: which studies' trials go to the asking node, and which
+trials running there to pause for a higher-priority one. Pure: the suggest service
+reads the state (``ladder.state.holds``, the studies' gates), asks ``plan_work``, then
+creates or claims each trial with its hold (the scripts enforce the quotas again,
+atomically: a plan made on a stale read only loses a placement, never breaks a quota).
+
+A node agent names no study, so the pending work is not a list of trials: each ACTIVE
+study with room offers candidates, its RESUMABLE trials first (their work so far is not
+wasted; a preempted trial is one), then new ones, as many as the study may still hand
+out (max_trials, max_parallel_trials) and the node may take in one answer. Candidates of
+one tenant go by priority, then resumable before new, then round-robin over the
+tenant's studies of equal priority (oldest study first); across tenants the weighted
+dominant-resource fair share decides (``chooser``). ``fifo`` is the baseline the fleet
+bench compares against: every study's candidates in creation order, first fit, no
+weights, priorities or preemption.
+
+Preemption (fair policy, spot nodes only): when a candidate of a higher priority is
+blocked (it does not fit what is free) ``preemption.plan_preemption`` picks the running
+trials of the node to pause (lower priority; another tenant's only if that keeps the
+shares fair). Trials already asked to pause count as free-to-be: no second plan is
+made while the first one's victims are still checkpointing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ladder.scheduling.chooser import schedule
+from ladder.scheduling.fairshare import Ledger
+from ladder.scheduling.placement import first_fit
+from ladder.scheduling.preemption import plan_preemption
+from ladder.scheduling.resources import Demand, Node, Resources, Trial
+
+DEFAULT_MAX_TRIALS = 8  # assignments in one answer when the offer sets none
+RESUMED = "r"  # candidate id marks: study#r<i> resumes, study#n<i> is new
+NEW = "n"
+
+
+class Policy(enum.StrEnum):
+    FAIR = "fair"
+    FIFO = "fifo"
+
+
+@dataclass(frozen=True)
+class StudyWork:
+    """What one ACTIVE study could hand out now."""
+
+    study_id: str
+    tenant: str
+    demand: Demand
+    priority: int
+    created_ms: int
+    resumable: int  # RESUMABLE trials queued
+    room: int  # trials it may still hand out (max_parallel_trials; large if unbounded)
+    new_left: int  # new trials its max_trials still allows (large if unbounded)
+
+
+@dataclass
+class WorkPlan:
+    placements: list[Trial] = field(default_factory=list)  # in order
+    pause: list[str] = field(default_factory=list)  # trial ids to preempt
+
+
+def resumed(candidate: Trial) -> bool:
+    return candidate.trial_id.rsplit("#", 1)[1].startswith(RESUMED)
+
+
+def candidates(studies: Sequence[StudyWork], per_study: int) -> list[Trial]:
+    """Each study's candidates (see the module text), ``seq`` giving the order within
+    a tenant and priority: resumable ones first, then new ones round-robin over the
+    studies by age."""
+    out = []
+    ordered = sorted(studies, key=lambda s: (s.created_ms, s.study_id))
+    for rank, study in enumerate(ordered):
+        room = min(study.room, per_study)
+        taken = min(study.resumable, room)
+        for i in range(taken):
+            out.append(Trial(f"{study.study_id}#{RESUMED}{i}", study.tenant, study.study_id,
+                             study.demand, study.priority, seq=i * len(ordered) + rank))
+        for i in range(min(room - taken, study.new_left)):
+            out.append(Trial(f"{study.study_id}#{NEW}{i}", study.tenant, study.study_id,
+                             study.demand, study.priority,
+                             seq=(per_study + i) * len(ordered) + rank))
+    return out
+
+
+def _fifo(node: Node, pending: Sequence[Trial], ledger: Ledger, created: dict[str, int],
+          max_trials: int) -> list[Trial]:
+    placed: list[Trial] = []
+    for trial in sorted(pending, key=lambda t: (created[t.study], t.seq, t.trial_id)):
+        if len(placed) >= max_trials:
+            break
+        if not ledger.within_quota(trial.tenant, trial.demand.resources):
+            continue
+        if first_fit(trial.demand, [node]) is None:
+            continue
+        node = node.take(trial.demand)
+        ledger.add(trial.tenant, trial.demand.resources)
+        placed.append(trial)
+    return placed
+
+
+def plan_work(node: Node, spot: bool, studies: Sequence[StudyWork], ledger: Ledger,
+              running: Sequence[tuple[Trial, bool]], policy: Policy = Policy.FAIR,
+              max_trials: int = DEFAULT_MAX_TRIALS) -> WorkPlan:
+    """The answer for ``node`` (``node.free``: what is free on it now). ``running``:
+    the trials holding resources on it, each with whether a plan already asked it to
+    pause. ``ledger`` holds every tenant's use and policy; it is updated with the
+    placements."""
+    max_trials = max_trials or DEFAULT_MAX_TRIALS
+    pending = candidates(studies, max_trials)
+    if policy is Policy.FIFO:
+        created = {s.study_id: s.created_ms for s in studies}
+        return WorkPlan(_fifo(node, pending, ledger, created, max_trials))
+    decided = schedule(pending, [node], ledger, reserve=False)
+    plan = WorkPlan([trial for trial, _ in decided.placements][:max_trials])
+    if not spot or not decided.blocked:
+        return plan
+    free = node.free
+    for trial in plan.placements:
+        free = free - trial.demand.resources
+    leaving = sum((t.demand.resources for t, pausing in running if pausing), Resources())
+    waiting = max(decided.blocked, key=lambda t: (t.priority, -t.seq))
+    after = Node(node.node_id, node.gpu_type, node.capacity, free + leaving)
+    if after.fits(waiting.demand):
+        return plan  # the victims of an earlier plan make room once they paused
+    others = [t for t, pausing in running if not pausing]
+    found = plan_preemption(waiting, [after], {node.node_id: others}, ledger)
+    if found is not None:
+        plan.pause = [victim.trial_id for victim in found.victims]
+    return plan

@@ -1,0 +1,145 @@
+"""RequestWork's resource holds in Redis: what each tenant's and each node's trials hold.
+
+A trial placed by RequestWork holds its study's ``trial_resources`` on its node from the
+assignment until its attempt ends (completed, pruned, failed, paused, timed out, lease
+or claim expired, stopped). The hold is taken by the same script that creates the trial
+or claims the resumable one (CREATE_TRIALS / CLAIM_RESUMABLE with a ``Hold``), after
+checking the tenant's ``max_gpus`` and the node's capacity against the tallies, and is
+released by the script that ends the attempt (``release`` in ``ladder.state.scripts``,
+called from ``stop_clock`` and the claim expiry). So the tallies are exact through every
+way a trial ends, and two RequestWork calls racing for a tenant's last GPUs cannot both
+win: the quota is never exceeded, whatever the concurrency.
+
+Amounts are integers in Redis (HINCRBY: no float drift): GPUs, and CPU cores and memory
+GB in thousandths (``SCALE``). Keys: ``ladder.state.keys`` (``sched:*``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+
+from ladder import quotas
+from ladder.errors import AtCapacity
+from ladder.scheduling.resources import Demand, Node, Resources, Tier, Trial
+from ladder.state import scripts
+from ladder.state.keys import Keys
+
+SCALE = 1000  # CPU cores and memory GB are held in thousandths
+
+
+def units(amount: Resources) -> tuple[int, int, int]:
+    """The integer amounts a hold keeps in Redis."""
+    return amount.gpus, round(amount.cpu * SCALE), round(amount.memory_gb * SCALE)
+
+
+def from_units(gpus: object, cpu: object, memory: object) -> Resources:
+    def whole(raw: object) -> int:
+        return int(raw.decode() if isinstance(raw, bytes) else raw or 0)  # type: ignore[union-attr]
+
+    return Resources(whole(gpus), whole(cpu) / SCALE, whole(memory) / SCALE)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """What one trial placed on ``node_id`` holds there, and what it is (for a later
+    preemption plan): its study's priority, whether the node is spot."""
+
+    node_id: str
+    demand: Demand
+    capacity: Resources  # the node's, as its agent offered it
+    priority: int = 0
+    spot: bool = False
+
+    def encode(self) -> str:
+        g, c, m = units(self.demand.resources)
+        cap_g, cap_c, cap_m = units(self.capacity)
+        return json.dumps({"node": self.node_id, "g": g, "c": c, "m": m, "cap_g": cap_g,
+                           "cap_c": cap_c, "cap_m": cap_m, "p": self.priority,
+                           "s": int(self.spot)})
+
+
+def refusal(status: str, values: list) -> AtCapacity:
+    """The error for a hold CREATE_TRIALS refused: GPUS (the tenant's max_gpus) or NODE
+    (the node's capacity is taken by trials placed meanwhile)."""
+    text = [v.decode() if isinstance(v, bytes) else v for v in values]
+    if status == "GPUS":
+        held, max_gpus, tenant = int(text[0]), int(text[1]), str(text[2])
+        return quotas.gpus_at_quota(tenant, held, 0, max_gpus)
+    return AtCapacity(f"the node's {text[2]} is taken ({text[0]} of {text[1]} held): "
+                      "placed elsewhere meanwhile")
+
+
+@dataclass(frozen=True)
+class HeldTrial:
+    """A trial holding resources on a node, as a preemption plan sees it."""
+
+    trial: Trial
+    preempting: bool  # a plan already asked it to pause
+
+
+class HoldStore:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.r = client
+        self.keys = keys
+        self._preempt = client.register_script(scripts.PREEMPT)
+
+    def record_node(self, node: Node, spot: bool, now_ms: int | None = None) -> None:
+        """Remember the node's offer: the cluster's total (the fair share's denominator)
+        is the capacity of the nodes that asked recently."""
+        g, c, m = units(node.capacity)
+        stamp = int(time.time() * 1000) if now_ms is None else now_ms
+        self.r.hset(self.keys.sched_nodes, node.node_id, json.dumps(
+            {"g": g, "c": c, "m": m, "type": node.gpu_type, "spot": spot, "ms": stamp}))
+
+    def cluster_total(self, within_s: float, now_ms: int | None = None) -> Resources:
+        """The summed capacity of the nodes that asked within ``within_s`` seconds."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        total = Resources()
+        for raw in self.r.hvals(self.keys.sched_nodes):
+            offer = json.loads(raw)
+            if now - int(offer["ms"]) <= within_s * 1000:
+                total = total + from_units(offer["g"], offer["c"], offer["m"])
+        return total
+
+    def usage(self, tenants: Iterable[str]) -> dict[str, Resources]:
+        """What each tenant's RequestWork trials hold now."""
+        names = list(tenants)
+        pipe = self.r.pipeline(transaction=False)
+        for tenant in names:
+            pipe.hmget(self.keys.sched_tenant(tenant), "g", "c", "m")
+        return {t: from_units(*row) for t, row in zip(names, pipe.execute(), strict=True)}
+
+    def node_held(self, node_id: str) -> Resources:
+        return from_units(*self.r.hmget(self.keys.sched_node(node_id), "g", "c", "m"))
+
+    def on_node(self, node_id: str) -> list[HeldTrial]:
+        """The trials holding resources on the node (oldest placement order unknown:
+        sorted by id), with what a preemption plan needs."""
+        ids = sorted(m.decode() for m in self.r.smembers(self.keys.sched_node_trials(node_id)))
+        pipe = self.r.pipeline(transaction=False)
+        for trial_id in ids:
+            pipe.hmget(self.keys.trial(trial_id), "study", "hold_node", "hold_tenant", "hold_g",
+                       "hold_c", "hold_m", "hold_p", "hold_s", "preempt")
+        out = []
+        for trial_id, row in zip(ids, pipe.execute() if ids else [], strict=True):
+            study, node, tenant, g, c, m, priority, spot, preempt = row
+            if node is None or node.decode() != node_id:
+                continue  # released meanwhile
+            out.append(HeldTrial(
+                Trial(trial_id, tenant.decode() if tenant else "",
+                      study.decode() if study else "", Demand(from_units(g, c, m)),
+                      int(priority or 0), Tier.SPOT if spot == b"1" else Tier.STABLE),
+                preempting=preempt == b"1",
+            ))
+        return out
+
+    def preempt(self, trial_id: str, node_id: str) -> bool:
+        """Ask the trial (still holding resources on ``node_id``) to checkpoint and pause:
+        its heartbeats answer PAUSE until it does; False when it ended or moved."""
+        status, *_ = self._preempt(keys=[self.keys.trial(trial_id)], args=[node_id])
+        return (status.decode() if isinstance(status, bytes) else status) == "OK"

@@ -1,0 +1,170 @@
+"""RequestWork: a node agent offers its free resources, the scheduler answers with
+trials of any tenant's studies placed there and the trials there to pause.
+
+Thin: the rules are ``ladder.scheduling.work.plan_work`` (fair share, quotas, priority,
+best fit, preemption), the holds and their atomic quota checks ``ladder.state.holds``
+and the scripts; trials are created and claimed exactly as Suggest does
+(``SuggestServicer._new_trials`` / ``TrialStore.claim_resumable``), with a hold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from ladder import lifecycle, quotas
+from ladder.errors import AtCapacity, BudgetExhausted, Conflict, InvalidArgument, NotFound
+from ladder.scheduling import resources as res
+from ladder.scheduling.fairshare import Ledger
+from ladder.scheduling.work import Policy, StudyWork, plan_work, resumed
+from ladder.state.holds import Hold, HoldStore
+from ladder.state.studies import Gate
+from ladder.study import StudySpec
+from ladder.v1 import study_pb2, suggest_pb2
+
+if TYPE_CHECKING:
+    from services.suggest.service import SuggestServicer
+
+log = logging.getLogger("ladder.suggest.work")
+
+# Nodes that asked within this long make up the cluster (the fair share's total).
+NODE_SEEN_SECONDS = 300.0
+UNBOUNDED = 1 << 30
+
+
+def offered_node(offer: suggest_pb2.NodeOffer, held: res.Resources) -> res.Node:
+    """The validated node (INVALID_ARGUMENT naming the field), with as free the smaller
+    of what its agent says and what the holds leave: an assignment not started yet is
+    not in the agent's count, a trial the agent lost track of is not in the holds'."""
+    cap = offer.capacity
+    told = res.resources(offer.free.gpus, offer.free.cpu, offer.free.memory_gb, "node.free.")
+    node = res.node(offer.node_id, cap.gpus, cap.gpu_type, cap.cpu, cap.memory_gb, free=told)
+    left = node.capacity - held
+    free = res.Resources(max(0, min(told.gpus, left.gpus)), max(0.0, min(told.cpu, left.cpu)),
+                         max(0.0, min(told.memory_gb, left.memory_gb)))
+    if offer.max_trials < 0:
+        raise InvalidArgument(f"node.max_trials must be >= 0, got {offer.max_trials}")
+    return res.Node(node.node_id, node.gpu_type, node.capacity, free)
+
+
+def wire(amount: res.Demand) -> study_pb2.TrialResources:
+    r = amount.resources
+    return study_pb2.TrialResources(gpus=r.gpus, gpu_type=amount.gpu_type, cpu=r.cpu,
+                                    memory_gb=r.memory_gb)
+
+
+class WorkScheduler:
+    def __init__(self, servicer: SuggestServicer, policy: str) -> None:
+        self.servicer = servicer
+        self.state = servicer.state
+        self.holds = HoldStore(servicer.state.client, servicer.state.keys)
+        self.policy = Policy(policy)
+
+    def request_work(self, request: suggest_pb2.RequestWorkRequest
+                     ) -> suggest_pb2.RequestWorkResponse:
+        offer = request.node
+        node = offered_node(offer, self.holds.node_held(offer.node_id))
+        self.holds.record_node(node, offer.spot)
+        studies, specs, gates = self._studies()
+        ledger = self._ledger(node, {s.tenant for s in studies})
+        running = [(h.trial, h.preempting) for h in self.holds.on_node(node.node_id)]
+        plan = plan_work(node, offer.spot, studies, ledger, running, self.policy,
+                         offer.max_trials)
+        response = suggest_pb2.RequestWorkResponse()
+        worker_id = request.worker_id or node.node_id
+        for placed in plan.placements:
+            spec = specs[placed.study]
+            hold = Hold(node.node_id, spec.demand, node.capacity, spec.priority, offer.spot)
+            suggestion = self._assign(placed.study, spec, gates[placed.study], hold,
+                                      resumed(placed), worker_id)
+            if suggestion is not None:
+                response.assignments.add(suggestion=suggestion, resources=wire(spec.demand))
+        pausing = [t.trial_id for t, pausing in running if pausing]
+        for victim in plan.pause:
+            if self.holds.preempt(victim, node.node_id):
+                pausing.append(victim)
+                log.info("trial %s on node %s preempted for a higher-priority study",
+                         victim, node.node_id, extra={"trial_id": victim})
+        response.pause_trial_ids.extend(pausing)
+        return response
+
+    def _studies(self) -> tuple[list[StudyWork], dict[str, StudySpec], dict[str, Gate]]:
+        """What each live study could hand out now: ACTIVE ones new and resumable
+        trials, STOPPED ones resumable trials only (as Suggest)."""
+        live = [s for s in self.state.studies.list()
+                if s.state in (lifecycle.ACTIVE, lifecycle.STOPPED)]
+        pipe = self.state.client.pipeline(transaction=False)
+        for study in live:
+            pipe.zcard(self.state.keys.resumable(study.study_id))
+        queued = pipe.execute() if live else []
+        out, specs, gates = [], {}, {}
+        for study, waiting in zip(live, queued, strict=True):
+            sid = study.study_id
+            spec = self.servicer._spec(sid)
+            gate = self.state.studies.gate(sid)
+            if gate.state not in (lifecycle.ACTIVE, lifecycle.STOPPED):
+                continue
+            if gate.budget_exceeded(spec.to_proto()) is not None:
+                continue  # the completion sweep's breaker stops it
+            max_trials = gate.max_trials if gate.max_trials is not None else spec.max_trials
+            max_parallel = (gate.max_parallel if gate.max_parallel is not None
+                            else spec.max_parallel_trials)
+            room = max_parallel - gate.in_flight if max_parallel else UNBOUNDED
+            if gate.tenant_room is not None:
+                room = min(room, gate.tenant_room[0])
+            new_left = max_trials - gate.suggested if max_trials else UNBOUNDED
+            if gate.state == lifecycle.STOPPED:
+                new_left = 0
+            if room <= 0 or (int(waiting) == 0 and new_left <= 0):
+                continue
+            specs[sid], gates[sid] = spec, gate
+            out.append(StudyWork(sid, study.tenant, spec.demand, spec.priority,
+                                 study.created_unix_ms, int(waiting), room, new_left))
+        return out, specs, gates
+
+    def _ledger(self, node: res.Node, tenants: set[str]) -> Ledger:
+        """Every tenant's use and policy (weight, max_gpus) against the cluster's total."""
+        total = self.holds.cluster_total(NODE_SEEN_SECONDS)
+        total = res.Resources(max(total.gpus, node.capacity.gpus),
+                              max(total.cpu, node.capacity.cpu),
+                              max(total.memory_gb, node.capacity.memory_gb))
+        records = self.state.client.hmget(self.state.keys.tenants, *tenants) if tenants else []
+        policies = {
+            tenant: quotas.Quota.from_record(json.loads(raw)).policy()
+            for tenant, raw in zip(tenants, records, strict=True) if raw
+        }
+        ledger = Ledger(total, policies)
+        for tenant, used in self.holds.usage(tenants).items():
+            ledger.add(tenant, used)
+        return ledger
+
+    def _assign(self, study_id: str, spec: StudySpec, gate: Gate, hold: Hold, resume: bool,
+                worker_id: str) -> suggest_pb2.Suggestion | None:
+        """One placement made real: a RESUMABLE trial claimed, else a new trial created,
+        either holding ``hold``; None when the scripts refuse (limits reached, quota or
+        node taken meanwhile)."""
+        trials = self.state.trials
+        max_parallel = (gate.max_parallel if gate.max_parallel is not None
+                        else spec.max_parallel_trials)
+        if resume:
+            claimed = trials.claim_resumable(study_id, 1, self.servicer.claim_seconds,
+                                             max_parallel, hold=hold)
+            if claimed:
+                return suggest_pb2.Suggestion(trial=claimed[0], resumed=True,
+                                              algorithm="resume")
+            return None
+        try:
+            created = self.servicer._new_trials(study_id, spec, worker_id, 1, gate, hold=hold)
+        except (BudgetExhausted, AtCapacity, Conflict, NotFound) as refused:
+            log.debug("no trial of %s placed: %s", study_id, refused,
+                      extra={"study_id": study_id})
+            return None
+        if not created:
+            return None
+        transition, proposal = created[0]
+        return suggest_pb2.Suggestion(
+            trial=transition.trial, resumed=False, predicted_mean=proposal.predicted_mean,
+            predicted_std=proposal.predicted_std, algorithm=transition.algorithm,
+            model_observations=proposal.model_observations,
+        )
