@@ -29,7 +29,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from ladder.client import LadderClient, study_config
 from ladder.config import Settings
 from ladder.stack import launcher
 from ladder.state import Keys
+from ladder.testing.processes import temporary_stack
 from ladder.testing.replicas import Handed, TrialLoop, partition_owners
 
 from workers.loadsim import LoadOptions, create_study
@@ -176,24 +176,17 @@ def with_stack(
     # One replica runs without leases (today's single process) unless asked; the stack's
     # services inherit this environment.
     os.environ["LADDER_SUGGEST_LEASES"] = "1" if leases else "0"
-    with tempfile.TemporaryDirectory(prefix=f"ladder-replicas-{replicas}-") as tmp:
-        state = Path(tmp)
-        os.environ["LADDER_STATE_DIR"] = str(state)
-        began = time.monotonic()
-        launcher.up(state, timeout=180, broker_storage="memory")
-        up_s = round(time.monotonic() - began, 1)
-        try:
-            out = []
-            for kill in kills:
-                scenario = run_scenario(state, replicas, args, kill)
-                scenario["stack_up_s"] = up_s
-                scenario["leases"] = leases
-                out.append(scenario)
-                print(json.dumps({k: scenario[k] for k in ("replicas", "killed")}),
-                      json.dumps(scenario["loadsim"].get("suggest_latency_ms")), file=sys.stderr)
-            return out
-        finally:
-            launcher.down(state)
+    with temporary_stack(f"ladder-replicas-{replicas}-", broker_storage="memory") as (
+            state, up_s):
+        out = []
+        for kill in kills:
+            scenario = run_scenario(state, replicas, args, kill)
+            scenario["stack_up_s"] = up_s
+            scenario["leases"] = leases
+            out.append(scenario)
+            print(json.dumps({k: scenario[k] for k in ("replicas", "killed")}),
+                  json.dumps(scenario["loadsim"].get("suggest_latency_ms")), file=sys.stderr)
+        return out
 
 
 def main() -> None:

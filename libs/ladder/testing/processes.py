@@ -61,6 +61,29 @@ def embedded_infra(state_dir: Path) -> Iterator[dict[str, str]]:
         )
 
 
+@contextmanager
+def temporary_stack(prefix: str, timeout: float = 180, **up: object
+                    ) -> Iterator[tuple[Path, float]]:
+    """A whole embedded stack (``ladder.stack.launcher.up``, ``up``'s keywords) in a fresh
+    temporary state folder, named in LADDER_STATE_DIR for what this process starts; yields
+    the folder and the seconds the stack took to come up, stops it on exit. The services
+    inherit this process's environment (LADDER_* set before the call configure them)."""
+    import tempfile
+    import time
+
+    from ladder.stack import launcher
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        state = Path(tmp)
+        os.environ["LADDER_STATE_DIR"] = str(state)
+        began = time.monotonic()
+        launcher.up(state, timeout=timeout, **up)  # type: ignore[arg-type]
+        try:
+            yield state, round(time.monotonic() - began, 1)
+        finally:
+            launcher.down(state)
+
+
 @dataclass
 class ServiceProcess:
     module: str
