@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ladder import cli_dashboard, cli_query, cli_run, cli_tenant, cli_watch, config
+from ladder import cli_dashboard, cli_query, cli_redis, cli_run, cli_tenant, cli_watch, config
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,9 @@ def _run_up(args: argparse.Namespace) -> int:
         print(f"ladder up: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
+        # stack.json (owner-only) keeps the password; what is printed does not.
+        shown_info = {**info, "redis_url": launcher.ports.redacted_url(info.get("redis_url", ""))}
+        print(json.dumps(shown_info, indent=2, sort_keys=True))
         return 0
     state = Path(info["state_dir"])
     print(f"Ladder stack {'was already' if info.get('reused') else 'is'} up in {state}")
@@ -183,6 +185,7 @@ cli_watch.register(COMMANDS, Command)
 cli_run.register(COMMANDS, Command)
 cli_dashboard.register(COMMANDS, Command)
 cli_tenant.register(COMMANDS, Command)
+cli_redis.register(COMMANDS, Command)
 
 
 def build_parser() -> argparse.ArgumentParser:

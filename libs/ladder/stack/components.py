@@ -266,8 +266,8 @@ def redis_argv(
 ) -> list[str]:
     # AOF on (as in production), RDB snapshots off; foreground so the pid we record is
     # the server itself and its log goes to our log file. ``config_file`` holds the
-    # ``requirepass`` line (a file, owner-only: on the command line the password would
-    # show in every user's ``ps``).
+    # ACL users (ladder.redisacl; a file, owner-only: on the command line their
+    # password hashes would show in every user's ``ps``).
     return [
         str(redis_binary()),
         *([str(config_file)] if config_file else []),

@@ -9,6 +9,8 @@ Layout of a state folder::
     <state>/objectstore/         SeaweedFS data: the broker's log, the checkpoints bucket
     <state>/objectstore-s3.json  its one S3 identity (random secret, mode 0600)
     <state>/redis/               Redis data (AOF)
+    <state>/redis-users/<user>   each Redis user's password (mode 0600, ladder.redisacl)
+    <state>/redis-auth.conf      the Redis users (password hashes), written at each start
     <state>/broker-log-id        the broker log lineage's and early-stop's state refers to
     <state>/.lock                serializes up/down on one state folder
 
@@ -46,7 +48,6 @@ import dataclasses
 import fcntl
 import json
 import os
-import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -55,7 +56,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ladder import addresses, config, objectstore, signing, tenancy
+from ladder import addresses, config, objectstore, redisacl, signing, tenancy
 from ladder.objectstore import S3Settings
 from ladder.stack import components, ports, probes, procs
 from ladder.stack.components import (
@@ -114,15 +115,12 @@ class Layout:
 
     @property
     def redis_config(self) -> Path:
-        """Its ``requirepass`` line (owner-only; ``redis_password``)."""
+        """Its ACL users (``ladder.redisacl``; owner-only), written at each start."""
         return self.root / "redis-auth.conf"
 
-    def redis_password(self) -> str:
-        """The embedded Redis's password, made at its first start."""
-        line = signing.ensure_secret_file(
-            self.redis_config, lambda: f"requirepass {secrets.token_hex(24)}\n"
-        )
-        return line.split()[-1]
+    def redis_passwords(self) -> dict[str, str]:
+        """The embedded Redis's users' passwords, each made the first time."""
+        return redisacl.ensure_passwords(self.root / "redis-users")
 
     @property
     def objectstore_data(self) -> Path:
@@ -193,9 +191,8 @@ def read_stack(state_dir: Path | str | None = None) -> dict[str, Any] | None:
 
 
 def _write_stack(layout: Layout, info: dict[str, Any]) -> None:
-    tmp = layout.stack_json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    tmp.replace(layout.stack_json)
+    # Owner-only: it records the Redis operator's URL, password included.
+    redisacl.write_private(layout.stack_json, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 def _records(info: dict[str, Any]) -> dict[str, ProcRecord]:
@@ -609,10 +606,15 @@ class _Starter:
             return external
         self.say("starting redis" + (f" on port {port}" if port else ""))
 
-        password = self.layout.redis_password()
+        # Users per service (ladder.redisacl); stack.json records the operator's URL.
+        passwords = self.layout.redis_passwords()
+        redisacl.write_server_config(
+            self.layout.redis_config, Keys.for_prefix(self.topics.prefix), passwords
+        )
 
         def url(port: int) -> str:
-            return ports.redis_url(port, password=password)
+            return redisacl.user_url(ports.redis_url(port), redisacl.ADMIN,
+                                     passwords[redisacl.ADMIN])
 
         def ready(port: int, alive: Callable[[], bool]) -> None:
             probes.wait_redis(url(port), deadline=self.deadline, alive=alive)
@@ -725,7 +727,7 @@ class _Starter:
         env.update(
             LADDER_KAFKA_BOOTSTRAP=info["kafka_bootstrap"],
             LADDER_BROKER_PROFILE=self.asked.broker_profile,
-            LADDER_REDIS_URL=info["redis_url"],
+            LADDER_REDIS_URL=self._redis_url_of(info, "dashboard"),
             LADDER_STATE_DIR=str(self.layout.root),
             LADDER_TOPIC_PREFIX=self.topics.prefix,
             LADDER_BUS_SIGNING_KEYS=signing.ensure_keyring(self.layout.root),
@@ -744,6 +746,7 @@ class _Starter:
             self.say(f"starting {spec.name} on {addrs[spec.addr_key]}")
             # LADDER_SERVICE names the process (logs, telemetry service.name).
             spec_env = {**env, "LADDER_SERVICE": spec.name,
+                        "LADDER_REDIS_URL": self._redis_url_of(info, spec.name),
                         **components.replica_env(spec.name, self._replicas_of(info))}
             if spec.name == "earlystop":
                 # Faust starts a web server (default port 6066, shared by every app on the
@@ -760,7 +763,7 @@ class _Starter:
         self._wait_services({s: addrs[s.addr_key] for s in wanted})
         started = {**addrs, "earlystop_web_port": web_port}
         if replicas and self._replicas_of(info) > 1:
-            started.update(self._replicas(env, addrs, self._replicas_of(info)))
+            started.update(self._replicas(info, env, addrs, self._replicas_of(info)))
         return started
 
     def _replicas_of(self, info: Mapping[str, Any]) -> int:
@@ -768,7 +771,7 @@ class _Starter:
         return self.asked.replicas or _replica_count(info)
 
     def _replicas(
-        self, env: Mapping[str, str], addrs: dict[str, str], count: int
+        self, info: Mapping[str, Any], env: Mapping[str, str], addrs: dict[str, str], count: int
     ) -> dict[str, Any]:
         """Processes 2..``count`` of each replicated service (module docstring): what to
         record (their addresses by process name; each service's address, the list)."""
@@ -785,6 +788,7 @@ class _Starter:
                 self.started[replica.name] = procs.spawn(
                     replica.name, spec.argv(),
                     env={**env, "LADDER_SERVICE": replica.name,
+                         "LADDER_REDIS_URL": self._redis_url_of(info, spec.name),
                          spec.port_env: str(ports.split_host_port(addr)[1]),
                          **components.replica_env(spec.name, count)},
                     log_dir=self.layout.logs, pid_dir=self.layout.pids, cwd=self.layout.root,
@@ -795,6 +799,17 @@ class _Starter:
         self._wait_services(extra)
         return {**lists, "replicas": count,
                 "replica_addrs": {spec.name: addr for spec, addr in extra.items()}}
+
+    def _redis_url_of(self, info: Mapping[str, Any], service: str) -> str:
+        """The Redis URL service ``service`` is given: its own user's on the embedded
+        Redis (no user at all for a service without one: the dashboard); an external
+        Redis's URL as it was given (its users are the operator's: docs/bus-security.md)."""
+        if (info.get("external") or {}).get(REDIS):
+            return info["redis_url"]
+        if service not in redisacl.SERVICE_USERS:
+            return redisacl.anonymous_url(info["redis_url"])
+        password = self.layout.redis_passwords()[service]
+        return redisacl.user_url(info["redis_url"], service, password)
 
     def _provision_tenant(self, info: Mapping[str, Any]) -> None:
         """The default tenant and a valid token of it in ``<state>/token``."""
