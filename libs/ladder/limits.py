@@ -19,9 +19,9 @@ field or map has a count limit and a limit per element (map keys too).
 | fields (by plain name, in any message)                           | limit               |
 |------------------------------------------------------------------|---------------------|
 | ids: study_id, trial_id, attempt_id, worker_id, from_study_id,   | 128 chars (`ID`)    |
-| ended_attempt_id, tenant                                         |                     |
+| ended_attempt_id, tenant, node_id                                |                     |
 | name, metric, parent, scheduler, algorithm, hostname,            | 256 chars (`NAME`)  |
-| code_commit, source_topic, service                               |                     |
+| code_commit, source_topic, service, gpu_type                     |                     |
 | dataset_id, environment, entry_point                             | 1024 chars (`TEXT`) |
 | reason (FailTrial, trial events, decisions, dead letters)        | 4096 chars          |
 | stop_reason, state_reason; the reason of StopTrial, StopStudy,   | 1024 chars (`TEXT`) |
@@ -96,11 +96,12 @@ class Limit:
 # By plain field name, then overridden by full name (``ladder.v1.Message.field``).
 RULES: Mapping[str, Limit] = {
     **{f: Limit(size=ID) for f in ("study_id", "trial_id", "attempt_id", "worker_id",
-                                    "from_study_id", "ended_attempt_id", "tenant")},
+                                    "from_study_id", "ended_attempt_id", "tenant",
+                                    "node_id")},
     **{f: Limit(size=NAME) for f in ("name", "metric", "parent", "scheduler", "algorithm",
                                       "hostname", "code_commit", "source_topic", "service",
                                       "python", "os", "cpu_model", "gpu_model",
-                                      "packages_hash")},
+                                      "packages_hash", "gpu_type")},
     "dataset_id": Limit(size=TEXT),
     "environment": Limit(size=TEXT),
     "entry_point": Limit(size=TEXT),

@@ -9,6 +9,7 @@ and the scripts; trials are created and claimed exactly as Suggest does
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -58,8 +59,16 @@ class WorkScheduler:
     def __init__(self, servicer: SuggestServicer, policy: str) -> None:
         self.servicer = servicer
         self.state = servicer.state
-        self.holds = HoldStore(servicer.state.client, servicer.state.keys)
-        self.policy = Policy(policy)
+        try:
+            self.policy = Policy(policy)
+        except ValueError:
+            raise ValueError("LADDER_SCHEDULER_POLICY must be one of "
+                             f"{', '.join(p.value for p in Policy)}, got {policy!r}") from None
+
+    @functools.cached_property
+    def holds(self) -> HoldStore:
+        # At the first RequestWork: a suggest service no node agent asks loads no script.
+        return HoldStore(self.state.client, self.state.keys)
 
     def request_work(self, request: suggest_pb2.RequestWorkRequest
                      ) -> suggest_pb2.RequestWorkResponse:
