@@ -6,6 +6,11 @@ nothing is archived, and one more trial completes (the services resumed from the
 committed offsets: lineage stores the new trial's events once, after the old ones).
 Then kill -9 of the broker alone: ``ladder up`` restarts only the broker, on its
 address and its log, and the study goes on.
+
+All of it on Redis users per service (ladder.redisacl): each service process was given
+its own user, Redis refused none of their commands (``ACL LOG`` stays empty, through
+a restart that replays the AOF too), and a service user cannot wipe or reconfigure
+Redis nor touch the keys it does not need.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import redis
+from ladder import redisacl
 from ladder.client import LadderClient, study_config
 from ladder.stack import launcher, procs
 from ladder.stack.procs import ProcRecord
+from ladder.state.keys import Keys
 from ladder.testing import wait_for, wait_for_found
 from ladder.testing.kills import lineage_events
 
@@ -85,6 +94,68 @@ def kill9(info: dict[str, Any], name: str) -> ProcRecord:
     return rec
 
 
+def given_redis_url(info: dict[str, Any], name: str) -> str:
+    """The LADDER_REDIS_URL ``ladder up`` put in service ``name``'s environment."""
+    pid = info["pids"][name]["pid"]
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(v.split(b"=", 1)[1].decode() for v in environ
+                if v.startswith(b"LADDER_REDIS_URL="))
+
+
+def refused(call: Any, *args: Any, **kwargs: Any) -> bool:
+    """Whether Redis answers ``call(*args, **kwargs)`` with NOPERM."""
+    try:
+        call(*args, **kwargs)
+    except redis.exceptions.NoPermissionError:
+        return True
+    return False
+
+
+def check_redis_users(info: dict[str, Any], study_id: str, trial_id: str) -> None:
+    """Each service runs as its own Redis user, none of whose commands was refused so
+    far; what each may not do is refused (NOPERM) and changes nothing."""
+    admin = redis.Redis.from_url(info["redis_url"])
+    assert admin.acl_log(count=50) == []  # nothing any process did was refused
+    urls = {name: given_redis_url(info, name) for name in (*redisacl.SERVICE_USERS,
+                                                            "dashboard")}
+    assert {n: urlsplit(u).username for n, u in urls.items()} == {
+        **{n: n for n in redisacl.SERVICE_USERS}, "dashboard": None}
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis.from_url(urls["dashboard"]).get("x")  # the default user is off
+    keys = Keys.for_prefix(info["topic_prefix"])
+    other = Keys.for_prefix("another-stack.")
+    trial_key, study_key = keys.trial(trial_id), keys.study(study_id)
+    before = admin.hgetall(trial_key)
+    for name in redisacl.SERVICE_USERS:
+        client = redis.Redis.from_url(urls[name])
+        assert client.ping()
+        assert refused(client.flushall), name
+        assert refused(client.config_get, "*"), name
+        assert refused(client.keys, "*"), name
+        assert refused(client.acl_setuser, name, enabled=True, commands=["+@all"]), name
+        assert refused(client.get, other.trial(trial_id)), name
+        assert refused(client.hset, keys.tokens, "forged", "{}"), name
+        client.close()
+    earlystop = redis.Redis.from_url(urls["earlystop"])
+    assert earlystop.hget(trial_key, "study").decode() == study_id  # its trial check
+    assert refused(earlystop.hset, trial_key, "state", "0")
+    assert refused(earlystop.hget, study_key, "study")
+    lineage = redis.Redis.from_url(urls["lineage"])
+    assert lineage.hget(study_key, "tenant") is not None  # its owner check
+    assert refused(lineage.hset, study_key, "tenant", "someone-else")
+    assert refused(lineage.delete, trial_key)
+    evaluate = redis.Redis.from_url(urls["evaluate"])
+    assert refused(evaluate.set, keys.partition_lease(study_id, 0), "evaluate|99")
+    assert refused(evaluate.zadd, keys.studies, {"forged": 1})
+    suggest = redis.Redis.from_url(urls["suggest"])
+    assert refused(suggest.set, keys.last_sweep, 0)
+    assert admin.hgetall(trial_key) == before
+    assert {e["username"] for e in admin.acl_log(count=100)} == set(redisacl.SERVICE_USERS)
+    admin.acl_log_reset()
+    for client in (admin, earlystop, lineage, evaluate, suggest):
+        client.close()
+
+
 def test_a_study_outlives_down_up_and_a_killed_broker(durable_state: Path) -> None:
     state = durable_state
     first = launcher.up(state)
@@ -96,6 +167,7 @@ def test_a_study_outlives_down_up_and_a_killed_broker(durable_state: Path) -> No
         completed_in_lineage(client, study_id, 3)
         before = answers(client, study_id, state)
     assert before["best"] is not None and len(before["lineage"]) == 3
+    check_redis_users(first, study_id, sorted(before["lineage"])[0])
 
     launcher.down(state)
     second = launcher.up(state)
@@ -120,4 +192,6 @@ def test_a_study_outlives_down_up_and_a_killed_broker(durable_state: Path) -> No
         work(client, study_id, "w-after-kill", state, trials=1)
         completed_in_lineage(client, study_id, 5)
         assert client.get_study(study_id).config == before["study"].config
+    # Through a restart of Redis (its AOF replayed) and the broker's, nothing refused.
+    assert redis.Redis.from_url(third["redis_url"]).acl_log(count=50) == []
     assert not (state / "archive").exists()
