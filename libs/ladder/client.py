@@ -446,6 +446,9 @@ class LadderClient:
         self._readdress_lock = threading.Lock()
         self._readdressed_at = 0.0
         self._producer: Any = None  # created on the first metric report
+        # Threads of one client (a node agent's trials) may send their first report at
+        # once: one producer, else the other is never flushed nor closed.
+        self._producer_lock = threading.Lock()
 
     # -- plumbing
 
@@ -490,17 +493,18 @@ class LadderClient:
 
     @property
     def producer(self) -> Any:
-        if self._producer is None:
-            from ladder.bus import EventProducer  # the Kafka client only when metrics are sent
+        with self._producer_lock:
+            if self._producer is None:
+                from ladder.bus import EventProducer  # Kafka only when metrics are sent
 
-            # A report waits for the broker as long as a call waits for a service:
-            # a broker restart within the retry budget loses no metric point.
-            self._producer = EventProducer(
-                self.settings,
-                self._producer_name,
-                delivery_timeout_s=max(30.0, self.retry_timeout),
-            )
-        return self._producer
+                # A report waits for the broker as long as a call waits for a service:
+                # a broker restart within the retry budget loses no metric point.
+                self._producer = EventProducer(
+                    self.settings,
+                    self._producer_name,
+                    delivery_timeout_s=max(30.0, self.retry_timeout),
+                )
+            return self._producer
 
     def flush(self, timeout: float = 10.0) -> None:
         """Block until every metric report sent so far is acknowledged by the broker."""
