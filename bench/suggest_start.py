@@ -37,28 +37,20 @@ from ladder.stack import Stack
 from ladder.v1 import (
     evaluate_pb2,
     evaluate_pb2_grpc,
-    space_pb2,
     study_pb2,
     suggest_pb2,
     suggest_pb2_grpc,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from suggest_latency import Service, machine, percentiles  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from suggest_latency import RESULTS, Service, machine, percentiles, search_space  # noqa: E402
 
 
 def study_config() -> study_pb2.StudyConfig:
     return study_pb2.StudyConfig(
         name="suggest-start",
         metric="loss",
-        space=space_pb2.SearchSpace(
-            parameters=[
-                space_pb2.Parameter(name=f"x{i}", float_range=space_pb2.FloatRange(low=0, high=1))
-                for i in range(4)
-            ]
-        ),
+        space=search_space(),
         scheduler=study_pb2.SchedulerConfig(kind=study_pb2.NONE),
         seed=7,
     )
@@ -160,6 +152,24 @@ def measure(
     return out
 
 
+def new_report(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
+    """What every report of these benches starts with: the machine, its load, the
+    settings."""
+    return {
+        "machine": machine(),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        **more,
+    }
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -171,12 +181,7 @@ def main() -> None:
         "--out", type=Path, default=RESULTS / f"suggest-start-{time.strftime('%Y%m%d')}.json"
     )
     args = parser.parse_args()
-    report: dict[str, Any] = {
-        "machine": machine(),
-        "load_average_start": [round(x, 2) for x in os.getloadavg()],
-        "settings": {k: str(v) for k, v in vars(args).items()},
-        "runs": {},
-    }
+    report = new_report(args, runs={})
     with tempfile.TemporaryDirectory(prefix="ladder-bench-start-") as tmp:
         state = Path(tmp)
         stack = Stack(state, services=False)
@@ -204,10 +209,7 @@ def main() -> None:
             for service in reversed(services):
                 service.stop()
             stack.down()
-    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":
