@@ -1,7 +1,8 @@
 """One simulator process: many simulated workers on one asyncio loop.
 
 Each simulated worker runs the real trial protocol against the real services:
-Suggest -> StartTrial -> one synthetic metric report every ``1/rate`` seconds to the
+Suggest, which starts the trial too (StartTrial only when it comes unstarted) -> one
+synthetic metric report every ``1/rate`` seconds to the
 metrics topic -> a Heartbeat every ``heartbeat_every`` reports (and at each rung where
 the promotion form holds a trial) -> PruneTrial on STOP, PauseTrial on PAUSE,
 CompleteTrial at ``max_resource``; then the next trial.
@@ -304,12 +305,16 @@ class Simulator:
                 waiting = time.monotonic()
                 answered = 0.0
                 try:
+                    # The suggestion started in the same call, as the worker runtime
+                    # asks (SuggestRequest.start); StartTrial only when it came unstarted.
+                    attempt_id = uuid.uuid4().hex
                     # Retried while suggest is unavailable (a replica restarting), as
                     # the worker runtime's client does.
                     reply = await call(
                         suggest.Suggest,
                         suggest_pb2.SuggestRequest(
-                            study_id=cfg.study_id, worker_id=worker_id, count=1
+                            study_id=cfg.study_id, worker_id=worker_id, count=1,
+                            start=evaluate_pb2.StartTrialRequest(attempt_id=attempt_id),
                         ),
                     )
                     answered = time.monotonic()
@@ -322,16 +327,17 @@ class Simulator:
                     suggestion = reply.suggestions[0]
                     self._count_suggestion(suggestion)
                     trial_id = suggestion.trial.trial_id
-                    attempt_id = uuid.uuid4().hex
-                    await self._idle(
-                        "StartTrial",
-                        call(
-                            evaluate.StartTrial,
-                            evaluate_pb2.StartTrialRequest(
-                                trial_id=trial_id, worker_id=worker_id, attempt_id=attempt_id
+                    if not suggestion.HasField("started"):
+                        attempt_id = uuid.uuid4().hex
+                        await self._idle(
+                            "StartTrial",
+                            call(
+                                evaluate.StartTrial,
+                                evaluate_pb2.StartTrialRequest(
+                                    trial_id=trial_id, worker_id=worker_id, attempt_id=attempt_id
+                                ),
                             ),
-                        ),
-                    )
+                        )
                 except grpc.RpcError as exc:
                     failed = time.monotonic()
                     if not answered:  # Suggest itself failed (StartTrial counts its own)
