@@ -23,7 +23,8 @@ agent does on SIGTERM. At half the run tenant C creates a high-priority study (p
 
 The simulator is one asyncio process (``workers.loadsim_sim``'s retried calls): per
 node a loop doing what ``workers.agent`` does (RequestWork with its free resources,
-asked again when a trial ends, else every ``--poll`` s; obeys ``pause_trial_ids``),
+asked again when a trial ends, else every ``--poll`` s, a full node 4x less often;
+obeys ``pause_trial_ids``),
 per trial the real RPCs (StartTrial; Heartbeat every quarter of the lease, at the
 lease the bench's services use, ``--lease`` s; ReportCheckpoint every 15 simulated
 minutes, the step being simulated minutes done, so a resumed trial goes on from its
@@ -97,6 +98,7 @@ ADMIN = "fleet"
 HP_TENANT = "C"
 METRIC = "loss"
 REPORTS_PER_TRIAL = 3
+FULL_POLL_FACTOR = 4
 POLICIES = ("fair", "fifo")
 SPACE = space_pb2.SearchSpace(parameters=[
     space_pb2.Parameter(name="x", float_range=space_pb2.FloatRange(low=0.0, high=1.0))])
@@ -356,8 +358,12 @@ class FleetSim:
             self.tally.assignments += len(reply.assignments)
             if not reply.assignments:
                 self.tally.empty_answers += 1
+            if node.free.gpus == 0 or not reply.assignments:
+                # A full node asks FULL_POLL_FACTOR times less often (only a preemption
+                # plan can come of it), which spares the scheduler.
+                wait = self.sc.poll * (FULL_POLL_FACTOR if node.free.gpus == 0 else 1)
                 try:
-                    await asyncio.wait_for(node.changed.wait(), self.sc.poll)
+                    await asyncio.wait_for(node.changed.wait(), wait)
                 except TimeoutError:
                     pass
 
