@@ -18,7 +18,9 @@
     trial_policy: {checkpoint_interval_seconds: 60, on_out_of_memory: OOM_INFEASIBLE}
 
 Every other key of ``ladder.client.study_config`` is accepted too (dataset_id,
-code_commit, partitions, labels, warm_start, warm_start_from) and ``known_results``
+code_commit, partitions, labels, warm_start, warm_start_from, and for RequestWork's
+scheduler trial_resources: {gpus: 8, gpu_type: a100, cpu: 16, memory_gb: 200},
+priority, stable_for_promoted; docs/scheduling.md) and ``known_results``
 as a list of ``{params: {...}, value: 0.1}``. ``trial_policy`` takes the TrialPolicy
 fields of study.proto. Unknown keys, and every mistake ``study_config`` finds, are a
 ``StudyFileError`` naming the file and the field.

@@ -24,6 +24,7 @@ from typing import Any
 from ladder import cli_query, quotas
 from ladder.cli_query import CommandFailed
 from ladder.errors import LadderError
+from ladder.state.holds import HoldStore
 from ladder.state.keys import Keys
 
 
@@ -76,14 +77,19 @@ def run_tenant(args: argparse.Namespace) -> int:
             revoked = store.revoke(args.name, args.token)
             print(f"revoked {len(revoked)} token(s) of {args.name!r}: {' '.join(revoked)}")
         else:
-            # STUDIES / TRIALS: in use / quota ('-': unbounded).
-            print(f"{'TENANT':<24} {'ADMIN':<6} {'STUDIES':<9} {'TRIALS':<9} TOKENS")
-            for tenant in store.list():
+            # STUDIES / TRIALS / GPUS: in use / quota ('-': unbounded); GPUS: held by
+            # RequestWork trials (ladder.state.holds).
+            print(f"{'TENANT':<24} {'ADMIN':<6} {'STUDIES':<9} {'TRIALS':<9} {'GPUS':<9} "
+                  f"{'WEIGHT':<7} TOKENS")
+            tenants = store.list()
+            held = HoldStore(store.r, Keys(store.root)).usage(t.name for t in tenants)
+            for tenant in tenants:
                 use = quotas.usage(store.r, Keys(store.root), tenant.name)
                 print(f"{tenant.name:<24} {'yes' if tenant.admin else 'no':<6} "
                       f"{_used(use.live_studies, tenant.quota.max_studies):<9} "
                       f"{_used(use.trials_out, tenant.quota.max_trials_running):<9} "
-                      f"{' '.join(tenant.token_ids) or '-'}")
+                      f"{_used(held[tenant.name].gpus, tenant.quota.max_gpus):<9} "
+                      f"{tenant.quota.weight:<7g} {' '.join(tenant.token_ids) or '-'}")
     except LadderError as exc:
         raise CommandFailed(str(exc)) from exc
     return 0

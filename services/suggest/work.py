@@ -84,7 +84,8 @@ class WorkScheduler:
         worker_id = request.worker_id or node.node_id
         for placed in plan.placements:
             spec = specs[placed.study]
-            hold = Hold(node.node_id, spec.demand, node.capacity, spec.priority, offer.spot)
+            hold = Hold(node.node_id, spec.demand, node.capacity, spec.priority, offer.spot,
+                        spec.stable_for_promoted)
             suggestion = self._assign(placed.study, spec, gates[placed.study], hold,
                                       resumed(placed), worker_id)
             if suggestion is not None:
@@ -162,7 +163,7 @@ class WorkScheduler:
             if claimed:
                 return suggest_pb2.Suggestion(trial=claimed[0], resumed=True,
                                               algorithm="resume")
-            return None
+            # Taken meanwhile, or promoted trials kept off a spot node: a new one instead.
         try:
             created = self.servicer._new_trials(study_id, spec, worker_id, 1, gate, hold=hold)
         except (BudgetExhausted, AtCapacity, Conflict, NotFound) as refused:

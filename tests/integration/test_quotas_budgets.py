@@ -113,7 +113,7 @@ def test_max_studies_refuses_create_until_one_is_cancelled(stack: Stack) -> None
     client.create_study(_config())
     listed = _cli(stack, "tenant", "list")
     row = next(line.split() for line in listed.stdout.splitlines() if line.startswith(name))
-    assert row[2:4] == ["3/3", "0/-"]
+    assert row[2:6] == ["3/3", "0/-", "0/-", "1"]  # STUDIES TRIALS GPUS WEIGHT
 
 
 def test_max_trials_running_across_two_studies_stays_exact_through_expiry(

@@ -54,13 +54,14 @@ class Hold:
     capacity: Resources  # the node's, as its agent offered it
     priority: int = 0
     spot: bool = False
+    stable_for_promoted: bool = False  # the study's: no promoted trial onto a spot node
 
     def encode(self) -> str:
         g, c, m = units(self.demand.resources)
         cap_g, cap_c, cap_m = units(self.capacity)
         return json.dumps({"node": self.node_id, "g": g, "c": c, "m": m, "cap_g": cap_g,
                            "cap_c": cap_c, "cap_m": cap_m, "p": self.priority,
-                           "s": int(self.spot)})
+                           "s": int(self.spot), "sp": int(self.stable_for_promoted)})
 
 
 def refusal(status: str, values: list) -> AtCapacity:

@@ -98,6 +98,7 @@ TRIAL_FIELDS = {
     "hold_m": "memory held, thousandths of a GB",
     "hold_p": "its study's priority when placed", "hold_s": "1 on a spot node",
     "preempt": "1: a preemption plan picked it; its heartbeats answer PAUSE",
+    "promoted": "1 once a PROMOTE made it RESUMABLE (stable_for_promoted: no spot node)",
 }
 
 

@@ -135,7 +135,7 @@ end
 -- in thousandths) in the trial hash as hold_*, summed per tenant (sched:tenant:<t>) and
 -- per node (sched:node:<n>, its trials in sched:node:<n>:trials). ``h`` is the hold
 -- RequestWork asks for (JSON: node, g, c, m, the node's capacity cap_g / cap_c / cap_m,
--- p priority, s spot 1/0).
+-- p priority, s spot 1/0, sp the study's stable_for_promoted 1/0).
 local RESOURCES = {'g', 'c', 'm'}
 local function sched_key(root, kind, name)
   return root .. 'sched:' .. kind .. ':' .. name
@@ -551,7 +551,7 @@ if preempted and not by_scheduler then
   return reply('OK', t)
 end
 if decided == PROMOTE and decided_rung >= rung then
-  redis.call('HSET', t, 'state', RESUMABLE)
+  redis.call('HSET', t, 'state', RESUMABLE, 'promoted', '1')
   redis.call('ZADD', queue, now, trial_id)
   mark(t, outbox, trial_id, EV_PROMOTED, 'paused at rung ' .. rung
     .. ' but already promoted: resumable at once', now, attempt)
@@ -732,7 +732,8 @@ return {'OK', first, n, now}
 # finished meanwhile are dropped) and gives each a claim deadline; none while the
 # study is PAUSED or CANCELLED, and no more than max_parallel_trials and the tenant's
 # max_trials_running (``tenant_room``) leave room for. With a hold: at most one, and
-# none when the hold is refused (``refuse_hold``).
+# none when the hold is refused (``refuse_hold``); on a spot node (hold.s) for a study
+# with stable_for_promoted (hold.sp) a promoted trial is passed over (it stays queued).
 CLAIM_RESUMABLE = _script("""
 local queue, leases, study = KEYS[1], KEYS[2], KEYS[4]
 local root, count, claim_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -751,17 +752,24 @@ if (ARGV[5] or '') ~= '' then
 end
 local now = now_ms()
 local out = {}
+local passed = {}
+local stable_only = hold and hold.s == 1 and hold.sp == 1
 while #out < count do
   local popped = redis.call('ZPOPMIN', queue)
   if #popped == 0 then break end
   local trial_id = popped[1]
   local t = root .. 'trial:' .. trial_id
   if num(t, 'state') == RESUMABLE then
-    redis.call('ZADD', leases, now + claim_ms, trial_id)
-    if hold then take(t, root, tenant, hold) end
-    table.insert(out, redis.call('HGETALL', t))
+    if stable_only and field(t, 'promoted') == '1' then
+      table.insert(passed, popped)
+    else
+      redis.call('ZADD', leases, now + claim_ms, trial_id)
+      if hold then take(t, root, tenant, hold) end
+      table.insert(out, redis.call('HGETALL', t))
+    end
   end
 end
+for _, entry in ipairs(passed) do redis.call('ZADD', queue, entry[2], entry[1]) end
 return out
 """)
 
@@ -845,7 +853,7 @@ redis.call('HSET', d, 'action', action, 'proto', ARGV[2], 'rung', rung)
 if action == PROMOTE and num(t, 'state') == PAUSED and num(t, 'paused_rung') == rung then
   local now = now_ms()
   local trial_id = field(t, 'id')
-  redis.call('HSET', t, 'state', RESUMABLE)
+  redis.call('HSET', t, 'state', RESUMABLE, 'promoted', '1')
   redis.call('HDEL', t, 'paused_rung')
   redis.call('ZREM', paused, trial_id)
   redis.call('SADD', pending, trial_id)
