@@ -28,7 +28,7 @@ def test_verdict(known: Known | None, expected: str) -> None:
     assert verdict("s", "t", known).startswith(expected)
 
 
-def test_reads_are_remembered_for_the_ttl_and_finished_trials_for_good() -> None:
+def test_accepted_trials_are_remembered_for_good_unknown_ones_for_the_ttl() -> None:
     now = [0.0]
     store = {"a": Known("s", trial_pb2.RUNNING), "b": Known("s", trial_pb2.COMPLETED)}
 
@@ -40,14 +40,17 @@ def test_reads_are_remembered_for_the_ttl_and_finished_trials_for_good() -> None
     async def run() -> None:
         assert await check("s", "a") == ACCEPT
         assert await check("s", "b") == ACCEPT
-        store["a"] = Known("s", trial_pb2.SUGGESTED)  # (not a real transition: a marker)
-        del store["b"]
-        assert await check("s", "a") == ACCEPT  # within the ttl: not read again
-        assert check.reads == 2
-        now[0] = 2.5
-        assert (await check("s", "a")).startswith("trial not running")  # read again
-        assert await check("s", "b") == ACCEPT  # finished: never read again
+        assert (await check("s", "later")).startswith("unknown trial")
+        assert (await check("other", "a")).startswith("trial belongs to another study")
+        store["a"] = Known("s", trial_pb2.PRUNED)
+        store["later"] = Known("s", trial_pb2.RUNNING)
         assert check.reads == 3
+        now[0] = 1e6
+        assert await check("s", "a") == ACCEPT  # accepted: never read again
+        assert await check("s", "b") == ACCEPT
+        assert check.reads == 3
+        assert await check("s", "later") == ACCEPT  # unknown: read again after the ttl
+        assert check.reads == 4
 
     asyncio.run(run())
 
@@ -100,8 +103,8 @@ def test_a_batch_is_read_in_one_round_trip_and_only_what_is_due() -> None:
         now[0] = 1.0
         await check.prefetch(["a", "c"])  # a is fresh: only c is read
         now[0] = 2.5
-        await check.prefetch(["a", "b", "c"])  # a and b are due again, c is not
+        await check.prefetch(["a", "b", "c", "phantom"])  # only the unknown one is due
         await check.prefetch([])
 
     asyncio.run(run())
-    assert asked == [["a", "b", "phantom"], ["c"], ["a", "b"]]
+    assert asked == [["a", "b", "phantom"], ["c"], ["phantom"]]
