@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -64,6 +65,10 @@ def test_cli_up_no_services_then_down(tmp_path: Path, clean_env: dict[str, str])
     assert up.returncode == 0, up.stderr
     info = json.loads((state / "stack.json").read_text())
     try:
+        # stack.json holds the Redis operator's password: owner-only, never printed.
+        password = urlsplit(info["redis_url"]).password
+        assert password and password not in up.stdout + up.stderr and ":***@" in up.stdout
+        assert (state / "stack.json").stat().st_mode & 0o777 == 0o600
         # The processes outlive the `ladder up` command that started them.
         recs = records(info)
         assert {r.name for r in recs} == {"kafka", "redis"}
@@ -86,6 +91,7 @@ def test_cli_up_no_services_then_down(tmp_path: Path, clean_env: dict[str, str])
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["reused"] is True
         assert json.loads(again.stdout)["pids"] == info["pids"]
+        assert password not in again.stdout + status.stdout
     finally:
         down = ladder_cli("down", "--state-dir", str(state), env=clean_env)
     assert down.returncode == 0, down.stderr
