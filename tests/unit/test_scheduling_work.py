@@ -3,6 +3,8 @@ fair share with weights and quotas, FIFO baseline, preemption on spot nodes only
 
 from __future__ import annotations
 
+from collections import Counter
+
 from ladder.scheduling import resources as res
 from ladder.scheduling.fairshare import Ledger
 from ladder.scheduling.resources import Resources, TenantPolicy, Tier, Trial
@@ -81,3 +83,21 @@ def test_high_priority_arrival_preempts_lower_priority_on_spot_nodes_only() -> N
     assert plan_work(_node(0), True, same, ledger, running).pause == []
     stable = [(_running(f"s{i}", 0, Tier.STABLE), False) for i in range(8)]
     assert plan_work(_node(0), True, urgent, ledger, stable).pause == []
+
+
+def test_candidates_per_study_are_capped_by_what_the_node_takes() -> None:
+    node = _node(3)  # 3 GPUs, 27 CPU, 256 GB free
+    four = res.demand(gpus=4, cpu=1)
+    other_type = res.demand(gpus=1, gpu_type="h100")
+    studies = [_study("one", "t", created=1), _study("four", "t", created=2, demand=four),
+               _study("h100", "t", created=3, demand=other_type),
+               _study("cpu", "t", created=4, demand=res.demand(cpu=10))]
+    counts = Counter(t.study for t in candidates(studies, 8, node))
+    # 3 of one GPU; one 4-GPU trial (blocked, kept for a preemption plan); none that
+    # can never fit the node; CPU-bound: 27 // 10.
+    assert counts == {"one": 3, "four": 1, "cpu": 2}
+    # A tenant whose long backlog of large trials is blocked still gets its small ones.
+    backlog = [_study(f"big{i}", "a", created=i, demand=four) for i in range(80)]
+    plan = plan_work(node, False, [*backlog, _study("small", "a", created=99)],
+                     Ledger(TOTAL), [])
+    assert [t.study for t in plan.placements] == ["small"] * 3

@@ -67,22 +67,47 @@ def resumed(candidate: Trial) -> bool:
     return candidate.trial_id.rsplit("#", 1)[1].startswith(RESUMED)
 
 
-def candidates(studies: Sequence[StudyWork], per_study: int) -> list[Trial]:
+def fits_at_most(demand: Demand, node: Node) -> int:
+    """How many trials of ``demand`` the node's free space takes (0 when none ever
+    fits it; a demand of none of a resource does not limit by that resource)."""
+    if not node.could_ever_fit(demand):
+        return 0
+    need, free = demand.resources, node.free
+    counts = [free.gpus // need.gpus if need.gpus else None,
+              int(free.cpu // need.cpu) if need.cpu else None,
+              int(free.memory_gb // need.memory_gb) if need.memory_gb else None]
+    return min(c for c in counts if c is not None)
+
+
+def candidates(studies: Sequence[StudyWork], per_study: int, node: Node | None = None
+               ) -> list[Trial]:
     """Each study's candidates (see the module text), ``seq`` giving the order within
     a tenant and priority: resumable ones first, then new ones round-robin over the
-    studies by age."""
+    studies by age. With ``node``: no more per study than the node's free space takes,
+    none of a study that can never fit it, and of a study that does not fit now one,
+    after those that do within its priority (it may be blocked: a preemption plan's
+    trigger): a long backlog of large trials does not use up the chooser's scan of a
+    tenant (``chooser.DEFAULT_SCAN_LIMIT``) before its small ones."""
     out = []
     ordered = sorted(studies, key=lambda s: (s.created_ms, s.study_id))
+    late = 2 * per_study * len(ordered)
     for rank, study in enumerate(ordered):
         room = min(study.room, per_study)
+        later = 0
+        if node is not None:
+            if not node.could_ever_fit(study.demand):
+                continue
+            fits = fits_at_most(study.demand, node)
+            room, later = min(room, max(1, fits)), 0 if fits else late
         taken = min(study.resumable, room)
         for i in range(taken):
             out.append(Trial(f"{study.study_id}#{RESUMED}{i}", study.tenant, study.study_id,
-                             study.demand, study.priority, seq=i * len(ordered) + rank))
+                             study.demand, study.priority,
+                             seq=later + i * len(ordered) + rank))
         for i in range(min(room - taken, study.new_left)):
             out.append(Trial(f"{study.study_id}#{NEW}{i}", study.tenant, study.study_id,
                              study.demand, study.priority,
-                             seq=(per_study + i) * len(ordered) + rank))
+                             seq=later + (per_study + i) * len(ordered) + rank))
     return out
 
 
@@ -110,7 +135,7 @@ def plan_work(node: Node, spot: bool, studies: Sequence[StudyWork], ledger: Ledg
     pause. ``ledger`` holds every tenant's use and policy; it is updated with the
     placements."""
     max_trials = max_trials or DEFAULT_MAX_TRIALS
-    pending = candidates(studies, max_trials)
+    pending = candidates(studies, max_trials, node)
     if policy is Policy.FIFO:
         created = {s.study_id: s.created_ms for s in studies}
         return WorkPlan(_fifo(node, pending, ledger, created, max_trials))
