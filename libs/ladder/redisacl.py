@@ -208,6 +208,19 @@ def user_url(url: str, name: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{quote(name)}:{quote(password, safe='')}@{host}"))
 
 
+def service_url(stack_url: str, service: str, passwords: Mapping[str, str] | None) -> str:
+    """The URL process ``service`` is given on the Redis whose operator URL is
+    ``stack_url``: its own user's; no user at all for a process that has none (the
+    dashboard). ``stack_url`` itself when the Redis has none of these users: an external
+    one (``passwords`` None), or one started before it had users (a URL without a user
+    name: a stack repaired without restarting its Redis gets them with its next start)."""
+    if passwords is None or not urlsplit(stack_url).username:
+        return stack_url
+    if service not in SERVICE_USERS:
+        return anonymous_url(stack_url)
+    return user_url(stack_url, service, passwords[service])
+
+
 def anonymous_url(url: str) -> str:
     """``url`` without user or password (what a process that needs no Redis is given)."""
     parts = urlsplit(url)

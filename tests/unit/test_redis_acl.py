@@ -125,6 +125,17 @@ def test_urls_carry_the_user_and_the_anonymous_one_nothing() -> None:
     assert redisacl.anonymous_url(url) == "redis://127.0.0.1:6379/0"
 
 
+def test_each_process_is_given_its_own_user_and_an_older_or_external_redis_its_url() -> None:
+    stack = "redis://admin:a@127.0.0.1:6379/0"
+    passwords = {name: f"pw-{name}" for name in redisacl.USER_NAMES}
+    assert redisacl.service_url(stack, "lineage", passwords) == (
+        "redis://lineage:pw-lineage@127.0.0.1:6379/0")
+    assert redisacl.service_url(stack, "dashboard", passwords) == "redis://127.0.0.1:6379/0"
+    assert redisacl.service_url(stack, "suggest", None) == stack
+    before_users = "redis://:one@127.0.0.1:6379/0"
+    assert redisacl.service_url(before_users, "suggest", passwords) == before_users
+
+
 def test_passwords_are_owner_only_files_made_once(tmp_path: Path) -> None:
     first = redisacl.ensure_passwords(tmp_path / "users")
     assert set(first) == set(redisacl.USER_NAMES) and len(set(first.values())) == len(first)

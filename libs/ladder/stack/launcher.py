@@ -801,15 +801,12 @@ class _Starter:
                 "replica_addrs": {spec.name: addr for spec, addr in extra.items()}}
 
     def _redis_url_of(self, info: Mapping[str, Any], service: str) -> str:
-        """The Redis URL service ``service`` is given: its own user's on the embedded
-        Redis (no user at all for a service without one: the dashboard); an external
-        Redis's URL as it was given (its users are the operator's: docs/bus-security.md)."""
-        if (info.get("external") or {}).get(REDIS):
-            return info["redis_url"]
-        if service not in redisacl.SERVICE_USERS:
-            return redisacl.anonymous_url(info["redis_url"])
-        password = self.layout.redis_passwords()[service]
-        return redisacl.user_url(info["redis_url"], service, password)
+        """The Redis URL service ``service`` is given (``redisacl.service_url``): an
+        external Redis's users are the operator's (docs/bus-security.md)."""
+        external = (info.get("external") or {}).get(REDIS)
+        return redisacl.service_url(
+            info["redis_url"], service, None if external else self.layout.redis_passwords()
+        )
 
     def _provision_tenant(self, info: Mapping[str, Any]) -> None:
         """The default tenant and a valid token of it in ``<state>/token``."""
