@@ -352,12 +352,18 @@ class SteppingWorkload:
 
 
 class StartRecorder:
-    """The real client; remembers the trial of every StartTrial (the workload's hook
-    needs the running trial's id)."""
+    """The real client; remembers the trial of every attempt started, by Suggest itself
+    (one round trip) or by StartTrial (the workload's hook needs the running trial's
+    id)."""
 
     def __init__(self, client: LadderClient) -> None:
         self.client = client
         self.started: list[str] = []
+
+    def suggest(self, *args: Any, **kwargs: Any) -> Any:
+        found = self.client.suggest(*args, **kwargs)
+        self.started.extend(s.trial.trial_id for s in found if s.HasField("started"))
+        return found
 
     def start_trial(self, trial_id: str, *args: Any, **kwargs: Any) -> Any:
         self.started.append(trial_id)
