@@ -4,6 +4,7 @@
 
     .venv/bin/python bench/fleet_bo.py [--duration 60] [--scenarios 100:gp,100:tpe,1000:gp,1000:tpe]
         [--label after] [--code DIR] [--batch-cost] [--peer optuna]
+        [--rate 1.0] [--sim-processes N]
 
 Setup: a fresh embedded stack (``ladder.stack``: broker, Redis, suggest, evaluate,
 early-stop, lineage); per scenario a fresh ASHA study (first rung 4 steps, rungs 4,
@@ -21,7 +22,13 @@ staleness of the models behind them, the workers' idle fraction, Suggest latency
 p50 / p99, report-to-decision latency p50 / p99 (as seen on the topic), the pruned
 fraction, and the CPU seconds per finished trial of each process (the stack's
 services, the suggest service's refit children, the simulator), with the load
-average before and after.
+average before and after. Early stopping's side: report-to-decision as produced and
+as seen on the topic, the early-stop group's throughput and backlog at the end, the
+STOPs that came after their trial's last step (``stop_timeliness``), the pruned
+fraction against a replay of the same trials with instant decisions (``replay``),
+and each process's CPU per report and time runnable but waiting for a CPU
+(``run_queue_wait_seconds``: a starved process lags however cheap it is).
+``--rate`` paces the workers (heartbeat every ~5 s whatever the pace).
 
 ``--code DIR`` runs the stack's services from another source tree (e.g. ``git
 archive`` of the commit before a change, with the generated ``libs/ladder/v1``
@@ -98,16 +105,28 @@ def process_cpu(pids: dict[str, int]) -> dict[str, float]:
     return cpu
 
 
-def suggested_on_topic(env: dict[str, str], study_id: str) -> dict[str, int]:
-    """The study's trials suggested, by the algorithm of their TRIAL_SUGGESTED event on
-    the trials topic: what the suggest service handed out, to check the simulator's
-    counts against. By trial id: the topic is at least once (the outbox relay may
+def run_queue_wait(pids: dict[str, int]) -> dict[str, float]:
+    """Seconds so far that the threads of each stack process were runnable but not
+    running (the second field of ``/proc/<pid>/task/<tid>/schedstat``)."""
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        total = 0
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int((task / "schedstat").read_text().split()[1])
+        out[name] = total / 1e9
+    return out
+
+
+def suggested_events(env: dict[str, str], study_id: str) -> dict[str, Any]:
+    """The study's TRIAL_SUGGESTED events on the trials topic by trial id, in the order
+    the trials were handed out (the topic is at least once: the outbox relay may
     publish an event again)."""
     from ladder.config import Topics
     from ladder.v1 import events_pb2
 
     topic = Topics(env.get("LADDER_TOPIC_PREFIX", Topics().prefix)).trials
-    algorithm_of: dict[str, str] = {}
+    events: dict[str, Any] = {}
     for record in read_topic(env["LADDER_KAFKA_BOOTSTRAP"], topic):
         event = events_pb2.TrialEvent()
         try:
@@ -115,11 +134,68 @@ def suggested_on_topic(env: dict[str, str], study_id: str) -> dict[str, int]:
         except Exception:  # noqa: BLE001 - not a trial event
             continue
         if event.kind == events_pb2.TRIAL_SUGGESTED and event.trial.study_id == study_id:
-            algorithm_of[event.trial.trial_id] = event.algorithm
+            events.setdefault(event.trial.trial_id, event)
+    return events
+
+
+def suggested_on_topic(events: dict[str, Any]) -> dict[str, int]:
+    """The trials suggested by the algorithm of their TRIAL_SUGGESTED event: what the
+    suggest service handed out, to check the simulator's counts against."""
     counts: dict[str, int] = {}
-    for algorithm in algorithm_of.values():
-        counts[algorithm] = counts.get(algorithm, 0) + 1
+    for event in events.values():
+        counts[event.algorithm] = counts.get(event.algorithm, 0) + 1
     return counts
+
+
+def replayed_pruning(
+    env: dict[str, str], study_id: str, events: dict[str, Any], workers: int, rate: float
+) -> dict[str, Any]:
+    """The same trials (ids and params, in hand-out order, the simulator's curves)
+    through the early-stop engine with instant decisions (``ladder.schedulers.replay``,
+    as ``make bench-earlystop``), ``workers`` at a time, each running to its end: the
+    pruned fraction early stopping reaches when no decision is late."""
+    import numpy as np
+    from ladder.client import LadderClient
+    from ladder.config import Settings
+    from ladder.params import params_to_dict
+    from ladder.schedulers.replay import CurveTable, LadderPolicy, replay
+    from ladder.study import StudySpec
+
+    from workers.loadsim import float_bounds
+    from workers.loadsim_sim import bowl_shift, curve_value
+
+    if not events:
+        return {}
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        with LadderClient(Settings.from_env()) as client:
+            spec = StudySpec.from_proto(client.get_study(study_id).config)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    bounds = float_bounds(spec)
+    steps = int(spec.scheduler.max_resource or 108)
+    values = np.array([
+        [
+            curve_value(SEED, trial_id, step,
+                        bowl_shift(params_to_dict(event.trial.params), bounds))
+            for step in range(1, steps + 1)
+        ]
+        # Hand-out order: ids are <study>-t<seq> (the topic's partitions interleave).
+        for trial_id, event in sorted(events.items(), key=lambda kv: (len(kv[0]), kv[0]))
+    ])
+    result = replay(
+        CurveTable(values, np.full(values.shape, 1.0 / rate)),
+        LadderPolicy(spec.scheduler, study_id=study_id),
+        workers,
+    )
+    return {
+        "trials": len(result.order),
+        "pruned": result.pruned,
+        "completed": result.completed,
+        "pruned_fraction": round(result.pruned_fraction, 4),
+    }
 
 
 def named_fraction(counts: dict[str, int], algorithm: str) -> float | None:
@@ -141,9 +217,12 @@ def run_scenario(
         "--workers",
         str(workers),
         "--processes",
-        "2" if workers > 200 else "1",
+        str(args.sim_processes or (2 if workers > 200 else 1)),
         "--rate",
-        "1.0",
+        str(args.rate),
+        # A heartbeat every ~5 s whatever the pace (evaluate's lease is 30 s here).
+        "--heartbeat-every",
+        str(max(1, round(5 * args.rate))),
         "--duration",
         str(args.duration),
         "--ramp",
@@ -165,19 +244,23 @@ def run_scenario(
     load_before = load_average()
     log(f"{name}: {workers} workers for {args.duration:g}s (load {load_before})")
     before = process_cpu(pids)
+    waited_before = run_queue_wait(pids)
     started = time.monotonic()
     sim_env = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT / "libs"), str(ROOT)])}
     proc = start_loadsim(argv, sim_env, args.sim_nice)
     out, _ = proc.communicate(timeout=args.duration + 900)
     elapsed = time.monotonic() - started
     after = process_cpu(pids)
+    waited = {n: round(w - waited_before.get(n, 0.0), 2) for n, w in run_queue_wait(pids).items()}
     summary = json.loads(out)
     trials = summary["trials"]
     finished = trials["pruned"] + trials["completed"]
     cpu = {n: round(after[n] - before.get(n, 0.0), 2) for n in after}
     cpu["loadsim (all processes)"] = summary["cpu_seconds_self_and_children"]
     suggestions = summary["suggestions"]
-    on_topic = suggested_on_topic(env, summary["study_id"])
+    events = suggested_events(env, summary["study_id"])
+    on_topic = suggested_on_topic(events)
+    reports_acked = summary["reports"]["acked"]
     result = {
         "workers": workers,
         "algorithm": algorithm,
@@ -187,6 +270,7 @@ def run_scenario(
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "trials": trials,
+        "rate_per_worker": args.rate,
         "trials_finished_per_s": round(finished / args.duration, 2),
         "pruned_fraction": round(trials["pruned"] / finished, 4) if finished else None,
         "suggestions": suggestions,
@@ -201,7 +285,20 @@ def run_scenario(
         "worker_idle_fraction": suggestions["worker_idle_fraction"],
         "suggest_latency_ms": suggestions["suggest_latency_ms"],
         "report_to_decision_ms": summary["latency_ms"]["report_to_decision_on_topic"],
+        "report_to_decision_produced_ms": summary["latency_ms"]["report_to_decision_produced"],
+        "report_to_stop_obeyed_ms": summary["latency_ms"]["report_to_stop_obeyed"],
+        "stop_timeliness": summary["stop_timeliness"],
+        "replay": replayed_pruning(env, summary["study_id"], events, workers, args.rate),
+        # The early-stop group's metric events committed per second once warmed up, and
+        # its backlog when the simulated workers stopped (workers.loadsim).
+        "earlystop": {k: v for k, v in summary["earlystop"].items() if k != "samples"},
         "cpu_seconds": cpu,
+        # Seconds each process's threads were runnable but waited for a CPU
+        # (/proc/<pid>/task/*/schedstat): CPU starvation on a shared host.
+        "run_queue_wait_seconds": waited,
+        "cpu_ms_per_report": {
+            n: round(1000 * v / reports_acked, 3) for n, v in cpu.items() if reports_acked
+        },
         "cpu_seconds_per_finished_trial": {
             n: round(v / finished, 4) for n, v in cpu.items() if finished and v > 0
         },
@@ -224,7 +321,11 @@ def run_scenario(
         f"{result['worker_idle_fraction']}, Suggest p50/p99 "
         f"{suggestions['suggest_latency_ms'].get('p50')}/"
         f"{suggestions['suggest_latency_ms'].get('p99')} ms, counts ok {result['counts_ok']}, "
-        f"provenance counts match the topic {result['provenance_counts_match']}"
+        f"provenance counts match the topic {result['provenance_counts_match']}; "
+        f"report-to-decision p50/p99 {result['report_to_decision_ms'].get('p50')}/"
+        f"{result['report_to_decision_ms'].get('p99')} ms, pruned {result['pruned_fraction']} "
+        f"(replay {result['replay'].get('pruned_fraction')}), early-stop backlog at the end "
+        f"{result['earlystop'].get('lag_at_run_end')}, run-queue wait {waited}"
     )
     return result
 
@@ -370,10 +471,12 @@ def run_stack(
             server = peers.enter_context(postgres_server())
             results["peers"] = {}
             results["ratios"] = {}
-        stack = Stack(Path(tmp), services=True)
+        stack = Stack(Path(tmp), services=True, broker_storage=args.storage or None)
         info = stack.up()
         env = {**os.environ, **stack.env()}
-        pids = {name: info["pids"][name]["pid"] for name in SERVICES}
+        # The object store holding the broker's log, when it is there (s3 storage).
+        pids = {name: info["pids"][name]["pid"] for name in SERVICES + ("objectstore",)
+                if name in info["pids"]}
         try:
             for workers, algorithm in scenarios:
                 name = f"{workers}w-{algorithm}"
@@ -405,6 +508,18 @@ def main() -> None:
         help="seconds the simulator waits after the run for the last decisions (workers.loadsim)",
     )
     parser.add_argument("--dims", type=int, default=6)
+    parser.add_argument(
+        "--storage", choices=("", "memory", "s3"), default="",
+        help="the embedded broker's log (ladder up's LADDER_BROKER_STORAGE; default: s3, "
+             "the durable one); memory is what the early-stop scale figures ran on",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=1.0, help="metric reports per second per simulated worker"
+    )
+    parser.add_argument(
+        "--sim-processes", type=int, default=0,
+        help="simulator processes (0: 2 above 200 workers, else 1)",
+    )
     parser.add_argument("--scenarios", default="100:gp,100:tpe,1000:gp,1000:tpe")
     parser.add_argument("--label", default="")
     parser.add_argument("--code", type=Path, default=None, help="source tree of the services")
@@ -448,7 +563,8 @@ def main() -> None:
         "seed": SEED,
         "dims": args.dims,
         "objective": "bowl",
-        "rate_per_worker": 1.0,
+        "rate_per_worker": args.rate,
+        "broker_storage": args.storage or os.environ.get("LADDER_BROKER_STORAGE") or "s3",
         "ramp_s": args.ramp,
         "warmup_s": args.warmup,
         "drain_s": args.drain,

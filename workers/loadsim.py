@@ -19,6 +19,8 @@ offsets, then prints one JSON summary on stdout:
 - ``latency_ms``: report-to-decision as produced (``Decision.ts_ms``), as seen on the
   topic by the observer, and report-to-STOP as obeyed by the simulated workers (on
   the Heartbeat that brought it);
+- ``stop_timeliness``: the trials told STOP, those whose STOP came after their last
+  step (too late to prune), and the steps they ran past the rung it was about;
 - ``counts``: the rung crossings implied by the acknowledged reports against the
   decisions on the topic: none missing, none twice (``ok``);
 - ``suggestions``: every new suggestion counted by algorithm and by what served it
@@ -85,6 +87,7 @@ from workers.loadsim_observe import (
     expected_crossings,
     merge_acked_steps,
     percentiles,
+    stop_timeliness,
 )
 from workers.loadsim_sim import SimConfig, run_process, served_by_fraction
 
@@ -192,6 +195,7 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
             "obeyed": _total(results, "stops_seen"),
         },
         "holds": _total(results, "holds"),
+        "stop_timeliness": stop_timeliness(acked, seen, rungs, max_resource),
         "counts": counts_check(expected, seen),
         # This process and its simulator processes (reaped when the pool closed).
         "cpu_seconds_self_and_children": cpu_seconds_with_children(),

@@ -203,6 +203,30 @@ def expected_crossings(
     }
 
 
+def stop_timeliness(
+    acked_max_step: Mapping[str, int], decisions: Iterable[SeenDecision], rungs: list[float],
+    max_resource: int,
+) -> dict[str, Any]:
+    """What the decisions' lag cost the pruning: the trials told STOP, those of them
+    whose STOP came only after they had run all ``max_resource`` steps (too late to
+    prune: they count as completed), and how many steps each trial told STOP had
+    reported past the rung the STOP was about (its last acknowledged step minus the
+    rung's resource; truncated by the run's end)."""
+    stopped: dict[str, int] = {}
+    for d in decisions:
+        if d.action == events_pb2.STOP and 0 <= d.rung < len(rungs):
+            stopped[d.trial_id] = min(d.rung, stopped.get(d.trial_id, d.rung))
+    return {
+        "trials_told_stop": len(stopped),
+        "stop_after_all_steps": sum(
+            acked_max_step.get(t, 0) >= max_resource for t in stopped
+        ),
+        "steps_past_the_stop_rung": percentiles(
+            acked_max_step.get(t, 0) - rungs[r] for t, r in stopped.items()
+        ),
+    }
+
+
 def counts_check(expected: set[tuple[str, int]], decisions: list[SeenDecision]) -> dict[str, Any]:
     seen = Counter((d.trial_id, d.rung) for d in decisions)
     duplicates = {key: n for key, n in seen.items() if n > 1}

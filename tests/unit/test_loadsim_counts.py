@@ -1,10 +1,13 @@
 """The load simulator's end-to-end counts: pure parts, no broker."""
 
+from ladder.v1 import events_pb2
+
 from workers.loadsim_observe import (
     SeenDecision,
     counts_check,
     expected_crossings,
     merge_acked_steps,
+    stop_timeliness,
 )
 
 
@@ -41,3 +44,22 @@ def test_a_decision_delivered_twice_with_the_same_verdict_is_a_redelivery() -> N
     assert result["duplicates"] == 1 and result["identical_redeliveries"] == 1
     assert result["conflicting_duplicates"] == 0 and result["missing"] == 0
     assert not result["ok"]  # the strict check still counts it
+
+
+def test_stop_timeliness_counts_stops_too_late_and_steps_past_the_rung() -> None:
+    def decision(trial: str, rung: int, action: int) -> SeenDecision:
+        return SeenDecision(trial, rung, action, 1, 2, 3.0)
+
+    acked = {"early": 5, "late": 108, "kept": 108, "twice": 40}
+    decisions = [
+        decision("early", 0, events_pb2.STOP),  # rung 4, trial stopped at step 5
+        decision("late", 2, events_pb2.STOP),  # rung 36, came after all 108 steps
+        decision("kept", 0, events_pb2.CONTINUE),
+        decision("twice", 1, events_pb2.STOP),  # rung 12; a later STOP at rung 36 too
+        decision("twice", 2, events_pb2.STOP),
+    ]
+    result = stop_timeliness(acked, decisions, [4.0, 12.0, 36.0], 108)
+    assert result["trials_told_stop"] == 3
+    assert result["stop_after_all_steps"] == 1
+    assert result["steps_past_the_stop_rung"]["max"] == 72  # 108 - 36
+    assert result["steps_past_the_stop_rung"]["n"] == 3
