@@ -104,15 +104,11 @@ class WorkScheduler:
         trials, STOPPED ones resumable trials only (as Suggest)."""
         live = [s for s in self.state.studies.list()
                 if s.state in (lifecycle.ACTIVE, lifecycle.STOPPED)]
-        pipe = self.state.client.pipeline(transaction=False)
-        for study in live:
-            pipe.zcard(self.state.keys.resumable(study.study_id))
-        queued = pipe.execute() if live else []
+        read = self.state.studies.gates([s.study_id for s in live])
         out, specs, gates = [], {}, {}
-        for study, waiting in zip(live, queued, strict=True):
+        for study, gate in zip(live, read, strict=True):
             sid = study.study_id
             spec = self.servicer._spec(sid)
-            gate = self.state.studies.gate(sid)
             if gate.state not in (lifecycle.ACTIVE, lifecycle.STOPPED):
                 continue
             if gate.budget_exceeded(spec.to_proto()) is not None:
@@ -126,11 +122,11 @@ class WorkScheduler:
             new_left = max_trials - gate.suggested if max_trials else UNBOUNDED
             if gate.state == lifecycle.STOPPED:
                 new_left = 0
-            if room <= 0 or (int(waiting) == 0 and new_left <= 0):
+            if room <= 0 or (gate.queued == 0 and new_left <= 0):
                 continue
             specs[sid], gates[sid] = spec, gate
             out.append(StudyWork(sid, study.tenant, spec.demand, spec.priority,
-                                 study.created_unix_ms, int(waiting), room, new_left))
+                                 study.created_unix_ms, gate.queued, room, new_left))
         return out, specs, gates
 
     def _ledger(self, node: res.Node, tenants: set[str]) -> Ledger:

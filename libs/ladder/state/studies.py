@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -85,6 +86,7 @@ class Gate:
     trial_hours: float = 0.0  # its attempts' running time, ended and running
     # The tenant's max_trials_running: (room left, out, quota, tenant); None: no quota.
     tenant_room: tuple[int, int, int, str] | None = None
+    queued: int = 0  # RESUMABLE trials queued (a stale entry or two included)
 
     def budget_exceeded(self, config: study_pb2.StudyConfig) -> str | None:
         """The circuit breaker's reason when a budget (live, else ``config``'s) is spent."""
@@ -142,28 +144,40 @@ class StudyStore:
         return _study(raw, None).config if raw else None
 
     def gate(self, study_id: str) -> Gate:
+        return self.gates([study_id])[0]
+
+    def gates(self, study_ids: Sequence[str]) -> list[Gate]:
+        """``gate`` of each study, all read in one round trip (RequestWork reads every
+        live study's)."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.hmget(self.keys.study(study_id), "state", "suggested", "max_trials",
-                   "max_parallel", "max_wall", "max_hours", "created_ms", *_CLOCK)
-        pipe.scard(self.keys.pending(study_id))
-        pipe.zcard(self.keys.resumable(study_id))
-        self._tenant_room(keys=[self.keys.study(study_id)], args=[self.keys.root], client=pipe)
-        (state, suggested, max_trials, max_parallel, max_wall, max_hours, created,
-         *clock), pending, queued, room = pipe.execute()
+        for study_id in study_ids:
+            pipe.hmget(self.keys.study(study_id), "state", "suggested", "max_trials",
+                       "max_parallel", "max_wall", "max_hours", "created_ms", *_CLOCK)
+            pipe.scard(self.keys.pending(study_id))
+            pipe.zcard(self.keys.resumable(study_id))
+            self._tenant_room(keys=[self.keys.study(study_id)], args=[self.keys.root],
+                              client=pipe)
+        rows = pipe.execute() if study_ids else []
         now = time.time() * 1000
-        return Gate(
-            state=int(state or lifecycle.INITIAL),
-            suggested=int(suggested or 0),
-            max_trials=_optional_int(max_trials),
-            max_parallel=_optional_int(max_parallel),
-            in_flight=max(0, int(pending) - int(queued)),
-            max_wall=_optional_float(max_wall),
-            max_hours=_optional_float(max_hours),
-            age_seconds=(now - int(created)) / 1000 if created else 0.0,
-            trial_hours=trial_ms(*clock, now) / 3_600_000,
-            tenant_room=(int(room[0]), int(room[1]), int(room[2]), room[3].decode())
-            if room else None,
-        )
+        out = []
+        for i in range(0, len(rows), 4):
+            (state, suggested, max_trials, max_parallel, max_wall, max_hours, created,
+             *clock), pending, queued, room = rows[i : i + 4]
+            out.append(Gate(
+                state=int(state or lifecycle.INITIAL),
+                suggested=int(suggested or 0),
+                max_trials=_optional_int(max_trials),
+                max_parallel=_optional_int(max_parallel),
+                in_flight=max(0, int(pending) - int(queued)),
+                max_wall=_optional_float(max_wall),
+                max_hours=_optional_float(max_hours),
+                age_seconds=(now - int(created)) / 1000 if created else 0.0,
+                trial_hours=trial_ms(*clock, now) / 3_600_000,
+                tenant_room=(int(room[0]), int(room[1]), int(room[2]), room[3].decode())
+                if room else None,
+                queued=int(queued),
+            ))
+        return out
 
     def update_limits(
         self, study_id: str, max_trials: int | None, max_parallel: int | None,
