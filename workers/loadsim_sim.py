@@ -33,6 +33,7 @@ import asyncio
 import functools
 import math
 import random
+import resource
 import time
 import uuid
 import zlib
@@ -128,6 +129,7 @@ class ProcessResult:
     stop_latency_ms: list[float] = field(default_factory=list)
     acked_max_step: dict[str, int] = field(default_factory=dict)  # trial -> last acked step
     loop_lag_ms_max: float = 0.0  # how late the event loop ran timers (saturation)
+    max_rss_mb: float = 0.0  # the process's peak resident memory (ru_maxrss)
     # New suggestions by algorithm ("gp", "tpe-fallback", ...) and by served_by (see
     # ``served_by``); the staleness of those a fitted model chose.
     algorithms: dict[str, int] = field(default_factory=dict)
@@ -516,4 +518,5 @@ class Simulator:
 def run_process(settings: Settings, config: SimConfig) -> dict[str, Any]:
     """Entry point of one simulator process; returns its :class:`ProcessResult` as a dict."""
     result = asyncio.run(Simulator(settings, config).run())
+    result.max_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return asdict(result)
