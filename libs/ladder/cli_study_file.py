@@ -20,7 +20,7 @@
 Every other key of ``ladder.client.study_config`` is accepted too (dataset_id,
 code_commit, partitions, labels, warm_start, warm_start_from, and for RequestWork's
 scheduler trial_resources: {gpus: 8, gpu_type: a100, cpu: 16, memory_gb: 200},
-priority, stable_for_promoted; docs/scheduling.md) and ``known_results``
+priority, stable_for_promoted; docs/tenancy.md) and ``known_results``
 as a list of ``{params: {...}, value: 0.1}``. ``trial_policy`` takes the TrialPolicy
 fields of study.proto. Unknown keys, and every mistake ``study_config`` finds, are a
 ``StudyFileError`` naming the file and the field.

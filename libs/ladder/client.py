@@ -335,7 +335,7 @@ def study_config(
     Warm start: ``warm_start`` configurations are handed out first; ``known_results``
     ((params, value) pairs) and the completed trials of study ``warm_start_from`` are
     observations the samplers learn from before the first trial.
-    Scheduling (RequestWork, docs/scheduling.md): ``trial_resources`` what each trial
+    Scheduling (RequestWork, docs/tenancy.md): ``trial_resources`` what each trial
     needs on one node (``{"gpus": 8, "gpu_type": "a100", "cpu": 16, "memory_gb": 200}``;
     default 1 CPU, no GPU), ``priority`` among the tenant's studies (higher first, may
     preempt lower ones on spot nodes), ``stable_for_promoted`` (promoted trials only on
