@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from ladder import lifecycle, quotas
@@ -23,11 +24,21 @@ from ladder.state.holds import Hold, HoldStore
 from ladder.state.studies import Gate
 from ladder.study import StudySpec
 from ladder.v1 import study_pb2, suggest_pb2
+from opentelemetry import metrics
 
 if TYPE_CHECKING:
     from services.suggest.service import SuggestServicer
 
 log = logging.getLogger("ladder.suggest.work")
+_meter = metrics.get_meter("ladder.suggest")
+_latency = _meter.create_histogram(
+    "ladder.suggest.request_work.latency", unit="ms", description="RequestWork latency")
+_assigned = _meter.create_counter(
+    "ladder.suggest.request_work.assignments",
+    description="trials RequestWork placed, by whether they resumed")
+_preempted = _meter.create_counter(
+    "ladder.suggest.request_work.preemptions",
+    description="running trials a preemption plan asked to pause")
 
 # Nodes that asked within this long make up the cluster (the fair share's total).
 NODE_SEEN_SECONDS = 300.0
@@ -72,6 +83,7 @@ class WorkScheduler:
 
     def request_work(self, request: suggest_pb2.RequestWorkRequest
                      ) -> suggest_pb2.RequestWorkResponse:
+        started = time.perf_counter()
         offer = request.node
         node = offered_node(offer, self.holds.node_held(offer.node_id))
         self.holds.record_node(node, offer.spot)
@@ -90,13 +102,16 @@ class WorkScheduler:
                                       resumed(placed), worker_id)
             if suggestion is not None:
                 response.assignments.add(suggestion=suggestion, resources=wire(spec.demand))
+                _assigned.add(1, {"resumed": suggestion.resumed})
         pausing = [t.trial_id for t, pausing in running if pausing]
         for victim in plan.pause:
             if self.holds.preempt(victim, node.node_id):
                 pausing.append(victim)
+                _preempted.add(1)
                 log.info("trial %s on node %s preempted for a higher-priority study",
                          victim, node.node_id, extra={"trial_id": victim})
         response.pause_trial_ids.extend(pausing)
+        _latency.record((time.perf_counter() - started) * 1000)
         return response
 
     def _studies(self) -> tuple[list[StudyWork], dict[str, StudySpec], dict[str, Gate]]:
