@@ -694,6 +694,11 @@ def summarise(policy: str, sc: Scenario, sim: FleetSim, watch: ServiceQuotaWatch
         "fragmentation_fraction": round(sim.frag_gpu_s / gpu_seconds, 4),
         "idle_gpu_s": round(sim.idle_gpu_s, 1),
         "studies_created": len(sim.study_ids),
+        "studies_planned": len(sim.plans),
+        # How late CreateStudy made each study's arrival (a saturated suggest service
+        # delays the offered load itself).
+        "study_creation_late_s": percentiles(
+            sim.created_at[p.name] - p.at for p in sim.plans if p.name in sim.created_at),
         "trials": {"started": tally.trials_started, "resumed": tally.trials_resumed,
                    "completed": tally.trials_completed,
                    "paused_by_heartbeat": tally.paused_by_heartbeat,
