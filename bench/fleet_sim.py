@@ -1,9 +1,9 @@
 """Offline fleet simulation of multi-tenant GPU scheduling (issue 19 item 5, library half).
 
 A deterministic discrete-event simulation that drives ``ladder.scheduling`` directly:
-no service, broker or Redis is involved. It is the offline half of ``make bench-fleet``;
-the issue's benchmark through the real services (worker agents, suggest/evaluate) is
-still to be built on top of the same library.
+no service, broker or Redis is involved. It is the offline half of ``make bench-fleet``
+(``bench/fleet.py``: the same scenario through the real services, node agents asking
+the suggest service's RequestWork for work).
 
 Fleet: 200 nodes x 8 GPUs (1,600), 96 cores and 1,024 GB each. Tenants A, B, C with
 weights 2:1:1 and GPU quotas 1,000 / 500 / 500. Each tenant submits trials as a Poisson
@@ -475,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "fleet-sim",
         "level": "library-level simulation: ladder.scheduling driven in-process by a "
-                 "discrete-event simulator; no services, broker or Redis (the issue's "
-                 "make bench-fleet through the real services is not built yet)",
+                 "discrete-event simulator; no services, broker or Redis (make "
+                 "bench-fleet runs the scenario through the real services)",
         "seed": args.seed, "hours": args.hours, "warmup_h": WARMUP_S / 3600,
         "fleet": {"nodes": NODES, "gpus_per_node": GPUS_PER_NODE, "cpu_per_node": CPU_PER_NODE,
                   "memory_gb_per_node": MEM_PER_NODE},
