@@ -310,6 +310,7 @@ def run_scenario(
         "counts": summary["counts"],
         "rpc_errors": summary["rpc_errors"],
         "simulator_loop_lag_ms_max": summary["simulator_loop_lag_ms_max"],
+        "simulator_pace_lag_ms_max": summary.get("simulator_pace_lag_ms_max"),
         "simulator_processes": summary["processes"],
         "simulator_max_rss_mb": summary.get("simulator_max_rss_mb"),
         "reports": summary["reports"],

@@ -315,6 +315,7 @@ def results_summary(results: list[dict[str, Any]], options: LoadOptions) -> dict
         "heartbeats": _total(results, "heartbeats"),
         "rpc_errors": _merge([r["rpc_errors"] for r in results]),
         "simulator_loop_lag_ms_max": round(max(r["loop_lag_ms_max"] for r in results), 1),
+        "simulator_pace_lag_ms_max": round(max(r["pace_lag_ms_max"] for r in results), 1),
         "simulator_max_rss_mb": max(r["max_rss_mb"] for r in results),
         "suggestions": {"warmup_s": options.warmup, **suggestions_summary(results)},
     }
