@@ -72,8 +72,13 @@ SERVICES = ("kafka", "redis", "suggest", "evaluate", "lineage", "earlystop")
 
 
 def machine() -> dict[str, Any]:
-    """``earlystop_scale.machine`` plus the model libraries' versions."""
+    """``earlystop_scale.machine`` plus the model libraries' versions and the commit
+    (``dirty``: the work tree differed from it, e.g. other changes under way)."""
+    from ladder.runenv import code_state
+
     out = base_machine()
+    code = code_state(ROOT)
+    out["commit"], out["dirty"] = code.commit, code.dirty
     for package in ("torch", "botorch", "gpytorch", "numpy", "scipy"):
         try:
             out["versions"][package] = importlib.metadata.version(package)
