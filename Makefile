@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: setup proto up down status demo test test-unit test-integration lint clean \
   bench bench-earlystop bench-curves bench-scale bench-broker bench-quality bench-suggest \
   bench-evaluate-kills bench-unknown-studies bench-restarts bench-checkpoints bench-chaos \
-  bench-dashboard bench-fleet-bo bench-quality-suite bench-fleet-sim bench-replicas screenshots loadsim docs
+  bench-dashboard bench-fleet-bo bench-quality-suite bench-fleet-sim bench-replicas bench-fleet screenshots loadsim docs
 
 setup: $(STAMP) $(PROTO_OUT)
 
@@ -71,7 +71,7 @@ test-integration: setup
 # Benchmarks write JSON and PNG under bench/results/ (see bench/README.md).
 bench: bench-earlystop bench-broker bench-scale bench-quality bench-suggest bench-evaluate-kills \
   bench-unknown-studies bench-restarts bench-checkpoints bench-chaos bench-dashboard \
-  bench-fleet-bo bench-fleet-sim bench-replicas
+  bench-fleet-bo bench-fleet-sim bench-replicas bench-fleet
 
 # Replays the committed real-curve table and synthetic families through Ladder's
 # schedulers (stopping and promotion forms) and Optuna's pruners (~3 min).
@@ -178,13 +178,19 @@ bench-dashboard: setup
 bench-fleet-bo: setup
 	nice -n 10 $(PY) bench/fleet_bo.py --duration 60 --batch-cost --peer optuna
 
+# Multi-tenant GPU fleet through the real services: 200 simulated nodes x 8 GPUs in one
+# process, tenants 2:1:1 with GPU quotas, RequestWork's fair scheduler vs FIFO on a stack
+# each, 600 s per policy, 1 simulated minute = 1 s (~25 min).
+bench-fleet: setup
+	nice -n 19 $(PY) bench/fleet.py
+
 # 1, 2 and 3 suggest replicas under the load simulator, and a kill -9 of one (~7 min).
 bench-replicas: setup
 	nice -n 19 $(PY) bench/replicas.py
 
 # Library-level fleet simulation (no services): ladder.scheduling vs FIFO first-fit on
 # 200 x 8 GPUs, tenants 2:1:1, spot reclaims, a high-priority study at 10 h (~1 min).
-# The offline half of bench-fleet; the run through the real services is still to come.
+# The offline half of bench-fleet.
 bench-fleet-sim: setup
 	nice -n 19 $(PY) bench/fleet_sim.py
 
