@@ -1,7 +1,12 @@
 """The node agent (``workers.agent``) on the real suggest and evaluate processes: one
 agent of a 2-GPU node asks RequestWork for its free resources and runs the trials of two
 studies (1-GPU and 2-GPU trials) with the worker runtime until both studies are done;
-SIGTERM makes a running agent checkpoint its trial and hand it back (RESUMABLE)."""
+SIGTERM makes a running agent checkpoint its trial and hand it back (RESUMABLE).
+
+A node agent runs any tenant's study, and the session's Redis holds the studies other
+modules left running (the load simulator's, 1 CPU per trial): each test's node has a GPU
+type of its own and offers no CPU, and its studies ask for that type and no CPU, so only
+they fit its node (as in test_request_work)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,11 +45,15 @@ def stack(start_module_service: Callable[..., Any], infra: Settings) -> Iterator
     yield dataclasses.replace(infra, suggest_addr=suggest.addr, evaluate_addr=evaluate.addr)
 
 
-def create(settings: Settings, name: str, gpus: int, max_trials: int) -> str:
+def own_gpu_type() -> str:
+    return f"agent-{uuid.uuid4().hex[:8]}"
+
+
+def create(settings: Settings, name: str, gpus: int, max_trials: int, gpu_type: str) -> str:
     config = study_pb2.StudyConfig(
         name=name, space=SPACE, metric="val_loss", max_trials=max_trials,
         scheduler=study_pb2.SchedulerConfig(kind=study_pb2.NONE),
-        trial_resources=study_pb2.TrialResources(gpus=gpus, cpu=1, memory_gb=1),
+        trial_resources=study_pb2.TrialResources(gpus=gpus, gpu_type=gpu_type, memory_gb=1),
         labels={"workload": "synthetic"},
     )
     with LadderClient(settings) as client:
@@ -63,9 +73,10 @@ def test_one_agent_runs_two_studies_to_completion(
     stack: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LADDER_SYNTHETIC_STEP_S", "0.05")
-    small = create(stack, "agent-small", gpus=1, max_trials=3)
-    large = create(stack, "agent-large", gpus=2, max_trials=2)
-    spec = NodeSpec("node-a", gpus=2, gpu_type="a100", cpu=8, memory_gb=16)
+    gpu_type = own_gpu_type()
+    small = create(stack, "agent-small", gpus=1, max_trials=3, gpu_type=gpu_type)
+    large = create(stack, "agent-large", gpus=2, max_trials=2, gpu_type=gpu_type)
+    spec = NodeSpec("node-a", gpus=2, gpu_type=gpu_type, cpu=0, memory_gb=16)
     options = AgentOptions(poll=0.2, max_steps=3, exit_when_idle=2.0,
                            checkpoint_url=(tmp_path / "ckpt").as_uri(), state_dir=tmp_path)
     with LadderClient(stack) as client:
@@ -95,13 +106,14 @@ def test_one_agent_runs_two_studies_to_completion(
 
 
 def test_sigterm_checkpoints_and_hands_the_trial_back(stack: Settings, tmp_path: Path) -> None:
-    study_id = create(stack, "agent-sigterm", gpus=1, max_trials=1)
+    gpu_type = own_gpu_type()
+    study_id = create(stack, "agent-sigterm", gpus=1, max_trials=1, gpu_type=gpu_type)
     env = process_env(stack, LADDER_SYNTHETIC_STEP_S="30")
     log_path = tmp_path / "agent.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "workers.agent", "--node-id", "node-t", "--gpus", "1",
-             "--cpu", "2", "--memory-gb", "4", "--spot", "--poll", "0.2",
+             "--gpu-type", gpu_type, "--cpu", "0", "--memory-gb", "4", "--spot", "--poll", "0.2",
              "--checkpoint-url", (tmp_path / "ckpt").as_uri()],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
