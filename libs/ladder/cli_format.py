@@ -283,6 +283,10 @@ def study_view(study: study_pb2.Study) -> str:
          if config.max_wall_clock_seconds else "unbounded"),
         ("trial time", f"{study.trial_hours_used:.4g} trial-hours" + (
             f" of {config.max_trial_hours:g}" if config.max_trial_hours else ", unbounded")),
+        # Only for trials that declare GPUs (a GPU budget is refused on the others).
+        *([("GPU time", f"{study.gpu_hours_used:.4g} GPU-hours" + (
+            f" of {config.max_gpu_hours:g}" if config.max_gpu_hours else ", unbounded"))]
+          if config.trial_resources.gpus else []),
         ("resources", resources_text(config)),
         ("priority", str(config.priority) + (
             ", promoted trials on stable nodes" if config.stable_for_promoted else "")),

@@ -7,7 +7,7 @@
 | ``study show ID``                  | the study's config and state                      |
 | ``study stop|pause|resume|cancel ID`` | what the study does now                        |
 | ``study update ID --parallelism N --max-trials N`` | the study's new limits (also     |
-|   ``--wall-clock S --trial-hours H``               | budgets: the circuit breaker)    |
+|   ``--wall-clock S --trial-hours H --gpu-hours H`` | budgets: the circuit breaker)    |
 | ``trial show ID`` / ``trial stop ID --reason WHY`` | the trial (state, stop reason)   |
 | ``summary ID``                     | its trial counts and best value                   |
 | ``trials ID --format table|csv|json`` | every trial with its value and params          |
@@ -244,7 +244,7 @@ _LIFECYCLE: dict[str, tuple[Callable[[LadderClient, argparse.Namespace], study_p
     "update": (
         lambda client, args: client.update_study(args.study_id, args.max_trials,
                                                  args.parallelism, args.wall_clock,
-                                                 args.trial_hours),
+                                                 args.trial_hours, args.gpu_hours),
         lambda study, _args: (
             f"study {study.study_id} updated: max_trials "
             f"{study.config.max_trials or 'unbounded'}, max_parallel_trials "
@@ -413,6 +413,9 @@ def _update_arguments(parser: argparse.ArgumentParser) -> None:
                         help="wall-clock budget since creation (0: unbounded)")
     parser.add_argument("--trial-hours", type=float, default=None, metavar="HOURS",
                         help="budget in trial-hours, all attempts (0: unbounded)")
+    parser.add_argument("--gpu-hours", type=float, default=None, metavar="HOURS",
+                        help="budget in GPU-hours: trial-hours times the trials' GPUs "
+                             "(0: unbounded)")
     common_arguments(parser)
 
 

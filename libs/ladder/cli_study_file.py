@@ -18,7 +18,8 @@
     trial_policy: {checkpoint_interval_seconds: 60, on_out_of_memory: OOM_INFEASIBLE}
 
 Every other key of ``ladder.client.study_config`` is accepted too (dataset_id,
-code_commit, partitions, labels, warm_start, warm_start_from, and for RequestWork's
+code_commit, partitions, labels, warm_start, warm_start_from, the budgets
+max_wall_clock_seconds, max_trial_hours, max_gpu_hours, and for RequestWork's
 scheduler trial_resources: {gpus: 8, gpu_type: a100, cpu: 16, memory_gb: 200},
 priority, stable_for_promoted; docs/tenancy.md) and ``known_results``
 as a list of ``{params: {...}, value: 0.1}``. ``trial_policy`` takes the TrialPolicy

@@ -320,6 +320,7 @@ def study_config(
     max_parallel_trials: int = 0,
     max_wall_clock_seconds: float = 0.0,
     max_trial_hours: float = 0.0,
+    max_gpu_hours: float = 0.0,
     trial_resources: Mapping[str, Any] | study_pb2.TrialResources | None = None,
     priority: int = 0,
     stable_for_promoted: bool = False,
@@ -329,9 +330,10 @@ def study_config(
     ``scheduler`` takes :func:`scheduler_config`'s keyword arguments as a dict (e.g.
     ``{"kind": "asha", "max_resource": 27}``); without one the study has no early
     stopping. Zero values mean the defaults (``ladder.study.StudySpec``);
-    ``max_trials``, ``max_parallel_trials`` and the budgets ``max_wall_clock_seconds``
-    and ``max_trial_hours`` (0: unbounded; a spent budget stops the study) may change
-    later (:meth:`LadderClient.update_study`).
+    ``max_trials``, ``max_parallel_trials`` and the budgets ``max_wall_clock_seconds``,
+    ``max_trial_hours`` and ``max_gpu_hours`` (trial-hours times ``trial_resources``'
+    GPUs; only for trials that declare GPUs) (0: unbounded; a spent budget stops the
+    study) may change later (:meth:`LadderClient.update_study`).
     Warm start: ``warm_start`` configurations are handed out first; ``known_results``
     ((params, value) pairs) and the completed trials of study ``warm_start_from`` are
     observations the samplers learn from before the first trial.
@@ -359,6 +361,7 @@ def study_config(
         max_parallel_trials=max_parallel_trials,
         max_wall_clock_seconds=max_wall_clock_seconds,
         max_trial_hours=max_trial_hours,
+        max_gpu_hours=max_gpu_hours,
         seed=seed,
         dataset_id=dataset_id,
         code_commit=code_commit,
@@ -586,12 +589,15 @@ class LadderClient:
         max_parallel_trials: int | None = None,
         max_wall_clock_seconds: float | None = None,
         max_trial_hours: float | None = None,
+        max_gpu_hours: float | None = None,
     ) -> study_pb2.Study:
         """Change the running study's budgets and / or parallelism (None: unchanged; 0:
-        unbounded). INVALID_ARGUMENT for a budget below the trials already handed out."""
+        unbounded). INVALID_ARGUMENT for a budget below the trials already handed out,
+        or a max_gpu_hours on a study whose trials declare no GPUs."""
         request = suggest_pb2.UpdateStudyRequest(
             study_id=study_id, max_trials=max_trials, max_parallel_trials=max_parallel_trials,
             max_wall_clock_seconds=max_wall_clock_seconds, max_trial_hours=max_trial_hours,
+            max_gpu_hours=max_gpu_hours,
         )
         return self._call(self._suggest, "UpdateStudy", request, "UpdateStudy")
 

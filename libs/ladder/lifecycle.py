@@ -30,15 +30,18 @@ The live limits (``max_trials``, ``max_parallel_trials``) and budgets may change
 the study runs (UpdateStudy); ``check_update`` is the one rule for new values.
 
 Budgets beyond max_trials (``Budgets``; 0 = unbounded): ``max_wall_clock_seconds``
-since CreateStudy and ``max_trial_hours``, the running time of all the study's attempts
-(ended and running; GPU-hours once trials declare GPUs: each attempt's time times its
-GPUs). When one is spent (``budget_exceeded``) the circuit breaker STOPS an ACTIVE
-study (Action.BREAK) and records why in ``Study.state_reason`` (also in its StudyEvent,
-so lineage shows it). STOPPED, not a final state: the operator may raise the budget
-(UpdateStudy) and resume it, and the trials still running finish and report (their
-results are already paid for). Suggest checks the budgets before handing out anything
-(a spent budget hands out nothing, not even a resumable trial) and a sweep of the
-suggest service trips studies nobody asks trials of.
+since CreateStudy, ``max_trial_hours``, the running time of all the study's attempts
+(ended and running), and ``max_gpu_hours``, that time times the GPUs each trial declares
+(``gpu_hours``: every trial of a study declares the same ``trial_resources``, so the
+one clock serves both). A GPU-hours budget on trials that declare no GPU could never
+be spent: ``check_budgets`` refuses it. When one is spent (``budget_exceeded``) the
+circuit breaker STOPS an ACTIVE study (Action.BREAK) and records why in
+``Study.state_reason`` (also in its StudyEvent, so lineage shows it). STOPPED, not a
+final state: the operator may raise the budget (UpdateStudy) and resume it, and the
+trials still running finish and report (their results are already paid for).
+Suggest checks the budgets before handing out anything (a spent budget hands out
+nothing, not even a resumable trial) and a sweep of the suggest service trips studies
+nobody asks trials of.
 
 Pure code (no I/O): the suggest service reads the counts from Redis and applies the
 state change atomically (``ladder.state.StudyStore.transition``).
@@ -47,8 +50,9 @@ state change atomically (``ladder.state.StudyStore.transition``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from enum import StrEnum
+from typing import ClassVar, Protocol
 
 from ladder.errors import AtCapacity, Conflict, InvalidArgument, LadderError, StudyPaused
 from ladder.v1 import events_pb2, study_pb2
@@ -178,6 +182,10 @@ def check_limit(name: str, value: int, error: type[InvalidArgument] = InvalidArg
     return value
 
 
+class _HasFields(Protocol):
+    def HasField(self, field_name: str) -> bool: ...  # noqa: N802 (protobuf's name)
+
+
 @dataclass(frozen=True)
 class Budgets:
     """A study's budgets beyond max_trials (0 = unbounded; None in an update:
@@ -185,10 +193,26 @@ class Budgets:
 
     wall_clock_seconds: float | None = None
     trial_hours: float | None = None
+    gpu_hours: float | None = None
+    # The StudyConfig / UpdateStudyRequest field of each, in the dataclass's order.
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "max_wall_clock_seconds", "max_trial_hours", "max_gpu_hours")
 
     @classmethod
     def of(cls, config: study_pb2.StudyConfig) -> Budgets:
-        return cls(config.max_wall_clock_seconds, config.max_trial_hours)
+        return cls(*(getattr(config, name) for name in cls.FIELDS))
+
+    @classmethod
+    def given(cls, request: _HasFields) -> Budgets:
+        """The budgets an UpdateStudyRequest sets (None: the field is not set)."""
+        return cls(*(getattr(request, name) if request.HasField(name) else None
+                     for name in cls.FIELDS))
+
+    def over(self, config: study_pb2.StudyConfig) -> Budgets:
+        """These budgets where set, else ``config``'s (UpdateStudy's over CreateStudy's)."""
+        base = astuple(Budgets.of(config))
+        return Budgets(*(b if mine is None else mine
+                         for mine, b in zip(astuple(self), base, strict=True)))
 
 
 UNCHANGED = Budgets()
@@ -197,32 +221,54 @@ UNCHANGED = Budgets()
 def check_budget(
     name: str, value: float, error: type[InvalidArgument] = InvalidArgument
 ) -> float:
-    """A budget (max_wall_clock_seconds, max_trial_hours): finite, 0 = unbounded."""
+    """A budget (max_wall_clock_seconds, max_trial_hours, max_gpu_hours): finite,
+    0 = unbounded."""
     if not math.isfinite(value) or value < 0:
         raise error(f"{name} must be a finite number >= 0 (0 = unbounded; got {value})")
     return value
 
 
-def check_budgets(budgets: Budgets, error: type[InvalidArgument] = InvalidArgument) -> None:
-    if budgets.wall_clock_seconds is not None:
-        check_budget("max_wall_clock_seconds", budgets.wall_clock_seconds, error)
-    if budgets.trial_hours is not None:
-        check_budget("max_trial_hours", budgets.trial_hours, error)
+def check_budgets(
+    budgets: Budgets, error: type[InvalidArgument] = InvalidArgument,
+    gpus: int | None = None,
+) -> None:
+    """Each budget that is set; with ``gpus`` (what each of the study's trials needs)
+    also that a GPU-hours budget is not set on trials that use no GPU."""
+    for name, value in zip(Budgets.FIELDS, astuple(budgets), strict=True):
+        if value is not None:
+            check_budget(name, value, error)
+    if gpus == 0 and budgets.gpu_hours:
+        raise error(
+            f"max_gpu_hours {budgets.gpu_hours:g} could never be spent: the study's trials "
+            "declare no GPUs (trial_resources.gpus is 0); set max_gpu_hours 0 and limit "
+            "their running time with max_trial_hours"
+        )
+
+
+def gpu_hours(trial_hours: float, gpus: int) -> float:
+    """A study's GPU-hours: its attempts' running time times the GPUs each of its trials
+    holds (a study's trials all declare the same trial_resources)."""
+    return trial_hours * gpus
 
 
 def budget_exceeded(
-    max_wall_clock_seconds: float, max_trial_hours: float, age_seconds: float,
-    trial_hours: float,
+    budgets: Budgets, age_seconds: float, trial_hours: float, gpus: int = 0,
 ) -> str | None:
     """Why the circuit breaker stops the study (Study.state_reason), or None while
-    every budget holds. ``age_seconds``: since CreateStudy; ``trial_hours``: the running
-    time of its attempts, ended and running."""
-    if max_wall_clock_seconds and age_seconds >= max_wall_clock_seconds:
+    every budget holds (``budgets``: the live ones, None or 0 = unbounded).
+    ``age_seconds``: since CreateStudy; ``trial_hours``: the running time of its
+    attempts, ended and running; ``gpus``: what each of its trials holds."""
+    if budgets.wall_clock_seconds and age_seconds >= budgets.wall_clock_seconds:
         return (f"budget exceeded: {age_seconds:.1f} s since the study was created, "
-                f"max_wall_clock_seconds is {max_wall_clock_seconds:g}")
-    if max_trial_hours and trial_hours >= max_trial_hours:
+                f"max_wall_clock_seconds is {budgets.wall_clock_seconds:g}")
+    if budgets.trial_hours and trial_hours >= budgets.trial_hours:
         return (f"budget exceeded: its trials ran {trial_hours:.4g} trial-hours, "
-                f"max_trial_hours is {max_trial_hours:g}")
+                f"max_trial_hours is {budgets.trial_hours:g}")
+    used = gpu_hours(trial_hours, gpus)
+    if budgets.gpu_hours and used >= budgets.gpu_hours:
+        return (f"budget exceeded: its trials ran {used:.4g} GPU-hours ({trial_hours:.4g} "
+                f"trial-hours x {gpus} GPU{'s' if gpus != 1 else ''}), max_gpu_hours is "
+                f"{budgets.gpu_hours:g}")
     return None
 
 
@@ -236,15 +282,16 @@ def budget_refusal(study_id: str, reason: str) -> Conflict:
 
 def check_update(
     max_trials: int | None, max_parallel: int | None, suggested: int,
-    budgets: Budgets = UNCHANGED,
+    budgets: Budgets = UNCHANGED, gpus: int | None = None,
 ) -> None:
-    """UpdateStudy's values (None: unchanged), against the trials already handed out."""
+    """UpdateStudy's values (None: unchanged), against the trials already handed out
+    (``gpus``: what each of the study's trials needs, None: not checked)."""
     if max_trials is None and max_parallel is None and budgets == UNCHANGED:
         raise InvalidArgument(
-            "set max_trials, max_parallel_trials, max_wall_clock_seconds and / or "
-            "max_trial_hours to change"
+            "set max_trials, max_parallel_trials, max_wall_clock_seconds, max_trial_hours "
+            "and / or max_gpu_hours to change"
         )
-    check_budgets(budgets)
+    check_budgets(budgets, gpus=gpus)
     if max_parallel is not None:
         check_limit("max_parallel_trials", max_parallel)
     if max_trials is not None and check_limit("max_trials", max_trials):

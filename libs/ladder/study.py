@@ -253,7 +253,6 @@ class StudySpec:
         _check_warm_start(config.warm_start, space)
         check_limit("max_trials", config.max_trials, StudyConfigError)
         check_limit("max_parallel_trials", config.max_parallel_trials, StudyConfigError)
-        check_budgets(Budgets.of(config), StudyConfigError)
         if not 0 <= config.partitions <= MAX_PARTITIONS:
             raise StudyConfigError(
                 f"partitions must be between 0 and {MAX_PARTITIONS} "
@@ -275,6 +274,7 @@ class StudySpec:
             priority = resources.priority(config.priority)
         except InvalidArgument as exc:
             raise StudyConfigError(str(exc)) from None
+        check_budgets(Budgets.of(config), StudyConfigError, gpus=demand.gpus)
         proto = study_pb2.StudyConfig()
         proto.CopyFrom(config)
         proto.direction = DIRECTIONS.number(direction)

@@ -250,10 +250,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             study_id,
             request.max_trials if request.HasField("max_trials") else None,
             request.max_parallel_trials if request.HasField("max_parallel_trials") else None,
-            lifecycle.Budgets(*(
-                getattr(request, name) if request.HasField(name) else None
-                for name in ("max_wall_clock_seconds", "max_trial_hours")
-            )),
+            lifecycle.Budgets.given(request),
         )
         self._announce_or_refuse(study, "updated", "repeat UpdateStudy for this study")
         log.info(
@@ -280,8 +277,8 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             if study.state != lifecycle.ACTIVE:
                 continue
             reason = lifecycle.budget_exceeded(
-                study.config.max_wall_clock_seconds, study.config.max_trial_hours,
-                (now - study.created_unix_ms) / 1000, study.trial_hours_used,
+                lifecycle.Budgets.of(study.config), (now - study.created_unix_ms) / 1000,
+                study.trial_hours_used, study.config.trial_resources.gpus,
             )
             if reason is not None:
                 self.trip_breaker(study.study_id, reason)

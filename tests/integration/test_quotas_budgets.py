@@ -1,9 +1,9 @@
 """Tenant quotas and study budgets (issue 19 item 4) through real suggest and evaluate
 processes with LADDER_AUTH on: max_studies refuses CreateStudy, max_trials_running
 refuses Suggest across two studies until a trial ends and stays exact through a lease
-expiry and a resume; the wall-clock and trial-hours budgets trip the circuit breaker,
-which STOPS the study and says why (GetStudy, the StudyEvent, lineage's listing,
-`ladder study show`)."""
+expiry and a resume; the wall-clock, trial-hours and GPU-hours budgets trip the
+circuit breaker, which STOPS the study and says why (GetStudy, the StudyEvent,
+lineage's listing, `ladder study show`)."""
 
 from __future__ import annotations
 
@@ -201,19 +201,62 @@ def test_wall_clock_budget_stops_the_study_with_its_reason(stack: Stack) -> None
     assert client.suggest(study_id, "w2")
 
 
-def test_trial_hours_budget_stops_the_study_while_its_trial_runs(stack: Stack) -> None:
-    _, client = stack.tenant()
-    # 2 s of trial time: one running trial spends it.
-    study_id = client.create_study(_config(max_trial_hours=2 / 3600)).study_id
+def _run_until_stopped(client: LadderClient, study_id: str) -> tuple[str, str]:
+    """Start a trial of the study and keep it running (heartbeats) until the study is
+    STOPPED; (trial id, attempt id)."""
     trial_id, attempt = _started(client, study_id)
 
     def beat() -> bool:
         client.heartbeat(trial_id, attempt, 1.0)  # keep the lease while it runs
         return client.get_study(study_id).state == study_pb2.STUDY_STOPPED
 
-    wait_for(beat, 15, "the trial-hours breaker", every=0.2)
+    wait_for(beat, 15, f"the breaker to stop {study_id} while its trial runs", every=0.2)
+    return trial_id, attempt
+
+
+def test_trial_hours_budget_stops_the_study_while_its_trial_runs(stack: Stack) -> None:
+    _, client = stack.tenant()
+    # 2 s of trial time: one running trial spends it.
+    study_id = client.create_study(_config(max_trial_hours=2 / 3600)).study_id
+    trial_id, attempt = _run_until_stopped(client, study_id)
     study = _stopped_by_breaker(client, study_id, "max_trial_hours is 0.000555")
     assert study.trial_hours_used >= 2 / 3600
     # STOPPED, not final: the running trial finishes and reports.
     client.complete(trial_id, attempt, 0.1, 1.0)
     assert client.get_trial(trial_id).state == trial_pb2.COMPLETED
+
+
+def test_gpu_hours_budget_stops_a_two_gpu_study_until_it_is_raised(stack: Stack) -> None:
+    _, client = stack.tenant()
+    # A GPU budget on trials that use no GPU could never be spent: refused, both ways
+    # (the SDK's study_config refuses it too: set past it, for the service to check).
+    no_gpus = _config()
+    no_gpus.max_gpu_hours = 1
+    code, details = _refusal(lambda: client.create_study(no_gpus))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_gpu_hours 1" in details
+    cpu_only = client.create_study(_config()).study_id
+    code, details = _refusal(lambda: client.update_study(cpu_only, max_gpu_hours=1))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "trial_resources.gpus is 0" in details
+    # 4 GPU-seconds: one running trial of 2 GPUs spends them in 2 s.
+    study_id = client.create_study(
+        _config(max_gpu_hours=4 / 3600, trial_resources={"gpus": 2})).study_id
+    trial_id, attempt = _run_until_stopped(client, study_id)
+    study = _stopped_by_breaker(client, study_id, "max_gpu_hours is 0.00111")
+    assert "trial-hours x 2 GPUs)" in study.state_reason
+    # One clock: the GPU-hours are the trial-hours times the trials' GPUs.
+    assert study.gpu_hours_used == pytest.approx(2 * study.trial_hours_used)
+    assert study.gpu_hours_used >= 4 / 3600
+    with pytest.raises(BudgetExhausted, match="max_gpu_hours") as refused:
+        client.suggest(study_id, "w2")
+    cause = refused.value.__cause__
+    assert isinstance(cause, grpc.RpcError)
+    assert cause.code() == grpc.StatusCode.FAILED_PRECONDITION
+    client.complete(trial_id, attempt, 0.1, 1.0)
+    # Raised from the CLI (--gpu-hours), resumed: trials are handed out again.
+    raised = _cli(stack, "study", "update", study_id, "--gpu-hours", "1",
+                  token=client.settings.token)
+    assert raised.returncode == 0, raised.stderr
+    assert client.get_study(study_id).config.max_gpu_hours == 1
+    resumed = client.resume_study(study_id)
+    assert resumed.state == study_pb2.STUDY_ACTIVE and resumed.state_reason == ""
+    assert client.suggest(study_id, "w3")

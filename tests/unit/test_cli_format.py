@@ -157,11 +157,16 @@ def test_study_views() -> None:
     assert "budget      3 of 4 trials suggested" in view
     assert "resources   0 GPUs, 1 CPU, 0 GB per trial (default)" in view
     assert "priority    0\n" in view
+    assert "GPU time" not in view  # trials that declare no GPU have no GPU budget
     config.trial_resources.CopyFrom(study_pb2.TrialResources(gpus=8, gpu_type="a100", cpu=16))
     config.priority = 5
-    view = fmt.study_view(study_pb2.Study(study_id="st-2", config=config))
+    view = fmt.study_view(study_pb2.Study(study_id="st-2", config=config, gpu_hours_used=3.2))
     assert "resources   8 GPUs (a100), 16 CPU, 0 GB per trial\n" in view
     assert "priority    5\n" in view
+    assert "GPU time    3.2 GPU-hours, unbounded\n" in view
+    config.max_gpu_hours = 16
+    view = fmt.study_view(study_pb2.Study(study_id="st-2", config=config, gpu_hours_used=3.2))
+    assert "GPU time    3.2 GPU-hours of 16\n" in view
     assert "momentum   float        0 .. 0.99      optimizer in sgd" in view
     row = fmt.studies_table([study]).splitlines()[1].split()
     assert row[:7] == ["st-1", "demo", "stopped", "val_loss", "(min)", "random", "asha"]
@@ -259,6 +264,13 @@ def test_study_file(tmp_path: Path) -> None:
     assert config.trial_policy.checkpoint_interval_seconds == 60
     assert config.trial_policy.on_out_of_memory == study_pb2.OOM_INFEASIBLE
     assert config.warm_start.configurations[0].value == 0.3
+
+
+def test_study_file_gpu_budget_needs_trials_with_gpus() -> None:
+    config, _ = parse({"space": SPACE, "max_gpu_hours": 16, "trial_resources": {"gpus": 2}})
+    assert config.max_gpu_hours == 16 and config.trial_resources.gpus == 2
+    with pytest.raises(StudyFileError, match="max_gpu_hours 16 could never be spent"):
+        parse({"space": SPACE, "max_gpu_hours": 16}, "s.yaml")
 
 
 @pytest.mark.parametrize(

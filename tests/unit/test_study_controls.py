@@ -90,8 +90,8 @@ def test_a_paused_study_answers_pause_unless_a_stop_stands() -> None:
 @pytest.mark.parametrize(
     ("max_trials", "max_parallel", "suggested", "error"),
     [
-        (None, None, 0, "set max_trials, max_parallel_trials, max_wall_clock_seconds and / "
-                        "or max_trial_hours to change"),
+        (None, None, 0, "set max_trials, max_parallel_trials, max_wall_clock_seconds, "
+                        "max_trial_hours and / or max_gpu_hours to change"),
         (-1, None, 0, "max_trials must be >= 0 (0 = unbounded; got -1)"),
         (None, -3, 0, "max_parallel_trials must be >= 0 (0 = unbounded; got -3)"),
         (4, None, 5, "max_trials 4 is below the 5 trials already handed out (at least 5, "

@@ -245,7 +245,7 @@ local function write_counts(t, from)
   end
 end
 -- The running attempt ended: its running time adds up into run_ms (the trial's and its
--- study's: max_trial_hours; GPU-hours would add the time times the trial's GPUs), the
+-- study's: max_trial_hours; times its trials' GPUs, max_gpu_hours), the
 -- study has one running attempt less (``running``, ``running_since``: the sum of their
 -- start times, so its running attempts' time is running * now - running_since), the
 -- trial has no running-time deadline until its next start, and the resources it held
@@ -916,7 +916,7 @@ return reply('OK', t)
 
 # KEYS: study   ARGV: set max_trials (1/0), max_trials, set max_parallel (1/0),
 # max_parallel, set max_wall (1/0), max_wall_clock_seconds, set max_hours (1/0),
-# max_trial_hours, states that refuse...
+# max_trial_hours, set max_gpu_hours (1/0), max_gpu_hours, states that refuse...
 # UpdateStudy's change of the live limits, checked against the trials handed out in
 # the same step: {OK | NOT_FOUND | REFUSED (state) | BELOW (suggested), study state or
 # suggested}. The values themselves are checked before (ladder.lifecycle.check_update).
@@ -924,7 +924,7 @@ UPDATE_LIMITS = _script("""
 local study = KEYS[1]
 if redis.call('EXISTS', study) == 0 then return {'NOT_FOUND', 0} end
 local state = study_state(study)
-for i = 9, #ARGV do
+for i = 11, #ARGV do
   if tonumber(ARGV[i]) == state then return {'REFUSED', state} end
 end
 local suggested = num(study, 'suggested')
@@ -936,6 +936,7 @@ if ARGV[1] == '1' then redis.call('HSET', study, 'max_trials', max_trials) end
 if ARGV[3] == '1' then redis.call('HSET', study, 'max_parallel', ARGV[4]) end
 if ARGV[5] == '1' then redis.call('HSET', study, 'max_wall', ARGV[6]) end
 if ARGV[7] == '1' then redis.call('HSET', study, 'max_hours', ARGV[8]) end
+if ARGV[9] == '1' then redis.call('HSET', study, 'max_gpu_hours', ARGV[10]) end
 return {'OK', suggested}
 """)
 

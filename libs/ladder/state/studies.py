@@ -2,17 +2,18 @@
 live counters (``suggested`` is the max_trials budget, ``completed``), the
 lifecycle ``state`` (``ladder.lifecycle``; absent until the first change) with its
 ``reason``, the live limits ``max_trials`` / ``max_parallel`` / ``max_wall`` /
-``max_hours`` (absent until UpdateStudy changed them; they override the config's in
-every Study read here), the owner ``tenant`` and ``created_ms`` (quotas, wall clock),
-and the running time of its attempts (``run_ms`` of those that ended, ``running`` /
-``running_since`` of those running: the trial-hours budget)."""
+``max_hours`` / ``max_gpu_hours`` (absent until UpdateStudy changed them; they override
+the config's in every Study read here), the owner ``tenant`` and ``created_ms``
+(quotas, wall clock), and the running time of its attempts (``run_ms`` of those that
+ended, ``running`` / ``running_since`` of those running: the trial-hours budget, and
+times the trials' GPUs the GPU-hours budget: one clock, no second counter)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import redis
 
@@ -28,10 +29,12 @@ from ladder.v1 import study_pb2
 _FINAL_STATES = frozenset(
     state for state in study_pb2.StudyState.values() if state not in lifecycle.UPDATABLE
 ) - {study_pb2.STUDY_STATE_UNSPECIFIED}
-_FIELDS = ("study", "suggested", "state", "max_trials", "max_parallel", "reason",
-           "max_wall", "max_hours", "run_ms", "running", "running_since")
+# UpdateStudy's budgets, in lifecycle.Budgets' order.
+_BUDGETS = ("max_wall", "max_hours", "max_gpu_hours")
 # The hash fields ``trial_ms`` reads, in its order.
 _CLOCK = ("run_ms", "running", "running_since")
+_FIELDS = ("study", "suggested", "state", "max_trials", "max_parallel", "reason",
+           *_BUDGETS, *_CLOCK)
 
 
 def trial_ms(run_ms: bytes | None, running: bytes | None, since: bytes | None,
@@ -49,6 +52,7 @@ def _study(
     reason: bytes | None = None,
     max_wall: bytes | None = None,
     max_hours: bytes | None = None,
+    max_gpu_hours: bytes | None = None,
     *clock: bytes | None,
 ) -> study_pb2.Study:
     study = study_pb2.Study()
@@ -64,9 +68,13 @@ def _study(
         study.config.max_wall_clock_seconds = float(max_wall)
     if max_hours is not None:
         study.config.max_trial_hours = float(max_hours)
+    if max_gpu_hours is not None:
+        study.config.max_gpu_hours = float(max_gpu_hours)
     study.state_reason = (reason or b"").decode()
     if clock:
         study.trial_hours_used = trial_ms(*clock, time.time() * 1000) / 3_600_000
+        study.gpu_hours_used = lifecycle.gpu_hours(study.trial_hours_used,
+                                                   study.config.trial_resources.gpus)
     return study
 
 
@@ -80,8 +88,8 @@ class Gate:
     max_trials: int | None
     max_parallel: int | None
     in_flight: int  # handed out, neither ended nor handed back (SUGGESTED or RUNNING)
-    max_wall: float | None = None  # UpdateStudy's budgets (None: the config's)
-    max_hours: float | None = None
+    # UpdateStudy's budgets (None: the config's).
+    budgets: lifecycle.Budgets = lifecycle.UNCHANGED
     age_seconds: float = 0.0  # since CreateStudy (0 when the study predates created_ms)
     trial_hours: float = 0.0  # its attempts' running time, ended and running
     # The tenant's max_trials_running: (room left, out, quota, tenant); None: no quota.
@@ -90,11 +98,8 @@ class Gate:
 
     def budget_exceeded(self, config: study_pb2.StudyConfig) -> str | None:
         """The circuit breaker's reason when a budget (live, else ``config``'s) is spent."""
-        return lifecycle.budget_exceeded(
-            config.max_wall_clock_seconds if self.max_wall is None else self.max_wall,
-            config.max_trial_hours if self.max_hours is None else self.max_hours,
-            self.age_seconds, self.trial_hours,
-        )
+        return lifecycle.budget_exceeded(self.budgets.over(config), self.age_seconds,
+                                         self.trial_hours, config.trial_resources.gpus)
 
 
 def _optional_int(raw: bytes | None) -> int | None:
@@ -152,7 +157,7 @@ class StudyStore:
         pipe = self.r.pipeline(transaction=False)
         for study_id in study_ids:
             pipe.hmget(self.keys.study(study_id), "state", "suggested", "max_trials",
-                       "max_parallel", "max_wall", "max_hours", "created_ms", *_CLOCK)
+                       "max_parallel", *_BUDGETS, "created_ms", *_CLOCK)
             pipe.scard(self.keys.pending(study_id))
             pipe.zcard(self.keys.resumable(study_id))
             self._tenant_room(keys=[self.keys.study(study_id)], args=[self.keys.root],
@@ -161,16 +166,16 @@ class StudyStore:
         now = time.time() * 1000
         out = []
         for i in range(0, len(rows), 4):
-            (state, suggested, max_trials, max_parallel, max_wall, max_hours, created,
-             *clock), pending, queued, room = rows[i : i + 4]
+            (state, suggested, max_trials, max_parallel, *fields), pending, queued, room = (
+                rows[i : i + 4])
+            budgets, (created, *clock) = fields[:len(_BUDGETS)], fields[len(_BUDGETS):]
             out.append(Gate(
                 state=int(state or lifecycle.INITIAL),
                 suggested=int(suggested or 0),
                 max_trials=_optional_int(max_trials),
                 max_parallel=_optional_int(max_parallel),
                 in_flight=max(0, int(pending) - int(queued)),
-                max_wall=_optional_float(max_wall),
-                max_hours=_optional_float(max_hours),
+                budgets=lifecycle.Budgets(*map(_optional_float, budgets)),
                 age_seconds=(now - int(created)) / 1000 if created else 0.0,
                 trial_hours=trial_ms(*clock, now) / 3_600_000,
                 tenant_room=(int(room[0]), int(room[1]), int(room[2]), room[3].decode())
@@ -185,9 +190,11 @@ class StudyStore:
     ) -> study_pb2.Study:
         """UpdateStudy: the live limits and budgets (None: unchanged), checked by
         ``lifecycle.check_update`` against the trials handed out, atomically (a Suggest
-        between the check and the change cannot slip under a lowered budget)."""
-        lifecycle.check_update(max_trials, max_parallel, 0, budgets)
-        given = (max_trials, max_parallel, budgets.wall_clock_seconds, budgets.trial_hours)
+        between the check and the change cannot slip under a lowered budget). A GPU-hours
+        budget is checked against the GPUs the study's trials declare (its config's)."""
+        gpus = self.spec(study_id).demand.gpus if budgets.gpu_hours else None
+        lifecycle.check_update(max_trials, max_parallel, 0, budgets, gpus)
+        given = (max_trials, max_parallel, *astuple(budgets))
         status, value = self._update_limits(
             keys=[self.keys.study(study_id)],
             args=[
@@ -201,7 +208,7 @@ class StudyStore:
         if status == "REFUSED":
             lifecycle.can_update(study_id, int(value))
         if status == "BELOW":
-            lifecycle.check_update(max_trials, max_parallel, int(value), budgets)
+            lifecycle.check_update(max_trials, max_parallel, int(value), budgets, gpus)
         study = self.get(study_id)
         if study is None:  # only a hand-deleted key: Ladder never deletes a study
             raise NotFound(f"study {study_id!r} not found")
