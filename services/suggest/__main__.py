@@ -13,10 +13,11 @@ Creates studies and answers Suggest with resumable or new trials.
 |                                |         | ``start``): set it as for evaluate, whose      |
 |                                |         | StartTrial grants the same                     |
 | ``--buffer`` / LADDER_SUGGEST_BUFFER | 8 | the fewest ready model-based suggestions a   |
-|                                |         | refit asks for per (study, partition)          |
+|                                |         | refit asks for per (study, partition); TPE at  |
+|                                |         | least 17 (one candidate pool, cheaper than 8)  |
 | ``--buffer-max`` /             | 1024    | the most; between the two a refit asks for the |
-| LADDER_SUGGEST_BUFFER_MAX      |         | partition's request rate x its expected refit  |
-|                                |         | time x 3 (``ladder.samplers.policy``)          |
+| LADDER_SUGGEST_BUFFER_MAX      |         | most points taken within one refit cycle over  |
+|                                |         | the last 30 s x 3 (``ladder.samplers.sizing``) |
 | LADDER_SUGGEST_REFIT           | process | ``process``: model-based samplers run in child |
 |                                |         | processes (refits never hold this process'     |
 |                                |         | GIL); ``thread``: on the refit threads here    |

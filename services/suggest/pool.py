@@ -21,10 +21,10 @@ Quasi-random studies are served directly (instant). Model-based studies get a
 refit loop per partition that keeps ready suggestions, so a request never waits
 for a model fit (see ``ladder.samplers.policy``); the sampler runs in the refit
 processes (``refit.py``) or, without them, on the policy's refit thread. The
-buffer holds between ``buffer_capacity`` and ``buffer_max`` points, sized to the
-partition's request rate; a miss is answered by a TPE sampler in this process (it
-answers in milliseconds) once it can fit the study's observations, by the
-quasi-random sampler before.
+buffer holds between ``buffer_capacity`` (more for TPE: ``sizing.least_batch``) and
+``buffer_max`` points, sized to the partition's requests (``sizing.py``); a miss
+is answered by a TPE sampler in this process (it answers in milliseconds) once it
+can fit the study's observations, by the quasi-random sampler before.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from ladder.samplers import (
 )
 from ladder.samplers.policy import Pending
 from ladder.samplers.ready import ReadyBuffer
+from ladder.samplers.sizing import least_batch
 from ladder.space import SpaceError
 from ladder.state import StudyStore, TrialStore
 from ladder.study import Algorithm, StudySpec
@@ -172,14 +173,15 @@ class PolicyPool:
             policy = self._policies.get(key)
             if policy is not None:  # another request built it meanwhile
                 return policy
+            least = least_batch(spec.algorithm, self.buffer_capacity)
             policy = SuggestionPolicy(
                 observations,
                 fallback,
                 refit=None if instant else self._refit(study_id, spec, partition, observations),
-                capacity=self.buffer_capacity,
+                capacity=least,
                 pending=lambda: self.pending_of(study_id),
                 name=f"{study_id}/{partition}",
-                max_capacity=self.buffer_max,
+                max_capacity=max(least, self.buffer_max),
                 model_fallback=model_fallback,
                 ready=None if instant or self._shared is None else self._shared(key),
             )

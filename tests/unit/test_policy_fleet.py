@@ -134,7 +134,7 @@ def test_the_batch_follows_the_take_rate_within_its_bounds(
     assert model.counts[0] == 2  # nothing taken yet: the least
     for _ in range(60):
         policy.take(1)  # 60 points within a second: >= 60 points/s
-    store.add([obs(1)])  # the refit now asks for rate x refit estimate x HEADROOM points
+    store.add([obs(1)])  # the refit asks for the most taken within a cycle x HEADROOM
     until(lambda: policy.stats.observations == 1 and model.counts[-1] >= 20)
     assert model.counts[-1] <= 64 and policy.stats.take_rate >= 50
 
@@ -147,6 +147,33 @@ def test_the_batch_follows_the_take_rate_within_its_bounds(
     bounded_store.add([obs(1)])
     until(lambda: bounded.stats.observations == 1 and slow.counts[-1] == 8)
     assert max(slow.counts) == 8
+
+
+def test_the_batch_covers_a_burst_over_the_whole_cycle_pending_read_included(
+    stoppers: list[SuggestionPolicy],
+) -> None:
+    """The cycle a batch must cover runs from the pending read (a Redis read of every
+    running trial in the service) to the landing, not the sampler's call alone."""
+    context = SamplerContext(space=SPACE, seed=3, reserve=LocalDraws())
+    model, store = Modelled(context), ObservationStore()
+
+    def pending() -> Pending:
+        time.sleep(0.3)  # the pending read's cost, not a synchronisation
+        return ()
+
+    policy = SuggestionPolicy(
+        store, QuasiRandomSampler(context), LocalRefit(lambda: model, store), 2,
+        pending=pending, name="cycle", max_capacity=512,
+    )
+    stoppers.append(policy.start())
+    until(lambda: policy.stats.refits >= 1)
+    stats = policy.stats
+    assert stats.pending_seconds >= 0.3 and stats.last_cycle_seconds >= stats.pending_seconds
+    assert stats.cycle_estimate >= 0.3 and stats.last_refit_seconds < stats.pending_seconds
+    policy.take(40)  # a burst, within one cycle
+    store.add([obs(1)])
+    until(lambda: policy.stats.observations == 1)
+    assert policy.stats.busiest == 40 and model.counts[-1] == 40 * 3  # x HEADROOM
 
 
 def test_a_fixed_size_by_default() -> None:

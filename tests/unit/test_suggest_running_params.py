@@ -48,3 +48,20 @@ def test_the_tables_are_capped() -> None:
     for i in range(10):
         running.on_event(_event(f"d{i}", events_pb2.TRIAL_PRUNED, trial_pb2.PRUNED))
     assert len(running._finished) == 3
+
+
+def test_params_of_pending_trials_come_from_the_topic_and_redis_only_for_the_rest() -> None:
+    running = RunningParams()
+    running.on_event(_event("t1", *STARTED))
+    asked: list[list[str]] = []
+
+    def read(trial_ids: list[str]) -> list[trial_pb2.Trial]:
+        asked.append(trial_ids)
+        found = [trial_pb2.Trial(trial_id=t) for t in trial_ids if t != "gone"]
+        for trial in found:
+            fill_params(trial.params, {"x": 0.25})
+        return found
+
+    assert running.params_of(["t1"], read) == [{"x": 0.5}] and asked == []
+    assert running.params_of(["t1", "t2", "gone"], read) == [{"x": 0.5}, {"x": 0.25}]
+    assert asked == [["t2", "gone"]]  # one read, of the trials not seen on the topic

@@ -28,17 +28,15 @@ point carries its model's provenance (``Proposal.model_observations``,
 many observations the study has that its model had not seen and how many seconds
 ago its refit began.
 
-Buffer sized to the request rate. A refit must land before the buffer runs dry,
-so the batch a refit asks for is the measured take rate (points taken per second
-over the last ``RATE_WINDOW`` seconds) times the expected refit duration times
-``HEADROOM``, bounded by ``capacity`` (the least) and ``max_capacity`` (the most;
-equal by default: a fixed size). Refit durations (as this policy sees them: waiting
-for a refit process included) vary two- to threefold from one refit to the next on
-a shared host, and the first fit of a model follows instant initial-design refits,
-so the expected duration is a decaying maximum: the last refit's duration or, if
-longer, the previous estimate times ``ESTIMATE_DECAY``. Requests also come in
-bursts, hence a headroom of three. The sampler must make a large batch cheaply: the GP switches to
-Thompson sampling above a few points (gp.py, "Large batches").
+Buffer sized to the requests. A batch must serve every request until the next
+batch lands, so a refit asks for the most points taken within one refit cycle (the
+pending read, waiting for a refit process and the fit, to the landing; an estimate
+that decays from the longest recent cycle) over the last ``sizing.PEAK_WINDOW``
+seconds, times ``sizing.HEADROOM``: requests come in bursts (``sizing.py``). It is
+bounded by ``capacity`` (the least) and ``max_capacity`` (the most; equal by default:
+a fixed size). The sampler must make a large batch cheaply: the GP switches to
+Thompson sampling above a few points (gp.py, "Large batches"), TPE to one pool of
+candidates above 16 (tpe.py).
 
 Refit loop (the only caller of the ``Refit``, so a sampler needs no locking):
 
@@ -97,7 +95,6 @@ that many misses.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import Counter, deque
@@ -110,6 +107,7 @@ from ladder.samplers.base import Observation, ObservationKey, Pending, Proposal,
 from ladder.samplers.distinct import Taken, config_key
 from ladder.samplers.model_based import ModelBasedSampler
 from ladder.samplers.ready import LocalBuffer, ReadyBuffer
+from ladder.samplers.sizing import TakeLog, batch_size, next_estimate
 from ladder.samplers.tpe import POINT_BY_POINT_MAX
 
 log = logging.getLogger("ladder.samplers.policy")
@@ -121,12 +119,6 @@ RETRY_SECONDS = 1.0
 HANDED_WINDOW = 256
 # Of which the model fallback sees the last FALLBACK_PENDING as pending.
 FALLBACK_PENDING = 64
-# Buffer sizing (module docstring): the take rate over RATE_WINDOW seconds times
-# the refit duration estimate times HEADROOM; the estimate is the last refit's
-# duration or, if longer, the previous estimate times ESTIMATE_DECAY.
-RATE_WINDOW = 10.0
-HEADROOM = 3.0
-ESTIMATE_DECAY = 0.8
 # A shared buffer (ready.py) is emptied by other processes too: its owner's refit loop
 # looks at its fill level and request count this often.
 SHARED_POLL_SECONDS = 0.25
@@ -252,8 +244,11 @@ class PolicyStats:
     buffered: int = 0
     target: int = 0  # the batch size the last refit asked for (module docstring)
     take_rate: float = 0.0  # points taken per second when the last refit began
-    last_refit_seconds: float = 0.0
-    refit_estimate: float = 0.0  # the expected refit duration (module docstring)
+    busiest: int = 0  # the most points taken within one cycle, when it began
+    last_refit_seconds: float = 0.0  # the sampler's call (waiting for a process included)
+    last_cycle_seconds: float = 0.0  # from the pending read to the landing
+    pending_seconds: float = 0.0  # of which reading the pending points
+    cycle_estimate: float = 0.0  # the expected cycle (module docstring)
     refit_seconds_total: float = 0.0
     warm: int = 0  # warm fallback points ready (module docstring)
 
@@ -312,8 +307,7 @@ class SuggestionPolicy:
         self._handed: deque[Mapping[str, PlainValue]] = deque(
             maxlen=max(HANDED_WINDOW, 4 * self.max_capacity)
         )
-        self._takes: deque[tuple[float, int]] = deque()  # (monotonic time, points)
-        self._first_take = 0.0
+        self._takes = TakeLog()
         self._target = capacity
         # Whether the no-repeat rule applies: the space can repeat a configuration
         # and the study wants no repeats (distinct.py).
@@ -397,32 +391,21 @@ class SuggestionPolicy:
         return staleness(proposal, len(self.observations))
 
     def _count_take(self, count: int) -> None:
-        """Record ``count`` points taken now (for the take rate). Holding ``_wake``."""
-        now = time.monotonic()
-        if not self._takes:
-            self._first_take = self._first_take or now
-        self._takes.append((now, count))
-        while self._takes and self._takes[0][0] < now - RATE_WINDOW:
-            self._takes.popleft()
+        """Record ``count`` points taken now (for the sizing). Holding ``_wake``."""
+        self._takes.record(time.monotonic(), count)
 
     def take_rate(self) -> float:
-        """Points taken per second over the last ``RATE_WINDOW`` seconds."""
+        """Points taken per second over the last ``sizing.RATE_WINDOW`` seconds."""
         with self._wake:
-            return self._take_rate()
+            return self._takes.rate(time.monotonic())
 
-    def _take_rate(self) -> float:
-        if not self._takes:
-            return 0.0
-        now = time.monotonic()
-        span = min(RATE_WINDOW, max(1.0, now - self._first_take))
-        return sum(n for t, n in self._takes if t >= now - RATE_WINDOW) / span
-
-    def _target_capacity(self) -> int:
-        """The batch a refit asks for now (module docstring). Holding ``_wake``."""
+    def _target_capacity(self) -> tuple[int, int]:
+        """The batch a refit asks for now (module docstring) and the most points
+        taken within one cycle it is sized to. Holding ``_wake``."""
+        busiest = self._takes.busiest(time.monotonic(), self._stats.cycle_estimate)
         if self.max_capacity == self.capacity:
-            return self.capacity
-        want = math.ceil(self._take_rate() * self._stats.refit_estimate * HEADROOM)
-        return min(self.max_capacity, max(self.capacity, want))
+            return self.capacity, busiest
+        return batch_size(busiest, self.capacity, self.max_capacity), busiest
 
     def _miss(self, count: int) -> list[Proposal]:
         """A miss of a model-based policy: the model fallback's points once it can
@@ -630,10 +613,11 @@ class SuggestionPolicy:
                 stale, self._stale = self._stale, False
                 # A stale buffer keeps serving; the refit's batch replaces it.
                 keep = [] if stale else self._ready.proposals()
-                self._target = target = self._target_capacity()
-                rate = self._take_rate()
+                target, busiest = self._target_capacity()
+                self._target = target
+                rate = self._takes.rate(time.monotonic())
             try:
-                self._refit(stale, keep, target, rate)
+                self._refit(stale, keep, target, rate, busiest)
             except Exception:  # noqa: BLE001 - the loop must outlive a bad refit
                 if self._stopping:  # e.g. the refit process was stopped with us
                     return
@@ -656,14 +640,18 @@ class SuggestionPolicy:
         taken = Taken.of(space, self.observations.snapshot(), [*pending, *self._handed])
         return [p for p in proposals if not taken.blocks(p.params)]
 
-    def _refit(self, stale: bool, keep: list[Proposal], target: int, rate: float) -> None:
+    def _refit(
+        self, stale: bool, keep: list[Proposal], target: int, rate: float, busiest: int
+    ) -> None:
         assert self.refit is not None
         want = target - len(keep)
         if want <= 0:
             return
+        cycle_began = time.perf_counter()
         pending = [*self.pending(), *(p.params for p in keep)]
         basis, began = len(self.observations), time.time()
         started = time.perf_counter()
+        pending_seconds = started - cycle_began
         proposals = [
             replace(p, study_observations=basis, fitted_unix=began)
             for p in self.refit(want, pending)
@@ -678,6 +666,7 @@ class SuggestionPolicy:
             buffered = self._ready.fill(proposals, replace=stale)
             if buffered < 0:  # a shared buffer whose lease this process lost
                 dropped, buffered, proposals = 0, 0, []
+            cycle = time.perf_counter() - cycle_began
             first = self._stats.refits == 0
             self._stats = replace(
                 self._stats,
@@ -688,8 +677,11 @@ class SuggestionPolicy:
                 buffered=buffered,
                 target=target,
                 take_rate=rate,
+                busiest=busiest,
                 last_refit_seconds=seconds,
-                refit_estimate=max(seconds, self._stats.refit_estimate * ESTIMATE_DECAY),
+                last_cycle_seconds=cycle,
+                pending_seconds=pending_seconds,
+                cycle_estimate=next_estimate(cycle, self._stats.cycle_estimate),
                 refit_seconds_total=self._stats.refit_seconds_total + seconds,
             )
             if not proposals:  # nothing to add: do not spin until something changes
@@ -704,7 +696,8 @@ class SuggestionPolicy:
             )
         log.info(
             "refit %s: %d observations, %d points in %.3f s (%d stale dropped, "
-            "%d infeasible observations, target %d at %.1f points/s)",
+            "%d infeasible observations, target %d at %.1f points/s, at most %d taken "
+            "within a cycle; cycle %.3f s, of which the pending read %.3f s)",
             self.name,
             observed,
             len(proposals),
@@ -713,5 +706,8 @@ class SuggestionPolicy:
             infeasible,
             target,
             rate,
+            busiest,
+            cycle,
+            pending_seconds,
             extra={"buffer": self.name},
         )
