@@ -2,9 +2,10 @@
 trials of any tenant's studies placed there and the trials there to pause.
 
 Thin: the rules are ``ladder.scheduling.work.plan_work`` (fair share, quotas, priority,
-best fit, preemption), the holds and their atomic quota checks ``ladder.state.holds``
-and the scripts; trials are created and claimed exactly as Suggest does
-(``SuggestServicer._new_trials`` / ``TrialStore.claim_resumable``), with a hold.
+best fit, preemption, node reservations), the holds, reservations and their atomic
+quota checks ``ladder.state.holds`` and the scripts; trials are created and claimed
+exactly as Suggest does (``SuggestServicer._new_trials`` /
+``TrialStore.claim_resumable``), with a hold.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ladder import lifecycle, quotas
 from ladder.errors import AtCapacity, BudgetExhausted, Conflict, InvalidArgument, NotFound
 from ladder.scheduling import resources as res
 from ladder.scheduling.fairshare import Ledger
+from ladder.scheduling.reservation import Reserved, reserve_limit
 from ladder.scheduling.work import Policy, StudyWork, plan_work, resumed
 from ladder.state.holds import Hold, HoldStore
 from ladder.state.studies import Gate
@@ -42,6 +44,9 @@ _preempted = _meter.create_counter(
 
 # Nodes that asked within this long make up the cluster (the fair share's total).
 NODE_SEEN_SECONDS = 300.0
+# A node reservation (``ladder.scheduling.reservation``) that no ask of its node ended
+# (the node went away) lapses after this long.
+RESERVE_SECONDS = 600.0
 UNBOUNDED = 1 << 30
 
 
@@ -90,8 +95,20 @@ class WorkScheduler:
         studies, specs, gates = self._studies()
         ledger = self._ledger(node, {s.tenant for s in studies})
         running = [(h.trial, h.preempting) for h in self.holds.on_node(node.node_id)]
+        reserved = None
+        if self.policy is Policy.FAIR:
+            reserved = Reserved(self.holds.reservations(),
+                                functools.partial(self.holds.nodes, NODE_SEEN_SECONDS),
+                                reserve_limit(self.holds.node_count()))
         plan = plan_work(node, offer.spot, studies, ledger, running, self.policy,
-                         offer.max_trials)
+                         offer.max_trials, reserved)
+        if plan.release:
+            self.holds.unreserve(node.node_id)
+        if plan.reserve is not None:
+            self.holds.reserve(plan.reserve, RESERVE_SECONDS)
+            log.info("node %s reserved for a trial of study %s (tenant %s, %d GPUs)",
+                     plan.reserve.node_id, plan.reserve.study, plan.reserve.tenant,
+                     plan.reserve.demand.gpus, extra={"study_id": plan.reserve.study})
         response = suggest_pb2.RequestWorkResponse()
         worker_id = request.worker_id or node.node_id
         for placed in plan.placements:

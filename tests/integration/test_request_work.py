@@ -1,9 +1,9 @@
 """RequestWork (issue 19 items 3-4) through real suggest and evaluate processes, Redis
 and the broker, with LADDER_AUTH on: node agents (admin tokens) ask for work naming no
 study; weighted fair share across tenants, the tenant's max_gpus under concurrency,
-placement of an 8-GPU trial, preemption of a lower-priority trial on a spot node (PAUSE
-on its Heartbeat, RESUMABLE after PauseTrial, handed out again first), and a tenant
-token refused.
+placement of an 8-GPU trial, a node reserved (and drained) for a short tenant's 8-GPU
+trial, preemption of a lower-priority trial on a spot node (PAUSE on its Heartbeat,
+RESUMABLE after PauseTrial, handed out again first), and a tenant token refused.
 
 Every scenario uses its own GPU type, so studies of other scenarios (and of other test
 modules sharing the session's Redis) never fit its nodes: its nodes offer no CPU, and
@@ -143,6 +143,36 @@ def test_an_eight_gpu_trial_waits_for_a_node_with_eight_free(stack: Stack) -> No
     assert assignment.suggestion.trial.study_id == study
     assert assignment.resources.gpus == 8
     assert stack.holds.node_held(f"{gpu}-empty").gpus == 8
+
+
+def test_a_short_tenants_eight_gpu_trial_reserves_a_node_that_drains_for_it(
+        stack: Stack) -> None:
+    gpu = _unique("r")
+    a, client_a = stack.tenant(weight=2.0)
+    _, client_b = stack.tenant(weight=1.0)
+    small = _gpu_study(client_b, gpu, max_trials=40)
+    full = stack.agent.request_work(_offer(f"{gpu}-n1", gpu, 8), "agent")
+    assert len(full.assignments) == 8
+    big = _gpu_study(client_a, gpu, gpus=8, max_trials=1)
+
+    # a holds nothing, b a whole node: a's 8-GPU trial fits nowhere and holds n2 (the
+    # node closest to fitting it); the half-free n2's four GPUs went to b meanwhile.
+    half = stack.agent.request_work(_offer(f"{gpu}-n2", gpu, 8, free=4), "agent")
+    assert {x.suggestion.trial.study_id for x in half.assignments} == {small}
+    held = stack.holds.reservations()[f"{gpu}-n2"]
+    assert (held.tenant, held.study, held.demand.gpus) == (a, big, 8)
+    # Held, n2 drains: b's trials wait although its GPUs free up one by one.
+    b_trials = [x.suggestion.trial for x in half.assignments]
+    for done, trial in enumerate(b_trials[:-1], 1):
+        stack.agent.complete(trial.trial_id, _start(stack.agent, trial), 0.5, 1)
+        again = stack.agent.request_work(_offer(f"{gpu}-n2", gpu, 8, free=4 + done), "agent")
+        assert not again.assignments
+    last = b_trials[-1]
+    stack.agent.complete(last.trial_id, _start(stack.agent, last), 0.5, 1)
+    drained = stack.agent.request_work(_offer(f"{gpu}-n2", gpu, 8), "agent")
+    [placed] = drained.assignments
+    assert placed.suggestion.trial.study_id == big and placed.resources.gpus == 8
+    assert f"{gpu}-n2" not in stack.holds.reservations()
 
 
 def test_a_high_priority_study_preempts_a_lower_one_on_a_spot_node(stack: Stack) -> None:

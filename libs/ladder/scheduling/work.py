@@ -19,6 +19,11 @@ blocked (it does not fit what is free) ``preemption.plan_preemption`` picks the 
 trials of the node to pause (lower priority; another tenant's only if that keeps the
 shares fair). Trials already asked to pause count as free-to-be: no second plan is
 made while the first one's victims are still checkpointing.
+
+Reservations (fair policy, ``reservation``): with ``reserved``, a node held for a
+blocked trial's study considers that study's candidates only, and an answer that leaves
+the most under-served tenant's trial blocked names a node to hold for it, so that big
+trials are not starved by the small ones that take every GPU freed.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ladder.scheduling.chooser import schedule
 from ladder.scheduling.fairshare import Ledger
 from ladder.scheduling.placement import first_fit
 from ladder.scheduling.preemption import plan_preemption
+from ladder.scheduling.reservation import Reservation, Reserved, new_reservation, shortfall
 from ladder.scheduling.resources import Demand, Node, Resources, Trial
 
 DEFAULT_MAX_TRIALS = 8  # assignments in one answer when the offer sets none
@@ -61,6 +67,8 @@ class StudyWork:
 class WorkPlan:
     placements: list[Trial] = field(default_factory=list)  # in order
     pause: list[str] = field(default_factory=list)  # trial ids to preempt
+    reserve: Reservation | None = None  # a node to hold from now on (any node)
+    release: bool = False  # the asking node's reservation ends
 
 
 def resumed(candidate: Trial) -> bool:
@@ -129,18 +137,35 @@ def _fifo(node: Node, pending: Sequence[Trial], ledger: Ledger, created: dict[st
 
 def plan_work(node: Node, spot: bool, studies: Sequence[StudyWork], ledger: Ledger,
               running: Sequence[tuple[Trial, bool]], policy: Policy = Policy.FAIR,
-              max_trials: int = DEFAULT_MAX_TRIALS) -> WorkPlan:
+              max_trials: int = DEFAULT_MAX_TRIALS, reserved: Reserved | None = None
+              ) -> WorkPlan:
     """The answer for ``node`` (``node.free``: what is free on it now). ``running``:
     the trials holding resources on it, each with whether a plan already asked it to
     pause. ``ledger`` holds every tenant's use and policy; it is updated with the
-    placements."""
+    placements. ``reserved``: the nodes held (fair policy; none: no reservations)."""
     max_trials = max_trials or DEFAULT_MAX_TRIALS
-    pending = candidates(studies, max_trials, node)
     if policy is Policy.FIFO:
+        pending = candidates(studies, max_trials, node)
         created = {s.study_id: s.created_ms for s in studies}
         return WorkPlan(_fifo(node, pending, ledger, created, max_trials))
+    mine = reserved.held.get(node.node_id) if reserved is not None else None
+    release = False
+    if mine is not None:
+        only = [s for s in studies if s.study_id == mine.study]
+        if (only and ledger.within_quota(mine.tenant, mine.demand.resources)
+                and shortfall(ledger, mine.tenant, sorted({s.tenant for s in studies})) > 0):
+            studies = only
+        else:  # nothing left to hold it for, or its tenant holds its part again
+            mine, release = None, True
+    pending = candidates(studies, max_trials, node)
     decided = schedule(pending, [node], ledger, reserve=False)
     plan = WorkPlan([trial for trial, _ in decided.placements][:max_trials])
+    plan.release = release or (mine is not None and bool(plan.placements))
+    if reserved is not None and mine is None and decided.blocked:
+        held = {k: v for k, v in reserved.held.items() if k != node.node_id}
+        plan.reserve = new_reservation(
+            decided.blocked, sorted({t.tenant for t in pending}), ledger,
+            Reserved(held, reserved.nodes, reserved.limit))
     if not spot or not decided.blocked:
         return plan
     free = node.free

@@ -25,6 +25,7 @@ import redis
 
 from ladder import quotas
 from ladder.errors import AtCapacity
+from ladder.scheduling.reservation import Reservation
 from ladder.scheduling.resources import Demand, Node, Resources, Tier, Trial
 from ladder.state import scripts
 from ladder.state.keys import Keys
@@ -97,15 +98,64 @@ class HoldStore:
         self.r.hset(self.keys.sched_nodes, node.node_id, json.dumps(
             {"g": g, "c": c, "m": m, "type": node.gpu_type, "spot": spot, "ms": stamp}))
 
+    def _offers(self, within_s: float, now_ms: int | None) -> list[tuple[str, dict]]:
+        """(node id, offer) of the nodes that asked within ``within_s`` seconds."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        offers = [(node_id.decode(), json.loads(raw))
+                  for node_id, raw in self.r.hgetall(self.keys.sched_nodes).items()]
+        return [(n, o) for n, o in offers if now - int(o["ms"]) <= within_s * 1000]
+
     def cluster_total(self, within_s: float, now_ms: int | None = None) -> Resources:
         """The summed capacity of the nodes that asked within ``within_s`` seconds."""
-        now = int(time.time() * 1000) if now_ms is None else now_ms
         total = Resources()
-        for raw in self.r.hvals(self.keys.sched_nodes):
-            offer = json.loads(raw)
-            if now - int(offer["ms"]) <= within_s * 1000:
-                total = total + from_units(offer["g"], offer["c"], offer["m"])
+        for _, offer in self._offers(within_s, now_ms):
+            total = total + from_units(offer["g"], offer["c"], offer["m"])
         return total
+
+    def nodes(self, within_s: float, now_ms: int | None = None) -> list[Node]:
+        """The nodes that asked within ``within_s`` seconds, each with as free its
+        capacity less what the holds on it take."""
+        offers = self._offers(within_s, now_ms)
+        pipe = self.r.pipeline(transaction=False)
+        for node_id, _ in offers:
+            pipe.hmget(self.keys.sched_node(node_id), "g", "c", "m")
+        out = []
+        for (node_id, offer), held in zip(offers, pipe.execute() if offers else [],
+                                          strict=True):
+            capacity = from_units(offer["g"], offer["c"], offer["m"])
+            left = capacity - from_units(*held)
+            free = Resources(max(0, left.gpus), max(0.0, left.cpu), max(0.0, left.memory_gb))
+            out.append(Node(node_id, offer["type"], capacity, free))
+        return out
+
+    def node_count(self) -> int:
+        return int(self.r.hlen(self.keys.sched_nodes))
+
+    def reservations(self, now_ms: int | None = None) -> dict[str, Reservation]:
+        """The nodes held for blocked trials (``ladder.scheduling.reservation``); those
+        past their time are dropped."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        out, expired = {}, []
+        for raw_id, raw in self.r.hgetall(self.keys.sched_reserved).items():
+            node_id, held = raw_id.decode(), json.loads(raw)
+            if int(held["until"]) < now:
+                expired.append(node_id)
+                continue
+            out[node_id] = Reservation(node_id, held["tenant"], held["study"], Demand(
+                from_units(held["g"], held["c"], held["m"]), held["type"]))
+        if expired:
+            self.r.hdel(self.keys.sched_reserved, *expired)
+        return out
+
+    def reserve(self, held: Reservation, ttl_s: float, now_ms: int | None = None) -> None:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        g, c, m = units(held.demand.resources)
+        self.r.hset(self.keys.sched_reserved, held.node_id, json.dumps(
+            {"tenant": held.tenant, "study": held.study, "g": g, "c": c, "m": m,
+             "type": held.demand.gpu_type, "until": now + int(ttl_s * 1000)}))
+
+    def unreserve(self, node_id: str) -> None:
+        self.r.hdel(self.keys.sched_reserved, node_id)
 
     def usage(self, tenants: Iterable[str]) -> dict[str, Resources]:
         """What each tenant's RequestWork trials hold now."""

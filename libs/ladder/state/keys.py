@@ -18,6 +18,8 @@ its families by these builders' names.
 | ``{root}sched:node:{id}``            | hash   | the same, held on node id                  |
 | ``{root}sched:node:{id}:trials``     | set    | trial ids holding resources on node id     |
 | ``{root}sched:nodes``                | hash   | node id → JSON offer (capacity, spot, ms)  |
+| ``{root}sched:reserved``             | hash   | node id → JSON reservation (tenant, study, |
+|                                      |        | demand, until ms: ladder.state.holds)      |
 | ``{root}study:{sid}:pending``        | set    | trial ids suggested / running / resumable  |
 | ``{root}study:{sid}:resumable``      | zset   | resumable trial ids → queued ms (FIFO)     |
 | ``{root}study:{sid}:paused``         | zset   | PAUSED trial ids → paused ms (promotion    |
@@ -143,6 +145,10 @@ class Keys:
     @property
     def sched_nodes(self) -> str:
         return f"{self.root}sched:nodes"
+
+    @property
+    def sched_reserved(self) -> str:
+        return f"{self.root}sched:reserved"
 
     def pending(self, study_id: str) -> str:
         return f"{self.root}study:{study_id}:pending"
