@@ -33,7 +33,9 @@ Heartbeat is answered with a checkpoint and PauseTrial, as the worker runtime do
 
 Reported per policy, after a warm-up of ``--warmup`` of the run: GPU utilisation over
 time (samples every ``--sample`` s) and after warm-up, each tenant's share of busy GPUs
-against its weight and the weighted Jain index, quota violations (samples where a
+against its weight and the weighted Jain index (also over the *contended* samples
+only, where every tenant had trials waiting: each sample records each tenant's waiting
+GPUs and waiting trials by size), quota violations (samples where a
 tenant held more GPUs than its quota, counted from the simulator's view and from the
 services' own tally in Redis), the time from the high-priority study's creation until
 it holds 50/75/90% of its target (C's share, or all its trials), fragmentation
@@ -505,14 +507,15 @@ class FleetSim:
 
     # -- measures
 
-    def waiting_demands(self) -> list[tuple[str, int]]:
-        """(tenant, GPUs) of every created study with trials neither done nor running."""
+    def waiting_demands(self) -> list[tuple[str, int, int]]:
+        """(tenant, GPUs per trial, trials) of every created study with trials neither
+        done nor running (queued, resumable or still to create)."""
         out = []
         for study_id, plan in self.study_ids.items():
             left = plan.trials - self.ended.get(study_id, 0) - len(self.running_ids.get(
                 study_id, ()))
             if left > 0:
-                out.append((plan.tenant, plan.gpus))
+                out.append((plan.tenant, plan.gpus, left))
         return out
 
     def sample(self, dt: float) -> None:
@@ -530,7 +533,13 @@ class FleetSim:
         free = sum(n.free.gpus for n in up)
         busy = sum(used.values())
         warm = now >= self.sc.warmup * self.sc.duration
-        fits = [g for t, g in self.waiting_demands() if used[t] + g <= self.sc.quotas[t]]
+        demands = self.waiting_demands()
+        fits = [g for t, g, _ in demands if used[t] + g <= self.sc.quotas[t]]
+        waiting = dict.fromkeys(TENANT_NAMES, 0)
+        by_size: dict[str, dict[int, int]] = {t: {} for t in TENANT_NAMES}
+        for tenant, gpus, left in demands:
+            waiting[tenant] += gpus * left
+            by_size[tenant][gpus] = by_size[tenant].get(gpus, 0) + left
         if warm:
             self.idle_gpu_s += free * dt
             if fits and min(fits) <= free:
@@ -546,7 +555,9 @@ class FleetSim:
             "t_s": round(now, 2), "t_h": round(self.sc.sim_hours(now), 4), "busy": busy,
             "up_gpus": len(up) * fleet_sim.GPUS_PER_NODE, "hp": hp, "free": free,
             **{f"gpus_{t}": g for t, g in used.items()},
-            "waiting_studies": len(self.waiting_demands()),
+            **{f"waiting_gpus_{t}": g for t, g in waiting.items()},
+            "waiting_trials_by_gpus": {t: dict(sorted(n.items())) for t, n in by_size.items()},
+            "waiting_studies": len(demands),
         })
 
     async def sampler(self, end: float) -> None:
@@ -676,6 +687,7 @@ def summarise(policy: str, sc: Scenario, sim: FleetSim, watch: ServiceQuotaWatch
         "policy": policy,
         **fleet_sim.share_metrics(after, sc.capacity, sc.weights, window,
                                   "utilisation_min_tenth_of_run"),
+        "contended": fleet_sim.contended(after, sc.capacity, sc.weights),
         "quota_gpus": sc.quotas,
         "quota_violation_samples_simulator": sim.quota_violations,
         "quota_violation_polls_services": watch.violations,
@@ -726,6 +738,9 @@ def ratios(fair: dict[str, Any], fifo: dict[str, Any]) -> dict[str, Any]:
         "jain_weighted": ratio(fair["jain_weighted"], fifo["jain_weighted"]),
         "share_over_target_worst": ratio(fair["share_over_target_worst"],
                                          fifo["share_over_target_worst"]),
+        "contended_share_over_target_worst": ratio(
+            fair["contended"].get("share_over_target_worst"),
+            fifo["contended"].get("share_over_target_worst")),
         "fragmentation_fraction": ratio(fair["fragmentation_fraction"],
                                         fifo["fragmentation_fraction"]),
         "hp_time_to_50%": ratio(fair["hp_time_to_share_fraction_s"]["50%"],

@@ -24,6 +24,17 @@ Policies, on the same arrivals and reclaims (pre-drawn from the seed):
 - ``fifo``: one queue in arrival order, each trial on the first node with room (greedy:
   later trials pass a blocked one), no weights, quotas, priorities or preemption.
 
+Two more policies model the suggest service's RequestWork (``--policies``; not in the
+default run): every round, each node with free GPUs asks in turn (shuffled, as agents
+ask when their trials end) and gets ``work.plan_work``'s one-node answer, each study's
+pending trials (of one size and priority) offered as one ``StudyWork``:
+- ``ladder-per-node``: the answer as the service gave it before node reservations;
+- ``ladder-per-node-reserve``: with ``reservation`` (a node held for a short
+  tenant's blocked trial, at most ``reserve_limit`` nodes), as the service does now.
+``--trials-per-study N`` submits the arrivals as ``bench/fleet.py`` does: studies of N
+trials of one size each (one of each size per tenant at the start), so that a tenant's
+waiting work can be all big trials.
+
 A scheduling round runs every 30 s of simulated time for both. Measures after a 2 h
 warm-up: GPU utilisation over time, each tenant's share of busy GPUs against its weight
 and the weighted Jain index, quota violations (rounds after which a tenant held more GPUs
@@ -34,6 +45,7 @@ time by trial size (the load is 1.8x the fleet, so waits grow all run: compare s
 policies, not absolute hours).
 
     nice -n 19 .venv/bin/python bench/fleet_sim.py [--seed 20261202] [--hours 24]
+        [--policies ladder,ladder-no-reservation,fifo] [--trials-per-study 0]
         [--out bench/results/fleet-sim-<date>.json]   (also writes a .png beside it)
 """
 
@@ -60,7 +72,9 @@ from ladder.scheduling.chooser import queue_key, schedule
 from ladder.scheduling.fairshare import Ledger, jain_index
 from ladder.scheduling.placement import first_fit
 from ladder.scheduling.preemption import plan_preemption
+from ladder.scheduling.reservation import Reservation, Reserved, reserve_limit
 from ladder.scheduling.resources import Node, Resources, Trial
+from ladder.scheduling.work import StudyWork, plan_work
 
 NODES, GPUS_PER_NODE, CPU_PER_NODE, MEM_PER_NODE = 200, 8, 96, 1024
 TENANTS = {"A": res.tenant_policy(2.0, 1000), "B": res.tenant_policy(1.0, 500),
@@ -75,6 +89,7 @@ TICK_S, SAMPLE_S, WARMUP_S = 30.0, 300.0, 2 * 3600
 WINDOW = 512  # trials per tenant (ladder) or in total (fifo) a round looks at
 PLANS_PER_ROUND = 32
 POLICIES = ("ladder", "ladder-no-reservation", "fifo")
+PER_NODE = ("ladder-per-node", "ladder-per-node-reserve")
 HP_LEVELS = (0.5, 0.75, 0.9)
 
 
@@ -89,9 +104,13 @@ class Job:
     work: float  # seconds of computation the trial needs in all
 
 
-def workload(seed: int, hours: float) -> tuple[list[Job], list[tuple[float, int]]]:
+def workload(seed: int, hours: float, per_study: int = 0
+             ) -> tuple[list[Job], list[tuple[float, int]]]:
     """The arrivals (every tenant's Poisson stream and the high-priority study) and the
-    spot reclaims (time, node index), identical for every policy."""
+    spot reclaims (time, node index), identical for every policy. ``per_study``: 0, a
+    stream of trials of mixed sizes; else, as ``bench/fleet.py`` submits them, a stream
+    of studies of that many trials of one size each, one study of each size per tenant
+    at the start."""
     rng = random.Random(seed)
     mean_gpus = sum(s * p for s, p in zip(SIZES, SIZE_P, strict=True))
     mean_s = MEDIAN_S * math.exp(SIGMA ** 2 / 2)
@@ -100,6 +119,9 @@ def workload(seed: int, hours: float) -> tuple[list[Job], list[tuple[float, int]
     jobs: list[Job] = []
     for tenant in TENANTS:
         stream = random.Random(f"{seed}-{tenant}")
+        if per_study:
+            jobs.extend(studies(stream, tenant, rate / per_study, horizon, per_study))
+            continue
         now = 0.0
         while True:
             now += stream.expovariate(rate)
@@ -118,6 +140,22 @@ def workload(seed: int, hours: float) -> tuple[list[Job], list[tuple[float, int]
                           j.trial.priority, seq=i), j.arrival, j.work)
                 for i, j in enumerate(jobs)]
     return numbered, spot_reclaims(rng, range(NODES), horizon)
+
+
+def studies(stream: random.Random, tenant: str, rate: float, horizon: float, per_study: int
+            ) -> list[Job]:
+    """One tenant's studies of ``per_study`` trials of one size: one of each size at the
+    start, then a Poisson stream of ``rate`` studies a second."""
+    starts = [(0.0, gpus) for gpus in SIZES]
+    now = 0.0
+    while True:
+        now += stream.expovariate(rate)
+        if now >= horizon:
+            break
+        starts.append((now, stream.choices(SIZES, SIZE_P)[0]))
+    return [Job(Trial("", tenant, f"{tenant}-s{k}", demand_for(gpus)), at,
+                stream.lognormvariate(math.log(MEDIAN_S), SIGMA))
+            for k, (at, gpus) in enumerate(starts) for _ in range(per_study)]
 
 
 def spot_reclaims(rng: random.Random, nodes: Iterable[int], horizon: float,
@@ -155,6 +193,8 @@ class Fleet:
     running: dict[str, Running] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
     held: dict[str, str] = field(default_factory=dict)  # node -> trial a plan frees it for
+    reservations: dict[str, Reservation] = field(default_factory=dict)  # per-node policies
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
     plans: dict[str, set[str]] = field(default_factory=dict)  # waiting trial -> victims left
     events: list[tuple[float, int, str, str]] = field(default_factory=list)
     first_start: dict[str, float] = field(default_factory=dict)
@@ -236,9 +276,45 @@ def ladder_round(fleet: Fleet, now: float) -> None:
         fleet.preempted += len(plan.victims)
 
 
+def per_node_round(fleet: Fleet, now: float) -> None:
+    """Each node with free GPUs asks in turn, as node agents call RequestWork."""
+    asking = [n for n in fleet.nodes.values() if n.free.gpus and n.node_id not in fleet.down]
+    fleet.rng.shuffle(asking)
+    for asked in asking:
+        node = fleet.nodes[asked.node_id]
+        groups: dict[str, list[Trial]] = {}
+        for queue in fleet.pending.values():
+            for trial in queue[:WINDOW]:
+                groups.setdefault(f"{trial.study}-{trial.demand.gpus}g-p{trial.priority}",
+                                  []).append(trial)
+        studies = [StudyWork(sid, q[0].tenant, q[0].demand, q[0].priority, min(t.seq for t in q),
+                             len(q), len(q), 0) for sid, q in groups.items()]
+        running = [(r.trial, r.pausing) for r in fleet.running.values()
+                   if r.node_id == node.node_id]
+        reserved = None
+        if fleet.policy == "ladder-per-node-reserve":
+            up = [n for n in fleet.nodes.values() if n.node_id not in fleet.down]
+            reserved = Reserved(dict(fleet.reservations), lambda up=up: up,
+                                reserve_limit(len(up)))
+        plan = plan_work(node, True, studies, fleet.ledger, running, reserved=reserved)
+        for placed in plan.placements:
+            sid, index = placed.trial_id.rsplit("#", 1)
+            fleet.start(groups[sid][int(index[1:])], node.node_id, now, counted=True)
+        if plan.release:
+            fleet.reservations.pop(node.node_id, None)
+        if plan.reserve is not None:
+            fleet.reservations[plan.reserve.node_id] = plan.reserve
+        for victim in plan.pause:
+            fleet.running[victim].pausing = True
+            fleet.push(now + PAUSE_CHECKPOINT_S, "paused", victim)
+            fleet.preempted += 1
+
+
 def on_paused(fleet: Fleet, trial_id: str, now: float) -> None:
     run = fleet.stop(trial_id, now, lost=0.0)  # checkpointed: nothing lost
     fleet.wait(run.trial)
+    if fleet.policy in PER_NODE:
+        return  # no plan bookkeeping: the node's next answer sees the freed space
     waiting = next(w for w, left in fleet.plans.items() if trial_id in left)
     fleet.plans[waiting].discard(trial_id)
     if fleet.plans[waiting]:
@@ -290,7 +366,8 @@ def simulate(policy: str, jobs: list[Job], reclaims: list[tuple[float, int]],
     violations = 0
     hp_reached: dict[float, float] = {}
     completed = 0
-    round_fn = fifo_round if policy == "fifo" else ladder_round
+    round_fn = (fifo_round if policy == "fifo" else per_node_round if policy in PER_NODE
+                else ladder_round)
     while tick < horizon:
         while fleet.events and fleet.events[0][0] <= tick:
             at, _, kind, ref = heapq.heappop(fleet.events)
@@ -330,9 +407,14 @@ def simulate(policy: str, jobs: list[Job], reclaims: list[tuple[float, int]],
             if tick >= HP_AT_S and level not in hp_reached and hp_gpus >= level * hp_target:
                 hp_reached[level] = tick - HP_AT_S
         if tick >= next_sample:
+            waiting = dict.fromkeys(TENANTS, 0)
+            for queue in fleet.pending.values():
+                for trial in queue:
+                    waiting[trial.tenant] += trial.demand.gpus
             samples.append({"t_h": round(tick / 3600, 4), "busy": busy, "up_gpus":
                             (NODES - len(fleet.down)) * GPUS_PER_NODE, "hp": hp_gpus,
                             **{f"gpus_{t}": g for t, g in used.items()},
+                            **{f"waiting_gpus_{t}": g for t, g in waiting.items()},
                             "waiting": sum(len(q) for q in fleet.pending.values())})
             next_sample += SAMPLE_S
         tick += TICK_S
@@ -372,6 +454,7 @@ def summarise(policy: str, samples: list[dict[str, Any]], fleet: Fleet, frag_gpu
         "policy": policy,
         **share_metrics(after, capacity, {t: p.weight for t, p in TENANTS.items()},
                         int(3600 / SAMPLE_S), "utilisation_min_hourly"),
+        "contended": contended(after, capacity, {t: p.weight for t, p in TENANTS.items()}),
         "quota_violation_rounds": violations,
         "quota_gpus": {t: p.max_gpus for t, p in TENANTS.items()},
         "hp_time_to_share_fraction_s": {f"{level:.0%}": hp_reached.get(level)
@@ -410,6 +493,26 @@ def share_metrics(after: list[dict[str, Any]], capacity: int, weights: dict[str,
         "jain_weighted": round(jain_index(shares[t] / weights[t] for t in weights), 4),
         "max_gpus_held": {t: max(s[f"gpus_{t}"] for s in after) for t in weights},
     }
+
+
+def contended(after: list[dict[str, Any]], capacity: int, weights: dict[str, float]
+              ) -> dict[str, Any]:
+    """The shares over the samples ``after`` warm-up where every tenant had trials waiting
+    (``waiting_gpus_<tenant>`` > 0): only there does a share below the weight mean the
+    scheduler gave its GPUs to another tenant; elsewhere the tenant had no more work."""
+    both = [s for s in after if all(s[f"waiting_gpus_{t}"] > 0 for t in weights)]
+    out: dict[str, Any] = {
+        "definition": "samples after warm-up where every tenant had trials waiting "
+                      "(arrived, neither done nor running)",
+        "samples": len(both), "of_samples": len(after),
+        "waiting_fraction": {t: round(sum(s[f"waiting_gpus_{t}"] > 0 for s in after)
+                                      / max(1, len(after)), 4) for t in weights},
+    }
+    if both:
+        found = share_metrics(both, capacity, weights, len(both), "_")
+        out.update({k: found[k] for k in ("utilisation_after_warmup", "share_of_busy_gpus",
+                                          "share_over_target_worst", "jain_weighted")})
+    return out
 
 
 def plot(results: list[dict[str, Any]], path: Path, capacity: int = NODES * GPUS_PER_NODE,
@@ -459,13 +562,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=20261202)
     parser.add_argument("--hours", type=float, default=24.0)
+    parser.add_argument("--policies", default=",".join(POLICIES),
+                        help=f"of {', '.join(POLICIES + PER_NODE)}")
+    parser.add_argument("--trials-per-study", type=int, default=0,
+                        help="0: trials of mixed sizes arrive one by one; else studies of "
+                             "that many trials of one size (bench/fleet.py's arrivals)")
     parser.add_argument("--out", type=Path, default=Path(
         f"bench/results/fleet-sim-{datetime.date.today():%Y%m%d}.json"))
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    jobs, reclaims = workload(args.seed, args.hours)
+    jobs, reclaims = workload(args.seed, args.hours, args.trials_per_study)
     results = []
-    for policy in POLICIES:
+    for policy in args.policies.split(","):
         t0 = time.perf_counter()
         result = simulate(policy, jobs, reclaims, args.hours)
         result["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -483,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         "tenants": {t: {"weight": p.weight, "max_gpus": p.max_gpus} for t, p in TENANTS.items()},
         "workload": {"sizes": SIZES, "size_p": SIZE_P, "median_s": MEDIAN_S, "sigma": SIGMA,
                      "offered_per_tenant": OFFERED_PER_TENANT, "trials": len(jobs),
+                     "trials_per_study": args.trials_per_study,
                      "checkpoint_every_s": CHECKPOINT_EVERY_S,
                      "pause_checkpoint_s": PAUSE_CHECKPOINT_S,
                      "reclaim_mean_s": RECLAIM_MEAN_S, "reclaim_down_s": RECLAIM_DOWN_S,

@@ -44,3 +44,28 @@ def test_run_times_depend_on_study_and_ordinal_only() -> None:
     draws = sorted(fleet.run_minutes(7, "s", k, fleet_sim.MEDIAN_S) for k in range(2001))
     assert 30 < draws[1000] < 50  # median near fleet_sim's 40 minutes
     assert draws[-1] > 5 * draws[1000]  # a heavy tail
+
+
+def test_fleet_sim_studies_are_of_one_size_with_one_of_each_size_at_the_start() -> None:
+    jobs, _ = fleet_sim.workload(7, 2.0, per_study=5)
+    by_study: dict[str, set[int]] = {}
+    for job in jobs:
+        by_study.setdefault(job.trial.study, set()).add(job.trial.demand.gpus)
+    assert all(len(sizes) == 1 for sizes in by_study.values())
+    counts = {s: sum(j.trial.study == s for j in jobs) for s in by_study}
+    assert {n for s, n in counts.items() if s != "C-urgent"} == {5}
+    at_start = {(j.trial.tenant, j.trial.demand.gpus) for j in jobs if j.arrival == 0.0}
+    assert at_start == {(t, g) for t in fleet_sim.TENANTS for g in fleet_sim.SIZES}
+
+
+def test_contended_shares_count_only_samples_where_every_tenant_waits() -> None:
+    def sample(a: int, b: int, c: int, waiting_a: int) -> dict[str, int]:
+        return {"busy": a + b + c, "up_gpus": 8, "gpus_A": a, "gpus_B": b, "gpus_C": c,
+                "waiting_gpus_A": waiting_a, "waiting_gpus_B": 1, "waiting_gpus_C": 1}
+
+    weights = {"A": 2.0, "B": 1.0, "C": 1.0}
+    # A has nothing waiting in the first sample: its low share there is not unfairness.
+    found = fleet_sim.contended([sample(0, 4, 4, 0), sample(4, 2, 2, 3)], 8, weights)
+    assert (found["samples"], found["of_samples"]) == (1, 2)
+    assert found["share_of_busy_gpus"] == {"A": 0.5, "B": 0.25, "C": 0.25}
+    assert found["share_over_target_worst"] == 0 and found["waiting_fraction"]["A"] == 0.5
