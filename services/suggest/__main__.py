@@ -17,7 +17,7 @@ Creates studies and answers Suggest with resumable or new trials.
 |                                |         | least 17 (one candidate pool, cheaper than 8)  |
 | ``--buffer-max`` /             | 1024    | the most; between the two a refit asks for the |
 | LADDER_SUGGEST_BUFFER_MAX      |         | most points taken within one refit cycle over  |
-|                                |         | the last 30 s x 3 (``ladder.samplers.sizing``) |
+|                                |         | the last 60 s x 2 (``ladder.samplers.sizing``) |
 | LADDER_SUGGEST_REFIT           | process | ``process``: model-based samplers run in child |
 |                                |         | processes (refits never hold this process'     |
 |                                |         | GIL); ``thread``: on the refit threads here    |

@@ -104,7 +104,7 @@ def test_bursts_are_served_by_the_busiest_stretch_rule_and_not_by_the_mean_rate(
         return batch_size(takes.busiest(now, cycle), 8, 1024)
 
     def mean_rate_rule(takes: TakeLog, now: float) -> int:  # the rule it replaced
-        return min(1024, max(8, math.ceil(takes.rate(now) * cycle * HEADROOM)))
+        return min(1024, max(8, math.ceil(takes.rate(now) * cycle * 3.0)))
 
     # Only the first burst (nothing taken yet: the least batch) meets a small buffer.
     assert served_fraction(busiest_rule, cycle=cycle) >= 0.9

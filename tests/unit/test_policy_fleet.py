@@ -25,6 +25,7 @@ from ladder.samplers import (
 )
 from ladder.samplers.policy import MODEL_FALLBACK_ALGORITHM, WARM_MAX, WARM_MIN, staleness
 from ladder.samplers.quasirandom import QuasiRandomSampler
+from ladder.samplers.sizing import HEADROOM
 from ladder.samplers.tpe import TPESampler
 from test_policy import SPACE, until
 
@@ -173,7 +174,7 @@ def test_the_batch_covers_a_burst_over_the_whole_cycle_pending_read_included(
     policy.take(40)  # a burst, within one cycle
     store.add([obs(1)])
     until(lambda: policy.stats.observations == 1)
-    assert policy.stats.busiest == 40 and model.counts[-1] == 40 * 3  # x HEADROOM
+    assert policy.stats.busiest == 40 and model.counts[-1] == 40 * HEADROOM
 
 
 def test_a_fixed_size_by_default() -> None:

@@ -16,7 +16,13 @@ requests after warm-up at 1,000 paced workers. So the demand a batch must meet i
 the **busiest** stretch of one cycle's length over the last ``PEAK_WINDOW`` seconds
 (``TakeLog.busiest``), times ``HEADROOM`` (a burst larger than any before it, a
 cycle longer than the estimate), within the policy's least and most points
-(``batch_size``).
+(``batch_size``). The window spans a wave: at 1,000 workers (ASHA 4/12/36/108 at one
+report a second) bursts came about a minute apart, with 20 s and more of quiet
+between them, and a 30-s window sized the batch to the quiet (90 % served by the
+model after warm-up, 2026-12-03). A larger batch takes longer to make, so its
+points are older when handed out; replaying that run's requests against cycles
+measured in it (0.4 s + 7 ms a point; twice that), a headroom of 2 served as many
+from the model as 3 with points a third to a half younger.
 
 The cycle estimate is a decaying maximum (``next_estimate``): cycles vary two- to
 threefold from one to the next on a shared host, and one short cycle must not shrink
@@ -38,10 +44,10 @@ from ladder.study import Algorithm
 
 # The mean take rate (stats, logs) is over this many seconds.
 RATE_WINDOW = 10.0
-# The busiest stretch is looked for over this many seconds: longer than the quiet
-# spells between bursts (about ten seconds at 1,000 workers).
-PEAK_WINDOW = 30.0
-HEADROOM = 3.0
+# The busiest stretch is looked for over this many seconds: one wave of bursts
+# (module docstring).
+PEAK_WINDOW = 60.0
+HEADROOM = 2.0
 # The cycle estimate: the last cycle or, if longer, the previous estimate times this.
 ESTIMATE_DECAY = 0.8
 
