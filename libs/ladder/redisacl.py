@@ -84,6 +84,7 @@ USERS: tuple[AclUser, ...] = (
         "draws": READ_WRITE, "suggest_members": READ_WRITE, "partition_lease": READ_WRITE,
         "partition_fence": READ_WRITE, "partition_ready": READ_WRITE,
         "partition_taken": READ_WRITE,
+        "sched_reserved": READ_WRITE,  # RequestWork's node reservations (suggest only)
     }, WRITER),
     AclUser("evaluate", {
         **_TRIAL_LIFECYCLE, **_AUTH, **_HOLDS, "tenant_studies": READ, "last_sweep": READ_WRITE,

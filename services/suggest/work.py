@@ -44,8 +44,9 @@ _preempted = _meter.create_counter(
 
 # Nodes that asked within this long make up the cluster (the fair share's total).
 NODE_SEEN_SECONDS = 300.0
-# A node reservation (``ladder.scheduling.reservation``) that no ask of its node ended
-# (the node went away) lapses after this long.
+# A node reservation (``ladder.scheduling.reservation``) lapses this long after it was
+# made, so one whose node went away holds nothing; a tenant still short and blocked
+# makes a new one at its next blocked answer.
 RESERVE_SECONDS = 600.0
 UNBOUNDED = 1 << 30
 

@@ -23,8 +23,8 @@ time to live):
 - A reserved node gets only the reserving study's trials: when its answer places one,
   the reservation ends; until then the node drains (nothing else goes there).
 - A reservation whose study offers nothing, whose tenant is at its GPU quota or no
-  longer short ends at the node's next ask; one whose node never asks again ends with
-  its time to live.
+  longer short ends at the node's next ask; every reservation lapses with its time to
+  live (the caller's), so one whose node went away holds nothing for long.
 
 What it buys and costs, offline (``bench/fleet_sim.py --trials-per-study 100``, the
 per-node policies): a drain lasts as long as the longest trial left on the node, so
