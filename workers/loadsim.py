@@ -340,6 +340,9 @@ def suggestions_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         ),
         "model_age_ms": percentiles(v for r in results for v in r["model_age_ms"]),
         "suggest_latency_ms": percentiles(v for r in results for v in r["suggest_latency_ms"]),
+        "suggest_latency_after_warmup_ms": percentiles(
+            v for r in results for v in r.get("suggest_latency_after_warmup_ms", ())
+        ),
         "worker_idle_seconds_by_call": {
             k: round(v, 1) for k, v in _merge_float([r["idle_by_call"] for r in results]).items()
         },

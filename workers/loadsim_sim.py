@@ -142,6 +142,8 @@ class ProcessResult:
     unseen_observations: list[int] = field(default_factory=list)
     model_age_ms: list[float] = field(default_factory=list)
     suggest_latency_ms: list[float] = field(default_factory=list)
+    # Of which the calls made after the warm-up (the steady state).
+    suggest_latency_after_warmup_ms: list[float] = field(default_factory=list)
     idle_s: float = 0.0  # workers' time waiting for answers (module docstring)
     idle_by_call: dict[str, float] = field(default_factory=dict)  # of which, per RPC
     worker_s: float = 0.0  # workers' time in the run
@@ -324,6 +326,10 @@ class Simulator:
                     )
                     answered = time.monotonic()
                     self.result.suggest_latency_ms.append((answered - waiting) * 1000)
+                    if time.time() - cfg.start_at >= cfg.warmup:
+                        self.result.suggest_latency_after_warmup_ms.append(
+                            (answered - waiting) * 1000
+                        )
                     self._count_idle("Suggest", answered - waiting)
                     if not reply.suggestions:
                         await asyncio.sleep(interval)

@@ -43,6 +43,7 @@ def test_the_summary_counts_every_suggestion_exactly() -> None:
     two.served_by_after_warmup["tpe-fallback"] = 1
     one.unseen_observations, two.unseen_observations = [0, 3, 8], [1]
     one.suggest_latency_ms, two.suggest_latency_ms = [2.0] * 99 + [40.0], [3.0]
+    one.suggest_latency_after_warmup_ms, two.suggest_latency_after_warmup_ms = [40.0], [3.0]
     one.idle_s, one.worker_s = 6.0, 100.0
     two.idle_s, two.worker_s = 4.0, 100.0
     summary = suggestions_summary([asdict(one), asdict(two)])
@@ -54,6 +55,8 @@ def test_the_summary_counts_every_suggestion_exactly() -> None:
     assert summary["model_served_fraction_after_warmup"] == 0.99
     assert summary["model_unseen_observations"]["n"] == 4
     assert summary["suggest_latency_ms"]["p50"] == 2.0
+    assert summary["suggest_latency_after_warmup_ms"]["n"] == 2
+    assert summary["suggest_latency_after_warmup_ms"]["max"] == 40.0
     assert summary["worker_idle_fraction"] == 0.05
     assert suggestions_summary([asdict(ProcessResult())])["model_served_fraction"] is None
 
