@@ -4,9 +4,11 @@ Every ``--interval`` seconds it reads the study (suggest: state, budget) and its
 (lineage: running, pruned, completed, failed, best). On a terminal the headline and a
 bar per count are redrawn in place; otherwise (a pipe, a log, CI) one line per refresh.
 ``--json`` prints one JSON object per refresh. It exits 0 once the study is COMPLETED
-(or CANCELLED), or after one refresh with ``--once``. The rate is finished trials per
-minute since the watch began (the first refresh, or ``--once``: since the study was
-created).
+(or CANCELLED) and lineage, which learns the outcomes through the broker a moment
+after suggest, shows every trial ended (at most ``SETTLE_SECONDS`` later: a cancelled
+study's never-started trials may stay handed out), or after one refresh with ``--once``.
+The rate is finished trials per minute since the watch began (the first refresh, or
+``--once``: since the study was created).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ladder.lifecycle import CANCELLED, COMPLETED, state_name
 DEFAULT_INTERVAL = 2.0
 MIN_INTERVAL = 0.1  # a smaller --interval would only load the services
 BAR_WIDTH = 30
+SETTLE_SECONDS = 10.0
 
 
 class Rate:
@@ -82,6 +85,7 @@ def watch(args: argparse.Namespace) -> int:
     with cli_query.connected(args, (cli_query.SUGGEST, cli_query.LINEAGE)) as client:
         study = cli_query.existing_study(client, args.study_id)
         rate = Rate(study.created_unix_ms)
+        final_since: float | None = None
         while True:
             counts = cli_query.unless_not_found(
                 lambda: client.summary(args.study_id),
@@ -93,8 +97,13 @@ def watch(args: argparse.Namespace) -> int:
                 cli_query.emit(json.dumps(progress.as_dict(), allow_nan=False))
             else:
                 screen.show(progress)
-            if args.once or study.state in (COMPLETED, CANCELLED):
+            if args.once:
                 return 0
+            if study.state in (COMPLETED, CANCELLED):
+                final_since = final_since or time.monotonic()
+                settled = finished and not counts.running and not counts.suggested
+                if settled or time.monotonic() - final_since >= SETTLE_SECONDS:
+                    return 0
             time.sleep(max(MIN_INTERVAL, args.interval))
             study = client.get_study(args.study_id)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import ladder
 import pytest
+from ladder import runenv
 from ladder.client import LadderClient
 from ladder.config import Settings
 from ladder.testing import wait_for, wait_for_found
@@ -81,7 +82,8 @@ def test_a_training_loop_runs_a_study_with_early_stopping_and_captured_lineage(
     env = attempt.run_environment
     assert env.python == platform.python_version() and env.cpu_count == os.cpu_count()
     assert env.packages_hash and len(env.packages) > 10 and env.dataset_id == "ds-api"
-    assert "pytest" in env.entry_point
+    # This process's command: pytest's (recorded with paths relative to the work tree).
+    assert env.entry_point == runenv.entry_point(root=Path(__file__).resolve().parents[2])
     print(f"report() p50 {sorted(report_seconds)[len(report_seconds) // 2] * 1000:.1f} ms, "
           f"max {max(report_seconds) * 1000:.1f} ms over {len(report_seconds)} reports")
 

@@ -9,6 +9,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -123,13 +124,22 @@ def test_watch_follows_a_study_until_it_completes(
     study_id = json.loads(created.stdout)["study_id"]
     watch = subprocess.Popen([*LADDER, "watch", study_id, "--interval", "0.2"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(watch.stdout or ()), daemon=True)
+    reader.start()
     try:
+        # The trials run once watch has shown the study active: on a loaded host they
+        # could otherwise all end before its first refresh.
+        wait_for(lambda: lines or watch.poll() is not None, 30, "watch's first line")
         with client_of(env, infra) as client:
             run_trials(client, study_id, 3)
-        out, err = watch.communicate(timeout=60)
+        watch.wait(60)
+        reader.join(10)
     finally:
         watch.kill()
+    err = watch.stderr.read() if watch.stderr else ""
     assert watch.returncode == 0, err
+    out = "".join(lines)
     lines = out.splitlines()
     assert len(lines) >= 2 and "\x1b" not in out  # not a terminal: one line per refresh
     assert lines[0].startswith(f"{study_id} active: ")

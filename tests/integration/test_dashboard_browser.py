@@ -23,7 +23,7 @@ import ladder
 import pytest
 from ladder.client import LadderClient
 from ladder.config import Settings
-from ladder.testing import wait_for
+from ladder.testing import wait_for, wait_for_found
 from ladder.testing.browser import (
     READY_AT,
     ChromiumMissing,
@@ -258,7 +258,8 @@ HOVER_STOP_MARK = """(trialId) => {
   const point = plot.data[curve].customdata.findIndex(c => c[0] === trialId);
   if (point < 0) return null;
   Plotly.Fx.hover(plot, [{curveNumber: curve, pointNumber: point}]);
-  return plot.querySelector(".hoverlayer").textContent;
+  const layer = plot.querySelector(".hoverlayer");  // absent while a refresh redraws
+  return layer && layer.textContent ? layer.textContent : null;
 }"""
 
 
@@ -287,8 +288,8 @@ def test_a_pruned_trial_shows_why_it_was_stopped(
              for i in range(rows.count())}
     assert shown == reasons
 
-    hovered = page.evaluate(HOVER_STOP_MARK, first.trial_id)
-    assert hovered is not None, "no stop mark for the trial in the learning curves"
+    hovered = wait_for_found(lambda: page.evaluate(HOVER_STOP_MARK, first.trial_id), 10,
+                             "the learning curves' stop mark of the trial, hovered")
     assert first.trial_id in hovered and first.stop_reason in hovered, hovered
     assert viewer.errors.found == []
 
