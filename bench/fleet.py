@@ -607,7 +607,7 @@ class FleetSim:
 
 class ServiceQuotaWatch:
     """Polls the services' own tally of GPUs in use per tenant (Redis) and counts the
-    polls where a tenant held more than its quota."""
+    polls where a tenant held more than its quota; notes how many nodes are reserved."""
 
     def __init__(self, settings: Settings, quotas: dict[str, int], every: float) -> None:
         self.settings = settings
@@ -616,6 +616,7 @@ class ServiceQuotaWatch:
         self.polls = 0
         self.violations = 0
         self.max_seen: dict[str, int] = dict.fromkeys(quotas, 0)
+        self.reserved: list[int] = []  # nodes held by node reservations, per poll
         self.error = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -638,6 +639,7 @@ class ServiceQuotaWatch:
             while not self._stop.wait(self.every):
                 used = gpus_in_use(client, keys, list(self.quotas))
                 self.polls += 1
+                self.reserved.append(int(client.hlen(keys.sched_reserved)))
                 for tenant, gpus in used.items():
                     self.max_seen[tenant] = max(self.max_seen[tenant], gpus)
                     self.violations += gpus > self.quotas[tenant]
@@ -694,6 +696,9 @@ def summarise(policy: str, sc: Scenario, sim: FleetSim, watch: ServiceQuotaWatch
         "services_polls": watch.polls,
         "services_max_gpus_held": watch.max_seen,
         "services_watch_error": watch.error,
+        "reserved_nodes_per_poll": {
+            "mean": round(sum(watch.reserved) / max(1, len(watch.reserved)), 2),
+            "max": max(watch.reserved, default=0)},
         "hp_time_to_share_fraction_s": {f"{lv:.0%}": sim.hp_reached.get(f"{lv:.0%}")
                                         for lv in fleet_sim.HP_LEVELS},
         "hp_time_to_share_fraction_sim_min": {

@@ -530,7 +530,7 @@ def plot(results: list[dict[str, Any]], path: Path, capacity: int = NODES * GPUS
         return False
     fig, (ax_u, ax_s) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
     colours = {"A": "tab:blue", "B": "tab:orange", "C": "tab:green"}
-    for result, style in zip(results, ("-", "--", ":"), strict=False):
+    for result, style in zip(results, ("-", "--", ":", "-."), strict=False):
         if result["policy"] == "ladder-no-reservation":
             continue
         hours = [s["t_h"] for s in result["samples"]]
