@@ -237,9 +237,11 @@ def test_gpu_hours_budget_stops_a_two_gpu_study_until_it_is_raised(stack: Stack)
     cpu_only = client.create_study(_config()).study_id
     code, details = _refusal(lambda: client.update_study(cpu_only, max_gpu_hours=1))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "trial_resources.gpus is 0" in details
-    # 4 GPU-seconds: one running trial of 2 GPUs spends them in 2 s.
+    # 4 GPU-seconds: one running trial of 2 GPUs spends them in 2 s. A GPU type of its
+    # own: node agents of other modules sharing the session's Redis never get its trials.
+    gpus = {"gpus": 2, "gpu_type": f"budget-{uuid.uuid4().hex[:6]}"}
     study_id = client.create_study(
-        _config(max_gpu_hours=4 / 3600, trial_resources={"gpus": 2})).study_id
+        _config(max_gpu_hours=4 / 3600, trial_resources=gpus)).study_id
     trial_id, attempt = _run_until_stopped(client, study_id)
     study = _stopped_by_breaker(client, study_id, "max_gpu_hours is 0.00111")
     assert "trial-hours x 2 GPUs)" in study.state_reason
@@ -260,3 +262,4 @@ def test_gpu_hours_budget_stops_a_two_gpu_study_until_it_is_raised(stack: Stack)
     resumed = client.resume_study(study_id)
     assert resumed.state == study_pb2.STUDY_ACTIVE and resumed.state_reason == ""
     assert client.suggest(study_id, "w3")
+    client.cancel_study(study_id)
