@@ -10,6 +10,11 @@ STAMP := $(VENV)/.ladder-setup
 PROTO_SRC := $(wildcard proto/ladder/v1/*.proto)
 PROTO_OUT := libs/ladder/v1/__init__.py
 PYTEST_ARGS ?=
+# Test modules run in this many pytest-xdist processes, a module's tests together in
+# one (--dist loadfile: module fixtures, module-scoped service stacks); each process has
+# its own broker, Redis and PostgreSQL (the session fixtures). Most of an integration
+# test's time is waiting on service processes, so 2 on 2 cores halves the wall time.
+TEST_PROCS ?= 2
 
 .PHONY: setup proto up down status demo test test-unit test-integration lint clean \
   bench bench-earlystop bench-curves bench-scale bench-broker bench-quality bench-suggest \
@@ -60,7 +65,7 @@ demo: setup
 	$(PY) -m workers.demo
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile $(PYTEST_ARGS) tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
