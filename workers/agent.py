@@ -65,6 +65,9 @@ log = logging.getLogger("ladder.agent")
 WORKLOAD_LABEL = "workload"
 DEFAULT_WORKLOAD = "synthetic"
 DEFAULT_MAX_PER_REQUEST = 8
+# A trial's hand-back reason when RequestWork named it in pause_trial_ids (lineage shows
+# "preempted: worker W was paused by the scheduler for higher-priority work after step N").
+SCHEDULER_PAUSE = "was paused by the scheduler for higher-priority work"
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,7 @@ class NodeAgent:
                 continue  # already ended here (or never ran here): nothing to pause
             log.info("scheduler preempts trial %s: checkpoint and hand back", trial_id)
             self.report.paused_by_scheduler += 1
-            run.worker.request_stop()
+            run.worker.request_stop(SCHEDULER_PAUSE)
 
     def _workload(self, study_id: str) -> object:
         labels = self._labels.get(study_id)

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 from ladder import runenv
 from ladder.api.attempt import (
+    SIGNAL_STOP,
     Attempt,
     CheckpointStats,
     LostLease,
@@ -162,9 +163,9 @@ class Worker:
     def handed_back_early(self) -> threading.Event:
         return self.session.handed_back_early
 
-    def request_stop(self) -> None:
+    def request_stop(self, why: str = SIGNAL_STOP) -> None:
         """The preemption notice starts (signal-safe); see ``Session.request_stop``."""
-        self.session.request_stop()
+        self.session.request_stop(why)
 
     # -- the loop
 

@@ -12,11 +12,13 @@ from urllib.parse import unquote, urlparse
 import grpc
 import pytest
 from ladder import failures
+from ladder.api.attempt import SIGNAL_STOP
 from ladder.client import BudgetExhausted, study_config
 from ladder.params import fill_params
 from ladder.testing import RpcStatus
 from ladder.v1 import evaluate_pb2, events_pb2, study_pb2, suggest_pb2, trial_pb2
 
+from workers.agent import SCHEDULER_PAUSE
 from workers.runtime import Worker, WorkerConfig
 
 MAX_STEPS = 9
@@ -418,6 +420,24 @@ def test_graceful_stop_checkpoints_and_hands_the_trial_back(tmp_path: Path) -> N
     ((_, _, reason, kind),) = [c for c in client.calls if c[0] == "fail"]
     assert kind == failures.PREEMPTED and "after step 4" in reason
     assert client.names().count("suggest") == 1  # no new trial after the stop
+
+
+@pytest.mark.parametrize("why", [None, SCHEDULER_PAUSE])
+def test_the_hand_back_reason_says_what_stopped_the_worker(tmp_path: Path, why: str | None
+                                                           ) -> None:
+    client = FakeClient(trials=5)
+    holder: dict[str, Worker] = {}
+
+    def on_step(step: int) -> None:
+        if step == 2:  # a signal handler passes no reason; the node agent names its own
+            worker = holder["worker"]
+            worker.request_stop() if why is None else worker.request_stop(why)
+
+    holder["worker"] = make_worker(client, CountingWorkload(on_step=on_step), tmp_path)
+    holder["worker"].run()
+    ((_, _, reason, kind),) = [c for c in client.calls if c[0] == "fail"]
+    assert kind == failures.PREEMPTED
+    assert f"{why or SIGNAL_STOP} after step 2" in reason, reason
 
 
 def stale_from(first: float) -> Callable[[str, float, int], evaluate_pb2.HeartbeatResponse]:

@@ -84,6 +84,9 @@ T = TypeVar("T")
 HAND_BACK_MARGIN_S = 1.0
 # What a save is assumed to take before this attempt has timed one.
 DEFAULT_SAVE_ESTIMATE_S = 2.0
+# Why a worker stopped, in a hand-back's reason, when a signal (SIGTERM, a spot notice)
+# asked it to: Session.request_stop names any other cause.
+SIGNAL_STOP = "stopped by signal"
 # Step durations kept for the estimate of the current step (the longest of them).
 _STEP_TIMES_KEPT = 3
 
@@ -321,6 +324,7 @@ class Session:
         self.stats = CheckpointStats()
         self._stop_requested = threading.Event()
         self._stop_at: float | None = None
+        self.stop_why = SIGNAL_STOP
         self._interrupt: threading.Event | None = None
         # Set when the guard handed a trial back while its step still runs: the process
         # may exit without waiting for the step.
@@ -330,11 +334,13 @@ class Session:
 
     # -- the stop notice
 
-    def request_stop(self) -> None:
+    def request_stop(self, why: str = SIGNAL_STOP) -> None:
         """The preemption notice starts: checkpoint, hand the trial back within the
-        study's ``preemption_notice_seconds``, take no new one (signal-safe)."""
+        study's ``preemption_notice_seconds``, take no new one (signal-safe). ``why``
+        completes "worker W ..." in the hand-back's reason (lineage shows it)."""
         if self._stop_at is None:
             self._stop_at = time.monotonic()
+            self.stop_why = why
         self._stop_requested.set()
         interrupt = self._interrupt
         if interrupt is not None:
@@ -928,7 +934,7 @@ class Attempt:
         return Outcome.FAILED
 
     def hand_back(self, step: int, write: Writer | None, interrupted: bool = False,
-                  why: str = "stopped by signal") -> Outcome:
+                  why: str | None = None) -> Outcome:
         """Preemption notice: checkpoint what is done (with ``write``; the partial step
         too when ``interrupted``), then make the trial resumable at once."""
         if self.handed_over_by:
@@ -949,6 +955,7 @@ class Attempt:
         where = f"in step {step + 1}" if interrupted else f"after step {step}"
         resumes = f"step {self.last_checkpoint_step}" + (" and part of the next"
                                                           if saved_partial else "")
+        why = why or self.session.stop_why
         reason = (
             f"preempted: worker {self.config.worker_id} {why} {where}; "
             f"the checkpoint holds {resumes}"
@@ -986,7 +993,8 @@ class Attempt:
         self.outcome = Outcome.INTERRUPTED
         notice = self.session.policy.preemption_notice_seconds
         reason = (
-            f"preempted: worker {self.config.worker_id} stopped by signal; step {self.step} "
+            f"preempted: worker {self.config.worker_id} {self.session.stop_why}; "
+            f"step {self.step} "
             f"would not be saved within the {notice:g} s "
             f"notice: the checkpoint holds step {self.last_checkpoint_step}"
         )
