@@ -257,7 +257,7 @@ def summarize(
         "tell_latency_ms": percentiles(v for r in results for v in r["tell_ms"]),
         "rpc_errors": merged("errors"),
         "unanswered_at_end": merged("unanswered"),
-        "unanswered_age_s": percentiles(v * 1000 for r in results for v in r["unanswered_age_s"]),
+        "unanswered_age_ms": percentiles(v * 1000 for r in results for v in r["unanswered_age_s"]),
     }
     summary["model_served_fraction"] = summary["suggestions"]["model_served_fraction"]
     summary["model_served_fraction_after_warmup"] = summary["suggestions"][

@@ -106,7 +106,8 @@ def _process(**overrides: object) -> dict[str, object]:
 
 
 def test_summarize_merges_the_processes_into_fleet_bo_names() -> None:
-    results = [_process(), _process(pruned=26, completed=4, unanswered={"report": 2})]
+    results = [_process(), _process(pruned=26, completed=4, unanswered={"report": 2},
+                                    unanswered_age_s=[30.0, 90.5])]
     out = summarize(results, duration=20.0, rate=1.0, workers=100)
     assert out["trials"] == {"started": 80, "pruned": 50, "completed": 10, "unfinished": 20}
     assert out["trials_finished_per_s"] == 3.0  # 60 finished in 20 s
@@ -122,6 +123,8 @@ def test_summarize_merges_the_processes_into_fleet_bo_names() -> None:
     assert out["report_to_decision_ms"]["n"] == 4
     assert out["rpc_errors"] == {"ask:RpcError:UNAVAILABLE": 2}
     assert out["unanswered_at_end"] == {"report": 2}
+    assert out["unanswered_age_ms"]["n"] == 2
+    assert out["unanswered_age_ms"]["max"] == 90500.0
 
 
 def test_summarize_of_a_run_that_finished_nothing_has_no_fractions() -> None:
