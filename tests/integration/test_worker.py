@@ -376,9 +376,10 @@ class StartRecorder:
 def test_a_stopping_form_worker_trains_past_its_rung_and_stops_when_the_stop_comes(
     services: Settings, tmp_path: Path
 ) -> None:
-    # Rung 0 is step 1. Its STOP is only published while step 3 trains (as a slow
-    # early-stop would); a worker that waited at the rung would sit there for
-    # decision_wait (60 s). Step 4 trains once evaluate holds the STOP, so the
+    # Rung 0 is step 1. Its STOP is only published once step 4 trains (as a slow
+    # early-stop would; published while step 3 trained, a quick evaluate could hand it
+    # to step 3's Heartbeat): a worker that waited at the rung would sit there for
+    # decision_wait (60 s). Step 4 trains on until evaluate holds the STOP, so the
     # Heartbeat of step 4's report brings it.
     state = open_state(services)
     producer = EventProducer(services, "test-worker")
@@ -403,9 +404,8 @@ def test_a_stopping_form_worker_trains_past_its_rung_and_stops_when_the_stop_com
                 trial_id = recorder.started[-1]
                 if len(recorder.started) > 1:
                     return  # the second trial trains to the end
-                if step == 3:
-                    producer.send(services.topics.decisions, trial_id, stop(trial_id), wait=True)
                 if step == 4:
+                    producer.send(services.topics.decisions, trial_id, stop(trial_id), wait=True)
                     wait_for(lambda: state.trials.decision(trial_id) is not None, 30,
                              "evaluate holds the STOP")
 
