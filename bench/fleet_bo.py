@@ -68,6 +68,10 @@ from ladder.stack import Stack
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 17
+# A trial of the same-trials cohort started this long before it would have to, to run
+# all its steps in the run: the simulator's pace lag (under 0.5 s at 1,000 workers),
+# the last RPCs and the clock of the TRIAL_STARTED event.
+COHORT_MARGIN_S = 5.0
 SERVICES = ("kafka", "redis", "suggest", "evaluate", "lineage", "earlystop")
 
 
@@ -123,24 +127,37 @@ def run_queue_wait(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def suggested_events(env: dict[str, str], study_id: str) -> dict[str, Any]:
+def trial_events(env: dict[str, str], study_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The study's TRIAL_SUGGESTED events on the trials topic by trial id, in the order
     the trials were handed out (the topic is at least once: the outbox relay may
-    publish an event again)."""
+    publish an event again), and each trial's start and outcome (``LiveTrial``: its
+    TRIAL_STARTED time, its first TRIAL_PRUNED or TRIAL_COMPLETED)."""
+    from fleet_bo_pruning import COMPLETED, PRUNED, LiveTrial
     from ladder.config import Topics
     from ladder.v1 import events_pb2
 
     topic = Topics(env.get("LADDER_TOPIC_PREFIX", Topics().prefix)).trials
+    ends = {events_pb2.TRIAL_PRUNED: PRUNED, events_pb2.TRIAL_COMPLETED: COMPLETED}
     events: dict[str, Any] = {}
+    started: dict[str, float] = {}
+    outcome: dict[str, str] = {}
     for record in read_topic(env["LADDER_KAFKA_BOOTSTRAP"], topic):
         event = events_pb2.TrialEvent()
         try:
             event.ParseFromString(record.value())
         except Exception:  # noqa: BLE001 - not a trial event
             continue
-        if event.kind == events_pb2.TRIAL_SUGGESTED and event.trial.study_id == study_id:
-            events.setdefault(event.trial.trial_id, event)
-    return events
+        if event.trial.study_id != study_id:
+            continue
+        trial_id = event.trial.trial_id
+        if event.kind == events_pb2.TRIAL_SUGGESTED:
+            events.setdefault(trial_id, event)
+        elif event.kind == events_pb2.TRIAL_STARTED:
+            started.setdefault(trial_id, event.ts_ms / 1000)
+        elif event.kind in ends:
+            outcome.setdefault(trial_id, ends[event.kind])
+    live = {t: LiveTrial(s, outcome.get(t)) for t, s in started.items()}
+    return events, live
 
 
 def suggested_on_topic(events: dict[str, Any]) -> dict[str, int]:
@@ -153,13 +170,18 @@ def suggested_on_topic(events: dict[str, Any]) -> dict[str, int]:
 
 
 def replayed_pruning(
-    env: dict[str, str], study_id: str, events: dict[str, Any], workers: int, rate: float
+    env: dict[str, str], study_id: str, events: dict[str, Any], workers: int, rate: float,
+    live: dict[str, Any], run: tuple[float, float],
 ) -> dict[str, Any]:
     """The same trials (ids and params, in hand-out order, the simulator's curves)
     through the early-stop engine with instant decisions (``ladder.schedulers.replay``,
     as ``make bench-earlystop``), ``workers`` at a time, each running to its end: the
-    pruned fraction early stopping reaches when no decision is late."""
+    pruned fraction early stopping reaches when no decision is late. ``same_trials``
+    compares it with the live outcomes on the trials that could run to their end within
+    the run (``run``: its start, unix seconds, and duration; ``fleet_bo_pruning``): the
+    run's own pruned fraction, over the trials that ended in it, is biased upwards."""
     import numpy as np
+    from fleet_bo_pruning import cohort_cutoff, same_trials
     from ladder.client import LadderClient
     from ladder.config import Settings
     from ladder.params import params_to_dict
@@ -181,25 +203,36 @@ def replayed_pruning(
         os.environ.update(saved)
     bounds = float_bounds(spec)
     steps = int(spec.scheduler.max_resource or 108)
+    # Hand-out order: ids are <study>-t<seq> (the topic's partitions interleave).
+    handed_out = sorted(events.items(), key=lambda kv: (len(kv[0]), kv[0]))
     values = np.array([
         [
             curve_value(SEED, trial_id, step,
                         bowl_shift(params_to_dict(event.trial.params), bounds))
             for step in range(1, steps + 1)
         ]
-        # Hand-out order: ids are <study>-t<seq> (the topic's partitions interleave).
-        for trial_id, event in sorted(events.items(), key=lambda kv: (len(kv[0]), kv[0]))
+        for trial_id, event in handed_out
     ])
     result = replay(
         CurveTable(values, np.full(values.shape, 1.0 / rate)),
         LadderPolicy(spec.scheduler, study_id=study_id),
         workers,
     )
+    # result.steps_run is in start order, i.e. the hand-out order above.
+    replay_pruned = {
+        trial_id: ran < steps
+        for (trial_id, _), ran in zip(handed_out, result.steps_run, strict=True)
+    }
+    start, duration = run
     return {
         "trials": len(result.order),
         "pruned": result.pruned,
         "completed": result.completed,
         "pruned_fraction": round(result.pruned_fraction, 4),
+        "same_trials": same_trials(
+            live, replay_pruned,
+            cohort_cutoff(start, duration, steps, rate, margin_s=COHORT_MARGIN_S),
+        ),
     }
 
 
@@ -263,7 +296,7 @@ def run_scenario(
     cpu = {n: round(after[n] - before.get(n, 0.0), 2) for n in after}
     cpu["loadsim (all processes)"] = summary["cpu_seconds_self_and_children"]
     suggestions = summary["suggestions"]
-    events = suggested_events(env, summary["study_id"])
+    events, live = trial_events(env, summary["study_id"])
     on_topic = suggested_on_topic(events)
     reports_acked = summary["reports"]["acked"]
     result = {
@@ -293,7 +326,8 @@ def run_scenario(
         "report_to_decision_produced_ms": summary["latency_ms"]["report_to_decision_produced"],
         "report_to_stop_obeyed_ms": summary["latency_ms"]["report_to_stop_obeyed"],
         "stop_timeliness": summary["stop_timeliness"],
-        "replay": replayed_pruning(env, summary["study_id"], events, workers, args.rate),
+        "replay": replayed_pruning(env, summary["study_id"], events, workers, args.rate, live,
+                                   (summary["run_start_unix"], args.duration)),
         # The early-stop group's metric events committed per second once warmed up, and
         # its backlog when the simulated workers stopped (workers.loadsim).
         "earlystop": {k: v for k, v in summary["earlystop"].items() if k != "samples"},
@@ -332,7 +366,8 @@ def run_scenario(
         f"provenance counts match the topic {result['provenance_counts_match']}; "
         f"report-to-decision p50/p99 {result['report_to_decision_ms'].get('p50')}/"
         f"{result['report_to_decision_ms'].get('p99')} ms, pruned {result['pruned_fraction']} "
-        f"(replay {result['replay'].get('pruned_fraction')}), early-stop backlog at the end "
+        f"(replay {result['replay'].get('pruned_fraction')}; same trials, live / replay: "
+        f"{result['replay'].get('same_trials')}), early-stop backlog at the end "
         f"{result['earlystop'].get('lag_at_run_end')}, run-queue wait {waited}"
     )
     return result

@@ -6,7 +6,8 @@ call of a request thread (Redis, Kafka, gRPC) must re-acquire it afterwards and
 waits up to a switch interval each time, behind a thread the OS may also have
 descheduled. With ``LADDER_SUGGEST_REFIT=process`` (the default) the samplers
 live in child processes (started lazily, at a lower CPU priority: ``nice``
-``LADDER_REFIT_NICE``, default 5): the buffers' refit threads only wait on a
+``LADDER_REFIT_NICE``, default 5, and ``SCHED_IDLE`` where the service's niceness
+leaves no room for it, ``ladder.priority``): the buffers' refit threads only wait on a
 pipe, and the request path runs with the GIL to itself.
 
 ``RefitProcess.refit(study_id, spec, partition, observations)`` is a policy's
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import signal
 import threading
 import traceback
@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from ladder.config import Settings, Topics
+from ladder.priority import lower_priority
 from ladder.samplers import Observation, ObservationStore, Proposal, Refit, Sampler, make_sampler
 from ladder.samplers.base import ObservationKey
 from ladder.samplers.policy import Pending
@@ -202,8 +203,8 @@ def _child_main(conn: Connection, settings: tuple[str, str], nice: int) -> None:
     from ladder.state import open_state
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    if nice:
-        os.nice(nice)
+    # Below the parent even when its niceness leaves no room (SCHED_IDLE then).
+    lower_priority(nice)
     redis_url, prefix = settings
     state = open_state(Settings(kafka_bootstrap="", redis_url=redis_url, topics=Topics(prefix)))
     samplers: dict[tuple[str, int], Sampler] = {}
