@@ -63,6 +63,7 @@ from typing import Any
 
 from earlystop_scale import LOADSIM_NICE, cpu_seconds, load_average, read_topic, start_loadsim
 from earlystop_scale import machine as base_machine
+from fleet_bo_timeline import CpuSampler, buckets
 from ladder.stack import Stack
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,6 +73,7 @@ SEED = 17
 # all its steps in the run: the simulator's pace lag (under 0.5 s at 1,000 workers),
 # the last RPCs and the clock of the TRIAL_STARTED event.
 COHORT_MARGIN_S = 5.0
+TIMELINE_BUCKET_S = 15.0
 SERVICES = ("kafka", "redis", "suggest", "evaluate", "lineage", "earlystop")
 
 
@@ -236,6 +238,16 @@ def replayed_pruning(
     }
 
 
+def decision_timeline(summary: dict[str, Any], path: Path, cpu: list[Any],
+                      args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``fleet_bo_timeline.buckets`` of a scenario (the per-decision file is removed)."""
+    with path.open() as lines:
+        decisions = [(d["t"], d["lat_ms"]) for d in map(json.loads, lines)]
+    path.unlink()
+    return buckets(summary["run_start_unix"], args.duration + args.drain, TIMELINE_BUCKET_S,
+                   decisions, cpu, summary["earlystop"]["samples"])
+
+
 def named_fraction(counts: dict[str, int], algorithm: str) -> float | None:
     total = sum(counts.values())
     return round(counts.get(algorithm, 0) / total, 4) if total else None
@@ -278,6 +290,8 @@ def run_scenario(
         "--warmup",
         str(args.warmup),
     ]
+    timeline_file = Path(tempfile.mkstemp(prefix="fleet-bo-decisions-", suffix=".jsonl")[1])
+    argv += ["--timeline", str(timeline_file)]
     name = f"{workers}w-{algorithm}"
     load_before = load_average()
     log(f"{name}: {workers} workers for {args.duration:g}s (load {load_before})")
@@ -285,9 +299,11 @@ def run_scenario(
     waited_before = run_queue_wait(pids)
     started = time.monotonic()
     sim_env = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT / "libs"), str(ROOT)])}
+    sampler = CpuSampler(lambda: process_cpu(pids), lambda: run_queue_wait(pids))
     proc = start_loadsim(argv, sim_env, args.sim_nice)
     out, _ = proc.communicate(timeout=args.duration + 900)
     elapsed = time.monotonic() - started
+    cpu_samples = sampler.stop()
     after = process_cpu(pids)
     waited = {n: round(w - waited_before.get(n, 0.0), 2) for n, w in run_queue_wait(pids).items()}
     summary = json.loads(out)
@@ -331,6 +347,9 @@ def run_scenario(
         # The early-stop group's metric events committed per second once warmed up, and
         # its backlog when the simulated workers stopped (workers.loadsim).
         "earlystop": {k: v for k, v in summary["earlystop"].items() if k != "samples"},
+        # Per 15 s: decision latency by report time, early-stop's backlog, the cores
+        # early-stop and the refit processes used, early-stop's runnable wait.
+        "timeline": decision_timeline(summary, timeline_file, cpu_samples, args),
         "cpu_seconds": cpu,
         # Seconds each process's threads were runnable but waited for a CPU
         # (/proc/<pid>/task/*/schedstat): CPU starvation on a shared host.
