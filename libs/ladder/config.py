@@ -317,6 +317,8 @@ class Settings:
     | LADDER_AUTH                | off (`ladder up`'s services: on): on, RPCs need a token |
     | LADDER_AUTH_CACHE_S        | 2 (a revoked token works at most this much longer) |
     | LADDER_SCHEDULER_POLICY    | fair (RequestWork by fair share); fifo: study order (baseline) |
+    | LADDER_RESERVE_FRACTION    | 0.05: RequestWork holds at most this part of nodes (0: none) |
+    | LADDER_RESERVE_SECONDS     | 600: a node reservation lapses this long after it was made |
     | LADDER_TOKEN               | the state folder's `token` file (written by `ladder up`) |
     | LADDER_TLS_CERT, LADDER_TLS_KEY | none; set: the services serve TLS only (PEM paths) |
     | LADDER_TLS_CLIENT_CA       | none; set: services require client certs it signed |
@@ -346,6 +348,10 @@ class Settings:
     token: str = ""
     # RequestWork's policy (ladder.scheduling.work.Policy): "fair" or "fifo".
     scheduler_policy: str = "fair"
+    # RequestWork's node reservations (ladder.scheduling.reservation): the most nodes
+    # held at once for short tenants, as a part of the nodes, and how long one lasts.
+    reserve_fraction: float = 0.05
+    reserve_seconds: float = 600.0
     tls: Tls = field(default_factory=Tls)
 
     @property
@@ -375,6 +381,8 @@ class Settings:
             auth=env_flag("LADDER_AUTH", False),
             auth_cache_s=float(os.environ.get("LADDER_AUTH_CACHE_S", 2.0)),
             scheduler_policy=os.environ.get("LADDER_SCHEDULER_POLICY", "fair").strip().lower(),
+            reserve_fraction=float(os.environ.get("LADDER_RESERVE_FRACTION", 0.05)),
+            reserve_seconds=float(os.environ.get("LADDER_RESERVE_SECONDS", 600.0)),
             token=_token(state_dir()),
             tls=Tls.from_env(),
         )

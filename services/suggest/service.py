@@ -144,7 +144,7 @@ class SuggestServicer(suggest_pb2_grpc.SuggestServiceServicer):
             also=self.trip_spent_budgets,
         )
         # RequestWork (node agents): LADDER_SCHEDULER_POLICY picks fair or fifo.
-        self.work = WorkScheduler(self, settings.scheduler_policy)
+        self.work = WorkScheduler(self, settings)
 
     # ------------------------------------------------------------ studies
 

@@ -17,12 +17,13 @@ import time
 from typing import TYPE_CHECKING
 
 from ladder import lifecycle, quotas
+from ladder.config import Settings
 from ladder.errors import AtCapacity, BudgetExhausted, Conflict, InvalidArgument, NotFound
 from ladder.scheduling import resources as res
 from ladder.scheduling.fairshare import Ledger
 from ladder.scheduling.reservation import Reserved, reserve_limit
 from ladder.scheduling.work import Policy, StudyWork, plan_work, resumed
-from ladder.state.holds import Hold, HoldStore
+from ladder.state.holds import Hold, HoldStore, cluster_total
 from ladder.state.studies import Gate
 from ladder.study import StudySpec
 from ladder.v1 import study_pb2, suggest_pb2
@@ -44,10 +45,6 @@ _preempted = _meter.create_counter(
 
 # Nodes that asked within this long make up the cluster (the fair share's total).
 NODE_SEEN_SECONDS = 300.0
-# A node reservation (``ladder.scheduling.reservation``) lapses this long after it was
-# made, so one whose node went away holds nothing; a tenant still short and blocked
-# makes a new one at its next blocked answer.
-RESERVE_SECONDS = 600.0
 UNBOUNDED = 1 << 30
 
 
@@ -73,14 +70,26 @@ def wire(amount: res.Demand) -> study_pb2.TrialResources:
 
 
 class WorkScheduler:
-    def __init__(self, servicer: SuggestServicer, policy: str) -> None:
+    def __init__(self, servicer: SuggestServicer, settings: Settings) -> None:
         self.servicer = servicer
         self.state = servicer.state
+        policy = settings.scheduler_policy
         try:
             self.policy = Policy(policy)
         except ValueError:
             raise ValueError("LADDER_SCHEDULER_POLICY must be one of "
                              f"{', '.join(p.value for p in Policy)}, got {policy!r}") from None
+        try:
+            reserve_limit(0, settings.reserve_fraction)
+        except ValueError as bad:
+            raise ValueError(f"LADDER_RESERVE_FRACTION: {bad}") from None
+        self.reserve_fraction = settings.reserve_fraction
+        # A reservation lapses, so one whose node went away holds nothing for long; a
+        # tenant still short and blocked makes a new one at its next blocked answer.
+        if settings.reserve_seconds <= 0:
+            raise ValueError(
+                f"LADDER_RESERVE_SECONDS must be > 0, got {settings.reserve_seconds}")
+        self.reserve_seconds = settings.reserve_seconds
 
     @functools.cached_property
     def holds(self) -> HoldStore:
@@ -92,21 +101,21 @@ class WorkScheduler:
         started = time.perf_counter()
         offer = request.node
         node = offered_node(offer, self.holds.node_held(offer.node_id))
-        self.holds.record_node(node, offer.spot)
+        offers = self.holds.offers(node, offer.spot, NODE_SEEN_SECONDS)
         studies, specs, gates = self._studies()
-        ledger = self._ledger(node, {s.tenant for s in studies})
+        ledger = self._ledger(cluster_total(offers), {s.tenant for s in studies})
         running = [(h.trial, h.preempting) for h in self.holds.on_node(node.node_id)]
         reserved = None
         if self.policy is Policy.FAIR:
             reserved = Reserved(self.holds.reservations(),
-                                functools.partial(self.holds.nodes, NODE_SEEN_SECONDS),
-                                reserve_limit(self.holds.node_count()))
+                                functools.partial(self.holds.nodes, offers),
+                                reserve_limit(len(offers), self.reserve_fraction))
         plan = plan_work(node, offer.spot, studies, ledger, running, self.policy,
                          offer.max_trials, reserved)
         if plan.release:
             self.holds.unreserve(node.node_id)
         if plan.reserve is not None:
-            self.holds.reserve(plan.reserve, RESERVE_SECONDS)
+            self.holds.reserve(plan.reserve, self.reserve_seconds)
             log.info("node %s reserved for a trial of study %s (tenant %s, %d GPUs)",
                      plan.reserve.node_id, plan.reserve.study, plan.reserve.tenant,
                      plan.reserve.demand.gpus, extra={"study_id": plan.reserve.study})
@@ -162,12 +171,9 @@ class WorkScheduler:
                                  study.created_unix_ms, gate.queued, room, new_left))
         return out, specs, gates
 
-    def _ledger(self, node: res.Node, tenants: set[str]) -> Ledger:
-        """Every tenant's use and policy (weight, max_gpus) against the cluster's total."""
-        total = self.holds.cluster_total(NODE_SEEN_SECONDS)
-        total = res.Resources(max(total.gpus, node.capacity.gpus),
-                              max(total.cpu, node.capacity.cpu),
-                              max(total.memory_gb, node.capacity.memory_gb))
+    def _ledger(self, total: res.Resources, tenants: set[str]) -> Ledger:
+        """Every tenant's use and policy (weight, max_gpus) against the cluster's total
+        (the asking node's offer is part of it)."""
         records = self.state.client.hmget(self.state.keys.tenants, *tenants) if tenants else []
         policies = {
             tenant: quotas.Quota.from_record(json.loads(raw)).policy()

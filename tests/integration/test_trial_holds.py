@@ -5,6 +5,7 @@ stable_for_promoted are not claimed onto spot nodes."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -101,6 +102,20 @@ def test_every_way_an_attempt_ends_releases_its_hold(store: State, end: str) -> 
     assert holds.node_held(node) == res.Resources()
     assert holds.on_node(node) == []
     assert store.client.hget(store.keys.trial(trial_id), "hold_node") is None
+
+
+def test_the_cluster_is_the_nodes_that_asked_recently_with_their_trials(store: State) -> None:
+    holds = HoldStore(store.client, store.keys)
+    old, new = (f"node-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    now = int(time.time() * 1000)
+    holds.offers(res.node(old, 8, cpu=32, memory_gb=256), True, 300, now_ms=now - 301_000)
+    trial_id = _placed(store, _study(store), _hold(new))
+    offers = holds.offers(res.node(new, 8, cpu=32, memory_gb=256), False, 300, now_ms=now)
+    mine = [o for o in offers if o.node_id in (old, new)]
+    assert [(o.node_id, o.capacity, o.spot) for o in mine] == [(new, CAPACITY, False)]
+    nodes, running = holds.cluster(mine)
+    assert [n.free for n in nodes] == [CAPACITY - DEMAND.resources]
+    assert [h.trial.trial_id for h in running[new]] == [trial_id]
 
 
 def test_an_unstarted_claim_that_expires_releases_its_hold(store: State) -> None:

@@ -48,6 +48,7 @@ def test_shortfall_is_the_gpus_below_the_weighted_part_of_what_is_held() -> None
     assert shortfall(ledger, "b", ["a", "b"]) == -8
     assert shortfall(ledger, "a", ["a"]) == 0  # alone, a holds all its part
     assert reserve_limit(100) == 5 and reserve_limit(3) == 1
+    assert reserve_limit(100, 0.0) == 0 and reserve_limit(100, 0.2) == 20
 
 
 def test_a_short_tenants_blocked_trial_holds_the_node_closest_to_fitting_it() -> None:

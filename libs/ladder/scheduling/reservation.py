@@ -70,8 +70,11 @@ class Reserved:
 
 
 def reserve_limit(nodes: int, fraction: float = DEFAULT_RESERVE_FRACTION) -> int:
-    """The most nodes held at once: ``fraction`` of the nodes, at least one."""
-    return max(1, round(nodes * fraction))
+    """The most nodes held at once: ``fraction`` of the nodes, at least one (none with
+    a fraction of 0: reservations off)."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"the reserved fraction of the nodes must lie in [0, 1], got {fraction}")
+    return max(1, round(nodes * fraction)) if fraction else 0
 
 
 def closest_node(demand: Demand, nodes: Sequence[Node], held: Mapping[str, object]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -77,6 +77,21 @@ def refusal(status: str, values: list) -> AtCapacity:
 
 
 @dataclass(frozen=True)
+class Offered:
+    """A node as its agent last offered it."""
+
+    node_id: str
+    gpu_type: str
+    capacity: Resources
+    spot: bool
+
+
+def cluster_total(offers: Iterable[Offered]) -> Resources:
+    """The summed capacity of ``offers`` (the fair share's denominator)."""
+    return sum((o.capacity for o in offers), Resources())
+
+
+@dataclass(frozen=True)
 class HeldTrial:
     """A trial holding resources on a node, as a preemption plan sees it."""
 
@@ -90,46 +105,52 @@ class HoldStore:
         self.keys = keys
         self._preempt = client.register_script(scripts.PREEMPT)
 
-    def record_node(self, node: Node, spot: bool, now_ms: int | None = None) -> None:
-        """Remember the node's offer: the cluster's total (the fair share's denominator)
-        is the capacity of the nodes that asked recently."""
+    def offers(self, node: Node, spot: bool, within_s: float, now_ms: int | None = None
+               ) -> list[Offered]:
+        """Remember the node's offer and read the offers of every node that asked within
+        ``within_s`` seconds, this one included (one round trip): the cluster as
+        RequestWork sees it (``cluster_total``, ``nodes``)."""
         g, c, m = units(node.capacity)
-        stamp = int(time.time() * 1000) if now_ms is None else now_ms
-        self.r.hset(self.keys.sched_nodes, node.node_id, json.dumps(
-            {"g": g, "c": c, "m": m, "type": node.gpu_type, "spot": spot, "ms": stamp}))
-
-    def _offers(self, within_s: float, now_ms: int | None) -> list[tuple[str, dict]]:
-        """(node id, offer) of the nodes that asked within ``within_s`` seconds."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        offers = [(node_id.decode(), json.loads(raw))
-                  for node_id, raw in self.r.hgetall(self.keys.sched_nodes).items()]
-        return [(n, o) for n, o in offers if now - int(o["ms"]) <= within_s * 1000]
-
-    def cluster_total(self, within_s: float, now_ms: int | None = None) -> Resources:
-        """The summed capacity of the nodes that asked within ``within_s`` seconds."""
-        total = Resources()
-        for _, offer in self._offers(within_s, now_ms):
-            total = total + from_units(offer["g"], offer["c"], offer["m"])
-        return total
-
-    def nodes(self, within_s: float, now_ms: int | None = None) -> list[Node]:
-        """The nodes that asked within ``within_s`` seconds, each with as free its
-        capacity less what the holds on it take."""
-        offers = self._offers(within_s, now_ms)
         pipe = self.r.pipeline(transaction=False)
-        for node_id, _ in offers:
-            pipe.hmget(self.keys.sched_node(node_id), "g", "c", "m")
+        pipe.hset(self.keys.sched_nodes, node.node_id, json.dumps(
+            {"g": g, "c": c, "m": m, "type": node.gpu_type, "spot": spot, "ms": now}))
+        pipe.hgetall(self.keys.sched_nodes)
+        _, raw = pipe.execute()
         out = []
-        for (node_id, offer), held in zip(offers, pipe.execute() if offers else [],
-                                          strict=True):
-            capacity = from_units(offer["g"], offer["c"], offer["m"])
-            left = capacity - from_units(*held)
-            free = Resources(max(0, left.gpus), max(0.0, left.cpu), max(0.0, left.memory_gb))
-            out.append(Node(node_id, offer["type"], capacity, free))
-        return out
+        for node_id, record in raw.items():
+            offer = json.loads(record)
+            if now - int(offer["ms"]) <= within_s * 1000:
+                out.append(Offered(node_id.decode(), offer["type"],
+                                   from_units(offer["g"], offer["c"], offer["m"]),
+                                   bool(offer["spot"])))
+        return sorted(out, key=lambda o: o.node_id)
 
-    def node_count(self) -> int:
-        return int(self.r.hlen(self.keys.sched_nodes))
+    def nodes(self, offers: Sequence[Offered]) -> list[Node]:
+        """The offered nodes, each with as free its capacity less what the holds on it
+        take (one round trip)."""
+        return self.cluster(offers, trials=False)[0]
+
+    def cluster(self, offers: Sequence[Offered], trials: bool = True
+                ) -> tuple[list[Node], dict[str, list[HeldTrial]]]:
+        """``nodes`` and, with ``trials``, the trials holding resources on each (as
+        ``on_node``), read in two round trips whatever the number of nodes: what a
+        preemption plan over the whole cluster needs."""
+        pipe = self.r.pipeline(transaction=False)
+        for offer in offers:
+            pipe.hmget(self.keys.sched_node(offer.node_id), "g", "c", "m")
+            if trials:
+                pipe.smembers(self.keys.sched_node_trials(offer.node_id))
+        read = pipe.execute() if offers else []
+        step = 2 if trials else 1
+        nodes, members = [], {}
+        for i, offer in enumerate(offers):
+            left = offer.capacity - from_units(*read[i * step])
+            free = Resources(max(0, left.gpus), max(0.0, left.cpu), max(0.0, left.memory_gb))
+            nodes.append(Node(offer.node_id, offer.gpu_type, offer.capacity, free))
+            if trials:
+                members[offer.node_id] = sorted(m.decode() for m in read[i * step + 1])
+        return nodes, self._held(members) if trials else {}
 
     def reservations(self, now_ms: int | None = None) -> dict[str, Reservation]:
         """The nodes held for blocked trials (``ladder.scheduling.reservation``); those
@@ -172,21 +193,30 @@ class HoldStore:
         """The trials holding resources on the node (oldest placement order unknown:
         sorted by id), with what a preemption plan needs."""
         ids = sorted(m.decode() for m in self.r.smembers(self.keys.sched_node_trials(node_id)))
+        return self._held({node_id: ids})[node_id]
+
+    def _held(self, members: Mapping[str, Sequence[str]]) -> dict[str, list[HeldTrial]]:
+        """Per node, its trials (``members``: node id -> trial ids) still holding
+        resources there, read in one round trip."""
         pipe = self.r.pipeline(transaction=False)
-        for trial_id in ids:
-            pipe.hmget(self.keys.trial(trial_id), "study", "hold_node", "hold_tenant", "hold_g",
-                       "hold_c", "hold_m", "hold_p", "hold_s", "preempt")
-        out = []
-        for trial_id, row in zip(ids, pipe.execute() if ids else [], strict=True):
-            study, node, tenant, g, c, m, priority, spot, preempt = row
-            if node is None or node.decode() != node_id:
-                continue  # released meanwhile
-            out.append(HeldTrial(
-                Trial(trial_id, tenant.decode() if tenant else "",
-                      study.decode() if study else "", Demand(from_units(g, c, m)),
-                      int(priority or 0), Tier.SPOT if spot == b"1" else Tier.STABLE),
-                preempting=preempt == b"1",
-            ))
+        for ids in members.values():
+            for trial_id in ids:
+                pipe.hmget(self.keys.trial(trial_id), "study", "hold_node", "hold_tenant",
+                           "hold_g", "hold_c", "hold_m", "hold_p", "hold_s", "preempt")
+        rows = iter(pipe.execute() if any(members.values()) else [])
+        out: dict[str, list[HeldTrial]] = {}
+        for node_id, ids in members.items():
+            out[node_id] = []
+            for trial_id in ids:
+                study, node, tenant, g, c, m, priority, spot, preempt = next(rows)
+                if node is None or node.decode() != node_id:
+                    continue  # released meanwhile
+                out[node_id].append(HeldTrial(
+                    Trial(trial_id, tenant.decode() if tenant else "",
+                          study.decode() if study else "", Demand(from_units(g, c, m)),
+                          int(priority or 0), Tier.SPOT if spot == b"1" else Tier.STABLE),
+                    preempting=preempt == b"1",
+                ))
         return out
 
     def preempt(self, trial_id: str, node_id: str) -> bool:
