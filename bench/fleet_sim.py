@@ -296,7 +296,7 @@ def per_node_round(fleet: Fleet, now: float) -> None:
             up = [n for n in fleet.nodes.values() if n.node_id not in fleet.down]
             reserved = Reserved(dict(fleet.reservations), lambda up=up: up,
                                 reserve_limit(len(up)))
-        plan = plan_work(node, True, studies, fleet.ledger, running, reserved=reserved)
+        plan = plan_work(node, studies, fleet.ledger, running, reserved=reserved)
         for placed in plan.placements:
             sid, index = placed.trial_id.rsplit("#", 1)
             fleet.start(groups[sid][int(index[1:])], node.node_id, now, counted=True)

@@ -110,7 +110,7 @@ class WorkScheduler:
             reserved = Reserved(self.holds.reservations(),
                                 functools.partial(self.holds.nodes, offers),
                                 reserve_limit(len(offers), self.reserve_fraction))
-        plan = plan_work(node, offer.spot, studies, ledger, running, self.policy,
+        plan = plan_work(node, studies, ledger, running, self.policy,
                          offer.max_trials, reserved)
         if plan.release:
             self.holds.unreserve(node.node_id)

@@ -1,7 +1,8 @@
 """RequestWork's resource holds in real Redis (ladder.state.holds and the trial scripts):
 taken with the trial, refused past the tenant's max_gpus or the node's capacity, and
 released by every way an attempt (or a claim) ends; promoted trials of a study with
-stable_for_promoted are not claimed onto spot nodes."""
+stable_for_promoted are not claimed onto spot nodes, and are in the stable tier on the
+others."""
 
 from __future__ import annotations
 
@@ -163,3 +164,11 @@ def test_promoted_trials_of_a_stable_study_are_not_claimed_onto_spot_nodes(
     stable = _hold(f"stable-{uuid.uuid4().hex[:8]}", stable_for_promoted=True)
     [claimed] = store.trials.claim_resumable(study_id, 1, 60, hold=stable)
     assert claimed.trial_id == trial_id
+    # There it is in the stable tier: no preemption plan may pick it. An exploration
+    # trial of the same study on a node that is not spot is in the spot tier.
+    holds = HoldStore(store.client, store.keys)
+    [held] = holds.on_node(stable.node_id)
+    assert held.trial.tier is res.Tier.STABLE
+    exploring = _placed(store, study_id, _hold(stable.node_id, stable_for_promoted=True))
+    tiers = {h.trial.trial_id: h.trial.tier for h in holds.on_node(stable.node_id)}
+    assert tiers == {trial_id: res.Tier.STABLE, exploring: res.Tier.SPOT}

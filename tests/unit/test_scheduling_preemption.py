@@ -5,7 +5,7 @@ from __future__ import annotations
 from ladder.scheduling import resources as res
 from ladder.scheduling.fairshare import Ledger
 from ladder.scheduling.preemption import plan_preemption
-from ladder.scheduling.resources import Node, Resources, Tier, Trial
+from ladder.scheduling.resources import Node, Resources, Tier, Trial, tier
 
 TOTAL = Resources(24, 192, 1536)
 
@@ -87,3 +87,11 @@ def test_another_tenant_is_paused_only_while_richer_than_the_waiting_one() -> No
     ledger.add("waiting", Resources(16))  # the waiting tenant already holds more
     plan = plan_preemption(trial("w", 8, priority=1, tenant="waiting"), nodes, poor, ledger)
     assert plan is None
+
+
+def test_only_promoted_trials_of_a_stable_study_off_spot_nodes_are_stable() -> None:
+    assert tier(spot_node=False, stable_for_promoted=True, promoted=True) is Tier.STABLE
+    # Exploration, a study that asked for no stable tier, or a spot node: spot tier.
+    assert tier(spot_node=False, stable_for_promoted=True, promoted=False) is Tier.SPOT
+    assert tier(spot_node=False, stable_for_promoted=False, promoted=True) is Tier.SPOT
+    assert tier(spot_node=True, stable_for_promoted=True, promoted=True) is Tier.SPOT

@@ -56,17 +56,17 @@ def test_a_short_tenants_blocked_trial_holds_the_node_closest_to_fitting_it() ->
     cluster = [_node("n1", 2), _node("n2", 5), _node("n3", 5), _node("n4", 0)]
     asking = _node("n1", 2)
     studies = [_study("a8", "a", EIGHT), _study("b1", "b", ONE)]
-    plan = plan_work(asking, False, studies, ledger, [], reserved=_reserved({}, cluster))
+    plan = plan_work(asking, studies, ledger, [], reserved=_reserved({}, cluster))
     # The asking node's two GPUs go to the fair share's next picks; a's 8-GPU trial
     # does not fit anywhere and holds n2 (most free, then id), not the asking node.
     assert len(plan.placements) == 2
     assert plan.reserve == Reservation("n2", "a", "a8", EIGHT)
     # b holds more than its part: its blocked trial reserves nothing.
     b_only = [_study("b8", "b", EIGHT)]
-    assert plan_work(_node("n1", 2), False, b_only, _ledger(8, 16), [],
+    assert plan_work(_node("n1", 2), b_only, _ledger(8, 16), [],
                      reserved=_reserved({}, cluster)).reserve is None
     # No reservation without ``reserved`` (the service's fifo, or none asked for).
-    assert plan_work(_node("n1", 2), False, studies, _ledger(8, 16), []).reserve is None
+    assert plan_work(_node("n1", 2), studies, _ledger(8, 16), []).reserve is None
 
 
 def test_bounds_the_limit_and_the_tenants_shortfall() -> None:
@@ -87,10 +87,10 @@ def test_bounds_the_limit_and_the_tenants_shortfall() -> None:
 def test_a_held_node_drains_for_its_study_and_is_released_when_it_lands() -> None:
     held = {"n2": Reservation("n2", "a", "a8", EIGHT)}
     studies = [_study("a8", "a", EIGHT), _study("b1", "b", ONE)]
-    draining = plan_work(_node("n2", 5), False, studies, _ledger(8, 16), [],
+    draining = plan_work(_node("n2", 5), studies, _ledger(8, 16), [],
                          reserved=_reserved(held, [_node("n2", 5)]))
     assert draining.placements == [] and not draining.release  # b's 1-GPU trials wait
-    drained = plan_work(_node("n2", 8), False, studies, _ledger(8, 16), [],
+    drained = plan_work(_node("n2", 8), studies, _ledger(8, 16), [],
                         reserved=_reserved(held, [_node("n2", 8)]))
     assert [t.study for t in drained.placements] == ["a8"] and drained.release
 
@@ -98,14 +98,14 @@ def test_a_held_node_drains_for_its_study_and_is_released_when_it_lands() -> Non
 def test_a_reservation_ends_when_its_tenant_is_no_longer_short_or_at_quota() -> None:
     held = {"n2": Reservation("n2", "a", "a8", EIGHT)}
     studies = [_study("a8", "a", EIGHT), _study("b1", "b", ONE)]
-    even = plan_work(_node("n2", 5), False, studies, _ledger(16, 8), [],
+    even = plan_work(_node("n2", 5), studies, _ledger(16, 8), [],
                      reserved=_reserved(held, [_node("n2", 5)]))
     assert even.release and {t.study for t in even.placements} == {"b1"}
     capped = Ledger(TOTAL, {"a": TenantPolicy(2.0, max_gpus=10), "b": TenantPolicy(1.0)})
     capped.add("a", Resources(8, 8, 0))
     capped.add("b", Resources(16, 16, 0))
-    assert plan_work(_node("n2", 5), False, studies, capped, [],
+    assert plan_work(_node("n2", 5), studies, capped, [],
                      reserved=_reserved(held, [_node("n2", 5)])).release
-    gone = plan_work(_node("n2", 5), False, [_study("b1", "b", ONE)], _ledger(8, 16), [],
+    gone = plan_work(_node("n2", 5), [_study("b1", "b", ONE)], _ledger(8, 16), [],
                      reserved=_reserved(held, [_node("n2", 5)]))
     assert gone.release and len(gone.placements) == 5

@@ -1,5 +1,5 @@
 """RequestWork's plan for one node (ladder.scheduling.work): candidates per study,
-fair share with weights and quotas, FIFO baseline, preemption on spot nodes only."""
+fair share with weights and quotas, FIFO baseline, preemption of the spot tier."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_weights_two_to_one_share_a_node() -> None:
     ledger = Ledger(Resources(gpus=6, cpu=64, memory_gb=512),
                     {"a": TenantPolicy(2.0), "b": TenantPolicy(1.0)})
     node = res.node("n1", 6, cpu=32, memory_gb=256)
-    plan = plan_work(node, False, [_study("sa", "a"), _study("sb", "b")], ledger, [])
+    plan = plan_work(node, [_study("sa", "a"), _study("sb", "b")], ledger, [])
     tenants = [t.tenant for t in plan.placements]
     assert sorted(tenants) == ["a", "a", "a", "a", "b", "b"]
     assert plan.pause == []
@@ -46,20 +46,20 @@ def test_weights_two_to_one_share_a_node() -> None:
 
 def test_gpu_quota_is_never_passed_and_fifo_ignores_weights() -> None:
     ledger = Ledger(TOTAL, {"a": TenantPolicy(1.0, max_gpus=3)})
-    plan = plan_work(_node(), False, [_study("sa", "a"), _study("sb", "b", created=5)],
+    plan = plan_work(_node(), [_study("sa", "a"), _study("sb", "b", created=5)],
                      ledger, [])
     assert sum(t.tenant == "a" for t in plan.placements) == 3
     assert len(plan.placements) == 8
-    fifo = plan_work(_node(), False, [_study("sa", "a", created=1), _study("sb", "b", created=2)],
+    fifo = plan_work(_node(), [_study("sa", "a", created=1), _study("sb", "b", created=2)],
                      Ledger(TOTAL, {"b": TenantPolicy(100.0)}), [], Policy.FIFO)
     assert [t.study for t in fifo.placements] == ["sa"] * 8
 
 
 def test_max_trials_caps_one_answer_and_a_big_trial_needs_a_big_hole() -> None:
-    plan = plan_work(_node(), False, [_study("sa", "a")], Ledger(TOTAL), [], max_trials=3)
+    plan = plan_work(_node(), [_study("sa", "a")], Ledger(TOTAL), [], max_trials=3)
     assert len(plan.placements) == 3
     eight = res.demand(gpus=8, cpu=8)
-    assert plan_work(_node(7), False, [_study("s8", "a", demand=eight)], Ledger(TOTAL),
+    assert plan_work(_node(7), [_study("s8", "a", demand=eight)], Ledger(TOTAL),
                      []).placements == []
 
 
@@ -67,22 +67,21 @@ def _running(trial_id: str, priority: int, tier: Tier = Tier.SPOT) -> Trial:
     return Trial(trial_id, "a", "low", GPU1, priority, tier)
 
 
-def test_high_priority_arrival_preempts_lower_priority_on_spot_nodes_only() -> None:
+def test_high_priority_arrival_preempts_lower_priority_but_never_the_stable_tier() -> None:
     ledger = Ledger(TOTAL)
     ledger.add("a", Resources(8, 8, 0))
     running = [(_running(f"low-t{i}", 0), False) for i in range(8)]
     urgent = [_study("high", "a", priority=5, demand=res.demand(gpus=2, cpu=1))]
-    plan = plan_work(_node(0), True, urgent, ledger, running)
+    plan = plan_work(_node(0), urgent, ledger, running)
     assert plan.placements == [] and len(plan.pause) == 2
-    assert plan_work(_node(0), False, urgent, ledger, running).pause == []  # not spot
     # Victims already asked to pause make the room: no second plan.
     pausing = [(t, t.trial_id in plan.pause) for t, _ in running]
-    assert plan_work(_node(0), True, urgent, ledger, pausing).pause == []
+    assert plan_work(_node(0), urgent, ledger, pausing).pause == []
     # Equal priority, or stable trials: nothing to preempt.
     same = [_study("same", "a", priority=0)]
-    assert plan_work(_node(0), True, same, ledger, running).pause == []
+    assert plan_work(_node(0), same, ledger, running).pause == []
     stable = [(_running(f"s{i}", 0, Tier.STABLE), False) for i in range(8)]
-    assert plan_work(_node(0), True, urgent, ledger, stable).pause == []
+    assert plan_work(_node(0), urgent, ledger, stable).pause == []
 
 
 def test_candidates_per_study_are_capped_by_what_the_node_takes() -> None:
@@ -98,6 +97,6 @@ def test_candidates_per_study_are_capped_by_what_the_node_takes() -> None:
     assert counts == {"one": 3, "four": 1, "cpu": 2}
     # A tenant whose long backlog of large trials is blocked still gets its small ones.
     backlog = [_study(f"big{i}", "a", created=i, demand=four) for i in range(80)]
-    plan = plan_work(node, False, [*backlog, _study("small", "a", created=99)],
+    plan = plan_work(node, [*backlog, _study("small", "a", created=99)],
                      Ledger(TOTAL), [])
     assert [t.study for t in plan.placements] == ["small"] * 3

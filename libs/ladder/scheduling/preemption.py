@@ -3,7 +3,9 @@
 A preemption plan is asked for a trial the round left blocked (``chooser.Round.blocked``).
 A running trial may be a victim only if all hold:
 
-- its tier is SPOT (a STABLE trial is never preempted);
+- its tier is SPOT (``resources.tier``: a STABLE trial, a promoted trial of a study that
+  asked for the stable tier, on a node that is not spot, is never preempted; any other
+  trial may be, on any node);
 - its priority is strictly lower than the waiting trial's;
 - it belongs to the waiting trial's tenant, or its tenant stays at least as rich as the
   waiting tenant after the move (weighted dominant share of the victim's tenant without

@@ -89,11 +89,20 @@ class Node:
 
 
 class Tier(enum.Enum):
-    """SPOT trials may be paused for a higher-priority one; STABLE trials never are
-    (a study puts its promoted trials there)."""
+    """SPOT trials may be paused for a higher-priority one; STABLE trials never are.
+    ``tier`` says which a running trial is in."""
 
     SPOT = "spot"
     STABLE = "stable"
+
+
+def tier(spot_node: bool, stable_for_promoted: bool, promoted: bool) -> Tier:
+    """The tier of a running trial. A study asks for the stable tier for its promoted
+    trials (``stable_for_promoted``; those are never placed on a spot node) and takes
+    the spot tier for its exploration: only a promoted trial of such a study, on a node
+    that is not spot, is STABLE. Every other trial may be asked to checkpoint and pause
+    for a higher-priority one, on any node (a spot node's reclaim is another matter)."""
+    return Tier.STABLE if stable_for_promoted and promoted and not spot_node else Tier.SPOT
 
 
 @dataclass(frozen=True)

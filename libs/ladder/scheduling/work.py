@@ -14,11 +14,13 @@ dominant-resource fair share decides (``chooser``). ``fifo`` is the baseline the
 bench compares against: every study's candidates in creation order, first fit, no
 weights, priorities or preemption.
 
-Preemption (fair policy, spot nodes only): when a candidate of a higher priority is
-blocked (it does not fit what is free) ``preemption.plan_preemption`` picks the running
-trials of the node to pause (lower priority; another tenant's only if that keeps the
-shares fair). Trials already asked to pause count as free-to-be: no second plan is
-made while the first one's victims are still checkpointing.
+Preemption (fair policy): when a candidate of a higher priority is blocked (it does not
+fit what is free) ``preemption.plan_preemption`` picks the running trials of the node to
+pause (lower priority; not in the stable tier, ``resources.tier``: on any node, spot or
+not, unless a promoted trial of a study that asked for the stable tier; another
+tenant's only if that keeps the shares fair). Trials already asked to pause count as
+free-to-be: no second plan is made while the first one's victims are still
+checkpointing.
 
 Reservations (fair policy, ``reservation``): with ``reserved``, a node held for a
 blocked trial's study considers that study's candidates only, and an answer that leaves
@@ -135,7 +137,7 @@ def _fifo(node: Node, pending: Sequence[Trial], ledger: Ledger, created: dict[st
     return placed
 
 
-def plan_work(node: Node, spot: bool, studies: Sequence[StudyWork], ledger: Ledger,
+def plan_work(node: Node, studies: Sequence[StudyWork], ledger: Ledger,
               running: Sequence[tuple[Trial, bool]], policy: Policy = Policy.FAIR,
               max_trials: int = DEFAULT_MAX_TRIALS, reserved: Reserved | None = None
               ) -> WorkPlan:
@@ -166,7 +168,7 @@ def plan_work(node: Node, spot: bool, studies: Sequence[StudyWork], ledger: Ledg
         plan.reserve = new_reservation(
             decided.blocked, sorted({t.tenant for t in pending}), ledger,
             Reserved(held, reserved.nodes, reserved.limit))
-    if not spot or not decided.blocked:
+    if not decided.blocked:
         return plan
     free = node.free
     for trial in plan.placements:

@@ -26,7 +26,7 @@ import redis
 from ladder import quotas
 from ladder.errors import AtCapacity
 from ladder.scheduling.reservation import Reservation
-from ladder.scheduling.resources import Demand, Node, Resources, Tier, Trial
+from ladder.scheduling.resources import Demand, Node, Resources, Trial, tier
 from ladder.state import scripts
 from ladder.state.keys import Keys
 
@@ -48,7 +48,8 @@ def from_units(gpus: object, cpu: object, memory: object) -> Resources:
 @dataclass(frozen=True)
 class Hold:
     """What one trial placed on ``node_id`` holds there, and what it is (for a later
-    preemption plan): its study's priority, whether the node is spot."""
+    preemption plan): its study's priority, whether the node is spot, whether the
+    study asked for the stable tier for its promoted trials (``resources.tier``)."""
 
     node_id: str
     demand: Demand
@@ -202,19 +203,20 @@ class HoldStore:
         for ids in members.values():
             for trial_id in ids:
                 pipe.hmget(self.keys.trial(trial_id), "study", "hold_node", "hold_tenant",
-                           "hold_g", "hold_c", "hold_m", "hold_p", "hold_s", "preempt")
+                           "hold_g", "hold_c", "hold_m", "hold_p", "hold_s", "hold_sp",
+                           "promoted", "preempt")
         rows = iter(pipe.execute() if any(members.values()) else [])
         out: dict[str, list[HeldTrial]] = {}
         for node_id, ids in members.items():
             out[node_id] = []
             for trial_id in ids:
-                study, node, tenant, g, c, m, priority, spot, preempt = next(rows)
+                study, node, tenant, g, c, m, priority, spot, sp, promoted, preempt = next(rows)
                 if node is None or node.decode() != node_id:
                     continue  # released meanwhile
                 out[node_id].append(HeldTrial(
                     Trial(trial_id, tenant.decode() if tenant else "",
                           study.decode() if study else "", Demand(from_units(g, c, m)),
-                          int(priority or 0), Tier.SPOT if spot == b"1" else Tier.STABLE),
+                          int(priority or 0), tier(spot == b"1", sp == b"1", promoted == b"1")),
                     preempting=preempt == b"1",
                 ))
         return out

@@ -99,6 +99,7 @@ TRIAL_FIELDS = {
     "hold_g": "GPUs held", "hold_c": "CPU held, thousandths of a core",
     "hold_m": "memory held, thousandths of a GB",
     "hold_p": "its study's priority when placed", "hold_s": "1 on a spot node",
+    "hold_sp": "1: its study asked for the stable tier for promoted trials",
     "preempt": "1: a preemption plan picked it; its heartbeats answer PAUSE",
     "promoted": "1 once a PROMOTE made it RESUMABLE (stable_for_promoted: no spot node)",
 }

@@ -157,7 +157,7 @@ local function refuse_hold(root, tenant, h)
 end
 local function take(t, root, tenant, h)
   redis.call('HSET', t, 'hold_node', h.node, 'hold_tenant', tenant, 'hold_g', h.g,
-    'hold_c', h.c, 'hold_m', h.m, 'hold_p', h.p, 'hold_s', h.s)
+    'hold_c', h.c, 'hold_m', h.m, 'hold_p', h.p, 'hold_s', h.s, 'hold_sp', h.sp or 0)
   for _, r in ipairs(RESOURCES) do
     redis.call('HINCRBY', sched_key(root, 'tenant', tenant), r, h[r])
     redis.call('HINCRBY', sched_key(root, 'node', h.node), r, h[r])
@@ -182,7 +182,7 @@ local function release(t)
   end
   redis.call('SREM', sched_key(root, 'node', node) .. ':trials', id)
   redis.call('HDEL', t, 'hold_node', 'hold_tenant', 'hold_g', 'hold_c', 'hold_m', 'hold_p',
-    'hold_s', 'preempt')
+    'hold_s', 'hold_sp', 'preempt')
 end
 -- The study hash of a trial (its key is {root}trial:<id>, the study's {root}study:<sid>).
 local function study_of(t)
