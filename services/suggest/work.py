@@ -2,10 +2,16 @@
 trials of any tenant's studies placed there and the trials there to pause.
 
 Thin: the rules are ``ladder.scheduling.work.plan_work`` (fair share, quotas, priority,
-best fit, preemption, node reservations), the holds, reservations and their atomic
-quota checks ``ladder.state.holds`` and the scripts; trials are created and claimed
-exactly as Suggest does (``SuggestServicer._new_trials`` /
-``TrialStore.claim_resumable``), with a hold.
+best fit, preemption, node reservations) and ``plan_elsewhere`` (preemption on other
+nodes), the holds, reservations and their atomic quota checks ``ladder.state.holds``
+and the scripts; trials are created and claimed exactly as Suggest does
+(``SuggestServicer._new_trials`` / ``TrialStore.claim_resumable``), with a hold.
+
+Cost. One call reads the node offers once (the cluster's total, its nodes, their
+count). A plan over every node (every live node's holds: two pipelined round trips
+whatever the fleet's size) is made only for a blocked trial whose priority is above the
+lowest of the live studies (no lower-priority trial can run otherwise), and not again
+for a study within ``QUIET_SECONDS`` of a search for it that found nothing.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ from ladder.config import Settings
 from ladder.errors import AtCapacity, BudgetExhausted, Conflict, InvalidArgument, NotFound
 from ladder.scheduling import resources as res
 from ladder.scheduling.fairshare import Ledger
-from ladder.scheduling.reservation import Reserved, reserve_limit
-from ladder.scheduling.work import Policy, StudyWork, plan_work, resumed
-from ladder.state.holds import Hold, HoldStore, cluster_total
+from ladder.scheduling.reservation import Reservation, Reserved, reserve_limit
+from ladder.scheduling.work import Policy, StudyWork, plan_elsewhere, plan_work, resumed
+from ladder.state.holds import Hold, HoldStore, Offered, cluster_total
 from ladder.state.studies import Gate
 from ladder.study import StudySpec
 from ladder.v1 import study_pb2, suggest_pb2
@@ -45,6 +51,10 @@ _preempted = _meter.create_counter(
 
 # Nodes that asked within this long make up the cluster (the fair share's total).
 NODE_SEEN_SECONDS = 300.0
+# A study whose cluster-wide preemption search found nothing is not searched for again
+# for this long (per process): every answer would otherwise read every node's holds
+# while it stays blocked; the cluster it saw changes only as trials end or pause.
+QUIET_SECONDS = 2.0
 UNBOUNDED = 1 << 30
 
 
@@ -90,6 +100,7 @@ class WorkScheduler:
             raise ValueError(
                 f"LADDER_RESERVE_SECONDS must be > 0, got {settings.reserve_seconds}")
         self.reserve_seconds = settings.reserve_seconds
+        self._quiet: dict[str, float] = {}  # study -> no cluster-wide search before (monotonic)
 
     @functools.cached_property
     def holds(self) -> HoldStore:
@@ -102,7 +113,7 @@ class WorkScheduler:
         offer = request.node
         node = offered_node(offer, self.holds.node_held(offer.node_id))
         offers = self.holds.offers(node, offer.spot, NODE_SEEN_SECONDS)
-        studies, specs, gates = self._studies()
+        studies, specs, gates, lowest = self._studies()
         ledger = self._ledger(cluster_total(offers), {s.tenant for s in studies})
         running = [(h.trial, h.preempting) for h in self.holds.on_node(node.node_id)]
         reserved = None
@@ -115,10 +126,16 @@ class WorkScheduler:
         if plan.release:
             self.holds.unreserve(node.node_id)
         if plan.reserve is not None:
-            self.holds.reserve(plan.reserve, self.reserve_seconds)
-            log.info("node %s reserved for a trial of study %s (tenant %s, %d GPUs)",
-                     plan.reserve.node_id, plan.reserve.study, plan.reserve.tenant,
-                     plan.reserve.demand.gpus, extra={"study_id": plan.reserve.study})
+            self._reserve(plan.reserve)
+        if (plan.elsewhere is not None and reserved is not None
+                and plan.elsewhere.priority > lowest
+                and self._quiet.get(plan.elsewhere.study, 0.0) <= time.monotonic()):
+            held = {k: v for k, v in reserved.held.items()
+                    if not (plan.release and k == node.node_id)}
+            if plan.reserve is not None:
+                held[plan.reserve.node_id] = plan.reserve
+            study = next(s for s in studies if s.study_id == plan.elsewhere.study)
+            self._preempt_elsewhere(plan.elsewhere, study, offers, held, ledger, node.node_id)
         response = suggest_pb2.RequestWorkResponse()
         worker_id = request.worker_id or node.node_id
         for placed in plan.placements:
@@ -141,16 +158,47 @@ class WorkScheduler:
         _latency.record((time.perf_counter() - started) * 1000)
         return response
 
-    def _studies(self) -> tuple[list[StudyWork], dict[str, StudySpec], dict[str, Gate]]:
+    def _reserve(self, held: Reservation) -> None:
+        self.holds.reserve(held, self.reserve_seconds)
+        log.info("node %s reserved for a trial of study %s (tenant %s, %d GPUs%s)",
+                 held.node_id, held.study, held.tenant, held.demand.gpus,
+                 ", preempting" if held.preempting else "", extra={"study_id": held.study})
+
+    def _preempt_elsewhere(self, waiting: res.Trial, study: StudyWork,
+                           offers: list[Offered], held: dict[str, Reservation],
+                           ledger: Ledger, asking: str) -> None:
+        """A preemption plan over every live node for ``waiting`` (``plan_elsewhere``):
+        the node reserved for its study, then its victims marked; their heartbeats
+        answer PAUSE (and their node's RequestWork lists them)."""
+        nodes, trials = self.holds.cluster(offers)
+        running = {n: [(h.trial, h.preempting) for h in held_there]
+                   for n, held_there in trials.items()}
+        found = plan_elsewhere(waiting, study, nodes, running, ledger, held, asking)
+        if found is None:
+            self._quiet[waiting.study] = time.monotonic() + QUIET_SECONDS
+            return
+        plan, reservation = found
+        self._reserve(reservation)
+        for victim in plan.victims:
+            if self.holds.preempt(victim.trial_id, plan.node_id):
+                _preempted.add(1)
+                log.info("trial %s on node %s preempted for a higher-priority study "
+                         "(asked from node %s)", victim.trial_id, plan.node_id, asking,
+                         extra={"trial_id": victim.trial_id})
+
+    def _studies(self) -> tuple[list[StudyWork], dict[str, StudySpec], dict[str, Gate], int]:
         """What each live study could hand out now: ACTIVE ones new and resumable
-        trials, STOPPED ones resumable trials only (as Suggest)."""
+        trials, STOPPED ones resumable trials only (as Suggest); and the lowest
+        priority of any live study (no trial of a study at or below it can preempt)."""
         live = [s for s in self.state.studies.list()
                 if s.state in (lifecycle.ACTIVE, lifecycle.STOPPED)]
         read = self.state.studies.gates([s.study_id for s in live])
         out, specs, gates = [], {}, {}
+        lowest = res.MAX_PRIORITY
         for study, gate in zip(live, read, strict=True):
             sid = study.study_id
             spec = self.servicer._spec(sid)
+            lowest = min(lowest, spec.priority)
             if gate.state not in (lifecycle.ACTIVE, lifecycle.STOPPED):
                 continue
             if gate.budget_exceeded(spec.to_proto()) is not None:
@@ -169,7 +217,7 @@ class WorkScheduler:
             specs[sid], gates[sid] = spec, gate
             out.append(StudyWork(sid, study.tenant, spec.demand, spec.priority,
                                  study.created_unix_ms, gate.queued, room, new_left))
-        return out, specs, gates
+        return out, specs, gates, lowest
 
     def _ledger(self, total: res.Resources, tenants: set[str]) -> Ledger:
         """Every tenant's use and policy (weight, max_gpus) against the cluster's total

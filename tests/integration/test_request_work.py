@@ -3,7 +3,8 @@ and the broker, with LADDER_AUTH on: node agents (admin tokens) ask for work nam
 study; weighted fair share across tenants, the tenant's max_gpus under concurrency,
 placement of an 8-GPU trial, a node reserved (and drained) for a short tenant's 8-GPU
 trial, preemption of a lower-priority trial on a spot node (PAUSE on its Heartbeat,
-RESUMABLE after PauseTrial, handed out again first), and a tenant token refused.
+RESUMABLE after PauseTrial, handed out again first) and on another node than the one
+asking (that node held for the waiting study), and a tenant token refused.
 
 Every scenario uses its own GPU type, so studies of other scenarios (and of other test
 modules sharing the session's Redis) never fit its nodes: its nodes offer no CPU, and
@@ -208,6 +209,37 @@ def test_a_high_priority_study_preempts_a_lower_one_on_a_spot_node(stack: Stack)
                if a.suggestion.resumed}
     assert set(resumed) == set(running) and len(answer.assignments) == 2
     assert all(t.study_id == low and t.checkpoint_step == 3 for t in resumed.values())
+
+
+def test_a_blocked_high_priority_trial_preempts_on_another_node(stack: Stack) -> None:
+    gpu = _unique("x")
+    busy, asking = f"{gpu}-busy", f"{gpu}-asking"  # neither is spot
+    _, client = stack.tenant()
+    _gpu_study(client, gpu, priority=0)
+    first = stack.agent.request_work(_offer(busy, gpu, 2), "agent")
+    running = {a.suggestion.trial.trial_id: _start(stack.agent, a.suggestion.trial)
+               for a in first.assignments}
+    assert len(running) == 2
+    high = _gpu_study(client, gpu, gpus=2, priority=5, max_trials=1)
+
+    # Another node, full (of work the holds do not know), asks: nothing to pause there,
+    # so the plan is made over the cluster: busy's low trials pause, busy is held.
+    answer = stack.agent.request_work(_offer(asking, gpu, 2, free=0), "agent")
+    assert not answer.assignments and not answer.pause_trial_ids
+    held = stack.holds.reservations()[busy]
+    assert (held.study, held.preempting) == (high, True)
+    for trial_id, attempt in running.items():
+        beat = stack.agent.heartbeat(trial_id, attempt, 2)
+        assert beat.action == events_pb2.PAUSE  # from their Heartbeat, not an answer
+        stack.agent.checkpoint(trial_id, attempt, f"mem://{trial_id}/2", 2)
+        assert stack.agent.pause(trial_id, attempt, 2, beat.decision.rung).state == (
+            trial_pb2.RESUMABLE)
+
+    # busy's room goes to the high-priority study, not back to the low one.
+    answer = stack.agent.request_work(_offer(busy, gpu, 2), "agent")
+    [urgent] = answer.assignments
+    assert urgent.suggestion.trial.study_id == high and urgent.resources.gpus == 2
+    assert busy not in stack.holds.reservations()
 
 
 def test_only_node_agents_may_request_work(stack: Stack) -> None:

@@ -51,6 +51,12 @@ class Ledger:
         self.policies: Mapping[str, TenantPolicy] = policies or {}
         self.used: dict[str, Resources] = {}
 
+    def copy(self) -> Ledger:
+        """A ledger to change for a what-if without touching this one."""
+        out = Ledger(self.total, self.policies)
+        out.used = dict(self.used)
+        return out
+
     def policy(self, tenant: str) -> TenantPolicy:
         return self.policies.get(tenant, DEFAULT_POLICY)
 

@@ -50,12 +50,16 @@ DEFAULT_RESERVE_FRACTION = 0.05  # of the nodes at most held at once
 
 @dataclass(frozen=True)
 class Reservation:
-    """Node ``node_id`` held for a trial of ``study`` (of ``tenant``) needing ``demand``."""
+    """Node ``node_id`` held for a trial of ``study`` (of ``tenant``) needing ``demand``.
+    ``preempting``: made by a preemption plan (``work``): the trials it paused there
+    free the room, held for the higher-priority study whether or not its tenant is short,
+    and not counted in ``Reserved.limit``."""
 
     node_id: str
     tenant: str
     study: str
     demand: Demand
+    preempting: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,14 +109,15 @@ def new_reservation(blocked: Sequence[Trial], tenants: Sequence[str], ledger: Le
     """The reservation one answer adds (see the module text), or None. ``blocked``: the
     trials the answer could not place for lack of space; ``tenants``: those with
     candidates."""
-    if len(reserved.held) >= reserved.limit:
+    if sum(not r.preempting for r in reserved.held.values()) >= reserved.limit:
         return None
     for tenant in sorted(tenants, key=lambda t: (ledger.share(t), t)):
         short = shortfall(ledger, tenant, tenants)
         if short <= 0:
             return None  # this tenant and every later one hold their part
         waiting = sorted((t for t in blocked if t.tenant == tenant), key=queue_key)
-        held = sum(r.demand.gpus for r in reserved.held.values() if r.tenant == tenant)
+        held = sum(r.demand.gpus for r in reserved.held.values()
+                   if r.tenant == tenant and not r.preempting)
         if not waiting or held >= short:
             continue
         target = closest_node(waiting[0].demand, reserved.nodes(), reserved.held)

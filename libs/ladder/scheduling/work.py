@@ -20,7 +20,17 @@ pause (lower priority; not in the stable tier, ``resources.tier``: on any node, 
 not, unless a promoted trial of a study that asked for the stable tier; another
 tenant's only if that keeps the shares fair). Trials already asked to pause count as
 free-to-be: no second plan is made while the first one's victims are still
-checkpointing.
+checkpointing. The plan's node is reserved for the waiting trial's study (a
+``preempting`` reservation), so the room its victims free is not taken by the next small
+trial of a tenant with a smaller share.
+
+Across nodes: a node asks only for itself, and a full one asks rarely, so a plan made
+only over the asking node finds victims only when their own node happens to ask. When
+no plan on the asking node makes room (``WorkPlan.elsewhere``), ``plan_elsewhere`` plans
+over every live node (the caller reads every node's holds in one batch): the victims are
+asked to pause through their heartbeats, their node is reserved for the waiting study.
+Several such plans for one study may be under way at once, up to the trials it may
+still hand out, what is under way counting for the quota and the fairness guard.
 
 Reservations (fair policy, ``reservation``): with ``reserved``, a node held for a
 blocked trial's study considers that study's candidates only, and an answer that leaves
@@ -31,17 +41,20 @@ trials are not starved by the small ones that take every GPU freed.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ladder.scheduling.chooser import schedule
 from ladder.scheduling.fairshare import Ledger
 from ladder.scheduling.placement import first_fit
-from ladder.scheduling.preemption import plan_preemption
+from ladder.scheduling.preemption import Plan, may_preempt, plan_preemption
 from ladder.scheduling.reservation import Reservation, Reserved, new_reservation, shortfall
 from ladder.scheduling.resources import Demand, Node, Resources, Trial
 
 DEFAULT_MAX_TRIALS = 8  # assignments in one answer when the offer sets none
+# A cluster-wide preemption plan searches this many nodes at most (those needing the
+# fewest GPUs freed): its cost stays that of a few nodes' plans on a large fleet.
+MAX_NODES_SEARCHED = 32
 RESUMED = "r"  # candidate id marks: study#r<i> resumes, study#n<i> is new
 NEW = "n"
 
@@ -71,6 +84,9 @@ class WorkPlan:
     pause: list[str] = field(default_factory=list)  # trial ids to preempt
     reserve: Reservation | None = None  # a node to hold from now on (any node)
     release: bool = False  # the asking node's reservation ends
+    # A higher-priority trial left blocked that no plan on this node makes room for:
+    # the caller may look for one over the cluster (``plan_elsewhere``).
+    elsewhere: Trial | None = None
 
 
 def resumed(candidate: Trial) -> bool:
@@ -155,7 +171,8 @@ def plan_work(node: Node, studies: Sequence[StudyWork], ledger: Ledger,
     if mine is not None:
         only = [s for s in studies if s.study_id == mine.study]
         if (only and ledger.within_quota(mine.tenant, mine.demand.resources)
-                and shortfall(ledger, mine.tenant, sorted({s.tenant for s in studies})) > 0):
+                and (mine.preempting or shortfall(
+                    ledger, mine.tenant, sorted({s.tenant for s in studies})) > 0)):
             studies = only
         else:  # nothing left to hold it for, or its tenant holds its part again
             mine, release = None, True
@@ -182,4 +199,64 @@ def plan_work(node: Node, studies: Sequence[StudyWork], ledger: Ledger,
     found = plan_preemption(waiting, [after], {node.node_id: others}, ledger)
     if found is not None:
         plan.pause = [victim.trial_id for victim in found.victims]
+        if reserved is not None:  # the room freed is the waiting study's
+            plan.reserve = held_for(waiting, node.node_id)
+    else:
+        plan.elsewhere = waiting
     return plan
+
+
+def held_for(waiting: Trial, node_id: str) -> Reservation:
+    """The reservation a preemption plan makes: ``node_id`` drains for ``waiting``'s
+    study (its victims' room does not go to the next small trial)."""
+    return Reservation(node_id, waiting.tenant, waiting.study, waiting.demand,
+                       preempting=True)
+
+
+def plan_elsewhere(waiting: Trial, study: StudyWork, nodes: Sequence[Node],
+                   running: Mapping[str, Sequence[tuple[Trial, bool]]], ledger: Ledger,
+                   held: Mapping[str, Reservation], asking: str = ""
+                   ) -> tuple[Plan, Reservation] | None:
+    """A preemption plan over the whole cluster for ``waiting`` (a ``WorkPlan.elsewhere``
+    of ``study``) and the reservation that keeps the room it frees for it, or None.
+
+    ``nodes``: every live node with its free space; ``running``: node id -> the trials
+    holding resources there, each with whether a plan already asked it to pause;
+    ``held``: the reservations; ``asking``: the node whose own plan found nothing.
+    Several plans for one study may be under way at once (its victims on different
+    nodes pause in parallel), but no more than the trials it may still hand out; what
+    is under way counts as done: the pausing victims no longer count for their tenants
+    and the preempting reservations count for theirs, so neither the quota nor the
+    fairness guard (``preemption.may_preempt``) is passed by plans made in a row. A node
+    reserved, or with trials already pausing (that room is promised), is not searched;
+    of the others, the ``MAX_NODES_SEARCHED`` that need the fewest GPUs freed are."""
+    under_way = sum(r.preempting and r.study == waiting.study for r in held.values())
+    if under_way >= min(study.room, study.resumable + study.new_left):
+        return None
+    after = ledger.copy()
+    for trials in running.values():
+        for trial, pausing in trials:
+            if pausing:
+                after.remove(trial.tenant, trial.demand.resources)
+    for reservation in held.values():
+        if reservation.preempting:
+            after.add(reservation.tenant, reservation.demand.resources)
+    if not after.within_quota(waiting.tenant, waiting.demand.resources):
+        return None
+    need = waiting.demand.resources
+    open_nodes: list[tuple[int, str, Node]] = []
+    victims: dict[str, list[Trial]] = {}
+    for node in nodes:
+        trials = running.get(node.node_id, ())
+        if (node.node_id == asking or node.node_id in held
+                or not node.could_ever_fit(waiting.demand) or any(p for _, p in trials)):
+            continue
+        victims[node.node_id] = [t for t, _ in trials if may_preempt(t, waiting, after)]
+        freeable = sum((t.demand.resources for t in victims[node.node_id]), Resources())
+        if (node.free + freeable).covers(need):
+            open_nodes.append((max(0, need.gpus - node.free.gpus), node.node_id, node))
+    searched = [node for *_, node in sorted(open_nodes)[:MAX_NODES_SEARCHED]]
+    found = plan_preemption(waiting, searched, victims, after)
+    if found is None:
+        return None
+    return found, held_for(waiting, found.node_id)

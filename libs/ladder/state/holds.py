@@ -164,7 +164,8 @@ class HoldStore:
                 expired.append(node_id)
                 continue
             out[node_id] = Reservation(node_id, held["tenant"], held["study"], Demand(
-                from_units(held["g"], held["c"], held["m"]), held["type"]))
+                from_units(held["g"], held["c"], held["m"]), held["type"]),
+                bool(held.get("pre")))
         if expired:
             self.r.hdel(self.keys.sched_reserved, *expired)
         return out
@@ -174,7 +175,8 @@ class HoldStore:
         g, c, m = units(held.demand.resources)
         self.r.hset(self.keys.sched_reserved, held.node_id, json.dumps(
             {"tenant": held.tenant, "study": held.study, "g": g, "c": c, "m": m,
-             "type": held.demand.gpu_type, "until": now + int(ttl_s * 1000)}))
+             "type": held.demand.gpu_type, "until": now + int(ttl_s * 1000),
+             "pre": int(held.preempting)}))
 
     def unreserve(self, node_id: str) -> None:
         self.r.hdel(self.keys.sched_reserved, node_id)
