@@ -2,14 +2,21 @@
 
 Niceness stops at 19, so "nice +5 relative to the parent" means nothing when the
 parent already runs at 15 or more: the suggest service's refit child (``LADDER_REFIT_
-NICE``, +5) ran at the same nice 19 as every other service whenever the stack itself
-was started under ``nice -n 19`` (every benchmark on the shared host), and at 1,000
-paced GP workers it took as much CPU as early stopping (59 s each in 190 s,
-``bench/results/fleet-bo-2026-12-03-same-run-1000w-gp-180s-memory.json``) while early
-stopping fell behind the reports. Where the increment cannot be had in full, the
-process switches to ``SCHED_IDLE`` (Linux), which any process may do to itself: a
-scheduling weight of 3 against nice 19's 15, so it still runs whenever a CPU is free
-but yields to its nice-19 siblings about as nice +7 would to nice 0.
+NICE``, +5) ran at the same nice 19 as the service's request threads whenever the
+stack was started under ``nice -n 19`` (every benchmark on the shared host). Where
+the increment cannot be had in full, the process switches to ``SCHED_IDLE`` (Linux),
+which any process may do to itself: a scheduling weight of 3 against nice 19's 15, so
+it still runs whenever a CPU is free but yields to its nice-19 siblings about as
+nice +7 would to nice 0.
+
+Both act within the process's autogroup (Linux, ``kernel.sched_autogroup_enabled``:
+each session is one group, and groups share the CPUs equally before nice orders the
+threads inside one): a child that stays in its parent's session is ordered against
+the parent's threads, not against other services started in sessions of their own.
+That is what the refit child wants (the request path first); it does not make room
+for other services (at 1,000 paced GP workers the refit child used 0.23-0.30 of a
+core throughout a run with nice +5 lost or with SCHED_IDLE alike,
+``bench/results/fleet-bo-2026-12-03-same-run-1000w-gp-180s-memory-sametrials.json``).
 """
 
 from __future__ import annotations
