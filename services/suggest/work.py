@@ -10,8 +10,9 @@ and the scripts; trials are created and claimed exactly as Suggest does
 Cost. One call reads the node offers once (the cluster's total, its nodes, their
 count). A plan over every node (every live node's holds: two pipelined round trips
 whatever the fleet's size) is made only for a blocked trial whose priority is above the
-lowest of the live studies (no lower-priority trial can run otherwise), and not again
-for a study within ``QUIET_SECONDS`` of a search for it that found nothing.
+lowest of the live studies (no lower-priority trial can run otherwise), while fewer of
+its study's plans are under way than the reservation bound, and not again for a study
+within ``QUIET_SECONDS`` of a search for it that found nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from ladder.errors import AtCapacity, BudgetExhausted, Conflict, InvalidArgument
 from ladder.scheduling import resources as res
 from ladder.scheduling.fairshare import Ledger
 from ladder.scheduling.reservation import Reservation, Reserved, reserve_limit
-from ladder.scheduling.work import Policy, StudyWork, plan_elsewhere, plan_work, resumed
+from ladder.scheduling.work import (
+    Policy,
+    StudyWork,
+    elsewhere_due,
+    plan_elsewhere,
+    plan_work,
+    resumed,
+)
 from ladder.state.holds import Hold, HoldStore, Offered, cluster_total
 from ladder.state.studies import Gate
 from ladder.study import StudySpec
@@ -135,7 +143,9 @@ class WorkScheduler:
             if plan.reserve is not None:
                 held[plan.reserve.node_id] = plan.reserve
             study = next(s for s in studies if s.study_id == plan.elsewhere.study)
-            self._preempt_elsewhere(plan.elsewhere, study, offers, held, ledger, node.node_id)
+            if elsewhere_due(study, held, reserved.limit):
+                self._preempt_elsewhere(plan.elsewhere, study, offers, held, ledger,
+                                        node.node_id, reserved.limit)
         response = suggest_pb2.RequestWorkResponse()
         worker_id = request.worker_id or node.node_id
         for placed in plan.placements:
@@ -166,14 +176,14 @@ class WorkScheduler:
 
     def _preempt_elsewhere(self, waiting: res.Trial, study: StudyWork,
                            offers: list[Offered], held: dict[str, Reservation],
-                           ledger: Ledger, asking: str) -> None:
+                           ledger: Ledger, asking: str, limit: int) -> None:
         """A preemption plan over every live node for ``waiting`` (``plan_elsewhere``):
         the node reserved for its study, then its victims marked; their heartbeats
         answer PAUSE (and their node's RequestWork lists them)."""
         nodes, trials = self.holds.cluster(offers)
         running = {n: [(h.trial, h.preempting) for h in held_there]
                    for n, held_there in trials.items()}
-        found = plan_elsewhere(waiting, study, nodes, running, ledger, held, asking)
+        found = plan_elsewhere(waiting, study, nodes, running, ledger, held, limit, asking)
         if found is None:
             self._quiet[waiting.study] = time.monotonic() + QUIET_SECONDS
             return

@@ -8,7 +8,7 @@ from ladder.scheduling import resources as res
 from ladder.scheduling.fairshare import Ledger
 from ladder.scheduling.reservation import Reservation, Reserved
 from ladder.scheduling.resources import Resources, TenantPolicy, Trial
-from ladder.scheduling.work import StudyWork, plan_elsewhere, plan_work
+from ladder.scheduling.work import StudyWork, elsewhere_due, plan_elsewhere, plan_work
 
 TOTAL = Resources(gpus=32, cpu=256, memory_gb=0)
 FOUR = res.demand(gpus=4, cpu=4)
@@ -52,7 +52,7 @@ def test_the_asking_nodes_blocked_trial_pauses_the_least_on_another_node() -> No
     # n0 asks: full of trials of the same priority, no plan there; the cluster has one.
     plan = plan_work(nodes[0], [_high()], ledger, running["n0"])
     assert plan.pause == [] and plan.elsewhere is not None
-    found = plan_elsewhere(plan.elsewhere, _high(), nodes, running, ledger, {}, "n0")
+    found = plan_elsewhere(plan.elsewhere, _high(), nodes, running, ledger, {}, 4, "n0")
     assert found is not None
     where, held = found
     # n1 and n3 free 4 GPUs with one victim, n2 with four; n1 by id (n3's 4-GPU victim
@@ -61,21 +61,23 @@ def test_the_asking_nodes_blocked_trial_pauses_the_least_on_another_node() -> No
     assert held == Reservation("n1", "a", "high", FOUR, preempting=True)
 
 
-def test_no_second_plan_beyond_the_studys_room_nor_on_nodes_held_or_pausing() -> None:
+def test_no_plan_beyond_the_bound_or_the_studys_room_nor_on_nodes_held_or_pausing() -> None:
     nodes, running, ledger = _cluster(_layout())
     waiting = _waiting()
     under_way = {"n1": Reservation("n1", "a", "high", FOUR, preempting=True)}
-    assert plan_elsewhere(waiting, _high(room=1), nodes, running, ledger, under_way) is None
+    assert plan_elsewhere(waiting, _high(room=1), nodes, running, ledger, under_way, 4) is None
+    assert plan_elsewhere(waiting, _high(), nodes, running, ledger, under_way, 1) is None
+    assert not elsewhere_due(_high(), under_way, 1) and elsewhere_due(_high(), under_way, 2)
     # With room for more: not on the held n1; n3's trial z already pausing (its room
     # is promised): n2, whose four 1-GPU trials make the room.
     running["n3"] = [(t, t.trial_id == "z") for t, _ in running["n3"]]
-    found = plan_elsewhere(waiting, _high(room=2), nodes, running, ledger, under_way)
+    found = plan_elsewhere(waiting, _high(room=2), nodes, running, ledger, under_way, 4)
     assert found is not None and found[0].node_id == "n2" and len(found[0].victims) == 4
     # The tenant's max_gpus counts the room held for it: 32 held + 4 under way + 4 > 36.
     capped = Ledger(TOTAL, {"a": TenantPolicy(max_gpus=36)})
     nodes, running, capped = _cluster(_layout(), capped)
-    assert plan_elsewhere(waiting, _high(room=2), nodes, running, capped, {}) is not None
-    assert plan_elsewhere(waiting, _high(room=2), nodes, running, capped, under_way) is None
+    assert plan_elsewhere(waiting, _high(room=2), nodes, running, capped, {}, 4) is not None
+    assert plan_elsewhere(waiting, _high(room=2), nodes, running, capped, under_way, 4) is None
 
 
 def test_another_tenants_trials_only_while_it_stays_as_rich() -> None:
@@ -85,15 +87,15 @@ def test_another_tenants_trials_only_while_it_stays_as_rich() -> None:
               "n1": [_trial(f"b{i}", 4, tenant="b", study="bs") for i in (1, 2)],
               "n2": [_trial(f"b{i}", 4, tenant="b", study="bs") for i in (3, 4)]}
     nodes, running, ledger = _cluster(layout, Ledger(TOTAL, policies))
-    found = plan_elsewhere(_waiting(), _high(), nodes, running, ledger, {}, "n0")
+    found = plan_elsewhere(_waiting(), _high(), nodes, running, ledger, {}, 4, "n0")
     assert found is not None and [v.trial_id for v in found[0].victims] == ["b1"]
     # That plan under way (b1 pausing, n1 held for a) counts: a second one would make a
     # richer than b (with the ledger alone it would look fair).
     running["n1"] = [(t, t.trial_id == "b1") for t, _ in running["n1"]]
     held = {"n1": Reservation("n1", "a", "high", FOUR, preempting=True)}
-    assert plan_elsewhere(_waiting(), _high(), nodes, running, ledger, held, "n0") is None
+    assert plan_elsewhere(_waiting(), _high(), nodes, running, ledger, held, 4, "n0") is None
     assert plan_elsewhere(_waiting(), _high(), nodes[::2], {"n0": running["n0"],
-                          "n2": running["n2"]}, ledger, {}, "n0") is not None
+                          "n2": running["n2"]}, ledger, {}, 4, "n0") is not None
 
 
 def test_a_plan_holds_its_node_for_the_waiting_study_until_its_trial_lands() -> None:

@@ -29,8 +29,9 @@ only over the asking node finds victims only when their own node happens to ask.
 no plan on the asking node makes room (``WorkPlan.elsewhere``), ``plan_elsewhere`` plans
 over every live node (the caller reads every node's holds in one batch): the victims are
 asked to pause through their heartbeats, their node is reserved for the waiting study.
-Several such plans for one study may be under way at once, up to the trials it may
-still hand out, what is under way counting for the quota and the fairness guard.
+Several such plans for one study may be under way at once (up to the bound of the
+reservations and the trials it may still hand out), what is under way counting for
+the quota and the fairness guard.
 
 Reservations (fair policy, ``reservation``): with ``reserved``, a node held for a
 blocked trial's study considers that study's candidates only, and an answer that leaves
@@ -213,9 +214,17 @@ def held_for(waiting: Trial, node_id: str) -> Reservation:
                        preempting=True)
 
 
+def elsewhere_due(study: StudyWork, held: Mapping[str, Reservation], limit: int) -> bool:
+    """Whether another cluster-wide plan may be made for ``study``: fewer of its plans
+    under way (its preempting reservations) than ``limit`` and than the trials it may
+    still hand out. The caller asks before reading the cluster."""
+    under_way = sum(r.preempting and r.study == study.study_id for r in held.values())
+    return under_way < min(limit, study.room, study.resumable + study.new_left)
+
+
 def plan_elsewhere(waiting: Trial, study: StudyWork, nodes: Sequence[Node],
                    running: Mapping[str, Sequence[tuple[Trial, bool]]], ledger: Ledger,
-                   held: Mapping[str, Reservation], asking: str = ""
+                   held: Mapping[str, Reservation], limit: int, asking: str = ""
                    ) -> tuple[Plan, Reservation] | None:
     """A preemption plan over the whole cluster for ``waiting`` (a ``WorkPlan.elsewhere``
     of ``study``) and the reservation that keeps the room it frees for it, or None.
@@ -224,14 +233,15 @@ def plan_elsewhere(waiting: Trial, study: StudyWork, nodes: Sequence[Node],
     holding resources there, each with whether a plan already asked it to pause;
     ``held``: the reservations; ``asking``: the node whose own plan found nothing.
     Several plans for one study may be under way at once (its victims on different
-    nodes pause in parallel), but no more than the trials it may still hand out; what
-    is under way counts as done: the pausing victims no longer count for their tenants
+    nodes pause in parallel), but no more than ``limit`` (the caller's: the bound of the
+    short tenants' reservations, ``Reserved.limit``; each holds a node that drains) and
+    than the trials it may still hand out (``elsewhere_due``); what is under way counts
+    as done: the pausing victims no longer count for their tenants
     and the preempting reservations count for theirs, so neither the quota nor the
     fairness guard (``preemption.may_preempt``) is passed by plans made in a row. A node
     reserved, or with trials already pausing (that room is promised), is not searched;
     of the others, the ``MAX_NODES_SEARCHED`` that need the fewest GPUs freed are."""
-    under_way = sum(r.preempting and r.study == waiting.study for r in held.values())
-    if under_way >= min(study.room, study.resumable + study.new_left):
+    if not elsewhere_due(study, held, limit):
         return None
     after = ledger.copy()
     for trials in running.values():
