@@ -4,6 +4,9 @@ The GP fits at most ``MAX_FIT_POINTS`` observations (``fit_subset``), so the cos
 of a suggestion stops growing with the study. This script measures it: Hartmann-6
 observations at random points, 7 pending points, a cold sampler (first fit from
 the prior) and then a warm one (the next suggestion, hyperparameters reused);
+then a refit after 5 % more observations arrived, between hyperparameter fits (the
+kept hyperparameters, ``gp.full_fit_due``) and, on the same data, with the
+hyperparameters fitted again (warm-started L-BFGS, what every refit did before);
 Optuna's GPSampler at the same point (default: 100 observations only, it fits
 every observation) for scale; writes bench/results/gp-scale-<UTC date>.json.
 
@@ -45,13 +48,34 @@ def measure(problem_name: str, observations: int, seed: int) -> dict[str, float 
         started = time.perf_counter()
         sampler.suggest(data, 1, pending)
         timings.append(time.perf_counter() - started)
+    arrived = [Observation(f"new{i}", p, problem.objective(p)) for i, p in enumerate(
+        problem.space.sample_to_params(rng.random(dim)) for _ in range(observations // 20))]
+    refits = {name: refit_seconds(problem.space, seed, data, arrived, pending, growth)
+              for name, growth in (("incremental", gp.REFIT_GROWTH), ("full", 0.0))}
     return {
         "observations": observations,
         "fitted_points": min(observations, gp.MAX_FIT_POINTS),
+        "refit_after_5pct_more_incremental_seconds": refits["incremental"],
+        "refit_after_5pct_more_full_fit_seconds": refits["full"],
         "update_seconds": update_seconds,
         "first_suggest_seconds": timings[0],
         "warm_suggest_seconds_median": float(np.median(timings[1:])),
     }
+
+
+def refit_seconds(space: object, seed: int, data: list[Observation],
+                  arrived: list[Observation], pending: list, growth: float) -> float:
+    """One suggestion after ``arrived`` joined ``data``, with ``gp.REFIT_GROWTH`` set to
+    ``growth`` (0: the hyperparameters are fitted again at every refit)."""
+    saved, gp.REFIT_GROWTH = gp.REFIT_GROWTH, growth
+    try:
+        sampler = gp.GPSampler(SamplerContext(space, seed=seed, reserve=LocalDraws()))
+        sampler.suggest(data, 1, pending)
+        started = time.perf_counter()
+        sampler.suggest([*data, *arrived], 1, pending)
+        return time.perf_counter() - started
+    finally:
+        gp.REFIT_GROWTH = saved
 
 
 def measure_optuna(problem_name: str, observations: int, seed: int) -> dict[str, float | int]:
@@ -119,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "pending": 7,
             "max_fit_points": gp.MAX_FIT_POINTS,
             "gp_version": gp.VERSION,
+            "incremental_min": gp.INCREMENTAL_MIN,
+            "refit_growth": gp.REFIT_GROWTH,
         },
         "results": rows,
         "optuna_gp": peers,
