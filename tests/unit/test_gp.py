@@ -330,6 +330,9 @@ def test_acquisition_is_optimised_in_lengthscale_units(monkeypatch) -> None:  # 
         assert all(abs(point[n] - c) < 1e-3 for n, c in zip(names[:3], centre[:3], strict=True))
         evaluations[precondition] = len(fake.seen)
     assert evaluations[True] < evaluations[False]
+    # Lengthscales less than PRECONDITION_RATIO apart: no conditioning to repair.
+    similar = _Anisotropic(centre, [0.2, 0.3, 0.5, 0.6, 1.0, 1.9]).acquisition()
+    assert torch.equal(gp_module._column_scale(similar, 6), torch.ones(6))
     # An acquisition whose model has no cached lengthscales is not rescaled.
     plain = _Anisotropic(centre, lengthscale).acquisition()
     plain.model = None

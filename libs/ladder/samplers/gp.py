@@ -94,7 +94,11 @@ Optimisation of the acquisition, in three steps:
    20-D (bench/quality/suite.py) the fitted lengthscales are 0.4-0.6 on the 6
    columns that matter and 2-7 on the 14 others, and on the raw unit cube
    L-BFGS spent its evaluations on that conditioning (on an anisotropic
-   quadratic, tests/unit/test_gp.py: 72 evaluations against 5);
+   quadratic, tests/unit/test_gp.py: 72 evaluations against 5). Only when the
+   lengthscales are ``PRECONDITION_RATIO`` (10) or more apart: on Branin (2-D,
+   ratio about 2) the rescaled search ended 3-8x further from the optimum on
+   three seeds of three (its last digits of regret, 1e-6 to 1e-5), and with
+   similar lengthscales there is no conditioning to repair;
 2. a discrete local search on the winner: every other choice of each
    categorical and the neighbouring values (±1) of each int / ordinal are
    scored with the acquisition on the *decoded* point (exactly the point that
@@ -194,7 +198,7 @@ from ladder.samplers.model_based import ModelBasedSampler
 from ladder.space import CategoricalEncoding, Kind, Space
 
 # Bumped whenever suggestions change for the same inputs (bench cache key).
-VERSION = "12"
+VERSION = "13"
 ENCODING = CategoricalEncoding.ONE_HOT
 MIN_FIT_POINTS = 3
 INITIAL_MIN = 8
@@ -212,8 +216,10 @@ MC_SAMPLES = 64
 # Starts of the acquisition optimiser at the best observed points, and the
 # scale of the Gaussian perturbations of them among the raw samples.
 INCUMBENT_STARTS = 3
-# L-BFGS works on x / lengthscale (module docstring, "Optimisation of the acquisition").
+# L-BFGS works on x / lengthscale when the largest fitted lengthscale is at least
+# PRECONDITION_RATIO times the smallest (module docstring, "Optimisation of the acquisition").
 PRECONDITION = True
+PRECONDITION_RATIO = 10.0
 PERTURBATION = 0.02
 # Every EXPLOIT_EVERY-th draw is the posterior-mean maximiser (module docstring),
 # unless it is closer than MIN_DISTANCE (unit cube) to a known point.
@@ -760,11 +766,15 @@ class Preconditioned(torch.nn.Module):
 
 def _column_scale(acquisition: torch.nn.Module, dim: int) -> torch.Tensor:
     """The fitted lengthscales of the acquisition's model when ``PRECONDITION`` is
-    on and the model is a ``fast_posterior_model``, else ones (no rescaling)."""
+    on, the model is a ``fast_posterior_model`` and its lengthscales are at least
+    ``PRECONDITION_RATIO`` apart, else ones (no rescaling)."""
     cache = getattr(getattr(acquisition, "model", None), "cache", None)
     if not PRECONDITION or cache is None:
         return torch.ones(dim, dtype=torch.float64)
-    return cache.lengthscale.reshape(-1).to(torch.float64)
+    lengthscale = cache.lengthscale.reshape(-1).to(torch.float64)
+    if lengthscale.max() < PRECONDITION_RATIO * lengthscale.min():
+        return torch.ones(dim, dtype=torch.float64)
+    return lengthscale
 
 
 def log_ei(
