@@ -110,9 +110,9 @@ def test_gp_fit_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
     real_fit = gp_module.fit_model
 
-    def spy(train_x, train_y, start=None):  # noqa: ANN001, ANN202
+    def spy(train_x, train_y, start=None, optimise=True):  # noqa: ANN001, ANN202
         seen.append(train_x.shape[0])
-        return real_fit(train_x, train_y, start)
+        return real_fit(train_x, train_y, start, optimise)
 
     monkeypatch.setattr(gp_module, "fit_model", spy)
     gp = GPSampler(SamplerContext(LINE, seed=3, reserve=LocalDraws()))
