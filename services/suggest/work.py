@@ -185,7 +185,11 @@ class WorkScheduler:
                    for n, held_there in trials.items()}
         found = plan_elsewhere(waiting, study, nodes, running, ledger, held, limit, asking)
         if found is None:
-            self._quiet[waiting.study] = time.monotonic() + QUIET_SECONDS
+            now = time.monotonic()
+            # Lapsed entries go as new ones come: the map holds only studies searched
+            # for within the last QUIET_SECONDS, however many studies a service sees.
+            self._quiet = {s: t for s, t in self._quiet.items() if t > now}
+            self._quiet[waiting.study] = now + QUIET_SECONDS
             return
         plan, reservation = found
         self._reserve(reservation)
