@@ -43,7 +43,10 @@ pytestmark = pytest.mark.integration
 BUDGET = 12
 WORKERS = 3
 MAX_STEPS = 9
-STEP_SECONDS = 0.15  # a step of "training": long enough for a STOP to come back in time
+# A step of "training": long enough for a STOP to come back in time, and the study long
+# enough (12 trials on 3 workers) for the page to show a change while it runs: lineage
+# and the page's 1-s live read lag it by a few seconds on a loaded host.
+STEP_SECONDS = 0.3
 COUNTS = ("suggested", "running", "pruned", "completed", "failed")
 DRAW_TIMEOUT = 60.0
 # The page's counts, as numbers, by name.
