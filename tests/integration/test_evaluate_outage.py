@@ -25,7 +25,9 @@ from ladder.v1 import events_pb2, study_pb2, trial_pb2
 
 pytestmark = pytest.mark.integration
 
-LEASE_S = 3.0
+# Long enough that a worker's retries (client back-off and gRPC reconnect back-off, each
+# capped at 2 s) get a beat through within one lease of the restart on a loaded CI host.
+LEASE_S = 6.0
 
 
 @pytest.fixture
@@ -128,11 +130,11 @@ def test_an_evaluate_outage_longer_than_a_lease_expires_only_dead_workers(
 
         # The live worker's beats got through again, and its trial never expired.
         wait_for(
-            lambda: sum(ms > ready_ms for ms in beats.beats_ms) >= 3,
+            lambda: beats.refused or sum(ms > ready_ms for ms in beats.beats_ms) >= 3,
             30,
             "the live worker's heartbeats after the restart",
         )
-        assert beats.refused == []
+        assert beats.refused == [], beats.refused
         trial = state.trials.get(live)
         assert (trial.state, trial.attempt_id) == (trial_pb2.RUNNING, "live-a1")
         kinds = [e.kind for e in trial_events(infra, live)]
