@@ -174,16 +174,50 @@ def setuser_commands(keys: Keys, passwords: Mapping[str, str] | None = None) -> 
     return [line.replace("user ", "ACL SETUSER ", 1) for line in (*users, default)]
 
 
+def new_password() -> str:
+    """A fresh password: 192 random bits as hex (safe in a URL unquoted)."""
+    import secrets
+
+    return secrets.token_hex(24)
+
+
 def ensure_passwords(folder: Path) -> dict[str, str]:
     """Each user's password, one owner-only file per user in ``folder`` (made with a
     fresh 192-bit secret the first time it is asked for)."""
-    import secrets
-
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     return {
-        name: signing.ensure_secret_file(folder / name, lambda: secrets.token_hex(24) + "\n")
+        name: signing.ensure_secret_file(folder / name, lambda: new_password() + "\n")
         for name in USER_NAMES
     }
+
+
+# What a password handed in by environment may hold: deploy/compose.yaml puts it in a
+# URL without quoting it (``redis://suggest:${REDIS_PASSWORD_SUGGEST}@redis:6379/0``).
+_URL_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+MIN_PASSWORD_LENGTH = 16
+
+
+def password_variable(name: str) -> str:
+    """The environment variable that holds user ``name``'s password where a deployment
+    hands the passwords in by environment (deploy/compose.yaml's ``.env``)."""
+    return f"REDIS_PASSWORD_{name.upper()}"
+
+
+def passwords_from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Every user's password from ``password_variable(user)``; ValueError naming each
+    variable that is missing, too short or holds a character a URL would need quoted."""
+    found = {name: environ.get(password_variable(name), "").strip() for name in USER_NAMES}
+    problems = [
+        f"{password_variable(name)} is "
+        + ("not set" if not value else
+           f"shorter than {MIN_PASSWORD_LENGTH} characters" if len(value) < MIN_PASSWORD_LENGTH
+           else "not made of letters, digits and -._~ only")
+        for name, value in found.items()
+        if len(value) < MIN_PASSWORD_LENGTH or not set(value) <= _URL_SAFE
+    ]
+    if problems:
+        raise ValueError("Redis passwords: " + "; ".join(problems))
+    return found
 
 
 def write_private(path: Path, text: str) -> None:

@@ -32,6 +32,7 @@ from ladder.stack.procs import ProcRecord
 from ladder.state.keys import Keys
 from ladder.testing import wait_for, wait_for_found
 from ladder.testing.kills import lineage_events
+from ladder.testing.redisusers import refused
 
 from workers.runtime import Worker, WorkerConfig
 from workers.synthetic import SyntheticWorkload
@@ -100,15 +101,6 @@ def given_redis_url(info: dict[str, Any], name: str) -> str:
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return next(v.split(b"=", 1)[1].decode() for v in environ
                 if v.startswith(b"LADDER_REDIS_URL="))
-
-
-def refused(call: Any, *args: Any, **kwargs: Any) -> bool:
-    """Whether Redis answers ``call(*args, **kwargs)`` with NOPERM."""
-    try:
-        call(*args, **kwargs)
-    except redis.exceptions.NoPermissionError:
-        return True
-    return False
 
 
 def check_redis_users(info: dict[str, Any], study_id: str, trial_id: str) -> None:

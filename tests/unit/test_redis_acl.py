@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import inspect
 import re
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
@@ -17,32 +16,15 @@ from ladder import redisacl
 from ladder.redisacl import READ, READ_WRITE
 from ladder.state import scripts
 from ladder.state.keys import Keys
+from ladder.testing import redisusers
+from ladder.testing.redisusers import sample_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = Keys.for_prefix("t1.")
-# Ids as the code makes them (and a few awkward ones: a ':' in a node id, a tenant
-# name with '.' and '-').
-SAMPLE_ARGS = ("st-0a1b2c3d4e5f", "st-0a1b2c3d4e5f-t12", "team.a-1", "node:7", "3")
-
-
-def sample_keys(keys: Keys, builder: str) -> list[str]:
-    """Keys of family ``builder`` for several plausible ids."""
-    member = getattr(Keys, builder)
-    if isinstance(member, property):
-        return [getattr(keys, builder)]
-    arity = len(inspect.signature(member).parameters) - 1
-    return [getattr(keys, builder)(*[arg] * arity) for arg in SAMPLE_ARGS]
 
 
 def access(acl: redisacl.AclUser, key: str, keys: Keys = KEYS) -> str:
-    """What ``acl``'s rendered key rules let it do to ``key``: '', R or RW (Redis
-    glob semantics for the ``*`` the patterns use)."""
-    right = ""
-    for rule in redisacl.key_rules(acl, keys):
-        pattern = rule.removeprefix("%R~").removeprefix("~")
-        if fnmatchcase(key, pattern):
-            right = READ if rule.startswith("%R~") and right != READ_WRITE else READ_WRITE
-    return right
+    return redisusers.access(acl, key, keys)
 
 
 def test_every_key_family_belongs_to_some_service() -> None:
@@ -200,15 +182,46 @@ def test_the_docs_show_the_rules_the_code_renders() -> None:
         "docs/bus-security.md: paste the output of `ladder redis-acl --topic-prefix ladder.`")
 
 
-def test_each_kubernetes_service_can_take_its_own_redis_user() -> None:
-    import yaml
 
-    for name in redisacl.SERVICE_USERS:
-        manifest = (ROOT / "deploy" / "k8s" / f"{name}.yaml").read_text()
-        containers = [c for doc in yaml.safe_load_all(manifest) if doc
-                      for c in doc.get("spec", {}).get("template", {}).get("spec", {})
-                      .get("containers", [])]
-        refs = [e["valueFrom"]["secretKeyRef"] for c in containers for e in c.get("env", [])
-                if e["name"] == "LADDER_REDIS_URL"]
-        assert refs == [{"name": "ladder-secrets", "key": f"redis-url-{name}",
-                         "optional": True}], name
+def test_passwords_from_the_environment_are_each_users_and_checked() -> None:
+    env = {redisacl.password_variable(n): f"{n}-0123456789abcdef" for n in redisacl.USER_NAMES}
+    assert redisacl.passwords_from_env(env) == {
+        n: f"{n}-0123456789abcdef" for n in redisacl.USER_NAMES}
+    assert redisacl.password_variable("earlystop") == "REDIS_PASSWORD_EARLYSTOP"
+    bad = {**env, "REDIS_PASSWORD_ADMIN": "short", "REDIS_PASSWORD_LINEAGE": "a" * 20 + "@/"}
+    del bad["REDIS_PASSWORD_SUGGEST"]
+    with pytest.raises(ValueError) as error:
+        redisacl.passwords_from_env(bad)
+    message = str(error.value)
+    assert "REDIS_PASSWORD_SUGGEST is not set" in message
+    assert "REDIS_PASSWORD_ADMIN is shorter than 16" in message
+    assert "REDIS_PASSWORD_LINEAGE is not made of letters" in message
+    assert "EVALUATE" not in message and "EARLYSTOP" not in message
+    fresh = redisacl.new_password()
+    assert len(fresh) == 48 and redisacl.passwords_from_env(
+        {redisacl.password_variable(n): fresh for n in redisacl.USER_NAMES})
+
+
+def test_the_cli_prints_env_lines_and_writes_the_acl_file_from_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ladder import cli
+
+    assert cli.main(["redis-acl", "--env"]) == 0
+    env = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert set(env) == {redisacl.password_variable(n) for n in redisacl.USER_NAMES}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "users.acl"
+    assert cli.main(["redis-acl", "--topic-prefix", "t1.", "--passwords-from-env",
+                     "--output", str(out)]) == 0
+    assert capsys.readouterr().out == ""
+    passwords = redisacl.passwords_from_env(env)
+    assert out.read_text().splitlines() == redisacl.acl_lines(KEYS, passwords)
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert cli.main(["redis-acl", "--passwords-from-env", "--urls", "redis://r:6379/0"]) == 0
+    urls = capsys.readouterr().out.splitlines()
+    assert urls[0] == f"redis-url-suggest=redis://suggest:{passwords['suggest']}@r:6379/0"
+    monkeypatch.delenv("REDIS_PASSWORD_ADMIN")
+    with pytest.raises(SystemExit, match="REDIS_PASSWORD_ADMIN is not set"):
+        cli.main(["redis-acl", "--passwords-from-env"])
