@@ -201,10 +201,15 @@ def test_the_in_cluster_redis_loads_the_users_its_init_container_writes() -> Non
     pod = redis["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     (server,) = pod["containers"]
-    assert init["command"][:3] == ["ladder", "redis-acl", "--passwords-from-env"]
-    output = init["command"][init["command"].index("--output") + 1]
+    argv = init["command"]
+    assert argv[:2] == ["ladder", "redis-acl"] and "--passwords-from-env" in argv
+    output = argv[argv.index("--output") + 1]
     assert {"secretRef": {"name": PASSWORD_SECRET}} in init["envFrom"]
-    assert {"configMapRef": {"name": "ladder-config"}} in init["envFrom"]  # the prefix
+    # The services' topic prefix (from the config map they all read).
+    assert argv[argv.index("--topic-prefix") + 1] == "$(LADDER_TOPIC_PREFIX)"
+    assert {"configMapRef": {"name": "ladder-config"}} in init["envFrom"]
+    config = next(d for _, d in k8s_documents() if d["kind"] == "ConfigMap")
+    assert config["data"]["LADDER_TOPIC_PREFIX"]
     aclfile = server["command"][server["command"].index("--aclfile") + 1]
     mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
     server_mounts = {m["name"]: m["mountPath"] for m in server["volumeMounts"]}
