@@ -20,6 +20,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from ladder.config import Settings
 from ladder.gaps import GapGuard
+from ladder.kafkaacl import ADMIN as OBSERVER
 from ladder.v1 import events_pb2
 
 
@@ -66,6 +67,7 @@ class DecisionLog:
             enable_auto_commit=False,
             fetch_max_wait_ms=settings.broker.fetch_max_wait_ms,
             client_id="ladder-loadsim-decisions",
+            **settings.kafka_security(OBSERVER).kafka_python(),
         )
         parts = sorted(self._consumer.partitions_for_topic(topic) or ())
         partitions = [TopicPartition(topic, p) for p in parts]
@@ -140,6 +142,7 @@ class GroupProgress:
             group_id=self.group_id,
             enable_auto_commit=False,
             client_id="ladder-loadsim-progress",
+            **self.settings.kafka_security(OBSERVER).kafka_python(),
         )
         topic = self.settings.topics.metrics
         partitions = [

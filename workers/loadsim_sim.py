@@ -51,6 +51,7 @@ from ladder.api.attempt import (
     move_after,
 )
 from ladder.config import Settings
+from ladder.kafkaacl import WORKER
 from ladder.params import params_to_dict
 from ladder.v1 import (
     evaluate_pb2,
@@ -273,6 +274,7 @@ class Simulator:
             acks="all",
             linger_ms=self.config.linger_ms,
             client_id="ladder-loadsim",
+            **self.settings.kafka_security(WORKER).aiokafka(),
         )
 
     def _on_sent(self, trial_id: str, step: int, future: asyncio.Future[Any]) -> None:

@@ -398,6 +398,7 @@ class EventProducer:
                 # Fail a record after this long instead of librdkafka's 5 minutes.
                 "delivery.timeout.ms": int(delivery_timeout_s * 1000),
                 "logger": logging.getLogger("ladder.kafka.producer"),
+                **settings.kafka_security(service).confluent(),
             }
         )
         self._closed = threading.Event()
@@ -581,6 +582,7 @@ class ConsumerLoop:
             "auto.offset.reset": "earliest" if self.from_beginning else "latest",
             "fetch.wait.max.ms": self.settings.broker.fetch_max_wait_ms,
             "logger": logging.getLogger("ladder.kafka.consumer"),
+            **self.settings.kafka_security(self.service).confluent(),
         }
         if self.pace_s > 0:
             options["queued.min.messages"] = PACED_PREFETCH

@@ -18,7 +18,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ladder import cli_dashboard, cli_query, cli_redis, cli_run, cli_tenant, cli_watch, config
+from ladder import (
+    cli_dashboard,
+    cli_kafka,
+    cli_query,
+    cli_redis,
+    cli_run,
+    cli_tenant,
+    cli_watch,
+    config,
+)
 
 
 @dataclass(frozen=True)
@@ -186,6 +195,7 @@ cli_run.register(COMMANDS, Command)
 cli_dashboard.register(COMMANDS, Command)
 cli_tenant.register(COMMANDS, Command)
 cli_redis.register(COMMANDS, Command)
+cli_kafka.register(COMMANDS, Command)
 
 
 def build_parser() -> argparse.ArgumentParser:

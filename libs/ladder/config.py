@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ladder import kafkasecurity
+
 TOPIC_NAMES = ("metrics", "rungs", "decisions", "trials", "studies", "dead-letter")
+# The one-partition topic ``ladder up`` writes and reads back before it calls the broker
+# ready (``ladder.stack.probes.kafka_roundtrip``).
+STACK_PROBE_TOPIC = "stack-probe"
 # The lease evaluate grants (its --lease-seconds / LADDER_LEASE_SECONDS default); a worker
 # whose StartTrial names none keeps alive for this one. Workers renew it every quarter
 # (2 s), so a dead worker's trial is resumable 8-10 s after its last beat and running
@@ -298,6 +303,14 @@ class Topics:
         return f"ladder-earlystop-{cleaned or 'default'}"
 
 
+def _checked_kafka_env() -> tuple[tuple[str, str], ...]:
+    """The LADDER_KAFKA_* variables, checked once here so a process with unusable Kafka
+    security settings stops at start with the variable's name."""
+    found = kafkasecurity.kafka_env(os.environ)
+    kafkasecurity.from_env(dict(found))
+    return found
+
+
 @dataclass(frozen=True)
 class Settings:
     """Endpoints of the shared infrastructure and the services.
@@ -327,6 +340,14 @@ class Settings:
     | LADDER_TLS_SERVER_NAME     | the address's host; the name the services' certificate carries |
     | LADDER_BUS_SIGNING_KEYS    | `<state>/bus-signing-keys.json`; `kid:hex,...` (bus-security) |
     | LADDER_BUS_SIGNING_KEY     | none; one hex secret (key id `default`) |
+    | LADDER_KAFKA_SECURITY_PROTOCOL | PLAINTEXT; SSL, SASL_PLAINTEXT, SASL_SSL (kafkasecurity) |
+    | LADDER_KAFKA_SASL_MECHANISM | SCRAM-SHA-512; SCRAM-SHA-256, PLAIN |
+    | LADDER_KAFKA_USER, LADDER_KAFKA_PASSWORD | none; the SASL principal and its password |
+    | LADDER_KAFKA_PASSWORD_FILE | none; a file holding the password (a mounted secret) |
+    | LADDER_KAFKA_<SERVICE>_USER | LADDER_KAFKA_USER; that service's own (`_EARLYSTOP_USER`) |
+    | LADDER_KAFKA_<SERVICE>_PASSWORD[_FILE] | the shared ones; that service's own password |
+    | LADDER_KAFKA_CA            | the system's CAs; PEM file the broker's cert is checked with |
+    | LADDER_KAFKA_CERT, LADDER_KAFKA_KEY | none; client certificate and key (mutual TLS) |
     """
 
     kafka_bootstrap: str
@@ -353,6 +374,13 @@ class Settings:
     reserve_fraction: float = 0.05
     reserve_seconds: float = 600.0
     tls: Tls = field(default_factory=Tls)
+    # The LADDER_KAFKA_* variables: each Kafka client's security (``kafka_security``).
+    kafka_env: tuple[tuple[str, str], ...] = ()
+
+    def kafka_security(self, service: str = "") -> kafkasecurity.KafkaSecurity:
+        """How ``service``'s Kafka clients authenticate (``ladder.kafkasecurity``):
+        its own principal when LADDER_KAFKA_<SERVICE>_USER names one, else the shared."""
+        return kafkasecurity.from_env(dict(self.kafka_env), service)
 
     @property
     def gap_guarded_topics(self) -> frozenset[str]:
@@ -385,4 +413,5 @@ class Settings:
             reserve_seconds=float(os.environ.get("LADDER_RESERVE_SECONDS", 600.0)),
             token=_token(state_dir()),
             tls=Tls.from_env(),
+            kafka_env=_checked_kafka_env(),
         )

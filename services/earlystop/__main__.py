@@ -91,6 +91,7 @@ from typing import Any
 import faust
 from ladder import signing, telemetry
 from ladder.config import Settings, service_parser
+from ladder.kafkaacl import EARLYSTOP
 from ladder.poison import PoisonPolicy
 from ladder.state.keys import Keys
 from ladder.trialcheck import TrialCheck, redis_lookup
@@ -250,13 +251,15 @@ def build(settings: Settings, options: EarlyStopOptions) -> tuple[faust.App, Ear
     tables = declare_tables(app, partitions[topics.metrics], partitions[topics.rungs])
     directory = StudyDirectory(options.unknown_study_wait)
     keyring = signing.keyring(settings.state_dir)
+    security = settings.kafka_security(EARLYSTOP)
     feed = StudyFeed(
         settings.kafka_bootstrap,
         topics.studies,
         directory,
-        end_offsets_reader(settings.broker),
+        end_offsets_reader(settings.broker, security),
         options.fetch_max_wait_ms,
         keyring,
+        security,
     )
     app.task(feed.run)
     leaderboards = LeaderboardView(tables.entries)

@@ -42,6 +42,7 @@ embedded broker").
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Collection, Mapping
@@ -58,6 +59,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from ladder.config import BrokerProfile, Settings
 from ladder.gaps import GapGuard
+from ladder.kafkaacl import EARLYSTOP
+from ladder.kafkasecurity import KafkaSecurity
 
 from services.earlystop.studies import EndOffsets
 
@@ -92,9 +95,10 @@ def topic_partitions(
     Faust tables must have as many partitions as the topic their agent reads, so the
     counts are taken from the broker instead of being configured twice.
     """
-    admin = AdminClient(
-        {"bootstrap.servers": settings.kafka_bootstrap, "client.id": "ladder-earlystop-meta"}
-    )
+    admin = AdminClient({
+        "bootstrap.servers": settings.kafka_bootstrap, "client.id": "ladder-earlystop-meta",
+        **settings.kafka_security(EARLYSTOP).confluent(),
+    })
     deadline = time.monotonic() + timeout
     while True:
         # Metadata of every topic: asking for one by name may auto-create it on a broker.
@@ -160,7 +164,8 @@ class _ShortPollConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         bootstrap = getattr(self.app, "bootstrap_servers", "")
         if not bootstrap or self.consumer.in_transaction:
             return listed
-        return await fetched_end_offsets(bootstrap, listed)
+        security = getattr(self.app, "kafka_security", None) or KafkaSecurity()
+        return await fetched_end_offsets(bootstrap, listed, security=security)
 
 
 def committed_seeks(
@@ -198,13 +203,19 @@ async def listed_end_offsets(bootstrap: str, listed: Mapping[TP, int]) -> dict[T
     return dict(listed)
 
 
-def end_offsets_reader(broker: BrokerProfile) -> EndOffsets:
-    """How this process learns a partition's end offset on ``broker``."""
-    return fetched_end_offsets if broker.end_offset_probe else listed_end_offsets
+def end_offsets_reader(
+    broker: BrokerProfile, security: KafkaSecurity | None = None
+) -> EndOffsets:
+    """How this process learns a partition's end offset on ``broker`` (its probe
+    consumer authenticating with ``security``)."""
+    if not broker.end_offset_probe:
+        return listed_end_offsets
+    return functools.partial(fetched_end_offsets, security=security or KafkaSecurity())
 
 
 async def fetched_end_offsets(
-    bootstrap: str, listed: Mapping[TP, int], timeout: float = 10.0
+    bootstrap: str, listed: Mapping[TP, int], timeout: float = 10.0,
+    security: KafkaSecurity | None = None,
 ) -> dict[TP, int]:
     """End offsets of ``listed`` (ListOffsets answers) corrected for tansu 0.6.
 
@@ -225,6 +236,7 @@ async def fetched_end_offsets(
         enable_auto_commit=False,
         fetch_max_wait_ms=100,  # only run on tansu (end_offset_probe)
         client_id="ladder-earlystop-end-offsets",
+        **(security or KafkaSecurity()).aiokafka(),
     )
     await probe.start()
     try:
@@ -324,6 +336,8 @@ class EarlyStopApp(faust.App):
     bootstrap_servers: str = ""
     # Topics read again where a fetch skipped offsets (ladder.gaps): no compaction there.
     contiguous_topics: frozenset[str] = frozenset()
+    # How its own probe consumers authenticate (the Faust clients: broker_credentials).
+    kafka_security: KafkaSecurity | None = None
 
     def _new_transport(self) -> faust_aiokafka.Transport:
         return _ShortPollTransport(self.conf.broker_consumer, self)
@@ -332,10 +346,12 @@ class EarlyStopApp(faust.App):
 def create_app(settings: Settings, options: EarlyStopOptions) -> faust.App:
     options.data_dir.mkdir(parents=True, exist_ok=True)
     broker = settings.broker
+    security = settings.kafka_security(EARLYSTOP)
     app = EarlyStopApp(
         settings.topics.earlystop_group,
         broker=broker_urls(settings.kafka_bootstrap),
         broker_client_id="ladder-earlystop",
+        broker_credentials=security.faust_credentials(),
         store=options.store,
         datadir=str(options.data_dir),
         autodiscover=False,
@@ -364,4 +380,5 @@ def create_app(settings: Settings, options: EarlyStopOptions) -> faust.App:
     app.fetch_max_wait_ms = options.fetch_max_wait_ms
     app.bootstrap_servers = settings.kafka_bootstrap if broker.end_offset_probe else ""
     app.contiguous_topics = settings.gap_guarded_topics
+    app.kafka_security = security
     return app

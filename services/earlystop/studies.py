@@ -26,6 +26,7 @@ from typing import Any
 
 import aiokafka
 from ladder.codec import BadRecord, decode
+from ladder.kafkasecurity import KafkaSecurity
 from ladder.retry import retry_forever
 from ladder.schedulers import SchedulerConfigError, SchedulerSpec
 from ladder.signing import Headers, Keyring
@@ -200,8 +201,10 @@ class StudyFeed:
         end_offsets: EndOffsets,
         fetch_max_wait_ms: int = 100,
         keyring: Keyring | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.security = security or KafkaSecurity()
         # A StudyEvent its owner (suggest) did not sign is not read: a forged one
         # would rename a study or turn its early stopping off (the studies agent
         # dead-letters it, once).
@@ -224,6 +227,7 @@ class StudyFeed:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.fetch_max_wait_ms,
+            **self.security.aiokafka(),
         )
         await consumer.start()
         try:

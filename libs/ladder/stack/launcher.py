@@ -691,7 +691,7 @@ class _Starter:
         ))
 
     def _prepare_kafka(self, bootstrap: str, alive: Callable[[], bool] | None) -> None:
-        probe_topic = self.topics.name("stack-probe")
+        probe_topic = self.topics.name(config.STACK_PROBE_TOPIC)
         probes.ensure_topics(
             bootstrap,
             self.topics.all(),

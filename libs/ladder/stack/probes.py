@@ -7,6 +7,7 @@ ready as soon as it answers, and a dead process fails the wait at once (``alive`
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -18,7 +19,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError
 
-from ladder import channels, objectstore
+from ladder import channels, kafkasecurity, objectstore
+from ladder.kafkaacl import ADMIN
 from ladder.objectstore import S3Settings
 
 # Kafka error code for "topic already exists": creating topics is idempotent.
@@ -63,6 +65,12 @@ def wait_until(
 # --- Kafka ---------------------------------------------------------------------------
 
 
+def _operator() -> dict[str, object]:
+    """How the operator's clients (``ladder up``, the topics job) authenticate: the
+    ``admin`` principal of this process's environment (``ladder.kafkasecurity``)."""
+    return kafkasecurity.from_env(os.environ, ADMIN).kafka_python()
+
+
 def _admin(bootstrap: str, deadline: float) -> KafkaAdminClient:
     ms = max(500, int(min(_remaining(deadline), 5.0) * 1000))
     return KafkaAdminClient(
@@ -70,6 +78,7 @@ def _admin(bootstrap: str, deadline: float) -> KafkaAdminClient:
         client_id="ladder-stack",
         request_timeout_ms=max(ms, 5000),
         bootstrap_timeout_ms=ms,
+        **_operator(),
     )
 
 
@@ -149,6 +158,7 @@ def kafka_roundtrip(
             max_block_ms=wait_ms,
             request_timeout_ms=wait_ms,
             bootstrap_timeout_ms=wait_ms,
+            **_operator(),
         )
         try:
             meta = producer.send(topic, value=token, partition=0).get(timeout=wait_ms / 1000)
@@ -160,6 +170,7 @@ def kafka_roundtrip(
             group_id=None,
             enable_auto_commit=False,
             bootstrap_timeout_ms=wait_ms,
+            **_operator(),
         )
         try:
             tp = TopicPartition(topic, 0)

@@ -26,7 +26,8 @@ class TopicReader:
     def __init__(self, settings: Settings, topic: str) -> None:
         self.topic = topic
         self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+            bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+            **settings.kafka_security().kafka_python(),
         )
         parts = wait_for(lambda: self.consumer.partitions_for_topic(topic), 30, topic)
         self.partitions = [TopicPartition(topic, p) for p in sorted(parts)]
