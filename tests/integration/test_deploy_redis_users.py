@@ -18,7 +18,7 @@ import pytest
 import redis
 from ladder import redisacl
 from ladder.redisacl import READ_WRITE
-from ladder.stack import ports, probes
+from ladder.stack import components, ports, probes
 from ladder.state.keys import Keys
 from ladder.testing import wait_for
 from ladder.testing.redisusers import (
@@ -61,6 +61,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert all(pw not in acl.read_text() for pw in PASSWORDS.values())
 
     command = list(SERVICES["redis"]["command"])
+    assert command[0] == "redis-server"
+    command[0] = str(components.redis_binary())
     command[command.index("--aclfile") + 1] = str(acl)
     port = ports.free_port()
     (tmp / "data").mkdir()
