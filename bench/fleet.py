@@ -19,7 +19,8 @@ wall seconds (default 1 s). Spot reclaims: each spot node is reclaimed at a Pois
 of once per 24 simulated hours and is back 15 simulated minutes later (fleet_sim's
 schedule); its trials checkpoint and hand back (FailTrial PREEMPTED), as the node
 agent does on SIGTERM. At half the run tenant C creates a high-priority study (priority
-10, 4-GPU trials, ``nodes / 2`` of them: C's share of the fleet), median 3 h.
+10, 4-GPU trials, ``nodes / 2`` at a time (C's share of the fleet) and ``nodes`` in
+all, median 3 h).
 
 The simulator is one asyncio process (``workers.loadsim_sim``'s retried calls): per
 node a loop doing what ``workers.agent`` does (RequestWork with its free resources,
@@ -140,13 +141,20 @@ class Scenario:
         return {t: p.weight for t, p in fleet_sim.TENANTS.items()}
 
     @property
-    def hp_trials(self) -> int:
+    def hp_parallel(self) -> int:
+        """The high-priority study's parallelism: C's share of the fleet in its trials."""
         return max(1, self.nodes // 2)
+
+    @property
+    def hp_trials(self) -> int:
+        """Twice its parallelism, so its demand lasts beyond its first, heavy-tailed
+        trials: what it holds then measures the scheduler, not the study running out."""
+        return 2 * self.hp_parallel
 
     @property
     def hp_target(self) -> int:
         share = self.weights[HP_TENANT] / sum(self.weights.values()) * self.capacity
-        return int(min(share, self.hp_trials * fleet_sim.HP_GPUS))
+        return int(min(share, self.hp_parallel * fleet_sim.HP_GPUS))
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,7 @@ class StudyPlan:
     trials: int
     priority: int = 0
     median_s: float = fleet_sim.MEDIAN_S
+    parallel: int = 0  # max_parallel_trials; 0: no limit
 
 
 def study_plan(sc: Scenario) -> list[StudyPlan]:
@@ -183,7 +192,8 @@ def study_plan(sc: Scenario) -> list[StudyPlan]:
             plans.append(StudyPlan(f"{tenant}-{gpus}g-{n}", tenant, gpus, now,
                                    sc.trials_per_study))
     plans.append(StudyPlan("C-urgent", HP_TENANT, fleet_sim.HP_GPUS, sc.hp_at * sc.duration,
-                           sc.hp_trials, fleet_sim.HP_PRIORITY, fleet_sim.HP_MEDIAN_S))
+                           sc.hp_trials, fleet_sim.HP_PRIORITY, fleet_sim.HP_MEDIAN_S,
+                           sc.hp_parallel))
     return sorted(plans, key=lambda p: (p.at, p.name))
 
 
@@ -225,6 +235,7 @@ def study_config(plan: StudyPlan) -> study_pb2.StudyConfig:
         trial_resources=study_pb2.TrialResources(
             gpus=plan.gpus, gpu_type=GPU_TYPE, cpu=10 * plan.gpus, memory_gb=100 * plan.gpus),
         priority=plan.priority, labels={"bench": "fleet"},
+        max_parallel_trials=plan.parallel,
     )
 
 
@@ -796,7 +807,8 @@ def main(argv: list[str] | None = None) -> int:
             "nodes", "duration", "minute", "seed", "warmup", "hp_at", "spot_share",
             "trials_per_study", "poll", "lease", "sample")},
             "capacity_gpus": sc.capacity, "quotas": sc.quotas, "weights": sc.weights,
-            "studies": len(plans), "hp_trials": sc.hp_trials, "hp_target_gpus": sc.hp_target,
+            "studies": len(plans), "hp_trials": sc.hp_trials, "hp_parallel": sc.hp_parallel,
+            "hp_target_gpus": sc.hp_target,
             "sizes": fleet_sim.SIZES, "size_p": fleet_sim.SIZE_P,
             "median_s_simulated": fleet_sim.MEDIAN_S, "sigma": fleet_sim.SIGMA,
             "checkpoint_every_s_simulated": fleet_sim.CHECKPOINT_EVERY_S,

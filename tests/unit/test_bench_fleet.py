@@ -26,8 +26,9 @@ def test_one_high_priority_study_of_c_at_hp_at_sized_to_cs_share() -> None:
     urgent = [p for p in fleet.study_plan(sc) if p.priority]
     assert len(urgent) == 1
     hp = urgent[0]
-    assert (hp.tenant, hp.gpus, hp.at, hp.trials) == ("C", 4, 300.0, 100)
-    assert sc.hp_target == 400  # C's quarter of 1,600 GPUs = all 100 trials x 4 GPUs
+    assert (hp.tenant, hp.gpus, hp.at, hp.parallel, hp.trials) == ("C", 4, 300.0, 100, 200)
+    assert sc.hp_target == 400  # C's quarter of 1,600 GPUs = 100 parallel trials x 4 GPUs
+    assert fleet.study_config(hp).max_parallel_trials == 100
 
 
 def test_quotas_and_time_scale_with_the_fleet() -> None:
