@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,21 @@ class KafkaSecurity:
                                          mechanism=self.mechanism,
                                          ssl_context=self.ssl_context())
         return faust.SSLCredentials(self.ssl_context())
+
+
+def login_refused(errors: Iterable[Any], security: KafkaSecurity, bootstrap: str) -> str | None:
+    """Why the broker at ``bootstrap`` refused ``security``'s login, from the errors a
+    librdkafka client reported (its ``error_cb``), or None when none says so. Without
+    it a refused login looks like a broker that cannot be reached (``Broker transport
+    failure``)."""
+    import confluent_kafka
+
+    for error in errors:
+        if error.code() == confluent_kafka.KafkaError._AUTHENTICATION:
+            who = f"the {security.mechanism} login of user {security.user!r}" if security.sasl \
+                else f"the {security.protocol} connection"
+            return f"Kafka at {bootstrap} refused {who}: {error.str()}"
+    return None
 
 
 def service_prefix(service: str) -> str:

@@ -52,6 +52,7 @@ from typing import Any
 
 import aiokafka
 import faust
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
@@ -60,7 +61,7 @@ from faust.types import TP, Message
 from ladder.config import BrokerProfile, Settings
 from ladder.gaps import GapGuard
 from ladder.kafkaacl import EARLYSTOP
-from ladder.kafkasecurity import KafkaSecurity
+from ladder.kafkasecurity import KafkaSecurity, login_refused
 
 from services.earlystop.studies import EndOffsets
 
@@ -95,14 +96,24 @@ def topic_partitions(
     Faust tables must have as many partitions as the topic their agent reads, so the
     counts are taken from the broker instead of being configured twice.
     """
+    security = settings.kafka_security(EARLYSTOP)
+    errors: list[KafkaError] = []
     admin = AdminClient({
         "bootstrap.servers": settings.kafka_bootstrap, "client.id": "ladder-earlystop-meta",
-        **settings.kafka_security(EARLYSTOP).confluent(),
+        "error_cb": errors.append, **security.confluent(),
     })
     deadline = time.monotonic() + timeout
     while True:
         # Metadata of every topic: asking for one by name may auto-create it on a broker.
-        listed = admin.list_topics(timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+        try:
+            listed = admin.list_topics(
+                timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+        except KafkaException:
+            admin.poll(0)  # serves error_cb
+            refused = login_refused(errors, security, settings.kafka_bootstrap)
+            if refused:
+                raise SystemExit(f"earlystop: {refused}") from None
+            raise
         found = {
             topic: len(meta.partitions)
             for topic, meta in listed.topics.items()

@@ -30,9 +30,12 @@ from confluent_kafka.admin import AdminClient
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from ladder.kafkasecurity import KafkaSecurity
+from ladder.config import Settings
+from ladder.kafkasecurity import KafkaSecurity, kafka_env, login_refused
 from ladder.stack import components, ports
 from ladder.testing import wait_for
+
+from services.earlystop.app import topic_partitions
 
 USER, PASSWORD = "earlystop", "right-password"
 REFUSED_WITHIN_S = 8.0
@@ -62,18 +65,17 @@ def scram(password: str = PASSWORD) -> KafkaSecurity:
     return KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-512", USER, password)
 
 
-def confluent_login(bootstrap: str, security: KafkaSecurity) -> list[str]:
-    """librdkafka's errors while listing the topics (raises when the listing fails)."""
-    errors: list[str] = []
+def confluent_login(bootstrap: str, security: KafkaSecurity) -> None:
+    """List the topics; RuntimeError with the refusal's reason when it fails."""
+    errors: list[Any] = []
     admin = AdminClient({"bootstrap.servers": bootstrap, **security.confluent(),
-                         "error_cb": lambda e: errors.append(str(e)),
+                         "error_cb": errors.append,
                          "logger": logging.getLogger("test.kafka")})
     try:
         admin.list_topics(timeout=2)
     except confluent_kafka.KafkaException as exc:
         admin.poll(0)  # serves error_cb: the reason of the refusal
-        raise RuntimeError(f"{exc}; {errors}") from exc
-    return errors
+        raise RuntimeError(login_refused(errors, security, bootstrap) or str(exc)) from exc
 
 
 async def _aiokafka_start(bootstrap: str, options: dict[str, Any]) -> None:
@@ -122,7 +124,22 @@ def test_a_wrong_password_is_refused_quickly(sasl_broker: str, library: str) -> 
     assert time.monotonic() - started < REFUSED_WITHIN_S + 2, "the refusal hung"
     if library == "confluent-kafka":
         # librdkafka says why: the SCRAM exchange was answered with an error.
+        assert str(refused.value).startswith(
+            f"Kafka at {sasl_broker} refused the SCRAM-SHA-512 login of user 'earlystop': "
+            "sasl_plaintext://")
         assert "SASL SCRAM authentication failed" in str(refused.value)
+
+
+def test_earlystop_stops_at_start_saying_its_login_was_refused(sasl_broker: str) -> None:
+    env = {"LADDER_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+           "LADDER_KAFKA_EARLYSTOP_USER": USER, "LADDER_KAFKA_EARLYSTOP_PASSWORD": "wrong"}
+    settings = Settings(kafka_bootstrap=sasl_broker, redis_url="redis://127.0.0.1:1/0",
+                        kafka_env=kafka_env(env))
+    started = time.monotonic()
+    with pytest.raises(SystemExit, match=f"earlystop: Kafka at {sasl_broker} refused the "
+                       "SCRAM-SHA-512 login of user 'earlystop'"):
+        topic_partitions(settings, [settings.topics.metrics], timeout=2)
+    assert time.monotonic() - started < REFUSED_WITHIN_S
 
 
 def test_a_client_without_credentials_is_refused(sasl_broker: str) -> None:

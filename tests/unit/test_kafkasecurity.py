@@ -8,6 +8,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
+import confluent_kafka
 import faust
 import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
@@ -142,3 +143,15 @@ def test_settings_carry_the_environment_and_check_it(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("LADDER_KAFKA_PASSWORD")
     with pytest.raises(KafkaSecurityError, match="LADDER_KAFKA_PASSWORD"):
         Settings.from_env()
+
+
+def test_a_refused_login_is_told_apart_from_an_unreachable_broker() -> None:
+    refused = confluent_kafka.KafkaError(confluent_kafka.KafkaError._AUTHENTICATION,
+                                         "SASL SCRAM authentication failed: unknown-user")
+    down = confluent_kafka.KafkaError(confluent_kafka.KafkaError._TRANSPORT, "down")
+    assert kafkasecurity.login_refused([down], SCRAM, "k:9092") is None
+    assert kafkasecurity.login_refused([down, refused], SCRAM, "k:9092") == (
+        "Kafka at k:9092 refused the SCRAM-SHA-256 login of user 'suggest': "
+        "SASL SCRAM authentication failed: unknown-user")
+    assert kafkasecurity.login_refused([refused], KafkaSecurity("SSL"), "k:9092").startswith(
+        "Kafka at k:9092 refused the SSL connection: ")
