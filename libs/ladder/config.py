@@ -332,6 +332,7 @@ class Settings:
     | LADDER_SCHEDULER_POLICY    | fair (RequestWork by fair share); fifo: study order (baseline) |
     | LADDER_RESERVE_FRACTION    | 0.05: RequestWork holds at most this part of nodes (0: none) |
     | LADDER_RESERVE_SECONDS     | 600: a node reservation lapses this long after it was made |
+    | LADDER_SCHED_VIEW_SECONDS  | 1: RequestWork reuses its read of the node offers this long |
     | LADDER_TOKEN               | the state folder's `token` file (written by `ladder up`) |
     | LADDER_TLS_CERT, LADDER_TLS_KEY | none; set: the services serve TLS only (PEM paths) |
     | LADDER_TLS_CLIENT_CA       | none; set: services require client certs it signed |
@@ -373,6 +374,7 @@ class Settings:
     # held at once for short tenants, as a part of the nodes, and how long one lasts.
     reserve_fraction: float = 0.05
     reserve_seconds: float = 600.0
+    sched_view_seconds: float = 1.0
     tls: Tls = field(default_factory=Tls)
     # The LADDER_KAFKA_* variables: each Kafka client's security (``kafka_security``).
     kafka_env: tuple[tuple[str, str], ...] = ()
@@ -411,6 +413,7 @@ class Settings:
             scheduler_policy=os.environ.get("LADDER_SCHEDULER_POLICY", "fair").strip().lower(),
             reserve_fraction=float(os.environ.get("LADDER_RESERVE_FRACTION", 0.05)),
             reserve_seconds=float(os.environ.get("LADDER_RESERVE_SECONDS", 600.0)),
+            sched_view_seconds=float(os.environ.get("LADDER_SCHED_VIEW_SECONDS", 1.0)),
             token=_token(state_dir()),
             tls=Tls.from_env(),
             kafka_env=_checked_kafka_env(),

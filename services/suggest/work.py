@@ -8,8 +8,10 @@ and the scripts; trials are created and claimed exactly as Suggest does
 (``SuggestServicer._new_trials`` / ``TrialStore.claim_resumable``), with a hold.
 
 Cost. One call reads the node offers once (the cluster's total, its nodes, their
-count). A plan over every node (every live node's holds: two pipelined round trips
-whatever the fleet's size) is made only for a blocked trial whose priority is above the
+count), and at most once per ``LADDER_SCHED_VIEW_SECONDS`` (other calls reuse that read
+with the asking node's offer updated). A plan over every node (every live node's free
+space, then the holds of the few dozen nodes ``nodes_to_read`` picks: three pipelined
+round trips whatever the fleet's size) is made only for a blocked trial whose priority is above the
 lowest of the live studies (no lower-priority trial can run otherwise), while fewer of
 its study's plans are under way than the reservation bound, and not again for a study
 within ``QUIET_SECONDS`` of a search for it that found nothing.
@@ -33,6 +35,7 @@ from ladder.scheduling.work import (
     Policy,
     StudyWork,
     elsewhere_due,
+    nodes_to_read,
     plan_elsewhere,
     plan_work,
     resumed,
@@ -109,6 +112,12 @@ class WorkScheduler:
                 f"LADDER_RESERVE_SECONDS must be > 0, got {settings.reserve_seconds}")
         self.reserve_seconds = settings.reserve_seconds
         self._quiet: dict[str, float] = {}  # study -> no cluster-wide search before (monotonic)
+        if settings.sched_view_seconds < 0:
+            raise ValueError(
+                f"LADDER_SCHED_VIEW_SECONDS must be >= 0, got {settings.sched_view_seconds}")
+        self.view_seconds = settings.sched_view_seconds
+        self._view: dict[str, Offered] = {}  # node id -> its offer, as last read or asked
+        self._view_until = 0.0  # monotonic
 
     @functools.cached_property
     def holds(self) -> HoldStore:
@@ -120,7 +129,7 @@ class WorkScheduler:
         started = time.perf_counter()
         offer = request.node
         node = offered_node(offer, self.holds.node_held(offer.node_id))
-        offers = self.holds.offers(node, offer.spot, NODE_SEEN_SECONDS)
+        offers = self._offers(node, offer.spot)
         studies, specs, gates, lowest = self._studies()
         ledger = self._ledger(cluster_total(offers), {s.tenant for s in studies})
         running = [(h.trial, h.preempting) for h in self.holds.on_node(node.node_id)]
@@ -168,6 +177,21 @@ class WorkScheduler:
         _latency.record((time.perf_counter() - started) * 1000)
         return response
 
+    def _offers(self, node: res.Node, spot: bool) -> list[Offered]:
+        """Every live node's offer, the asking one's as it is now. The others' are read
+        at most once per ``view_seconds``: every node asks every few seconds, and what
+        they give (the fair share's total, the reservation bound, the nodes a plan
+        searches) moves only as nodes come and go."""
+        now = time.monotonic()
+        if now >= self._view_until:
+            offers = self.holds.offers(node, spot, NODE_SEEN_SECONDS)
+            self._view = {o.node_id: o for o in offers}
+            self._view_until = now + self.view_seconds
+            return offers
+        self.holds.remember(node, spot)
+        self._view[node.node_id] = Offered(node.node_id, node.gpu_type, node.capacity, spot)
+        return sorted(self._view.values(), key=lambda o: o.node_id)
+
     def _reserve(self, held: Reservation) -> None:
         self.holds.reserve(held, self.reserve_seconds)
         log.info("node %s reserved for a trial of study %s (tenant %s, %d GPUs%s)",
@@ -180,10 +204,12 @@ class WorkScheduler:
         """A preemption plan over every live node for ``waiting`` (``plan_elsewhere``):
         the node reserved for its study, then its victims marked; their heartbeats
         answer PAUSE (and their node's RequestWork lists them)."""
-        nodes, trials = self.holds.cluster(offers)
+        nodes = self.holds.nodes(offers)
+        trials = self.holds.trials_on(nodes_to_read(waiting, nodes, held, asking))
         running = {n: [(h.trial, h.preempting) for h in held_there]
                    for n, held_there in trials.items()}
-        found = plan_elsewhere(waiting, study, nodes, running, ledger, held, limit, asking)
+        searched = [node for node in nodes if node.node_id in running]
+        found = plan_elsewhere(waiting, study, searched, running, ledger, held, limit, asking)
         if found is None:
             now = time.monotonic()
             # Lapsed entries go as new ones come: the map holds only studies searched

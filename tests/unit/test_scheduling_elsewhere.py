@@ -5,10 +5,17 @@ pauses lower-priority trials on another node and holds that node for its study."
 from __future__ import annotations
 
 from ladder.scheduling import resources as res
+from ladder.scheduling import work
 from ladder.scheduling.fairshare import Ledger
 from ladder.scheduling.reservation import Reservation, Reserved
 from ladder.scheduling.resources import Resources, TenantPolicy, Trial
-from ladder.scheduling.work import StudyWork, elsewhere_due, plan_elsewhere, plan_work
+from ladder.scheduling.work import (
+    StudyWork,
+    elsewhere_due,
+    nodes_to_read,
+    plan_elsewhere,
+    plan_work,
+)
 
 TOTAL = Resources(gpus=32, cpu=256, memory_gb=0)
 FOUR = res.demand(gpus=4, cpu=4)
@@ -115,3 +122,21 @@ def test_a_plan_holds_its_node_for_the_waiting_study_until_its_trial_lands() -> 
     after = plan_work(drained, studies, ledger, low[2:],
                       reserved=Reserved(held, lambda: [drained], limit=0))
     assert [t.study for t in after.placements] == ["high"] and after.release
+
+
+def test_a_plan_reads_the_trials_of_the_nearest_nodes_and_of_those_pausing_only() -> None:
+    many = {f"n{i:03d}": [_trial(f"t{i}", 8 - i % 8)] for i in range(200)}
+    nodes, _, _ = _cluster(many)
+    held = {"n000": Reservation("n000", "a", "high", FOUR, preempting=True),
+            "n001": Reservation("n001", "b", "big", res.demand(gpus=8))}
+    read = nodes_to_read(_waiting(), nodes, held, asking="n004")
+    limit = work.READ_FACTOR * work.MAX_NODES_SEARCHED
+    assert len(read) == limit + 1  # the nearest ones and the node held for a plan
+    assert "n000" in read and "n001" not in read and "n004" not in read
+    # Nearest: 4 or more GPUs free (nothing to free) before 3 free, before 2 free...
+    need = {n.node_id: max(0, 4 - n.free.gpus) for n in nodes}
+    assert max(need[n] for n in read if n != "n000") <= min(
+        need[n] for n in need if n not in read and n not in ("n001", "n004"))
+    # A node where the waiting trial can never fit is not read.
+    small = [res.node("tiny", 2, cpu=32)]
+    assert nodes_to_read(_waiting(), small, {}) == []

@@ -56,6 +56,10 @@ DEFAULT_MAX_TRIALS = 8  # assignments in one answer when the offer sets none
 # A cluster-wide preemption plan searches this many nodes at most (those needing the
 # fewest GPUs freed): its cost stays that of a few nodes' plans on a large fleet.
 MAX_NODES_SEARCHED = 32
+# Whose trials such a plan reads: this many times MAX_NODES_SEARCHED nodes, picked by
+# their free space before their trials are known (some will have no trial to pause),
+# so the read stays that of a few dozen nodes however large the fleet.
+READ_FACTOR = 2
 RESUMED = "r"  # candidate id marks: study#r<i> resumes, study#n<i> is new
 NEW = "n"
 
@@ -222,6 +226,23 @@ def elsewhere_due(study: StudyWork, held: Mapping[str, Reservation], limit: int)
     return under_way < min(limit, study.room, study.resumable + study.new_left)
 
 
+def nodes_to_read(waiting: Trial, nodes: Sequence[Node], held: Mapping[str, Reservation],
+                  asking: str = "") -> list[str]:
+    """The nodes whose trials a cluster-wide plan for ``waiting`` reads (and
+    ``plan_elsewhere`` then searches): every node a preempting reservation holds (the
+    trials pausing there count as gone for the quota and the fairness guard) and, of
+    those it could search, the ``READ_FACTOR * MAX_NODES_SEARCHED`` that need the fewest
+    GPUs freed."""
+    need = waiting.demand.resources.gpus
+    open_nodes = sorted(
+        (max(0, need - node.free.gpus), node.node_id) for node in nodes
+        if node.node_id != asking and node.node_id not in held
+        and node.could_ever_fit(waiting.demand))
+    pausing = {node_id for node_id, r in held.items() if r.preempting}
+    nearest = {node_id for _, node_id in open_nodes[:READ_FACTOR * MAX_NODES_SEARCHED]}
+    return sorted(pausing | nearest)
+
+
 def plan_elsewhere(waiting: Trial, study: StudyWork, nodes: Sequence[Node],
                    running: Mapping[str, Sequence[tuple[Trial, bool]]], ledger: Ledger,
                    held: Mapping[str, Reservation], limit: int, asking: str = ""
@@ -229,8 +250,9 @@ def plan_elsewhere(waiting: Trial, study: StudyWork, nodes: Sequence[Node],
     """A preemption plan over the whole cluster for ``waiting`` (a ``WorkPlan.elsewhere``
     of ``study``) and the reservation that keeps the room it frees for it, or None.
 
-    ``nodes``: every live node with its free space; ``running``: node id -> the trials
-    holding resources there, each with whether a plan already asked it to pause;
+    ``nodes``: the live nodes ``nodes_to_read`` picked, with their free space;
+    ``running``: node id -> the trials holding resources there, each with whether a
+    plan already asked it to pause;
     ``held``: the reservations; ``asking``: the node whose own plan found nothing.
     Several plans for one study may be under way at once (its victims on different
     nodes pause in parallel), but no more than ``limit`` (the caller's: the bound of the

@@ -111,11 +111,9 @@ class HoldStore:
         """Remember the node's offer and read the offers of every node that asked within
         ``within_s`` seconds, this one included (one round trip): the cluster as
         RequestWork sees it (``cluster_total``, ``nodes``)."""
-        g, c, m = units(node.capacity)
         now = int(time.time() * 1000) if now_ms is None else now_ms
         pipe = self.r.pipeline(transaction=False)
-        pipe.hset(self.keys.sched_nodes, node.node_id, json.dumps(
-            {"g": g, "c": c, "m": m, "type": node.gpu_type, "spot": spot, "ms": now}))
+        self._remember(pipe, node, spot, now)
         pipe.hgetall(self.keys.sched_nodes)
         _, raw = pipe.execute()
         out = []
@@ -127,6 +125,16 @@ class HoldStore:
                                    bool(offer["spot"])))
         return sorted(out, key=lambda o: o.node_id)
 
+    def remember(self, node: Node, spot: bool, now_ms: int | None = None) -> None:
+        """Remember the node's offer only (``offers`` without the read)."""
+        self._remember(self.r, node, spot, int(time.time() * 1000) if now_ms is None else now_ms)
+
+    def _remember(self, client: redis.Redis | redis.client.Pipeline, node: Node, spot: bool,
+                  now_ms: int) -> None:
+        g, c, m = units(node.capacity)
+        client.hset(self.keys.sched_nodes, node.node_id, json.dumps(
+            {"g": g, "c": c, "m": m, "type": node.gpu_type, "spot": spot, "ms": now_ms}))
+
     def nodes(self, offers: Sequence[Offered]) -> list[Node]:
         """The offered nodes, each with as free its capacity less what the holds on it
         take (one round trip)."""
@@ -135,23 +143,27 @@ class HoldStore:
     def cluster(self, offers: Sequence[Offered], trials: bool = True
                 ) -> tuple[list[Node], dict[str, list[HeldTrial]]]:
         """``nodes`` and, with ``trials``, the trials holding resources on each (as
-        ``on_node``), read in two round trips whatever the number of nodes: what a
-        preemption plan over the whole cluster needs."""
+        ``on_node``), read in three round trips whatever the number of nodes."""
         pipe = self.r.pipeline(transaction=False)
         for offer in offers:
             pipe.hmget(self.keys.sched_node(offer.node_id), "g", "c", "m")
-            if trials:
-                pipe.smembers(self.keys.sched_node_trials(offer.node_id))
         read = pipe.execute() if offers else []
-        step = 2 if trials else 1
-        nodes, members = [], {}
-        for i, offer in enumerate(offers):
-            left = offer.capacity - from_units(*read[i * step])
+        nodes = []
+        for offer, held in zip(offers, read, strict=True):
+            left = offer.capacity - from_units(*held)
             free = Resources(max(0, left.gpus), max(0.0, left.cpu), max(0.0, left.memory_gb))
             nodes.append(Node(offer.node_id, offer.gpu_type, offer.capacity, free))
-            if trials:
-                members[offer.node_id] = sorted(m.decode() for m in read[i * step + 1])
-        return nodes, self._held(members) if trials else {}
+        return nodes, self.trials_on([n.node_id for n in nodes]) if trials else {}
+
+    def trials_on(self, node_ids: Sequence[str]) -> dict[str, list[HeldTrial]]:
+        """Per node, the trials holding resources there (as ``on_node``), read in two
+        round trips however many nodes."""
+        pipe = self.r.pipeline(transaction=False)
+        for node_id in node_ids:
+            pipe.smembers(self.keys.sched_node_trials(node_id))
+        read = pipe.execute() if node_ids else []
+        return self._held({n: sorted(m.decode() for m in ids)
+                           for n, ids in zip(node_ids, read, strict=True)})
 
     def reservations(self, now_ms: int | None = None) -> dict[str, Reservation]:
         """The nodes held for blocked trials (``ladder.scheduling.reservation``); those
@@ -195,8 +207,7 @@ class HoldStore:
     def on_node(self, node_id: str) -> list[HeldTrial]:
         """The trials holding resources on the node (oldest placement order unknown:
         sorted by id), with what a preemption plan needs."""
-        ids = sorted(m.decode() for m in self.r.smembers(self.keys.sched_node_trials(node_id)))
-        return self._held({node_id: ids})[node_id]
+        return self.trials_on([node_id])[node_id]
 
     def _held(self, members: Mapping[str, Sequence[str]]) -> dict[str, list[HeldTrial]]:
         """Per node, its trials (``members``: node id -> trial ids) still holding
