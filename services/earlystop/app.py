@@ -221,7 +221,9 @@ def end_offsets_reader(
     consumer authenticating with ``security``)."""
     if not broker.end_offset_probe:
         return listed_end_offsets
-    return functools.partial(fetched_end_offsets, security=security or KafkaSecurity())
+    if security is None or security.plain:
+        return fetched_end_offsets
+    return functools.partial(fetched_end_offsets, security=security)
 
 
 async def fetched_end_offsets(
