@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from ladder.bus import EventProducer
 from ladder.config import Settings
 from ladder.kafkasecurity import KafkaSecurity, kafka_env, login_refused
 from ladder.stack import components, ports
@@ -140,6 +141,24 @@ def test_earlystop_stops_at_start_saying_its_login_was_refused(sasl_broker: str)
                        "SCRAM-SHA-512 login of user 'earlystop'"):
         topic_partitions(settings, [settings.topics.metrics], timeout=2)
     assert time.monotonic() - started < REFUSED_WITHIN_S
+
+
+def test_the_services_producer_logs_in_with_sasl(
+        sasl_broker: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # ladder.bus's librdkafka producer takes the service's settings: its SCRAM exchange
+    # reaches the broker (and is refused, logged where the service's logs go).
+    env = {"LADDER_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+           "LADDER_KAFKA_EVALUATE_USER": "evaluate", "LADDER_KAFKA_PASSWORD": "wrong"}
+    settings = Settings(kafka_bootstrap=sasl_broker, redis_url="redis://127.0.0.1:1/0",
+                        state_dir=tmp_path, kafka_env=kafka_env(env))
+    caplog.set_level(logging.INFO, logger="ladder.kafka.producer")
+    producer = EventProducer(settings, "evaluate", delivery_timeout_s=2.0)
+    try:
+        wait_for(lambda: any("SASL SCRAM authentication failed" in r.getMessage()
+                             for r in caplog.records if r.name == "ladder.kafka.producer"),
+                 REFUSED_WITHIN_S, "the producer's refused SCRAM login logged")
+    finally:
+        producer.close()
 
 
 def test_a_client_without_credentials_is_refused(sasl_broker: str) -> None:
