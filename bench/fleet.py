@@ -120,6 +120,7 @@ class Scenario:
     poll: float
     lease: float
     sample: float
+    reserve_fraction: float = 0.05  # the services' LADDER_RESERVE_FRACTION
 
     @property
     def capacity(self) -> int:
@@ -675,6 +676,7 @@ def run_policy(policy: str, sc: Scenario, plans: list[StudyPlan]) -> dict[str, A
         del os.environ[name]
     os.environ["LADDER_SCHEDULER_POLICY"] = policy
     os.environ["LADDER_LEASE_SECONDS"] = f"{sc.lease:g}"
+    os.environ["LADDER_RESERVE_FRACTION"] = f"{sc.reserve_fraction:g}"
     with temporary_stack(f"ladder-fleet-{policy}-", 240, broker_storage="memory") as (
             state, up_s):
         tokens = tenants(state, sc)
@@ -781,13 +783,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease", type=float, default=40.0,
                         help="the services' LADDER_LEASE_SECONDS (Heartbeat every quarter)")
     parser.add_argument("--sample", type=float, default=1.0)
+    parser.add_argument("--reserve-fraction", type=float, default=0.05,
+                        help="the services' LADDER_RESERVE_FRACTION")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--out", type=Path, default=Path(
         f"bench/results/fleet-{datetime.date.today():%Y%m%d}.json"))
     args = parser.parse_args(argv)
     sc = Scenario(args.nodes, args.duration, args.minute, args.seed, args.warmup, args.hp_at,
                   args.spot_share, args.trials_per_study or max(10, args.nodes // 2),
-                  args.poll, args.lease, args.sample)
+                  args.poll, args.lease, args.sample, args.reserve_fraction)
     plans = study_plan(sc)
     started = time.perf_counter()
     results = []
@@ -805,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         "time_compression": f"1 simulated minute = {sc.minute:g} s wall",
         "scenario": {**{k: getattr(sc, k) for k in (
             "nodes", "duration", "minute", "seed", "warmup", "hp_at", "spot_share",
-            "trials_per_study", "poll", "lease", "sample")},
+            "trials_per_study", "poll", "lease", "sample", "reserve_fraction")},
             "capacity_gpus": sc.capacity, "quotas": sc.quotas, "weights": sc.weights,
             "studies": len(plans), "hp_trials": sc.hp_trials, "hp_parallel": sc.hp_parallel,
             "hp_target_gpus": sc.hp_target,

@@ -66,8 +66,8 @@ WORKLOAD_LABEL = "workload"
 DEFAULT_WORKLOAD = "synthetic"
 DEFAULT_MAX_PER_REQUEST = 8
 # A trial's hand-back reason when RequestWork named it in pause_trial_ids (lineage shows
-# "preempted: worker W was paused by the scheduler for higher-priority work after step N").
-SCHEDULER_PAUSE = "was paused by the scheduler for higher-priority work"
+# "preempted: worker W was paused by the scheduler (priority or fair share) after step N").
+SCHEDULER_PAUSE = "was paused by the scheduler (priority or fair share)"
 
 
 @dataclass(frozen=True)

@@ -327,7 +327,8 @@ def preempted(
     """The heartbeat's answer for a trial a preemption plan picked (RequestWork): a
     PAUSE due at once unless a STOP stands; the trial becomes RESUMABLE once it paused."""
     return _pause_now(study_id, trial_id, decision,
-                      "preempted for a higher-priority study: checkpoint and hand back",
+                      "preempted by the scheduler (priority or fair share): "
+                      "checkpoint and hand back",
                       "preemption")
 
 

@@ -171,8 +171,8 @@ class WorkScheduler:
             if self.holds.preempt(victim, node.node_id):
                 pausing.append(victim)
                 _preempted.add(1)
-                log.info("trial %s on node %s preempted for a higher-priority study",
-                         victim, node.node_id, extra={"trial_id": victim})
+                log.info("trial %s on node %s preempted for study %s", victim, node.node_id,
+                         plan.reserve.study if plan.reserve else "?", extra={"trial_id": victim})
         response.pause_trial_ids.extend(pausing)
         _latency.record((time.perf_counter() - started) * 1000)
         return response

@@ -12,6 +12,15 @@ A running trial may be a victim only if all hold:
   the victim >= the waiting tenant's with the waiting trial): priority orders a
   tenant's own studies, and preempting another tenant must not make shares less fair.
 
+Reclaim (``plan_reclaim``, the fair policy's other use of a pause, as Volcano's reclaim
+or Kueue's fair-sharing preemption): a tenant below its weighted part whose trial is
+blocked for lack of room (its backlog is 8-GPU trials while every GPU freed goes, in
+fragments, to tenants whose small trials fit) may pause trials of another tenant of no
+higher priority, not in the stable tier, if that tenant stays at least as rich as the
+waiting one after the move, with all its victims of the plan counted together. Both
+sides of the guard move toward each other, so no reclaim can be undone by one the
+other way.
+
 Among feasible plans (a single node whose free space plus the victims' demand fits the
 waiting trial) the chosen one frees the fewest GPUs (the least work paused), then
 leaves the fewest free GPUs on that node once the trial lands (best-fit again), then
@@ -105,3 +114,32 @@ def plan_preemption(waiting: Trial, nodes: Iterable[Node],
         if best is None or key < best[0]:
             best = (key, Plan(waiting, node.node_id, found[1]))
     return None if best is None else best[1]
+
+
+def may_reclaim(victim: Trial, waiting: Trial, ledger: Ledger) -> bool:
+    """Whether ``victim`` may be paused to give its room to ``waiting``'s under-served
+    tenant (rules in the module text; ``plan_reclaim`` checks the plan's victims
+    together)."""
+    if (victim.tier is Tier.STABLE or victim.tenant == waiting.tenant
+            or victim.priority > waiting.priority):
+        return False
+    after_victim = ledger.share(victim.tenant, Resources() - victim.demand.resources)
+    return after_victim >= ledger.share(waiting.tenant, waiting.demand.resources)
+
+
+def plan_reclaim(waiting: Trial, node: Node, running: Sequence[Trial], ledger: Ledger
+                 ) -> Plan | None:
+    """The cheapest plan on ``node`` that pauses other, richer tenants' trials so
+    ``waiting`` fits, or None (the caller asks only for a tenant below its part)."""
+    candidates = [v for v in running if may_reclaim(v, waiting, ledger)]
+    found = _node_plan(waiting, node, candidates)
+    if found is None or not found[1]:
+        return None
+    victims = found[1]
+    taken: dict[str, Resources] = {}
+    for victim in victims:
+        taken[victim.tenant] = taken.get(victim.tenant, Resources()) + victim.demand.resources
+    mine = ledger.share(waiting.tenant, waiting.demand.resources)
+    if any(ledger.share(tenant, Resources() - gone) < mine for tenant, gone in taken.items()):
+        return None
+    return Plan(waiting, node.node_id, victims)

@@ -33,6 +33,11 @@ Several such plans for one study may be under way at once (up to the bound of th
 reservations and the trials it may still hand out), what is under way counting for
 the quota and the fairness guard.
 
+Reclaim (fair policy): when no higher-priority plan applies, a blocked trial of the
+poorest tenant below its part may pause richer tenants' trials on the asking node
+(``reclaim``, ``preemption.plan_reclaim``); the node is then held for its study as
+after a preemption plan.
+
 Reservations (fair policy, ``reservation``): with ``reserved``, a node held for a
 blocked trial's study considers that study's candidates only, and an answer that leaves
 the most under-served tenant's trial blocked names a node to hold for it, so that big
@@ -45,10 +50,10 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ladder.scheduling.chooser import schedule
+from ladder.scheduling.chooser import queue_key, schedule
 from ladder.scheduling.fairshare import Ledger
 from ladder.scheduling.placement import first_fit
-from ladder.scheduling.preemption import Plan, may_preempt, plan_preemption
+from ladder.scheduling.preemption import Plan, may_preempt, plan_preemption, plan_reclaim
 from ladder.scheduling.reservation import Reservation, Reserved, new_reservation, shortfall
 from ladder.scheduling.resources import Demand, Node, Resources, Trial
 
@@ -202,13 +207,41 @@ def plan_work(node: Node, studies: Sequence[StudyWork], ledger: Ledger,
         return plan  # the victims of an earlier plan make room once they paused
     others = [t for t, pausing in running if not pausing]
     found = plan_preemption(waiting, [after], {node.node_id: others}, ledger)
-    if found is not None:
-        plan.pause = [victim.trial_id for victim in found.victims]
-        if reserved is not None:  # the room freed is the waiting study's
-            plan.reserve = held_for(waiting, node.node_id)
-    else:
+    if found is None and reserved is not None:
+        holding = {t for t, used in ledger.used.items() if used.gpus > 0}
+        found = reclaim(decided.blocked, after, others, ledger,
+                        sorted(holding | {t.tenant for t in pending}))
+    if found is None:
         plan.elsewhere = waiting
+        return plan
+    plan.pause = [victim.trial_id for victim in found.victims]
+    if reserved is not None:  # the room freed is the waiting study's
+        plan.reserve = held_for(found.trial, node.node_id)
     return plan
+
+
+def reclaim(blocked: Sequence[Trial], node: Node, running: Sequence[Trial], ledger: Ledger,
+            tenants: Sequence[str]) -> Plan | None:
+    """A reclaim plan (``preemption.plan_reclaim``) on ``node`` for the blocked trial of
+    the poorest tenant below its part (``reservation.shortfall`` among ``tenants``:
+    those holding GPUs or waiting) by at least what that trial needs, or None.
+    ``node.free`` counts the room trials already pausing there will free: a trial that
+    fits it waits for them."""
+    for tenant in sorted({t.tenant for t in blocked}, key=lambda t: (ledger.share(t), t)):
+        short = shortfall(ledger, tenant, tenants)
+        if short <= 0:
+            return None  # this tenant and every richer one hold their part
+        waiting = min((t for t in blocked if t.tenant == tenant), key=queue_key)
+        if short < waiting.demand.gpus:
+            continue  # placing it would take the tenant past its part: no pause for that
+        if node.fits(waiting.demand) or not node.could_ever_fit(waiting.demand):
+            continue
+        if not ledger.within_quota(tenant, waiting.demand.resources):
+            continue
+        found = plan_reclaim(waiting, node, running, ledger)
+        if found is not None:
+            return found
+    return None
 
 
 def held_for(waiting: Trial, node_id: str) -> Reservation:

@@ -542,12 +542,12 @@ if study_state(KEYS[9]) == STUDY_PAUSED and not by_scheduler then
   return reply('OK', t)
 end
 if preempted and not by_scheduler then
-  -- Preempted for a higher-priority study (RequestWork): resumable at once, handed out
+  -- Preempted by RequestWork (priority or fair-share reclaim): resumable at once, handed out
   -- again before any new trial of its study when capacity frees.
   redis.call('HSET', t, 'state', RESUMABLE)
   redis.call('ZADD', queue, now, trial_id)
-  mark(t, outbox, trial_id, EV_PAUSED, 'preempted for a higher-priority study (step '
-    .. ARGV[3] .. '): resumable', now, attempt)
+  mark(t, outbox, trial_id, EV_PAUSED, 'preempted by the scheduler for a higher-priority'
+    .. ' study or an under-served tenant (step ' .. ARGV[3] .. '): resumable', now, attempt)
   return reply('OK', t)
 end
 if decided == PROMOTE and decided_rung >= rung then
