@@ -75,3 +75,16 @@ def test_joint_batches_keep_botorch_qlogei() -> None:
     assert type(joint) is qLogExpectedImprovement
     with pytest.raises(ValueError):
         single(candidates(0, 6).reshape(2, 3, 3))
+
+
+def test_without_pending_points_the_values_are_botorchs_exactly() -> None:
+    model, _, train_y = fitted()
+    none = torch.zeros(0, 3, dtype=torch.float64)
+    ours = PendingLogEI(model, train_y.max(), none, 64, seed=5)
+    botorch = qLogExpectedImprovement(
+        model, best_f=train_y.max(), sampler=SobolQMCNormalSampler(torch.Size([64]), seed=5)
+    )
+    points = candidates(4)
+    with torch.no_grad():
+        # The same draws: equal up to the rounding of the two posterior computations.
+        assert torch.allclose(ours(points), botorch(points), rtol=1e-6, atol=1e-6)
