@@ -28,7 +28,8 @@ STOPs that came after their trial's last step (``stop_timeliness``), the pruned
 fraction against a replay of the same trials with instant decisions (``replay``),
 and each process's CPU per report and time runnable but waiting for a CPU
 (``run_queue_wait_seconds``: a starved process lags however cheap it is).
-``--rate`` paces the workers (heartbeat every ~5 s whatever the pace).
+``--rate`` paces the workers (heartbeat every ~5 s whatever the pace, and 1, 2, 4, ...
+reports after each rung until its decision comes back, for ``--decision-poll`` s).
 
 ``--code DIR`` runs the stack's services from another source tree (e.g. ``git
 archive`` of the commit before a change, with the generated ``libs/ladder/v1``
@@ -290,6 +291,8 @@ def run_scenario(
         "--warmup",
         str(args.warmup),
     ]
+    if args.decision_poll is not None:
+        argv += ["--decision-poll", str(args.decision_poll)]
     timeline_file = Path(tempfile.mkstemp(prefix="fleet-bo-decisions-", suffix=".jsonl")[1])
     argv += ["--timeline", str(timeline_file)]
     name = f"{workers}w-{algorithm}"
@@ -342,6 +345,8 @@ def run_scenario(
         "report_to_decision_produced_ms": summary["latency_ms"]["report_to_decision_produced"],
         "report_to_stop_obeyed_ms": summary["latency_ms"]["report_to_stop_obeyed"],
         "stop_timeliness": summary["stop_timeliness"],
+        "heartbeats": summary["heartbeats"],
+        "decision_poll_s": summary["decision_poll_s"],
         "replay": replayed_pruning(env, summary["study_id"], events, workers, args.rate, live,
                                    (summary["run_start_unix"], args.duration)),
         # The early-stop group's metric events committed per second once warmed up, and
@@ -600,6 +605,11 @@ def main() -> None:
         "--peer", choices=("", "optuna"), default="",
         help="after each scenario, run it against Optuna's gRPC storage proxy on PostgreSQL "
              "(bench/fleet_bo_optuna.py) and record Ladder's ratios over it",
+    )
+    parser.add_argument(
+        "--decision-poll", type=float, default=None,
+        help="seconds after a rung a simulated worker polls for its decision "
+             "(workers.loadsim --decision-poll; 0: only the ~5 s heartbeats)",
     )
     parser.add_argument(
         "--batch-cost",

@@ -17,8 +17,10 @@ offsets, then prints one JSON summary on stdout:
 - ``reports``: metric reports sent and acknowledged by the broker;
 - ``earlystop``: metric events/s committed by the early-stop group and its lag;
 - ``latency_ms``: report-to-decision as produced (``Decision.ts_ms``), as seen on the
-  topic by the observer, and report-to-STOP as obeyed by the simulated workers (on
-  the Heartbeat that brought it);
+  topic by the observer, and report-to-STOP as obeyed by the simulated workers (from
+  the report that earned the trial its first STOP to the Heartbeat that brought a
+  STOP: a worker polls 1, 2, 4, ... reports after a rung for its decision, for
+  ``--decision-poll`` seconds at most);
 - ``stop_timeliness``: the trials told STOP, those whose STOP came after their last
   step (too late to prune), and the steps they ran past the rung it was about;
 - ``counts``: the rung crossings implied by the acknowledged reports against the
@@ -54,6 +56,7 @@ the params' distance from an optimum, ``loadsim_sim.bowl_shift``).
 | --objective          | none    | ``bowl``: the curves depend on the params too        |
 | --partitions         | 1       | suggestion partitions of the created study          |
 | --warmup             | 20      | suggestions after this many seconds also counted apart |
+| --decision-poll      | 3       | s after a rung to poll for its decision (0: never)  |
 | --timeline FILE      | unset   | also write the per-decision timeline (JSON lines)   |
 
 Endpoints come from ``Settings.from_env()`` (LADDER_* env vars or stack.json).
@@ -86,7 +89,9 @@ from workers.loadsim_observe import (
     counts_check,
     expected_crossings,
     merge_acked_steps,
+    merge_obeyed,
     percentiles,
+    stop_obey_latencies,
     stop_timeliness,
 )
 from workers.loadsim_sim import SimConfig, run_process, served_by_fraction
@@ -115,6 +120,7 @@ class LoadOptions:
     objective: str = "none"
     partitions: int = 1
     warmup: float = 20.0
+    decision_poll: float = SimConfig.decision_poll
 
 
 def space_of(dims: int) -> dict[str, dict[str, Any]]:
@@ -165,6 +171,7 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
     configs = sim_configs(
         options, study_id, metric, max_resource, start_at, float_bounds(spec),
         hold_at=hold_steps(spec, max_resource),
+        rung_steps=tuple(math.ceil(r) for r in rungs),
     )
     results = run_simulators(settings, configs, timeout=options.duration + 300)
     acked = merge_acked_steps(result["acked_max_step"] for result in results)
@@ -189,6 +196,7 @@ def run(settings: Settings, options: LoadOptions) -> dict[str, Any]:
         "run_start_unix": round(start_at, 3),
         **results_summary(results, options),
         "earlystop": earlystop_summary(progress, options, start_at, drained_at),
+        "decision_poll_s": options.decision_poll,
         "latency_ms": latency_summary(results, seen),
         "stops": {
             "on_topic": sum(d.action == events_pb2.STOP for d in seen),
@@ -242,6 +250,7 @@ def sim_configs(
     start_at: float,
     bounds: tuple[tuple[str, float, float], ...] = (),
     hold_at: tuple[int, ...] = (),
+    rung_steps: tuple[int, ...] = (),
 ) -> list[SimConfig]:
     """One config per simulator process, the workers split evenly between them."""
     return [
@@ -262,6 +271,8 @@ def sim_configs(
             bounds=bounds,
             hold_at=hold_at,
             warmup=options.warmup,
+            rung_steps=rung_steps,
+            decision_poll=options.decision_poll,
         )
         for first, count in split(options.workers, options.processes)
         if count
@@ -377,7 +388,9 @@ def latency_summary(results: list[dict[str, Any]], seen: list[SeenDecision]) -> 
         "report_to_decision_on_topic": percentiles(
             d.seen_ms - d.report_ts_ms for d in seen if d.report_ts_ms
         ),
-        "report_to_stop_obeyed": percentiles(v for r in results for v in r["stop_latency_ms"]),
+        "report_to_stop_obeyed": percentiles(
+            stop_obey_latencies(merge_obeyed(r["stop_obeyed_ms"] for r in results), seen)
+        ),
     }
 
 
@@ -462,6 +475,15 @@ def parse_args(argv: list[str] | None) -> LoadOptions:
     parser.add_argument("--objective", default="none", choices=("none", "bowl"))
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument(
+        "--decision-poll",
+        type=float,
+        default=SimConfig.decision_poll,
+        help="seconds after crossing a rung during which a worker heartbeats 1, 2, 4, ... "
+        "reports after it until the rung's decision comes back, to see a STOP about as "
+        "soon as a real worker (a Heartbeat per report) would (0: only every "
+        "--heartbeat-every reports)",
+    )
+    parser.add_argument(
         "--warmup",
         type=float,
         default=20.0,
@@ -480,8 +502,8 @@ def parse_args(argv: list[str] | None) -> LoadOptions:
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.rate <= 0 or args.duration <= 0 or args.drain < 0:
-        parser.error("--rate and --duration must be > 0, --drain >= 0")
+    if args.rate <= 0 or args.duration <= 0 or args.drain < 0 or args.decision_poll < 0:
+        parser.error("--rate and --duration must be > 0, --drain and --decision-poll >= 0")
     return LoadOptions(
         workers=args.workers,
         processes=min(args.processes, args.workers),
@@ -501,6 +523,7 @@ def parse_args(argv: list[str] | None) -> LoadOptions:
         objective=args.objective,
         partitions=args.partitions,
         warmup=args.warmup,
+        decision_poll=args.decision_poll,
     )
 
 

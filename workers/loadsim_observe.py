@@ -13,15 +13,17 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
 from ladder.config import Settings
 from ladder.gaps import GapGuard
 from ladder.kafkaacl import ADMIN as OBSERVER
 from ladder.v1 import events_pb2
+
+T = TypeVar("T")
 
 
 def percentiles(values: Iterable[float]) -> dict[str, float | int]:
@@ -180,14 +182,26 @@ class GroupProgress:
         return max(0, before[-1][2] - before[-1][1]) if before else None
 
 
-def merge_acked_steps(per_process: Iterable[Mapping[str, int]]) -> dict[str, int]:
-    """The last acknowledged step of each trial over every simulator process: a trial
+def merge_per_trial(
+    per_process: Iterable[Mapping[str, T]], keep: Callable[[T, T], T]
+) -> dict[str, T]:
+    """One value per trial over every simulator process (``keep`` of two): a trial
     re-issued after its lease expired may have run in more than one."""
-    merged: dict[str, int] = {}
-    for acked in per_process:
-        for trial_id, step in acked.items():
-            merged[trial_id] = max(step, merged.get(trial_id, step))
+    merged: dict[str, T] = {}
+    for values in per_process:
+        for trial_id, value in values.items():
+            merged[trial_id] = keep(value, merged[trial_id]) if trial_id in merged else value
     return merged
+
+
+def merge_acked_steps(per_process: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """The last acknowledged step of each trial over every simulator process."""
+    return merge_per_trial(per_process, max)
+
+
+def merge_obeyed(per_process: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """When each trial's worker first obeyed a STOP, over every simulator process."""
+    return merge_per_trial(per_process, min)
 
 
 def expected_crossings(
@@ -206,6 +220,33 @@ def expected_crossings(
     }
 
 
+def first_stops(decisions: Iterable[SeenDecision]) -> dict[str, SeenDecision]:
+    """Each trial's STOP of its lowest rung: the one a worker should have obeyed. A trial
+    that trains on past it crosses more rungs and may be told STOP again; evaluate keeps
+    the latest, so a Heartbeat's ``decision`` can be a later one than this."""
+    first: dict[str, SeenDecision] = {}
+    for d in decisions:
+        if d.action == events_pb2.STOP and d.rung >= 0:
+            known = first.get(d.trial_id)
+            if known is None or d.rung < known.rung:
+                first[d.trial_id] = d
+    return first
+
+
+def stop_obey_latencies(
+    obeyed_ms: Mapping[str, float], decisions: Iterable[SeenDecision]
+) -> list[float]:
+    """ms from the report that earned each trial its first STOP (:func:`first_stops`)
+    to the worker obeying a STOP (``obeyed_ms``: trial -> wall-clock ms), for the trials
+    that obeyed one whose STOP was seen on the topic."""
+    first = first_stops(decisions)
+    return [
+        at - first[trial].report_ts_ms
+        for trial, at in obeyed_ms.items()
+        if trial in first and first[trial].report_ts_ms
+    ]
+
+
 def stop_timeliness(
     acked_max_step: Mapping[str, int], decisions: Iterable[SeenDecision], rungs: list[float],
     max_resource: int,
@@ -215,10 +256,9 @@ def stop_timeliness(
     prune: they count as completed), and how many steps each trial told STOP had
     reported past the rung the STOP was about (its last acknowledged step minus the
     rung's resource; truncated by the run's end)."""
-    stopped: dict[str, int] = {}
-    for d in decisions:
-        if d.action == events_pb2.STOP and 0 <= d.rung < len(rungs):
-            stopped[d.trial_id] = min(d.rung, stopped.get(d.trial_id, d.rung))
+    stopped = {
+        trial: d.rung for trial, d in first_stops(decisions).items() if d.rung < len(rungs)
+    }
     return {
         "trials_told_stop": len(stopped),
         "stop_after_all_steps": sum(

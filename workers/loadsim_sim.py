@@ -4,7 +4,8 @@ Each simulated worker runs the real trial protocol against the real services:
 Suggest, which starts the trial too (StartTrial only when it comes unstarted) -> one
 synthetic metric report every ``1/rate`` seconds to the
 metrics topic -> a Heartbeat every ``heartbeat_every`` reports (and at each rung where
-the promotion form holds a trial) -> PruneTrial on STOP, PauseTrial on PAUSE,
+the promotion form holds a trial, and 1, 2, 4, ... reports after a rung until its
+decision comes back: ``verdict_awaited``) -> PruneTrial on STOP, PauseTrial on PAUSE,
 CompleteTrial at ``max_resource``; then the next trial.
 
 What a worker does with a Heartbeat's reply is the attempt engine's rule
@@ -12,7 +13,13 @@ What a worker does with a Heartbeat's reply is the attempt engine's rule
 worker on the Heartbeat after its decision, and only the promotion form holds a trial
 at a rung (``decision_pending``: heartbeats paced by ``attempt.hold_pauses`` until the
 verdict or ``decision_wait``). The stopping form never waits: a worker trains on
-while its rung decision is pending.
+while its rung decision is pending. A real worker heartbeats on every report, so it
+obeys a STOP at the first report after evaluate stored it; a simulated worker, which
+heartbeats every ``heartbeat_every`` reports to spare the services, does the same
+while a decision is due (``verdict_awaited``: 1, 2, 4, ... reports after a rung until
+the decision comes back, for at most ``decision_poll`` seconds), so it sees a STOP
+at most twice as long after the rung as a real worker would, at a few Heartbeats
+per rung.
 
 What the process measures is returned as a :class:`ProcessResult` (plain dict): the
 reports, trials and decisions seen, every suggestion's provenance (its algorithm,
@@ -30,6 +37,7 @@ without it (the default) the curves depend on the trial id only.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import math
 import random
@@ -37,6 +45,7 @@ import resource
 import time
 import uuid
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -110,6 +119,10 @@ class SimConfig:
     # in the stopping form.
     hold_at: tuple[int, ...] = ()
     decision_wait: float = WorkerConfig.decision_wait  # the worker runtime's default
+    # Steps of the scheduler's rungs (index = Decision.rung), and how long after
+    # crossing one a worker polls for its decision (``verdict_awaited``; 0: never).
+    rung_steps: tuple[int, ...] = ()
+    decision_poll: float = WorkerConfig.decision_wait
 
 
 @dataclass
@@ -126,8 +139,9 @@ class ProcessResult:
     rpc_errors: dict[str, int] = field(default_factory=dict)
     stops_seen: int = 0  # STOPs obeyed (each from a Heartbeat reply)
     holds: int = 0  # reports at which evaluate held the trial (promotion form)
-    # ms from the report that crossed the rung to the worker obeying the STOP
-    stop_latency_ms: list[float] = field(default_factory=list)
+    # trial -> wall-clock ms at which its worker obeyed a STOP (the parent measures
+    # from the report of the trial's first STOP: ``loadsim_observe.stop_obey_latencies``)
+    stop_obeyed_ms: dict[str, float] = field(default_factory=dict)
     acked_max_step: dict[str, int] = field(default_factory=dict)  # trial -> last acked step
     loop_lag_ms_max: float = 0.0  # how late the event loop ran a 100 ms timer (saturation)
     # How late a worker's report came against its pace: the loop's lag plus the time
@@ -425,7 +439,10 @@ class Simulator:
             step += 1
             value = curve_value(cfg.seed, attempt.trial_id, step, shift)
             await self._report(attempt, step, value)
-            if step % cfg.heartbeat_every and step not in cfg.hold_at:
+            due = not step % cfg.heartbeat_every or step in cfg.hold_at
+            if not due and not verdict_awaited(
+                step, decided_rung(reply), cfg.rung_steps, cfg.decision_poll * cfg.rate
+            ):
                 continue
             reply = await self._idle("Heartbeat", attempt.heartbeat(step))
             self.result.heartbeats += 1
@@ -481,10 +498,7 @@ class Simulator:
         else CompleteTrial."""
         if move is Move.STOP:
             self.result.stops_seen += 1
-            if reply.decision.report_ts_ms:
-                self.result.stop_latency_ms.append(
-                    time.time() * 1000 - reply.decision.report_ts_ms
-                )
+            self.result.stop_obeyed_ms[attempt.trial_id] = time.time() * 1000
             await self._idle("PruneTrial", attempt.prune(step, value))
             self.result.trials_pruned += 1
             return
@@ -537,6 +551,29 @@ class Simulator:
         await asyncio.wait_for(producer.flush(), 60)
         await producer.stop()
         return self.result
+
+
+def decided_rung(reply: evaluate_pb2.HeartbeatResponse) -> int:
+    """The rung of the latest decision a Heartbeat brought; -1: none yet."""
+    return reply.decision.rung if reply.HasField("decision") else -1
+
+
+def verdict_awaited(
+    step: int, decided: int, rung_steps: Sequence[int], poll_steps: float
+) -> bool:
+    """Whether a simulated worker heartbeats at ``step`` for a rung decision: the last
+    rung crossed (index into ``rung_steps``) is beyond ``decided`` (:func:`decided_rung`
+    of the last reply) and was crossed 1, 2, 4, 8, ... reports ago, at most
+    ``poll_steps``. A real worker (a Heartbeat per report) sees the STOP at the first
+    report after evaluate stored it; this sees it at most twice as long after the rung,
+    at a few Heartbeats per rung: polling every report (100 workers at 10 reports/s)
+    gave evaluate 6x the CPU, which starved early-stop and delayed the very decisions
+    polled for."""
+    crossed = bisect.bisect_right(rung_steps, step) - 1
+    if crossed <= decided:
+        return False
+    since = step - rung_steps[crossed]
+    return 0 < since <= poll_steps and since & (since - 1) == 0
 
 
 def run_process(settings: Settings, config: SimConfig) -> dict[str, Any]:

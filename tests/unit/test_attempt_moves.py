@@ -11,7 +11,14 @@ import pytest
 from ladder.api.attempt import Move, hold_pauses, move_after
 from ladder.v1 import evaluate_pb2, events_pb2
 
-from workers.loadsim_sim import ProcessResult, SimConfig, Simulator, _Attempt
+from workers.loadsim_sim import (
+    ProcessResult,
+    SimConfig,
+    Simulator,
+    _Attempt,
+    decided_rung,
+    verdict_awaited,
+)
 
 CONTINUE = evaluate_pb2.HeartbeatResponse(action=events_pb2.CONTINUE)
 PENDING = evaluate_pb2.HeartbeatResponse(action=events_pb2.CONTINUE, decision_pending=True)
@@ -133,7 +140,7 @@ def test_a_simulated_worker_trains_on_past_a_rung_and_stops_when_the_stop_comes(
     assert ends(evaluate) == ["PruneTrial"]
     assert evaluate.calls[-1][1].step == 7
     assert result.trials_pruned == result.stops_seen == 1 and result.holds == 0
-    assert len(result.stop_latency_ms) == 1
+    assert list(result.stop_obeyed_ms) == ["t1"]
 
 
 def test_a_simulated_worker_held_at_a_rung_waits_for_its_verdict() -> None:
@@ -156,3 +163,52 @@ def test_a_verdict_that_does_not_come_holds_the_simulated_worker_for_decision_wa
     assert 0.5 <= time.monotonic() - started < 3
     assert result.trials_completed == 1 and result.holds == 1
     assert len(producer.sent) == 20
+
+
+def decided(rung: int) -> evaluate_pb2.HeartbeatResponse:
+    return evaluate_pb2.HeartbeatResponse(
+        action=events_pb2.CONTINUE,
+        decision=events_pb2.Decision(action=events_pb2.CONTINUE, rung=rung),
+    )
+
+
+def test_a_crossed_rung_is_awaited_from_the_next_report_until_decided_or_the_window_ends(
+) -> None:
+    rungs = (4, 12, 36)
+    assert decided_rung(CONTINUE) == -1 and decided_rung(decided(0)) == 0
+    assert not verdict_awaited(3, -1, rungs, 30)  # no rung crossed
+    assert not verdict_awaited(4, -1, rungs, 30)  # the rung's own report: not decided yet
+    # 1, 2, 4, 8, ... reports after the rung.
+    assert [s for s in range(5, 12) if verdict_awaited(s, -1, rungs, 30)] == [5, 6, 8]
+    assert [s for s in range(13, 36) if verdict_awaited(s, 0, rungs, 30)] == [13, 14, 16, 20, 28]
+    assert not verdict_awaited(5, 0, rungs, 30)  # its decision came back
+    assert verdict_awaited(44, 1, rungs, 8) and not verdict_awaited(44, 1, rungs, 7)
+    assert not verdict_awaited(5, -1, rungs, 0)  # polling off
+    assert not verdict_awaited(5, -1, (), 30)  # rungs unknown
+
+
+def test_a_simulated_worker_polls_for_a_rungs_verdict_and_obeys_its_stop() -> None:
+    # Heartbeats every 100 reports, rung at step 4: the worker polls 1, 2, 4 reports
+    # after it, and the STOP the third poll brings is obeyed at step 8, not at 100.
+    evaluate = FakeEvaluate({3: stop()})
+    result = simulate(evaluate, FakeProducer(), heartbeat_every=100, rung_steps=(4, 12))
+    beats = [r.step for n, r in evaluate.calls if n == "Heartbeat"]
+    assert beats == [5, 6, 8]
+    assert ends(evaluate) == ["PruneTrial"] and result.trials_pruned == 1
+
+
+def test_a_simulated_worker_polls_only_until_a_rungs_decision_comes_and_within_the_window(
+) -> None:
+    # Rung 0's decision comes back on the second poll; rung 1's never does: polled 1
+    # and 2 reports after step 12, not 4 (past decision_poll x rate = 3 reports); then
+    # only the cadence (none in 20 steps).
+    evaluate = FakeEvaluate({2: decided(0), 3: decided(0), 4: decided(0), 5: decided(0)})
+    result = simulate(
+        evaluate, FakeProducer(), heartbeat_every=100, rung_steps=(4, 12), decision_poll=0.015
+    )
+    beats = [r.step for n, r in evaluate.calls if n == "Heartbeat"]
+    assert beats == [5, 6, 13, 14]
+    assert result.trials_completed == 1
+    off = FakeEvaluate({})
+    simulate(off, FakeProducer(), heartbeat_every=100, rung_steps=(4, 12), decision_poll=0)
+    assert [n for n, _ in off.calls] == ["CompleteTrial"]

@@ -7,6 +7,8 @@ from workers.loadsim_observe import (
     counts_check,
     expected_crossings,
     merge_acked_steps,
+    merge_obeyed,
+    stop_obey_latencies,
     stop_timeliness,
 )
 
@@ -63,3 +65,20 @@ def test_stop_timeliness_counts_stops_too_late_and_steps_past_the_rung() -> None
     assert result["stop_after_all_steps"] == 1
     assert result["steps_past_the_stop_rung"]["max"] == 72  # 108 - 36
     assert result["steps_past_the_stop_rung"]["n"] == 3
+
+
+def test_a_stop_is_obeyed_counting_from_the_report_that_earned_the_first_one() -> None:
+    # "t" is told STOP at rung 0 (report at 1,000 ms), trains on and is told STOP again
+    # at rung 2 (report at 4,000 ms): evaluate keeps the later one, but the worker was
+    # 4 s late, not 1 s. "u" obeyed in two processes (re-issued): the first counts.
+    decisions = [
+        SeenDecision("t", 0, events_pb2.STOP, 1000, 1100, 1200.0),
+        SeenDecision("t", 1, events_pb2.CONTINUE, 2000, 2100, 2200.0),
+        SeenDecision("t", 2, events_pb2.STOP, 4000, 4100, 4200.0),
+        SeenDecision("u", 1, events_pb2.STOP, 3000, 3100, 3200.0),
+        SeenDecision("v", 0, events_pb2.CONTINUE, 3000, 3100, 3200.0),
+    ]
+    obeyed = merge_obeyed([{"t": 5000.0, "u": 3900.0}, {"u": 3500.0, "w": 9000.0}])
+    assert obeyed == {"t": 5000.0, "u": 3500.0, "w": 9000.0}
+    # "w" has no STOP on the topic (an operator's, or seen before the observer): left out.
+    assert sorted(stop_obey_latencies(obeyed, decisions)) == [500.0, 4000.0]
