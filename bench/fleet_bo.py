@@ -28,8 +28,10 @@ STOPs that came after their trial's last step (``stop_timeliness``), the pruned
 fraction against a replay of the same trials with instant decisions (``replay``),
 and each process's CPU per report and time runnable but waiting for a CPU
 (``run_queue_wait_seconds``: a starved process lags however cheap it is).
-``--rate`` paces the workers (heartbeat every ~5 s whatever the pace, and 1, 2, 4, ...
-reports after each rung until its decision comes back, for ``--decision-poll`` s).
+``--rate`` paces the workers (heartbeat every ~5 s whatever the pace; with
+``--decision-poll S`` also 1, 2, 4, ... reports after each rung until its decision
+comes back, for at most S seconds: a STOP is then seen about when a real worker, a
+Heartbeat per report, would see it, rather than at the next ~5-s heartbeat).
 
 ``--code DIR`` runs the stack's services from another source tree (e.g. ``git
 archive`` of the commit before a change, with the generated ``libs/ladder/v1``

@@ -19,8 +19,8 @@ offsets, then prints one JSON summary on stdout:
 - ``latency_ms``: report-to-decision as produced (``Decision.ts_ms``), as seen on the
   topic by the observer, and report-to-STOP as obeyed by the simulated workers (from
   the report that earned the trial its first STOP to the Heartbeat that brought a
-  STOP: a worker polls 1, 2, 4, ... reports after a rung for its decision, for
-  ``--decision-poll`` seconds at most);
+  STOP: every ``--heartbeat-every`` reports, and with ``--decision-poll`` 1, 2, 4, ...
+  reports after a rung until its decision comes back);
 - ``stop_timeliness``: the trials told STOP, those whose STOP came after their last
   step (too late to prune), and the steps they ran past the rung it was about;
 - ``counts``: the rung crossings implied by the acknowledged reports against the
@@ -56,7 +56,7 @@ the params' distance from an optimum, ``loadsim_sim.bowl_shift``).
 | --objective          | none    | ``bowl``: the curves depend on the params too        |
 | --partitions         | 1       | suggestion partitions of the created study          |
 | --warmup             | 20      | suggestions after this many seconds also counted apart |
-| --decision-poll      | 3       | s after a rung to poll for its decision (0: never)  |
+| --decision-poll      | 0       | s after a rung to poll for its decision (0: never)  |
 | --timeline FILE      | unset   | also write the per-decision timeline (JSON lines)   |
 
 Endpoints come from ``Settings.from_env()`` (LADDER_* env vars or stack.json).

@@ -4,9 +4,9 @@ Each simulated worker runs the real trial protocol against the real services:
 Suggest, which starts the trial too (StartTrial only when it comes unstarted) -> one
 synthetic metric report every ``1/rate`` seconds to the
 metrics topic -> a Heartbeat every ``heartbeat_every`` reports (and at each rung where
-the promotion form holds a trial, and 1, 2, 4, ... reports after a rung until its
-decision comes back: ``verdict_awaited``) -> PruneTrial on STOP, PauseTrial on PAUSE,
-CompleteTrial at ``max_resource``; then the next trial.
+the promotion form holds a trial, and with ``decision_poll`` 1, 2, 4, ... reports
+after a rung until its decision comes back: ``verdict_awaited``) -> PruneTrial on
+STOP, PauseTrial on PAUSE, CompleteTrial at ``max_resource``; then the next trial.
 
 What a worker does with a Heartbeat's reply is the attempt engine's rule
 (``ladder.api.attempt.move_after``, the one real workers obey): a STOP reaches the
@@ -15,11 +15,13 @@ at a rung (``decision_pending``: heartbeats paced by ``attempt.hold_pauses`` unt
 verdict or ``decision_wait``). The stopping form never waits: a worker trains on
 while its rung decision is pending. A real worker heartbeats on every report, so it
 obeys a STOP at the first report after evaluate stored it; a simulated worker, which
-heartbeats every ``heartbeat_every`` reports to spare the services, does the same
-while a decision is due (``verdict_awaited``: 1, 2, 4, ... reports after a rung until
-the decision comes back, for at most ``decision_poll`` seconds), so it sees a STOP
-at most twice as long after the rung as a real worker would, at a few Heartbeats
-per rung.
+heartbeats every ``heartbeat_every`` reports to spare the services, sees it up to
+that many reports later. With ``decision_poll`` it polls while a decision is due
+(``verdict_awaited``: 1, 2, 4, ... reports after a rung until the decision comes
+back, for at most ``decision_poll`` seconds) and sees a STOP at most twice as long
+after the rung as a real worker would, at a few Heartbeats per rung. Off by default:
+on a host where the decisions lag behind (1,000 workers on 2 cores) the polls come
+back empty and their CPU delays the decisions further.
 
 What the process measures is returned as a :class:`ProcessResult` (plain dict): the
 reports, trials and decisions seen, every suggestion's provenance (its algorithm,
@@ -122,7 +124,7 @@ class SimConfig:
     # Steps of the scheduler's rungs (index = Decision.rung), and how long after
     # crossing one a worker polls for its decision (``verdict_awaited``; 0: never).
     rung_steps: tuple[int, ...] = ()
-    decision_poll: float = WorkerConfig.decision_wait
+    decision_poll: float = 0.0
 
 
 @dataclass

@@ -191,7 +191,9 @@ def test_a_simulated_worker_polls_for_a_rungs_verdict_and_obeys_its_stop() -> No
     # Heartbeats every 100 reports, rung at step 4: the worker polls 1, 2, 4 reports
     # after it, and the STOP the third poll brings is obeyed at step 8, not at 100.
     evaluate = FakeEvaluate({3: stop()})
-    result = simulate(evaluate, FakeProducer(), heartbeat_every=100, rung_steps=(4, 12))
+    result = simulate(
+        evaluate, FakeProducer(), heartbeat_every=100, rung_steps=(4, 12), decision_poll=3.0
+    )
     beats = [r.step for n, r in evaluate.calls if n == "Heartbeat"]
     assert beats == [5, 6, 8]
     assert ends(evaluate) == ["PruneTrial"] and result.trials_pruned == 1
@@ -210,5 +212,5 @@ def test_a_simulated_worker_polls_only_until_a_rungs_decision_comes_and_within_t
     assert beats == [5, 6, 13, 14]
     assert result.trials_completed == 1
     off = FakeEvaluate({})
-    simulate(off, FakeProducer(), heartbeat_every=100, rung_steps=(4, 12), decision_poll=0)
+    simulate(off, FakeProducer(), heartbeat_every=100, rung_steps=(4, 12))  # off by default
     assert [n for n, _ in off.calls] == ["CompleteTrial"]
