@@ -179,6 +179,30 @@ def delegate_of(name: str) -> str:
     return "ladder-gp" if prefers_gp(problem(name).space) else "ladder-tpe"
 
 
+RULE_BUDGETS = (25, 50)  # besides the suite's own budget: does the pick hold earlier?
+
+
+def auto_rule_evidence(
+    runs: Sequence[Mapping[str, Any]], problems: Sequence[str], budget: int
+) -> dict[str, Any]:
+    """Per space shape, Ladder's GP against its TPE on the suite's problems of that
+    shape, at the suite's budget and at ``RULE_BUDGETS`` evaluations (each run's regret
+    after that many), and whether AUTO's rule (``ladder.samplers.auto.RULE``) picks
+    the better one: the check the rule is re-made from."""
+    from ladder.samplers.auto import RULE, shape_of
+
+    shapes = {name: shape_of(problem(name).space).value for name in problems}
+    rule = {k.value: v for k, v in RULE.items()}
+    pair = ["ladder-gp", "ladder-tpe"]
+    mine = [r for r in runs if r["sampler"] in pair]
+    out: dict[str, Any] = {}
+    for evaluations in sorted({*(b for b in RULE_BUDGETS if b < budget), budget}):
+        cut = [{**r, "regret": r["regret"][:evaluations]} for r in mine]
+        summary = suite_stats.summarize(cut, pair)
+        out[str(evaluations)] = suite_stats.shape_evidence(summary, shapes, rule)
+    return out
+
+
 def execute(
     todo: Sequence[tuple[str, str, int, int, int]],
     jobs: int,
@@ -222,6 +246,8 @@ def load_cache(path: Path) -> dict[tuple, dict[str, Any]]:
 
 
 def problem_info(name: str) -> dict[str, Any]:
+    from ladder.samplers.auto import shape_of
+
     p = problem(name)
     return {
         "group": p.group,
@@ -232,6 +258,7 @@ def problem_info(name: str) -> dict[str, Any]:
         if p.group == "tabular"
         else (f"gaussian, sd {p.noise_sd}" if p.noisy else None),
         "ladder_auto_delegate": delegate_of(name),
+        "shape": shape_of(p.space).value,
         "version": p.version,
     }
 
@@ -362,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "problems_info": {name: problem_info(name) for name in problems},
         **summary,
         "ladder_auto_vs_best_optuna": suite_stats.versus(summary, "ladder-auto", OPTUNA),
+        "auto_rule_evidence": auto_rule_evidence(runs, problems, args.budget),
         "cpu_note": "wall seconds per run in the cache (wall_seconds), under the load "
         f"of their time; load average now {os.getloadavg()[0]:.1f}",
     }

@@ -145,3 +145,57 @@ def versus(
         outcomes[problem] = {"peer": peer, "p_value": p_value, "outcome": outcome}
     counts = {k: sum(o["outcome"] == k for o in outcomes.values()) for k in ("win", "loss", "tie")}
     return {"alpha": alpha, "counts": counts, "problems": outcomes}
+
+
+def shape_evidence(
+    summary: Mapping[str, Any],
+    shapes: Mapping[str, str],
+    rule: Mapping[str, str],
+    pair: tuple[str, str] = ("ladder-gp", "ladder-tpe"),
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Per space shape (``shapes``: problem -> shape), which of ``pair`` did better on
+    the shape's problems: their average rank between the two (by median final regret),
+    the problems each won with Mann-Whitney's p < ``alpha``; the pick (the lower average
+    rank, on equal ranks the one with more such wins, else None) and whether ``rule``
+    (shape -> "gp" / "tpe", the second word of each sampler's name) agrees with it. A
+    shape whose problems lack either sampler's runs is reported without a pick."""
+    first, second = pair
+    out: dict[str, Any] = {}
+    for shape in sorted(set(shapes.values())):
+        problems = sorted(p for p, s in shapes.items() if s == shape)
+        rows: dict[str, Any] = {}
+        for problem in problems:
+            entry = summary["problems"].get(problem)
+            if entry is None or not {first, second} <= set(entry["samplers"]):
+                continue
+            test = entry["pairwise_mann_whitney"][" vs ".join(sorted(pair))]
+            significant = test["p_value"] is not None and test["p_value"] < alpha
+            rows[problem] = {
+                "medians": {s: entry["samplers"][s]["median"] for s in pair},
+                "seeds": min(len(entry["samplers"][s]["seeds"]) for s in pair),
+                "p_value": test["p_value"],
+                "winner": test["lower_median"] if significant else None,
+            }
+        chosen = rule.get(shape)
+        if len(rows) < len(problems) or not rows:
+            out[shape] = {"problems": rows, "missing": sorted(set(problems) - set(rows)),
+                          "pick": None, "rule": chosen, "agrees": None}
+            continue
+        table = [ranks(row["medians"]) for row in rows.values()]
+        mean_rank = {s: float(np.mean([r[s] for r in table])) for s in pair}
+        wins = {s: sum(row["winner"] == s for row in rows.values()) for s in pair}
+        # Lower average rank; on equal ranks, more significant wins; else no pick.
+        order = sorted(pair, key=lambda s: (mean_rank[s], -wins[s]))
+        best, other = order
+        tied = (mean_rank[best], wins[best]) == (mean_rank[other], wins[other])
+        pick = None if tied else best
+        out[shape] = {
+            "problems": rows,
+            "average_rank": mean_rank,
+            "significant_wins": wins,
+            "pick": pick,
+            "rule": chosen,
+            "agrees": pick is None or pick.rsplit("-", 1)[-1] == chosen,
+        }
+    return out

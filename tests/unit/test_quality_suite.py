@@ -152,9 +152,10 @@ def test_a_noiseless_run_is_scored_on_the_best_value() -> None:
 
 def test_the_plan_puts_a_seeds_headline_runs_first_and_covers_autos_delegate() -> None:
     tasks = plan(["hartmann3", "categorical6x5"], ["ladder-auto", "random"], [0, 1], 100, 8)
-    # AUTO is not run itself: its delegate is (GP on hartmann3, TPE on categoricals).
+    # AUTO is not run itself: its delegate is (the GP on both: auto.py's rule).
     assert ("hartmann3", "ladder-gp", 0, 100, 8) in tasks
-    assert ("categorical6x5", "ladder-tpe", 1, 100, 8) in tasks
+    assert ("categorical6x5", "ladder-gp", 1, 100, 8) in tasks
+    assert not any(kind == "ladder-tpe" for _, kind, *_ in tasks)
     assert not any(kind == "ladder-auto" for _, kind, *_ in tasks)
     assert tasks[0] == ("hartmann3", "random", 0, 100, 8)
 
@@ -226,3 +227,55 @@ def test_versus_counts_only_significant_differences_as_wins_or_losses() -> None:
     assert result["problems"]["q"]["outcome"] == "tie"
     assert result["problems"]["q"]["p_value"] > 0.05
     assert result["counts"] == {"win": 1, "loss": 0, "tie": 1}
+
+
+def _pair_runs(problem: str, gp: list[float], tpe: list[float]) -> list[dict]:
+    return [
+        {"problem": problem, "sampler": sampler, "seed": seed, "regret": [value]}
+        for sampler, values in (("ladder-gp", gp), ("ladder-tpe", tpe))
+        for seed, value in enumerate(values)
+    ]
+
+
+def test_shape_evidence_picks_the_better_sampler_per_shape_and_checks_the_rule() -> None:
+    runs = (
+        _pair_runs("smooth", [0.0] * 5, [1.0] * 5)  # GP far ahead on every seed
+        + _pair_runs("smooth2", [0.2, 0.3, 0.1], [0.25, 0.2, 0.3])  # close: no winner
+        + _pair_runs("grid", [1.0] * 5, [0.0] * 5)  # TPE far ahead
+        + _pair_runs("flat", [0.0] * 3, [0.0] * 3)  # a tie: either choice agrees
+        + _pair_runs("even", [0.0] * 5, [1.0] * 5)  # GP far ahead here ...
+        + _pair_runs("even2", [0.2, 0.3, 0.1], [0.1, 0.2, 0.15])  # ... TPE a little here
+    )
+    summary = suite_stats.summarize(runs, ["ladder-gp", "ladder-tpe"])
+    shapes = {"smooth": "c", "smooth2": "c", "grid": "g", "flat": "f", "absent": "x",
+              "even": "e", "even2": "e"}
+    rule = {"c": "gp", "g": "gp", "f": "tpe", "x": "gp", "e": "tpe"}
+    evidence = suite_stats.shape_evidence(summary, shapes, rule)
+    assert evidence["c"]["pick"] == "ladder-gp"
+    assert evidence["c"]["significant_wins"] == {"ladder-gp": 1, "ladder-tpe": 0}
+    assert evidence["c"]["problems"]["smooth2"]["winner"] is None
+    assert evidence["c"]["agrees"] is True
+    assert evidence["g"]["pick"] == "ladder-tpe"
+    assert evidence["g"]["agrees"] is False  # the rule says GP where TPE won
+    assert evidence["f"]["pick"] is None and evidence["f"]["agrees"] is True
+    assert evidence["x"]["missing"] == ["absent"] and evidence["x"]["agrees"] is None
+    # Equal average ranks (1.5 each): the significant win decides.
+    assert evidence["e"]["average_rank"] == {"ladder-gp": 1.5, "ladder-tpe": 1.5}
+    assert evidence["e"]["pick"] == "ladder-gp" and evidence["e"]["agrees"] is False
+
+
+def test_each_suite_problem_has_the_shape_its_space_says() -> None:
+    from ladder.samplers.auto import Shape, shape_of
+
+    expected = {
+        "branin": Shape.CONTINUOUS, "hartmann6_in_20d": Shape.CONTINUOUS,
+        "mixed": Shape.MIXED, "fcnet_protein": Shape.MIXED,
+        "conditional": Shape.TREE, "conditional_model": Shape.TREE,
+        "categorical6x5": Shape.CATEGORICAL, "nb201_imagenet": Shape.CATEGORICAL,
+        "mixed_grid": Shape.CATEGORICAL,
+        "ints": Shape.DISCRETE, "ordinal": Shape.DISCRETE, "hpobench_kc1": Shape.DISCRETE,
+    }
+    for name, shape in expected.items():
+        assert shape_of(PROBLEMS[name].space) is shape, name
+    # Every shape but WIDE (wider than any suite space, so no evidence) is in the suite.
+    assert {shape_of(PROBLEMS[n].space) for n in PROBLEM_NAMES} == set(Shape) - {Shape.WIDE}

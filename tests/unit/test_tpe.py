@@ -88,11 +88,20 @@ def test_conditional_space_gives_valid_points_and_ignores_non_finite() -> None:
 
 
 def test_auto_rule() -> None:
+    # The quality suite's evidence: a GP on every shape it covers (auto.py's table).
     assert prefers_gp(LINE)
-    assert not prefers_gp(TREE)
-    wide = Space([ParamSpec(f"c{i}", Kind.CATEGORICAL, values=tuple("abcdef")) for i in range(2)])
+    assert prefers_gp(TREE)
+    categorical = Space(
+        [ParamSpec(f"c{i}", Kind.CATEGORICAL, values=tuple("abcdef")) for i in range(2)]
+    )
+    assert prefers_gp(categorical)
+    # Wider than any suite space: TPE.
+    wide = Space([ParamSpec(f"c{i}", Kind.CATEGORICAL, values=tuple("abcdef")) for i in range(6)])
     assert not prefers_gp(wide)
     auto = AutoSampler(SamplerContext(TREE, seed=1))
     [proposal] = auto.suggest(random_observations(TREE, N_STARTUP + 2, tree_value), 1)
-    assert proposal.algorithm == "auto:tpe"
+    assert proposal.algorithm == "auto:gp"
     assert auto.algorithm == "auto"  # the sampler's own name does not change per call
+    wide_auto = AutoSampler(SamplerContext(wide, seed=1))
+    [proposal] = wide_auto.suggest(random_observations(wide, N_STARTUP + 2, lambda p: 0.0), 1)
+    assert proposal.algorithm == "auto:tpe"
