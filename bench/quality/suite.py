@@ -15,7 +15,8 @@ Bayesian optimisation, ``suite_peers.py``, where the reason for Ax over Syne Tun
 Output: per problem and sampler the median and quartiles of the final regret, the
 pairwise Mann-Whitney U p-values, the average rank over the problems (HEADLINE: AUTO
 and the peers; and all samplers), ladder-auto's wins / losses / ties against the
-better Optuna sampler, and which seeds are done, in
+better Optuna sampler, the evidence AUTO's rule is made from (``auto_rule_evidence``:
+Ladder's GP against its TPE per space shape), and which seeds are done, in
 bench/results/quality-suite-<UTC date>.json and .png.
 
 | flag             | default                                                   |
