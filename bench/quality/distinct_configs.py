@@ -52,7 +52,7 @@ from ladder.samplers.base import Observation, Sampler, SamplerContext  # noqa: E
 from ladder.space import Kind, ParamSpec, Space  # noqa: E402
 
 from bench.quality.problems import Problem  # noqa: E402
-from bench.quality.run import machine_info, versions, write_report  # noqa: E402
+from bench.quality.run import auto_delegate, machine_info, versions, write_report  # noqa: E402
 
 SAMPLERS = ["ladder-tpe", "ladder-gp", "ladder-auto", "ladder-random"]
 
@@ -236,9 +236,7 @@ def _task(args: tuple) -> dict[str, Any]:
 
 def delegate_of(problem_name: str) -> str:
     """The sampler AUTO delegates to on a problem (its run is that sampler's run)."""
-    from ladder.samplers.auto import prefers_gp
-
-    return "ladder-gp" if prefers_gp(PROBLEMS[problem_name].space) else "ladder-tpe"
+    return auto_delegate(PROBLEMS[problem_name].space)
 
 
 def summarize(runs: Sequence[Mapping[str, Any]], budget: int) -> dict[str, Any]:

@@ -55,6 +55,7 @@ os.environ.setdefault("LADDER_TORCH_THREADS", "1")
 import numpy as np  # noqa: E402
 from ladder.params import PlainValue  # noqa: E402
 from ladder.samplers.base import Observation, SamplerContext  # noqa: E402
+from ladder.space import Space  # noqa: E402
 
 from bench.quality.problems import PROBLEMS, Problem  # noqa: E402
 
@@ -253,17 +254,23 @@ def _cached_version(run: Mapping[str, Any]) -> str:
     return sampler_version(run["sampler"])
 
 
+def auto_delegate(space: Space) -> str:
+    """The sampler AUTO delegates to on ``space`` (``ladder.samplers.auto``'s rule), by
+    its benchmark name; below MAX_GP_OBSERVATIONS AUTO's run is that sampler's run."""
+    from ladder.samplers.auto import prefers_gp
+
+    return "ladder-gp" if prefers_gp(space) else "ladder-tpe"
+
+
 def auto_runs(
     runs: list[dict[str, Any]], problems: Mapping[str, Problem] = PROBLEMS
 ) -> list[dict[str, Any]]:
     """AUTO delegates to GP or TPE with the same seed and draw stream, so its run is
     exactly the delegate's run (the budget here stays below MAX_GP_OBSERVATIONS);
     relabel instead of recomputing it."""
-    from ladder.samplers.auto import prefers_gp
-
     out = []
     for run in runs:
-        delegate = "ladder-gp" if prefers_gp(problems[run["problem"]].space) else "ladder-tpe"
+        delegate = auto_delegate(problems[run["problem"]].space)
         if run["sampler"] == delegate and run["pending"]:
             out.append({**run, "sampler": "ladder-auto", "delegate": delegate})
     return out
@@ -271,9 +278,7 @@ def auto_runs(
 
 def is_secondary(problem_name: str, kind: str, problems: Mapping[str, Problem] = PROBLEMS) -> bool:
     """GP on a space where AUTO picks TPE: a reference row, not Ladder's best mode."""
-    from ladder.samplers.auto import prefers_gp
-
-    return kind == "ladder-gp" and not prefers_gp(problems[problem_name].space)
+    return kind == "ladder-gp" and auto_delegate(problems[problem_name].space) != kind
 
 
 def random_reference(problem_name: str, seeds: Sequence[int]) -> float:

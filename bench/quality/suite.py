@@ -55,6 +55,7 @@ from bench.quality import suite_stats  # noqa: E402
 from bench.quality.distinct_configs import commit  # noqa: E402
 from bench.quality.run import (  # noqa: E402
     SEED_BLOCK,
+    auto_delegate,
     auto_runs,
     is_secondary,
     machine_info,
@@ -175,9 +176,7 @@ def plan(
 
 
 def delegate_of(name: str) -> str:
-    from ladder.samplers.auto import prefers_gp
-
-    return "ladder-gp" if prefers_gp(problem(name).space) else "ladder-tpe"
+    return auto_delegate(problem(name).space)
 
 
 RULE_BUDGETS = (25, 50)  # besides the suite's own budget: does the pick hold earlier?
