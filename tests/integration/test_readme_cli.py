@@ -16,8 +16,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +25,7 @@ from ladder.client import LadderClient
 from ladder.config import Settings, Topics
 from ladder.lifecycle import COMPLETED
 from ladder.params import params_to_dict
-from ladder.stack.launcher import TOPIC_PARTITIONS
-from ladder.stack.probes import ensure_topics
-from ladder.testing import ServiceGroup, wait_for, wait_for_found
+from ladder.testing import ServiceGroup, own_topics, wait_for, wait_for_found
 
 pytestmark = pytest.mark.integration
 
@@ -81,13 +77,8 @@ def masked(text: str) -> str:
 @pytest.fixture(scope="module")
 def stack(infra_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[dict[str, str]]:
-    prefix = f"readme{uuid.uuid4().hex[:6]}."
-    topics = Topics(prefix)
-    ensure_topics(infra_env["LADDER_KAFKA_BOOTSTRAP"], topics.all(),
-                  partitions=TOPIC_PARTITIONS, compacted=topics.compacted,
-                  deadline=time.monotonic() + 60)
     folder = tmp_path_factory.mktemp("readme-cli")
-    env = {**infra_env, "LADDER_TOPIC_PREFIX": prefix,
+    env = {**own_topics(infra_env, "readme"),
            "LADDER_LINEAGE_DB": str(folder / "lineage.sqlite3")}
     group = ServiceGroup(env, folder)
     for module in SERVICES:

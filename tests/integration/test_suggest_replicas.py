@@ -9,16 +9,17 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from ladder.client import LadderClient, study_config
-from ladder.config import Settings
+from ladder.config import Settings, Topics
 from ladder.state import Keys
 from ladder.state.leases import LeaseSettings, PartitionLeases
-from ladder.testing import wait_for
+from ladder.testing import ServiceGroup, ServiceProcess, own_topics, wait_for
 from ladder.testing.replicas import TrialLoop, duplicates, partition_owners
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,19 @@ def r(infra: Settings) -> Any:
     client = redis.Redis.from_url(infra.redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def own_stack(
+    infra: Settings, infra_env: dict[str, str], tmp_path: Path
+) -> Iterator[tuple[Settings, Callable[..., ServiceProcess]]]:
+    """Settings and a service starter under a topic prefix of this test's own: the
+    replicas balance every ACTIVE model-based study they see, so the studies earlier tests
+    of this session left would change how this test's study splits."""
+    env = own_topics(infra_env, "replicas")
+    group = ServiceGroup(env, tmp_path)
+    yield dataclasses.replace(infra, topics=Topics(env["LADDER_TOPIC_PREFIX"])), group.start
+    group.stop_all()
 
 
 def _study(client: LadderClient, name: str) -> str:
@@ -72,8 +86,9 @@ def test_lease_scripts_fence_a_deposed_owner_and_pop_atomically(infra: Settings,
 
 
 def test_two_suggest_replicas_split_partitions_and_fail_over_within_5_s(
-    infra: Settings, start_service: Callable[..., Any], r: Any
+    own_stack: tuple[Settings, Callable[..., ServiceProcess]], r: Any
 ) -> None:
+    infra, start_service = own_stack
     one = start_service("services.suggest", LEASES)
     two = start_service("services.suggest", LEASES)
     evaluate = start_service("services.evaluate")

@@ -20,6 +20,7 @@ from ladder.testing.processes import (
     ServiceGroup,
     ServiceProcess,
     embedded_infra,
+    own_topics,
 )
 from ladder.testing.stubs import Clients, code_and_message
 from ladder.testing.topics import (
@@ -48,6 +49,7 @@ __all__ = [
     "decoded",
     "decoded_records",
     "embedded_infra",
+    "own_topics",
     "fake_event",
     "read_topic",
     "signed_headers",

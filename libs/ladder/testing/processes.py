@@ -61,6 +61,24 @@ def embedded_infra(state_dir: Path) -> Iterator[dict[str, str]]:
         )
 
 
+def own_topics(infra_env: dict[str, str], label: str) -> dict[str, str]:
+    """``infra_env`` under a fresh topic prefix whose topics exist on its broker: the
+    services started with it share the broker and Redis but see only this prefix's
+    studies, trials and keys (a test that counts what is owned must not see the studies
+    the session's earlier tests left)."""
+    import time
+
+    from ladder.config import Topics
+    from ladder.stack.launcher import TOPIC_PARTITIONS
+    from ladder.stack.probes import ensure_topics
+
+    topics = Topics(f"{label}{uuid.uuid4().hex[:6]}.")
+    ensure_topics(infra_env["LADDER_KAFKA_BOOTSTRAP"], topics.all(),
+                  partitions=TOPIC_PARTITIONS, compacted=topics.compacted,
+                  deadline=time.monotonic() + 60)
+    return {**infra_env, "LADDER_TOPIC_PREFIX": topics.prefix}
+
+
 @contextmanager
 def temporary_stack(prefix: str, timeout: float = 180, **up: object
                     ) -> Iterator[tuple[Path, float]]:
