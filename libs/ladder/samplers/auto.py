@@ -16,10 +16,10 @@ Where it comes from: ``make bench-quality-suite`` (bench/quality/suite.py, 8
 asynchronous workers, 100 evaluations) runs Ladder's GP and TPE on 23 problems and
 reports, per shape, their average rank between the two and the problems each wins
 with Mann-Whitney p < 0.05, at 25, 50 and 100 evaluations, and whether ``RULE``
-agrees (``auto_rule_evidence``). On the committed run, at 100 evaluations, the GP
-ranks first on every shape the suite covers, tree-structured and categorical spaces
-included (on the discrete shape level on rank, with the only significant wins);
-bench/README.md has the table. The shapes the suite does not
+agrees (``auto_rule_evidence``). On the committed run the GP ranks first on every
+shape the suite covers at 25, 50 and 100 evaluations, tree-structured and categorical
+spaces included (at 100 on the discrete shape level on rank, with the only significant
+win); bench/README.md has the table. The shapes the suite does not
 cover keep a cost rule: a GP's ask grows with its columns and cubically with its
 observations, where TPE's stays milliseconds. Both samplers see the same
 observations and share the draw counter, so switching over mid-study (at
