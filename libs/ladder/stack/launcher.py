@@ -89,6 +89,24 @@ class StackError(RuntimeError):
     """``up`` failed; everything it had started has been stopped again."""
 
 
+def ensure_stack_topics(
+    bootstrap: str,
+    topics: config.Topics,
+    deadline: float,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Every topic of ``topics``' prefix on the broker at ``bootstrap``, as the embedded
+    stack makes them (TOPIC_PARTITIONS each, the changelogs compacted)."""
+    probes.ensure_topics(
+        bootstrap,
+        topics.all(),
+        partitions=TOPIC_PARTITIONS,
+        compacted=topics.compacted,
+        deadline=deadline,
+        alive=alive,
+    )
+
+
 def _quiet(_: str) -> None:
     pass
 
@@ -692,14 +710,7 @@ class _Starter:
 
     def _prepare_kafka(self, bootstrap: str, alive: Callable[[], bool] | None) -> None:
         probe_topic = self.topics.name(config.STACK_PROBE_TOPIC)
-        probes.ensure_topics(
-            bootstrap,
-            self.topics.all(),
-            partitions=TOPIC_PARTITIONS,
-            compacted=self.topics.compacted,
-            deadline=self.deadline,
-            alive=alive,
-        )
+        ensure_stack_topics(bootstrap, self.topics, self.deadline, alive)
         probes.ensure_topics(
             bootstrap, [probe_topic], partitions=1, deadline=self.deadline, alive=alive
         )

@@ -69,13 +69,10 @@ def own_topics(infra_env: dict[str, str], label: str) -> dict[str, str]:
     import time
 
     from ladder.config import Topics
-    from ladder.stack.launcher import TOPIC_PARTITIONS
-    from ladder.stack.probes import ensure_topics
+    from ladder.stack.launcher import ensure_stack_topics
 
     topics = Topics(f"{label}{uuid.uuid4().hex[:6]}.")
-    ensure_topics(infra_env["LADDER_KAFKA_BOOTSTRAP"], topics.all(),
-                  partitions=TOPIC_PARTITIONS, compacted=topics.compacted,
-                  deadline=time.monotonic() + 60)
+    ensure_stack_topics(infra_env["LADDER_KAFKA_BOOTSTRAP"], topics, time.monotonic() + 60)
     return {**infra_env, "LADDER_TOPIC_PREFIX": topics.prefix}
 
 
