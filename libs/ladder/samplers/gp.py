@@ -190,6 +190,7 @@ import numpy as np
 import torch
 
 from ladder.params import PlainValue
+from ladder.samplers import gp_logei
 from ladder.samplers.base import (
     FidelitySet,
     Observation,
@@ -203,7 +204,7 @@ from ladder.samplers.model_based import ModelBasedSampler
 from ladder.space import CategoricalEncoding, Kind, Space
 
 # Bumped whenever suggestions change for the same inputs (bench cache key).
-VERSION = "15"
+VERSION = "16"
 ENCODING = CategoricalEncoding.ONE_HOT
 MIN_FIT_POINTS = 3
 INITIAL_MIN = 8
@@ -522,16 +523,24 @@ class GPSampler(ModelBasedSampler):
         configs = configs if configs is not None else Taken(self.space)
 
         scale = _column_scale(acquisition, bounds.shape[1])
-        relaxed, _ = optimize_acqf(
-            Preconditioned(acquisition, scale),
-            bounds=bounds / scale,
-            q=starts.shape[1],
-            num_restarts=len(starts),
-            batch_initial_conditions=starts / scale,
-            return_best_only=False,
-            options=options,
-        )
-        relaxed = (relaxed * scale).clamp(0, 1)
+        terms = getattr(acquisition, "terms", None)
+        if terms is not None and starts.shape[1] == 1:
+            relaxed = torch.from_numpy(
+                gp_logei.maximise(
+                    terms, starts.squeeze(1).numpy(), scale.numpy(), options["maxiter"]
+                )
+            ).unsqueeze(1)
+        else:
+            relaxed, _ = optimize_acqf(
+                Preconditioned(acquisition, scale),
+                bounds=bounds / scale,
+                q=starts.shape[1],
+                num_restarts=len(starts),
+                batch_initial_conditions=starts / scale,
+                return_best_only=False,
+                options=options,
+            )
+            relaxed = (relaxed * scale).clamp(0, 1)
         batches = [
             [self.space.sample_to_params(row.tolist(), ENCODING) for row in batch]
             for batch in torch.cat([relaxed, starts])

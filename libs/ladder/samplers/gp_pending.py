@@ -18,28 +18,33 @@ where c(x, R) is the posterior cross-covariance: one extra m-vector per
 candidate. The joint draw (f_R, f_x) has exactly the distribution BoTorch
 samples, so the acquisition is the same qLogEI (same smoothed maximum over the
 batch, same mean over samples); only its Monte-Carlo noise differs.
+
+The per-candidate part and its gradient are computed by ``gp_logei`` in NumPy
+(the acquisition optimiser calls it with a handful of candidates at a time,
+where torch's per-operation and autograd overhead was most of the cost).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-from botorch.acquisition.logei import _log_improvement, qLogExpectedImprovement
+from botorch.acquisition.logei import qLogExpectedImprovement
 from botorch.sampling import SobolQMCNormalSampler
-from botorch.utils.safe_math import fatmax, logmeanexp
 from botorch.utils.sampling import draw_sobol_normal_samples
 from linear_operator.utils.cholesky import psd_safe_cholesky
 
+from ladder.samplers import gp_logei
 from ladder.samplers.gp import PosteriorCache, matern52
 
-# Floor of a conditional variance (standardised units), as the jitter of the
-# fast posterior: keeps the square root's gradient finite at a training point.
-MIN_VARIANCE = 1e-9
+MIN_VARIANCE = gp_logei.MIN_VARIANCE
 
 
 class PendingLogEI(qLogExpectedImprovement):
     """qLogEI of single candidates (``batch x 1 x d``) jointly with the fixed
     ``pending`` points (``m x d``, possibly none) over ``samples`` quasi-random
-    draws seeded by ``seed``. ``model`` is a ``gp.fast_posterior_model``."""
+    draws seeded by ``seed``. ``model`` is a ``gp.fast_posterior_model``. Values
+    and gradients come from ``gp_logei`` (NumPy); ``terms`` holds what does not
+    depend on the candidate, for optimisers that call ``gp_logei`` directly."""
 
     def __init__(
         self,
@@ -53,66 +58,77 @@ class PendingLogEI(qLogExpectedImprovement):
             model, best_f=best_f, sampler=SobolQMCNormalSampler(torch.Size([samples]), seed=seed)
         )
         cache: PosteriorCache = model.cache
-        self._cache = cache
         self._pending = pending
         base = draw_sobol_normal_samples(d=len(pending) + 1, n=samples, seed=seed).to(pending)
-        self._z_pending, self._z_new = base[:, :-1], base[:, -1]
-        if len(pending):
+        z_pending, z_new = base[:, :-1], base[:, -1]
+        lengthscale = cache.lengthscale.reshape(-1)
+        m = len(pending)
+        solved_pending = cache.train_x.new_zeros(len(cache.train_x), m)
+        pending_factor = cache.train_x.new_zeros(m, m)
+        improvement = cache.train_x.new_zeros(samples, m)
+        if m:
             # Posterior of the pending points, and L^-1 K(train, pending) for the
             # candidates' cross-covariance with them.
             cross = matern52(cache.train_x, pending, cache.lengthscale)
-            self._solved_pending = torch.linalg.solve_triangular(cache.factor, cross, upper=False)
+            solved_pending = torch.linalg.solve_triangular(cache.factor, cross, upper=False)
             mean = cache.constant + cross.transpose(-1, -2) @ cache.weights
             covariance = (
                 matern52(pending, pending, cache.lengthscale)
-                - self._solved_pending.transpose(-1, -2) @ self._solved_pending
+                - solved_pending.transpose(-1, -2) @ solved_pending
             )
-            covariance = covariance + MIN_VARIANCE * torch.eye(len(pending), dtype=pending.dtype)
-            self._pending_factor = psd_safe_cholesky(covariance, max_tries=6)
-            fantasy = mean + self._z_pending @ self._pending_factor.transpose(-1, -2)
+            covariance = covariance + MIN_VARIANCE * torch.eye(m, dtype=pending.dtype)
+            pending_factor = psd_safe_cholesky(covariance, max_tries=6)
+            fantasy = mean + z_pending @ pending_factor.transpose(-1, -2)
             # samples x m: the pending points' log improvements, fixed for the ask
-            self._pending_improvement = _log_improvement(
-                cache.shift + cache.scale * fantasy, self.best_f, self.tau_relu, True
+            improvement = torch.from_numpy(
+                gp_logei.log_fatplus(
+                    (cache.shift + cache.scale * fantasy - self.best_f).numpy(), self.tau_relu
+                )[0]
             )
+        train = (cache.train_x / lengthscale).numpy()
+        scaled_pending = (pending / lengthscale).numpy()
+        self.terms = gp_logei.LogEITerms(
+            lengthscale=lengthscale.numpy(),
+            train=train,
+            train_norms=(train * train).sum(axis=1),
+            constant=float(cache.constant),
+            factor=cache.factor.numpy(),
+            weights=cache.weights.numpy(),
+            shift=float(cache.shift),
+            scale=float(cache.scale),
+            best_f=float(self.best_f),
+            tau_relu=float(self.tau_relu),
+            tau_max=float(self.tau_max),
+            pending=scaled_pending,
+            pending_norms=(scaled_pending * scaled_pending).sum(axis=1),
+            pending_solved=solved_pending.numpy(),
+            pending_factor=pending_factor.numpy(),
+            z_pending=z_pending.numpy(),
+            z_new=z_new.numpy(),
+            pending_improvement=np.ascontiguousarray(improvement.numpy()),
+        )
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        """qLogEI of each candidate of ``X`` (``batch x 1 x d``): BoTorch's
-        computation (log fat-plus improvement per sample and point, fat-max over the
-        candidate and the pending points, log-mean-exp over samples) without its
-        generic machinery, and with the pending points' improvements computed once
-        per ask (they do not depend on the candidate). The acquisition optimiser
-        evaluates this a few dozen times per ask, and BoTorch's wrappers were about
-        half of each evaluation."""
-        new = self._new_samples(X)  # samples x batch
-        improvement = _log_improvement(new, self.best_f, self.tau_relu, True).unsqueeze(-1)
-        if len(self._pending):
-            pending = self._pending_improvement.unsqueeze(1).expand(
-                *new.shape, len(self._pending)
-            )
-            improvement = torch.cat([improvement, pending], dim=-1)
-        return logmeanexp(fatmax(improvement, dim=-1, tau=self.tau_max), dim=0)
-
-    def _new_samples(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        """The candidates' draws given the pending points' (``samples x batch``)."""
+        """qLogEI of each candidate of ``X`` (``batch x 1 x d``), differentiable."""
         if X.shape[-2] != 1:
             raise ValueError("PendingLogEI scores single candidates (q = 1)")
-        cache = self._cache
-        x = X.squeeze(-2)  # batch x d
-        cross = matern52(x, cache.train_x, cache.lengthscale)  # batch x n
-        mean = cache.constant + cross @ cache.weights  # batch
-        solved = torch.linalg.solve_triangular(cache.factor, cross.transpose(-1, -2), upper=False)
-        variance = 1.0 - (solved**2).sum(dim=-2)  # unit-scale Matérn: k(x, x) = 1
-        shape = (len(self._z_new), *mean.shape)
-        mean = mean.unsqueeze(0).expand(shape)
-        if len(self._pending):
-            with_pending = (
-                matern52(x, self._pending, cache.lengthscale)
-                - solved.transpose(-1, -2) @ self._solved_pending
-            )  # batch x m
-            w = torch.linalg.solve_triangular(
-                self._pending_factor, with_pending.transpose(-1, -2), upper=False
-            )  # m x batch
-            mean = mean + self._z_pending @ w
-            variance = variance - (w**2).sum(dim=-2)
-        std = (variance.clamp_min(0) + MIN_VARIANCE).sqrt()
-        return cache.shift + cache.scale * (mean + std * self._z_new.unsqueeze(-1))
+        x = X.squeeze(-2)
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            value, _ = gp_logei.value_and_grad(self.terms, x.detach().numpy(), need_grad=False)
+            return torch.from_numpy(value)
+        return _LogEI.apply(x, self.terms)
+
+
+class _LogEI(torch.autograd.Function):
+    """``gp_logei.value_and_grad`` as a torch function (its gradient by hand)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, terms: gp_logei.LogEITerms) -> torch.Tensor:  # noqa: ANN001
+        value, grad = gp_logei.value_and_grad(terms, x.detach().numpy())
+        ctx.save_for_backward(torch.from_numpy(grad))
+        return torch.from_numpy(value)
+
+    @staticmethod
+    def backward(ctx, upstream: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        (grad,) = ctx.saved_tensors
+        return upstream.unsqueeze(-1) * grad, None
