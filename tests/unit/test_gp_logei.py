@@ -83,3 +83,14 @@ def test_maximise_finds_the_points_optimize_acqf_finds() -> None:
     assert np.allclose(ours, (expected * scale).clamp(0, 1).squeeze(1).numpy(), atol=1e-9)
     with torch.no_grad():
         assert (acquisition(torch.from_numpy(ours).unsqueeze(1)) >= acquisition(starts)).all()
+
+
+def test_any_batch_shape_is_scored_point_by_point() -> None:
+    model, train_x, train_y = fitted()
+    acquisition = PendingLogEI(model, train_y.max(), train_x[:2] + 0.01, 64, seed=0)
+    points = candidates(9, 6)
+    with torch.no_grad():
+        flat = acquisition(points)
+        assert acquisition(points.reshape(2, 3, 1, 3)).shape == (2, 3)
+        assert torch.equal(acquisition(points.reshape(2, 3, 1, 3)).reshape(-1), flat)
+        assert acquisition(points[0]).shape == ()

@@ -112,11 +112,11 @@ class PendingLogEI(qLogExpectedImprovement):
         """qLogEI of each candidate of ``X`` (``batch x 1 x d``), differentiable."""
         if X.shape[-2] != 1:
             raise ValueError("PendingLogEI scores single candidates (q = 1)")
-        x = X.squeeze(-2)
+        x = X.reshape(-1, X.shape[-1])
         if not (torch.is_grad_enabled() and x.requires_grad):
             value, _ = gp_logei.value_and_grad(self.terms, x.detach().numpy(), need_grad=False)
-            return torch.from_numpy(value)
-        return _LogEI.apply(x, self.terms)
+            return torch.from_numpy(value).reshape(X.shape[:-2])
+        return _LogEI.apply(x, self.terms).reshape(X.shape[:-2])
 
 
 class _LogEI(torch.autograd.Function):
