@@ -35,7 +35,8 @@ from scipy.linalg import solve_triangular
 SQRT5 = math.sqrt(5.0)
 # BoTorch's fatplus: softplus plus this multiple of a Cauchy density (monotone, convex).
 FATPLUS_ALPHA = 0.1
-# Floor of a conditional variance (standardised units), as gp_pending.MIN_VARIANCE.
+# Floor of a conditional variance (standardised units), as the jitter of the fast
+# posterior: keeps the square root's gradient finite at a training point.
 MIN_VARIANCE = 1e-9
 # torch's cdist clamp: a distance below it counts as this (keeps sqrt's gradient finite).
 MIN_DISTANCE = 1e-15

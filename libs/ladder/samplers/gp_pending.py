@@ -58,14 +58,13 @@ class PendingLogEI(qLogExpectedImprovement):
             model, best_f=best_f, sampler=SobolQMCNormalSampler(torch.Size([samples]), seed=seed)
         )
         cache: PosteriorCache = model.cache
-        self._pending = pending
         base = draw_sobol_normal_samples(d=len(pending) + 1, n=samples, seed=seed).to(pending)
         z_pending, z_new = base[:, :-1], base[:, -1]
         lengthscale = cache.lengthscale.reshape(-1)
         m = len(pending)
         solved_pending = cache.train_x.new_zeros(len(cache.train_x), m)
         pending_factor = cache.train_x.new_zeros(m, m)
-        improvement = cache.train_x.new_zeros(samples, m)
+        improvement = np.zeros((samples, m))
         if m:
             # Posterior of the pending points, and L^-1 K(train, pending) for the
             # candidates' cross-covariance with them.
@@ -80,10 +79,8 @@ class PendingLogEI(qLogExpectedImprovement):
             pending_factor = psd_safe_cholesky(covariance, max_tries=6)
             fantasy = mean + z_pending @ pending_factor.transpose(-1, -2)
             # samples x m: the pending points' log improvements, fixed for the ask
-            improvement = torch.from_numpy(
-                gp_logei.log_fatplus(
-                    (cache.shift + cache.scale * fantasy - self.best_f).numpy(), self.tau_relu
-                )[0]
+            improvement, _ = gp_logei.log_fatplus(
+                (cache.shift + cache.scale * fantasy - self.best_f).numpy(), self.tau_relu
             )
         train = (cache.train_x / lengthscale).numpy()
         scaled_pending = (pending / lengthscale).numpy()
@@ -105,7 +102,7 @@ class PendingLogEI(qLogExpectedImprovement):
             pending_factor=pending_factor.numpy(),
             z_pending=z_pending.numpy(),
             z_new=z_new.numpy(),
-            pending_improvement=np.ascontiguousarray(improvement.numpy()),
+            pending_improvement=improvement,
         )
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803
