@@ -523,8 +523,9 @@ class GPSampler(ModelBasedSampler):
         configs = configs if configs is not None else Taken(self.space)
 
         scale = _column_scale(acquisition, bounds.shape[1])
+        # PendingLogEI (single points) exposes its NumPy terms: optimise them directly.
         terms = getattr(acquisition, "terms", None)
-        if terms is not None and starts.shape[1] == 1:
+        if terms is not None:
             relaxed = torch.from_numpy(
                 gp_logei.maximise(
                     terms, starts.squeeze(1).numpy(), scale.numpy(), options["maxiter"]
