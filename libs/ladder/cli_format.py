@@ -485,12 +485,22 @@ def best_view(lineage: lineage_pb2.TrialLineage) -> str:
 # --- progress (``ladder watch``) -------------------------------------------------------
 
 
+def finished(summary: lineage_pb2.StudySummary) -> int:
+    return summary.completed + summary.pruned + summary.failed
+
+
+def seen(summary: lineage_pb2.StudySummary) -> int:
+    """Trials the lineage store knows of (``suggested`` counts those not started yet;
+    paused ones are not counted)."""
+    return summary.suggested + summary.running + finished(summary)
+
+
 @dataclass(frozen=True)
 class Progress:
     study_id: str
     state: str
     max_trials: int
-    suggested: int
+    suggested: int  # handed out (not the trials waiting for a worker: see progress_of)
     running: int
     pruned: int
     completed: int
@@ -522,7 +532,10 @@ def progress_of(
         study_id=study.study_id,
         state=state_name(study.state),
         max_trials=study.config.max_trials,
-        suggested=study.trials_suggested,
+        # A study read from lineage says what was handed out as of its last StudyEvent
+        # (created, updated, completed), not since: the trials lineage has seen are the
+        # live lower bound (paused ones aside), so a running study does not show 0.
+        suggested=max(study.trials_suggested, seen(summary)),
         running=summary.running,
         pruned=summary.pruned,
         completed=summary.completed,

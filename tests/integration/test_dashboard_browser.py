@@ -153,7 +153,9 @@ def watched(stack: Settings, dashboard: DashboardProcess, browser: Any, client: 
             and s.running == 0 and s,
             60, f"lineage to record all {BUDGET} trials ended",
         )
-        final = {k: getattr(summary, k) for k in COUNTS}
+        # "suggested" on the page is the trials handed out (all of the budget by now);
+        # the other counts are lineage's trials in that state.
+        final = {k: getattr(summary, k) for k in COUNTS} | {"suggested": BUDGET}
         page.wait_for_function(f"(want) => JSON.stringify(({SHOWN_COUNTS})(Object.keys(want)))"
                                " === JSON.stringify(want)", arg=final, timeout=30_000)
         after = page.evaluate(SHOWN_COUNTS, COUNTS)
@@ -209,6 +211,10 @@ def test_the_study_page_shows_progress_change_while_the_study_runs(watched: Watc
     changed = watched.during["completed"] + watched.during["pruned"]
     assert 0 < changed < BUDGET, watched.during
     assert watched.workers_running, "the change was seen only after the study ended"
+    # Handed out covers at least every trial the page counts in some state, while the
+    # study runs too (lineage's study record says 0 until the study completes).
+    assert watched.during["suggested"] >= sum(
+        watched.during[k] for k in ("running", "pruned", "completed", "failed")), watched.during
     summary = watched.summary
     assert watched.after["completed"] == summary.completed
     assert watched.after["pruned"] == summary.pruned and summary.pruned >= 1, watched.after

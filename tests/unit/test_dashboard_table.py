@@ -136,6 +136,18 @@ def test_progress_without_a_budget_counts_against_the_trials_handed_out() -> Non
     assert found["best_value"] is None
 
 
+def test_progress_counts_the_trials_lineage_has_seen_when_the_study_record_lags() -> None:
+    """Lineage's study record says what was handed out as of its last StudyEvent (0
+    while a study runs, until it completes): the trials lineage has seen are handed out
+    too, and the page must not show fewer."""
+    study = study_pb2.Study(study_id="s", trials_suggested=0,
+                            config=study_pb2.StudyConfig(max_trials=12))
+    summary = lineage_pb2.StudySummary(suggested=1, running=3, pruned=2, completed=1)
+    assert listing.progress(study, summary)["suggested"] == 7
+    study.trials_suggested = 12
+    assert listing.progress(study, summary)["suggested"] == 12
+
+
 # --- importances -------------------------------------------------------------------------
 
 

@@ -7,16 +7,10 @@ import sys
 import time
 from typing import Any
 
+from ladder.cli_format import finished, seen
 from ladder.v1 import lineage_pb2
 
-
-def finished(summary: lineage_pb2.StudySummary) -> int:
-    return summary.completed + summary.pruned + summary.failed
-
-
-def seen(summary: lineage_pb2.StudySummary) -> int:
-    """Trials the lineage store knows of (``suggested`` counts those not started yet)."""
-    return summary.suggested + summary.running + finished(summary)
+__all__ = ["Progress", "finished", "progress_line", "seen"]
 
 
 def progress_line(summary: lineage_pb2.StudySummary, elapsed: float, max_trials: int,
