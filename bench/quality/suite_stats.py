@@ -5,7 +5,8 @@ regret after each completed evaluation); its final regret is the last entry.
 
 - per problem and sampler: median and quartiles of the final regret over seeds;
 - per problem, per pair of samplers: the two-sided Mann-Whitney U p-value of their
-  final regrets, and which one has the lower median;
+  final regrets, which one has the lower median and which one's values rank lower
+  (the side a significant difference is given to);
 - average rank: per problem the samplers are ranked by median final regret (1 = best,
   ties share the mean rank), then the ranks are averaged over the problems. Twice: the
   samplers with a run on every problem over all problems (the others are named as
@@ -46,15 +47,28 @@ def mann_whitney(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 
+def lower_ranked(a: Sequence[float], b: Sequence[float]) -> int:
+    """-1 when ``a``'s values tend to be the lower (a value of ``a`` is below one of
+    ``b`` more often than above: the direction Mann-Whitney's U measures), 1 when
+    ``b``'s are, 0 when neither. Equal medians can hide it: all zeros against a few
+    misses is a difference the test finds and the medians do not show."""
+    below = sum(x < y for x in a for y in b)
+    above = sum(x > y for x in a for y in b)
+    return -1 if below > above else 1 if above > below else 0
+
+
 def pairwise(cells: Mapping[str, Mapping[int, float]]) -> dict[str, dict[str, Any]]:
-    """``"a vs b"`` -> p-value and the sampler with the lower median (None if equal)."""
+    """``"a vs b"`` -> p-value, the sampler with the lower median (None if equal) and
+    the one whose values rank lower (None if neither)."""
     out: dict[str, dict[str, Any]] = {}
     for a, b in itertools.combinations(sorted(cells), 2):
         va, vb = list(cells[a].values()), list(cells[b].values())
         ma, mb = float(np.median(va)), float(np.median(vb))
+        direction = lower_ranked(va, vb)
         out[f"{a} vs {b}"] = {
             "p_value": mann_whitney(va, vb),
             "lower_median": a if ma < mb else b if mb < ma else None,
+            "lower_ranked": a if direction < 0 else b if direction > 0 else None,
         }
     return out
 
@@ -127,7 +141,8 @@ def versus(
     summary: Mapping[str, Any], sampler: str, peers: Sequence[str], alpha: float = 0.05
 ) -> dict[str, Any]:
     """Per problem, ``sampler`` against the peer with the lower median among ``peers``:
-    "win"/"loss" when the medians differ and Mann-Whitney's p < ``alpha``, else "tie"."""
+    "win"/"loss" when Mann-Whitney's p < ``alpha`` (the side whose values rank lower
+    wins, whether or not the medians differ), else "tie"."""
     outcomes: dict[str, dict[str, Any]] = {}
     for problem, entry in summary["problems"].items():
         cells = entry["samplers"]
@@ -138,10 +153,10 @@ def versus(
         pair = " vs ".join(sorted([sampler, peer]))
         test = entry["pairwise_mann_whitney"][pair]
         p_value = test["p_value"]
-        if p_value is None or p_value >= alpha or test["lower_median"] is None:
+        if p_value is None or p_value >= alpha or test["lower_ranked"] is None:
             outcome = "tie"
         else:
-            outcome = "win" if test["lower_median"] == sampler else "loss"
+            outcome = "win" if test["lower_ranked"] == sampler else "loss"
         outcomes[problem] = {"peer": peer, "p_value": p_value, "outcome": outcome}
     counts = {k: sum(o["outcome"] == k for o in outcomes.values()) for k in ("win", "loss", "tie")}
     return {"alpha": alpha, "counts": counts, "problems": outcomes}
@@ -175,7 +190,7 @@ def shape_evidence(
                 "medians": {s: entry["samplers"][s]["median"] for s in pair},
                 "seeds": min(len(entry["samplers"][s]["seeds"]) for s in pair),
                 "p_value": test["p_value"],
-                "winner": test["lower_median"] if significant else None,
+                "winner": test["lower_ranked"] if significant else None,
             }
         chosen = rule.get(shape)
         if len(rows) < len(problems) or not rows:

@@ -183,8 +183,10 @@ def test_quartiles_p_values_and_average_ranks_on_a_tiny_result_set() -> None:
     assert cell["seeds"] == [0, 1, 2]
     tests = summary["problems"]["p"]["pairwise_mann_whitney"]
     # 3 vs 3 fully separated: the exact two-sided p-value is 2 / C(6, 3) = 0.1.
-    assert tests["a vs b"] == {"p_value": pytest.approx(0.1), "lower_median": "a"}
-    assert tests["b vs c"] == {"p_value": pytest.approx(1.0), "lower_median": None}
+    assert tests["a vs b"] == {"p_value": pytest.approx(0.1), "lower_median": "a",
+                               "lower_ranked": "a"}
+    assert tests["b vs c"] == {"p_value": pytest.approx(1.0), "lower_median": None,
+                               "lower_ranked": None}
     assert summary["problems"]["q"]["pairwise_mann_whitney"]["a vs b"]["p_value"] == 1.0
     # p: a 1, b and c tie for 2-3 (2.5 each); q: c 1, a and b tie (2.5 each).
     assert summary["ranks_per_problem"]["p"] == {"a": 1.0, "b": 2.5, "c": 2.5}
@@ -209,6 +211,20 @@ def test_the_headline_ranking_leaves_the_other_samplers_out() -> None:
     assert summary["average_rank_all_samplers"]["ranks"] == pytest.approx(
         {"a": 1.75, "b": 2.5, "c": 1.75}
     )
+
+
+def test_a_significant_difference_behind_equal_medians_is_a_win_or_a_loss() -> None:
+    """All zeros against zeros with a few misses: equal medians, and a difference."""
+    runs = [{"problem": "z", "sampler": s, "seed": seed, "regret": [1.0, value]}
+            for s, values in (("a", [0.0] * 20), ("b", [0.0] * 14 + [0.1] * 6))
+            for seed, value in enumerate(values)]
+    summary = suite_stats.summarize(runs, ["a", "b"])
+    test = summary["problems"]["z"]["pairwise_mann_whitney"]["a vs b"]
+    assert test["lower_median"] is None and test["lower_ranked"] == "a"
+    assert test["p_value"] < 0.05
+    assert suite_stats.versus(summary, "a", ["b"])["problems"]["z"]["outcome"] == "win"
+    assert suite_stats.versus(summary, "b", ["a"])["problems"]["z"]["outcome"] == "loss"
+    assert suite_stats.lower_ranked([1.0, 2.0], [2.0, 1.0]) == 0
 
 
 def test_versus_counts_only_significant_differences_as_wins_or_losses() -> None:
