@@ -36,7 +36,6 @@ Run: ``nice -n 19 .venv/bin/python -m bench.quality.ask_cost``.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -44,15 +43,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LADDER_TORCH_THREADS", "1")
+import numpy as np
+from ladder.params import PlainValue
+from ladder.samplers.base import LocalDraws, Observation, SamplerContext
 
-import numpy as np  # noqa: E402
-from ladder.params import PlainValue  # noqa: E402
-from ladder.samplers.base import LocalDraws, Observation, SamplerContext  # noqa: E402
-
-from bench.quality.problems import Problem  # noqa: E402
-from bench.quality.run import machine_info, simulate, versions, write_report  # noqa: E402
-from bench.quality.suite import PROBLEMS  # noqa: E402
+from bench.quality.problems import Problem
+from bench.quality.run import machine_info, simulate, versions, write_report
+from bench.quality.suite import PROBLEMS
 
 PENDING = 7
 

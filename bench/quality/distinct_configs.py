@@ -34,7 +34,6 @@ import heapq
 import itertools
 import json
 import math
-import os
 import subprocess
 import time
 import warnings
@@ -44,15 +43,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LADDER_TORCH_THREADS", "1")
+import numpy as np
+from ladder.params import PlainValue
+from ladder.samplers.base import Observation, Sampler, SamplerContext
+from ladder.space import Kind, ParamSpec, Space
 
-import numpy as np  # noqa: E402
-from ladder.params import PlainValue  # noqa: E402
-from ladder.samplers.base import Observation, Sampler, SamplerContext  # noqa: E402
-from ladder.space import Kind, ParamSpec, Space  # noqa: E402
-
-from bench.quality.problems import Problem  # noqa: E402
-from bench.quality.run import auto_delegate, machine_info, versions, write_report  # noqa: E402
+from bench.quality.problems import Problem
+from bench.quality.run import auto_delegate, machine_info, versions, write_report
 
 SAMPLERS = ["ladder-tpe", "ladder-gp", "ladder-auto", "ladder-random"]
 

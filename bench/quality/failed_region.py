@@ -23,18 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LADDER_TORCH_THREADS", "1")
+import numpy as np
+from ladder import failures
+from ladder.samplers.base import LocalDraws, Observation, SamplerContext
 
-import numpy as np  # noqa: E402
-from ladder import failures  # noqa: E402
-from ladder.samplers.base import LocalDraws, Observation, SamplerContext  # noqa: E402
-
-from bench.quality.problems import PROBLEMS  # noqa: E402
+from bench.quality.problems import PROBLEMS
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "failed-region.json"
 BLOCK = 0.7  # unit-cube x1 above which a trial runs out of memory

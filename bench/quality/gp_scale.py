@@ -24,13 +24,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-os.environ.setdefault("LADDER_TORCH_THREADS", "1")
+import numpy as np
+from ladder.samplers import gp
+from ladder.samplers.base import LocalDraws, Observation, SamplerContext
 
-import numpy as np  # noqa: E402
-from ladder.samplers import gp  # noqa: E402
-from ladder.samplers.base import LocalDraws, Observation, SamplerContext  # noqa: E402
-
-from bench.quality.problems import PROBLEMS  # noqa: E402
+from bench.quality.problems import PROBLEMS
 
 
 def measure(problem_name: str, observations: int, seed: int) -> dict[str, float | int]:

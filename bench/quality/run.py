@@ -23,7 +23,7 @@ and off. Results go to bench/results/quality-<stamp>.json and .png.
 | --workers    | 8                                          |
 | --problems   | branin,hartmann6,mixed,conditional         |
 | --samplers   | ladder-gp,ladder-tpe,ladder-auto,optuna-tpe,optuna-gp,random |
-| --jobs       | 2 (processes; torch uses 1 thread each)   |
+| --jobs       | 2 (processes of one thread, `__init__.py`) |
 | --cache      | bench/results/quality-runs.jsonl (finished runs are reused) |
 | --out        | bench/results/quality-<UTC date>           |
 | --report-only| summarise the cached runs only             |
@@ -50,14 +50,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LADDER_TORCH_THREADS", "1")
+import numpy as np
+from ladder.params import PlainValue
+from ladder.samplers.base import Observation, SamplerContext
+from ladder.space import Space
 
-import numpy as np  # noqa: E402
-from ladder.params import PlainValue  # noqa: E402
-from ladder.samplers.base import Observation, SamplerContext  # noqa: E402
-from ladder.space import Space  # noqa: E402
-
-from bench.quality.problems import PROBLEMS, Problem  # noqa: E402
+from bench.quality import ONE_THREAD
+from bench.quality.problems import PROBLEMS, Problem
 
 SAMPLERS = ["ladder-gp", "ladder-tpe", "ladder-auto", "optuna-tpe", "optuna-gp", "random"]
 RANDOM_REFERENCE_EVALS = 500
@@ -388,12 +387,13 @@ def plot_spread(ax: Any, samplers: Mapping[str, Any]) -> None:
 
 
 def machine_info() -> dict[str, Any]:
-    """Where a benchmark ran: platform, cores, torch threads, 1-minute load average."""
+    """Where a benchmark ran: platform, cores, threads per process, 1-minute load average."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "torch_threads": int(os.environ["LADDER_TORCH_THREADS"]),
+        "threads": {name: os.environ[name] for name in ONE_THREAD},
         "load_average_1m_at_end": os.getloadavg()[0],
     }
 

@@ -24,7 +24,7 @@ bench/results/quality-suite-<UTC date>.json and .png.
 | --seeds          | 20 (seeds 0..N-1)                                         |
 | --problems       | all                                                       |
 | --samplers       | all seven                                                 |
-| --jobs           | 1 (processes; torch uses 1 thread each)                   |
+| --jobs           | 1 (processes of one thread, `__init__.py`)                |
 | --budget-minutes | none (no new run is started after this many minutes)      |
 | --cache          | bench/results/quality-suite-runs.jsonl                    |
 | --report-only    | summarise the cached runs only                            |
@@ -47,13 +47,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LADDER_TORCH_THREADS", "1")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bench.quality import suite_stats  # noqa: E402
-from bench.quality.distinct_configs import commit  # noqa: E402
-from bench.quality.run import (  # noqa: E402
+from bench.quality import suite_stats
+from bench.quality.distinct_configs import commit
+from bench.quality.run import (
     SEED_BLOCK,
     auto_delegate,
     auto_runs,
@@ -64,8 +62,8 @@ from bench.quality.run import (  # noqa: E402
     versions,
     write_report,
 )
-from bench.quality.suite_problems import SYNTHETIC, SuiteProblem  # noqa: E402
-from bench.quality.tabular import TABLES, tabular_problem  # noqa: E402
+from bench.quality.suite_problems import SYNTHETIC, SuiteProblem
+from bench.quality.tabular import TABLES, tabular_problem
 
 SAMPLERS = [
     "ladder-gp",

@@ -4,6 +4,9 @@ problem is scored on the true value of its recommendation, and the statistics.""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -11,7 +14,7 @@ import pytest
 from ladder.params import PlainValue
 from ladder.space import Kind, ParamSpec, Space
 
-from bench.quality import suite_stats
+from bench.quality import ONE_THREAD, suite_stats
 from bench.quality.distinct_configs import _configurations
 from bench.quality.run import simulate
 from bench.quality.suite import PROBLEM_NAMES, PROBLEMS, plan
@@ -295,3 +298,18 @@ def test_each_suite_problem_has_the_shape_its_space_says() -> None:
         assert shape_of(PROBLEMS[name].space) is shape, name
     # Every shape but WIDE (wider than any suite space, so no evidence) is in the suite.
     assert {shape_of(PROBLEMS[n].space) for n in PROBLEM_NAMES} == set(Shape) - {Shape.WIDE}
+
+
+def test_a_benchmark_process_runs_every_numeric_library_on_one_thread() -> None:
+    # Two jobs on two cores with a thread per core each made Optuna GP's runs up to ten
+    # times as slow; the package sets the limit before numpy or torch loads.
+    probe = (
+        "import bench.quality.suite, threadpoolctl, torch; "
+        "print(max(p['num_threads'] for p in threadpoolctl.threadpool_info()), "
+        "torch.get_num_threads())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ONE_THREAD}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["1", "1"]
