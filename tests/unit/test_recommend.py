@@ -1,0 +1,51 @@
+"""The noisy-objective recommendation: the best posterior mean, not the luckiest value."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from ladder.samplers.base import Observation
+from ladder.samplers.recommend import best_by_posterior_mean
+from ladder.space import Kind, ParamSpec, Space
+
+SPACE = Space([ParamSpec("x", Kind.FLOAT, low=0.0, high=1.0)])
+
+
+def noisy_bowl(lucky_x: float, lucky_draw: float, sign: float) -> list[Observation]:
+    """(x - 0.3)^2 on 21 points with N(0, 0.02^2) noise, and the point at ``lucky_x``
+    given a draw of ``lucky_draw``: the best observed value but far from the optimum.
+    ``sign`` -1 turns it into a maximised metric."""
+    rng = np.random.default_rng(0)
+    out = []
+    for i, x in enumerate(np.linspace(0.0, 1.0, 21)):
+        noise = lucky_draw if math.isclose(x, lucky_x) else rng.normal(0.0, 0.02)
+        out.append(Observation(f"t{i}", {"x": float(x)}, sign * ((x - 0.3) ** 2 + noise)))
+    return out
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+def test_a_lucky_draw_far_from_the_optimum_is_not_recommended(maximize: bool) -> None:
+    observations = noisy_bowl(lucky_x=0.7, lucky_draw=-0.2, sign=-1.0 if maximize else 1.0)
+    lucky = max(observations, key=lambda o: o.value if maximize else -o.value)
+    assert lucky.params["x"] == pytest.approx(0.7)  # what the best observed value picks
+    picked = best_by_posterior_mean(SPACE, observations, maximize)
+    assert abs(picked.params["x"] - 0.3) <= 0.1
+
+
+def test_failed_trials_are_left_out_and_too_few_values_give_the_best_observed() -> None:
+    failed = Observation.of_failure("f", {"x": 0.3}, 1)
+    one = Observation("a", {"x": 0.9}, 2.0)
+    assert best_by_posterior_mean(SPACE, [failed, one], maximize=False) == one
+    with pytest.raises(ValueError, match="no observation"):
+        best_by_posterior_mean(SPACE, [failed], maximize=False)
+
+
+def test_without_noise_the_best_observed_configuration_is_recommended() -> None:
+    observations = [
+        Observation(f"t{i}", {"x": float(x)}, (x - 0.3) ** 2)
+        for i, x in enumerate(np.linspace(0.0, 1.0, 11))
+    ]
+    picked = best_by_posterior_mean(SPACE, observations, maximize=False)
+    assert picked.params["x"] == pytest.approx(0.3)
