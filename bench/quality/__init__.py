@@ -6,7 +6,7 @@ import os
 # first numpy or torch import of any benchmark in this package (a pool's processes
 # inherit it). With two jobs on two cores, OpenMP's and OpenBLAS's default of a thread per
 # core made four spinning threads, and Optuna GP's suite runs took up to ten times as long
-# (bench/README.md, the suite section); the results are the same.
+# (bench/README.md, the suite section); results change only where a BLAS rounding does.
 ONE_THREAD = ("LADDER_TORCH_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 for _variable in ONE_THREAD:
     os.environ.setdefault(_variable, "1")

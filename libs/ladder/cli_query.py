@@ -322,7 +322,7 @@ def trials(args: argparse.Namespace) -> None:
 def best(args: argparse.Namespace) -> None:
     with connected(args, (SUGGEST, LINEAGE)) as client:
         existing_study(client, args.study_id)
-        found = client.best(args.study_id)
+        found = client.recommended(args.study_id) if args.noisy else client.best(args.study_id)
     if found is None:
         raise CommandFailed(f"study {args.study_id!r} has no completed trial yet")
     if args.json:
@@ -374,6 +374,15 @@ def _with(*positionals: tuple[str, str]) -> Callable[[argparse.ArgumentParser], 
         common_arguments(parser)
 
     return add
+
+
+def _best_arguments(parser: argparse.ArgumentParser) -> None:
+    _with(STUDY)(parser)
+    parser.add_argument(
+        "--noisy", action="store_true",
+        help="for a noisy metric: the completed trial whose posterior mean under a GP "
+        "fitted to the completed trials is best, not the best observed value",
+    )
 
 
 def _create_arguments(parser: argparse.ArgumentParser) -> None:
@@ -471,7 +480,7 @@ QUERIES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callabl
     "studies": ("list the studies (same as `ladder study list`)", _with(), study_list),
     "summary": ("a study's trial counts and best value", _with(STUDY), summary),
     "trials": ("a study's trials with their values and params", _trials_arguments, trials),
-    "best": ("the best trial of a study with its lineage", _with(STUDY), best),
+    "best": ("the best trial of a study with its lineage", _best_arguments, best),
     "lineage": ("a trial's full lineage", _with(("trial_id", "trial id")), lineage),
 }
 

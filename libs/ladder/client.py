@@ -794,6 +794,28 @@ class LadderClient:
                 return None
             raise
 
+    def recommended(self, study_id: str) -> lineage_pb2.TrialLineage | None:
+        """The completed trial whose posterior mean, under a GP fitted here to every
+        completed trial's final value, is best (``ladder.samplers.recommend``: on a
+        noisy metric the best observed value rewards a lucky draw); None while no trial
+        has completed."""
+        from ladder.params import params_to_dict
+        from ladder.samplers.base import Observation
+        from ladder.samplers.recommend import best_by_posterior_mean
+        from ladder.space import Space
+
+        study = self.get_study(study_id)
+        completed = [
+            Observation(s.trial_id, params_to_dict(s.params), s.final_value)
+            for s in self.list_trials(study_id)
+            if s.state == "COMPLETED" and s.has_final_value
+        ]
+        if not completed:
+            return None
+        maximize = study.config.direction == study_pb2.MAXIMIZE
+        pick = best_by_posterior_mean(Space.from_proto(study.config.space), completed, maximize)
+        return self.lineage(pick.trial_id)
+
     def summary(self, study_id: str) -> lineage_pb2.StudySummary:
         request = lineage_pb2.GetStudySummaryRequest(study_id=study_id)
         return self._call(self._lineage, "GetStudySummary", request, "GetStudySummary")

@@ -78,6 +78,9 @@ def test_a_training_loop_runs_a_study_with_early_stopping_and_captured_lineage(
     assert summary.has_best and study.best_value == pytest.approx(summary.best_value)
     best = study.best_trial
     assert best is not None and best.dataset_id == "ds-api"
+    # A deterministic metric: the GP's best posterior mean is the best observed trial.
+    recommended = study.recommended_trial()
+    assert recommended is not None and recommended.trial_id == best.trial_id
     (attempt,) = best.attempts
     env = attempt.run_environment
     assert env.python == platform.python_version() and env.cpu_count == os.cpu_count()

@@ -183,6 +183,12 @@ def test_stop_resume_and_the_formats_for_scripts(
     best = json.loads(ladder(env, "best", study_id, "--json").stdout)
     assert best["trial_id"] == f"{study_id}-t1" and best["final_value"] == 0.5
     assert best["metrics"][0]["step"] == 1.0 and isinstance(best["seed"], int)
+    # Values unrelated to the params: the GP's pick is some completed trial, with lineage.
+    noisy = json.loads(ladder(env, "best", study_id, "--noisy", "--json").stdout)
+    assert noisy["trial_id"] in {r["trial_id"] for r in rows} and noisy["metrics"]
+    assert noisy["final_value"] == next(
+        r["value"] for r in rows if r["trial_id"] == noisy["trial_id"]
+    )
     summary = json.loads(ladder(env, "summary", study_id, "--json").stdout)
     assert summary["completed"] == 4 and summary["pruned"] == 0 and summary["failed"] == 0
     refused = ladder(env, "study", "resume", study_id)

@@ -340,6 +340,14 @@ class Study:
                               BEST_WAIT_S, every=0.25)
         return best
 
+    def recommended_trial(self) -> lineage_pb2.TrialLineage | None:
+        """The completed trial to recommend when the metric is noisy: the one whose
+        posterior mean under a GP fitted to the completed trials is best
+        (``LadderClient.recommended``). ``best_trial`` is the best observed value, which
+        a lucky draw can win; on a deterministic metric both are the same trial. None
+        while no trial has completed."""
+        return self.client.recommended(self.study_id)  # type: ignore[union-attr]
+
     @property
     def best_params(self) -> dict[str, PlainValue]:
         best = self.best_trial
@@ -415,6 +423,10 @@ class LocalStudy(Study):
         for step, value in sorted(curve.items()):
             best.metrics.add(step=step, value=value)
         return best
+
+    def recommended_trial(self) -> lineage_pb2.TrialLineage | None:
+        """The re-run trial: the only one there is."""
+        return self.best_trial
 
     def summary(self) -> lineage_pb2.StudySummary:
         best = self.best_trial

@@ -9,7 +9,8 @@ its neighbours say and discounts that luck (the recommendation of BoTorch's and 
 Vizier's noisy studies): the configuration whose mean is best is recommended.
 
 ``bench/quality/noisy_recommendation.py`` measures both on the quality suite's noisy
-problems. Pure library code: the GP is ``gp.fit_model`` on ``gp``'s encoding.
+problems. Pure library code: the GP is ``gp.fit_model`` on ``gp``'s encoding, fitted to
+at most about ``gp.MAX_FIT_POINTS`` observations (``fit_points``).
 """
 
 from __future__ import annotations
@@ -22,17 +23,21 @@ import numpy as np
 from ladder.samplers.base import Observation
 from ladder.space import Space
 
+# Configurations a large study's recommendation is chosen among (the best by value).
+CANDIDATES = 64
+
 
 def best_by_posterior_mean(
     space: Space, observations: Sequence[Observation], maximize: bool
 ) -> Observation:
     """The observation whose configuration has the best posterior mean under a GP fitted
-    to all finite observations (failed and NaN ones are left out). With fewer than two
-    finite values, or a fit that fails, the best observed one. Raises ValueError when no
-    observation has a finite value."""
+    to the finite observations (failed and NaN ones are left out), among the best
+    ``CANDIDATES`` by value once there are more than ``gp.MAX_FIT_POINTS`` (``fit_points``).
+    With fewer than two distinct finite values, or a fit that fails, the best observed
+    one. Raises ValueError when no observation has a finite value."""
     import torch
 
-    from ladder.samplers.gp import ENCODING, fit_model
+    from ladder.samplers import gp
 
     finite = [o for o in observations if math.isfinite(o.value)]
     if not finite:
@@ -41,15 +46,39 @@ def best_by_posterior_mean(
     best_observed = max(finite, key=lambda o: sign * o.value)
     if len(finite) < 2 or len({o.value for o in finite}) < 2:
         return best_observed
-    x = torch.tensor(
-        np.stack([space.params_to_unit(o.params, ENCODING) for o in finite]), dtype=torch.float64
-    )
+    encoded = np.stack([space.params_to_unit(o.params, gp.ENCODING) for o in finite])
+    fitted, candidates = fit_points(encoded, [sign * o.value for o in finite], gp.MAX_FIT_POINTS)
+    x = torch.tensor(encoded[fitted], dtype=torch.float64)
     # BoTorch maximises: a minimised metric is negated, as the GP sampler does.
-    y = torch.tensor([[sign * o.value] for o in finite], dtype=torch.float64)
+    y = torch.tensor([[sign * finite[i].value] for i in fitted], dtype=torch.float64)
     try:
-        model = fit_model(x, y)
+        model = gp.fit_model(x, y)
         with torch.no_grad():
-            mean = model.posterior(x).mean.squeeze(-1)
+            mean = model.posterior(torch.tensor(encoded[candidates])).mean.squeeze(-1)
     except (RuntimeError, ValueError):  # a numerically failed fit: fall back
         return best_observed
-    return finite[int(torch.argmax(mean))]
+    return finite[candidates[int(torch.argmax(mean))]]
+
+
+def fit_points(
+    encoded: np.ndarray, gains: Sequence[float], limit: int
+) -> tuple[list[int], list[int]]:
+    """(indices to fit, indices to choose among). All of them while there are at most
+    ``limit``; beyond, a fit's cost being cubic in its points, the ``CANDIDATES`` best by
+    gain (value, higher is better) with their nearest neighbours in the encoded space
+    (what tells a lucky draw from a good region), the rest of ``limit`` spread evenly
+    over the others."""
+    everything = list(range(len(gains)))
+    if len(gains) <= limit:
+        return everything, everything
+    candidates = sorted(everything, key=lambda i: -gains[i])[: min(CANDIDATES, limit // 4)]
+    per_candidate = max(1, (limit // 2) // len(candidates))
+    chosen = set(candidates)
+    for i in candidates:
+        distance = np.linalg.norm(encoded - encoded[i], axis=1)
+        chosen.update(int(j) for j in np.argsort(distance, kind="stable")[: per_candidate + 1])
+    rest = [i for i in everything if i not in chosen]
+    room = limit - len(chosen)
+    if room > 0 and rest:
+        chosen.update(rest[int(k)] for k in np.linspace(0, len(rest) - 1, room).round())
+    return sorted(chosen), candidates
