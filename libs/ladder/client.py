@@ -805,9 +805,15 @@ class LadderClient:
         from ladder.space import Space
 
         study = self.get_study(study_id)
+        try:
+            summaries = self.list_trials(study_id)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:  # lineage has not seen it yet
+                return None
+            raise
         completed = [
             Observation(s.trial_id, params_to_dict(s.params), s.final_value)
-            for s in self.list_trials(study_id)
+            for s in summaries
             if s.state == "COMPLETED" and s.has_final_value
         ]
         if not completed:

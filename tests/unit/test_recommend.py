@@ -34,12 +34,15 @@ def test_a_lucky_draw_far_from_the_optimum_is_not_recommended(maximize: bool) ->
     assert abs(picked.params["x"] - 0.3) < 0.11  # the optimum or a grid neighbour
 
 
-def test_failed_trials_are_left_out_and_too_few_values_give_the_best_observed() -> None:
+def test_failed_and_outside_trials_are_left_out_and_too_few_give_the_best_observed() -> None:
     failed = Observation.of_failure("f", {"x": 0.3}, 1)
     one = Observation("a", {"x": 0.9}, 2.0)
     assert best_by_posterior_mean(SPACE, [failed, one], maximize=False) == one
     with pytest.raises(ValueError, match="no observation"):
         best_by_posterior_mean(SPACE, [failed], maximize=False)
+    # A trial of the study's former space (x was up to 2): left out, not a crash.
+    outside = Observation("old", {"x": 1.5}, -5.0)
+    assert best_by_posterior_mean(SPACE, [outside, one], maximize=False) == one
 
 
 def test_without_noise_the_best_observed_configuration_is_recommended() -> None:

@@ -5,23 +5,25 @@ The best observed value is the usual answer (Optuna's ``best_trial``, Ladder's l
 rewards luck: each value is the truth plus a draw, and the lowest of many draws is
 biased low, so a configuration evaluated once can lose to a worse neighbour whose
 draw was lucky. The model's posterior mean at each evaluated configuration pools what
-its neighbours say and discounts that luck (the recommendation of BoTorch's and OSS
-Vizier's noisy studies): the configuration whose mean is best is recommended.
+its neighbours say and discounts that luck (Ax's ``get_best_parameterization`` uses the
+model's predictions the same way by default): the configuration whose mean is best is
+recommended.
 
 ``bench/quality/noisy_recommendation.py`` measures both on the quality suite's noisy
 problems. Pure library code: the GP is ``gp.fit_model`` on ``gp``'s encoding, fitted to
-at most about ``gp.MAX_FIT_POINTS`` observations (``fit_points``).
+at most ``gp.MAX_FIT_POINTS`` observations (``fit_points``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ladder.params import PlainValue
 from ladder.samplers.base import Observation
-from ladder.space import Space
+from ladder.space import Space, SpaceError
 
 # Configurations a large study's recommendation is chosen among (the best by value).
 CANDIDATES = 64
@@ -31,17 +33,18 @@ def best_by_posterior_mean(
     space: Space, observations: Sequence[Observation], maximize: bool
 ) -> Observation:
     """The observation whose configuration has the best posterior mean under a GP fitted
-    to the finite observations (failed and NaN ones are left out), among the best
-    ``CANDIDATES`` by value once there are more than ``gp.MAX_FIT_POINTS`` (``fit_points``).
+    to the finite observations (failed and NaN ones, and any whose params are not a
+    point of ``space``, as after a change of the study's space, are left out), among the
+    best ``CANDIDATES`` by value beyond ``gp.MAX_FIT_POINTS`` of them (``fit_points``).
     With fewer than two distinct finite values, or a fit that fails, the best observed
-    one. Raises ValueError when no observation has a finite value."""
+    one. Raises ValueError when no observation is left."""
     import torch
 
     from ladder.samplers import gp
 
-    finite = [o for o in observations if math.isfinite(o.value)]
+    finite = [o for o in observations if math.isfinite(o.value) and _valid(space, o.params)]
     if not finite:
-        raise ValueError("no observation with a finite value to recommend")
+        raise ValueError("no observation with a finite value in the space to recommend")
     sign = 1.0 if maximize else -1.0
     best_observed = max(finite, key=lambda o: sign * o.value)
     if len(finite) < 2 or len({o.value for o in finite}) < 2:
@@ -82,3 +85,11 @@ def fit_points(
     if room > 0 and rest:
         chosen.update(rest[int(k)] for k in np.linspace(0, len(rest) - 1, room).round())
     return sorted(chosen), candidates
+
+
+def _valid(space: Space, params: Mapping[str, PlainValue]) -> bool:
+    try:
+        space.check_params(params)
+    except SpaceError:
+        return False
+    return True
