@@ -52,17 +52,22 @@ def one(task: tuple[str, int]) -> dict[str, Any]:
     }
 
 
+def cached_runs(
+    cache: dict[tuple, dict[str, Any]], name: str, kind: str
+) -> dict[int, dict[str, Any]]:
+    """The suite's runs of ``kind`` on problem ``name`` as it is now, by seed."""
+    wanted = (name, problem(name).version, kind, BUDGET, WORKERS, sampler_version(kind))
+    return {k[3]: v for k, v in cache.items() if (*k[:3], *k[4:]) == wanted}
+
+
 def summarise(rows: Sequence[dict[str, Any]], cache: dict[tuple, dict[str, Any]]) -> dict:
     out: dict[str, Any] = {}
     for name in NOISY:
         mine = sorted((r for r in rows if r["problem"] == name), key=lambda r: r["seed"])
         seeds = [r["seed"] for r in mine]
-        suite = {k[3]: v for k, v in cache.items()
-                 if k[0] == name and k[2] == "ladder-gp" and k[6] == sampler_version("ladder-gp")
-                 and k[4] == BUDGET and k[5] == WORKERS}
-        optuna = {k[3]: v["regret"][-1] for k, v in cache.items()
-                  if k[0] == name and k[2] == "optuna-gp" and k[3] in seeds
-                  and k[6] == sampler_version("optuna-gp") and k[4] == BUDGET and k[5] == WORKERS}
+        suite = cached_runs(cache, name, "ladder-gp")
+        peer = cached_runs(cache, name, "optuna-gp")
+        optuna = {s: v["regret"][-1] for s, v in peer.items() if s in seeds}
         cells = {
             "best_observed": {r["seed"]: r["best_observed"] for r in mine},
             "posterior_mean": {r["seed"]: r["posterior_mean"] for r in mine},
