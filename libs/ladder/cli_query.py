@@ -321,8 +321,9 @@ def trials(args: argparse.Namespace) -> None:
 
 def best(args: argparse.Namespace) -> None:
     with connected(args, (SUGGEST, LINEAGE)) as client:
-        existing_study(client, args.study_id)
-        found = client.recommended(args.study_id) if args.noisy else client.best(args.study_id)
+        study = existing_study(client, args.study_id)
+        found = (client.recommended(args.study_id, study) if args.noisy
+                 else client.best(args.study_id))
     if found is None:
         raise CommandFailed(f"study {args.study_id!r} has no completed trial yet")
     if args.json:

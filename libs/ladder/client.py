@@ -794,17 +794,19 @@ class LadderClient:
                 return None
             raise
 
-    def recommended(self, study_id: str) -> lineage_pb2.TrialLineage | None:
+    def recommended(
+        self, study_id: str, study: study_pb2.Study | None = None
+    ) -> lineage_pb2.TrialLineage | None:
         """The completed trial whose posterior mean, under a GP fitted here to every
         completed trial's final value, is best (``ladder.samplers.recommend``: on a
         noisy metric the best observed value rewards a lucky draw); None while no trial
-        has completed."""
+        has completed. ``study``: its record when the caller has just read it."""
         from ladder.params import params_to_dict
         from ladder.samplers.base import Observation
         from ladder.samplers.recommend import best_by_posterior_mean
         from ladder.space import Space
 
-        study = self.get_study(study_id)
+        study = study or self.get_study(study_id)
         try:
             summaries = self.list_trials(study_id)
         except grpc.RpcError as exc:

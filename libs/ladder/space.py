@@ -218,6 +218,14 @@ class Space:
             p = parent
         return True
 
+    def contains(self, params: Mapping[str, PlainValue]) -> bool:
+        """Whether ``params`` is exactly a valid point of this space (``check_params``)."""
+        try:
+            self.check_params(params)
+        except SpaceError:
+            return False
+        return True
+
     def check_params(self, params: Mapping[str, PlainValue]) -> None:
         """Raise SpaceError unless ``params`` is exactly a valid point of this space."""
         for name in params:

@@ -52,7 +52,6 @@ from ladder.samplers import (
 from ladder.samplers.policy import Pending
 from ladder.samplers.ready import ReadyBuffer
 from ladder.samplers.sizing import least_batch
-from ladder.space import SpaceError
 from ladder.state import StudyStore, TrialStore
 from ladder.study import Algorithm, StudySpec
 from ladder.v1 import trial_pb2
@@ -249,9 +248,7 @@ class PolicyPool:
             failed = 0
             for trial in self.finished_trials(warm.from_study_id):
                 params = params_to_dict(trial.params)
-                try:
-                    spec.space.check_params(params)
-                except SpaceError:
+                if not spec.space.contains(params):
                     skipped += 1
                     continue
                 if trial.state == trial_pb2.FAILED:

@@ -17,13 +17,12 @@ at most ``gp.MAX_FIT_POINTS`` observations (``fit_points``).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from ladder.params import PlainValue
 from ladder.samplers.base import Observation
-from ladder.space import Space, SpaceError
+from ladder.space import Space
 
 # Configurations a large study's recommendation is chosen among (the best by value).
 CANDIDATES = 64
@@ -42,7 +41,7 @@ def best_by_posterior_mean(
 
     from ladder.samplers import gp
 
-    finite = [o for o in observations if math.isfinite(o.value) and _valid(space, o.params)]
+    finite = [o for o in observations if math.isfinite(o.value) and space.contains(o.params)]
     if not finite:
         raise ValueError("no observation with a finite value in the space to recommend")
     sign = 1.0 if maximize else -1.0
@@ -86,10 +85,3 @@ def fit_points(
         chosen.update(rest[int(k)] for k in np.linspace(0, len(rest) - 1, room).round())
     return sorted(chosen), candidates
 
-
-def _valid(space: Space, params: Mapping[str, PlainValue]) -> bool:
-    try:
-        space.check_params(params)
-    except SpaceError:
-        return False
-    return True
