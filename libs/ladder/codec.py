@@ -70,6 +70,8 @@ def decode(cls: type[M], payload: bytes | None) -> M:
     # RuntimeError covers RecursionError (groups nested past the parser's limit).
     except (DecodeError, RuntimeError, *_UNREPRESENTABLE) as exc:
         raise BadRecord(f"not a {cls.DESCRIPTOR.full_name}: {exc}") from exc
+    if not message.ListFields():  # only defaults written out (b"\x18\x00"): as empty
+        raise BadRecord(f"no field set, expected {cls.DESCRIPTOR.full_name}")
     problem = _schema_problem(message)
     if problem:
         raise BadRecord(f"not a {cls.DESCRIPTOR.full_name}: {problem}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ladder.bus import Record, dead_letter_record
 from ladder.codec import BadRecord, decode, parse_metric_report
@@ -84,6 +84,7 @@ def test_any_json_is_a_metric_report_or_a_bad_record(value: object) -> None:
 
 @FAST
 @given(st.binary(max_size=512), st.sampled_from(EVENTS))
+@example(b"\x18\x00", events_pb2.RungCrossing)  # a field at its default, written out
 def test_any_bytes_are_an_event_of_its_schema_or_a_bad_record(
     payload: bytes, cls: type
 ) -> None:
