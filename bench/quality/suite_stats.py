@@ -1,7 +1,9 @@
 """The quality suite's statistics over finished runs (pure: no sampling, no I/O).
 
 A run is a dict with ``problem``, ``sampler``, ``seed`` and ``regret`` (the simple
-regret after each completed evaluation); its final regret is the last entry.
+regret of the best observed point after each completed evaluation); its final regret
+is that of the study's recommendation at the end: ``recommended_regret`` where the run
+has one (a noisy problem, ``run.simulate``), else the last entry of ``regret``.
 
 - per problem and sampler: median and quartiles of the final regret over seeds;
 - per problem, per pair of samplers: the two-sided Mann-Whitney U p-value of their
@@ -23,12 +25,22 @@ import numpy as np
 from scipy import stats
 
 
+def final_regret(run: Mapping[str, Any]) -> float:
+    """The regret of what the study recommends when the run ends."""
+    return float(run.get("recommended_regret", run["regret"][-1]))
+
+
+def best_observed(run: Mapping[str, Any]) -> dict[str, Any]:
+    """``run`` scored on its best observed point (its recommendation dropped)."""
+    return {k: v for k, v in run.items() if k not in ("recommended_regret", "recommendation")}
+
+
 def finals(runs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict[int, float]]]:
     """problem -> sampler -> seed -> final regret."""
     out: dict[str, dict[str, dict[int, float]]] = {}
     for run in runs:
         cell = out.setdefault(run["problem"], {}).setdefault(run["sampler"], {})
-        cell[int(run["seed"])] = float(run["regret"][-1])
+        cell[int(run["seed"])] = final_regret(run)
     return out
 
 

@@ -1,5 +1,6 @@
 """The quality suite's pure parts: each problem's optimum is its minimum, a noisy
-problem is scored on the true value of its recommendation, and the statistics."""
+problem is scored on the true value of the study's recommendation (its own where the
+tool has one), and the statistics."""
 
 from __future__ import annotations
 
@@ -12,12 +13,21 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 from ladder.params import PlainValue
+from ladder.samplers.recommend import best_by_posterior_mean
 from ladder.space import Kind, ParamSpec, Space
 
 from bench.quality import ONE_THREAD, suite_stats
 from bench.quality.distinct_configs import _configurations
 from bench.quality.run import simulate
-from bench.quality.suite import PROBLEM_NAMES, PROBLEMS, plan
+from bench.quality.suite import (
+    OWN_RECOMMENDATION,
+    PROBLEM_NAMES,
+    PROBLEMS,
+    SAMPLERS,
+    auto_rule_evidence,
+    plan,
+    run_version,
+)
 from bench.quality.suite_problems import (
     HARTMANN3_ARGMIN,
     INT_BOWL_TARGET,
@@ -143,11 +153,42 @@ def test_a_noisy_run_is_scored_on_the_true_value_of_the_best_observed_point() ->
     # With this much noise the recommendation is sometimes not the best true point.
     truths = [float(p["x"]) for p in points]
     assert run["regret"][-1] >= min(truths)
+    # Random search has no recommendation of its own: the best observed point is it.
+    assert run["recommendation"] == "best-observed"
+    assert suite_stats.final_regret(run) == run["recommended_regret"] == run["regret"][-1]
+
+
+def test_a_noisy_run_is_scored_on_the_studys_own_recommendation_where_it_has_one() -> None:
+    problem = _noisy_line(sd=0.5)
+    drivers: list = []
+    run = simulate("line", "ladder-gp", 3, 16, 4, problem=problem,
+                   before_ask=lambda driver, _pending: drivers.append(driver))
+    pick = best_by_posterior_mean(problem.space, drivers[0].observations, maximize=False)
+    assert run["recommendation"] == "model"
+    assert run["recommended_regret"] == problem.regret(problem.objective(pick.params))
+    assert suite_stats.final_regret(run) == run["recommended_regret"]
+    assert suite_stats.final_regret(suite_stats.best_observed(run)) == run["regret"][-1]
+
+
+def test_the_runs_keyed_by_their_recommendation_are_those_whose_driver_has_one() -> None:
+    from bench.quality.run import LadderDriver, OptunaDriver, RandomDriver, sampler_version
+    from bench.quality.suite_peers import AxDriver
+
+    drivers = {"ladder-gp": LadderDriver, "ladder-tpe": LadderDriver,
+               "ladder-auto": LadderDriver, "optuna-tpe": OptunaDriver,
+               "optuna-gp": OptunaDriver, "random": RandomDriver, "ax-bo": AxDriver}
+    assert set(drivers) == set(SAMPLERS)
+    assert {k for k, d in drivers.items() if hasattr(d, "recommend")} == OWN_RECOMMENDATION
+    # Only noisy problems' runs of those samplers change key; the others stay cached.
+    assert run_version("hpobench_kc1", "ax-bo") == f"{sampler_version('ax-bo')}+recommend-1"
+    assert run_version("hartmann6", "ladder-gp") == sampler_version("ladder-gp")
+    assert run_version("hpobench_kc1", "optuna-gp") == sampler_version("optuna-gp")
 
 
 def test_a_noiseless_run_is_scored_on_the_best_value() -> None:
     problem = _noisy_line(sd=0.0)
     run = simulate("line", "random", 0, 20, 4, problem=problem)
+    assert "recommended_regret" not in run
     assert run["regret"] == sorted(run["regret"], reverse=True)
     rng = np.random.default_rng([0, 7])
     assert run["regret"][-1] == pytest.approx(min(float(rng.random()) for _ in range(20)))
@@ -281,6 +322,16 @@ def test_shape_evidence_picks_the_better_sampler_per_shape_and_checks_the_rule()
     # Equal average ranks (1.5 each): the significant win decides.
     assert evidence["e"]["average_rank"] == {"ladder-gp": 1.5, "ladder-tpe": 1.5}
     assert evidence["e"]["pick"] == "ladder-gp" and evidence["e"]["agrees"] is False
+
+
+def test_the_rule_evidence_compares_gp_and_tpe_on_their_best_observed_points() -> None:
+    runs = _pair_runs("hpobench_kc1", [0.0] * 5, [1.0] * 5)
+    for run in runs:  # recommendations that would reverse the order
+        run["recommended_regret"] = 1.0 - run["regret"][-1]
+    evidence = auto_rule_evidence(runs, ["hpobench_kc1"], budget=1)["1"]
+    row = evidence["discrete"]["problems"]["hpobench_kc1"]
+    assert row["medians"] == {"ladder-gp": 0.0, "ladder-tpe": 1.0}
+    assert row["winner"] == "ladder-gp"
 
 
 def test_each_suite_problem_has_the_shape_its_space_says() -> None:
