@@ -125,13 +125,14 @@ bench-quality: setup
 # x Ladder gp/tpe/auto, Optuna TPE/GP, random and Ax BO; 8 asynchronous workers, 100
 # evaluations; runs cached in bench/results/quality-suite-runs.jsonl, so it resumes
 # (over an hour of CPU a seed, Ax's runs most of it: SUITE_MINUTES bounds one sitting).
-# Then the noisy problems' recommendation, best observed value against best posterior mean.
+# Then, from the cache, the noisy problems' recommendations: each tool's best observed
+# value against its model's pick (Ladder's best posterior mean, Ax's model-based best).
 SUITE_SEEDS ?= 20
 SUITE_JOBS ?= 1
 SUITE_MINUTES ?=
 bench-quality-suite: setup
 	nice -n 10 $(PY) -m bench.quality.suite --seeds $(SUITE_SEEDS) --jobs $(SUITE_JOBS) $(if $(SUITE_MINUTES),--budget-minutes $(SUITE_MINUTES))
-	nice -n 10 $(PY) -m bench.quality.noisy_recommendation --seeds $(SUITE_SEEDS) --jobs $(SUITE_JOBS)
+	$(PY) -m bench.quality.noisy_recommendation
 
 # Suggest latency of a GP study with 100 / 1,000 / 5,000 completed trials: a real
 # suggest + evaluate process, loopback gRPC, refits running meanwhile (~6 min). Not

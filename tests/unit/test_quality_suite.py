@@ -364,3 +364,27 @@ def test_a_benchmark_process_runs_every_numeric_library_on_one_thread() -> None:
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["1", "1"]
+
+
+def test_the_noisy_recommendation_report_reads_both_picks_from_the_suite_cache() -> None:
+    from bench.quality.noisy_recommendation import cells_of, noisy_problems
+    from bench.quality.suite import key, problem
+
+    name = "hpobench_kc1"
+    runs = [
+        {"problem": name, "problem_version": problem(name).version, "sampler": kind,
+         "seed": seed, "budget": 100, "workers": 8, "version": run_version(name, kind),
+         "regret": [1.0, 0.5], **extra}
+        for seed in (0, 1)
+        for kind, extra in (("ladder-gp", {"recommended_regret": 0.0}), ("optuna-gp", {}),
+                            ("ax-bo", {"recommended_regret": 0.25}))
+    ]
+    stale = {**runs[0], "version": "gp-0", "seed": 7}  # another sampler version: not read
+    cells = cells_of({key(r): r for r in [*runs, stale]}, name)
+    assert cells == {
+        "ladder best observed": {0: 0.5, 1: 0.5}, "ladder recommended": {0: 0.0, 1: 0.0},
+        "ax-bo best observed": {0: 0.5, 1: 0.5}, "ax-bo recommended": {0: 0.25, 1: 0.25},
+        "optuna-gp best observed": {0: 0.5, 1: 0.5},
+    }
+    assert "categorical6x5_noisy" in noisy_problems() and "hartmann6" not in noisy_problems()
+    assert name in noisy_problems()

@@ -9,7 +9,7 @@ its neighbours say and discounts that luck (Ax's ``get_best_parameterization`` u
 model's predictions the same way by default): the configuration whose mean is best is
 recommended.
 
-``bench/quality/noisy_recommendation.py`` measures both on the quality suite's noisy
+``bench/quality/noisy_recommendation.py`` compares both on the quality suite's noisy
 problems. Pure library code: the GP is ``gp.fit_model`` on ``gp``'s encoding, fitted to
 at most ``gp.MAX_FIT_POINTS`` observations (``fit_points``).
 """
