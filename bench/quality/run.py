@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 from ladder.params import PlainValue
 from ladder.samplers.base import Observation, SamplerContext
+from ladder.samplers.distinct import config_key
 from ladder.space import Space
 
 from bench.quality import ONE_THREAD
@@ -151,7 +152,8 @@ def simulate(
     before_ask: Callable[[Any, list[dict]], None] | None = None,
     problem: Problem | None = None,
 ) -> dict[str, Any]:
-    """One asynchronous run; regret after each completed evaluation (completion order).
+    """One asynchronous run; regret after each completed evaluation (completion order),
+    and how many distinct configurations the suggestions hold (``distinct``).
     ``before_ask(driver, pending)`` is called before every ask (ask_cost.py uses it
     to capture a mid-run state). ``problem`` replaces ``PROBLEMS[problem_name]`` (the
     broad suite's problems). A problem with ``noisy = True`` reports
@@ -173,6 +175,7 @@ def simulate(
     ask_seconds: list[tuple[int, float]] = []
     best = math.inf
     recommended: Mapping[str, PlainValue] = {}
+    suggested_configs: set[tuple] = set()
     suggested, now = 0, 0.0
 
     def launch() -> None:
@@ -183,6 +186,7 @@ def simulate(
         started = time.perf_counter()
         key, params = driver.ask(pending)
         ask_seconds.append((len(regrets), time.perf_counter() - started))
+        suggested_configs.add(config_key(problem.space, params))
         if pending:
             point = problem.space.params_to_unit(params)
             others = np.stack([problem.space.params_to_unit(p) for p in pending])
@@ -211,6 +215,7 @@ def simulate(
         "regret": regrets,
         "spread": spreads,
         "ask_seconds": ask_seconds,
+        "distinct": len(suggested_configs),
     }
     if noisy:
         own = getattr(driver, "recommend", None)

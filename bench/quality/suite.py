@@ -17,9 +17,10 @@ Bayesian optimisation, ``suite_peers.py``, where the reason for Ax over Syne Tun
 Output: per problem and sampler the median and quartiles of the final regret, the
 pairwise Mann-Whitney U p-values, the average rank over the problems (HEADLINE: AUTO
 and the peers; and all samplers), ladder-auto's wins / losses / ties against the
-better Optuna sampler, the evidence AUTO's rule is made from (``auto_rule_evidence``:
-Ladder's GP against its TPE per space shape, each on its best observed point), and
-which seeds are done, in
+better Optuna sampler, the distinct configurations each run suggested on every finite
+space (runs made since they are recorded), the evidence AUTO's rule is made from
+(``auto_rule_evidence``: Ladder's GP against its TPE per space shape, each on its best
+observed point), and which seeds are done, in
 bench/results/quality-suite-<UTC date>.json and .png.
 
 | flag             | default                                                   |
@@ -155,6 +156,7 @@ def one_run(task: tuple[str, str, int, int, int]) -> dict[str, Any]:
         "version": run_version(name, kind),
         "regret": run["regret"],
         **{k: run[k] for k in ("recommended_regret", "recommendation") if k in run},
+        "distinct": run["distinct"],
         "ask_seconds_median": float(np.median([s for _, s in run["ask_seconds"]])),
         "wall_seconds": round(time.perf_counter() - started, 2),
     }
@@ -280,6 +282,14 @@ def problem_info(name: str) -> dict[str, Any]:
         "shape": shape_of(p.space).value,
         "version": p.version,
     }
+
+
+def finite_sizes(problems: Sequence[str]) -> dict[str, float]:
+    """The problems whose space is finite, with how many configurations it has."""
+    from ladder.samplers.distinct import space_size
+
+    sizes = {name: space_size(problem(name).space) for name in problems}
+    return {name: size for name, size in sizes.items() if np.isfinite(size)}
 
 
 def complete_seeds(
@@ -411,6 +421,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         **summary,
         "ladder_auto_vs_best_optuna": suite_stats.versus(summary, "ladder-auto", OPTUNA),
         "auto_rule_evidence": auto_rule_evidence(runs, problems, args.budget),
+        "distinct_configurations": suite_stats.distinct_configurations(
+            runs, finite_sizes(problems), args.budget
+        ),
         "cpu_note": "wall seconds per run in the cache (wall_seconds), under the load "
         f"of their time; load average now {os.getloadavg()[0]:.1f}",
     }

@@ -148,6 +148,31 @@ def summarize(
     }
 
 
+def distinct_configurations(
+    runs: Iterable[Mapping[str, Any]], sizes: Mapping[str, float], budget: int
+) -> dict[str, dict[str, Any]]:
+    """Per finite problem (``sizes``: problem -> how many configurations its space has)
+    and sampler, over the runs that record ``distinct`` (the distinct configurations
+    among their ``budget`` suggestions): the seeds, the minimum and median, and the
+    most there can be (the budget, or the space's size when smaller)."""
+    cells: dict[str, dict[str, dict[int, int]]] = {}
+    for run in runs:
+        if run["problem"] in sizes and "distinct" in run:
+            cell = cells.setdefault(run["problem"], {}).setdefault(run["sampler"], {})
+            cell[int(run["seed"])] = int(run["distinct"])
+    return {
+        problem: {
+            "possible": int(min(budget, sizes[problem])),
+            "samplers": {
+                sampler: {"seeds": sorted(by_seed), "min": min(by_seed.values()),
+                          "median": float(np.median(list(by_seed.values())))}
+                for sampler, by_seed in sorted(per_sampler.items())
+            },
+        }
+        for problem, per_sampler in sorted(cells.items())
+    }
+
+
 def versus(
     summary: Mapping[str, Any], sampler: str, peers: Sequence[str], alpha: float = 0.05
 ) -> dict[str, Any]:

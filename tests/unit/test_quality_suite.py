@@ -324,6 +324,22 @@ def test_shape_evidence_picks_the_better_sampler_per_shape_and_checks_the_rule()
     assert evidence["e"]["pick"] == "ladder-gp" and evidence["e"]["agrees"] is False
 
 
+def test_a_run_counts_the_distinct_configurations_it_suggested() -> None:
+    space = Space([ParamSpec("c", Kind.CATEGORICAL, values=("a", "b", "c"))])
+    tiny = SuiteProblem("tiny", space, lambda p: float(p["c"] == "a"), 0.0, group="categorical")
+    # Random search draws with repeats: 12 suggestions, 3 configurations at most.
+    run = simulate("tiny", "random", 0, 12, 2, problem=tiny)
+    assert run["distinct"] == 3
+    # Ladder's TPE repeats none until the space is exhausted.
+    assert simulate("tiny", "ladder-tpe", 0, 3, 2, problem=tiny)["distinct"] == 3
+    runs = [{"problem": "tiny", "sampler": "s", "seed": seed, "regret": [0.0], "distinct": d}
+            for seed, d in enumerate([3, 2, 3])]
+    runs.append({"problem": "tiny", "sampler": "old", "seed": 0, "regret": [0.0]})
+    table = suite_stats.distinct_configurations(runs, {"tiny": 3.0}, budget=12)
+    assert table == {"tiny": {"possible": 3, "samplers": {
+        "s": {"seeds": [0, 1, 2], "min": 2, "median": 3.0}}}}
+
+
 def test_the_rule_evidence_compares_gp_and_tpe_on_their_best_observed_points() -> None:
     runs = _pair_runs("hpobench_kc1", [0.0] * 5, [1.0] * 5)
     for run in runs:  # recommendations that would reverse the order
