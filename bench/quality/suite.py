@@ -26,6 +26,7 @@ bench/results/quality-suite-<UTC date>.json and .png.
 | flag             | default                                                   |
 |------------------|-----------------------------------------------------------|
 | --seeds          | 20 (seeds 0..N-1)                                         |
+| --first-seed     | 0 (seeds first..N-1: one process a seed range)            |
 | --problems       | all                                                       |
 | --samplers       | all seven                                                 |
 | --jobs           | 1 (processes of one thread, `__init__.py`)                |
@@ -361,6 +362,7 @@ def library_versions() -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--budget", type=int, default=100)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--problems", default="all")
@@ -378,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown problems {unknown}; known: {PROBLEM_NAMES}")
     samplers = args.samplers.split(",")
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.seeds))
     deadline = time.time() + 60 * args.budget_minutes if args.budget_minutes else None
 
     cached = load_cache(args.cache)
