@@ -404,3 +404,24 @@ def test_the_noisy_recommendation_report_reads_both_picks_from_the_suite_cache()
     }
     assert "categorical6x5_noisy" in noisy_problems() and "hartmann6" not in noisy_problems()
     assert name in noisy_problems()
+
+
+def test_the_best_observed_view_scores_every_run_without_its_recommendation() -> None:
+    from bench.quality.suite import best_observed_view
+
+    runs = [
+        {"problem": "p", "sampler": kind, "seed": seed, "regret": [observed], **extra}
+        for seed in range(6)
+        for kind, observed, extra in (
+            ("ladder-auto", 1.0, {"recommended_regret": 0.0}),  # its recommendation wins
+            ("optuna-gp", 0.5, {}),
+            ("optuna-tpe", 0.7, {}),
+        )
+    ]
+    samplers = ["ladder-auto", "optuna-gp", "optuna-tpe"]
+    headline = suite_stats.versus(suite_stats.summarize(runs, samplers), "ladder-auto",
+                                  ["optuna-gp", "optuna-tpe"])
+    view = best_observed_view(runs, samplers)
+    assert headline["problems"]["p"]["outcome"] == "win"
+    assert view["ladder_auto_vs_best_optuna"]["problems"]["p"]["outcome"] == "loss"
+    assert view["average_rank"]["ranks"]["ladder-auto"] == 3.0
