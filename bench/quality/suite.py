@@ -18,8 +18,9 @@ Output: per problem and sampler the median and quartiles of the final regret, th
 pairwise Mann-Whitney U p-values, the average rank over the problems (HEADLINE: AUTO
 and the peers; and all samplers), ladder-auto's wins / losses / ties against the
 better Optuna sampler (and both again with every run scored on its best observed
-point: ``scored_on_best_observed``), the distinct configurations each run suggested on every finite
-space (runs made since they are recorded), the evidence AUTO's rule is made from
+point: ``scored_on_best_observed``), the distinct configurations each run suggested on
+every finite space (runs made since they are recorded), the evidence AUTO's rule is
+made from
 (``auto_rule_evidence``: Ladder's GP against its TPE per space shape, each on its best
 observed point), and which seeds are done, in
 bench/results/quality-suite-<UTC date>.json and .png.
@@ -126,7 +127,8 @@ def key(run: Mapping[str, Any]) -> tuple:
 
 # The samplers whose driver has ``recommend()`` (``run.simulate`` scores a noisy
 # problem on it): their runs on a noisy problem carry ``recommended_regret`` and are
-# keyed apart from runs scored before it was recorded.
+# keyed apart from runs scored before it was recorded. Bump RECOMMENDATION_VERSION when
+# a recommend() changes (ladder.samplers.recommend's rule included): their runs redo.
 OWN_RECOMMENDATION = {"ladder-gp", "ladder-tpe", "ladder-auto", "ax-bo"}
 RECOMMENDATION_VERSION = 1
 
