@@ -20,9 +20,8 @@ and the peers; and all samplers), ladder-auto's wins / losses / ties against the
 better Optuna sampler (and both again with every run scored on its best observed
 point: ``scored_on_best_observed``), the distinct configurations each run suggested on
 every finite space (runs made since they are recorded), the evidence AUTO's rule is
-made from
-(``auto_rule_evidence``: Ladder's GP against its TPE per space shape, each on its best
-observed point), and which seeds are done, in
+made from (``auto_rule_evidence``: Ladder's GP against its TPE per space shape, each on
+its best observed point), and which seeds are done, in
 bench/results/quality-suite-<UTC date>.json and .png.
 
 | flag             | default                                                   |
