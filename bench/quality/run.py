@@ -130,16 +130,31 @@ class RandomDriver:
         pass
 
 
-def make_driver(kind: str, problem: Problem, seed: int, use_pending: bool) -> Any:
+def driver_class(kind: str) -> type:
     if kind.startswith("ladder-"):
-        return LadderDriver(kind, problem, seed, use_pending)
+        return LadderDriver
     if kind.startswith("optuna-"):
-        return OptunaDriver(kind, problem, seed)
+        return OptunaDriver
     if kind == "ax-bo":  # a peer of the broad suite (bench/quality/suite.py)
         from bench.quality.suite_peers import AxDriver
 
-        return AxDriver(problem, seed)
-    return RandomDriver(problem, seed)
+        return AxDriver
+    return RandomDriver
+
+
+def make_driver(kind: str, problem: Problem, seed: int, use_pending: bool) -> Any:
+    cls = driver_class(kind)
+    if cls is LadderDriver:
+        return LadderDriver(kind, problem, seed, use_pending)
+    if cls is OptunaDriver:
+        return OptunaDriver(kind, problem, seed)
+    return cls(problem, seed)
+
+
+def has_own_recommendation(kind: str) -> bool:
+    """Whether ``kind``'s study recommends its own way on a noisy metric (its driver has
+    ``recommend()``) rather than by the best observed value."""
+    return hasattr(driver_class(kind), "recommend")
 
 
 def simulate(

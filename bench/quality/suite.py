@@ -61,6 +61,7 @@ from bench.quality.run import (
     SEED_BLOCK,
     auto_delegate,
     auto_runs,
+    has_own_recommendation,
     is_secondary,
     machine_info,
     sampler_version,
@@ -125,10 +126,10 @@ def key(run: Mapping[str, Any]) -> tuple:
 
 
 # The samplers whose driver has ``recommend()`` (``run.simulate`` scores a noisy
-# problem on it): their runs on a noisy problem carry ``recommended_regret`` and are
-# keyed apart from runs scored before it was recorded. Bump RECOMMENDATION_VERSION when
-# a recommend() changes (ladder.samplers.recommend's rule included): their runs redo.
-OWN_RECOMMENDATION = {"ladder-gp", "ladder-tpe", "ladder-auto", "ax-bo"}
+# problem on it): their runs on a noisy problem are keyed apart from runs scored before
+# it was recorded. Bump RECOMMENDATION_VERSION when a recommend() changes
+# (ladder.samplers.recommend's rule included): their runs redo.
+OWN_RECOMMENDATION = {kind for kind in SAMPLERS if has_own_recommendation(kind)}
 RECOMMENDATION_VERSION = 1
 
 
