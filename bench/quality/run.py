@@ -90,6 +90,12 @@ class LadderDriver:
     def tell(self, key: object, params: Mapping[str, PlainValue], value: float) -> None:
         self.observations.append(Observation(str(key), params, value))
 
+    @staticmethod
+    def recommendation_version() -> int:
+        from ladder.samplers import recommend
+
+        return recommend.VERSION
+
     def recommend(self) -> Mapping[str, PlainValue]:
         """What a Ladder study recommends on a noisy metric (``LadderClient.recommended``,
         ``ladder best --noisy``): the best posterior mean among the evaluated points."""
@@ -155,6 +161,12 @@ def has_own_recommendation(kind: str) -> bool:
     """Whether ``kind``'s study recommends its own way on a noisy metric (its driver has
     ``recommend()``) rather than by the best observed value."""
     return hasattr(driver_class(kind), "recommend")
+
+
+def recommendation_version(kind: str) -> int:
+    """The version of ``kind``'s own recommendation rule (its driver's
+    ``recommendation_version()``, bumped when the rule changes)."""
+    return driver_class(kind).recommendation_version()
 
 
 def simulate(

@@ -64,6 +64,7 @@ from bench.quality.run import (
     has_own_recommendation,
     is_secondary,
     machine_info,
+    recommendation_version,
     sampler_version,
     simulate,
     versions,
@@ -126,18 +127,16 @@ def key(run: Mapping[str, Any]) -> tuple:
 
 
 # The samplers whose driver has ``recommend()`` (``run.simulate`` scores a noisy
-# problem on it): their runs on a noisy problem are keyed apart from runs scored before
-# it was recorded. Bump RECOMMENDATION_VERSION when a recommend() changes
-# (ladder.samplers.recommend's rule included): their runs redo.
+# problem on it): their runs on a noisy problem are keyed by the version of that rule
+# (``run.recommendation_version``), so a changed rule redoes that tool's runs only.
 OWN_RECOMMENDATION = {kind for kind in SAMPLERS if has_own_recommendation(kind)}
-RECOMMENDATION_VERSION = 1
 
 
 def run_version(name: str, kind: str) -> str:
     """The cache key's version of ``kind``'s runs on problem ``name``."""
     version = sampler_version(kind)
     if problem(name).noisy and kind in OWN_RECOMMENDATION:
-        return f"{version}+recommend-{RECOMMENDATION_VERSION}"
+        return f"{version}+recommend-{recommendation_version(kind)}"
     return version
 
 

@@ -103,6 +103,10 @@ class AxDriver:
     def tell(self, key: object, params: Mapping[str, PlainValue], value: float) -> None:
         self.client.complete_trial(int(key), raw_data={METRIC: value})  # type: ignore[call-overload]
 
+    @staticmethod
+    def recommendation_version() -> int:
+        return 1
+
     def recommend(self) -> dict[str, PlainValue]:
         """Ax's recommendation: ``get_best_parameterization``'s default, the evaluated
         arm whose model prediction is best (the best observed one if no model fits)."""

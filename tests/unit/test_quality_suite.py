@@ -181,6 +181,11 @@ def test_the_runs_keyed_by_their_recommendation_are_those_whose_driver_has_one()
     assert {k for k, d in drivers.items() if hasattr(d, "recommend")} == OWN_RECOMMENDATION
     # Only noisy problems' runs of those samplers change key; the others stay cached.
     assert run_version("hpobench_kc1", "ax-bo") == f"{sampler_version('ax-bo')}+recommend-1"
+    # Each tool's rule has its own version: Ladder's moves without redoing Ax's runs.
+    from ladder.samplers import recommend
+
+    ladder = f"{sampler_version('ladder-gp')}+recommend-{recommend.VERSION}"
+    assert run_version("hpobench_kc1", "ladder-gp") == ladder
     assert run_version("hartmann6", "ladder-gp") == sampler_version("ladder-gp")
     assert run_version("hpobench_kc1", "optuna-gp") == sampler_version("optuna-gp")
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from ladder.samplers.base import Observation
 from ladder.samplers.recommend import best_by_posterior_mean, fit_points
 from ladder.space import Kind, ParamSpec, Space
@@ -73,3 +74,41 @@ def test_fit_points_keep_the_candidates_neighbours_within_the_limit() -> None:
     assert candidates[0] == 36 and set(candidates) <= set(fitted)
     assert {35, 37} <= set(fitted)  # the lucky draw's neighbours tell it apart
     assert len(fitted) <= 12 and fit_points(encoded, gains, limit=50)[0] == list(range(41))
+
+
+def fitted_bowl() -> tuple[object, torch.Tensor]:
+    """A GP fitted to ``noisy_bowl`` and its training targets (standardised)."""
+    from ladder.samplers import gp
+
+    observations = noisy_bowl(lucky_x=0.7, lucky_draw=0.0, sign=1.0)
+    x = torch.tensor([[o.params["x"]] for o in observations], dtype=torch.float64)
+    y = torch.tensor([[-o.value] for o in observations], dtype=torch.float64)
+    model = gp.fit_model(x, y)
+    return model, model.train_targets
+
+
+def test_a_calibrated_model_keeps_its_posterior_mean(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ladder.samplers import recommend
+
+    model, _ = fitted_bowl()
+    monkeypatch.setattr(recommend, "CHI2_1_MEDIAN", math.inf)  # residuals never above 1
+    with torch.no_grad():
+        mean = model.posterior(model.train_inputs[0]).mean.squeeze(-1)
+    transform = model.outcome_transform
+    standardised = (mean - transform.means.squeeze()) / transform.stdvs.squeeze()
+    calibrated = recommend.loo_calibrated_means(model)
+    assert torch.allclose(calibrated, standardised, atol=1e-6)
+
+
+def test_an_overconfident_model_leans_on_each_points_own_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ladder.samplers import recommend
+
+    model, observed = fitted_bowl()
+    posterior = recommend.loo_calibrated_means(model)
+    monkeypatch.setattr(recommend, "CHI2_1_MEDIAN", 1e-9)  # residuals far above the model's
+    leaning = recommend.loo_calibrated_means(model)
+    assert torch.all((leaning - observed).abs() <= (posterior - observed).abs() + 1e-12)
+    assert torch.allclose(leaning, observed, atol=1e-3)
+    assert not torch.allclose(posterior, observed, atol=1e-3)

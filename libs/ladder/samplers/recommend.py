@@ -9,6 +9,17 @@ its neighbours say and discounts that luck (Ax's ``get_best_parameterization`` u
 model's predictions the same way by default): the configuration whose mean is best is
 recommended.
 
+At an evaluated point the posterior mean is its own value and the prediction its
+neighbours make of it (the leave-one-out mean) weighed by their precisions: the noise,
+and the GP's claimed error of that prediction. On a rough surface, such as a table of
+real training runs whose grid neighbours differ more than a stationary kernel expects,
+the claimed error is too small, and the neighbours outweigh the point's own value.
+``loo_calibrated_means`` scales the claimed leave-one-out variances by how far off they
+are on the study's own points: the median squared standardised leave-one-out residual,
+over its value for a calibrated model (a chi-square median, so that one lucky draw, the
+case this is for, cannot inflate it). A calibrated or overcautious model keeps its
+posterior mean exactly.
+
 ``bench/quality/noisy_recommendation.py`` compares both on the quality suite's noisy
 problems. Pure library code: the GP is ``gp.fit_model`` on ``gp``'s encoding, fitted to
 at most ``gp.MAX_FIT_POINTS`` observations (``fit_points``).
@@ -18,21 +29,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ladder.samplers.base import Observation
 from ladder.space import Space
 
+if TYPE_CHECKING:
+    import torch
+
 # Configurations a large study's recommendation is chosen among (the best by value).
 CANDIDATES = 64
+# Bumped when the rule changes (the quality suite redoes Ladder's runs on noisy problems).
+VERSION = 2
 
 
 def best_by_posterior_mean(
     space: Space, observations: Sequence[Observation], maximize: bool
 ) -> Observation:
     """The observation whose configuration has the best posterior mean under a GP fitted
-    to the finite observations (failed and NaN ones, and any whose params are not a
+    to the finite observations, its leave-one-out variances calibrated
+    (``loo_calibrated_means``) (failed and NaN ones, and any whose params are not a
     point of ``space``, as after a change of the study's space, are left out), among the
     best ``CANDIDATES`` by value beyond ``gp.MAX_FIT_POINTS`` of them (``fit_points``).
     With fewer than two distinct finite values, or a fit that fails, the best observed
@@ -54,12 +72,41 @@ def best_by_posterior_mean(
     # BoTorch maximises: a minimised metric is negated, as the GP sampler does.
     y = torch.tensor([[sign * finite[i].value] for i in fitted], dtype=torch.float64)
     try:
-        model = gp.fit_model(x, y)
-        with torch.no_grad():
-            mean = model.posterior(torch.tensor(encoded[candidates])).mean.squeeze(-1)
+        mean = loo_calibrated_means(gp.fit_model(x, y))
     except (RuntimeError, ValueError):  # a numerically failed fit: fall back
         return best_observed
-    return finite[candidates[int(torch.argmax(mean))]]
+    position = {index: row for row, index in enumerate(fitted)}  # candidates are fitted
+    return finite[max(candidates, key=lambda i: float(mean[position[i]]))]
+
+
+# The median of a chi-square variable with one degree of freedom: the median squared
+# standardised leave-one-out residual of a calibrated model.
+CHI2_1_MEDIAN = 0.4549364231195724
+
+
+def loo_calibrated_means(model: object) -> torch.Tensor:
+    """Per training point of ``model`` (a ``gp.fit_model`` GP, in its standardised
+    units), its observed value and its leave-one-out mean combined by their precisions:
+    the noise variance, and the leave-one-out variance scaled up by ``max(1, median of
+    squared standardised leave-one-out residuals / CHI2_1_MEDIAN)``. With a scale of 1,
+    the posterior mean at the training points. The leave-one-out terms are the closed
+    form of Rasmussen & Williams (eq. 5.12), with the fitted hyperparameters."""
+    import torch
+
+    with torch.no_grad():
+        x, y = model.train_inputs[0], model.train_targets  # type: ignore[attr-defined]
+        noise = model.likelihood.noise.reshape(-1)[0]  # type: ignore[attr-defined]
+        covariance = model.covar_module(x).to_dense()  # type: ignore[attr-defined]
+        covariance = covariance + noise * torch.eye(len(y), dtype=covariance.dtype)
+        inverse = torch.cholesky_inverse(torch.linalg.cholesky(covariance))
+        weights = inverse @ (y - model.mean_module(x))  # type: ignore[attr-defined]
+        precision = torch.diagonal(inverse)
+        loo_mean = y - weights / precision
+        loo_variance = 1.0 / precision  # of a new observation there: noise included
+        residual = torch.median(weights**2 / precision) / CHI2_1_MEDIAN
+        scale = max(1.0, float(residual))
+        latent = torch.clamp(scale * loo_variance - noise, min=torch.finfo(y.dtype).tiny)
+        return (y / noise + loo_mean / latent) / (1.0 / noise + 1.0 / latent)
 
 
 def fit_points(
