@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from bench.quality.suite import (
     SAMPLERS,
     auto_rule_evidence,
     plan,
+    problem,
     run_version,
 )
 from bench.quality.suite_problems import (
@@ -430,3 +432,22 @@ def test_the_best_observed_view_scores_every_run_without_its_recommendation() ->
     assert headline["problems"]["p"]["outcome"] == "win"
     assert view["ladder_auto_vs_best_optuna"]["problems"]["p"]["outcome"] == "loss"
     assert view["average_rank"]["ranks"]["ladder-auto"] == 3.0
+
+
+def test_the_holdout_keeps_each_runs_observations_and_scores_every_rule_on_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bench.quality import recommendation_holdout as holdout
+    from bench.quality import run as harness
+
+    monkeypatch.setattr(holdout, "BUDGET", 12)
+    path = tmp_path / "histories.jsonl.gz"
+    runs = holdout.collect(path, ["categorical6x5_noisy"], [100], jobs=1)
+    assert harness.LadderDriver is not holdout.RecordingDriver  # the harness is restored
+    assert len(runs[0]["observations"]) == 12
+    assert holdout.load_histories(path) == {("categorical6x5_noisy", 100): runs[0]}
+    picked = holdout.picks(runs[0])
+    best_params, _ = min(runs[0]["observations"], key=lambda o: o[1])
+    noisy = problem("categorical6x5_noisy")
+    assert picked["best observed"] == noisy.regret(noisy.objective(best_params))
+    assert set(picked) == {"best observed", "posterior mean", "calibrated"}
