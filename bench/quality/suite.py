@@ -71,7 +71,7 @@ from bench.quality.run import (
     write_report,
 )
 from bench.quality.suite_problems import SYNTHETIC, SuiteProblem
-from bench.quality.tabular import TABLES, tabular_problem
+from bench.quality.tabular import TABLES, noise_and_spread, tabular_problem
 
 SAMPLERS = [
     "ladder-gp",
@@ -284,6 +284,7 @@ def problem_info(name: str) -> dict[str, Any]:
         "ladder_auto_delegate": delegate_of(name),
         "shape": shape_of(p.space).value,
         "version": p.version,
+        **({"noise_and_spread": noise_and_spread(name)} if p.group == "tabular" else {}),
     }
 
 

@@ -130,3 +130,19 @@ def tabular_problem(name: str) -> TabularProblem:
 @cache
 def tabular_problems() -> dict[str, TabularProblem]:
     return {name: tabular_problem(name) for name in TABLES}
+
+
+def noise_and_spread(name: str) -> dict[str, float]:
+    """How hard a table is to recommend on: the median over its configurations of one
+    training seed's standard deviation, against the regret (true value) of the best
+    tenth of its configurations, the edge of the region a good study ends in."""
+    values = table(name).values()
+    regrets = np.asarray([float(np.mean(v)) for v in values])
+    if benchmark(name).directions[metric(name)] == "maximize":
+        regrets = -regrets
+    regrets -= regrets.min()
+    return {
+        "configurations": len(regrets),
+        "seed_sd_median": float(np.median([np.std(v) for v in values])),
+        "regret_of_best_tenth": float(np.quantile(regrets, 0.1)),
+    }

@@ -37,7 +37,7 @@ from bench.quality.suite_problems import (
     SYNTHETIC,
     SuiteProblem,
 )
-from bench.quality.tabular import TABLES, config_key, table
+from bench.quality.tabular import TABLES, config_key, noise_and_spread, table
 
 _H6_ARGMIN = (0.20169, 0.150011, 0.476874, 0.275332, 0.311652, 0.6573)
 
@@ -116,6 +116,13 @@ def test_each_table_optimum_is_its_best_mean_over_the_whole_grid(name: str) -> N
     assert len(results) >= 2 and problem.objective(best) == pytest.approx(np.mean(results))
     rng = np.random.default_rng(1)
     assert {problem.observe(best, rng) for _ in range(50)} <= set(results.tolist())
+
+    # The report's measure of how hard the table is to recommend on, in regret units.
+    spread = noise_and_spread(name)
+    regrets = sorted(m - problem.optimum for m in means)
+    assert spread["configurations"] == len(grid)
+    assert spread["regret_of_best_tenth"] == pytest.approx(np.quantile(regrets, 0.1))
+    assert spread["seed_sd_median"] > 0
 
 
 def _noisy_line(sd: float) -> SuiteProblem:
