@@ -110,10 +110,11 @@ def picks(run: Mapping[str, Any]) -> dict[str, float]:
     observations = [
         Observation(str(i), params, value) for i, (params, value) in enumerate(run["observations"])
     ]
+    calibrated = best_by_posterior_mean(suite_problem.space, observations, maximize=False)
     chosen = {
         "best observed": min(range(len(observations)), key=lambda i: observations[i].value),
         "posterior mean": posterior_mean_pick(run["problem"], observations),
-        "calibrated": int(best_by_posterior_mean(suite_problem.space, observations, False).key[0]),
+        "calibrated": int(calibrated.trial_id),
     }
     return {
         rule: suite_problem.regret(suite_problem.objective(observations[i].params))

@@ -20,9 +20,11 @@ over its value for a calibrated model (a chi-square median, so that one lucky dr
 case this is for, cannot inflate it). A calibrated or overcautious model keeps its
 posterior mean exactly.
 
-``bench/quality/noisy_recommendation.py`` compares both on the quality suite's noisy
-problems. Pure library code: the GP is ``gp.fit_model`` on ``gp``'s encoding, fitted to
-at most ``gp.MAX_FIT_POINTS`` observations (``fit_points``).
+``bench/quality/recommendation_holdout.py`` compared the rules on seeds the quality
+suite does not use; ``bench/quality/noisy_recommendation.py`` compares this one with the
+best observed value on the suite's noisy problems. Pure library code: the GP is
+``gp.fit_model`` on ``gp``'s encoding, fitted to at most ``gp.MAX_FIT_POINTS``
+observations (``fit_points``).
 """
 
 from __future__ import annotations
@@ -49,12 +51,12 @@ def best_by_posterior_mean(
     space: Space, observations: Sequence[Observation], maximize: bool
 ) -> Observation:
     """The observation whose configuration has the best posterior mean under a GP fitted
-    to the finite observations, its leave-one-out variances calibrated
-    (``loo_calibrated_means``) (failed and NaN ones, and any whose params are not a
-    point of ``space``, as after a change of the study's space, are left out), among the
-    best ``CANDIDATES`` by value beyond ``gp.MAX_FIT_POINTS`` of them (``fit_points``).
-    With fewer than two distinct finite values, or a fit that fails, the best observed
-    one. Raises ValueError when no observation is left."""
+    to the finite observations, with its leave-one-out variances calibrated
+    (``loo_calibrated_means``). Failed and NaN observations, and any whose params are not
+    a point of ``space`` (after a change of the study's space), are left out. Beyond
+    ``gp.MAX_FIT_POINTS`` of them, chosen among the best ``CANDIDATES`` by value
+    (``fit_points``). With fewer than two distinct finite values, or a fit that fails,
+    the best observed one. Raises ValueError when no observation is left."""
     import torch
 
     from ladder.samplers import gp
