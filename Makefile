@@ -126,13 +126,16 @@ bench-quality: setup
 # evaluations; runs cached in bench/results/quality-suite-runs.jsonl, so it resumes
 # (over an hour of CPU a seed, Ax's runs most of it: SUITE_MINUTES bounds one sitting).
 # Then, from the cache, the noisy problems' recommendations: each tool's best observed
-# value against its model's pick (Ladder's best posterior mean, Ax's model-based best).
+# value against its model's pick (Ladder's best posterior mean, Ax's model-based best),
+# and Ladder's recommendation rules on held-out seeds 100-119 (their runs are kept in
+# bench/results/recommendation-holdout-histories.jsonl.gz: a minute of scoring).
 SUITE_SEEDS ?= 20
 SUITE_JOBS ?= 1
 SUITE_MINUTES ?=
 bench-quality-suite: setup
 	nice -n 10 $(PY) -m bench.quality.suite --seeds $(SUITE_SEEDS) --jobs $(SUITE_JOBS) $(if $(SUITE_MINUTES),--budget-minutes $(SUITE_MINUTES))
 	$(PY) -m bench.quality.noisy_recommendation
+	nice -n 10 $(PY) -m bench.quality.recommendation_holdout --jobs $(SUITE_JOBS)
 
 # Suggest latency of a GP study with 100 / 1,000 / 5,000 completed trials: a real
 # suggest + evaluate process, loopback gRPC, refits running meanwhile (~6 min). Not
