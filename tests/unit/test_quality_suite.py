@@ -301,6 +301,11 @@ def test_versus_counts_only_significant_differences_as_wins_or_losses() -> None:
     assert result["problems"]["q"]["outcome"] == "tie"
     assert result["problems"]["q"]["p_value"] > 0.05
     assert result["counts"] == {"win": 1, "loss": 0, "tie": 1}
+    # Holm over the two problems: p's value doubled (the smaller of two), q's kept above.
+    p_value = result["problems"]["p"]["p_value"]
+    assert result["problems"]["p"]["p_holm"] == pytest.approx(min(1.0, 2 * p_value))
+    holm_win = 2 * p_value < 0.05
+    assert result["counts_holm"] == {"win": int(holm_win), "loss": 0, "tie": 2 - int(holm_win)}
 
 
 def _pair_runs(problem: str, gp: list[float], tpe: list[float]) -> list[dict]:
@@ -458,3 +463,9 @@ def test_the_holdout_keeps_each_runs_observations_and_scores_every_rule_on_them(
     noisy = problem("categorical6x5_noisy")
     assert picked["best observed"] == noisy.regret(noisy.objective(best_params))
     assert set(picked) == {"best observed", "posterior mean", "calibrated"}
+
+
+def test_holm_adjusts_each_p_value_by_its_rank_and_keeps_the_order() -> None:
+    adjusted = suite_stats.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005, "e": None})
+    assert adjusted.pop("e") is None
+    assert adjusted == pytest.approx({"d": 0.02, "a": 0.03, "c": 0.06, "b": 0.06})
