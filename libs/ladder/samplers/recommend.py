@@ -13,7 +13,8 @@ At an evaluated point the posterior mean is its own value and the prediction its
 neighbours make of it (the leave-one-out mean) weighed by their precisions: the noise,
 and the GP's claimed error of that prediction. On a rough surface, such as a table of
 real training runs whose grid neighbours differ more than a stationary kernel expects,
-the claimed error is too small, and the neighbours outweigh the point's own value.
+the claimed error can be too small, and the neighbours then outweigh the point's own
+value.
 ``loo_calibrated_means`` scales the claimed leave-one-out variances by how far off they
 are on the study's own points: the median squared standardised leave-one-out residual,
 over its value for a calibrated model (a chi-square median, so that one lucky draw, the
@@ -34,6 +35,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.stats import chi2
 
 from ladder.samplers.base import Observation
 from ladder.space import Space
@@ -83,7 +85,7 @@ def best_by_posterior_mean(
 
 # The median of a chi-square variable with one degree of freedom: the median squared
 # standardised leave-one-out residual of a calibrated model.
-CHI2_1_MEDIAN = 0.4549364231195724
+CHI2_1_MEDIAN = float(chi2.median(1))
 
 
 def loo_calibrated_means(model: object) -> torch.Tensor:
