@@ -33,11 +33,17 @@ bench/results/quality-suite-<UTC date>.json and .png.
 | --jobs           | 1 (processes of one thread, `__init__.py`)                |
 | --budget-minutes | none (no new run is started after this many minutes)      |
 | --cache          | bench/results/quality-suite-runs.jsonl                    |
+| --read-cache     | none; repeatable: more caches read, never written         |
 | --report-only    | summarise the cached runs only                            |
 
 Cache key: (problem, problem version, sampler, seed, budget, workers, sampler
 version), so the suite can be run in pieces: rerunning skips finished runs.
 Run: ``nice -n 10 .venv/bin/python -m bench.quality.suite --seeds 5 --budget-minutes 60``.
+
+Replication (``make bench-quality-replicate``): a finding at 20 seeds, one of 23
+problems tested, can be chance; the same comparison on seeds 100-159, which the suite
+never uses, in a cache of its own (``--first-seed 100 --seeds 160 --cache ...``), then
+pooled with the suite's seeds (``--read-cache`` the suite's cache, ``--first-seed 0``).
 """
 
 from __future__ import annotations
@@ -386,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--cache", type=Path, default=Path("bench/results/quality-suite-runs.jsonl")
     )
+    parser.add_argument("--read-cache", type=Path, action="append", default=[])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
@@ -397,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     seeds = list(range(args.first_seed, args.seeds))
     deadline = time.time() + 60 * args.budget_minutes if args.budget_minutes else None
 
-    cached = load_cache(args.cache)
+    cached = {k: run for path in args.read_cache for k, run in load_cache(path).items()}
+    cached.update(load_cache(args.cache))
     tasks = plan(problems, samplers, seeds, args.budget, args.workers)
     todo = [] if args.report_only else [t for t in tasks if task_key(t) not in cached]
     print(f"{len(tasks)} runs planned, {len(tasks) - len(todo)} cached", flush=True)

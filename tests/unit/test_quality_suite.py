@@ -469,3 +469,33 @@ def test_holm_adjusts_each_p_value_by_its_rank_and_keeps_the_order() -> None:
     adjusted = suite_stats.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005, "e": None})
     assert adjusted.pop("e") is None
     assert adjusted == pytest.approx({"d": 0.02, "a": 0.03, "c": 0.06, "b": 0.06})
+
+
+def test_a_replication_report_pools_a_read_only_cache_with_its_own(tmp_path: Path) -> None:
+    import json
+
+    from bench.quality.suite import main, problem
+
+    name = "branin"
+
+    def run(kind: str, seed: int, final: float) -> dict:
+        return {"problem": name, "problem_version": problem(name).version, "sampler": kind,
+                "seed": seed, "budget": 100, "workers": 8, "version": run_version(name, kind),
+                "regret": [1.0] * 99 + [final], "distinct": 100, "ask_seconds_median": 0.01,
+                "wall_seconds": 1.0}
+
+    suite_cache, own_cache = tmp_path / "suite.jsonl", tmp_path / "replication.jsonl"
+    kinds = ("random", "optuna-tpe")
+    suite_cache.write_text(
+        "".join(json.dumps(run(k, seed, 0.5)) + "\n" for k in kinds for seed in (0, 1)))
+    own_cache.write_text(
+        "".join(json.dumps(run(k, seed, 0.1)) + "\n" for k in kinds for seed in (5, 6)))
+    before = suite_cache.read_text()
+    main(["--report-only", "--problems", name, "--samplers", "random,optuna-tpe",
+          "--first-seed", "0", "--seeds", "7", "--cache", str(own_cache),
+          "--read-cache", str(suite_cache), "--out", str(tmp_path / "pooled")])
+    report = json.loads((tmp_path / "pooled.json").read_text())
+    cell = report["problems"][name]["samplers"]["random"]
+    assert cell["seeds"] == [0, 1, 5, 6] and cell["median"] == pytest.approx(0.3)
+    assert report["seeds_complete"] == [0, 1, 5, 6]
+    assert suite_cache.read_text() == before  # read, never written
