@@ -11,6 +11,7 @@ live progress stream, plotly.js from the ``plotly`` wheel and ``/healthz``.
 | GET /api/studies/{id}/figures          | every figure of the study page (Plotly JSON)   |
 | GET /api/studies/{id}/trials           | the trial table (columns + rows)               |
 | GET /api/studies/{id}/progress         | its progress counts (polling)                  |
+| GET /api/studies/{id}/recommended      | its noise-aware pick beside its best trial     |
 | GET /api/studies/{id}/events           | the same as server-sent events, on each change |
 | GET /api/trials/{id}                   | a trial page's data                            |
 | GET /healthz                           | ``{"status": "ok", "lineage": ...}``           |
@@ -145,6 +146,9 @@ class StudyProducts:
     def _table(self) -> str:
         return jsonout.dumps(trial_table(self.data))
 
+    def _recommended(self) -> str:
+        return jsonout.dumps(self.source.recommendation(self.data))
+
     def _csv(self) -> str:
         return trial_csv(self.data)
 
@@ -229,6 +233,11 @@ async def api_trials(request: web.Request) -> web.Response:
     return web.Response(text=await products.get("table"), content_type="application/json")
 
 
+async def api_recommended(request: web.Request) -> web.Response:
+    products = await _products(request)
+    return web.Response(text=await products.get("recommended"), content_type="application/json")
+
+
 async def study_progress(source: LineageSource, study_id: str) -> dict[str, Any]:
     study = await source.study(study_id)
     return progress(study, await source.summary(study_id))
@@ -293,6 +302,7 @@ ROUTES: tuple[tuple[str, Handler], ...] = (
     ("/api/studies/{study_id}/figures", api_figures),
     ("/api/studies/{study_id}/trials", api_trials),
     ("/api/studies/{study_id}/progress", api_progress),
+    ("/api/studies/{study_id}/recommended", api_recommended),
     ("/api/studies/{study_id}/events", api_events),
     ("/api/trials/{trial_id}", api_trial),
     ("/healthz", healthz),

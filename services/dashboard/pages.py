@@ -163,7 +163,10 @@ def progress_section(progress: Mapping[str, Any]) -> str:
 <div class="count"><dt>budget</dt><dd id="progress-max_trials"
  data-testid="progress-max-trials">{h(limit)}</dd></div>
 <div class="count"><dt>best</dt><dd id="progress-best" data-testid="progress-best">{h(best)}</dd>
-</div></dl>
+</div>
+<div class="count" title="the best GP posterior mean at a completed trial: on a noisy metric
+it does not reward a lucky draw (ladder best --noisy)"><dt>recommended</dt>
+<dd id="progress-recommended" data-testid="progress-recommended">…</dd></div></dl>
 <p class="sub"><span id="progress-points" data-testid="progress-points">{
 progress.get('metric_points', 0)}</span> metric points,
 <span id="progress-decisions">{progress.get('decisions', 0)}</span> decisions ·
@@ -183,7 +186,8 @@ def study_page(row: Mapping[str, Any], plotly_url: str) -> str:
     )
     boot = {"page": "study", "studyId": study_id, "figures": list(FIGURES),
             "urls": {"figures": f"/api{base}/figures", "trials": f"/api{base}/trials",
-                     "progress": f"/api{base}/progress", "events": f"/api{base}/events"}}
+                     "progress": f"/api{base}/progress", "events": f"/api{base}/events",
+                     "recommended": f"/api{base}/recommended"}}
     # Start both reads before plotly.js (4.8 MB) is parsed.
     head = f"""<script>window.LADDER = {script_json(boot)};
 LADDER.fetched = {{figures: fetch(LADDER.urls.figures).then(r => r.json()),

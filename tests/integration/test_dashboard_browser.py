@@ -251,6 +251,11 @@ def test_every_page_loads_and_draws_without_console_errors(
     assert 0 < page.evaluate("window.__ladderShownAt") <= page.evaluate("window.__ladderReadyAt")
     _wait_for_every_trial(page)
     assert page.locator('[data-testid="trial-row"]').count() == BUDGET
+    # The noise-aware pick (a GP fit on the server) links to one of the completed trials.
+    link = page.locator('[data-testid="progress-recommended"] a')
+    link.wait_for(timeout=15_000)
+    picked = (link.get_attribute("href") or "").rsplit("/", 1)[-1]
+    assert picked in {t.trial_id for t in _trials(client, sid) if t.state == "COMPLETED"}
 
     for trial in (pruned, completed):
         page = viewer.open(f"/trials/{trial.trial_id}")

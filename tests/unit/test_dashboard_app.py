@@ -336,3 +336,73 @@ def test_a_page_load_gets_the_last_read_of_a_big_study_while_a_new_one_is_made(f
         assert fresh["progress"]["completed"] == first["progress"]["completed"] + 5
 
     run(addr, scenario)
+
+
+def test_recommended_is_a_completed_trial_picked_by_the_studys_gp_beside_its_best(fake) -> None:
+    from ladder.params import params_to_dict
+    from ladder.samplers.base import Observation
+    from ladder.samplers.recommend import best_by_posterior_mean
+    from ladder.space import Space
+
+    lineage, addr = fake
+    study = lineage.studies["s-big"]
+
+    async def scenario(client: TestClient) -> tuple[dict, dict, str]:
+        figures = await (await client.get("/api/studies/s-big/figures")).json()
+        recommended = await (await client.get("/api/studies/s-big/recommended")).json()
+        page = await text(client, "/studies/s-big")
+        return figures, recommended, page
+
+    figures, recommended, page = run(addr, scenario)
+    completed = [Observation(t.trial_id, params_to_dict(t.params), t.final_value)
+                 for t in study.trials if t.state == "COMPLETED" and t.has_final_value]
+    expected = best_by_posterior_mean(Space.from_proto(study.study.config.space), completed,
+                                      maximize=figures["study"]["config"]["direction"]
+                                      == "MAXIMIZE")
+    assert recommended["recommended"]["trial_id"] == expected.trial_id
+    assert recommended["recommended"]["value"] == pytest.approx(expected.value)
+    assert recommended["best_trial_id"] == figures["best"]["trial_id"]
+    assert 'data-testid="progress-recommended"' in page and "/recommended" in page
+
+
+def test_a_study_with_no_completed_trial_has_no_recommendation() -> None:
+    from ladder.dashboard.study import StudyData, recommendation
+    from ladder.v1 import lineage_pb2
+
+    made = synthetic_study("s-new", trials=5, seed=3)
+    running = [t for t in made.trials if not t.has_final_value]
+    data = StudyData(made.study, made.summary, running, lineage_pb2.StudyCurves(),
+                     lineage_pb2.StudyRungs())
+    assert recommendation(data) == {"best_trial_id": None, "recommended": None}
+
+
+def test_a_kept_fit_is_reused_within_its_ttl_unless_it_had_nothing_to_show() -> None:
+    from ladder.dashboard.study import StudyData
+    from ladder.v1 import lineage_pb2
+
+    from services.dashboard.source import LineageSource
+
+    made = synthetic_study("s-live", trials=40, seed=4)
+    done = [t for t in made.trials if t.has_final_value]
+    assert len(done) >= 2
+
+    def data(trials: list) -> StudyData:
+        return StudyData(made.study, made.summary, trials, lineage_pb2.StudyCurves(),
+                         lineage_pb2.StudyRungs())
+
+    kept: dict = {}
+    fits: list[int] = []
+
+    def refit(study: StudyData, answer: dict) -> dict:
+        def fit() -> dict:
+            fits.append(len(study.trials))
+            return answer
+        return LineageSource._refitted(kept, 60.0, study, fit,
+                                       lambda found: found["recommended"] is None)
+
+    assert refit(data(done[:1]), {"recommended": None}) == {"recommended": None}
+    # One more completed trial within the minute: what was kept showed nothing, refit.
+    assert refit(data(done[:2]), {"recommended": "t"}) == {"recommended": "t"}
+    # And another: the kept answer stands until the minute has passed.
+    assert refit(data(done), {"recommended": "u"}) == {"recommended": "t"}
+    assert fits == [1, 2]

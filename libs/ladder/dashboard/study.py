@@ -80,6 +80,29 @@ def study_overview(data: StudyData) -> dict[str, Any]:
     }
 
 
+def recommendation(data: StudyData) -> dict[str, Any]:
+    """The trial ``ladder best --noisy`` recommends (``ladder.samplers.recommend``: the
+    best GP posterior mean at a completed trial, which on a noisy metric does not reward
+    a lucky draw as the best observed value does), beside the best observed one.
+    ``recommended`` is None while no completed trial's params fit the study's space."""
+    from ladder.samplers.base import Observation
+    from ladder.samplers.recommend import best_by_posterior_mean
+    from ladder.space import Space
+
+    best = best_trial(data.trials, data.maximize)
+    found = {"best_trial_id": None if best is None else best.trial_id, "recommended": None}
+    if best is None or not data.study.config.HasField("space"):
+        return found
+    completed = [Observation(t.trial_id, t.params, t.value) for t in data.trials if t.has_value]
+    try:
+        pick = best_by_posterior_mean(
+            Space.from_proto(data.study.config.space), completed, data.maximize)
+    except ValueError:  # none of them is a point of the study's space
+        return found
+    return {**found, "recommended": {"trial_id": pick.trial_id, "value": pick.value,
+                                     "params": pick.params}}
+
+
 def trial_table(data: StudyData) -> dict[str, Any]:
     return table.table_json(data.trials, [a.name for a in data.axes])
 

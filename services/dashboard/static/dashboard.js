@@ -238,6 +238,22 @@ async function studyPage() {
     L.timings["trial-table"] = performance.now() - start;
     drawn = JSON.stringify(figuresJson.progress);
     if (latest !== null && latest !== drawn) refresh();
+    showRecommended();
+  }
+
+  // The noise-aware pick of the read just drawn (a GP fit on the server: after the plots).
+  async function showRecommended() {
+    const el = document.getElementById("progress-recommended");
+    const r = await fetch(L.urls.recommended).then(r => r.json()).catch(() => null);
+    if (!el || !r || r.error) return;
+    el.textContent = "";
+    if (!r.recommended) { el.textContent = "–"; return; }
+    const a = document.createElement("a");
+    a.href = "/trials/" + encodeURIComponent(r.recommended.trial_id);
+    a.textContent = fmt(r.recommended.value);
+    a.title = r.recommended.trial_id === r.best_trial_id ? "the best trial too"
+      : "trial " + r.recommended.trial_id + " (not the best observed)";
+    el.appendChild(a);
   }
 
   // Redraw at most every FIGURE_REFRESH_MS (or five times as long as the last redraw
