@@ -36,9 +36,9 @@ STUDY_TTL = 2.0
 # How long an expired read of a study may still open its page while a new read runs.
 STUDY_STALE = 60.0
 IMPORTANCE_TTL = 15.0
-# The recommended trial is a GP fit (up to 512 trials): about 1 s at 91 completed trials
-# and 7 s at 636 on the 2-core dev host under load, so a live study's is refitted less
-# often than its importances.
+# The recommended trial is a GP fit on up to 512 trials, seconds of CPU on a big study
+# (cubic in the trials fitted), so a live study's is refitted less often than its
+# importances.
 RECOMMENDATION_TTL = 60.0
 CALL_TIMEOUT = 20.0
 
