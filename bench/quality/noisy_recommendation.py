@@ -9,7 +9,7 @@ its true value. Optuna's and random search's recommendation is their best observ
 value. Per problem: each cell's seeds reaching the optimum, quartiles, and Mann-Whitney
 p-values between every pair (``suite_stats.pairwise``).
 
-Output: bench/results/noisy-recommendation-<UTC date>.json (``--out``).
+Output: bench/results/noisy-recommendation-<UTC date>.json (``--out STEM``: .json added).
 Run (after ``bench.quality.suite``): ``.venv/bin/python -m bench.quality.noisy_recommendation``.
 """
 
@@ -86,11 +86,12 @@ def summarise(cache: Mapping[tuple, dict[str, Any]], names: Sequence[str]) -> di
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=SUITE_CACHE)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report path; .json is added (as suite.py does)")
     args = parser.parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%d")
-    out = args.out or Path(f"bench/results/noisy-recommendation-{stamp}.json")
-    write_report(out, {
+    out = args.out or Path(f"bench/results/noisy-recommendation-{stamp}")
+    write_report(out.with_suffix(".json"), {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": commit(),
         "machine": machine_info(),
