@@ -150,6 +150,8 @@ def screenshots(base: str, study_id: str, trial_id: str, out: Path, folder: Path
                     " const m = t.match(/^(\\d+) of (\\d+)/);"
                     " return m && m[1] === m[2] && m[2] === document.getElementById("
                     "'progress-suggested').textContent; }", timeout=60_000)
+                # The recommended trial is a GP fit on the server, answered after the page.
+                page.locator('[data-testid="progress-recommended"] a').wait_for(timeout=60_000)
             page.mouse.move(0, 0)  # no hover label in the picture
             height = page.evaluate("Math.ceil(document.querySelector('main')"
                                    ".getBoundingClientRect().bottom)")
