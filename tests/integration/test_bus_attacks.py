@@ -21,7 +21,7 @@ import redis
 from kafka import KafkaProducer
 from ladder.config import Settings
 from ladder.signing import Keyring
-from ladder.testing import Clients, ServiceProcess, wait_for
+from ladder.testing import Clients, ServiceProcess, unless_not_found, wait_for
 from ladder.v1 import (
     events_pb2,
     lineage_pb2,
@@ -202,10 +202,12 @@ def test_phantom_trials_do_not_push_a_real_trial_out_of_its_rung(stack: Stack) -
     assert decision.population == 1
     # Nor do lineage's curves of the study show the phantoms (it stores their points:
     # the record of what was published; the trials of the study are the real ones).
+    # Lineage ingests the study from the topics too: NOT_FOUND until it has.
     def curve_ids() -> set[str]:
-        return {c.trial_id for c in stack.lineage.GetStudyCurves(
+        answer = unless_not_found(lambda: stack.lineage.GetStudyCurves(
             lineage_pb2.GetStudyCurvesRequest(study_id=study_id), timeout=30
-        ).curves}
+        ))
+        return {c.trial_id for c in answer.curves} if answer else set()
 
     shown = wait_for(lambda: real in (ids := curve_ids()) and ids, 30, "the real curve")
     assert shown <= {real, suggested}
