@@ -27,6 +27,9 @@ class TopicReader:
         self.topic = topic
         self.consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+            # a fetch that finds nothing new answers (with its high watermark) within
+            # one poll; tansu holds it for the whole wait (kafka-python: 500 ms)
+            fetch_max_wait_ms=100,
             **settings.kafka_security().kafka_python(),
         )
         parts = wait_for(lambda: self.consumer.partitions_for_topic(topic), 30, topic)
@@ -45,14 +48,28 @@ class TopicReader:
         return self.records
 
     def read_to_end(self, timeout: float) -> list[Any]:
-        """Every record up to the end offsets as they are now."""
+        """Every record up to the partitions' ends as they are now.
+
+        An end is the larger of the ListOffsets answer and the high watermark of a
+        fetch response: tansu 0.6 answers ListOffsets with the base offset of the
+        partition's last batch + 1, and after a restart with 1, so a reader trusting it
+        stopped after its first poll (at most 500 records) and missed the rest."""
         end = self.consumer.end_offsets(self.partitions)
+        unconfirmed = set(self.partitions)
         deadline = time.monotonic() + timeout
-        while any(self.consumer.position(tp) < end[tp] for tp in self.partitions):
+        while True:
+            for tp in list(unconfirmed):
+                highwater = self.consumer.highwater(tp)  # None until a fetch answered
+                if highwater is not None:
+                    end[tp] = max(end[tp], highwater)
+                    unconfirmed.discard(tp)
+            if not unconfirmed and all(
+                self.consumer.position(tp) >= end[tp] for tp in self.partitions
+            ):
+                return self.records
             if time.monotonic() > deadline:
                 raise AssertionError(f"could not read {self.topic} to its end within {timeout}s")
             self.poll()
-        return self.records
 
 
 def read_topic(settings: Settings, topic: str, timeout: float = 5.0) -> list[Any]:
