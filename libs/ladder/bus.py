@@ -93,9 +93,10 @@ def _resume_offset(
     """
     if stored is None:
         return fresh
-    low, high = consumer.get_watermark_offsets(
-        confluent_kafka.TopicPartition(topic, partition), timeout=10
-    )
+    tp = confluent_kafka.TopicPartition(topic, partition)
+    low, high = consumer.get_watermark_offsets(tp, timeout=10)
+    if stored > high:
+        high = max(high, _fetched_high_watermark(consumer, topic, partition, high))
     if low <= stored <= high:
         return stored
     log.warning(
@@ -109,6 +110,30 @@ def _resume_offset(
         extra={"topic": topic},
     )
     return low
+
+
+def _fetched_high_watermark(
+    consumer: confluent_kafka.Consumer, topic: str, partition: int, listed: int,
+    timeout: float = 5.0,
+) -> int:
+    """The partition's end as a fetch response gives it, or -1 without an answer in
+    ``timeout``. tansu 0.6 answers ListOffsets with the base offset of the partition's
+    last batch + 1 (and with 1 after a restart), so a stored offset inside that batch
+    looks past the end and every restart would read the partition again from its
+    start; the high watermark of its Fetch responses is right."""
+    consumer.assign([confluent_kafka.TopicPartition(topic, partition, max(listed - 1, 0))])
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            consumer.poll(0.1)  # what it returns is read again after the real assign
+            _, high = consumer.get_watermark_offsets(
+                confluent_kafka.TopicPartition(topic, partition), cached=True
+            )
+            if high >= 0:
+                return high
+        return -1
+    finally:
+        consumer.unassign()
 
 
 def _partition_ids(consumer: confluent_kafka.Consumer, topic: str) -> list[int]:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
+from kafka import KafkaProducer
 from ladder.bus import ConsumerLoop, EventProducer, Record
 from ladder.config import Settings
 from ladder.testing import wait_for
@@ -68,6 +69,29 @@ def test_a_stored_offset_inside_the_partition_is_resumed(infra: Settings) -> Non
             produce(producer, topic, 1)
             wait_for(lambda: seen.offsets() == [3, 4, 5], 30, "the record produced after")
             assert seen.records[-1].value == b"v0" and seen.records[-1].key == b"k0"
+    finally:
+        producer.close()
+
+
+def test_a_stored_offset_inside_the_last_batch_is_resumed(infra: Settings) -> None:
+    # Ten records in one batch: tansu 0.6 answers ListOffsets with the batch's base
+    # offset + 1, so offset 8 looks past the end unless a fetch confirms it.
+    topic = new_topic(infra)
+    batch = KafkaProducer(bootstrap_servers=infra.kafka_bootstrap, linger_ms=200)
+    for i in range(10):
+        batch.send(topic, key=f"k{i}".encode(), value=f"v{i}".encode(), partition=0)
+    batch.flush(30)
+    batch.close()
+    producer = EventProducer(infra, "bus-test")
+    try:
+        with consuming(infra, topic, producer, start_offsets=lambda: {(topic, 0): 8}) as (
+            loop,
+            seen,
+        ):
+            assert loop.ready.wait(30)
+            produce(producer, topic, 1)
+            wait_for(lambda: seen.offsets()[-1:] == [10], 30, "the record produced after")
+            assert seen.offsets() == [8, 9, 10]
     finally:
         producer.close()
 
