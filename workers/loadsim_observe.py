@@ -178,7 +178,9 @@ class GroupProgress:
 
     def lag_at(self, when: float) -> int | None:
         before = [s for s in self.samples if s[0] <= when]
-        # max(0, ...): tansu can report an end offset one short (see services/earlystop/app.py).
+        # max(0, ...): tansu answers ListOffsets with the base offset of a partition's last
+        # batch + 1 (bench/README.md, "Early-stop on the embedded broker"), so on tansu
+        # this lag is a lower bound, short by up to a batch per partition.
         return max(0, before[-1][2] - before[-1][1]) if before else None
 
 
