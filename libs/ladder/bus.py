@@ -81,6 +81,12 @@ def _next_records(consumer: confluent_kafka.Consumer) -> list[confluent_kafka.Me
     return [first, *consumer.consume(MAX_POLL_RECORDS - 1, 0)]
 
 
+# How long a consumer's start waits for a fetch to confirm a partition's end (per partition
+# whose stored offset is beyond the ListOffsets answer); without one the partition is read
+# again from its start, which loses nothing.
+END_PROBE_TIMEOUT_S = 5.0
+
+
 def _resume_offset(
     consumer: confluent_kafka.Consumer, topic: str, partition: int, stored: int | None, fresh: int
 ) -> int:
@@ -113,17 +119,16 @@ def _resume_offset(
 
 
 def _fetched_high_watermark(
-    consumer: confluent_kafka.Consumer, topic: str, partition: int, listed: int,
-    timeout: float = 5.0,
+    consumer: confluent_kafka.Consumer, topic: str, partition: int, listed: int
 ) -> int:
-    """The partition's end as a fetch response gives it, or -1 without an answer in
-    ``timeout``. tansu 0.6 answers ListOffsets with the base offset of the partition's
-    last batch + 1 (and with 1 after a restart), so a stored offset inside that batch
-    looks past the end and every restart would read the partition again from its
-    start; the high watermark of its Fetch responses is right."""
+    """The partition's end as a fetch response gives it, or -1 without an answer within
+    ``END_PROBE_TIMEOUT_S``. tansu 0.6 answers ListOffsets with the base offset of the
+    partition's last batch + 1 (and with 1 after a restart), so a stored offset inside
+    that batch looks past the end and every restart would read the partition again
+    from its start; the high watermark of its Fetch responses is right."""
     consumer.assign([confluent_kafka.TopicPartition(topic, partition, max(listed - 1, 0))])
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + END_PROBE_TIMEOUT_S
         while time.monotonic() < deadline:
             consumer.poll(0.1)  # what it returns is read again after the real assign
             _, high = consumer.get_watermark_offsets(
