@@ -99,8 +99,9 @@ def _resume_offset(
     """
     if stored is None:
         return fresh
-    tp = confluent_kafka.TopicPartition(topic, partition)
-    low, high = consumer.get_watermark_offsets(tp, timeout=10)
+    low, high = consumer.get_watermark_offsets(
+        confluent_kafka.TopicPartition(topic, partition), timeout=10
+    )
     if stored > high:
         high = max(high, _fetched_high_watermark(consumer, topic, partition, high))
     if low <= stored <= high:
@@ -127,13 +128,12 @@ def _fetched_high_watermark(
     that batch looks past the end and every restart would read the partition again
     from its start; the high watermark of its Fetch responses is right."""
     consumer.assign([confluent_kafka.TopicPartition(topic, partition, max(listed - 1, 0))])
+    tp = confluent_kafka.TopicPartition(topic, partition)
     try:
         deadline = time.monotonic() + END_PROBE_TIMEOUT_S
         while time.monotonic() < deadline:
             consumer.poll(0.1)  # what it returns is read again after the real assign
-            _, high = consumer.get_watermark_offsets(
-                confluent_kafka.TopicPartition(topic, partition), cached=True
-            )
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0:
                 return high
         return -1

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 from ladder.client import wait_until
-from ladder.config import Settings, Topics
+from ladder.config import Settings
 from ladder.stack import launcher, procs
 from ladder.stack.procs import ProcRecord
 from ladder.testing import ServiceGroup, ServiceProcess, TopicReader, decoded, read_topic, wait_for
@@ -59,15 +59,6 @@ def kill9(info: dict[str, Any], name: str) -> None:
     wait_for(lambda: not procs.is_running(rec), 10, f"{name} gone")
 
 
-def stack_settings(durable: dict[str, Any], state: Path) -> Settings:
-    return Settings(
-        kafka_bootstrap=durable["kafka_bootstrap"],
-        redis_url=durable["redis_url"],
-        topics=Topics(os.environ["LADDER_TOPIC_PREFIX"]),
-        state_dir=state,
-    )
-
-
 def test_the_topic_reader_reads_every_record_after_a_broker_restart(
     durable: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -75,7 +66,7 @@ def test_the_topic_reader_reads_every_record_after_a_broker_restart(
     are short (tansu 0.6: 1 for a partition not written since the restart): a reader
     trusting them stopped after its first poll of each partition (500 records)."""
     state = tmp_path / "state"
-    settings = stack_settings(durable, state)
+    settings = Settings.from_env()  # the fixture's stack.json
     topic = settings.topics.metrics
     reader = TopicReader(settings, topic)
     partitions = len(reader.partitions)
@@ -99,7 +90,7 @@ def test_no_decision_is_lost_when_the_object_store_dies_under_early_stop(
     durable: dict[str, Any], tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    settings = stack_settings(durable, state)
+    settings = Settings.from_env()  # the fixture's stack.json
     env = {**os.environ, "LADDER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
            "LADDER_REDIS_URL": settings.redis_url}
     group = ServiceGroup(env, tmp_path)
